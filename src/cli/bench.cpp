@@ -1,0 +1,149 @@
+#include "cli/bench.hpp"
+
+#include <fmt/format.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "core/rng.hpp"
+#include "core/sysinfo.hpp"
+#include "model/model.hpp"
+#include "train/adamw.hpp"
+
+namespace moelab {
+
+// ----------------------------------------------------------------------------
+// FMA peak: independent accumulators, enough to cover the FMA latency on both pipes.
+
+namespace {
+
+#if defined(__AVX512F__)
+using vfloat = __m512;
+constexpr int kLanes = 16;
+inline vfloat vset(float x) { return _mm512_set1_ps(x); }
+inline vfloat vfma(vfloat a, vfloat b, vfloat c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(vfloat a) { return _mm512_reduce_add_ps(a); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using vfloat = __m256;
+constexpr int kLanes = 8;
+inline vfloat vset(float x) { return _mm256_set1_ps(x); }
+inline vfloat vfma(vfloat a, vfloat b, vfloat c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(vfloat a) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, a);
+  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#else
+#error "moelab needs AVX2+FMA or AVX-512 (configure with -DMOELAB_NATIVE=ON on such a CPU)"
+#endif
+
+constexpr int kAcc = 12;
+
+float fma_loop(int64_t iters) {
+  vfloat acc[kAcc];
+  for (int i = 0; i < kAcc; i++) acc[i] = vset(float(i) * 1e-3f);
+  const vfloat a = vset(0.999999f), b = vset(1e-7f);
+  for (int64_t it = 0; it < iters; it++)
+    for (int i = 0; i < kAcc; i++) acc[i] = vfma(acc[i], a, b);
+  float s = 0;
+  for (int i = 0; i < kAcc; i++) s += vsum(acc[i]);
+  return s;
+}
+
+}  // namespace
+
+double bench_fma_peak_gflops(int threads, double seconds) {
+  const int64_t iters = 1 << 22;
+  const double flops_per_call = double(iters) * kAcc * kLanes * 2;
+  double best = 0;
+  volatile float sink = 0;
+  const double t_end = time_now_s() + seconds;
+  while (time_now_s() < t_end || best == 0) {
+    const double t0 = time_now_s();
+#pragma omp parallel num_threads(threads)
+    { sink = sink + fma_loop(iters); }
+    const double dt = time_now_s() - t0;
+    best = std::max(best, flops_per_call * threads / dt / 1e9);
+  }
+  return best;
+}
+
+// ----------------------------------------------------------------------------
+// training throughput
+
+void bench_train(const BenchTrainOptions& o) {
+  std::ifstream f(o.config);
+  if (!f) fail(o.config + ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail(fmt::format("{}: invalid JSON ({})", o.config, e.what()));
+  }
+  if (!j.is_object() || !j.contains("model"))
+    fail(o.config + ": a bench file needs a \"model\" object, \"batch_size\" and \"seq_len\"");
+  for (auto& [key, _] : j.items())
+    if (key != "model" && key != "batch_size" && key != "seq_len" && key != "name")
+      fail(fmt::format("{}: '{}' is not a known key", o.config, key));
+  const ModelConfig cfg = config_from_json(j["model"], o.config + ": model");
+  const int64_t B = j.value("batch_size", 8), T = j.value("seq_len", 256);
+  if (o.steps < 1) fail("--steps must be >= 1");
+  const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
+  threads_set(threads);
+
+  Model<float> model(cfg, B, T);
+  model.init_weights(1234);
+  AdamW<float> opt(model.layout, AdamWConfig{});
+  std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
+  for (size_t i = 0; i < tokens.size(); i++) {
+    tokens[i] = int32_t(rng_u64(7, 0, i) % uint64_t(cfg.vocab_size));
+    targets[i] = int32_t(rng_u64(7, 1, i) % uint64_t(cfg.vocab_size));
+  }
+  auto step = [&] {
+    model.zero_grad();
+    Losses l = model.forward(tokens, targets);
+    model.backward();
+    grad_clip_global_norm<float>(model.layout, model.grads, 1.0);
+    opt.update(model.params, model.grads, 1e-4);
+    return l;
+  };
+  for (int i = 0; i < o.warmup; i++) step();
+  const double t0 = time_now_s();
+  Losses last;
+  for (int i = 0; i < o.steps; i++) last = step();
+  const double dt = time_now_s() - t0;
+
+  const double peak = o.peak_gflops > 0 ? o.peak_gflops : bench_fma_peak_gflops(threads);
+  const ParamCounts pc = config_count(cfg);
+  const FlopCounts fc = config_flops(cfg, T);
+  const double tok_s = double(B * T * o.steps) / dt;
+  const double gflops = tok_s * fc.train_per_token / 1e9;
+  // Memory the design needs: params, grads and two moments (16 bytes a parameter) + activations.
+  const double estimate = 16.0 * double(pc.total) + double(model.activation_bytes());
+  nlohmann::ordered_json out = {
+      {"config", o.config},
+      {"threads", threads},
+      {"batch_size", B},
+      {"seq_len", T},
+      {"steps", o.steps},
+      {"params_total", pc.total},
+      {"params_active", pc.active},
+      {"tokens_per_s", std::round(tok_s * 10) / 10},
+      {"step_ms", std::round(dt / o.steps * 1e4) / 10},
+      {"flops_per_token", fc.train_per_token},
+      {"gflops", std::round(gflops * 10) / 10},
+      {"peak_gflops", std::round(peak * 10) / 10},
+      {"mfu", std::round(gflops / peak * 1e4) / 1e4},
+      {"peak_rss_mb", std::round(double(peak_rss_bytes()) / 1048576.0 * 10) / 10},
+      {"rss_estimate_mb", std::round(estimate / 1048576.0 * 10) / 10},
+      {"loss", last.total()}};
+  std::cout << out.dump() << std::endl;
+}
+
+}  // namespace moelab

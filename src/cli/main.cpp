@@ -1,0 +1,68 @@
+// moelab: the command line.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "cli/bench.hpp"
+#include "cli/model_cmds.hpp"
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+
+int main(int argc, char** argv) {
+  using namespace moelab;
+  CLI::App app{"moelab: a laboratory for Mixture-of-Experts language models"};
+  app.require_subcommand(1);
+
+  // ---- moelab model
+  auto* model = app.add_subcommand("model", "inspect model configs");
+  model->require_subcommand(1);
+  ModelInfoOptions info;
+  auto* info_cmd = model->add_subcommand("info", "parameter and FLOPs accounting of a config");
+  info_cmd->add_option("config", info.config, "model config JSON")->required();
+  info_cmd->add_option("--iso-moe", info.iso_moe,
+                       "E,K: the iso-total-parameter MoE variant with E experts, top-K");
+  info_cmd->add_option("--seq", info.seq, "context length for FLOPs (default: max positions)");
+  info_cmd->add_option("--out", info.out, "write the (derived) config JSON to this file");
+  info_cmd->add_flag("--json", info.json, "print one JSON object");
+  ModelDumpOptions dump;
+  auto* dump_cmd =
+      model->add_subcommand("dump", "one forward/backward on fixed data, all tensors to safetensors");
+  dump_cmd->add_option("config", dump.config, "model config JSON")->required();
+  dump_cmd->add_option("--out", dump.out, "output .safetensors")->required();
+  dump_cmd->add_option("--dtype", dump.dtype, "f32 or f64");
+  dump_cmd->add_option("--batch", dump.batch, "batch size");
+  dump_cmd->add_option("--seq", dump.seq, "sequence length");
+  dump_cmd->add_option("--seed", dump.seed, "seed for weights and data");
+  dump_cmd->add_option("--freeze", dump.freeze, "regex of tensor names to freeze");
+
+  // ---- moelab bench
+  auto* bench = app.add_subcommand("bench", "measure speed");
+  bench->require_subcommand(1);
+  int peak_threads = 0;
+  auto* peak_cmd = bench->add_subcommand("peak", "measured fp32 FMA peak (GFLOP/s)");
+  peak_cmd->add_option("--threads", peak_threads, "threads (default: all cores)");
+  BenchTrainOptions bt;
+  auto* train_cmd = bench->add_subcommand("train", "training tokens/s, MFU and peak memory");
+  train_cmd->add_option("--config", bt.config, "bench JSON (model, batch_size, seq_len)")->required();
+  train_cmd->add_option("--steps", bt.steps, "timed steps");
+  train_cmd->add_option("--warmup", bt.warmup, "untimed steps first");
+  train_cmd->add_option("--threads", bt.threads, "threads (default: all cores)");
+  train_cmd->add_option("--peak", bt.peak_gflops, "FMA peak in GFLOP/s (default: measure)");
+
+  try {
+    app.parse(argc, argv);
+    if (info_cmd->parsed()) model_info(info);
+    if (dump_cmd->parsed()) model_dump(dump);
+    if (peak_cmd->parsed()) {
+      const int t = peak_threads > 0 ? peak_threads : threads_get();
+      std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t, bench_fma_peak_gflops(t, 1.0));
+    }
+    if (train_cmd->parsed()) bench_train(bt);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moelab: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,36 @@
+#include "core/gemm.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+namespace moelab {
+
+namespace {
+CBLAS_TRANSPOSE cblas_op(Trans t) { return t == Trans::T ? CblasTrans : CblasNoTrans; }
+}  // namespace
+
+template <>
+void gemm<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, cblas_op(ta), cblas_op(tb), int(M), int(N), int(K), alpha, A, int(lda),
+              B, int(ldb), beta, C, int(ldc));
+}
+
+template <>
+void gemm<double>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha,
+                  const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                  double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, cblas_op(ta), cblas_op(tb), int(M), int(N), int(K), alpha, A, int(lda),
+              B, int(ldb), beta, C, int(ldc));
+}
+
+void threads_set(int n) {
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int threads_get() { return omp_get_max_threads(); }
+
+}  // namespace moelab

@@ -1,0 +1,176 @@
+#pragma once
+// CPU ops. Each op is a struct with a forward/backward pair, templated on the scalar type: float
+// for training, double so that tests can check the real kernels against finite differences.
+// tests/ref_ops.hpp has a scalar reference with the same interface for every op here; a new op
+// joins both, and the cross-implementation test in tests/test_ops.cpp.
+//
+// Conventions: row-major; N = rows (tokens); shapes in comments as [rows, cols]. Parameter
+// gradients accumulate (+=) so that gradient accumulation is free; a null parameter-gradient
+// pointer means the tensor is frozen and its gradient is skipped. Input gradients are written
+// (=) unless the comment says +=.
+#include <cstdint>
+
+namespace moelab::kernels {
+
+// ----------------------------------------------------------------------------
+// embedding: out[n] = W[tok[n]]
+
+template <typename T>
+struct embedding {
+  // out [N,d], tok [N], W [V,d]
+  static void forward(T* out, const int32_t* tok, const T* W, int64_t N, int64_t d);
+  // dW [V,d] +=, dout [N,d]
+  static void backward(T* dW, const T* dout, const int32_t* tok, int64_t N, int64_t d);
+};
+
+// ----------------------------------------------------------------------------
+// rmsnorm: y = x / sqrt(mean(x^2) + eps) * g
+
+template <typename T>
+struct rmsnorm {
+  // out [N,d], rstd [N] (saved for backward), x [N,d], g [d]
+  static void forward(T* out, T* rstd, const T* x, const T* g, int64_t N, int64_t d, double eps);
+  // dx [N,d] += (the residual stream's gradient), dg [d] += (null if frozen)
+  static void backward(T* dx, T* dg, const T* dout, const T* x, const T* g, const T* rstd,
+                       int64_t N, int64_t d);
+};
+
+// ----------------------------------------------------------------------------
+// linear: y = x W^T + b (W [O,I], PyTorch layout) or y = x W + b (W [I,O], HF expert layout)
+
+enum class WLayout { OutIn, InOut };
+
+template <typename T>
+struct linear {
+  // out [N,O], x [N,I], b [O] or null
+  static void forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
+                      WLayout layout);
+  // dx [N,I] (= , or += if dx_accumulate; null to skip), dW += (null if frozen), db [O] +=
+  static void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N,
+                       int64_t I, int64_t O, WLayout layout, bool dx_accumulate = false);
+};
+
+// ----------------------------------------------------------------------------
+// rope: half-split (NeoX) rotation of each head, optional YaRN (SPEC 2.5)
+
+struct RopeParams {
+  double theta = 10000.0;
+  double yarn_factor = 1.0;  // 1 = plain RoPE
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  int64_t original_context = 4096;
+};
+
+template <typename T>
+struct rope {
+  // cos, sin [seq, head_dim/2], already multiplied by the YaRN concentration
+  static void tables(T* cos, T* sin, int64_t seq, int64_t head_dim, const RopeParams& p);
+  // in place on heads [N, n_heads*head_dim] inside rows of `stride` elements; position = n % seq
+  static void forward(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
+                      int64_t stride, const T* cos, const T* sin);
+  // in place: the transpose rotation
+  static void backward(T* dx, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
+                       int64_t stride, const T* cos, const T* sin);
+};
+
+// ----------------------------------------------------------------------------
+// attention: grouped-query causal attention with optional sliding window and learned sinks
+// (SPEC 2.4), in tiles: memory is O(tile^2) per thread, never O(T^2) per head.
+
+struct AttnShape {
+  int64_t B, T, H, KV, hd;
+  int64_t window = 0;  // 0 = full causal; else keys j with i - window < j <= i
+  double scale = 0;    // softmax scale, usually 1/sqrt(hd)
+};
+
+template <typename T>
+struct attention {
+  // qkv [B*T, (H+2KV)*hd] (q | k | v per row), sinks [H] or null
+  // out [B*T, H*hd], lse [B*T, H] (log-normaliser incl. the sink, saved for backward)
+  static void forward(T* out, T* lse, const T* qkv, const T* sinks, const AttnShape& s);
+  // dqkv [B*T, (H+2KV)*hd] =, dsinks [H] += (null if frozen or no sinks)
+  static void backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, const T* sinks,
+                       const T* out, const T* lse, const AttnShape& s);
+};
+
+// ----------------------------------------------------------------------------
+// swiglu (gpt-oss, SPEC 2.6): h interleaves gate (even) and linear (odd) columns;
+// out = min(g, L) * sigmoid(alpha * min(g, L)) * (clamp(l, -L, L) + 1)
+
+template <typename T>
+struct swiglu {
+  // out [N,I], h [N,2I]
+  static void forward(T* out, const T* h, int64_t N, int64_t I, double limit, double alpha);
+  // dh [N,2I] =
+  static void backward(T* dh, const T* dout, const T* h, int64_t N, int64_t I, double limit,
+                       double alpha);
+};
+
+// ----------------------------------------------------------------------------
+// router: top-k over the raw logits, softmax over the k selected (SPEC 2.6), plus the
+// Switch load-balancing loss and the ST-MoE z-loss.
+
+struct RouterLosses {
+  double aux = 0;  // coef_aux * E * sum_e f_e * P_e, f_e = share of the N*k assignments
+  double z = 0;    // coef_z * mean_n logsumexp(logits_n)^2
+};
+
+template <typename T>
+struct router {
+  // idx [N,k] (ties broken towards the lower expert index), w [N,k], logits [N,E]
+  static void forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k);
+  // dlogits [N,E] = from dw [N,k]
+  static void backward(T* dlogits, const T* dw, const T* w, const int32_t* idx, int64_t N,
+                       int64_t E, int64_t k);
+  static RouterLosses loss_forward(const T* logits, const int32_t* idx, int64_t N, int64_t E,
+                                   int64_t k, double coef_aux, double coef_z);
+  // dlogits [N,E] += scale * d(aux + z)/dlogits
+  static void loss_backward(T* dlogits, const T* logits, const int32_t* idx, int64_t N, int64_t E,
+                            int64_t k, double coef_aux, double coef_z, double scale);
+};
+
+// ----------------------------------------------------------------------------
+// moe dispatch / combine: dropless. The N*k (token, slot) assignments are counting-sorted by
+// expert (stable, so deterministic); expert e owns rows [offsets[e], offsets[e+1]).
+
+struct MoeRouting {
+  int64_t N = 0, E = 0, k = 0;
+  const int32_t* order = nullptr;    // [N*k]  sorted row -> token
+  const int32_t* pos = nullptr;      // [N*k]  (token, slot) -> sorted row
+  const int64_t* offsets = nullptr;  // [E+1]
+};
+
+void moe_sort(int32_t* order, int32_t* pos, int64_t* offsets, const int32_t* idx, int64_t N,
+              int64_t E, int64_t k);
+
+template <typename T>
+struct moe_gather {
+  // xe [N*k, d] = x [N,d] rows in sorted order
+  static void forward(T* xe, const T* x, const MoeRouting& r, int64_t d);
+  // dx [N,d] += sum over the token's k rows of dxe
+  static void backward(T* dx, const T* dxe, const MoeRouting& r, int64_t d);
+};
+
+template <typename T>
+struct moe_combine {
+  // out [N,d] = sum_j w[n,j] * y[pos[n,j]]; y [N*k, d]
+  static void forward(T* out, const T* y, const T* w, const MoeRouting& r, int64_t d);
+  // dy [N*k, d] =, dw [N,k] =
+  static void backward(T* dy, T* dw, const T* dout, const T* y, const T* w, const MoeRouting& r,
+                       int64_t d);
+};
+
+// ----------------------------------------------------------------------------
+// cross_entropy: fused softmax + negative log-likelihood over the vocabulary.
+// Targets < 0 are ignored.
+
+template <typename T>
+struct cross_entropy {
+  // logits [N,V], targets [N], lse [N] saved; returns the sum of the losses over valid rows
+  static double forward(T* lse, const T* logits, const int32_t* targets, int64_t N, int64_t V);
+  // dlogits [N,V] = scale * (softmax - onehot); may alias logits (in place)
+  static void backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
+                       int64_t N, int64_t V, double scale);
+};
+
+}  // namespace moelab::kernels

@@ -1,0 +1,304 @@
+#include "model/config.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Keys of a Hugging Face GptOss config.json that do not change the computation here.
+const std::set<std::string> kIgnoredKeys = {
+    "architectures", "model_type",        "torch_dtype",        "transformers_version",
+    "eos_token_id",  "pad_token_id",      "bos_token_id",       "hidden_act",
+    "use_cache",     "attention_dropout", "output_router_logits", "initial_context_length"};
+
+struct Reader {
+  const json& j;
+  std::string_view src;
+
+  [[noreturn]] void bad(std::string_view key, std::string_view what) const {
+    fail(fmt::format("{}: '{}' {}", src, key, what));
+  }
+  int64_t integer(const std::string& key) const {
+    const json& v = j.at(key);
+    if (!v.is_number_integer()) bad(key, "must be an integer");
+    return v.get<int64_t>();
+  }
+  double number(const std::string& key) const {
+    const json& v = j.at(key);
+    if (!v.is_number()) bad(key, "must be a number");
+    return v.get<double>();
+  }
+  bool boolean(const std::string& key) const {
+    const json& v = j.at(key);
+    if (!v.is_boolean()) bad(key, "must be true or false");
+    return v.get<bool>();
+  }
+  std::string string(const std::string& key) const {
+    const json& v = j.at(key);
+    if (!v.is_string()) bad(key, "must be a string");
+    return v.get<std::string>();
+  }
+};
+
+void parse_rope_scaling(ModelConfig& c, const json& v, std::string_view src) {
+  if (v.is_null()) return;
+  if (!v.is_object()) fail(fmt::format("{}: 'rope_scaling' must be an object or null", src));
+  const std::string sub = fmt::format("{}: rope_scaling", src);
+  Reader r{v, sub};
+  for (auto& [key, _] : v.items()) {
+    if (key == "rope_type" || key == "type") {
+      if (r.string(key) != "yarn") r.bad(key, "must be \"yarn\" (the only scaling supported)");
+    } else if (key == "factor") {
+      c.yarn_factor = r.number(key);
+    } else if (key == "beta_fast") {
+      c.yarn_beta_fast = r.number(key);
+    } else if (key == "beta_slow") {
+      c.yarn_beta_slow = r.number(key);
+    } else if (key == "original_max_position_embeddings") {
+      c.yarn_original_context = r.integer(key);
+    } else if (key == "truncate") {
+      if (r.boolean(key)) r.bad(key, "must be false (gpt-oss does not round the YaRN ramp)");
+    } else {
+      r.bad(key, "is not a known key");
+    }
+  }
+}
+
+}  // namespace
+
+ModelConfig config_from_json(const json& j, std::string_view src) {
+  if (!j.is_object()) fail(fmt::format("{}: a model config must be a JSON object", src));
+  ModelConfig c;
+  Reader r{j, src};
+  bool have_k = false;
+  const json* layer_types = nullptr;
+  for (auto& [key, v] : j.items()) {
+    if (key == "vocab_size") c.vocab_size = r.integer(key);
+    else if (key == "hidden_size") c.hidden_size = r.integer(key);
+    else if (key == "num_hidden_layers") c.num_hidden_layers = r.integer(key);
+    else if (key == "num_attention_heads") c.num_attention_heads = r.integer(key);
+    else if (key == "num_key_value_heads") c.num_key_value_heads = r.integer(key);
+    else if (key == "head_dim") c.head_dim = r.integer(key);
+    else if (key == "intermediate_size") c.intermediate_size = r.integer(key);
+    else if (key == "num_local_experts") c.num_local_experts = r.integer(key);
+    else if (key == "num_experts_per_tok" || key == "experts_per_token") {
+      c.num_experts_per_tok = r.integer(key);
+      have_k = true;
+    } else if (key == "ffn_type") {
+      const std::string s = r.string(key);
+      if (s == "dense") c.ffn_type = FfnType::Dense;
+      else if (s == "moe") c.ffn_type = FfnType::Moe;
+      else r.bad(key, "must be \"dense\" or \"moe\"");
+    } else if (key == "sliding_window") {
+      c.sliding_window = v.is_null() ? 0 : r.integer(key);
+    } else if (key == "layer_types") {
+      layer_types = &v;
+    } else if (key == "attention_sinks") c.attention_sinks = r.boolean(key);
+    else if (key == "attention_bias") c.attention_bias = r.boolean(key);
+    else if (key == "rope_theta") c.rope_theta = r.number(key);
+    else if (key == "rope_scaling") parse_rope_scaling(c, v, src);
+    else if (key == "max_position_embeddings") c.max_position_embeddings = r.integer(key);
+    else if (key == "rms_norm_eps") c.rms_norm_eps = r.number(key);
+    else if (key == "swiglu_limit") c.swiglu_limit = v.is_null() ? 0.0 : r.number(key);
+    else if (key == "swiglu_alpha") c.swiglu_alpha = r.number(key);
+    else if (key == "router_aux_loss_coef") c.router_aux_loss_coef = r.number(key);
+    else if (key == "router_z_loss_coef") c.router_z_loss_coef = r.number(key);
+    else if (key == "tie_word_embeddings") c.tie_word_embeddings = r.boolean(key);
+    else if (key == "initializer_range") c.initializer_range = r.number(key);
+    else if (!kIgnoredKeys.contains(key)) r.bad(key, "is not a known key");
+  }
+  // A config with several experts and no explicit ffn_type is an MoE (HF GptOss files).
+  if (!j.contains("ffn_type") && c.num_local_experts > 1) c.ffn_type = FfnType::Moe;
+  if (c.ffn_type == FfnType::Dense && !have_k) c.num_experts_per_tok = 1;
+  if (layer_types) {
+    if (!layer_types->is_array()) r.bad("layer_types", "must be an array of strings");
+    c.layer_sliding.clear();
+    for (const json& t : *layer_types) {
+      if (t == "sliding_attention") c.layer_sliding.push_back(true);
+      else if (t == "full_attention") c.layer_sliding.push_back(false);
+      else r.bad("layer_types", "entries must be \"sliding_attention\" or \"full_attention\"");
+    }
+  } else {
+    // gpt-oss: sliding on even layers, full on odd ones (when a window is set).
+    c.layer_sliding.assign(size_t(std::max<int64_t>(c.num_hidden_layers, 0)), false);
+    if (c.sliding_window > 0)
+      for (size_t l = 0; l < c.layer_sliding.size(); l += 2) c.layer_sliding[l] = true;
+  }
+  config_validate(c, src);
+  return c;
+}
+
+void config_validate(const ModelConfig& c, std::string_view src) {
+  auto need = [&](bool ok, std::string_view msg) {
+    if (!ok) fail(fmt::format("{}: {}", src, msg));
+  };
+  auto positive = [&](int64_t v, std::string_view key) {
+    need(v > 0, fmt::format("'{}' must be positive (got {})", key, v));
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.hidden_size, "hidden_size");
+  positive(c.num_hidden_layers, "num_hidden_layers");
+  positive(c.num_attention_heads, "num_attention_heads");
+  positive(c.num_key_value_heads, "num_key_value_heads");
+  positive(c.head_dim, "head_dim");
+  positive(c.intermediate_size, "intermediate_size");
+  positive(c.num_local_experts, "num_local_experts");
+  positive(c.num_experts_per_tok, "num_experts_per_tok");
+  positive(c.max_position_embeddings, "max_position_embeddings");
+  need(c.vocab_size < (int64_t(1) << 31), "'vocab_size' must fit in 31 bits");
+  need(c.head_dim % 2 == 0, fmt::format("'head_dim' must be even for RoPE (got {})", c.head_dim));
+  need(c.num_attention_heads % c.num_key_value_heads == 0,
+       fmt::format("'num_attention_heads' ({}) is not divisible by 'num_key_value_heads' ({})",
+                   c.num_attention_heads, c.num_key_value_heads));
+  need(c.num_experts_per_tok <= c.num_local_experts,
+       fmt::format("'num_experts_per_tok' ({}) is larger than 'num_local_experts' ({})",
+                   c.num_experts_per_tok, c.num_local_experts));
+  if (c.ffn_type == FfnType::Dense)
+    need(c.num_local_experts == 1 && c.num_experts_per_tok == 1,
+         "'ffn_type' \"dense\" needs num_local_experts = 1 and num_experts_per_tok = 1");
+  need(int64_t(c.layer_sliding.size()) == c.num_hidden_layers,
+       fmt::format("'layer_types' has {} entries for {} layers", c.layer_sliding.size(),
+                   c.num_hidden_layers));
+  need(c.sliding_window >= 0, "'sliding_window' must be >= 0");
+  const bool any_sliding =
+      std::find(c.layer_sliding.begin(), c.layer_sliding.end(), true) != c.layer_sliding.end();
+  need(!any_sliding || c.sliding_window > 0,
+       "'layer_types' has sliding_attention layers but 'sliding_window' is 0");
+  need(c.rope_theta > 0, "'rope_theta' must be positive");
+  need(c.yarn_factor >= 1.0, "'rope_scaling.factor' must be >= 1");
+  need(c.yarn_beta_fast > c.yarn_beta_slow && c.yarn_beta_slow > 0,
+       "'rope_scaling' needs beta_fast > beta_slow > 0");
+  need(c.yarn_original_context > 0, "'rope_scaling.original_max_position_embeddings' must be positive");
+  need(c.rms_norm_eps > 0, "'rms_norm_eps' must be positive");
+  need(c.swiglu_alpha > 0, "'swiglu_alpha' must be positive");
+  need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
+  need(c.router_z_loss_coef >= 0, "'router_z_loss_coef' must be >= 0");
+  need(c.initializer_range > 0, "'initializer_range' must be positive");
+}
+
+json config_to_json(const ModelConfig& c) {
+  json lt = json::array();
+  for (bool s : c.layer_sliding) lt.push_back(s ? "sliding_attention" : "full_attention");
+  json j = {{"model_type", "gpt_oss"},
+            {"vocab_size", c.vocab_size},
+            {"hidden_size", c.hidden_size},
+            {"num_hidden_layers", c.num_hidden_layers},
+            {"num_attention_heads", c.num_attention_heads},
+            {"num_key_value_heads", c.num_key_value_heads},
+            {"head_dim", c.head_dim},
+            {"ffn_type", c.is_moe() ? "moe" : "dense"},
+            {"num_local_experts", c.num_local_experts},
+            {"num_experts_per_tok", c.num_experts_per_tok},
+            {"intermediate_size", c.intermediate_size},
+            {"sliding_window", c.sliding_window},
+            {"layer_types", lt},
+            {"attention_sinks", c.attention_sinks},
+            {"attention_bias", c.attention_bias},
+            {"rope_theta", c.rope_theta},
+            {"max_position_embeddings", c.max_position_embeddings},
+            {"rms_norm_eps", c.rms_norm_eps},
+            {"swiglu_limit", c.swiglu_limit},
+            {"swiglu_alpha", c.swiglu_alpha},
+            {"router_aux_loss_coef", c.router_aux_loss_coef},
+            {"router_z_loss_coef", c.router_z_loss_coef},
+            {"tie_word_embeddings", c.tie_word_embeddings},
+            {"initializer_range", c.initializer_range}};
+  if (c.yarn_factor > 1.0)
+    j["rope_scaling"] = {{"rope_type", "yarn"},
+                         {"factor", c.yarn_factor},
+                         {"beta_fast", c.yarn_beta_fast},
+                         {"beta_slow", c.yarn_beta_slow},
+                         {"original_max_position_embeddings", c.yarn_original_context},
+                         {"truncate", false}};
+  else
+    j["rope_scaling"] = nullptr;
+  return j;
+}
+
+ModelConfig config_load(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot open");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::parse_error& e) {
+    fail(fmt::format("{}: invalid JSON ({})", path, e.what()));
+  }
+  if (j.is_object() && j.contains("model")) return config_from_json(j["model"], path + ": model");
+  return config_from_json(j, path);
+}
+
+ParamCounts config_count(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, L = c.num_hidden_layers, E = c.num_local_experts;
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  const int64_t I = c.intermediate_size;
+  ParamCounts p;
+  p.embedding = c.vocab_size * d;
+  p.unembedding = c.tie_word_embeddings ? 0 : c.vocab_size * d;
+  const int64_t attn_layer = (q + 2 * kv) * d + (c.attention_bias ? q + 2 * kv + d : 0) + q * d +
+                             (c.attention_sinks ? c.num_attention_heads : 0);
+  p.attention = L * attn_layer;
+  p.router = c.is_moe() ? L * (d * E + E) : 0;
+  p.per_expert = d * 2 * I + 2 * I + I * d + d;
+  p.experts = L * E * p.per_expert;
+  p.norms = L * 2 * d + d;
+  p.total = p.embedding + p.unembedding + p.attention + p.router + p.experts + p.norms;
+  // The output head is active even when tied (it is then the embedding matrix).
+  p.active = p.total - p.embedding - L * (E - c.num_experts_per_tok) * p.per_expert +
+             (c.tie_word_embeddings ? c.vocab_size * d : 0);
+  return p;
+}
+
+FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
+  const double d = double(c.hidden_size), L = double(c.num_hidden_layers);
+  const double E = double(c.num_local_experts), k = double(c.num_experts_per_tok);
+  const double hq = double(c.num_attention_heads * c.head_dim);
+  const double hkv = double(c.num_key_value_heads * c.head_dim);
+  const double I = double(c.intermediate_size), V = double(c.vocab_size);
+  const double attn_w = (hq + 2 * hkv) * d + hq * d;
+  const double expert_w = 3 * d * I;
+  const double router_w = c.is_moe() ? d * E : 0;
+  constexpr double Cf = 6.0, R = 14.0;
+  // Average number of keys a query attends to, per layer kind, over positions 0..seq-1.
+  auto ctx = [&](int64_t window) {
+    double s = 0;
+    for (int64_t i = 0; i < seq; i++) s += double(window > 0 ? std::min(i + 1, window) : i + 1);
+    return s / double(seq);
+  };
+  double attn_ctx = 0;
+  for (bool sliding : c.layer_sliding) attn_ctx += ctx(sliding ? c.sliding_window : 0);
+  FlopCounts f;
+  f.train_per_token = Cf * (L * (attn_w + router_w + k * expert_w) + V * d) + 2 * Cf * hq * attn_ctx;
+  f.spec52_per_token = L * (Cf * attn_w + 2 * Cf * hq * double(seq) + Cf * k * expert_w +
+                            (c.is_moe() ? R * d * E : 0)) + Cf * V * d;
+  f.six_na = Cf * double(config_count(c).active);
+  return f;
+}
+
+ModelConfig config_iso_moe(const ModelConfig& dense, int64_t E, int64_t k) {
+  if (dense.num_local_experts != 1)
+    fail(fmt::format("--iso-moe needs a dense config (it has {} experts)", dense.num_local_experts));
+  if (E < 1 || k < 1 || k > E)
+    fail(fmt::format("--iso-moe {},{}: need 1 <= top-k <= experts", E, k));
+  if (dense.intermediate_size % E != 0)
+    fail(fmt::format("--iso-moe {}: intermediate_size {} is not divisible by {} experts", E,
+                     dense.intermediate_size, E));
+  ModelConfig m = dense;
+  m.ffn_type = FfnType::Moe;
+  m.num_local_experts = E;
+  m.num_experts_per_tok = k;
+  m.intermediate_size = dense.intermediate_size / E;
+  return m;
+}
+
+}  // namespace moelab

@@ -1,0 +1,78 @@
+#pragma once
+// Model configuration: JSON with Hugging Face GptOss key names where one exists, validated with
+// one clear error per problem, and the parameter / FLOPs accounting of SPEC 5.2.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace moelab {
+
+enum class FfnType { Dense, Moe };
+
+struct ModelConfig {
+  int64_t vocab_size = 8192;
+  int64_t hidden_size = 256;        // d
+  int64_t num_hidden_layers = 4;    // L
+  int64_t num_attention_heads = 4;  // H
+  int64_t num_key_value_heads = 4;  // KV
+  int64_t head_dim = 64;
+  FfnType ffn_type = FfnType::Dense;
+  int64_t num_local_experts = 1;    // E
+  int64_t num_experts_per_tok = 1;  // k
+  int64_t intermediate_size = 1024; // hidden width of one expert
+  int64_t sliding_window = 0;       // 0: no sliding layers
+  std::vector<bool> layer_sliding;  // per layer: sliding window (true) or full causal (false)
+  bool attention_sinks = true;
+  bool attention_bias = true;
+  double rope_theta = 150000.0;
+  double yarn_factor = 1.0;  // rope_scaling.factor; 1 = plain RoPE
+  double yarn_beta_fast = 32.0;
+  double yarn_beta_slow = 1.0;
+  int64_t yarn_original_context = 4096;
+  int64_t max_position_embeddings = 4096;
+  double rms_norm_eps = 1e-5;
+  double swiglu_limit = 7.0;  // <= 0 disables the clamps
+  double swiglu_alpha = 1.702;
+  double router_aux_loss_coef = 0.01;
+  double router_z_loss_coef = 0.001;
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;
+
+  bool is_moe() const { return ffn_type == FfnType::Moe; }
+};
+
+// Parses and validates; `source` (a file name) starts every error message.
+ModelConfig config_from_json(const nlohmann::json& j, std::string_view source);
+nlohmann::json config_to_json(const ModelConfig& c);
+// Reads a model config file; a file with a "model" object (bench and experiment files) uses it.
+ModelConfig config_load(const std::string& path);
+void config_validate(const ModelConfig& c, std::string_view source);
+
+struct ParamCounts {
+  int64_t total = 0;
+  int64_t embedding = 0;      // input embedding
+  int64_t unembedding = 0;    // output head (0 extra when tied)
+  int64_t attention = 0;      // all layers
+  int64_t router = 0;         // all layers
+  int64_t experts = 0;        // all layers, all experts
+  int64_t per_expert = 0;     // one expert of one layer
+  int64_t norms = 0;
+  int64_t active = 0;         // per token: excludes the input embedding and unselected experts
+};
+ParamCounts config_count(const ModelConfig& c);
+
+struct FlopCounts {
+  double train_per_token = 0;  // 6 x active matmul params + causal attention (exact average)
+  double spec52_per_token = 0; // SPEC 5.2 formula at n_ctx = seq (C_f = 6, router R = 14)
+  double six_na = 0;           // 6 x active params
+};
+FlopCounts config_flops(const ModelConfig& c, int64_t seq_len);
+
+// The iso-total-parameter MoE variant of a dense config (SPEC 0): the FFN width is split
+// across E experts, k of them active per token.
+ModelConfig config_iso_moe(const ModelConfig& dense, int64_t E, int64_t k);
+
+}  // namespace moelab
