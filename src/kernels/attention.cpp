@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -31,7 +32,7 @@ void attention<T>::forward(T* out, T* lse, const T* qkv, const T* sinks, const A
   const int64_t C = (s.H + 2 * s.KV) * s.hd, hd = s.hd, group = s.H / s.KV;
   const int64_t tiles = (s.T + kTileQ - 1) / kTileQ;
   const T scale = T(s.scale);
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(s.B * s.T * s.T * s.H * s.hd))
   {
     std::vector<T> acc(kTileQ * hd), m(kTileQ), l(kTileQ), sc(kTileK);
 #pragma omp for schedule(dynamic)
@@ -92,7 +93,7 @@ void attention<T>::backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, con
   std::vector<T> dsink_part(sinks && dsinks ? s.B * s.H : 0, T(0));
   // One task per (batch, kv head): it owns dK and dV of that head, and dQ of its query heads,
   // so no two threads write the same gradient row.
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(s.B * s.T * s.T * s.H * s.hd))
   {
     std::vector<T> dq(kTileQ * hd), D(kTileQ);
 #pragma omp for schedule(dynamic)

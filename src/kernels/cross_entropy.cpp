@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -10,7 +11,7 @@ template <typename T>
 double cross_entropy<T>::forward(T* lse, const T* logits, const int32_t* targets, int64_t N,
                                  int64_t V) {
   std::vector<double> loss(N, 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * V))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * V;
     T mx = z[0];
@@ -29,7 +30,7 @@ template <typename T>
 void cross_entropy<T>::backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
                                 int64_t N, int64_t V, double scale) {
   const T s = T(scale);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * V))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * V;
     T* d = dlogits + n * V;

@@ -3,6 +3,7 @@
 
 #include "core/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -14,7 +15,7 @@ template <typename T>
 void colsum_add(T* db, const T* dout, int64_t N, int64_t O) {
   constexpr int64_t kCols = 64;
   const int64_t blocks = (O + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * O))
   for (int64_t b = 0; b < blocks; b++) {
     const int64_t c0 = b * kCols, c1 = std::min(O, c0 + kCols);
     T acc[kCols] = {};
@@ -33,7 +34,7 @@ void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, i
                         int64_t O, WLayout layout) {
   if (N == 0) return;
   if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * O))
     for (int64_t n = 0; n < N; n++) std::memcpy(out + n * O, b, O * sizeof(T));
   }
   const T beta = b ? T(1) : T(0);

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -22,14 +23,14 @@ void moe_sort(int32_t* order, int32_t* pos, int64_t* offsets, const int32_t* idx
 
 template <typename T>
 void moe_gather<T>::forward(T* xe, const T* x, const MoeRouting& r, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r.N * r.k * d))
   for (int64_t i = 0; i < r.N * r.k; i++)
     std::memcpy(xe + i * d, x + int64_t(r.order[i]) * d, d * sizeof(T));
 }
 
 template <typename T>
 void moe_gather<T>::backward(T* dx, const T* dxe, const MoeRouting& r, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r.N * r.k * d))
   for (int64_t n = 0; n < r.N; n++)
     for (int64_t j = 0; j < r.k; j++) {
       const T* src = dxe + int64_t(r.pos[n * r.k + j]) * d;
@@ -40,7 +41,7 @@ void moe_gather<T>::backward(T* dx, const T* dxe, const MoeRouting& r, int64_t d
 
 template <typename T>
 void moe_combine<T>::forward(T* out, const T* y, const T* w, const MoeRouting& r, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r.N * r.k * d))
   for (int64_t n = 0; n < r.N; n++) {
     T* o = out + n * d;
     for (int64_t j = 0; j < r.k; j++) {
@@ -57,7 +58,7 @@ void moe_combine<T>::forward(T* out, const T* y, const T* w, const MoeRouting& r
 template <typename T>
 void moe_combine<T>::backward(T* dy, T* dw, const T* dout, const T* y, const T* w,
                               const MoeRouting& r, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r.N * r.k * d))
   for (int64_t n = 0; n < r.N; n++) {
     const T* g = dout + n * d;
     for (int64_t j = 0; j < r.k; j++) {

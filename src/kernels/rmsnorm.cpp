@@ -2,13 +2,14 @@
 #include <cmath>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
 template <typename T>
 void rmsnorm<T>::forward(T* out, T* rstd, const T* x, const T* g, int64_t N, int64_t d,
                          double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * d))
   for (int64_t n = 0; n < N; n++) {
     const T* xr = x + n * d;
     T* o = out + n * d;
@@ -24,7 +25,7 @@ template <typename T>
 void rmsnorm<T>::backward(T* dx, T* dg, const T* dout, const T* x, const T* g, const T* rstd,
                           int64_t N, int64_t d) {
   // dx_j = r * (g_j dy_j - x_j r^2 mean_i(g_i dy_i x_i))
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * d))
   for (int64_t n = 0; n < N; n++) {
     const T *xr = x + n * d, *dy = dout + n * d;
     T* dxr = dx + n * d;
@@ -38,7 +39,7 @@ void rmsnorm<T>::backward(T* dx, T* dg, const T* dout, const T* x, const T* g, c
   // dg_i += sum_n dy_ni x_ni r_n, reduced over rows in a fixed order per column block.
   constexpr int64_t kCols = 32;
   const int64_t blocks = (d + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * d))
   for (int64_t b = 0; b < blocks; b++) {
     const int64_t c0 = b * kCols, c1 = std::min(d, c0 + kCols);
     T acc[kCols] = {};

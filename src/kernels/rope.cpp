@@ -3,6 +3,7 @@
 #include <numbers>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -36,7 +37,7 @@ template <typename T>
 void rope<T>::forward(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
                       int64_t stride, const T* cos, const T* sin) {
   const int64_t half = head_dim / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * n_heads * head_dim))
   for (int64_t n = 0; n < N; n++) {
     const T* c = cos + (n % seq) * half;
     const T* s = sin + (n % seq) * half;
@@ -55,7 +56,7 @@ template <typename T>
 void rope<T>::backward(T* dx, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
                        int64_t stride, const T* cos, const T* sin) {
   const int64_t half = head_dim / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * n_heads * head_dim))
   for (int64_t n = 0; n < N; n++) {
     const T* c = cos + (n % seq) * half;
     const T* s = sin + (n % seq) * half;

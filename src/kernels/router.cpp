@@ -3,12 +3,13 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
 template <typename T>
 void router<T>::forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E * k))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * E;
     int32_t* id = idx + n * k;
@@ -33,7 +34,7 @@ void router<T>::forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t 
 template <typename T>
 void router<T>::backward(T* dlogits, const T* dw, const T* w, const int32_t* idx, int64_t N,
                          int64_t E, int64_t k) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E))
   for (int64_t n = 0; n < N; n++) {
     T* d = dlogits + n * E;
     std::fill_n(d, E, T(0));
@@ -51,7 +52,7 @@ void router_probs(std::vector<double>& p, std::vector<double>& lse, const T* log
                   int64_t E) {
   p.resize(N * E);
   lse.resize(N);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * E;
     double mx = z[0], sum = 0;
@@ -99,7 +100,7 @@ void router<T>::loss_backward(T* dlogits, const T* logits, const int32_t* idx, i
   const std::vector<double> f = router_fractions(idx, N, E, k);
   // aux: the routing fractions f are constants; only the mean probabilities P carry gradient.
   const double ca = scale * coef_aux * double(E) / double(N), cz = scale * coef_z * 2.0 / double(N);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E))
   for (int64_t n = 0; n < N; n++) {
     const double* pr = p.data() + n * E;
     double fp = 0;

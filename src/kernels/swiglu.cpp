@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "kernels/kernels.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -16,7 +17,7 @@ inline double clamp_limit(double limit) {
 template <typename T>
 void swiglu<T>::forward(T* out, const T* h, int64_t N, int64_t I, double limit, double alpha) {
   const T L = T(clamp_limit(limit)), a = T(alpha);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * I))
   for (int64_t n = 0; n < N; n++) {
     const T* hr = h + n * 2 * I;
     T* o = out + n * I;
@@ -33,7 +34,7 @@ void swiglu<T>::backward(T* dh, const T* dout, const T* h, int64_t N, int64_t I,
                          double alpha) {
   // Clamp gradients pass where the input lies inside the closed interval, as torch.clamp does.
   const T L = T(clamp_limit(limit)), a = T(alpha);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * I))
   for (int64_t n = 0; n < N; n++) {
     const T* hr = h + n * 2 * I;
     const T* dy = dout + n * I;

@@ -1,4 +1,5 @@
 #include "model/model.hpp"
+#include "core/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +15,7 @@ namespace {
 
 template <typename T>
 void add_into(T* out, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
   for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -96,7 +97,7 @@ void Model<T>::init_weights(uint64_t seed) {
     const TensorView& t = layout.tensors[ti];
     T* p = params.data() + t.offset;
     const double sd = t.init == Init::NormalScaled ? std_scaled : cfg.initializer_range;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(t.numel))
     for (int64_t i = 0; i < t.numel; i++) {
       switch (t.init) {
         case Init::Zeros: p[i] = T(0); break;

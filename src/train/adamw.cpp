@@ -1,4 +1,5 @@
 #include "train/adamw.hpp"
+#include "core/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -27,7 +28,7 @@ void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr) 
     const T* g = grads.data() + t.offset;
     T* mt = m.data() + t.offset;
     T* vt = v.data() + t.offset;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(t.numel))
     for (int64_t i = 0; i < t.numel; i++) {
       mt[i] = b1 * mt[i] + (T(1) - b1) * g[i];
       vt[i] = b2 * vt[i] + (T(1) - b2) * g[i] * g[i];
@@ -45,7 +46,7 @@ double grad_clip_global_norm(const ParamLayout& layout, std::span<T> grads, doub
     const T* g = grads.data() + t.offset;
     const int64_t chunks = (t.numel + kChunk - 1) / kChunk;
     std::vector<double> part(size_t(chunks), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(chunks * kChunk))
     for (int64_t c = 0; c < chunks; c++) {
       double s = 0;
       for (int64_t i = c * kChunk; i < std::min(t.numel, (c + 1) * kChunk); i++)
@@ -60,7 +61,7 @@ double grad_clip_global_norm(const ParamLayout& layout, std::span<T> grads, doub
     for (const TensorView& t : layout.tensors) {
       if (t.frozen) continue;
       T* g = grads.data() + t.offset;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(t.numel))
       for (int64_t i = 0; i < t.numel; i++) g[i] *= scale;
     }
   }

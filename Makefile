@@ -1,0 +1,40 @@
+# make test   installs what is missing (Debian packages), builds, runs every test
+# make bench  training throughput of the bench configs
+# make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPS := g++ cmake make pkg-config libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev \
+        libfmt-dev libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
+
+.PHONY: deps build test bench format clean
+
+deps:
+	@missing=""; for p in $(DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD)/moelab bench peak
+	$(BUILD)/moelab bench train --config bench/dense.json --steps 10
+	$(BUILD)/moelab bench train --config bench/moe.json --steps 10
+
+format:
+	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
+
+clean:
+	rm -rf $(BUILD)

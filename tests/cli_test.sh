@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The moelab command: good input works; bad input fails with exit 1 and one line naming the
+# file, field or flag, and leaves no partial output.
+set -u
+moelab=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect_error "description" "regex on stderr" command...
+expect_error() {
+  local what=$1 re=$2
+  shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  if [ $rc -ne 1 ]; then bad "$what: exit $rc, expected 1"; return; fi
+  if [ "$(wc -l <"$tmp/err")" -ne 1 ]; then bad "$what: stderr is not one line:"; cat "$tmp/err"; return; fi
+  if ! grep -Eq -- "$re" "$tmp/err"; then bad "$what: stderr '$(cat "$tmp/err")' does not match '$re'"; return; fi
+  ok
+}
+
+expect_ok() {
+  local what=$1
+  shift
+  if "$@" >"$tmp/out" 2>"$tmp/err"; then ok; else bad "$what: $(cat "$tmp/err")"; fi
+}
+
+cat >"$tmp/tiny.json" <<'JSON'
+{"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+ "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 32, "sliding_window": 4,
+ "max_position_embeddings": 32}
+JSON
+cat >"$tmp/bench.json" <<'JSON'
+{"batch_size": 2, "seq_len": 16, "model": {"vocab_size": 64, "hidden_size": 16,
+ "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+ "ffn_type": "moe", "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 8,
+ "max_position_embeddings": 32}}
+JSON
+sed 's/"num_key_value_heads": 1/"num_key_value_heads": 3/' "$tmp/tiny.json" >"$tmp/gqa.json"
+sed 's/"head_dim": 8/"head_dim": 8, "colour": 1/' "$tmp/tiny.json" >"$tmp/unknown.json"
+echo '{"vocab_size": 64,' >"$tmp/broken.json"
+sed 's/"batch_size": 2/"batch_size": 2, "lr": 1/' "$tmp/bench.json" >"$tmp/bench_bad.json"
+sed 's/"num_key_value_heads": 1/"num_key_value_heads": 3/' "$tmp/bench.json" >"$tmp/bench_gqa.json"
+
+# good input
+expect_ok "model info" "$moelab" model info "$src/bench/dense.json"
+grep -q "params total  8404240" "$tmp/out" || bad "bench/dense.json total params"
+expect_ok "model info --iso-moe" "$moelab" model info "$src/bench/dense.json" --iso-moe 8,2 --json
+grep -q '"intermediate_size":128' "$tmp/out" || bad "iso-moe 8,2 gives expert hidden 128"
+expect_ok "model info --out" "$moelab" model info "$tmp/tiny.json" --iso-moe 4,1 --out "$tmp/iso.json"
+expect_ok "derived config loads" "$moelab" model info "$tmp/iso.json"
+expect_ok "bench train" "$moelab" bench train --config "$tmp/bench.json" --steps 2 --warmup 1 --threads 2 --peak 100
+grep -q '"tokens_per_s"' "$tmp/out" || bad "bench train prints tokens_per_s"
+expect_ok "model dump" "$moelab" model dump "$tmp/tiny.json" --out "$tmp/dump.safetensors"
+[ -s "$tmp/dump.safetensors" ] && [ ! -e "$tmp/dump.safetensors.tmp" ] && ok || bad "dump file"
+
+# bad input
+expect_error "heads not divisible" "gqa.json: 'num_attention_heads' \(2\) is not divisible by 'num_key_value_heads' \(3\)" \
+  "$moelab" model info "$tmp/gqa.json"
+expect_error "unknown key" "unknown.json: 'colour' is not a known key" "$moelab" model info "$tmp/unknown.json"
+expect_error "broken JSON" "broken.json: invalid JSON" "$moelab" model info "$tmp/broken.json"
+expect_error "missing file" "nope.json: cannot open" "$moelab" model info "$tmp/nope.json"
+expect_error "bad --iso-moe" "--iso-moe 'x': expected E,K" "$moelab" model info "$tmp/tiny.json" --iso-moe x
+expect_error "iso-moe not divisible" "intermediate_size 32 is not divisible by 3 experts" \
+  "$moelab" model info "$tmp/tiny.json" --iso-moe 3,1
+expect_error "bench unknown key" "bench_bad.json: 'lr' is not a known key" \
+  "$moelab" bench train --config "$tmp/bench_bad.json"
+expect_error "bench model error" "bench_gqa.json: model: 'num_attention_heads'" \
+  "$moelab" bench train --config "$tmp/bench_gqa.json"
+expect_error "unwritable dump" "cannot write" "$moelab" model dump "$tmp/tiny.json" --out "$tmp/no/such/dir/x.safetensors"
+[ ! -e "$tmp/no" ] && ok || bad "unwritable dump left something behind"
+expect_error "bad dtype" "--dtype must be f32 or f64" "$moelab" model dump "$tmp/tiny.json" --out "$tmp/x" --dtype f16
+[ ! -e "$tmp/x" ] && ok || bad "bad dtype left a file"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -1,0 +1,314 @@
+// The whole model: finite differences in double, E = 1 equals dense bit for bit, determinism,
+// frozen tensors, router edge cases, and a memorisation smoke test.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/parallel.hpp"
+#include "core/rng.hpp"
+#include "model/model.hpp"
+#include "test_util.hpp"
+#include "train/adamw.hpp"
+
+using namespace moelab;
+using namespace moelab::test;
+
+namespace {
+
+ModelConfig tiny(bool moe) {
+  ModelConfig c;
+  c.vocab_size = 29;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 6;
+  c.intermediate_size = 8;
+  c.ffn_type = moe ? FfnType::Moe : FfnType::Dense;
+  c.num_local_experts = moe ? 4 : 1;
+  c.num_experts_per_tok = moe ? 2 : 1;
+  c.sliding_window = 4;
+  c.layer_sliding = {true, false};
+  c.attention_sinks = true;
+  c.max_position_embeddings = 64;
+  c.yarn_factor = 4.0;
+  c.yarn_original_context = 8;
+  c.swiglu_limit = 1.5;  // small, so that the clamps are active in a tiny model
+  c.router_aux_loss_coef = 0.05;
+  c.router_z_loss_coef = 0.01;
+  c.initializer_range = 0.3;
+  return c;
+}
+
+struct Batch {
+  std::vector<int32_t> tokens, targets;
+};
+
+Batch batch(int64_t N, int64_t V, uint64_t seed) {
+  Batch b;
+  for (int64_t i = 0; i < N; i++) {
+    b.tokens.push_back(int32_t(rng_u64(seed, 1, uint64_t(i)) % uint64_t(V)));
+    b.targets.push_back(i % 5 == 2 ? -1 : int32_t(rng_u64(seed, 2, uint64_t(i)) % uint64_t(V)));
+  }
+  return b;
+}
+
+// Perturb the ones/zeros-initialised tensors so every parameter matters.
+template <typename T>
+void jitter(Model<T>& m, uint64_t seed) {
+  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++) {
+    const TensorView& t = m.layout.tensors[ti];
+    for (int64_t i = 0; i < t.numel; i++)
+      m.params[size_t(t.offset + i)] += T(0.2 * rng_normal(seed, ti, uint64_t(i)));
+  }
+}
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+class ModelFd : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ModelFd, WholeModelGradientMatchesFiniteDifferences) {
+  const bool moe = GetParam();
+  const ModelConfig c = tiny(moe);
+  const int64_t B = 2, T = 11;
+  Model<double> m(c, B, T);
+  m.init_weights(3);
+  jitter(m, 4);
+  const Batch b = batch(B * T, c.vocab_size, 5);
+  m.zero_grad();
+  const Losses l0 = m.forward(b.tokens, b.targets);
+  if (moe) {
+    EXPECT_GT(l0.aux, 0.0);
+    EXPECT_GT(l0.z, 0.0);
+  }
+  m.backward();
+  const std::vector<double> g = m.grads;
+  // Every tensor is checked separately, so a wrong gradient is named.
+  for (const TensorView& t : m.layout.tensors) {
+    std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
+    std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
+    expect_fd(x, gt, [&] {
+      std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+      return m.forward(b.tokens, b.targets).total();
+    }, t.name, 1e-6, 2e-5, 1e-8, 200);
+    std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAndMoe, ModelFd, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "moe" : "dense"; });
+
+// ----------------------------------------------------------------------------
+TEST(Model, OneExpertTopOneIsBitForBitDense) {
+  ModelConfig dc = tiny(false), mc = tiny(false);
+  mc.ffn_type = FfnType::Moe;  // E = 1, k = 1, but with a router
+  const int64_t B = 2, T = 9;
+  Model<float> dense(dc, B, T), moe(mc, B, T);
+  dense.init_weights(1);
+  moe.init_weights(2);
+  for (const TensorView& t : dense.layout.tensors) {
+    const TensorView* u = moe.layout.find(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    std::copy_n(dense.params.begin() + t.offset, t.numel, moe.params.begin() + u->offset);
+  }
+  ASSERT_NE(moe.layout.find("model.layers.0.mlp.router.weight"), nullptr);
+  const Batch b = batch(B * T, dc.vocab_size, 3);
+  dense.zero_grad();
+  moe.zero_grad();
+  const Losses ld = dense.forward(b.tokens, b.targets), lm = moe.forward(b.tokens, b.targets);
+  EXPECT_EQ(ld.total(), lm.total());
+  EXPECT_TRUE(std::memcmp(dense.logits().data(), moe.logits().data(),
+                          dense.logits().size() * sizeof(float)) == 0);
+  dense.backward();
+  moe.backward();
+  for (const TensorView& t : dense.layout.tensors) {
+    const TensorView* u = moe.layout.find(t.name);
+    EXPECT_EQ(0, std::memcmp(dense.grads.data() + t.offset, moe.grads.data() + u->offset,
+                             size_t(t.numel) * sizeof(float)))
+        << t.name;
+  }
+}
+
+TEST(Model, DeterministicForSeedAndThreads) {
+  const ModelConfig c = tiny(true);
+  auto run = [&] {
+    Model<float> m(c, 2, 16);
+    m.init_weights(11);
+    const Batch b = batch(32, c.vocab_size, 12);
+    m.zero_grad();
+    m.forward(b.tokens, b.targets);
+    std::vector<float> logits(m.logits().begin(), m.logits().end());
+    m.backward();
+    return std::make_pair(logits, m.grads);
+  };
+  const auto a = run(), b = run();
+  EXPECT_TRUE(same_bits(a.first, b.first));
+  EXPECT_TRUE(same_bits(a.second, b.second));
+}
+
+TEST(Model, FrozenTensorsGetNoGradientButInputsDo) {
+  const ModelConfig c = tiny(true);
+  const int64_t B = 2, T = 8;
+  const Batch b = batch(B * T, c.vocab_size, 2);
+  Model<double> full(c, B, T), frozen(c, B, T);
+  full.init_weights(5);
+  frozen.init_weights(5);
+  EXPECT_EQ(frozen.layout.set_frozen(R"(self_attn\.|mlp\.router\.)", true), 2 * (8 + 2 + 1));
+  for (Model<double>* m : {&full, &frozen}) {
+    m->zero_grad();
+    m->forward(b.tokens, b.targets);
+    m->backward();
+  }
+  for (const TensorView& t : frozen.layout.tensors)
+    for (int64_t i = 0; i < t.numel; i++) {
+      const double gf = frozen.grads[size_t(t.offset + i)], g = full.grads[size_t(t.offset + i)];
+      if (t.frozen) ASSERT_EQ(gf, 0.0) << t.name;
+      else ASSERT_NEAR(gf, g, 1e-12 * (1 + std::abs(g))) << t.name;  // dX flowed through
+    }
+}
+
+// ----------------------------------------------------------------------------
+TEST(Model, RouterEdgeCasesEveryTokenToOneExpertAndIdleExperts) {
+  ModelConfig c = tiny(true);
+  c.num_experts_per_tok = 1;
+  const int64_t B = 1, T = 7;
+  Model<double> m(c, B, T);
+  m.init_weights(8);
+  for (int64_t l = 0; l < c.num_hidden_layers; l++) {  // expert 1 wins every token
+    double* rb = m.params.data() + m.layout.layers[size_t(l)].router_b;
+    rb[0] = 0, rb[1] = 50, rb[2] = 0, rb[3] = 0;
+  }
+  const Batch b = batch(B * T, c.vocab_size, 9);
+  m.zero_grad();
+  m.forward(b.tokens, b.targets);
+  for (const auto& f : m.expert_load()) EXPECT_EQ(f, (std::vector<double>{0, 1, 0, 0}));
+  m.backward();
+  // Idle experts: exactly zero gradient; the busy one: a real gradient.
+  const TensorView* w1 = m.layout.find("model.layers.0.mlp.experts.gate_up_proj");
+  const int64_t per = w1->numel / 4;
+  auto norm = [&](int64_t e) {
+    double s = 0;
+    for (int64_t i = 0; i < per; i++) s += std::abs(m.grads[size_t(w1->offset + e * per + i)]);
+    return s;
+  };
+  EXPECT_EQ(norm(0), 0.0);
+  EXPECT_GT(norm(1), 0.0);
+  EXPECT_EQ(norm(2), 0.0);
+  EXPECT_EQ(norm(3), 0.0);
+  for (double g : m.grads) ASSERT_TRUE(std::isfinite(g));
+}
+
+// ----------------------------------------------------------------------------
+class Memorise : public ::testing::TestWithParam<bool> {};
+
+TEST_P(Memorise, LossFallsNearZeroOnARepeatingSequence) {
+  ModelConfig c = tiny(GetParam());
+  c.vocab_size = 16;
+  c.hidden_size = 32;
+  c.intermediate_size = 32;
+  c.head_dim = 8;
+  c.initializer_range = 0.02;
+  c.swiglu_limit = 7.0;
+  c.yarn_factor = 1.0;
+  const int64_t B = 2, T = 24;
+  Model<float> m(c, B, T);
+  m.init_weights(1);
+  const int period[] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8};  // needs context to continue
+  std::vector<int32_t> tok(B * T), tgt(B * T);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      tok[b * T + t] = period[(t + 5 * b) % 12];
+      tgt[b * T + t] = period[(t + 5 * b + 1) % 12];
+    }
+  AdamW<float> opt(m.layout, AdamWConfig{0.9, 0.95, 1e-8, 0.0});
+  double first = 0, last = 0;
+  for (int step = 0; step < 150; step++) {
+    m.zero_grad();
+    last = m.forward(tok, tgt).lm;
+    if (step == 0) first = last;
+    m.backward();
+    grad_clip_global_norm<float>(m.layout, m.grads, 1.0);
+    opt.update(m.params, m.grads, 1e-2);
+  }
+  EXPECT_GT(first, 2.0);
+  EXPECT_LT(last, 0.05) << "from " << first;
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAndMoe, Memorise, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "moe" : "dense"; });
+
+// ----------------------------------------------------------------------------
+TEST(AdamW, MatchesTheUpdateFormulaAndSkipsFrozenAndNoDecay) {
+  ModelConfig c = tiny(false);
+  ParamLayout layout = layout_build(c);
+  layout.set_frozen("^model\\.norm\\.weight$", true);
+  const size_t n = size_t(layout.total);
+  auto p = randn(int64_t(n), 1), g1 = randn(int64_t(n), 2), g2 = randn(int64_t(n), 3);
+  const auto p0 = p;
+  AdamW<double> opt(layout, AdamWConfig{0.9, 0.95, 1e-8, 0.1});
+  opt.update(p, g1, 1e-2);
+  opt.update(p, g2, 5e-3);
+  for (const TensorView& t : layout.tensors) {
+    for (int64_t i = 0; i < t.numel; i += 7) {
+      const size_t j = size_t(t.offset + i);
+      if (t.frozen) {
+        ASSERT_EQ(p[j], p0[j]) << t.name;
+        continue;
+      }
+      double x = p0[j], m = 0, v = 0;
+      const double lrs[2] = {1e-2, 5e-3}, gs[2] = {g1[j], g2[j]};
+      for (int s = 1; s <= 2; s++) {
+        const double lr = lrs[s - 1], g = gs[s - 1];
+        x *= t.decay ? 1 - lr * 0.1 : 1.0;
+        m = 0.9 * m + 0.1 * g;
+        v = 0.95 * v + 0.05 * g * g;
+        x -= lr * (m / (1 - std::pow(0.9, s))) / (std::sqrt(v / (1 - std::pow(0.95, s))) + 1e-8);
+      }
+      ASSERT_NEAR(p[j], x, 1e-12) << t.name;
+    }
+  }
+}
+
+TEST(AdamW, GlobalNormClipping) {
+  ParamLayout layout = layout_build(tiny(true));
+  std::vector<double> g(size_t(layout.total), 0.0);
+  g[0] = 3.0;
+  g[size_t(layout.total - 1)] = 4.0;
+  EXPECT_NEAR(grad_clip_global_norm<double>(layout, g, 1.0), 5.0, 1e-12);
+  EXPECT_NEAR(g[0], 0.6, 1e-6);
+  EXPECT_NEAR(g[size_t(layout.total - 1)], 0.8, 1e-6);
+  EXPECT_NEAR(grad_clip_global_norm<double>(layout, g, 0.0), 1.0, 1e-5);  // 0: no clipping
+}
+
+// ----------------------------------------------------------------------------
+TEST(Model, ParallelPathsGiveTheSameBitsAsSerial) {
+  // Small shapes skip OpenMP; force every loop parallel and compare with a serial run. The
+  // reductions have a fixed order, so the bits must agree exactly.
+  const ModelConfig c = tiny(true);
+  auto run = [&](int64_t min_work) {
+    const int64_t keep = parallel_min_work;
+    parallel_min_work = min_work;
+    Model<double> m(c, 3, 21);
+    m.init_weights(2);
+    jitter(m, 3);
+    const Batch b = batch(63, c.vocab_size, 4);
+    m.zero_grad();
+    const double loss = m.forward(b.tokens, b.targets).total();
+    m.backward();
+    AdamW<double> opt(m.layout, AdamWConfig{});
+    grad_clip_global_norm<double>(m.layout, m.grads, 0.5);
+    opt.update(m.params, m.grads, 1e-3);
+    parallel_min_work = keep;
+    return std::make_pair(loss, m.params);
+  };
+  const auto par = run(0), ser = run(int64_t(1) << 60);
+  EXPECT_EQ(par.first, ser.first);
+  EXPECT_TRUE(same_bits(par.second, ser.second));
+}
