@@ -247,7 +247,7 @@ struct router {
                        int64_t E, int64_t k) {
     for (int64_t n = 0; n < N; n++) {
       for (int64_t e = 0; e < E; e++) dlogits[n * E + e] = 0;
-      for (int64_t a = 0; a < k; a++)      // d w_a / d z_b = w_a (delta_ab - w_b)
+      for (int64_t a = 0; a < k; a++)  // d w_a / d z_b = w_a (delta_ab - w_b)
         for (int64_t b = 0; b < k; b++)
           dlogits[n * E + idx[n * k + b]] +=
               dw[n * k + a] * w[n * k + a] * ((a == b ? 1 : 0) - w[n * k + b]);

@@ -13,9 +13,9 @@ using json = nlohmann::json;
 namespace {
 
 json small() {
-  return {{"vocab_size", 100},         {"hidden_size", 32},     {"num_hidden_layers", 2},
-          {"num_attention_heads", 4},  {"num_key_value_heads", 2}, {"head_dim", 8},
-          {"intermediate_size", 64},   {"sliding_window", 16}};
+  return {{"vocab_size", 100},        {"hidden_size", 32},        {"num_hidden_layers", 2},
+          {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 8},
+          {"intermediate_size", 64},  {"sliding_window", 16}};
 }
 
 std::string error_of(const json& j) {
@@ -28,17 +28,29 @@ std::string error_of(const json& j) {
 }
 
 ModelConfig gpt_oss(int64_t layers, int64_t experts) {
-  json j = {{"vocab_size", 201088},       {"hidden_size", 2880},
-            {"num_hidden_layers", layers}, {"num_attention_heads", 64},
-            {"num_key_value_heads", 8},   {"head_dim", 64},
-            {"num_local_experts", experts}, {"experts_per_token", 4},
-            {"intermediate_size", 2880},  {"sliding_window", 128},
-            {"rope_theta", 150000},       {"swiglu_limit", 7.0},
-            {"architectures", {"GptOssForCausalLM"}}, {"model_type", "gpt_oss"},
-            {"rope_scaling", {{"rope_type", "yarn"}, {"factor", 32.0}, {"beta_fast", 32.0},
-                              {"beta_slow", 1.0}, {"original_max_position_embeddings", 4096},
-                              {"truncate", false}}},
-            {"max_position_embeddings", 131072}, {"tie_word_embeddings", false}};
+  json j = {{"vocab_size", 201088},
+            {"hidden_size", 2880},
+            {"num_hidden_layers", layers},
+            {"num_attention_heads", 64},
+            {"num_key_value_heads", 8},
+            {"head_dim", 64},
+            {"num_local_experts", experts},
+            {"experts_per_token", 4},
+            {"intermediate_size", 2880},
+            {"sliding_window", 128},
+            {"rope_theta", 150000},
+            {"swiglu_limit", 7.0},
+            {"architectures", {"GptOssForCausalLM"}},
+            {"model_type", "gpt_oss"},
+            {"rope_scaling",
+             {{"rope_type", "yarn"},
+              {"factor", 32.0},
+              {"beta_fast", 32.0},
+              {"beta_slow", 1.0},
+              {"original_max_position_embeddings", 4096},
+              {"truncate", false}}},
+            {"max_position_embeddings", 131072},
+            {"tie_word_embeddings", false}};
   return config_from_json(j, "gpt-oss");
 }
 
@@ -51,8 +63,10 @@ TEST(Config, ValidationNamesTheField) {
     const char* expect;
   };
   const Case cases[] = {
-      {"num_key_value_heads", 3, "'num_attention_heads' (4) is not divisible by 'num_key_value_heads' (3)"},
-      {"num_experts_per_tok", 3, "'num_experts_per_tok' (3) is larger than 'num_local_experts' (1)"},
+      {"num_key_value_heads", 3,
+       "'num_attention_heads' (4) is not divisible by 'num_key_value_heads' (3)"},
+      {"num_experts_per_tok", 3,
+       "'num_experts_per_tok' (3) is larger than 'num_local_experts' (1)"},
       {"hidden_size", 0, "'hidden_size' must be positive"},
       {"hidden_size", "big", "'hidden_size' must be an integer"},
       {"head_dim", 7, "'head_dim' must be even"},
@@ -122,16 +136,18 @@ TEST(Config, CountsEqualTheParameterLayout) {
 TEST(Config, Spec52FlopsMatchTheClosedForm) {
   // With n_heads * d_head = d, no GQA and d_ffn = 4d the SPEC 5.2 formula is
   // C_f L d^2 (4 + 2 n_ctx/d + 12 E_active) + R d E L + C_f V d.
-  json j = {{"vocab_size", 50432}, {"hidden_size", 512}, {"num_hidden_layers", 6},
-            {"num_attention_heads", 8}, {"num_key_value_heads", 8}, {"head_dim", 64},
-            {"intermediate_size", 2048}, {"num_local_experts", 8}, {"num_experts_per_tok", 2},
-            {"max_position_embeddings", 2048}};
+  json j = {{"vocab_size", 50432},       {"hidden_size", 512},
+            {"num_hidden_layers", 6},    {"num_attention_heads", 8},
+            {"num_key_value_heads", 8},  {"head_dim", 64},
+            {"intermediate_size", 2048}, {"num_local_experts", 8},
+            {"num_experts_per_tok", 2},  {"max_position_embeddings", 2048}};
   const ModelConfig c = config_from_json(j, "x");
   const double d = 512, L = 6, n = 2048, V = 50432, E = 8, k = 2;
   const double want = 6 * L * d * d * (4 + 2 * n / d + 12 * k) + 14 * d * E * L + 6 * V * d;
   EXPECT_NEAR(config_flops(c, 2048).spec52_per_token / want, 1.0, 1e-12);
   // Exact causal count: attention over (n+1)/2 keys on average.
-  const double exact = 6 * (L * (4 * d * d + d * E + k * 12 * d * d) + V * d) + 12 * d * L * (n + 1) / 2;
+  const double exact =
+      6 * (L * (4 * d * d + d * E + k * 12 * d * d) + V * d) + 12 * d * L * (n + 1) / 2;
   EXPECT_NEAR(config_flops(c, 2048).train_per_token / exact, 1.0, 1e-12);
 }
 
@@ -152,5 +168,5 @@ TEST(Config, IsoMoeSplitsTheFfnWidth) {
   }
   EXPECT_THROW(config_iso_moe(dense, 3, 2), Error);  // 65536 not divisible by 3
   EXPECT_THROW(config_iso_moe(dense, 8, 9), Error);
-  EXPECT_THROW(config_iso_moe(e8, 8, 2), Error);     // not dense
+  EXPECT_THROW(config_iso_moe(e8, 8, 2), Error);  // not dense
 }

@@ -94,10 +94,13 @@ TEST_P(ModelFd, WholeModelGradientMatchesFiniteDifferences) {
   for (const TensorView& t : m.layout.tensors) {
     std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
     std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
-    expect_fd(x, gt, [&] {
-      std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
-      return m.forward(b.tokens, b.targets).total();
-    }, t.name, 1e-6, 2e-5, 1e-8, 200);
+    expect_fd(
+        x, gt,
+        [&] {
+          std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+          return m.forward(b.tokens, b.targets).total();
+        },
+        t.name, 1e-6, 2e-5, 1e-8, 200);
     std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
   }
 }
@@ -169,8 +172,10 @@ TEST(Model, FrozenTensorsGetNoGradientButInputsDo) {
   for (const TensorView& t : frozen.layout.tensors)
     for (int64_t i = 0; i < t.numel; i++) {
       const double gf = frozen.grads[size_t(t.offset + i)], g = full.grads[size_t(t.offset + i)];
-      if (t.frozen) ASSERT_EQ(gf, 0.0) << t.name;
-      else ASSERT_NEAR(gf, g, 1e-12 * (1 + std::abs(g))) << t.name;  // dX flowed through
+      if (t.frozen)
+        ASSERT_EQ(gf, 0.0) << t.name;
+      else
+        ASSERT_NEAR(gf, g, 1e-12 * (1 + std::abs(g))) << t.name;  // dX flowed through
     }
 }
 

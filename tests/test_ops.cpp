@@ -31,10 +31,13 @@ TEST(Ops, Embedding) {
   expect_close(dW32, dW, kRtol32, kAtol32, "embedding backward");
   std::vector<double> g(V * d, 0.0);
   K::embedding<double>::backward(g.data(), R.data(), tok.data(), N, d);
-  expect_fd(W, g, [&] {
-    K::embedding<double>::forward(out.data(), tok.data(), W.data(), N, d);
-    return dot(out, R);
-  }, "embedding dW");
+  expect_fd(
+      W, g,
+      [&] {
+        K::embedding<double>::forward(out.data(), tok.data(), W.data(), N, d);
+        return dot(out, R);
+      },
+      "embedding dW");
 }
 
 // ----------------------------------------------------------------------------
@@ -48,9 +51,10 @@ TEST(Ops, RmsNorm) {
                              N, d, 1e-5);
   ref::rmsnorm<double>::forward(o.data(), r.data(), x.data(), g.data(), N, d, 1e-5);
   expect_close(o32, o, kRtol32, kAtol32, "rmsnorm forward");
-  K::rmsnorm<float>::backward(dx32.data(), dg32.data(), cast<float>(R).data(), cast<float>(x).data(),
-                              cast<float>(g).data(), r32.data(), N, d);
-  ref::rmsnorm<double>::backward(dx.data(), dg.data(), R.data(), x.data(), g.data(), r.data(), N, d);
+  K::rmsnorm<float>::backward(dx32.data(), dg32.data(), cast<float>(R).data(),
+                              cast<float>(x).data(), cast<float>(g).data(), r32.data(), N, d);
+  ref::rmsnorm<double>::backward(dx.data(), dg.data(), R.data(), x.data(), g.data(), r.data(), N,
+                                 d);
   expect_close(dx32, dx, kRtol32, kAtol32, "rmsnorm dx");
   expect_close(dg32, dg, kRtol32, kAtol32, "rmsnorm dg");
 
@@ -126,7 +130,7 @@ TEST(Ops, RopeYarnTablesMatchSpec) {
   K::RopeParams p{150000.0, 32.0, 32.0, 1.0, 4096};
   K::rope<double>::tables(c.data(), s.data(), T, hd, p);
   auto inv = [&](int i) { return std::atan2(s[half + i], c[half + i]); };  // angle at t = 1
-  EXPECT_NEAR(std::hypot(c[half], s[half]), 1.3465736, 1e-7);             // concentration
+  EXPECT_NEAR(std::hypot(c[half], s[half]), 1.3465736, 1e-7);              // concentration
   EXPECT_NEAR(inv(0), 1.0, 1e-9);
   EXPECT_NEAR(inv(8), 0.0508133, 1e-7);
   EXPECT_NEAR(inv(18), 3.831e-5, 1e-8);
@@ -152,11 +156,14 @@ TEST(Ops, Rope) {
   auto gr = R;
   ref::rope<double>::backward(gr.data(), N, seq, nh, hd, stride, c.data(), s.data());
   expect_close(g, gr, 1e-12, 1e-14, "rope backward vs reference");
-  expect_fd(x, g, [&] {
-    auto t = x;
-    K::rope<double>::forward(t.data(), N, seq, nh, hd, stride, c.data(), s.data());
-    return dot(t, R);
-  }, "rope dx");
+  expect_fd(
+      x, g,
+      [&] {
+        auto t = x;
+        K::rope<double>::forward(t.data(), N, seq, nh, hd, stride, c.data(), s.data());
+        return dot(t, R);
+      },
+      "rope dx");
 }
 
 // ----------------------------------------------------------------------------
@@ -190,8 +197,8 @@ TEST_P(AttentionOps, MatchesReferenceAndFiniteDifferences) {
 
   std::vector<double> gq(N * C), gs(p.H, 0.0);
   K::attention<double>::forward(o.data(), l.data(), qkv.data(), sp, s);
-  K::attention<double>::backward(gq.data(), p.sinks ? gs.data() : nullptr, R.data(), qkv.data(),
-                                 sp, o.data(), l.data(), s);
+  K::attention<double>::backward(gq.data(), p.sinks ? gs.data() : nullptr, R.data(), qkv.data(), sp,
+                                 o.data(), l.data(), s);
   expect_close(gq, dq, 1e-10, 1e-12, "attention dqkv, double kernel vs reference");
   auto loss = [&] {
     K::attention<double>::forward(o.data(), l.data(), qkv.data(), p.sinks ? sinks.data() : nullptr,
@@ -204,12 +211,12 @@ TEST_P(AttentionOps, MatchesReferenceAndFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionOps,
-    ::testing::Values(AttnCase{1, 5, 2, 2, 4, 0, false},      // tiny, MHA
-                      AttnCase{2, 37, 4, 2, 8, 0, true},      // GQA, sinks, partial tile
-                      AttnCase{2, 37, 4, 1, 8, 5, true},      // MQA + sliding window
-                      AttnCase{1, 100, 2, 1, 8, 40, true},    // window across tile borders
-                      AttnCase{1, 130, 2, 2, 4, 0, false},    // several key blocks
-                      AttnCase{1, 70, 4, 2, 6, 1, true}));    // window 1: attends to self only
+    ::testing::Values(AttnCase{1, 5, 2, 2, 4, 0, false},    // tiny, MHA
+                      AttnCase{2, 37, 4, 2, 8, 0, true},    // GQA, sinks, partial tile
+                      AttnCase{2, 37, 4, 1, 8, 5, true},    // MQA + sliding window
+                      AttnCase{1, 100, 2, 1, 8, 40, true},  // window across tile borders
+                      AttnCase{1, 130, 2, 2, 4, 0, false},  // several key blocks
+                      AttnCase{1, 70, 4, 2, 6, 1, true}));  // window 1: attends to self only
 
 // ----------------------------------------------------------------------------
 TEST(Ops, SwiGlu) {
@@ -232,10 +239,13 @@ TEST(Ops, SwiGlu) {
   EXPECT_GT(clamped, 5) << "the test should cover the clamps";
   std::vector<double> g(N * 2 * I);
   K::swiglu<double>::backward(g.data(), R.data(), h.data(), N, I, limit, alpha);
-  expect_fd(h, g, [&] {
-    K::swiglu<double>::forward(o.data(), h.data(), N, I, limit, alpha);
-    return dot(o, R);
-  }, "swiglu dh", 1e-6, 1e-5, 1e-7, 1000);
+  expect_fd(
+      h, g,
+      [&] {
+        K::swiglu<double>::forward(o.data(), h.data(), N, I, limit, alpha);
+        return dot(o, R);
+      },
+      "swiglu dh", 1e-6, 1e-5, 1e-7, 1000);
 }
 
 // ----------------------------------------------------------------------------
@@ -254,10 +264,13 @@ TEST(Ops, RouterTopkSoftmax) {
   K::router<double>::backward(dz.data(), R.data(), w.data(), idx.data(), N, E, k);
   ref::router<double>::backward(dz_ref.data(), R.data(), w.data(), idx.data(), N, E, k);
   expect_close(dz, dz_ref, 1e-12, 1e-14, "router backward vs reference");
-  expect_fd(z, dz, [&] {  // small steps do not change the top-k set of these logits
-    K::router<double>::forward(idx.data(), w.data(), z.data(), N, E, k);
-    return dot(w, R);
-  }, "router dlogits");
+  expect_fd(
+      z, dz,
+      [&] {  // small steps do not change the top-k set of these logits
+        K::router<double>::forward(idx.data(), w.data(), z.data(), N, E, k);
+        return dot(w, R);
+      },
+      "router dlogits");
 }
 
 TEST(Ops, RouterTiesPickLowerIndex) {
@@ -294,10 +307,13 @@ TEST(Ops, RouterLosses) {
               1e-12);
   std::vector<double> g(N * E, 0.0);
   K::router<double>::loss_backward(g.data(), z.data(), idx.data(), N, E, k, ca, cz, 1.0);
-  expect_fd(z, g, [&] {  // the routing (idx) is held fixed: f carries no gradient
-    const auto l = K::router<double>::loss_forward(z.data(), idx.data(), N, E, k, ca, cz);
-    return l.aux + l.z;
-  }, "router aux+z dlogits");
+  expect_fd(
+      z, g,
+      [&] {  // the routing (idx) is held fixed: f carries no gradient
+        const auto l = K::router<double>::loss_forward(z.data(), idx.data(), N, E, k, ca, cz);
+        return l.aux + l.z;
+      },
+      "router aux+z dlogits");
 }
 
 // ----------------------------------------------------------------------------
@@ -335,10 +351,13 @@ TEST(Ops, MoeGatherCombine) {
       for (int64_t c = 0; c < d; c++) EXPECT_EQ(xe[pos[n * k + j] * d + c], x[n * d + c]);
   std::vector<double> gx(N * d, 0.0);
   K::moe_gather<double>::backward(gx.data(), Rx.data(), rt, d);
-  expect_fd(x, gx, [&] {
-    K::moe_gather<double>::forward(xe.data(), x.data(), rt, d);
-    return dot(xe, Rx);
-  }, "moe gather dx");
+  expect_fd(
+      x, gx,
+      [&] {
+        K::moe_gather<double>::forward(xe.data(), x.data(), rt, d);
+        return dot(xe, Rx);
+      },
+      "moe gather dx");
   std::vector<double> dy(N * k * d), dw(N * k);
   K::moe_combine<double>::backward(dy.data(), dw.data(), R.data(), y.data(), w.data(), rt, d);
   auto loss = [&] {
@@ -356,16 +375,18 @@ TEST(Ops, CrossEntropy) {
   std::vector<int32_t> t = {3, 49, 0, -1, 7, 7, 22, -1};
   std::vector<float> l32(N);
   std::vector<double> l(N);
-  const double s32 = K::cross_entropy<float>::forward(l32.data(), cast<float>(z).data(), t.data(), N, V);
+  const double s32 =
+      K::cross_entropy<float>::forward(l32.data(), cast<float>(z).data(), t.data(), N, V);
   const double s = ref::cross_entropy<double>::forward(l.data(), z.data(), t.data(), N, V);
   EXPECT_NEAR(s32, s, 1e-4);
   expect_close(l32, l, kRtol32, kAtol32, "cross-entropy lse");
   std::vector<double> g(N * V);
   K::cross_entropy<double>::forward(l.data(), z.data(), t.data(), N, V);
   K::cross_entropy<double>::backward(g.data(), z.data(), l.data(), t.data(), N, V, 1.0 / 6);
-  expect_fd(z, g, [&] {
-    return K::cross_entropy<double>::forward(l.data(), z.data(), t.data(), N, V) / 6;
-  }, "cross-entropy dlogits");
+  expect_fd(
+      z, g,
+      [&] { return K::cross_entropy<double>::forward(l.data(), z.data(), t.data(), N, V) / 6; },
+      "cross-entropy dlogits");
   for (int64_t v = 0; v < V; v++) EXPECT_EQ(g[3 * V + v], 0.0);  // ignored row
   // in place (dlogits aliasing logits) gives the same numbers
   auto zi = z;

@@ -26,14 +26,24 @@ namespace {
 #if defined(__AVX512F__)
 using vfloat = __m512;
 constexpr int kLanes = 16;
-inline vfloat vset(float x) { return _mm512_set1_ps(x); }
-inline vfloat vfma(vfloat a, vfloat b, vfloat c) { return _mm512_fmadd_ps(a, b, c); }
-inline float vsum(vfloat a) { return _mm512_reduce_add_ps(a); }
+inline vfloat vset(float x) {
+  return _mm512_set1_ps(x);
+}
+inline vfloat vfma(vfloat a, vfloat b, vfloat c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline float vsum(vfloat a) {
+  return _mm512_reduce_add_ps(a);
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 using vfloat = __m256;
 constexpr int kLanes = 8;
-inline vfloat vset(float x) { return _mm256_set1_ps(x); }
-inline vfloat vfma(vfloat a, vfloat b, vfloat c) { return _mm256_fmadd_ps(a, b, c); }
+inline vfloat vset(float x) {
+  return _mm256_set1_ps(x);
+}
+inline vfloat vfma(vfloat a, vfloat b, vfloat c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
 inline float vsum(vfloat a) {
   alignas(32) float t[8];
   _mm256_store_ps(t, a);

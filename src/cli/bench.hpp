@@ -10,7 +10,7 @@ struct BenchTrainOptions {
   std::string config;
   int steps = 10;
   int warmup = 2;
-  int threads = 0;  // 0 = all cores
+  int threads = 0;         // 0 = all cores
   double peak_gflops = 0;  // 0 = measure
 };
 // Runs the training benchmark and prints one JSON line.

@@ -25,8 +25,8 @@ int main(int argc, char** argv) {
   info_cmd->add_option("--out", info.out, "write the (derived) config JSON to this file");
   info_cmd->add_flag("--json", info.json, "print one JSON object");
   ModelDumpOptions dump;
-  auto* dump_cmd =
-      model->add_subcommand("dump", "one forward/backward on fixed data, all tensors to safetensors");
+  auto* dump_cmd = model->add_subcommand(
+      "dump", "one forward/backward on fixed data, all tensors to safetensors");
   dump_cmd->add_option("config", dump.config, "model config JSON")->required();
   dump_cmd->add_option("--out", dump.out, "output .safetensors")->required();
   dump_cmd->add_option("--dtype", dump.dtype, "f32 or f64");
@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
   peak_cmd->add_option("--threads", peak_threads, "threads (default: all cores)");
   BenchTrainOptions bt;
   auto* train_cmd = bench->add_subcommand("train", "training tokens/s, MFU and peak memory");
-  train_cmd->add_option("--config", bt.config, "bench JSON (model, batch_size, seq_len)")->required();
+  train_cmd->add_option("--config", bt.config, "bench JSON (model, batch_size, seq_len)")
+      ->required();
   train_cmd->add_option("--steps", bt.steps, "timed steps");
   train_cmd->add_option("--warmup", bt.warmup, "untimed steps first");
   train_cmd->add_option("--threads", bt.threads, "threads (default: all cores)");
@@ -55,7 +56,8 @@ int main(int argc, char** argv) {
     if (dump_cmd->parsed()) model_dump(dump);
     if (peak_cmd->parsed()) {
       const int t = peak_threads > 0 ? peak_threads : threads_get();
-      std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t, bench_fma_peak_gflops(t, 1.0));
+      std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t,
+                  bench_fma_peak_gflops(t, 1.0));
     }
     if (train_cmd->parsed()) bench_train(bt);
   } catch (const CLI::ParseError& e) {

@@ -113,9 +113,8 @@ void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
   std::vector<int32_t> tokens(static_cast<size_t>(N)), targets(static_cast<size_t>(N));
   for (int64_t i = 0; i < N; i++) {
     tokens[size_t(i)] = int32_t(rng_u64(o.seed, 100, uint64_t(i)) % uint64_t(c.vocab_size));
-    targets[size_t(i)] = (i % 7 == 3) ? -1
-                                      : int32_t(rng_u64(o.seed, 101, uint64_t(i)) %
-                                                uint64_t(c.vocab_size));
+    targets[size_t(i)] =
+        (i % 7 == 3) ? -1 : int32_t(rng_u64(o.seed, 101, uint64_t(i)) % uint64_t(c.vocab_size));
   }
   m.zero_grad();
   const Losses l = m.forward(tokens, targets);
@@ -124,8 +123,8 @@ void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
   std::vector<double> losses = {l.lm, l.aux, l.z};
   std::vector<TensorRef> refs;
   for (const TensorView& t : m.layout.tensors) {
-    refs.push_back(tensor_ref<T>(t.name, std::span<const T>(m.params.data() + t.offset, t.numel),
-                                 t.shape));
+    refs.push_back(
+        tensor_ref<T>(t.name, std::span<const T>(m.params.data() + t.offset, t.numel), t.shape));
     refs.push_back(tensor_ref<T>("grad:" + t.name,
                                  std::span<const T>(m.grads.data() + t.offset, t.numel), t.shape));
   }
@@ -140,9 +139,12 @@ void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
 
 void model_dump(const ModelDumpOptions& o) {
   const ModelConfig c = config_load(o.config);
-  if (o.dtype == "f32") dump_impl<float>(o, c);
-  else if (o.dtype == "f64") dump_impl<double>(o, c);
-  else fail("--dtype must be f32 or f64");
+  if (o.dtype == "f32")
+    dump_impl<float>(o, c);
+  else if (o.dtype == "f64")
+    dump_impl<double>(o, c);
+  else
+    fail("--dtype must be f32 or f64");
 }
 
 }  // namespace moelab

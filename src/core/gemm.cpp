@@ -6,7 +6,9 @@
 namespace moelab {
 
 namespace {
-CBLAS_TRANSPOSE cblas_op(Trans t) { return t == Trans::T ? CblasTrans : CblasNoTrans; }
+CBLAS_TRANSPOSE cblas_op(Trans t) {
+  return t == Trans::T ? CblasTrans : CblasNoTrans;
+}
 }  // namespace
 
 template <>
@@ -31,6 +33,8 @@ void threads_set(int n) {
   openblas_set_num_threads(n);
 }
 
-int threads_get() { return omp_get_max_threads(); }
+int threads_get() {
+  return omp_get_max_threads();
+}
 
 }  // namespace moelab

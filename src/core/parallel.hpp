@@ -7,6 +7,8 @@
 namespace moelab {
 
 inline int64_t parallel_min_work = int64_t(1) << 15;
-inline bool parallel_worth(int64_t work) { return work >= parallel_min_work; }
+inline bool parallel_worth(int64_t work) {
+  return work >= parallel_min_work;
+}
 
 }  // namespace moelab

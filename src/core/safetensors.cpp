@@ -16,15 +16,21 @@ namespace {
 
 constexpr const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::F64:
+      return "F64";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
 
-constexpr size_t dtype_size(DType t) { return (t == DType::F32 || t == DType::I32) ? 4 : 8; }
+constexpr size_t dtype_size(DType t) {
+  return (t == DType::F32 || t == DType::I32) ? 4 : 8;
+}
 
 DType dtype_parse(const std::string& s, const std::string& path) {
   for (DType t : {DType::F32, DType::F64, DType::I32, DType::I64})
@@ -42,7 +48,9 @@ constexpr DType dtype_of() {
 
 }  // namespace
 
-int64_t TensorData::numel() const { return int64_t(data.size() / dtype_size(dtype)); }
+int64_t TensorData::numel() const {
+  return int64_t(data.size() / dtype_size(dtype));
+}
 
 template <typename T>
 TensorRef tensor_ref(std::string name, std::span<const T> v, std::vector<int64_t> shape) {

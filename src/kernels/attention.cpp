@@ -3,8 +3,8 @@
 #include <limits>
 #include <vector>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 

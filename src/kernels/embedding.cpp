@@ -1,8 +1,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 

@@ -169,8 +169,8 @@ struct cross_entropy {
   // logits [N,V], targets [N], lse [N] saved; returns the sum of the losses over valid rows
   static double forward(T* lse, const T* logits, const int32_t* targets, int64_t N, int64_t V);
   // dlogits [N,V] = scale * (softmax - onehot); may alias logits (in place)
-  static void backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
-                       int64_t N, int64_t V, double scale);
+  static void backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, int64_t N,
+                       int64_t V, double scale);
 };
 
 }  // namespace moelab::kernels

@@ -2,8 +2,8 @@
 #include <cstring>
 
 #include "core/gemm.hpp"
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 
@@ -30,8 +30,8 @@ void colsum_add(T* db, const T* dout, int64_t N, int64_t O) {
 }  // namespace
 
 template <typename T>
-void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I,
-                        int64_t O, WLayout layout) {
+void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
+                        WLayout layout) {
   if (N == 0) return;
   if (b) {
 #pragma omp parallel for schedule(static) if (parallel_worth(N * O))

@@ -2,8 +2,8 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 

@@ -2,8 +2,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 
@@ -14,8 +14,10 @@ void rope<T>::tables(T* cos, T* sin, int64_t seq, int64_t head_dim, const RopePa
   const double s = p.yarn_factor;
   const bool yarn = s > 1.0;
   const double lnb = std::log(p.theta), two_pi = 2.0 * std::numbers::pi;
-  const double low = double(half) * std::log(double(p.original_context) / (p.beta_fast * two_pi)) / lnb;
-  const double high = double(half) * std::log(double(p.original_context) / (p.beta_slow * two_pi)) / lnb;
+  const double low =
+      double(half) * std::log(double(p.original_context) / (p.beta_fast * two_pi)) / lnb;
+  const double high =
+      double(half) * std::log(double(p.original_context) / (p.beta_slow * two_pi)) / lnb;
   const double concentration = yarn ? 0.1 * std::log(s) + 1.0 : 1.0;
   for (int64_t i = 0; i < half; i++) {
     const double freq = std::pow(p.theta, double(2 * i) / double(head_dim));

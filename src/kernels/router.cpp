@@ -2,8 +2,8 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 
@@ -92,8 +92,8 @@ RouterLosses router<T>::loss_forward(const T* logits, const int32_t* idx, int64_
 }
 
 template <typename T>
-void router<T>::loss_backward(T* dlogits, const T* logits, const int32_t* idx, int64_t N,
-                              int64_t E, int64_t k, double coef_aux, double coef_z, double scale) {
+void router<T>::loss_backward(T* dlogits, const T* logits, const int32_t* idx, int64_t N, int64_t E,
+                              int64_t k, double coef_aux, double coef_z, double scale) {
   if (N == 0 || (coef_aux == 0 && coef_z == 0)) return;
   std::vector<double> p, lse;
   router_probs(p, lse, logits, N, E);

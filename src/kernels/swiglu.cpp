@@ -2,8 +2,8 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/kernels.hpp"
 #include "core/parallel.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moelab::kernels {
 

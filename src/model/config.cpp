@@ -17,8 +17,8 @@ using json = nlohmann::json;
 
 // Keys of a Hugging Face GptOss config.json that do not change the computation here.
 const std::set<std::string> kIgnoredKeys = {
-    "architectures", "model_type",        "torch_dtype",        "transformers_version",
-    "eos_token_id",  "pad_token_id",      "bos_token_id",       "hidden_act",
+    "architectures", "model_type",        "torch_dtype",          "transformers_version",
+    "eos_token_id",  "pad_token_id",      "bos_token_id",         "hidden_act",
     "use_cache",     "attention_dropout", "output_router_logits", "initial_context_length"};
 
 struct Reader {
@@ -83,39 +83,63 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
   bool have_k = false;
   const json* layer_types = nullptr;
   for (auto& [key, v] : j.items()) {
-    if (key == "vocab_size") c.vocab_size = r.integer(key);
-    else if (key == "hidden_size") c.hidden_size = r.integer(key);
-    else if (key == "num_hidden_layers") c.num_hidden_layers = r.integer(key);
-    else if (key == "num_attention_heads") c.num_attention_heads = r.integer(key);
-    else if (key == "num_key_value_heads") c.num_key_value_heads = r.integer(key);
-    else if (key == "head_dim") c.head_dim = r.integer(key);
-    else if (key == "intermediate_size") c.intermediate_size = r.integer(key);
-    else if (key == "num_local_experts") c.num_local_experts = r.integer(key);
+    if (key == "vocab_size")
+      c.vocab_size = r.integer(key);
+    else if (key == "hidden_size")
+      c.hidden_size = r.integer(key);
+    else if (key == "num_hidden_layers")
+      c.num_hidden_layers = r.integer(key);
+    else if (key == "num_attention_heads")
+      c.num_attention_heads = r.integer(key);
+    else if (key == "num_key_value_heads")
+      c.num_key_value_heads = r.integer(key);
+    else if (key == "head_dim")
+      c.head_dim = r.integer(key);
+    else if (key == "intermediate_size")
+      c.intermediate_size = r.integer(key);
+    else if (key == "num_local_experts")
+      c.num_local_experts = r.integer(key);
     else if (key == "num_experts_per_tok" || key == "experts_per_token") {
       c.num_experts_per_tok = r.integer(key);
       have_k = true;
     } else if (key == "ffn_type") {
       const std::string s = r.string(key);
-      if (s == "dense") c.ffn_type = FfnType::Dense;
-      else if (s == "moe") c.ffn_type = FfnType::Moe;
-      else r.bad(key, "must be \"dense\" or \"moe\"");
+      if (s == "dense")
+        c.ffn_type = FfnType::Dense;
+      else if (s == "moe")
+        c.ffn_type = FfnType::Moe;
+      else
+        r.bad(key, "must be \"dense\" or \"moe\"");
     } else if (key == "sliding_window") {
       c.sliding_window = v.is_null() ? 0 : r.integer(key);
     } else if (key == "layer_types") {
       layer_types = &v;
-    } else if (key == "attention_sinks") c.attention_sinks = r.boolean(key);
-    else if (key == "attention_bias") c.attention_bias = r.boolean(key);
-    else if (key == "rope_theta") c.rope_theta = r.number(key);
-    else if (key == "rope_scaling") parse_rope_scaling(c, v, src);
-    else if (key == "max_position_embeddings") c.max_position_embeddings = r.integer(key);
-    else if (key == "rms_norm_eps") c.rms_norm_eps = r.number(key);
-    else if (key == "swiglu_limit") c.swiglu_limit = v.is_null() ? 0.0 : r.number(key);
-    else if (key == "swiglu_alpha") c.swiglu_alpha = r.number(key);
-    else if (key == "router_aux_loss_coef") c.router_aux_loss_coef = r.number(key);
-    else if (key == "router_z_loss_coef") c.router_z_loss_coef = r.number(key);
-    else if (key == "tie_word_embeddings") c.tie_word_embeddings = r.boolean(key);
-    else if (key == "initializer_range") c.initializer_range = r.number(key);
-    else if (!kIgnoredKeys.contains(key)) r.bad(key, "is not a known key");
+    } else if (key == "attention_sinks")
+      c.attention_sinks = r.boolean(key);
+    else if (key == "attention_bias")
+      c.attention_bias = r.boolean(key);
+    else if (key == "rope_theta")
+      c.rope_theta = r.number(key);
+    else if (key == "rope_scaling")
+      parse_rope_scaling(c, v, src);
+    else if (key == "max_position_embeddings")
+      c.max_position_embeddings = r.integer(key);
+    else if (key == "rms_norm_eps")
+      c.rms_norm_eps = r.number(key);
+    else if (key == "swiglu_limit")
+      c.swiglu_limit = v.is_null() ? 0.0 : r.number(key);
+    else if (key == "swiglu_alpha")
+      c.swiglu_alpha = r.number(key);
+    else if (key == "router_aux_loss_coef")
+      c.router_aux_loss_coef = r.number(key);
+    else if (key == "router_z_loss_coef")
+      c.router_z_loss_coef = r.number(key);
+    else if (key == "tie_word_embeddings")
+      c.tie_word_embeddings = r.boolean(key);
+    else if (key == "initializer_range")
+      c.initializer_range = r.number(key);
+    else if (!kIgnoredKeys.contains(key))
+      r.bad(key, "is not a known key");
   }
   // A config with several experts and no explicit ffn_type is an MoE (HF GptOss files).
   if (!j.contains("ffn_type") && c.num_local_experts > 1) c.ffn_type = FfnType::Moe;
@@ -124,9 +148,12 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
     if (!layer_types->is_array()) r.bad("layer_types", "must be an array of strings");
     c.layer_sliding.clear();
     for (const json& t : *layer_types) {
-      if (t == "sliding_attention") c.layer_sliding.push_back(true);
-      else if (t == "full_attention") c.layer_sliding.push_back(false);
-      else r.bad("layer_types", "entries must be \"sliding_attention\" or \"full_attention\"");
+      if (t == "sliding_attention")
+        c.layer_sliding.push_back(true);
+      else if (t == "full_attention")
+        c.layer_sliding.push_back(false);
+      else
+        r.bad("layer_types", "entries must be \"sliding_attention\" or \"full_attention\"");
     }
   } else {
     // gpt-oss: sliding on even layers, full on odd ones (when a window is set).
@@ -178,7 +205,8 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   need(c.yarn_factor >= 1.0, "'rope_scaling.factor' must be >= 1");
   need(c.yarn_beta_fast > c.yarn_beta_slow && c.yarn_beta_slow > 0,
        "'rope_scaling' needs beta_fast > beta_slow > 0");
-  need(c.yarn_original_context > 0, "'rope_scaling.original_max_position_embeddings' must be positive");
+  need(c.yarn_original_context > 0,
+       "'rope_scaling.original_max_position_embeddings' must be positive");
   need(c.rms_norm_eps > 0, "'rms_norm_eps' must be positive");
   need(c.swiglu_alpha > 0, "'swiglu_alpha' must be positive");
   need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
@@ -278,16 +306,19 @@ FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   double attn_ctx = 0;
   for (bool sliding : c.layer_sliding) attn_ctx += ctx(sliding ? c.sliding_window : 0);
   FlopCounts f;
-  f.train_per_token = Cf * (L * (attn_w + router_w + k * expert_w) + V * d) + 2 * Cf * hq * attn_ctx;
+  f.train_per_token =
+      Cf * (L * (attn_w + router_w + k * expert_w) + V * d) + 2 * Cf * hq * attn_ctx;
   f.spec52_per_token = L * (Cf * attn_w + 2 * Cf * hq * double(seq) + Cf * k * expert_w +
-                            (c.is_moe() ? R * d * E : 0)) + Cf * V * d;
+                            (c.is_moe() ? R * d * E : 0)) +
+                       Cf * V * d;
   f.six_na = Cf * double(config_count(c).active);
   return f;
 }
 
 ModelConfig config_iso_moe(const ModelConfig& dense, int64_t E, int64_t k) {
   if (dense.num_local_experts != 1)
-    fail(fmt::format("--iso-moe needs a dense config (it has {} experts)", dense.num_local_experts));
+    fail(
+        fmt::format("--iso-moe needs a dense config (it has {} experts)", dense.num_local_experts));
   if (E < 1 || k < 1 || k > E)
     fail(fmt::format("--iso-moe {},{}: need 1 <= top-k <= experts", E, k));
   if (dense.intermediate_size % E != 0)

@@ -20,11 +20,11 @@ struct ModelConfig {
   int64_t num_key_value_heads = 4;  // KV
   int64_t head_dim = 64;
   FfnType ffn_type = FfnType::Dense;
-  int64_t num_local_experts = 1;    // E
-  int64_t num_experts_per_tok = 1;  // k
-  int64_t intermediate_size = 1024; // hidden width of one expert
-  int64_t sliding_window = 0;       // 0: no sliding layers
-  std::vector<bool> layer_sliding;  // per layer: sliding window (true) or full causal (false)
+  int64_t num_local_experts = 1;     // E
+  int64_t num_experts_per_tok = 1;   // k
+  int64_t intermediate_size = 1024;  // hidden width of one expert
+  int64_t sliding_window = 0;        // 0: no sliding layers
+  std::vector<bool> layer_sliding;   // per layer: sliding window (true) or full causal (false)
   bool attention_sinks = true;
   bool attention_bias = true;
   double rope_theta = 150000.0;
@@ -53,21 +53,21 @@ void config_validate(const ModelConfig& c, std::string_view source);
 
 struct ParamCounts {
   int64_t total = 0;
-  int64_t embedding = 0;      // input embedding
-  int64_t unembedding = 0;    // output head (0 extra when tied)
-  int64_t attention = 0;      // all layers
-  int64_t router = 0;         // all layers
-  int64_t experts = 0;        // all layers, all experts
-  int64_t per_expert = 0;     // one expert of one layer
+  int64_t embedding = 0;    // input embedding
+  int64_t unembedding = 0;  // output head (0 extra when tied)
+  int64_t attention = 0;    // all layers
+  int64_t router = 0;       // all layers
+  int64_t experts = 0;      // all layers, all experts
+  int64_t per_expert = 0;   // one expert of one layer
   int64_t norms = 0;
-  int64_t active = 0;         // per token: excludes the input embedding and unselected experts
+  int64_t active = 0;  // per token: excludes the input embedding and unselected experts
 };
 ParamCounts config_count(const ModelConfig& c);
 
 struct FlopCounts {
-  double train_per_token = 0;  // 6 x active matmul params + causal attention (exact average)
-  double spec52_per_token = 0; // SPEC 5.2 formula at n_ctx = seq (C_f = 6, router R = 14)
-  double six_na = 0;           // 6 x active params
+  double train_per_token = 0;   // 6 x active matmul params + causal attention (exact average)
+  double spec52_per_token = 0;  // SPEC 5.2 formula at n_ctx = seq (C_f = 6, router R = 14)
+  double six_na = 0;            // 6 x active params
 };
 FlopCounts config_flops(const ModelConfig& c, int64_t seq_len);
 

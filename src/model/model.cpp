@@ -100,9 +100,14 @@ void Model<T>::init_weights(uint64_t seed) {
 #pragma omp parallel for schedule(static) if (parallel_worth(t.numel))
     for (int64_t i = 0; i < t.numel; i++) {
       switch (t.init) {
-        case Init::Zeros: p[i] = T(0); break;
-        case Init::Ones: p[i] = T(1); break;
-        default: p[i] = T(sd * rng_normal(seed, ti, uint64_t(i)));
+        case Init::Zeros:
+          p[i] = T(0);
+          break;
+        case Init::Ones:
+          p[i] = T(1);
+          break;
+        default:
+          p[i] = T(sd * rng_normal(seed, ti, uint64_t(i)));
       }
     }
   }
@@ -132,7 +137,11 @@ AttnShape Model<T>::attn_shape(int64_t l) const {
 
 template <typename T>
 MoeRouting Model<T>::routing(const LayerActs& a) const {
-  return {N, cfg.num_local_experts, cfg.num_experts_per_tok, a.order.data(), a.pos.data(),
+  return {N,
+          cfg.num_local_experts,
+          cfg.num_experts_per_tok,
+          a.order.data(),
+          a.pos.data(),
           a.offsets.data()};
 }
 
@@ -195,8 +204,8 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
     // attention block
     rmsnorm<T>::forward(a.xn1.data(), a.rstd1.data(), a.res.data(), P + o.ln1, N, d,
                         cfg.rms_norm_eps);
-    linear<T>::forward(a.qkv.data(), a.xn1.data(), P + o.qkv_w, o.qkv_b >= 0 ? P + o.qkv_b : nullptr,
-                       N, d, C, WLayout::OutIn);
+    linear<T>::forward(a.qkv.data(), a.xn1.data(), P + o.qkv_w,
+                       o.qkv_b >= 0 ? P + o.qkv_b : nullptr, N, d, C, WLayout::OutIn);
     rope<T>::forward(a.qkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
     rope<T>::forward(a.qkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(), rope_sin_.data());
     attention<T>::forward(a.att.data(), a.lse.data(), a.qkv.data(),
@@ -210,9 +219,9 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
     ffn_forward(l, a, s_.tmp.data());
     add_into(next, a.mid.data(), s_.tmp.data(), N * d);
     if (E > 1) {
-      const RouterLosses rl = router<T>::loss_forward(a.rlogits.data(), a.idx.data(), N, E, k,
-                                                      cfg.router_aux_loss_coef,
-                                                      cfg.router_z_loss_coef);
+      const RouterLosses rl =
+          router<T>::loss_forward(a.rlogits.data(), a.idx.data(), N, E, k, cfg.router_aux_loss_coef,
+                                  cfg.router_z_loss_coef);
       loss.aux += rl.aux / double(cfg.num_hidden_layers);
       loss.z += rl.z / double(cfg.num_hidden_layers);
     }
@@ -222,8 +231,8 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
   linear<T>::forward(act_.logits.data(), act_.xn_f.data(), P + layout.lm_head, nullptr, N, d, V,
                      WLayout::OutIn);
   act_.n_valid = std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-  const double sum = cross_entropy<T>::forward(act_.lse.data(), act_.logits.data(),
-                                               act_.targets.data(), N, V);
+  const double sum =
+      cross_entropy<T>::forward(act_.lse.data(), act_.logits.data(), act_.targets.data(), N, V);
   loss.lm = act_.n_valid > 0 ? sum / double(act_.n_valid) : 0.0;
   have_forward_ = true;
   return loss;
@@ -304,12 +313,11 @@ void Model<T>::backward() {
     rmsnorm<T>::backward(s_.dres.data(), grad_or_null(o.ln2, d), s_.dxn.data(), a.mid.data(),
                          P + o.ln2, a.rstd2.data(), N, d);
     // attention block: dres holds d(mid)
-    linear<T>::backward(s_.datt.data(), grad_or_null(o.o_w, d * H * hd),
-                        grad_or_null(o.o_b, d), s_.dres.data(), a.att.data(), P + o.o_w, N,
-                        H * hd, d, WLayout::OutIn);
-    attention<T>::backward(s_.dqkv.data(), grad_or_null(o.sinks, H), s_.datt.data(),
-                           a.qkv.data(), o.sinks >= 0 ? P + o.sinks : nullptr, a.att.data(),
-                           a.lse.data(), attn_shape(l));
+    linear<T>::backward(s_.datt.data(), grad_or_null(o.o_w, d * H * hd), grad_or_null(o.o_b, d),
+                        s_.dres.data(), a.att.data(), P + o.o_w, N, H * hd, d, WLayout::OutIn);
+    attention<T>::backward(s_.dqkv.data(), grad_or_null(o.sinks, H), s_.datt.data(), a.qkv.data(),
+                           o.sinks >= 0 ? P + o.sinks : nullptr, a.att.data(), a.lse.data(),
+                           attn_shape(l));
     rope<T>::backward(s_.dqkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
     rope<T>::backward(s_.dqkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(),
                       rope_sin_.data());
@@ -344,16 +352,16 @@ template <typename T>
 int64_t Model<T>::activation_bytes() const {
   int64_t b = 0;
   for (const auto& a : act_.layers)
-    b += bytes_of(a.res) + bytes_of(a.rstd1) + bytes_of(a.xn1) + bytes_of(a.qkv) +
-         bytes_of(a.att) + bytes_of(a.lse) + bytes_of(a.mid) + bytes_of(a.rstd2) +
-         bytes_of(a.xn2) + bytes_of(a.rlogits) + bytes_of(a.idx) + bytes_of(a.w) +
-         bytes_of(a.order) + bytes_of(a.pos) + bytes_of(a.offsets) + bytes_of(a.xe) +
-         bytes_of(a.h) + bytes_of(a.a) + bytes_of(a.y);
+    b += bytes_of(a.res) + bytes_of(a.rstd1) + bytes_of(a.xn1) + bytes_of(a.qkv) + bytes_of(a.att) +
+         bytes_of(a.lse) + bytes_of(a.mid) + bytes_of(a.rstd2) + bytes_of(a.xn2) +
+         bytes_of(a.rlogits) + bytes_of(a.idx) + bytes_of(a.w) + bytes_of(a.order) +
+         bytes_of(a.pos) + bytes_of(a.offsets) + bytes_of(a.xe) + bytes_of(a.h) + bytes_of(a.a) +
+         bytes_of(a.y);
   b += bytes_of(act_.res_final) + bytes_of(act_.rstd_f) + bytes_of(act_.xn_f) +
        bytes_of(act_.logits) + bytes_of(act_.lse);
   b += bytes_of(s_.dres) + bytes_of(s_.dxn) + bytes_of(s_.tmp) + bytes_of(s_.dqkv) +
-       bytes_of(s_.datt) + bytes_of(s_.drl) + bytes_of(s_.dw) + bytes_of(s_.dy) +
-       bytes_of(s_.da) + bytes_of(s_.dh) + bytes_of(s_.dxe);
+       bytes_of(s_.datt) + bytes_of(s_.drl) + bytes_of(s_.dw) + bytes_of(s_.dy) + bytes_of(s_.da) +
+       bytes_of(s_.dh) + bytes_of(s_.dxe);
   return b;
 }
 

@@ -13,9 +13,9 @@
 namespace moelab {
 
 struct Losses {
-  double lm = 0;     // mean next-token cross-entropy over valid targets
-  double aux = 0;    // load-balancing loss, mean over MoE layers (0 when E = 1)
-  double z = 0;      // router z-loss, mean over MoE layers (0 when E = 1)
+  double lm = 0;   // mean next-token cross-entropy over valid targets
+  double aux = 0;  // load-balancing loss, mean over MoE layers (0 when E = 1)
+  double z = 0;    // router z-loss, mean over MoE layers (0 when E = 1)
   double total() const { return lm + aux + z; }
 };
 
@@ -48,48 +48,48 @@ class Model {
 
  private:
   struct LayerActs {
-    std::vector<T> res;    // [N,d]   residual stream entering the layer
-    std::vector<T> rstd1;  // [N]
-    std::vector<T> xn1;    // [N,d]   attention norm output
-    std::vector<T> qkv;    // [N,(H+2KV)*hd] after RoPE
-    std::vector<T> att;    // [N,H*hd] attention output before o_proj
-    std::vector<T> lse;    // [N,H]
-    std::vector<T> mid;    // [N,d]   residual after attention
-    std::vector<T> rstd2;  // [N]
-    std::vector<T> xn2;    // [N,d]   MLP norm output
-    std::vector<T> rlogits;         // [N,E]  router logits (E > 1)
-    std::vector<int32_t> idx;       // [N,k]
-    std::vector<T> w;               // [N,k]  routing weights
-    std::vector<int32_t> order;     // [N*k]
-    std::vector<int32_t> pos;       // [N*k]
-    std::vector<int64_t> offsets;   // [E+1]
-    std::vector<T> xe;     // [N*k,d]  expert inputs, sorted by expert (E > 1)
-    std::vector<T> h;      // [N*k,2I] gate_up output
-    std::vector<T> a;      // [N*k,I]  swiglu output
-    std::vector<T> y;      // [N*k,d]  expert outputs
+    std::vector<T> res;            // [N,d]   residual stream entering the layer
+    std::vector<T> rstd1;          // [N]
+    std::vector<T> xn1;            // [N,d]   attention norm output
+    std::vector<T> qkv;            // [N,(H+2KV)*hd] after RoPE
+    std::vector<T> att;            // [N,H*hd] attention output before o_proj
+    std::vector<T> lse;            // [N,H]
+    std::vector<T> mid;            // [N,d]   residual after attention
+    std::vector<T> rstd2;          // [N]
+    std::vector<T> xn2;            // [N,d]   MLP norm output
+    std::vector<T> rlogits;        // [N,E]  router logits (E > 1)
+    std::vector<int32_t> idx;      // [N,k]
+    std::vector<T> w;              // [N,k]  routing weights
+    std::vector<int32_t> order;    // [N*k]
+    std::vector<int32_t> pos;      // [N*k]
+    std::vector<int64_t> offsets;  // [E+1]
+    std::vector<T> xe;             // [N*k,d]  expert inputs, sorted by expert (E > 1)
+    std::vector<T> h;              // [N*k,2I] gate_up output
+    std::vector<T> a;              // [N*k,I]  swiglu output
+    std::vector<T> y;              // [N*k,d]  expert outputs
   };
   struct Acts {
     std::vector<LayerActs> layers;
-    std::vector<T> res_final;  // [N,d]
-    std::vector<T> rstd_f;     // [N]
-    std::vector<T> xn_f;       // [N,d]
-    std::vector<T> logits;     // [N,V]
-    std::vector<T> lse;        // [N]
+    std::vector<T> res_final;              // [N,d]
+    std::vector<T> rstd_f;                 // [N]
+    std::vector<T> xn_f;                   // [N,d]
+    std::vector<T> logits;                 // [N,V]
+    std::vector<T> lse;                    // [N]
     std::vector<int32_t> tokens, targets;  // [N]
     int64_t n_valid = 0;
   };
-  struct Scratch {  // reused by every layer in backward
-    std::vector<T> dres;   // [N,d]
-    std::vector<T> dxn;    // [N,d]
-    std::vector<T> tmp;    // [N,d]
-    std::vector<T> dqkv;   // [N,(H+2KV)*hd]
-    std::vector<T> datt;   // [N,H*hd]
-    std::vector<T> drl;    // [N,E]
-    std::vector<T> dw;     // [N,k]
-    std::vector<T> dy;     // [N*k,d]
-    std::vector<T> da;     // [N*k,I]
-    std::vector<T> dh;     // [N*k,2I]
-    std::vector<T> dxe;    // [N*k,d]
+  struct Scratch {        // reused by every layer in backward
+    std::vector<T> dres;  // [N,d]
+    std::vector<T> dxn;   // [N,d]
+    std::vector<T> tmp;   // [N,d]
+    std::vector<T> dqkv;  // [N,(H+2KV)*hd]
+    std::vector<T> datt;  // [N,H*hd]
+    std::vector<T> drl;   // [N,E]
+    std::vector<T> dw;    // [N,k]
+    std::vector<T> dy;    // [N*k,d]
+    std::vector<T> da;    // [N*k,I]
+    std::vector<T> dh;    // [N*k,2I]
+    std::vector<T> dxe;   // [N*k,d]
   };
 
   kernels::AttnShape attn_shape(int64_t layer) const;

@@ -60,8 +60,9 @@ ParamLayout layout_build(const ModelConfig& c) {
     p.layers.push_back(o);
   }
   p.norm = b.add("model.norm.weight", {d}, Init::Ones, false);
-  p.lm_head = c.tie_word_embeddings ? p.embed
-                                    : b.add("lm_head.weight", {c.vocab_size, d}, Init::Normal, true);
+  p.lm_head = c.tie_word_embeddings
+                  ? p.embed
+                  : b.add("lm_head.weight", {c.vocab_size, d}, Init::Normal, true);
   return p;
 }
 
