@@ -33,7 +33,11 @@ inline vfloat vfma(vfloat a, vfloat b, vfloat c) {
   return _mm512_fmadd_ps(a, b, c);
 }
 inline float vsum(vfloat a) {
-  return _mm512_reduce_add_ps(a);
+  alignas(64) float t[16];
+  _mm512_store_ps(t, a);
+  float s = 0;
+  for (float x : t) s += x;
+  return s;
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 using vfloat = __m256;
