@@ -4,6 +4,8 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/sysinfo.hpp"
 #include "model/model.hpp"
@@ -83,6 +86,7 @@ double bench_fma_peak_gflops(int threads, double seconds) {
 #pragma omp parallel num_threads(threads)
     { sink = sink + fma_loop(iters); }
     const double dt = time_now_s() - t0;
+  profile().on = false;
     best = std::max(best, flops_per_call * threads / dt / 1e9);
   }
   return best;
@@ -123,15 +127,19 @@ void bench_train(const BenchTrainOptions& o) {
     model.zero_grad();
     Losses l = model.forward(tokens, targets);
     model.backward();
+    ProfileScope prof("optimizer");
     grad_clip_global_norm<float>(model.layout, model.grads, 1.0);
     opt.update(model.params, model.grads, 1e-4);
     return l;
   };
   for (int i = 0; i < o.warmup; i++) step();
+  profile().clear();
+  profile().on = o.profile;
   const double t0 = time_now_s();
   Losses last;
   for (int i = 0; i < o.steps; i++) last = step();
   const double dt = time_now_s() - t0;
+  profile().on = false;
 
   const double peak = o.peak_gflops > 0 ? o.peak_gflops : bench_fma_peak_gflops(threads);
   const ParamCounts pc = config_count(cfg);
@@ -157,6 +165,23 @@ void bench_train(const BenchTrainOptions& o) {
       {"peak_rss_mb", std::round(double(peak_rss_bytes()) / 1048576.0 * 10) / 10},
       {"rss_estimate_mb", std::round(estimate / 1048576.0 * 10) / 10},
       {"loss", last.total()}};
+  if (o.profile) {
+    auto rows = profile().seconds;
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    double covered = 0;
+    nlohmann::ordered_json p;
+    for (auto& [name, s] : rows) {
+      p[name] = std::round(s / o.steps * 1e5) / 1e2;  // ms per step
+      covered += s;
+    }
+    p["other"] = std::round((dt - covered) / o.steps * 1e5) / 1e2;
+    out["profile_ms_per_step"] = p;
+    std::fprintf(stderr, "%-20s %10s %7s\n", "op", "ms/step", "share");
+    for (auto& [name, s] : rows)
+      std::fprintf(stderr, "%-20s %10.2f %6.1f%%\n", name.c_str(), s / o.steps * 1e3, 100 * s / dt);
+    std::fprintf(stderr, "%-20s %10.2f %6.1f%%\n", "other", (dt - covered) / o.steps * 1e3,
+                 100 * (dt - covered) / dt);
+  }
   std::cout << out.dump() << std::endl;
 }
 

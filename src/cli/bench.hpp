@@ -12,6 +12,7 @@ struct BenchTrainOptions {
   int warmup = 2;
   int threads = 0;         // 0 = all cores
   double peak_gflops = 0;  // 0 = measure
+  bool profile = false;    // per-op time breakdown
 };
 // Runs the training benchmark and prints one JSON line.
 void bench_train(const BenchTrainOptions& o);

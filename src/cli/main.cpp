@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--warmup", bt.warmup, "untimed steps first");
   train_cmd->add_option("--threads", bt.threads, "threads (default: all cores)");
   train_cmd->add_option("--peak", bt.peak_gflops, "FMA peak in GFLOP/s (default: measure)");
+  train_cmd->add_flag("--profile", bt.profile, "per-op time breakdown (stderr and JSON)");
 
   try {
     app.parse(argc, argv);

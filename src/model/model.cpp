@@ -1,5 +1,6 @@
 #include "model/model.hpp"
 #include "core/parallel.hpp"
+#include "core/profile.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -155,29 +156,62 @@ void Model<T>::ffn_forward(int64_t l, LayerActs& a, T* out) {
   const int64_t d = cfg.hidden_size, E = cfg.num_local_experts, k = cfg.num_experts_per_tok;
   const int64_t I = cfg.intermediate_size;
   if (E == 1) {  // dense: no router, no gather, no combine
-    linear<T>::forward(a.h.data(), a.xn2.data(), P + o.w1, P + o.b1, N, d, 2 * I, WLayout::InOut);
-    swiglu<T>::forward(a.a.data(), a.h.data(), N, I, cfg.swiglu_limit, cfg.swiglu_alpha);
-    linear<T>::forward(out, a.a.data(), P + o.w2, P + o.b2, N, I, d, WLayout::InOut);
+    {
+      ProfileScope prof("expert gemm fwd");
+      linear<T>::forward(a.h.data(), a.xn2.data(), P + o.w1, P + o.b1, N, d, 2 * I, WLayout::InOut);
+    }
+    {
+      ProfileScope prof("swiglu fwd");
+      swiglu<T>::forward(a.a.data(), a.h.data(), N, I, cfg.swiglu_limit, cfg.swiglu_alpha);
+    }
+    {
+      ProfileScope prof("expert gemm fwd");
+      linear<T>::forward(out, a.a.data(), P + o.w2, P + o.b2, N, I, d, WLayout::InOut);
+    }
     return;
   }
-  linear<T>::forward(a.rlogits.data(), a.xn2.data(), P + o.router_w, P + o.router_b, N, d, E,
-                     WLayout::OutIn);
-  router<T>::forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
-  moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
+  {
+    ProfileScope prof("router fwd");
+    linear<T>::forward(a.rlogits.data(), a.xn2.data(), P + o.router_w, P + o.router_b, N, d, E,
+                       WLayout::OutIn);
+  }
+  {
+    ProfileScope prof("router fwd");
+    router<T>::forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
+  }
+  {
+    ProfileScope prof("router fwd");
+    moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
+  }
   const MoeRouting r = routing(a);
-  moe_gather<T>::forward(a.xe.data(), a.xn2.data(), r, d);
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-    linear<T>::forward(a.h.data() + r0 * 2 * I, a.xe.data() + r0 * d, P + o.w1 + e * d * 2 * I,
-                       P + o.b1 + e * 2 * I, cnt, d, 2 * I, WLayout::InOut);
+  {
+    ProfileScope prof("moe dispatch fwd");
+    moe_gather<T>::forward(a.xe.data(), a.xn2.data(), r, d);
   }
-  swiglu<T>::forward(a.a.data(), a.h.data(), N * k, I, cfg.swiglu_limit, cfg.swiglu_alpha);
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-    linear<T>::forward(a.y.data() + r0 * d, a.a.data() + r0 * I, P + o.w2 + e * I * d,
-                       P + o.b2 + e * d, cnt, I, d, WLayout::InOut);
+  {
+    ProfileScope prof("expert gemm fwd");
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
+      linear<T>::forward(a.h.data() + r0 * 2 * I, a.xe.data() + r0 * d, P + o.w1 + e * d * 2 * I,
+                         P + o.b1 + e * 2 * I, cnt, d, 2 * I, WLayout::InOut);
+    }
   }
-  moe_combine<T>::forward(out, a.y.data(), a.w.data(), r, d);
+  {
+    ProfileScope prof("swiglu fwd");
+    swiglu<T>::forward(a.a.data(), a.h.data(), N * k, I, cfg.swiglu_limit, cfg.swiglu_alpha);
+  }
+  {
+    ProfileScope prof("expert gemm fwd");
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
+      linear<T>::forward(a.y.data() + r0 * d, a.a.data() + r0 * I, P + o.w2 + e * I * d,
+                         P + o.b2 + e * d, cnt, I, d, WLayout::InOut);
+    }
+  }
+  {
+    ProfileScope prof("moe dispatch fwd");
+    moe_combine<T>::forward(out, a.y.data(), a.w.data(), r, d);
+  }
 }
 
 template <typename T>
@@ -195,29 +229,59 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
   const T* P = params.data();
   Losses loss;
 
-  embedding<T>::forward(act_.layers[0].res.data(), tokens.data(), P + layout.embed, N, d);
+  {
+    ProfileScope prof("embedding fwd");
+    embedding<T>::forward(act_.layers[0].res.data(), tokens.data(), P + layout.embed, N, d);
+  }
   for (int64_t l = 0; l < cfg.num_hidden_layers; l++) {
     LayerActs& a = act_.layers[size_t(l)];
     const LayerOffsets& o = layout.layers[size_t(l)];
     T* next = l + 1 < cfg.num_hidden_layers ? act_.layers[size_t(l + 1)].res.data()
                                             : act_.res_final.data();
     // attention block
-    rmsnorm<T>::forward(a.xn1.data(), a.rstd1.data(), a.res.data(), P + o.ln1, N, d,
-                        cfg.rms_norm_eps);
-    linear<T>::forward(a.qkv.data(), a.xn1.data(), P + o.qkv_w,
-                       o.qkv_b >= 0 ? P + o.qkv_b : nullptr, N, d, C, WLayout::OutIn);
-    rope<T>::forward(a.qkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
-    rope<T>::forward(a.qkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(), rope_sin_.data());
-    attention<T>::forward(a.att.data(), a.lse.data(), a.qkv.data(),
-                          o.sinks >= 0 ? P + o.sinks : nullptr, attn_shape(l));
-    linear<T>::forward(s_.tmp.data(), a.att.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr, N,
-                       H * hd, d, WLayout::OutIn);
-    add_into(a.mid.data(), a.res.data(), s_.tmp.data(), N * d);
+    {
+      ProfileScope prof("rmsnorm fwd");
+      rmsnorm<T>::forward(a.xn1.data(), a.rstd1.data(), a.res.data(), P + o.ln1, N, d,
+                          cfg.rms_norm_eps);
+    }
+    {
+      ProfileScope prof("qkv proj fwd");
+      linear<T>::forward(a.qkv.data(), a.xn1.data(), P + o.qkv_w,
+                         o.qkv_b >= 0 ? P + o.qkv_b : nullptr, N, d, C, WLayout::OutIn);
+    }
+    {
+      ProfileScope prof("rope fwd");
+      rope<T>::forward(a.qkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
+    }
+    {
+      ProfileScope prof("rope fwd");
+      rope<T>::forward(a.qkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(), rope_sin_.data());
+    }
+    {
+      ProfileScope prof("attention fwd");
+      attention<T>::forward(a.att.data(), a.lse.data(), a.qkv.data(),
+                            o.sinks >= 0 ? P + o.sinks : nullptr, attn_shape(l));
+    }
+    {
+      ProfileScope prof("out proj fwd");
+      linear<T>::forward(s_.tmp.data(), a.att.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr,
+                         N, H * hd, d, WLayout::OutIn);
+    }
+    {
+      ProfileScope prof("residual fwd");
+      add_into(a.mid.data(), a.res.data(), s_.tmp.data(), N * d);
+    }
     // feed-forward block
-    rmsnorm<T>::forward(a.xn2.data(), a.rstd2.data(), a.mid.data(), P + o.ln2, N, d,
-                        cfg.rms_norm_eps);
+    {
+      ProfileScope prof("rmsnorm fwd");
+      rmsnorm<T>::forward(a.xn2.data(), a.rstd2.data(), a.mid.data(), P + o.ln2, N, d,
+                          cfg.rms_norm_eps);
+    }
     ffn_forward(l, a, s_.tmp.data());
-    add_into(next, a.mid.data(), s_.tmp.data(), N * d);
+    {
+      ProfileScope prof("residual fwd");
+      add_into(next, a.mid.data(), s_.tmp.data(), N * d);
+    }
     if (E > 1) {
       const RouterLosses rl =
           router<T>::loss_forward(a.rlogits.data(), a.idx.data(), N, E, k, cfg.router_aux_loss_coef,
@@ -226,13 +290,22 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
       loss.z += rl.z / double(cfg.num_hidden_layers);
     }
   }
-  rmsnorm<T>::forward(act_.xn_f.data(), act_.rstd_f.data(), act_.res_final.data(), P + layout.norm,
-                      N, d, cfg.rms_norm_eps);
-  linear<T>::forward(act_.logits.data(), act_.xn_f.data(), P + layout.lm_head, nullptr, N, d, V,
-                     WLayout::OutIn);
+  {
+    ProfileScope prof("rmsnorm fwd");
+    rmsnorm<T>::forward(act_.xn_f.data(), act_.rstd_f.data(), act_.res_final.data(),
+                        P + layout.norm, N, d, cfg.rms_norm_eps);
+  }
+  {
+    ProfileScope prof("lm head fwd");
+    linear<T>::forward(act_.logits.data(), act_.xn_f.data(), P + layout.lm_head, nullptr, N, d, V,
+                       WLayout::OutIn);
+  }
   act_.n_valid = std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-  const double sum =
-      cross_entropy<T>::forward(act_.lse.data(), act_.logits.data(), act_.targets.data(), N, V);
+  double sum = 0;
+  {
+    ProfileScope prof("cross-entropy fwd");
+    sum = cross_entropy<T>::forward(act_.lse.data(), act_.logits.data(), act_.targets.data(), N, V);
+  }
   loss.lm = act_.n_valid > 0 ? sum / double(act_.n_valid) : 0.0;
   have_forward_ = true;
   return loss;
@@ -252,40 +325,73 @@ void Model<T>::ffn_backward(int64_t l, LayerActs& a, const T* dout, T* dxn) {
   T* gw2 = grad_or_null(o.w2, E * I * d);
   T* gb2 = grad_or_null(o.b2, E * d);
   if (E == 1) {
-    linear<T>::backward(s_.da.data(), gw2, gb2, dout, a.a.data(), P + o.w2, N, I, d,
-                        WLayout::InOut);
-    swiglu<T>::backward(s_.dh.data(), s_.da.data(), a.h.data(), N, I, cfg.swiglu_limit,
-                        cfg.swiglu_alpha);
-    linear<T>::backward(dxn, gw1, gb1, s_.dh.data(), a.xn2.data(), P + o.w1, N, d, 2 * I,
-                        WLayout::InOut);
+    {
+      ProfileScope prof("expert gemm bwd");
+      linear<T>::backward(s_.da.data(), gw2, gb2, dout, a.a.data(), P + o.w2, N, I, d,
+                          WLayout::InOut);
+    }
+    {
+      ProfileScope prof("swiglu bwd");
+      swiglu<T>::backward(s_.dh.data(), s_.da.data(), a.h.data(), N, I, cfg.swiglu_limit,
+                          cfg.swiglu_alpha);
+    }
+    {
+      ProfileScope prof("expert gemm bwd");
+      linear<T>::backward(dxn, gw1, gb1, s_.dh.data(), a.xn2.data(), P + o.w1, N, d, 2 * I,
+                          WLayout::InOut);
+    }
     return;
   }
   const MoeRouting r = routing(a);
-  moe_combine<T>::backward(s_.dy.data(), s_.dw.data(), dout, a.y.data(), a.w.data(), r, d);
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-    linear<T>::backward(s_.da.data() + r0 * I, gw2 ? gw2 + e * I * d : nullptr,
-                        gb2 ? gb2 + e * d : nullptr, s_.dy.data() + r0 * d, a.a.data() + r0 * I,
-                        P + o.w2 + e * I * d, cnt, I, d, WLayout::InOut);
+  {
+    ProfileScope prof("moe dispatch bwd");
+    moe_combine<T>::backward(s_.dy.data(), s_.dw.data(), dout, a.y.data(), a.w.data(), r, d);
   }
-  swiglu<T>::backward(s_.dh.data(), s_.da.data(), a.h.data(), N * k, I, cfg.swiglu_limit,
-                      cfg.swiglu_alpha);
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-    linear<T>::backward(s_.dxe.data() + r0 * d, gw1 ? gw1 + e * d * 2 * I : nullptr,
-                        gb1 ? gb1 + e * 2 * I : nullptr, s_.dh.data() + r0 * 2 * I,
-                        a.xe.data() + r0 * d, P + o.w1 + e * d * 2 * I, cnt, d, 2 * I,
-                        WLayout::InOut);
+  {
+    ProfileScope prof("expert gemm bwd");
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
+      linear<T>::backward(s_.da.data() + r0 * I, gw2 ? gw2 + e * I * d : nullptr,
+                          gb2 ? gb2 + e * d : nullptr, s_.dy.data() + r0 * d, a.a.data() + r0 * I,
+                          P + o.w2 + e * I * d, cnt, I, d, WLayout::InOut);
+    }
+  }
+  {
+    ProfileScope prof("swiglu bwd");
+    swiglu<T>::backward(s_.dh.data(), s_.da.data(), a.h.data(), N * k, I, cfg.swiglu_limit,
+                        cfg.swiglu_alpha);
+  }
+  {
+    ProfileScope prof("expert gemm bwd");
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
+      linear<T>::backward(s_.dxe.data() + r0 * d, gw1 ? gw1 + e * d * 2 * I : nullptr,
+                          gb1 ? gb1 + e * 2 * I : nullptr, s_.dh.data() + r0 * 2 * I,
+                          a.xe.data() + r0 * d, P + o.w1 + e * d * 2 * I, cnt, d, 2 * I,
+                          WLayout::InOut);
+    }
   }
   std::fill_n(dxn, N * d, T(0));
-  moe_gather<T>::backward(dxn, s_.dxe.data(), r, d);
-  router<T>::backward(s_.drl.data(), s_.dw.data(), a.w.data(), a.idx.data(), N, E, k);
-  router<T>::loss_backward(s_.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
-                           cfg.router_aux_loss_coef, cfg.router_z_loss_coef,
-                           1.0 / double(cfg.num_hidden_layers));
-  linear<T>::backward(dxn, grad_or_null(o.router_w, E * d), grad_or_null(o.router_b, E),
-                      s_.drl.data(), a.xn2.data(), P + o.router_w, N, d, E, WLayout::OutIn,
-                      /*dx_accumulate=*/true);
+  {
+    ProfileScope prof("moe dispatch bwd");
+    moe_gather<T>::backward(dxn, s_.dxe.data(), r, d);
+  }
+  {
+    ProfileScope prof("router bwd");
+    router<T>::backward(s_.drl.data(), s_.dw.data(), a.w.data(), a.idx.data(), N, E, k);
+  }
+  {
+    ProfileScope prof("router bwd");
+    router<T>::loss_backward(s_.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
+                             cfg.router_aux_loss_coef, cfg.router_z_loss_coef,
+                             1.0 / double(cfg.num_hidden_layers));
+  }
+  {
+    ProfileScope prof("router bwd");
+    linear<T>::backward(dxn, grad_or_null(o.router_w, E * d), grad_or_null(o.router_b, E),
+                        s_.drl.data(), a.xn2.data(), P + o.router_w, N, d, E, WLayout::OutIn,
+                        /*dx_accumulate=*/true);
+  }
 }
 
 template <typename T>
@@ -297,37 +403,69 @@ void Model<T>::backward() {
 
   // head: dlogits overwrite the logits in place
   T* dlogits = act_.logits.data();
-  cross_entropy<T>::backward(dlogits, act_.logits.data(), act_.lse.data(), act_.targets.data(), N,
-                             V, act_.n_valid > 0 ? 1.0 / double(act_.n_valid) : 0.0);
-  linear<T>::backward(s_.dxn.data(), grad_or_null(layout.lm_head, V * d), nullptr, dlogits,
-                      act_.xn_f.data(), P + layout.lm_head, N, d, V, WLayout::OutIn);
+  {
+    ProfileScope prof("cross-entropy bwd");
+    cross_entropy<T>::backward(dlogits, act_.logits.data(), act_.lse.data(), act_.targets.data(), N,
+                               V, act_.n_valid > 0 ? 1.0 / double(act_.n_valid) : 0.0);
+  }
+  {
+    ProfileScope prof("lm head bwd");
+    linear<T>::backward(s_.dxn.data(), grad_or_null(layout.lm_head, V * d), nullptr, dlogits,
+                        act_.xn_f.data(), P + layout.lm_head, N, d, V, WLayout::OutIn);
+  }
   std::fill(s_.dres.begin(), s_.dres.end(), T(0));
-  rmsnorm<T>::backward(s_.dres.data(), grad_or_null(layout.norm, d), s_.dxn.data(),
-                       act_.res_final.data(), P + layout.norm, act_.rstd_f.data(), N, d);
+  {
+    ProfileScope prof("rmsnorm bwd");
+    rmsnorm<T>::backward(s_.dres.data(), grad_or_null(layout.norm, d), s_.dxn.data(),
+                         act_.res_final.data(), P + layout.norm, act_.rstd_f.data(), N, d);
+  }
 
   for (int64_t l = cfg.num_hidden_layers - 1; l >= 0; l--) {
     LayerActs& a = act_.layers[size_t(l)];
     const LayerOffsets& o = layout.layers[size_t(l)];
     // feed-forward block: dres holds d(residual after this layer)
     ffn_backward(l, a, s_.dres.data(), s_.dxn.data());
-    rmsnorm<T>::backward(s_.dres.data(), grad_or_null(o.ln2, d), s_.dxn.data(), a.mid.data(),
-                         P + o.ln2, a.rstd2.data(), N, d);
+    {
+      ProfileScope prof("rmsnorm bwd");
+      rmsnorm<T>::backward(s_.dres.data(), grad_or_null(o.ln2, d), s_.dxn.data(), a.mid.data(),
+                           P + o.ln2, a.rstd2.data(), N, d);
+    }
     // attention block: dres holds d(mid)
-    linear<T>::backward(s_.datt.data(), grad_or_null(o.o_w, d * H * hd), grad_or_null(o.o_b, d),
-                        s_.dres.data(), a.att.data(), P + o.o_w, N, H * hd, d, WLayout::OutIn);
-    attention<T>::backward(s_.dqkv.data(), grad_or_null(o.sinks, H), s_.datt.data(), a.qkv.data(),
-                           o.sinks >= 0 ? P + o.sinks : nullptr, a.att.data(), a.lse.data(),
-                           attn_shape(l));
-    rope<T>::backward(s_.dqkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
-    rope<T>::backward(s_.dqkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(),
-                      rope_sin_.data());
-    linear<T>::backward(s_.dxn.data(), grad_or_null(o.qkv_w, C * d), grad_or_null(o.qkv_b, C),
-                        s_.dqkv.data(), a.xn1.data(), P + o.qkv_w, N, d, C, WLayout::OutIn);
-    rmsnorm<T>::backward(s_.dres.data(), grad_or_null(o.ln1, d), s_.dxn.data(), a.res.data(),
-                         P + o.ln1, a.rstd1.data(), N, d);
+    {
+      ProfileScope prof("out proj bwd");
+      linear<T>::backward(s_.datt.data(), grad_or_null(o.o_w, d * H * hd), grad_or_null(o.o_b, d),
+                          s_.dres.data(), a.att.data(), P + o.o_w, N, H * hd, d, WLayout::OutIn);
+    }
+    {
+      ProfileScope prof("attention bwd");
+      attention<T>::backward(s_.dqkv.data(), grad_or_null(o.sinks, H), s_.datt.data(), a.qkv.data(),
+                             o.sinks >= 0 ? P + o.sinks : nullptr, a.att.data(), a.lse.data(),
+                             attn_shape(l));
+    }
+    {
+      ProfileScope prof("rope bwd");
+      rope<T>::backward(s_.dqkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
+    }
+    {
+      ProfileScope prof("rope bwd");
+      rope<T>::backward(s_.dqkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(),
+                        rope_sin_.data());
+    }
+    {
+      ProfileScope prof("qkv proj bwd");
+      linear<T>::backward(s_.dxn.data(), grad_or_null(o.qkv_w, C * d), grad_or_null(o.qkv_b, C),
+                          s_.dqkv.data(), a.xn1.data(), P + o.qkv_w, N, d, C, WLayout::OutIn);
+    }
+    {
+      ProfileScope prof("rmsnorm bwd");
+      rmsnorm<T>::backward(s_.dres.data(), grad_or_null(o.ln1, d), s_.dxn.data(), a.res.data(),
+                           P + o.ln1, a.rstd1.data(), N, d);
+    }
   }
-  if (T* ge = grad_or_null(layout.embed, cfg.vocab_size * d))
+  if (T* ge = grad_or_null(layout.embed, cfg.vocab_size * d)) {
+    ProfileScope prof("embedding bwd");
     embedding<T>::backward(ge, s_.dres.data(), act_.tokens.data(), N, d);
+  }
   have_forward_ = false;  // the logits now hold their gradient
 }
 

@@ -1,0 +1,31 @@
+#pragma once
+// Per-op wall-clock breakdown for `moelab bench train --profile`. Off by default; when off a
+// scope costs one branch.
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moelab {
+
+struct Profile {
+  bool on = false;
+  std::vector<std::pair<std::string, double>> seconds;  // op name -> total seconds
+  void add(const char* name, double s);
+  void clear() { seconds.clear(); }
+};
+
+Profile& profile();  // the process-wide profile
+
+class ProfileScope {
+ public:
+  explicit ProfileScope(const char* name);
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  const char* name_;
+  double t0_ = 0;
+};
+
+}  // namespace moelab
