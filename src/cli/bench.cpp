@@ -86,7 +86,7 @@ double bench_fma_peak_gflops(int threads, double seconds) {
 #pragma omp parallel num_threads(threads)
     { sink = sink + fma_loop(iters); }
     const double dt = time_now_s() - t0;
-  profile().on = false;
+    profile().on = false;
     best = std::max(best, flops_per_call * threads / dt / 1e9);
   }
   return best;

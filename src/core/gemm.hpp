@@ -1,8 +1,9 @@
 #pragma once
 // The one matrix-product interface. Row-major, BLAS semantics:
 //   C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C
-// where op(X) is X or X^T. Backed by OpenBLAS (OpenMP build) on CPU. The double instantiation
-// exists so that the whole model can run in double for finite-difference checks.
+// where op(X) is X or X^T. Float goes to oneDNN (or OpenBLAS, -DMOELAB_GEMM=openblas); double to
+// OpenBLAS: it exists so that the whole model can run in double for finite-difference checks.
+// Both libraries are OpenMP builds and share moelab's one thread pool.
 #include <cstdint>
 
 namespace moelab {
@@ -12,6 +13,9 @@ enum class Trans : bool { N = false, T = true };
 template <typename T>
 void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// "onednn" or "openblas": the library behind gemm<float> (gemm<double> is always OpenBLAS).
+const char* gemm_backend();
 
 // One pool: sets the OpenMP thread count, which the OpenMP build of OpenBLAS also follows.
 void threads_set(int n);

@@ -3,82 +3,87 @@
 #include <limits>
 #include <vector>
 
+#include "core/gemm.hpp"
 #include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/vmath.hpp"
 
 namespace moelab::kernels {
 
+// Flash-style attention on tiles: a task owns a block of query rows of one head and walks the
+// keys in blocks; scores, P.V and every backward product are small GEMMs on strided views of
+// the qkv rows (BLAS runs single-threaded inside the parallel region), and the softmax is done
+// online per row. Memory per thread is kTileQ x kTileK scores, never T x T.
+
 namespace {
 
-constexpr int64_t kTileQ = 32;  // query rows per task
-constexpr int64_t kTileK = 64;  // keys per block: a K and a V block stay in L1 across the rows
+constexpr int64_t kTileQ = 64;   // query rows per task
+constexpr int64_t kTileK = 256;  // keys per block
 
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-// Keys that query i may see: [lo, i]; the sliding window keeps the `window` most recent.
+// Keys that query i may see: [key_lo, i]; the sliding window keeps the `window` most recent.
 inline int64_t key_lo(int64_t i, int64_t window) {
   return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0;
+}
+
+template <typename T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
 }
 
 }  // namespace
 
 template <typename T>
 void attention<T>::forward(T* out, T* lse, const T* qkv, const T* sinks, const AttnShape& s) {
-  const int64_t C = (s.H + 2 * s.KV) * s.hd, hd = s.hd, group = s.H / s.KV;
+  const int64_t C = (s.H + 2 * s.KV) * s.hd, hd = s.hd, group = s.H / s.KV, OC = s.H * hd;
   const int64_t tiles = (s.T + kTileQ - 1) / kTileQ;
   const T scale = T(s.scale);
 #pragma omp parallel if (parallel_worth(s.B * s.T * s.T * s.H * s.hd))
   {
-    std::vector<T> acc(kTileQ * hd), m(kTileQ), l(kTileQ), sc(kTileK);
+    std::vector<T> S(kTileQ * kTileK), m(kTileQ), l(kTileQ);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < s.B * s.H * tiles; task++) {
       const int64_t b = task / (s.H * tiles), h = (task / tiles) % s.H, qt = task % tiles;
       const int64_t g = h / group;
-      const int64_t i0 = qt * kTileQ, i1 = std::min(s.T, i0 + kTileQ);
-      const T* base = qkv + b * s.T * C;
-      const T init = sinks ? sinks[h] : -std::numeric_limits<T>::infinity();
-      std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(m.begin(), m.end(), init);
+      const int64_t i0 = qt * kTileQ, i1 = std::min(s.T, i0 + kTileQ), nq = i1 - i0;
+      const T* Q = qkv + (b * s.T + i0) * C + h * hd;
+      T* O = out + (b * s.T + i0) * OC + h * hd;
+      for (int64_t r = 0; r < nq; r++) std::fill_n(O + r * OC, hd, T(0));
+      // m starts at the sink logit: the sink joins the normaliser as a column with no value.
+      std::fill(m.begin(), m.end(), sinks ? sinks[h] : neg_inf<T>());
       std::fill(l.begin(), l.end(), T(0));
       for (int64_t j0 = key_lo(i0, s.window); j0 < i1; j0 += kTileK) {
-        const int64_t j1 = std::min(i1, j0 + kTileK);
-        for (int64_t i = i0; i < i1; i++) {
-          const int64_t r = i - i0;
-          const int64_t lo = std::max(j0, key_lo(i, s.window)), hi = std::min(j1, i + 1);
-          if (lo >= hi) continue;
-          const T* q = base + i * C + h * hd;
-          T mx = -std::numeric_limits<T>::infinity();
-          for (int64_t j = lo; j < hi; j++) {
-            sc[j - lo] = scale * dot(q, base + j * C + (s.H + g) * hd, hd);
-            mx = std::max(mx, sc[j - lo]);
-          }
+        const int64_t j1 = std::min(i1, j0 + kTileK), nk = j1 - j0;
+        const T* K = qkv + (b * s.T + j0) * C + (s.H + g) * hd;
+        const T* V = qkv + (b * s.T + j0) * C + (s.H + s.KV + g) * hd;
+        gemm<T>(Trans::N, Trans::T, nq, nk, hd, scale, Q, C, K, C, T(0), S.data(), kTileK);
+        for (int64_t r = 0; r < nq; r++) {
+          const int64_t i = i0 + r;
+          const int64_t lo = std::max(j0, key_lo(i, s.window)) - j0, hi = std::min(j1, i + 1) - j0;
+          T* p = S.data() + r * kTileK;
+          T mx = neg_inf<T>();
+#pragma omp simd reduction(max : mx)
+          for (int64_t j = lo; j < hi; j++) mx = std::max(mx, p[j]);
           const T mnew = std::max(m[r], mx);
-          const T corr = std::exp(m[r] - mnew);
-          T* a = acc.data() + r * hd;
-          T sum = l[r] * corr;
-          for (int64_t c = 0; c < hd; c++) a[c] *= corr;
-          for (int64_t j = lo; j < hi; j++) {
-            const T p = std::exp(sc[j - lo] - mnew);
-            sum += p;
-            const T* v = base + j * C + (s.H + s.KV + g) * hd;
-            for (int64_t c = 0; c < hd; c++) a[c] += p * v[c];
+          const T corr = m[r] == neg_inf<T>() ? T(0) : fexp(m[r] - mnew);
+          T sum = 0;
+          for (int64_t j = 0; j < lo; j++) p[j] = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = lo; j < hi; j++) sum += (p[j] = fexp(p[j] - mnew));
+          for (int64_t j = std::max(hi, lo); j < nk; j++) p[j] = 0;
+          if (hi > lo) {
+            l[r] = l[r] * corr + sum;
+            m[r] = mnew;
+            if (corr != T(1))
+              for (int64_t c = 0; c < hd; c++) O[r * OC + c] *= corr;
           }
-          l[r] = sum;
-          m[r] = mnew;
         }
+        gemm<T>(Trans::N, Trans::N, nq, hd, nk, T(1), S.data(), kTileK, V, C, T(1), O, OC);
       }
-      for (int64_t i = i0; i < i1; i++) {
-        const int64_t r = i - i0;
-        // The sink joins the normaliser only; m started at the sink logit, so m >= sink.
-        const T norm = l[r] + (sinks ? std::exp(sinks[h] - m[r]) : T(0));
-        T* o = out + (b * s.T + i) * s.H * hd + h * hd;
-        for (int64_t c = 0; c < hd; c++) o[c] = acc[r * hd + c] / norm;
-        lse[(b * s.T + i) * s.H + h] = m[r] + std::log(norm);
+      for (int64_t r = 0; r < nq; r++) {
+        const T norm = l[r] + (sinks ? fexp(sinks[h] - m[r]) : T(0));
+        const T inv = T(1) / norm;
+        for (int64_t c = 0; c < hd; c++) O[r * OC + c] *= inv;
+        lse[(b * s.T + i0 + r) * s.H + h] = m[r] + std::log(norm);
       }
     }
   }
@@ -87,15 +92,13 @@ void attention<T>::forward(T* out, T* lse, const T* qkv, const T* sinks, const A
 template <typename T>
 void attention<T>::backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, const T* sinks,
                             const T* out, const T* lse, const AttnShape& s) {
-  const int64_t C = (s.H + 2 * s.KV) * s.hd, hd = s.hd, group = s.H / s.KV;
-  const int64_t OC = s.H * hd;
-  const T scale = T(s.scale);
+  const int64_t C = (s.H + 2 * s.KV) * s.hd, hd = s.hd, group = s.H / s.KV, OC = s.H * hd;
   std::vector<T> dsink_part(sinks && dsinks ? s.B * s.H : 0, T(0));
-  // One task per (batch, kv head): it owns dK and dV of that head, and dQ of its query heads,
-  // so no two threads write the same gradient row.
+  // One task per (batch, kv head): it owns dK and dV of that head and dQ of its query heads, so
+  // no two threads write the same gradient row, and the order of accumulation is fixed.
 #pragma omp parallel if (parallel_worth(s.B * s.T * s.T * s.H * s.hd))
   {
-    std::vector<T> dq(kTileQ * hd), D(kTileQ);
+    std::vector<T> P(kTileQ * kTileK), dP(kTileQ * kTileK), D(kTileQ);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < s.B * s.KV; task++) {
       const int64_t b = task / s.KV, g = task % s.KV;
@@ -108,39 +111,47 @@ void attention<T>::backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, con
       for (int64_t h = g * group; h < (g + 1) * group; h++) {
         T dsink = 0;
         for (int64_t i0 = 0; i0 < s.T; i0 += kTileQ) {
-          const int64_t i1 = std::min(s.T, i0 + kTileQ);
-          for (int64_t i = i0; i < i1; i++) {
-            const int64_t n = b * s.T + i;
-            D[i - i0] = dot(dout + n * OC + h * hd, out + n * OC + h * hd, hd);
-            if (!dsink_part.empty()) dsink -= std::exp(sinks[h] - lse[n * s.H + h]) * D[i - i0];
+          const int64_t i1 = std::min(s.T, i0 + kTileQ), nq = i1 - i0;
+          const T* Q = base + i0 * C + h * hd;
+          const T* dO = dout + (b * s.T + i0) * OC + h * hd;
+          T* dQ = dbase + i0 * C + h * hd;
+          for (int64_t r = 0; r < nq; r++) {
+            const T* o = out + (b * s.T + i0 + r) * OC + h * hd;
+            T d = 0;
+#pragma omp simd reduction(+ : d)
+            for (int64_t c = 0; c < hd; c++) d += dO[r * OC + c] * o[c];
+            D[r] = d;
+            std::fill_n(dQ + r * C, hd, T(0));
+            if (!dsink_part.empty())
+              dsink -= fexp(sinks[h] - lse[(b * s.T + i0 + r) * s.H + h]) * d;
           }
-          std::fill(dq.begin(), dq.end(), T(0));
           for (int64_t j0 = key_lo(i0, s.window); j0 < i1; j0 += kTileK) {
-            const int64_t j1 = std::min(i1, j0 + kTileK);
-            for (int64_t i = i0; i < i1; i++) {
-              const int64_t r = i - i0, n = b * s.T + i;
-              const int64_t lo = std::max(j0, key_lo(i, s.window)), hi = std::min(j1, i + 1);
-              const T* q = base + i * C + h * hd;
-              const T* dO = dout + n * OC + h * hd;
-              const T L = lse[n * s.H + h];
-              T* dqr = dq.data() + r * hd;
-              for (int64_t j = lo; j < hi; j++) {
-                const T* k = base + j * C + (s.H + g) * hd;
-                const T* v = base + j * C + (s.H + s.KV + g) * hd;
-                T* dk = dbase + j * C + (s.H + g) * hd;
-                T* dv = dbase + j * C + (s.H + s.KV + g) * hd;
-                const T p = std::exp(scale * dot(q, k, hd) - L);
-                const T ds = scale * p * (dot(dO, v, hd) - D[r]);
-                for (int64_t c = 0; c < hd; c++) {
-                  dv[c] += p * dO[c];
-                  dqr[c] += ds * k[c];
-                  dk[c] += ds * q[c];
-                }
+            const int64_t j1 = std::min(i1, j0 + kTileK), nk = j1 - j0;
+            const T* K = base + j0 * C + (s.H + g) * hd;
+            const T* V = base + j0 * C + (s.H + s.KV + g) * hd;
+            T* dK = dbase + j0 * C + (s.H + g) * hd;
+            T* dV = dbase + j0 * C + (s.H + s.KV + g) * hd;
+            // P = exp(scale Q K^T - lse), masked; dP = dO V^T
+            gemm<T>(Trans::N, Trans::T, nq, nk, hd, T(s.scale), Q, C, K, C, T(0), P.data(), kTileK);
+            gemm<T>(Trans::N, Trans::T, nq, nk, hd, T(1), dO, OC, V, C, T(0), dP.data(), kTileK);
+            for (int64_t r = 0; r < nq; r++) {
+              const int64_t i = i0 + r;
+              const int64_t lo = std::max(j0, key_lo(i, s.window)) - j0;
+              const int64_t hi = std::min(j1, i + 1) - j0;
+              const T L = lse[(b * s.T + i) * s.H + h];
+              T* p = P.data() + r * kTileK;
+              T* dp = dP.data() + r * kTileK;
+              for (int64_t j = 0; j < nk; j++) {
+                const bool ok = j >= lo && j < hi;
+                const T pj = ok ? fexp(p[j] - L) : T(0);
+                p[j] = pj;
+                dp[j] = pj * (dp[j] - D[r]) * T(s.scale);  // dS, already scaled for dQ and dK
               }
             }
+            gemm<T>(Trans::T, Trans::N, nk, hd, nq, T(1), P.data(), kTileK, dO, OC, T(1), dV, C);
+            gemm<T>(Trans::N, Trans::N, nq, hd, nk, T(1), dP.data(), kTileK, K, C, T(1), dQ, C);
+            gemm<T>(Trans::T, Trans::N, nk, hd, nq, T(1), dP.data(), kTileK, Q, C, T(1), dK, C);
           }
-          for (int64_t i = i0; i < i1; i++)
-            std::copy_n(dq.data() + (i - i0) * hd, hd, dbase + i * C + h * hd);
         }
         if (!dsink_part.empty()) dsink_part[b * s.H + h] = dsink;
       }

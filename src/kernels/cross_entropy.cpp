@@ -4,6 +4,7 @@
 
 #include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/vmath.hpp"
 
 namespace moelab::kernels {
 
@@ -15,9 +16,11 @@ double cross_entropy<T>::forward(T* lse, const T* logits, const int32_t* targets
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * V;
     T mx = z[0];
+#pragma omp simd reduction(max : mx)
     for (int64_t v = 1; v < V; v++) mx = std::max(mx, z[v]);
     T sum = 0;
-    for (int64_t v = 0; v < V; v++) sum += std::exp(z[v] - mx);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t v = 0; v < V; v++) sum += fexp(z[v] - mx);
     lse[n] = mx + std::log(sum);
     if (targets[n] >= 0) loss[n] = double(lse[n]) - double(z[targets[n]]);
   }
@@ -39,7 +42,7 @@ void cross_entropy<T>::backward(T* dlogits, const T* logits, const T* lse, const
       continue;
     }
     const T L = lse[n];
-    for (int64_t v = 0; v < V; v++) d[v] = s * std::exp(z[v] - L);
+    for (int64_t v = 0; v < V; v++) d[v] = s * fexp(z[v] - L);
     d[targets[n]] -= s;
   }
 }

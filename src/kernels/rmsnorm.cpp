@@ -14,6 +14,7 @@ void rmsnorm<T>::forward(T* out, T* rstd, const T* x, const T* g, int64_t N, int
     const T* xr = x + n * d;
     T* o = out + n * d;
     T ss = 0;
+#pragma omp simd reduction(+ : ss)
     for (int64_t i = 0; i < d; i++) ss += xr[i] * xr[i];
     const T r = T(1) / std::sqrt(ss / T(d) + T(eps));
     rstd[n] = r;
@@ -31,6 +32,7 @@ void rmsnorm<T>::backward(T* dx, T* dg, const T* dout, const T* x, const T* g, c
     T* dxr = dx + n * d;
     const T r = rstd[n];
     T dot = 0;
+#pragma omp simd reduction(+ : dot)
     for (int64_t i = 0; i < d; i++) dot += g[i] * dy[i] * xr[i];
     const T c = r * r * dot / T(d);
     for (int64_t i = 0; i < d; i++) dxr[i] += r * (g[i] * dy[i] - xr[i] * c);

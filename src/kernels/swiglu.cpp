@@ -4,6 +4,7 @@
 
 #include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/vmath.hpp"
 
 namespace moelab::kernels {
 
@@ -24,7 +25,7 @@ void swiglu<T>::forward(T* out, const T* h, int64_t N, int64_t I, double limit, 
     for (int64_t j = 0; j < I; j++) {
       const T g = std::min(hr[2 * j], L);
       const T l = std::clamp(hr[2 * j + 1], -L, L);
-      o[j] = g / (T(1) + std::exp(-a * g)) * (l + T(1));
+      o[j] = g / (T(1) + fexp(-a * g)) * (l + T(1));
     }
   }
 }
@@ -42,7 +43,7 @@ void swiglu<T>::backward(T* dh, const T* dout, const T* h, int64_t N, int64_t I,
     for (int64_t j = 0; j < I; j++) {
       const T graw = hr[2 * j], lraw = hr[2 * j + 1];
       const T g = std::min(graw, L), l = std::clamp(lraw, -L, L);
-      const T sig = T(1) / (T(1) + std::exp(-a * g));
+      const T sig = T(1) / (T(1) + fexp(-a * g));
       const T dg = dy[j] * (l + T(1)) * (sig + a * g * sig * (T(1) - sig));
       d[2 * j] = graw <= L ? dg : T(0);
       d[2 * j + 1] = (lraw >= -L && lraw <= L) ? dy[j] * g * sig : T(0);
