@@ -1,5 +1,5 @@
 # make test   installs what is missing (Debian packages), builds, runs every test
-# make bench  training throughput of the bench configs
+# make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 
 BUILD ?= build
@@ -29,9 +29,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: build
-	$(BUILD)/moelab bench peak
-	$(BUILD)/moelab bench train --config bench/dense.json --steps 10
-	$(BUILD)/moelab bench train --config bench/moe.json --steps 10
+	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2)
 
 format:
 	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
