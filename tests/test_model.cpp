@@ -290,6 +290,14 @@ TEST(AdamW, GlobalNormClipping) {
   EXPECT_NEAR(g[0], 0.6, 1e-6);
   EXPECT_NEAR(g[size_t(layout.total - 1)], 0.8, 1e-6);
   EXPECT_NEAR(grad_clip_global_norm<double>(layout, g, 0.0), 1.0, 1e-5);  // 0: no clipping
+  // Clipping folded into the update equals clipping first.
+  auto p1 = randn(layout.total, 5), g1 = randn(layout.total, 6);
+  auto p2 = p1, g2 = g1;
+  AdamW<double> o1(layout, AdamWConfig{}), o2(layout, AdamWConfig{});
+  grad_clip_global_norm<double>(layout, g1, 0.5);
+  o1.update(p1, g1, 1e-3);
+  o2.update(p2, g2, 1e-3, grad_clip_scale(grad_global_norm<double>(layout, g2), 0.5));
+  expect_close(p2, p1, 1e-13, 1e-15, "fused clipping");
 }
 
 // ----------------------------------------------------------------------------

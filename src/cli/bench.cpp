@@ -128,8 +128,8 @@ void bench_train(const BenchTrainOptions& o) {
     Losses l = model.forward(tokens, targets);
     model.backward();
     ProfileScope prof("optimizer");
-    grad_clip_global_norm<float>(model.layout, model.grads, 1.0);
-    opt.update(model.params, model.grads, 1e-4);
+    const double norm = grad_global_norm<float>(model.layout, model.grads);
+    opt.update(model.params, model.grads, 1e-4, grad_clip_scale(norm, 1.0));
     return l;
   };
   for (int i = 0; i < o.warmup; i++) step();
