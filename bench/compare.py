@@ -16,9 +16,9 @@ def run(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def moelab(binary, config, threads, steps):
+def moelab(binary, config, threads, steps, *extra):
     return run([binary, "bench", "train", "--config", os.path.join(HERE, config), "--threads", str(threads),
-                "--steps", str(steps)])
+                "--steps", str(steps), *extra])
 
 
 def peer(config, threads, steps):
@@ -40,7 +40,9 @@ def main():
         "moe/peer": lambda: peer("moe.json", T, 5),
         "dense/1thread": lambda: moelab(a.moelab, "dense.json", 1, 5),
         "dense512": lambda: moelab(a.moelab, "dense512.json", T, 4),
+        "dense512/bf16": lambda: moelab(a.moelab, "dense512.json", T, 4, "--bf16"),
         "moe512": lambda: moelab(a.moelab, "moe512.json", T, 4),
+        "moe512/bf16": lambda: moelab(a.moelab, "moe512.json", T, 4, "--bf16"),
         "dense512_active_e8": lambda: moelab(a.moelab, "dense512_active_e8.json", T, 4),
         "moe512_e64": lambda: moelab(a.moelab, "moe512_e64.json", T, 4),
         "dense512_active_e64": lambda: moelab(a.moelab, "dense512_active_e64.json", T, 4),
@@ -71,6 +73,9 @@ def main():
     row("E=8 top-2 vs dense of equal active FLOPs", f"{e8:.1%}", ">= 85%", e8 >= 0.85)
     e64 = med["moe512_e64"] / med["dense512_active_e64"]
     row("E=64 top-2 vs dense of equal active FLOPs", f"{e64:.1%}", ">= 70%", e64 >= 0.70)
+    for c in ("dense512", "moe512"):
+        bf = med[c + "/bf16"] / med[c]
+        row(f"{c}: bf16 / fp32 tokens/s", f"{bf:.2f}x", ">= 1.4x", bf >= 1.4)
     sc = med["dense"] / med["dense/1thread"]
     row("dense: 1 -> 2 threads", f"{sc:.2f}x", ">= 1.8x", sc >= 1.8)
     worst = max(rss[k][0] / rss[k][1] for k in res if rss[k][1])

@@ -114,6 +114,7 @@ void bench_train(const BenchTrainOptions& o) {
   if (o.steps < 1) fail("--steps must be >= 1");
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   threads_set(threads);
+  gemm_set_precision(o.bf16 ? Precision::BF16 : Precision::F32);
 
   Model<float> model(cfg, B, T);
   model.init_weights(1234);
@@ -151,6 +152,7 @@ void bench_train(const BenchTrainOptions& o) {
   nlohmann::ordered_json out = {
       {"config", o.config},
       {"threads", threads},
+      {"precision", o.bf16 ? "bf16" : "fp32"},
       {"batch_size", B},
       {"seq_len", T},
       {"steps", o.steps},

@@ -13,6 +13,7 @@ struct BenchTrainOptions {
   int threads = 0;         // 0 = all cores
   double peak_gflops = 0;  // 0 = measure
   bool profile = false;    // per-op time breakdown
+  bool bf16 = false;       // linear layers in bf16 (fp32 master weights)
 };
 // Runs the training benchmark and prints one JSON line.
 void bench_train(const BenchTrainOptions& o);

@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--threads", bt.threads, "threads (default: all cores)");
   train_cmd->add_option("--peak", bt.peak_gflops, "FMA peak in GFLOP/s (default: measure)");
   train_cmd->add_flag("--profile", bt.profile, "per-op time breakdown (stderr and JSON)");
+  train_cmd->add_flag("--bf16", bt.bf16, "linear layers in bf16 with fp32 accumulation");
 
   try {
     app.parse(argc, argv);

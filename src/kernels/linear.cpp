@@ -39,9 +39,9 @@ void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, i
   }
   const T beta = b ? T(1) : T(0);
   if (layout == WLayout::OutIn)
-    gemm<T>(Trans::N, Trans::T, N, O, I, T(1), x, I, W, I, beta, out, O);
+    gemm_linear<T>(Trans::N, Trans::T, N, O, I, x, I, W, I, beta, out, O);
   else
-    gemm<T>(Trans::N, Trans::N, N, O, I, T(1), x, I, W, O, beta, out, O);
+    gemm_linear<T>(Trans::N, Trans::N, N, O, I, x, I, W, O, beta, out, O);
 }
 
 template <typename T>
@@ -50,11 +50,11 @@ void linear<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T
   if (N == 0) return;
   const T beta = dx_accumulate ? T(1) : T(0);
   if (layout == WLayout::OutIn) {
-    if (dx) gemm<T>(Trans::N, Trans::N, N, I, O, T(1), dout, O, W, I, beta, dx, I);
-    if (dW) gemm<T>(Trans::T, Trans::N, O, I, N, T(1), dout, O, x, I, T(1), dW, I);
+    if (dx) gemm_linear<T>(Trans::N, Trans::N, N, I, O, dout, O, W, I, beta, dx, I);
+    if (dW) gemm_linear<T>(Trans::T, Trans::N, O, I, N, dout, O, x, I, T(1), dW, I);
   } else {
-    if (dx) gemm<T>(Trans::N, Trans::T, N, I, O, T(1), dout, O, W, O, beta, dx, I);
-    if (dW) gemm<T>(Trans::T, Trans::N, I, O, N, T(1), x, I, dout, O, T(1), dW, O);
+    if (dx) gemm_linear<T>(Trans::N, Trans::T, N, I, O, dout, O, W, O, beta, dx, I);
+    if (dW) gemm_linear<T>(Trans::T, Trans::N, I, O, N, x, I, dout, O, T(1), dW, O);
   }
   if (db) colsum_add(db, dout, N, O);
 }

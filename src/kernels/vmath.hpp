@@ -27,8 +27,10 @@ inline float fexp_float(float x) {
 
 template <typename T>
 inline T fexp(T x) {
-  if constexpr (std::is_same_v<T, float>) return fexp_float(x);
-  else return std::exp(x);
+  if constexpr (std::is_same_v<T, float>)
+    return fexp_float(x);
+  else
+    return std::exp(x);
 }
 
 }  // namespace moelab::kernels

@@ -13,8 +13,7 @@ AdamW<T>::AdamW(const ParamLayout& layout, AdamWConfig c)
     : cfg(c), m(size_t(layout.total), T(0)), v(size_t(layout.total), T(0)), layout_(&layout) {}
 
 template <typename T>
-void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr,
-                      double grad_scale) {
+void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale) {
   check(int64_t(params.size()) == layout_->total && int64_t(grads.size()) == layout_->total,
         "AdamW: buffer sizes do not match the layout");
   step++;
