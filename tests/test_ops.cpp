@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/gemm.hpp"
+#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
 #include "ref_ops.hpp"
 #include "test_util.hpp"
@@ -406,4 +407,25 @@ TEST(Ops, GemmDoubleAndFloat) {
       for (int64_t p = 0; p < Kd; p++) s += A[p * M + i] * B[j * Kd + p];
       EXPECT_NEAR(C64[i * N + j], 0.5 * s + 2.0 * C[i * N + j], 1e-12);
     }
+}
+
+TEST(Ops, LinearWideInOutTransposedPath) {
+  // O > I and N >= O: dx goes through an explicit transpose of W and an NN product.
+  const int64_t N = 40, I = 8, O = 32;
+  auto x = randn(N * I, 1), W = randn(I * O, 2, 0.3), R = randn(N * O, 3);
+  std::vector<double> dx(N * I), dx_ref(N * I), dW(I * O, 0.0), dW_ref(I * O, 0.0);
+  const int64_t keep = parallel_min_work;
+  parallel_min_work = 0;  // the transpose loop in parallel, too
+  K::linear<double>::backward(dx.data(), dW.data(), nullptr, R.data(), x.data(), W.data(), N, I, O,
+                              K::WLayout::InOut);
+  parallel_min_work = keep;
+  ref::linear<double>::backward(dx_ref.data(), dW_ref.data(), nullptr, R.data(), x.data(), W.data(),
+                                N, I, O, K::WLayout::InOut);
+  expect_close(dx, dx_ref, 1e-12, 1e-14, "wide linear dx");
+  expect_close(dW, dW_ref, 1e-12, 1e-14, "wide linear dW");
+  std::vector<float> dx32(N * I);
+  K::linear<float>::backward(dx32.data(), nullptr, nullptr, cast<float>(R).data(),
+                             cast<float>(x).data(), cast<float>(W).data(), N, I, O,
+                             K::WLayout::InOut);
+  expect_close(dx32, dx_ref, kRtol32, kAtol32, "wide linear dx, float");
 }

@@ -50,8 +50,12 @@ Engine& engine() {
 
 }  // namespace
 
-void gemm_set_precision(Precision p) { g_precision = p; }
-Precision gemm_precision() { return g_precision; }
+void gemm_set_precision(Precision p) {
+  g_precision = p;
+}
+Precision gemm_precision() {
+  return g_precision;
+}
 
 void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -61,10 +65,14 @@ void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float*
   if (M == 0 || N == 0) return;
   Engine& e = engine();
   // Operands keep their storage orientation; a transposed one is described as column-major.
-  if (ta == Trans::N) to_bf16(e.a, A, M, K, lda);
-  else to_bf16(e.a, A, K, M, lda);
-  if (tb == Trans::N) to_bf16(e.b, B, K, N, ldb);
-  else to_bf16(e.b, B, N, K, ldb);
+  if (ta == Trans::N)
+    to_bf16(e.a, A, M, K, lda);
+  else
+    to_bf16(e.a, A, K, M, lda);
+  if (tb == Trans::N)
+    to_bf16(e.b, B, K, N, ldb);
+  else
+    to_bf16(e.b, B, N, K, ldb);
   const memory::desc ad({M, K}, memory::data_type::bf16, ta == Trans::N ? tag::ab : tag::ba);
   const memory::desc bd({K, N}, memory::data_type::bf16, tb == Trans::N ? tag::ab : tag::ba);
   const memory::desc cd({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
@@ -95,8 +103,10 @@ template <>
 void gemm_linear<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
                         int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                         int64_t ldc) {
-  if (g_precision == Precision::BF16) gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  else gemm<float>(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+  if (g_precision == Precision::BF16)
+    gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm<float>(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
