@@ -42,6 +42,19 @@ ModelConfig tiny(bool moe) {
   return c;
 }
 
+// A small model for training tests: ordinary init, clamps and RoPE as in gpt-oss.
+ModelConfig trainable(bool moe, int64_t vocab, int64_t width, int64_t head_dim) {
+  ModelConfig c = tiny(moe);
+  c.vocab_size = vocab;
+  c.hidden_size = width;
+  c.intermediate_size = width;
+  c.head_dim = head_dim;
+  c.initializer_range = 0.02;
+  c.swiglu_limit = 7.0;
+  c.yarn_factor = 1.0;
+  return c;
+}
+
 struct Batch {
   std::vector<int32_t> tokens, targets;
 };
@@ -215,14 +228,7 @@ TEST(Model, RouterEdgeCasesEveryTokenToOneExpertAndIdleExperts) {
 class Memorise : public ::testing::TestWithParam<bool> {};
 
 TEST_P(Memorise, LossFallsNearZeroOnARepeatingSequence) {
-  ModelConfig c = tiny(GetParam());
-  c.vocab_size = 16;
-  c.hidden_size = 32;
-  c.intermediate_size = 32;
-  c.head_dim = 8;
-  c.initializer_range = 0.02;
-  c.swiglu_limit = 7.0;
-  c.yarn_factor = 1.0;
+  const ModelConfig c = trainable(GetParam(), 16, 32, 8);
   const int64_t B = 2, T = 24;
   Model<float> m(c, B, T);
   m.init_weights(1);
@@ -330,14 +336,7 @@ TEST(Model, ParallelPathsGiveTheSameBitsAsSerial) {
 // ----------------------------------------------------------------------------
 TEST(Model, Bf16LossCurveStaysWithinToleranceOfFp32) {
   if (!__builtin_cpu_supports("avx512bf16")) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  ModelConfig c = tiny(true);
-  c.vocab_size = 64;
-  c.hidden_size = 64;
-  c.intermediate_size = 64;
-  c.head_dim = 16;
-  c.initializer_range = 0.02;
-  c.swiglu_limit = 7.0;
-  c.yarn_factor = 1.0;
+  const ModelConfig c = trainable(true, 64, 64, 16);
   const int64_t B = 4, T = 32;
   // A fresh batch each step from a Markov chain with 4 successors per token: the loss falls from
   // ln 64 towards ln 4 and stays in the range where real pre-training runs live.

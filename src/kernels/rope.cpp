@@ -35,9 +35,12 @@ void rope<T>::tables(T* cos, T* sin, int64_t seq, int64_t head_dim, const RopePa
   }
 }
 
-template <typename T>
-void rope<T>::forward(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
-                      int64_t stride, const T* cos, const T* sin) {
+namespace {
+
+// Rotates each (i, i + half) pair by +angle (forward) or -angle (backward: the transpose).
+template <typename T, int kSign>
+void rope_rotate(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim, int64_t stride,
+                 const T* cos, const T* sin) {
   const int64_t half = head_dim / 2;
 #pragma omp parallel for schedule(static) if (parallel_worth(N * n_heads * head_dim))
   for (int64_t n = 0; n < N; n++) {
@@ -46,31 +49,26 @@ void rope<T>::forward(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t hea
     for (int64_t h = 0; h < n_heads; h++) {
       T* p = x + n * stride + h * head_dim;
       for (int64_t i = 0; i < half; i++) {
-        const T a = p[i], b = p[i + half];
-        p[i] = a * c[i] - b * s[i];
-        p[i + half] = b * c[i] + a * s[i];
+        const T a = p[i], b = p[i + half], si = T(kSign) * s[i];
+        p[i] = a * c[i] - b * si;
+        p[i + half] = b * c[i] + a * si;
       }
     }
   }
 }
 
+}  // namespace
+
+template <typename T>
+void rope<T>::forward(T* x, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
+                      int64_t stride, const T* cos, const T* sin) {
+  rope_rotate<T, +1>(x, N, seq, n_heads, head_dim, stride, cos, sin);
+}
+
 template <typename T>
 void rope<T>::backward(T* dx, int64_t N, int64_t seq, int64_t n_heads, int64_t head_dim,
                        int64_t stride, const T* cos, const T* sin) {
-  const int64_t half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (parallel_worth(N * n_heads * head_dim))
-  for (int64_t n = 0; n < N; n++) {
-    const T* c = cos + (n % seq) * half;
-    const T* s = sin + (n % seq) * half;
-    for (int64_t h = 0; h < n_heads; h++) {
-      T* p = dx + n * stride + h * head_dim;
-      for (int64_t i = 0; i < half; i++) {
-        const T a = p[i], b = p[i + half];
-        p[i] = a * c[i] + b * s[i];
-        p[i + half] = b * c[i] - a * s[i];
-      }
-    }
-  }
+  rope_rotate<T, -1>(dx, N, seq, n_heads, head_dim, stride, cos, sin);
 }
 
 template struct rope<float>;
