@@ -174,13 +174,7 @@ void Model<T>::ffn_forward(int64_t l, LayerActs& a, T* out) {
     ProfileScope prof("router fwd");
     linear<T>::forward(a.rlogits.data(), a.xn2.data(), P + o.router_w, P + o.router_b, N, d, E,
                        WLayout::OutIn);
-  }
-  {
-    ProfileScope prof("router fwd");
     router<T>::forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
-  }
-  {
-    ProfileScope prof("router fwd");
     moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
   }
   const MoeRouting r = routing(a);
@@ -252,9 +246,6 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
     {
       ProfileScope prof("rope fwd");
       rope<T>::forward(a.qkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
-    }
-    {
-      ProfileScope prof("rope fwd");
       rope<T>::forward(a.qkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(), rope_sin_.data());
     }
     {
@@ -379,15 +370,9 @@ void Model<T>::ffn_backward(int64_t l, LayerActs& a, const T* dout, T* dxn) {
   {
     ProfileScope prof("router bwd");
     router<T>::backward(s_.drl.data(), s_.dw.data(), a.w.data(), a.idx.data(), N, E, k);
-  }
-  {
-    ProfileScope prof("router bwd");
     router<T>::loss_backward(s_.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
                              cfg.router_aux_loss_coef, cfg.router_z_loss_coef,
                              1.0 / double(cfg.num_hidden_layers));
-  }
-  {
-    ProfileScope prof("router bwd");
     linear<T>::backward(dxn, grad_or_null(o.router_w, E * d), grad_or_null(o.router_b, E),
                         s_.drl.data(), a.xn2.data(), P + o.router_w, N, d, E, WLayout::OutIn,
                         /*dx_accumulate=*/true);
@@ -445,9 +430,6 @@ void Model<T>::backward() {
     {
       ProfileScope prof("rope bwd");
       rope<T>::backward(s_.dqkv.data(), N, Tq, H, hd, C, rope_cos_.data(), rope_sin_.data());
-    }
-    {
-      ProfileScope prof("rope bwd");
       rope<T>::backward(s_.dqkv.data() + H * hd, N, Tq, KV, hd, C, rope_cos_.data(),
                         rope_sin_.data());
     }
