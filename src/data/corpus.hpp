@@ -1,0 +1,67 @@
+#pragma once
+// Corpus readers: plain text files (one document each) and JSONL with a configurable text field
+// (the FineWeb / FineWeb-Edu layout), each optionally .gz or .zst; files or folders (walked in
+// sorted order). Malformed JSONL lines are counted and reported with file and line, never
+// silently dropped and never fatal.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moelab {
+
+// Decompressing byte stream over a plain, .gz or .zst file.
+class ByteReader {
+ public:
+  explicit ByteReader(const std::string& path);
+  ~ByteReader();
+  ByteReader(const ByteReader&) = delete;
+  ByteReader& operator=(const ByteReader&) = delete;
+  size_t read(char* dst, size_t n);  // 0 at the end
+  std::string read_all();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Lines of a (possibly compressed) file, without their line endings.
+class LineReader {
+ public:
+  explicit LineReader(const std::string& path) : in_(path) {}
+  bool next(std::string& line);
+  int64_t line_number() const { return line_no_; }
+
+ private:
+  ByteReader in_;
+  std::string buf_;
+  size_t pos_ = 0;
+  bool eof_ = false;
+  int64_t line_no_ = 0;
+};
+
+enum class CorpusFormat { Auto, Text, Jsonl };
+
+struct CorpusSpec {
+  std::vector<std::string> paths;  // files or folders
+  CorpusFormat format = CorpusFormat::Auto;  // Auto: .jsonl/.json(.gz/.zst) is JSONL, else text
+  std::string text_field = "text";
+};
+
+struct CorpusReport {
+  int64_t files = 0, documents = 0, bytes = 0, malformed = 0;
+  std::vector<std::string> problems;  // "file:line: why", the first kMaxProblems
+  static constexpr size_t kMaxProblems = 100;
+};
+
+// Calls on_document for every document, in a fixed order.
+void corpus_read(const CorpusSpec& spec, const std::function<void(std::string_view)>& on_document,
+                 CorpusReport& report);
+
+// The files a spec names, folders expanded (sorted, hidden entries skipped).
+std::vector<std::string> corpus_files(const CorpusSpec& spec);
+
+}  // namespace moelab
