@@ -7,7 +7,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev \
-        libfmt-dev zlib1g-dev libzstd-dev libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
+        libfmt-dev zlib1g-dev libzstd-dev libpcre2-dev libsentencepiece-dev libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
 .PHONY: deps build test bench format clean
 
@@ -20,6 +20,9 @@ deps:
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
+	@command -v npm >/dev/null || { $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
+	@scripts/fetch_npm.sh gpt-tokenizer@4.0.0
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)

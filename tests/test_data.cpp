@@ -58,7 +58,8 @@ std::string error_of(const std::function<void()>& f) {
 
 std::vector<std::string> read_docs(const CorpusSpec& spec, CorpusReport& rep) {
   std::vector<std::string> docs;
-  corpus_read(spec, [&](std::string_view d) { docs.emplace_back(d); }, rep);
+  corpus_read(
+      spec, [&](std::string_view d) { docs.emplace_back(d); }, rep);
   return docs;
 }
 
@@ -99,8 +100,9 @@ TEST(Shard, WriterThatIsNotClosedLeavesNothing) {
   EXPECT_FALSE(fs::exists(path));
   EXPECT_FALSE(fs::exists(path + ".tmp"));
   ShardWriter w(path, 100, 1);
-  EXPECT_NE(error_of([&] { w.append_document(std::vector<int32_t>{100}); })
-                .find("token 100 outside the vocabulary of 100"),
+  EXPECT_NE(error_of([&] {
+              w.append_document(std::vector<int32_t>{100});
+            }).find("token 100 outside the vocabulary of 100"),
             std::string::npos);
   EXPECT_NE(error_of([&] { ShardWriter(dir / "no/such/dir/x", 100, 1); }).find("cannot write"),
             std::string::npos);
@@ -154,8 +156,9 @@ TEST(Corpus, TextFilesAndFoldersInSortedOrder) {
   EXPECT_EQ(rep.files, 4);
   EXPECT_EQ(rep.documents, 3);
   EXPECT_EQ(rep.malformed, 0);
-  EXPECT_NE(error_of([&] { read_docs({{dir / "nope"}}, rep); }).find("nope: no such file or folder"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { read_docs({{dir / "nope"}}, rep); }).find("nope: no such file or folder"),
+      std::string::npos);
 }
 
 TEST(Corpus, JsonlPlainGzipAndZstdWithMalformedLinesReported) {

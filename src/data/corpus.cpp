@@ -65,7 +65,8 @@ ByteReader::~ByteReader() {
 size_t ByteReader::read(char* dst, size_t n) {
   Impl& m = *impl_;
   switch (m.kind) {
-    case Impl::Plain: return std::fread(dst, 1, n, m.f);
+    case Impl::Plain:
+      return std::fread(dst, 1, n, m.f);
     case Impl::Gzip: {
       const int r = gzread(m.gz, dst, unsigned(n));
       if (r < 0) fail(fmt::format("{}: corrupt gzip data", m.path));
@@ -134,8 +135,8 @@ std::vector<std::string> corpus_files(const CorpusSpec& spec) {
     std::error_code ec;
     if (fs::is_directory(p, ec)) {
       std::vector<std::string> files;
-      for (auto it = fs::recursive_directory_iterator(p, ec); it != fs::recursive_directory_iterator();
-           it.increment(ec)) {
+      for (auto it = fs::recursive_directory_iterator(p, ec);
+           it != fs::recursive_directory_iterator(); it.increment(ec)) {
         if (ec) fail(fmt::format("{}: cannot list ({})", p, ec.message()));
         const std::string name = it->path().filename().string();
         if (!name.empty() && name[0] == '.') {

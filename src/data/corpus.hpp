@@ -46,7 +46,7 @@ class LineReader {
 enum class CorpusFormat { Auto, Text, Jsonl };
 
 struct CorpusSpec {
-  std::vector<std::string> paths;  // files or folders
+  std::vector<std::string> paths;            // files or folders
   CorpusFormat format = CorpusFormat::Auto;  // Auto: .jsonl/.json(.gz/.zst) is JSONL, else text
   std::string text_field = "text";
 };

@@ -5,10 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cstdio>
 #include <cstring>
 #include <vector>
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 
@@ -62,8 +62,8 @@ void ShardWriter::append_document(std::span<const int32_t> tokens) {
   } else {
     for (int32_t t : tokens)
       if (t < 0 || uint64_t(t) >= header_.vocab_size)
-        fail(fmt::format("{}: token {} outside the vocabulary of {}", path_, t,
-                         header_.vocab_size));
+        fail(
+            fmt::format("{}: token {} outside the vocabulary of {}", path_, t, header_.vocab_size));
     put(tokens.data(), tokens.size() * 4);
   }
   header_.n_tokens += tokens.size();
@@ -116,7 +116,8 @@ Shard::Shard(const std::string& path, std::optional<uint64_t> expected) : path_(
     bad(fmt::format("bad token width {} bytes", header_.token_bytes));
   const uint64_t want = sizeof(ShardHeader) + header_.n_tokens * header_.token_bytes;
   if (size != want)
-    bad(fmt::format("truncated or padded: the header says {} tokens ({} bytes), the file has {} "
+    bad(
+        fmt::format("truncated or padded: the header says {} tokens ({} bytes), the file has {} "
                     "bytes",
                     header_.n_tokens, want, size));
   if (expected && *expected != header_.tokenizer_fingerprint)

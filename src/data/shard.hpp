@@ -11,9 +11,9 @@
 namespace moelab {
 
 struct ShardHeader {
-  char magic[8];               // "MLTOKENS"
-  uint32_t version;            // kShardVersion
-  uint32_t token_bytes;        // 2 or 4
+  char magic[8];         // "MLTOKENS"
+  uint32_t version;      // kShardVersion
+  uint32_t token_bytes;  // 2 or 4
   uint64_t vocab_size;
   uint64_t tokenizer_fingerprint;
   uint64_t n_tokens;
