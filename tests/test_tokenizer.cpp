@@ -37,7 +37,8 @@ const Tokenizer& encoding(const std::string& name) {
   static std::map<std::string, std::unique_ptr<Tokenizer>> cache;
   auto& t = cache[name];
   if (!t) {
-    const std::string ranks = name == "p50k_edit" ? "p50k_base" : (name == "o200k_harmony" ? "o200k_base" : name);
+    const std::string ranks =
+        name == "p50k_edit" ? "p50k_base" : (name == "o200k_harmony" ? "o200k_base" : name);
     t = tiktoken_load(gpt_tokenizer_data() + "/" + ranks + ".tiktoken", tiktoken_spec(name));
   }
   return *t;
@@ -52,9 +53,12 @@ TEST(Tiktoken, MatchesTheShippedTestVectors) {
   int checked = 0;
   std::map<std::string, int> per;
   while (std::getline(f, line)) {
-    if (line.rfind("EncodingName: ", 0) == 0) enc = line.substr(14);
-    else if (line.rfind("Sample: ", 0) == 0) sample = line.substr(8);
-    else if (line == "Sample:") sample.clear();
+    if (line.rfind("EncodingName: ", 0) == 0)
+      enc = line.substr(14);
+    else if (line.rfind("Sample: ", 0) == 0)
+      sample = line.substr(8);
+    else if (line == "Sample:")
+      sample.clear();
     else if (line.rfind("Encoded: ", 0) == 0) {
       std::vector<int32_t> want;
       std::string list = line.substr(9);
@@ -101,7 +105,8 @@ TEST(Tiktoken, SpecialTokensBytesAndFingerprints) {
 }
 
 TEST(Tiktoken, BadRankFileFailsWithFileAndLine) {
-  const std::string path = (fs::temp_directory_path() / ("bad" + std::to_string(::getpid()) + ".tiktoken")).string();
+  const std::string path =
+      (fs::temp_directory_path() / ("bad" + std::to_string(::getpid()) + ".tiktoken")).string();
   std::ofstream(path) << "IQ== 0\nnot base64! 1\n";
   try {
     tiktoken_load(path, tiktoken_spec("r50k_base"));
@@ -116,13 +121,14 @@ TEST(Tiktoken, BadRankFileFailsWithFileAndLine) {
 TEST(SentencePiece, TrainsBpeAndUnigramAndRoundTrips) {
   const fs::path dir = fs::temp_directory_path() / ("moelab-sp-" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  const std::vector<std::string> words = {"the",   "king",  "said", "unto", "moses", "and",
-                                          "river", "city",  "of",   "light", "house", "went",
-                                          "down",  "upon",  "earth", "seven", "years", "Ezra"};
+  const std::vector<std::string> words = {"the",   "king", "said",  "unto",  "moses", "and",
+                                          "river", "city", "of",    "light", "house", "went",
+                                          "down",  "upon", "earth", "seven", "years", "Ezra"};
   {
     std::ofstream f(dir / "train.txt");
     for (int i = 0; i < 3000; i++) {
-      for (int w = 0; w < 9; w++) f << (w ? " " : "") << words[rng_u64(1, uint64_t(i), uint64_t(w)) % words.size()];
+      for (int w = 0; w < 9; w++)
+        f << (w ? " " : "") << words[rng_u64(1, uint64_t(i), uint64_t(w)) % words.size()];
       f << " " << i << ".\n";
     }
   }
@@ -141,6 +147,8 @@ TEST(SentencePiece, TrainsBpeAndUnigramAndRoundTrips) {
   EXPECT_NE(sentencepiece_load((dir / "bpe.model").string())->fingerprint(),
             sentencepiece_load((dir / "unigram.model").string())->fingerprint());
   EXPECT_THROW(sentencepiece_load((dir / "train.txt").string()), Error);
-  EXPECT_THROW(sentencepiece_train((dir / "train.txt").string(), (dir / "x").string(), {300, "wordpiece", 1000, 1}), Error);
+  EXPECT_THROW(sentencepiece_train((dir / "train.txt").string(), (dir / "x").string(),
+                                   {300, "wordpiece", 1000, 1}),
+               Error);
   fs::remove_all(dir);
 }

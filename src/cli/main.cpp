@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/bench.hpp"
+#include "cli/data_cmds.hpp"
 #include "cli/model_cmds.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
@@ -35,6 +36,19 @@ int main(int argc, char** argv) {
   dump_cmd->add_option("--seed", dump.seed, "seed for weights and data");
   dump_cmd->add_option("--freeze", dump.freeze, "regex of tensor names to freeze");
 
+  // ---- moelab data
+  auto* data = app.add_subcommand("data", "corpora to token shards and subsets");
+  data->require_subcommand(1);
+  DataPrepareOptions prep;
+  auto* prep_cmd = data->add_subcommand("prepare", "encode sources into a data directory");
+  prep_cmd->add_option("spec", prep.spec, "data spec JSON (tokenizer, sources, subsets)")
+      ->required();
+  prep_cmd->add_option("--out", prep.out, "output data directory")->required();
+  prep_cmd->add_option("--threads", prep.threads, "encoding threads (default: all cores)");
+  std::string inspect_dir;
+  auto* inspect_cmd = data->add_subcommand("inspect", "summary of a data directory");
+  inspect_cmd->add_option("dir", inspect_dir, "data directory")->required();
+
   // ---- moelab bench
   auto* bench = app.add_subcommand("bench", "measure speed");
   bench->require_subcommand(1);
@@ -56,6 +70,8 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     if (info_cmd->parsed()) model_info(info);
     if (dump_cmd->parsed()) model_dump(dump);
+    if (prep_cmd->parsed()) data_prepare_cmd(prep);
+    if (inspect_cmd->parsed()) data_inspect(inspect_dir);
     if (peak_cmd->parsed()) {
       const int t = peak_threads > 0 ? peak_threads : threads_get();
       std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t,

@@ -25,7 +25,8 @@ uint64_t fnv1a(std::string_view bytes, uint64_t h) {
 
 namespace {
 
-const char* kR50kPattern = R"('(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* kR50kPattern =
+    R"('(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 const char* kCl100kPattern =
     R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+)";
 const char* kO200kPattern =
@@ -36,7 +37,8 @@ const char* kO200kPattern =
 }  // namespace
 
 TiktokenSpec tiktoken_spec(const std::string& name) {
-  if (name == "r50k_base" || name == "gpt2") return {"r50k_base", kR50kPattern, {{"<|endoftext|>", 50256}}};
+  if (name == "r50k_base" || name == "gpt2")
+    return {"r50k_base", kR50kPattern, {{"<|endoftext|>", 50256}}};
   if (name == "p50k_base") return {"p50k_base", kR50kPattern, {{"<|endoftext|>", 50256}}};
   if (name == "p50k_edit")
     return {"p50k_edit",
@@ -73,9 +75,10 @@ TiktokenSpec tiktoken_spec(const std::string& name) {
       if (!used[size_t(id)]) s.special.emplace(fmt::format("<|reserved_{}|>", id), id);
     return s;
   }
-  fail(fmt::format("unknown tiktoken encoding '{}' (r50k_base, p50k_base, p50k_edit, cl100k_base, "
-                   "o200k_base, o200k_harmony)",
-                   name));
+  fail(
+      fmt::format("unknown tiktoken encoding '{}' (r50k_base, p50k_base, p50k_edit, cl100k_base, "
+                  "o200k_base, o200k_harmony)",
+                  name));
 }
 
 // ----------------------------------------------------------------------------
@@ -148,8 +151,9 @@ class TiktokenBpe final : public Tokenizer {
     PCRE2_SIZE off = 0;
     re_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(spec_.pattern.c_str()), PCRE2_ZERO_TERMINATED,
                         PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off, nullptr);
-    if (!re_) fail(fmt::format("{}: pattern does not compile (PCRE2 error {} at {})", spec_.name,
-                               err, off));
+    if (!re_)
+      fail(
+          fmt::format("{}: pattern does not compile (PCRE2 error {} at {})", spec_.name, err, off));
     pcre2_jit_compile(re_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if unavailable
   }
   ~TiktokenBpe() override { pcre2_code_free(re_); }
@@ -187,8 +191,10 @@ class TiktokenBpe final : public Tokenizer {
     std::string s;
     for (int32_t id : ids) {
       if (id < 0 || id >= vocab_) fail(fmt::format("{}: token id {} out of range", spec_.name, id));
-      if (size_t(id) < decoder_.size() && !decoder_[size_t(id)].empty()) s += decoder_[size_t(id)];
-      else s += special_text_[size_t(id)];
+      if (size_t(id) < decoder_.size() && !decoder_[size_t(id)].empty())
+        s += decoder_[size_t(id)];
+      else
+        s += special_text_[size_t(id)];
     }
     return s;
   }
@@ -240,7 +246,8 @@ class TiktokenBpe final : public Tokenizer {
     }
     std::vector<std::pair<size_t, int32_t>> parts;  // (start, rank of merging with the next)
     parts.reserve(piece.size() + 1);
-    for (size_t i = 0; i + 1 < piece.size(); i++) parts.emplace_back(i, rank_of(piece.substr(i, 2)));
+    for (size_t i = 0; i + 1 < piece.size(); i++)
+      parts.emplace_back(i, rank_of(piece.substr(i, 2)));
     parts.emplace_back(piece.size() - 1, INT32_MAX);
     parts.emplace_back(piece.size(), INT32_MAX);
     auto merged_rank = [&](size_t i) {

