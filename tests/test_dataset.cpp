@@ -39,7 +39,8 @@ struct Corpus {
     fs::create_directories(dir / "text");
     for (int i = 0; i < 3; i++) {
       std::ofstream f(dir / "text" / ("doc" + std::to_string(i) + ".txt"));
-      for (int l = 0; l < 40; l++) f << "Line " << l << " of document " << i << " in the text folder.\n";
+      for (int l = 0; l < 40; l++)
+        f << "Line " << l << " of document " << i << " in the text folder.\n";
     }
     std::ofstream f(dir / "docs.jsonl");
     for (int i = 0; i < 200; i++) {
@@ -76,7 +77,8 @@ TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
   const json& m = *d.manifest;
   EXPECT_EQ(m["sources"]["records"]["documents"], 200);
   EXPECT_EQ(m["sources"]["records"]["malformed"], 1);
-  EXPECT_NE(m["sources"]["records"]["problems"][0].get<std::string>().find("docs.jsonl:102: not valid JSON"),
+  EXPECT_NE(m["sources"]["records"]["problems"][0].get<std::string>().find(
+                "docs.jsonl:102: not valid JSON"),
             std::string::npos);
   EXPECT_GT(m["sources"]["records"]["shards"].size(), 2u) << "shard_tokens 500 rolls shards";
   // The source holds every document followed by an end-of-text token.
@@ -103,8 +105,9 @@ TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
     EXPECT_GE(double(va), 0.1 * double(tr + va) - 1) << sub;
     EXPECT_LT(double(va), (std::string(sub) == "A" ? 0.4 : 0.15) * double(tr + va)) << sub;
   }
-  EXPECT_NE(error_of([&] { data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2); })
-                .find("already holds a prepared data set"),
+  EXPECT_NE(error_of([&] {
+              data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
+            }).find("already holds a prepared data set"),
             std::string::npos);
 }
 
@@ -121,11 +124,13 @@ TEST(Dataset, LoaderShiftsTargetsPermutesEachEpochAndResumesExactly) {
     EXPECT_EQ(seen.size(), a.sequences());
     EXPECT_EQ(*seen.rbegin(), a.sequences() - 1);
   }
-  EXPECT_NE(a.sequence_at(0, 0) * 1000 + a.sequence_at(0, 1), a.sequence_at(1, 0) * 1000 + a.sequence_at(1, 1));
+  EXPECT_NE(a.sequence_at(0, 0) * 1000 + a.sequence_at(0, 1),
+            a.sequence_at(1, 0) * 1000 + a.sequence_at(1, 1));
   std::vector<int32_t> tok, tgt;
   a.next(4, tok, tgt);
   for (int b = 0; b < 4; b++)
-    for (int t = 0; t + 1 < 16; t++) EXPECT_EQ(tgt[size_t(b * 16 + t)], tok[size_t(b * 16 + t + 1)]);
+    for (int t = 0; t + 1 < 16; t++)
+      EXPECT_EQ(tgt[size_t(b * 16 + t)], tok[size_t(b * 16 + t + 1)]);
   for (int i = 0; i < 5; i++) a.next(4, tok, tgt);
   const LoaderPosition saved = a.position();
   std::vector<std::vector<int32_t>> after;
@@ -154,18 +159,23 @@ TEST(Dataset, BadInputNamesTheFieldOrFile) {
     edit(j);
     return error_of([&] { data_spec_from_json(j, "spec.json", ""); });
   };
-  EXPECT_NE(spec_error([](json& j) { j["colour"] = 1; }).find("spec.json: 'colour' is not a known key"),
+  EXPECT_NE(
+      spec_error([](json& j) { j["colour"] = 1; }).find("spec.json: 'colour' is not a known key"),
+      std::string::npos);
+  EXPECT_NE(spec_error([](json& j) {
+              j["subsets"]["B"][0]["source"] = "nope";
+            }).find("'subsets.B[0]' names an unknown source 'nope'"),
             std::string::npos);
-  EXPECT_NE(spec_error([](json& j) { j["subsets"]["B"][0]["source"] = "nope"; })
-                .find("'subsets.B[0]' names an unknown source 'nope'"),
+  EXPECT_NE(spec_error([](json& j) {
+              j["subsets"]["C"][0]["begin"] = 1.5;
+            }).find("'subsets.C[0]' needs 0 <= begin < end <= 1"),
             std::string::npos);
-  EXPECT_NE(spec_error([](json& j) { j["subsets"]["C"][0]["begin"] = 1.5; })
-                .find("'subsets.C[0]' needs 0 <= begin < end <= 1"),
-            std::string::npos);
-  EXPECT_NE(spec_error([](json& j) { j["tokenizer"]["kind"] = "wordpiece"; }).find("tokenizer.kind"),
-            std::string::npos);
-  EXPECT_NE(spec_error([](json& j) { j["sources"]["text"]["paths"] = json::array(); })
-                .find("'sources.text.paths' must be a non-empty list"),
+  EXPECT_NE(
+      spec_error([](json& j) { j["tokenizer"]["kind"] = "wordpiece"; }).find("tokenizer.kind"),
+      std::string::npos);
+  EXPECT_NE(spec_error([](json& j) {
+              j["sources"]["text"]["paths"] = json::array();
+            }).find("'sources.text.paths' must be a non-empty list"),
             std::string::npos);
   const std::string out = (c.dir / "data").string();
   data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
@@ -178,7 +188,8 @@ TEST(Dataset, BadInputNamesTheFieldOrFile) {
   json m = *d.manifest;
   m["tokenizer"]["fingerprint"] = "0000000000000000";
   std::ofstream(fs::path(out) / "manifest.json") << m.dump();
-  EXPECT_NE(error_of([&] { data_open(out); }).find("does not match the manifest"), std::string::npos);
+  EXPECT_NE(error_of([&] { data_open(out); }).find("does not match the manifest"),
+            std::string::npos);
   EXPECT_NE(error_of([&] { data_open((c.dir / "text").string()); }).find("no manifest.json"),
             std::string::npos);
 }

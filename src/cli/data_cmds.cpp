@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -17,7 +18,23 @@ namespace moelab {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-void data_prepare_cmd(const DataPrepareOptions& o) {
+void data_prepare_cmd(const DataPrepareOptions& opts) {
+  DataPrepareOptions o = opts;
+  if (!o.preset.empty()) {
+    // A preset: a script fills the cache with converted package data, a spec in configs/data/
+    // names the sources and subsets.
+    if (!o.spec.empty()) fail("give a spec file or --preset, not both");
+    const fs::path src = MOELAB_SOURCE_DIR;
+    const fs::path script = src / "scripts" / ("preset_" + o.preset + ".py");
+    if (!fs::exists(script))
+      fail(fmt::format("--preset {}: no such preset ({} is missing)", o.preset, script.string()));
+    const std::string cmd = fmt::format("/usr/bin/python3 '{}' --cache '{}' >/dev/null",
+                                        script.string(), moelab_cache_dir());
+    if (std::system(cmd.c_str()) != 0)
+      fail(fmt::format("--preset {}: {} failed", o.preset, script.string()));
+    o.spec = (src / "configs" / "data" / (o.preset + ".json")).string();
+  }
+  if (o.spec.empty()) fail("data prepare: give a spec file or --preset NAME");
   std::ifstream f(o.spec);
   if (!f) fail(o.spec + ": cannot open");
   json j;
@@ -26,8 +43,7 @@ void data_prepare_cmd(const DataPrepareOptions& o) {
   } catch (const json::parse_error& e) {
     fail(fmt::format("{}: invalid JSON ({})", o.spec, e.what()));
   }
-  const DataSpec spec =
-      data_spec_from_json(j, o.spec, fs::absolute(o.spec).parent_path().string());
+  const DataSpec spec = data_spec_from_json(j, o.spec, fs::absolute(o.spec).parent_path().string());
   data_prepare(spec, o.out, o.threads);
   fmt::print("prepared {} (manifest.json)\n", o.out);
 }
@@ -38,10 +54,14 @@ namespace {
 std::string visible(const std::string& s) {
   std::string out;
   for (unsigned char c : s) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20) out += fmt::format("\\x{:02x}", c);
-    else out += char(c);
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c < 0x20)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += char(c);
   }
   return out;
 }
@@ -54,7 +74,8 @@ void data_inspect(const std::string& dir) {
   const json& t = m["tokenizer"];
   fmt::print("data        {}\n", dir);
   fmt::print("tokenizer   {} (vocab {}, end-of-text id {}, fingerprint {})\n",
-             t["name"].get<std::string>(), d.vocab_size, d.eot, t["fingerprint"].get<std::string>());
+             t["name"].get<std::string>(), d.vocab_size, d.eot,
+             t["fingerprint"].get<std::string>());
   fmt::print("\n{:<18} {:>10} {:>14} {:>10} {:>8} {:>10}\n", "source", "documents", "tokens", "MB",
              "MB/s", "malformed");
   for (auto& [name, s] : m["sources"].items())

@@ -4,7 +4,7 @@
 namespace moelab {
 
 struct DataPrepareOptions {
-  std::string spec, out;
+  std::string spec, out, preset;
   int threads = 0;
 };
 void data_prepare_cmd(const DataPrepareOptions& o);

@@ -41,8 +41,9 @@ int main(int argc, char** argv) {
   data->require_subcommand(1);
   DataPrepareOptions prep;
   auto* prep_cmd = data->add_subcommand("prepare", "encode sources into a data directory");
-  prep_cmd->add_option("spec", prep.spec, "data spec JSON (tokenizer, sources, subsets)")
-      ->required();
+  prep_cmd->add_option("spec", prep.spec, "data spec JSON (tokenizer, sources, subsets)");
+  prep_cmd->add_option("--preset", prep.preset,
+                       "fetch and convert package data into the cache, then prepare: default");
   prep_cmd->add_option("--out", prep.out, "output data directory")->required();
   prep_cmd->add_option("--threads", prep.threads, "encoding threads (default: all cores)");
   std::string inspect_dir;

