@@ -76,5 +76,27 @@ expect_error "unwritable dump" "cannot write" "$moelab" model dump "$tmp/tiny.js
 expect_error "bad dtype" "--dtype must be f32 or f64" "$moelab" model dump "$tmp/tiny.json" --out "$tmp/x" --dtype f16
 [ ! -e "$tmp/x" ] && ok || bad "bad dtype left a file"
 
+# data
+mkdir -p "$tmp/corpus"
+for i in 1 2 3; do printf 'Document %s says hello.\nSecond line of %s.\n' $i $i >"$tmp/corpus/d$i.txt"; done
+printf '{"text": "a record"}\nnot json\n' >"$tmp/corpus/r.jsonl"
+cat >"$tmp/data.json" <<JSON
+{"tokenizer": {"kind": "tiktoken", "encoding": "r50k_base"},
+ "sources": {"docs": {"paths": ["corpus"]}},
+ "subsets": {"A": ["docs"]}, "validation_fraction": 0.2}
+JSON
+expect_ok "data prepare" "$moelab" data prepare "$tmp/data.json" --out "$tmp/data"
+grep -q '"malformed": 1' "$tmp/data/manifest.json" || bad "malformed JSONL line counted in the manifest"
+expect_ok "data inspect" "$moelab" data inspect "$tmp/data"
+grep -q "subset A:" "$tmp/out" || bad "inspect shows subset A"
+expect_error "prepare again" "already holds a prepared data set" "$moelab" data prepare "$tmp/data.json" --out "$tmp/data"
+expect_error "no spec" "give a spec file or --preset" "$moelab" data prepare --out "$tmp/d2"
+expect_error "missing spec" "nope.json: cannot open" "$moelab" data prepare "$tmp/nope.json" --out "$tmp/d2"
+expect_error "unknown preset" "--preset tiny: no such preset" "$moelab" data prepare --preset tiny --out "$tmp/d2"
+expect_error "inspect non-data" "no manifest.json" "$moelab" data inspect "$tmp/corpus"
+sed 's/"docs"]}/"nope"]}/' "$tmp/data.json" >"$tmp/bad_subset.json"
+expect_error "unknown source" "'subsets.A\[0\]' names an unknown source 'nope'" "$moelab" data prepare "$tmp/bad_subset.json" --out "$tmp/d3"
+[ ! -e "$tmp/d3" ] && ok || bad "a refused spec created its output directory"
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
