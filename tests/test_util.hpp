@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
 #include "core/rng.hpp"
 
 namespace moelab::test {
@@ -72,6 +73,16 @@ inline void expect_fd(std::vector<double>& x, const std::vector<double>& grad,
   }
   EXPECT_LE(worst, 1.0) << what << ": finite difference at " << at << " is " << fd_at
                         << ", analytic " << grad[size_t(at)];
+}
+
+// The message of the moelab::Error that f throws, or "" if it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {

