@@ -83,6 +83,15 @@ TiktokenSpec tiktoken_spec_table(const std::string& name) {
                   name));
 }
 
+}  // namespace
+
+TiktokenSpec tiktoken_spec(const std::string& name) {
+  TiktokenSpec s = tiktoken_spec_table(name);
+  s.ranks =
+      s.name == "o200k_harmony" ? "o200k_base" : (s.name == "p50k_edit" ? "p50k_base" : s.name);
+  return s;
+}
+
 // ----------------------------------------------------------------------------
 // the tokenizer
 
