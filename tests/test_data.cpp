@@ -131,7 +131,7 @@ TEST(Shard, BadFilesFailWithOneLineNamingTheFile) {
   EXPECT_NE(error_of([&] { Shard s(good, 7); }).find("tokenizer fingerprint"), std::string::npos);
   EXPECT_NE(error_of([&] { Shard s(dir / "missing.tok"); }).find("missing.tok: cannot open"),
             std::string::npos);
-  for (const std::string& name : {"magic", "version", "truncated", "short"})
+  for (const char* name : {"magic", "version", "truncated", "short"})
     EXPECT_EQ(variant(name, "").find('\n'), std::string::npos);
 }
 

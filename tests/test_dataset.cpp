@@ -86,7 +86,9 @@ TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
         covered += r.end - r.begin;
         const Shard s(r.shard, d.fingerprint);
         EXPECT_EQ(s.at(r.end - 1), d.eot) << sub << " " << split << " ends inside a document";
-        if (r.begin > 0) EXPECT_EQ(s.at(r.begin - 1), d.eot);
+        if (r.begin > 0) {
+          EXPECT_EQ(s.at(r.begin - 1), d.eot);
+        }
       }
   EXPECT_EQ(covered, want);
   for (const char* sub : {"A", "B", "C"}) {

@@ -68,7 +68,10 @@ void model_info(const ModelInfoOptions& o) {
   }
   std::string sliding;
   for (size_t l = 0; l < c.layer_sliding.size(); l++)
-    if (c.layer_sliding[l]) sliding += (sliding.empty() ? "" : ",") + std::to_string(l);
+    if (c.layer_sliding[l]) {
+      if (!sliding.empty()) sliding += ',';
+      sliding += std::to_string(l);
+    }
   fmt::print("config        {}{}\n", o.config,
              o.iso_moe.empty() ? "" : fmt::format(" -> iso-total MoE {}", o.iso_moe));
   fmt::print("shape         d {}, {} layers, heads {} (kv {}) x {}, vocab {}\n", c.hidden_size,
