@@ -5,7 +5,7 @@
 # The package appears under its final name only once it is complete.
 set -euo pipefail
 spec=$1
-cache=${MOELAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moelab}
+cache=${MOELAB_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/moelab}
 dest="$cache/npm/$spec"
 [ -d "$dest" ] && exit 0
 mkdir -p "$cache/npm"

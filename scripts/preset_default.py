@@ -197,7 +197,7 @@ def convert_wordnet(wn, out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=os.environ.get("MOELAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "moelab"))
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.environ.get("HOME") or "/tmp", ".cache"), "moelab"))
     a = ap.parse_args()
     cache = a.cache
     ensure_apt()
