@@ -51,14 +51,20 @@ TEST(Schedule, WsdLikeTheOriginalStudy) {
 }
 
 TEST(Schedule, ValidationNamesTheField) {
-  EXPECT_NE(error_of([] { Schedule{ScheduleKind::Wsd, -1}.validate("s"); }).find("'max_lr'"),
+  EXPECT_NE(error_of([] {
+              Schedule{ScheduleKind::Wsd, -1}.validate("s");
+            }).find("'max_lr'"),
             std::string::npos);
-  EXPECT_NE(error_of([] { Schedule{ScheduleKind::Wsd, 1e-3, 1e-2}.validate("s"); }).find("'min_lr'"),
+  EXPECT_NE(error_of([] {
+              Schedule{ScheduleKind::Wsd, 1e-3, 1e-2}.validate("s");
+            }).find("'min_lr'"),
             std::string::npos);
-  EXPECT_NE(error_of([] { Schedule{ScheduleKind::Cosine, 1e-3, 0, 10, 5}.validate("s"); })
-                .find("'total_steps'"),
+  EXPECT_NE(error_of([] {
+              Schedule{ScheduleKind::Cosine, 1e-3, 0, 10, 5}.validate("s");
+            }).find("'total_steps'"),
             std::string::npos);
-  EXPECT_NE(error_of([] { Schedule{ScheduleKind::Wsd, 1e-3, 0, 100, 150, 100}.validate("s"); })
-                .find("before the warmup ends"),
+  EXPECT_NE(error_of([] {
+              Schedule{ScheduleKind::Wsd, 1e-3, 0, 100, 150, 100}.validate("s");
+            }).find("before the warmup ends"),
             std::string::npos);
 }

@@ -24,7 +24,8 @@ double decay(double max, double min, double t, DecayShape shape) {
 double Schedule::lr(int64_t step) const {
   if (step < warmup_steps) return max_lr * double(step + 1) / double(warmup_steps);
   switch (kind) {
-    case ScheduleKind::Constant: return max_lr;
+    case ScheduleKind::Constant:
+      return max_lr;
     case ScheduleKind::Cosine: {
       const int64_t span = std::max<int64_t>(1, total_steps - warmup_steps);
       return decay(max_lr, min_lr, double(step - warmup_steps) / double(span), shape);

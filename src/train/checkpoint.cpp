@@ -1,0 +1,144 @@
+#include "train/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.hpp"
+#include "core/safetensors.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail(fmt::format("{}: cannot open for fsync ({})", path, std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
+}
+
+void write_json(const std::string& path, const json& j) {
+  {
+    std::ofstream f(path);
+    f << j.dump(2) << "\n";
+    f.flush();
+    if (!f) fail(fmt::format("{}: write failed (disk full?)", path));
+  }
+  fsync_path(path);
+}
+
+std::string step_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+
+}  // namespace
+
+std::vector<std::string> checkpoint_list(const std::string& run_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("step_", 0) == 0 &&
+        fs::exists(e.path() / "trainer_state.json"))
+      out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string checkpoint_save(const std::string& run_dir, int64_t step, const Model<float>& model,
+                            const AdamW<float>& opt, const json& trainer_state, int keep_last) {
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) fail(fmt::format("{}: cannot create the run directory ({})", run_dir, ec.message()));
+  const std::string final_dir = (fs::path(run_dir) / step_name(step)).string();
+  const std::string tmp = (fs::path(run_dir) / ("." + step_name(step) + ".tmp")).string();
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) fail(fmt::format("{}: cannot write ({})", tmp, ec.message()));
+  try {
+    std::vector<TensorRef> weights, moments;
+    for (const TensorView& t : model.layout.tensors) {
+      weights.push_back(tensor_ref<float>(
+          t.name, std::span<const float>(model.params.data() + t.offset, size_t(t.numel)), t.shape));
+      moments.push_back(tensor_ref<float>(
+          "m:" + t.name, std::span<const float>(opt.m.data() + t.offset, size_t(t.numel)), t.shape));
+      moments.push_back(tensor_ref<float>(
+          "v:" + t.name, std::span<const float>(opt.v.data() + t.offset, size_t(t.numel)), t.shape));
+    }
+    const json cfg = config_to_json(model.cfg);
+    safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
+                      {{"format", "pt"}, {"config", cfg.dump()}});
+    safetensors_write((fs::path(tmp) / "optimizer.safetensors").string(), moments);
+    write_json((fs::path(tmp) / "config.json").string(), cfg);
+    json state = trainer_state;
+    state["step"] = step;
+    state["optimizer_step"] = opt.step;
+    write_json((fs::path(tmp) / "trainer_state.json").string(), state);
+    fsync_path(tmp);
+    fs::remove_all(final_dir, ec);
+    fs::rename(tmp, final_dir);
+    fsync_path(run_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  if (keep_last > 0) {
+    const auto all = checkpoint_list(run_dir);
+    for (size_t i = 0; i + size_t(keep_last) < all.size(); i++) fs::remove_all(all[i], ec);
+  }
+  return final_dir;
+}
+
+json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* opt) {
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  std::ifstream cf(cfg_path);
+  if (!cf) fail(fmt::format("{}: not a checkpoint (no config.json)", dir));
+  json saved;
+  try {
+    saved = json::parse(cf);
+  } catch (const json::exception&) {
+    fail(cfg_path + ": invalid JSON");
+  }
+  const json mine = config_to_json(model.cfg);
+  for (auto& [key, value] : mine.items())
+    if (!saved.contains(key) || saved[key] != value)
+      fail(fmt::format("{}: checkpoint config differs from this run's: '{}' is {} in the "
+                       "checkpoint and {} here",
+                       dir, key, saved.contains(key) ? saved[key].dump() : "missing",
+                       value.dump()));
+  auto load = [&](const std::string& file, const std::string& prefix, std::vector<float>& dst) {
+    const auto tensors = safetensors_read((fs::path(dir) / file).string());
+    for (const TensorView& t : model.layout.tensors) {
+      auto it = tensors.find(prefix + t.name);
+      if (it == tensors.end()) fail(fmt::format("{}/{}: no tensor '{}'", dir, file, prefix + t.name));
+      if (it->second.shape != t.shape || it->second.dtype != DType::F32)
+        fail(fmt::format("{}/{}: tensor '{}' has the wrong shape or dtype", dir, file,
+                         prefix + t.name));
+      const auto v = it->second.as<float>();
+      std::copy(v.begin(), v.end(), dst.begin() + t.offset);
+    }
+  };
+  load("model.safetensors", "", model.params);
+  if (opt) {
+    load("optimizer.safetensors", "m:", opt->m);
+    load("optimizer.safetensors", "v:", opt->v);
+  }
+  std::ifstream sf((fs::path(dir) / "trainer_state.json").string());
+  if (!sf) fail(fmt::format("{}: no trainer_state.json", dir));
+  json state = json::parse(sf, nullptr, false);
+  if (state.is_discarded()) fail(fmt::format("{}/trainer_state.json: invalid JSON", dir));
+  if (opt) opt->step = state.value("optimizer_step", int64_t(0));
+  return state;
+}
+
+}  // namespace moelab

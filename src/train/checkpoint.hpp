@@ -1,0 +1,32 @@
+#pragma once
+// Checkpoints: RUN/step_NNNNNNNN/ holding model.safetensors (Hugging Face GptOss tensor names),
+// config.json, optimizer.safetensors (AdamW moments and step) and trainer_state.json. A
+// checkpoint is written into a hidden temporary folder, every file fsynced, then renamed: a crash
+// at any point leaves the previous checkpoints intact and no half checkpoint under a real name.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model.hpp"
+#include "train/adamw.hpp"
+
+namespace moelab {
+
+// Writes the checkpoint of `step`, then removes all but the newest keep_last (0 keeps all).
+// Returns its folder.
+std::string checkpoint_save(const std::string& run_dir, int64_t step, const Model<float>& model,
+                            const AdamW<float>& opt, const nlohmann::json& trainer_state,
+                            int keep_last);
+
+// Loads weights (and, if opt is given, the optimizer) into a model built from the run's config.
+// A checkpoint whose config differs is refused with the first mismatching field. Returns the
+// trainer state.
+nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model,
+                               AdamW<float>* opt);
+
+// Complete checkpoints of a run, oldest first (temporary folders of interrupted writes skipped).
+std::vector<std::string> checkpoint_list(const std::string& run_dir);
+
+}  // namespace moelab
