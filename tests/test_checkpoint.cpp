@@ -36,8 +36,9 @@ ModelConfig small() {
 struct RunDir {
   std::string path;
   RunDir() {
-    path = (fs::temp_directory_path() / ("moelab-ckpt-" + std::to_string(::getpid()) + "-" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+    path = (fs::temp_directory_path() /
+            ("moelab-ckpt-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
                .string();
     fs::remove_all(path);
   }
@@ -64,7 +65,8 @@ TEST(Checkpoint, RoundTripIsExactAndKeepsTheLastK) {
   AdamW<float> opt(m.layout, AdamWConfig{});
   for (int64_t step : {10, 20, 30}) {
     train_steps(m, opt, 2);
-    checkpoint_save(run.path, step, m, opt, {{"phase", "A"}, {"data", {{"epoch", 0}, {"index", step}}}}, 2);
+    checkpoint_save(run.path, step, m, opt,
+                    {{"phase", "A"}, {"data", {{"epoch", 0}, {"index", step}}}}, 2);
   }
   const auto all = checkpoint_list(run.path);
   ASSERT_EQ(all.size(), 2u);
@@ -114,16 +116,20 @@ TEST(Checkpoint, MismatchingConfigOrBrokenFilesAreRefused) {
   ModelConfig other = small();
   other.num_local_experts = 8;
   Model<float> wrong(other, 2, 16);
-  EXPECT_NE(error_of([&] { checkpoint_load(dir, wrong, nullptr); })
-                .find("'num_local_experts' is 4 in the checkpoint and 8 here"),
+  EXPECT_NE(error_of([&] {
+              checkpoint_load(dir, wrong, nullptr);
+            }).find("'num_local_experts' is 4 in the checkpoint and 8 here"),
             std::string::npos);
   fs::resize_file(fs::path(dir) / "model.safetensors", 100);
   Model<float> back(small(), 2, 16);
   EXPECT_NE(error_of([&] { checkpoint_load(dir, back, nullptr); }).find("model.safetensors"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { checkpoint_load(run.path + "/nope", back, nullptr); }).find("not a checkpoint"),
+  EXPECT_NE(error_of([&] {
+              checkpoint_load(run.path + "/nope", back, nullptr);
+            }).find("not a checkpoint"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { checkpoint_save("/proc/moelab-cannot", 1, m, opt, {}, 0); })
-                .find("cannot create the run directory"),
+  EXPECT_NE(error_of([&] {
+              checkpoint_save("/proc/moelab-cannot", 1, m, opt, {}, 0);
+            }).find("cannot create the run directory"),
             std::string::npos);
 }

@@ -1,10 +1,9 @@
 #pragma once
 #include <string>
 
-namespace moelab {
+#include "core/sysinfo.hpp"
 
-// Measured fp32 FMA peak in GFLOP/s with `threads` threads (a register-only FMA loop).
-double bench_fma_peak_gflops(int threads, double seconds = 0.5);
+namespace moelab {
 
 struct BenchTrainOptions {
   std::string config;

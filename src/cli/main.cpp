@@ -8,6 +8,7 @@
 #include "cli/model_cmds.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "train/trainer.hpp"
 
 int main(int argc, char** argv) {
   using namespace moelab;
@@ -50,6 +51,15 @@ int main(int argc, char** argv) {
   auto* inspect_cmd = data->add_subcommand("inspect", "summary of a data directory");
   inspect_cmd->add_option("dir", inspect_dir, "data directory")->required();
 
+  // ---- moelab train
+  std::string train_config;
+  std::vector<std::string> train_sets;
+  bool train_resume = false;
+  auto* train_run_cmd = app.add_subcommand("train", "a run: phases, checkpoints, metrics");
+  train_run_cmd->add_option("config", train_config, "experiment TOML")->required();
+  train_run_cmd->add_option("--set", train_sets, "override a key: section.key=value (repeatable)");
+  train_run_cmd->add_flag("--resume", train_resume, "continue from the run's last checkpoint");
+
   // ---- moelab bench
   auto* bench = app.add_subcommand("bench", "measure speed");
   bench->require_subcommand(1);
@@ -73,6 +83,8 @@ int main(int argc, char** argv) {
     if (dump_cmd->parsed()) model_dump(dump);
     if (prep_cmd->parsed()) data_prepare_cmd(prep);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
+    if (train_run_cmd->parsed())
+      return train_run(experiment_load(train_config, train_sets), train_resume);
     if (peak_cmd->parsed()) {
       const int t = peak_threads > 0 ? peak_threads : threads_get();
       std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t,

@@ -57,7 +57,8 @@ void sentencepiece_train(const std::string& input, const std::string& prefix,
   const std::string args = fmt::format(
       "--input={} --model_prefix={} --vocab_size={} --model_type={} --input_sentence_size={} "
       "--shuffle_input_sentence=true --num_threads={} --byte_fallback=true --split_digits=true "
-      "--character_coverage=1.0 --max_sentence_length=16384 --minloglevel=2",
+      "--character_coverage=1.0 --max_sentence_length=16384 --minloglevel=2 "
+      "--hard_vocab_limit=false",
       input, prefix, o.vocab_size, o.model_type, o.max_sentences, o.threads);
   const auto st = sentencepiece::SentencePieceTrainer::Train(args);
   if (!st.ok()) fail(fmt::format("{}: SentencePiece training failed ({})", input, st.ToString()));

@@ -37,7 +37,9 @@ void write_json(const std::string& path, const json& j) {
   fsync_path(path);
 }
 
-std::string step_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+std::string step_name(int64_t step) {
+  return fmt::format("step_{:08d}", step);
+}
 
 }  // namespace
 
@@ -69,11 +71,14 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
     std::vector<TensorRef> weights, moments;
     for (const TensorView& t : model.layout.tensors) {
       weights.push_back(tensor_ref<float>(
-          t.name, std::span<const float>(model.params.data() + t.offset, size_t(t.numel)), t.shape));
+          t.name, std::span<const float>(model.params.data() + t.offset, size_t(t.numel)),
+          t.shape));
       moments.push_back(tensor_ref<float>(
-          "m:" + t.name, std::span<const float>(opt.m.data() + t.offset, size_t(t.numel)), t.shape));
+          "m:" + t.name, std::span<const float>(opt.m.data() + t.offset, size_t(t.numel)),
+          t.shape));
       moments.push_back(tensor_ref<float>(
-          "v:" + t.name, std::span<const float>(opt.v.data() + t.offset, size_t(t.numel)), t.shape));
+          "v:" + t.name, std::span<const float>(opt.v.data() + t.offset, size_t(t.numel)),
+          t.shape));
     }
     const json cfg = config_to_json(model.cfg);
     safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
@@ -112,15 +117,16 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
   const json mine = config_to_json(model.cfg);
   for (auto& [key, value] : mine.items())
     if (!saved.contains(key) || saved[key] != value)
-      fail(fmt::format("{}: checkpoint config differs from this run's: '{}' is {} in the "
-                       "checkpoint and {} here",
-                       dir, key, saved.contains(key) ? saved[key].dump() : "missing",
-                       value.dump()));
+      fail(
+          fmt::format("{}: checkpoint config differs from this run's: '{}' is {} in the "
+                      "checkpoint and {} here",
+                      dir, key, saved.contains(key) ? saved[key].dump() : "missing", value.dump()));
   auto load = [&](const std::string& file, const std::string& prefix, std::vector<float>& dst) {
     const auto tensors = safetensors_read((fs::path(dir) / file).string());
     for (const TensorView& t : model.layout.tensors) {
       auto it = tensors.find(prefix + t.name);
-      if (it == tensors.end()) fail(fmt::format("{}/{}: no tensor '{}'", dir, file, prefix + t.name));
+      if (it == tensors.end())
+        fail(fmt::format("{}/{}: no tensor '{}'", dir, file, prefix + t.name));
       if (it->second.shape != t.shape || it->second.dtype != DType::F32)
         fail(fmt::format("{}/{}: tensor '{}' has the wrong shape or dtype", dir, file,
                          prefix + t.name));

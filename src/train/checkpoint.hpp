@@ -23,8 +23,7 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
 // Loads weights (and, if opt is given, the optimizer) into a model built from the run's config.
 // A checkpoint whose config differs is refused with the first mismatching field. Returns the
 // trainer state.
-nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model,
-                               AdamW<float>* opt);
+nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model, AdamW<float>* opt);
 
 // Complete checkpoints of a run, oldest first (temporary folders of interrupted writes skipped).
 std::vector<std::string> checkpoint_list(const std::string& run_dir);

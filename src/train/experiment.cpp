@@ -1,0 +1,281 @@
+#include "train/experiment.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <toml++/toml.h>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+namespace {
+
+using json = nlohmann::json;
+
+// ----------------------------------------------------------------------------
+// --set overrides
+
+void apply_override(toml::table& root, const std::string& src, const std::string& kv) {
+  const size_t eq = kv.find('=');
+  if (eq == std::string::npos || eq == 0)
+    fail(fmt::format("--set '{}': expected key=value (e.g. train.batch_size=16)", kv));
+  const std::string path = kv.substr(0, eq), text = kv.substr(eq + 1);
+  // The value as TOML (numbers, booleans, strings, arrays); bare words become strings.
+  toml::node_view<toml::node> dummy;
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + text);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", text}};
+  }
+  std::vector<std::string> parts;
+  for (size_t a = 0, b; a <= path.size(); a = b + 1) {
+    b = path.find('.', a);
+    if (b == std::string::npos) b = path.size();
+    parts.push_back(path.substr(a, b - a));
+  }
+  toml::node* cur = &root;
+  for (size_t i = 0; i + 1 < parts.size(); i++) {
+    if (auto* t = cur->as_table()) {
+      if (!t->contains(parts[i])) t->insert(parts[i], toml::table{});
+      cur = t->get(parts[i]);
+    } else if (auto* a = cur->as_array()) {
+      size_t idx = 0;
+      if (std::sscanf(parts[i].c_str(), "%zu", &idx) != 1 || idx >= a->size())
+        fail(fmt::format("--set {}: '{}' is not an index of that array", path, parts[i]));
+      cur = a->get(idx);
+    } else {
+      fail(fmt::format("--set {}: '{}' is not a table", path, parts[i]));
+    }
+  }
+  auto* t = cur->as_table();
+  if (!t) fail(fmt::format("--set {}: the parent is not a table", path));
+  t->insert_or_assign(parts.back(), *parsed.get("v"));
+  (void)src;
+}
+
+// ----------------------------------------------------------------------------
+// typed access with unknown-key detection
+
+json to_json(const toml::node& n) {
+  if (auto v = n.value<int64_t>(); v && n.is_integer()) return *v;
+  if (n.is_floating_point()) return *n.value<double>();
+  if (n.is_boolean()) return *n.value<bool>();
+  if (n.is_string()) return *n.value<std::string>();
+  if (auto* a = n.as_array()) {
+    json out = json::array();
+    for (const auto& e : *a) out.push_back(to_json(e));
+    return out;
+  }
+  if (auto* t = n.as_table()) {
+    json out = json::object();
+    for (const auto& [k, v] : *t) out[std::string(k.str())] = to_json(v);
+    return out;
+  }
+  return nullptr;
+}
+
+struct Section {
+  const toml::table* t;
+  std::string name;  // e.g. "train" or "phases[1]"
+  std::string src;
+  std::set<std::string> known;
+
+  [[noreturn]] void bad(const std::string& key, const std::string& why) const {
+    fail(fmt::format("{}: '{}.{}' {}", src, name, key, why));
+  }
+  const toml::node* find(const std::string& key) {
+    known.insert(key);
+    return t ? t->get(key) : nullptr;
+  }
+  template <typename T>
+  void get(const std::string& key, T& out) {
+    const toml::node* n = find(key);
+    if (!n) return;
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!n->is_boolean()) bad(key, "must be true or false");
+      out = *n->value<bool>();
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!n->is_integer()) bad(key, "must be an integer");
+      out = T(*n->value<int64_t>());
+    } else if constexpr (std::is_floating_point_v<T>) {
+      if (!n->is_number()) bad(key, "must be a number");
+      out = *n->value<double>();
+    } else {
+      if (!n->is_string()) bad(key, "must be a string");
+      out = *n->value<std::string>();
+    }
+  }
+  void finish() const {
+    if (!t) return;
+    for (const auto& [k, _] : *t)
+      if (!known.contains(std::string(k.str())))
+        fail(fmt::format("{}: unknown key '{}.{}'", src, name, std::string(k.str())));
+  }
+};
+
+}  // namespace
+
+int64_t Experiment::phase_steps(const PhaseConfig& p) const {
+  return p.steps > 0 ? p.steps : (p.tokens + tokens_per_step() - 1) / tokens_per_step();
+}
+
+int64_t Experiment::total_steps() const {
+  int64_t n = 0;
+  for (const PhaseConfig& p : phases) n += phase_steps(p);
+  return n;
+}
+
+Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
+  }
+  for (const std::string& kv : overrides) apply_override(root, path, kv);
+
+  Experiment x;
+  x.source = path;
+  const std::set<std::string> sections = {"run",      "model", "data",       "train", "optimizer",
+                                          "schedule", "phases", "checkpoint", "eval"};
+  for (const auto& [k, _] : root)
+    if (!sections.contains(std::string(k.str())))
+      fail(fmt::format("{}: unknown section '{}'", path, std::string(k.str())));
+  auto section = [&](const char* name) {
+    return Section{root.get_as<toml::table>(name), name, path, {}};
+  };
+
+  Section run = section("run");
+  run.get("dir", x.run_dir);
+  run.get("seed", x.seed);
+  run.get("threads", x.threads);
+  run.get("log_every", x.log_every);
+  run.finish();
+
+  // [model]: "config" names a model JSON; any other key is a model key on top of it.
+  const toml::table* mt = root.get_as<toml::table>("model");
+  if (!mt) fail(fmt::format("{}: no [model] section", path));
+  json mj = json::object();
+  for (const auto& [k, v] : *mt) {
+    const std::string key(k.str());
+    if (key == "config") {
+      if (!v.is_string()) fail(fmt::format("{}: 'model.config' must be a string", path));
+      const std::string file = *v.value<std::string>();
+      std::ifstream f(file);
+      if (!f) fail(fmt::format("{}: 'model.config': {}: cannot open", path, file));
+      json base = json::parse(f, nullptr, false);
+      if (base.is_discarded()) fail(fmt::format("{}: invalid JSON", file));
+      if (base.contains("model")) base = base["model"];
+      for (auto& [bk, bv] : base.items())
+        if (!mj.contains(bk)) mj[bk] = bv;
+    } else {
+      mj[key] = to_json(v);
+    }
+  }
+  x.model = config_from_json(mj, path + ": [model]");
+
+  Section data = section("data");
+  data.get("dir", x.data_dir);
+  data.get("seq_len", x.seq_len);
+  data.finish();
+  if (x.data_dir.empty()) fail(fmt::format("{}: 'data.dir' is required", path));
+
+  Section train = section("train");
+  train.get("batch_size", x.batch_size);
+  train.get("grad_accum", x.grad_accum);
+  train.get("clip", x.clip);
+  train.get("skip_nonfinite", x.skip_nonfinite);
+  train.finish();
+
+  Section opt = section("optimizer");
+  opt.get("beta1", x.optimizer.beta1);
+  opt.get("beta2", x.optimizer.beta2);
+  opt.get("eps", x.optimizer.eps);
+  opt.get("weight_decay", x.optimizer.weight_decay);
+  opt.finish();
+
+  Section sch = section("schedule");
+  std::string kind = "wsd", shape = "cosine";
+  sch.get("kind", kind);
+  sch.get("max_lr", x.schedule.max_lr);
+  sch.get("min_lr", x.schedule.min_lr);
+  sch.get("warmup_steps", x.schedule.warmup_steps);
+  sch.get("decay_steps", x.schedule.decay_steps);
+  sch.get("decay_shape", shape);
+  sch.get("decay_at", x.decay_at);
+  sch.finish();
+  if (kind == "wsd") x.schedule.kind = ScheduleKind::Wsd;
+  else if (kind == "cosine") x.schedule.kind = ScheduleKind::Cosine;
+  else if (kind == "constant") x.schedule.kind = ScheduleKind::Constant;
+  else sch.bad("kind", "must be \"wsd\", \"cosine\" or \"constant\"");
+  if (shape == "cosine") x.schedule.shape = DecayShape::Cosine;
+  else if (shape == "linear") x.schedule.shape = DecayShape::Linear;
+  else sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
+
+  const toml::array* phases = root.get_as<toml::array>("phases");
+  if (!phases || phases->empty()) fail(fmt::format("{}: no [[phases]]", path));
+  for (size_t i = 0; i < phases->size(); i++) {
+    Section ph{phases->get(i)->as_table(), fmt::format("phases[{}]", i), path, {}};
+    if (!ph.t) fail(fmt::format("{}: 'phases[{}]' must be a table", path, i));
+    PhaseConfig p;
+    p.name = fmt::format("{}", i);
+    ph.get("name", p.name);
+    ph.get("subset", p.subset);
+    ph.get("steps", p.steps);
+    ph.get("tokens", p.tokens);
+    ph.get("replay_subset", p.replay_subset);
+    ph.get("replay_ratio", p.replay_ratio);
+    ph.finish();
+    if (p.subset.empty()) ph.bad("subset", "is required");
+    if ((p.steps > 0) == (p.tokens > 0)) ph.bad("steps", "give exactly one of steps or tokens (> 0)");
+    if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
+    if (p.replay_ratio > 0 && p.replay_subset.empty()) ph.bad("replay_subset", "is required with a replay_ratio");
+    x.phases.push_back(p);
+  }
+
+  Section ck = section("checkpoint");
+  ck.get("every", x.checkpoint_every);
+  ck.get("keep_last", x.keep_last);
+  ck.finish();
+  Section ev = section("eval");
+  ev.get("every", x.eval_every);
+  ev.get("batches", x.eval_batches);
+  ev.finish();
+
+  auto need = [&](bool ok, const std::string& msg) {
+    if (!ok) fail(fmt::format("{}: {}", path, msg));
+  };
+  need(x.seq_len > 0 && x.seq_len <= x.model.max_position_embeddings,
+       "'data.seq_len' must be in [1, model max_position_embeddings]");
+  need(x.batch_size > 0, "'train.batch_size' must be positive");
+  need(x.grad_accum > 0, "'train.grad_accum' must be positive");
+  need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
+  need(x.log_every > 0, "'run.log_every' must be positive");
+  need(x.checkpoint_every >= 0 && x.eval_every >= 0, "'every' values must be >= 0");
+  need(x.keep_last >= 0, "'checkpoint.keep_last' must be >= 0");
+  // The schedule spans the whole run; the WSD decay sits at the end or at a phase's end.
+  x.schedule.total_steps = x.total_steps();
+  if (x.decay_at != "end") {
+    int64_t at = -1;
+    if (x.decay_at.rfind("phase:", 0) == 0) {
+      int64_t end = 0;
+      for (const PhaseConfig& p : x.phases) {
+        end += x.phase_steps(p);
+        if (p.name == x.decay_at.substr(6)) at = end - x.schedule.decay_steps;
+      }
+      if (at < 0) fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
+    } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
+      fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
+    }
+    x.schedule.decay_start = at;
+  }
+  x.schedule.validate(path + ": [schedule]");
+  return x;
+}
+
+}  // namespace moelab

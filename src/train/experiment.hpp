@@ -1,0 +1,63 @@
+#pragma once
+// Experiment configs (TOML): model, data, phases, optimizer, schedule, checkpointing and eval.
+// Every key can be overridden from the command line with --set section.key=value (arrays of
+// tables by index: --set phases.1.steps=500). Unknown keys and bad values fail with one line
+// naming them.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "train/adamw.hpp"
+#include "train/schedule.hpp"
+
+namespace moelab {
+
+struct PhaseConfig {
+  std::string name;
+  std::string subset;
+  int64_t steps = 0;         // one of steps / tokens
+  int64_t tokens = 0;
+  std::string replay_subset; // optional replay mix from an earlier subset
+  double replay_ratio = 0;   // share of the micro-batches drawn from replay_subset
+};
+
+struct Experiment {
+  std::string source;  // the config file, for messages
+  // [run]
+  std::string run_dir = "runs/default";
+  uint64_t seed = 1;
+  int threads = 0;
+  int64_t log_every = 1;
+  // [model]
+  ModelConfig model;
+  // [data]
+  std::string data_dir;
+  int64_t seq_len = 256;
+  // [train]
+  int64_t batch_size = 8;
+  int64_t grad_accum = 1;
+  double clip = 1.0;
+  bool skip_nonfinite = false;
+  // [optimizer], [schedule]
+  AdamWConfig optimizer;
+  Schedule schedule;
+  std::string decay_at = "end";  // "end", "phase:NAME" (end of that phase) or a step number
+  // [[phases]]
+  std::vector<PhaseConfig> phases;
+  // [checkpoint]
+  int64_t checkpoint_every = 0;  // 0: only at phase ends and on interruption
+  int keep_last = 3;
+  // [eval]
+  int64_t eval_every = 0;  // validation loss on every subset's held-out slice, 0 = off
+  int64_t eval_batches = 4;
+
+  int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
+  int64_t phase_steps(const PhaseConfig& p) const;  // steps, or tokens rounded up to steps
+  int64_t total_steps() const;
+};
+
+// Reads a TOML file and applies the overrides ("key=value", dotted keys, TOML values).
+Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace moelab

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# moelab train end to end on a tiny generated corpus: a two-phase run; the same run interrupted
+# with SIGINT and with kill -9 and then resumed gives the same metrics (all but the timing
+# fields); bad configs fail with one line naming the key.
+set -u
+moelab=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+mkdir -p corpus
+for i in $(seq 1 60); do
+  for l in $(seq 1 12); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 17))."; done >"corpus/c$i.txt"
+done
+cat >data.json <<'JSON'
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": 320},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+cat >exp.toml <<'TOML'
+[run]
+dir = "run"
+seed = 3
+threads = 2
+log_every = 1
+[model]
+vocab_size = 320
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+ffn_type = "moe"
+num_local_experts = 4
+num_experts_per_tok = 2
+intermediate_size = 16
+sliding_window = 8
+max_position_embeddings = 32
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+grad_accum = 2
+[schedule]
+kind = "wsd"
+max_lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 10
+decay_steps = 30
+decay_at = "phase:A"
+[[phases]]
+name = "A"
+subset = "A"
+steps = 150
+[[phases]]
+name = "B"
+subset = "B"
+steps = 150
+replay_subset = "A"
+replay_ratio = 0.25
+[checkpoint]
+every = 25
+keep_last = 2
+[eval]
+every = 30
+batches = 2
+TOML
+strip() { sed -E 's/,"tokens_per_s":[^,}]*//; s/,"mfu":[^,}]*//' "$1"; }
+
+# 1. uninterrupted
+if "$moelab" train exp.toml --set run.dir=full >/dev/null 2>full.err; then ok; else bad "full run: $(tail -1 full.err)"; fi
+[ "$(wc -l <full/metrics.jsonl)" -eq 300 ] && ok || bad "300 metrics lines"
+grep -q '"val_loss"' full/metrics.jsonl && grep -q '"expert_load"' full/metrics.jsonl && ok || bad "val_loss and expert_load logged"
+first=$(head -1 full/metrics.jsonl | sed -E 's/.*"loss":([0-9.]+).*/\1/')
+last=$(sed -n 150p full/metrics.jsonl | sed -E 's/.*"loss":([0-9.]+).*/\1/')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' && ok || bad "loss falls in phase A ($first -> $last)"
+[ "$(ls -d full/step_* | wc -l)" -eq 2 ] && ok || bad "keep_last = 2"
+
+# 2. SIGINT in the middle, then --resume
+"$moelab" train exp.toml --set run.dir=int >/dev/null 2>int.err &
+pid=$!
+while [ "$(wc -l 2>/dev/null <int/metrics.jsonl || echo 0)" -lt 60 ]; do sleep 0.05; done
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] && ok || bad "SIGINT exit status $rc (expected 130)"
+grep -q "interrupted by signal 2" int.err && ok || bad "interruption message"
+n=$(wc -l <int/metrics.jsonl)
+[ "$n" -lt 300 ] && ok || bad "the run was not interrupted early enough ($n steps)"
+"$moelab" train exp.toml --set run.dir=int --resume >/dev/null 2>>int.err || bad "resume after SIGINT: $(tail -1 int.err)"
+if diff <(strip full/metrics.jsonl) <(strip int/metrics.jsonl) >/dev/null; then ok; else bad "metrics after SIGINT + resume differ"; fi
+
+# 3. kill -9 (no chance to save), then --resume from the last periodic checkpoint
+"$moelab" train exp.toml --set run.dir=k9 >/dev/null 2>k9.err &
+pid=$!
+while [ "$(wc -l 2>/dev/null <k9/metrics.jsonl || echo 0)" -lt 110 ]; do sleep 0.05; done
+kill -9 $pid
+wait $pid 2>/dev/null
+"$moelab" train exp.toml --set run.dir=k9 --resume >/dev/null 2>>k9.err || bad "resume after kill -9: $(tail -1 k9.err)"
+if diff <(strip full/metrics.jsonl) <(strip k9/metrics.jsonl) >/dev/null; then ok; else bad "metrics after kill -9 + resume differ"; fi
+
+# 4. bad configs and misuse: exit 1, one line naming the key
+expect_error() {
+  local what=$1 re=$2
+  shift 2
+  "$@" >/dev/null 2>err
+  local rc=$?
+  [ $rc -eq 1 ] || { bad "$what: exit $rc"; return; }
+  [ "$(wc -l <err)" -eq 1 ] || { bad "$what: not one line: $(cat err)"; return; }
+  grep -Eq -- "$re" err && ok || bad "$what: '$(cat err)' does not match '$re'"
+}
+expect_error "unknown key" "unknown key 'train.batchsize'" "$moelab" train exp.toml --set train.batchsize=3 --set run.dir=x1
+expect_error "bad value" "'train.batch_size' must be an integer" "$moelab" train exp.toml --set train.batch_size=big --set run.dir=x2
+expect_error "unknown section" "unknown section 'trian'" "$moelab" train exp.toml --set trian.x=1 --set run.dir=x3
+expect_error "model key" "'num_attention_heads' \(2\) is not divisible by 'num_key_value_heads' \(3\)" "$moelab" train exp.toml --set model.num_key_value_heads=3 --set run.dir=x4
+expect_error "bad phase" "'phases\[1\].steps' give exactly one of steps or tokens" "$moelab" train exp.toml --set phases.1.tokens=100 --set run.dir=x5
+expect_error "decay_at" "'schedule.decay_at' names no phase" "$moelab" train exp.toml --set schedule.decay_at=phase:Z --set run.dir=x6
+expect_error "run exists" "already holds a run; use --resume" "$moelab" train exp.toml --set run.dir=full
+expect_error "nothing to resume" "no checkpoint to resume from" "$moelab" train exp.toml --set run.dir=empty --resume
+expect_error "other config" "'hidden_size' is 32 in the checkpoint and 64 here" "$moelab" train exp.toml --set run.dir=full --set model.hidden_size=64 --resume
+expect_error "missing data" "no manifest.json" "$moelab" train exp.toml --set data.dir=nodata --set run.dir=x7
+expect_error "toml syntax" "exp_bad.toml:1:" sh -c "echo '[run' >exp_bad.toml; \"$moelab\" train exp_bad.toml"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
