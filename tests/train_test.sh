@@ -127,5 +127,17 @@ expect_error "other config" "'hidden_size' is 32 in the checkpoint and 64 here" 
 expect_error "missing data" "no manifest.json" "$moelab" train exp.toml --set data.dir=nodata --set run.dir=x7
 expect_error "toml syntax" "exp_bad.toml:1:" sh -c "echo '[run' >exp_bad.toml; \"$moelab\" train exp_bad.toml"
 
+expect_error "unwritable run dir" "cannot create the run directory" "$moelab" train exp.toml --set run.dir=/proc/moelab-run
+
+# 5. a diverging run stops with a clear message (the last checkpoint stays), or skips batches
+"$moelab" train exp.toml --set run.dir=diverge --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
+  --set train.clip=0.0 --set checkpoint.every=2 >/dev/null 2>err
+rc=$?
+[ $rc -eq 1 ] && tail -1 err | grep -q "the loss is not finite" && ok || bad "non-finite loss: exit $rc, $(tail -1 err)"
+ls -d diverge/step_* >/dev/null 2>&1 && ok || bad "a checkpoint from before the divergence is kept"
+if "$moelab" train exp.toml --set run.dir=skip --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
+  --set train.clip=0.0 --set train.skip_nonfinite=true >/dev/null 2>&1; then ok; else bad "skip_nonfinite run failed"; fi
+grep -q '"skipped":"non-finite loss"' skip/metrics.jsonl && ok || bad "skipped batches are logged"
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
