@@ -2,10 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <toml++/toml.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <toml++/toml.h>
 
 #include "core/error.hpp"
 
@@ -141,7 +141,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
 
   Experiment x;
   x.source = path;
-  const std::set<std::string> sections = {"run",      "model", "data",       "train", "optimizer",
+  const std::set<std::string> sections = {"run",      "model",  "data",       "train", "optimizer",
                                           "schedule", "phases", "checkpoint", "eval"};
   for (const auto& [k, _] : root)
     if (!sections.contains(std::string(k.str())))
@@ -209,13 +209,20 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   sch.get("decay_shape", shape);
   sch.get("decay_at", x.decay_at);
   sch.finish();
-  if (kind == "wsd") x.schedule.kind = ScheduleKind::Wsd;
-  else if (kind == "cosine") x.schedule.kind = ScheduleKind::Cosine;
-  else if (kind == "constant") x.schedule.kind = ScheduleKind::Constant;
-  else sch.bad("kind", "must be \"wsd\", \"cosine\" or \"constant\"");
-  if (shape == "cosine") x.schedule.shape = DecayShape::Cosine;
-  else if (shape == "linear") x.schedule.shape = DecayShape::Linear;
-  else sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
+  if (kind == "wsd")
+    x.schedule.kind = ScheduleKind::Wsd;
+  else if (kind == "cosine")
+    x.schedule.kind = ScheduleKind::Cosine;
+  else if (kind == "constant")
+    x.schedule.kind = ScheduleKind::Constant;
+  else
+    sch.bad("kind", "must be \"wsd\", \"cosine\" or \"constant\"");
+  if (shape == "cosine")
+    x.schedule.shape = DecayShape::Cosine;
+  else if (shape == "linear")
+    x.schedule.shape = DecayShape::Linear;
+  else
+    sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
 
   const toml::array* phases = root.get_as<toml::array>("phases");
   if (!phases || phases->empty()) fail(fmt::format("{}: no [[phases]]", path));
@@ -232,9 +239,11 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
     ph.get("replay_ratio", p.replay_ratio);
     ph.finish();
     if (p.subset.empty()) ph.bad("subset", "is required");
-    if ((p.steps > 0) == (p.tokens > 0)) ph.bad("steps", "give exactly one of steps or tokens (> 0)");
+    if ((p.steps > 0) == (p.tokens > 0))
+      ph.bad("steps", "give exactly one of steps or tokens (> 0)");
     if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
-    if (p.replay_ratio > 0 && p.replay_subset.empty()) ph.bad("replay_subset", "is required with a replay_ratio");
+    if (p.replay_ratio > 0 && p.replay_subset.empty())
+      ph.bad("replay_subset", "is required with a replay_ratio");
     x.phases.push_back(p);
   }
 

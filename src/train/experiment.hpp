@@ -16,10 +16,10 @@ namespace moelab {
 struct PhaseConfig {
   std::string name;
   std::string subset;
-  int64_t steps = 0;         // one of steps / tokens
+  int64_t steps = 0;  // one of steps / tokens
   int64_t tokens = 0;
-  std::string replay_subset; // optional replay mix from an earlier subset
-  double replay_ratio = 0;   // share of the micro-batches drawn from replay_subset
+  std::string replay_subset;  // optional replay mix from an earlier subset
+  double replay_ratio = 0;    // share of the micro-batches drawn from replay_subset
 };
 
 struct Experiment {

@@ -28,7 +28,9 @@ using json = nlohmann::json;
 namespace {
 
 std::atomic<int> g_stop{0};
-extern "C" void on_signal(int sig) { g_stop = sig; }
+extern "C" void on_signal(int sig) {
+  g_stop = sig;
+}
 
 std::string eta(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -88,7 +90,8 @@ int train_run(const Experiment& x, bool resume) {
     metrics_truncate(metrics_path, step);
     std::fprintf(stderr, "resumed from %s (step %ld)\n", existing.back().c_str(), long(step));
   } else if (!existing.empty() || fs::exists(metrics_path)) {
-    fail(fmt::format("{}: already holds a run; use --resume, or choose another run.dir", x.run_dir));
+    fail(
+        fmt::format("{}: already holds a run; use --resume, or choose another run.dir", x.run_dir));
   }
   std::error_code ec;
   fs::create_directories(x.run_dir, ec);
@@ -107,7 +110,8 @@ int train_run(const Experiment& x, bool resume) {
     return json{{"phase", phase}, {"loaders", loaders}, {"seed", x.seed}};
   };
   auto save = [&](const std::string& phase) {
-    const std::string dir = checkpoint_save(x.run_dir, step, model, opt, state_json(phase), x.keep_last);
+    const std::string dir =
+        checkpoint_save(x.run_dir, step, model, opt, state_json(phase), x.keep_last);
     std::fprintf(stderr, "%scheckpoint %s\n", tty ? "\n" : "", dir.c_str());
   };
 
@@ -132,8 +136,9 @@ int train_run(const Experiment& x, bool resume) {
     model.zero_grad();
     double lm = 0, aux = 0, z = 0;
     for (int64_t micro = 0; micro < x.grad_accum; micro++) {
-      const bool replay = phase.replay_ratio > 0 &&
-                          rng_uniform(x.seed, 7000 + uint64_t(step), uint64_t(micro)) < phase.replay_ratio;
+      const bool replay =
+          phase.replay_ratio > 0 &&
+          rng_uniform(x.seed, 7000 + uint64_t(step), uint64_t(micro)) < phase.replay_ratio;
       train.at(replay ? phase.replay_subset : phase.subset).next(x.batch_size, tok, tgt);
       const Losses l = model.forward(tok, tgt);
       lm += l.lm / double(x.grad_accum);
@@ -147,9 +152,10 @@ int train_run(const Experiment& x, bool resume) {
         {"step", step}, {"phase", phase.name}, {"tokens", step * x.tokens_per_step()}};
     if (!std::isfinite(lm + aux + z)) {
       if (!x.skip_nonfinite)
-        fail(fmt::format("step {}: the loss is not finite ({}); stopped, the last checkpoint in {} "
-                         "is intact (train.skip_nonfinite = true skips such batches)",
-                         step, lm + aux + z, x.run_dir));
+        fail(
+            fmt::format("step {}: the loss is not finite ({}); stopped, the last checkpoint in {} "
+                        "is intact (train.skip_nonfinite = true skips such batches)",
+                        step, lm + aux + z, x.run_dir));
       m["skipped"] = "non-finite loss";
       metrics << m.dump() << "\n" << std::flush;
       continue;
@@ -176,7 +182,8 @@ int train_run(const Experiment& x, bool resume) {
         for (auto& [name, loader] : val) {
           loader.seek({0, 0});  // the same held-out batches every time
           double sum = 0;
-          const int64_t n = std::min<int64_t>(x.eval_batches, int64_t(loader.sequences() / uint64_t(x.batch_size)) + 1);
+          const int64_t n = std::min<int64_t>(
+              x.eval_batches, int64_t(loader.sequences() / uint64_t(x.batch_size)) + 1);
           for (int64_t b = 0; b < n; b++) {
             loader.next(x.batch_size, tok, tgt);
             sum += model.forward(tok, tgt).lm;
@@ -196,7 +203,8 @@ int train_run(const Experiment& x, bool resume) {
     }
     if (phase_done || (x.checkpoint_every > 0 && step % x.checkpoint_every == 0)) save(phase.name);
     if (g_stop) {
-      if (!phase_done && !(x.checkpoint_every > 0 && step % x.checkpoint_every == 0)) save(phase.name);
+      if (!phase_done && !(x.checkpoint_every > 0 && step % x.checkpoint_every == 0))
+        save(phase.name);
       std::fprintf(stderr, "%sinterrupted by signal %d at step %ld; resume with --resume\n",
                    tty ? "\n" : "", int(g_stop), long(step));
       std::signal(SIGINT, SIG_DFL);
