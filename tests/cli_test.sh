@@ -58,6 +58,9 @@ grep -q '"tokens_per_s"' "$tmp/out" || bad "bench train prints tokens_per_s"
 expect_ok "model dump" "$moelab" model dump "$tmp/tiny.json" --out "$tmp/dump.safetensors"
 [ -s "$tmp/dump.safetensors" ] && [ ! -e "$tmp/dump.safetensors.tmp" ] && ok || bad "dump file"
 
+expect_ok "bench eval" "$moelab" bench eval --config "$tmp/bench.json" --samples 8 --batch 4 --prompt 6 --new 5 --threads 2
+grep -q '"generated_tokens_per_s"' "$tmp/out" || bad "bench eval prints generated_tokens_per_s"
+
 # bad input
 expect_error "heads not divisible" "gqa.json: 'num_attention_heads' \(2\) is not divisible by 'num_key_value_heads' \(3\)" \
   "$moelab" model info "$tmp/gqa.json"

@@ -57,8 +57,8 @@ TEST_P(DecodeEquivalence, KvCacheLogitsEqualFullRecomputation) {
     const auto got = dec.step(col, t);
     for (int64_t b = 0; b < B; b++)
       for (int64_t v = 0; v < 61; v++)
-        worst = std::max(worst, double(std::abs(got[size_t(b * 61 + v)] -
-                                                want[size_t((b * T + t) * 61 + v)])));
+        worst = std::max(
+            worst, double(std::abs(got[size_t(b * 61 + v)] - want[size_t((b * T + t) * 61 + v)])));
   }
   EXPECT_LT(worst, 2e-5) << "largest logit difference";
 }

@@ -15,6 +15,7 @@
 #include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/sysinfo.hpp"
+#include "eval/decode.hpp"
 #include "model/model.hpp"
 #include "train/adamw.hpp"
 
@@ -112,6 +113,42 @@ void bench_train(const BenchTrainOptions& o) {
     std::fprintf(stderr, "%-20s %10.2f %6.1f%%\n", "other", (dt - covered) / o.steps * 1e3,
                  100 * (dt - covered) / dt);
   }
+  std::cout << out.dump() << std::endl;
+}
+
+// ----------------------------------------------------------------------------
+// decoding throughput
+
+void bench_eval(const BenchEvalOptions& o) {
+  const ModelConfig cfg = config_load(o.config);
+  if (o.batch < 1 || o.samples < 1 || o.prompt < 1 || o.generate < 1)
+    fail("bench eval: --samples, --batch, --prompt and --new must be positive");
+  const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
+  threads_set(threads);
+  Model<float> model(cfg, 1, 1);
+  model.init_weights(1234);
+  Decoder dec(model, o.batch, o.prompt + o.generate);
+  std::vector<int32_t> prompts(size_t(o.batch * o.prompt));
+  for (size_t i = 0; i < prompts.size(); i++)
+    prompts[i] = int32_t(rng_u64(3, 0, i) % uint64_t(cfg.vocab_size));
+  dec.greedy(prompts, o.prompt, 2);  // warm-up
+  const int64_t rounds = (o.samples + o.batch - 1) / o.batch;
+  const double t0 = time_now_s();
+  for (int64_t r = 0; r < rounds; r++) dec.greedy(prompts, o.prompt, o.generate);
+  const double dt = time_now_s() - t0;
+  const double n = double(rounds * o.batch);
+  nlohmann::ordered_json out = {
+      {"config", o.config},
+      {"threads", threads},
+      {"samples", int64_t(n)},
+      {"batch", o.batch},
+      {"prompt", o.prompt},
+      {"generate", o.generate},
+      {"seconds", std::round(dt * 1000) / 1000},
+      {"samples_per_s", std::round(n / dt * 10) / 10},
+      {"generated_tokens_per_s", std::round(n * double(o.generate) / dt * 10) / 10},
+      {"processed_tokens_per_s", std::round(n * double(o.prompt + o.generate) / dt * 10) / 10},
+      {"seconds_per_2000_samples", std::round(2000.0 / (n / dt) * 100) / 100}};
   std::cout << out.dump() << std::endl;
 }
 

@@ -17,4 +17,12 @@ struct BenchTrainOptions {
 // Runs the training benchmark and prints one JSON line.
 void bench_train(const BenchTrainOptions& o);
 
+struct BenchEvalOptions {
+  std::string config;  // a bench JSON (its "model")
+  int64_t samples = 256, batch = 64, prompt = 32, generate = 32;
+  int threads = 0;
+};
+// Greedy decoding throughput with the KV cache (the M_in / M_ex workload); one JSON line.
+void bench_eval(const BenchEvalOptions& o);
+
 }  // namespace moelab

@@ -77,6 +77,15 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--profile", bt.profile, "per-op time breakdown (stderr and JSON)");
   train_cmd->add_flag("--bf16", bt.bf16, "linear layers in bf16 with fp32 accumulation");
 
+  BenchEvalOptions be;
+  auto* eval_bench_cmd = bench->add_subcommand("eval", "greedy decoding throughput (KV cache)");
+  eval_bench_cmd->add_option("--config", be.config, "bench or model JSON")->required();
+  eval_bench_cmd->add_option("--samples", be.samples, "sequences to decode");
+  eval_bench_cmd->add_option("--batch", be.batch, "sequences decoded together");
+  eval_bench_cmd->add_option("--prompt", be.prompt, "prompt tokens per sequence");
+  eval_bench_cmd->add_option("--new", be.generate, "generated tokens per sequence");
+  eval_bench_cmd->add_option("--threads", be.threads, "threads (default: all cores)");
+
   try {
     app.parse(argc, argv);
     if (info_cmd->parsed()) model_info(info);
@@ -91,6 +100,7 @@ int main(int argc, char** argv) {
                   bench_fma_peak_gflops(t, 1.0));
     }
     if (train_cmd->parsed()) bench_train(bt);
+    if (eval_bench_cmd->parsed()) bench_eval(be);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {

@@ -12,7 +12,8 @@ using namespace kernels;
 
 Decoder::Decoder(const Model<float>& model, int64_t batch, int64_t max_len)
     : m_(model), c_(model.cfg), B_(batch), L_(max_len) {
-  if (max_len > c_.max_position_embeddings) fail("decoder: max_len exceeds max_position_embeddings");
+  if (max_len > c_.max_position_embeddings)
+    fail("decoder: max_len exceeds max_position_embeddings");
   const int64_t d = c_.hidden_size, H = c_.num_attention_heads, KV = c_.num_key_value_heads;
   const int64_t hd = c_.head_dim, E = c_.num_local_experts, k = c_.num_experts_per_tok;
   const int64_t I = c_.intermediate_size, R = B_ * k;
@@ -21,7 +22,8 @@ Decoder::Decoder(const Model<float>& model, int64_t batch, int64_t max_len)
   x_.resize(B_ * d), xn_.resize(B_ * d), tmp_.resize(B_ * d), rstd_.resize(B_);
   qkv_.resize(B_ * (H + 2 * KV) * hd), att_.resize(B_ * H * hd), logits_.resize(B_ * c_.vocab_size);
   h_.resize(R * 2 * I), a_.resize(R * I), y_.resize(R * d), xe_.resize(R * d);
-  rl_.resize(B_ * E), w_.resize(R), idx_.resize(R), order_.resize(R), pos_.resize(R), off_.resize(E + 1);
+  rl_.resize(B_ * E), w_.resize(R), idx_.resize(R), order_.resize(R), pos_.resize(R),
+      off_.resize(E + 1);
   cos_.resize(L_ * hd / 2), sin_.resize(L_ * hd / 2);
   RopeParams rp{c_.rope_theta, c_.yarn_factor, c_.yarn_beta_fast, c_.yarn_beta_slow,
                 c_.yarn_original_context};
@@ -41,10 +43,11 @@ std::span<const float> Decoder::step(std::span<const int32_t> tokens, int64_t t)
     const LayerOffsets& o = lay.layers[size_t(l)];
     // attention of the new token over the cached positions
     rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln1, B_, d, c_.rms_norm_eps);
-    linear<float>::forward(qkv_.data(), xn_.data(), P + o.qkv_w, o.qkv_b >= 0 ? P + o.qkv_b : nullptr,
-                           B_, d, C, WLayout::OutIn);
+    linear<float>::forward(qkv_.data(), xn_.data(), P + o.qkv_w,
+                           o.qkv_b >= 0 ? P + o.qkv_b : nullptr, B_, d, C, WLayout::OutIn);
     // position t for every row: a table view starting at t with period 1
-    rope<float>::forward(qkv_.data(), B_, 1, H, hd, C, cos_.data() + t * half, sin_.data() + t * half);
+    rope<float>::forward(qkv_.data(), B_, 1, H, hd, C, cos_.data() + t * half,
+                         sin_.data() + t * half);
     rope<float>::forward(qkv_.data() + H * hd, B_, 1, KV, hd, C, cos_.data() + t * half,
                          sin_.data() + t * half);
     float* K = k_[size_t(l)].data();
@@ -79,13 +82,14 @@ std::span<const float> Decoder::step(std::span<const int32_t> tokens, int64_t t)
         for (int64_t c = 0; c < hd; c++) out[c] += p * vj[c];
       }
     }
-    linear<float>::forward(tmp_.data(), att_.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr, B_,
-                           H * hd, d, WLayout::OutIn);
+    linear<float>::forward(tmp_.data(), att_.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr,
+                           B_, H * hd, d, WLayout::OutIn);
     for (int64_t i = 0; i < B_ * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
     // feed-forward
     rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln2, B_, d, c_.rms_norm_eps);
     if (E == 1) {
-      linear<float>::forward(h_.data(), xn_.data(), P + o.w1, P + o.b1, B_, d, 2 * I, WLayout::InOut);
+      linear<float>::forward(h_.data(), xn_.data(), P + o.w1, P + o.b1, B_, d, 2 * I,
+                             WLayout::InOut);
       swiglu<float>::forward(a_.data(), h_.data(), B_, I, c_.swiglu_limit, c_.swiglu_alpha);
       linear<float>::forward(tmp_.data(), a_.data(), P + o.w2, P + o.b2, B_, I, d, WLayout::InOut);
     } else {
@@ -97,8 +101,9 @@ std::span<const float> Decoder::step(std::span<const int32_t> tokens, int64_t t)
       moe_gather<float>::forward(xe_.data(), xn_.data(), r, d);
       for (int64_t e = 0; e < E; e++) {
         const int64_t r0 = off_[size_t(e)], cnt = off_[size_t(e + 1)] - r0;
-        linear<float>::forward(h_.data() + r0 * 2 * I, xe_.data() + r0 * d, P + o.w1 + e * d * 2 * I,
-                               P + o.b1 + e * 2 * I, cnt, d, 2 * I, WLayout::InOut);
+        linear<float>::forward(h_.data() + r0 * 2 * I, xe_.data() + r0 * d,
+                               P + o.w1 + e * d * 2 * I, P + o.b1 + e * 2 * I, cnt, d, 2 * I,
+                               WLayout::InOut);
       }
       swiglu<float>::forward(a_.data(), h_.data(), B_ * k, I, c_.swiglu_limit, c_.swiglu_alpha);
       for (int64_t e = 0; e < E; e++) {
@@ -110,13 +115,15 @@ std::span<const float> Decoder::step(std::span<const int32_t> tokens, int64_t t)
     }
     for (int64_t i = 0; i < B_ * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
   }
-  rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + lay.norm, B_, d, c_.rms_norm_eps);
+  rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + lay.norm, B_, d,
+                          c_.rms_norm_eps);
   linear<float>::forward(logits_.data(), xn_.data(), P + lay.lm_head, nullptr, B_, d, c_.vocab_size,
                          WLayout::OutIn);
   return logits_;
 }
 
-std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t plen, int64_t n_new) {
+std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t plen,
+                                     int64_t n_new) {
   check(int64_t(prompts.size()) == B_ * plen && plen >= 1 && plen + n_new <= L_ + 1,
         "decoder: prompt shape or length");
   std::vector<int32_t> tok(static_cast<size_t>(B_)), out(static_cast<size_t>(B_ * n_new));
