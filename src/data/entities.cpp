@@ -1,0 +1,126 @@
+#include "data/entities.hpp"
+
+#include <fmt/format.h>
+
+#include <deque>
+#include <fstream>
+#include <set>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+std::vector<Entity> entities_load(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot open");
+  std::vector<Entity> out;
+  std::set<std::string> seen;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    Entity e;
+    const size_t tab = line.find('\t');
+    e.name = line.substr(0, tab);
+    if (tab != std::string::npos) {
+      e.type = line.substr(tab + 1);
+      if (e.type != "PER" && e.type != "LOC" && e.type != "ORG" && e.type != "MISC")
+        fail(fmt::format("{}: type '{}' of '{}' is not PER, LOC, ORG or MISC", path, e.type, e.name));
+    }
+    for (char& c : e.name)
+      if (c == '_') c = ' ';
+    const size_t b = e.name.find_first_not_of(' '), en = e.name.find_last_not_of(' ');
+    if (b == std::string::npos) continue;
+    e.name = e.name.substr(b, en - b + 1);
+    if (seen.insert(e.name).second) out.push_back(std::move(e));
+  }
+  if (out.empty()) fail(path + ": no entities");
+  return out;
+}
+
+namespace {
+
+std::string title_case(const std::string& s) {
+  std::string t = s;
+  bool start = true;
+  for (char& c : t) {
+    if (start && c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
+    start = c == ' ' || c == '-' || c == '(' || c == '"';
+  }
+  return t;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> entity_variants(const Tokenizer& tok, const std::string& name) {
+  std::set<std::vector<int32_t>> seen;
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& form : {name, title_case(name)})
+    for (const std::string& text : {form, " " + form}) {
+      std::vector<int32_t> ids = tok.encode(text);
+      if (!ids.empty() && seen.insert(ids).second) out.push_back(std::move(ids));
+    }
+  return out;
+}
+
+// ----------------------------------------------------------------------------
+// Aho-Corasick over token ids
+
+void TokenMatcher::add(std::span<const int32_t> pattern, int32_t value) {
+  check(!built_, "TokenMatcher::add after build");
+  check(!pattern.empty() && value >= 0, "TokenMatcher: empty pattern or negative value");
+  int32_t s = 0;
+  for (int32_t t : pattern) {
+    auto it = nodes_[size_t(s)].next.find(t);
+    if (it == nodes_[size_t(s)].next.end()) {
+      nodes_.push_back(Node{});
+      nodes_.back().depth = nodes_[size_t(s)].depth + 1;
+      const int32_t n = int32_t(nodes_.size() - 1);
+      nodes_[size_t(s)].next.emplace(t, n);
+      s = n;
+    } else {
+      s = it->second;
+    }
+  }
+  // Two entities with one tokenisation: the first keeps it (their counts are inseparable).
+  if (nodes_[size_t(s)].out < 0) nodes_[size_t(s)].out = value;
+}
+
+void TokenMatcher::build() {
+  std::deque<int32_t> queue;
+  for (auto& [t, n] : nodes_[0].next) {
+    nodes_[size_t(n)].fail = 0;
+    queue.push_back(n);
+  }
+  while (!queue.empty()) {
+    const int32_t s = queue.front();
+    queue.pop_front();
+    const Node& node = nodes_[size_t(s)];
+    const int32_t f = node.fail;
+    nodes_[size_t(s)].out_link = nodes_[size_t(f)].out >= 0 ? f : nodes_[size_t(f)].out_link;
+    for (auto& [t, n] : node.next) {
+      int32_t g = f;
+      while (g != 0 && !nodes_[size_t(g)].next.contains(t)) g = nodes_[size_t(g)].fail;
+      auto it = nodes_[size_t(g)].next.find(t);
+      nodes_[size_t(n)].fail = (it != nodes_[size_t(g)].next.end() && it->second != n) ? it->second : 0;
+      queue.push_back(n);
+    }
+  }
+  built_ = true;
+}
+
+void TokenMatcher::scan(std::span<const int32_t> tokens,
+                        const std::function<void(int64_t, int32_t)>& on_match) const {
+  check(built_, "TokenMatcher::scan before build");
+  int32_t s = 0;
+  for (size_t i = 0; i < tokens.size(); i++) {
+    const int32_t t = tokens[i];
+    while (s != 0 && !nodes_[size_t(s)].next.contains(t)) s = nodes_[size_t(s)].fail;
+    auto it = nodes_[size_t(s)].next.find(t);
+    s = it == nodes_[size_t(s)].next.end() ? 0 : it->second;
+    for (int32_t o = nodes_[size_t(s)].out >= 0 ? s : nodes_[size_t(s)].out_link; o >= 0;
+         o = nodes_[size_t(o)].out_link)
+      on_match(int64_t(i + 1), nodes_[size_t(o)].out);
+  }
+}
+
+}  // namespace moelab

@@ -1,0 +1,51 @@
+#pragma once
+// Entities: loading lists (Wikipedia all-titles dumps, plain lists, name<TAB>TYPE files), the
+// token sequences an entity can take in running text, and a multi-pattern matcher over token
+// ids (Aho-Corasick) that finds every occurrence in one pass over a token stream.
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "data/tokenizer.hpp"
+
+namespace moelab {
+
+struct Entity {
+  std::string name;
+  std::string type = "MISC";  // PER, LOC, ORG or MISC
+};
+
+// One entity per line: "name<TAB>TYPE" or a bare name; underscores (the all-titles dump's
+// spaces) become spaces; blank lines and duplicates are dropped. An empty list is an error.
+std::vector<Entity> entities_load(const std::string& path);
+
+// The token sequences of an entity in running text: the name as written and in title case
+// (lists such as popular Wikipedia titles are lower-cased), each with and without a leading
+// space (BPE tokenisers encode " Name" and "Name" differently), without duplicates.
+std::vector<std::vector<int32_t>> entity_variants(const Tokenizer& tok, const std::string& name);
+
+class TokenMatcher {
+ public:
+  void add(std::span<const int32_t> pattern, int32_t value);
+  void build();  // after the last add
+  // Calls on_match(end, value) for every occurrence, end = the position after its last token.
+  void scan(std::span<const int32_t> tokens,
+            const std::function<void(int64_t end, int32_t value)>& on_match) const;
+  int64_t states() const { return int64_t(nodes_.size()); }
+
+ private:
+  struct Node {
+    std::unordered_map<int32_t, int32_t> next;
+    int32_t fail = 0;
+    int32_t out = -1;       // value of the pattern ending here, -1 if none
+    int32_t out_link = -1;  // nearest state on the fail chain with an output
+    int32_t depth = 0;
+  };
+  std::vector<Node> nodes_{Node{}};
+  bool built_ = false;
+};
+
+}  // namespace moelab
