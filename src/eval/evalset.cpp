@@ -1,0 +1,197 @@
+#include "eval/evalset.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "data/dataset.hpp"
+#include "data/entities.hpp"
+#include "data/shard.hpp"
+
+namespace moelab {
+
+using json = nlohmann::json;
+
+std::vector<bool> entity_select(const std::vector<int64_t>& a, const std::vector<int64_t>& b,
+                                double top_a, double bottom_b) {
+  std::vector<size_t> seen;
+  for (size_t i = 0; i < a.size(); i++)
+    if (a[i] > 0) seen.push_back(i);
+  const size_t n = seen.size();
+  const size_t keep_a = size_t(std::ceil(double(n) * top_a / 100.0));
+  const size_t keep_b = size_t(std::ceil(double(n) * bottom_b / 100.0));
+  std::vector<size_t> by_a = seen, by_b = seen;
+  std::stable_sort(by_a.begin(), by_a.end(), [&](size_t x, size_t y) { return a[x] > a[y]; });
+  std::stable_sort(by_b.begin(), by_b.end(), [&](size_t x, size_t y) { return b[x] < b[y]; });
+  std::vector<bool> in_a(a.size(), false), out(a.size(), false);
+  for (size_t i = 0; i < keep_a && i < n; i++) in_a[by_a[i]] = true;
+  for (size_t i = 0; i < keep_b && i < n; i++) out[by_b[i]] = in_a[by_b[i]];
+  return out;
+}
+
+namespace {
+
+// Reads a subset's training ranges as one stream (documents separated by EOT).
+std::vector<int32_t> read_stream(const DataDir& d, const std::string& subset) {
+  std::vector<int32_t> out;
+  for (const TokenRange& r : d.ranges(subset, "train")) {
+    const Shard s(r.shard, d.fingerprint);
+    const size_t at = out.size();
+    out.resize(at + (r.end - r.begin));
+    s.copy(out.data() + at, r.begin, r.end - r.begin);
+  }
+  return out;
+}
+
+}  // namespace
+
+void entities_build(const EntityBuildOptions& o) {
+  if (o.prompt < 1 || o.target < 1 || o.max_samples < 1 || o.max_per_entity < 1)
+    fail("entities build: --prompt, --target, --max-samples and --max-per-entity must be positive");
+  if (!(o.top_a > 0 && o.top_a <= 100 && o.bottom_b > 0 && o.bottom_b <= 100))
+    fail("entities build: --top and --bottom are percentages in (0, 100]");
+  const DataDir d = data_open(o.data_dir);
+  const std::vector<Entity> ents = entities_load(o.entities);
+  TokenMatcher m;
+  for (size_t i = 0; i < ents.size(); i++)
+    for (const auto& v : entity_variants(*d.tokenizer, ents[i].name)) m.add(v, int32_t(i));
+  m.build();
+
+  const std::vector<int32_t> A = read_stream(d, o.subset_a), Bs = read_stream(d, o.subset_b);
+  std::vector<int64_t> ca(ents.size(), 0), cb(ents.size(), 0);
+  std::vector<std::pair<int64_t, int32_t>> occ;  // (end, entity) in A
+  // Every occurrence counts, nested ones too ("New York" inside "New York City").
+  auto count = [&](const std::vector<int32_t>& s, std::vector<int64_t>& c, bool keep) {
+    m.scan(s, [&](int64_t end, int32_t v) {
+      c[size_t(v)]++;
+      if (keep) occ.emplace_back(end, v);
+    });
+  };
+  count(A, ca, true);
+  count(Bs, cb, false);
+  const std::vector<bool> C = entity_select(ca, cb, o.top_a, o.bottom_b);
+  const int64_t n_c = std::count(C.begin(), C.end(), true);
+  if (n_c == 0)
+    fail(fmt::format("entities build: the entity set C is empty ({} of {} entities occur in {}; "
+                     "none is both frequent there and rare in {})",
+                     std::count_if(ca.begin(), ca.end(), [](int64_t x) { return x > 0; }),
+                     ents.size(), o.subset_a, o.subset_b));
+
+  // Candidate windows: the whole window inside one document of A.
+  struct Cand {
+    int64_t start, end;
+    int32_t entity;
+    uint64_t key;
+  };
+  std::vector<Cand> cands;
+  std::vector<int64_t> eot_before(A.size() + 1, 0);  // number of EOTs in A[0, i)
+  for (size_t i = 0; i < A.size(); i++) eot_before[i + 1] = eot_before[i] + (A[i] == d.eot);
+  for (const auto& [end, v] : occ) {
+    if (!C[size_t(v)]) continue;
+    // The match's start: the variant whose tokens end at `end`.
+    int64_t start = -1;
+    for (const auto& var : entity_variants(*d.tokenizer, ents[size_t(v)].name))
+      if (int64_t(var.size()) <= end &&
+          std::equal(var.begin(), var.end(), A.begin() + (end - int64_t(var.size()))))
+        start = std::max(start, end - int64_t(var.size()));
+    const int64_t lo = std::min(start - o.prompt, end - o.prompt), hi = end + o.target;
+    if (start < 0 || lo < 0 || hi > int64_t(A.size())) continue;
+    if (eot_before[size_t(hi)] - eot_before[size_t(lo)] > 0) continue;
+    cands.push_back({start, end, v, rng_u64(o.seed, uint64_t(v), uint64_t(start))});
+  }
+  // Deterministic caps: per entity the max_per_entity lowest keys, then the max_samples lowest.
+  std::sort(cands.begin(), cands.end(), [](const Cand& x, const Cand& y) { return x.key < y.key; });
+  std::vector<int64_t> taken(ents.size(), 0);
+  EvalSet set;
+  set.fingerprint = d.fingerprint;
+  std::map<int32_t, int32_t> local;  // entity -> index in set.names
+  std::map<std::string, int64_t> per_type;
+  for (const Cand& c : cands) {
+    if (int64_t(set.samples.size()) >= o.max_samples) break;
+    if (taken[size_t(c.entity)] >= o.max_per_entity) continue;
+    taken[size_t(c.entity)]++;
+    auto [it, fresh] = local.emplace(c.entity, int32_t(set.names.size()));
+    if (fresh) {
+      set.names.push_back(ents[size_t(c.entity)].name);
+      set.types.push_back(ents[size_t(c.entity)].type);
+    }
+    EvalSample s;
+    s.entity = it->second;
+    s.in_prompt.assign(A.begin() + (c.end - o.prompt), A.begin() + c.end);
+    s.ex_prompt.assign(A.begin() + (c.start - o.prompt), A.begin() + c.start);
+    s.target.assign(A.begin() + c.end, A.begin() + (c.end + o.target));
+    set.samples.push_back(std::move(s));
+    per_type[ents[size_t(c.entity)].type]++;
+  }
+
+  {
+    std::ofstream f(o.out + ".tmp");
+    f << json{{"format", "moelab-evalset"}, {"version", 1},
+              {"fingerprint", fmt::format("{:016x}", set.fingerprint)}, {"prompt", o.prompt},
+              {"target", o.target}, {"subset", o.subset_a}}
+             .dump()
+      << "\n";
+    for (const EvalSample& s : set.samples)
+      f << json{{"entity", set.names[size_t(s.entity)]}, {"type", set.types[size_t(s.entity)]},
+                {"in_prompt", s.in_prompt}, {"ex_prompt", s.ex_prompt}, {"target", s.target}}
+               .dump()
+        << "\n";
+    f.flush();
+    if (!f) fail(o.out + ": cannot write");
+  }
+  std::rename((o.out + ".tmp").c_str(), o.out.c_str());
+  const json summary = {
+      {"entities", ents.size()},
+      {"in_a", std::count_if(ca.begin(), ca.end(), [](int64_t x) { return x > 0; })},
+      {"in_b", std::count_if(cb.begin(), cb.end(), [](int64_t x) { return x > 0; })},
+      {"occurrences_a", occ.size()},
+      {"set_c", n_c},
+      {"candidate_windows", cands.size()},
+      {"samples", set.samples.size()},
+      {"sample_entities", set.names.size()},
+      {"per_type", per_type}};
+  std::ofstream(o.out + ".summary.json") << summary.dump(2) << "\n";
+  fmt::print("{}\n", summary.dump());
+}
+
+EvalSet evalset_load(const std::string& path, uint64_t expected) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot open");
+  std::string line;
+  if (!std::getline(f, line)) fail(path + ": empty evaluation set");
+  const json head = json::parse(line, nullptr, false);
+  if (head.is_discarded() || head.value("format", "") != "moelab-evalset")
+    fail(path + ": not a moelab evaluation set");
+  EvalSet set;
+  set.fingerprint = std::stoull(head.value("fingerprint", "0"), nullptr, 16);
+  if (set.fingerprint != expected)
+    fail(fmt::format("{}: made with another tokenizer (fingerprint {:016x}, this one {:016x})", path,
+                     set.fingerprint, expected));
+  std::map<std::string, int32_t> ids;
+  int64_t n = 1;
+  while (std::getline(f, line)) {
+    n++;
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("entity"))
+      fail(fmt::format("{}:{}: malformed sample", path, n));
+    const std::string name = j["entity"];
+    auto [it, fresh] = ids.emplace(name, int32_t(set.names.size()));
+    if (fresh) {
+      set.names.push_back(name);
+      set.types.push_back(j.value("type", "MISC"));
+    }
+    set.samples.push_back({it->second, j["in_prompt"].get<std::vector<int32_t>>(),
+                           j["ex_prompt"].get<std::vector<int32_t>>(),
+                           j["target"].get<std::vector<int32_t>>()});
+  }
+  return set;
+}
+
+}  // namespace moelab

@@ -1,0 +1,46 @@
+#pragma once
+// Entity evaluation sets (SPEC 1.2): count every entity in subsets A and B on token ids, take
+// C = the top p% by frequency in A that are also in the bottom q% by frequency in B, and cut
+// windows around C's occurrences in A: the prompt ending with the entity (M_in), the prompt
+// just before it (M_ex) and the true continuation.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+struct EntityBuildOptions {
+  std::string data_dir, entities, out;
+  std::string subset_a = "A", subset_b = "B";
+  double top_a = 50, bottom_b = 50;  // percent
+  int64_t prompt = 32, target = 32;
+  int64_t max_samples = 2000, max_per_entity = 5;
+  uint64_t seed = 1;
+};
+
+struct EvalSample {
+  int32_t entity = 0;              // index into EvalSet::names
+  std::vector<int32_t> in_prompt;  // [prompt] tokens ending with the entity
+  std::vector<int32_t> ex_prompt;  // [prompt] tokens just before the entity
+  std::vector<int32_t> target;     // [target] tokens after the entity
+};
+
+struct EvalSet {
+  uint64_t fingerprint = 0;
+  std::vector<std::string> names, types;
+  std::vector<EvalSample> samples;
+};
+
+// Which entities form C, given their counts in A and B. Only entities seen in A take part;
+// ranks break ties by list order. top_a / bottom_b in percent.
+std::vector<bool> entity_select(const std::vector<int64_t>& count_a,
+                                const std::vector<int64_t>& count_b, double top_a,
+                                double bottom_b);
+
+// Builds and writes the evaluation set (JSON lines) and OUT.summary.json; prints the summary.
+void entities_build(const EntityBuildOptions& o);
+
+// Reads an evaluation set; refuses one made with another tokenizer.
+EvalSet evalset_load(const std::string& path, uint64_t expected_fingerprint);
+
+}  // namespace moelab
