@@ -82,6 +82,20 @@ last=$(sed -n 150p full/metrics.jsonl | sed -E 's/.*"loss":([0-9.]+).*/\1/')
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' && ok || bad "loss falls in phase A ($first -> $last)"
 [ "$(ls -d full/step_* | wc -l)" -eq 2 ] && ok || bad "keep_last = 2"
 
+# 1b. an entity evaluation set from A and B, and the forgetting metrics of the final checkpoint
+printf 'David\tPER\nking\tMISC\n' >ents.tsv
+if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
+  --prompt 8 --target 8 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
+last=$(ls -d full/step_* | tail -1)
+if "$moelab" eval "$last" --evalset ev.jsonl --data data --out ev.json >/dev/null 2>ev.err; then ok; else bad "eval: $(tail -1 ev.err)"; fi
+/usr/bin/python3 - ev.json <<'PY' && ok || bad "eval JSON"
+import json, sys
+r = json.load(open(sys.argv[1]))
+a = r["all"]
+assert a["samples"] > 0 and all(0 <= a[k] <= 1 for k in ("m_in", "m_ex", "m_f")) and a["ppl_ent"] >= 1
+assert set(r["per_type"]) <= {"PER", "LOC", "ORG", "MISC"} and r["per_type"]
+PY
+
 # 2. SIGINT in the middle, then --resume
 "$moelab" train exp.toml --set run.dir=int >/dev/null 2>int.err &
 pid=$!

@@ -5,6 +5,7 @@
 
 #include "cli/bench.hpp"
 #include "cli/data_cmds.hpp"
+#include "cli/eval_cmds.hpp"
 #include "cli/model_cmds.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
@@ -73,6 +74,17 @@ int main(int argc, char** argv) {
   ent_build->add_option("--max-per-entity", eb.max_per_entity, "samples per entity");
   ent_build->add_option("--seed", eb.seed, "sampling seed");
 
+  // ---- moelab eval
+  EvalOptions ev;
+  auto* eval_cmd_ = app.add_subcommand("eval", "M_in, M_ex, M(f), PPL_ent of a checkpoint");
+  eval_cmd_->add_option("checkpoint", ev.checkpoint, "checkpoint folder (RUN/step_N)")->required();
+  eval_cmd_->add_option("--evalset", ev.evalset, "evaluation set from moelab entities build")
+      ->required();
+  eval_cmd_->add_option("--data", ev.data, "data directory (its tokenizer decodes)")->required();
+  eval_cmd_->add_option("--out", ev.out, "write the metrics as JSON");
+  eval_cmd_->add_option("--batch", ev.batch, "samples decoded together");
+  eval_cmd_->add_option("--threads", ev.threads, "threads (default: all cores)");
+
   // ---- moelab train
   std::string train_config;
   std::vector<std::string> train_sets;
@@ -114,6 +126,7 @@ int main(int argc, char** argv) {
     if (dump_cmd->parsed()) model_dump(dump);
     if (prep_cmd->parsed()) data_prepare_cmd(prep);
     if (ent_build->parsed()) entities_build(eb);
+    if (eval_cmd_->parsed()) eval_cmd(ev);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
     if (train_run_cmd->parsed())
       return train_run(experiment_load(train_config, train_sets), train_resume);

@@ -14,6 +14,8 @@
 #include "data/dataset.hpp"
 #include "data/entities.hpp"
 #include "data/shard.hpp"
+#include "eval/decode.hpp"
+#include "eval/metrics.hpp"
 
 namespace moelab {
 
@@ -79,10 +81,11 @@ void entities_build(const EntityBuildOptions& o) {
   const std::vector<bool> C = entity_select(ca, cb, o.top_a, o.bottom_b);
   const int64_t n_c = std::count(C.begin(), C.end(), true);
   if (n_c == 0)
-    fail(fmt::format("entities build: the entity set C is empty ({} of {} entities occur in {}; "
-                     "none is both frequent there and rare in {})",
-                     std::count_if(ca.begin(), ca.end(), [](int64_t x) { return x > 0; }),
-                     ents.size(), o.subset_a, o.subset_b));
+    fail(
+        fmt::format("entities build: the entity set C is empty ({} of {} entities occur in {}; "
+                    "none is both frequent there and rare in {})",
+                    std::count_if(ca.begin(), ca.end(), [](int64_t x) { return x > 0; }),
+                    ents.size(), o.subset_a, o.subset_b));
 
   // Candidate windows: the whole window inside one document of A.
   struct Cand {
@@ -124,6 +127,10 @@ void entities_build(const EntityBuildOptions& o) {
     }
     EvalSample s;
     s.entity = it->second;
+    std::string surface =
+        d.tokenizer->decode(std::span(A).subspan(size_t(c.start), size_t(c.end - c.start)));
+    const size_t b = surface.find_first_not_of(' '), e = surface.find_last_not_of(' ');
+    s.surface = b == std::string::npos ? surface : surface.substr(b, e - b + 1);
     s.in_prompt.assign(A.begin() + (c.end - o.prompt), A.begin() + c.end);
     s.ex_prompt.assign(A.begin() + (c.start - o.prompt), A.begin() + c.start);
     s.target.assign(A.begin() + c.end, A.begin() + (c.end + o.target));
@@ -133,14 +140,21 @@ void entities_build(const EntityBuildOptions& o) {
 
   {
     std::ofstream f(o.out + ".tmp");
-    f << json{{"format", "moelab-evalset"}, {"version", 1},
-              {"fingerprint", fmt::format("{:016x}", set.fingerprint)}, {"prompt", o.prompt},
-              {"target", o.target}, {"subset", o.subset_a}}
+    f << json{{"format", "moelab-evalset"},
+              {"version", 1},
+              {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
+              {"prompt", o.prompt},
+              {"target", o.target},
+              {"subset", o.subset_a}}
              .dump()
       << "\n";
     for (const EvalSample& s : set.samples)
-      f << json{{"entity", set.names[size_t(s.entity)]}, {"type", set.types[size_t(s.entity)]},
-                {"in_prompt", s.in_prompt}, {"ex_prompt", s.ex_prompt}, {"target", s.target}}
+      f << json{{"entity", set.names[size_t(s.entity)]},
+                {"type", set.types[size_t(s.entity)]},
+                {"surface", s.surface},
+                {"in_prompt", s.in_prompt},
+                {"ex_prompt", s.ex_prompt},
+                {"target", s.target}}
                .dump()
         << "\n";
     f.flush();
@@ -172,8 +186,8 @@ EvalSet evalset_load(const std::string& path, uint64_t expected) {
   EvalSet set;
   set.fingerprint = std::stoull(head.value("fingerprint", "0"), nullptr, 16);
   if (set.fingerprint != expected)
-    fail(fmt::format("{}: made with another tokenizer (fingerprint {:016x}, this one {:016x})", path,
-                     set.fingerprint, expected));
+    fail(fmt::format("{}: made with another tokenizer (fingerprint {:016x}, this one {:016x})",
+                     path, set.fingerprint, expected));
   std::map<std::string, int32_t> ids;
   int64_t n = 1;
   while (std::getline(f, line)) {
@@ -187,11 +201,90 @@ EvalSet evalset_load(const std::string& path, uint64_t expected) {
       set.names.push_back(name);
       set.types.push_back(j.value("type", "MISC"));
     }
-    set.samples.push_back({it->second, j["in_prompt"].get<std::vector<int32_t>>(),
-                           j["ex_prompt"].get<std::vector<int32_t>>(),
-                           j["target"].get<std::vector<int32_t>>()});
+    set.samples.push_back(
+        {it->second, j.value("surface", name), j["in_prompt"].get<std::vector<int32_t>>(),
+         j["ex_prompt"].get<std::vector<int32_t>>(), j["target"].get<std::vector<int32_t>>()});
   }
   return set;
+}
+
+// ----------------------------------------------------------------------------
+// evaluation
+
+EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalSet& set,
+                    int64_t batch) {
+  const int64_t n = int64_t(set.samples.size());
+  if (n == 0) fail("evaluate: the evaluation set has no samples");
+  const int64_t P = int64_t(set.samples[0].in_prompt.size()),
+                T = int64_t(set.samples[0].target.size());
+  const int64_t V = model.cfg.vocab_size;
+  const int64_t B = std::min(batch, n);
+  Decoder dec(model, B, P + T);
+  std::vector<double> in_hit(static_cast<size_t>(n)), top1(static_cast<size_t>(n)),
+      nll(static_cast<size_t>(n));
+  EvalReport rep;
+  rep.ex_hit.assign(size_t(n), false);
+  for (int64_t s0 = 0; s0 < n; s0 += B) {
+    // the last batch is padded with repeats of its last sample
+    auto sample = [&](int64_t b) -> const EvalSample& {
+      return set.samples[size_t(std::min(n - 1, s0 + b))];
+    };
+    std::vector<int32_t> in_p(size_t(B * P)), ex_p(size_t(B * P));
+    for (int64_t b = 0; b < B; b++) {
+      std::copy_n(sample(b).in_prompt.begin(), P, in_p.begin() + b * P);
+      std::copy_n(sample(b).ex_prompt.begin(), P, ex_p.begin() + b * P);
+    }
+    const auto gen_in = dec.greedy(in_p, P, T);
+    const auto gen_ex = dec.greedy(ex_p, P, T);
+    // teacher forcing over the true continuation
+    std::vector<int32_t> col(static_cast<size_t>(B));
+    std::vector<double> hits(size_t(B), 0), loss(size_t(B), 0);
+    for (int64_t t = 0; t < P + T - 1; t++) {
+      for (int64_t b = 0; b < B; b++)
+        col[size_t(b)] = t < P ? sample(b).in_prompt[size_t(t)] : sample(b).target[size_t(t - P)];
+      const auto logits = dec.step(col, t);
+      if (t < P - 1) continue;
+      for (int64_t b = 0; b < B; b++) {
+        const float* z = logits.data() + b * V;
+        const int32_t y = sample(b).target[size_t(t - P + 1)];
+        const float mx = *std::max_element(z, z + V);
+        double sum = 0;
+        for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[v] - mx));
+        loss[size_t(b)] += std::log(sum) + mx - z[y];
+        hits[size_t(b)] += int32_t(std::max_element(z, z + V) - z) == y;
+      }
+    }
+    for (int64_t b = 0; b < B && s0 + b < n; b++) {
+      const EvalSample& s = sample(b);
+      in_hit[size_t(s0 + b)] =
+          metric_m_in(std::span(gen_in).subspan(size_t(b * T), size_t(T)), s.target, 1, T);
+      rep.ex_hit[size_t(s0 + b)] = metric_m_ex_hit(
+          tok.decode(std::span(gen_ex).subspan(size_t(b * T), size_t(T))), s.surface);
+      top1[size_t(s0 + b)] = hits[size_t(b)] / double(T);
+      nll[size_t(s0 + b)] = loss[size_t(b)] / double(T);
+    }
+  }
+  auto summarise = [&](const std::string& type) {
+    EvalMetrics m;
+    double nll_sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+      if (!type.empty() && set.types[size_t(set.samples[size_t(i)].entity)] != type) continue;
+      m.samples++;
+      m.m_in += in_hit[size_t(i)];
+      m.m_ex += rep.ex_hit[size_t(i)] ? 1 : 0;
+      m.m_f += top1[size_t(i)];
+      nll_sum += nll[size_t(i)];
+    }
+    if (m.samples) {
+      m.m_in /= double(m.samples), m.m_ex /= double(m.samples), m.m_f /= double(m.samples);
+      m.ppl_ent = std::exp(nll_sum / double(m.samples));
+    }
+    return m;
+  };
+  rep.all = summarise("");
+  for (const char* type : {"PER", "LOC", "ORG", "MISC"})
+    if (const EvalMetrics m = summarise(type); m.samples) rep.per_type.emplace_back(type, m);
+  return rep;
 }
 
 }  // namespace moelab

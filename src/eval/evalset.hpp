@@ -20,6 +20,7 @@ struct EntityBuildOptions {
 
 struct EvalSample {
   int32_t entity = 0;              // index into EvalSet::names
+  std::string surface;             // the entity as written at this occurrence (for M_ex)
   std::vector<int32_t> in_prompt;  // [prompt] tokens ending with the entity
   std::vector<int32_t> ex_prompt;  // [prompt] tokens just before the entity
   std::vector<int32_t> target;     // [target] tokens after the entity
@@ -34,13 +35,35 @@ struct EvalSet {
 // Which entities form C, given their counts in A and B. Only entities seen in A take part;
 // ranks break ties by list order. top_a / bottom_b in percent.
 std::vector<bool> entity_select(const std::vector<int64_t>& count_a,
-                                const std::vector<int64_t>& count_b, double top_a,
-                                double bottom_b);
+                                const std::vector<int64_t>& count_b, double top_a, double bottom_b);
 
 // Builds and writes the evaluation set (JSON lines) and OUT.summary.json; prints the summary.
 void entities_build(const EntityBuildOptions& o);
 
 // Reads an evaluation set; refuses one made with another tokenizer.
 EvalSet evalset_load(const std::string& path, uint64_t expected_fingerprint);
+
+struct EvalMetrics {
+  double m_in = 0, m_ex = 0, m_f = 0, ppl_ent = 0;
+  int64_t samples = 0;
+};
+struct EvalReport {
+  EvalMetrics all;
+  std::vector<std::pair<std::string, EvalMetrics>> per_type;
+  std::vector<bool> ex_hit;  // per sample: M_ex = 1
+};
+
+}  // namespace moelab
+
+#include "data/tokenizer.hpp"
+#include "model/model.hpp"
+
+namespace moelab {
+
+// M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (SPEC 1.1): greedy decoding of
+// target-length continuations from both prompts with the KV cache, and teacher forcing over the
+// true continuation for M(f) and PPL_ent. `tok` decodes continuations for M_ex.
+EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalSet& set,
+                    int64_t batch);
 
 }  // namespace moelab

@@ -1,0 +1,56 @@
+#include "cli/eval_cmds.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "core/sysinfo.hpp"
+#include "data/dataset.hpp"
+#include "eval/evalset.hpp"
+#include "train/checkpoint.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+void eval_cmd(const EvalOptions& o) {
+  threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
+  const ModelConfig cfg = config_load((fs::path(o.checkpoint) / "config.json").string());
+  Model<float> model(cfg, 1, 1);
+  checkpoint_load(o.checkpoint, model, nullptr);
+  const DataDir data = data_open(o.data);
+  const EvalSet set = evalset_load(o.evalset, data.fingerprint);
+  const double t0 = time_now_s();
+  const EvalReport r = evaluate(model, *data.tokenizer, set, o.batch);
+  const double dt = time_now_s() - t0;
+  auto row = [](const std::string& name, const EvalMetrics& m) {
+    fmt::print("{:<6} {:>8} {:>8.4f} {:>8.4f} {:>8.4f} {:>10.3f}\n", name, m.samples, m.m_in, m.m_ex,
+               m.m_f, m.ppl_ent);
+  };
+  fmt::print("{:<6} {:>8} {:>8} {:>8} {:>8} {:>10}\n", "type", "samples", "M_in", "M_ex", "M(f)",
+             "PPL_ent");
+  row("all", r.all);
+  for (const auto& [type, m] : r.per_type) row(type, m);
+  fmt::print("{} samples in {:.2f} s\n", set.samples.size(), dt);
+  if (!o.out.empty()) {
+    auto j = [](const EvalMetrics& m) {
+      return nlohmann::ordered_json{{"samples", m.samples}, {"m_in", m.m_in}, {"m_ex", m.m_ex},
+                                    {"m_f", m.m_f},         {"ppl_ent", m.ppl_ent}};
+    };
+    nlohmann::ordered_json out = {{"checkpoint", o.checkpoint}, {"evalset", o.evalset},
+                                  {"all", j(r.all)}, {"seconds", dt}};
+    for (const auto& [type, m] : r.per_type) out["per_type"][type] = j(m);
+    std::ofstream f(o.out + ".tmp");
+    f << out.dump(2) << "\n";
+    if (!f) fail(o.out + ": cannot write");
+    f.close();
+    fs::rename(o.out + ".tmp", o.out);
+  }
+}
+
+}  // namespace moelab
