@@ -22,6 +22,10 @@ cat >data.json <<'JSON'
  "validation_fraction": 0.1}
 JSON
 "$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+# an entity evaluation set from A and B (the runs below filter it after phase A)
+printf 'David\tPER\nking\tMISC\n' >ents.tsv
+if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
+  --prompt 8 --target 8 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
 cat >exp.toml <<'TOML'
 [run]
 dir = "run"
@@ -70,6 +74,9 @@ keep_last = 2
 [eval]
 every = 30
 batches = 2
+evalset = "ev.jsonl"
+forgetting_every = 30
+forgetting_batch = 16
 TOML
 strip() { sed -E 's/,"tokens_per_s":[^,}]*//; s/,"mfu":[^,}]*//' "$1"; }
 
@@ -82,10 +89,9 @@ last=$(sed -n 150p full/metrics.jsonl | sed -E 's/.*"loss":([0-9.]+).*/\1/')
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' && ok || bad "loss falls in phase A ($first -> $last)"
 [ "$(ls -d full/step_* | wc -l)" -eq 2 ] && ok || bad "keep_last = 2"
 
-# 1b. an entity evaluation set from A and B, and the forgetting metrics of the final checkpoint
-printf 'David\tPER\nking\tMISC\n' >ents.tsv
-if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
-  --prompt 8 --target 8 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
+# 1b. the forgetting metrics: logged during B, and moelab eval on the final checkpoint
+grep -q '"forgetting":{"evalset":{"samples":' full/metrics.jsonl && ok || bad "the evaluation set is filtered after phase A"
+[ -s full/evalset.frozen.jsonl ] && ok || bad "the filtered set is frozen in the run directory"
 last=$(ls -d full/step_* | tail -1)
 if "$moelab" eval "$last" --evalset ev.jsonl --data data --out ev.json >/dev/null 2>ev.err; then ok; else bad "eval: $(tail -1 ev.err)"; fi
 /usr/bin/python3 - ev.json <<'PY' && ok || bad "eval JSON"

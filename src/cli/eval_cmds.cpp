@@ -29,8 +29,8 @@ void eval_cmd(const EvalOptions& o) {
   const EvalReport r = evaluate(model, *data.tokenizer, set, o.batch);
   const double dt = time_now_s() - t0;
   auto row = [](const std::string& name, const EvalMetrics& m) {
-    fmt::print("{:<6} {:>8} {:>8.4f} {:>8.4f} {:>8.4f} {:>10.3f}\n", name, m.samples, m.m_in, m.m_ex,
-               m.m_f, m.ppl_ent);
+    fmt::print("{:<6} {:>8} {:>8.4f} {:>8.4f} {:>8.4f} {:>10.3f}\n", name, m.samples, m.m_in,
+               m.m_ex, m.m_f, m.ppl_ent);
   };
   fmt::print("{:<6} {:>8} {:>8} {:>8} {:>8} {:>10}\n", "type", "samples", "M_in", "M_ex", "M(f)",
              "PPL_ent");
@@ -39,11 +39,14 @@ void eval_cmd(const EvalOptions& o) {
   fmt::print("{} samples in {:.2f} s\n", set.samples.size(), dt);
   if (!o.out.empty()) {
     auto j = [](const EvalMetrics& m) {
-      return nlohmann::ordered_json{{"samples", m.samples}, {"m_in", m.m_in}, {"m_ex", m.m_ex},
-                                    {"m_f", m.m_f},         {"ppl_ent", m.ppl_ent}};
+      return nlohmann::ordered_json{{"samples", m.samples},
+                                    {"m_in", m.m_in},
+                                    {"m_ex", m.m_ex},
+                                    {"m_f", m.m_f},
+                                    {"ppl_ent", m.ppl_ent}};
     };
-    nlohmann::ordered_json out = {{"checkpoint", o.checkpoint}, {"evalset", o.evalset},
-                                  {"all", j(r.all)}, {"seconds", dt}};
+    nlohmann::ordered_json out = {
+        {"checkpoint", o.checkpoint}, {"evalset", o.evalset}, {"all", j(r.all)}, {"seconds", dt}};
     for (const auto& [type, m] : r.per_type) out["per_type"][type] = j(m);
     std::ofstream f(o.out + ".tmp");
     f << out.dump(2) << "\n";

@@ -138,29 +138,8 @@ void entities_build(const EntityBuildOptions& o) {
     per_type[ents[size_t(c.entity)].type]++;
   }
 
-  {
-    std::ofstream f(o.out + ".tmp");
-    f << json{{"format", "moelab-evalset"},
-              {"version", 1},
-              {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
-              {"prompt", o.prompt},
-              {"target", o.target},
-              {"subset", o.subset_a}}
-             .dump()
-      << "\n";
-    for (const EvalSample& s : set.samples)
-      f << json{{"entity", set.names[size_t(s.entity)]},
-                {"type", set.types[size_t(s.entity)]},
-                {"surface", s.surface},
-                {"in_prompt", s.in_prompt},
-                {"ex_prompt", s.ex_prompt},
-                {"target", s.target}}
-               .dump()
-        << "\n";
-    f.flush();
-    if (!f) fail(o.out + ": cannot write");
-  }
-  std::rename((o.out + ".tmp").c_str(), o.out.c_str());
+  set.subset = o.subset_a;
+  evalset_write(o.out, set);
   const json summary = {
       {"entities", ents.size()},
       {"in_a", std::count_if(ca.begin(), ca.end(), [](int64_t x) { return x > 0; })},
@@ -175,6 +154,44 @@ void entities_build(const EntityBuildOptions& o) {
   fmt::print("{}\n", summary.dump());
 }
 
+void evalset_write(const std::string& path, const EvalSet& set) {
+  const int64_t prompt = set.samples.empty() ? 0 : int64_t(set.samples[0].in_prompt.size());
+  const int64_t target = set.samples.empty() ? 0 : int64_t(set.samples[0].target.size());
+  std::ofstream f(path + ".tmp");
+  f << json{{"format", "moelab-evalset"},
+            {"version", 1},
+            {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
+            {"prompt", prompt},
+            {"target", target},
+            {"subset", set.subset}}
+           .dump()
+    << "\n";
+  for (const EvalSample& s : set.samples)
+    f << json{{"entity", set.names[size_t(s.entity)]},
+              {"type", set.types[size_t(s.entity)]},
+              {"surface", s.surface},
+              {"in_prompt", s.in_prompt},
+              {"ex_prompt", s.ex_prompt},
+              {"target", s.target}}
+             .dump()
+      << "\n";
+  f.flush();
+  if (!f) fail(path + ": cannot write");
+  f.close();
+  if (std::rename((path + ".tmp").c_str(), path.c_str()) != 0) fail(path + ": rename failed");
+}
+
+EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep) {
+  EvalSet out;
+  out.fingerprint = set.fingerprint;
+  out.subset = set.subset;
+  out.names = set.names;
+  out.types = set.types;
+  for (size_t i = 0; i < set.samples.size(); i++)
+    if (keep[i]) out.samples.push_back(set.samples[i]);
+  return out;
+}
+
 EvalSet evalset_load(const std::string& path, uint64_t expected) {
   std::ifstream f(path);
   if (!f) fail(path + ": cannot open");
@@ -185,6 +202,7 @@ EvalSet evalset_load(const std::string& path, uint64_t expected) {
     fail(path + ": not a moelab evaluation set");
   EvalSet set;
   set.fingerprint = std::stoull(head.value("fingerprint", "0"), nullptr, 16);
+  set.subset = head.value("subset", "A");
   if (set.fingerprint != expected)
     fail(fmt::format("{}: made with another tokenizer (fingerprint {:016x}, this one {:016x})",
                      path, set.fingerprint, expected));

@@ -28,6 +28,7 @@ struct EvalSample {
 
 struct EvalSet {
   uint64_t fingerprint = 0;
+  std::string subset = "A";
   std::vector<std::string> names, types;
   std::vector<EvalSample> samples;
 };
@@ -39,6 +40,9 @@ std::vector<bool> entity_select(const std::vector<int64_t>& count_a,
 
 // Builds and writes the evaluation set (JSON lines) and OUT.summary.json; prints the summary.
 void entities_build(const EntityBuildOptions& o);
+
+// Writes an evaluation set (JSON lines, atomically); header fields from the set.
+void evalset_write(const std::string& path, const EvalSet& set);
 
 // Reads an evaluation set; refuses one made with another tokenizer.
 EvalSet evalset_load(const std::string& path, uint64_t expected_fingerprint);
@@ -52,6 +56,9 @@ struct EvalReport {
   std::vector<std::pair<std::string, EvalMetrics>> per_type;
   std::vector<bool> ex_hit;  // per sample: M_ex = 1
 };
+
+// The samples of `set` whose M_ex was 1 in `report` (the set frozen after phase A).
+EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep);
 
 }  // namespace moelab
 

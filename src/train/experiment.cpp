@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <toml++/toml.h>
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -254,7 +255,17 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   Section ev = section("eval");
   ev.get("every", x.eval_every);
   ev.get("batches", x.eval_batches);
+  ev.get("evalset", x.evalset);
+  ev.get("filter_after", x.filter_after);
+  ev.get("forgetting_every", x.forgetting_every);
+  ev.get("forgetting_batch", x.forgetting_batch);
   ev.finish();
+  if (x.filter_after.empty()) x.filter_after = x.phases.front().name;
+  if (std::none_of(x.phases.begin(), x.phases.end(),
+                   [&](const PhaseConfig& p) { return p.name == x.filter_after; }))
+    ev.bad("filter_after", fmt::format("names no phase: {}", x.filter_after));
+  if (x.forgetting_every < 0 || x.forgetting_batch < 1)
+    ev.bad("forgetting_every", "must be >= 0 (and forgetting_batch >= 1)");
 
   auto need = [&](bool ok, const std::string& msg) {
     if (!ok) fail(fmt::format("{}: {}", path, msg));

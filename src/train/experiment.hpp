@@ -51,6 +51,12 @@ struct Experiment {
   // [eval]
   int64_t eval_every = 0;  // validation loss on every subset's held-out slice, 0 = off
   int64_t eval_batches = 4;
+  // forgetting metrics (SPEC 1.2): an evaluation set from `moelab entities build`, filtered to
+  // M_ex = 1 at the end of phase `filter_after` and evaluated every forgetting_every steps after
+  std::string evalset;
+  std::string filter_after;  // default: the first phase
+  int64_t forgetting_every = 0;
+  int64_t forgetting_batch = 64;
 
   int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
   int64_t phase_steps(const PhaseConfig& p) const;  // steps, or tokens rounded up to steps

@@ -17,6 +17,7 @@
 #include "core/rng.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
+#include "eval/evalset.hpp"
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
 
@@ -99,6 +100,30 @@ int train_run(const Experiment& x, bool resume) {
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!metrics) fail(fmt::format("{}: cannot write", metrics_path));
 
+  // Forgetting metrics: the evaluation set, and the part of it frozen after filter_after.
+  EvalSet full_set, frozen;
+  bool have_frozen = false;
+  const std::string frozen_path = (fs::path(x.run_dir) / "evalset.frozen.jsonl").string();
+  if (!x.evalset.empty()) {
+    full_set = evalset_load(x.evalset, data.fingerprint);
+    if (fs::exists(frozen_path)) {
+      frozen = evalset_load(frozen_path, data.fingerprint);
+      have_frozen = true;
+    }
+  }
+  auto forgetting_json = [&](const EvalReport& r) {
+    auto one = [](const EvalMetrics& m) {
+      return nlohmann::ordered_json{{"samples", m.samples},
+                                    {"m_in", m.m_in},
+                                    {"m_ex", m.m_ex},
+                                    {"m_f", m.m_f},
+                                    {"ppl_ent", m.ppl_ent}};
+    };
+    nlohmann::ordered_json j = one(r.all);
+    for (const auto& [type, m] : r.per_type) j["per_type"][type] = one(m);
+    return j;
+  };
+
   const int64_t total = x.total_steps();
   const FlopCounts flops = config_flops(x.model, x.seq_len);
   const double peak = bench_fma_peak_gflops(threads, 0.3);
@@ -165,7 +190,25 @@ int train_run(const Experiment& x, bool resume) {
     opt.update(model.params, model.grads, lr, grad_clip_scale(norm, x.clip) / double(x.grad_accum));
 
     const bool phase_done = step == phase_end;
-    if (step % x.log_every == 0 || phase_done || step == total) {
+    nlohmann::ordered_json forgetting;
+    if (!x.evalset.empty()) {
+      if (phase_done && phase.name == x.filter_after && !have_frozen) {
+        // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
+        const EvalReport r = evaluate(model, *data.tokenizer, full_set, x.forgetting_batch);
+        frozen = evalset_filter(full_set, r.ex_hit);
+        evalset_write(frozen_path, frozen);
+        have_frozen = true;
+        forgetting["evalset"] = {{"samples", full_set.samples.size()},
+                                 {"kept", frozen.samples.size()}};
+      }
+      const bool due = have_frozen && !frozen.samples.empty() &&
+                       ((x.forgetting_every > 0 && step % x.forgetting_every == 0) ||
+                        forgetting.contains("evalset") || phase_done);
+      if (due)
+        forgetting["metrics"] =
+            forgetting_json(evaluate(model, *data.tokenizer, frozen, x.forgetting_batch));
+    }
+    if (step % x.log_every == 0 || phase_done || step == total || !forgetting.empty()) {
       const double now = time_now_s(), dt = now - t_window;
       const double tok_s = double(window_steps * x.tokens_per_step()) / std::max(dt, 1e-9);
       t_window = now, window_steps = 0;
@@ -192,6 +235,7 @@ int train_run(const Experiment& x, bool resume) {
         }
         m["val_loss"] = v;
       }
+      if (!forgetting.empty()) m["forgetting"] = forgetting;
       m["tokens_per_s"] = std::round(tok_s * 10) / 10;
       m["mfu"] = std::round(tok_s * flops.train_per_token / 1e9 / peak * 1e4) / 1e4;
       metrics << m.dump() << "\n" << std::flush;
