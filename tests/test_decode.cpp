@@ -92,3 +92,40 @@ TEST_P(DecodeEquivalence, GreedyContinuationEqualsArgmaxOfFullRecomputation) {
 
 INSTANTIATE_TEST_SUITE_P(DenseAndMoe, DecodeEquivalence, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "moe" : "dense"; });
+
+TEST_P(DecodeEquivalence, PrefillLogitsEqualFullRecomputation) {
+  const ModelConfig c = decoder_config(GetParam());
+  const int64_t B = 2, T = 17, from = 6;
+  Model<float> full(c, B, T);
+  full.init_weights(12);
+  std::vector<int32_t> tok(B * T), none(B * T, -1);
+  for (int64_t i = 0; i < B * T; i++) tok[size_t(i)] = int32_t(rng_u64(13, 0, uint64_t(i)) % 61);
+  full.forward(tok, none);
+  Decoder dec(full, B, T + 3);
+  const auto got = dec.prefill(tok, T, from);
+  ASSERT_EQ(got.size(), size_t(B * (T - from) * 61));
+  double worst = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = from; t < T; t++)
+      for (int64_t v = 0; v < 61; v++)
+        worst = std::max(worst, double(std::abs(got[size_t((b * (T - from) + t - from) * 61 + v)] -
+                                                full.logits()[size_t((b * T + t) * 61 + v)])));
+  EXPECT_LT(worst, 2e-5);
+  // and the cache it leaves continues exactly like full recomputation
+  Model<float> longer(c, B, T + 1);
+  longer.params = full.params;
+  std::vector<int32_t> tok2(B * (T + 1)), none2(B * (T + 1), -1), next(B);
+  for (int64_t b = 0; b < B; b++) {
+    std::copy_n(tok.begin() + b * T, T, tok2.begin() + b * (T + 1));
+    next[size_t(b)] = tok2[size_t(b * (T + 1) + T)] = int32_t(b + 3);
+  }
+  longer.forward(tok2, none2);
+  const auto step_logits = dec.step(next, T);
+  worst = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t v = 0; v < 61; v++)
+      worst =
+          std::max(worst, double(std::abs(step_logits[size_t(b * 61 + v)] -
+                                          longer.logits()[size_t((b * (T + 1) + T) * 61 + v)])));
+  EXPECT_LT(worst, 2e-5);
+}

@@ -22,6 +22,10 @@ class Decoder {
   // Feeds one token per sequence at position pos; returns the logits [batch, V] for the next.
   std::span<const float> step(std::span<const int32_t> tokens, int64_t pos);
 
+  // Feeds n positions per sequence from position 0 at once (tokens [batch * n], sequence-major),
+  // filling the cache; returns the logits [batch, n - from, V] of positions from..n-1.
+  std::span<const float> prefill(std::span<const int32_t> tokens, int64_t n, int64_t from);
+
  private:
   const Model<float>& m_;
   const ModelConfig& c_;
@@ -32,6 +36,12 @@ class Decoder {
   std::vector<int32_t> idx_, order_, pos_;
   std::vector<int64_t> off_;
   std::vector<float> cos_, sin_;  // [L, hd/2]
+  std::vector<float> lse_, head_in_;
+
+  // One pass over all layers for rows of n positions per sequence starting at pos0 (n = 1: any
+  // pos0, attention over the cache; n > 1: pos0 = 0, the tiled attention kernel).
+  std::span<const float> run(std::span<const int32_t> tokens, int64_t n, int64_t pos0,
+                             int64_t from);
 };
 
 }  // namespace moelab

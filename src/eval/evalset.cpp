@@ -254,24 +254,24 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
     }
     const auto gen_in = dec.greedy(in_p, P, T);
     const auto gen_ex = dec.greedy(ex_p, P, T);
-    // teacher forcing over the true continuation
-    std::vector<int32_t> col(static_cast<size_t>(B));
+    // teacher forcing over the true continuation: one pass over prompt + target (but its last)
+    std::vector<int32_t> seq(size_t(B * (P + T - 1)));
+    for (int64_t b = 0; b < B; b++) {
+      std::copy_n(sample(b).in_prompt.begin(), P, seq.begin() + b * (P + T - 1));
+      std::copy_n(sample(b).target.begin(), T - 1, seq.begin() + b * (P + T - 1) + P);
+    }
+    const auto logits = dec.prefill(seq, P + T - 1, P - 1);  // [B, T, V]
     std::vector<double> hits(size_t(B), 0), loss(size_t(B), 0);
-    for (int64_t t = 0; t < P + T - 1; t++) {
-      for (int64_t b = 0; b < B; b++)
-        col[size_t(b)] = t < P ? sample(b).in_prompt[size_t(t)] : sample(b).target[size_t(t - P)];
-      const auto logits = dec.step(col, t);
-      if (t < P - 1) continue;
-      for (int64_t b = 0; b < B; b++) {
-        const float* z = logits.data() + b * V;
-        const int32_t y = sample(b).target[size_t(t - P + 1)];
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t = 0; t < T; t++) {
+        const float* z = logits.data() + (b * T + t) * V;
+        const int32_t y = sample(b).target[size_t(t)];
         const float mx = *std::max_element(z, z + V);
         double sum = 0;
         for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[v] - mx));
         loss[size_t(b)] += std::log(sum) + mx - z[y];
         hits[size_t(b)] += int32_t(std::max_element(z, z + V) - z) == y;
       }
-    }
     for (int64_t b = 0; b < B && s0 + b < n; b++) {
       const EvalSample& s = sample(b);
       in_hit[size_t(s0 + b)] =
