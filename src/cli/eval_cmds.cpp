@@ -38,16 +38,14 @@ void eval_cmd(const EvalOptions& o) {
   for (const auto& [type, m] : r.per_type) row(type, m);
   fmt::print("{} samples in {:.2f} s\n", set.samples.size(), dt);
   if (!o.out.empty()) {
-    auto j = [](const EvalMetrics& m) {
-      return nlohmann::ordered_json{{"samples", m.samples},
-                                    {"m_in", m.m_in},
-                                    {"m_ex", m.m_ex},
-                                    {"m_f", m.m_f},
-                                    {"ppl_ent", m.ppl_ent}};
-    };
-    nlohmann::ordered_json out = {
-        {"checkpoint", o.checkpoint}, {"evalset", o.evalset}, {"all", j(r.all)}, {"seconds", dt}};
-    for (const auto& [type, m] : r.per_type) out["per_type"][type] = j(m);
+    nlohmann::ordered_json all = evalreport_json(r);
+    nlohmann::ordered_json out = {{"checkpoint", o.checkpoint}, {"evalset", o.evalset}};
+    if (all.contains("per_type")) {
+      out["per_type"] = all["per_type"];
+      all.erase("per_type");
+    }
+    out["all"] = all;
+    out["seconds"] = dt;
     std::ofstream f(o.out + ".tmp");
     f << out.dump(2) << "\n";
     if (!f) fail(o.out + ": cannot write");

@@ -229,6 +229,19 @@ EvalSet evalset_load(const std::string& path, uint64_t expected) {
 // ----------------------------------------------------------------------------
 // evaluation
 
+nlohmann::ordered_json evalreport_json(const EvalReport& r) {
+  auto one = [](const EvalMetrics& m) {
+    return nlohmann::ordered_json{{"samples", m.samples},
+                                  {"m_in", m.m_in},
+                                  {"m_ex", m.m_ex},
+                                  {"m_f", m.m_f},
+                                  {"ppl_ent", m.ppl_ent}};
+  };
+  nlohmann::ordered_json j = one(r.all);
+  for (const auto& [type, m] : r.per_type) j["per_type"][type] = one(m);
+  return j;
+}
+
 EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalSet& set,
                     int64_t batch) {
   const int64_t n = int64_t(set.samples.size());

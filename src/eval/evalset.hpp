@@ -62,10 +62,15 @@ EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep);
 
 }  // namespace moelab
 
+#include <nlohmann/json.hpp>
+
 #include "data/tokenizer.hpp"
 #include "model/model.hpp"
 
 namespace moelab {
+
+// {samples, m_in, m_ex, m_f, ppl_ent, per_type: {TYPE: {...}}}
+nlohmann::ordered_json evalreport_json(const EvalReport& r);
 
 // M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (SPEC 1.1): greedy decoding of
 // target-length continuations from both prompts with the KV cache, and teacher forcing over the

@@ -111,18 +111,6 @@ int train_run(const Experiment& x, bool resume) {
       have_frozen = true;
     }
   }
-  auto forgetting_json = [&](const EvalReport& r) {
-    auto one = [](const EvalMetrics& m) {
-      return nlohmann::ordered_json{{"samples", m.samples},
-                                    {"m_in", m.m_in},
-                                    {"m_ex", m.m_ex},
-                                    {"m_f", m.m_f},
-                                    {"ppl_ent", m.ppl_ent}};
-    };
-    nlohmann::ordered_json j = one(r.all);
-    for (const auto& [type, m] : r.per_type) j["per_type"][type] = one(m);
-    return j;
-  };
 
   const int64_t total = x.total_steps();
   const FlopCounts flops = config_flops(x.model, x.seq_len);
@@ -206,7 +194,7 @@ int train_run(const Experiment& x, bool resume) {
                         forgetting.contains("evalset") || phase_done);
       if (due)
         forgetting["metrics"] =
-            forgetting_json(evaluate(model, *data.tokenizer, frozen, x.forgetting_batch));
+            evalreport_json(evaluate(model, *data.tokenizer, frozen, x.forgetting_batch));
     }
     if (step % x.log_every == 0 || phase_done || step == total || !forgetting.empty()) {
       const double now = time_now_s(), dt = now - t_window;
