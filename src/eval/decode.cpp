@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.hpp"
+#include "model/ffn.hpp"
 
 namespace moelab {
 
@@ -109,32 +110,9 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
     for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
     // feed-forward
     rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln2, N, d, c_.rms_norm_eps);
-    if (E == 1) {
-      linear<float>::forward(h_.data(), xn_.data(), P + o.w1, P + o.b1, N, d, 2 * I,
-                             WLayout::InOut);
-      swiglu<float>::forward(a_.data(), h_.data(), N, I, c_.swiglu_limit, c_.swiglu_alpha);
-      linear<float>::forward(tmp_.data(), a_.data(), P + o.w2, P + o.b2, N, I, d, WLayout::InOut);
-    } else {
-      linear<float>::forward(rl_.data(), xn_.data(), P + o.router_w, P + o.router_b, N, d, E,
-                             WLayout::OutIn);
-      router<float>::forward(idx_.data(), w_.data(), rl_.data(), N, E, k);
-      moe_sort(order_.data(), pos_.data(), off_.data(), idx_.data(), N, E, k);
-      const MoeRouting r{N, E, k, order_.data(), pos_.data(), off_.data()};
-      moe_gather<float>::forward(xe_.data(), xn_.data(), r, d);
-      for (int64_t e = 0; e < E; e++) {
-        const int64_t r0 = off_[size_t(e)], cnt = off_[size_t(e + 1)] - r0;
-        linear<float>::forward(h_.data() + r0 * 2 * I, xe_.data() + r0 * d,
-                               P + o.w1 + e * d * 2 * I, P + o.b1 + e * 2 * I, cnt, d, 2 * I,
-                               WLayout::InOut);
-      }
-      swiglu<float>::forward(a_.data(), h_.data(), R, I, c_.swiglu_limit, c_.swiglu_alpha);
-      for (int64_t e = 0; e < E; e++) {
-        const int64_t r0 = off_[size_t(e)], cnt = off_[size_t(e + 1)] - r0;
-        linear<float>::forward(y_.data() + r0 * d, a_.data() + r0 * I, P + o.w2 + e * I * d,
-                               P + o.b2 + e * d, cnt, I, d, WLayout::InOut);
-      }
-      moe_combine<float>::forward(tmp_.data(), y_.data(), w_.data(), r, d);
-    }
+    ffn_forward<float>(c_, P, o, N, xn_.data(), tmp_.data(),
+                       {h_.data(), a_.data(), y_.data(), xe_.data(), rl_.data(), w_.data(),
+                        idx_.data(), order_.data(), pos_.data(), off_.data()});
     for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
   }
   // The head only for the positions whose logits are wanted.

@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "model/ffn.hpp"
 
 namespace moelab {
 
@@ -151,61 +152,10 @@ MoeRouting Model<T>::routing(const LayerActs& a) const {
 
 template <typename T>
 void Model<T>::ffn_forward(int64_t l, LayerActs& a, T* out) {
-  const LayerOffsets& o = layout.layers[size_t(l)];
-  const T* P = params.data();
-  const int64_t d = cfg.hidden_size, E = cfg.num_local_experts, k = cfg.num_experts_per_tok;
-  const int64_t I = cfg.intermediate_size;
-  if (E == 1) {  // dense: no router, no gather, no combine
-    {
-      ProfileScope prof("expert gemm fwd");
-      linear<T>::forward(a.h.data(), a.xn2.data(), P + o.w1, P + o.b1, N, d, 2 * I, WLayout::InOut);
-    }
-    {
-      ProfileScope prof("swiglu fwd");
-      swiglu<T>::forward(a.a.data(), a.h.data(), N, I, cfg.swiglu_limit, cfg.swiglu_alpha);
-    }
-    {
-      ProfileScope prof("expert gemm fwd");
-      linear<T>::forward(out, a.a.data(), P + o.w2, P + o.b2, N, I, d, WLayout::InOut);
-    }
-    return;
-  }
-  {
-    ProfileScope prof("router fwd");
-    linear<T>::forward(a.rlogits.data(), a.xn2.data(), P + o.router_w, P + o.router_b, N, d, E,
-                       WLayout::OutIn);
-    router<T>::forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
-    moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
-  }
-  const MoeRouting r = routing(a);
-  {
-    ProfileScope prof("moe dispatch fwd");
-    moe_gather<T>::forward(a.xe.data(), a.xn2.data(), r, d);
-  }
-  {
-    ProfileScope prof("expert gemm fwd");
-    for (int64_t e = 0; e < E; e++) {
-      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-      linear<T>::forward(a.h.data() + r0 * 2 * I, a.xe.data() + r0 * d, P + o.w1 + e * d * 2 * I,
-                         P + o.b1 + e * 2 * I, cnt, d, 2 * I, WLayout::InOut);
-    }
-  }
-  {
-    ProfileScope prof("swiglu fwd");
-    swiglu<T>::forward(a.a.data(), a.h.data(), N * k, I, cfg.swiglu_limit, cfg.swiglu_alpha);
-  }
-  {
-    ProfileScope prof("expert gemm fwd");
-    for (int64_t e = 0; e < E; e++) {
-      const int64_t r0 = a.offsets[e], cnt = a.offsets[e + 1] - r0;
-      linear<T>::forward(a.y.data() + r0 * d, a.a.data() + r0 * I, P + o.w2 + e * I * d,
-                         P + o.b2 + e * d, cnt, I, d, WLayout::InOut);
-    }
-  }
-  {
-    ProfileScope prof("moe dispatch fwd");
-    moe_combine<T>::forward(out, a.y.data(), a.w.data(), r, d);
-  }
+  moelab::ffn_forward<T>(
+      cfg, params.data(), layout.layers[size_t(l)], N, a.xn2.data(), out,
+      {a.h.data(), a.a.data(), a.y.data(), a.xe.data(), a.rlogits.data(), a.w.data(), a.idx.data(),
+       a.order.data(), a.pos.data(), a.offsets.data()});
 }
 
 template <typename T>
