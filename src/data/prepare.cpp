@@ -379,24 +379,27 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
 
   // subsets: ranges of the sources, cut at document ends; validation = the subset's tail
   json subsets = json::object();
+  std::map<std::string, std::vector<Shard>> opened;  // each source's shards, mapped once
+  for (const auto& [name, src] : encoded)
+    for (const std::string& f : src.files) opened[name].emplace_back((fs::path(dir) / f).string());
   for (const SubsetSpec& ss : spec.subsets) {
     struct Part {
       const SourceShards* src;
+      const std::vector<Shard>* shards;
       uint64_t begin, end;
     };
     std::vector<Part> parts;
     uint64_t total = 0;
     for (const SubsetPart& p : ss.parts) {
       const SourceShards& src = encoded.at(p.source);
-      std::vector<Shard> shards;
-      for (const std::string& f : src.files) shards.emplace_back((fs::path(dir) / f).string());
+      const std::vector<Shard>& shards = opened.at(p.source);
       uint64_t n = 0;
       for (uint64_t t : src.tokens) n += t;
       const uint64_t b =
           p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), tok->eot_id());
       const uint64_t e =
           p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), tok->eot_id());
-      if (e > b) parts.push_back({&src, b, e}), total += e - b;
+      if (e > b) parts.push_back({&src, &shards, b, e}), total += e - b;
     }
     if (total == 0) fail(fmt::format("subset '{}' is empty", ss.name));
     // The validation slice: the last fraction of the subset, from a document start on.
@@ -406,8 +409,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
       Part& p = parts[k];
       cuts[k] = p.end;
       if (val_tokens == 0) continue;
-      std::vector<Shard> shards;
-      for (const std::string& f : p.src->files) shards.emplace_back((fs::path(dir) / f).string());
+      const std::vector<Shard>& shards = *p.shards;
       // At least the requested tokens, from a document start; if that leaves no training data
       // (a part of few long documents), the document end after the target instead.
       const uint64_t take = std::min(val_tokens, p.end - p.begin);

@@ -19,13 +19,12 @@ using json = nlohmann::json;
 // ----------------------------------------------------------------------------
 // --set overrides
 
-void apply_override(toml::table& root, const std::string& src, const std::string& kv) {
+void apply_override(toml::table& root, const std::string& kv) {
   const size_t eq = kv.find('=');
   if (eq == std::string::npos || eq == 0)
     fail(fmt::format("--set '{}': expected key=value (e.g. train.batch_size=16)", kv));
   const std::string path = kv.substr(0, eq), text = kv.substr(eq + 1);
   // The value as TOML (numbers, booleans, strings, arrays); bare words become strings.
-  toml::node_view<toml::node> dummy;
   toml::table parsed;
   try {
     parsed = toml::parse("v = " + text);
@@ -55,7 +54,6 @@ void apply_override(toml::table& root, const std::string& src, const std::string
   auto* t = cur->as_table();
   if (!t) fail(fmt::format("--set {}: the parent is not a table", path));
   t->insert_or_assign(parts.back(), *parsed.get("v"));
-  (void)src;
 }
 
 // ----------------------------------------------------------------------------
@@ -138,7 +136,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
     const auto& where = e.source().begin;
     fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
   }
-  for (const std::string& kv : overrides) apply_override(root, path, kv);
+  for (const std::string& kv : overrides) apply_override(root, kv);
 
   Experiment x;
   x.source = path;
