@@ -4,9 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 
 #include "core/rng.hpp"
 #include "eval/decode.hpp"
+#include "eval/evalset.hpp"
+#include "eval/metrics.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
@@ -128,4 +132,70 @@ TEST_P(DecodeEquivalence, PrefillLogitsEqualFullRecomputation) {
           std::max(worst, double(std::abs(step_logits[size_t(b * 61 + v)] -
                                           longer.logits()[size_t((b * (T + 1) + T) * 61 + v)])));
   EXPECT_LT(worst, 2e-5);
+}
+
+namespace {
+// Decodes ids as "<id> " so M_ex is a plain function of the generated ids.
+struct IdTokenizer final : Tokenizer {
+  std::vector<int32_t> encode(std::string_view) const override { return {}; }
+  std::string decode(std::span<const int32_t> ids) const override {
+    std::string s;
+    for (int32_t id : ids) s += "<" + std::to_string(id) + ">";
+    return s;
+  }
+  int64_t vocab_size() const override { return 61; }
+  int32_t eot_id() const override { return 0; }
+  uint64_t fingerprint() const override { return 0; }
+  std::string name() const override { return "ids"; }
+};
+}  // namespace
+
+// evaluate() shares one decoder batch between the M_in rows (teacher-forced in the same pass)
+// and the M_ex rows, and pads the last batch; each metric must equal its own separate pass.
+TEST_P(DecodeEquivalence, EvaluateEqualsSeparatePasses) {
+  const ModelConfig c = decoder_config(GetParam());
+  const int64_t P = 6, T = 5, n = 5;
+  Model<float> m(c, 1, P + T - 1);
+  m.init_weights(21);
+  const IdTokenizer tok;
+  EvalSet set;
+  set.names = {"a"}, set.types = {"PER"};
+  auto draw = [](uint64_t stream, int64_t len) {
+    std::vector<int32_t> v(static_cast<size_t>(len));
+    for (size_t i = 0; i < v.size(); i++) v[i] = int32_t(rng_u64(stream, 0, i) % 61);
+    return v;
+  };
+  Decoder one(m, 1, P + T);
+  double m_in = 0, m_ex = 0, m_f = 0, nll = 0;
+  std::vector<bool> want_ex;
+  for (int64_t i = 0; i < n; i++) {
+    EvalSample s{0, "", draw(30 + uint64_t(i), P), draw(40 + uint64_t(i), P),
+                 draw(50 + uint64_t(i), T)};
+    const auto g_ex = one.greedy(s.ex_prompt, P, T);
+    // even samples: an entity the continuation contains; odd: one it does not
+    s.surface = i % 2 ? "<99>" : tok.decode(std::span(g_ex).subspan(2, 1));
+    const auto g_in = one.greedy(s.in_prompt, P, T);
+    for (int64_t t = 0; t < T; t++) m_in += g_in[size_t(t)] == s.target[size_t(t)];
+    want_ex.push_back(metric_m_ex_hit(tok.decode(g_ex), s.surface));
+    m_ex += want_ex.back();
+    std::vector<int32_t> seq(s.in_prompt), none(size_t(P + T - 1), -1);
+    seq.insert(seq.end(), s.target.begin(), s.target.end() - 1);
+    m.forward(seq, none);
+    for (int64_t t = 0; t < T; t++) {
+      const float* z = m.logits().data() + (P - 1 + t) * 61;
+      const float mx = *std::max_element(z, z + 61);
+      double sum = 0;
+      for (int64_t v = 0; v < 61; v++) sum += std::exp(double(z[v] - mx));
+      nll += std::log(sum) + mx - z[s.target[size_t(t)]];
+      m_f += int32_t(std::max_element(z, z + 61) - z) == s.target[size_t(t)];
+    }
+    set.samples.push_back(s);
+  }
+  const EvalReport r = evaluate(m, tok, set, 2);
+  EXPECT_EQ(r.ex_hit, want_ex);
+  EXPECT_EQ(r.all.samples, n);
+  EXPECT_DOUBLE_EQ(r.all.m_in, m_in / double(n * T));
+  EXPECT_DOUBLE_EQ(r.all.m_ex, m_ex / double(n));
+  EXPECT_DOUBLE_EQ(r.all.m_f, m_f / double(n * T));
+  EXPECT_NEAR(r.all.ppl_ent, std::exp(nll / double(n * T)), 1e-4 * r.all.ppl_ent);
 }

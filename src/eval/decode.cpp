@@ -5,6 +5,8 @@
 #include <limits>
 
 #include "core/error.hpp"
+#include "eval/metrics.hpp"
+#include "kernels/vmath.hpp"
 #include "model/ffn.hpp"
 
 namespace moelab {
@@ -40,8 +42,61 @@ std::span<const float> Decoder::prefill(std::span<const int32_t> tokens, int64_t
   return run(tokens, n, 0, from);
 }
 
+// One new position t per sequence against the cached keys and values: the query heads of a
+// KV group share its keys, so each (sequence, group) scores all its heads in one sweep over the
+// cache, with vectorised dot products and exp.
+void Decoder::attend_one(float* out, const float* qkv, const float* K, const float* Vc,
+                         const float* sinks, int64_t t, int64_t window, float scale) const {
+  const int64_t H = c_.num_attention_heads, KV = c_.num_key_value_heads, hd = c_.head_dim;
+  const int64_t C = (H + 2 * KV) * hd, G = H / KV;
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0, n = t + 1 - lo;
+#pragma omp parallel if (B_ * H * n * hd >= (1 << 15))
+  {
+    std::vector<float> s(size_t(G * n));  // [G, n] scores, then probabilities
+#pragma omp for schedule(static)
+    for (int64_t bg = 0; bg < B_ * KV; bg++) {
+      const int64_t b = bg / KV, g = bg % KV;
+      const float* q0 = qkv + b * C + g * G * hd;  // the G query heads of group g
+      // keys are cached transposed, [B, KV, hd, L], so scores accumulate along positions
+      std::fill(s.begin(), s.end(), 0.f);
+      for (int64_t c = 0; c < hd; c++) {
+        const float* kc = K + ((b * KV + g) * hd + c) * L_ + lo;
+        for (int64_t h = 0; h < G; h++) {
+          const float qc = q0[h * hd + c] * scale;
+          float* sh = s.data() + h * n;
+#pragma omp simd
+          for (int64_t j = 0; j < n; j++) sh[j] += qc * kc[j];
+        }
+      }
+      for (int64_t h = 0; h < G; h++) {
+        float* sh = s.data() + h * n;
+        const float sink = sinks ? sinks[g * G + h] : -std::numeric_limits<float>::infinity();
+        float mx = sink;
+        for (int64_t j = 0; j < n; j++) mx = std::max(mx, sh[j]);
+        float sum = sinks ? std::exp(sink - mx) : 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < n; j++) sum += (sh[j] = fexp(sh[j] - mx));
+        const float inv = 1.f / sum;
+        float* o = out + b * H * hd + (g * G + h) * hd;
+        std::fill_n(o, hd, 0.f);
+        for (int64_t j = 0; j < n; j++) {
+          const float p = sh[j] * inv;
+          const float* vj = Vc + ((b * L_ + lo + j) * KV + g) * hd;
+#pragma omp simd
+          for (int64_t c = 0; c < hd; c++) o[c] += p * vj[c];
+        }
+      }
+    }
+  }
+}
+
 std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, int64_t t0,
                                     int64_t from) {
+  layers(tokens, n, t0);
+  return head(n, from);
+}
+
+void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   check(int64_t(tokens.size()) == B_ * n && t0 + n <= L_ && (n == 1 || t0 == 0),
         "decoder: batch, positions or range out of range");
   const float* P = m_.params.data();
@@ -49,7 +104,7 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
   const int64_t d = c_.hidden_size, H = c_.num_attention_heads, KV = c_.num_key_value_heads;
   const int64_t hd = c_.head_dim, C = (H + 2 * KV) * hd, E = c_.num_local_experts;
   const int64_t k = c_.num_experts_per_tok, I = c_.intermediate_size, half = hd / 2;
-  const int64_t N = B_ * n, R = N * k, V = c_.vocab_size;
+  const int64_t N = B_ * n, R = N * k;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   x_.resize(N * d), xn_.resize(N * d), tmp_.resize(N * d), rstd_.resize(N);
   qkv_.resize(N * C), att_.resize(N * H * hd), lse_.resize(N * H);
@@ -71,7 +126,7 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
     for (int64_t b = 0; b < B_; b++)
       for (int64_t t = 0; t < n; t++) {
         const float* row = qkv_.data() + (b * n + t) * C;
-        std::copy_n(row + H * hd, KV * hd, K + (b * L_ + t0 + t) * KV * hd);
+        for (int64_t c = 0; c < KV * hd; c++) K[(b * KV * hd + c) * L_ + t0 + t] = row[H * hd + c];
         std::copy_n(row + (H + KV) * hd, KV * hd, Vc + (b * L_ + t0 + t) * KV * hd);
       }
     const int64_t window = c_.layer_sliding[size_t(l)] ? c_.sliding_window : 0;
@@ -80,30 +135,7 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
       attention<float>::forward(att_.data(), lse_.data(), qkv_.data(), sinks,
                                 AttnShape{B_, n, H, KV, hd, window, double(scale)});
     } else {
-      const int64_t t = t0, lo = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
-#pragma omp parallel for schedule(static) if (B_ * H * (t + 1) * hd >= (1 << 15))
-      for (int64_t bh = 0; bh < B_ * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / KV);
-        const float* q = qkv_.data() + b * C + h * hd;
-        std::vector<float> s(size_t(t + 1 - lo));
-        float mx = sinks ? sinks[h] : -std::numeric_limits<float>::infinity();
-        for (int64_t j = lo; j <= t; j++) {
-          const float* kj = K + ((b * L_ + j) * KV + g) * hd;
-          float dot = 0;
-          for (int64_t c = 0; c < hd; c++) dot += q[c] * kj[c];
-          s[size_t(j - lo)] = dot * scale;
-          mx = std::max(mx, s[size_t(j - lo)]);
-        }
-        float sum = sinks ? std::exp(sinks[h] - mx) : 0.f;
-        for (float& v : s) sum += (v = std::exp(v - mx));
-        float* out = att_.data() + b * H * hd + h * hd;
-        std::fill_n(out, hd, 0.f);
-        for (int64_t j = lo; j <= t; j++) {
-          const float p = s[size_t(j - lo)] / sum;
-          const float* vj = Vc + ((b * L_ + j) * KV + g) * hd;
-          for (int64_t c = 0; c < hd; c++) out[c] += p * vj[c];
-        }
-      }
+      attend_one(att_.data(), qkv_.data(), K, Vc, sinks, t0, window, scale);
     }
     linear<float>::forward(tmp_.data(), att_.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr, N,
                            H * hd, d, WLayout::OutIn);
@@ -115,18 +147,63 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
                         idx_.data(), order_.data(), pos_.data(), off_.data()});
     for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
   }
-  // The head only for the positions whose logits are wanted.
-  const int64_t m = n - from;
-  head_in_.resize(B_ * m * d);
+}
+
+std::span<const float> Decoder::head(int64_t n, int64_t from) {
+  std::vector<int64_t> rows;  // the positions whose logits are wanted
+  rows.reserve(size_t(B_ * (n - from)));
   for (int64_t b = 0; b < B_; b++)
-    std::copy_n(x_.data() + (b * n + from) * d, m * d, head_in_.data() + b * m * d);
-  xn_.resize(std::max<int64_t>(int64_t(xn_.size()), B_ * m * d));
-  rmsnorm<float>::forward(xn_.data(), rstd_.data(), head_in_.data(), P + lay.norm, B_ * m, d,
-                          c_.rms_norm_eps);
-  logits_.resize(B_ * m * V);
-  linear<float>::forward(logits_.data(), xn_.data(), P + lay.lm_head, nullptr, B_ * m, d, V,
-                         WLayout::OutIn);
+    for (int64_t t = from; t < n; t++) rows.push_back(b * n + t);
+  head_rows(rows);
   return logits_;
+}
+
+void Decoder::head_rows(std::span<const int64_t> rows) {
+  const float* P = m_.params.data();
+  const int64_t d = c_.hidden_size, V = c_.vocab_size, m = int64_t(rows.size());
+  head_in_.resize(m * d);
+  for (int64_t r = 0; r < m; r++)
+    std::copy_n(x_.data() + rows[size_t(r)] * d, d, head_in_.data() + r * d);
+  xn_.resize(std::max<int64_t>(int64_t(xn_.size()), m * d));
+  rstd_.resize(std::max<int64_t>(int64_t(rstd_.size()), m));
+  rmsnorm<float>::forward(xn_.data(), rstd_.data(), head_in_.data(), P + m_.layout.norm, m, d,
+                          c_.rms_norm_eps);
+  logits_.resize(m * V);
+  linear<float>::forward(logits_.data(), xn_.data(), P + m_.layout.lm_head, nullptr, m, d, V,
+                         WLayout::OutIn);
+}
+
+void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
+                           std::span<const int64_t> from, std::span<const int64_t> to,
+                           const std::function<void(int64_t, std::span<const float>)>& visit) {
+  check(int64_t(from.size()) == B_ && int64_t(to.size()) == B_,
+        "decoder prefill: one range per sequence");
+  for (int64_t b = 0; b < B_; b++)
+    check(from[size_t(b)] >= 0 && from[size_t(b)] < to[size_t(b)] && to[size_t(b)] <= n,
+          "decoder prefill: bad range");
+  layers(tokens, n, 0);
+  // the head in chunks of whole sequences, so the logits stay within about 64 MB at any vocab
+  const int64_t V = c_.vocab_size, budget = std::max<int64_t>(n, (int64_t(1) << 24) / V);
+  std::vector<int64_t> rows;
+  for (int64_t b0 = 0; b0 < B_;) {
+    rows.clear();
+    int64_t b1 = b0;
+    while (b1 < B_ &&
+           (b1 == b0 || int64_t(rows.size()) + to[size_t(b1)] - from[size_t(b1)] <= budget)) {
+      for (int64_t t = from[size_t(b1)]; t < to[size_t(b1)]; t++) rows.push_back(b1 * n + t);
+      b1++;
+    }
+    head_rows(rows);
+    std::vector<int64_t> first(size_t(b1 - b0 + 1), 0);  // each sequence's first row
+    for (int64_t b = b0; b < b1; b++)
+      first[size_t(b - b0 + 1)] = first[size_t(b - b0)] + to[size_t(b)] - from[size_t(b)];
+#pragma omp parallel for schedule(dynamic, 1) if (int64_t(rows.size()) * V >= (1 << 18))
+    for (int64_t b = b0; b < b1; b++) {
+      const int64_t r = first[size_t(b - b0)], cnt = first[size_t(b - b0 + 1)] - r;
+      visit(b, std::span<const float>(logits_).subspan(size_t(r * V), size_t(cnt * V)));
+    }
+    b0 = b1;
+  }
 }
 
 std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t plen,
@@ -137,9 +214,9 @@ std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t p
   std::span<const float> logits = prefill(prompts, plen, plen - 1);
   const int64_t V = c_.vocab_size;
   for (int64_t i = 0; i < n_new; i++) {
+#pragma omp parallel for schedule(static) if (B_ * V >= (1 << 18))
     for (int64_t b = 0; b < B_; b++) {
-      const float* z = logits.data() + b * V;
-      tok[size_t(b)] = int32_t(std::max_element(z, z + V) - z);  // ties: the lowest id
+      tok[size_t(b)] = logits_argmax(logits.data() + b * V, V);
       out[size_t(b * n_new + i)] = tok[size_t(b)];
     }
     if (i + 1 < n_new) logits = step(tok, plen + i);

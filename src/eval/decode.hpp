@@ -3,6 +3,7 @@
 // of earlier positions kept per layer. Sliding-window layers look back `window` positions and
 // sinks join every softmax, exactly as in training (tested equal to full recomputation).
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -26,11 +27,21 @@ class Decoder {
   // filling the cache; returns the logits [batch, n - from, V] of positions from..n-1.
   std::span<const float> prefill(std::span<const int32_t> tokens, int64_t n, int64_t from);
 
+  // As prefill, with the wanted positions [from[b], to[b]) given per sequence; the head runs in
+  // chunks of sequences and visit(b, logits [to[b] - from[b], V]) sees each sequence's logits,
+  // so memory stays bounded at any vocabulary size. visit runs on several threads at once, each
+  // call for a different sequence.
+  void prefill_each(std::span<const int32_t> tokens, int64_t n, std::span<const int64_t> from,
+                    std::span<const int64_t> to,
+                    const std::function<void(int64_t, std::span<const float>)>& visit);
+
+  int64_t batch() const { return B_; }
+
  private:
   const Model<float>& m_;
   const ModelConfig& c_;
   int64_t B_, L_;
-  std::vector<std::vector<float>> k_, v_;  // per layer [B, L, KV*hd]
+  std::vector<std::vector<float>> k_, v_;  // per layer: keys [B, KV*hd, L], values [B, L, KV*hd]
   std::vector<float> x_, xn_, qkv_, att_, tmp_, rstd_, logits_;
   std::vector<float> h_, a_, y_, xe_, rl_, w_;
   std::vector<int32_t> idx_, order_, pos_;
@@ -42,6 +53,12 @@ class Decoder {
   // pos0, attention over the cache; n > 1: pos0 = 0, the tiled attention kernel).
   std::span<const float> run(std::span<const int32_t> tokens, int64_t n, int64_t pos0,
                              int64_t from);
+  void layers(std::span<const int32_t> tokens, int64_t n, int64_t pos0);  // leaves x_ [B*n, d]
+  std::span<const float> head(int64_t n, int64_t from);  // logits of positions from..n-1
+  void head_rows(std::span<const int64_t> rows);         // logits_ [rows, V] of rows of x_
+  // out [B, H*hd] for the single new position t; q from qkv [B, C], keys and values cached.
+  void attend_one(float* out, const float* qkv, const float* K, const float* Vc, const float* sinks,
+                  int64_t t, int64_t window, float scale) const;
 };
 
 }  // namespace moelab

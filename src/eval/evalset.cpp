@@ -15,6 +15,7 @@
 #include "data/shard.hpp"
 #include "eval/decode.hpp"
 #include "eval/metrics.hpp"
+#include "kernels/vmath.hpp"
 
 namespace moelab {
 
@@ -249,41 +250,58 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
                 T = int64_t(set.samples[0].target.size());
   const int64_t V = model.cfg.vocab_size;
   const int64_t B = std::min(batch, n);
-  Decoder dec(model, B, P + T);
+  // One decoder batch of 2B rows: rows b < B hold M_in prompt + true continuation (teacher
+  // forcing for M(f) and PPL_ent, and the first greedy token of M_in), rows B + b the M_ex prompt
+  // padded to the same length. Greedy steps then overwrite the cache from position P on, and a
+  // step only reads positions up to its own, so the padding and the true tokens are never seen.
+  Decoder dec(model, 2 * B, P + T);
+  const int64_t n_seq = P + T - 1;
   std::vector<double> in_hit(static_cast<size_t>(n)), top1(static_cast<size_t>(n)),
       nll(static_cast<size_t>(n));
   EvalReport rep;
   rep.ex_hit.assign(size_t(n), false);
+  std::vector<int64_t> from(size_t(2 * B), P - 1), to(size_t(2 * B), P);
+  std::fill_n(to.begin(), B, P + T - 1);
+  std::vector<int32_t> seq(size_t(2 * B * n_seq)), next(size_t(2 * B)), gen(size_t(2 * B * T));
+  std::vector<double> hits(static_cast<size_t>(B)), loss(static_cast<size_t>(B));
   for (int64_t s0 = 0; s0 < n; s0 += B) {
     // the last batch is padded with repeats of its last sample
     auto sample = [&](int64_t b) -> const EvalSample& {
       return set.samples[size_t(std::min(n - 1, s0 + b))];
     };
-    std::vector<int32_t> in_p(size_t(B * P)), ex_p(size_t(B * P));
     for (int64_t b = 0; b < B; b++) {
-      std::copy_n(sample(b).in_prompt.begin(), P, in_p.begin() + b * P);
-      std::copy_n(sample(b).ex_prompt.begin(), P, ex_p.begin() + b * P);
+      const EvalSample& s = sample(b);
+      auto in = seq.begin() + b * n_seq, ex = seq.begin() + (B + b) * n_seq;
+      std::copy_n(s.in_prompt.begin(), P, in);
+      std::copy_n(s.target.begin(), T - 1, in + P);
+      std::copy_n(s.ex_prompt.begin(), P, ex);
+      std::fill_n(ex + P, T - 1, s.ex_prompt[size_t(P - 1)]);
     }
-    const auto gen_in = dec.greedy(in_p, P, T);
-    const auto gen_ex = dec.greedy(ex_p, P, T);
-    // teacher forcing over the true continuation: one pass over prompt + target (but its last)
-    std::vector<int32_t> seq(size_t(B * (P + T - 1)));
-    for (int64_t b = 0; b < B; b++) {
-      std::copy_n(sample(b).in_prompt.begin(), P, seq.begin() + b * (P + T - 1));
-      std::copy_n(sample(b).target.begin(), T - 1, seq.begin() + b * (P + T - 1) + P);
-    }
-    const auto logits = dec.prefill(seq, P + T - 1, P - 1);  // [B, T, V]
-    std::vector<double> hits(size_t(B), 0), loss(size_t(B), 0);
-    for (int64_t b = 0; b < B; b++)
+    dec.prefill_each(seq, n_seq, from, to, [&](int64_t r, std::span<const float> logits) {
+      next[size_t(r)] = logits_argmax(logits.data(), V);  // first greedy token
+      if (r >= B) return;
+      hits[size_t(r)] = 0, loss[size_t(r)] = 0;
       for (int64_t t = 0; t < T; t++) {
-        const float* z = logits.data() + (b * T + t) * V;
-        const int32_t y = sample(b).target[size_t(t)];
-        const float mx = *std::max_element(z, z + V);
-        double sum = 0;
-        for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[v] - mx));
-        loss[size_t(b)] += std::log(sum) + mx - z[y];
-        hits[size_t(b)] += int32_t(std::max_element(z, z + V) - z) == y;
+        const float* z = logits.data() + t * V;
+        const int32_t y = sample(r).target[size_t(t)];
+        const int32_t top = logits_argmax(z, V);
+        const float mx = z[top];
+        float sum = 0;  // >= 1 (the top term), so float keeps the loss to ~1e-7
+#pragma omp simd reduction(+ : sum)
+        for (int64_t v = 0; v < V; v++) sum += kernels::fexp(z[v] - mx);
+        loss[size_t(r)] += std::log(double(sum)) + double(mx) - double(z[y]);
+        hits[size_t(r)] += top == y;
       }
+    });
+    for (int64_t i = 0; i < T; i++) {
+      for (int64_t r = 0; r < 2 * B; r++) gen[size_t(r * T + i)] = next[size_t(r)];
+      if (i + 1 == T) break;
+      const auto logits = dec.step(next, P + i);
+#pragma omp parallel for schedule(static) if (B * V >= (1 << 17))
+      for (int64_t r = 0; r < 2 * B; r++) next[size_t(r)] = logits_argmax(logits.data() + r * V, V);
+    }
+    const std::span<const int32_t> gen_in(gen.data(), size_t(B * T)),
+        gen_ex(gen.data() + B * T, size_t(B * T));
     for (int64_t b = 0; b < B && s0 + b < n; b++) {
       const EvalSample& s = sample(b);
       in_hit[size_t(s0 + b)] =

@@ -1,6 +1,7 @@
 #include "eval/metrics.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.hpp"
 
@@ -23,13 +24,22 @@ bool metric_m_ex_hit(std::string_view decoded, std::string_view entity) {
   return decoded.find(entity.substr(b, e - b + 1)) != std::string_view::npos;
 }
 
+int32_t logits_argmax(const float* z, int64_t V) {
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < V; v++) mx = std::max(mx, z[v]);
+  for (int64_t v = 0; v < V; v++)
+    if (z[v] == mx) return int32_t(v);
+  return 0;  // all NaN
+}
+
 double metric_top1(std::span<const float> logits, std::span<const int32_t> targets, int64_t V) {
   check(int64_t(logits.size()) == int64_t(targets.size()) * V, "M(f): logits and targets sizes");
   int64_t hits = 0, n = 0;
   for (size_t i = 0; i < targets.size(); i++) {
     if (targets[i] < 0) continue;
     const float* z = logits.data() + i * size_t(V);
-    hits += int32_t(std::max_element(z, z + V) - z) == targets[i];
+    hits += logits_argmax(z, V) == targets[i];
     n++;
   }
   return n ? double(hits) / double(n) : 0.0;

@@ -16,6 +16,10 @@ double metric_m_in(std::span<const int32_t> generated, std::span<const int32_t> 
 // running text) and searched case-sensitively as a substring of the decoded UTF-8 text.
 bool metric_m_ex_hit(std::string_view decoded, std::string_view entity);
 
+// The index of the largest logit, the lowest on ties (as greedy decoding breaks them); two
+// vectorised sweeps instead of std::max_element's dependent compare chain.
+int32_t logits_argmax(const float* z, int64_t V);
+
 // M(f): teacher-forced top-1 accuracy; logits [N, V], targets [N] (< 0 ignored). Ties go to
 // the lowest id, as in greedy decoding.
 double metric_top1(std::span<const float> logits, std::span<const int32_t> targets, int64_t V);
