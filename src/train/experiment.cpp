@@ -108,6 +108,17 @@ struct Section {
       out = *n->value<std::string>();
     }
   }
+  void get_list(const std::string& key, std::vector<int64_t>& out) {
+    const toml::node* n = find(key);
+    if (!n) return;
+    const toml::array* a = n->as_array();
+    if (!a) bad(key, "must be an array of integers");
+    out.clear();
+    for (const auto& e : *a) {
+      if (!e.is_integer()) bad(key, "must be an array of integers");
+      out.push_back(*e.value<int64_t>());
+    }
+  }
   void finish() const {
     if (!t) return;
     for (const auto& [k, _] : *t)
@@ -141,7 +152,8 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   Experiment x;
   x.source = path;
   const std::set<std::string> sections = {"run",      "model",  "data",       "train", "optimizer",
-                                          "schedule", "phases", "checkpoint", "eval"};
+                                          "schedule", "phases", "checkpoint", "eval",
+                                          "study"};
   for (const auto& [k, _] : root)
     if (!sections.contains(std::string(k.str())))
       fail(fmt::format("{}: unknown section '{}'", path, std::string(k.str())));
@@ -264,6 +276,31 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
     ev.bad("filter_after", fmt::format("names no phase: {}", x.filter_after));
   if (x.forgetting_every < 0 || x.forgetting_batch < 1)
     ev.bad("forgetting_every", "must be >= 0 (and forgetting_batch >= 1)");
+
+  Section st = section("study");
+  StudyConfig& sc = x.study;
+  st.get_list("experts", sc.experts);
+  st.get("top_k", sc.top_k);
+  st.get_list("seeds", sc.seeds);
+  st.get("entities", sc.entities);
+  st.get("subset_a", sc.subset_a);
+  st.get("subset_b", sc.subset_b);
+  st.get("top", sc.top);
+  st.get("bottom", sc.bottom);
+  st.get("prompt", sc.prompt);
+  st.get("target", sc.target);
+  st.get("max_samples", sc.max_samples);
+  st.get("max_per_entity", sc.max_per_entity);
+  st.get("entity_seed", sc.entity_seed);
+  st.finish();
+  if (sc.experts.empty() || std::any_of(sc.experts.begin(), sc.experts.end(),
+                                        [](int64_t e) { return e < 1; }))
+    st.bad("experts", "must list expert counts >= 1");
+  if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
+  if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
+    st.bad("seeds", "must be >= 0");
+  if (sc.subset_a.empty()) sc.subset_a = x.phases.front().subset;
+  if (sc.subset_b.empty() && x.phases.size() > 1) sc.subset_b = x.phases[1].subset;
 
   auto need = [&](bool ok, const std::string& msg) {
     if (!ok) fail(fmt::format("{}: {}", path, msg));

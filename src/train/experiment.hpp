@@ -22,6 +22,20 @@ struct PhaseConfig {
   double replay_ratio = 0;    // share of the micro-batches drawn from replay_subset
 };
 
+// [study]: what `moelab run` varies around the experiment (SPEC 0): the dense model of [model]
+// and its iso-total MoE variants, each over the seeds, all on one evaluation set.
+struct StudyConfig {
+  std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
+  int64_t top_k = 2;
+  std::vector<int64_t> seeds;  // empty: run.seed
+  // The evaluation set, built once per study unless [eval] evalset names one.
+  std::string entities;            // entity list (${MOELAB_CACHE}/... allowed)
+  std::string subset_a, subset_b;  // default: the subsets of the first two phases
+  double top = 50, bottom = 50;
+  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5;
+  int64_t entity_seed = 1;
+};
+
 struct Experiment {
   std::string source;  // the config file, for messages
   // [run]
@@ -57,6 +71,8 @@ struct Experiment {
   std::string filter_after;  // default: the first phase
   int64_t forgetting_every = 0;
   int64_t forgetting_batch = 64;
+  // [study]
+  StudyConfig study;
 
   int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
   int64_t phase_steps(const PhaseConfig& p) const;  // steps, or tokens rounded up to steps

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/gemm.hpp"
 #include "core/rng.hpp"
 #include "core/sysinfo.hpp"
@@ -97,6 +98,34 @@ int train_run(const Experiment& x, bool resume) {
   std::error_code ec;
   fs::create_directories(x.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x.run_dir, ec.message()));
+  // run.json: what a report needs to know about this run without re-reading the TOML.
+  {
+    const ParamCounts pc = config_count(x.model);
+    nlohmann::ordered_json phases = nlohmann::ordered_json::array();
+    int64_t at = 0;
+    for (const PhaseConfig& p : x.phases) {
+      phases.push_back({{"name", p.name},
+                        {"subset", p.subset},
+                        {"start_step", at},
+                        {"end_step", at + x.phase_steps(p)}});
+      at += x.phase_steps(p);
+    }
+    const nlohmann::ordered_json run = {
+        {"experiment", x.source},
+        {"seed", x.seed},
+        {"experts", x.model.num_local_experts},
+        {"top_k", x.model.num_experts_per_tok},
+        {"params_total", pc.total},
+        {"params_active", pc.active},
+        {"train_flops_per_token", config_flops(x.model, x.seq_len).train_per_token},
+        {"seq_len", x.seq_len},
+        {"tokens_per_step", x.tokens_per_step()},
+        {"total_steps", x.total_steps()},
+        {"filter_after", x.evalset.empty() ? "" : x.filter_after},
+        {"phases", phases},
+        {"model", config_to_json(x.model)}};
+    file_write_atomic((fs::path(x.run_dir) / "run.json").string(), run.dump(2) + "\n");
+  }
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!metrics) fail(fmt::format("{}: cannot write", metrics_path));
 

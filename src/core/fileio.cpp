@@ -1,0 +1,39 @@
+#include "core/fileio.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+void file_write_atomic(const std::string& path, std::string_view text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) fail(path + ": cannot write (" + std::strerror(errno) + ")");
+    f.write(text.data(), std::streamsize(text.size()));
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      fail(path + ": write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(path + ": rename failed (" + std::strerror(errno) + ")");
+  }
+}
+
+std::string file_read(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path + ": cannot open");
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace moelab

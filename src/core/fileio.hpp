@@ -1,0 +1,14 @@
+#pragma once
+// Whole-file writes that never leave a half-written file: the text goes to PATH.tmp, is flushed
+// and renamed over PATH (a reader sees the old file or the new one, nothing between).
+#include <string>
+#include <string_view>
+
+namespace moelab {
+
+void file_write_atomic(const std::string& path, std::string_view text);
+
+// The whole file as a string; fails with one line naming the file.
+std::string file_read(const std::string& path);
+
+}  // namespace moelab

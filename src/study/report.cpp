@@ -1,0 +1,459 @@
+#include "study/report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "study/plot.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// reading runs
+
+using Series = std::map<int64_t, double>;  // step -> value
+
+struct RunData {
+  std::string dir;
+  json run;  // run.json
+  int64_t experts = 1, top_k = 1, seed = 1, switch_step = -1, tokens_per_step = 0;
+  std::string subset_a, subset_b;
+  std::map<std::string, Series> s;  // loss, lr, m_ex, m_in, m_f, ppl_ent, tokens_per_s, val:X
+  std::map<int64_t, std::vector<std::vector<double>>> load;  // step -> [layer][expert]
+  int64_t kept = -1, candidates = -1, last_step = 0, bad_lines = 0;
+};
+
+RunData run_read(const std::string& dir) {
+  RunData r;
+  r.dir = dir;
+  const std::string run_path = (fs::path(dir) / "run.json").string();
+  if (!fs::exists(run_path)) fail(run_path + ": missing (not a run folder written by moelab train)");
+  r.run = json::parse(file_read(run_path), nullptr, false);
+  if (r.run.is_discarded()) fail(run_path + ": invalid JSON");
+  try {
+    r.experts = r.run.at("experts").get<int64_t>();
+    r.top_k = r.run.at("top_k").get<int64_t>();
+    r.seed = r.run.at("seed").get<int64_t>();
+    r.tokens_per_step = r.run.at("tokens_per_step").get<int64_t>();
+    const json& ph = r.run.at("phases");
+    const std::string after = r.run.value("filter_after", "");
+    for (size_t i = 0; i < ph.size(); i++) {
+      if (i == 0) r.subset_a = ph[i].at("subset").get<std::string>();
+      if (i == 1) r.subset_b = ph[i].at("subset").get<std::string>();
+      if (ph[i].at("name").get<std::string>() == after || (after.empty() && i == 0))
+        r.switch_step = ph[i].at("end_step").get<int64_t>();
+    }
+  } catch (const json::exception& e) {
+    fail(run_path + ": " + e.what());
+  }
+  const std::string mpath = (fs::path(dir) / "metrics.jsonl").string();
+  std::ifstream f(mpath);
+  if (!f) fail(mpath + ": cannot open");
+  std::string line;
+  while (std::getline(f, line)) {
+    const json m = json::parse(line, nullptr, false);
+    if (m.is_discarded() || !m.contains("step")) {  // a line cut by a kill: skip, count
+      r.bad_lines++;
+      continue;
+    }
+    const int64_t step = m["step"].get<int64_t>();
+    r.last_step = std::max(r.last_step, step);
+    for (const char* k : {"loss", "lr", "tokens_per_s"})
+      if (m.contains(k) && m[k].is_number()) r.s[k][step] = m[k].get<double>();
+    if (m.contains("val_loss"))
+      for (auto& [name, v] : m["val_loss"].items()) r.s["val:" + name][step] = v.get<double>();
+    if (m.contains("expert_load")) r.load[step] = m["expert_load"].get<std::vector<std::vector<double>>>();
+    if (m.contains("forgetting")) {
+      const json& g = m["forgetting"];
+      if (g.contains("evalset")) {
+        r.kept = g["evalset"].value("kept", int64_t(-1));
+        r.candidates = g["evalset"].value("samples", int64_t(-1));
+      }
+      if (g.contains("metrics"))
+        for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
+          if (g["metrics"].contains(k)) r.s[k][step] = g["metrics"][k].get<double>();
+    }
+  }
+  if (r.bad_lines)
+    std::fprintf(stderr, "note: %s: skipped %ld unreadable line(s)\n", mpath.c_str(),
+                 long(r.bad_lines));
+  return r;
+}
+
+struct Group {
+  std::string label;
+  int64_t experts = 1, top_k = 1;
+  std::vector<RunData> runs;
+};
+
+std::string group_label(int64_t e, int64_t k) {
+  return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
+}
+
+// Mean and spread over a group's runs at the steps every run has.
+struct Agg {
+  std::vector<double> x, mean, lo, hi;
+};
+
+Agg aggregate(const Group& g, const std::string& key, int64_t from_step = -1) {
+  Agg a;
+  const auto it0 = g.runs[0].s.find(key);
+  if (it0 == g.runs[0].s.end()) return a;
+  for (const auto& [step, v0] : it0->second) {
+    if (step < from_step) continue;
+    std::vector<double> vals;
+    for (const RunData& r : g.runs) {
+      const auto it = r.s.find(key);
+      if (it == r.s.end() || !it->second.contains(step)) break;
+      vals.push_back(it->second.at(step));
+    }
+    if (vals.size() != g.runs.size()) continue;
+    a.x.push_back(double(step));
+    a.mean.push_back(std::accumulate(vals.begin(), vals.end(), 0.0) / double(vals.size()));
+    a.lo.push_back(*std::min_element(vals.begin(), vals.end()));
+    a.hi.push_back(*std::max_element(vals.begin(), vals.end()));
+  }
+  return a;
+}
+
+// "mean" or "mean ± sd" over the runs of a group, of one number per run.
+template <typename F>
+ojson stat_of(const Group& g, F per_run) {
+  std::vector<double> v;
+  for (const RunData& r : g.runs)
+    if (const double x = per_run(r); std::isfinite(x)) v.push_back(x);
+  if (v.empty()) return nullptr;
+  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
+  if (v.size() == 1) return mean;
+  double ss = 0;
+  for (double x : v) ss += (x - mean) * (x - mean);
+  return ojson{{"mean", mean}, {"sd", std::sqrt(ss / double(v.size() - 1))}, {"n", v.size()}};
+}
+
+std::string fmt_stat(const ojson& v, int digits = 3) {
+  if (v.is_null()) return "-";
+  if (v.is_number()) return fmt::format("{:.{}f}", v.get<double>(), digits);
+  return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
+                     digits);
+}
+
+double stat_mean(const ojson& v) {
+  if (v.is_null()) return NAN;
+  return v.is_number() ? v.get<double>() : v["mean"].get<double>();
+}
+
+double last_value(const RunData& r, const std::string& key) {
+  const auto it = r.s.find(key);
+  return it == r.s.end() || it->second.empty() ? NAN : it->second.rbegin()->second;
+}
+
+double value_at(const RunData& r, const std::string& key, int64_t step) {
+  const auto it = r.s.find(key);
+  if (it == r.s.end() || !it->second.contains(step)) return NAN;
+  return it->second.at(step);
+}
+
+std::string human(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.1f}k", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+
+std::string report_write(const ReportOptions& o) {
+  if (o.dirs.empty()) fail("report: no run or study folder given");
+  // Gather runs: a study folder lists its variants; a run folder is itself one run.
+  std::vector<RunData> runs;
+  for (const std::string& d : o.dirs) {
+    const fs::path study = fs::path(d) / "study.json";
+    if (fs::exists(study)) {
+      const json s = json::parse(file_read(study.string()), nullptr, false);
+      if (s.is_discarded() || !s.contains("variants"))
+        fail(study.string() + ": invalid (no variants)");
+      for (const json& v : s["variants"]) {
+        const fs::path rd = fs::path(d) / v.at("dir").get<std::string>();
+        if (!fs::exists(rd / "metrics.jsonl")) {
+          std::fprintf(stderr, "note: %s has not started; left out\n", rd.c_str());
+          continue;
+        }
+        runs.push_back(run_read(rd.string()));
+      }
+    } else if (fs::exists(fs::path(d) / "metrics.jsonl")) {
+      runs.push_back(run_read(d));
+    } else {
+      fail(d + ": neither a study folder (study.json) nor a run folder (metrics.jsonl)");
+    }
+  }
+  if (runs.empty()) fail("report: no run has metrics yet");
+  std::vector<Group> groups;
+  for (RunData& r : runs) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+      return g.experts == r.experts && g.top_k == r.top_k;
+    });
+    if (it == groups.end()) {
+      groups.push_back({group_label(r.experts, r.top_k), r.experts, r.top_k, {}});
+      it = groups.end() - 1;
+    }
+    it->runs.push_back(std::move(r));
+  }
+  std::sort(groups.begin(), groups.end(),
+            [](const Group& a, const Group& b) { return a.experts < b.experts; });
+  const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
+  fs::create_directories(out);
+  const RunData& first = groups[0].runs[0];
+  const int64_t sw = first.switch_step;
+  const std::string a_name = first.subset_a, b_name = first.subset_b;
+
+  // ---- figures
+  auto chart = [&](std::string title, std::string ylabel) {
+    PlotChart c;
+    c.title = std::move(title), c.ylabel = std::move(ylabel), c.xlabel = "training step";
+    if (sw > 0) c.marker_x = double(sw), c.marker_label = fmt::format("{} -> {}", a_name, b_name);
+    return c;
+  };
+  auto add = [](PlotChart& c, const Agg& a, std::string title, int color, int dash, bool band) {
+    if (a.x.empty()) return;
+    PlotSeries s{std::move(title), a.x, a.mean, {}, {}, dash, color};
+    if (band) s.lo = a.lo, s.hi = a.hi;
+    c.series.push_back(std::move(s));
+  };
+  std::vector<std::string> figures;
+  auto draw = [&](const PlotChart& c, const std::string& stem) {
+    plot_write(c, (fs::path(out) / stem).string(), o.plots);
+    figures.push_back(stem);
+  };
+  for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
+    PlotChart c = chart(fmt::format("{} on the samples each model recalled after {} (M_ex = 1)",
+                                    name, a_name),
+                        name);
+    c.ymin = 0, c.ymax = 1.05;
+    for (size_t i = 0; i < groups.size(); i++)
+      add(c, aggregate(groups[i], key), groups[i].label, int(i), 1, groups[i].runs.size() > 1);
+    draw(c, key);
+  }
+  {
+    PlotChart c = chart(fmt::format("training loss (solid) and held-out loss on {} (dashed) and {} "
+                                    "(dotted)",
+                                    a_name, b_name),
+                        "cross-entropy (nats/token)");
+    for (size_t i = 0; i < groups.size(); i++) {
+      add(c, aggregate(groups[i], "loss"), groups[i].label + " train", int(i), 1, false);
+      add(c, aggregate(groups[i], "val:" + a_name), groups[i].label + " val " + a_name, int(i), 2,
+          false);
+      if (!b_name.empty())
+        add(c, aggregate(groups[i], "val:" + b_name), groups[i].label + " val " + b_name, int(i),
+            3, false);
+    }
+    draw(c, "loss");
+  }
+  {
+    PlotChart c = chart("learning rate", "learning rate");
+    for (size_t i = 0; i < groups.size(); i++)
+      add(c, aggregate(groups[i], "lr"), groups[i].label, int(i), 1, false);
+    draw(c, "lr");
+  }
+  for (const Group& g : groups) {
+    const RunData& r = g.runs[0];
+    if (r.load.empty()) continue;
+    PlotChart c = chart(fmt::format("{}: expert load imbalance per layer (largest expert share x "
+                                    "E; 1 = balanced), seed {}",
+                                    g.label, r.seed),
+                        "max share x E");
+    const size_t layers = r.load.begin()->second.size();
+    for (size_t l = 0; l < layers; l++) {
+      PlotSeries s{fmt::format("layer {}", l), {}, {}, {}, {}, 1, int(l)};
+      for (const auto& [step, per_layer] : r.load) {
+        if (l >= per_layer.size() || per_layer[l].empty()) continue;
+        s.x.push_back(double(step));
+        s.y.push_back(*std::max_element(per_layer[l].begin(), per_layer[l].end()) *
+                      double(per_layer[l].size()));
+      }
+      c.series.push_back(std::move(s));
+    }
+    c.ymin = 0;
+    draw(c, fmt::format("expert_load_E{}", g.experts));
+  }
+
+  // ---- numbers per model
+  ojson models = ojson::array();
+  for (const Group& g : groups) {
+    const RunData& r0 = g.runs[0];
+    ojson m;
+    m["model"] = g.label;
+    m["experts"] = g.experts;
+    m["top_k"] = g.top_k;
+    m["seeds"] = ojson::array();
+    for (const RunData& r : g.runs) m["seeds"].push_back(r.seed);
+    m["params_total"] = r0.run.value("params_total", int64_t(0));
+    m["params_active"] = r0.run.value("params_active", int64_t(0));
+    m["train_flops_per_token"] = r0.run.value("train_flops_per_token", 0.0);
+    m["tokens"] = stat_of(g, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
+    m["steps"] = stat_of(g, [](const RunData& r) { return double(r.last_step); });
+    m["final_train_loss"] = stat_of(g, [](const RunData& r) { return last_value(r, "loss"); });
+    for (const std::string& sub : {a_name, b_name})
+      if (!sub.empty()) {
+        m["val_loss_after_A"][sub] =
+            stat_of(g, [&](const RunData& r) { return value_at(r, "val:" + sub, r.switch_step); });
+        m["final_val_loss"][sub] =
+            stat_of(g, [&](const RunData& r) { return last_value(r, "val:" + sub); });
+      }
+    m["evalset_candidates"] = stat_of(g, [](const RunData& r) { return double(r.candidates); });
+    m["evalset_kept"] = stat_of(g, [](const RunData& r) { return double(r.kept); });
+    m["m_ex_after_A"] = stat_of(g, [](const RunData& r) { return value_at(r, "m_ex", r.switch_step); });
+    // the lowest point of the mean M_ex curve during B
+    const Agg ex = aggregate(g, "m_ex", r0.switch_step + 1);
+    if (!ex.x.empty()) {
+      const size_t i = size_t(std::min_element(ex.mean.begin(), ex.mean.end()) - ex.mean.begin());
+      m["m_ex_lowest_in_B"] = ex.mean[i];
+      m["m_ex_lowest_step"] = int64_t(ex.x[i]);
+    } else {
+      m["m_ex_lowest_in_B"] = nullptr;
+      m["m_ex_lowest_step"] = nullptr;
+    }
+    for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
+      m[std::string("final_") + k] = stat_of(g, [&](const RunData& r) { return last_value(r, k); });
+    m["tokens_per_s"] = stat_of(g, [](const RunData& r) {
+      std::vector<double> v;
+      for (const auto& [step, x] : r.s.count("tokens_per_s") ? r.s.at("tokens_per_s") : Series{})
+        v.push_back(x);
+      if (v.empty()) return double(NAN);
+      std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
+      return v[v.size() / 2];  // median: forgetting evaluations slow some windows
+    });
+    models.push_back(m);
+  }
+
+  // ---- markdown
+  std::string md = "# Forgetting study report\n\n";
+  md += fmt::format("Runs: {}. A = `{}`, B = `{}`; the switch is at step {}.\n\n",
+                    [&] {
+                      std::string s;
+                      for (const Group& g : groups)
+                        for (const RunData& r : g.runs) s += (s.empty() ? "`" : ", `") + r.dir + "`";
+                      return s;
+                    }(),
+                    a_name, b_name, sw);
+  md += "M_in: the share of the 32 tokens after an entity that greedy decoding reproduces, given the "
+        "32 tokens ending with it. M_ex: whether greedy decoding from the 32 tokens before an "
+        "entity writes the entity within 32 tokens. Both are measured on the samples each model "
+        "recalled right after A (M_ex = 1 then, by construction).\n\n";
+  md += "| | " ;
+  for (const Group& g : groups) md += g.label + " | ";
+  md += "\n|---|";
+  for (size_t i = 0; i < groups.size(); i++) md += "---|";
+  md += "\n";
+  auto row = [&](const std::string& name, auto cell) {
+    md += "| " + name + " | ";
+    for (const ojson& m : models) md += cell(m) + " | ";
+    md += "\n";
+  };
+  row("total params", [](const ojson& m) { return human(m["params_total"].get<double>()); });
+  row("active params", [](const ojson& m) { return human(m["params_active"].get<double>()); });
+  row("train FLOPs/token", [](const ojson& m) { return human(m["train_flops_per_token"].get<double>()); });
+  row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
+  row("tokens trained", [](const ojson& m) { return human(stat_mean(m["tokens"])); });
+  row("final train loss", [](const ojson& m) { return fmt_stat(m["final_train_loss"]); });
+  for (const std::string& sub : {a_name, b_name})
+    if (!sub.empty()) {
+      row("val loss " + sub + " after A", [&](const ojson& m) { return fmt_stat(m["val_loss_after_A"][sub]); });
+      row("val loss " + sub + " at the end", [&](const ojson& m) { return fmt_stat(m["final_val_loss"][sub]); });
+    }
+  row("M_ex = 1 samples after A (of candidates)", [](const ojson& m) {
+    return fmt::format("{} of {}", fmt_stat(m["evalset_kept"], 0), fmt_stat(m["evalset_candidates"], 0));
+  });
+  row("M_ex right after A", [](const ojson& m) { return fmt_stat(m["m_ex_after_A"]); });
+  row("lowest M_ex in B (step)", [](const ojson& m) {
+    return m["m_ex_lowest_in_B"].is_null()
+               ? std::string("-")
+               : fmt::format("{:.3f} ({})", m["m_ex_lowest_in_B"].get<double>(),
+                             m["m_ex_lowest_step"].get<int64_t>());
+  });
+  row("M_ex at the end", [](const ojson& m) { return fmt_stat(m["final_m_ex"]); });
+  row("M_in at the end", [](const ojson& m) { return fmt_stat(m["final_m_in"]); });
+  row("M(f) at the end", [](const ojson& m) { return fmt_stat(m["final_m_f"]); });
+  row("PPL_ent at the end", [](const ojson& m) { return fmt_stat(m["final_ppl_ent"], 2); });
+  row("tokens/s (median)", [](const ojson& m) { return fmt_stat(m["tokens_per_s"], 0); });
+
+  // ---- a plain reading
+  md += "\n## Reading\n\n";
+  std::vector<std::pair<double, std::string>> end_ex;
+  for (size_t i = 0; i < groups.size(); i++)
+    if (const double v = stat_mean(models[i]["final_m_ex"]); std::isfinite(v))
+      end_ex.push_back({v, groups[i].label});
+  if (end_ex.empty()) {
+    md += "No forgetting metrics were logged (no evaluation set, or B has not started).\n";
+  } else {
+    std::string list;
+    for (size_t i = 0; i < groups.size(); i++) {
+      const ojson& m = models[i];
+      if (m["final_m_ex"].is_null()) continue;
+      list += fmt::format("{}{}: {} at the end (lowest {:.3f} at step {})",
+                          list.empty() ? "" : "; ", groups[i].label, fmt_stat(m["final_m_ex"]),
+                          m["m_ex_lowest_in_B"].is_null() ? NAN : m["m_ex_lowest_in_B"].get<double>(),
+                          m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
+    }
+    md += "- M_ex during B, from 1.0 right after A: " + list + ".\n";
+    bool up = true, down = true;
+    for (size_t i = 1; i < groups.size(); i++) {
+      const double a = stat_mean(models[i - 1]["final_m_ex"]), b = stat_mean(models[i]["final_m_ex"]);
+      up = up && b > a, down = down && b < a;
+    }
+    if (groups.size() < 2)
+      md += "- One model only: nothing to compare.\n";
+    else if (up)
+      md += "- More experts kept more of what A taught, as the original study found.\n";
+    else if (down)
+      md += "- Fewer experts kept more: here the dense model forgot least, unlike the original "
+            "study.\n";
+    else
+      md += "- M_ex at the end is not ordered by the number of experts.\n";
+    const bool single = std::all_of(groups.begin(), groups.end(),
+                                    [](const Group& g) { return g.runs.size() == 1; });
+    md += single ? "- One seed per model: gaps of a few points can be noise; `moelab run --seeds "
+                   "1,2,3` shows the spread.\n"
+                 : "- The bands in the figures span the seeds (min to max); the table gives mean "
+                   "± sd.\n";
+    md += "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
+          "also found it too noisy to rank models.\n";
+    for (size_t i = 0; i < groups.size(); i++) {
+      const double a = stat_mean(models[i]["val_loss_after_A"][a_name]),
+                   b = stat_mean(models[i]["final_val_loss"][a_name]);
+      if (std::isfinite(a) && std::isfinite(b))
+        md += fmt::format("- {}: held-out loss on {} went from {:.3f} after A to {:.3f} at the end "
+                          "(PPL {:.1f} -> {:.1f}).\n",
+                          groups[i].label, a_name, a, b, std::exp(a), std::exp(b));
+    }
+  }
+  md += "\n## Figures\n\n";
+  for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
+  md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+
+  ojson summary = {{"a", a_name}, {"b", b_name}, {"switch_step", sw}, {"models", models},
+                   {"figures", figures}};
+  file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
+  const std::string md_path = (fs::path(out) / "summary.md").string();
+  file_write_atomic(md_path, md);
+  std::fprintf(stderr, "report: %s\n", md_path.c_str());
+  return md_path;
+}
+
+}  // namespace moelab

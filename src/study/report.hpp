@@ -1,0 +1,20 @@
+#pragma once
+// `moelab report`: figures (gnuplot, PNG and SVG) and a markdown summary of one or more runs or
+// studies: M_ex and M_in vs step with every model on one chart (the original's Figure 2),
+// training and validation loss (Figure 3), the LR schedule (Figure 4) and the per-layer expert
+// load over time; seeds of one model are averaged, their spread shown as a band.
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+struct ReportOptions {
+  std::vector<std::string> dirs;  // study folders (study.json) or run folders (metrics.jsonl)
+  std::string out;                // default: DIR/report of the first folder
+  bool plots = true;              // false: write the gnuplot scripts without running them
+};
+
+// Returns the path of the summary (OUT/summary.md).
+std::string report_write(const ReportOptions& o);
+
+}  // namespace moelab

@@ -1,0 +1,130 @@
+#include "study/run.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/sysinfo.hpp"
+#include "data/dataset.hpp"
+#include "eval/evalset.hpp"
+#include "study/report.hpp"
+#include "train/checkpoint.hpp"
+#include "train/trainer.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+std::vector<StudyVariant> study_variants(const Experiment& x, const StudyOptions& o) {
+  const auto& experts = o.experts.empty() ? x.study.experts : o.experts;
+  std::vector<int64_t> seeds = o.seeds.empty() ? x.study.seeds : o.seeds;
+  if (seeds.empty()) seeds = {int64_t(x.seed)};
+  std::vector<StudyVariant> v;
+  for (int64_t seed : seeds)
+    for (int64_t e : experts) {
+      if (e < 1) fail(fmt::format("--experts: {} is not an expert count >= 1", e));
+      const int64_t k = e == 1 ? 1 : std::min(x.study.top_k, e);
+      v.push_back({e, k, seed, fmt::format("E{}_s{}", e, seed)});
+    }
+  return v;
+}
+
+namespace {
+
+// The step of the newest complete checkpoint (-1: none).
+int64_t last_checkpoint_step(const std::string& run_dir) {
+  const auto list = checkpoint_list(run_dir);
+  if (list.empty()) return -1;
+  long step = -1;
+  std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
+  return step;
+}
+
+std::string expand_cache(const std::string& p) {
+  const std::string var = "${MOELAB_CACHE}";
+  return p.rfind(var, 0) == 0 ? moelab_cache_dir() + p.substr(var.size()) : p;
+}
+
+}  // namespace
+
+int study_run(const Experiment& x, const StudyOptions& o) {
+  if (x.model.num_local_experts != 1)
+    fail(fmt::format("{}: [model] must be the dense base (E = 1); moelab run derives the MoE "
+                     "variants from it ([study] experts)",
+                     x.source));
+  const auto variants = study_variants(x, o);
+  const fs::path dir(x.run_dir);
+  fs::create_directories(dir);
+
+  // One evaluation set for every variant: the same candidate samples, each model keeps its own
+  // M_ex = 1 part after A.
+  std::string evalset = x.evalset;
+  if (evalset.empty() && !x.study.entities.empty()) {
+    evalset = (dir / "evalset.jsonl").string();
+    if (!fs::exists(evalset)) {
+      EntityBuildOptions eb;
+      eb.data_dir = x.data_dir;
+      eb.entities = expand_cache(x.study.entities);
+      eb.out = evalset;
+      eb.subset_a = x.study.subset_a;
+      eb.subset_b = x.study.subset_b;
+      eb.top_a = x.study.top, eb.bottom_b = x.study.bottom;
+      eb.prompt = x.study.prompt, eb.target = x.study.target;
+      eb.max_samples = x.study.max_samples, eb.max_per_entity = x.study.max_per_entity;
+      eb.seed = uint64_t(x.study.entity_seed);
+      entities_build(eb);
+    }
+  }
+  if (evalset.empty())
+    std::fprintf(stderr, "note: no [study] entities and no [eval] evalset: no forgetting metrics\n");
+
+  nlohmann::ordered_json study = {{"experiment", x.source}, {"variants", nlohmann::json::array()}};
+  for (const StudyVariant& v : variants)
+    study["variants"].push_back(
+        {{"dir", v.dir}, {"experts", v.experts}, {"top_k", v.top_k}, {"seed", v.seed}});
+  file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
+
+  const double t0 = time_now_s();
+  for (size_t i = 0; i < variants.size(); i++) {
+    const StudyVariant& v = variants[i];
+    Experiment e = x;
+    e.model = v.experts == 1 ? x.model : config_iso_moe(x.model, v.experts, v.top_k);
+    e.seed = uint64_t(v.seed);
+    e.run_dir = (dir / v.dir).string();
+    e.evalset = evalset;
+    const int64_t last = last_checkpoint_step(e.run_dir), total = e.total_steps();
+    std::fprintf(stderr, "== %zu/%zu %s: E=%ld top-%ld seed %ld", i + 1, variants.size(),
+                 v.dir.c_str(), long(v.experts), long(v.top_k), long(v.seed));
+    if (last == total) {
+      std::fprintf(stderr, " (done)\n");
+      continue;
+    }
+    std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
+    if (last < 0 && fs::exists(e.run_dir)) {
+      // stopped before its first checkpoint: nothing to resume from, start it again
+      for (const char* f : {"metrics.jsonl", "run.json", "evalset.frozen.jsonl"})
+        fs::remove(fs::path(e.run_dir) / f);
+    }
+    const double tv = time_now_s();
+    if (train_run(e, last >= 0) == 130) {
+      std::fprintf(stderr, "study interrupted in %s; run the same command again to continue\n",
+                   v.dir.c_str());
+      return 130;
+    }
+    std::fprintf(stderr, "== %s finished in %.1f s\n", v.dir.c_str(), time_now_s() - tv);
+  }
+  std::fprintf(stderr, "== all %zu runs done in %.1f s\n", variants.size(), time_now_s() - t0);
+  if (o.report) {
+    ReportOptions r;
+    r.dirs = {x.run_dir};
+    r.out = (dir / "report").string();
+    report_write(r);
+  }
+  return 0;
+}
+
+}  // namespace moelab

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# moelab run + moelab report end to end, in miniature: a dense model and its iso-total MoE
+# variants (E = 4 and 8, top-2) on a generated corpus, A then B, one shared evaluation set; the
+# report's files and fields exist, M_ex right after A is 1 by construction, an interrupted study
+# continues where it stopped, and bad input fails with one line.
+set -u
+moelab=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+export OMP_NUM_THREADS=2
+
+mkdir -p corpus
+# Each name has its own title in A; B gives the titles to other names, so what A taught (title ->
+# name, the M_ex cue) is overwritten during B.
+names=(Abner Boaz Caleb Dinah Eglon Gideon Hiram Jethro Korah Laban Micah Naomi)
+titles=(shepherd smith scribe weaver potter judge mason herdsman singer trader elder gleaner)
+for i in $(seq 1 48); do
+  for l in $(seq 1 10); do
+    j=$(((i * 5 + l) % 12))
+    n=$j
+    [ "$i" -gt 24 ] && n=$(((j + 5) % 12))
+    echo "In the day $l the ${titles[$j]} ${names[$n]} went down to the well at evening."
+  done >"corpus/c$i.txt"
+done
+cat >data.json <<'JSON'
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": 400},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+printf '%s\tPER\n' "${names[@]}" >ents.tsv
+cat >exp.toml <<'TOML'
+[run]
+dir = "study"
+seed = 5
+threads = 2
+log_every = 5
+[model]
+vocab_size = 400
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+intermediate_size = 64
+sliding_window = 16
+max_position_embeddings = 64
+[data]
+dir = "data"
+seq_len = 64
+[train]
+batch_size = 4
+[schedule]
+max_lr = 5e-3
+min_lr = 5e-4
+warmup_steps = 5
+decay_steps = 10
+[[phases]]
+name = "A"
+subset = "A"
+steps = 30
+[[phases]]
+name = "B"
+subset = "B"
+steps = 15
+[checkpoint]
+every = 10
+keep_last = 2
+[eval]
+every = 10
+batches = 2
+forgetting_every = 5
+[study]
+experts = [1, 4, 8]
+top_k = 2
+entities = "ents.tsv"
+top = 100
+bottom = 100
+prompt = 8
+target = 8
+max_per_entity = 4
+TOML
+
+# ---- a study interrupted in its second variant, then continued
+"$moelab" run exp.toml --experts 1,4 --no-report >run1.log 2>&1 || bad "run (E=1,4): $(tail -1 run1.log)"
+[ -f study/evalset.jsonl ] && [ -f study/E1_s5/run.json ] && [ -f study/E4_s5/metrics.jsonl ] && ok ||
+  bad "study folders"
+# a checkpoint kept, the last one removed: the variant resumes; the finished one is skipped
+rm -rf study/E4_s5/step_00000045
+if "$moelab" run exp.toml >run2.log 2>&1; then ok; else bad "run: $(tail -1 run2.log)"; fi
+grep -q "E1_s5.*(done)" run2.log && ok || bad "finished variant not skipped"
+grep -q "E4_s5.*(resuming)" run2.log && ok || bad "stopped variant not resumed"
+[ "$(grep -c '"step":45' study/E4_s5/metrics.jsonl)" = 1 ] && ok || bad "resumed metrics duplicated"
+
+# ---- the report
+for f in summary.md summary.json m_ex.png m_ex.svg m_in.png m_in.svg loss.png loss.svg lr.png lr.svg \
+  expert_load_E4.png expert_load_E8.png m_ex.gp; do
+  [ -s "study/report/$f" ] && ok || bad "report file $f missing"
+done
+/usr/bin/python3 - study/report/summary.json <<'PY' && ok || bad "report fields"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["switch_step"] == 30, s["switch_step"]
+models = {m["experts"]: m for m in s["models"]}
+assert sorted(models) == [1, 4, 8], sorted(models)
+for e, m in models.items():
+    for k in ("params_total", "params_active", "train_flops_per_token", "tokens", "final_train_loss",
+              "final_val_loss", "evalset_kept", "m_ex_after_A", "m_ex_lowest_in_B", "m_ex_lowest_step",
+              "final_m_ex", "final_m_in", "tokens_per_s"):
+        assert k in m and m[k] is not None, (e, k)
+    assert m["m_ex_after_A"] == 1.0, (e, m["m_ex_after_A"])   # by construction
+    assert m["evalset_kept"] > 0, (e, "kept")
+    assert m["tokens"] == 45 * 4 * 64, m["tokens"]
+# equal total parameters up to the router and expert biases; fewer active with more experts
+assert abs(models[8]["params_total"] / models[1]["params_total"] - 1) < 0.05
+assert models[8]["params_active"] < models[4]["params_active"] < models[1]["params_active"]
+PY
+grep -q "M_ex right after A | 1.000 | 1.000 | 1.000" study/report/summary.md && ok || bad "summary table"
+grep -q "set arrow from 30" study/report/m_ex.gp && ok || bad "A -> B switch not marked"
+
+# ---- seeds: two seeds of one variant are averaged, with a spread
+if "$moelab" run exp.toml --experts 4 --seeds 5,6 --set run.dir=seeds >seeds.log 2>&1; then ok; else bad "seeds: $(tail -1 seeds.log)"; fi
+/usr/bin/python3 -c "
+import json; m = json.load(open('seeds/report/summary.json'))['models'][0]
+assert m['seeds'] == [5, 6] and 'sd' in m['final_train_loss'], m" && ok || bad "seed aggregation"
+# a report over single run folders works too
+"$moelab" report study/E1_s5 study/E8_s5 --out two >/dev/null 2>&1 && [ -s two/summary.md ] && ok || bad "report of run folders"
+
+# ---- bad input: one line naming the problem
+expect_err() {  # expect_err PATTERN CMD...
+  local pat=$1; shift
+  if "$@" >out.txt 2>err.txt; then bad "accepted: $*"; return; fi
+  [ "$(wc -l <err.txt)" = 1 ] && grep -q -- "$pat" err.txt && ok || bad "$*: $(cat err.txt)"
+}
+expect_err "neither a study folder" "$moelab" report corpus
+expect_err "must be the dense base" "$moelab" run exp.toml --set model.num_local_experts=4 --set model.num_experts_per_tok=2 --set run.dir=x
+expect_err "study.experts" "$moelab" run exp.toml --set "study.experts=[0]" --set run.dir=x
+expect_err "unknown key 'study.expert'" "$moelab" run exp.toml --set study.expert=3 --set run.dir=x
+
+echo "study test: $pass passed, $fail failed"
+[ "$fail" = 0 ]
