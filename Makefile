@@ -1,5 +1,6 @@
 # make test   installs what is missing (Debian packages), builds, runs every test
 # make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS)
+# make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 
 BUILD ?= build
@@ -7,9 +8,9 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
-        libfmt-dev zlib1g-dev libzstd-dev libpcre2-dev libsentencepiece-dev libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
+        libfmt-dev zlib1g-dev libzstd-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
-.PHONY: deps build test bench format clean
+.PHONY: deps build test bench demo format clean
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -33,6 +34,10 @@ test: build
 
 bench: build
 	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2)
+
+DEMO_START := $(shell date +%s)
+demo: build
+	scripts/demo.sh $(BUILD)/moelab $(DEMO_START) $(DEMO_ARGS)
 
 format:
 	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
