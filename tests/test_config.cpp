@@ -170,3 +170,17 @@ TEST(Config, IsoMoeSplitsTheFfnWidth) {
   EXPECT_THROW(config_iso_moe(dense, 8, 9), Error);
   EXPECT_THROW(config_iso_moe(e8, 8, 2), Error);  // not dense
 }
+
+TEST(Config, ForgettingPaperConfigMatchesTheOriginalSizes) {
+  // SPEC 0: 0.95B total; active 0.95B (dense), 0.34B (E=8 top-2), 0.17B (E=64 top-2); within 5%.
+  const ModelConfig dense = config_load(MOELAB_SOURCE_DIR "/configs/models/forgetting-paper.json");
+  const double want[] = {0.95e9, 0.34e9, 0.17e9};
+  const int64_t experts[] = {1, 8, 64};
+  for (int i = 0; i < 3; i++) {
+    const ModelConfig c = experts[i] == 1 ? dense : config_iso_moe(dense, experts[i], 2);
+    const ParamCounts n = config_count(c);
+    EXPECT_NEAR(double(n.active) / want[i], 1.0, 0.05) << "E=" << experts[i];
+    EXPECT_NEAR(double(n.total) / 0.95e9, 1.0, 0.05) << "E=" << experts[i];
+    EXPECT_EQ(c.intermediate_size * c.num_local_experts, 65536);
+  }
+}
