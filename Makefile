@@ -36,7 +36,9 @@ bench: build
 	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2)
 
 DEMO_START := $(shell date +%s)
-demo: build
+demo: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS) --target moelab
 	scripts/demo.sh $(BUILD)/moelab $(DEMO_START) $(DEMO_ARGS)
 
 format:

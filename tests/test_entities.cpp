@@ -79,6 +79,18 @@ TEST(Entities, ListsAndTokenisationVariants) {
     m.scan(tok->encode(text), [&](int64_t, int32_t value) { hits += value == 7; });
     EXPECT_EQ(hits, 1) << text;
   }
+  // Word boundaries: a match that a longer word continues is not the entity.
+  const std::vector<bool> cont = tokens_continuing_word(*tok);
+  ASSERT_EQ(cont.size(), size_t(tok->vocab_size()));
+  auto continues = [&](const std::string& text, const std::string& after) {
+    const auto ids = tok->encode(text + after);
+    const size_t n = tok->encode(text).size();
+    return n < ids.size() && bool(cont[size_t(ids[n])]);
+  };
+  EXPECT_TRUE(continues("The Ammon", "ites came"));
+  EXPECT_FALSE(continues("The Ammon", " came"));
+  EXPECT_FALSE(continues("The Ammon", ", and"));
+  EXPECT_FALSE(continues("The Ammon", "'s son"));
 }
 
 // ----------------------------------------------------------------------------

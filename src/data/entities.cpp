@@ -1,5 +1,7 @@
 #include "data/entities.hpp"
 
+#include <cctype>
+
 #include <fmt/format.h>
 
 #include <deque>
@@ -51,6 +53,28 @@ std::string title_case(const std::string& s) {
 }
 
 }  // namespace
+
+std::vector<bool> tokens_continuing_word(const Tokenizer& tok) {
+  // Decode each token after a one-letter word and look at the character that follows it: this
+  // works whether the tokenizer marks word starts (SentencePiece) or leading spaces (BPE).
+  const std::vector<int32_t> a = tok.encode("a");
+  const size_t base = tok.decode(a).size();
+  std::vector<bool> cont(size_t(tok.vocab_size()), false);
+  std::vector<int32_t> ids(a);
+  ids.push_back(0);
+  for (int64_t id = 0; id < tok.vocab_size(); id++) {
+    ids.back() = int32_t(id);
+    std::string s;
+    try {
+      s = tok.decode(ids);
+    } catch (const std::exception&) {  // an id the vocabulary leaves unused
+      continue;
+    }
+    // ASCII letters and digits only: a non-ASCII byte may be punctuation (a curly quote).
+    cont[size_t(id)] = s.size() > base && std::isalnum(static_cast<unsigned char>(s[base]));
+  }
+  return cont;
+}
 
 std::vector<std::vector<int32_t>> entity_variants(const Tokenizer& tok, const std::string& name) {
   std::set<std::vector<int32_t>> seen;

@@ -27,6 +27,11 @@ std::vector<Entity> entities_load(const std::string& path);
 // space (BPE tokenisers encode " Name" and "Name" differently), without duplicates.
 std::vector<std::vector<int32_t>> entity_variants(const Tokenizer& tok, const std::string& name);
 
+// Per token id: whether the token, right after a word, continues that word (its text starts
+// with a letter or digit, with no space between): "ites" after "Ammon" does, " the" does not.
+// A match followed by such a token is part of a longer word ("Ammonites"), not the entity.
+std::vector<bool> tokens_continuing_word(const Tokenizer& tok);
+
 class TokenMatcher {
  public:
   void add(std::span<const int32_t> pattern, int32_t value);

@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
-#include "core/fileio.hpp"
 #include "data/shard.hpp"
 
 namespace moelab {

@@ -69,9 +69,14 @@ void entities_build(const EntityBuildOptions& o) {
   const std::vector<int32_t> A = read_stream(d, o.subset_a), Bs = read_stream(d, o.subset_b);
   std::vector<int64_t> ca(ents.size(), 0), cb(ents.size(), 0);
   std::vector<std::pair<int64_t, int32_t>> occ;  // (end, entity) in A
-  // Every occurrence counts, nested ones too ("New York" inside "New York City").
+  // Every occurrence counts, nested ones too ("New York" inside "New York City"), but not one
+  // that a longer word continues ("Ammon" in "Ammonites").
+  const std::vector<bool> cont = tokens_continuing_word(*d.tokenizer);
   auto count = [&](const std::vector<int32_t>& s, std::vector<int64_t>& c, bool keep) {
     m.scan(s, [&](int64_t end, int32_t v) {
+      if (end < int64_t(s.size()) && s[size_t(end)] >= 0 && s[size_t(end)] < int32_t(cont.size()) &&
+          cont[size_t(s[size_t(end)])])
+        return;
       c[size_t(v)]++;
       if (keep) occ.emplace_back(end, v);
     });

@@ -71,7 +71,8 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
   file_write_atomic(stem + ".gp", g);
   if (!run) return true;
   const std::string dir = std::filesystem::path(stem).parent_path().string();
-  const std::string cmd = fmt::format("cd '{}' && gnuplot '{}.gp' 2>&1", dir.empty() ? "." : dir, name);
+  const std::string cmd =
+      fmt::format("cd '{}' && gnuplot '{}.gp' 2>&1", dir.empty() ? "." : dir, name);
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   if (p) {
@@ -80,7 +81,8 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
   }
   const int rc = p ? pclose(p) : -1;
   if (rc != 0) {
-    std::fprintf(stderr, "warning: %s.gp: gnuplot failed or is missing (apt-get install gnuplot-nox)%s%s",
+    std::fprintf(stderr,
+                 "warning: %s.gp: gnuplot failed or is missing (apt-get install gnuplot-nox)%s%s",
                  stem.c_str(), out.empty() ? "" : ": ", out.empty() ? "\n" : out.c_str());
     return false;
   }

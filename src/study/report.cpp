@@ -42,7 +42,8 @@ RunData run_read(const std::string& dir) {
   RunData r;
   r.dir = dir;
   const std::string run_path = (fs::path(dir) / "run.json").string();
-  if (!fs::exists(run_path)) fail(run_path + ": missing (not a run folder written by moelab train)");
+  if (!fs::exists(run_path))
+    fail(run_path + ": missing (not a run folder written by moelab train)");
   r.run = json::parse(file_read(run_path), nullptr, false);
   if (r.run.is_discarded()) fail(run_path + ": invalid JSON");
   try {
@@ -77,7 +78,8 @@ RunData run_read(const std::string& dir) {
       if (m.contains(k) && m[k].is_number()) r.s[k][step] = m[k].get<double>();
     if (m.contains("val_loss"))
       for (auto& [name, v] : m["val_loss"].items()) r.s["val:" + name][step] = v.get<double>();
-    if (m.contains("expert_load")) r.load[step] = m["expert_load"].get<std::vector<std::vector<double>>>();
+    if (m.contains("expert_load"))
+      r.load[step] = m["expert_load"].get<std::vector<std::vector<double>>>();
     if (m.contains("forgetting")) {
       const json& g = m["forgetting"];
       if (g.contains("evalset")) {
@@ -242,9 +244,9 @@ std::string report_write(const ReportOptions& o) {
     figures.push_back(stem);
   };
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
-    PlotChart c = chart(fmt::format("{} on the samples each model recalled after {} (M_ex = 1)",
-                                    name, a_name),
-                        name);
+    PlotChart c = chart(
+        fmt::format("{} on the samples each model recalled after {} (M_ex = 1)", name, a_name),
+        name);
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < groups.size(); i++)
       add(c, aggregate(groups[i], key), groups[i].label, int(i), 1, groups[i].runs.size() > 1);
@@ -260,8 +262,8 @@ std::string report_write(const ReportOptions& o) {
       add(c, aggregate(groups[i], "val:" + a_name), groups[i].label + " val " + a_name, int(i), 2,
           false);
       if (!b_name.empty())
-        add(c, aggregate(groups[i], "val:" + b_name), groups[i].label + " val " + b_name, int(i),
-            3, false);
+        add(c, aggregate(groups[i], "val:" + b_name), groups[i].label + " val " + b_name, int(i), 3,
+            false);
     }
     draw(c, "loss");
   }
@@ -306,7 +308,8 @@ std::string report_write(const ReportOptions& o) {
     m["params_total"] = r0.run.value("params_total", int64_t(0));
     m["params_active"] = r0.run.value("params_active", int64_t(0));
     m["train_flops_per_token"] = r0.run.value("train_flops_per_token", 0.0);
-    m["tokens"] = stat_of(g, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
+    m["tokens"] =
+        stat_of(g, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
     m["steps"] = stat_of(g, [](const RunData& r) { return double(r.last_step); });
     m["final_train_loss"] = stat_of(g, [](const RunData& r) { return last_value(r, "loss"); });
     for (const std::string& sub : {a_name, b_name})
@@ -318,7 +321,8 @@ std::string report_write(const ReportOptions& o) {
       }
     m["evalset_candidates"] = stat_of(g, [](const RunData& r) { return double(r.candidates); });
     m["evalset_kept"] = stat_of(g, [](const RunData& r) { return double(r.kept); });
-    m["m_ex_after_A"] = stat_of(g, [](const RunData& r) { return value_at(r, "m_ex", r.switch_step); });
+    m["m_ex_after_A"] =
+        stat_of(g, [](const RunData& r) { return value_at(r, "m_ex", r.switch_step); });
     // the lowest point of the mean M_ex curve during B
     const Agg ex = aggregate(g, "m_ex", r0.switch_step + 1);
     if (!ex.x.empty()) {
@@ -344,19 +348,21 @@ std::string report_write(const ReportOptions& o) {
 
   // ---- markdown
   std::string md = "# Forgetting study report\n\n";
-  md += fmt::format("Runs: {}. A = `{}`, B = `{}`; the switch is at step {}.\n\n",
-                    [&] {
-                      std::string s;
-                      for (const Group& g : groups)
-                        for (const RunData& r : g.runs) s += (s.empty() ? "`" : ", `") + r.dir + "`";
-                      return s;
-                    }(),
-                    a_name, b_name, sw);
-  md += "M_in: the share of the 32 tokens after an entity that greedy decoding reproduces, given the "
-        "32 tokens ending with it. M_ex: whether greedy decoding from the 32 tokens before an "
-        "entity writes the entity within 32 tokens. Both are measured on the samples each model "
-        "recalled right after A (M_ex = 1 then, by construction).\n\n";
-  md += "| | " ;
+  md += fmt::format(
+      "Runs: {}. A = `{}`, B = `{}`; the switch is at step {}.\n\n",
+      [&] {
+        std::string s;
+        for (const Group& g : groups)
+          for (const RunData& r : g.runs) s += (s.empty() ? "`" : ", `") + r.dir + "`";
+        return s;
+      }(),
+      a_name, b_name, sw);
+  md +=
+      "M_in: the share of the tokens after an entity (32 by default) that greedy decoding "
+      "reproduces from the tokens ending with it. M_ex: whether greedy decoding from the tokens "
+      "before an entity writes the entity. Both are measured on the samples each model "
+      "recalled right after A (M_ex = 1 then, by construction).\n\n";
+  md += "| | ";
   for (const Group& g : groups) md += g.label + " | ";
   md += "\n|---|";
   for (size_t i = 0; i < groups.size(); i++) md += "---|";
@@ -368,17 +374,21 @@ std::string report_write(const ReportOptions& o) {
   };
   row("total params", [](const ojson& m) { return human(m["params_total"].get<double>()); });
   row("active params", [](const ojson& m) { return human(m["params_active"].get<double>()); });
-  row("train FLOPs/token", [](const ojson& m) { return human(m["train_flops_per_token"].get<double>()); });
+  row("train FLOPs/token",
+      [](const ojson& m) { return human(m["train_flops_per_token"].get<double>()); });
   row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
   row("tokens trained", [](const ojson& m) { return human(stat_mean(m["tokens"])); });
   row("final train loss", [](const ojson& m) { return fmt_stat(m["final_train_loss"]); });
   for (const std::string& sub : {a_name, b_name})
     if (!sub.empty()) {
-      row("val loss " + sub + " after A", [&](const ojson& m) { return fmt_stat(m["val_loss_after_A"][sub]); });
-      row("val loss " + sub + " at the end", [&](const ojson& m) { return fmt_stat(m["final_val_loss"][sub]); });
+      row("val loss " + sub + " after A",
+          [&](const ojson& m) { return fmt_stat(m["val_loss_after_A"][sub]); });
+      row("val loss " + sub + " at the end",
+          [&](const ojson& m) { return fmt_stat(m["final_val_loss"][sub]); });
     }
   row("M_ex = 1 samples after A (of candidates)", [](const ojson& m) {
-    return fmt::format("{} of {}", fmt_stat(m["evalset_kept"], 0), fmt_stat(m["evalset_candidates"], 0));
+    return fmt::format("{} of {}", fmt_stat(m["evalset_kept"], 0),
+                       fmt_stat(m["evalset_candidates"], 0));
   });
   row("M_ex right after A", [](const ojson& m) { return fmt_stat(m["m_ex_after_A"]); });
   row("lowest M_ex in B (step)", [](const ojson& m) {
@@ -406,15 +416,17 @@ std::string report_write(const ReportOptions& o) {
     for (size_t i = 0; i < groups.size(); i++) {
       const ojson& m = models[i];
       if (m["final_m_ex"].is_null()) continue;
-      list += fmt::format("{}{}: {} at the end (lowest {:.3f} at step {})",
-                          list.empty() ? "" : "; ", groups[i].label, fmt_stat(m["final_m_ex"]),
-                          m["m_ex_lowest_in_B"].is_null() ? NAN : m["m_ex_lowest_in_B"].get<double>(),
-                          m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
+      list += fmt::format(
+          "{}{}: {} at the end (lowest {:.3f} at step {})", list.empty() ? "" : "; ",
+          groups[i].label, fmt_stat(m["final_m_ex"]),
+          m["m_ex_lowest_in_B"].is_null() ? NAN : m["m_ex_lowest_in_B"].get<double>(),
+          m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
     }
     md += "- M_ex during B, from 1.0 right after A: " + list + ".\n";
     bool up = true, down = true;
     for (size_t i = 1; i < groups.size(); i++) {
-      const double a = stat_mean(models[i - 1]["final_m_ex"]), b = stat_mean(models[i]["final_m_ex"]);
+      const double a = stat_mean(models[i - 1]["final_m_ex"]),
+                   b = stat_mean(models[i]["final_m_ex"]);
       up = up && b > a, down = down && b < a;
     }
     if (groups.size() < 2)
@@ -431,29 +443,32 @@ std::string report_write(const ReportOptions& o) {
                    "1,2,3` shows the spread.\n"
                  : "- The bands in the figures span the seeds (min to max); the table gives mean "
                    "± sd.\n";
-    md += "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
-          "also found it too noisy to rank models.\n";
+    md +=
+        "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
+        "also found it too noisy to rank models.\n";
     int fell = 0, known = 0;
     for (size_t i = 0; i < groups.size(); i++) {
       const double a = stat_mean(models[i]["val_loss_after_A"][a_name]),
                    b = stat_mean(models[i]["final_val_loss"][a_name]);
       if (!std::isfinite(a) || !std::isfinite(b)) continue;
       known++, fell += b < a;
-      md += fmt::format("- {}: held-out loss on {} went from {:.3f} after A to {:.3f} at the end "
-                        "(PPL {:.1f} -> {:.1f}).\n",
-                        groups[i].label, a_name, a, b, std::exp(a), std::exp(b));
+      md += fmt::format(
+          "- {}: held-out loss on {} went from {:.3f} after A to {:.3f} at the end "
+          "(PPL {:.1f} -> {:.1f}).\n",
+          groups[i].label, a_name, a, b, std::exp(a), std::exp(b));
     }
     if (known > 0 && fell == known)
-      md += fmt::format("- PPL on {} fell during B while M_ex fell too: perplexity does not show "
-                        "this forgetting (the original's first finding).\n",
-                        a_name);
+      md += fmt::format(
+          "- PPL on {} fell during B while M_ex fell too: perplexity does not show "
+          "this forgetting (the original's first finding).\n",
+          a_name);
   }
   md += "\n## Figures\n\n";
   for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
   md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
 
-  ojson summary = {{"a", a_name}, {"b", b_name}, {"switch_step", sw}, {"models", models},
-                   {"figures", figures}};
+  ojson summary = {
+      {"a", a_name}, {"b", b_name}, {"switch_step", sw}, {"models", models}, {"figures", figures}};
   file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
   const std::string md_path = (fs::path(out) / "summary.md").string();
   file_write_atomic(md_path, md);

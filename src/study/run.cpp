@@ -53,9 +53,10 @@ std::string expand_cache(const std::string& p) {
 
 int study_run(const Experiment& x, const StudyOptions& o) {
   if (x.model.num_local_experts != 1)
-    fail(fmt::format("{}: [model] must be the dense base (E = 1); moelab run derives the MoE "
-                     "variants from it ([study] experts)",
-                     x.source));
+    fail(
+        fmt::format("{}: [model] must be the dense base (E = 1); moelab run derives the MoE "
+                    "variants from it ([study] experts)",
+                    x.source));
   const auto variants = study_variants(x, o);
   const fs::path dir(x.run_dir);
   fs::create_directories(dir);
@@ -80,7 +81,8 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     }
   }
   if (evalset.empty())
-    std::fprintf(stderr, "note: no [study] entities and no [eval] evalset: no forgetting metrics\n");
+    std::fprintf(stderr,
+                 "note: no [study] entities and no [eval] evalset: no forgetting metrics\n");
 
   nlohmann::ordered_json study = {{"experiment", x.source}, {"variants", nlohmann::json::array()}};
   for (const StudyVariant& v : variants)

@@ -152,8 +152,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   Experiment x;
   x.source = path;
   const std::set<std::string> sections = {"run",      "model",  "data",       "train", "optimizer",
-                                          "schedule", "phases", "checkpoint", "eval",
-                                          "study"};
+                                          "schedule", "phases", "checkpoint", "eval",  "study"};
   for (const auto& [k, _] : root)
     if (!sections.contains(std::string(k.str())))
       fail(fmt::format("{}: unknown section '{}'", path, std::string(k.str())));
@@ -293,8 +292,8 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   st.get("max_per_entity", sc.max_per_entity);
   st.get("entity_seed", sc.entity_seed);
   st.finish();
-  if (sc.experts.empty() || std::any_of(sc.experts.begin(), sc.experts.end(),
-                                        [](int64_t e) { return e < 1; }))
+  if (sc.experts.empty() ||
+      std::any_of(sc.experts.begin(), sc.experts.end(), [](int64_t e) { return e < 1; }))
     st.bad("experts", "must list expert counts >= 1");
   if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
   if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
