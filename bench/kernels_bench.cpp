@@ -54,6 +54,11 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
       {kN, kV, kD, 0, 1},      // lm head forward
       {kV, kD, kN, 1, 0},      // lm head dW
       {kN, 3 * kD, kD, 0, 1},  // qkv forward
+      // evaluation of the demo model (d 128, FFN 1024, vocab 8192): the head over 2,048
+      // teacher-forced rows, the head and the FFN up-projection of one decoding step of 128 rows
+      {2048, 8192, 128, 0, 1},
+      {128, 8192, 128, 0, 1},
+      {128, 2048, 128, 0, 0},
   };
   for (const auto& s : shapes)
     for (int64_t backend : {0, 1}) {

@@ -26,6 +26,32 @@ namespace moelab {
 // ----------------------------------------------------------------------------
 // training throughput
 
+namespace {
+
+// The profile's rows, largest first, as ms per unit (a step, or the whole run) to stderr and
+// under out[key]; "other" is what no scope covered.
+void profile_report(nlohmann::ordered_json& out, const char* key, double total_s, double units,
+                    const char* unit) {
+  auto rows = profile().seconds;
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second > b.second; });
+  double covered = 0;
+  nlohmann::ordered_json p;
+  for (auto& [name, s] : rows) {
+    p[name] = std::round(s / units * 1e5) / 1e2;
+    covered += s;
+  }
+  p["other"] = std::round((total_s - covered) / units * 1e5) / 1e2;
+  out[key] = p;
+  std::fprintf(stderr, "%-26s %10s %7s\n", "part", unit, "share");
+  for (auto& [name, s] : rows)
+    std::fprintf(stderr, "%-26s %10.2f %6.1f%%\n", name.c_str(), s / units * 1e3,
+                 100 * s / total_s);
+  std::fprintf(stderr, "%-26s %10.2f %6.1f%%\n", "other", (total_s - covered) / units * 1e3,
+               100 * (total_s - covered) / total_s);
+}
+
+}  // namespace
+
 void bench_train(const BenchTrainOptions& o) {
   std::ifstream f(o.config);
   if (!f) fail(o.config + ": cannot open");
@@ -98,23 +124,7 @@ void bench_train(const BenchTrainOptions& o) {
       {"peak_rss_mb", std::round(double(peak_rss_bytes()) / 1048576.0 * 10) / 10},
       {"rss_estimate_mb", std::round(estimate / 1048576.0 * 10) / 10},
       {"loss", last.total()}};
-  if (o.profile) {
-    auto rows = profile().seconds;
-    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second > b.second; });
-    double covered = 0;
-    nlohmann::ordered_json p;
-    for (auto& [name, s] : rows) {
-      p[name] = std::round(s / o.steps * 1e5) / 1e2;  // ms per step
-      covered += s;
-    }
-    p["other"] = std::round((dt - covered) / o.steps * 1e5) / 1e2;
-    out["profile_ms_per_step"] = p;
-    std::fprintf(stderr, "%-20s %10s %7s\n", "op", "ms/step", "share");
-    for (auto& [name, s] : rows)
-      std::fprintf(stderr, "%-20s %10.2f %6.1f%%\n", name.c_str(), s / o.steps * 1e3, 100 * s / dt);
-    std::fprintf(stderr, "%-20s %10.2f %6.1f%%\n", "other", (dt - covered) / o.steps * 1e3,
-                 100 * (dt - covered) / dt);
-  }
+  if (o.profile) profile_report(out, "profile_ms_per_step", dt, double(o.steps), "ms/step");
   std::cout << out.dump() << std::endl;
 }
 
@@ -165,9 +175,12 @@ void bench_eval(const BenchEvalOptions& o) {
   for (int64_t i = 0; i < o.samples; i++)
     set.samples.push_back(
         EvalSample{0, "7", draw(4, o.prompt), draw(5, o.prompt), draw(6, o.generate)});
+  profile().clear();
+  profile().on = o.profile;
   const double t1 = time_now_s();
   evaluate(model, digits, set, o.batch);
   const double de = time_now_s() - t1;
+  profile().on = false;
 
   nlohmann::ordered_json out = {
       {"config", o.config},
@@ -184,6 +197,7 @@ void bench_eval(const BenchEvalOptions& o) {
       {"evaluate_seconds", std::round(de * 1000) / 1000},
       {"evaluate_seconds_per_2000_samples",
        std::round(2000.0 * de / double(o.samples) * 100) / 100}};
+  if (o.profile) profile_report(out, "profile_ms", de, 1.0, "ms");
   std::cout << out.dump() << std::endl;
 }
 

@@ -21,6 +21,7 @@ struct BenchEvalOptions {
   std::string config;  // a bench JSON (its "model")
   int64_t samples = 256, batch = 64, prompt = 32, generate = 32;
   int threads = 0;
+  bool profile = false;  // per-part time of the whole evaluation (stderr and JSON)
 };
 // Greedy decoding throughput with the KV cache (the M_in / M_ex workload); one JSON line.
 void bench_eval(const BenchEvalOptions& o);

@@ -143,6 +143,7 @@ int main(int argc, char** argv) {
   eval_bench_cmd->add_option("--prompt", be.prompt, "prompt tokens per sequence");
   eval_bench_cmd->add_option("--new", be.generate, "generated tokens per sequence");
   eval_bench_cmd->add_option("--threads", be.threads, "threads (default: all cores)");
+  eval_bench_cmd->add_flag("--profile", be.profile, "time per part of the whole evaluation");
 
   try {
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.hpp"
+#include "core/profile.hpp"
 #include "eval/metrics.hpp"
 #include "kernels/vmath.hpp"
 #include "model/ffn.hpp"
@@ -106,6 +107,7 @@ void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   const int64_t k = c_.num_experts_per_tok, I = c_.intermediate_size, half = hd / 2;
   const int64_t N = B_ * n, R = N * k;
   const float scale = float(1.0 / std::sqrt(double(hd)));
+  const bool pre = n > 1;
   x_.resize(N * d), xn_.resize(N * d), tmp_.resize(N * d), rstd_.resize(N);
   qkv_.resize(N * C), att_.resize(N * H * hd), lse_.resize(N * H);
   h_.resize(R * 2 * I), a_.resize(R * I), y_.resize(R * d), xe_.resize(R * d);
@@ -113,39 +115,57 @@ void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   embedding<float>::forward(x_.data(), tokens.data(), P + lay.embed, N, d);
   for (int64_t l = 0; l < c_.num_hidden_layers; l++) {
     const LayerOffsets& o = lay.layers[size_t(l)];
-    rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln1, N, d, c_.rms_norm_eps);
-    linear<float>::forward(qkv_.data(), xn_.data(), P + o.qkv_w,
-                           o.qkv_b >= 0 ? P + o.qkv_b : nullptr, N, d, C, WLayout::OutIn);
+    {
+      ProfileScope prof(pre ? "prefill norm+qkv" : "step norm+qkv");
+      rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln1, N, d,
+                              c_.rms_norm_eps);
+      linear<float>::forward(qkv_.data(), xn_.data(), P + o.qkv_w,
+                             o.qkv_b >= 0 ? P + o.qkv_b : nullptr, N, d, C, WLayout::OutIn);
+    }
     // row b*n + t is position t0 + t: the tables from t0 with period n
-    rope<float>::forward(qkv_.data(), N, n, H, hd, C, cos_.data() + t0 * half,
-                         sin_.data() + t0 * half);
-    rope<float>::forward(qkv_.data() + H * hd, N, n, KV, hd, C, cos_.data() + t0 * half,
-                         sin_.data() + t0 * half);
+    {
+      ProfileScope prof(pre ? "prefill rope" : "step rope");
+      rope<float>::forward(qkv_.data(), N, n, H, hd, C, cos_.data() + t0 * half,
+                           sin_.data() + t0 * half);
+      rope<float>::forward(qkv_.data() + H * hd, N, n, KV, hd, C, cos_.data() + t0 * half,
+                           sin_.data() + t0 * half);
+    }
     float* K = k_[size_t(l)].data();
     float* Vc = v_[size_t(l)].data();
-    for (int64_t b = 0; b < B_; b++)
-      for (int64_t t = 0; t < n; t++) {
-        const float* row = qkv_.data() + (b * n + t) * C;
-        for (int64_t c = 0; c < KV * hd; c++) K[(b * KV * hd + c) * L_ + t0 + t] = row[H * hd + c];
-        std::copy_n(row + (H + KV) * hd, KV * hd, Vc + (b * L_ + t0 + t) * KV * hd);
+    {
+      ProfileScope prof(pre ? "prefill cache+attention" : "step cache+attention");
+      for (int64_t b = 0; b < B_; b++)
+        for (int64_t t = 0; t < n; t++) {
+          const float* row = qkv_.data() + (b * n + t) * C;
+          for (int64_t c = 0; c < KV * hd; c++)
+            K[(b * KV * hd + c) * L_ + t0 + t] = row[H * hd + c];
+          std::copy_n(row + (H + KV) * hd, KV * hd, Vc + (b * L_ + t0 + t) * KV * hd);
+        }
+      const int64_t window = c_.layer_sliding[size_t(l)] ? c_.sliding_window : 0;
+      const float* sinks = o.sinks >= 0 ? P + o.sinks : nullptr;
+      if (n > 1) {  // from position 0: the training kernel over the block
+        attention<float>::forward(att_.data(), lse_.data(), qkv_.data(), sinks,
+                                  AttnShape{B_, n, H, KV, hd, window, double(scale)});
+      } else {
+        attend_one(att_.data(), qkv_.data(), K, Vc, sinks, t0, window, scale);
       }
-    const int64_t window = c_.layer_sliding[size_t(l)] ? c_.sliding_window : 0;
-    const float* sinks = o.sinks >= 0 ? P + o.sinks : nullptr;
-    if (n > 1) {  // from position 0: the training kernel over the block
-      attention<float>::forward(att_.data(), lse_.data(), qkv_.data(), sinks,
-                                AttnShape{B_, n, H, KV, hd, window, double(scale)});
-    } else {
-      attend_one(att_.data(), qkv_.data(), K, Vc, sinks, t0, window, scale);
     }
-    linear<float>::forward(tmp_.data(), att_.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr, N,
-                           H * hd, d, WLayout::OutIn);
-    for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
+    {
+      ProfileScope prof(pre ? "prefill o proj" : "step o proj");
+      linear<float>::forward(tmp_.data(), att_.data(), P + o.o_w, o.o_b >= 0 ? P + o.o_b : nullptr,
+                             N, H * hd, d, WLayout::OutIn);
+      for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
+    }
     // feed-forward
-    rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln2, N, d, c_.rms_norm_eps);
-    ffn_forward<float>(c_, P, o, N, xn_.data(), tmp_.data(),
-                       {h_.data(), a_.data(), y_.data(), xe_.data(), rl_.data(), w_.data(),
-                        idx_.data(), order_.data(), pos_.data(), off_.data()});
-    for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
+    {
+      ProfileScope prof(pre ? "prefill ffn" : "step ffn");
+      rmsnorm<float>::forward(xn_.data(), rstd_.data(), x_.data(), P + o.ln2, N, d,
+                              c_.rms_norm_eps);
+      ffn_forward<float>(c_, P, o, N, xn_.data(), tmp_.data(),
+                         {h_.data(), a_.data(), y_.data(), xe_.data(), rl_.data(), w_.data(),
+                          idx_.data(), order_.data(), pos_.data(), off_.data()});
+      for (int64_t i = 0; i < N * d; i++) x_[size_t(i)] += tmp_[size_t(i)];
+    }
   }
 }
 
@@ -159,6 +179,7 @@ std::span<const float> Decoder::head(int64_t n, int64_t from) {
 }
 
 void Decoder::head_rows(std::span<const int64_t> rows) {
+  ProfileScope prof("head");
   const float* P = m_.params.data();
   const int64_t d = c_.hidden_size, V = c_.vocab_size, m = int64_t(rows.size());
   head_in_.resize(m * d);
@@ -197,6 +218,7 @@ void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
     std::vector<int64_t> first(size_t(b1 - b0 + 1), 0);  // each sequence's first row
     for (int64_t b = b0; b < b1; b++)
       first[size_t(b - b0 + 1)] = first[size_t(b - b0)] + to[size_t(b)] - from[size_t(b)];
+    ProfileScope prof("prefill visit");
 #pragma omp parallel for schedule(dynamic, 1) if (int64_t(rows.size()) * V >= (1 << 18))
     for (int64_t b = b0; b < b1; b++) {
       const int64_t r = first[size_t(b - b0)], cnt = first[size_t(b - b0 + 1)] - r;

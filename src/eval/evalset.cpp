@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "data/dataset.hpp"
 #include "data/entities.hpp"
@@ -302,6 +303,7 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       for (int64_t r = 0; r < 2 * B; r++) gen[size_t(r * T + i)] = next[size_t(r)];
       if (i + 1 == T) break;
       const auto logits = dec.step(next, P + i);
+      ProfileScope prof("step argmax");
 #pragma omp parallel for schedule(static) if (B * V >= (1 << 17))
       for (int64_t r = 0; r < 2 * B; r++) next[size_t(r)] = logits_argmax(logits.data() + r * V, V);
     }

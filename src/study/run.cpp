@@ -91,6 +91,8 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
 
   const double t0 = time_now_s();
+  double trained_s = 0;  // for the estimate of what is left
+  int64_t trained = 0;
   for (size_t i = 0; i < variants.size(); i++) {
     const StudyVariant& v = variants[i];
     Experiment e = x;
@@ -117,7 +119,10 @@ int study_run(const Experiment& x, const StudyOptions& o) {
                    v.dir.c_str());
       return 130;
     }
-    std::fprintf(stderr, "== %s finished in %.1f s\n", v.dir.c_str(), time_now_s() - tv);
+    trained_s += time_now_s() - tv, trained++;
+    const double left = trained_s / double(trained) * double(variants.size() - i - 1);
+    std::fprintf(stderr, "== %s finished in %.1f s; the study's other runs: about %.0f min\n",
+                 v.dir.c_str(), time_now_s() - tv, left / 60);
   }
   std::fprintf(stderr, "== all %zu runs done in %.1f s\n", variants.size(), time_now_s() - t0);
   if (o.report) {
