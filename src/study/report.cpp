@@ -357,6 +357,11 @@ std::string report_write(const ReportOptions& o) {
         return s;
       }(),
       a_name, b_name, sw);
+  for (const Group& g : groups)
+    for (const RunData& r : g.runs)
+      if (const int64_t total = r.run.value("total_steps", int64_t(0)); r.last_step < total)
+        md += fmt::format("Unfinished: `{}` is at step {} of {}; its numbers are partial.\n\n",
+                          r.dir, r.last_step, total);
   md +=
       "M_in: the share of the tokens after an entity (32 by default) that greedy decoding "
       "reproduces from the tokens ending with it. M_ex: whether greedy decoding from the tokens "
@@ -423,26 +428,45 @@ std::string report_write(const ReportOptions& o) {
           m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
     }
     md += "- M_ex during B, from 1.0 right after A: " + list + ".\n";
-    bool up = true, down = true;
+    // Is a gap in M_ex at the end larger than its noise? One seed: the binomial standard error
+    // of the frozen set, sqrt(p(1 - p) / n); several: the seeds' sd / sqrt(seeds).
+    auto std_err = [&](size_t i) {
+      const ojson& m = models[i]["final_m_ex"];
+      if (m.is_object()) return m["sd"].get<double>() / std::sqrt(m["n"].get<double>());
+      const double p = stat_mean(m), n = stat_mean(models[i]["evalset_kept"]);
+      return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
+    };
+    bool up = true, down = true, clear = true;
+    double noise = 0;
     for (size_t i = 1; i < groups.size(); i++) {
       const double a = stat_mean(models[i - 1]["final_m_ex"]),
                    b = stat_mean(models[i]["final_m_ex"]);
+      const double two_se = 2 * std::hypot(std_err(i - 1), std_err(i));
       up = up && b > a, down = down && b < a;
+      clear = clear && std::abs(b - a) > two_se;
+      noise = std::max(noise, two_se);
     }
+    const std::string within = fmt::format(
+        "the gaps are within two standard errors of the evaluation's sampling noise (about "
+        "±{:.3f}), so this run does not rank the models: more seeds (`moelab run --seeds 1,2,3`) "
+        "or a larger evaluation set would",
+        noise);
     if (groups.size() < 2)
       md += "- One model only: nothing to compare.\n";
-    else if (up)
-      md += "- More experts kept more of what A taught, as the original study found.\n";
-    else if (down)
-      md += "- Fewer experts kept more: the opposite of the original study's finding.\n";
+    else if ((up || down) && clear)
+      md += up ? "- More experts kept more of what A taught, as the original study found; the gaps "
+                 "exceed two standard errors of the evaluation's sampling noise.\n"
+               : "- Fewer experts kept more, the opposite of the original study's finding; the "
+                 "gaps exceed two standard errors of the evaluation's sampling noise.\n";
+    else if (up || down)
+      md += fmt::format("- M_ex at the end {} with the number of experts, but {}.\n",
+                        up ? "rises" : "falls", within);
     else
-      md += "- M_ex at the end is not ordered by the number of experts.\n";
+      md += fmt::format("- M_ex at the end is not ordered by the number of experts; {}.\n", within);
     const bool single = std::all_of(groups.begin(), groups.end(),
                                     [](const Group& g) { return g.runs.size() == 1; });
-    md += single ? "- One seed per model: gaps of a few points can be noise; `moelab run --seeds "
-                   "1,2,3` shows the spread.\n"
-                 : "- The bands in the figures span the seeds (min to max); the table gives mean "
-                   "± sd.\n";
+    if (!single)
+      md += "- The bands in the figures span the seeds (min to max); the table gives mean ± sd.\n";
     md +=
         "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
         "also found it too noisy to rank models.\n";
