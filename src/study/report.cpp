@@ -147,16 +147,17 @@ ojson stat_of(const Group& g, F per_run) {
   return ojson{{"mean", mean}, {"sd", std::sqrt(ss / double(v.size() - 1))}, {"n", v.size()}};
 }
 
-std::string fmt_stat(const ojson& v, int digits = 3) {
-  if (v.is_null()) return "-";
-  if (v.is_number()) return fmt::format("{:.{}f}", v.get<double>(), digits);
-  return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
-                     digits);
-}
-
 double stat_mean(const ojson& v) {
   if (v.is_null()) return NAN;
   return v.is_number() ? v.get<double>() : v["mean"].get<double>();
+}
+
+std::string fmt_stat(const ojson& v, int digits = 3) {
+  if (v.is_null()) return "-";
+  if (v.is_number() || v["sd"].get<double>() == 0)
+    return fmt::format("{:.{}f}", stat_mean(v), digits);
+  return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
+                     digits);
 }
 
 double last_value(const RunData& r, const std::string& key) {
@@ -436,6 +437,8 @@ std::string report_write(const ReportOptions& o) {
       const double p = stat_mean(m), n = stat_mean(models[i]["evalset_kept"]);
       return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
     };
+    const bool single_seed = std::all_of(groups.begin(), groups.end(),
+                                         [](const Group& g) { return g.runs.size() == 1; });
     bool up = true, down = true, clear = true;
     double noise = 0;
     for (size_t i = 1; i < groups.size(); i++) {
@@ -454,18 +457,18 @@ std::string report_write(const ReportOptions& o) {
     if (groups.size() < 2)
       md += "- One model only: nothing to compare.\n";
     else if ((up || down) && clear)
-      md += up ? "- More experts kept more of what A taught, as the original study found; the gaps "
-                 "exceed two standard errors of the evaluation's sampling noise.\n"
-               : "- Fewer experts kept more, the opposite of the original study's finding; the "
-                 "gaps exceed two standard errors of the evaluation's sampling noise.\n";
+      md += fmt::format(
+          "- {}; each gap exceeds two standard errors ({}).\n",
+          up ? "More experts kept more of what A taught, as the original study found"
+             : "Fewer experts kept more, the opposite of the original study's finding",
+          single_seed ? "binomial, of one seed's evaluation set"
+                      : "of the mean over the seeds; with few seeds this is suggestive, not proof");
     else if (up || down)
       md += fmt::format("- M_ex at the end {} with the number of experts, but {}.\n",
                         up ? "rises" : "falls", within);
     else
       md += fmt::format("- M_ex at the end is not ordered by the number of experts; {}.\n", within);
-    const bool single = std::all_of(groups.begin(), groups.end(),
-                                    [](const Group& g) { return g.runs.size() == 1; });
-    if (!single)
+    if (!single_seed)
       md += "- The bands in the figures span the seeds (min to max); the table gives mean ± sd.\n";
     md +=
         "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
