@@ -4,24 +4,7 @@
 set -u
 moelab=$1
 src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-
-# expect_error "description" "regex on stderr" command...
-expect_error() {
-  local what=$1 re=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "$what: exit $rc, expected 1"; return; fi
-  if [ "$(wc -l <"$tmp/err")" -ne 1 ]; then bad "$what: stderr is not one line:"; cat "$tmp/err"; return; fi
-  if ! grep -Eq -- "$re" "$tmp/err"; then bad "$what: stderr '$(cat "$tmp/err")' does not match '$re'"; return; fi
-  ok
-}
+source "$(dirname "$0")/testlib.sh"
 
 expect_ok() {
   local what=$1
@@ -101,5 +84,4 @@ sed 's/"docs"]}/"nope"]}/' "$tmp/data.json" >"$tmp/bad_subset.json"
 expect_error "unknown source" "'subsets.A\[0\]' names an unknown source 'nope'" "$moelab" data prepare "$tmp/bad_subset.json" --out "$tmp/d3"
 [ ! -e "$tmp/d3" ] && ok || bad "a refused spec created its output directory"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish "cli test"

@@ -5,12 +5,8 @@
 # continues where it stopped, and bad input fails with one line.
 set -u
 moelab=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=2
 
 mkdir -p corpus
@@ -132,15 +128,9 @@ assert m['seeds'] == [5, 6] and 'sd' in m['final_train_loss'], m" && ok || bad "
 "$moelab" report study/E1_s5 study/E8_s5 --out two >/dev/null 2>&1 && [ -s two/summary.md ] && ok || bad "report of run folders"
 
 # ---- bad input: one line naming the problem
-expect_err() {  # expect_err PATTERN CMD...
-  local pat=$1; shift
-  if "$@" >out.txt 2>err.txt; then bad "accepted: $*"; return; fi
-  [ "$(wc -l <err.txt)" = 1 ] && grep -q -- "$pat" err.txt && ok || bad "$*: $(cat err.txt)"
-}
-expect_err "neither a study folder" "$moelab" report corpus
-expect_err "must be the dense base" "$moelab" run exp.toml --set model.num_local_experts=4 --set model.num_experts_per_tok=2 --set run.dir=x
-expect_err "study.experts" "$moelab" run exp.toml --set "study.experts=[0]" --set run.dir=x
-expect_err "unknown key 'study.expert'" "$moelab" run exp.toml --set study.expert=3 --set run.dir=x
+expect_error "report of a plain folder" "neither a study folder" "$moelab" report corpus
+expect_error "MoE base" "must be the dense base" "$moelab" run exp.toml --set model.num_local_experts=4 --set model.num_experts_per_tok=2 --set run.dir=x
+expect_error "zero experts" "study\.experts" "$moelab" run exp.toml --set "study.experts=[0]" --set run.dir=x
+expect_error "unknown study key" "unknown key 'study\.expert'" "$moelab" run exp.toml --set study.expert=3 --set run.dir=x
 
-echo "study test: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "study test"

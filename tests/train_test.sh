@@ -4,12 +4,8 @@
 # fields); bad configs fail with one line naming the key.
 set -u
 moelab=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 mkdir -p corpus
 for i in $(seq 1 60); do
@@ -126,15 +122,6 @@ wait $pid 2>/dev/null
 if diff <(strip full/metrics.jsonl) <(strip k9/metrics.jsonl) >/dev/null; then ok; else bad "metrics after kill -9 + resume differ"; fi
 
 # 4. bad configs and misuse: exit 1, one line naming the key
-expect_error() {
-  local what=$1 re=$2
-  shift 2
-  "$@" >/dev/null 2>err
-  local rc=$?
-  [ $rc -eq 1 ] || { bad "$what: exit $rc"; return; }
-  [ "$(wc -l <err)" -eq 1 ] || { bad "$what: not one line: $(cat err)"; return; }
-  grep -Eq -- "$re" err && ok || bad "$what: '$(cat err)' does not match '$re'"
-}
 expect_error "unknown key" "unknown key 'train.batchsize'" "$moelab" train exp.toml --set train.batchsize=3 --set run.dir=x1
 expect_error "bad value" "'train.batch_size' must be an integer" "$moelab" train exp.toml --set train.batch_size=big --set run.dir=x2
 expect_error "unknown section" "unknown section 'trian'" "$moelab" train exp.toml --set trian.x=1 --set run.dir=x3
@@ -159,5 +146,4 @@ if "$moelab" train exp.toml --set run.dir=skip --set schedule.max_lr=1e6 --set s
   --set train.clip=0.0 --set train.skip_nonfinite=true >/dev/null 2>&1; then ok; else bad "skip_nonfinite run failed"; fi
 grep -q '"skipped":"non-finite loss"' skip/metrics.jsonl && ok || bad "skipped batches are logged"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish "train test"

@@ -18,6 +18,9 @@ namespace moelab {
 // ~/.cache/moelab. Never inside the repository.
 std::string moelab_cache_dir();
 
+// A path that starts with ${MOELAB_CACHE} (the cache the presets fill), with that expanded.
+std::string cache_path_expand(const std::string& path);
+
 // ----------------------------------------------------------------------------
 // the spec of a data directory (JSON)
 

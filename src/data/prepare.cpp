@@ -28,6 +28,11 @@ std::string moelab_cache_dir() {
          "/moelab";
 }
 
+std::string cache_path_expand(const std::string& path) {
+  const std::string var = "${MOELAB_CACHE}";
+  return path.rfind(var, 0) == 0 ? moelab_cache_dir() + path.substr(var.size()) : path;
+}
+
 // ----------------------------------------------------------------------------
 // the spec
 
@@ -64,8 +69,7 @@ struct SpecReader {
 // Paths may start with ${MOELAB_CACHE} (the cache the presets fill); others are relative to the
 // spec file's folder.
 std::string resolve(std::string p, const std::string& base) {
-  const std::string var = "${MOELAB_CACHE}";
-  if (p.rfind(var, 0) == 0) p = moelab_cache_dir() + p.substr(var.size());
+  p = cache_path_expand(p);
   return fs::path(p).is_absolute() || base.empty() ? p : (fs::path(base) / p).string();
 }
 

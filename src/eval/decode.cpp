@@ -14,20 +14,23 @@ namespace moelab {
 
 using namespace kernels;
 
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+}
+
+}  // namespace
+
 Decoder::Decoder(const Model<float>& model, int64_t batch, int64_t max_len)
     : m_(model), c_(model.cfg), B_(batch), L_(max_len) {
   if (max_len > c_.max_position_embeddings)
     fail("decoder: max_len exceeds max_position_embeddings");
-  const int64_t d = c_.hidden_size, H = c_.num_attention_heads, KV = c_.num_key_value_heads;
-  const int64_t hd = c_.head_dim, E = c_.num_local_experts, k = c_.num_experts_per_tok;
-  const int64_t I = c_.intermediate_size, R = B_ * k;
+  const int64_t KV = c_.num_key_value_heads, hd = c_.head_dim;
   k_.assign(size_t(c_.num_hidden_layers), std::vector<float>(size_t(B_ * L_ * KV * hd)));
   v_ = k_;
-  x_.resize(B_ * d), xn_.resize(B_ * d), tmp_.resize(B_ * d), rstd_.resize(B_);
-  qkv_.resize(B_ * (H + 2 * KV) * hd), att_.resize(B_ * H * hd), logits_.resize(B_ * c_.vocab_size);
-  h_.resize(R * 2 * I), a_.resize(R * I), y_.resize(R * d), xe_.resize(R * d);
-  rl_.resize(B_ * E), w_.resize(R), idx_.resize(R), order_.resize(R), pos_.resize(R),
-      off_.resize(E + 1);
+  off_.resize(size_t(c_.num_local_experts + 1));
   cos_.resize(L_ * hd / 2), sin_.resize(L_ * hd / 2);
   RopeParams rp{c_.rope_theta, c_.yarn_factor, c_.yarn_beta_fast, c_.yarn_beta_slow,
                 c_.yarn_original_context};
@@ -108,10 +111,12 @@ void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   const int64_t N = B_ * n, R = N * k;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const bool pre = n > 1;
-  x_.resize(N * d), xn_.resize(N * d), tmp_.resize(N * d), rstd_.resize(N);
-  qkv_.resize(N * C), att_.resize(N * H * hd), lse_.resize(N * H);
-  h_.resize(R * 2 * I), a_.resize(R * I), y_.resize(R * d), xe_.resize(R * d);
-  rl_.resize(N * E), w_.resize(R), idx_.resize(R), order_.resize(R), pos_.resize(R);
+  // Buffers only grow: prefill (B*n rows) and steps (B rows) alternate, and shrinking and
+  // regrowing would zero-fill them again for every batch.
+  grow(x_, N * d), grow(xn_, N * d), grow(tmp_, N * d), grow(rstd_, N);
+  grow(qkv_, N * C), grow(att_, N * H * hd), grow(lse_, N * H);
+  grow(h_, R * 2 * I), grow(a_, R * I), grow(y_, R * d), grow(xe_, R * d);
+  grow(rl_, N * E), grow(w_, R), grow(idx_, R), grow(order_, R), grow(pos_, R);
   embedding<float>::forward(x_.data(), tokens.data(), P + lay.embed, N, d);
   for (int64_t l = 0; l < c_.num_hidden_layers; l++) {
     const LayerOffsets& o = lay.layers[size_t(l)];
@@ -175,21 +180,20 @@ std::span<const float> Decoder::head(int64_t n, int64_t from) {
   for (int64_t b = 0; b < B_; b++)
     for (int64_t t = from; t < n; t++) rows.push_back(b * n + t);
   head_rows(rows);
-  return logits_;
+  return std::span<const float>(logits_).first(rows.size() * size_t(c_.vocab_size));
 }
 
 void Decoder::head_rows(std::span<const int64_t> rows) {
   ProfileScope prof("head");
   const float* P = m_.params.data();
   const int64_t d = c_.hidden_size, V = c_.vocab_size, m = int64_t(rows.size());
-  head_in_.resize(m * d);
+  grow(head_in_, m * d);
   for (int64_t r = 0; r < m; r++)
     std::copy_n(x_.data() + rows[size_t(r)] * d, d, head_in_.data() + r * d);
-  xn_.resize(std::max<int64_t>(int64_t(xn_.size()), m * d));
-  rstd_.resize(std::max<int64_t>(int64_t(rstd_.size()), m));
+  grow(xn_, m * d), grow(rstd_, m);
   rmsnorm<float>::forward(xn_.data(), rstd_.data(), head_in_.data(), P + m_.layout.norm, m, d,
                           c_.rms_norm_eps);
-  logits_.resize(m * V);
+  grow(logits_, m * V);
   linear<float>::forward(logits_.data(), xn_.data(), P + m_.layout.lm_head, nullptr, m, d, V,
                          WLayout::OutIn);
 }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "data/dataset.hpp"
@@ -156,35 +157,31 @@ void entities_build(const EntityBuildOptions& o) {
       {"samples", set.samples.size()},
       {"sample_entities", set.names.size()},
       {"per_type", per_type}};
-  std::ofstream(o.out + ".summary.json") << summary.dump(2) << "\n";
+  file_write_atomic(o.out + ".summary.json", summary.dump(2) + "\n");
   fmt::print("{}\n", summary.dump());
 }
 
 void evalset_write(const std::string& path, const EvalSet& set) {
   const int64_t prompt = set.samples.empty() ? 0 : int64_t(set.samples[0].in_prompt.size());
   const int64_t target = set.samples.empty() ? 0 : int64_t(set.samples[0].target.size());
-  std::ofstream f(path + ".tmp");
-  f << json{{"format", "moelab-evalset"},
-            {"version", 1},
-            {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
-            {"prompt", prompt},
-            {"target", target},
-            {"subset", set.subset}}
-           .dump()
-    << "\n";
+  std::string text = json{{"format", "moelab-evalset"},
+                          {"version", 1},
+                          {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
+                          {"prompt", prompt},
+                          {"target", target},
+                          {"subset", set.subset}}
+                         .dump() +
+                     "\n";
   for (const EvalSample& s : set.samples)
-    f << json{{"entity", set.names[size_t(s.entity)]},
-              {"type", set.types[size_t(s.entity)]},
-              {"surface", s.surface},
-              {"in_prompt", s.in_prompt},
-              {"ex_prompt", s.ex_prompt},
-              {"target", s.target}}
-             .dump()
-      << "\n";
-  f.flush();
-  if (!f) fail(path + ": cannot write");
-  f.close();
-  if (std::rename((path + ".tmp").c_str(), path.c_str()) != 0) fail(path + ": rename failed");
+    text += json{{"entity", set.names[size_t(s.entity)]},
+                 {"type", set.types[size_t(s.entity)]},
+                 {"surface", s.surface},
+                 {"in_prompt", s.in_prompt},
+                 {"ex_prompt", s.ex_prompt},
+                 {"target", s.target}}
+                .dump() +
+            "\n";
+  file_write_atomic(path, text);
 }
 
 EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep) {

@@ -44,11 +44,6 @@ int64_t last_checkpoint_step(const std::string& run_dir) {
   return step;
 }
 
-std::string expand_cache(const std::string& p) {
-  const std::string var = "${MOELAB_CACHE}";
-  return p.rfind(var, 0) == 0 ? moelab_cache_dir() + p.substr(var.size()) : p;
-}
-
 }  // namespace
 
 int study_run(const Experiment& x, const StudyOptions& o) {
@@ -69,7 +64,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     if (!fs::exists(evalset)) {
       EntityBuildOptions eb;
       eb.data_dir = x.data_dir;
-      eb.entities = expand_cache(x.study.entities);
+      eb.entities = cache_path_expand(x.study.entities);
       eb.out = evalset;
       eb.subset_a = x.study.subset_a;
       eb.subset_b = x.study.subset_b;

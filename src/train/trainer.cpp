@@ -50,10 +50,7 @@ void metrics_truncate(const std::string& path, int64_t step) {
     if (!j.is_discarded() && j.value("step", int64_t(0)) <= step) kept += line + "\n";
   }
   in.close();
-  std::ofstream out(path + ".tmp");
-  out << kept;
-  out.close();
-  fs::rename(path + ".tmp", path);
+  file_write_atomic(path, kept);
 }
 
 }  // namespace
@@ -98,6 +95,7 @@ int train_run(const Experiment& x, bool resume) {
   std::error_code ec;
   fs::create_directories(x.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x.run_dir, ec.message()));
+  const FlopCounts flops = config_flops(x.model, x.seq_len);
   // run.json: what a report needs to know about this run without re-reading the TOML.
   {
     const ParamCounts pc = config_count(x.model);
@@ -110,20 +108,19 @@ int train_run(const Experiment& x, bool resume) {
                         {"end_step", at + x.phase_steps(p)}});
       at += x.phase_steps(p);
     }
-    const nlohmann::ordered_json run = {
-        {"experiment", x.source},
-        {"seed", x.seed},
-        {"experts", x.model.num_local_experts},
-        {"top_k", x.model.num_experts_per_tok},
-        {"params_total", pc.total},
-        {"params_active", pc.active},
-        {"train_flops_per_token", config_flops(x.model, x.seq_len).train_per_token},
-        {"seq_len", x.seq_len},
-        {"tokens_per_step", x.tokens_per_step()},
-        {"total_steps", x.total_steps()},
-        {"filter_after", x.evalset.empty() ? "" : x.filter_after},
-        {"phases", phases},
-        {"model", config_to_json(x.model)}};
+    const nlohmann::ordered_json run = {{"experiment", x.source},
+                                        {"seed", x.seed},
+                                        {"experts", x.model.num_local_experts},
+                                        {"top_k", x.model.num_experts_per_tok},
+                                        {"params_total", pc.total},
+                                        {"params_active", pc.active},
+                                        {"train_flops_per_token", flops.train_per_token},
+                                        {"seq_len", x.seq_len},
+                                        {"tokens_per_step", x.tokens_per_step()},
+                                        {"total_steps", x.total_steps()},
+                                        {"filter_after", x.evalset.empty() ? "" : x.filter_after},
+                                        {"phases", phases},
+                                        {"model", config_to_json(x.model)}};
     file_write_atomic((fs::path(x.run_dir) / "run.json").string(), run.dump(2) + "\n");
   }
   std::ofstream metrics(metrics_path, std::ios::app);
@@ -142,7 +139,6 @@ int train_run(const Experiment& x, bool resume) {
   }
 
   const int64_t total = x.total_steps();
-  const FlopCounts flops = config_flops(x.model, x.seq_len);
   const double peak = bench_fma_peak_gflops(threads, 0.3);
   const bool tty = ::isatty(2);
   auto state_json = [&](const std::string& phase) {
