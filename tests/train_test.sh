@@ -17,7 +17,7 @@ cat >data.json <<'JSON'
  "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
  "validation_fraction": 0.1}
 JSON
-"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+"$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -2 prep.log)"; exit 1; }
 # an entity evaluation set from A and B (the runs below filter it after phase A)
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
@@ -136,14 +136,72 @@ expect_error "toml syntax" "exp_bad.toml:1:" sh -c "echo '[run' >exp_bad.toml; \
 
 expect_error "unwritable run dir" "cannot create the run directory" "$moelab" train exp.toml --set run.dir=/proc/moelab-run
 
-# 5. a diverging run stops with a clear message (the last checkpoint stays), or skips batches
+# 5. a diverging run stops before applying a non-finite gradient, names the last good
+# checkpoint (which holds only finite numbers and resumes), and never writes a bad one
 "$moelab" train exp.toml --set run.dir=diverge --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
-  --set train.clip=0.0 --set checkpoint.every=2 >/dev/null 2>err
+  --set train.clip=0.0 --set checkpoint.every=1 >/dev/null 2>err
 rc=$?
-[ $rc -eq 1 ] && tail -1 err | grep -q "the loss is not finite" && ok || bad "non-finite loss: exit $rc, $(tail -1 err)"
-ls -d diverge/step_* >/dev/null 2>&1 && ok || bad "a checkpoint from before the divergence is kept"
-if "$moelab" train exp.toml --set run.dir=skip --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
-  --set train.clip=0.0 --set train.skip_nonfinite=true >/dev/null 2>&1; then ok; else bad "skip_nonfinite run failed"; fi
-grep -q '"skipped":"non-finite loss"' skip/metrics.jsonl && ok || bad "skipped batches are logged"
+[ $rc -eq 1 ] && tail -1 err | grep -Eq "step 2: the (loss|gradient norm) is not finite .*stopped before the update, the last good checkpoint is diverge/step_00000001" \
+  && ok || bad "non-finite gradient: exit $rc, $(tail -1 err)"
+[ "$(ls -d diverge/step_* | wc -l)" -eq 1 ] && ok || bad "no checkpoint after the divergence"
+/usr/bin/python3 - diverge/step_00000001 <<'PY' && ok || bad "the last good checkpoint holds non-finite numbers"
+import json, struct, sys, numpy as np
+for f in ("model.safetensors", "optimizer.safetensors"):
+    b = open(f"{sys.argv[1]}/{f}", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    data = np.frombuffer(b[8 + n:], dtype=np.float32)
+    assert data.size > 0 and np.isfinite(data).all()
+PY
+# resuming is exact, so it meets the same gradient and stops the same way, writing nothing
+"$moelab" train exp.toml --set run.dir=diverge --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
+  --set train.clip=0.0 --set checkpoint.every=1 --resume >/dev/null 2>err
+rc=$?
+[ $rc -eq 1 ] && tail -1 err | grep -q "step 2: .* the last good checkpoint is diverge/step_00000001" &&
+  [ "$(ls -d diverge/step_* | wc -l)" -eq 1 ] && ok || bad "resume of a diverging run: exit $rc, $(tail -1 err)"
+# skipping: every skip is logged, and a run that skips too many steps in a row stops
+"$moelab" train exp.toml --set run.dir=skip --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
+  --set train.clip=0.0 --set train.skip_nonfinite=true --set train.max_skips=5 >/dev/null 2>err
+rc=$?
+[ $rc -eq 1 ] && tail -1 err | grep -q "6 batches in a row were skipped" && ok || bad "skip limit: exit $rc, $(tail -1 err)"
+[ "$(grep -c '"skipped":"non-finite' skip/metrics.jsonl)" -eq 5 ] && ok || bad "the 5 allowed skips are logged"
+# a skipping run still stops on SIGINT with a checkpoint
+"$moelab" train exp.toml --set run.dir=skipint --set schedule.max_lr=1e6 --set schedule.min_lr=0 \
+  --set train.clip=0.0 --set train.skip_nonfinite=true --set train.max_skips=100000 \
+  --set phases.0.steps=100000 --set schedule.decay_at=end >/dev/null 2>err &
+pid=$!
+while [ "$(cat skipint/metrics.jsonl 2>/dev/null | grep -c skipped)" -lt 20 ]; do sleep 0.05; done
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] && ls -d skipint/step_* >/dev/null 2>&1 && ok || bad "SIGINT while skipping: exit $rc"
+
+# 6. a run that failed before its first checkpoint starts again (fresh or --resume)
+mkdir -p dead && echo '{"step":1}' >dead/metrics.jsonl && echo '{}' >dead/run.json
+if "$moelab" train exp.toml --set run.dir=dead --set phases.0.steps=3 --set phases.1.steps=3 \
+  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 >/dev/null 2>err; then ok; else bad "restart of a run without checkpoint: $(tail -1 err)"; fi
+grep -q "stopped before its first checkpoint; starting again" err && ok || bad "restart is announced"
+[ "$(wc -l <dead/metrics.jsonl)" -eq 6 ] && ok || bad "the stale metrics are gone"
+mkdir -p dead2 && echo '{"step":1}' >dead2/metrics.jsonl
+if "$moelab" train exp.toml --set run.dir=dead2 --resume --set phases.0.steps=3 --set phases.1.steps=3 \
+  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 >/dev/null 2>err; then ok; else bad "--resume of a run without checkpoint: $(tail -1 err)"; fi
+
+# 7. a checkpoint remembers its tokenizer: resuming onto another one's data is refused
+sed 's/"vocab_size": 320/"vocab_size": 300/' data.json >data2.json
+"$moelab" data prepare data2.json --out data2 >/dev/null 2>&1 || bad "data prepare (second tokenizer)"
+expect_error "other tokenizer" "trained with tokenizer [0-9a-f]{16}, but the data in data2 uses [0-9a-f]{16}" \
+  "$moelab" train exp.toml --set run.dir=full --set data.dir=data2 --set eval.evalset= --resume
+
+# 8. a kill -9 after the frozen evaluation set was written but before the phase-end checkpoint:
+# the resumed run rebuilds it at the same step, and its metrics equal the unbroken run's
+"$moelab" train exp.toml --set run.dir=frzref --set phases.1.steps=10 --set checkpoint.keep_last=0 >/dev/null 2>&1
+cp -r frzref frz && rm -rf frz/step_00000150 frz/step_00000160
+[ -s frz/evalset.frozen.jsonl ] && [ -d frz/step_00000125 ] && ok || bad "frozen-set crash setup"
+"$moelab" train exp.toml --set run.dir=frz --set phases.1.steps=10 --set checkpoint.keep_last=0 --resume >/dev/null 2>&1
+diff <(strip frzref/metrics.jsonl) <(strip frz/metrics.jsonl) >/dev/null && ok || bad "metrics after a crash between the frozen set and the checkpoint differ"
+
+# 9. config edge cases
+expect_error "table replaced" "--set train: 'train' is a table; set one of its keys" "$moelab" train exp.toml --set train=5 --set run.dir=x8
+expect_error "negative steps" "'phases\[1\].steps' give exactly one of steps or tokens \(> 0\)" "$moelab" train exp.toml --set phases.1.steps=-3 --set run.dir=x9
+expect_error "decay longer than the phase" "'schedule.decay_steps' \(500\) is longer than the run up to the end of phase A \(150 steps\)" "$moelab" train exp.toml --set schedule.decay_steps=500 --set run.dir=x10
 
 finish "train test"

@@ -9,6 +9,7 @@
 #include "cli/model_cmds.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "core/signals.hpp"
 #include "eval/evalset.hpp"
 #include "study/report.hpp"
 #include "study/run.hpp"
@@ -16,6 +17,7 @@
 
 int main(int argc, char** argv) {
   using namespace moelab;
+  signals_init();  // before any thread exists: see core/signals.hpp
   CLI::App app{"moelab: a laboratory for Mixture-of-Experts language models"};
   app.require_subcommand(1);
 
@@ -153,9 +155,12 @@ int main(int argc, char** argv) {
     if (ent_build->parsed()) entities_build(eb);
     if (eval_cmd_->parsed()) eval_cmd(ev);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
-    if (train_run_cmd->parsed())
+    if (train_run_cmd->parsed()) {
+      const StopScope stop;  // a signal from here on stops at a checkpoint, exit 130
       return train_run(experiment_load(train_config, train_sets), train_resume);
+    }
     if (study_cmd->parsed()) {
+      const StopScope stop;
       so.report = !no_report;
       return study_run(experiment_load(study_config, study_sets), so);
     }

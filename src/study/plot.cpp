@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "core/fileio.hpp"
+#include "core/signals.hpp"
 
 namespace moelab {
 
@@ -73,6 +74,7 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
   const std::string dir = std::filesystem::path(stem).parent_path().string();
   const std::string cmd =
       fmt::format("cd '{}' && gnuplot '{}.gp' 2>&1", dir.empty() ? "." : dir, name);
+  const SignalsUnblocked child_signals;
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   if (p) {

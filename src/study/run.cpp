@@ -103,11 +103,6 @@ int study_run(const Experiment& x, const StudyOptions& o) {
       continue;
     }
     std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
-    if (last < 0 && fs::exists(e.run_dir)) {
-      // stopped before its first checkpoint: nothing to resume from, start it again
-      for (const char* f : {"metrics.jsonl", "run.json", "evalset.frozen.jsonl"})
-        fs::remove(fs::path(e.run_dir) / f);
-    }
     const double tv = time_now_s();
     if (train_run(e, last >= 0) == 130) {
       std::fprintf(stderr, "study interrupted in %s; run the same command again to continue\n",

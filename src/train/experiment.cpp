@@ -4,6 +4,7 @@
 
 #include <toml++/toml.h>
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -53,7 +54,17 @@ void apply_override(toml::table& root, const std::string& kv) {
   }
   auto* t = cur->as_table();
   if (!t) fail(fmt::format("--set {}: the parent is not a table", path));
-  t->insert_or_assign(parts.back(), *parsed.get("v"));
+  // A section or an array of tables is replaced only by its own kind: `--set train=5` would
+  // silently drop every key of [train].
+  const toml::node& value = *parsed.get("v");
+  if (const toml::node* old = t->get(parts.back());
+      old && (old->is_table() || old->is_array_of_tables()) && old->type() != value.type())
+    fail(fmt::format("--set {}: '{}' is a {}; set one of its keys (e.g. {}.KEY=VALUE)", path, path,
+                     old->is_table() ? "table" : "list of tables", path));
+  if (parts.size() == 1 && !value.is_table())
+    fail(fmt::format("--set {}: not a key; give section.key=value (e.g. train.batch_size=16)",
+                     path));
+  t->insert_or_assign(parts.back(), value);
 }
 
 // ----------------------------------------------------------------------------
@@ -165,6 +176,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   run.get("seed", x.seed);
   run.get("threads", x.threads);
   run.get("log_every", x.log_every);
+  run.get("peak_gflops", x.peak_gflops);
   run.finish();
 
   // [model]: "config" names a model JSON; any other key is a model key on top of it.
@@ -200,6 +212,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   train.get("grad_accum", x.grad_accum);
   train.get("clip", x.clip);
   train.get("skip_nonfinite", x.skip_nonfinite);
+  train.get("max_skips", x.max_skips);
   train.finish();
 
   Section opt = section("optimizer");
@@ -310,6 +323,9 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   need(x.grad_accum > 0, "'train.grad_accum' must be positive");
   need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
   need(x.log_every > 0, "'run.log_every' must be positive");
+  need(x.peak_gflops >= 0 && std::isfinite(x.peak_gflops),
+       "'run.peak_gflops' must be >= 0 (0 = measure)");
+  need(x.max_skips >= 0, "'train.max_skips' must be >= 0");
   need(x.checkpoint_every >= 0 && x.eval_every >= 0, "'every' values must be >= 0");
   need(x.keep_last >= 0, "'checkpoint.keep_last' must be >= 0");
   // The schedule spans the whole run; the WSD decay sits at the end or at a phase's end.
@@ -317,12 +333,19 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   if (x.decay_at != "end") {
     int64_t at = -1;
     if (x.decay_at.rfind("phase:", 0) == 0) {
-      int64_t end = 0;
+      int64_t end = 0, phase_end = -1;
       for (const PhaseConfig& p : x.phases) {
         end += x.phase_steps(p);
-        if (p.name == x.decay_at.substr(6)) at = end - x.schedule.decay_steps;
+        if (p.name == x.decay_at.substr(6)) phase_end = end;
       }
-      if (at < 0) fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
+      if (phase_end < 0)
+        fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
+      at = phase_end - x.schedule.decay_steps;
+      if (at < 0)
+        fail(
+            fmt::format("{}: 'schedule.decay_steps' ({}) is longer than the run up to the end "
+                        "of phase {} ({} steps)",
+                        path, x.schedule.decay_steps, x.decay_at.substr(6), phase_end));
     } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
       fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
     }

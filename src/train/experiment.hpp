@@ -43,6 +43,7 @@ struct Experiment {
   uint64_t seed = 1;
   int threads = 0;
   int64_t log_every = 1;
+  double peak_gflops = 0;  // the FMA peak MFU is quoted against; 0: measured at start (0.3 s)
   // [model]
   ModelConfig model;
   // [data]
@@ -53,6 +54,7 @@ struct Experiment {
   int64_t grad_accum = 1;
   double clip = 1.0;
   bool skip_nonfinite = false;
+  int64_t max_skips = 10;  // with skip_nonfinite: stop after this many skipped steps in a row
   // [optimizer], [schedule]
   AdamWConfig optimizer;
   Schedule schedule;

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Interrupts at random moments: 50 runs of a small training (evaluation every few steps, a
+# checkpoint every few steps), each sent SIGINT or SIGTERM at a random time. Every one must exit
+# 130 and resume to exactly the metrics of an uninterrupted run. Then: repeated SIGUSR1 is
+# harmless (bench train) and saves a checkpoint without stopping (train), a second SIGINT stops
+# at once, and a signal during startup leaves a directory that simply starts again.
+set -u
+moelab=$1
+runs=${2:-50}
+source "$(dirname "$0")/testlib.sh"
+cd "$tmp"
+
+mkdir -p corpus
+for i in $(seq 1 60); do
+  for l in $(seq 1 12); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 17))."; done >"corpus/c$i.txt"
+done
+cat >data.json <<'JSON'
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": 320},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+"$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
+printf 'David\tPER\nking\tMISC\n' >ents.tsv
+"$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
+  --prompt 8 --target 8 >/dev/null 2>ent.log || { echo "FAIL: entities: $(tail -1 ent.log)"; exit 1; }
+cat >exp.toml <<'TOML'
+[run]
+dir = "run"
+seed = 5
+threads = 2
+peak_gflops = 100
+[model]
+vocab_size = 320
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+ffn_type = "moe"
+num_local_experts = 4
+num_experts_per_tok = 2
+intermediate_size = 16
+sliding_window = 8
+max_position_embeddings = 32
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+[schedule]
+kind = "wsd"
+max_lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 4
+decay_steps = 6
+decay_at = "phase:A"
+[[phases]]
+name = "A"
+subset = "A"
+steps = 40
+[[phases]]
+name = "B"
+subset = "B"
+steps = 40
+replay_subset = "A"
+replay_ratio = 0.25
+[checkpoint]
+every = 5
+keep_last = 2
+[eval]
+every = 3
+batches = 2
+evalset = "ev.jsonl"
+forgetting_every = 4
+forgetting_batch = 16
+TOML
+# started PID: waits until the background job has become moelab (a signal sent to the shell
+# before exec would hit the shell, not moelab), then a few milliseconds for main() to begin.
+started() {
+  for _ in $(seq 1 500); do
+    case "$(readlink /proc/$1/exe 2>/dev/null)" in *moelab) sleep 0.005; return ;; esac
+    sleep 0.002
+  done
+}
+strip() { sed -E 's/,"tokens_per_s":[^,}]*//; s/,"mfu":[^,}]*//' "$1"; }
+
+"$moelab" train exp.toml --set run.dir=ref >/dev/null 2>ref.err || { echo "FAIL: reference run: $(tail -1 ref.err)"; exit 1; }
+# the run's duration, warm: the shortest of three
+dur=1000
+for t in t1 t2 t3; do
+  t0=$(date +%s.%N)
+  "$moelab" train exp.toml --set run.dir=$t >/dev/null 2>&1
+  dur=$(echo "d = $(date +%s.%N) - $t0; if (d < $dur) d else $dur" | bc)
+done
+[ "$(wc -l <ref/metrics.jsonl)" -eq 80 ] && ok || bad "reference run: 80 metrics lines"
+
+# ---- random interrupts: SIGINT and SIGTERM alternately, at a uniform time within the run
+RANDOM=11
+hits=0 early=0 tries=0
+while [ $hits -lt "$runs" ] && [ $tries -lt $((runs * 2)) ]; do
+  tries=$((tries + 1))
+  d="r$tries"
+  delay=$(echo "scale=3; 0.9 * $dur * $RANDOM / 32768" | bc)
+  sig=$([ $((tries % 2)) -eq 0 ] && echo INT || echo TERM)
+  "$moelab" train exp.toml --set run.dir=$d >/dev/null 2>$d.err &
+  pid=$!
+  started $pid
+  sleep "$delay"
+  kill -$sig $pid 2>/dev/null
+  wait $pid
+  rc=$?
+  if [ $rc -eq 0 ]; then early=$((early + 1)); continue; fi  # finished before the signal came
+  hits=$((hits + 1))
+  if [ $rc -ne 130 ]; then bad "run $d: SIG$sig after ${delay}s: exit $rc, expected 130: $(tail -1 $d.err)"; continue; fi
+  grep -Eq "interrupted by signal (2|15) at step" $d.err && ok || bad "run $d: no interruption message"
+  "$moelab" train exp.toml --set run.dir=$d --resume >/dev/null 2>>$d.err ||
+    "$moelab" train exp.toml --set run.dir=$d >/dev/null 2>>$d.err || { bad "run $d: resume failed: $(tail -1 $d.err)"; continue; }
+  if diff <(strip ref/metrics.jsonl) <(strip $d/metrics.jsonl) >/dev/null; then ok; else bad "run $d: SIG$sig after ${delay}s: metrics after resume differ"; fi
+  ls $d/.step_* >/dev/null 2>&1 && bad "run $d: a temporary checkpoint folder was left"
+  steps=$(grep -o "at step [0-9]*" $d.err | head -1)
+  echo "interrupt $hits: SIG$sig after ${delay}s, $steps" >>landed.txt
+done
+[ $hits -eq "$runs" ] && ok || bad "only $hits of $runs signals arrived during a run ($early came too late)"
+echo "signal test: $hits interrupts, $early after the run had finished; landed at:" \
+  "$(grep -o "step [0-9]*" landed.txt | sort | uniq -c | awk '{printf "%s:%s ", $3, $1}')"
+
+# ---- a second SIGINT while stopping ends the process at once, still with status 130
+"$moelab" train exp.toml --set run.dir=twice >/dev/null 2>twice.err &
+pid=$!
+sleep "$(echo "scale=3; $dur / 3" | bc)"
+kill -INT $pid; kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] && ok || bad "two SIGINTs: exit $rc"
+"$moelab" train exp.toml --set run.dir=twice --resume >/dev/null 2>>twice.err ||
+  "$moelab" train exp.toml --set run.dir=twice >/dev/null 2>>twice.err || bad "after two SIGINTs: $(tail -1 twice.err)"
+diff <(strip ref/metrics.jsonl) <(strip twice/metrics.jsonl) >/dev/null && ok || bad "after two SIGINTs: metrics differ"
+
+# ---- SIGUSR1: a checkpoint now, training goes on (long phase, checkpoints only on request)
+"$moelab" train exp.toml --set run.dir=usr1 --set checkpoint.every=0 --set phases.0.steps=4000 \
+  --set eval.every=0 --set eval.forgetting_every=0 --set schedule.decay_at=end >/dev/null 2>usr1.err &
+pid=$!
+while [ "$(wc -l 2>/dev/null <usr1/metrics.jsonl || echo 0)" -lt 5 ]; do sleep 0.02; done
+kill -USR1 $pid
+for _ in $(seq 1 200); do ls -d usr1/step_* >/dev/null 2>&1 && break; sleep 0.02; done
+ls -d usr1/step_* >/dev/null 2>&1 && ok || bad "SIGUSR1 wrote no checkpoint"
+for _ in 1 2 3 4 5; do kill -USR1 $pid; sleep 0.05; done
+kill -0 $pid 2>/dev/null && ok || bad "SIGUSR1 ended the run"
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] && ok || bad "SIGINT after SIGUSR1: exit $rc"
+
+# ---- bench train under repeated SIGUSR1 runs to the end
+cat >bench.json <<'JSON'
+{"model": {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+ "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "max_position_embeddings": 64},
+ "batch_size": 4, "seq_len": 64}
+JSON
+"$moelab" bench train --config bench.json --steps 200 --warmup 1 --peak 100 >bench.out 2>bench.err &
+pid=$!
+started $pid
+for _ in $(seq 1 40); do kill -USR1 $pid 2>/dev/null || break; sleep 0.01; done
+wait $pid
+rc=$?
+[ $rc -eq 0 ] && ok || bad "bench train under SIGUSR1: exit $rc: $(tail -1 bench.err)"
+
+# ---- a signal before the first step: nothing to save, and the directory starts again
+"$moelab" train exp.toml --set run.dir=early >/dev/null 2>early.err &
+pid=$!
+started $pid
+kill -INT $pid
+wait $pid
+rc=$?
+[ $rc -eq 130 ] && ok || bad "SIGINT at startup: exit $rc"
+"$moelab" train exp.toml --set run.dir=early --resume >/dev/null 2>>early.err ||
+  "$moelab" train exp.toml --set run.dir=early >/dev/null 2>>early.err || bad "after an early SIGINT: $(tail -1 early.err)"
+diff <(strip ref/metrics.jsonl) <(strip early/metrics.jsonl) >/dev/null && ok || bad "after an early SIGINT: metrics differ"
+
+finish "signal test"
