@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -59,6 +60,9 @@ std::vector<std::string> checkpoint_list(const std::string& run_dir) {
 
 std::string checkpoint_save(const std::string& run_dir, int64_t step, const Model<float>& model,
                             const AdamW<float>& opt, const json& trainer_state, int keep_last) {
+  check(std::all_of(model.params.begin(), model.params.end(),
+                    [](float f) { return std::isfinite(f); }),
+        "checkpoint_save: non-finite parameters (the trainer stops before saving them)");
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", run_dir, ec.message()));
@@ -114,6 +118,7 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
   } catch (const json::exception&) {
     fail(cfg_path + ": invalid JSON");
   }
+  if (!saved.is_object()) fail(cfg_path + ": not a JSON object");
   const json mine = config_to_json(model.cfg);
   for (auto& [key, value] : mine.items())
     if (!saved.contains(key) || saved[key] != value)
@@ -135,6 +140,12 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
     }
   };
   load("model.safetensors", "", model.params);
+  // Older versions could save a diverged model; resuming from it would fail at its first step.
+  if (const auto bad = std::count_if(model.params.begin(), model.params.end(),
+                                     [](float f) { return !std::isfinite(f); });
+      bad > 0)
+    fail(fmt::format("{}: {} parameters are not finite; resume from an earlier checkpoint", dir,
+                     bad));
   if (opt) {
     load("optimizer.safetensors", "m:", opt->m);
     load("optimizer.safetensors", "v:", opt->v);
@@ -142,7 +153,10 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
   std::ifstream sf((fs::path(dir) / "trainer_state.json").string());
   if (!sf) fail(fmt::format("{}: no trainer_state.json", dir));
   json state = json::parse(sf, nullptr, false);
-  if (state.is_discarded()) fail(fmt::format("{}/trainer_state.json: invalid JSON", dir));
+  if (!state.is_object() ||
+      (state.contains("optimizer_step") && !state["optimizer_step"].is_number_integer()))
+    fail(fmt::format("{}/trainer_state.json: not a trainer state (invalid JSON or mistyped fields)",
+                     dir));
   if (opt) opt->step = state.value("optimizer_step", int64_t(0));
   return state;
 }
