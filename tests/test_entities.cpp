@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include "core/rng.hpp"
@@ -162,4 +163,343 @@ TEST(EvalSet, BuildCutsWindowsAroundTheEntityAndRefusesBadInput) {
   EXPECT_NE(error_of([&] { entities_build(o); }).find("the entity set C is empty"),
             std::string::npos);
   fs::remove_all(dir);
+}
+
+// ----------------------------------------------------------------------------
+// malformed input: one line naming file:line and what is wrong, never a crash
+
+namespace {
+
+// A scratch folder per test, removed at the end.
+struct Scratch {
+  fs::path dir;
+  explicit Scratch(const std::string& name)
+      : dir(fs::temp_directory_path() / (name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  ~Scratch() { fs::remove_all(dir); }
+  std::string write(const std::string& name, const std::string& bytes) const {
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+    return (dir / name).string();
+  }
+};
+
+// The error must be one line that starts with "PATH:LINE: " and contains `what`.
+void expect_refused(const std::string& err, const std::string& where, const std::string& what,
+                    const std::string& label) {
+  EXPECT_EQ(err.find('\n'), std::string::npos) << label << ": " << err;
+  EXPECT_EQ(err.rfind(where + ": ", 0), 0u) << label << ": " << err;
+  EXPECT_NE(err.find(what), std::string::npos) << label << ": " << err;
+}
+
+}  // namespace
+
+TEST(Entities, ListReaderRefusesDamagedLinesWithFileAndLine) {
+  const Scratch s("moelab-entbad");
+  const std::string ok = "Paris\tLOC\n";
+  const std::string huge(kEntityMaxBytes + 1, 'x');
+  const std::vector<std::tuple<std::string, std::string, int, std::string>> cases = {
+      {"nul", ok + std::string("Par\0is\n", 7), 2, "a NUL byte at byte 4"},
+      {"utf8", ok + "Caf\xc3\n", 2, "not valid UTF-8 at byte 4"},
+      {"overlong", ok + "\xc0\xaf\n", 2, "not valid UTF-8 at byte 1"},
+      {"surrogate", ok + "a\xed\xa0\x80\n", 2, "not valid UTF-8 at byte 2"},
+      {"latin1", "M\xfcnchen\tLOC\n", 1, "not valid UTF-8"},
+      {"control", ok + "Pa\x1bris\n", 2, "control character 0x1b at byte 3"},
+      {"cr inside", "Pa\rris\tLOC\n", 1, "control character 0x0d"},
+      {"huge", ok + ok + huge + "\n", 3, "a line of 1025 bytes"},
+      {"two tabs", "Paris\tLOC\tcity\n", 1, "type 'LOC\tcity' of 'Paris'"},
+      {"empty type", "Paris\t\n", 1, "type '' of 'Paris'"},
+      {"type only", "\tPER\n", 1, "type PER without a name"},
+      {"bad type", "\n\nParis\tCITY\n", 3, "type 'CITY' of 'Paris' is not PER, LOC, ORG or MISC"},
+      {"lower type", "Paris\tloc\n", 1, "type 'loc'"},
+  };
+  for (const auto& [label, bytes, line, what] : cases) {
+    const std::string path = s.write(label, bytes);
+    expect_refused(error_of([&] { entities_load(path); }), path + ":" + std::to_string(line), what,
+                   label);
+  }
+  // a long name is cut in the message
+  const std::string long_type = "Paris\t" + std::string(200, 'T') + "\n";
+  const std::string path = s.write("long_type", long_type);
+  const std::string err = error_of([&] { entities_load(path); });
+  EXPECT_LT(err.size(), path.size() + 140) << err;
+  // files with no entity at all
+  for (const char* bytes : {"", "\n\n", "  \n_\n", "\r\n"})
+    EXPECT_EQ(error_of([&] { entities_load(s.write("none", bytes)); }),
+              (s.dir / "none").string() + ": no entities");
+  EXPECT_NE(error_of([&] { entities_load(s.dir.string()); }).find("is a folder"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { entities_load((s.dir / "absent").string()); }).find("cannot open"),
+            std::string::npos);
+}
+
+TEST(Entities, ListReaderAcceptsWhatTheFormatsAllow) {
+  const Scratch s("moelab-entok");
+  // CRLF, blank lines, spaces around name and type, underscores, UTF-8, a last line without \n
+  const auto e = entities_load(s.write(
+      "ok",
+      "\r\n  Paris \t LOC \r\n\nS\xc3\xa3o_Paulo\tLOC\nZ\xc3\xbcrich\n\xe6\x9d\xb1\xe4\xba\xac"));
+  ASSERT_EQ(e.size(), 4u);
+  EXPECT_EQ(e[0].name, "Paris");
+  EXPECT_EQ(e[0].type, "LOC");
+  EXPECT_EQ(e[1].name, "S\xc3\xa3o Paulo");
+  EXPECT_EQ(e[2].type, "MISC");
+  EXPECT_EQ(e[3].name, "\xe6\x9d\xb1\xe4\xba\xac");
+  // the longest name allowed
+  EXPECT_EQ(entities_load(s.write("long", std::string(kEntityMaxBytes, 'y')))[0].name.size(),
+            kEntityMaxBytes);
+}
+
+TEST(Entities, ListReaderMutationsGiveAListOrOneLine) {
+  // Bounded deterministic mutations of a valid list (byte flips, inserted tabs, NULs, newlines
+  // and high bytes, truncations): each loads or is refused with one line naming the file.
+  const Scratch s("moelab-entmut");
+  const std::string base = "Lillian_Gish\tPER\nParis\tLOC\nNew York City\nS\xc3\xa3o Paulo\tLOC\n";
+  const char specials[] = {'\t', '\0', '\n', '\r', '_', ' ', '\xff', '\xc3', '\x80'};
+  int loaded = 0, refused = 0;
+  for (uint64_t k = 0; k < 300; k++) {
+    std::string b = base;
+    for (uint64_t m = 0; m <= rng_u64(60, k, 0) % 4; m++) {
+      const size_t at = size_t(rng_u64(61, k, m) % (b.size() + 1));
+      const uint64_t op = rng_u64(62, k, m) % 4;
+      const char c = specials[rng_u64(63, k, m) % sizeof(specials)];
+      if (op == 0 && at < b.size())
+        b[at] = char(rng_u64(64, k, m));
+      else if (op == 1)
+        b.insert(at, 1, c);
+      else if (op == 2)
+        b.resize(at);
+      else if (at < b.size())
+        b.erase(at, 1);
+    }
+    const std::string path = s.write("m", b);
+    const std::string err = error_of([&] { entities_load(path); });
+    if (err.empty()) {
+      loaded++;
+      continue;
+    }
+    refused++;
+    EXPECT_EQ(err.find('\n'), std::string::npos) << err;
+    EXPECT_EQ(err.rfind(path + ":", 0), 0u) << err;
+  }
+  EXPECT_GT(loaded, 30);
+  EXPECT_GT(refused, 30);
+}
+
+// ----------------------------------------------------------------------------
+// the evaluation set loader
+
+namespace {
+
+const std::string kHead =
+    R"({"format":"moelab-evalset","version":1,"fingerprint":"0000000000000abc","prompt":3,"target":2,"subset":"A"})";
+const std::string kSample =
+    R"({"entity":"Paris","type":"LOC","surface":"Paris","in_prompt":[1,2,3],"ex_prompt":[4,5,6],"target":[7,8]})";
+
+// kSample with one field's value replaced (or the field removed when value is empty).
+std::string sample_with(const std::string& key, const std::string& value) {
+  json j = json::parse(kSample);
+  if (value.empty())
+    j.erase(key);
+  else
+    j[key] = json::parse(value);
+  return j.dump();
+}
+
+std::string head_with(const std::string& key, const std::string& value) {
+  json j = json::parse(kHead);
+  if (value.empty())
+    j.erase(key);
+  else
+    j[key] = json::parse(value);
+  return j.dump();
+}
+
+}  // namespace
+
+TEST(EvalSet, LoaderRefusesMalformedSetsWithFileLineAndField) {
+  const Scratch s("moelab-evbad");
+  const EvalSetLimits lim{.tokenizer_vocab = 50, .model_vocab = 64, .max_positions = 16};
+  struct Case {
+    std::string label, text;
+    int line;
+    std::string what;
+    EvalSetLimits lim;
+  };
+  const std::string ok = kSample + "\n";
+  const std::vector<Case> cases = {
+      {"head array", "[1,2]\n" + ok, 1, "not a moelab evaluation set", lim},
+      {"head garbage", "\xff\xfe{\n", 1, "not a moelab evaluation set", lim},
+      {"head format", head_with("format", R"("other")") + "\n" + ok, 1, "not a moelab", lim},
+      {"head version", head_with("version", "") + "\n" + ok, 1, "'version' must be 1", lim},
+      {"head version 2", head_with("version", "2") + "\n" + ok, 1, "'version' must be 1", lim},
+      {"fp missing", head_with("fingerprint", "") + "\n" + ok, 1, "'fingerprint' is missing", lim},
+      {"fp number", head_with("fingerprint", "2748") + "\n" + ok, 1,
+       "'fingerprint' must be a string", lim},
+      {"fp not hex", head_with("fingerprint", R"("abz")") + "\n" + ok, 1,
+       "'fingerprint' must be 1 to 16 hex digits", lim},
+      {"fp too long", head_with("fingerprint", R"("00000000000000000abc")") + "\n" + ok, 1,
+       "'fingerprint'", lim},
+      {"fp sign", head_with("fingerprint", R"("-abc")") + "\n" + ok, 1, "'fingerprint'", lim},
+      {"subset", head_with("subset", "[]") + "\n" + ok, 1, "'subset' must be a string", lim},
+      {"prompt missing", head_with("prompt", "") + "\n" + ok, 1, "'prompt' is missing", lim},
+      {"prompt string", head_with("prompt", R"("3")") + "\n" + ok, 1,
+       "'prompt' must be a non-negative integer", lim},
+      {"prompt float", head_with("prompt", "3.5") + "\n" + ok, 1,
+       "'prompt' must be a non-negative integer", lim},
+      {"target negative", head_with("target", "-2") + "\n" + ok, 1,
+       "'target' must be a non-negative integer", lim},
+      {"target huge", head_with("target", "18446744073709551615") + "\n" + ok, 1,
+       "'target' must be a non-negative integer", lim},
+      {"prompt 0", head_with("prompt", "0") + "\n" + ok, 1,
+       "'prompt' and 'target' must be positive", lim},
+      {"positions", head_with("prompt", "15") + "\n", 1,
+       "'prompt' + 'target' = 17 exceeds the model's 16 positions", lim},
+      {"sample garbage", kHead + "\n" + ok + "{\"entity\":\n", 3, "not a JSON object", lim},
+      {"sample array", kHead + "\n[]\n", 2, "not a JSON object", lim},
+      {"sample null", kHead + "\nnull\n", 2, "not a JSON object", lim},
+      {"sample nul byte",
+       kHead + "\n" + kSample.substr(0, 10) + std::string(1, '\0') + kSample.substr(10) + "\n", 2,
+       "not a JSON object", lim},
+      {"entity missing", kHead + "\n" + sample_with("entity", "") + "\n", 2, "'entity' is missing",
+       lim},
+      {"entity number", kHead + "\n" + sample_with("entity", "7") + "\n", 2,
+       "'entity' must be a string", lim},
+      {"entity blank", kHead + "\n" + sample_with("entity", R"(" ")") + "\n", 2,
+       "'entity' is blank", lim},
+      {"type", kHead + "\n" + sample_with("type", R"("CITY")") + "\n", 2,
+       "'type' must be PER, LOC, ORG or MISC", lim},
+      {"type list", kHead + "\n" + sample_with("type", R"(["LOC"])") + "\n", 2,
+       "'type' must be a string", lim},
+      {"type changes", kHead + "\n" + ok + sample_with("type", R"("PER")") + "\n", 3,
+       "'type' PER differs from the LOC", lim},
+      {"surface", kHead + "\n" + sample_with("surface", "{}") + "\n", 2,
+       "'surface' must be a string", lim},
+      {"surface blank", kHead + "\n" + sample_with("surface", R"("")") + "\n", 2,
+       "'surface' is blank", lim},
+      {"in_prompt empty", kHead + "\n" + sample_with("in_prompt", "[]") + "\n", 2,
+       "'in_prompt' has 0 tokens, the header says 3", lim},
+      {"ex_prompt empty", kHead + "\n" + ok + sample_with("ex_prompt", "[]") + "\n", 3,
+       "'ex_prompt' has 0 tokens, the header says 3", lim},
+      {"target empty", kHead + "\n" + sample_with("target", "[]") + "\n", 2,
+       "'target' has 0 tokens, the header says 2", lim},
+      {"target long", kHead + "\n" + sample_with("target", "[7,8,9]") + "\n", 2,
+       "'target' has 3 tokens, the header says 2", lim},
+      {"ex_prompt missing", kHead + "\n" + sample_with("ex_prompt", "") + "\n", 2,
+       "'ex_prompt' is missing", lim},
+      {"target string", kHead + "\n" + sample_with("target", R"("7 8")") + "\n", 2,
+       "'target' must be a list of token ids", lim},
+      {"target object", kHead + "\n" + sample_with("target", "{}") + "\n", 2,
+       "'target' must be a list of token ids", lim},
+      {"in_prompt strings", kHead + "\n" + sample_with("in_prompt", R"(["1","2","3"])") + "\n", 2,
+       "'in_prompt'[0] is not an integer token id", lim},
+      {"in_prompt float", kHead + "\n" + sample_with("in_prompt", "[1,2.0,3]") + "\n", 2,
+       "'in_prompt'[1] is not an integer token id", lim},
+      {"in_prompt null", kHead + "\n" + sample_with("in_prompt", "[1,2,null]") + "\n", 2,
+       "'in_prompt'[2] is not an integer token id", lim},
+      {"in_prompt nested", kHead + "\n" + sample_with("in_prompt", "[1,[2],3]") + "\n", 2,
+       "'in_prompt'[1] is not an integer token id", lim},
+      {"negative id", kHead + "\n" + sample_with("ex_prompt", "[4,-1,6]") + "\n", 2,
+       "'ex_prompt'[1] = -1 is a negative token id", lim},
+      {"tokenizer bound", kHead + "\n" + sample_with("target", "[7,50]") + "\n", 2,
+       "'target'[1] = 50 is not below the tokenizer's vocabulary (50)", lim},
+      {"model bound",
+       kHead + "\n" + sample_with("target", "[64,8]") + "\n",
+       2,
+       "'target'[0] = 64 is not below the model's vocab_size (64)",
+       {.tokenizer_vocab = 100, .model_vocab = 64}},
+      {"int32 bound",
+       kHead + "\n" + sample_with("target", "[7,2147483648]") + "\n",
+       2,
+       "'target'[1] = 2147483648 is not a token id",
+       {}},
+      {"uint64 id", kHead + "\n" + sample_with("target", "[7,18446744073709551615]") + "\n", 2,
+       "'target'[1] = 18446744073709551615 is not below the tokenizer's", lim},
+  };
+  for (const Case& c : cases) {
+    const std::string path = s.write("set.jsonl", c.text);
+    expect_refused(error_of([&] { evalset_load(path, 0xabc, c.lim); }),
+                   path + ":" + std::to_string(c.line), c.what, c.label);
+  }
+  EXPECT_EQ(error_of([&] { evalset_load(s.write("empty", ""), 0xabc, lim); }),
+            (s.dir / "empty").string() + ": empty evaluation set");
+  EXPECT_NE(error_of([&] { evalset_load(s.dir.string(), 0xabc, lim); }).find("is a folder"),
+            std::string::npos);
+}
+
+TEST(EvalSet, LoaderAcceptsWellFormedSets) {
+  const Scratch s("moelab-evok");
+  // blank lines, CRLF line ends, type and surface left out (MISC, the entity)
+  const std::string text =
+      kHead + "\r\n\r\n" + kSample + "\r\n" +
+      R"({"entity":"Rome","in_prompt":[0,49,3],"ex_prompt":[4,5,6],"target":[7,8]})" + "\n\n";
+  const EvalSet set = evalset_load(s.write("ok", text), 0xabc,
+                                   {.tokenizer_vocab = 50, .model_vocab = 50, .max_positions = 5});
+  ASSERT_EQ(set.samples.size(), 2u);
+  EXPECT_EQ(set.names, (std::vector<std::string>{"Paris", "Rome"}));
+  EXPECT_EQ(set.types, (std::vector<std::string>{"LOC", "MISC"}));
+  EXPECT_EQ(set.samples[1].surface, "Rome");
+  EXPECT_EQ(set.samples[1].in_prompt, (std::vector<int32_t>{0, 49, 3}));
+  // an empty set, as the frozen set may be, round-trips with lengths 0
+  EvalSet none;
+  none.fingerprint = 0xabc;
+  evalset_write((s.dir / "none").string(), none);
+  EXPECT_TRUE(evalset_load((s.dir / "none").string(), 0xabc, {.max_positions = 5}).samples.empty());
+  // what evalset_write writes loads back unchanged
+  evalset_write((s.dir / "again").string(), set);
+  const EvalSet back = evalset_load((s.dir / "again").string(), 0xabc);
+  EXPECT_EQ(back.names, set.names);
+  EXPECT_EQ(back.types, set.types);
+  EXPECT_EQ(back.samples[0].target, set.samples[0].target);
+}
+
+TEST(EvalSet, LoaderMutationsGiveASetOrOneLine) {
+  // Bounded deterministic mutations of a valid set: each loads (then every sample has the
+  // header's lengths and ids in range) or is refused with one line naming the file.
+  const Scratch s("moelab-evmut");
+  const std::string base =
+      kHead + "\n" + kSample + "\n" +
+      R"({"entity":"Rome","type":"LOC","in_prompt":[9,10,11],"ex_prompt":[0,1,2],"target":[3,49]})" +
+      "\n";
+  const char specials[] = {'-', '0', '9', '[', ']', ',', '"', '.', '\n', '\0', '{', 'e'};
+  int loaded = 0, refused = 0;
+  for (uint64_t k = 0; k < 300; k++) {
+    std::string b = base;
+    for (uint64_t m = 0; m <= rng_u64(70, k, 0) % 3; m++) {
+      const size_t at = size_t(rng_u64(71, k, m) % (b.size() + 1));
+      const uint64_t op = rng_u64(72, k, m) % 4;
+      const char c = specials[rng_u64(73, k, m) % sizeof(specials)];
+      if (op == 0 && at < b.size())
+        b[at] = c;
+      else if (op == 1)
+        b.insert(at, 1, c);
+      else if (op == 2)
+        b.resize(at);
+      else if (at < b.size())
+        b.erase(at, 1);
+    }
+    const std::string path = s.write("m.jsonl", b);
+    EvalSet set;
+    const std::string err = error_of([&] {
+      set =
+          evalset_load(path, 0xabc, {.tokenizer_vocab = 50, .model_vocab = 50, .max_positions = 8});
+    });
+    if (!err.empty()) {
+      refused++;
+      EXPECT_EQ(err.find('\n'), std::string::npos) << err;
+      EXPECT_EQ(err.rfind(path + ":", 0), 0u) << err;
+      continue;
+    }
+    loaded++;
+    for (const EvalSample& e : set.samples) {
+      ASSERT_EQ(e.in_prompt.size(), 3u);
+      ASSERT_EQ(e.ex_prompt.size(), 3u);
+      ASSERT_EQ(e.target.size(), 2u);
+      for (const auto* v : {&e.in_prompt, &e.ex_prompt, &e.target})
+        for (int32_t id : *v) ASSERT_TRUE(id >= 0 && id < 50);
+    }
+  }
+  EXPECT_GT(loaded, 3);  // most mutations break the JSON or a length
+  EXPECT_GT(refused, 200);
 }

@@ -20,12 +20,23 @@ namespace moelab {
 namespace fs = std::filesystem;
 
 void eval_cmd(const EvalOptions& o) {
+  if (o.batch < 1) fail(fmt::format("eval: --batch must be positive (not {})", o.batch));
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
-  const ModelConfig cfg = config_load((fs::path(o.checkpoint) / "config.json").string());
+  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
+  const ModelConfig cfg = config_load(config_path);
+  const DataDir data = data_open(o.data);
+  // A vocabulary padded beyond the tokenizer's is fine (evaluation decodes only the tokenizer's
+  // ids); a smaller one cannot embed the data, as in training.
+  if (cfg.vocab_size < data.vocab_size)
+    fail(fmt::format("{}: vocab_size {} is smaller than the vocabulary of {}'s tokenizer ({})",
+                     config_path, cfg.vocab_size, o.data, data.vocab_size));
+  // the whole set is validated before the weights are read
+  const EvalSet set = evalset_load(o.evalset, data.fingerprint,
+                                   {.tokenizer_vocab = data.vocab_size,
+                                    .model_vocab = cfg.vocab_size,
+                                    .max_positions = cfg.max_position_embeddings});
   Model<float> model(cfg, 1, 1);
   checkpoint_load(o.checkpoint, model, nullptr);
-  const DataDir data = data_open(o.data);
-  const EvalSet set = evalset_load(o.evalset, data.fingerprint);
   const double t0 = time_now_s();
   const EvalReport r = evaluate(model, *data.tokenizer, set, o.batch);
   const double dt = time_now_s() - t0;

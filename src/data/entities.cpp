@@ -4,38 +4,111 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <set>
+#include <string_view>
 
 #include "core/error.hpp"
 
 namespace moelab {
 
+namespace {
+
+// The length of the valid UTF-8 sequence at s[i], or 0 if there is none (overlong forms,
+// surrogates and code points above U+10FFFF are invalid).
+size_t utf8_seq(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  if (c < 0x80) return 1;
+  size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;  // overlong
+    if (c == 0xed) hi = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;  // overlong
+    if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (i + n > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (size_t k = 2; k < n; k++)
+    if (b(i + k) < 0x80 || b(i + k) > 0xbf) return 0;
+  return n;
+}
+
+// What is wrong with the bytes of a line, or "" if nothing: names must be valid UTF-8 without
+// control characters (a tab only as the type separator) so that every tokenizer takes them and
+// every message quoting them stays one line.
+std::string line_fault(std::string_view line) {
+  for (size_t i = 0; i < line.size();) {
+    const unsigned char c = static_cast<unsigned char>(line[i]);
+    if (c == 0) return fmt::format("a NUL byte at byte {}", i + 1);
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return fmt::format("control character 0x{:02x} at byte {}", c, i + 1);
+    const size_t n = utf8_seq(line, i);
+    if (n == 0) return fmt::format("not valid UTF-8 at byte {}", i + 1);
+    i += n;
+  }
+  return "";
+}
+
+std::string_view trim_spaces(std::string_view s) {
+  const size_t b = s.find_first_not_of(' ');
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(' ') - b + 1);
+}
+
+// A name for a message: at most 40 code points (the line is valid UTF-8 by then).
+std::string excerpt(std::string_view s) {
+  size_t i = 0;
+  for (int k = 0; k < 40 && i < s.size(); k++) i += std::max<size_t>(1, utf8_seq(s, i));
+  return fmt::format("'{}'{}", s.substr(0, i), i < s.size() ? "..." : "");
+}
+
+}  // namespace
+
 std::vector<Entity> entities_load(const std::string& path) {
-  std::ifstream f(path);
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(path + ": is a folder, not an entity list");
+  std::ifstream f(path, std::ios::binary);
   if (!f) fail(path + ": cannot open");
   std::vector<Entity> out;
   std::set<std::string> seen;
   std::string line;
-  while (std::getline(f, line)) {
+  for (int64_t n = 1; std::getline(f, line); n++) {
+    auto refuse = [&](std::string_view what) { fail(fmt::format("{}:{}: {}", path, n, what)); };
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    Entity e;
+    if (line.size() > kEntityMaxBytes)
+      refuse(fmt::format("a line of {} bytes; an entity name has at most {}", line.size(),
+                         kEntityMaxBytes));
+    if (const std::string fault = line_fault(line); !fault.empty()) refuse(fault);
     const size_t tab = line.find('\t');
-    e.name = line.substr(0, tab);
-    if (tab != std::string::npos) {
-      e.type = line.substr(tab + 1);
-      if (e.type != "PER" && e.type != "LOC" && e.type != "ORG" && e.type != "MISC")
-        fail(fmt::format("{}: type '{}' of '{}' is not PER, LOC, ORG or MISC", path, e.type,
-                         e.name));
-    }
-    for (char& c : e.name)
+    std::string name(line.substr(0, tab));
+    for (char& c : name)
       if (c == '_') c = ' ';
-    const size_t b = e.name.find_first_not_of(' '), en = e.name.find_last_not_of(' ');
-    if (b == std::string::npos) continue;
-    e.name = e.name.substr(b, en - b + 1);
+    name = std::string(trim_spaces(name));
+    Entity e;
+    if (tab != std::string::npos) {
+      const std::string_view type = trim_spaces(std::string_view(line).substr(tab + 1));
+      if (type != "PER" && type != "LOC" && type != "ORG" && type != "MISC")
+        refuse(fmt::format("type {} of {} is not PER, LOC, ORG or MISC (one tab, then the type)",
+                           excerpt(type), excerpt(name)));
+      if (name.empty()) refuse(fmt::format("type {} without a name", type));
+      e.type = std::string(type);
+    }
+    if (name.empty()) continue;  // a blank line
+    e.name = std::move(name);
     if (seen.insert(e.name).second) out.push_back(std::move(e));
   }
+  if (f.bad()) fail(path + ": read error");
   if (out.empty()) fail(path + ": no entities");
   return out;
 }

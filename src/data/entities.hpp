@@ -19,8 +19,15 @@ struct Entity {
 };
 
 // One entity per line: "name<TAB>TYPE" or a bare name; underscores (the all-titles dump's
-// spaces) become spaces; blank lines and duplicates are dropped. An empty list is an error.
+// spaces) become spaces; blank lines and duplicates are dropped. An empty list is an error, and
+// so is a line that is not valid UTF-8, holds a NUL or another control character (a tab only as
+// the separator), is longer than kEntityMaxBytes, or has a type other than PER/LOC/ORG/MISC or
+// no name before its tab: one line "PATH:LINE: ..." names it.
 std::vector<Entity> entities_load(const std::string& path);
+
+// Wikipedia titles have at most 255 bytes; a longer "name" is a damaged file, and tokenising a
+// huge one would take quadratic time in byte-pair merges.
+inline constexpr size_t kEntityMaxBytes = 1024;
 
 // The token sequences of an entity in running text: the name as written and in title case
 // (lists such as popular Wikipedia titles are lower-cased), each with and without a leading

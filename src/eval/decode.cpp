@@ -1,5 +1,7 @@
 #include "eval/decode.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -25,8 +27,10 @@ void grow(std::vector<T>& v, int64_t n) {
 
 Decoder::Decoder(const Model<float>& model, int64_t batch, int64_t max_len)
     : m_(model), c_(model.cfg), B_(batch), L_(max_len) {
+  check(batch >= 1 && max_len >= 1, "decoder: batch and max_len must be positive");
   if (max_len > c_.max_position_embeddings)
-    fail("decoder: max_len exceeds max_position_embeddings");
+    fail(fmt::format("decoder: {} positions exceed the model's max_position_embeddings ({})",
+                     max_len, c_.max_position_embeddings));
   const int64_t KV = c_.num_key_value_heads, hd = c_.head_dim;
   k_.assign(size_t(c_.num_hidden_layers), std::vector<float>(size_t(B_ * L_ * KV * hd)));
   v_ = k_;
@@ -101,8 +105,12 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
 }
 
 void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
-  check(int64_t(tokens.size()) == B_ * n && t0 + n <= L_ && (n == 1 || t0 == 0),
+  check(int64_t(tokens.size()) == B_ * n && t0 >= 0 && t0 + n <= L_ && (n == 1 || t0 == 0),
         "decoder: batch, positions or range out of range");
+  // the embedding reads row `id` of the table: an id outside it would read past the weights
+  const int32_t V = int32_t(c_.vocab_size);
+  check(std::all_of(tokens.begin(), tokens.end(), [V](int32_t t) { return t >= 0 && t < V; }),
+        "decoder: a token id outside the model's vocabulary");
   const float* P = m_.params.data();
   const ParamLayout& lay = m_.layout;
   const int64_t d = c_.hidden_size, H = c_.num_attention_heads, KV = c_.num_key_value_heads;
@@ -232,17 +240,18 @@ void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
   }
 }
 
-std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t plen,
-                                     int64_t n_new) {
-  check(int64_t(prompts.size()) == B_ * plen && plen >= 1 && plen + n_new <= L_ + 1,
+std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t plen, int64_t n_new,
+                                     int64_t n_ids) {
+  check(int64_t(prompts.size()) == B_ * plen && plen >= 1 && n_new >= 0 && plen + n_new <= L_ + 1,
         "decoder: prompt shape or length");
+  check(n_ids >= 0 && n_ids <= c_.vocab_size, "decoder: greedy over more ids than the vocabulary");
   std::vector<int32_t> tok(static_cast<size_t>(B_)), out(static_cast<size_t>(B_ * n_new));
   std::span<const float> logits = prefill(prompts, plen, plen - 1);
-  const int64_t V = c_.vocab_size;
+  const int64_t V = c_.vocab_size, Vd = n_ids > 0 ? n_ids : V;
   for (int64_t i = 0; i < n_new; i++) {
 #pragma omp parallel for schedule(static) if (B_ * V >= (1 << 18))
     for (int64_t b = 0; b < B_; b++) {
-      tok[size_t(b)] = logits_argmax(logits.data() + b * V, V);
+      tok[size_t(b)] = logits_argmax(logits.data() + b * V, Vd);
       out[size_t(b * n_new + i)] = tok[size_t(b)];
     }
     if (i + 1 < n_new) logits = step(tok, plen + i);

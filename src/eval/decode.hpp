@@ -17,8 +17,11 @@ class Decoder {
   // of up to `max_len` tokens.
   Decoder(const Model<float>& model, int64_t batch, int64_t max_len);
 
-  // prompts [batch * prompt_len] (equal lengths); returns [batch * n_new] greedy tokens.
-  std::vector<int32_t> greedy(std::span<const int32_t> prompts, int64_t prompt_len, int64_t n_new);
+  // prompts [batch * prompt_len] (equal lengths); returns [batch * n_new] greedy tokens, the
+  // argmax over ids [0, n_ids) (0: the whole vocabulary; fewer when it is padded beyond the
+  // tokenizer's).
+  std::vector<int32_t> greedy(std::span<const int32_t> prompts, int64_t prompt_len, int64_t n_new,
+                              int64_t n_ids = 0);
 
   // Feeds one token per sequence at position pos; returns the logits [batch, V] for the next.
   std::span<const float> step(std::span<const int32_t> tokens, int64_t pos);

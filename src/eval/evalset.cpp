@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
+#include <climits>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -162,6 +165,10 @@ void entities_build(const EntityBuildOptions& o) {
 }
 
 void evalset_write(const std::string& path, const EvalSet& set) {
+  check(set.names.size() == set.types.size(), "evalset_write: names and types differ in length");
+  for (const EvalSample& s : set.samples)
+    check(s.entity >= 0 && size_t(s.entity) < set.names.size(),
+          "evalset_write: a sample's entity index is out of range");
   const int64_t prompt = set.samples.empty() ? 0 : int64_t(set.samples[0].in_prompt.size());
   const int64_t target = set.samples.empty() ? 0 : int64_t(set.samples[0].target.size());
   std::string text = json{{"format", "moelab-evalset"},
@@ -185,6 +192,7 @@ void evalset_write(const std::string& path, const EvalSet& set) {
 }
 
 EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep) {
+  check(keep.size() == set.samples.size(), "evalset_filter: one flag per sample");
   EvalSet out;
   out.fingerprint = set.fingerprint;
   out.subset = set.subset;
@@ -195,37 +203,158 @@ EvalSet evalset_filter(const EvalSet& set, const std::vector<bool>& keep) {
   return out;
 }
 
-EvalSet evalset_load(const std::string& path, uint64_t expected) {
-  std::ifstream f(path);
+// ----------------------------------------------------------------------------
+// loading: every field of every line is validated before anything uses the set
+
+namespace {
+
+// A line of an evaluation set, for messages ("PATH:LINE: ...").
+struct Where {
+  const std::string& path;
+  int64_t line;
+};
+
+[[noreturn]] void refuse(const Where& w, std::string_view what) {
+  fail(fmt::format("{}:{}: {}", w.path, w.line, what));
+}
+
+// A non-negative integer field of the header.
+int64_t header_count(const json& head, const char* key, const Where& w) {
+  const auto it = head.find(key);
+  if (it == head.end()) refuse(w, fmt::format("'{}' is missing", key));
+  // is_number_integer covers unsigned too; one above INT64_MAX is refused, not wrapped
+  if (!it->is_number_integer() || (it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX) ||
+      it->get<int64_t>() < 0)
+    refuse(w, fmt::format("'{}' must be a non-negative integer", key));
+  return it->get<int64_t>();
+}
+
+const std::string& string_field(const json& j, const char* key, const Where& w) {
+  const auto it = j.find(key);
+  if (it == j.end()) refuse(w, fmt::format("'{}' is missing", key));
+  if (!it->is_string()) refuse(w, fmt::format("'{}' must be a string", key));
+  return it->get_ref<const std::string&>();
+}
+
+struct Header {
+  uint64_t fingerprint = 0;
+  std::string subset;
+  int64_t prompt = 0, target = 0;
+};
+
+Header header_parse(const std::string& line, const Where& w, const EvalSetLimits& lim) {
+  const json head = json::parse(line, nullptr, false);
+  if (head.is_discarded() || !head.is_object() || !head.contains("format") ||
+      head["format"] != "moelab-evalset")
+    refuse(w, "not a moelab evaluation set (the first line must be its JSON header)");
+  if (const auto v = head.find("version"); v == head.end() || *v != 1)
+    refuse(w, "'version' must be 1");
+  Header h;
+  const std::string& fp = string_field(head, "fingerprint", w);
+  const auto [end, ec] = std::from_chars(fp.data(), fp.data() + fp.size(), h.fingerprint, 16);
+  if (fp.empty() || fp.size() > 16 || ec != std::errc() || end != fp.data() + fp.size())
+    refuse(w, "'fingerprint' must be 1 to 16 hex digits");
+  h.subset = string_field(head, "subset", w);
+  h.prompt = header_count(head, "prompt", w);
+  h.target = header_count(head, "target", w);
+  if (lim.max_positions > 0 && h.prompt + h.target > lim.max_positions)
+    refuse(w, fmt::format("'prompt' + 'target' = {} exceeds the model's {} positions",
+                          h.prompt + h.target, lim.max_positions));
+  return h;
+}
+
+// A list of exactly `len` token ids, each below both vocabularies.
+std::vector<int32_t> token_list(const json& j, const char* key, int64_t len,
+                                const EvalSetLimits& lim, const Where& w) {
+  const auto it = j.find(key);
+  if (it == j.end()) refuse(w, fmt::format("'{}' is missing", key));
+  if (!it->is_array()) refuse(w, fmt::format("'{}' must be a list of token ids", key));
+  if (int64_t(it->size()) != len)
+    refuse(w, fmt::format("'{}' has {} tokens, the header says {}", key, it->size(), len));
+  std::vector<int32_t> out;
+  out.reserve(it->size());
+  for (size_t i = 0; i < it->size(); i++) {
+    const json& e = (*it)[i];
+    if (!e.is_number_integer())
+      refuse(w, fmt::format("'{}'[{}] is not an integer token id", key, i));
+    if (!e.is_number_unsigned() && e.get<int64_t>() < 0)
+      refuse(w, fmt::format("'{}'[{}] = {} is a negative token id", key, i, e.get<int64_t>()));
+    const uint64_t id = e.get<uint64_t>();
+    if (lim.tokenizer_vocab > 0 && id >= uint64_t(lim.tokenizer_vocab))
+      refuse(w, fmt::format("'{}'[{}] = {} is not below the tokenizer's vocabulary ({})", key, i,
+                            id, lim.tokenizer_vocab));
+    if (lim.model_vocab > 0 && id >= uint64_t(lim.model_vocab))
+      refuse(w, fmt::format("'{}'[{}] = {} is not below the model's vocab_size ({})", key, i, id,
+                            lim.model_vocab));
+    if (id > uint64_t(INT32_MAX))
+      refuse(w, fmt::format("'{}'[{}] = {} is not a token id", key, i, id));
+    out.push_back(int32_t(id));
+  }
+  return out;
+}
+
+// One sample line: the sample (its entity index set by the caller), the entity and its type.
+struct SampleLine {
+  EvalSample sample;
+  std::string entity, type;
+};
+
+SampleLine sample_parse(const std::string& line, const Header& h, const EvalSetLimits& lim,
+                        const Where& w) {
+  const json j = json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) refuse(w, "not a JSON object");
+  SampleLine out;
+  out.entity = string_field(j, "entity", w);
+  if (out.entity.find_first_not_of(" \t") == std::string::npos) refuse(w, "'entity' is blank");
+  out.type = j.contains("type") ? string_field(j, "type", w) : "MISC";
+  if (out.type != "PER" && out.type != "LOC" && out.type != "ORG" && out.type != "MISC")
+    refuse(w, "'type' must be PER, LOC, ORG or MISC");
+  EvalSample& s = out.sample;
+  s.surface = j.contains("surface") ? string_field(j, "surface", w) : out.entity;
+  if (s.surface.find_first_not_of(" \t\r\n") == std::string::npos)
+    refuse(w, "'surface' is blank (M_ex would find nothing)");
+  s.in_prompt = token_list(j, "in_prompt", h.prompt, lim, w);
+  s.ex_prompt = token_list(j, "ex_prompt", h.prompt, lim, w);
+  s.target = token_list(j, "target", h.target, lim, w);
+  return out;
+}
+
+}  // namespace
+
+EvalSet evalset_load(const std::string& path, uint64_t expected, const EvalSetLimits& lim) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(path + ": is a folder, not an evaluation set");
+  std::ifstream f(path, std::ios::binary);
   if (!f) fail(path + ": cannot open");
   std::string line;
   if (!std::getline(f, line)) fail(path + ": empty evaluation set");
-  const json head = json::parse(line, nullptr, false);
-  if (head.is_discarded() || head.value("format", "") != "moelab-evalset")
-    fail(path + ": not a moelab evaluation set");
+  const Header h = header_parse(line, {path, 1}, lim);
   EvalSet set;
-  set.fingerprint = std::stoull(head.value("fingerprint", "0"), nullptr, 16);
-  set.subset = head.value("subset", "A");
+  set.fingerprint = h.fingerprint;
+  set.subset = h.subset;
   if (set.fingerprint != expected)
     fail(fmt::format("{}: made with another tokenizer (fingerprint {:016x}, this one {:016x})",
                      path, set.fingerprint, expected));
   std::map<std::string, int32_t> ids;
-  int64_t n = 1;
-  while (std::getline(f, line)) {
-    n++;
-    const json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("entity"))
-      fail(fmt::format("{}:{}: malformed sample", path, n));
-    const std::string name = j["entity"];
-    auto [it, fresh] = ids.emplace(name, int32_t(set.names.size()));
+  for (int64_t n = 2; std::getline(f, line); n++) {
+    const Where w{path, n};
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // a blank line
+    // an empty set (a frozen set may be) is written with lengths 0; samples need both positive
+    if (h.prompt < 1 || h.target < 1)
+      refuse({path, 1}, "'prompt' and 'target' must be positive in a set with samples");
+    SampleLine p = sample_parse(line, h, lim, w);
+    auto [it, fresh] = ids.emplace(p.entity, int32_t(set.names.size()));
     if (fresh) {
-      set.names.push_back(name);
-      set.types.push_back(j.value("type", "MISC"));
+      set.names.push_back(p.entity);
+      set.types.push_back(p.type);
+    } else if (set.types[size_t(it->second)] != p.type) {
+      refuse(w, fmt::format("'type' {} differs from the {} given to this entity before", p.type,
+                            set.types[size_t(it->second)]));
     }
-    set.samples.push_back(
-        {it->second, j.value("surface", name), j["in_prompt"].get<std::vector<int32_t>>(),
-         j["ex_prompt"].get<std::vector<int32_t>>(), j["target"].get<std::vector<int32_t>>()});
+    p.sample.entity = it->second;
+    set.samples.push_back(std::move(p.sample));
   }
+  if (f.bad()) fail(path + ": read error");
   return set;
 }
 
@@ -245,13 +374,42 @@ nlohmann::ordered_json evalreport_json(const EvalReport& r) {
   return j;
 }
 
+namespace {
+
+// A set built in code bypasses the loader: its shapes and ids are checked here, before any
+// buffer is sized or indexed from them (a failed check is an error, never a stray write).
+void evalset_check(const EvalSet& set, int64_t P, int64_t T, int64_t V) {
+  check(P >= 1 && T >= 1, "evaluate: empty prompt or target");
+  check(set.names.size() == set.types.size(), "evaluate: names and types differ in length");
+  auto ids_ok = [V](const std::vector<int32_t>& ids) {
+    return std::all_of(ids.begin(), ids.end(), [V](int32_t t) { return t >= 0 && t < V; });
+  };
+  for (const EvalSample& s : set.samples) {
+    check(s.entity >= 0 && size_t(s.entity) < set.names.size(),
+          "evaluate: a sample's entity index is out of range");
+    check(int64_t(s.in_prompt.size()) == P && int64_t(s.ex_prompt.size()) == P &&
+              int64_t(s.target.size()) == T,
+          "evaluate: samples differ in prompt or target length");
+    check(ids_ok(s.in_prompt) && ids_ok(s.ex_prompt) && ids_ok(s.target),
+          "evaluate: a token id outside the model's vocabulary");
+  }
+}
+
+}  // namespace
+
 EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalSet& set,
                     int64_t batch) {
   const int64_t n = int64_t(set.samples.size());
   if (n == 0) fail("evaluate: the evaluation set has no samples");
+  if (batch < 1) fail(fmt::format("evaluate: the batch must be positive (not {})", batch));
   const int64_t P = int64_t(set.samples[0].in_prompt.size()),
                 T = int64_t(set.samples[0].target.size());
   const int64_t V = model.cfg.vocab_size;
+  evalset_check(set, P, T, V);
+  // Greedy choices only among the ids the tokenizer can decode: a padded vocabulary's extra
+  // ids are never targets and would make the M_ex text undecodable.
+  const int64_t Vd = std::min(V, tok.vocab_size());
+  check(Vd >= 1, "evaluate: the tokenizer has no ids");
   const int64_t B = std::min(batch, n);
   // One decoder batch of 2B rows: rows b < B hold M_in prompt + true continuation (teacher
   // forcing for M(f) and PPL_ent, and the first greedy token of M_in), rows B + b the M_ex prompt
@@ -281,14 +439,14 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       std::fill_n(ex + P, T - 1, s.ex_prompt[size_t(P - 1)]);
     }
     dec.prefill_each(seq, n_seq, from, to, [&](int64_t r, std::span<const float> logits) {
-      next[size_t(r)] = logits_argmax(logits.data(), V);  // first greedy token
+      next[size_t(r)] = logits_argmax(logits.data(), Vd);  // first greedy token
       if (r >= B) return;
       hits[size_t(r)] = 0, loss[size_t(r)] = 0;
       for (int64_t t = 0; t < T; t++) {
         const float* z = logits.data() + t * V;
         const int32_t y = sample(r).target[size_t(t)];
-        const int32_t top = logits_argmax(z, V);
-        const float mx = z[top];
+        const int32_t top = logits_argmax(z, Vd);
+        const float mx = Vd == V ? z[top] : z[logits_argmax(z, V)];  // PPL: all of V
         float sum = 0;  // >= 1 (the top term), so float keeps the loss to ~1e-7
 #pragma omp simd reduction(+ : sum)
         for (int64_t v = 0; v < V; v++) sum += kernels::fexp(z[v] - mx);
@@ -302,7 +460,8 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       const auto logits = dec.step(next, P + i);
       ProfileScope prof("step argmax");
 #pragma omp parallel for schedule(static) if (B * V >= (1 << 17))
-      for (int64_t r = 0; r < 2 * B; r++) next[size_t(r)] = logits_argmax(logits.data() + r * V, V);
+      for (int64_t r = 0; r < 2 * B; r++)
+        next[size_t(r)] = logits_argmax(logits.data() + r * V, Vd);
     }
     const std::span<const int32_t> gen_in(gen.data(), size_t(B * T)),
         gen_ex(gen.data() + B * T, size_t(B * T));

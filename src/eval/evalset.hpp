@@ -44,8 +44,19 @@ void entities_build(const EntityBuildOptions& o);
 // Writes an evaluation set (JSON lines, atomically); header fields from the set.
 void evalset_write(const std::string& path, const EvalSet& set);
 
-// Reads an evaluation set; refuses one made with another tokenizer.
-EvalSet evalset_load(const std::string& path, uint64_t expected_fingerprint);
+// What the loader checks a set against; 0: unchecked.
+struct EvalSetLimits {
+  int64_t tokenizer_vocab = 0;  // every id below it: the tokenizer decodes the set's ids
+  int64_t model_vocab = 0;      // and below this: the model embeds them
+  int64_t max_positions = 0;    // prompt + target within the model's positions
+};
+
+// Reads an evaluation set and validates all of it before anything uses it: the header (format,
+// version, fingerprint of this tokenizer, prompt and target lengths), and per sample the entity,
+// its type and surface, and every token list (a list of integer ids, the header's length, each id
+// in [0, the smaller vocabulary)). Refuses the first fault with one line "PATH:LINE: field ...".
+EvalSet evalset_load(const std::string& path, uint64_t expected_fingerprint,
+                     const EvalSetLimits& limits = {});
 
 struct EvalMetrics {
   double m_in = 0, m_ex = 0, m_f = 0, ppl_ent = 0;
@@ -74,7 +85,11 @@ nlohmann::ordered_json evalreport_json(const EvalReport& r);
 
 // M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (SPEC 1.1): greedy decoding of
 // target-length continuations from both prompts with the KV cache, and teacher forcing over the
-// true continuation for M(f) and PPL_ent. `tok` decodes continuations for M_ex.
+// true continuation for M(f) and PPL_ent. `tok` decodes continuations for M_ex. A model
+// vocabulary may be padded beyond the tokenizer's (gpt-oss pads o200k): greedy tokens and the
+// top-1 of M(f) are then the argmax over the ids the tokenizer has, while PPL_ent keeps the
+// model's whole distribution. The set's shapes and ids are checked first (a set built in code
+// bypasses the loader).
 EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalSet& set,
                     int64_t batch);
 

@@ -34,7 +34,8 @@ int32_t logits_argmax(const float* z, int64_t V) {
 }
 
 double metric_top1(std::span<const float> logits, std::span<const int32_t> targets, int64_t V) {
-  check(int64_t(logits.size()) == int64_t(targets.size()) * V, "M(f): logits and targets sizes");
+  check(V >= 1 && int64_t(logits.size()) == int64_t(targets.size()) * V,
+        "M(f): logits and targets sizes");
   int64_t hits = 0, n = 0;
   for (size_t i = 0; i < targets.size(); i++) {
     if (targets[i] < 0) continue;

@@ -17,7 +17,8 @@ double metric_m_in(std::span<const int32_t> generated, std::span<const int32_t> 
 bool metric_m_ex_hit(std::string_view decoded, std::string_view entity);
 
 // The index of the largest logit, the lowest on ties (as greedy decoding breaks them); two
-// vectorised sweeps instead of std::max_element's dependent compare chain.
+// vectorised sweeps instead of std::max_element's dependent compare chain. V >= 1: callers
+// check it once outside their parallel loops (a throw inside one would abort).
 int32_t logits_argmax(const float* z, int64_t V);
 
 // M(f): teacher-forced top-1 accuracy; logits [N, V], targets [N] (< 0 ignored). Ties go to

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Evaluation sets end to end: a model whose vocabulary is padded beyond the tokenizer's trains
+# with the forgetting metrics and evaluates (greedy decoding stays within the tokenizer's ids);
+# malformed sets are refused by `moelab eval` and `moelab train` with exit 1 and one line naming
+# file:line and the field, before any work.
+set -u
+moelab=$1
+source "$(dirname "$0")/testlib.sh"
+cd "$tmp"
+export OMP_NUM_THREADS=2
+
+mkdir -p corpus
+for i in $(seq 1 30); do
+  for l in $(seq 1 10); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 13))."; done >"corpus/c$i.txt"
+done
+cat >data.json <<'JSON'
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": 300},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+printf 'David\tPER\nking\tMISC\n' >ents.tsv
+if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
+  --prompt 8 --target 8 --max-samples 40 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
+# vocab_size 512 > the tokenizer's 300: the padded rows are legitimate (gpt-oss pads o200k)
+cat >exp.toml <<'TOML'
+[run]
+dir = "run"
+seed = 3
+threads = 2
+log_every = 1
+[model]
+vocab_size = 512
+hidden_size = 32
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+intermediate_size = 32
+max_position_embeddings = 32
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 2
+[schedule]
+warmup_steps = 1
+decay_steps = 1
+decay_at = "end"
+[[phases]]
+name = "A"
+subset = "A"
+steps = 3
+[[phases]]
+name = "B"
+subset = "B"
+steps = 1
+[eval]
+evalset = "ev.jsonl"
+forgetting_batch = 16
+TOML
+
+# 1. padded vocabulary: training evaluates after A, and moelab eval decodes only real ids
+# (everything below needs its checkpoint)
+if "$moelab" train exp.toml >/dev/null 2>train.err; then ok; else
+  bad "train with a padded vocabulary: $(tail -1 train.err)"
+  finish evalset_test
+  exit
+fi
+grep -q '"forgetting":{"evalset":{"samples":' run/metrics.jsonl && ok || bad "the set is evaluated after A"
+ckpt=$(ls -d run/step_* | tail -1)
+if "$moelab" eval "$ckpt" --evalset ev.jsonl --data data --batch 8 --out ev.json >/dev/null 2>ev.err; then ok; else bad "eval with a padded vocabulary: $(tail -1 ev.err)"; fi
+grep -q '"m_ex"' ev.json 2>/dev/null && ok || bad "eval writes its metrics"
+expect_error "model vocab below the tokenizer's" "config.json: vocab_size 200 is smaller than the vocabulary of data's tokenizer \(300\)" \
+  sh -c "cp -r '$ckpt' small && sed -i 's/\"vocab_size\": 512/\"vocab_size\": 200/' small/config.json && '$moelab' eval small --evalset ev.jsonl --data data"
+
+# 2. malformed sets: exit 1, one line naming file:line and the field
+# damage SED_SCRIPT LABEL REGEX: a copy of ev.jsonl edited by sed must be refused by eval
+damage() {
+  sed -E "$1" ev.jsonl >bad.jsonl
+  cmp -s ev.jsonl bad.jsonl && { bad "$2: sed changed nothing"; return; }
+  expect_error "eval, $2" "$3" "$moelab" eval "$ckpt" --evalset bad.jsonl --data data
+}
+damage '2s/"target":\[[^]]*\]/"target":[]/' "empty target" "bad.jsonl:2: 'target' has 0 tokens, the header says 8"
+damage '3s/"in_prompt":\[[^]]*\]/"in_prompt":[]/' "empty in_prompt" "bad.jsonl:3: 'in_prompt' has 0 tokens"
+damage '2s/"ex_prompt":\[[^]]*\]/"ex_prompt":[]/' "empty ex_prompt" "bad.jsonl:2: 'ex_prompt' has 0 tokens"
+damage '2s/"target":\[/"target":[5,/' "longer target" "bad.jsonl:2: 'target' has 9 tokens, the header says 8"
+damage '2s/"in_prompt":\[[0-9]+/"in_prompt":[-5/' "negative id" "bad.jsonl:2: 'in_prompt'\[0\] = -5 is a negative token id"
+damage '2s/"target":\[[0-9]+/"target":[300/' "id = tokenizer vocab" "bad.jsonl:2: 'target'\[0\] = 300 is not below the tokenizer's vocabulary \(300\)"
+damage '2s/"target":\[[0-9]+/"target":[99999999999/' "huge id" "bad.jsonl:2: 'target'\[0\] = 99999999999 is not below"
+damage '2s/"ex_prompt":\[[0-9]+/"ex_prompt":["7"/' "string id" "bad.jsonl:2: 'ex_prompt'\[0\] is not an integer token id"
+damage '2s/"target":\[([0-9]+)/"target":[\1.5/' "float id" "bad.jsonl:2: 'target'\[0\] is not an integer token id"
+damage '2s/"target":\[[^]]*\]/"target":"1 2 3"/' "string target" "bad.jsonl:2: 'target' must be a list of token ids"
+damage '2s/"entity":"[^"]*"/"entity":7/' "numeric entity" "bad.jsonl:2: 'entity' must be a string"
+damage '2s/"in_prompt":\[[^]]*\],//' "missing in_prompt" "bad.jsonl:2: 'in_prompt' is missing"
+damage '2s/.{12}$//' "truncated line" "bad.jsonl:2: not a JSON object"
+damage '1s/.*/[1, 2]/' "header not an object" "bad.jsonl:1: not a moelab evaluation set"
+damage '1s/"prompt":[0-9]+,//' "header without prompt" "bad.jsonl:1: 'prompt' is missing"
+damage '1s/"target":[0-9]+/"target":"8"/' "header target string" "bad.jsonl:1: 'target' must be a non-negative integer"
+damage '1s/"prompt":[0-9]+/"prompt":30/' "longer than the model's positions" "bad.jsonl:1: 'prompt' \+ 'target' = 38 exceeds the model's 32 positions"
+damage '1s/"fingerprint":"[^"]*"/"fingerprint":"xyz"/' "fingerprint" "bad.jsonl:1: 'fingerprint' must be 1 to 16 hex digits"
+expect_error "eval, empty file" "empty.jsonl: empty evaluation set" sh -c ": >empty.jsonl; '$moelab' eval '$ckpt' --evalset empty.jsonl --data data"
+expect_error "eval, batch 0" "eval: --batch must be positive" "$moelab" eval "$ckpt" --evalset ev.jsonl --data data --batch 0
+
+# 3. training refuses a malformed set at its start, not at the end of A
+sed -E '2s/"target":\[[^]]*\]/"target":[]/' ev.jsonl >bad.jsonl
+expect_error "train, empty target" "bad.jsonl:2: 'target' has 0 tokens" "$moelab" train exp.toml --set run.dir=run2 --set eval.evalset=bad.jsonl
+[ -e run2/step_00000001 ] && bad "train started before refusing the set" || ok
+
+finish evalset_test
