@@ -184,3 +184,15 @@ TEST(Config, ForgettingPaperConfigMatchesTheOriginalSizes) {
     EXPECT_EQ(c.intermediate_size * c.num_local_experts, 65536);
   }
 }
+
+// ----------------------------------------------------------------------------
+// errors
+
+TEST(Error, OneLineWhateverTheInput) {
+  try {
+    moelab::fail("cfg.toml: unknown key 'run.a\nb\r\tc'");
+    FAIL() << "fail() returned";
+  } catch (const moelab::Error& e) {
+    EXPECT_STREQ(e.what(), "cfg.toml: unknown key 'run.a\\x0ab\\x0d\\x09c'");
+  }
+}

@@ -159,7 +159,7 @@ void bench_eval(const BenchEvalOptions& o) {
       for (int32_t id : ids) s += std::to_string(id) + " ";
       return s;
     }
-    int64_t vocab_size() const override { return 0; }
+    int64_t vocab_size() const override { return INT32_MAX; }  // decodes any id
     int32_t eot_id() const override { return 0; }
     uint64_t fingerprint() const override { return 0; }
     std::string name() const override { return "digits"; }
