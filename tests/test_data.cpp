@@ -123,7 +123,7 @@ TEST(Shard, BadFilesFailWithOneLineNamingTheFile) {
   EXPECT_NE(variant("magic", b).find("magic: not a token shard (bad magic)"), std::string::npos);
   b = bytes;
   b[8] = 9;
-  EXPECT_NE(variant("version", b).find("shard format version 9, this moelab reads version 1"),
+  EXPECT_NE(variant("version", b).find("shard format version 9, this moelab reads versions 1 to 2"),
             std::string::npos);
   EXPECT_NE(variant("truncated", bytes.substr(0, bytes.size() - 1)).find("truncated"),
             std::string::npos);

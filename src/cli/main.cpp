@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
   std::string inspect_dir;
   auto* inspect_cmd = data->add_subcommand("inspect", "summary of a data directory");
   inspect_cmd->add_option("dir", inspect_dir, "data directory")->required();
+  std::string verify_dir;
+  auto* verify_cmd =
+      data->add_subcommand("verify", "check every shard: header, size, checksum, token ids");
+  verify_cmd->add_option("dir", verify_dir, "data directory")->required();
 
   // ---- moelab entities
   auto* ent = app.add_subcommand("entities", "entity evaluation sets");
@@ -155,6 +159,7 @@ int main(int argc, char** argv) {
     if (ent_build->parsed()) entities_build(eb);
     if (eval_cmd_->parsed()) eval_cmd(ev);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
+    if (verify_cmd->parsed()) return data_verify(verify_dir);
     if (train_run_cmd->parsed()) {
       const StopScope stop;  // a signal from here on stops at a checkpoint, exit 130
       return train_run(experiment_load(train_config, train_sets), train_resume);

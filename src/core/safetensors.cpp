@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -32,10 +35,23 @@ constexpr size_t dtype_size(DType t) {
   return (t == DType::F32 || t == DType::I32) ? 4 : 8;
 }
 
-DType dtype_parse(const std::string& s, const std::string& path) {
+// A name or value from the file as it goes into a one-line message: control bytes escaped,
+// long ones cut.
+std::string shown(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 100)) {
+    if (c < 0x20 || c == 0x7f)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += char(c);
+  }
+  return s.size() > 100 ? out + "..." : out;
+}
+
+DType dtype_parse(const std::string& s, const std::string& where) {
   for (DType t : {DType::F32, DType::F64, DType::I32, DType::I64})
     if (s == dtype_name(t)) return t;
-  fail(path + ": unsupported safetensors dtype '" + s + "'");
+  fail(where + ": unsupported dtype '" + shown(s) + "' (F32, F64, I32 or I64)");
 }
 
 template <typename T>
@@ -109,41 +125,118 @@ void safetensors_write(const std::string& path, std::span<const TensorRef> tenso
   }
 }
 
+// ----------------------------------------------------------------------------
+// reading: the header is checked whole against the file before any tensor is read, so a file
+// with bytes inserted, cut or flipped is refused with one line naming it (and the tensor), never
+// loaded shifted.
+
+namespace {
+
+// The upper bound the reference implementation puts on the header (100 MB).
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+struct Entry {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // in the data section
+};
+
+Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& v,
+                  uint64_t data_size) {
+  const std::string where = path + ": tensor '" + shown(name) + "'";
+  auto bad = [&](const std::string& why) { fail(where + ": " + why); };
+  if (!v.is_object()) bad("is not a JSON object");
+  for (const auto& [k, _] : v.items())
+    if (k != "dtype" && k != "shape" && k != "data_offsets")
+      bad("unknown field '" + shown(k) + "'");
+  const auto dt = v.find("dtype"), sh = v.find("shape"), off = v.find("data_offsets");
+  if (dt == v.end() || !dt->is_string()) bad("'dtype' is missing or not a string");
+  if (sh == v.end() || !sh->is_array()) bad("'shape' is missing or not a list");
+  if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+      !(*off)[1].is_number_unsigned())
+    bad("'data_offsets' is missing or not two non-negative integers");
+  Entry e;
+  e.name = name;
+  e.dtype = dtype_parse(dt->get<std::string>(), where);
+  const uint64_t esize = dtype_size(e.dtype);
+  uint64_t numel = 1;
+  for (const auto& d : *sh) {
+    if (!d.is_number_unsigned()) bad("'shape' must hold non-negative integers");
+    const uint64_t n = d.get<uint64_t>();
+    // Bounded by the data section: no product can overflow past this check.
+    if (n > 0 && numel > data_size / esize / n) bad("'shape' is larger than the file");
+    numel *= n;
+    e.shape.push_back(int64_t(n));
+  }
+  e.begin = (*off)[0].get<uint64_t>();
+  e.end = (*off)[1].get<uint64_t>();
+  if (e.begin > e.end || e.end > data_size)
+    bad(fmt::format("'data_offsets' [{}, {}] outside the data section of {} bytes", e.begin, e.end,
+                    data_size));
+  if (e.end - e.begin != numel * esize)
+    bad(fmt::format("'data_offsets' span {} bytes but the shape and dtype need {}", e.end - e.begin,
+                    numel * esize));
+  return e;
+}
+
+}  // namespace
+
 std::map<std::string, TensorData> safetensors_read(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path + ": cannot open");
   f.seekg(0, std::ios::end);
-  uint64_t size = uint64_t(f.tellg());
+  const uint64_t size = uint64_t(f.tellg());
   f.seekg(0);
   uint64_t hlen = 0;
-  if (size < 8 || !f.read(reinterpret_cast<char*>(&hlen), 8) || hlen > size - 8)
-    fail(path + ": not a safetensors file (bad header length)");
+  if (size < 8 || !f.read(reinterpret_cast<char*>(&hlen), 8))
+    fail(path + ": not a safetensors file (shorter than 8 bytes)");
+  if (hlen < 2 || hlen > kMaxHeaderBytes || hlen > size - 8)
+    fail(fmt::format("{}: not a safetensors file (header length {} in a file of {} bytes)", path,
+                     hlen, size));
   std::string hs(hlen, '\0');
-  f.read(hs.data(), std::streamsize(hlen));
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(hs);
-  } catch (const std::exception& e) {
-    fail(path + ": bad safetensors header JSON");
+  if (!f.read(hs.data(), std::streamsize(hlen))) fail(path + ": cannot read the header");
+  const nlohmann::json header = nlohmann::json::parse(hs, nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object())
+    fail(path + ": the safetensors header is not a JSON object");
+  const uint64_t data_size = size - 8 - hlen;
+  std::vector<Entry> entries;
+  for (const auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(path + ": '__metadata__' is not a JSON object");
+      continue;
+    }
+    entries.push_back(parse_entry(path, name, v, data_size));
   }
-  uint64_t data_size = size - 8 - hlen;
+  // The tensors tile the data section exactly: no gap, no overlap, nothing before or after.
+  std::vector<const Entry*> order;
+  for (const Entry& e : entries) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t at = 0;
+  for (const Entry* e : order) {
+    if (e->begin != at)
+      fail(fmt::format("{}: tensor '{}' starts at byte {} of the data section, {}", path,
+                       shown(e->name), e->begin,
+                       e->begin < at ? "inside the tensor before it"
+                                     : fmt::format("leaving a gap after byte {}", at)));
+    at = e->end;
+  }
+  if (at != data_size)
+    fail(fmt::format("{}: the tensors hold {} bytes but the data section has {} ({} the file)",
+                     path, at, data_size,
+                     at < data_size ? "bytes inserted into or appended to" : "bytes missing from"));
   std::map<std::string, TensorData> out;
-  for (auto& [name, v] : header.items()) {
-    if (name == "__metadata__") continue;
+  for (Entry& e : entries) {
     TensorData t;
-    t.dtype = dtype_parse(v.at("dtype").get<std::string>(), path);
-    t.shape = v.at("shape").get<std::vector<int64_t>>();
-    auto off = v.at("data_offsets").get<std::vector<uint64_t>>();
-    int64_t n = 1;
-    for (int64_t s : t.shape) n *= s;
-    if (off.size() != 2 || off[1] < off[0] || off[1] > data_size ||
-        off[1] - off[0] != uint64_t(n) * dtype_size(t.dtype))
-      fail(path + ": tensor '" + name + "' has bad data_offsets");
-    t.data.resize(off[1] - off[0]);
-    f.seekg(std::streamoff(8 + hlen + off[0]));
-    f.read(reinterpret_cast<char*>(t.data.data()), std::streamsize(t.data.size()));
-    if (!f) fail(path + ": truncated");
-    out.emplace(name, std::move(t));
+    t.dtype = e.dtype;
+    t.shape = std::move(e.shape);
+    t.data.resize(e.end - e.begin);
+    f.seekg(std::streamoff(8 + hlen + e.begin));
+    if (!f.read(reinterpret_cast<char*>(t.data.data()), std::streamsize(t.data.size())))
+      fail(path + ": cannot read tensor '" + shown(e.name) + "'");
+    out.emplace(e.name, std::move(t));
   }
   return out;
 }

@@ -31,25 +31,43 @@ struct ByteReader::Impl {
   std::string path;
   enum { Plain, Gzip, Zstd } kind = Plain;
   FILE* f = nullptr;
-  gzFile gz = nullptr;
+  std::vector<char> zin;  // compressed input
+  // gzip: inflate itself (not gzread, which reads a file cut inside a stream as if it ended
+  // there and a file that is not gzip at all as plain bytes)
+  z_stream gz{};
+  bool gz_init = false;
+  // zstd
   ZSTD_DCtx* zd = nullptr;
-  std::vector<char> zin;
   ZSTD_inBuffer in{nullptr, 0, 0};
-  bool zst_frame_open = false;
+  // a stream (gzip member, zstd frame) is started and not finished; one has been finished
+  bool stream_open = false, stream_seen = false;
+
+  size_t fill(char* dst, size_t n) {
+    const size_t got = std::fread(dst, 1, n, f);
+    if (got < n && std::ferror(f))
+      fail(fmt::format("{}: read error ({})", path, std::strerror(errno)));
+    return got;
+  }
+  size_t read_gzip(char* dst, size_t n);
+  size_t read_zstd(char* dst, size_t n);
+  [[noreturn]] void truncated(const char* what) const {
+    fail(fmt::format("{}: truncated {} data (the file ends inside a compressed stream)", path,
+                     what));
+  }
 };
 
 ByteReader::ByteReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.path = path;
-  if (ends_with(path, ".gz")) {
-    m.kind = Impl::Gzip;
-    m.gz = gzopen(path.c_str(), "rb");
-    if (!m.gz) fail(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
-    return;
-  }
   m.f = std::fopen(path.c_str(), "rb");
   if (!m.f) fail(fmt::format("{}: cannot open ({})", path, std::strerror(errno)));
-  if (ends_with(path, ".zst")) {
+  if (ends_with(path, ".gz")) {
+    m.kind = Impl::Gzip;
+    // 16 + MAX_WBITS: a gzip wrapper, whose CRC-32 and length trailer inflate checks
+    if (inflateInit2(&m.gz, 16 + MAX_WBITS) != Z_OK) fail(path + ": cannot start zlib");
+    m.gz_init = true;
+    m.zin.resize(1 << 16);
+  } else if (ends_with(path, ".zst")) {
     m.kind = Impl::Zstd;
     m.zd = ZSTD_createDCtx();
     m.zin.resize(ZSTD_DStreamInSize());
@@ -58,7 +76,7 @@ ByteReader::ByteReader(const std::string& path) : impl_(std::make_unique<Impl>()
 
 ByteReader::~ByteReader() {
   if (impl_->f) std::fclose(impl_->f);
-  if (impl_->gz) gzclose(impl_->gz);
+  if (impl_->gz_init) inflateEnd(&impl_->gz);
   if (impl_->zd) ZSTD_freeDCtx(impl_->zd);
 }
 
@@ -66,31 +84,65 @@ size_t ByteReader::read(char* dst, size_t n) {
   Impl& m = *impl_;
   switch (m.kind) {
     case Impl::Plain:
-      return std::fread(dst, 1, n, m.f);
-    case Impl::Gzip: {
-      const int r = gzread(m.gz, dst, unsigned(n));
-      if (r < 0) fail(fmt::format("{}: corrupt gzip data", m.path));
-      return size_t(r);
-    }
-    case Impl::Zstd: {
-      ZSTD_outBuffer out{dst, n, 0};
-      while (out.pos == 0) {
-        if (m.in.pos == m.in.size) {
-          m.in = {m.zin.data(), std::fread(m.zin.data(), 1, m.zin.size(), m.f), 0};
-          if (m.in.size == 0) {
-            if (m.zst_frame_open) fail(fmt::format("{}: truncated zstd data", m.path));
-            return 0;
-          }
-        }
-        const size_t r = ZSTD_decompressStream(m.zd, &out, &m.in);
-        if (ZSTD_isError(r))
-          fail(fmt::format("{}: corrupt zstd data ({})", m.path, ZSTD_getErrorName(r)));
-        m.zst_frame_open = r != 0;
-      }
-      return out.pos;
-    }
+      return m.fill(dst, n);
+    case Impl::Gzip:
+      return m.read_gzip(dst, n);
+    case Impl::Zstd:
+      return m.read_zstd(dst, n);
   }
   return 0;
+}
+
+// Concatenated members are read one after another (as gzip -d does); anything else after a
+// member, a cut inside one, or a bad CRC fails.
+size_t ByteReader::Impl::read_gzip(char* dst, size_t n) {
+  const uInt want = uInt(std::min<size_t>(n, 1u << 30));
+  gz.next_out = reinterpret_cast<Bytef*>(dst);
+  gz.avail_out = want;
+  while (gz.avail_out == want) {
+    bool at_end = false;
+    if (gz.avail_in == 0) {
+      gz.next_in = reinterpret_cast<Bytef*>(zin.data());
+      gz.avail_in = uInt(fill(zin.data(), zin.size()));
+      at_end = gz.avail_in == 0;
+    }
+    if (at_end && !stream_open) {
+      if (!stream_seen) fail(fmt::format("{}: empty file, not gzip data", path));
+      break;
+    }
+    stream_open = true;
+    const int r = inflate(&gz, Z_NO_FLUSH);
+    if (r == Z_STREAM_END) {
+      stream_open = false;
+      stream_seen = true;
+      inflateReset(&gz);
+    } else if (r == Z_BUF_ERROR || (r == Z_OK && at_end && gz.avail_out == want)) {
+      if (at_end) truncated("gzip");  // inflate wants input the file does not have
+    } else if (r != Z_OK) {
+      fail(fmt::format("{}: corrupt gzip data ({})", path, gz.msg ? gz.msg : zError(r)));
+    }
+  }
+  return want - gz.avail_out;
+}
+
+size_t ByteReader::Impl::read_zstd(char* dst, size_t n) {
+  ZSTD_outBuffer out{dst, n, 0};
+  while (out.pos == 0) {
+    if (in.pos == in.size) {
+      in = {zin.data(), fill(zin.data(), zin.size()), 0};
+      if (in.size == 0) {
+        if (stream_open) truncated("zstd");
+        if (!stream_seen) fail(fmt::format("{}: empty file, not zstd data", path));
+        return 0;
+      }
+    }
+    const size_t r = ZSTD_decompressStream(zd, &out, &in);
+    if (ZSTD_isError(r))
+      fail(fmt::format("{}: corrupt zstd data ({})", path, ZSTD_getErrorName(r)));
+    stream_open = r != 0;
+    stream_seen = stream_seen || r == 0;
+  }
+  return out.pos;
 }
 
 std::string ByteReader::read_all() {
@@ -124,6 +176,77 @@ bool LineReader::next(std::string& line) {
   if (!line.empty() && line.back() == '\r') line.pop_back();
   line_no_++;
   return true;
+}
+
+// ----------------------------------------------------------------------------
+// UTF-8
+
+namespace {
+
+// Length of the well-formed UTF-8 sequence at p (Unicode Table 3-7), or 0 with *bad = the
+// length of its maximal ill-formed prefix (at least 1).
+size_t utf8_sequence(const unsigned char* p, size_t n, size_t* bad) {
+  const unsigned c = p[0];
+  size_t len = 0;
+  unsigned lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // no overlong forms
+    if (c == 0xED) hi = 0x9F;  // no surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+  } else {
+    *bad = 1;
+    return 0;
+  }
+  for (size_t k = 1; k < len; k++) {
+    if (k >= n || p[k] < lo || p[k] > hi) {
+      *bad = k;
+      return 0;
+    }
+    lo = 0x80, hi = 0xBF;
+  }
+  return len;
+}
+
+}  // namespace
+
+int64_t utf8_repair(std::string& s, size_t* first) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  std::string out;  // only built once an invalid byte is found
+  int64_t invalid = 0;
+  size_t copied = 0;  // s[0, copied) is in out
+  for (size_t i = 0; i < n;) {
+    if (p[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t bad = 0;
+    const size_t len = utf8_sequence(p + i, n - i, &bad);
+    if (len > 0) {
+      i += len;
+      continue;
+    }
+    if (invalid == 0) {
+      if (first) *first = i;
+      out.reserve(n + 16);
+    }
+    out.append(s, copied, i - copied);
+    out += "\xEF\xBF\xBD";  // U+FFFD
+    invalid += int64_t(bad);
+    i += bad;
+    copied = i;
+  }
+  if (invalid > 0) {
+    out.append(s, copied, n - copied);
+    s = std::move(out);
+  }
+  return invalid;
 }
 
 // ----------------------------------------------------------------------------
@@ -171,48 +294,95 @@ void problem(CorpusReport& r, const std::string& where, const std::string& why) 
   if (r.problems.size() < CorpusReport::kMaxProblems) r.problems.push_back(where + ": " + why);
 }
 
+// The invalid UTF-8 of one file: counted, the first place remembered, and the file refused when
+// it is mostly not text (random bytes, UTF-16, a binary file in a folder of text).
+struct Utf8Tally {
+  const std::string& file;
+  int64_t bytes = 0, invalid = 0;
+  std::string first;  // where the first invalid byte is
+
+  void add(std::string& text, const std::string& where_prefix, size_t base) {
+    bytes += int64_t(text.size());
+    if (const void* nul = std::memchr(text.data(), 0, text.size()))
+      fail(fmt::format(
+          "{}: not a text file (a NUL byte at {})", file,
+          place(where_prefix, base + size_t(static_cast<const char*>(nul) - text.data()))));
+    size_t at = 0;
+    const int64_t n = utf8_repair(text, &at);
+    if (n > 0 && invalid == 0) first = place(where_prefix, base + at);
+    invalid += n;
+  }
+  static std::string place(const std::string& prefix, size_t offset) {
+    return fmt::format("{}byte {}", prefix, offset);
+  }
+  void finish(CorpusReport& r) const {
+    if (invalid == 0) return;
+    if (double(invalid) > kMaxInvalidUtf8Fraction * double(bytes))
+      fail(fmt::format("{}: not UTF-8 text ({} of {} bytes are not valid UTF-8, the first at {})",
+                       file, invalid, bytes, first));
+    r.invalid_utf8_bytes += invalid;
+    if (r.invalid_utf8.size() < CorpusReport::kMaxProblems)
+      r.invalid_utf8.push_back(
+          fmt::format("{}: {} bytes not valid UTF-8 replaced by U+FFFD, the first at {}", file,
+                      invalid, first));
+  }
+};
+
+void read_jsonl(const std::string& file, const CorpusSpec& spec,
+                const std::function<void(std::string_view)>& on_document, CorpusReport& report) {
+  Utf8Tally utf8{file};
+  LineReader lines(file);
+  std::string line;
+  while (lines.next(line)) {
+    // Repaired before parsing: the JSON parser refuses ill-formed UTF-8, and a stray Latin-1
+    // byte in a record is damage to count, not a reason to lose the record.
+    utf8.add(line, fmt::format("line {}, ", lines.line_number()), 0);
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank: not a document
+    const std::string where = fmt::format("{}:{}", file, lines.line_number());
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      problem(report, where, "not valid JSON");
+      continue;
+    }
+    if (!j.is_object()) {
+      problem(report, where, "not a JSON object");
+      continue;
+    }
+    auto it = j.find(spec.text_field);
+    if (it == j.end()) {
+      problem(report, where, fmt::format("no \"{}\" field", spec.text_field));
+      continue;
+    }
+    if (!it->is_string()) {
+      problem(report, where, fmt::format("\"{}\" is not a string", spec.text_field));
+      continue;
+    }
+    const std::string& text = it->get_ref<const std::string&>();
+    report.bytes += int64_t(text.size());
+    report.documents++;
+    on_document(text);
+  }
+  utf8.finish(report);
+}
+
 }  // namespace
 
 void corpus_read(const CorpusSpec& spec, const std::function<void(std::string_view)>& on_document,
                  CorpusReport& report) {
   for (const std::string& file : corpus_files(spec)) {
     report.files++;
-    if (!is_jsonl(file, spec.format)) {
-      const std::string text = ByteReader(file).read_all();
-      report.bytes += int64_t(text.size());
-      if (text.empty()) continue;
-      report.documents++;
-      on_document(text);
+    if (is_jsonl(file, spec.format)) {
+      read_jsonl(file, spec, on_document, report);
       continue;
     }
-    LineReader lines(file);
-    std::string line;
-    while (lines.next(line)) {
-      if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank: not a document
-      const std::string where = fmt::format("{}:{}", file, lines.line_number());
-      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded()) {
-        problem(report, where, "not valid JSON");
-        continue;
-      }
-      if (!j.is_object()) {
-        problem(report, where, "not a JSON object");
-        continue;
-      }
-      auto it = j.find(spec.text_field);
-      if (it == j.end()) {
-        problem(report, where, fmt::format("no \"{}\" field", spec.text_field));
-        continue;
-      }
-      if (!it->is_string()) {
-        problem(report, where, fmt::format("\"{}\" is not a string", spec.text_field));
-        continue;
-      }
-      const std::string& text = it->get_ref<const std::string&>();
-      report.bytes += int64_t(text.size());
-      report.documents++;
-      on_document(text);
-    }
+    std::string text = ByteReader(file).read_all();
+    report.bytes += int64_t(text.size());
+    Utf8Tally utf8{file};
+    utf8.add(text, "", 0);
+    utf8.finish(report);
+    if (text.empty()) continue;
+    report.documents++;
+    on_document(text);
   }
 }
 

@@ -2,7 +2,9 @@
 // Corpus readers: plain text files (one document each) and JSONL with a configurable text field
 // (the FineWeb / FineWeb-Edu layout), each optionally .gz or .zst; files or folders (walked in
 // sorted order). Malformed JSONL lines are counted and reported with file and line, never
-// silently dropped and never fatal.
+// silently dropped and never fatal. Bytes that are not valid UTF-8 are replaced by U+FFFD,
+// counted and reported per file; a file that is mostly not text (a NUL byte, or more than a
+// tenth of its bytes invalid) is refused. A truncated or corrupt .gz/.zst stream is refused.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -12,7 +14,8 @@
 
 namespace moelab {
 
-// Decompressing byte stream over a plain, .gz or .zst file.
+// Decompressing byte stream over a plain, .gz or .zst file. A compressed file must hold whole,
+// intact streams: a truncated or corrupt one fails with one line naming the file.
 class ByteReader {
  public:
   explicit ByteReader(const std::string& path);
@@ -53,9 +56,19 @@ struct CorpusSpec {
 
 struct CorpusReport {
   int64_t files = 0, documents = 0, bytes = 0, malformed = 0;
-  std::vector<std::string> problems;  // "file:line: why", the first kMaxProblems
+  std::vector<std::string> problems;      // "file:line: why", the first kMaxProblems
+  int64_t invalid_utf8_bytes = 0;         // replaced by U+FFFD
+  std::vector<std::string> invalid_utf8;  // "file: N bytes ..., the first at ...", per file
   static constexpr size_t kMaxProblems = 100;
 };
+
+// A file is refused as not text when more than this fraction of its bytes is not UTF-8.
+inline constexpr double kMaxInvalidUtf8Fraction = 0.1;
+
+// Replaces every maximal ill-formed subsequence of s by U+FFFD (the Unicode standard's
+// recommended practice, as Python's errors="replace" does); returns the number of bytes replaced
+// and, when any were, the offset of the first in *first.
+int64_t utf8_repair(std::string& s, size_t* first = nullptr);
 
 // Calls on_document for every document, in a fixed order.
 void corpus_read(const CorpusSpec& spec, const std::function<void(std::string_view)>& on_document,

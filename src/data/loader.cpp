@@ -5,6 +5,7 @@
 #include <bit>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -56,9 +57,27 @@ std::vector<TokenRange> DataDir::ranges(const std::string& subset, const std::st
   if (split != "train" && split != "val")
     fail(fmt::format("split '{}': must be train or val", split));
   std::vector<TokenRange> out;
-  for (const json& r : subs[subset][split])
-    out.push_back({(fs::path(dir) / r.at("shard").get<std::string>()).string(),
-                   r.at("begin").get<uint64_t>(), r.at("end").get<uint64_t>()});
+  try {
+    for (const json& r : subs.at(subset).at(split)) {
+      const std::string shard = r.at("shard").get<std::string>();
+      // A name inside the directory: a manifest never points elsewhere.
+      if (shard.empty() || shard.find('/') != std::string::npos || shard[0] == '.')
+        fail(
+            fmt::format("{}/manifest.json: subset '{}' names the shard '{}', not a file name in "
+                        "the directory",
+                        dir, subset, shard));
+      TokenRange t{(fs::path(dir) / shard).string(), r.at("begin").get<uint64_t>(),
+                   r.at("end").get<uint64_t>()};
+      if (t.begin > t.end)
+        fail(
+            fmt::format("{}/manifest.json: subset '{}' has a range of {} that begins after it "
+                        "ends",
+                        dir, subset, shard));
+      out.push_back(t);
+    }
+  } catch (const json::exception& e) {
+    fail(fmt::format("{}/manifest.json: malformed subset '{}' ({})", dir, subset, e.what()));
+  }
   return out;
 }
 
@@ -69,13 +88,23 @@ DataLoader::DataLoader(const DataDir& data, const std::string& subset, const std
                        int64_t seq_len, uint64_t seed)
     : ranges_(data.ranges(subset, split)), seed_(seed), seq_len_(seq_len) {
   if (seq_len < 1) fail("loader: sequence length must be positive");
+  std::map<std::string, std::shared_ptr<Shard>> by_path;  // ranges of one shard share its map
   for (const TokenRange& r : ranges_) {
     starts_.push_back(total_);
     total_ += r.end - r.begin;
-    shards_.push_back(std::make_shared<Shard>(r.shard, data.fingerprint));
-    if (r.end > shards_.back()->size())
+    auto& shard = by_path[r.shard];
+    if (!shard) {
+      shard = std::make_shared<Shard>(r.shard, data.fingerprint);
+      // The fingerprint says which tokenizer; a damaged version-1 header could still claim a
+      // larger vocabulary than the model's, and ids are checked against the header's.
+      if (int64_t(shard->header().vocab_size) != data.vocab_size)
+        fail(fmt::format("{}: vocabulary size {} does not match the tokenizer's {}", r.shard,
+                         shard->header().vocab_size, data.vocab_size));
+    }
+    shards_.push_back(shard);
+    if (r.end > shard->size())
       fail(fmt::format("{}: the manifest range ends at {} but the shard holds {} tokens", r.shard,
-                       r.end, shards_.back()->size()));
+                       r.end, shard->size()));
   }
   // Sequences of seq_len inputs and their seq_len next-token targets, stepping by seq_len.
   n_seq_ = total_ > uint64_t(seq_len) ? (total_ - 1) / uint64_t(seq_len) : 0;

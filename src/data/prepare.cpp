@@ -38,9 +38,13 @@ std::string cache_path_expand(const std::string& path) {
 
 namespace {
 
+// Every field is looked up with find(), never with operator[] on a const object (undefined for
+// a missing key), and type-checked before get(), so a malformed spec is one line naming the
+// field and never a json exception.
 struct SpecReader {
   std::string src;
   [[noreturn]] void bad(const std::string& key, const std::string& why) const {
+    if (key.empty()) fail(fmt::format("{}: {}", src, why));
     fail(fmt::format("{}: '{}' {}", src, key, why));
   }
   void keys(const json& j, const std::string& where,
@@ -51,18 +55,36 @@ struct SpecReader {
           known.end())
         bad(where.empty() ? k : where + "." + k, "is not a known key");
   }
+  const json& field(const json& j, const std::string& key, const std::string& where) const {
+    const auto it = j.find(key);
+    if (it == j.end()) bad(where + key, "is missing");
+    return *it;
+  }
   std::string str(const json& j, const std::string& key, const std::string& where) const {
-    if (!j[key].is_string()) bad(where + key, "must be a string");
-    return j[key].get<std::string>();
+    const json& v = field(j, key, where);
+    if (!v.is_string()) bad(where + key, "must be a string");
+    return v.get<std::string>();
   }
   double num(const json& j, const std::string& key, const std::string& where) const {
-    if (!j[key].is_number()) bad(where + key, "must be a number");
-    return j[key].get<double>();
+    const json& v = field(j, key, where);
+    if (!v.is_number()) bad(where + key, "must be a number");
+    return v.get<double>();
   }
-  int64_t integer(const json& j, const std::string& key, const std::string& where) const {
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
-      bad(where + key, "must be a positive integer");
-    return j[key].get<int64_t>();
+  int64_t integer(const json& j, const std::string& key, const std::string& where,
+                  int64_t max = INT64_MAX) const {
+    const json& v = field(j, key, where);
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(max)) ||
+        v.get<int64_t>() <= 0 || v.get<int64_t>() > max)
+      bad(where + key, fmt::format("must be a positive integer (at most {})", max));
+    return v.get<int64_t>();
+  }
+  // Source names become shard file names: letters, digits, '_', '-', '.', not leading '.'.
+  void name(const std::string& n, const std::string& where) const {
+    const bool ok =
+        !n.empty() && n[0] != '.' && n.size() <= 100 && std::all_of(n.begin(), n.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+        });
+    if (!ok) bad(where + n, "is not a usable name (letters, digits, '_', '-', '.', at most 100)");
   }
 };
 
@@ -92,10 +114,11 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
     if (t.contains("rank_file"))
       s.tokenizer.rank_file = resolve(r.str(t, "rank_file", "tokenizer."), base);
     if (t.contains("vocab_size"))
-      s.tokenizer.train.vocab_size = r.integer(t, "vocab_size", "tokenizer.");
+      s.tokenizer.train.vocab_size = r.integer(t, "vocab_size", "tokenizer.", int64_t(1) << 31);
     if (t.contains("model_type"))
       s.tokenizer.train.model_type = r.str(t, "model_type", "tokenizer.");
-    if (t.contains("sample_mb")) s.tokenizer.sample_mb = r.integer(t, "sample_mb", "tokenizer.");
+    if (t.contains("sample_mb"))  // a bound that keeps sample_mb << 20 far from overflowing
+      s.tokenizer.sample_mb = r.integer(t, "sample_mb", "tokenizer.", int64_t(1) << 30);
     if (t.contains("max_sentences"))
       s.tokenizer.train.max_sentences = r.integer(t, "max_sentences", "tokenizer.");
     if (s.tokenizer.kind == "tiktoken") tiktoken_spec(s.tokenizer.encoding);  // known name?
@@ -103,13 +126,15 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
   if (!j.contains("sources") || !j["sources"].is_object() || j["sources"].empty())
     r.bad("sources", "must name at least one source");
   for (auto& [name, v] : j["sources"].items()) {
+    r.name(name, "sources.");
     const std::string w = "sources." + name + ".";
     r.keys(v, "sources." + name, {"paths", "format", "text_field"});
     SourceSpec so{name, {}};
     if (!v.contains("paths") || !v["paths"].is_array() || v["paths"].empty())
       r.bad(w + "paths", "must be a non-empty list of files or folders");
     for (const json& p : v["paths"]) {
-      if (!p.is_string()) r.bad(w + "paths", "must hold strings");
+      if (!p.is_string() || p.get_ref<const std::string&>().empty())
+        r.bad(w + "paths", "must hold non-empty strings");
       so.corpus.paths.push_back(resolve(p.get<std::string>(), base));
     }
     if (v.contains("format")) {
@@ -127,6 +152,7 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
   if (!j.contains("subsets") || !j["subsets"].is_object() || j["subsets"].empty())
     r.bad("subsets", "must name at least one subset");
   for (auto& [name, v] : j["subsets"].items()) {
+    r.name(name, "subsets.");
     SubsetSpec ss{name, {}};
     if (!v.is_array() || v.empty()) r.bad("subsets." + name, "must be a non-empty list");
     for (size_t i = 0; i < v.size(); i++) {
@@ -263,13 +289,19 @@ SourceShards encode_source(const SourceSpec& so, const Tokenizer& tok, const std
                 {"tokens", tokens},
                 {"malformed", rep.malformed},
                 {"problems", rep.problems},
+                {"invalid_utf8_bytes", rep.invalid_utf8_bytes},
+                {"invalid_utf8", rep.invalid_utf8},
                 {"seconds", std::round(dt * 1000) / 1000},
                 {"mb_per_s", std::round(double(rep.bytes) / 1048576.0 / dt * 10) / 10}};
   std::fprintf(stderr,
-               "source %-16s %8ld documents %12ld tokens %8.1f MB  %6.1f MB/s  %ld malformed\n",
+               "source %-16s %8ld documents %12ld tokens %8.1f MB  %6.1f MB/s  %ld malformed  %ld "
+               "invalid UTF-8 bytes\n",
                so.name.c_str(), long(documents), long(tokens), double(rep.bytes) / 1048576.0,
-               double(rep.bytes) / 1048576.0 / dt, long(rep.malformed));
+               double(rep.bytes) / 1048576.0 / dt, long(rep.malformed),
+               long(rep.invalid_utf8_bytes));
   for (const std::string& p : rep.problems) std::fprintf(stderr, "  malformed: %s\n", p.c_str());
+  for (const std::string& p : rep.invalid_utf8)
+    std::fprintf(stderr, "  invalid UTF-8: %s\n", p.c_str());
   return out;
 }
 
