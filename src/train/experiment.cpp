@@ -16,6 +16,7 @@ namespace moelab {
 namespace {
 
 using json = nlohmann::json;
+constexpr int64_t kMaxSteps = int64_t(1) << 40, kMaxTokens = int64_t(1) << 60;
 
 // ----------------------------------------------------------------------------
 // --set overrides
@@ -264,6 +265,9 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
     if (p.subset.empty()) ph.bad("subset", "is required");
     if ((p.steps > 0) == (p.tokens > 0))
       ph.bad("steps", "give exactly one of steps or tokens (> 0)");
+    // Bounds that keep every step and token count an exact int64 (far beyond any real run).
+    if (p.steps > kMaxSteps) ph.bad("steps", fmt::format("must be at most {}", kMaxSteps));
+    if (p.tokens > kMaxTokens) ph.bad("tokens", fmt::format("must be at most {}", kMaxTokens));
     if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
     if (p.replay_ratio > 0 && p.replay_subset.empty())
       ph.bad("replay_subset", "is required with a replay_ratio");
@@ -319,8 +323,11 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   };
   need(x.seq_len > 0 && x.seq_len <= x.model.max_position_embeddings,
        "'data.seq_len' must be in [1, model max_position_embeddings]");
-  need(x.batch_size > 0, "'train.batch_size' must be positive");
-  need(x.grad_accum > 0, "'train.grad_accum' must be positive");
+  need(x.batch_size > 0 && x.batch_size <= kMaxSteps, "'train.batch_size' must be positive");
+  need(x.grad_accum > 0 && x.grad_accum <= kMaxSteps, "'train.grad_accum' must be positive");
+  need(x.batch_size <= kMaxTokens / x.seq_len / x.grad_accum &&
+           int64_t(x.phases.size()) * kMaxSteps <= kMaxTokens,
+       "'train.batch_size' x 'train.grad_accum' x 'data.seq_len' is too large");
   need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
   need(x.log_every > 0, "'run.log_every' must be positive");
   need(x.peak_gflops >= 0 && std::isfinite(x.peak_gflops),
