@@ -212,7 +212,9 @@ void TrainRun::resume_from(const std::string& ckpt) {
 
 void TrainRun::forgetting_setup() {
   if (x_.evalset.empty()) return;
-  full_set_ = evalset_load(x_.evalset, data_.fingerprint);
+  const EvalSetLimits limits{data_.vocab_size, x_.model.vocab_size,
+                             x_.model.max_position_embeddings};
+  full_set_ = evalset_load(x_.evalset, data_.fingerprint, limits);
   int64_t filter_end = 0;
   for (const PhaseConfig& p : x_.phases) {
     filter_end += x_.phase_steps(p);
@@ -223,7 +225,7 @@ void TrainRun::forgetting_setup() {
   std::error_code ec;
   if (!fs::exists(frozen_path_, ec)) return;
   if (step_ >= filter_end) {
-    frozen_ = evalset_load(frozen_path_, data_.fingerprint);
+    frozen_ = evalset_load(frozen_path_, data_.fingerprint, limits);
     have_frozen_ = true;
   } else {
     fs::remove(frozen_path_, ec);
