@@ -148,6 +148,9 @@ class TrainRun {
  private:
   void resume_from(const std::string& ckpt);
   void forgetting_setup();
+  EvalSetLimits evalset_limits() const {
+    return {data_.vocab_size, x_.model.vocab_size, x_.model.max_position_embeddings};
+  }
   StepLosses forward_backward(const PhaseConfig& phase);
   void on_nonfinite(const StepLosses& r, ojson& m);
   ojson forgetting_duties(const PhaseConfig& phase, bool phase_done);
@@ -177,6 +180,9 @@ class TrainRun {
 };
 
 void TrainRun::start(bool resume) {
+  // Everything the run reads is checked before the run directory is touched.
+  if (!x_.evalset.empty())
+    full_set_ = evalset_load(x_.evalset, data_.fingerprint, evalset_limits());
   const std::string ckpt = run_dir_claim(x_, resume);
   if (!ckpt.empty()) resume_from(ckpt);
   std::error_code ec;
@@ -212,9 +218,6 @@ void TrainRun::resume_from(const std::string& ckpt) {
 
 void TrainRun::forgetting_setup() {
   if (x_.evalset.empty()) return;
-  const EvalSetLimits limits{data_.vocab_size, x_.model.vocab_size,
-                             x_.model.max_position_embeddings};
-  full_set_ = evalset_load(x_.evalset, data_.fingerprint, limits);
   int64_t filter_end = 0;
   for (const PhaseConfig& p : x_.phases) {
     filter_end += x_.phase_steps(p);
@@ -225,7 +228,7 @@ void TrainRun::forgetting_setup() {
   std::error_code ec;
   if (!fs::exists(frozen_path_, ec)) return;
   if (step_ >= filter_end) {
-    frozen_ = evalset_load(frozen_path_, data_.fingerprint, limits);
+    frozen_ = evalset_load(frozen_path_, data_.fingerprint, evalset_limits());
     have_frozen_ = true;
   } else {
     fs::remove(frozen_path_, ec);
