@@ -190,6 +190,10 @@ sed 's/"vocab_size": 320/"vocab_size": 300/' data.json >data2.json
 "$moelab" data prepare data2.json --out data2 >/dev/null 2>&1 || bad "data prepare (second tokenizer)"
 expect_error "other tokenizer" "trained with tokenizer [0-9a-f]{16}, but the data in data2 uses [0-9a-f]{16}" \
   "$moelab" train exp.toml --set run.dir=full --set data.dir=data2 --set eval.evalset= --resume
+"$moelab" entities build --data data2 --entities ents.tsv --out ev2.jsonl --top 100 --bottom 100 \
+  --prompt 8 --target 8 >/dev/null 2>&1 || bad "entities build on data2"
+expect_error "eval with another tokenizer" "trained with tokenizer [0-9a-f]{16}, but the data in data2 uses" \
+  "$moelab" eval "$(ls -d full/step_* | tail -1)" --evalset ev2.jsonl --data data2
 
 # 8. a kill -9 after the frozen evaluation set was written but before the phase-end checkpoint:
 # the resumed run rebuilds it at the same step, and its metrics equal the unbroken run's

@@ -36,7 +36,8 @@ void eval_cmd(const EvalOptions& o) {
                                     .model_vocab = cfg.vocab_size,
                                     .max_positions = cfg.max_position_embeddings});
   Model<float> model(cfg, 1, 1);
-  checkpoint_load(o.checkpoint, model, nullptr);
+  checkpoint_check_tokenizer(o.checkpoint, checkpoint_load(o.checkpoint, model, nullptr),
+                             data.fingerprint, o.data);
   const double t0 = time_now_s();
   const EvalReport r = evaluate(model, *data.tokenizer, set, o.batch);
   const double dt = time_now_s() - t0;

@@ -161,4 +161,20 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
   return state;
 }
 
+void checkpoint_check_tokenizer(const std::string& ckpt_dir, const json& trainer_state,
+                                uint64_t fingerprint, const std::string& data_dir) {
+  const json* saved = trainer_state.contains("tokenizer_fingerprint")
+                          ? &trainer_state["tokenizer_fingerprint"]
+                          : nullptr;
+  if (!saved) return;
+  if (!saved->is_number_unsigned())
+    fail(fmt::format("{}/trainer_state.json: 'tokenizer_fingerprint' must be an unsigned integer",
+                     ckpt_dir));
+  if (saved->get<uint64_t>() != fingerprint)
+    fail(
+        fmt::format("{}: trained with tokenizer {:016x}, but the data in {} uses {:016x}; use "
+                    "the run's own data directory",
+                    ckpt_dir, saved->get<uint64_t>(), data_dir, fingerprint));
+}
+
 }  // namespace moelab

@@ -25,6 +25,11 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
 // trainer state.
 nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model, AdamW<float>* opt);
 
+// Refuses a checkpoint whose trainer state records another tokenizer than the one of data_dir
+// (ids of one tokenizer mean nothing to another). Older checkpoints record none and pass.
+void checkpoint_check_tokenizer(const std::string& ckpt_dir, const nlohmann::json& trainer_state,
+                                uint64_t fingerprint, const std::string& data_dir);
+
 // Complete checkpoints of a run, oldest first (temporary folders of interrupted writes skipped).
 std::vector<std::string> checkpoint_list(const std::string& run_dir);
 

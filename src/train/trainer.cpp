@@ -196,13 +196,7 @@ void TrainRun::start(bool resume) {
 
 void TrainRun::resume_from(const std::string& ckpt) {
   const json state = checkpoint_load(ckpt, model_, &opt_);
-  // A checkpoint trained on one tokenizer's ids means nothing on another's.
-  if (state.contains("tokenizer_fingerprint") &&
-      state["tokenizer_fingerprint"] != json(data_.fingerprint))
-    fail(fmt::format(
-        "{}: trained with tokenizer {:016x}, but the data in {} uses {:016x}; "
-        "resume on the run's own data directory",
-        ckpt, state["tokenizer_fingerprint"].get<uint64_t>(), x_.data_dir, data_.fingerprint));
+  checkpoint_check_tokenizer(ckpt, state, data_.fingerprint, x_.data_dir);
   try {
     step_ = state.at("step").get<int64_t>();
     for (auto& [name, pos] : state.at("loaders").items())
