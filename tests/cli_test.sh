@@ -66,6 +66,7 @@ expect_error "bad dtype" "--dtype must be f32 or f64" "$moelab" model dump "$tmp
 mkdir -p "$tmp/corpus"
 for i in 1 2 3; do printf 'Document %s says hello.\nSecond line of %s.\n' $i $i >"$tmp/corpus/d$i.txt"; done
 printf '{"text": "a record"}\nnot json\n' >"$tmp/corpus/r.jsonl"
+printf 'caf\xe9 in Latin-1, one byte that is not UTF-8.\n' >"$tmp/corpus/latin1.txt"
 cat >"$tmp/data.json" <<JSON
 {"tokenizer": {"kind": "tiktoken", "encoding": "r50k_base"},
  "sources": {"docs": {"paths": ["corpus"]}},
@@ -73,6 +74,12 @@ cat >"$tmp/data.json" <<JSON
 JSON
 expect_ok "data prepare" "$moelab" data prepare "$tmp/data.json" --out "$tmp/data"
 grep -q '"malformed": 1' "$tmp/data/manifest.json" || bad "malformed JSONL line counted in the manifest"
+grep -q '"invalid_utf8_bytes": 1' "$tmp/data/manifest.json" || bad "invalid UTF-8 byte counted in the manifest"
+grep -q "1 invalid UTF-8 bytes" "$tmp/err" || bad "prepare reports the invalid UTF-8 byte"
+grep -q 'invalid UTF-8: .*latin1.txt: 1 bytes not valid UTF-8 replaced by U+FFFD, the first at byte 3' "$tmp/err" ||
+  bad "prepare names the file with the invalid byte"
+expect_ok "data verify" "$moelab" data verify "$tmp/data"
+grep -q "headers, sizes, checksums and token ids intact" "$tmp/out" || bad "verify prints a summary"
 expect_ok "data inspect" "$moelab" data inspect "$tmp/data"
 grep -q "subset A:" "$tmp/out" || bad "inspect shows subset A"
 expect_error "prepare again" "already holds a prepared data set" "$moelab" data prepare "$tmp/data.json" --out "$tmp/data"
@@ -83,5 +90,27 @@ expect_error "inspect non-data" "no manifest.json" "$moelab" data inspect "$tmp/
 sed 's/"docs"]}/"nope"]}/' "$tmp/data.json" >"$tmp/bad_subset.json"
 expect_error "unknown source" "'subsets.A\[0\]' names an unknown source 'nope'" "$moelab" data prepare "$tmp/bad_subset.json" --out "$tmp/d3"
 [ ! -e "$tmp/d3" ] && ok || bad "a refused spec created its output directory"
+
+# damaged data: one line naming the file, exit 1
+cp -r "$tmp/data" "$tmp/flip"
+shard=$(ls "$tmp/flip"/*.tok | head -1)
+printf '\xff' | dd of="$shard" bs=1 seek=70 conv=notrunc status=none
+expect_error "verify a flipped byte" "$shard: checksum mismatch" "$moelab" data verify "$tmp/flip"
+expect_error "inspect a flipped byte" "$shard: checksum mismatch" "$moelab" data inspect "$tmp/flip"
+expect_error "verify a non-directory" "nope: not a directory" "$moelab" data verify "$tmp/nope"
+mkdir -p "$tmp/gz" "$tmp/bin"
+seq 1 100000 | gzip >"$tmp/whole.gz"
+head -c 20000 "$tmp/whole.gz" >"$tmp/gz/cut.txt.gz"
+sed "s|\"corpus\"|\"gz\"|" "$tmp/data.json" >"$tmp/gz.json"
+expect_error "truncated gzip source" "cut.txt.gz: truncated gzip data" "$moelab" data prepare "$tmp/gz.json" --out "$tmp/d4"
+head -c 4096 /dev/urandom >"$tmp/bin/random.txt"
+sed "s|\"corpus\"|\"bin\"|" "$tmp/data.json" >"$tmp/bin.json"
+expect_error "random bytes as text" "random.txt: not (a text file|UTF-8 text)" "$moelab" data prepare "$tmp/bin.json" --out "$tmp/d5"
+sed 's/"paths": \["corpus"\]/"paths": "corpus"/' "$tmp/data.json" >"$tmp/paths_type.json"
+expect_error "paths not a list" "'sources.docs.paths' must be a non-empty list" "$moelab" data prepare "$tmp/paths_type.json" --out "$tmp/d6"
+sed 's/"A": \["docs"\]/"A": [{"src": "docs"}]/' "$tmp/data.json" >"$tmp/part_key.json"
+expect_error "unknown subset key" "'subsets.A\[0\].src' is not a known key" "$moelab" data prepare "$tmp/part_key.json" --out "$tmp/d7"
+echo '[1, 2]' >"$tmp/array.json"
+expect_error "spec not an object" "array.json: must be an object" "$moelab" data prepare "$tmp/array.json" --out "$tmp/d8"
 
 finish "cli test"

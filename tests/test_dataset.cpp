@@ -1,9 +1,11 @@
 // Data directories end to end: prepare (tokenizer, shards, subsets at document ends, validation
 // slices, malformed lines), open, and the loader (shifted targets, a permutation per epoch,
 // exact resume), plus the bad-input cases.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -187,4 +189,113 @@ TEST(Dataset, BadInputNamesTheFieldOrFile) {
             std::string::npos);
   EXPECT_NE(error_of([&] { data_open((c.dir / "text").string()); }).find("no manifest.json"),
             std::string::npos);
+}
+
+TEST(Dataset, DamagedShardsAreNamedBeforeAnyTokenReachesAModel) {
+  Corpus c;
+  const std::string out = (c.dir / "data").string();
+  data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
+  const DataDir d = data_open(out);
+  const std::vector<TokenRange> rs = d.ranges("B", "train");
+  ASSERT_FALSE(rs.empty());
+  const std::string shard = rs[0].shard;
+  std::string bytes;
+  {
+    std::ifstream f(shard, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  auto rewrite = [&](const std::string& b) {
+    fs::remove(shard);  // a new file: the checksum is verified again
+    std::ofstream(shard, std::ios::binary) << b;
+  };
+  // A flipped token byte: the checksum names the file when the loader opens it.
+  const size_t at = 64 + 2 * size_t(rs[0].begin + 3);
+  std::string b = bytes;
+  b[at + 1] = char(0xFF);  // token 3 of the range becomes >= 65280, outside r50k's 50257
+  rewrite(b);
+  EXPECT_EQ(
+      error_of([&] { DataLoader(d, "B", "train", 8, 1); }).find(shard + ": checksum mismatch"), 0u);
+  // The same damage in a version-1 shard (no checksum): the id is caught where it is read.
+  ShardHeader h;
+  std::memcpy(&h, b.data(), sizeof h);
+  h.version = 1;
+  h.checksum = 0;
+  std::memcpy(b.data(), &h, sizeof h);
+  rewrite(b);
+  DataLoader l(d, "B", "train", 8, 1);
+  std::vector<int32_t> tok, tgt;
+  const std::string e = error_of([&] {
+    for (uint64_t i = 0; i < l.sequences(); i++) l.next(1, tok, tgt);
+  });
+  EXPECT_EQ(e.find(fmt::format("{}: token {} is ", shard, rs[0].begin + 3)), 0u) << e;
+  EXPECT_NE(e.find("outside the vocabulary of 50257"), std::string::npos) << e;
+  // A version-1 header whose vocabulary is not the tokenizer's.
+  rewrite(bytes);
+  std::memcpy(&h, bytes.data(), sizeof h);
+  h.version = 1;
+  h.checksum = 0;
+  h.vocab_size = 60000;
+  b = bytes;
+  std::memcpy(b.data(), &h, sizeof h);
+  rewrite(b);
+  EXPECT_NE(error_of([&] {
+              DataLoader(d, "B", "train", 8, 1);
+            }).find("vocabulary size 60000 does not match the tokenizer's 50257"),
+            std::string::npos);
+  // A manifest range that names a file outside the directory.
+  json m = *d.manifest;
+  m["subsets"]["B"]["train"][0]["shard"] = "../elsewhere.tok";
+  std::ofstream(fs::path(out) / "manifest.json") << m.dump();
+  EXPECT_NE(error_of([&] {
+              data_open(out).ranges("B", "train");
+            }).find("names the shard '../elsewhere.tok', not a file name in the directory"),
+            std::string::npos);
+  m["subsets"]["B"]["train"][0] = {{"shard", 5}};
+  std::ofstream(fs::path(out) / "manifest.json") << m.dump();
+  EXPECT_NE(error_of([&] { data_open(out).ranges("B", "train"); }).find("malformed subset 'B'"),
+            std::string::npos);
+}
+
+TEST(Dataset, EveryMalformedSpecIsOneLineNamingTheField) {
+  Corpus c;
+  auto spec_error = [&](const std::function<void(json&)>& edit) {
+    json j = c.spec();
+    edit(j);
+    const std::string e = error_of([&] { data_spec_from_json(j, "spec.json", ""); });
+    EXPECT_EQ(e.rfind("spec.json: ", 0), 0u) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    return e;
+  };
+  auto has = [](const std::string& e, const std::string& what) {
+    EXPECT_NE(e.find(what), std::string::npos) << e;
+  };
+  has(spec_error([](json& j) { j = json::array({1}); }), "spec.json: must be an object");
+  has(spec_error([](json& j) { j["subsets"]["B"][0].erase("source"); }),
+      "'subsets.B[0].source' is missing");
+  has(spec_error([](json& j) { j["subsets"]["B"][0]["source"] = 3; }),
+      "'subsets.B[0].source' must be a string");
+  has(spec_error([](json& j) { j["subsets"]["B"][0]["end"] = "half"; }),
+      "'subsets.B[0].end' must be a number");
+  has(spec_error([](json& j) { j["subsets"]["B"] = {5}; }), "'subsets.B[0]' must be an object");
+  has(spec_error([](json& j) { j["subsets"]["B"] = "records"; }),
+      "'subsets.B' must be a non-empty list");
+  has(spec_error([](json& j) { j["sources"]["text"] = "x"; }), "'sources.text' must be an object");
+  has(spec_error([](json& j) { j["sources"]["text"]["paths"] = {1}; }),
+      "'sources.text.paths' must hold non-empty strings");
+  has(spec_error([](json& j) { j["sources"]["text"]["paths"] = {""}; }),
+      "'sources.text.paths' must hold non-empty strings");
+  has(spec_error([](json& j) { j["sources"]["text"]["format"] = true; }),
+      "'sources.text.format' must be a string");
+  has(spec_error([](json& j) { j["sources"]["../up"] = j["sources"]["text"]; }),
+      "'sources.../up' is not a usable name");
+  has(spec_error([](json& j) { j["tokenizer"] = "tiktoken"; }), "'tokenizer' must be an object");
+  has(spec_error([](json& j) { j["tokenizer"]["vocab_size"] = -5; }),
+      "'tokenizer.vocab_size' must be a positive integer");
+  has(spec_error([](json& j) { j["tokenizer"]["sample_mb"] = uint64_t(1) << 62; }),
+      "'tokenizer.sample_mb' must be a positive integer (at most 1073741824)");
+  has(spec_error([](json& j) { j["shard_tokens"] = 1.5; }), "'shard_tokens' must be a positive");
+  has(spec_error([](json& j) { j["shard_tokens"] = uint64_t(-1); }), "'shard_tokens' must be");
+  has(spec_error([](json& j) { j["validation_fraction"] = nullptr; }),
+      "'validation_fraction' must be a number");
+  has(spec_error([](json& j) { j["sources"] = json::object(); }), "'sources' must name at least");
 }
