@@ -139,6 +139,137 @@ struct Section {
   }
 };
 
+// ----------------------------------------------------------------------------
+// sections that need more than typed access
+
+// [schedule]: kind and shape by name.
+void schedule_load(Section sch, Experiment& x) {
+  std::string kind = "wsd", shape = "cosine";
+  sch.get("kind", kind);
+  sch.get("max_lr", x.schedule.max_lr);
+  sch.get("min_lr", x.schedule.min_lr);
+  sch.get("warmup_steps", x.schedule.warmup_steps);
+  sch.get("decay_steps", x.schedule.decay_steps);
+  sch.get("decay_shape", shape);
+  sch.get("decay_at", x.decay_at);
+  sch.finish();
+  if (kind == "wsd")
+    x.schedule.kind = ScheduleKind::Wsd;
+  else if (kind == "cosine")
+    x.schedule.kind = ScheduleKind::Cosine;
+  else if (kind == "constant")
+    x.schedule.kind = ScheduleKind::Constant;
+  else
+    sch.bad("kind", "must be \"wsd\", \"cosine\" or \"constant\"");
+  if (shape == "cosine")
+    x.schedule.shape = DecayShape::Cosine;
+  else if (shape == "linear")
+    x.schedule.shape = DecayShape::Linear;
+  else
+    sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
+}
+
+// [[phases]], in order.
+void phases_load(const toml::table& root, const std::string& path, Experiment& x) {
+  const toml::array* phases = root.get_as<toml::array>("phases");
+  if (!phases || phases->empty()) fail(fmt::format("{}: no [[phases]]", path));
+  for (size_t i = 0; i < phases->size(); i++) {
+    Section ph{phases->get(i)->as_table(), fmt::format("phases[{}]", i), path, {}};
+    if (!ph.t) fail(fmt::format("{}: 'phases[{}]' must be a table", path, i));
+    PhaseConfig p;
+    p.name = fmt::format("{}", i);
+    ph.get("name", p.name);
+    ph.get("subset", p.subset);
+    ph.get("steps", p.steps);
+    ph.get("tokens", p.tokens);
+    ph.get("replay_subset", p.replay_subset);
+    ph.get("replay_ratio", p.replay_ratio);
+    ph.finish();
+    if (p.subset.empty()) ph.bad("subset", "is required");
+    if ((p.steps > 0) == (p.tokens > 0))
+      ph.bad("steps", "give exactly one of steps or tokens (> 0)");
+    // Bounds that keep every step and token count an exact int64 (far beyond any real run).
+    if (p.steps > kMaxSteps) ph.bad("steps", fmt::format("must be at most {}", kMaxSteps));
+    if (p.tokens > kMaxTokens) ph.bad("tokens", fmt::format("must be at most {}", kMaxTokens));
+    if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
+    if (p.replay_ratio > 0 && p.replay_subset.empty())
+      ph.bad("replay_subset", "is required with a replay_ratio");
+    x.phases.push_back(p);
+  }
+}
+
+// [study]: what `moelab run` varies.
+void study_load(Section st, Experiment& x) {
+  StudyConfig& sc = x.study;
+  st.get_list("experts", sc.experts);
+  st.get("top_k", sc.top_k);
+  st.get_list("seeds", sc.seeds);
+  st.get("entities", sc.entities);
+  st.get("subset_a", sc.subset_a);
+  st.get("subset_b", sc.subset_b);
+  st.get("top", sc.top);
+  st.get("bottom", sc.bottom);
+  st.get("prompt", sc.prompt);
+  st.get("target", sc.target);
+  st.get("max_samples", sc.max_samples);
+  st.get("max_per_entity", sc.max_per_entity);
+  st.get("entity_seed", sc.entity_seed);
+  st.finish();
+  if (sc.experts.empty() ||
+      std::any_of(sc.experts.begin(), sc.experts.end(), [](int64_t e) { return e < 1; }))
+    st.bad("experts", "must list expert counts >= 1");
+  if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
+  if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
+    st.bad("seeds", "must be >= 0");
+  if (sc.subset_a.empty()) sc.subset_a = x.phases.front().subset;
+  if (sc.subset_b.empty() && x.phases.size() > 1) sc.subset_b = x.phases[1].subset;
+}
+
+// Values that only make sense together, and the schedule that spans the phases.
+void experiment_check(Experiment& x, const std::string& path) {
+  auto need = [&](bool ok, const std::string& msg) {
+    if (!ok) fail(fmt::format("{}: {}", path, msg));
+  };
+  need(x.seq_len > 0 && x.seq_len <= x.model.max_position_embeddings,
+       "'data.seq_len' must be in [1, model max_position_embeddings]");
+  need(x.batch_size > 0 && x.batch_size <= kMaxSteps, "'train.batch_size' must be positive");
+  need(x.grad_accum > 0 && x.grad_accum <= kMaxSteps, "'train.grad_accum' must be positive");
+  need(x.batch_size <= kMaxTokens / x.seq_len / x.grad_accum &&
+           int64_t(x.phases.size()) * kMaxSteps <= kMaxTokens,
+       "'train.batch_size' x 'train.grad_accum' x 'data.seq_len' is too large");
+  need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
+  need(x.log_every > 0, "'run.log_every' must be positive");
+  need(x.peak_gflops >= 0 && std::isfinite(x.peak_gflops),
+       "'run.peak_gflops' must be >= 0 (0 = measure)");
+  need(x.max_skips >= 0, "'train.max_skips' must be >= 0");
+  need(x.checkpoint_every >= 0 && x.eval_every >= 0, "'every' values must be >= 0");
+  need(x.keep_last >= 0, "'checkpoint.keep_last' must be >= 0");
+  // The schedule spans the whole run; the WSD decay sits at the end or at a phase's end.
+  x.schedule.total_steps = x.total_steps();
+  if (x.decay_at != "end") {
+    int64_t at = -1;
+    if (x.decay_at.rfind("phase:", 0) == 0) {
+      int64_t end = 0, phase_end = -1;
+      for (const PhaseConfig& p : x.phases) {
+        end += x.phase_steps(p);
+        if (p.name == x.decay_at.substr(6)) phase_end = end;
+      }
+      if (phase_end < 0)
+        fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
+      at = phase_end - x.schedule.decay_steps;
+      if (at < 0)
+        fail(
+            fmt::format("{}: 'schedule.decay_steps' ({}) is longer than the run up to the end "
+                        "of phase {} ({} steps)",
+                        path, x.schedule.decay_steps, x.decay_at.substr(6), phase_end));
+    } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
+      fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
+    }
+    x.schedule.decay_start = at;
+  }
+  x.schedule.validate(path + ": [schedule]");
+}
+
 }  // namespace
 
 int64_t Experiment::phase_steps(const PhaseConfig& p) const {
@@ -223,56 +354,8 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   opt.get("weight_decay", x.optimizer.weight_decay);
   opt.finish();
 
-  Section sch = section("schedule");
-  std::string kind = "wsd", shape = "cosine";
-  sch.get("kind", kind);
-  sch.get("max_lr", x.schedule.max_lr);
-  sch.get("min_lr", x.schedule.min_lr);
-  sch.get("warmup_steps", x.schedule.warmup_steps);
-  sch.get("decay_steps", x.schedule.decay_steps);
-  sch.get("decay_shape", shape);
-  sch.get("decay_at", x.decay_at);
-  sch.finish();
-  if (kind == "wsd")
-    x.schedule.kind = ScheduleKind::Wsd;
-  else if (kind == "cosine")
-    x.schedule.kind = ScheduleKind::Cosine;
-  else if (kind == "constant")
-    x.schedule.kind = ScheduleKind::Constant;
-  else
-    sch.bad("kind", "must be \"wsd\", \"cosine\" or \"constant\"");
-  if (shape == "cosine")
-    x.schedule.shape = DecayShape::Cosine;
-  else if (shape == "linear")
-    x.schedule.shape = DecayShape::Linear;
-  else
-    sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
-
-  const toml::array* phases = root.get_as<toml::array>("phases");
-  if (!phases || phases->empty()) fail(fmt::format("{}: no [[phases]]", path));
-  for (size_t i = 0; i < phases->size(); i++) {
-    Section ph{phases->get(i)->as_table(), fmt::format("phases[{}]", i), path, {}};
-    if (!ph.t) fail(fmt::format("{}: 'phases[{}]' must be a table", path, i));
-    PhaseConfig p;
-    p.name = fmt::format("{}", i);
-    ph.get("name", p.name);
-    ph.get("subset", p.subset);
-    ph.get("steps", p.steps);
-    ph.get("tokens", p.tokens);
-    ph.get("replay_subset", p.replay_subset);
-    ph.get("replay_ratio", p.replay_ratio);
-    ph.finish();
-    if (p.subset.empty()) ph.bad("subset", "is required");
-    if ((p.steps > 0) == (p.tokens > 0))
-      ph.bad("steps", "give exactly one of steps or tokens (> 0)");
-    // Bounds that keep every step and token count an exact int64 (far beyond any real run).
-    if (p.steps > kMaxSteps) ph.bad("steps", fmt::format("must be at most {}", kMaxSteps));
-    if (p.tokens > kMaxTokens) ph.bad("tokens", fmt::format("must be at most {}", kMaxTokens));
-    if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
-    if (p.replay_ratio > 0 && p.replay_subset.empty())
-      ph.bad("replay_subset", "is required with a replay_ratio");
-    x.phases.push_back(p);
-  }
+  schedule_load(section("schedule"), x);
+  phases_load(root, path, x);
 
   Section ck = section("checkpoint");
   ck.get("every", x.checkpoint_every);
@@ -293,72 +376,8 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
   if (x.forgetting_every < 0 || x.forgetting_batch < 1)
     ev.bad("forgetting_every", "must be >= 0 (and forgetting_batch >= 1)");
 
-  Section st = section("study");
-  StudyConfig& sc = x.study;
-  st.get_list("experts", sc.experts);
-  st.get("top_k", sc.top_k);
-  st.get_list("seeds", sc.seeds);
-  st.get("entities", sc.entities);
-  st.get("subset_a", sc.subset_a);
-  st.get("subset_b", sc.subset_b);
-  st.get("top", sc.top);
-  st.get("bottom", sc.bottom);
-  st.get("prompt", sc.prompt);
-  st.get("target", sc.target);
-  st.get("max_samples", sc.max_samples);
-  st.get("max_per_entity", sc.max_per_entity);
-  st.get("entity_seed", sc.entity_seed);
-  st.finish();
-  if (sc.experts.empty() ||
-      std::any_of(sc.experts.begin(), sc.experts.end(), [](int64_t e) { return e < 1; }))
-    st.bad("experts", "must list expert counts >= 1");
-  if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
-  if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
-    st.bad("seeds", "must be >= 0");
-  if (sc.subset_a.empty()) sc.subset_a = x.phases.front().subset;
-  if (sc.subset_b.empty() && x.phases.size() > 1) sc.subset_b = x.phases[1].subset;
-
-  auto need = [&](bool ok, const std::string& msg) {
-    if (!ok) fail(fmt::format("{}: {}", path, msg));
-  };
-  need(x.seq_len > 0 && x.seq_len <= x.model.max_position_embeddings,
-       "'data.seq_len' must be in [1, model max_position_embeddings]");
-  need(x.batch_size > 0 && x.batch_size <= kMaxSteps, "'train.batch_size' must be positive");
-  need(x.grad_accum > 0 && x.grad_accum <= kMaxSteps, "'train.grad_accum' must be positive");
-  need(x.batch_size <= kMaxTokens / x.seq_len / x.grad_accum &&
-           int64_t(x.phases.size()) * kMaxSteps <= kMaxTokens,
-       "'train.batch_size' x 'train.grad_accum' x 'data.seq_len' is too large");
-  need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
-  need(x.log_every > 0, "'run.log_every' must be positive");
-  need(x.peak_gflops >= 0 && std::isfinite(x.peak_gflops),
-       "'run.peak_gflops' must be >= 0 (0 = measure)");
-  need(x.max_skips >= 0, "'train.max_skips' must be >= 0");
-  need(x.checkpoint_every >= 0 && x.eval_every >= 0, "'every' values must be >= 0");
-  need(x.keep_last >= 0, "'checkpoint.keep_last' must be >= 0");
-  // The schedule spans the whole run; the WSD decay sits at the end or at a phase's end.
-  x.schedule.total_steps = x.total_steps();
-  if (x.decay_at != "end") {
-    int64_t at = -1;
-    if (x.decay_at.rfind("phase:", 0) == 0) {
-      int64_t end = 0, phase_end = -1;
-      for (const PhaseConfig& p : x.phases) {
-        end += x.phase_steps(p);
-        if (p.name == x.decay_at.substr(6)) phase_end = end;
-      }
-      if (phase_end < 0)
-        fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
-      at = phase_end - x.schedule.decay_steps;
-      if (at < 0)
-        fail(
-            fmt::format("{}: 'schedule.decay_steps' ({}) is longer than the run up to the end "
-                        "of phase {} ({} steps)",
-                        path, x.schedule.decay_steps, x.decay_at.substr(6), phase_end));
-    } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
-      fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
-    }
-    x.schedule.decay_start = at;
-  }
-  x.schedule.validate(path + ": [schedule]");
+  study_load(section("study"), x);
+  experiment_check(x, path);
   return x;
 }
 
