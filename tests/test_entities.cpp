@@ -208,7 +208,7 @@ TEST(Entities, ListReaderRefusesDamagedLinesWithFileAndLine) {
       {"control", ok + "Pa\x1bris\n", 2, "control character 0x1b at byte 3"},
       {"cr inside", "Pa\rris\tLOC\n", 1, "control character 0x0d"},
       {"huge", ok + ok + huge + "\n", 3, "a line of 1025 bytes"},
-      {"two tabs", "Paris\tLOC\tcity\n", 1, "type 'LOC\tcity' of 'Paris'"},
+      {"two tabs", "Paris\tLOC\tcity\n", 1, R"(type 'LOC\x09city' of 'Paris')"},
       {"empty type", "Paris\t\n", 1, "type '' of 'Paris'"},
       {"type only", "\tPER\n", 1, "type PER without a name"},
       {"bad type", "\n\nParis\tCITY\n", 3, "type 'CITY' of 'Paris' is not PER, LOC, ORG or MISC"},
