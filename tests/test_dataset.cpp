@@ -298,4 +298,16 @@ TEST(Dataset, EveryMalformedSpecIsOneLineNamingTheField) {
   has(spec_error([](json& j) { j["validation_fraction"] = nullptr; }),
       "'validation_fraction' must be a number");
   has(spec_error([](json& j) { j["sources"] = json::object(); }), "'sources' must name at least");
+  has(spec_error([](json& j) { j["tokenizer"]["encoding"] = "zz"; }),
+      "'tokenizer.encoding' must name a known encoding: unknown tiktoken encoding 'zz'");
+  // Read from a file: any JSON error, a number beyond double included, is one line too.
+  const std::string file = (c.dir / "spec.json").string();
+  std::ofstream(file) << "{\"validation_fraction\": 1e999}";
+  EXPECT_EQ(error_of([&] {
+              data_spec_load(file);
+            }).rfind(file + ": invalid JSON ([json.exception.out_of_range.406] number overflow", 0),
+            0u);
+  std::ofstream(file) << "{\"sources\": ";
+  EXPECT_EQ(error_of([&] { data_spec_load(file); }).rfind(file + ": invalid JSON (", 0), 0u);
+  EXPECT_EQ(error_of([&] { data_spec_load(file + ".missing"); }), file + ".missing: cannot open");
 }

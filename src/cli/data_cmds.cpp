@@ -39,15 +39,7 @@ void data_prepare_cmd(const DataPrepareOptions& opts) {
     o.spec = (src / "configs" / "data" / (o.preset + ".json")).string();
   }
   if (o.spec.empty()) fail("data prepare: give a spec file or --preset NAME");
-  std::ifstream f(o.spec);
-  if (!f) fail(o.spec + ": cannot open");
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::parse_error& e) {
-    fail(fmt::format("{}: invalid JSON ({})", o.spec, e.what()));
-  }
-  const DataSpec spec = data_spec_from_json(j, o.spec, fs::absolute(o.spec).parent_path().string());
+  const DataSpec spec = data_spec_load(o.spec);
   data_prepare(spec, o.out, o.threads);
   fmt::print("prepared {} (manifest.json)\n", o.out);
 }
@@ -149,7 +141,12 @@ struct Verifier {
   std::string dir;
   int64_t problems = 0;
   void problem(const std::string& what) {
-    std::fprintf(stderr, "moelab: error: %s\n", what.c_str());
+    std::string line;  // one line whatever a file name holds, as fail() does
+    for (const char c : what)
+      line += static_cast<unsigned char>(c) < 0x20 || c == 0x7f
+                  ? fmt::format("\\x{:02x}", static_cast<unsigned char>(c))
+                  : std::string(1, c);
+    std::fprintf(stderr, "moelab: error: %s\n", line.c_str());
     problems++;
   }
   std::string file(const std::string& name) const { return (fs::path(dir) / name).string(); }

@@ -60,6 +60,11 @@ struct DataSpec {
 DataSpec data_spec_from_json(const nlohmann::json& j, const std::string& source,
                              const std::string& base_dir);
 
+// Reads a spec file: invalid JSON of any kind (syntax, a number out of range, ill-formed UTF-8)
+// and every malformed field are one line naming the file. Relative paths in it are resolved
+// against its folder.
+DataSpec data_spec_load(const std::string& path);
+
 // Encodes every source into shards under out_dir and writes manifest.json (last, atomically).
 // Progress and the malformed-line report go to stderr.
 void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads);

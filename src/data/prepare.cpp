@@ -50,10 +50,12 @@ struct SpecReader {
   void keys(const json& j, const std::string& where,
             std::initializer_list<const char*> known) const {
     if (!j.is_object()) bad(where, "must be an object");
-    for (auto& [k, _] : j.items())
+    for (const auto& item : j.items()) {  // no structured binding: clang cannot capture one
+      const std::string& k = item.key();  // in a lambda when OpenMP is on
       if (std::find_if(known.begin(), known.end(), [&](const char* n) { return k == n; }) ==
           known.end())
         bad(where.empty() ? k : where + "." + k, "is not a known key");
+    }
   }
   const json& field(const json& j, const std::string& key, const std::string& where) const {
     const auto it = j.find(key);
@@ -121,7 +123,13 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
       s.tokenizer.sample_mb = r.integer(t, "sample_mb", "tokenizer.", int64_t(1) << 30);
     if (t.contains("max_sentences"))
       s.tokenizer.train.max_sentences = r.integer(t, "max_sentences", "tokenizer.");
-    if (s.tokenizer.kind == "tiktoken") tiktoken_spec(s.tokenizer.encoding);  // known name?
+    if (s.tokenizer.kind == "tiktoken") {  // a known encoding? said with the spec's name
+      try {
+        tiktoken_spec(s.tokenizer.encoding);
+      } catch (const Error& e) {
+        r.bad("tokenizer.encoding", std::string("must name a known encoding: ") + e.what());
+      }
+    }
   }
   if (!j.contains("sources") || !j["sources"].is_object() || j["sources"].empty())
     r.bad("sources", "must name at least one source");
@@ -182,6 +190,18 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
   }
   if (j.contains("shard_tokens")) s.shard_tokens = r.integer(j, "shard_tokens", "");
   return s;
+}
+
+DataSpec data_spec_load(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot open");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e999
+    fail(fmt::format("{}: invalid JSON ({})", path, e.what()));
+  }
+  return data_spec_from_json(j, path, fs::absolute(path).parent_path().string());
 }
 
 // ----------------------------------------------------------------------------
