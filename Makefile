@@ -2,6 +2,8 @@
 # make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS)
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
+# make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
+# make fuzz   libFuzzer on every file reader, FUZZ_SECONDS each (clang; build-fuzz; not in make test)
 
 BUILD ?= build
 JOBS ?= $(shell nproc)
@@ -10,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
         libfmt-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
-.PHONY: deps build test bench demo format clean
+.PHONY: deps build test bench demo format clean test-asan fuzz
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -31,6 +33,44 @@ build: deps
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Sanitizer findings abort the test that hits them. Leak detection is off: the OpenMP runtime and
+# oneDNN keep their thread pools and JIT kernels alive until exit by design, which LeakSanitizer
+# reports as leaks in every test; memory errors and undefined behaviour are all checked.
+ASAN_BUILD ?= build-asan
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Release -DMOELAB_SANITIZE=address,undefined $(CMAKE_FLAGS)
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
+
+# libFuzzer per reader, seeded with valid inputs (fuzz_run --write-seeds); the corpora grow in
+# build-fuzz/corpus/READER, crashing inputs land in build-fuzz/findings/READER.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_READERS := shard safetensors model_config experiment evalset entities data_spec
+# Debian's clang 16: clang 14 lacks std::source_location with this libstdc++.
+FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev
+fuzz: deps
+	@missing=""; for p in $(FUZZ_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	CXX=clang++-16 cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Release -DMOELAB_FUZZ=ON $(CMAKE_FLAGS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
+	$(FUZZ_BUILD)/tests/fuzz/fuzz_run --write-seeds $(FUZZ_BUILD)/corpus >/dev/null
+	@failed=""; for r in $(FUZZ_READERS); do \
+	  mkdir -p $(FUZZ_BUILD)/findings/$$r; \
+	  echo "== fuzz_$$r ($(FUZZ_SECONDS) s)"; \
+	  ASAN_OPTIONS=detect_leaks=0 $(FUZZ_BUILD)/tests/fuzz/fuzz_$$r -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=2 -rss_limit_mb=4096 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$r/ $(FUZZ_BUILD)/corpus/$$r 2>&1 | \
+	    grep -E '^(==|#[0-9]+ +DONE|stat::number_of_executed_units|SUMMARY|fuzz_)|ERROR' || true; \
+	  ls $(FUZZ_BUILD)/findings/$$r | grep -q . && failed="$$failed $$r"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: findings for$$failed under $(FUZZ_BUILD)/findings"; exit 1; fi
 
 bench: build
 	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2)

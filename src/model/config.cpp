@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -21,16 +22,31 @@ const std::set<std::string> kIgnoredKeys = {
     "eos_token_id",  "pad_token_id",      "bos_token_id",         "hidden_act",
     "use_cache",     "attention_dropout", "output_router_logits", "initial_context_length"};
 
+// A key as it may appear in a one-line message: control characters (a key can hold a newline)
+// and quotes escaped, long keys shortened.
+std::string printable(std::string_view key) {
+  std::string out;
+  for (unsigned char ch : key.substr(0, 80)) {
+    if (ch < 0x20 || ch == 0x7f || ch == '\\' || ch == '\'')
+      out += fmt::format("\\x{:02x}", ch);
+    else
+      out += char(ch);
+  }
+  return key.size() > 80 ? out + "..." : out;
+}
+
 struct Reader {
   const json& j;
   std::string_view src;
 
   [[noreturn]] void bad(std::string_view key, std::string_view what) const {
-    fail(fmt::format("{}: '{}' {}", src, key, what));
+    fail(fmt::format("{}: '{}' {}", src, printable(key), what));
   }
   int64_t integer(const std::string& key) const {
     const json& v = j.at(key);
     if (!v.is_number_integer()) bad(key, "must be an integer");
+    // Above INT64_MAX the value would wrap to a negative one and be reported as such.
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) bad(key, "is too large");
     return v.get<int64_t>();
   }
   double number(const std::string& key) const {
@@ -72,6 +88,50 @@ void parse_rope_scaling(ModelConfig& c, const json& v, std::string_view src) {
       r.bad(key, "is not a known key");
     }
   }
+}
+
+// ----------------------------------------------------------------------------
+// sizes
+
+// Upper bounds far beyond any model this code can train (gpt-oss-120b: d 2880, 36 layers, 128
+// experts, 131k positions) that keep every size product and the parameter count well inside
+// int64 and sized allocations sane: a typo such as 1e12 layers is refused, not attempted.
+constexpr int64_t kMaxWidth = int64_t(1) << 20;      // hidden_size, head_dim, intermediate_size
+constexpr int64_t kMaxCount = int64_t(1) << 14;      // layers, attention and key/value heads
+constexpr int64_t kMaxExperts = int64_t(1) << 16;    // num_local_experts
+constexpr int64_t kMaxPositions = int64_t(1) << 26;  // max_position_embeddings, YaRN context
+constexpr double kMaxParams = 0x1p48;                // about 2.8e14 parameters
+
+// Counts and widths: positive and bounded, and the whole model countable without overflow.
+void config_validate_sizes(const ModelConfig& c, std::string_view src) {
+  auto size = [&](int64_t v, std::string_view key, int64_t most) {
+    if (v <= 0) fail(fmt::format("{}: '{}' must be positive (got {})", src, key, v));
+    if (v > most)
+      fail(fmt::format("{}: '{}' is too large (got {}, at most {})", src, key, v, most));
+  };
+  size(c.vocab_size, "vocab_size", (int64_t(1) << 31) - 1);
+  size(c.hidden_size, "hidden_size", kMaxWidth);
+  size(c.num_hidden_layers, "num_hidden_layers", kMaxCount);
+  size(c.num_attention_heads, "num_attention_heads", kMaxCount);
+  size(c.num_key_value_heads, "num_key_value_heads", kMaxCount);
+  size(c.head_dim, "head_dim", kMaxWidth);
+  size(c.intermediate_size, "intermediate_size", kMaxWidth);
+  size(c.num_local_experts, "num_local_experts", kMaxExperts);
+  size(c.num_experts_per_tok, "num_experts_per_tok", kMaxExperts);
+  size(c.max_position_embeddings, "max_position_embeddings", kMaxPositions);
+  size(c.yarn_original_context, "rope_scaling.original_max_position_embeddings", kMaxPositions);
+  // The parameter count of config_count, in floating point so that it cannot overflow here.
+  const double d = double(c.hidden_size), L = double(c.num_hidden_layers);
+  const double E = double(c.num_local_experts), I = double(c.intermediate_size);
+  const double q = double(c.num_attention_heads) * double(c.head_dim);
+  const double kv = double(c.num_key_value_heads) * double(c.head_dim);
+  const double params = 2 * double(c.vocab_size) * d +
+                        L * ((q + 2 * kv) * d + q + 2 * kv + d + q * d + q + d * E + E +
+                             E * (3 * d * I + 2 * I + d) + 2 * d) +
+                        d;
+  if (params > kMaxParams)
+    fail(fmt::format("{}: the model would have {:.3g} parameters, more than the {:.3g} supported",
+                     src, params, kMaxParams));
 }
 
 }  // namespace
@@ -156,8 +216,10 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
         r.bad("layer_types", "entries must be \"sliding_attention\" or \"full_attention\"");
     }
   } else {
-    // gpt-oss: sliding on even layers, full on odd ones (when a window is set).
-    c.layer_sliding.assign(size_t(std::max<int64_t>(c.num_hidden_layers, 0)), false);
+    // gpt-oss: sliding on even layers, full on odd ones (when a window is set). The layer count
+    // is checked first: it sizes this list.
+    config_validate_sizes(c, src);
+    c.layer_sliding.assign(size_t(c.num_hidden_layers), false);
     if (c.sliding_window > 0)
       for (size_t l = 0; l < c.layer_sliding.size(); l += 2) c.layer_sliding[l] = true;
   }
@@ -169,20 +231,7 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   auto need = [&](bool ok, std::string_view msg) {
     if (!ok) fail(fmt::format("{}: {}", src, msg));
   };
-  auto positive = [&](int64_t v, std::string_view key) {
-    need(v > 0, fmt::format("'{}' must be positive (got {})", key, v));
-  };
-  positive(c.vocab_size, "vocab_size");
-  positive(c.hidden_size, "hidden_size");
-  positive(c.num_hidden_layers, "num_hidden_layers");
-  positive(c.num_attention_heads, "num_attention_heads");
-  positive(c.num_key_value_heads, "num_key_value_heads");
-  positive(c.head_dim, "head_dim");
-  positive(c.intermediate_size, "intermediate_size");
-  positive(c.num_local_experts, "num_local_experts");
-  positive(c.num_experts_per_tok, "num_experts_per_tok");
-  positive(c.max_position_embeddings, "max_position_embeddings");
-  need(c.vocab_size < (int64_t(1) << 31), "'vocab_size' must fit in 31 bits");
+  config_validate_sizes(c, src);
   need(c.head_dim % 2 == 0, fmt::format("'head_dim' must be even for RoPE (got {})", c.head_dim));
   need(c.num_attention_heads % c.num_key_value_heads == 0,
        fmt::format("'num_attention_heads' ({}) is not divisible by 'num_key_value_heads' ({})",
@@ -201,12 +250,22 @@ void config_validate(const ModelConfig& c, std::string_view src) {
       std::find(c.layer_sliding.begin(), c.layer_sliding.end(), true) != c.layer_sliding.end();
   need(!any_sliding || c.sliding_window > 0,
        "'layer_types' has sliding_attention layers but 'sliding_window' is 0");
+  // Numbers from TOML (experiment files) can be inf or nan; none of these may be.
+  for (auto [v, key] : {std::pair{c.rope_theta, "rope_theta"},
+                        {c.yarn_factor, "rope_scaling.factor"},
+                        {c.yarn_beta_fast, "rope_scaling.beta_fast"},
+                        {c.yarn_beta_slow, "rope_scaling.beta_slow"},
+                        {c.rms_norm_eps, "rms_norm_eps"},
+                        {c.swiglu_limit, "swiglu_limit"},
+                        {c.swiglu_alpha, "swiglu_alpha"},
+                        {c.router_aux_loss_coef, "router_aux_loss_coef"},
+                        {c.router_z_loss_coef, "router_z_loss_coef"},
+                        {c.initializer_range, "initializer_range"}})
+    need(std::isfinite(v), fmt::format("'{}' must be a finite number (got {})", key, v));
   need(c.rope_theta > 0, "'rope_theta' must be positive");
   need(c.yarn_factor >= 1.0, "'rope_scaling.factor' must be >= 1");
   need(c.yarn_beta_fast > c.yarn_beta_slow && c.yarn_beta_slow > 0,
        "'rope_scaling' needs beta_fast > beta_slow > 0");
-  need(c.yarn_original_context > 0,
-       "'rope_scaling.original_max_position_embeddings' must be positive");
   need(c.rms_norm_eps > 0, "'rms_norm_eps' must be positive");
   need(c.swiglu_alpha > 0, "'swiglu_alpha' must be positive");
   need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
@@ -259,7 +318,8 @@ ModelConfig config_load(const std::string& path) {
   json j;
   try {
     j = json::parse(f);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number beyond double (1e309).
     fail(fmt::format("{}: invalid JSON ({})", path, e.what()));
   }
   if (j.is_object() && j.contains("model")) return config_from_json(j["model"], path + ": model");
@@ -297,11 +357,13 @@ FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   const double expert_w = 3 * d * I;
   const double router_w = c.is_moe() ? d * E : 0;
   constexpr double Cf = 6.0, R = 14.0;
-  // Average number of keys a query attends to, per layer kind, over positions 0..seq-1.
+  // Average number of keys a query attends to, per layer kind, over positions 0..seq-1: the
+  // mean of min(i + 1, window), in closed form (seq can be the whole context).
   auto ctx = [&](int64_t window) {
-    double s = 0;
-    for (int64_t i = 0; i < seq; i++) s += double(window > 0 ? std::min(i + 1, window) : i + 1);
-    return s / double(seq);
+    const double n = double(seq);
+    if (window <= 0 || window >= seq) return (n + 1) / 2;
+    const double w = double(window);
+    return (w * (w + 1) / 2 + (n - w) * w) / n;
   };
   double attn_ctx = 0;
   for (bool sliding : c.layer_sliding) attn_ctx += ctx(sliding ? c.sliding_window : 0);
