@@ -194,18 +194,10 @@ Verdict run_entities(std::span<const uint8_t> data) {
   });
 }
 
-// What `moelab data prepare SPEC` does before it touches any source (src/cli/data_cmds.cpp).
+// What `moelab data prepare SPEC` reads before it touches any source.
 Verdict run_data_spec(std::span<const uint8_t> data) {
   return judge(data, "spec.json", [](const std::string& path) -> std::string {
-    std::ifstream f(path);
-    if (!f) fail(path + ": cannot open");
-    json j;
-    try {
-      j = json::parse(f);
-    } catch (const json::parse_error& e) {
-      fail(fmt::format("{}: invalid JSON ({})", path, e.what()));
-    }
-    const DataSpec s = data_spec_from_json(j, path, fs::path(path).parent_path().string());
+    const DataSpec s = data_spec_load(path);
     if (s.sources.empty() || s.subsets.empty()) return "a spec without sources or subsets";
     return "";
   });
