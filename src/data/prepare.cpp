@@ -366,6 +366,66 @@ json stream_ranges(const SourceShards& src, uint64_t begin, uint64_t end) {
   return out;
 }
 
+// Subsets: ranges of the sources, cut at document ends; validation = the subset's tail.
+json subsets_json(const DataSpec& spec, const std::map<std::string, SourceShards>& encoded,
+                  const std::string& dir, int32_t eot) {
+  json subsets = json::object();
+  std::map<std::string, std::vector<Shard>> opened;  // each source's shards, mapped once
+  for (const auto& [name, src] : encoded)
+    for (const std::string& f : src.files) opened[name].emplace_back((fs::path(dir) / f).string());
+  for (const SubsetSpec& ss : spec.subsets) {
+    struct Part {
+      const SourceShards* src;
+      const std::vector<Shard>* shards;
+      uint64_t begin, end;
+    };
+    std::vector<Part> parts;
+    uint64_t total = 0;
+    for (const SubsetPart& p : ss.parts) {
+      const SourceShards& src = encoded.at(p.source);
+      const std::vector<Shard>& shards = opened.at(p.source);
+      uint64_t n = 0;
+      for (uint64_t t : src.tokens) n += t;
+      const uint64_t b =
+          p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), eot);
+      const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), eot);
+      if (e > b) parts.push_back({&src, &shards, b, e}), total += e - b;
+    }
+    if (total == 0) fail(fmt::format("subset '{}' is empty", ss.name));
+    // The validation slice: the last fraction of the subset, from a document start on.
+    uint64_t val_tokens = uint64_t(spec.validation_fraction * double(total));
+    std::vector<uint64_t> cuts(parts.size());
+    for (size_t k = parts.size(); k-- > 0;) {
+      Part& p = parts[k];
+      cuts[k] = p.end;
+      if (val_tokens == 0) continue;
+      const std::vector<Shard>& shards = *p.shards;
+      // At least the requested tokens, from a document start; if that leaves no training data
+      // (a part of few long documents), the document end after the target instead.
+      const uint64_t take = std::min(val_tokens, p.end - p.begin);
+      cuts[k] = prev_doc_end(shards, p.end - take, p.begin, eot);
+      if (cuts[k] == p.begin && k == 0) cuts[k] = next_doc_end(shards, p.end - take, eot);
+      cuts[k] = std::min(cuts[k], p.end);
+      val_tokens -= std::min(val_tokens, p.end - cuts[k]);
+    }
+    json train = json::array(), val = json::array();
+    for (size_t k = 0; k < parts.size(); k++) {
+      for (auto& r : stream_ranges(*parts[k].src, parts[k].begin, cuts[k])) train.push_back(r);
+      for (auto& r : stream_ranges(*parts[k].src, cuts[k], parts[k].end)) val.push_back(r);
+    }
+    auto count = [](const json& rs) {
+      uint64_t n = 0;
+      for (const json& r : rs) n += r["end"].get<uint64_t>() - r["begin"].get<uint64_t>();
+      return n;
+    };
+    subsets[ss.name] = {
+        {"train", train}, {"val", val}, {"train_tokens", count(train)}, {"val_tokens", count(val)}};
+    std::fprintf(stderr, "subset %-16s %12lu train tokens %10lu validation tokens\n",
+                 ss.name.c_str(), (unsigned long)count(train), (unsigned long)count(val));
+  }
+  return subsets;
+}
+
 }  // namespace
 
 void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads) {
@@ -434,62 +494,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
     encoded.emplace(so.name, std::move(sh));
   }
 
-  // subsets: ranges of the sources, cut at document ends; validation = the subset's tail
-  json subsets = json::object();
-  std::map<std::string, std::vector<Shard>> opened;  // each source's shards, mapped once
-  for (const auto& [name, src] : encoded)
-    for (const std::string& f : src.files) opened[name].emplace_back((fs::path(dir) / f).string());
-  for (const SubsetSpec& ss : spec.subsets) {
-    struct Part {
-      const SourceShards* src;
-      const std::vector<Shard>* shards;
-      uint64_t begin, end;
-    };
-    std::vector<Part> parts;
-    uint64_t total = 0;
-    for (const SubsetPart& p : ss.parts) {
-      const SourceShards& src = encoded.at(p.source);
-      const std::vector<Shard>& shards = opened.at(p.source);
-      uint64_t n = 0;
-      for (uint64_t t : src.tokens) n += t;
-      const uint64_t b =
-          p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), tok->eot_id());
-      const uint64_t e =
-          p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), tok->eot_id());
-      if (e > b) parts.push_back({&src, &shards, b, e}), total += e - b;
-    }
-    if (total == 0) fail(fmt::format("subset '{}' is empty", ss.name));
-    // The validation slice: the last fraction of the subset, from a document start on.
-    uint64_t val_tokens = uint64_t(spec.validation_fraction * double(total));
-    std::vector<uint64_t> cuts(parts.size());
-    for (size_t k = parts.size(); k-- > 0;) {
-      Part& p = parts[k];
-      cuts[k] = p.end;
-      if (val_tokens == 0) continue;
-      const std::vector<Shard>& shards = *p.shards;
-      // At least the requested tokens, from a document start; if that leaves no training data
-      // (a part of few long documents), the document end after the target instead.
-      const uint64_t take = std::min(val_tokens, p.end - p.begin);
-      cuts[k] = prev_doc_end(shards, p.end - take, p.begin, tok->eot_id());
-      if (cuts[k] == p.begin && k == 0) cuts[k] = next_doc_end(shards, p.end - take, tok->eot_id());
-      cuts[k] = std::min(cuts[k], p.end);
-      val_tokens -= std::min(val_tokens, p.end - cuts[k]);
-    }
-    json train = json::array(), val = json::array();
-    for (size_t k = 0; k < parts.size(); k++) {
-      for (auto& r : stream_ranges(*parts[k].src, parts[k].begin, cuts[k])) train.push_back(r);
-      for (auto& r : stream_ranges(*parts[k].src, cuts[k], parts[k].end)) val.push_back(r);
-    }
-    auto count = [](const json& rs) {
-      uint64_t n = 0;
-      for (const json& r : rs) n += r["end"].get<uint64_t>() - r["begin"].get<uint64_t>();
-      return n;
-    };
-    subsets[ss.name] = {
-        {"train", train}, {"val", val}, {"train_tokens", count(train)}, {"val_tokens", count(val)}};
-    std::fprintf(stderr, "subset %-16s %12lu train tokens %10lu validation tokens\n",
-                 ss.name.c_str(), (unsigned long)count(train), (unsigned long)count(val));
-  }
+  const json subsets = subsets_json(spec, encoded, dir, tok->eot_id());
 
   json manifest = {{"format", "moelab-data"},
                    {"version", 1},
