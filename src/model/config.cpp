@@ -22,25 +22,12 @@ const std::set<std::string> kIgnoredKeys = {
     "eos_token_id",  "pad_token_id",      "bos_token_id",         "hidden_act",
     "use_cache",     "attention_dropout", "output_router_logits", "initial_context_length"};
 
-// A key as it may appear in a one-line message: control characters (a key can hold a newline)
-// and quotes escaped, long keys shortened.
-std::string printable(std::string_view key) {
-  std::string out;
-  for (unsigned char ch : key.substr(0, 80)) {
-    if (ch < 0x20 || ch == 0x7f || ch == '\\' || ch == '\'')
-      out += fmt::format("\\x{:02x}", ch);
-    else
-      out += char(ch);
-  }
-  return key.size() > 80 ? out + "..." : out;
-}
-
 struct Reader {
   const json& j;
   std::string_view src;
 
   [[noreturn]] void bad(std::string_view key, std::string_view what) const {
-    fail(fmt::format("{}: '{}' {}", src, printable(key), what));
+    fail(fmt::format("{}: '{}' {}", src, key, what));
   }
   int64_t integer(const std::string& key) const {
     const json& v = j.at(key);

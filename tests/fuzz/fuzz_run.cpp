@@ -12,6 +12,8 @@
 //   fuzz_run [--inputs N] [--timeout S] [--out DIR] [--regressions DIR] [--verbose] [READER...]
 //   fuzz_run --replay READER FILE     run one input in this process (for a debugger)
 //   fuzz_run --write-seeds DIR        the seeds as DIR/READER/seed-N (libFuzzer corpora)
+//   fuzz_run --self-test              a crash, a hang, a multi-line and a foreign error and an
+//                                     invalid result, each caught and named
 #include <fmt/format.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -269,6 +271,33 @@ int replay(const std::string& name, const std::string& file) {
   return v.ok() ? 0 : 1;
 }
 
+// Every kind of failure, provoked on purpose, must be classified as such.
+int self_test(Options o, Shared* shared) {
+  o.timeout_s = 1;
+  const std::string err_path = scratch_dir() + "/child-stderr.txt";
+  const std::pair<std::string_view, std::string> want[] = {
+      {"crash", "crash"},
+      {"hang", "hang"},
+      {"multiline", outcome_name(Outcome::MultiLine)},
+      {"foreign", outcome_name(Outcome::Foreign)},
+      {"invalid", outcome_name(Outcome::Invalid)}};
+  int failed = 0;
+  for (const Target& t : self_test_targets()) {
+    const Result r = run_child(t, Bytes{'x'}, o, shared, err_path);
+    const std::string got = r.kind == Result::Hang    ? "hang"
+                            : r.kind == Result::Crash ? "crash"
+                                                      : outcome_name(r.verdict.outcome);
+    std::string expected;
+    for (const auto& [name, outcome] : want)
+      if (name == t.name) expected = outcome;
+    const bool ok = got == expected;
+    failed += !ok;
+    fmt::print("self-test {:<10} {} ({}{})\n", t.name, ok ? "caught as" : "MISSED, got", got,
+               r.detail.empty() ? "" : ": " + r.detail);
+  }
+  return failed ? 1 : 0;
+}
+
 int write_seeds(const std::string& dir) {
   for (const Target& t : targets()) {
     const fs::path d = fs::path(dir) / std::string(t.name);
@@ -293,10 +322,13 @@ int main(int argc, char** argv) {
     return args[++i];
   };
   std::optional<int> done;
+  bool self = false;
   scratch_dir();  // before any fork: children write to the parent's folder
   for (size_t i = 0; i < args.size() && !done; i++) {
     if (args[i] == "--replay" && i + 2 < args.size())
       done = replay(args[i + 1], args[i + 2]);
+    else if (args[i] == "--self-test")
+      self = true;
     else if (args[i] == "--write-seeds")
       done = write_seeds(value(i));
     else if (args[i] == "--inputs")
@@ -330,6 +362,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto* shared = static_cast<Shared*>(page);
+  if (self) {
+    const int rc = self_test(o, shared);
+    scratch_remove();
+    return rc;
+  }
   int64_t failed = 0;
   const auto t0 = std::chrono::steady_clock::now();
   // unnamed: refusals whose message does not name the input file (a hint, not a failure).

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -213,6 +214,42 @@ const Target kTargets[] = {
     {"data_spec", true, run_data_spec, fuzz_data_spec},
 };
 
+// Targets that misbehave on purpose, one per kind of failure, for fuzz_run --self-test.
+Verdict self_crash(std::span<const uint8_t> data) {
+  return judge(data, "crash", [](const std::string&) -> std::string {
+    std::raise(SIGSEGV);
+    return "";
+  });
+}
+Verdict self_hang(std::span<const uint8_t> data) {
+  return judge(data, "hang", [](const std::string&) -> std::string {
+    for (volatile bool forever = true; forever;) {
+    }
+    return "";
+  });
+}
+Verdict self_multiline(std::span<const uint8_t> data) {
+  return judge(data, "multiline", [](const std::string& path) -> std::string {
+    throw Error(path + ": first line\nsecond line");  // fail() would escape the line break
+  });
+}
+Verdict self_foreign(std::span<const uint8_t> data) {
+  return judge(data, "foreign", [](const std::string&) -> std::string {
+    return std::vector<int>{}.at(1) ? "" : "";
+  });
+}
+Verdict self_invalid(std::span<const uint8_t> data) {
+  return judge(data, "invalid",
+               [](const std::string&) -> std::string { return "a broken promise"; });
+}
+void no_entry(std::span<const uint8_t>) {}
+
+const Target kSelfTest[] = {
+    {"crash", false, self_crash, no_entry},        {"hang", false, self_hang, no_entry},
+    {"multiline", true, self_multiline, no_entry}, {"foreign", true, self_foreign, no_entry},
+    {"invalid", true, self_invalid, no_entry},
+};
+
 void enforce(std::string_view target, const Verdict& v) {
   if (!v.ok()) die(target, v);
 }
@@ -417,6 +454,10 @@ void fuzz_data_spec(std::span<const uint8_t> d) {
 
 std::span<const Target> targets() {
   return kTargets;
+}
+
+std::span<const Target> self_test_targets() {
+  return kSelfTest;
 }
 
 const Target* find_target(std::string_view name) {

@@ -53,6 +53,9 @@ struct Target {
 };
 
 std::span<const Target> targets();
+// Targets that crash, hang, throw a multi-line or a foreign error, or accept an invalid input
+// on every input: fuzz_run --self-test checks that each is caught and named.
+std::span<const Target> self_test_targets();
 const Target* find_target(std::string_view name);
 
 // Valid inputs for a target, made with the project's own writers and configs/.
