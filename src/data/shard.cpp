@@ -259,6 +259,7 @@ int32_t Shard::at(uint64_t i) const {
 
 void Shard::copy(int32_t* dst, uint64_t begin, uint64_t n) const {
   check(begin <= header_.n_tokens && n <= header_.n_tokens - begin, "shard range out of bounds");
+  if (n == 0) return;  // dst may be null then, and memcpy's pointers must not be, even for 0 bytes
   const uint8_t* p = map_ + sizeof(ShardHeader) + begin * header_.token_bytes;
   // Unsigned compare: a negative 32-bit id is out of range too. One pass that converts and
   // checks: the check costs nothing next to the model that reads the tokens.
