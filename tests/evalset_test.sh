@@ -9,17 +9,7 @@ source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2
 
-mkdir -p corpus
-for i in $(seq 1 30); do
-  for l in $(seq 1 10); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 13))."; done >"corpus/c$i.txt"
-done
-cat >data.json <<'JSON'
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": 300},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
+verses_data "$moelab" 30 10 300 13
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 --max-samples 40 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi

@@ -10,17 +10,7 @@ runs=${2:-50}
 source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 
-mkdir -p corpus
-for i in $(seq 1 60); do
-  for l in $(seq 1 12); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 17))."; done >"corpus/c$i.txt"
-done
-cat >data.json <<'JSON'
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": 320},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-"$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
+verses_data "$moelab" 60 12 320 17
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 >/dev/null 2>ent.log || { echo "FAIL: entities: $(tail -1 ent.log)"; exit 1; }
@@ -83,6 +73,15 @@ started() {
     sleep 0.002
   done
 }
+# resumed DIR WHAT: continues the run in DIR (--resume; a run stopped before it made its
+# directory starts afresh) and checks that its metrics equal the reference run's.
+resumed() {
+  local d=$1 what=$2 resume=--resume
+  [ -d "$d" ] || resume=
+  "$moelab" train exp.toml --set run.dir="$d" $resume >/dev/null 2>>"$d.err" ||
+    { bad "$what: continuing failed: $(tail -1 "$d.err")"; return; }
+  diff <(strip ref/metrics.jsonl) <(strip "$d/metrics.jsonl") >/dev/null && ok || bad "$what: metrics after resume differ"
+}
 strip() { sed -E 's/,"tokens_per_s":[^,}]*//; s/,"mfu":[^,}]*//' "$1"; }
 
 "$moelab" train exp.toml --set run.dir=ref >/dev/null 2>ref.err || { echo "FAIL: reference run: $(tail -1 ref.err)"; exit 1; }
@@ -114,9 +113,7 @@ while [ $hits -lt "$runs" ] && [ $tries -lt $((runs * 2)) ]; do
   hits=$((hits + 1))
   if [ $rc -ne 130 ]; then bad "run $d: SIG$sig after ${delay}s: exit $rc, expected 130: $(tail -1 $d.err)"; continue; fi
   grep -Eq "interrupted by signal (2|15) at step" $d.err && ok || bad "run $d: no interruption message"
-  "$moelab" train exp.toml --set run.dir=$d --resume >/dev/null 2>>$d.err ||
-    "$moelab" train exp.toml --set run.dir=$d >/dev/null 2>>$d.err || { bad "run $d: resume failed: $(tail -1 $d.err)"; continue; }
-  if diff <(strip ref/metrics.jsonl) <(strip $d/metrics.jsonl) >/dev/null; then ok; else bad "run $d: SIG$sig after ${delay}s: metrics after resume differ"; fi
+  resumed $d "run $d: SIG$sig after ${delay}s"
   ls $d/.step_* >/dev/null 2>&1 && bad "run $d: a temporary checkpoint folder was left"
   steps=$(grep -o "at step [0-9]*" $d.err | head -1)
   echo "interrupt $hits: SIG$sig after ${delay}s, $steps" >>landed.txt
@@ -133,9 +130,7 @@ kill -INT $pid; kill -INT $pid
 wait $pid
 rc=$?
 [ $rc -eq 130 ] && ok || bad "two SIGINTs: exit $rc"
-"$moelab" train exp.toml --set run.dir=twice --resume >/dev/null 2>>twice.err ||
-  "$moelab" train exp.toml --set run.dir=twice >/dev/null 2>>twice.err || bad "after two SIGINTs: $(tail -1 twice.err)"
-diff <(strip ref/metrics.jsonl) <(strip twice/metrics.jsonl) >/dev/null && ok || bad "after two SIGINTs: metrics differ"
+resumed twice "after two SIGINTs"
 
 # ---- SIGUSR1: a checkpoint now, training goes on (long phase, checkpoints only on request)
 "$moelab" train exp.toml --set run.dir=usr1 --set checkpoint.every=0 --set phases.0.steps=4000 \
@@ -174,8 +169,6 @@ kill -INT $pid
 wait $pid
 rc=$?
 [ $rc -eq 130 ] && ok || bad "SIGINT at startup: exit $rc"
-"$moelab" train exp.toml --set run.dir=early --resume >/dev/null 2>>early.err ||
-  "$moelab" train exp.toml --set run.dir=early >/dev/null 2>>early.err || bad "after an early SIGINT: $(tail -1 early.err)"
-diff <(strip ref/metrics.jsonl) <(strip early/metrics.jsonl) >/dev/null && ok || bad "after an early SIGINT: metrics differ"
+resumed early "after an early SIGINT"
 
 finish "signal test"

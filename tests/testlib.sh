@@ -19,6 +19,24 @@ expect_error() {
   ok
 }
 
+# verses_data MOELAB CHAPTERS LINES VOCAB MOD: a generated book of CHAPTERS files of LINES verses,
+# prepared into ./data with a SentencePiece tokenizer of VOCAB pieces, subsets A (the first half)
+# and B (the second), 10% of each held out. Stops the test on failure.
+verses_data() {
+  local moelab=$1 chapters=$2 lines=$3 vocab=$4 mod=$5 i l
+  mkdir -p corpus
+  for i in $(seq 1 "$chapters"); do
+    for l in $(seq 1 "$lines"); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % mod))."; done >"corpus/c$i.txt"
+  done
+  cat >data.json <<JSON
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": $vocab},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+  "$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
+}
+
 # finish NAME: prints the tally; the status says whether everything passed.
 finish() {
   echo "$1: $pass passed, $fail failed"

@@ -7,17 +7,7 @@ moelab=$1
 source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 
-mkdir -p corpus
-for i in $(seq 1 60); do
-  for l in $(seq 1 12); do echo "Verse $l of chapter $i: and the king went up to the city of David, number $((i * l % 17))."; done >"corpus/c$i.txt"
-done
-cat >data.json <<'JSON'
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": 320},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-"$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -2 prep.log)"; exit 1; }
+verses_data "$moelab" 60 12 320 17
 # an entity evaluation set from A and B (the runs below filter it after phase A)
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
