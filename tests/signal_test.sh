@@ -13,7 +13,7 @@ cd "$tmp"
 verses_data "$moelab" 60 12 320 17
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
-  --prompt 8 --target 8 >/dev/null 2>ent.log || { echo "FAIL: entities: $(tail -1 ent.log)"; exit 1; }
+  --prompt 8 --target 8 --max-per-entity 40 >/dev/null 2>ent.log || { echo "FAIL: entities: $(tail -1 ent.log)"; exit 1; }
 cat >exp.toml <<'TOML'
 [run]
 dir = "run"
@@ -115,12 +115,17 @@ while [ $hits -lt "$runs" ] && [ $tries -lt $((runs * 2)) ]; do
   grep -Eq "interrupted by signal (2|15) at step" $d.err && ok || bad "run $d: no interruption message"
   resumed $d "run $d: SIG$sig after ${delay}s"
   ls $d/.step_* >/dev/null 2>&1 && bad "run $d: a temporary checkpoint folder was left"
-  steps=$(grep -o "at step [0-9]*" $d.err | head -1)
-  echo "interrupt $hits: SIG$sig after ${delay}s, $steps" >>landed.txt
+  echo "interrupt $hits: SIG$sig after ${delay}s: $(grep -o "at step [0-9]* (during [a-z -]*)" $d.err | head -1)" >>landed.txt
 done
 [ $hits -eq "$runs" ] && ok || bad "only $hits of $runs signals arrived during a run ($early came too late)"
-echo "signal test: $hits interrupts, $early after the run had finished; landed at:" \
-  "$(grep -o "step [0-9]*" landed.txt | sort | uniq -c | awk '{printf "%s:%s ", $3, $1}')"
+# the interrupts must have met each kind of work (with 50, each is hit several times)
+if [ "$runs" -ge 50 ]; then
+  for what in "a training step" "evaluation" "checkpoint writing"; do
+    grep -q "during $what)" landed.txt && ok || bad "no interrupt came during $what"
+  done
+fi
+echo "signal test: $hits interrupts, $early after the run had finished; they came during:" \
+  "$(grep -o "during [a-z -]*" landed.txt | sort | uniq -c | awk '{c = $1; $1 = $2 = ""; printf "%s x%s, ", substr($0, 3), c}')"
 
 # ---- a second SIGINT while stopping ends the process at once, still with status 130
 "$moelab" train exp.toml --set run.dir=twice >/dev/null 2>twice.err &

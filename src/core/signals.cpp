@@ -14,6 +14,7 @@ namespace {
 std::atomic<int> g_scopes{0};
 std::atomic<int> g_stop{0};
 std::atomic<bool> g_save{false};
+std::atomic<const char*> g_activity{"start-up"}, g_stop_activity{""};
 
 sigset_t handled_set() {
   sigset_t s;
@@ -43,7 +44,10 @@ void signal_loop(sigset_t set) {
     }
     if (g_scopes == 0) die_by(sig);
     int none = 0;
-    if (!g_stop.compare_exchange_strong(none, sig)) {
+    const char* doing = g_activity.load();
+    if (g_stop.compare_exchange_strong(none, sig)) {
+      g_stop_activity = doing;
+    } else {
       static const char msg[] =
           "\nsecond interrupt: stopping now without saving (the last complete checkpoint is "
           "kept)\n";
@@ -73,6 +77,15 @@ StopScope::~StopScope() {
 
 int signals_stop_requested() {
   return g_stop.load();
+}
+
+const char* signals_stop_activity() {
+  return g_stop_activity.load();
+}
+
+Activity::Activity(const char* what) : previous_(g_activity.exchange(what)) {}
+Activity::~Activity() {
+  g_activity = previous_;
 }
 
 bool signals_take_save_request() {

@@ -27,8 +27,22 @@ class StopScope {
   StopScope& operator=(const StopScope&) = delete;
 };
 
-int signals_stop_requested();      // the signal that asked to stop, 0 if none
-bool signals_take_save_request();  // whether SIGUSR1 came since the last call
+int signals_stop_requested();         // the signal that asked to stop, 0 if none
+bool signals_take_save_request();     // whether SIGUSR1 came since the last call
+const char* signals_stop_activity();  // what the program was doing when the stop signal came
+
+// What the program is doing now ("a training step", "evaluation", "checkpoint writing"), named
+// in the interruption message; a static string. The previous one is back when the scope ends.
+class Activity {
+ public:
+  explicit Activity(const char* what);
+  ~Activity();
+  Activity(const Activity&) = delete;
+  Activity& operator=(const Activity&) = delete;
+
+ private:
+  const char* previous_;
+};
 
 // Child processes inherit the signal mask: system() and popen() run inside one of these so that
 // a child (gnuplot, a preset script) can be interrupted like any program.

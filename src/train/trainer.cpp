@@ -231,6 +231,7 @@ void TrainRun::forgetting_setup() {
 
 // Gradients are summed over the micro-batches; the losses and the norm are their means.
 StepLosses TrainRun::forward_backward(const PhaseConfig& phase) {
+  const Activity doing("a training step");
   StepLosses r;
   model_.zero_grad();
   for (int64_t micro = 0; micro < x_.grad_accum; micro++) {
@@ -275,6 +276,7 @@ void TrainRun::on_nonfinite(const StepLosses& r, ojson& m) {
 ojson TrainRun::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
   ojson forgetting;
   if (x_.evalset.empty()) return forgetting;
+  const Activity doing("evaluation");
   if (phase_done && phase.name == x_.filter_after && !have_frozen_) {
     // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
     const EvalReport r = evaluate(model_, *data_.tokenizer, full_set_, x_.forgetting_batch);
@@ -295,6 +297,7 @@ ojson TrainRun::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
 
 // Mean loss on the same held-out batches of every subset.
 ojson TrainRun::validation_losses() {
+  const Activity doing("validation");
   ojson v = ojson::object();
   for (auto& [name, loader] : val_) {
     loader.seek({0, 0});
@@ -347,12 +350,14 @@ void TrainRun::save(const std::string& phase) {
                       {"loaders", loaders},
                       {"seed", x_.seed},
                       {"tokenizer_fingerprint", data_.fingerprint}};
+  const Activity doing("checkpoint writing");
   const std::string dir = checkpoint_save(x_.run_dir, step_, model_, opt_, state, x_.keep_last);
   saved_step_ = step_;
   std::fprintf(stderr, "%scheckpoint %s\n", tty_ ? "\n" : "", dir.c_str());
 }
 
 int TrainRun::loop() {
+  const Activity doing("training");  // between the parts named in detail
   const int64_t total = x_.total_steps();
   t_start_ = t_window_ = time_now_s();
   while (step_ < total && !signals_stop_requested()) {
@@ -394,8 +399,8 @@ int TrainRun::loop() {
   if (sig == 0 || step_ == total) return 0;
   // The signal may have come after this step's checkpoint decision.
   if (saved_step_ != step_ && step_ > start_step_) save(phase_name_);
-  std::fprintf(stderr, "interrupted by signal %d at step %ld; resume with --resume\n", sig,
-               long(step_));
+  std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
+               sig, long(step_), signals_stop_activity());
   return 130;
 }
 
