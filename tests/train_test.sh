@@ -64,6 +64,14 @@ evalset = "ev.jsonl"
 forgetting_every = 30
 forgetting_batch = 16
 TOML
+# wait_lines FILE N PID: until FILE has N lines, PID has ended, or 60 s have passed.
+wait_lines() {
+  for _ in $(seq 1 1200); do
+    [ "$(cat "$1" 2>/dev/null | wc -l)" -ge "$2" ] && return
+    kill -0 "$3" 2>/dev/null || return
+    sleep 0.05
+  done
+}
 strip() { sed -E 's/,"tokens_per_s":[^,}]*//; s/,"mfu":[^,}]*//' "$1"; }
 
 # 1. uninterrupted
@@ -91,7 +99,7 @@ PY
 # 2. SIGINT in the middle, then --resume
 "$moelab" train exp.toml --set run.dir=int >/dev/null 2>int.err &
 pid=$!
-while [ "$(wc -l 2>/dev/null <int/metrics.jsonl || echo 0)" -lt 60 ]; do sleep 0.05; done
+wait_lines int/metrics.jsonl 60 $pid
 kill -INT $pid
 wait $pid
 rc=$?
@@ -105,7 +113,7 @@ if diff <(strip full/metrics.jsonl) <(strip int/metrics.jsonl) >/dev/null; then 
 # 3. kill -9 (no chance to save), then --resume from the last periodic checkpoint
 "$moelab" train exp.toml --set run.dir=k9 >/dev/null 2>k9.err &
 pid=$!
-while [ "$(wc -l 2>/dev/null <k9/metrics.jsonl || echo 0)" -lt 110 ]; do sleep 0.05; done
+wait_lines k9/metrics.jsonl 110 $pid
 kill -9 $pid
 wait $pid 2>/dev/null
 "$moelab" train exp.toml --set run.dir=k9 --resume >/dev/null 2>>k9.err || bad "resume after kill -9: $(tail -1 k9.err)"
@@ -159,7 +167,7 @@ rc=$?
   --set train.clip=0.0 --set train.skip_nonfinite=true --set train.max_skips=100000 \
   --set phases.0.steps=100000 --set schedule.decay_at=end >/dev/null 2>err &
 pid=$!
-while [ "$(cat skipint/metrics.jsonl 2>/dev/null | grep -c skipped)" -lt 20 ]; do sleep 0.05; done
+wait_lines skipint/metrics.jsonl 20 $pid
 kill -INT $pid
 wait $pid
 rc=$?
@@ -195,7 +203,9 @@ diff <(strip frzref/metrics.jsonl) <(strip frz/metrics.jsonl) >/dev/null && ok |
 
 # 9. config edge cases
 expect_error "table replaced" "--set train: 'train' is a table; set one of its keys" "$moelab" train exp.toml --set train=5 --set run.dir=x8
-expect_error "negative steps" "'phases\[1\].steps' give exactly one of steps or tokens \(> 0\)" "$moelab" train exp.toml --set phases.1.steps=-3 --set run.dir=x9
+expect_error "negative steps" "'phases\[1\].steps' must be positive" "$moelab" train exp.toml --set phases.1.steps=-3 --set run.dir=x9
+# on a phase given in tokens too (the default config's kind)
+expect_error "negative steps, tokens phase" "'phases\[1\].steps' must be positive" "$moelab" train exp.toml --set phases.1.steps=-3 --set phases.1.tokens=1000 --set run.dir=x9
 expect_error "decay longer than the phase" "'schedule.decay_steps' \(500\) is longer than the run up to the end of phase A \(150 steps\)" "$moelab" train exp.toml --set schedule.decay_steps=500 --set run.dir=x10
 
 finish "train test"

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "core/error.hpp"
+#include "core/signals.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
 #include "data/shard.hpp"
@@ -34,6 +35,7 @@ void data_prepare_cmd(const DataPrepareOptions& opts) {
       fail(fmt::format("--preset {}: no such preset ({} is missing)", o.preset, script.string()));
     const std::string cmd = fmt::format("/usr/bin/python3 '{}' --cache '{}' >/dev/null",
                                         script.string(), moelab_cache_dir());
+    const SignalsUnblocked child_signals;  // the script stops on Ctrl-C like any program
     if (std::system(cmd.c_str()) != 0)
       fail(fmt::format("--preset {}: {} failed", o.preset, script.string()));
     o.spec = (src / "configs" / "data" / (o.preset + ".json")).string();
@@ -141,12 +143,7 @@ struct Verifier {
   std::string dir;
   int64_t problems = 0;
   void problem(const std::string& what) {
-    std::string line;  // one line whatever a file name holds, as fail() does
-    for (const char c : what)
-      line += static_cast<unsigned char>(c) < 0x20 || c == 0x7f
-                  ? fmt::format("\\x{:02x}", static_cast<unsigned char>(c))
-                  : std::string(1, c);
-    std::fprintf(stderr, "moelab: error: %s\n", line.c_str());
+    std::fprintf(stderr, "moelab: error: %s\n", one_line(what).c_str());
     problems++;
   }
   std::string file(const std::string& name) const { return (fs::path(dir) / name).string(); }

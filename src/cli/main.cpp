@@ -160,12 +160,9 @@ int main(int argc, char** argv) {
     if (eval_cmd_->parsed()) eval_cmd(ev);
     if (inspect_cmd->parsed()) data_inspect(inspect_dir);
     if (verify_cmd->parsed()) return data_verify(verify_dir);
-    if (train_run_cmd->parsed()) {
-      const StopScope stop;  // a signal from here on stops at a checkpoint, exit 130
+    if (train_run_cmd->parsed())
       return train_run(experiment_load(train_config, train_sets), train_resume);
-    }
     if (study_cmd->parsed()) {
-      const StopScope stop;
       so.report = !no_report;
       return study_run(experiment_load(study_config, study_sets), so);
     }

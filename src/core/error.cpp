@@ -4,23 +4,24 @@
 
 namespace moelab {
 
-namespace {
-
-// An error is one line: control characters that came from user input (a key holding a newline,
-// a file name with a tab) are shown as \xNN instead of breaking the line.
-std::string one_line(std::string_view msg) {
+std::string one_line(std::string_view text, size_t max_bytes) {
+  bool cut = false;
+  if (text.size() > max_bytes) {
+    size_t n = max_bytes;
+    while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) n--;  // UTF-8 start
+    text = text.substr(0, n);
+    cut = true;
+  }
   std::string out;
-  out.reserve(msg.size());
-  for (const char c : msg) {
+  out.reserve(text.size());
+  for (const char c : text) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
       out += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
     else
       out += c;
   }
-  return out;
+  return cut ? out + "..." : out;
 }
-
-}  // namespace
 
 void fail(std::string_view msg) {
   throw Error(one_line(msg));

@@ -35,17 +35,9 @@ constexpr size_t dtype_size(DType t) {
   return (t == DType::F32 || t == DType::I32) ? 4 : 8;
 }
 
-// A name or value from the file as it goes into a one-line message: control bytes escaped,
-// long ones cut.
+// A name or value from the file as it goes into a message: long ones cut (fail() escapes).
 std::string shown(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 100)) {
-    if (c < 0x20 || c == 0x7f)
-      out += fmt::format("\\x{:02x}", c);
-    else
-      out += char(c);
-  }
-  return s.size() > 100 ? out + "..." : out;
+  return one_line(s, 100);
 }
 
 DType dtype_parse(const std::string& s, const std::string& where) {
@@ -162,7 +154,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   const uint64_t esize = dtype_size(e.dtype);
   uint64_t numel = 1;
   for (const auto& d : *sh) {
-    if (!d.is_number_unsigned()) bad("'shape' must hold non-negative integers");
+    if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(INT64_MAX))
+      bad("'shape' must hold non-negative integers below 2^63");
     const uint64_t n = d.get<uint64_t>();
     // Bounded by the data section: no product can overflow past this check.
     if (n > 0 && numel > data_size / esize / n) bad("'shape' is larger than the file");

@@ -43,11 +43,10 @@ void signal_loop(sigset_t set) {
       continue;
     }
     if (g_scopes == 0) die_by(sig);
+    // The activity first: whoever sees the stop reads what it interrupted.
+    if (g_stop == 0) g_stop_activity = g_activity.load();
     int none = 0;
-    const char* doing = g_activity.load();
-    if (g_stop.compare_exchange_strong(none, sig)) {
-      g_stop_activity = doing;
-    } else {
+    if (!g_stop.compare_exchange_strong(none, sig)) {
       static const char msg[] =
           "\nsecond interrupt: stopping now without saving (the last complete checkpoint is "
           "kept)\n";
@@ -66,10 +65,13 @@ void signals_init() {
 }
 
 StopScope::StopScope() {
-  if (g_scopes++ == 0) {  // an inner scope keeps what the outer one has recorded
+  // Cleared before the scope counts, so that no signal is recorded and then wiped; an inner scope
+  // keeps what the outer one has recorded.
+  if (g_scopes == 0) {
     g_stop = 0;
     g_save = false;
   }
+  g_scopes++;
 }
 StopScope::~StopScope() {
   g_scopes--;

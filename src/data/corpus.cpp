@@ -215,6 +215,13 @@ size_t utf8_sequence(const unsigned char* p, size_t n, size_t* bad) {
 
 }  // namespace
 
+size_t utf8_length_at(std::string_view s, size_t i) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data()) + i;
+  if (p[0] < 0x80) return 1;
+  size_t bad = 0;
+  return utf8_sequence(p, s.size() - i, &bad);
+}
+
 int64_t utf8_repair(std::string& s, size_t* first) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
@@ -301,19 +308,14 @@ struct Utf8Tally {
   int64_t bytes = 0, invalid = 0;
   std::string first;  // where the first invalid byte is
 
-  void add(std::string& text, const std::string& where_prefix, size_t base) {
+  // text: a whole file (line 0) or one line of it; repaired in place.
+  void add(std::string& text, int64_t line) {
     bytes += int64_t(text.size());
-    if (const void* nul = std::memchr(text.data(), 0, text.size()))
-      fail(fmt::format(
-          "{}: not a text file (a NUL byte at {})", file,
-          place(where_prefix, base + size_t(static_cast<const char*>(nul) - text.data()))));
     size_t at = 0;
     const int64_t n = utf8_repair(text, &at);
-    if (n > 0 && invalid == 0) first = place(where_prefix, base + at);
+    if (n > 0 && invalid == 0)
+      first = line > 0 ? fmt::format("line {}, byte {}", line, at) : fmt::format("byte {}", at);
     invalid += n;
-  }
-  static std::string place(const std::string& prefix, size_t offset) {
-    return fmt::format("{}byte {}", prefix, offset);
   }
   void finish(CorpusReport& r) const {
     if (invalid == 0) return;
@@ -336,9 +338,13 @@ void read_jsonl(const std::string& file, const CorpusSpec& spec,
   while (lines.next(line)) {
     // Repaired before parsing: the JSON parser refuses ill-formed UTF-8, and a stray Latin-1
     // byte in a record is damage to count, not a reason to lose the record.
-    utf8.add(line, fmt::format("line {}, ", lines.line_number()), 0);
+    utf8.add(line, lines.line_number());
     if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank: not a document
     const std::string where = fmt::format("{}:{}", file, lines.line_number());
+    if (line.find('\0') != std::string::npos) {  // binary damage in one record, not the file
+      problem(report, where, "a NUL byte (not text)");
+      continue;
+    }
     nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) {
       problem(report, where, "not valid JSON");
@@ -377,8 +383,10 @@ void corpus_read(const CorpusSpec& spec, const std::function<void(std::string_vi
     }
     std::string text = ByteReader(file).read_all();
     report.bytes += int64_t(text.size());
+    if (const size_t nul = text.find('\0'); nul != std::string::npos)
+      fail(fmt::format("{}: not a text file (a NUL byte at byte {})", file, nul));
     Utf8Tally utf8{file};
-    utf8.add(text, "", 0);
+    utf8.add(text, 0);
     utf8.finish(report);
     if (text.empty()) continue;
     report.documents++;

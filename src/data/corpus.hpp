@@ -3,8 +3,9 @@
 // (the FineWeb / FineWeb-Edu layout), each optionally .gz or .zst; files or folders (walked in
 // sorted order). Malformed JSONL lines are counted and reported with file and line, never
 // silently dropped and never fatal. Bytes that are not valid UTF-8 are replaced by U+FFFD,
-// counted and reported per file; a file that is mostly not text (a NUL byte, or more than a
-// tenth of its bytes invalid) is refused. A truncated or corrupt .gz/.zst stream is refused.
+// counted and reported per file; a file that is mostly not text (more than a tenth of its bytes
+// invalid, or for plain text a NUL byte; a JSONL line with one is malformed) is refused. A
+// truncated or corrupt .gz/.zst stream is refused.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -69,6 +70,10 @@ inline constexpr double kMaxInvalidUtf8Fraction = 0.1;
 // recommended practice, as Python's errors="replace" does); returns the number of bytes replaced
 // and, when any were, the offset of the first in *first.
 int64_t utf8_repair(std::string& s, size_t* first = nullptr);
+
+// The length of the well-formed UTF-8 sequence at s[i] (1 for ASCII), or 0 if it is ill-formed
+// (overlong forms, surrogates and code points above U+10FFFF included).
+size_t utf8_length_at(std::string_view s, size_t i);
 
 // Calls on_document for every document, in a fixed order.
 void corpus_read(const CorpusSpec& spec, const std::function<void(std::string_view)>& on_document,

@@ -12,37 +12,11 @@
 #include <string_view>
 
 #include "core/error.hpp"
+#include "data/corpus.hpp"
 
 namespace moelab {
 
 namespace {
-
-// The length of the valid UTF-8 sequence at s[i], or 0 if there is none (overlong forms,
-// surrogates and code points above U+10FFFF are invalid).
-size_t utf8_seq(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
-  if (c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    if (c == 0xe0) lo = 0xa0;  // overlong
-    if (c == 0xed) hi = 0x9f;  // surrogates
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    if (c == 0xf0) lo = 0x90;  // overlong
-    if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
-  } else {
-    return 0;
-  }
-  if (i + n > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; k++)
-    if (b(i + k) < 0x80 || b(i + k) > 0xbf) return 0;
-  return n;
-}
 
 // What is wrong with the bytes of a line, or "" if nothing: names must be valid UTF-8 without
 // control characters (a tab only as the type separator) so that every tokenizer takes them and
@@ -53,7 +27,7 @@ std::string line_fault(std::string_view line) {
     if (c == 0) return fmt::format("a NUL byte at byte {}", i + 1);
     if ((c < 0x20 && c != '\t') || c == 0x7f)
       return fmt::format("control character 0x{:02x} at byte {}", c, i + 1);
-    const size_t n = utf8_seq(line, i);
+    const size_t n = utf8_length_at(line, i);
     if (n == 0) return fmt::format("not valid UTF-8 at byte {}", i + 1);
     i += n;
   }
@@ -69,7 +43,7 @@ std::string_view trim_spaces(std::string_view s) {
 // A name for a message: at most 40 code points (the line is valid UTF-8 by then).
 std::string excerpt(std::string_view s) {
   size_t i = 0;
-  for (int k = 0; k < 40 && i < s.size(); k++) i += std::max<size_t>(1, utf8_seq(s, i));
+  for (int k = 0; k < 40 && i < s.size(); k++) i += std::max<size_t>(1, utf8_length_at(s, i));
   return fmt::format("'{}'{}", s.substr(0, i), i < s.size() ? "..." : "");
 }
 

@@ -370,9 +370,11 @@ json stream_ranges(const SourceShards& src, uint64_t begin, uint64_t end) {
 json subsets_json(const DataSpec& spec, const std::map<std::string, SourceShards>& encoded,
                   const std::string& dir, int32_t eot) {
   json subsets = json::object();
-  std::map<std::string, std::vector<Shard>> opened;  // each source's shards, mapped once
+  // Each source's shards, mapped once; just written here, so their checksums are not read again.
+  std::map<std::string, std::vector<Shard>> opened;
   for (const auto& [name, src] : encoded)
-    for (const std::string& f : src.files) opened[name].emplace_back((fs::path(dir) / f).string());
+    for (const std::string& f : src.files)
+      opened[name].emplace_back((fs::path(dir) / f).string(), std::nullopt, ShardCheck::Header);
   for (const SubsetSpec& ss : spec.subsets) {
     struct Part {
       const SourceShards* src;

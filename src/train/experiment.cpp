@@ -186,6 +186,8 @@ void phases_load(const toml::table& root, const std::string& path, Experiment& x
     ph.get("replay_ratio", p.replay_ratio);
     ph.finish();
     if (p.subset.empty()) ph.bad("subset", "is required");
+    if (p.steps < 0) ph.bad("steps", "must be positive");
+    if (p.tokens < 0) ph.bad("tokens", "must be positive");
     if ((p.steps > 0) == (p.tokens > 0))
       ph.bad("steps", "give exactly one of steps or tokens (> 0)");
     // Bounds that keep every step and token count an exact int64 (far beyond any real run).
@@ -232,11 +234,14 @@ void experiment_check(Experiment& x, const std::string& path) {
   };
   need(x.seq_len > 0 && x.seq_len <= x.model.max_position_embeddings,
        "'data.seq_len' must be in [1, model max_position_embeddings]");
-  need(x.batch_size > 0 && x.batch_size <= kMaxSteps, "'train.batch_size' must be positive");
-  need(x.grad_accum > 0 && x.grad_accum <= kMaxSteps, "'train.grad_accum' must be positive");
-  need(x.batch_size <= kMaxTokens / x.seq_len / x.grad_accum &&
-           int64_t(x.phases.size()) * kMaxSteps <= kMaxTokens,
-       "'train.batch_size' x 'train.grad_accum' x 'data.seq_len' is too large");
+  need(x.batch_size > 0, "'train.batch_size' must be positive");
+  need(x.grad_accum > 0, "'train.grad_accum' must be positive");
+  // With these bounds no step or token count of the run can overflow.
+  need(x.batch_size <= kMaxTokens / x.seq_len / x.grad_accum,
+       fmt::format("'train.batch_size' x 'train.grad_accum' x 'data.seq_len' must be at most {}",
+                   kMaxTokens));
+  need(int64_t(x.phases.size()) <= kMaxTokens / kMaxSteps,
+       fmt::format("at most {} [[phases]]", kMaxTokens / kMaxSteps));
   need(x.clip >= 0, "'train.clip' must be >= 0 (0 = no clipping)");
   need(x.log_every > 0, "'run.log_every' must be positive");
   need(x.peak_gflops >= 0 && std::isfinite(x.peak_gflops),
