@@ -129,7 +129,10 @@ void train_commands(CLI::App& app, Commands& c) {
   train->add_option("config", tr->config, "experiment TOML")->required();
   train->add_option("--set", tr->sets, "override a key: section.key=value (repeatable)");
   train->add_flag("--resume", tr->resume, "continue from the run's last checkpoint");
-  c.add(train, [tr] { return train_run(experiment_load(tr->config, tr->sets), tr->resume); });
+  c.add(train, [tr] {
+    const StopScope stop;  // already while the experiment is read (train_run holds its own)
+    return train_run(experiment_load(tr->config, tr->sets), tr->resume);
+  });
 
   auto st = options<TrainArgs>();
   auto* study = app.add_subcommand(

@@ -107,15 +107,8 @@ void config_validate_sizes(const ModelConfig& c, std::string_view src) {
   size(c.num_experts_per_tok, "num_experts_per_tok", kMaxExperts);
   size(c.max_position_embeddings, "max_position_embeddings", kMaxPositions);
   size(c.yarn_original_context, "rope_scaling.original_max_position_embeddings", kMaxPositions);
-  // The parameter count of config_count, in floating point so that it cannot overflow here.
-  const double d = double(c.hidden_size), L = double(c.num_hidden_layers);
-  const double E = double(c.num_local_experts), I = double(c.intermediate_size);
-  const double q = double(c.num_attention_heads) * double(c.head_dim);
-  const double kv = double(c.num_key_value_heads) * double(c.head_dim);
-  const double params = 2 * double(c.vocab_size) * d +
-                        L * ((q + 2 * kv) * d + q + 2 * kv + d + q * d + q + d * E + E +
-                             E * (3 * d * I + 2 * I + d) + 2 * d) +
-                        d;
+  // The count in floating point, so that it cannot overflow here.
+  const double params = config_count_as<double>(c).total;
   if (params > kMaxParams)
     fail(fmt::format("{}: the model would have {:.3g} parameters, more than the {:.3g} supported",
                      src, params, kMaxParams));
@@ -313,15 +306,17 @@ ModelConfig config_load(const std::string& path) {
   return config_from_json(j, path);
 }
 
-ParamCounts config_count(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, L = c.num_hidden_layers, E = c.num_local_experts;
-  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-  const int64_t I = c.intermediate_size;
-  ParamCounts p;
-  p.embedding = c.vocab_size * d;
-  p.unembedding = c.tie_word_embeddings ? 0 : c.vocab_size * d;
-  const int64_t attn_layer = (q + 2 * kv) * d + (c.attention_bias ? q + 2 * kv + d : 0) + q * d +
-                             (c.attention_sinks ? c.num_attention_heads : 0);
+template <typename N>
+ParamCountsOf<N> config_count_as(const ModelConfig& c) {
+  const N d = N(c.hidden_size), L = N(c.num_hidden_layers), E = N(c.num_local_experts);
+  const N q = N(c.num_attention_heads) * N(c.head_dim),
+          kv = N(c.num_key_value_heads) * N(c.head_dim);
+  const N I = N(c.intermediate_size), V = N(c.vocab_size);
+  ParamCountsOf<N> p;
+  p.embedding = V * d;
+  p.unembedding = c.tie_word_embeddings ? 0 : V * d;
+  const N attn_layer = (q + 2 * kv) * d + (c.attention_bias ? q + 2 * kv + d : 0) + q * d +
+                       (c.attention_sinks ? N(c.num_attention_heads) : 0);
   p.attention = L * attn_layer;
   p.router = c.is_moe() ? L * (d * E + E) : 0;
   p.per_expert = d * 2 * I + 2 * I + I * d + d;
@@ -329,10 +324,12 @@ ParamCounts config_count(const ModelConfig& c) {
   p.norms = L * 2 * d + d;
   p.total = p.embedding + p.unembedding + p.attention + p.router + p.experts + p.norms;
   // The output head is active even when tied (it is then the embedding matrix).
-  p.active = p.total - p.embedding - L * (E - c.num_experts_per_tok) * p.per_expert +
-             (c.tie_word_embeddings ? c.vocab_size * d : 0);
+  p.active = p.total - p.embedding - L * (E - N(c.num_experts_per_tok)) * p.per_expert +
+             (c.tie_word_embeddings ? V * d : 0);
   return p;
 }
+template ParamCountsOf<int64_t> config_count_as<int64_t>(const ModelConfig&);
+template ParamCountsOf<double> config_count_as<double>(const ModelConfig&);
 
 FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   const double d = double(c.hidden_size), L = double(c.num_hidden_layers);

@@ -51,18 +51,26 @@ nlohmann::json config_to_json(const ModelConfig& c);
 ModelConfig config_load(const std::string& path);
 void config_validate(const ModelConfig& c, std::string_view source);
 
-struct ParamCounts {
-  int64_t total = 0;
-  int64_t embedding = 0;    // input embedding
-  int64_t unembedding = 0;  // output head (0 extra when tied)
-  int64_t attention = 0;    // all layers
-  int64_t router = 0;       // all layers
-  int64_t experts = 0;      // all layers, all experts
-  int64_t per_expert = 0;   // one expert of one layer
-  int64_t norms = 0;
-  int64_t active = 0;  // per token: excludes the input embedding and unselected experts
+// N = int64_t for the counts; N = double where a config is checked before its counts can be
+// trusted not to overflow.
+template <typename N>
+struct ParamCountsOf {
+  N total = 0;
+  N embedding = 0;    // input embedding
+  N unembedding = 0;  // output head (0 extra when tied)
+  N attention = 0;    // all layers
+  N router = 0;       // all layers
+  N experts = 0;      // all layers, all experts
+  N per_expert = 0;   // one expert of one layer
+  N norms = 0;
+  N active = 0;  // per token: excludes the input embedding and unselected experts
 };
-ParamCounts config_count(const ModelConfig& c);
+using ParamCounts = ParamCountsOf<int64_t>;
+template <typename N>
+ParamCountsOf<N> config_count_as(const ModelConfig& c);
+inline ParamCounts config_count(const ModelConfig& c) {
+  return config_count_as<int64_t>(c);
+}
 
 struct FlopCounts {
   double train_per_token = 0;   // 6 x active matmul params + causal attention (exact average)

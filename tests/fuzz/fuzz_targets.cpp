@@ -170,7 +170,7 @@ Verdict run_experiment(std::span<const uint8_t> data) {
 Verdict run_evalset(std::span<const uint8_t> data) {
   return judge(data, "evalset.jsonl", [](const std::string& path) -> std::string {
     const EvalSet set = evalset_load(path, kFingerprint, {kVocab, kVocab, 64});
-    // Issue 11, case 2: what evaluation indexes with must hold for every accepted sample.
+    // What evaluation indexes with must hold for every accepted sample.
     for (size_t i = 0; i < set.samples.size(); i++) {
       const EvalSample& s = set.samples[i];
       if (s.entity < 0 || size_t(s.entity) >= set.names.size())
