@@ -178,22 +178,20 @@ std::string human(double n) {
   return fmt::format("{:.0f}", n);
 }
 
-}  // namespace
-
-// ----------------------------------------------------------------------------
-
-std::string report_write(const ReportOptions& o) {
-  if (o.dirs.empty()) fail("report: no run or study folder given");
-  // Gather runs: a study folder lists its variants; a run folder is itself one run.
+// The runs of the given study or run folders, grouped by model (E, top-k), fewest experts first.
+std::vector<Group> groups_read(const std::vector<std::string>& dirs) {
+  // A study folder lists its variants; a run folder is itself one run.
   std::vector<RunData> runs;
-  for (const std::string& d : o.dirs) {
+  for (const std::string& d : dirs) {
     const fs::path study = fs::path(d) / "study.json";
     if (fs::exists(study)) {
       const json s = json::parse(file_read(study.string()), nullptr, false);
-      if (s.is_discarded() || !s.contains("variants"))
+      if (s.is_discarded() || !s.contains("variants") || !s["variants"].is_array())
         fail(study.string() + ": invalid (no variants)");
       for (const json& v : s["variants"]) {
-        const fs::path rd = fs::path(d) / v.at("dir").get<std::string>();
+        if (!v.is_object() || !v.contains("dir") || !v["dir"].is_string())
+          fail(study.string() + ": a variant without a 'dir' string");
+        const fs::path rd = fs::path(d) / v["dir"].get<std::string>();
         if (!fs::exists(rd / "metrics.jsonl")) {
           std::fprintf(stderr, "note: %s has not started; left out\n", rd.c_str());
           continue;
@@ -220,13 +218,15 @@ std::string report_write(const ReportOptions& o) {
   }
   std::sort(groups.begin(), groups.end(),
             [](const Group& a, const Group& b) { return a.experts < b.experts; });
-  const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
-  fs::create_directories(out);
+  return groups;
+}
+
+// Draws every figure into out; returns their names.
+std::vector<std::string> figures_draw(const std::vector<Group>& groups, const std::string& out,
+                                      bool plots) {
   const RunData& first = groups[0].runs[0];
   const int64_t sw = first.switch_step;
   const std::string a_name = first.subset_a, b_name = first.subset_b;
-
-  // ---- figures
   auto chart = [&](std::string title, std::string ylabel) {
     PlotChart c;
     c.title = std::move(title), c.ylabel = std::move(ylabel), c.xlabel = "training step";
@@ -241,7 +241,7 @@ std::string report_write(const ReportOptions& o) {
   };
   std::vector<std::string> figures;
   auto draw = [&](const PlotChart& c, const std::string& stem) {
-    plot_write(c, (fs::path(out) / stem).string(), o.plots);
+    plot_write(c, (fs::path(out) / stem).string(), plots);
     figures.push_back(stem);
   };
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
@@ -296,7 +296,12 @@ std::string report_write(const ReportOptions& o) {
     draw(c, fmt::format("expert_load_E{}", g.experts));
   }
 
-  // ---- numbers per model
+  return figures;
+}
+
+// The numbers per model (mean and spread over its seeds), as summary.json holds them.
+ojson models_summarize(const std::vector<Group>& groups) {
+  const std::string a_name = groups[0].runs[0].subset_a, b_name = groups[0].runs[0].subset_b;
   ojson models = ojson::array();
   for (const Group& g : groups) {
     const RunData& r0 = g.runs[0];
@@ -347,7 +352,14 @@ std::string report_write(const ReportOptions& o) {
     models.push_back(m);
   }
 
-  // ---- markdown
+  return models;
+}
+
+// The head of summary.md: the runs, what the metrics mean, and the table of numbers.
+std::string markdown_table(const std::vector<Group>& groups, const ojson& models) {
+  const RunData& first = groups[0].runs[0];
+  const std::string a_name = first.subset_a, b_name = first.subset_b;
+  const int64_t sw = first.switch_step;
   std::string md = "# Forgetting study report\n\n";
   md += fmt::format(
       "Runs: {}. A = `{}`, B = `{}`; the switch is at step {}.\n\n",
@@ -409,7 +421,13 @@ std::string report_write(const ReportOptions& o) {
   row("PPL_ent at the end", [](const ojson& m) { return fmt_stat(m["final_ppl_ent"], 2); });
   row("tokens/s (median)", [](const ojson& m) { return fmt_stat(m["tokens_per_s"], 0); });
 
-  // ---- a plain reading
+  return md;
+}
+
+// A plain reading of the numbers that claims no more than their noise supports.
+std::string reading_write(const std::vector<Group>& groups, const ojson& models) {
+  const std::string a_name = groups[0].runs[0].subset_a;
+  std::string md;
   md += "\n## Reading\n\n";
   std::vector<std::pair<double, std::string>> end_ex;
   for (size_t i = 0; i < groups.size(); i++)
@@ -490,12 +508,31 @@ std::string report_write(const ReportOptions& o) {
           "this forgetting (the original's first finding).\n",
           a_name);
   }
+  return md;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+
+std::string report_write(const ReportOptions& o) {
+  if (o.dirs.empty()) fail("report: no run or study folder given");
+  const std::vector<Group> groups = groups_read(o.dirs);
+  const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
+  fs::create_directories(out);
+  const RunData& first = groups[0].runs[0];
+  const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
+  const ojson models = models_summarize(groups);
+  std::string md = markdown_table(groups, models) + reading_write(groups, models);
   md += "\n## Figures\n\n";
   for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
   md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
 
-  ojson summary = {
-      {"a", a_name}, {"b", b_name}, {"switch_step", sw}, {"models", models}, {"figures", figures}};
+  const ojson summary = {{"a", first.subset_a},
+                         {"b", first.subset_b},
+                         {"switch_step", first.switch_step},
+                         {"models", models},
+                         {"figures", figures}};
   file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
   const std::string md_path = (fs::path(out) / "summary.md").string();
   file_write_atomic(md_path, md);
