@@ -251,42 +251,6 @@ TEST(Entities, ListReaderAcceptsWhatTheFormatsAllow) {
             kEntityMaxBytes);
 }
 
-TEST(Entities, ListReaderMutationsGiveAListOrOneLine) {
-  // Bounded deterministic mutations of a valid list (byte flips, inserted tabs, NULs, newlines
-  // and high bytes, truncations): each loads or is refused with one line naming the file.
-  const Scratch s("moelab-entmut");
-  const std::string base = "Lillian_Gish\tPER\nParis\tLOC\nNew York City\nS\xc3\xa3o Paulo\tLOC\n";
-  const char specials[] = {'\t', '\0', '\n', '\r', '_', ' ', '\xff', '\xc3', '\x80'};
-  int loaded = 0, refused = 0;
-  for (uint64_t k = 0; k < 300; k++) {
-    std::string b = base;
-    for (uint64_t m = 0; m <= rng_u64(60, k, 0) % 4; m++) {
-      const size_t at = size_t(rng_u64(61, k, m) % (b.size() + 1));
-      const uint64_t op = rng_u64(62, k, m) % 4;
-      const char c = specials[rng_u64(63, k, m) % sizeof(specials)];
-      if (op == 0 && at < b.size())
-        b[at] = char(rng_u64(64, k, m));
-      else if (op == 1)
-        b.insert(at, 1, c);
-      else if (op == 2)
-        b.resize(at);
-      else if (at < b.size())
-        b.erase(at, 1);
-    }
-    const std::string path = s.write("m", b);
-    const std::string err = error_of([&] { entities_load(path); });
-    if (err.empty()) {
-      loaded++;
-      continue;
-    }
-    refused++;
-    EXPECT_EQ(err.find('\n'), std::string::npos) << err;
-    EXPECT_EQ(err.rfind(path + ":", 0), 0u) << err;
-  }
-  EXPECT_GT(loaded, 30);
-  EXPECT_GT(refused, 30);
-}
-
 // ----------------------------------------------------------------------------
 // the evaluation set loader
 
@@ -452,54 +416,4 @@ TEST(EvalSet, LoaderAcceptsWellFormedSets) {
   EXPECT_EQ(back.names, set.names);
   EXPECT_EQ(back.types, set.types);
   EXPECT_EQ(back.samples[0].target, set.samples[0].target);
-}
-
-TEST(EvalSet, LoaderMutationsGiveASetOrOneLine) {
-  // Bounded deterministic mutations of a valid set: each loads (then every sample has the
-  // header's lengths and ids in range) or is refused with one line naming the file.
-  const Scratch s("moelab-evmut");
-  const std::string base =
-      kHead + "\n" + kSample + "\n" +
-      R"({"entity":"Rome","type":"LOC","in_prompt":[9,10,11],"ex_prompt":[0,1,2],"target":[3,49]})" +
-      "\n";
-  const char specials[] = {'-', '0', '9', '[', ']', ',', '"', '.', '\n', '\0', '{', 'e'};
-  int loaded = 0, refused = 0;
-  for (uint64_t k = 0; k < 300; k++) {
-    std::string b = base;
-    for (uint64_t m = 0; m <= rng_u64(70, k, 0) % 3; m++) {
-      const size_t at = size_t(rng_u64(71, k, m) % (b.size() + 1));
-      const uint64_t op = rng_u64(72, k, m) % 4;
-      const char c = specials[rng_u64(73, k, m) % sizeof(specials)];
-      if (op == 0 && at < b.size())
-        b[at] = c;
-      else if (op == 1)
-        b.insert(at, 1, c);
-      else if (op == 2)
-        b.resize(at);
-      else if (at < b.size())
-        b.erase(at, 1);
-    }
-    const std::string path = s.write("m.jsonl", b);
-    EvalSet set;
-    const std::string err = error_of([&] {
-      set =
-          evalset_load(path, 0xabc, {.tokenizer_vocab = 50, .model_vocab = 50, .max_positions = 8});
-    });
-    if (!err.empty()) {
-      refused++;
-      EXPECT_EQ(err.find('\n'), std::string::npos) << err;
-      EXPECT_EQ(err.rfind(path + ":", 0), 0u) << err;
-      continue;
-    }
-    loaded++;
-    for (const EvalSample& e : set.samples) {
-      ASSERT_EQ(e.in_prompt.size(), 3u);
-      ASSERT_EQ(e.ex_prompt.size(), 3u);
-      ASSERT_EQ(e.target.size(), 2u);
-      for (const auto* v : {&e.in_prompt, &e.ex_prompt, &e.target})
-        for (int32_t id : *v) ASSERT_TRUE(id >= 0 && id < 50);
-    }
-  }
-  EXPECT_GT(loaded, 3);  // most mutations break the JSON or a length
-  EXPECT_GT(refused, 200);
 }

@@ -173,7 +173,10 @@ void fuzz_reader(const Target& t, const Options& o, Shared* shared, const char* 
     if (r.kind == Result::Ok) {
       (r.verdict.outcome == Outcome::Accepted ? n.accepted : n.refused)++;
       n.unnamed += !r.verdict.names_file;
-      if (o.verbose && r.verdict.outcome == Outcome::Refused)
+      if (!r.verdict.names_file)
+        fmt::print("  {} [{}] the message does not name the file: {}\n", t.name, m.name,
+                   r.verdict.message);
+      else if (o.verbose && r.verdict.outcome == Outcome::Refused)
         fmt::print("  {} [{}] {}\n", t.name, m.name, r.verdict.message);
       continue;
     }
@@ -369,7 +372,7 @@ int main(int argc, char** argv) {
   }
   int64_t failed = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  // unnamed: refusals whose message does not name the input file (a hint, not a failure).
+  // unnamed: refusals whose message does not name the input file; they fail the run too.
   fmt::print("{:<13} {:>6} {:>9} {:>8} {:>8} {:>7} {:>8}\n", "reader", "inputs", "accepted",
              "refused", "unnamed", "failed", "seconds");
   for (const Target& t : targets()) {
@@ -383,12 +386,12 @@ int main(int argc, char** argv) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
     fmt::print("{:<13} {:>6} {:>9} {:>8} {:>8} {:>7} {:>8.2f}\n", t.name, n.tried, n.accepted,
                n.refused, n.unnamed, n.failed, s);
-    failed += n.failed;
+    failed += n.failed + n.unnamed;
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fmt::print("{} in {:.1f} s: {}\n", failed ? "FAILED" : "passed", s,
              failed ? fmt::format("{} inputs failed (saved under {})", failed, o.out)
-                    : "no crash, hang, foreign exception or multi-line error");
+                    : "no crash, hang, foreign exception, multi-line or unnamed error");
   scratch_remove();
   return failed ? 1 : 0;
 }
