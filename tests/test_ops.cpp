@@ -115,12 +115,21 @@ INSTANTIATE_TEST_SUITE_P(Layouts, LinearOps,
                          ::testing::Combine(::testing::Values(K::WLayout::OutIn, K::WLayout::InOut),
                                             ::testing::Bool()));
 
-TEST(Ops, LinearZeroRows) {  // an expert that received no tokens
-  std::vector<float> W(12, 1.f), dW(12, 0.f), db(3, 0.f);
-  K::linear<float>::forward(nullptr, nullptr, W.data(), nullptr, 0, 4, 3, K::WLayout::InOut);
-  K::linear<float>::backward(nullptr, dW.data(), db.data(), nullptr, nullptr, W.data(), 0, 4, 3,
-                             K::WLayout::InOut);
-  for (float v : dW) EXPECT_EQ(v, 0.f);
+TEST(Ops, LinearZeroRows) {
+  // An expert that received no tokens: nothing is written, and the gradients accumulated so far
+  // are kept (a GEMM called with beta = 0 on zero rows would wipe them).
+  std::vector<float> W(12, 1.f), dW(12, 0.5f), db(3, 0.25f), out(3, 7.f), dx(4, 9.f);
+  const std::vector<float> x(4, 1.f), dout(3, 1.f);
+  for (const K::WLayout layout : {K::WLayout::InOut, K::WLayout::OutIn})
+    for (const bool accumulate : {false, true}) {
+      K::linear<float>::forward(out.data(), x.data(), W.data(), db.data(), 0, 4, 3, layout);
+      K::linear<float>::backward(dx.data(), dW.data(), db.data(), dout.data(), x.data(), W.data(),
+                                 0, 4, 3, layout, accumulate);
+    }
+  for (float v : dW) EXPECT_EQ(v, 0.5f);
+  for (float v : db) EXPECT_EQ(v, 0.25f);
+  for (float v : out) EXPECT_EQ(v, 7.f);
+  for (float v : dx) EXPECT_EQ(v, 9.f);
 }
 
 // ----------------------------------------------------------------------------
