@@ -1,6 +1,7 @@
 #pragma once
-// Scalar references: the plainest loops that compute each op, written from the formulas in
-// SPEC.md rather than from the kernels. Same interface as src/kernels/kernels.hpp; tests only.
+// Scalar references: the plainest loops that compute each op, written from the formulas of
+// docs/methods.md §3 rather than from the kernels. Same interface as src/kernels/kernels.hpp;
+// tests only.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -112,7 +113,7 @@ struct rope {
 template <typename T>
 struct attention {
   // Materialises the full score matrix; the sink is an extra logit column that is dropped
-  // after the softmax (the reference implementation's formulation, SPEC 2.4).
+  // after the softmax (the reference implementation's formulation, methods.md §3.3).
   static void forward(T* out, T* lse, const T* qkv, const T* sinks, const AttnShape& s) {
     const int64_t C = (s.H + 2 * s.KV) * s.hd, g = s.H / s.KV;
     for (int64_t b = 0; b < s.B; b++)

@@ -109,7 +109,7 @@ TEST(Config, JsonRoundTripAndDefaults) {
 }
 
 TEST(Config, GptOssParameterCountsMatchSpec) {
-  // SPEC 2.1: 116.83B total / 5.13B active (120b), 20.91B / 3.61B (20b); per expert 24,891,840.
+  // methods.md §4.1: 116.83B / 5.13B active (120b), 20.91B / 3.61B (20b); per expert 24,891,840.
   const ParamCounts big = config_count(gpt_oss(36, 128));
   EXPECT_EQ(big.per_expert, 24891840);
   EXPECT_NEAR(double(big.total) / 1e9, 116.83, 0.005);
@@ -134,7 +134,7 @@ TEST(Config, CountsEqualTheParameterLayout) {
 }
 
 TEST(Config, Spec52FlopsMatchTheClosedForm) {
-  // With n_heads * d_head = d, no GQA and d_ffn = 4d the SPEC 5.2 formula is
+  // With n_heads * d_head = d, no GQA and d_ffn = 4d the App. C formula (methods.md §4.3) is
   // C_f L d^2 (4 + 2 n_ctx/d + 12 E_active) + R d E L + C_f V d.
   json j = {{"vocab_size", 50432},       {"hidden_size", 512},
             {"num_hidden_layers", 6},    {"num_attention_heads", 8},
@@ -153,7 +153,7 @@ TEST(Config, Spec52FlopsMatchTheClosedForm) {
 
 TEST(Config, IsoMoeSplitsTheFfnWidth) {
   json j = small();
-  j["intermediate_size"] = 65536;  // SPEC 0: 65536 -> 8192 (E=8) -> 1024 (E=64)
+  j["intermediate_size"] = 65536;  // methods.md §1.3: 65536 -> 8192 (E=8) -> 1024 (E=64)
   const ModelConfig dense = config_from_json(j, "x");
   const ModelConfig e8 = config_iso_moe(dense, 8, 2), e64 = config_iso_moe(dense, 64, 2);
   EXPECT_EQ(e8.intermediate_size, 8192);
@@ -172,7 +172,7 @@ TEST(Config, IsoMoeSplitsTheFfnWidth) {
 }
 
 TEST(Config, ForgettingPaperConfigMatchesTheOriginalSizes) {
-  // SPEC 0: 0.95B total; active 0.95B (dense), 0.34B (E=8 top-2), 0.17B (E=64 top-2); within 5%.
+  // methods.md §1.3: 0.95B total; active 0.95B dense, 0.34B E=8 top-2, 0.17B E=64 top-2; within 5%.
   const ModelConfig dense = config_load(MOELAB_SOURCE_DIR "/configs/models/forgetting-paper.json");
   const double want[] = {0.95e9, 0.34e9, 0.17e9};
   const int64_t experts[] = {1, 8, 64};

@@ -134,7 +134,7 @@ TEST(Ops, LinearZeroRows) {
 
 // ----------------------------------------------------------------------------
 TEST(Ops, RopeYarnTablesMatchSpec) {
-  // SPEC 2.5 sanity values for gpt-oss: d_h 64, theta 150000, factor 32, L0 4096.
+  // methods.md §3.4 values for gpt-oss: d_h 64, theta 150000, factor 32, L0 4096.
   const int64_t hd = 64, half = 32, T = 2;
   std::vector<double> c(T * half), s(T * half);
   K::RopeParams p{150000.0, 32.0, 32.0, 1.0, 4096};

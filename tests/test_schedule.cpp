@@ -27,7 +27,7 @@ TEST(Schedule, CosineReachesMinAtTheEnd) {
 }
 
 TEST(Schedule, WsdLikeTheOriginalStudy) {
-  // SPEC 0: warmup 625, stable, cosine decay over 2384 steps from 3e-4 to 3e-5.
+  // methods.md §1.3: warmup 625, stable, cosine decay over 2384 steps from 3e-4 to 3e-5.
   Schedule s{ScheduleKind::Wsd, 3e-4, 3e-5, 625, 20000, 2384};
   s.validate("schedule");
   EXPECT_NEAR(s.lr(624), 3e-4, 1e-18);

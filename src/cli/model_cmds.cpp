@@ -94,8 +94,8 @@ void model_info(const ModelInfoOptions& o) {
     fmt::print("vs dense      total {} -> {} ({:+} from the router and expert biases)\n", dt,
                p.total, p.total - dt);
   }
-  fmt::print("train FLOPs/token at seq {}: {} (exact causal), {} (SPEC 5.2), {} (6 N_active)\n",
-             seq, human(f.train_per_token), human(f.spec52_per_token), human(f.six_na));
+  fmt::print("train FLOPs/token at seq {}: {} (exact causal), {} (App. C), {} (6 N_active)\n", seq,
+             human(f.train_per_token), human(f.spec52_per_token), human(f.six_na));
 }
 
 namespace {

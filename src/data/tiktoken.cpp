@@ -59,7 +59,7 @@ TiktokenSpec tiktoken_spec_table(const std::string& name) {
              {"<|endofprompt|>", 100276}}};
   if (name == "o200k_base")
     return {"o200k_base", kO200kPattern, {{"<|endoftext|>", 199999}, {"<|endofprompt|>", 200018}}};
-  if (name == "o200k_harmony") {  // SPEC 2.8: o200k_base ranks + the harmony specials
+  if (name == "o200k_harmony") {  // methods.md §3.10: o200k_base ranks + the harmony specials
     TiktokenSpec s{"o200k_harmony",
                    kO200kPattern,
                    {{"<|startoftext|>", 199998},

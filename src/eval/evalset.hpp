@@ -1,7 +1,7 @@
 #pragma once
-// Entity evaluation sets (SPEC 1.2): count every entity in subsets A and B on token ids, take
-// C = the top p% by frequency in A that are also in the bottom q% by frequency in B, and cut
-// windows around C's occurrences in A: the prompt ending with the entity (M_in), the prompt
+// Entity evaluation sets (docs/methods.md §2.1-2.2): count every entity in subsets A and B on token
+// ids, take C = the top p% by frequency in A that are also in the bottom q% by frequency in B, and
+// cut windows around C's occurrences in A: the prompt ending with the entity (M_in), the prompt
 // just before it (M_ex) and the true continuation.
 #include <cstdint>
 #include <string>
@@ -83,9 +83,9 @@ namespace moelab {
 // {samples, m_in, m_ex, m_f, ppl_ent, per_type: {TYPE: {...}}}
 nlohmann::ordered_json evalreport_json(const EvalReport& r);
 
-// M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (SPEC 1.1): greedy decoding of
-// target-length continuations from both prompts with the KV cache, and teacher forcing over the
-// true continuation for M(f) and PPL_ent. `tok` decodes continuations for M_ex. A model
+// M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (methods.md §2.3-2.7): greedy
+// decoding of target-length continuations from both prompts with the KV cache, and teacher forcing
+// over the true continuation for M(f) and PPL_ent. `tok` decodes continuations for M_ex. A model
 // vocabulary may be padded beyond the tokenizer's (gpt-oss pads o200k): greedy tokens and the
 // top-1 of M(f) are then the argmax over the ids the tokenizer has, while PPL_ent keeps the
 // model's whole distribution. The set's shapes and ids are checked first (a set built in code

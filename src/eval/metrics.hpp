@@ -1,5 +1,5 @@
 #pragma once
-// The forgetting metrics of SPEC 1.1 on decoded or teacher-forced outputs.
+// The forgetting metrics of docs/methods.md §2.3-2.5 on decoded or teacher-forced outputs.
 #include <cstdint>
 #include <span>
 #include <string_view>

@@ -51,7 +51,7 @@ struct linear {
 };
 
 // ----------------------------------------------------------------------------
-// rope: half-split (NeoX) rotation of each head, optional YaRN (SPEC 2.5)
+// rope: half-split (NeoX) rotation of each head, optional YaRN (methods.md §3.4)
 
 struct RopeParams {
   double theta = 10000.0;
@@ -75,7 +75,7 @@ struct rope {
 
 // ----------------------------------------------------------------------------
 // attention: grouped-query causal attention with optional sliding window and learned sinks
-// (SPEC 2.4), in tiles: memory is O(tile^2) per thread, never O(T^2) per head.
+// (methods.md §3.3), in tiles: memory is O(tile^2) per thread, never O(T^2) per head.
 
 struct AttnShape {
   int64_t B, T, H, KV, hd;
@@ -94,7 +94,7 @@ struct attention {
 };
 
 // ----------------------------------------------------------------------------
-// swiglu (gpt-oss, SPEC 2.6): h interleaves gate (even) and linear (odd) columns;
+// swiglu (gpt-oss, methods.md §3.6): h interleaves gate (even) and linear (odd) columns;
 // out = min(g, L) * sigmoid(alpha * min(g, L)) * (clamp(l, -L, L) + 1)
 
 template <typename T>
@@ -107,8 +107,8 @@ struct swiglu {
 };
 
 // ----------------------------------------------------------------------------
-// router: top-k over the raw logits, softmax over the k selected (SPEC 2.6), plus the
-// Switch load-balancing loss and the ST-MoE z-loss.
+// router: top-k over the raw logits, softmax over the k selected (methods.md §3.5), plus the
+// Switch load-balancing loss and the ST-MoE z-loss (§3.7).
 
 struct RouterLosses {
   double aux = 0;  // coef_aux * E * sum_e f_e * P_e, f_e = share of the N*k assignments

@@ -9,7 +9,7 @@ namespace moelab::kernels {
 
 template <typename T>
 void rope<T>::tables(T* cos, T* sin, int64_t seq, int64_t head_dim, const RopeParams& p) {
-  // SPEC 2.5; computed in double whatever T is, so float and double models share the angles.
+  // methods.md §3.4; computed in double whatever T is, so float and double models share the angles.
   const int64_t half = head_dim / 2;
   const double s = p.yarn_factor;
   const bool yarn = s > 1.0;

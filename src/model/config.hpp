@@ -1,6 +1,6 @@
 #pragma once
 // Model configuration: JSON with Hugging Face GptOss key names where one exists, validated with
-// one clear error per problem, and the parameter / FLOPs accounting of SPEC 5.2.
+// one clear error per problem, and the parameter / FLOPs accounting of docs/methods.md §4.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -74,12 +74,12 @@ inline ParamCounts config_count(const ModelConfig& c) {
 
 struct FlopCounts {
   double train_per_token = 0;   // 6 x active matmul params + causal attention (exact average)
-  double spec52_per_token = 0;  // SPEC 5.2 formula at n_ctx = seq (C_f = 6, router R = 14)
+  double spec52_per_token = 0;  // Abnar et al. App. C formula at n_ctx = seq (methods.md §4.3)
   double six_na = 0;            // 6 x active params
 };
 FlopCounts config_flops(const ModelConfig& c, int64_t seq_len);
 
-// The iso-total-parameter MoE variant of a dense config (SPEC 0): the FFN width is split
+// The iso-total-parameter MoE variant of a dense config (methods.md §4.5): the FFN width is split
 // across E experts, k of them active per token.
 ModelConfig config_iso_moe(const ModelConfig& dense, int64_t E, int64_t k);
 

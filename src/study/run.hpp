@@ -1,8 +1,8 @@
 #pragma once
-// `moelab run`: the forgetting study of SPEC 0 from one experiment. The dense model of [model]
-// and its iso-total MoE variants ([study] experts, top_k) train on the same data order and seed,
-// A then B, each filtering the shared evaluation set to its own M_ex = 1 samples after A; then
-// the report is written. Variants run one after another; a finished one is skipped and a
+// `moelab run`: the forgetting study of docs/methods.md §1 from one experiment. The dense model of
+// [model] and its iso-total MoE variants ([study] experts, top_k) train on the same data order and
+// seed, A then B, each filtering the shared evaluation set to its own M_ex = 1 samples after A;
+// then the report is written. Variants run one after another; a finished one is skipped and a
 // stopped one resumes, so re-running the command continues the study.
 #include <cstdint>
 #include <string>

@@ -22,8 +22,8 @@ struct PhaseConfig {
   double replay_ratio = 0;    // share of the micro-batches drawn from replay_subset
 };
 
-// [study]: what `moelab run` varies around the experiment (SPEC 0): the dense model of [model]
-// and its iso-total MoE variants, each over the seeds, all on one evaluation set.
+// [study]: what `moelab run` varies around the experiment (methods.md §1.2): the dense model of
+// [model] and its iso-total MoE variants, each over the seeds, all on one evaluation set.
 struct StudyConfig {
   std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
   int64_t top_k = 2;
@@ -67,8 +67,8 @@ struct Experiment {
   // [eval]
   int64_t eval_every = 0;  // validation loss on every subset's held-out slice, 0 = off
   int64_t eval_batches = 4;
-  // forgetting metrics (SPEC 1.2): an evaluation set from `moelab entities build`, filtered to
-  // M_ex = 1 at the end of phase `filter_after` and evaluated every forgetting_every steps after
+  // forgetting metrics (methods.md §2.6): an evaluation set from `moelab entities build`, filtered
+  // to M_ex = 1 at the end of phase `filter_after` and evaluated every forgetting_every steps after
   std::string evalset;
   std::string filter_after;  // default: the first phase
   int64_t forgetting_every = 0;

@@ -195,7 +195,7 @@ Verdict run_entities(std::span<const uint8_t> data) {
   });
 }
 
-// What `moelab data prepare SPEC` reads before it touches any source.
+// What `moelab data prepare` reads of a data spec file before it touches any source.
 Verdict run_data_spec(std::span<const uint8_t> data) {
   return judge(data, "spec.json", [](const std::string& path) -> std::string {
     const DataSpec s = data_spec_load(path);

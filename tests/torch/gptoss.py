@@ -1,4 +1,4 @@
-"""The same architecture in PyTorch, written from SPEC.md section 2 and the gpt-oss reference code
+"""The same architecture in PyTorch, written from docs/methods.md §3 and the gpt-oss reference code
 (attention with sinks as an extra softmax column, half-split RoPE with YaRN, interleaved SwiGLU with
 clamps, top-k router with softmax over the selected logits). Test-time reference only."""
 import json
