@@ -261,23 +261,20 @@ const std::string kHead =
 const std::string kSample =
     R"({"entity":"Paris","type":"LOC","surface":"Paris","in_prompt":[1,2,3],"ex_prompt":[4,5,6],"target":[7,8]})";
 
-// kSample with one field's value replaced (or the field removed when value is empty).
-std::string sample_with(const std::string& key, const std::string& value) {
-  json j = json::parse(kSample);
+// A JSON line with one field's value replaced (or the field removed when value is empty).
+std::string with_field(const std::string& line, const std::string& key, const std::string& value) {
+  json j = json::parse(line);
   if (value.empty())
     j.erase(key);
   else
     j[key] = json::parse(value);
   return j.dump();
 }
-
+std::string sample_with(const std::string& key, const std::string& value) {
+  return with_field(kSample, key, value);
+}
 std::string head_with(const std::string& key, const std::string& value) {
-  json j = json::parse(kHead);
-  if (value.empty())
-    j.erase(key);
-  else
-    j[key] = json::parse(value);
-  return j.dump();
+  return with_field(kHead, key, value);
 }
 
 }  // namespace
