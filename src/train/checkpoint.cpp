@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,6 +41,54 @@ void write_json(const std::string& path, const json& j) {
 
 std::string step_name(int64_t step) {
   return fmt::format("step_{:08d}", step);
+}
+
+json config_read(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  std::ifstream f(path);
+  if (!f) fail(fmt::format("{}: not a checkpoint (no config.json)", dir));
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception&) {
+    fail(path + ": invalid JSON");
+  }
+  if (!j.is_object()) fail(path + ": not a JSON object");
+  return j;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+// init_from: the config fields that change what tensors of unchanged shape mean. Heads x head_dim
+// can be regrouped at equal width; RoPE, norm eps and the SwiGLU clamp change the function the
+// weights were trained for; a tied checkpoint has no lm_head, and a fresh one would silently
+// replace the embedding's role. Everything else (experts, k, biases, sinks, layers, context
+// length, loss coefficients, sections added later) changes shapes or only adds tensors.
+void init_check_config(const std::string& dir, const json& saved, const json& mine) {
+  auto refuse = [&](const std::string& key, const json& a, const json& b) {
+    fail(fmt::format("{}: cannot initialise from this checkpoint: '{}' is {} in the checkpoint and "
+                     "{} here (the same shapes would mean something else)",
+                     dir, key, a.dump(), b.dump()));
+  };
+  for (const char* key :
+       {"num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling",
+        "rms_norm_eps", "swiglu_limit", "swiglu_alpha", "tie_word_embeddings"}) {
+    const json a = saved.contains(key) ? saved[key] : json("missing");
+    if (a != mine[key]) refuse(key, a, mine[key]);
+  }
+  // The checkpoint's layers keep their attention pattern; added layers may have any.
+  const json& lt = saved.contains("layer_types") ? saved["layer_types"] : json();
+  if (!lt.is_array()) refuse("layer_types", lt, mine["layer_types"]);
+  bool sliding = false;
+  for (size_t l = 0; l < lt.size(); l++) {
+    if (l < mine["layer_types"].size() && lt[l] != mine["layer_types"][l])
+      refuse(fmt::format("layer_types[{}]", l), lt[l], mine["layer_types"][l]);
+    sliding = sliding || lt[l] == "sliding_attention";
+  }
+  const json sw = saved.contains("sliding_window") ? saved["sliding_window"] : json("missing");
+  if (sliding && sw != mine["sliding_window"]) refuse("sliding_window", sw, mine["sliding_window"]);
 }
 
 }  // namespace
@@ -106,16 +155,7 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
 }
 
 json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* opt) {
-  const std::string cfg_path = (fs::path(dir) / "config.json").string();
-  std::ifstream cf(cfg_path);
-  if (!cf) fail(fmt::format("{}: not a checkpoint (no config.json)", dir));
-  json saved;
-  try {
-    saved = json::parse(cf);
-  } catch (const json::exception&) {
-    fail(cfg_path + ": invalid JSON");
-  }
-  if (!saved.is_object()) fail(cfg_path + ": not a JSON object");
+  const json saved = config_read(dir);
   const json mine = config_to_json(model.cfg);
   for (auto& [key, value] : mine.items())
     if (!saved.contains(key) || saved[key] != value)
@@ -156,6 +196,41 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
                      dir));
   if (opt) opt->step = state.value("optimizer_step", int64_t(0));
   return state;
+}
+
+InitReport checkpoint_init_from(const std::string& dir, Model<float>& model) {
+  init_check_config(dir, config_read(dir), config_to_json(model.cfg));
+  const std::string file = (fs::path(dir) / "model.safetensors").string();
+  if (!fs::exists(file)) fail(fmt::format("{}: no model.safetensors", dir));
+  const auto tensors = safetensors_read(file);
+  // Every refusal comes before the first copy: a refused model is left as it was.
+  for (const auto& [name, data] : tensors) {
+    const TensorView* t = model.layout.find(name);
+    if (!t)
+      fail(fmt::format("{}: tensor '{}' {} is not in the model (it must contain every tensor of "
+                       "the checkpoint)",
+                       file, name, shape_str(data.shape)));
+    if (data.shape != t->shape)
+      fail(fmt::format("{}: tensor '{}' is {} in the checkpoint and {} in the model", file, name,
+                       shape_str(data.shape), shape_str(t->shape)));
+    if (data.dtype != DType::F32) fail(fmt::format("{}: tensor '{}' is not F32", file, name));
+    const auto v = data.as<float>();
+    if (const auto bad = std::count_if(v.begin(), v.end(), [](float f) { return !std::isfinite(f); });
+        bad > 0)
+      fail(fmt::format("{}: tensor '{}' has {} values that are not finite", file, name, bad));
+  }
+  InitReport r;
+  for (const TensorView& t : model.layout.tensors) {
+    auto it = tensors.find(t.name);
+    if (it == tensors.end()) {
+      r.fresh.push_back(t.name);
+      continue;
+    }
+    const auto v = it->second.as<float>();
+    std::copy(v.begin(), v.end(), model.params.begin() + t.offset);
+    r.loaded.push_back(t.name);
+  }
+  return r;
 }
 
 void checkpoint_check_tokenizer(const std::string& ckpt_dir, const json& trainer_state,

@@ -25,6 +25,21 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
 // trainer state.
 nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model, AdamW<float>* opt);
 
+// What checkpoint_init_from did: the model's tensors read from the checkpoint, and those the
+// checkpoint does not have (left as init_weights made them), both in layout order.
+struct InitReport {
+  std::vector<std::string> loaded, fresh;
+};
+
+// Starts a model from another run's weights ([model] init_from): every tensor of the checkpoint's
+// model.safetensors goes into the model's tensor of the same name. The model must contain the
+// checkpoint: a tensor the model lacks, or one of another shape, is refused naming both shapes.
+// Added tensors (adapters, experts, layers) are what this is for and stay fresh; a config field
+// that changes what equal shapes mean (attention geometry, RoPE, norm eps, SwiGLU clamp, the
+// sliding pattern of the checkpoint's layers, tied embeddings) is refused naming the field.
+// Neither optimizer nor trainer state is read: the run starts at step 0.
+InitReport checkpoint_init_from(const std::string& ckpt_dir, Model<float>& model);
+
 // Refuses a checkpoint whose trainer state records another tokenizer than the one of data_dir
 // (ids of one tokenizer mean nothing to another). Older checkpoints record none and pass.
 void checkpoint_check_tokenizer(const std::string& ckpt_dir, const nlohmann::json& trainer_state,
