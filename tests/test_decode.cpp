@@ -168,7 +168,7 @@ void expect_evaluate_equals_separate_passes(bool moe, int64_t tok_vocab) {
   m.init_weights(21);
   for (int64_t v = tok_vocab; v < V; v++)
     for (int64_t i = 0; i < c.hidden_size; i++)
-      m.params[size_t(m.layout.lm_head + v * c.hidden_size + i)] *= 8.f;
+      m.params[size_t(m.blocks().lm_head + v * c.hidden_size + i)] *= 8.f;
   IdTokenizer tok;
   tok.vocab = tok_vocab;
   EvalSet set;

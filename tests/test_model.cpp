@@ -217,7 +217,7 @@ TEST(Model, RouterEdgeCasesEveryTokenToOneExpertAndIdleExperts) {
   Model<double> m(c, B, T);
   m.init_weights(8);
   for (int64_t l = 0; l < c.num_hidden_layers; l++) {  // expert 1 wins every token
-    double* rb = m.params.data() + m.layout.layers[size_t(l)].router_b;
+    double* rb = m.params.data() + m.blocks().ffn[size_t(l)].router.b;
     rb[0] = 0, rb[1] = 50, rb[2] = 0, rb[3] = 0;
   }
   const Batch b = batch(B * T, c.vocab_size, 9);
@@ -400,3 +400,100 @@ TEST(Model, Bf16LossCurveStaysWithinToleranceOfFp32) {
   std::printf("bf16 vs fp32 over 200 steps: max |loss diff| %.4f, final %.4f vs %.4f\n", diff,
               bf16.back(), f32.back());
 }
+
+// ----------------------------------------------------------------------------
+// The weight seam with low-rank adapters (docs/methods.md §3.9): every linear map runs through
+// weight_forward / weight_backward, which add scale * (x A^T) B^T when a Weight carries adapters.
+namespace {
+
+ModelConfig with_lora(ModelConfig c, int64_t rank) {
+  c.lora.rank = rank;
+  c.lora.alpha = 2.0 * double(rank);  // scale 2: the scale is exercised
+  c.lora.targets = {"self_attn\\.(q|v|o)_proj", "mlp\\.experts\\.(gate_up|down)_proj"};
+  return c;
+}
+
+int64_t lora_tensors(const ParamLayout& p) {
+  return std::count_if(p.tensors.begin(), p.tensors.end(), [](const TensorView& t) {
+    return t.name.find(".lora_") != std::string::npos;
+  });
+}
+
+template <typename T>
+std::vector<T> logits_of(const Model<T>& m) {
+  return {m.logits().begin(), m.logits().end()};
+}
+
+}  // namespace
+
+class LoraSeam : public ::testing::TestWithParam<bool> {};
+
+TEST_P(LoraSeam, ZeroBGivesTheBaseModelsLogitsBitForBit) {
+  const bool moe = GetParam();
+  const ModelConfig bc = tiny(moe), lc = with_lora(bc, 3);
+  const int64_t B = 2, T = 9;
+  Model<float> base(bc, B, T), lora(lc, B, T);
+  base.init_weights(3);
+  lora.init_weights(3);
+  // q, v (slices of the fused projection), o, gate_up, down: A and B each, in both layers
+  EXPECT_EQ(lora_tensors(lora.layout), 2 * 5 * 2);
+  EXPECT_EQ(lora_tensors(base.layout), 0);
+  // adapters are registered after every base tensor: the base starts with the same values
+  ASSERT_TRUE(std::equal(base.params.begin(), base.params.end(), lora.params.begin()));
+  const TensorView* A = lora.layout.find("model.layers.0.self_attn.q_proj.lora_A.weight");
+  ASSERT_NE(A, nullptr);
+  EXPECT_NE(lora.view(*A)[0], 0.f);  // A is random: only B = 0 makes the adapter vanish
+  const Batch b = batch(B * T, bc.vocab_size, 5);
+  const Losses lb = base.forward(b.tokens, b.targets), ll = lora.forward(b.tokens, b.targets);
+  EXPECT_TRUE(same_bits(logits_of(base), logits_of(lora)));
+  EXPECT_EQ(lb.total(), ll.total());
+  Model<double> based(bc, B, T), lorad(lc, B, T);
+  based.init_weights(3);
+  lorad.init_weights(3);
+  based.forward(b.tokens, b.targets);
+  lorad.forward(b.tokens, b.targets);
+  EXPECT_TRUE(same_bits(logits_of(based), logits_of(lorad)));
+}
+
+TEST_P(LoraSeam, GradientsMatchFiniteDifferencesAndFrozenBaseLeavesAdaptersExact) {
+  const bool moe = GetParam();
+  const ModelConfig c = with_lora(tiny(moe), 2);
+  const int64_t B = 2, T = 7;
+  Model<double> m(c, B, T);
+  m.init_weights(3);
+  jitter(m, 4);  // B != 0: the adapters change the output, and every path has a gradient
+  const Batch b = batch(B * T, c.vocab_size, 5);
+  m.zero_grad();
+  m.forward(b.tokens, b.targets);
+  m.backward();
+  const std::vector<double> g = m.grads;
+  for (const TensorView& t : m.layout.tensors) {
+    const bool adapter = t.name.find(".lora_") != std::string::npos;
+    if (!adapter && t.name.find("self_attn.q_proj.weight") == std::string::npos &&
+        t.name.find("experts.down_proj") == std::string::npos)
+      continue;  // the adapters, and base weights they ride on (the rest: ModelFd)
+    std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
+    std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
+    expect_fd(
+        x, gt,
+        [&] {
+          std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+          return m.forward(b.tokens, b.targets).total();
+        },
+        t.name, 1e-6, 2e-5, 1e-8, 100);
+    std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+  }
+  // The base frozen: no base gradient at all, and the adapters' gradients are the same bits.
+  EXPECT_GT(m.layout.set_frozen("^(?!.*lora_)", true), 0);
+  m.zero_grad();
+  m.forward(b.tokens, b.targets);
+  m.backward();
+  for (const TensorView& t : m.layout.tensors)
+    for (int64_t i = 0; i < t.numel; i++) {
+      const double want = t.frozen ? 0.0 : g[size_t(t.offset + i)];
+      ASSERT_EQ(m.grads[size_t(t.offset + i)], want) << t.name << "[" << i << "]";
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAndMoe, LoraSeam, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "moe" : "dense"; });

@@ -229,6 +229,56 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{1, 70, 4, 2, 6, 1, true}));  // window 1: attends to self only
 
 // ----------------------------------------------------------------------------
+// attention_decode: the decoder's step against the reference and against the training kernel's
+// row for the same position (keys and values cached from the same qkv rows).
+TEST_P(AttentionOps, DecodeStepMatchesReferenceAndTrainingRow) {
+  const AttnCase p = GetParam();
+  const K::AttnShape s{p.B, p.T, p.H, p.KV, p.hd, p.window, 1.0 / std::sqrt(double(p.hd))};
+  const int64_t C = (p.H + 2 * p.KV) * p.hd, N = p.B * p.T, OC = p.H * p.hd, L = p.T + 3;
+  const auto qkv = randn(N * C, 11), sinks = randn(p.H, 12);
+  const double* sp = p.sinks ? sinks.data() : nullptr;
+  std::vector<double> K(p.B * p.KV * p.hd * L), V(p.B * L * p.KV * p.hd);  // the cache
+  for (int64_t b = 0; b < p.B; b++)
+    for (int64_t j = 0; j < p.T; j++)
+      for (int64_t i = 0; i < p.KV * p.hd; i++) {
+        const double* row = qkv.data() + (b * p.T + j) * C;
+        K[(b * p.KV * p.hd + i) * L + j] = row[OC + i];
+        V[(b * L + j) * p.KV * p.hd + i] = row[OC + p.KV * p.hd + i];
+      }
+  std::vector<double> full(N * OC), lse(N * p.H);
+  K::attention<double>::forward(full.data(), lse.data(), qkv.data(), sp, s);
+  for (int64_t t : {int64_t(0), p.T / 2, p.T - 1}) {
+    std::vector<double> q(p.B * C), kern(p.B * OC), ref_out(p.B * OC), row(p.B * OC);
+    for (int64_t b = 0; b < p.B; b++) {
+      std::copy_n(qkv.data() + (b * p.T + t) * C, C, q.data() + b * C);
+      std::copy_n(full.data() + (b * p.T + t) * OC, OC, row.data() + b * OC);
+    }
+    K::attention_decode<double>::forward(kern.data(), q.data(), K.data(), V.data(), L, sp, t, s);
+    ref::attention_decode<double>::forward(ref_out.data(), q.data(), K.data(), V.data(), L, sp, t,
+                                           s);
+    expect_close(kern, ref_out, 1e-12, 1e-13, "attention_decode vs reference");
+    expect_close(kern, row, 1e-12, 1e-13, "attention_decode vs the training kernel's row");
+    const auto q32 = cast<float>(q), K32 = cast<float>(K), V32 = cast<float>(V);
+    const auto s32 = cast<float>(sinks);
+    std::vector<float> o32(p.B * OC);
+    K::attention_decode<float>::forward(o32.data(), q32.data(), K32.data(), V32.data(), L,
+                                        p.sinks ? s32.data() : nullptr, t, s);
+    expect_close(o32, ref_out, kRtol32, kAtol32, "attention_decode float vs reference");
+  }
+}
+
+// ----------------------------------------------------------------------------
+TEST(Ops, Add) {
+  const auto a = randn(1000, 1), b = randn(1000, 2);
+  std::vector<double> out(1000), want(1000), inplace = a;
+  K::add<double>::forward(out.data(), a.data(), b.data(), 1000);
+  ref::add<double>::forward(want.data(), a.data(), b.data(), 1000);
+  EXPECT_EQ(out, want);
+  K::add<double>::forward(inplace.data(), inplace.data(), b.data(), 1000);  // out aliases a
+  EXPECT_EQ(inplace, want);
+}
+
+// ----------------------------------------------------------------------------
 TEST(Ops, SwiGlu) {
   const int64_t N = 6, I = 40;
   const double limit = 7.0, alpha = 1.702;

@@ -18,13 +18,11 @@ void gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, T alpha, const T*
 // (AVX512-BF16 dot products with fp32 accumulation; operands rounded to bf16 per call, master
 // weights stay fp32). Attention, losses and the optimizer are fp32 either way.
 enum class Precision { F32, BF16 };
-void gemm_set_precision(Precision p);
-Precision gemm_precision();
 
-// gemm with alpha = 1 at the linear-layer precision (float only; double is always exact).
+// gemm with alpha = 1 at precision p (float only; double is always exact).
 template <typename T>
-void gemm_linear(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+void gemm_linear(Precision p, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const T* A,
+                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
 // The bf16 product itself; beta must be 0 or 1.
 void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

@@ -18,8 +18,6 @@ namespace moelab {
 
 namespace {
 
-Precision g_precision = Precision::F32;
-
 uint16_t bf16_round(float x) {
   const uint32_t u = std::bit_cast<uint32_t>(x);
   return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
@@ -49,13 +47,6 @@ Engine& engine() {
 }
 
 }  // namespace
-
-void gemm_set_precision(Precision p) {
-  g_precision = p;
-}
-Precision gemm_precision() {
-  return g_precision;
-}
 
 void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -100,19 +91,19 @@ void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float*
 }
 
 template <>
-void gemm_linear<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
-                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                        int64_t ldc) {
-  if (g_precision == Precision::BF16)
+void gemm_linear<float>(Precision p, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
+                        const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                        float* C, int64_t ldc) {
+  if (p == Precision::BF16)
     gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
   else
     gemm<float>(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <>
-void gemm_linear<double>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const double* A,
-                         int64_t lda, const double* B, int64_t ldb, double beta, double* C,
-                         int64_t ldc) {
+void gemm_linear<double>(Precision, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
+                         const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                         double* C, int64_t ldc) {
   gemm<double>(ta, tb, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
 }
 

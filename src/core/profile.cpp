@@ -4,11 +4,6 @@
 
 namespace moelab {
 
-Profile& profile() {
-  static Profile p;
-  return p;
-}
-
 void Profile::add(const char* name, double s) {
   for (auto& [n, t] : seconds)
     if (n == name) {
@@ -18,12 +13,12 @@ void Profile::add(const char* name, double s) {
   seconds.emplace_back(name, s);
 }
 
-ProfileScope::ProfileScope(const char* name) : name_(profile().on ? name : nullptr) {
+ProfileScope::ProfileScope(Profile& p, const char* name) : p_(p), name_(p.on ? name : nullptr) {
   if (name_) t0_ = time_now_s();
 }
 
 ProfileScope::~ProfileScope() {
-  if (name_) profile().add(name_, time_now_s() - t0_);
+  if (name_) p_.add(name_, time_now_s() - t0_);
 }
 
 }  // namespace moelab

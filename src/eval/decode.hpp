@@ -1,6 +1,7 @@
 #pragma once
 // Batched greedy decoding with a KV cache: one new token per sequence per step, keys and values
-// of earlier positions kept per layer. Sliding-window layers look back `window` positions and
+// of earlier positions kept per layer. It runs the model's own blocks (the code training runs),
+// with a cache. Sliding-window layers look back `window` positions and
 // sinks join every softmax, exactly as in training (tested equal to full recomputation).
 #include <cstdint>
 #include <functional>
@@ -39,18 +40,22 @@ class Decoder {
                     const std::function<void(int64_t, std::span<const float>)>& visit);
 
   int64_t batch() const { return B_; }
+  Device& device() const { return dev_; }
 
  private:
   const Model<float>& m_;
   const ModelConfig& c_;
+  Device& dev_;
   int64_t B_, L_;
-  std::vector<std::vector<float>> k_, v_;  // per layer: keys [B, KV*hd, L], values [B, L, KV*hd]
-  std::vector<float> x_, xn_, qkv_, att_, tmp_, rstd_, logits_;
-  std::vector<float> h_, a_, y_, xe_, rl_, w_;
-  std::vector<int32_t> idx_, order_, pos_;
-  std::vector<int64_t> off_;
-  std::vector<float> cos_, sin_;  // [L, hd/2]
-  std::vector<float> lse_, head_in_;
+  std::vector<KvCache<float>> cache_;  // per layer
+  // one set of block buffers serves every layer: nothing is kept for a backward pass
+  AttentionBlock<float>::Acts attn_acts_;
+  AttentionBlock<float>::Work attn_work_;
+  FfnBlock<float>::Acts ffn_acts_;
+  FfnBlock<float>::Work ffn_work_;
+  Buffer<float> x_;          // [B*n, d] the residual stream
+  Buffer<float> cos_, sin_;  // [L, hd/2]
+  Buffer<float> head_in_, xn_, rstd_, logits_;
 
   // One pass over all layers for rows of n positions per sequence starting at pos0 (n = 1: any
   // pos0, attention over the cache; n > 1: pos0 = 0, the tiled attention kernel).
@@ -59,9 +64,6 @@ class Decoder {
   void layers(std::span<const int32_t> tokens, int64_t n, int64_t pos0);  // leaves x_ [B*n, d]
   std::span<const float> head(int64_t n, int64_t from);  // logits of positions from..n-1
   void head_rows(std::span<const int64_t> rows);         // logits_ [rows, V] of rows of x_
-  // out [B, H*hd] for the single new position t; q from qkv [B, C], keys and values cached.
-  void attend_one(float* out, const float* qkv, const float* K, const float* Vc, const float* sinks,
-                  int64_t t, int64_t window, float scale) const;
 };
 
 }  // namespace moelab

@@ -458,7 +458,7 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       for (int64_t r = 0; r < 2 * B; r++) gen[size_t(r * T + i)] = next[size_t(r)];
       if (i + 1 == T) break;
       const auto logits = dec.step(next, P + i);
-      ProfileScope prof("step argmax");
+      ProfileScope prof(dec.device().profile, "step argmax");
 #pragma omp parallel for schedule(static) if (B * V >= (1 << 17))
       for (int64_t r = 0; r < 2 * B; r++)
         next[size_t(r)] = logits_argmax(logits.data() + r * V, Vd);

@@ -10,6 +10,8 @@
 // (=) unless the comment says +=.
 #include <cstdint>
 
+#include "core/gemm.hpp"
+
 namespace moelab::kernels {
 
 // ----------------------------------------------------------------------------
@@ -42,12 +44,13 @@ enum class WLayout { OutIn, InOut };
 
 template <typename T>
 struct linear {
-  // out [N,O], x [N,I], b [O] or null
+  // out [N,O], x [N,I], b [O] or null; the products at precision p (float only)
   static void forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
-                      WLayout layout);
+                      WLayout layout, Precision p = Precision::F32);
   // dx [N,I] (= , or += if dx_accumulate; null to skip), dW += (null if frozen), db [O] +=
   static void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N,
-                       int64_t I, int64_t O, WLayout layout, bool dx_accumulate = false);
+                       int64_t I, int64_t O, WLayout layout, bool dx_accumulate = false,
+                       Precision p = Precision::F32);
 };
 
 // ----------------------------------------------------------------------------
@@ -91,6 +94,17 @@ struct attention {
   // dqkv [B*T, (H+2KV)*hd] =, dsinks [H] += (null if frozen or no sinks)
   static void backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, const T* sinks,
                        const T* out, const T* lse, const AttnShape& s);
+};
+
+// attention_decode: one new position per sequence against a key/value cache (the KV-cache
+// decoder's step). Same arithmetic as attention::forward's row for that position.
+
+template <typename T>
+struct attention_decode {
+  // out [B, H*hd] for position t of each sequence; q from qkv [B, (H+2KV)*hd]; keys [B,KV,hd,L]
+  // and values [B,L,KV*hd] hold positions 0..t (t included); s.T is unused, s.B sequences.
+  static void forward(T* out, const T* qkv, const T* K, const T* V, int64_t L, const T* sinks,
+                      int64_t t, const AttnShape& s);
 };
 
 // ----------------------------------------------------------------------------
@@ -171,6 +185,34 @@ struct cross_entropy {
   // dlogits [N,V] = scale * (softmax - onehot); may alias logits (in place)
   static void backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, int64_t N,
                        int64_t V, double scale);
+};
+
+// ----------------------------------------------------------------------------
+// add: the residual connection, out = a + b (out may alias a or b)
+
+template <typename T>
+struct add {
+  // out, a, b [n]
+  static void forward(T* out, const T* a, const T* b, int64_t n);
+};
+
+// ----------------------------------------------------------------------------
+// every op for one scalar type, for backends' op tables (backend/device.hpp)
+
+template <typename T>
+struct Kernels {
+  using embedding = kernels::embedding<T>;
+  using rmsnorm = kernels::rmsnorm<T>;
+  using linear = kernels::linear<T>;
+  using rope = kernels::rope<T>;
+  using attention = kernels::attention<T>;
+  using attention_decode = kernels::attention_decode<T>;
+  using swiglu = kernels::swiglu<T>;
+  using router = kernels::router<T>;
+  using moe_gather = kernels::moe_gather<T>;
+  using moe_combine = kernels::moe_combine<T>;
+  using cross_entropy = kernels::cross_entropy<T>;
+  using add = kernels::add<T>;
 };
 
 }  // namespace moelab::kernels

@@ -32,7 +32,7 @@ void colsum_add(T* db, const T* dout, int64_t N, int64_t O) {
 
 template <typename T>
 void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
-                        WLayout layout) {
+                        WLayout layout, Precision p) {
   if (N == 0) return;
   if (b) {
 #pragma omp parallel for schedule(static) if (parallel_worth(N * O))
@@ -40,19 +40,19 @@ void linear<T>::forward(T* out, const T* x, const T* W, const T* b, int64_t N, i
   }
   const T beta = b ? T(1) : T(0);
   if (layout == WLayout::OutIn)
-    gemm_linear<T>(Trans::N, Trans::T, N, O, I, x, I, W, I, beta, out, O);
+    gemm_linear<T>(p, Trans::N, Trans::T, N, O, I, x, I, W, I, beta, out, O);
   else
-    gemm_linear<T>(Trans::N, Trans::N, N, O, I, x, I, W, O, beta, out, O);
+    gemm_linear<T>(p, Trans::N, Trans::N, N, O, I, x, I, W, O, beta, out, O);
 }
 
 template <typename T>
 void linear<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N,
-                         int64_t I, int64_t O, WLayout layout, bool dx_accumulate) {
+                         int64_t I, int64_t O, WLayout layout, bool dx_accumulate, Precision p) {
   if (N == 0) return;
   const T beta = dx_accumulate ? T(1) : T(0);
   if (layout == WLayout::OutIn) {
-    if (dx) gemm_linear<T>(Trans::N, Trans::N, N, I, O, dout, O, W, I, beta, dx, I);
-    if (dW) gemm_linear<T>(Trans::T, Trans::N, O, I, N, dout, O, x, I, T(1), dW, I);
+    if (dx) gemm_linear<T>(p, Trans::N, Trans::N, N, I, O, dout, O, W, I, beta, dx, I);
+    if (dW) gemm_linear<T>(p, Trans::T, Trans::N, O, I, N, dout, O, x, I, T(1), dW, I);
   } else {
     if (dx && O > I && N >= O) {
       // dout W^T with a wide W: oneDNN's NT kernel scales poorly past one thread here (293 vs
@@ -62,11 +62,11 @@ void linear<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T
 #pragma omp parallel for schedule(static) if (parallel_worth(I * O))
       for (int64_t o = 0; o < O; o++)
         for (int64_t i = 0; i < I; i++) w[o * I + i] = W[i * O + o];
-      gemm_linear<T>(Trans::N, Trans::N, N, I, O, dout, O, wt.data(), I, beta, dx, I);
+      gemm_linear<T>(p, Trans::N, Trans::N, N, I, O, dout, O, wt.data(), I, beta, dx, I);
     } else if (dx) {
-      gemm_linear<T>(Trans::N, Trans::T, N, I, O, dout, O, W, O, beta, dx, I);
+      gemm_linear<T>(p, Trans::N, Trans::T, N, I, O, dout, O, W, O, beta, dx, I);
     }
-    if (dW) gemm_linear<T>(Trans::T, Trans::N, I, O, N, x, I, dout, O, T(1), dW, O);
+    if (dW) gemm_linear<T>(p, Trans::T, Trans::N, I, O, N, x, I, dout, O, T(1), dW, O);
   }
   if (db) colsum_add(db, dout, N, O);
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "core/error.hpp"
@@ -52,6 +53,28 @@ struct Reader {
     return v.get<std::string>();
   }
 };
+
+void parse_lora(ModelConfig& c, const json& v, std::string_view src) {
+  if (v.is_null()) return;
+  if (!v.is_object()) fail(fmt::format("{}: 'lora' must be an object or null", src));
+  const std::string sub = fmt::format("{}: lora", src);
+  Reader r{v, sub};
+  for (auto& [key, t] : v.items()) {
+    if (key == "rank")
+      c.lora.rank = r.integer(key);
+    else if (key == "alpha")
+      c.lora.alpha = r.number(key);
+    else if (key == "targets") {
+      if (!t.is_array()) r.bad(key, "must be an array of regular expressions");
+      c.lora.targets.clear();
+      for (const json& e : t) {
+        if (!e.is_string()) r.bad(key, "must be an array of regular expressions");
+        c.lora.targets.push_back(e.get<std::string>());
+      }
+    } else
+      r.bad(key, "is not a known key");
+  }
+}
 
 void parse_rope_scaling(ModelConfig& c, const json& v, std::string_view src) {
   if (v.is_null()) return;
@@ -162,6 +185,8 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
       c.rope_theta = r.number(key);
     else if (key == "rope_scaling")
       parse_rope_scaling(c, v, src);
+    else if (key == "lora")
+      parse_lora(c, v, src);
     else if (key == "max_position_embeddings")
       c.max_position_embeddings = r.integer(key);
     else if (key == "rms_norm_eps")
@@ -251,6 +276,17 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
   need(c.router_z_loss_coef >= 0, "'router_z_loss_coef' must be >= 0");
   need(c.initializer_range > 0, "'initializer_range' must be positive");
+  if (c.lora.rank != 0 || !c.lora.targets.empty()) {
+    need(c.lora.rank >= 1 && c.lora.rank <= 65536, "'lora.rank' must be in [1, 65536]");
+    need(std::isfinite(c.lora.alpha) && c.lora.alpha >= 0,
+         "'lora.alpha' must be a finite number >= 0");
+    need(!c.lora.targets.empty(), "'lora.targets' must name at least one weight pattern");
+    for (const std::string& t : c.lora.targets) try {
+        (void)std::regex(t);
+      } catch (const std::regex_error&) {
+        need(false, fmt::format("'lora.targets': '{}' is not a valid regular expression", t));
+      }
+  }
 }
 
 json config_to_json(const ModelConfig& c) {
@@ -289,6 +325,8 @@ json config_to_json(const ModelConfig& c) {
                          {"truncate", false}};
   else
     j["rope_scaling"] = nullptr;
+  if (c.lora.rank > 0)
+    j["lora"] = {{"rank", c.lora.rank}, {"alpha", c.lora.alpha}, {"targets", c.lora.targets}};
   return j;
 }
 

@@ -10,7 +10,21 @@
 
 namespace moelab {
 
-enum class FfnType { Dense, Moe };
+// What a layer's feed-forward block computes, the one switch for it (FfnBlock): dense, or a
+// routed mixture of experts. A one-expert MoE keeps its router tensors (as in Hugging Face files)
+// but computes as dense: its router has one choice, of weight 1.
+enum class FfnKind { Dense, Moe };
+using FfnType = FfnKind;  // the JSON key is "ffn_type"
+
+// Low-rank adapters on linear maps (docs/methods.md §3.9): W x + (alpha / rank) B A x, B = 0 at
+// the start. Targets are regexes on the weight names (e.g. "self_attn\\.(q|v)_proj",
+// "mlp\\.experts").
+struct LoraConfig {
+  int64_t rank = 0;  // 0: no adapters
+  double alpha = 0;  // 0: alpha = rank (scale 1)
+  std::vector<std::string> targets;
+  double scale() const { return alpha > 0 ? alpha / double(rank) : 1.0; }
+};
 
 struct ModelConfig {
   int64_t vocab_size = 8192;
@@ -40,6 +54,7 @@ struct ModelConfig {
   double router_z_loss_coef = 0.001;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
+  LoraConfig lora;
 
   bool is_moe() const { return ffn_type == FfnType::Moe; }
 };

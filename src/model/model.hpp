@@ -1,13 +1,17 @@
 #pragma once
-// The gpt-oss-style transformer: forward and backward by calling the kernels in order and in
-// reverse (no autograd). Dense (E = 1) and MoE take the same path; with E = 1 there is no
-// routing at all, so a one-expert MoE is bit-for-bit the dense model.
+// The gpt-oss-style transformer: an embedding, L layers of (attention block, FFN block), a final
+// norm and the LM head; forward and backward call the blocks in order and in reverse (no
+// autograd). Dense (E = 1) and MoE take the same path; with E = 1 there is no routing at all, so
+// a one-expert MoE is bit-for-bit the dense model. Each block registers its own tensors,
+// owns its activations' shapes and its forward/backward pair (attention_block, ffn_block).
 #include <cstdint>
 #include <span>
 #include <vector>
 
-#include "kernels/kernels.hpp"
+#include "backend/device.hpp"
+#include "model/attention_block.hpp"
 #include "model/config.hpp"
+#include "model/ffn_block.hpp"
 #include "model/params.hpp"
 
 namespace moelab {
@@ -19,10 +23,19 @@ struct Losses {
   double total() const { return lm + aux + z; }
 };
 
+// Where every block's tensors sit: built by the blocks' registration, in Hugging Face order,
+// adapters last (so that adding them changes no base tensor's place or initial value).
+struct ModelParams {
+  int64_t embed = -1, norm = -1, lm_head = -1;  // lm_head == embed when tied
+  std::vector<AttentionParams> attn;
+  std::vector<FfnParams> ffn;
+};
+ModelParams model_register(ParamLayout& p, const ModelConfig& c);
+
 template <typename T>
 class Model {
  public:
-  Model(const ModelConfig& cfg, int64_t batch, int64_t seq);
+  Model(const ModelConfig& cfg, int64_t batch, int64_t seq, Device& dev = device_cpu());
 
   void init_weights(uint64_t seed);
   // tokens, targets [B*T]; a target < 0 is ignored. Saves what backward needs.
@@ -32,12 +45,20 @@ class Model {
   void backward();
   void zero_grad();
 
-  std::span<const T> logits() const { return act_.logits; }  // [B*T, V] after forward
+  std::span<const T> logits() const { return act_.logits.span(); }  // [B*T, V] after forward
   std::span<T> view(const TensorView& t) { return {params.data() + t.offset, size_t(t.numel)}; }
   // Per MoE layer and expert: the share of the B*T*k assignments of the last forward.
   std::vector<std::vector<double>> expert_load() const;
   // Bytes of activations and scratch held for the current shape.
   int64_t activation_bytes() const;
+
+  // The blocks, for code that runs them with other buffers (the KV-cache decoder).
+  const std::vector<AttentionBlock<T>>& attention_blocks() const { return attn_; }
+  const std::vector<FfnBlock<T>>& ffn_blocks() const { return ffn_; }
+  const ModelParams& blocks() const { return mp_; }
+  Device& device() const { return *dev_; }
+  // The block context over this model's parameters (and gradients, for training).
+  Ctx<T> ctx(bool with_grads);
 
   ModelConfig cfg;
   ParamLayout layout;
@@ -47,60 +68,29 @@ class Model {
   int64_t N;              // B * Tq tokens
 
  private:
-  struct LayerActs {
-    std::vector<T> res;            // [N,d]   residual stream entering the layer
-    std::vector<T> rstd1;          // [N]
-    std::vector<T> xn1;            // [N,d]   attention norm output
-    std::vector<T> qkv;            // [N,(H+2KV)*hd] after RoPE
-    std::vector<T> att;            // [N,H*hd] attention output before o_proj
-    std::vector<T> lse;            // [N,H]
-    std::vector<T> mid;            // [N,d]   residual after attention
-    std::vector<T> rstd2;          // [N]
-    std::vector<T> xn2;            // [N,d]   MLP norm output
-    std::vector<T> rlogits;        // [N,E]  router logits (E > 1)
-    std::vector<int32_t> idx;      // [N,k]
-    std::vector<T> w;              // [N,k]  routing weights
-    std::vector<int32_t> order;    // [N*k]
-    std::vector<int32_t> pos;      // [N*k]
-    std::vector<int64_t> offsets;  // [E+1]
-    std::vector<T> xe;             // [N*k,d]  expert inputs, sorted by expert (E > 1)
-    std::vector<T> h;              // [N*k,2I] gate_up output
-    std::vector<T> a;              // [N*k,I]  swiglu output
-    std::vector<T> y;              // [N*k,d]  expert outputs
-  };
   struct Acts {
-    std::vector<LayerActs> layers;
-    std::vector<T> res_final;              // [N,d]
-    std::vector<T> rstd_f;                 // [N]
-    std::vector<T> xn_f;                   // [N,d]
-    std::vector<T> logits;                 // [N,V]
-    std::vector<T> lse;                    // [N]
+    std::vector<typename AttentionBlock<T>::Acts> attn;  // per layer
+    std::vector<typename FfnBlock<T>::Acts> ffn;         // per layer
+    Buffer<T> stream;  // [2L+1, N, d] the residual stream: input, after each block
+    Buffer<T> rstd_f;  // [N]
+    Buffer<T> xn_f;    // [N,d]
+    Buffer<T> logits;  // [N,V]
+    Buffer<T> lse;     // [N]
+    Buffer<T> dres;    // [N,d] d(residual stream), backward
+    Buffer<T> dxn;     // [N,d]
     std::vector<int32_t> tokens, targets;  // [N]
     int64_t n_valid = 0;
   };
-  struct Scratch {        // reused by every layer in backward
-    std::vector<T> dres;  // [N,d]
-    std::vector<T> dxn;   // [N,d]
-    std::vector<T> tmp;   // [N,d]
-    std::vector<T> dqkv;  // [N,(H+2KV)*hd]
-    std::vector<T> datt;  // [N,H*hd]
-    std::vector<T> drl;   // [N,E]
-    std::vector<T> dw;    // [N,k]
-    std::vector<T> dy;    // [N*k,d]
-    std::vector<T> da;    // [N*k,I]
-    std::vector<T> dh;    // [N*k,2I]
-    std::vector<T> dxe;   // [N*k,d]
-  };
+  T* stream(int64_t i) { return act_.stream.data() + i * N * cfg.hidden_size; }
 
-  kernels::AttnShape attn_shape(int64_t layer) const;
-  kernels::MoeRouting routing(const LayerActs& a) const;
-  T* grad_or_null(int64_t offset, int64_t n);
-  void ffn_forward(int64_t l, LayerActs& a, T* out);
-  void ffn_backward(int64_t l, LayerActs& a, const T* dout, T* dxn);
-
+  Device* dev_;
+  ModelParams mp_;
+  std::vector<AttentionBlock<T>> attn_;
+  std::vector<FfnBlock<T>> ffn_;
   Acts act_;
-  Scratch s_;
-  std::vector<T> rope_cos_, rope_sin_;  // [T, hd/2]
+  typename AttentionBlock<T>::Work attn_work_;
+  typename FfnBlock<T>::Work ffn_work_;
+  Buffer<T> rope_cos_, rope_sin_;  // [T, hd/2]
   bool have_forward_ = false;
 };
 

@@ -23,16 +23,14 @@ struct TensorView {
   bool frozen = false;  // no parameter gradient, skipped by the optimizer
 };
 
-// Offsets of one layer's tensors; -1 where the config has no such tensor.
-struct LayerOffsets {
-  int64_t ln1, qkv_w, qkv_b, o_w, o_b, sinks, ln2, router_w, router_b, w1, b1, w2, b2;
-};
-
+// The model's tensors in registration order. Blocks register their own tensors (add) and keep
+// the offsets; nothing here knows what a layer is made of.
 struct ParamLayout {
   std::vector<TensorView> tensors;
-  std::vector<LayerOffsets> layers;
-  int64_t embed = -1, norm = -1, lm_head = -1;  // lm_head == embed when tied
   int64_t total = 0;
+
+  // Appends a tensor of this shape; returns its offset in the flat buffer.
+  int64_t add(std::string name, std::vector<int64_t> shape, Init init, bool decay);
 
   const TensorView* find(std::string_view name) const;
   // Freezes (or unfreezes) every tensor whose name matches the ECMAScript regex; returns the
@@ -43,6 +41,7 @@ struct ParamLayout {
   bool frozen_range(int64_t begin, int64_t n) const;
 };
 
+// The layout of a config's model: every block's tensors (model.cpp, model_register).
 ParamLayout layout_build(const ModelConfig& c);
 
 }  // namespace moelab

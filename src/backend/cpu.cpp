@@ -1,0 +1,86 @@
+// The CPU backend: the kernels of src/kernels (OpenMP, oneDNN / OpenBLAS GEMM) and 64-byte
+// aligned host memory.
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "backend/device.hpp"
+#include "core/error.hpp"
+
+namespace moelab {
+
+namespace {
+
+template <typename T>
+Ops<T> cpu_ops() {
+  using K = kernels::Kernels<T>;
+  return {&K::embedding::forward,
+          &K::embedding::backward,
+          &K::rmsnorm::forward,
+          &K::rmsnorm::backward,
+          &K::linear::forward,
+          &K::linear::backward,
+          &K::rope::tables,
+          &K::rope::forward,
+          &K::rope::backward,
+          &K::attention::forward,
+          &K::attention::backward,
+          &K::attention_decode::forward,
+          &K::swiglu::forward,
+          &K::swiglu::backward,
+          &K::router::forward,
+          &K::router::backward,
+          &K::router::loss_forward,
+          &K::router::loss_backward,
+          &kernels::moe_sort,
+          &K::moe_gather::forward,
+          &K::moe_gather::backward,
+          &K::moe_combine::forward,
+          &K::moe_combine::backward,
+          &K::cross_entropy::forward,
+          &K::cross_entropy::backward,
+          &K::add::forward,
+          &gemm_linear<T>};
+}
+
+class CpuDevice final : public Device {
+ public:
+  std::string name() const override { return "cpu"; }
+  void* allocate(size_t bytes) override {
+    constexpr size_t kAlign = 64;  // a cache line, and one AVX-512 register
+    const size_t n = (bytes + kAlign - 1) / kAlign * kAlign;
+    void* p = std::aligned_alloc(kAlign, n);
+    if (!p) fail(fmt::format("out of memory allocating {} bytes", bytes));
+    std::memset(p, 0, n);
+    return p;
+  }
+  void release(void* p) override { std::free(p); }
+  const Ops<float>& ops_f32() const override { return f32_; }
+  const Ops<double>& ops_f64() const override { return f64_; }
+
+ private:
+  Ops<float> f32_ = cpu_ops<float>();
+  Ops<double> f64_ = cpu_ops<double>();
+};
+
+}  // namespace
+
+Device& device_cpu() {
+  static CpuDevice dev;
+  return dev;
+}
+
+Profile& profile() {
+  return device_cpu().profile;
+}
+
+void gemm_set_precision(Precision p) {
+  device_cpu().precision = p;
+}
+
+Precision gemm_precision() {
+  return device_cpu().precision;
+}
+
+}  // namespace moelab

@@ -1,0 +1,129 @@
+#pragma once
+// The backend seam. A Device is the context every model, decoder and trainer runs on: it
+// allocates the buffers (Buffer<T>), holds what would otherwise be process globals (the GEMM
+// precision of the linear layers, the per-op profile) and hands out its op table (Ops<T>).
+// Model, train and eval code call ops only through the table, so a new backend (say CUDA) is a
+// new table and a new allocator here; none of their code changes. README, "Backends".
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "core/gemm.hpp"
+#include "core/profile.hpp"
+#include "kernels/kernels.hpp"
+
+namespace moelab {
+
+// ----------------------------------------------------------------------------
+// the op table: one entry per kernel, each with the kernel's exact signature (kernels.hpp)
+
+template <typename T>
+struct Ops {
+  using K = kernels::Kernels<T>;
+  decltype(&K::embedding::forward) embedding_forward;
+  decltype(&K::embedding::backward) embedding_backward;
+  decltype(&K::rmsnorm::forward) rmsnorm_forward;
+  decltype(&K::rmsnorm::backward) rmsnorm_backward;
+  decltype(&K::linear::forward) linear_forward;
+  decltype(&K::linear::backward) linear_backward;
+  decltype(&K::rope::tables) rope_tables;
+  decltype(&K::rope::forward) rope_forward;
+  decltype(&K::rope::backward) rope_backward;
+  decltype(&K::attention::forward) attention_forward;
+  decltype(&K::attention::backward) attention_backward;
+  decltype(&K::attention_decode::forward) attention_decode;
+  decltype(&K::swiglu::forward) swiglu_forward;
+  decltype(&K::swiglu::backward) swiglu_backward;
+  decltype(&K::router::forward) router_forward;
+  decltype(&K::router::backward) router_backward;
+  decltype(&K::router::loss_forward) router_loss_forward;
+  decltype(&K::router::loss_backward) router_loss_backward;
+  decltype(&kernels::moe_sort) moe_sort;
+  decltype(&K::moe_gather::forward) moe_gather_forward;
+  decltype(&K::moe_gather::backward) moe_gather_backward;
+  decltype(&K::moe_combine::forward) moe_combine_forward;
+  decltype(&K::moe_combine::backward) moe_combine_backward;
+  decltype(&K::cross_entropy::forward) cross_entropy_forward;
+  decltype(&K::cross_entropy::backward) cross_entropy_backward;
+  decltype(&K::add::forward) add;
+  decltype(&gemm_linear<T>) gemm;  // C = op(A) op(B) + beta C at the given precision
+};
+
+// ----------------------------------------------------------------------------
+// the device
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual std::string name() const = 0;
+  // Zero-filled memory for n bytes, aligned for vector loads; release frees it.
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+  virtual const Ops<float>& ops_f32() const = 0;
+  virtual const Ops<double>& ops_f64() const = 0;
+
+  template <typename T>
+  const Ops<T>& ops() const {
+    if constexpr (sizeof(T) == sizeof(float))
+      return ops_f32();
+    else
+      return ops_f64();
+  }
+
+  Precision precision = Precision::F32;  // linear-layer products in float (double: always exact)
+  Profile profile;                       // per-op seconds when profile.on
+};
+
+// The CPU device (oneDNN / OpenBLAS GEMM, OpenMP kernels): what every command runs on.
+Device& device_cpu();
+
+// ----------------------------------------------------------------------------
+// Buffer: an owning array on a device, zero-filled; the activations and scratch of the blocks.
+
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Device& dev, int64_t n) { resize(dev, n); }
+  // Reallocates to n zeroed elements (contents are not kept); a no-op when the size matches.
+  void resize(Device& dev, int64_t n) {
+    if (n == n_ && dev_ == &dev) return;
+    p_.reset();
+    n_ = 0;
+    if (n > 0) {
+      p_ = Ptr(static_cast<T*>(dev.allocate(size_t(n) * sizeof(T))), Free{&dev});
+      n_ = n;
+    }
+    dev_ = &dev;
+  }
+  // Grows to at least n elements (the decoder alternates between prefill and single steps).
+  void grow(Device& dev, int64_t n) {
+    if (n > n_) resize(dev, n);
+  }
+  T* data() { return p_.get(); }
+  const T* data() const { return p_.get(); }
+  int64_t size() const { return n_; }
+  int64_t bytes() const { return n_ * int64_t(sizeof(T)); }
+  std::span<T> span() { return {p_.get(), size_t(n_)}; }
+  std::span<const T> span() const { return {p_.get(), size_t(n_)}; }
+  T& operator[](int64_t i) { return p_.get()[i]; }
+  const T& operator[](int64_t i) const { return p_.get()[i]; }
+
+ private:
+  struct Free {
+    Device* dev;
+    void operator()(T* p) const { dev->release(p); }
+  };
+  using Ptr = std::unique_ptr<T, Free>;
+  Ptr p_{nullptr, Free{nullptr}};
+  int64_t n_ = 0;
+  Device* dev_ = nullptr;
+};
+
+// The linear-layer precision of the CPU device (commands and tests that set it process-wide).
+void gemm_set_precision(Precision p);
+Precision gemm_precision();
+
+}  // namespace moelab

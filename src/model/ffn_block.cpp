@@ -1,0 +1,248 @@
+#include "model/ffn_block.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "core/error.hpp"
+#include "core/profile.hpp"
+
+namespace moelab {
+
+using kernels::WLayout;
+
+// ----------------------------------------------------------------------------
+// parameters
+
+FfnKind ffn_kind(const ModelConfig& c) {
+  return c.num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
+}
+
+FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l) {
+  const int64_t d = c.hidden_size, E = c.num_local_experts, I = c.intermediate_size;
+  const std::string pre = fmt::format("model.layers.{}.", l);
+  FfnParams f;
+  f.layer = l;
+  f.kind = ffn_kind(c);
+  f.ln = p.add(pre + "post_attention_layernorm.weight", {d}, Init::Ones, false);
+  if (c.is_moe()) {  // Hugging Face MoE files carry a router, even for one expert
+    f.router = {.in = d, .out = E};
+    f.router.w = p.add(pre + "mlp.router.weight", {E, d}, Init::Normal, true);
+    f.router.b = p.add(pre + "mlp.router.bias", {E}, Init::Zeros, false);
+  }
+  f.up = {.in = d, .out = 2 * I, .layout = WLayout::InOut, .experts = E};
+  f.up.w = p.add(pre + "mlp.experts.gate_up_proj", {E, d, 2 * I}, Init::Normal, true);
+  f.up.b = p.add(pre + "mlp.experts.gate_up_proj_bias", {E, 2 * I}, Init::Zeros, false);
+  f.down = {.in = I, .out = d, .layout = WLayout::InOut, .experts = E};
+  f.down.w = p.add(pre + "mlp.experts.down_proj", {E, I, d}, Init::NormalScaled, true);
+  f.down.b = p.add(pre + "mlp.experts.down_proj_bias", {E, d}, Init::Zeros, false);
+  return f;
+}
+
+void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
+  const std::string pre = fmt::format("model.layers.{}.mlp.experts.", f.layer);
+  weight_register_lora(f.up, p, c.lora, {{pre + "gate_up_proj", f.up.out}});
+  weight_register_lora(f.down, p, c.lora, {{pre + "down_proj", f.down.out}});
+}
+
+// ----------------------------------------------------------------------------
+// buffers
+
+template <typename T>
+int64_t FfnBlock<T>::Acts::bytes() const {
+  return rstd.bytes() + xn.bytes() + rlogits.bytes() + idx.bytes() + w.bytes() + order.bytes() +
+         pos.bytes() + offsets.bytes() + xe.bytes() + h.bytes() + a.bytes() + y.bytes() +
+         up_xa.bytes() + down_xa.bytes();
+}
+
+template <typename T>
+int64_t FfnBlock<T>::Work::bytes() const {
+  return tmp.bytes() + dxn.bytes() + drl.bytes() + dw.bytes() + dy.bytes() + da.bytes() +
+         dh.bytes() + dxe.bytes() + dxa.bytes();
+}
+
+template <typename T>
+void FfnBlock<T>::reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backward) const {
+  const ModelConfig& c = *c_;
+  const int64_t d = c.hidden_size, E = c.num_local_experts, k = c.num_experts_per_tok;
+  const int64_t I = c.intermediate_size, R = N * k;
+  const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
+  const bool moe = p_.kind == FfnKind::Moe;
+  a.rstd.grow(dev, N), a.xn.grow(dev, N * d), a.h.grow(dev, R * 2 * I), a.a.grow(dev, R * I);
+  a.up_xa.grow(dev, R * ru), a.down_xa.grow(dev, R * rd);
+  if (moe) {
+    a.rlogits.grow(dev, N * E), a.idx.grow(dev, R), a.w.grow(dev, R), a.order.grow(dev, R);
+    a.pos.grow(dev, R), a.offsets.grow(dev, E + 1), a.xe.grow(dev, R * d), a.y.grow(dev, R * d);
+  }
+  w.tmp.grow(dev, N * d);
+  if (!backward) return;
+  w.dxn.grow(dev, N * d), w.da.grow(dev, R * I), w.dh.grow(dev, R * 2 * I);
+  w.dxa.grow(dev, R * std::max(ru, rd));
+  if (moe) w.drl.grow(dev, N * E), w.dw.grow(dev, R), w.dy.grow(dev, R * d), w.dxe.grow(dev, R * d);
+}
+
+template <typename T>
+kernels::MoeRouting FfnBlock<T>::routing(const Acts& a, int64_t N) const {
+  return {N,
+          c_->num_local_experts,
+          c_->num_experts_per_tok,
+          a.order.data(),
+          a.pos.data(),
+          a.offsets.data()};
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+// yout [R,d] = down(swiglu(up(xin))) per expert on its rows (dense: one expert, all rows).
+template <typename T>
+void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* yout,
+                                  int64_t R) const {
+  const ModelConfig& cf = *c_;
+  const int64_t d = cf.hidden_size, I = cf.intermediate_size;
+  const bool moe = p_.kind == FfnKind::Moe;
+  const int64_t E = moe ? cf.num_local_experts : 1;
+  const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
+  auto rows = [&](int64_t e) {
+    return moe ? std::pair{a.offsets[e], a.offsets[e + 1] - a.offsets[e]} : std::pair{0L, R};
+  };
+  Profile& prof = c.dev.profile;
+  {
+    ProfileScope ps(prof, "expert gemm fwd");
+    for (int64_t e = 0; e < E; e++) {
+      const auto [r0, n] = rows(e);
+      weight_forward(c, p_.up, e, a.h.data() + r0 * 2 * I, xin + r0 * d, n,
+                     a.up_xa.data() + r0 * ru);
+    }
+  }
+  {
+    ProfileScope ps(prof, "swiglu fwd");
+    c.op.swiglu_forward(a.a.data(), a.h.data(), R, I, cf.swiglu_limit, cf.swiglu_alpha);
+  }
+  ProfileScope ps(prof, "expert gemm fwd");
+  for (int64_t e = 0; e < E; e++) {
+    const auto [r0, n] = rows(e);
+    weight_forward(c, p_.down, e, yout + r0 * d, a.a.data() + r0 * I, n,
+                   a.down_xa.data() + r0 * rd);
+  }
+}
+
+template <typename T>
+kernels::RouterLosses FfnBlock<T>::forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T* x_out,
+                                           int64_t N) const {
+  const ModelConfig& cf = *c_;
+  const int64_t d = cf.hidden_size, E = cf.num_local_experts, k = cf.num_experts_per_tok;
+  Profile& prof = c.dev.profile;
+  {
+    ProfileScope ps(prof, "rmsnorm fwd");
+    c.op.rmsnorm_forward(a.xn.data(), a.rstd.data(), x, c.P + p_.ln, N, d, cf.rms_norm_eps);
+  }
+  kernels::RouterLosses losses;
+  if (p_.kind == FfnKind::Dense) {
+    experts_forward(c, a, a.xn.data(), w.tmp.data(), N);
+  } else {
+    {
+      ProfileScope ps(prof, "router fwd");
+      weight_forward<T>(c, p_.router, 0, a.rlogits.data(), a.xn.data(), N, nullptr);
+      c.op.router_forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
+      c.op.moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
+    }
+    const kernels::MoeRouting r = routing(a, N);
+    {
+      ProfileScope ps(prof, "moe dispatch fwd");
+      c.op.moe_gather_forward(a.xe.data(), a.xn.data(), r, d);
+    }
+    experts_forward(c, a, a.xe.data(), a.y.data(), N * k);
+    ProfileScope ps(prof, "moe dispatch fwd");
+    c.op.moe_combine_forward(w.tmp.data(), a.y.data(), a.w.data(), r, d);
+    losses = c.op.router_loss_forward(a.rlogits.data(), a.idx.data(), N, E, k,
+                                      cf.router_aux_loss_coef, cf.router_z_loss_coef);
+  }
+  ProfileScope ps(prof, "residual fwd");
+  c.op.add(x_out, x, w.tmp.data(), N * d);
+  return losses;
+}
+
+// ----------------------------------------------------------------------------
+// backward
+
+// dxin [R,d] = d(xin) from dy [R,d], the experts' parameter gradients accumulated.
+template <typename T>
+void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* xin, T* dxin,
+                                   const T* dy, int64_t R) const {
+  const ModelConfig& cf = *c_;
+  const int64_t d = cf.hidden_size, I = cf.intermediate_size;
+  const bool moe = p_.kind == FfnKind::Moe;
+  const int64_t E = moe ? cf.num_local_experts : 1;
+  const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
+  auto rows = [&](int64_t e) {
+    return moe ? std::pair{a.offsets[e], a.offsets[e + 1] - a.offsets[e]} : std::pair{0L, R};
+  };
+  Profile& prof = c.dev.profile;
+  {
+    ProfileScope ps(prof, "expert gemm bwd");
+    for (int64_t e = 0; e < E; e++) {
+      const auto [r0, n] = rows(e);
+      weight_backward(c, p_.down, e, w.da.data() + r0 * I, dy + r0 * d, a.a.data() + r0 * I, n,
+                      a.down_xa.data() + r0 * rd, w.dxa.data() + r0 * rd);
+    }
+  }
+  {
+    ProfileScope ps(prof, "swiglu bwd");
+    c.op.swiglu_backward(w.dh.data(), w.da.data(), a.h.data(), R, I, cf.swiglu_limit,
+                         cf.swiglu_alpha);
+  }
+  ProfileScope ps(prof, "expert gemm bwd");
+  for (int64_t e = 0; e < E; e++) {
+    const auto [r0, n] = rows(e);
+    weight_backward(c, p_.up, e, dxin + r0 * d, w.dh.data() + r0 * 2 * I, xin + r0 * d, n,
+                    a.up_xa.data() + r0 * ru, w.dxa.data() + r0 * ru);
+  }
+}
+
+template <typename T>
+void FfnBlock<T>::backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, T* dx,
+                           int64_t N) const {
+  const ModelConfig& cf = *c_;
+  const int64_t d = cf.hidden_size, E = cf.num_local_experts, k = cf.num_experts_per_tok;
+  Profile& prof = c.dev.profile;
+  if (p_.kind == FfnKind::Dense) {
+    experts_backward(c, a, w, a.xn.data(), w.dxn.data(), dx, N);
+  } else {
+    const kernels::MoeRouting r = routing(a, N);
+    {
+      ProfileScope ps(prof, "moe dispatch bwd");
+      c.op.moe_combine_backward(w.dy.data(), w.dw.data(), dx, a.y.data(), a.w.data(), r, d);
+    }
+    experts_backward(c, a, w, a.xe.data(), w.dxe.data(), w.dy.data(), N * k);
+    std::fill_n(w.dxn.data(), N * d, T(0));
+    {
+      ProfileScope ps(prof, "moe dispatch bwd");
+      c.op.moe_gather_backward(w.dxn.data(), w.dxe.data(), r, d);
+    }
+    ProfileScope ps(prof, "router bwd");
+    c.op.router_backward(w.drl.data(), w.dw.data(), a.w.data(), a.idx.data(), N, E, k);
+    c.op.router_loss_backward(w.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
+                              cf.router_aux_loss_coef, cf.router_z_loss_coef,
+                              1.0 / double(cf.num_hidden_layers));
+    weight_backward<T>(c, p_.router, 0, w.dxn.data(), w.drl.data(), a.xn.data(), N, nullptr, nullptr,
+                    /*dx_accumulate=*/true);
+  }
+  ProfileScope ps(prof, "rmsnorm bwd");
+  c.op.rmsnorm_backward(dx, c.grad(p_.ln, d), w.dxn.data(), x, c.P + p_.ln, a.rstd.data(), N, d);
+}
+
+template <typename T>
+std::vector<double> FfnBlock<T>::load(const Acts& a) const {
+  const int64_t E = c_->num_local_experts;
+  std::vector<double> f(size_t(E), p_.kind == FfnKind::Dense ? 1.0 : 0.0);
+  if (p_.kind == FfnKind::Moe)
+    for (int64_t e = 0; e < E; e++)
+      f[size_t(e)] = double(a.offsets[e + 1] - a.offsets[e]) / double(a.offsets[E]);
+  return f;
+}
+
+template class FfnBlock<float>;
+template class FfnBlock<double>;
+
+}  // namespace moelab

@@ -1,0 +1,84 @@
+#pragma once
+// The feed-forward block: x_out = x + FFN(rmsnorm(x)), where FFN is dense (one expert, no
+// routing at all) or a dropless mixture of experts (route top-k, sort the (token, slot) rows by
+// expert, one GEMM per expert on contiguous rows, weighted combine; docs/methods.md §3.5-3.7).
+// Training and decoding run this same code.
+#include <cstdint>
+
+#include "backend/device.hpp"
+#include "model/config.hpp"
+#include "model/params.hpp"
+#include "model/weight.hpp"
+
+namespace moelab {
+
+struct FfnParams {
+  int64_t layer = 0;
+  FfnKind kind = FfnKind::Dense;  // what it computes (ffn_kind)
+  int64_t ln = -1;                // post_attention_layernorm [d]
+  Weight router;                  // [E, d] and bias; w = -1 without a router
+  Weight up;                      // per expert [d, 2I] (gate and linear interleaved) and bias
+  Weight down;                    // per expert [I, d] and bias
+};
+
+// The kind of FFN a config's layers compute: the one place it is decided.
+FfnKind ffn_kind(const ModelConfig& c);
+
+FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l);
+void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c);
+
+template <typename T>
+class FfnBlock {
+ public:
+  FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {}
+
+  struct Acts {                  // kept for backward, one per layer; R = N*k rows
+    Buffer<T> rstd;              // [N]
+    Buffer<T> xn;                // [N,d]   normed input
+    Buffer<T> rlogits;           // [N,E]   router logits       (MoE)
+    Buffer<int32_t> idx;         // [N,k]   chosen experts      (MoE)
+    Buffer<T> w;                 // [N,k]   routing weights     (MoE)
+    Buffer<int32_t> order, pos;  // [R]                         (MoE)
+    Buffer<int64_t> offsets;     // [E+1]                       (MoE)
+    Buffer<T> xe;                // [R,d]   inputs sorted by expert (MoE)
+    Buffer<T> h;                 // [R,2I]  gate_up outputs
+    Buffer<T> a;                 // [R,I]   swiglu outputs
+    Buffer<T> y;                 // [R,d]   expert outputs      (MoE)
+    Buffer<T> up_xa, down_xa;    // [R,rank] adapters' scale * x A^T (with LoRA)
+    int64_t bytes() const;
+  };
+  struct Work {     // scratch shared by every layer
+    Buffer<T> tmp;  // [N,d]  the FFN's output
+    Buffer<T> dxn;  // [N,d]
+    Buffer<T> drl;  // [N,E]  (MoE)
+    Buffer<T> dw;   // [N,k]  (MoE)
+    Buffer<T> dy;   // [R,d]  (MoE)
+    Buffer<T> da;   // [R,I]
+    Buffer<T> dh;   // [R,2I]
+    Buffer<T> dxe;  // [R,d]  (MoE)
+    Buffer<T> dxa;  // [R,rank]
+    int64_t bytes() const;
+  };
+  void reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backward) const;
+
+  // x_out [N,d] = x + FFN(x); x_out may be x. Returns the router losses (zero when dense).
+  kernels::RouterLosses forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T* x_out,
+                                int64_t N) const;
+  // dx [N,d]: d(x_out) on entry, d(x) on return.
+  void backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, T* dx, int64_t N) const;
+
+  const FfnParams& params() const { return p_; }
+  // Share of the N*k assignments per expert in the last forward of a (1 when dense).
+  std::vector<double> load(const Acts& a) const;
+
+ private:
+  kernels::MoeRouting routing(const Acts& a, int64_t N) const;
+  void experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* yout, int64_t R) const;
+  void experts_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* xin, T* dxin, const T* dy,
+                        int64_t R) const;
+
+  const ModelConfig* c_;
+  FfnParams p_;
+};
+
+}  // namespace moelab

@@ -1,0 +1,128 @@
+#include "model/weight.hpp"
+
+#include <fmt/format.h>
+
+#include <regex>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+int64_t Weight::lora_rank() const {
+  int64_t r = 0;
+  for (const LoraSlot& s : lora) r += s.rank;
+  return r;
+}
+
+// Adapter tensors are named after their weight as PEFT names them: NAME.lora_A.weight [r, in]
+// and NAME.lora_B.weight [out, r] (one more leading dimension per expert).
+void weight_register_lora(Weight& w, ParamLayout& p, const LoraConfig& lc,
+                          const std::vector<std::pair<std::string, int64_t>>& names) {
+  if (lc.rank <= 0) return;
+  int64_t out0 = 0;
+  for (const auto& [name, width] : names) {
+    bool hit = false;
+    for (const std::string& t : lc.targets) hit = hit || std::regex_search(name, std::regex(t));
+    if (hit) {
+      const std::string stem = name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
+      std::vector<int64_t> a{lc.rank, w.in}, b{width, lc.rank};
+      if (w.experts > 1 || stem.find(".experts.") != std::string::npos) {
+        a.insert(a.begin(), w.experts);
+        b.insert(b.begin(), w.experts);
+      }
+      LoraSlot s;
+      s.A = p.add(stem + ".lora_A.weight", a, Init::Normal, true);
+      s.B = p.add(stem + ".lora_B.weight", b, Init::Zeros, true);
+      s.rank = lc.rank;
+      s.scale = lc.scale();
+      s.out0 = out0;
+      s.out_n = width;
+      w.lora.push_back(s);
+    }
+    out0 += width;
+  }
+  check(out0 == w.out, "lora: slice widths must add up to the weight's outputs");
+}
+
+template <typename T>
+T* Ctx<T>::grad(int64_t offset, int64_t n) const {
+  if (!G || offset < 0 || layout->frozen_range(offset, n)) return nullptr;
+  return G + offset;
+}
+
+// ----------------------------------------------------------------------------
+// forward: the base map, then each adapter's scale * (x A^T) B^T added onto its columns
+
+template <typename T>
+void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x, int64_t N,
+                    T* xa) {
+  const int64_t I = w.in, O = w.out;
+  const T* b = w.b >= 0 ? c.P + w.b + e * O : nullptr;
+  c.op.linear_forward(out, x, c.P + w.w + e * I * O, b, N, I, O, w.layout, c.dev.precision);
+  if (N == 0) return;
+  const int64_t R = w.lora_rank();
+  int64_t r0 = 0;
+  for (const LoraSlot& s : w.lora) {
+    const T* A = c.P + s.A + e * s.rank * I;
+    const T* B = c.P + s.B + e * s.out_n * s.rank;
+    T* h = xa + r0;  // [N, rank] inside rows of R
+    c.op.gemm(c.dev.precision, Trans::N, Trans::T, N, s.rank, I, x, I, A, I, T(0), h, R);
+    const T scale = T(s.scale);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < s.rank; j++) h[n * R + j] *= scale;
+    c.op.gemm(c.dev.precision, Trans::N, Trans::T, N, s.out_n, s.rank, h, R, B, s.rank, T(1),
+              out + s.out0, O);
+    r0 += s.rank;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// backward: with h = scale x A^T saved, dB += dy^T h, dh = scale dy B, dA += dh^T x, dx += dh A
+
+template <typename T>
+void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout, const T* x,
+                     int64_t N, const T* xa, T* dxa, bool dx_accumulate) {
+  const int64_t I = w.in, O = w.out;
+  T* dW = c.grad(w.w + e * I * O, I * O);
+  T* db = w.b >= 0 ? c.grad(w.b + e * O, O) : nullptr;
+  c.op.linear_backward(dx, dW, db, dout, x, c.P + w.w + e * I * O, N, I, O, w.layout, dx_accumulate,
+                       c.dev.precision);
+  if (N == 0) return;
+  const int64_t R = w.lora_rank();
+  int64_t r0 = 0;
+  for (const LoraSlot& s : w.lora) {
+    const T* A = c.P + s.A + e * s.rank * I;
+    const T* B = c.P + s.B + e * s.out_n * s.rank;
+    T* dA = c.grad(s.A + e * s.rank * I, s.rank * I);
+    T* dB = c.grad(s.B + e * s.out_n * s.rank, s.out_n * s.rank);
+    const T* h = xa + r0;
+    T* dh = dxa + r0;
+    const Precision p = c.dev.precision;
+    if (dB)
+      c.op.gemm(p, Trans::T, Trans::N, s.out_n, s.rank, N, dout + s.out0, O, h, R, T(1), dB,
+                s.rank);
+    if (dA || dx) {
+      c.op.gemm(p, Trans::N, Trans::N, N, s.rank, s.out_n, dout + s.out0, O, B, s.rank, T(0), dh,
+                R);
+      const T scale = T(s.scale);
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < s.rank; j++) dh[n * R + j] *= scale;
+      if (dA) c.op.gemm(p, Trans::T, Trans::N, s.rank, I, N, dh, R, x, I, T(1), dA, I);
+      if (dx) c.op.gemm(p, Trans::N, Trans::N, N, I, s.rank, dh, R, A, I, T(1), dx, I);
+    }
+    r0 += s.rank;
+  }
+}
+
+template struct Ctx<float>;
+template struct Ctx<double>;
+template void weight_forward(const Ctx<float>&, const Weight&, int64_t, float*, const float*,
+                             int64_t, float*);
+template void weight_forward(const Ctx<double>&, const Weight&, int64_t, double*, const double*,
+                             int64_t, double*);
+template void weight_backward(const Ctx<float>&, const Weight&, int64_t, float*, const float*,
+                              const float*, int64_t, const float*, float*, bool);
+template void weight_backward(const Ctx<double>&, const Weight&, int64_t, double*, const double*,
+                              const double*, int64_t, const double*, double*, bool);
+
+}  // namespace moelab

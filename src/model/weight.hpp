@@ -1,0 +1,65 @@
+#pragma once
+// The weight seam: every linear map of the model (attention projections, router, each expert's
+// matrices, the head) is a Weight, and runs through weight_forward / weight_backward. A Weight
+// says where its matrix and bias live in the flat parameter buffer, how they are laid out, how
+// experts are strided, and what rides on them: low-rank adapters (docs/methods.md §3.9). A
+// per-expert delta on a shared base (dense, sparse or low-rank) plugs in here as well.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend/device.hpp"
+#include "model/config.hpp"
+#include "model/params.hpp"
+
+namespace moelab {
+
+// A low-rank adapter on output columns [out0, out0 + out_n) of a linear map:
+// y[:, out0:out0+out_n] += scale * (x A^T) B^T, A [rank, in], B [out_n, rank] (per expert when
+// the weight has experts). B starts at zero, so an adapter leaves the map as it was.
+struct LoraSlot {
+  int64_t A = -1, B = -1;  // offsets
+  int64_t rank = 0;
+  double scale = 1;  // alpha / rank
+  int64_t out0 = 0, out_n = 0;
+};
+
+struct Weight {
+  int64_t w = -1, b = -1;  // offsets of the matrix and of the bias (-1: no bias)
+  int64_t in = 0, out = 0;
+  kernels::WLayout layout = kernels::WLayout::OutIn;
+  int64_t experts = 1;  // matrices, biases and adapters repeat per expert with these strides
+  std::vector<LoraSlot> lora;
+
+  int64_t lora_rank() const;  // sum of the slots' ranks: columns of the saved x A^T
+};
+
+// Registers the adapters a LoRA config asks for on a weight whose tensors are named `names` (one
+// per output slice, e.g. q_proj, k_proj, v_proj of a fused projection, with their widths).
+void weight_register_lora(Weight& w, ParamLayout& p, const LoraConfig& lc,
+                          const std::vector<std::pair<std::string, int64_t>>& names);
+
+// What weight_forward / weight_backward run against: the device, its ops, the parameter and
+// gradient buffers and the layout (frozen tensors get no gradient).
+template <typename T>
+struct Ctx {
+  Device& dev;
+  const Ops<T>& op;
+  const T* P;
+  T* G;  // null: no gradients (inference)
+  const ParamLayout* layout;
+  T* grad(int64_t offset, int64_t n) const;  // null when absent or frozen
+};
+
+// out [N, out] = x [N, in] W_e^T + b_e (+ adapters) for expert e; xa [N, lora_rank] saves
+// scale * x A^T for backward (unused without adapters).
+template <typename T>
+void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x, int64_t N,
+                    T* xa);
+// dx [N, in] (= or += with dx_accumulate; null: skip), parameter gradients +=; dxa [N, rank]
+// is scratch.
+template <typename T>
+void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout, const T* x,
+                     int64_t N, const T* xa, T* dxa, bool dx_accumulate = false);
+
+}  // namespace moelab
