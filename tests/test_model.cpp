@@ -402,7 +402,7 @@ TEST(Model, Bf16LossCurveStaysWithinToleranceOfFp32) {
 }
 
 // ----------------------------------------------------------------------------
-// The weight seam with low-rank adapters (docs/methods.md §3.9): every linear map runs through
+// The weight seam with low-rank adapters (docs/methods.md §3.11): every linear map runs through
 // weight_forward / weight_backward, which add scale * (x A^T) B^T when a Weight carries adapters.
 namespace {
 

@@ -16,7 +16,7 @@ namespace moelab {
 enum class FfnKind { Dense, Moe };
 using FfnType = FfnKind;  // the JSON key is "ffn_type"
 
-// Low-rank adapters on linear maps (docs/methods.md §3.9): W x + (alpha / rank) B A x, B = 0 at
+// Low-rank adapters on linear maps (docs/methods.md §3.11): W x + (alpha / rank) B A x, B = 0 at
 // the start. Targets are regexes on the weight names (e.g. "self_attn\\.(q|v)_proj",
 // "mlp\\.experts").
 struct LoraConfig {

@@ -2,7 +2,7 @@
 // The weight seam: every linear map of the model (attention projections, router, each expert's
 // matrices, the head) is a Weight, and runs through weight_forward / weight_backward. A Weight
 // says where its matrix and bias live in the flat parameter buffer, how they are laid out, how
-// experts are strided, and what rides on them: low-rank adapters (docs/methods.md §3.9). A
+// experts are strided, and what rides on them: low-rank adapters (docs/methods.md §3.11). A
 // per-expert delta on a shared base (dense, sparse or low-rank) plugs in here as well.
 #include <cstdint>
 #include <string>
