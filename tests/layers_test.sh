@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The layers of src/ hold (CMakeLists.txt, Layers): a file of a layer, compiled with the exact
+# flags of that layer's library (from the build's compile_commands.json), can include the
+# headers of its own layer and of the layers below it, and fails to compile on a header of any
+# other layer. Every forbidden header exists, so that its failure can only come from the include
+# root. And no include in src/ climbs out of its folder with "..", which would pass around it.
+# usage: layers_test.sh BUILD_DIR SOURCE_DIR
+set -u
+build=$1 src=$2
+. "$(dirname "$0")/testlib.sh"
+
+db="$build/compile_commands.json"
+[ -f "$db" ] || { echo "FAIL: no $db (CMAKE_EXPORT_COMPILE_COMMANDS)"; exit 1; }
+
+# layer_flags LAYER: the compile command of one of the layer's own .cpp files, as an array in
+# $flags, less its output, input and dependency-file arguments. Empty when the layer has none.
+layer_flags() {
+  local layer=$1 line cmd
+  flags=()
+  line=$(grep -F '"command": ' "$db" | grep -F -- "-c $src/src/$layer/" | head -1)
+  [ -n "$line" ] || return 1
+  # JSON string to shell words: unescape \" and \\, then let the shell split as make would.
+  cmd=$(sed -E 's/^ *"command": "(.*)",? *$/\1/; s/\\(.)/\1/g' <<<"$line")
+  local -a words
+  eval "words=($cmd)"
+  local i=0 n=${#words[@]}
+  while [ $i -lt $n ]; do
+    case ${words[$i]} in
+      -o | -c | -MF | -MT | -MQ) i=$((i + 2)) ;;
+      -MD | -MMD) i=$((i + 1)) ;;
+      *) flags+=("${words[$i]}"); i=$((i + 1)) ;;
+    esac
+  done
+}
+
+# probe LAYER HEADER: compiles LAYER/probe.cpp, which includes HEADER, with the layer's flags;
+# the compiler's status is the status, its messages are in $tmp/err.
+probe() {
+  local layer=$1 header=$2
+  mkdir -p "$tmp/$layer"
+  printf '#include "%s"\nint probe_%s;\n' "$header" "$layer" >"$tmp/$layer/probe.cpp"
+  (cd "$build" && "${flags[@]}" -fsyntax-only "$tmp/$layer/probe.cpp") 2>"$tmp/err"
+}
+
+# allow LAYER HEADER... / deny LAYER HEADER...
+allow() {
+  local layer=$1 h
+  shift
+  layer_flags "$layer" || { bad "$layer: no compile command for a file of src/$layer"; return; }
+  for h in "$@"; do
+    if probe "$layer" "$h"; then ok; else bad "$layer may include $h: $(head -3 "$tmp/err")"; fi
+  done
+}
+deny() {
+  local layer=$1 h
+  shift
+  layer_flags "$layer" || { bad "$layer: no compile command for a file of src/$layer"; return; }
+  for h in "$@"; do
+    if [ ! -f "$src/src/$h" ]; then bad "probe header src/$h does not exist"; continue; fi
+    if probe "$layer" "$h"; then
+      bad "$layer includes $h and compiles: the include root lets a layer above in"
+    elif ! grep -Fq -e "error: $h: No such file" -e "error: '$h' file not found" "$tmp/err"; then
+      bad "$layer including $h failed for another reason: $(head -3 "$tmp/err")"
+    else
+      ok
+    fi
+  done
+}
+
+# ---- The graph: core <- kernels <- backend <- model; data <- core; eval <- model, data;
+# train <- eval; study <- train; cli <- everything.
+allow core core/error.hpp core/parallel.hpp
+deny core kernels/kernels.hpp data/dataset.hpp
+allow kernels core/parallel.hpp kernels/kernels.hpp
+deny kernels model/model.hpp model/config.hpp data/shard.hpp eval/evalset.hpp
+if [ -f "$src/src/backend/device.hpp" ] && layer_flags backend; then
+  allow backend kernels/kernels.hpp backend/device.hpp
+  deny backend model/model.hpp data/dataset.hpp
+fi
+allow model kernels/kernels.hpp model/params.hpp
+deny model train/trainer.hpp eval/evalset.hpp data/dataset.hpp study/run.hpp
+allow data core/error.hpp data/shard.hpp
+deny data model/config.hpp kernels/kernels.hpp eval/evalset.hpp
+allow eval model/model.hpp data/dataset.hpp kernels/vmath.hpp
+deny eval train/trainer.hpp study/report.hpp
+allow train eval/evalset.hpp model/config.hpp data/dataset.hpp
+deny train study/run.hpp
+allow study train/trainer.hpp eval/evalset.hpp
+deny study cli/bench.hpp
+allow cli study/run.hpp train/trainer.hpp data/shard.hpp core/error.hpp
+
+# ---- No way around: an include with ".." reaches any folder from the including file's own.
+if grep -rnE '#\s*include\s*["<][^">]*\.\.' "$src/src" >"$tmp/dotdot"; then
+  bad "includes with ..: $(head -3 "$tmp/dotdot")"
+else
+  ok
+fi
+
+finish layers
