@@ -19,7 +19,7 @@
 #include "eval/decode.hpp"
 #include "eval/evalset.hpp"
 #include "model/model.hpp"
-#include "train/adamw.hpp"
+#include "train/trainer.hpp"
 
 namespace moelab {
 
@@ -73,29 +73,27 @@ void bench_train(const BenchTrainOptions& o) {
   threads_set(threads);
   gemm_set_precision(o.bf16 ? Precision::BF16 : Precision::F32);
 
-  Model<float> model(cfg, B, T);
-  model.init_weights(1234);
-  AdamW<float> opt(model.layout, AdamWConfig{});
+  // The trainer's own step (forward, backward, clipping, AdamW) on one batch of random tokens.
+  Experiment x;
+  x.source = o.config;
+  x.model = cfg;
+  x.batch_size = B, x.seq_len = T, x.grad_accum = 1;
+  x.seed = 1234;
+  x.clip = 1.0;
+  x.skip_nonfinite = true, x.max_skips = INT64_MAX;  // a benchmark measures, whatever the loss
+  Trainer trainer(x);
   std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
   for (size_t i = 0; i < tokens.size(); i++) {
     tokens[i] = int32_t(rng_u64(7, 0, i) % uint64_t(cfg.vocab_size));
     targets[i] = int32_t(rng_u64(7, 1, i) % uint64_t(cfg.vocab_size));
   }
-  auto step = [&] {
-    model.zero_grad();
-    Losses l = model.forward(tokens, targets);
-    model.backward();
-    ProfileScope prof("optimizer");
-    const double norm = grad_global_norm<float>(model.layout, model.grads);
-    opt.update(model.params, model.grads, 1e-4, grad_clip_scale(norm, 1.0));
-    return l;
-  };
-  for (int i = 0; i < o.warmup; i++) step();
+  const BatchSource batch = [&](int64_t) { return MicroBatch{tokens, targets}; };
+  for (int i = 0; i < o.warmup; i++) trainer.step(batch, 1e-4);
   profile().clear();
   profile().on = o.profile;
   const double t0 = time_now_s();
-  Losses last;
-  for (int i = 0; i < o.steps; i++) last = step();
+  StepStats last;
+  for (int i = 0; i < o.steps; i++) last = trainer.step(batch, 1e-4);
   const double dt = time_now_s() - t0;
   profile().on = false;
 
@@ -105,7 +103,7 @@ void bench_train(const BenchTrainOptions& o) {
   const double tok_s = double(B * T * o.steps) / dt;
   const double gflops = tok_s * fc.train_per_token / 1e9;
   // Memory the design needs: params, grads and two moments (16 bytes a parameter) + activations.
-  const double estimate = 16.0 * double(pc.total) + double(model.activation_bytes());
+  const double estimate = 16.0 * double(pc.total) + double(trainer.model().activation_bytes());
   nlohmann::ordered_json out = {
       {"config", o.config},
       {"threads", threads},

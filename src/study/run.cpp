@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -19,15 +20,45 @@ namespace moelab {
 
 namespace fs = std::filesystem;
 
-std::vector<StudyVariant> study_variants(const Experiment& x, const StudyOptions& o) {
-  const auto& experts = o.experts.empty() ? x.study.experts : o.experts;
-  std::vector<int64_t> seeds = o.seeds.empty() ? x.study.seeds : o.seeds;
+StudyConfig study_config_load(const Experiment& x) {
+  const auto it = x.sections_above.find("study");
+  ConfigSection st(it == x.sections_above.end() ? nullptr : &it->second, "study", x.source);
+  StudyConfig sc;
+  st.get("experts", sc.experts);
+  st.get("top_k", sc.top_k);
+  st.get("seeds", sc.seeds);
+  st.get("entities", sc.entities);
+  st.get("subset_a", sc.subset_a);
+  st.get("subset_b", sc.subset_b);
+  st.get("top", sc.top);
+  st.get("bottom", sc.bottom);
+  st.get("prompt", sc.prompt);
+  st.get("target", sc.target);
+  st.get("max_samples", sc.max_samples);
+  st.get("max_per_entity", sc.max_per_entity);
+  st.get("entity_seed", sc.entity_seed);
+  st.finish();
+  if (sc.experts.empty() ||
+      std::any_of(sc.experts.begin(), sc.experts.end(), [](int64_t e) { return e < 1; }))
+    st.bad("experts", "must list expert counts >= 1");
+  if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
+  if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
+    st.bad("seeds", "must be >= 0");
+  if (sc.subset_a.empty()) sc.subset_a = x.phases.front().subset;
+  if (sc.subset_b.empty() && x.phases.size() > 1) sc.subset_b = x.phases[1].subset;
+  return sc;
+}
+
+std::vector<StudyVariant> study_variants(const Experiment& x, const StudyConfig& sc,
+                                         const StudyOptions& o) {
+  const auto& experts = o.experts.empty() ? sc.experts : o.experts;
+  std::vector<int64_t> seeds = o.seeds.empty() ? sc.seeds : o.seeds;
   if (seeds.empty()) seeds = {int64_t(x.seed)};
   std::vector<StudyVariant> v;
   for (int64_t seed : seeds)
     for (int64_t e : experts) {
       if (e < 1) fail(fmt::format("--experts: {} is not an expert count >= 1", e));
-      const int64_t k = e == 1 ? 1 : std::min(x.study.top_k, e);
+      const int64_t k = e == 1 ? 1 : std::min(sc.top_k, e);
       v.push_back({e, k, seed, fmt::format("E{}_s{}", e, seed)});
     }
   return v;
@@ -47,31 +78,32 @@ int64_t last_checkpoint_step(const std::string& run_dir) {
 }  // namespace
 
 int study_run(const Experiment& x, const StudyOptions& o) {
+  const StudyConfig sc = study_config_load(x);
   if (x.model.num_local_experts != 1)
     fail(
         fmt::format("{}: [model] must be the dense base (E = 1); moelab run derives the MoE "
                     "variants from it ([study] experts)",
                     x.source));
-  const auto variants = study_variants(x, o);
+  const auto variants = study_variants(x, sc, o);
   const fs::path dir(x.run_dir);
   fs::create_directories(dir);
 
   // One evaluation set for every variant: the same candidate samples, each model keeps its own
   // M_ex = 1 part after A.
   std::string evalset = x.evalset;
-  if (evalset.empty() && !x.study.entities.empty()) {
+  if (evalset.empty() && !sc.entities.empty()) {
     evalset = (dir / "evalset.jsonl").string();
     if (!fs::exists(evalset)) {
       EntityBuildOptions eb;
       eb.data_dir = x.data_dir;
-      eb.entities = cache_path_expand(x.study.entities);
+      eb.entities = cache_path_expand(sc.entities);
       eb.out = evalset;
-      eb.subset_a = x.study.subset_a;
-      eb.subset_b = x.study.subset_b;
-      eb.top_a = x.study.top, eb.bottom_b = x.study.bottom;
-      eb.prompt = x.study.prompt, eb.target = x.study.target;
-      eb.max_samples = x.study.max_samples, eb.max_per_entity = x.study.max_per_entity;
-      eb.seed = uint64_t(x.study.entity_seed);
+      eb.subset_a = sc.subset_a;
+      eb.subset_b = sc.subset_b;
+      eb.top_a = sc.top, eb.bottom_b = sc.bottom;
+      eb.prompt = sc.prompt, eb.target = sc.target;
+      eb.max_samples = sc.max_samples, eb.max_per_entity = sc.max_per_entity;
+      eb.seed = uint64_t(sc.entity_seed);
       entities_build(eb);
     }
   }

@@ -12,6 +12,24 @@
 
 namespace moelab {
 
+// [study]: what `moelab run` varies around the experiment (methods.md §1.2): the dense model of
+// [model] and its iso-total MoE variants, each over the seeds, all on one evaluation set.
+struct StudyConfig {
+  std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
+  int64_t top_k = 2;
+  std::vector<int64_t> seeds;  // empty: run.seed
+  // The evaluation set, built once per study unless [eval] evalset names one.
+  std::string entities;            // entity list (${MOELAB_CACHE}/... allowed)
+  std::string subset_a, subset_b;  // default: the subsets of the first two phases
+  double top = 50, bottom = 50;
+  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5;
+  int64_t entity_seed = 1;
+};
+
+// Reads and checks the experiment's [study] section (defaults where it has none); one-line
+// errors name the file and 'study.KEY'.
+StudyConfig study_config_load(const Experiment& x);
+
 struct StudyOptions {
   std::vector<int64_t> experts, seeds;  // override [study] when non-empty
   bool report = true;
@@ -23,7 +41,8 @@ struct StudyVariant {
 };
 
 // The variants in run order (seed-major, then E as listed).
-std::vector<StudyVariant> study_variants(const Experiment& x, const StudyOptions& o);
+std::vector<StudyVariant> study_variants(const Experiment& x, const StudyConfig& sc,
+                                         const StudyOptions& o);
 
 // Returns 0 when every variant finished (and the report is written), 130 when interrupted.
 int study_run(const Experiment& x, const StudyOptions& o);

@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "core/error.hpp"
@@ -68,9 +68,8 @@ void apply_override(toml::table& root, const std::string& kv) {
   t->insert_or_assign(parts.back(), value);
 }
 
-// ----------------------------------------------------------------------------
-// typed access with unknown-key detection
-
+// TOML as JSON: integers stay integers, floats floats; dates and times become null (no key takes
+// one, so they fail as the wrong type).
 json to_json(const toml::node& n) {
   if (auto v = n.value<int64_t>(); v && n.is_integer()) return *v;
   if (n.is_floating_point()) return *n.value<double>();
@@ -89,61 +88,80 @@ json to_json(const toml::node& n) {
   return nullptr;
 }
 
-struct Section {
-  const toml::table* t;
-  std::string name;  // e.g. "train" or "phases[1]"
-  std::string src;
-  std::set<std::string> known;
-
-  [[noreturn]] void bad(const std::string& key, const std::string& why) const {
-    fail(fmt::format("{}: '{}.{}' {}", src, name, key, why));
-  }
-  const toml::node* find(const std::string& key) {
-    known.insert(key);
-    return t ? t->get(key) : nullptr;
-  }
-  template <typename T>
-  void get(const std::string& key, T& out) {
-    const toml::node* n = find(key);
-    if (!n) return;
-    if constexpr (std::is_same_v<T, bool>) {
-      if (!n->is_boolean()) bad(key, "must be true or false");
-      out = *n->value<bool>();
-    } else if constexpr (std::is_integral_v<T>) {
-      if (!n->is_integer()) bad(key, "must be an integer");
-      out = T(*n->value<int64_t>());
-    } else if constexpr (std::is_floating_point_v<T>) {
-      if (!n->is_number()) bad(key, "must be a number");
-      out = *n->value<double>();
-    } else {
-      if (!n->is_string()) bad(key, "must be a string");
-      out = *n->value<std::string>();
-    }
-  }
-  void get_list(const std::string& key, std::vector<int64_t>& out) {
-    const toml::node* n = find(key);
-    if (!n) return;
-    const toml::array* a = n->as_array();
-    if (!a) bad(key, "must be an array of integers");
-    out.clear();
-    for (const auto& e : *a) {
-      if (!e.is_integer()) bad(key, "must be an array of integers");
-      out.push_back(*e.value<int64_t>());
-    }
-  }
-  void finish() const {
-    if (!t) return;
-    for (const auto& [k, _] : *t)
-      if (!known.contains(std::string(k.str())))
-        fail(fmt::format("{}: unknown key '{}.{}'", src, name, std::string(k.str())));
-  }
-};
-
 // ----------------------------------------------------------------------------
-// sections that need more than typed access
+// one function per section, in the order their errors are reported
+
+void read_run(ConfigSection run, Experiment& x) {
+  run.get("dir", x.run_dir);
+  run.get("seed", x.seed);
+  run.get("threads", x.threads);
+  run.get("log_every", x.log_every);
+  run.get("peak_gflops", x.peak_gflops);
+  run.finish();
+}
+
+// [model]: "config" names a model JSON; "init_from" a checkpoint; any other key is a model key
+// on top of the JSON.
+void read_model(const json* mt, Experiment& x) {
+  const std::string& path = x.source;
+  if (!mt) fail(fmt::format("{}: no [model] section", path));
+  json mj = json::object();
+  for (auto& [key, v] : mt->items()) {
+    if (key == "config") {
+      if (!v.is_string()) fail(fmt::format("{}: 'model.config' must be a string", path));
+      const std::string file = v.get<std::string>();
+      std::ifstream f(file);
+      if (!f) fail(fmt::format("{}: 'model.config': {}: cannot open", path, file));
+      json base = json::parse(f, nullptr, false);
+      if (base.is_discarded()) fail(fmt::format("{}: invalid JSON", file));
+      if (base.contains("model")) base = base["model"];
+      for (auto& [bk, bv] : base.items())
+        if (!mj.contains(bk)) mj[bk] = bv;
+    } else if (key == "init_from") {
+      if (!v.is_string()) fail(fmt::format("{}: 'model.init_from' must be a string", path));
+      x.init_from = v.get<std::string>();
+    } else {
+      mj[key] = v;
+    }
+  }
+  x.model = config_from_json(mj, path + ": [model]");
+}
+
+void read_data(ConfigSection data, Experiment& x) {
+  data.get("dir", x.data_dir);
+  data.get("seq_len", x.seq_len);
+  data.finish();
+  if (x.data_dir.empty()) fail(fmt::format("{}: 'data.dir' is required", x.source));
+}
+
+void read_train(ConfigSection train, Experiment& x) {
+  train.get("batch_size", x.batch_size);
+  train.get("grad_accum", x.grad_accum);
+  train.get("clip", x.clip);
+  train.get("skip_nonfinite", x.skip_nonfinite);
+  train.get("max_skips", x.max_skips);
+  train.get("freeze", x.freeze);
+  train.finish();
+  // A pattern that matches no tensor is refused by the trainer, which knows the model's names.
+  for (const std::string& p : x.freeze) {
+    try {
+      std::regex re(p);
+    } catch (const std::regex_error&) {
+      train.bad("freeze", fmt::format("pattern '{}' is not a valid regular expression", p));
+    }
+  }
+}
+
+void read_optimizer(ConfigSection opt, Experiment& x) {
+  opt.get("beta1", x.optimizer.beta1);
+  opt.get("beta2", x.optimizer.beta2);
+  opt.get("eps", x.optimizer.eps);
+  opt.get("weight_decay", x.optimizer.weight_decay);
+  opt.finish();
+}
 
 // [schedule]: kind and shape by name.
-void schedule_load(Section sch, Experiment& x) {
+void read_schedule(ConfigSection sch, Experiment& x) {
   std::string kind = "wsd", shape = "cosine";
   sch.get("kind", kind);
   sch.get("max_lr", x.schedule.max_lr);
@@ -170,12 +188,14 @@ void schedule_load(Section sch, Experiment& x) {
 }
 
 // [[phases]], in order.
-void phases_load(const toml::table& root, const std::string& path, Experiment& x) {
-  const toml::array* phases = root.get_as<toml::array>("phases");
-  if (!phases || phases->empty()) fail(fmt::format("{}: no [[phases]]", path));
+void read_phases(const json* phases, Experiment& x) {
+  const std::string& path = x.source;
+  if (!phases || !phases->is_array() || phases->empty())
+    fail(fmt::format("{}: no [[phases]]", path));
   for (size_t i = 0; i < phases->size(); i++) {
-    Section ph{phases->get(i)->as_table(), fmt::format("phases[{}]", i), path, {}};
-    if (!ph.t) fail(fmt::format("{}: 'phases[{}]' must be a table", path, i));
+    const json& t = (*phases)[i];
+    if (!t.is_object()) fail(fmt::format("{}: 'phases[{}]' must be a table", path, i));
+    ConfigSection ph(&t, fmt::format("phases[{}]", i), path);
     PhaseConfig p;
     p.name = fmt::format("{}", i);
     ph.get("name", p.name);
@@ -200,35 +220,57 @@ void phases_load(const toml::table& root, const std::string& path, Experiment& x
   }
 }
 
-// [study]: what `moelab run` varies.
-void study_load(Section st, Experiment& x) {
-  StudyConfig& sc = x.study;
-  st.get_list("experts", sc.experts);
-  st.get("top_k", sc.top_k);
-  st.get_list("seeds", sc.seeds);
-  st.get("entities", sc.entities);
-  st.get("subset_a", sc.subset_a);
-  st.get("subset_b", sc.subset_b);
-  st.get("top", sc.top);
-  st.get("bottom", sc.bottom);
-  st.get("prompt", sc.prompt);
-  st.get("target", sc.target);
-  st.get("max_samples", sc.max_samples);
-  st.get("max_per_entity", sc.max_per_entity);
-  st.get("entity_seed", sc.entity_seed);
-  st.finish();
-  if (sc.experts.empty() ||
-      std::any_of(sc.experts.begin(), sc.experts.end(), [](int64_t e) { return e < 1; }))
-    st.bad("experts", "must list expert counts >= 1");
-  if (sc.top_k < 1) st.bad("top_k", "must be >= 1");
-  if (std::any_of(sc.seeds.begin(), sc.seeds.end(), [](int64_t s) { return s < 0; }))
-    st.bad("seeds", "must be >= 0");
-  if (sc.subset_a.empty()) sc.subset_a = x.phases.front().subset;
-  if (sc.subset_b.empty() && x.phases.size() > 1) sc.subset_b = x.phases[1].subset;
+void read_checkpoint(ConfigSection ck, Experiment& x) {
+  ck.get("every", x.checkpoint_every);
+  ck.get("keep_last", x.keep_last);
+  ck.finish();
+}
+
+// [eval] (after [[phases]]: filter_after names one).
+void read_eval(ConfigSection ev, Experiment& x) {
+  ev.get("every", x.eval_every);
+  ev.get("batches", x.eval_batches);
+  ev.get("evalset", x.evalset);
+  ev.get("filter_after", x.filter_after);
+  ev.get("forgetting_every", x.forgetting_every);
+  ev.get("forgetting_batch", x.forgetting_batch);
+  ev.finish();
+  if (x.filter_after.empty()) x.filter_after = x.phases.front().name;
+  if (std::none_of(x.phases.begin(), x.phases.end(),
+                   [&](const PhaseConfig& p) { return p.name == x.filter_after; }))
+    ev.bad("filter_after", fmt::format("names no phase: {}", x.filter_after));
+  if (x.forgetting_every < 0 || x.forgetting_batch < 1)
+    ev.bad("forgetting_every", "must be >= 0 (and forgetting_batch >= 1)");
+}
+
+// The WSD decay's first step from decay_at: the end of the run, a phase's end, or a step.
+void decay_start_resolve(Experiment& x) {
+  const std::string& path = x.source;
+  if (x.decay_at == "end") return;
+  int64_t at = -1;
+  if (x.decay_at.rfind("phase:", 0) == 0) {
+    int64_t end = 0, phase_end = -1;
+    for (const PhaseConfig& p : x.phases) {
+      end += x.phase_steps(p);
+      if (p.name == x.decay_at.substr(6)) phase_end = end;
+    }
+    if (phase_end < 0)
+      fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
+    at = phase_end - x.schedule.decay_steps;
+    if (at < 0)
+      fail(
+          fmt::format("{}: 'schedule.decay_steps' ({}) is longer than the run up to the end "
+                      "of phase {} ({} steps)",
+                      path, x.schedule.decay_steps, x.decay_at.substr(6), phase_end));
+  } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
+    fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
+  }
+  x.schedule.decay_start = at;
 }
 
 // Values that only make sense together, and the schedule that spans the phases.
-void experiment_check(Experiment& x, const std::string& path) {
+void experiment_check(Experiment& x) {
+  const std::string& path = x.source;
   auto need = [&](bool ok, const std::string& msg) {
     if (!ok) fail(fmt::format("{}: {}", path, msg));
   };
@@ -251,31 +293,100 @@ void experiment_check(Experiment& x, const std::string& path) {
   need(x.keep_last >= 0, "'checkpoint.keep_last' must be >= 0");
   // The schedule spans the whole run; the WSD decay sits at the end or at a phase's end.
   x.schedule.total_steps = x.total_steps();
-  if (x.decay_at != "end") {
-    int64_t at = -1;
-    if (x.decay_at.rfind("phase:", 0) == 0) {
-      int64_t end = 0, phase_end = -1;
-      for (const PhaseConfig& p : x.phases) {
-        end += x.phase_steps(p);
-        if (p.name == x.decay_at.substr(6)) phase_end = end;
-      }
-      if (phase_end < 0)
-        fail(fmt::format("{}: 'schedule.decay_at' names no phase: {}", path, x.decay_at));
-      at = phase_end - x.schedule.decay_steps;
-      if (at < 0)
-        fail(
-            fmt::format("{}: 'schedule.decay_steps' ({}) is longer than the run up to the end "
-                        "of phase {} ({} steps)",
-                        path, x.schedule.decay_steps, x.decay_at.substr(6), phase_end));
-    } else if (std::sscanf(x.decay_at.c_str(), "%ld", &at) != 1 || at < 0) {
-      fail(fmt::format("{}: 'schedule.decay_at' must be \"end\", \"phase:NAME\" or a step", path));
-    }
-    x.schedule.decay_start = at;
-  }
+  decay_start_resolve(x);
   x.schedule.validate(path + ": [schedule]");
 }
 
 }  // namespace
+
+// ----------------------------------------------------------------------------
+// ConfigSection
+
+ConfigSection::ConfigSection(const json* table, std::string name, std::string source)
+    : t_(table && table->is_object() ? table : nullptr),
+      name_(std::move(name)),
+      src_(std::move(source)) {}
+
+void ConfigSection::bad(const std::string& key, const std::string& why) const {
+  fail(fmt::format("{}: '{}.{}' {}", src_, name_, key, why));
+}
+
+const json* ConfigSection::find(const std::string& key) {
+  known_.push_back(key);
+  if (!t_) return nullptr;
+  const auto it = t_->find(key);
+  return it == t_->end() ? nullptr : &*it;
+}
+
+void ConfigSection::get(const std::string& key, bool& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_boolean()) bad(key, "must be true or false");
+  out = n->get<bool>();
+}
+
+template <typename T>
+void ConfigSection::get_integer(const std::string& key, T& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_number_integer()) bad(key, "must be an integer");
+  out = T(n->get<int64_t>());
+}
+void ConfigSection::get(const std::string& key, int& out) {
+  get_integer(key, out);
+}
+void ConfigSection::get(const std::string& key, int64_t& out) {
+  get_integer(key, out);
+}
+void ConfigSection::get(const std::string& key, uint64_t& out) {
+  get_integer(key, out);
+}
+
+void ConfigSection::get(const std::string& key, double& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_number()) bad(key, "must be a number");
+  out = n->get<double>();
+}
+
+void ConfigSection::get(const std::string& key, std::string& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_string()) bad(key, "must be a string");
+  out = n->get<std::string>();
+}
+
+void ConfigSection::get(const std::string& key, std::vector<int64_t>& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_array()) bad(key, "must be an array of integers");
+  out.clear();
+  for (const json& e : *n) {
+    if (!e.is_number_integer()) bad(key, "must be an array of integers");
+    out.push_back(e.get<int64_t>());
+  }
+}
+
+void ConfigSection::get(const std::string& key, std::vector<std::string>& out) {
+  const json* n = find(key);
+  if (!n) return;
+  if (!n->is_array()) bad(key, "must be an array of strings");
+  out.clear();
+  for (const json& e : *n) {
+    if (!e.is_string()) bad(key, "must be an array of strings");
+    out.push_back(e.get<std::string>());
+  }
+}
+
+void ConfigSection::finish() const {
+  if (!t_) return;
+  for (const auto& [k, _] : t_->items())
+    if (std::find(known_.begin(), known_.end(), k) == known_.end())
+      fail(fmt::format("{}: unknown key '{}.{}'", src_, name_, k));
+}
+
+// ----------------------------------------------------------------------------
+// the experiment
 
 int64_t Experiment::phase_steps(const PhaseConfig& p) const {
   return p.steps > 0 ? p.steps : (p.tokens + tokens_per_step() - 1) / tokens_per_step();
@@ -288,101 +399,44 @@ int64_t Experiment::total_steps() const {
 }
 
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides) {
-  toml::table root;
+  toml::table table;
   try {
-    root = toml::parse_file(path);
+    table = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
   }
-  for (const std::string& kv : overrides) apply_override(root, kv);
+  for (const std::string& kv : overrides) apply_override(table, kv);
+  const json root = to_json(table);
 
   Experiment x;
   x.source = path;
   const std::set<std::string> sections = {"run",      "model",  "data",       "train", "optimizer",
-                                          "schedule", "phases", "checkpoint", "eval",  "study"};
-  for (const auto& [k, _] : root)
-    if (!sections.contains(std::string(k.str())))
-      fail(fmt::format("{}: unknown section '{}'", path, std::string(k.str())));
-  auto section = [&](const char* name) {
-    return Section{root.get_as<toml::table>(name), name, path, {}};
-  };
-
-  Section run = section("run");
-  run.get("dir", x.run_dir);
-  run.get("seed", x.seed);
-  run.get("threads", x.threads);
-  run.get("log_every", x.log_every);
-  run.get("peak_gflops", x.peak_gflops);
-  run.finish();
-
-  // [model]: "config" names a model JSON; any other key is a model key on top of it.
-  const toml::table* mt = root.get_as<toml::table>("model");
-  if (!mt) fail(fmt::format("{}: no [model] section", path));
-  json mj = json::object();
-  for (const auto& [k, v] : *mt) {
-    const std::string key(k.str());
-    if (key == "config") {
-      if (!v.is_string()) fail(fmt::format("{}: 'model.config' must be a string", path));
-      const std::string file = *v.value<std::string>();
-      std::ifstream f(file);
-      if (!f) fail(fmt::format("{}: 'model.config': {}: cannot open", path, file));
-      json base = json::parse(f, nullptr, false);
-      if (base.is_discarded()) fail(fmt::format("{}: invalid JSON", file));
-      if (base.contains("model")) base = base["model"];
-      for (auto& [bk, bv] : base.items())
-        if (!mj.contains(bk)) mj[bk] = bv;
-    } else {
-      mj[key] = to_json(v);
-    }
+                                          "schedule", "phases", "checkpoint", "eval"};
+  const std::set<std::string> above = {"study"};  // read by study/
+  for (const auto& [k, v] : root.items()) {
+    if (!sections.contains(k) && !above.contains(k))
+      fail(fmt::format("{}: unknown section '{}'", path, k));
+    if (k != "phases" && !v.is_object()) fail(fmt::format("{}: '{}' must be a table", path, k));
   }
-  x.model = config_from_json(mj, path + ": [model]");
+  auto at = [&](const char* name) -> const json* {
+    const auto it = root.find(name);
+    return it == root.end() ? nullptr : &*it;
+  };
+  auto section = [&](const char* name) { return ConfigSection(at(name), name, path); };
 
-  Section data = section("data");
-  data.get("dir", x.data_dir);
-  data.get("seq_len", x.seq_len);
-  data.finish();
-  if (x.data_dir.empty()) fail(fmt::format("{}: 'data.dir' is required", path));
-
-  Section train = section("train");
-  train.get("batch_size", x.batch_size);
-  train.get("grad_accum", x.grad_accum);
-  train.get("clip", x.clip);
-  train.get("skip_nonfinite", x.skip_nonfinite);
-  train.get("max_skips", x.max_skips);
-  train.finish();
-
-  Section opt = section("optimizer");
-  opt.get("beta1", x.optimizer.beta1);
-  opt.get("beta2", x.optimizer.beta2);
-  opt.get("eps", x.optimizer.eps);
-  opt.get("weight_decay", x.optimizer.weight_decay);
-  opt.finish();
-
-  schedule_load(section("schedule"), x);
-  phases_load(root, path, x);
-
-  Section ck = section("checkpoint");
-  ck.get("every", x.checkpoint_every);
-  ck.get("keep_last", x.keep_last);
-  ck.finish();
-  Section ev = section("eval");
-  ev.get("every", x.eval_every);
-  ev.get("batches", x.eval_batches);
-  ev.get("evalset", x.evalset);
-  ev.get("filter_after", x.filter_after);
-  ev.get("forgetting_every", x.forgetting_every);
-  ev.get("forgetting_batch", x.forgetting_batch);
-  ev.finish();
-  if (x.filter_after.empty()) x.filter_after = x.phases.front().name;
-  if (std::none_of(x.phases.begin(), x.phases.end(),
-                   [&](const PhaseConfig& p) { return p.name == x.filter_after; }))
-    ev.bad("filter_after", fmt::format("names no phase: {}", x.filter_after));
-  if (x.forgetting_every < 0 || x.forgetting_batch < 1)
-    ev.bad("forgetting_every", "must be >= 0 (and forgetting_batch >= 1)");
-
-  study_load(section("study"), x);
-  experiment_check(x, path);
+  read_run(section("run"), x);
+  read_model(at("model"), x);
+  read_data(section("data"), x);
+  read_train(section("train"), x);
+  read_optimizer(section("optimizer"), x);
+  read_schedule(section("schedule"), x);
+  read_phases(at("phases"), x);
+  read_checkpoint(section("checkpoint"), x);
+  read_eval(section("eval"), x);
+  for (const std::string& name : above)
+    if (const json* t = at(name.c_str())) x.sections_above[name] = *t;
+  experiment_check(x);
   return x;
 }
 

@@ -4,8 +4,11 @@
 // tables by index: --set phases.1.steps=500). Unknown keys and bad values fail with one line
 // naming them.
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "model/config.hpp"
 #include "train/adamw.hpp"
@@ -22,20 +25,6 @@ struct PhaseConfig {
   double replay_ratio = 0;    // share of the micro-batches drawn from replay_subset
 };
 
-// [study]: what `moelab run` varies around the experiment (methods.md §1.2): the dense model of
-// [model] and its iso-total MoE variants, each over the seeds, all on one evaluation set.
-struct StudyConfig {
-  std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
-  int64_t top_k = 2;
-  std::vector<int64_t> seeds;  // empty: run.seed
-  // The evaluation set, built once per study unless [eval] evalset names one.
-  std::string entities;            // entity list (${MOELAB_CACHE}/... allowed)
-  std::string subset_a, subset_b;  // default: the subsets of the first two phases
-  double top = 50, bottom = 50;
-  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5;
-  int64_t entity_seed = 1;
-};
-
 struct Experiment {
   std::string source;  // the config file, for messages
   // [run]
@@ -46,6 +35,7 @@ struct Experiment {
   double peak_gflops = 0;  // the FMA peak MFU is quoted against; 0: measured at start (0.3 s)
   // [model]
   ModelConfig model;
+  std::string init_from;  // a checkpoint whose tensors a fresh run starts from ("": none)
   // [data]
   std::string data_dir;
   int64_t seq_len = 256;
@@ -55,6 +45,7 @@ struct Experiment {
   double clip = 1.0;
   bool skip_nonfinite = false;
   int64_t max_skips = 10;  // with skip_nonfinite: stop after this many skipped steps in a row
+  std::vector<std::string> freeze;  // ECMAScript regexes on tensor names: not trained
   // [optimizer], [schedule]
   AdamWConfig optimizer;
   Schedule schedule;
@@ -73,8 +64,9 @@ struct Experiment {
   std::string filter_after;  // default: the first phase
   int64_t forgetting_every = 0;
   int64_t forgetting_batch = 64;
-  // [study]
-  StudyConfig study;
+  // Sections that a layer above reads itself ([study]: study/run.hpp), as parsed, for a
+  // ConfigSection there. The trainer ignores them.
+  std::map<std::string, nlohmann::json> sections_above;
 
   int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
   int64_t phase_steps(const PhaseConfig& p) const;  // steps, or tokens rounded up to steps
@@ -83,5 +75,36 @@ struct Experiment {
 
 // Reads a TOML file and applies the overrides ("key=value", dotted keys, TOML values).
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides);
+
+// One table of an experiment file (as JSON: TOML integers stay integers), read key by key. A
+// value of the wrong type, and at finish() a key that nobody read, fail with one line naming the
+// file and 'section.key'.
+class ConfigSection {
+ public:
+  // table: null or not an object reads as an empty section.
+  ConfigSection(const nlohmann::json* table, std::string name, std::string source);
+
+  // Leaves `out` as it is when the key is absent.
+  void get(const std::string& key, bool& out);
+  void get(const std::string& key, int& out);
+  void get(const std::string& key, int64_t& out);
+  void get(const std::string& key, uint64_t& out);
+  void get(const std::string& key, double& out);
+  void get(const std::string& key, std::string& out);
+  void get(const std::string& key, std::vector<int64_t>& out);
+  void get(const std::string& key, std::vector<std::string>& out);
+  void finish() const;
+  [[noreturn]] void bad(const std::string& key, const std::string& why) const;
+
+ private:
+  const nlohmann::json* find(const std::string& key);
+  template <typename T>
+  void get_integer(const std::string& key, T& out);
+
+  const nlohmann::json* t_;
+  std::string name_;  // e.g. "train" or "phases[1]"
+  std::string src_;
+  std::vector<std::string> known_;
+};
 
 }  // namespace moelab

@@ -4,21 +4,18 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
+#include <regex>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/signals.hpp"
 #include "core/sysinfo.hpp"
-#include "data/dataset.hpp"
-#include "eval/evalset.hpp"
-#include "model/model.hpp"
 #include "train/checkpoint.hpp"
 
 namespace moelab {
@@ -48,31 +45,92 @@ void metrics_truncate(const std::string& path, int64_t step) {
   file_write_atomic(path, kept);
 }
 
+// Tensor names for a message: the layers' tensors of one kind in one entry, with their layer
+// numbers (model.layers.{0-3,5}.mlp.router.weight), in the order they first come.
+std::string names_brief(const std::vector<std::string>& names) {
+  static const std::regex layer(R"(^model\.layers\.(\d+)\.(.+)$)");
+  std::vector<std::pair<std::string, std::vector<int64_t>>> groups;  // suffix -> layers
+  std::vector<std::string> out;
+  for (const std::string& n : names) {
+    std::smatch m;
+    if (!std::regex_match(n, m, layer)) {
+      out.push_back(n);
+      continue;
+    }
+    auto it =
+        std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == m[2].str(); });
+    if (it == groups.end()) {
+      out.push_back("");  // filled below, in this place
+      groups.push_back({m[2].str(), {}});
+      it = groups.end() - 1;
+    }
+    it->second.push_back(std::stoll(m[1]));
+  }
+  size_t g = 0;
+  for (std::string& o : out) {
+    if (!o.empty()) continue;
+    const auto& [suffix, layers] = groups[g++];
+    std::string ranges;
+    for (size_t i = 0; i < layers.size();) {
+      size_t j = i;
+      while (j + 1 < layers.size() && layers[j + 1] == layers[j] + 1) j++;
+      ranges += fmt::format(
+          "{}{}", ranges.empty() ? "" : ",",
+          j == i ? fmt::format("{}", layers[i]) : fmt::format("{}-{}", layers[i], layers[j]));
+      i = j + 1;
+    }
+    o = layers.size() == 1 ? fmt::format("model.layers.{}.{}", ranges, suffix)
+                           : fmt::format("model.layers.{{{}}}.{}", ranges, suffix);
+  }
+  std::string s;
+  for (const std::string& o : out) s += (s.empty() ? "" : ", ") + o;
+  return s;
+}
+
+// [train] freeze on the model's layout, before the optimizer lays out its moments (it keeps
+// them for trainable tensors only). Returns the layout for the optimizer.
+const ParamLayout& layout_freeze(Model<float>& model, const Experiment& x) {
+  for (const std::string& p : x.freeze)
+    if (model.layout.set_frozen(p, true) == 0)
+      fail(
+          fmt::format("{}: 'train.freeze' pattern '{}' matches no tensor of the model (names as "
+                      "in Hugging Face GptOss, e.g. model.layers.0.mlp.router.weight)",
+                      x.source, p));
+  return model.layout;
+}
+
 // ----------------------------------------------------------------------------
 // the run directory
 
-// The checkpoint a start continues from ("" for step 0). A directory whose run stopped before
-// its first checkpoint holds nothing worth keeping: it is started again, by a plain start or by
+// The checkpoint a start continues from ("" for step 0), and whether a run stopped there before
+// its first checkpoint: it held nothing worth keeping and starts again, by a plain start or by
 // --resume, instead of being refused both ways.
-std::string run_dir_claim(const Experiment& x, bool resume) {
+struct RunClaim {
+  std::string ckpt;
+  bool stale = false;
+};
+
+RunClaim run_dir_claim(const Experiment& x, bool resume) {
   const auto existing = checkpoint_list(x.run_dir);
   const fs::path dir = x.run_dir;
   if (!existing.empty()) {
     if (!resume)
       fail(fmt::format("{}: already holds a run; use --resume, or choose another run.dir",
                        x.run_dir));
-    return existing.back();
+    return {existing.back(), false};
   }
   std::error_code ec;
-  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "run.json", ec)) {
-    std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
-                 x.run_dir.c_str());
-    for (const char* f : {"metrics.jsonl", "evalset.frozen.jsonl", "run.json"})
-      fs::remove(dir / f, ec);
-    return "";
-  }
+  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "run.json", ec)) return {"", true};
   if (resume) fail(fmt::format("{}: no checkpoint to resume from", x.run_dir));
-  return "";
+  return {"", false};
+}
+
+void run_dir_restart(const Experiment& x) {
+  std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
+               x.run_dir.c_str());
+  std::error_code ec;
+  for (const char* f : {"metrics.jsonl", "evalset.frozen.jsonl", "run.json"})
+    fs::remove(fs::path(x.run_dir) / f, ec);
 }
 
 // run.json: what a report needs to know about this run without re-reading the TOML.
@@ -87,19 +145,21 @@ void run_info_write(const Experiment& x, const FlopCounts& flops) {
                       {"end_step", at + x.phase_steps(p)}});
     at += x.phase_steps(p);
   }
-  const ojson run = {{"experiment", x.source},
-                     {"seed", x.seed},
-                     {"experts", x.model.num_local_experts},
-                     {"top_k", x.model.num_experts_per_tok},
-                     {"params_total", pc.total},
-                     {"params_active", pc.active},
-                     {"train_flops_per_token", flops.train_per_token},
-                     {"seq_len", x.seq_len},
-                     {"tokens_per_step", x.tokens_per_step()},
-                     {"total_steps", x.total_steps()},
-                     {"filter_after", x.evalset.empty() ? "" : x.filter_after},
-                     {"phases", phases},
-                     {"model", config_to_json(x.model)}};
+  ojson run = {{"experiment", x.source},
+               {"seed", x.seed},
+               {"experts", x.model.num_local_experts},
+               {"top_k", x.model.num_experts_per_tok},
+               {"params_total", pc.total},
+               {"params_active", pc.active},
+               {"train_flops_per_token", flops.train_per_token},
+               {"seq_len", x.seq_len},
+               {"tokens_per_step", x.tokens_per_step()},
+               {"total_steps", x.total_steps()},
+               {"filter_after", x.evalset.empty() ? "" : x.filter_after},
+               {"phases", phases},
+               {"model", config_to_json(x.model)}};
+  if (!x.init_from.empty()) run["init_from"] = x.init_from;
+  if (!x.freeze.empty()) run["freeze"] = x.freeze;
   file_write_atomic((fs::path(x.run_dir) / "run.json").string(), run.dump(2) + "\n");
 }
 
@@ -109,82 +169,53 @@ int64_t count_nonfinite(std::span<const float> v) {
   return n;
 }
 
+}  // namespace
+
 // ----------------------------------------------------------------------------
-// one run
+// setup and resume
 
-struct StepLosses {
-  double lm = 0, aux = 0, z = 0, norm = 0;
-  bool finite() const { return std::isfinite(lm + aux + z) && std::isfinite(norm); }
-};
+Trainer::Trainer(const Experiment& x)
+    : x_(x),
+      model_(x.model, x.batch_size, x.seq_len),
+      opt_(layout_freeze(model_, x_), x.optimizer),
+      flops_(config_flops(x.model, x.seq_len)),
+      metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
+      frozen_path_((fs::path(x.run_dir) / "evalset.frozen.jsonl").string()),
+      tty_(::isatty(2)) {
+  model_.init_weights(x.seed);
+}
 
-class TrainRun {
- public:
-  TrainRun(const Experiment& x, int threads)
-      : x_(x),
-        data_(data_open(x.data_dir)),
-        model_(x.model, x.batch_size, x.seq_len),
-        opt_(model_.layout, x.optimizer),
-        flops_(config_flops(x.model, x.seq_len)),
-        metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
-        frozen_path_((fs::path(x.run_dir) / "evalset.frozen.jsonl").string()),
-        tty_(::isatty(2)) {
-    if (x.model.vocab_size < data_.vocab_size)
-      fail(fmt::format("{}: model vocab_size {} is smaller than the data's tokenizer ({})",
-                       x.source, x.model.vocab_size, data_.vocab_size));
-    model_.init_weights(x.seed);
-    // One training loader per subset used (phases and replay), one validation loader per subset.
-    for (const PhaseConfig& p : x.phases)
-      for (const std::string& s : {p.subset, p.replay_subset})
-        if (!s.empty() && !train_.contains(s)) {
-          train_.emplace(s, DataLoader(data_, s, "train", x.seq_len, rng_mix(x.seed ^ fnv1a(s))));
-          if (x.eval_every > 0) val_.emplace(s, DataLoader(data_, s, "val", x.seq_len, 0));
-        }
-    peak_ = x.peak_gflops > 0 ? x.peak_gflops : bench_fma_peak_gflops(threads, 0.3);
-  }
+void Trainer::start(bool resume) {
+  data_.emplace(data_open(x_.data_dir));
+  if (x_.model.vocab_size < data_->vocab_size)
+    fail(fmt::format("{}: model vocab_size {} is smaller than the data's tokenizer ({})", x_.source,
+                     x_.model.vocab_size, data_->vocab_size));
+  // One training loader per subset used (phases and replay), one validation loader per subset.
+  for (const PhaseConfig& p : x_.phases)
+    for (const std::string& s : {p.subset, p.replay_subset})
+      if (!s.empty() && !train_.contains(s)) {
+        train_.emplace(s, DataLoader(*data_, s, "train", x_.seq_len, rng_mix(x_.seed ^ fnv1a(s))));
+        if (x_.eval_every > 0) val_.emplace(s, DataLoader(*data_, s, "val", x_.seq_len, 0));
+      }
+  peak_ = x_.peak_gflops > 0 ? x_.peak_gflops : bench_fma_peak_gflops(threads_get(), 0.3);
 
-  void start(bool resume);
-  int loop();
-
- private:
-  void resume_from(const std::string& ckpt);
-  void forgetting_setup();
-  EvalSetLimits evalset_limits() const {
-    return {data_.vocab_size, x_.model.vocab_size, x_.model.max_position_embeddings};
-  }
-  StepLosses forward_backward(const PhaseConfig& phase);
-  void on_nonfinite(const StepLosses& r, ojson& m);
-  ojson forgetting_duties(const PhaseConfig& phase, bool phase_done);
-  ojson validation_losses();
-  void log_step(ojson& m, const StepLosses& r, double lr, const PhaseConfig& phase,
-                bool phase_done);
-  std::string last_good() const;
-  void save(const std::string& phase);
-
-  const Experiment& x_;
-  DataDir data_;
-  Model<float> model_;
-  AdamW<float> opt_;
-  std::map<std::string, DataLoader> train_, val_;
-  FlopCounts flops_;
-  std::string metrics_path_, frozen_path_;
-  std::ofstream metrics_;
-  EvalSet full_set_, frozen_;  // forgetting: the evaluation set, and its part frozen after A
-  bool have_frozen_ = false;
-  bool tty_;
-  double peak_ = 0;
-  int64_t step_ = 0, start_step_ = 0, saved_step_ = -1, skipped_in_a_row_ = 0;
-  std::string phase_name_;  // of the last step taken
-  int64_t window_steps_ = 0;
-  double t_start_ = 0, t_window_ = 0;
-  std::vector<int32_t> tok_, tgt_;
-};
-
-void TrainRun::start(bool resume) {
   // Everything the run reads is checked before the run directory is touched.
   if (!x_.evalset.empty())
-    full_set_ = evalset_load(x_.evalset, data_.fingerprint, evalset_limits());
-  const std::string ckpt = run_dir_claim(x_, resume);
-  if (!ckpt.empty()) resume_from(ckpt);
+    full_set_ = evalset_load(x_.evalset, data_->fingerprint, evalset_limits());
+  const RunClaim claim = run_dir_claim(x_, resume);
+  if (!claim.ckpt.empty())
+    resume_from(claim.ckpt);
+  else if (!x_.init_from.empty())
+    init_from();
+  if (!x_.freeze.empty()) {
+    std::vector<std::string> frozen;
+    int64_t n = 0;
+    for (const TensorView& t : model_.layout.tensors)
+      if (t.frozen) frozen.push_back(t.name), n += t.numel;
+    std::fprintf(stderr, "frozen: %zu tensors, %ld of %ld parameters: %s\n", frozen.size(), long(n),
+                 long(model_.layout.total), names_brief(frozen).c_str());
+  }
+  if (claim.stale) run_dir_restart(x_);
   std::error_code ec;
   fs::create_directories(x_.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
@@ -194,9 +225,9 @@ void TrainRun::start(bool resume) {
   forgetting_setup();
 }
 
-void TrainRun::resume_from(const std::string& ckpt) {
+void Trainer::resume_from(const std::string& ckpt) {
   const json state = checkpoint_load(ckpt, model_, &opt_);
-  checkpoint_check_tokenizer(ckpt, state, data_.fingerprint, x_.data_dir);
+  checkpoint_check_tokenizer(ckpt, state, data_->fingerprint, x_.data_dir);
   try {
     step_ = state.at("step").get<int64_t>();
     for (auto& [name, pos] : state.at("loaders").items())
@@ -210,7 +241,30 @@ void TrainRun::resume_from(const std::string& ckpt) {
   std::fprintf(stderr, "resumed from %s (step %ld)\n", ckpt.c_str(), long(step_));
 }
 
-void TrainRun::forgetting_setup() {
+// [model] init_from: another run's weights, on a fresh start only (a resumed run has its own).
+void Trainer::init_from() {
+  const std::string& dir = x_.init_from;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    fail(fmt::format("{}: 'model.init_from': {}: no such checkpoint folder", x_.source, dir));
+  const InitReport r = checkpoint_init_from(dir, model_);
+  // Token ids of another tokenizer would mean nothing here.
+  const fs::path state_path = fs::path(dir) / "trainer_state.json";
+  if (fs::exists(state_path, ec)) {
+    const json state = json::parse(file_read(state_path.string()), nullptr, false);
+    if (!state.is_object())
+      fail(fmt::format("{}: not a trainer state (invalid JSON)", state_path.string()));
+    checkpoint_check_tokenizer(dir, state, data_->fingerprint, x_.data_dir);
+  }
+  std::fprintf(stderr, "init_from %s: %zu tensors loaded", dir.c_str(), r.loaded.size());
+  if (r.fresh.empty())
+    std::fprintf(stderr, ", none new\n");
+  else
+    std::fprintf(stderr, "; %zu new (initialized from run.seed): %s\n", r.fresh.size(),
+                 names_brief(r.fresh).c_str());
+}
+
+void Trainer::forgetting_setup() {
   if (x_.evalset.empty()) return;
   int64_t filter_end = 0;
   for (const PhaseConfig& p : x_.phases) {
@@ -222,33 +276,84 @@ void TrainRun::forgetting_setup() {
   std::error_code ec;
   if (!fs::exists(frozen_path_, ec)) return;
   if (step_ >= filter_end) {
-    frozen_ = evalset_load(frozen_path_, data_.fingerprint, evalset_limits());
+    frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
     have_frozen_ = true;
   } else {
     fs::remove(frozen_path_, ec);
   }
 }
 
-// Gradients are summed over the micro-batches; the losses and the norm are their means.
-StepLosses TrainRun::forward_backward(const PhaseConfig& phase) {
-  const Activity doing("a training step");
-  StepLosses r;
-  model_.zero_grad();
-  for (int64_t micro = 0; micro < x_.grad_accum; micro++) {
-    const bool replay = phase.replay_ratio > 0 && rng_uniform(x_.seed, 7000 + uint64_t(step_),
-                                                              uint64_t(micro)) < phase.replay_ratio;
-    train_.at(replay ? phase.replay_subset : phase.subset).next(x_.batch_size, tok_, tgt_);
-    const Losses l = model_.forward(tok_, tgt_);
-    r.lm += l.lm / double(x_.grad_accum);
-    r.aux += l.aux / double(x_.grad_accum);
-    r.z += l.z / double(x_.grad_accum);
-    model_.backward();
+EvalSetLimits Trainer::evalset_limits() const {
+  return {data_->vocab_size, x_.model.vocab_size, x_.model.max_position_embeddings};
+}
+
+// ----------------------------------------------------------------------------
+// a step
+
+Trainer::PhaseAt Trainer::phase_at(int64_t step) const {
+  size_t pi = 0;
+  int64_t end = 0;
+  for (; pi < x_.phases.size(); pi++) {
+    end += x_.phase_steps(x_.phases[pi]);
+    if (step < end) break;
   }
-  r.norm = grad_global_norm<float>(model_.layout, model_.grads) / double(x_.grad_accum);
+  return {pi, end};
+}
+
+StepStats Trainer::step(const BatchSource& next, double lr) {
+  StepStats r;
+  r.lr = lr;
+  const double accum = double(x_.grad_accum);
+  {
+    // Gradients are summed over the micro-batches; the losses and the norm are their means.
+    const Activity doing("a training step");
+    model_.zero_grad();
+    for (int64_t micro = 0; micro < x_.grad_accum; micro++) {
+      const MicroBatch b = next(micro);
+      const Losses l = model_.forward(b.tokens, b.targets);
+      r.lm += l.lm / accum;
+      r.aux += l.aux / accum;
+      r.z += l.z / accum;
+      model_.backward();
+    }
+  }
+  reduce_grads();
+  {
+    const ProfileScope prof("optimizer");
+    r.grad_norm = grad_global_norm<float>(model_.layout, model_.grads) / accum;
+    r.step = ++step_;
+    window_steps_++;
+    r.applied = std::isfinite(r.total()) && std::isfinite(r.grad_norm);
+    if (r.applied) {
+      skipped_in_a_row_ = 0;
+      opt_.update(model_.params, model_.grads, lr, grad_clip_scale(r.grad_norm, x_.clip) / accum);
+    } else {
+      on_nonfinite(r);
+    }
+  }
+  if (x_.model.is_moe() && x_.model.num_local_experts > 1) r.expert_load = model_.expert_load();
   return r;
 }
 
-std::string TrainRun::last_good() const {
+StepStats Trainer::step() {
+  const PhaseAt at = phase_at(step_);
+  const PhaseConfig& phase = x_.phases[at.index];
+  // A micro-batch comes from the replay subset with probability replay_ratio, decided by the
+  // seed, the step and the micro-batch alone (a resumed run decides the same).
+  const int64_t at_step = step_;
+  const BatchSource next = [&](int64_t micro) {
+    const bool replay = phase.replay_ratio > 0 && rng_uniform(x_.seed, 7000 + uint64_t(at_step),
+                                                              uint64_t(micro)) < phase.replay_ratio;
+    train_.at(replay ? phase.replay_subset : phase.subset).next(x_.batch_size, tok_, tgt_);
+    return MicroBatch{tok_, tgt_};
+  };
+  StepStats r = step(next, x_.schedule.lr(step_));
+  r.phase = at.index;
+  phase_name_ = phase.name;
+  return r;
+}
+
+std::string Trainer::last_good() const {
   const auto list = checkpoint_list(x_.run_dir);
   return list.empty() ? std::string("no checkpoint was written yet")
                       : fmt::format("the last good checkpoint is {}", list.back());
@@ -256,10 +361,10 @@ std::string TrainRun::last_good() const {
 
 // A non-finite loss or gradient is never applied: the run stops, or skips the batch until too
 // many in a row were skipped.
-void TrainRun::on_nonfinite(const StepLosses& r, ojson& m) {
-  const std::string what = std::isfinite(r.lm + r.aux + r.z)
-                               ? fmt::format("the gradient norm is not finite ({})", r.norm)
-                               : fmt::format("the loss is not finite ({})", r.lm + r.aux + r.z);
+void Trainer::on_nonfinite(const StepStats& r) {
+  const std::string what = std::isfinite(r.total())
+                               ? fmt::format("the gradient norm is not finite ({})", r.grad_norm)
+                               : fmt::format("the loss is not finite ({})", r.total());
   if (!x_.skip_nonfinite)
     fail(
         fmt::format("step {}: {}; stopped before the update, {} (train.skip_nonfinite = true "
@@ -270,16 +375,31 @@ void TrainRun::on_nonfinite(const StepLosses& r, ojson& m) {
         fmt::format("step {}: {} batches in a row were skipped ({}); stopped, {} (see "
                     "train.max_skips)",
                     step_, skipped_in_a_row_, what, last_good()));
-  m["skipped"] = std::isfinite(r.lm + r.aux + r.z) ? "non-finite gradient" : "non-finite loss";
 }
 
-ojson TrainRun::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
+// ----------------------------------------------------------------------------
+// evaluation
+
+StepEval Trainer::evaluate(const StepStats& r) {
+  StepEval e;
+  const PhaseConfig& phase = x_.phases[r.phase];
+  const bool phase_done = r.step == phase_at(r.step - 1).end;
+  e.forgetting = forgetting_duties(phase, phase_done);
+  // Validation runs on the steps whose losses are logged.
+  if (r.applied && log_due(r, e) && x_.eval_every > 0 &&
+      (r.step % x_.eval_every == 0 || phase_done))
+    e.val_loss = validation_losses();
+  return e;
+}
+
+ojson Trainer::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
   ojson forgetting;
   if (x_.evalset.empty()) return forgetting;
   const Activity doing("evaluation");
   if (phase_done && phase.name == x_.filter_after && !have_frozen_) {
     // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
-    const EvalReport r = evaluate(model_, *data_.tokenizer, full_set_, x_.forgetting_batch);
+    const EvalReport r =
+        moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch);
     frozen_ = evalset_filter(full_set_, r.ex_hit);
     evalset_write(frozen_path_, frozen_);
     have_frozen_ = true;
@@ -291,12 +411,12 @@ ojson TrainRun::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
                     forgetting.contains("evalset") || phase_done);
   if (due)
     forgetting["metrics"] =
-        evalreport_json(evaluate(model_, *data_.tokenizer, frozen_, x_.forgetting_batch));
+        evalreport_json(moelab::evaluate(model_, *data_->tokenizer, frozen_, x_.forgetting_batch));
   return forgetting;
 }
 
 // Mean loss on the same held-out batches of every subset.
-ojson TrainRun::validation_losses() {
+ojson Trainer::validation_losses() {
   const Activity doing("validation");
   ojson v = ojson::object();
   for (auto& [name, loader] : val_) {
@@ -313,31 +433,62 @@ ojson TrainRun::validation_losses() {
   return v;
 }
 
-void TrainRun::log_step(ojson& m, const StepLosses& r, double lr, const PhaseConfig& phase,
-                        bool phase_done) {
+// ----------------------------------------------------------------------------
+// logging and checkpoints
+
+bool Trainer::log_due(const StepStats& r, const StepEval& e) const {
+  const bool phase_done = r.step == phase_at(r.step - 1).end;
+  return r.step % x_.log_every == 0 || phase_done || r.step == x_.total_steps() ||
+         !e.forgetting.is_null();
+}
+
+void Trainer::log(const StepStats& r, const StepEval& e) {
+  const PhaseConfig& phase = x_.phases[r.phase];
+  ojson m = {{"step", r.step}, {"phase", phase.name}, {"tokens", r.step * x_.tokens_per_step()}};
+  const bool due = log_due(r, e);
+  if (!r.applied)
+    m["skipped"] = std::isfinite(r.total()) ? "non-finite gradient" : "non-finite loss";
+  else if (due) {
+    m["loss"] = r.lm;
+    m["lr"] = r.lr;
+    m["grad_norm"] = r.grad_norm;
+    if (!r.expert_load.empty()) {
+      m["aux_loss"] = r.aux;
+      m["z_loss"] = r.z;
+      m["expert_load"] = r.expert_load;
+    }
+    if (!e.val_loss.is_null()) m["val_loss"] = e.val_loss;
+    log_progress(m, r);
+  }
+  if (!e.forgetting.is_null()) m["forgetting"] = e.forgetting;
+  if (!r.applied || due) metrics_ << m.dump() << "\n" << std::flush;
+  if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
+}
+
+// Throughput over the steps since the last logged one, and the progress line.
+void Trainer::log_progress(ojson& m, const StepStats& r) {
   const double now = time_now_s(), dt = now - t_window_;
   const double tok_s = double(window_steps_ * x_.tokens_per_step()) / std::max(dt, 1e-9);
   t_window_ = now, window_steps_ = 0;
-  m["loss"] = r.lm;
-  m["lr"] = lr;
-  m["grad_norm"] = r.norm;
-  if (x_.model.is_moe() && x_.model.num_local_experts > 1) {
-    m["aux_loss"] = r.aux;
-    m["z_loss"] = r.z;
-    m["expert_load"] = model_.expert_load();
-  }
-  if (x_.eval_every > 0 && (step_ % x_.eval_every == 0 || phase_done))
-    m["val_loss"] = validation_losses();
   m["tokens_per_s"] = std::round(tok_s * 10) / 10;
   m["mfu"] = std::round(tok_s * flops_.train_per_token / 1e9 / peak_ * 1e4) / 1e4;
   const int64_t total = x_.total_steps();
   const double rate = double(step_ - start_step_) / std::max(now - t_start_, 1e-9);
   std::fprintf(stderr, "%sstep %ld/%ld | %s | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
-               tty_ ? "\r" : "", long(step_), long(total), phase.name.c_str(), r.lm, lr, tok_s,
-               eta(double(total - step_) / rate).c_str(), tty_ ? "   " : "\n");
+               tty_ ? "\r" : "", long(step_), long(total), x_.phases[r.phase].name.c_str(), r.lm,
+               r.lr, tok_s, eta(double(total - step_) / rate).c_str(), tty_ ? "   " : "\n");
 }
 
-void TrainRun::save(const std::string& phase) {
+void Trainer::progress_end() const {
+  if (tty_) std::fprintf(stderr, "\n");
+}
+
+bool Trainer::checkpoint_due(const StepStats& r) const {
+  return r.step == phase_at(r.step - 1).end ||
+         (x_.checkpoint_every > 0 && r.step % x_.checkpoint_every == 0);
+}
+
+void Trainer::save() {
   // A checkpoint is only ever a good one: non-finite weights stop the run instead.
   const int64_t bad = count_nonfinite(model_.params);
   if (bad > 0)
@@ -346,73 +497,39 @@ void TrainRun::save(const std::string& phase) {
   json loaders = json::object();
   for (auto& [name, l] : train_)
     loaders[name] = {{"epoch", l.position().epoch}, {"index", l.position().index}};
-  const json state = {{"phase", phase},
+  const json state = {{"phase", phase_name_},
                       {"loaders", loaders},
                       {"seed", x_.seed},
-                      {"tokenizer_fingerprint", data_.fingerprint}};
+                      {"tokenizer_fingerprint", data_->fingerprint}};
   const Activity doing("checkpoint writing");
   const std::string dir = checkpoint_save(x_.run_dir, step_, model_, opt_, state, x_.keep_last);
   saved_step_ = step_;
   std::fprintf(stderr, "%scheckpoint %s\n", tty_ ? "\n" : "", dir.c_str());
 }
 
-int TrainRun::loop() {
-  const Activity doing("training");  // between the parts named in detail
-  const int64_t total = x_.total_steps();
-  t_start_ = t_window_ = time_now_s();
-  while (step_ < total && !signals_stop_requested()) {
-    size_t pi = 0;
-    int64_t phase_end = 0;
-    for (; pi < x_.phases.size(); pi++) {
-      phase_end += x_.phase_steps(x_.phases[pi]);
-      if (step_ < phase_end) break;
-    }
-    const PhaseConfig& phase = x_.phases[pi];
-    const double lr = x_.schedule.lr(step_);
-    const StepLosses r = forward_backward(phase);
-    step_++;
-    window_steps_++;
-    ojson m = {{"step", step_}, {"phase", phase.name}, {"tokens", step_ * x_.tokens_per_step()}};
-    const bool applied = r.finite();
-    if (applied) {
-      skipped_in_a_row_ = 0;
-      opt_.update(model_.params, model_.grads, lr,
-                  grad_clip_scale(r.norm, x_.clip) / double(x_.grad_accum));
-    } else {
-      on_nonfinite(r, m);
-    }
-    const bool phase_done = step_ == phase_end;
-    const ojson forgetting = forgetting_duties(phase, phase_done);
-    const bool log_due = step_ % x_.log_every == 0 || phase_done || step_ == total;
-    if (applied && (log_due || !forgetting.empty())) log_step(m, r, lr, phase, phase_done);
-    if (!forgetting.empty()) m["forgetting"] = forgetting;
-    if (!applied || log_due || !forgetting.empty()) metrics_ << m.dump() << "\n" << std::flush;
-    if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
-    const bool asked = signals_take_save_request();  // SIGUSR1
-    if (asked || phase_done || (x_.checkpoint_every > 0 && step_ % x_.checkpoint_every == 0) ||
-        signals_stop_requested())
-      save(phase.name);
-    phase_name_ = phase.name;
-  }
-  if (tty_) std::fprintf(stderr, "\n");
-  const int sig = signals_stop_requested();
-  if (sig == 0 || step_ == total) return 0;
-  // The signal may have come after this step's checkpoint decision.
-  if (saved_step_ != step_ && step_ > start_step_) save(phase_name_);
-  std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
-               sig, long(step_), signals_stop_activity());
-  return 130;
-}
-
-}  // namespace
+// ----------------------------------------------------------------------------
+// a run
 
 int train_run(const Experiment& x, bool resume) {
   const StopScope stop;  // from here on a signal asks for a checkpoint and a clean stop
-  const int threads = x.threads > 0 ? x.threads : omp_get_num_procs();
-  threads_set(threads);
-  TrainRun run(x, threads);
-  run.start(resume);
-  return run.loop();
+  threads_set(x.threads > 0 ? x.threads : omp_get_num_procs());
+  Trainer t(x);
+  t.start(resume);
+  const Activity doing("training");  // between the parts named in detail
+  while (!t.finished() && !signals_stop_requested()) {
+    const StepStats r = t.step();
+    t.log(r, t.evaluate(r));
+    const bool asked = signals_take_save_request();  // SIGUSR1
+    if (asked || t.checkpoint_due(r) || signals_stop_requested()) t.save();
+  }
+  t.progress_end();
+  const int sig = signals_stop_requested();
+  if (sig == 0 || t.finished()) return 0;
+  // The signal may have come after this step's checkpoint decision.
+  if (t.unsaved()) t.save();
+  std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
+               sig, long(t.steps_done()), signals_stop_activity());
+  return 130;
 }
 
 }  // namespace moelab

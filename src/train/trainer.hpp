@@ -2,9 +2,135 @@
 // The trainer: phases over data subsets with one optimizer and one schedule across them,
 // gradient accumulation, clipping, periodic validation, metrics.jsonl, checkpoints at phase
 // ends and every N steps, exact resume, and a checkpoint on SIGINT/SIGTERM.
+//
+// A Trainer holds the model and the optimizer; step() is one optimizer step on micro-batches
+// from any source (a run's data loaders, or the synthetic tokens of `moelab bench train`).
+// train_run() is the loop over a run: step, evaluate, log, save.
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/dataset.hpp"
+#include "eval/evalset.hpp"
+#include "model/model.hpp"
+#include "train/adamw.hpp"
 #include "train/experiment.hpp"
 
 namespace moelab {
+
+// One micro-batch: tokens and next-token targets, [batch_size * seq_len] each. The spans stay
+// valid until the source is called again.
+struct MicroBatch {
+  std::span<const int32_t> tokens, targets;
+};
+// Supplies micro-batch `micro` (0 .. grad_accum - 1) of the step being taken.
+using BatchSource = std::function<MicroBatch(int64_t micro)>;
+
+// What one optimizer step did.
+struct StepStats {
+  int64_t step = 0;               // the steps taken after it (1 for the first)
+  size_t phase = 0;               // index into the experiment's phases (run steps)
+  double lr = 0;                  // the learning rate it used
+  double lm = 0, aux = 0, z = 0;  // losses, means over the micro-batches
+  double grad_norm = 0;           // of the mean gradient, before clipping
+  bool applied = false;           // false: skipped, the loss or gradient was not finite
+  std::vector<std::vector<double>> expert_load;  // MoE: of the last micro-batch (Model's form)
+  double total() const { return lm + aux + z; }
+};
+
+// What evaluate() measured after a step; null where nothing was due.
+struct StepEval {
+  nlohmann::ordered_json forgetting;  // the evaluation set's filtering and forgetting metrics
+  nlohmann::ordered_json val_loss;    // mean validation loss per subset
+};
+
+class Trainer {
+ public:
+  // The model of x at batch_size x seq_len with weights from run.seed, [train] freeze applied,
+  // and the optimizer (moments for the trainable tensors only). Touches no data and no run
+  // directory: enough for step() on any micro-batches.
+  explicit Trainer(const Experiment& x);
+  virtual ~Trainer() = default;
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // A run: opens the data and claims the run directory. A fresh start loads [model] init_from;
+  // with resume, the run's last checkpoint (weights, optimizer, data positions). Everything read
+  // is checked before the run directory is touched.
+  void start(bool resume);
+
+  // One optimizer step at learning rate lr: grad_accum micro-batches of forward and backward
+  // (gradients summed), reduce_grads(), then the AdamW update of the mean gradient with global
+  // norm clipping. A non-finite loss or gradient is never applied: the step is skipped
+  // (train.skip_nonfinite, at most train.max_skips in a row) or training stops with one line.
+  StepStats step(const BatchSource& next, double lr);
+  // The run's next step: the micro-batches of its phase (with replay), the schedule's rate.
+  StepStats step();
+
+  // Between the backward passes and the gradient norm: where a data-parallel run all-reduces
+  // (sums) the gradients over its ranks (MPI). One process has nothing to add: identity.
+  virtual void reduce_grads() {}
+
+  // The evaluations due after step r: the forgetting set's filtering and metrics, and the
+  // validation losses of every subset on the steps that log them.
+  StepEval evaluate(const StepStats& r);
+  // The step's line of metrics.jsonl (when due) and the progress line on stderr.
+  void log(const StepStats& r, const StepEval& e);
+  // A checkpoint of the current step (never of non-finite weights: that stops the run).
+  void save();
+
+  bool checkpoint_due(const StepStats& r) const;  // at a phase end or every checkpoint.every
+  bool finished() const { return step_ >= x_.total_steps(); }
+  bool unsaved() const { return saved_step_ != step_ && step_ > start_step_; }
+  int64_t steps_done() const { return step_; }
+  void progress_end() const;  // ends the progress line on a terminal
+
+  const Model<float>& model() const { return model_; }
+
+ private:
+  struct PhaseAt {
+    size_t index;
+    int64_t end;  // the step count at which it ends
+  };
+  PhaseAt phase_at(int64_t step) const;
+  std::string start_claim(bool resume);
+  void resume_from(const std::string& ckpt);
+  void init_from();
+  void forgetting_setup();
+  EvalSetLimits evalset_limits() const;
+  void on_nonfinite(const StepStats& r);
+  bool log_due(const StepStats& r, const StepEval& e) const;
+  nlohmann::ordered_json forgetting_duties(const PhaseConfig& phase, bool phase_done);
+  nlohmann::ordered_json validation_losses();
+  void log_progress(nlohmann::ordered_json& m, const StepStats& r);
+  std::string last_good() const;
+
+  const Experiment x_;
+  Model<float> model_;
+  AdamW<float> opt_;
+  FlopCounts flops_;
+  // a run's (start)
+  std::optional<DataDir> data_;
+  std::map<std::string, DataLoader> train_, val_;
+  std::string metrics_path_, frozen_path_;
+  std::ofstream metrics_;
+  EvalSet full_set_, frozen_;  // forgetting: the evaluation set, and its part frozen after A
+  bool have_frozen_ = false;
+  bool tty_;
+  double peak_ = 0;
+  int64_t step_ = 0, start_step_ = 0, saved_step_ = -1, skipped_in_a_row_ = 0;
+  std::string phase_name_;  // of the last step taken
+  int64_t window_steps_ = 0;
+  double t_start_ = 0, t_window_ = 0;
+  std::vector<int32_t> tok_, tgt_;
+};
 
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).
 // Errors (a non-finite loss, a full disk, a checkpoint of another config) throw with one line.
