@@ -71,16 +71,4 @@ Device& device_cpu() {
   return dev;
 }
 
-Profile& profile() {
-  return device_cpu().profile;
-}
-
-void gemm_set_precision(Precision p) {
-  device_cpu().precision = p;
-}
-
-Precision gemm_precision() {
-  return device_cpu().precision;
-}
-
 }  // namespace moelab

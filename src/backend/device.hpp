@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "core/gemm.hpp"
 #include "core/profile.hpp"
@@ -76,8 +77,14 @@ class Device {
   Profile profile;                       // per-op seconds when profile.on
 };
 
-// The CPU device (oneDNN / OpenBLAS GEMM, OpenMP kernels): what every command runs on.
+// The CPU device (oneDNN / OpenBLAS GEMM, OpenMP kernels).
 Device& device_cpu();
+
+// The device models are built on unless told otherwise: the one named by the environment
+// variable MOELAB_DEVICE (default "cpu"); an unknown name fails with the list of known ones.
+// A backend makes itself known with a line in device_find (backend/device.cpp).
+Device& device_default();
+Device& device_find(std::string_view name);
 
 // ----------------------------------------------------------------------------
 // Buffer: an owning array on a device, zero-filled; the activations and scratch of the blocks.
@@ -122,7 +129,7 @@ class Buffer {
   Device* dev_ = nullptr;
 };
 
-// The linear-layer precision of the CPU device (commands and tests that set it process-wide).
+// The linear-layer precision of the default device (commands and tests that set it).
 void gemm_set_precision(Precision p);
 Precision gemm_precision();
 

@@ -35,7 +35,7 @@ ModelParams model_register(ParamLayout& p, const ModelConfig& c);
 template <typename T>
 class Model {
  public:
-  Model(const ModelConfig& cfg, int64_t batch, int64_t seq, Device& dev = device_cpu());
+  Model(const ModelConfig& cfg, int64_t batch, int64_t seq, Device& dev = device_default());
 
   void init_weights(uint64_t seed);
   // tokens, targets [B*T]; a target < 0 is ignored. Saves what backward needs.
