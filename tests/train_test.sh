@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # moelab train end to end on a tiny generated corpus: a two-phase run; the same run interrupted
 # with SIGINT and with kill -9 and then resumed gives the same metrics (all but the timing
-# fields); bad configs fail with one line naming the key.
+# fields); bad configs fail with one line naming the key; [model] init_from starts a run from
+# another's checkpoint and [train] freeze keeps tensors bit-identical.
 set -u
 moelab=$1
 source "$(dirname "$0")/testlib.sh"
@@ -211,5 +212,64 @@ expect_error "negative steps" "'phases\[1\].steps' must be positive" "$moelab" t
 # on a phase given in tokens too (the default config's kind)
 expect_error "negative steps, tokens phase" "'phases\[1\].steps' must be positive" "$moelab" train exp.toml --set phases.1.steps=-3 --set phases.1.tokens=1000 --set run.dir=x9
 expect_error "decay longer than the phase" "'schedule.decay_steps' \(500\) is longer than the run up to the end of phase A \(150 steps\)" "$moelab" train exp.toml --set schedule.decay_steps=500 --set run.dir=x10
+
+# 10. [model] init_from and [train] freeze. A short run R; its phase B starts from step_00000020
+# with loader B at its start, and so does a fresh run F whose first phase is B, started from
+# that checkpoint: the same weights on the same data give the same first loss, to the bit.
+short=(--set phases.0.steps=20 --set phases.1.steps=5 --set phases.1.replay_ratio=0
+  --set schedule.decay_steps=5 --set schedule.warmup_steps=2 --set checkpoint.keep_last=0
+  --set eval.evalset= --set eval.every=0)
+"$moelab" train exp.toml --set run.dir=R "${short[@]}" >/dev/null 2>err || bad "init_from: run R: $(tail -1 err)"
+ck=R/step_00000020
+asB=(--set phases.0.subset=B --set phases.0.steps=3 --set phases.1.steps=1 --set schedule.decay_steps=1
+  --set schedule.warmup_steps=1 --set checkpoint.keep_last=0 --set eval.evalset= --set eval.every=0
+  --set model.init_from=$ck)
+if "$moelab" train exp.toml --set run.dir=F "${asB[@]}" >/dev/null 2>err; then ok; else bad "init_from run: $(tail -1 err)"; fi
+grep -q "^init_from $ck: [0-9]* tensors loaded, none new" err && ok || bad "init_from report: $(grep init_from err)"
+loss() { sed -n "${2}p" "$1" | sed -E 's/.*"loss":([-0-9.e]+).*/\1/'; }
+[ -n "$(loss R/metrics.jsonl 21)" ] && [ "$(loss F/metrics.jsonl 1)" = "$(loss R/metrics.jsonl 21)" ] && ok ||
+  bad "init_from: first loss $(loss F/metrics.jsonl 1), resuming R would give $(loss R/metrics.jsonl 21)"
+# the same without init_from starts elsewhere (the comparison above can fail)
+"$moelab" train exp.toml --set run.dir=F0 "${asB[@]}" --set model.init_from= >/dev/null 2>&1
+[ "$(loss F0/metrics.jsonl 1)" != "$(loss R/metrics.jsonl 21)" ] && ok || bad "a fresh model has R's loss"
+# resuming reads the run's own checkpoint, never init_from
+if "$moelab" train exp.toml --set run.dir=F "${asB[@]}" --set model.init_from=gone --resume >/dev/null 2>err; then ok; else bad "resume with init_from: $(tail -1 err)"; fi
+# a model with an added layer: the checkpoint's tensors load, the new layer's are listed
+if "$moelab" train exp.toml --set run.dir=F3 "${asB[@]}" --set model.num_hidden_layers=3 >/dev/null 2>err; then ok; else bad "init_from into a deeper model: $(tail -1 err)"; fi
+grep -Eq "^init_from $ck: [0-9]+ tensors loaded; [0-9]+ new \(initialized from run.seed\): model\.layers\.2\.[a-z_.]+(, model\.layers\.2\.[a-z_.]+)*$" err && ok ||
+  bad "init_from report of the added layer: $(grep init_from err)"
+
+# freeze: named tensors come out of training bit-identical, the others change
+freeze='train.freeze=["^model\\.embed_tokens\\.", "layers\\.0\\.self_attn"]'
+if "$moelab" train exp.toml --set run.dir=FZ "${asB[@]}" --set "$freeze" >/dev/null 2>err; then ok; else bad "freeze run: $(tail -1 err)"; fi
+grep -q "^frozen: 10 tensors, [0-9]* of [0-9]* parameters: model.embed_tokens.weight, model.layers.0.self_attn" err && ok || bad "freeze report: $(grep frozen err)"
+/usr/bin/python3 - $ck/model.safetensors FZ/step_00000004/model.safetensors <<'PY' && ok || bad "frozen tensors changed, or nothing else did"
+import json, re, struct, sys
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
+            for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+frozen = [k for k in a if re.search(r"^model\.embed_tokens\.|layers\.0\.self_attn", k)]
+assert len(frozen) == 10 and all(a[k] == b[k] for k in frozen), frozen
+assert all(a[k] != b[k] for k in a if k not in frozen)
+PY
+
+# refusals, one line each
+expect_error "freeze: bad pattern" "exp.toml: 'train.freeze' pattern '\(' is not a valid regular expression" \
+  "$moelab" train exp.toml --set run.dir=x11 --set 'train.freeze=["("]'
+expect_error "freeze: no match" "exp.toml: 'train.freeze' pattern 'lora_A' matches no tensor" \
+  "$moelab" train exp.toml --set run.dir=x12 --set 'train.freeze=["mlp", "lora_A"]'
+expect_error "freeze: not a list" "'train.freeze' must be an array of strings" \
+  "$moelab" train exp.toml --set run.dir=x13 --set train.freeze=3
+expect_error "init_from: missing" "exp.toml: 'model.init_from': R/step_00000099: no such checkpoint folder" \
+  "$moelab" train exp.toml --set run.dir=x14 --set model.init_from=R/step_00000099
+expect_error "init_from: other shapes" "tensor '.*' is \[.*\] in the checkpoint and \[.*\] in the model" \
+  "$moelab" train exp.toml --set run.dir=x15 --set model.init_from=$ck --set model.hidden_size=48
+expect_error "init_from: not a string" "'model.init_from' must be a string" \
+  "$moelab" train exp.toml --set run.dir=x16 --set model.init_from=7
+[ ! -e x14 ] && [ ! -e x15 ] && ok || bad "a refused init_from touched its run directory"
 
 finish "train test"
