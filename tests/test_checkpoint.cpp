@@ -1,5 +1,7 @@
 // Checkpoints: exact round trips of weights and optimizer state, keep-last, an interrupted write
 // (the temporary folder a kill -9 leaves) never counts, and a mismatching config is refused.
+// AdamW keeps moments for trainable tensors only, with the arithmetic of a full-layout optimizer;
+// checkpoints store them by name; init_from loads one model's weights into a larger one.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -7,11 +9,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/parallel.hpp"
+#include "core/safetensors.hpp"
 #include "test_util.hpp"
 #include "train/checkpoint.hpp"
 
 using namespace moelab;
 using moelab::test::error_of;
+using moelab::test::randn;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,6 +49,24 @@ struct RunDir {
   }
   ~RunDir() { fs::remove_all(path); }
 };
+
+// Everything but layer 1 frozen: what fine-tuning one block looks like.
+constexpr const char* kAllButLayer1 = "^(?!model\\.layers\\.1\\.)";
+
+// The layout of a model of this config (copied: the tests freeze tensors in it).
+ParamLayout layout_of(const ModelConfig& c) {
+  return Model<float>(c, 1, 4).layout;
+}
+
+int64_t trainable_numel(const ParamLayout& l) {
+  int64_t n = 0;
+  for (const TensorView& t : l.tensors) n += t.frozen ? 0 : t.numel;
+  return n;
+}
+
+bool same_bits(const float* a, const float* b, int64_t n) {
+  return std::memcmp(a, b, size_t(n) * sizeof(float)) == 0;
+}
 
 void train_steps(Model<float>& m, AdamW<float>& opt, int n) {
   std::vector<int32_t> tok(32), tgt(32);
@@ -132,4 +155,299 @@ TEST(Checkpoint, MismatchingConfigOrBrokenFilesAreRefused) {
               checkpoint_save("/proc/moelab-cannot", 1, m, opt, {}, 0);
             }).find("cannot create the run directory"),
             std::string::npos);
+}
+
+// ----------------------------------------------------------------------------
+// AdamW on trainable tensors only
+
+TEST(AdamWMoments, ExistForTrainableTensorsOnly) {
+  ParamLayout layout = layout_of(small());
+  {
+    const AdamW<float> all(layout, AdamWConfig{});
+    EXPECT_EQ(int64_t(all.m.size()), layout.total);
+    // All trainable: moments at the parameters' own offsets.
+    for (const AdamWSpan& s : all.spans()) EXPECT_EQ(s.param, s.moment);
+  }
+  EXPECT_GT(layout.set_frozen(kAllButLayer1, true), 0);
+  const int64_t n = trainable_numel(layout);
+  ASSERT_GT(n, 0);
+  ASSERT_LT(n, layout.total / 2);
+  const AdamW<float> opt(layout, AdamWConfig{});
+  EXPECT_EQ(int64_t(opt.m.size()), n);
+  EXPECT_EQ(int64_t(opt.v.size()), n);
+  int64_t at = 0;
+  for (size_t i = 0; i < layout.tensors.size(); i++) {
+    const TensorView& t = layout.tensors[i];
+    EXPECT_EQ(opt.moment_offset(i), t.frozen ? -1 : at) << t.name;
+    at += t.frozen ? 0 : t.numel;
+  }
+}
+
+// A layout whose experts span several 16K-element chunks of the update loop.
+ParamLayout wide_layout() {
+  ModelConfig c = small();
+  c.hidden_size = 64;
+  c.intermediate_size = 64;
+  return layout_of(c);
+}
+
+TEST(AdamWMoments, SameBitsAsAFullLayoutOptimizerAndFrozenStayPut) {
+  ParamLayout full = wide_layout(), part = wide_layout();
+  part.set_frozen(kAllButLayer1, true);
+  part.set_frozen("router", true);  // a hole inside the trainable layer
+  const int64_t n = full.total;
+  auto p_full = randn<float>(n, 1), p_part = p_full;
+  const auto p0 = p_full;
+  AdamW<float> o_full(full, AdamWConfig{0.9, 0.95, 1e-8, 0.1});
+  AdamW<float> o_part(part, AdamWConfig{0.9, 0.95, 1e-8, 0.1});
+  for (int s = 0; s < 5; s++) {
+    const auto g = randn<float>(n, 10 + uint64_t(s));
+    o_full.update(p_full, g, 1e-2, 0.7);
+    o_part.update(p_part, g, 1e-2, 0.7);
+  }
+  for (size_t i = 0; i < part.tensors.size(); i++) {
+    const TensorView& t = part.tensors[i];
+    if (t.frozen) {
+      // Weight decay is on, yet a frozen tensor keeps every bit.
+      EXPECT_TRUE(same_bits(&p_part[size_t(t.offset)], &p0[size_t(t.offset)], t.numel)) << t.name;
+    } else {
+      EXPECT_TRUE(same_bits(&p_part[size_t(t.offset)], &p_full[size_t(t.offset)], t.numel))
+          << t.name;
+      EXPECT_TRUE(same_bits(&o_part.m[size_t(o_part.moment_offset(i))], &o_full.m[size_t(t.offset)],
+                            t.numel))
+          << t.name;
+      EXPECT_FALSE(same_bits(&p_part[size_t(t.offset)], &p0[size_t(t.offset)], t.numel)) << t.name;
+    }
+  }
+}
+
+TEST(AdamWMoments, ParallelChunksGiveTheSameBitsAsSerial) {
+  ParamLayout layout = wide_layout();
+  layout.set_frozen("self_attn|norm", true);  // many spans, chunks crossing their borders
+  ASSERT_GT(trainable_numel(layout), 3 << 14);
+  auto run = [&](int64_t min_work) {
+    const int64_t keep = parallel_min_work;
+    parallel_min_work = min_work;
+    auto p = randn<float>(layout.total, 1);
+    AdamW<float> opt(layout, AdamWConfig{});
+    for (int s = 0; s < 3; s++) opt.update(p, randn<float>(layout.total, 20 + uint64_t(s)), 1e-2);
+    parallel_min_work = keep;
+    return p;
+  };
+  const auto serial = run(int64_t(1) << 62), parallel = run(1);
+  EXPECT_TRUE(same_bits(serial.data(), parallel.data(), int64_t(serial.size())));
+}
+
+TEST(AdamWMoments, FollowTheFrozenSetUntilTheFirstStepOnly) {
+  ParamLayout layout = layout_of(small());
+  AdamW<float> opt(layout, AdamWConfig{});
+  layout.set_frozen(kAllButLayer1, true);  // after construction, as a trainer may do
+  EXPECT_FALSE(opt.in_sync());
+  auto p = randn<float>(layout.total, 1);
+  opt.update(p, randn<float>(layout.total, 2), 1e-2);
+  EXPECT_TRUE(opt.in_sync());
+  EXPECT_EQ(int64_t(opt.m.size()), trainable_numel(layout));
+  layout.set_frozen("^model\\.layers\\.1\\.mlp\\.router\\.bias$", true);
+  const std::string e = error_of([&] { opt.update(p, randn<float>(layout.total, 3), 1e-2); });
+  EXPECT_NE(e.find("'model.layers.1.mlp.router.bias' was frozen after training started"),
+            std::string::npos)
+      << e;
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints of partly frozen models
+
+TEST(AdamWMoments, ResumeWithFrozenTensorsIsBitIdentical) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(3);
+  m.layout.set_frozen(kAllButLayer1, true);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  const auto p0 = m.params;
+  train_steps(m, opt, 3);
+  const std::string dir = checkpoint_save(run.path, 3, m, opt, {}, 0);
+  // The optimizer file names the trainable tensors, and no others.
+  const auto saved = safetensors_read(dir + "/optimizer.safetensors");
+  EXPECT_EQ(saved.size(), 2 * size_t(std::count_if(m.layout.tensors.begin(), m.layout.tensors.end(),
+                                                   [](const TensorView& t) { return !t.frozen; })));
+  for (const TensorView& t : m.layout.tensors)
+    EXPECT_EQ(saved.contains("m:" + t.name), !t.frozen) << t.name;
+
+  Model<float> back(small(), 2, 16);
+  back.layout.set_frozen(kAllButLayer1, true);
+  AdamW<float> opt2(back.layout, AdamWConfig{});
+  checkpoint_load(dir, back, &opt2);
+  EXPECT_EQ(opt2.step, 3);
+  EXPECT_TRUE(same_bits(opt2.m.data(), opt.m.data(), int64_t(opt.m.size())));
+  EXPECT_TRUE(same_bits(opt2.v.data(), opt.v.data(), int64_t(opt.v.size())));
+  train_steps(m, opt, 3);
+  train_steps(back, opt2, 3);
+  EXPECT_TRUE(same_bits(back.params.data(), m.params.data(), m.layout.total));
+  for (const TensorView& t : m.layout.tensors)
+    if (t.frozen)
+      EXPECT_TRUE(same_bits(&m.params[size_t(t.offset)], &p0[size_t(t.offset)], t.numel)) << t.name;
+}
+
+TEST(AdamWMoments, ResumeWithAnotherFrozenSetIsRefusedNamingTheTensor) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.layout.set_frozen(kAllButLayer1, true);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  train_steps(m, opt, 1);
+  const std::string dir = checkpoint_save(run.path, 1, m, opt, {}, 0);
+  Model<float> more(small(), 2, 16);
+  more.layout.set_frozen(kAllButLayer1, true);
+  more.layout.set_frozen("^model\\.norm\\.weight$", false);
+  AdamW<float> o_more(more.layout, AdamWConfig{});
+  EXPECT_NE(error_of([&] { checkpoint_load(dir, more, &o_more); })
+                .find("optimizer.safetensors: tensor 'model.norm.weight' was frozen in the "
+                      "checkpoint but is trained here"),
+            std::string::npos);
+  Model<float> fewer(small(), 2, 16);
+  fewer.layout.set_frozen(kAllButLayer1, true);
+  fewer.layout.set_frozen("^model\\.layers\\.1\\.input_layernorm\\.weight$", true);
+  AdamW<float> o_fewer(fewer.layout, AdamWConfig{});
+  EXPECT_NE(error_of([&] { checkpoint_load(dir, fewer, &o_fewer); })
+                .find("tensor 'model.layers.1.input_layernorm.weight' was trained in the "
+                      "checkpoint but is frozen here"),
+            std::string::npos);
+  // Weights alone (evaluation) do not care about the frozen set.
+  Model<float> eval(small(), 2, 16);
+  checkpoint_load(dir, eval, nullptr);
+  EXPECT_TRUE(same_bits(eval.params.data(), m.params.data(), m.layout.total));
+}
+
+TEST(AdamWMoments, AnOlderFullLayoutCheckpointLoadsItsTrainableParts) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(4);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  train_steps(m, opt, 2);
+  // All trainable, the file holds every tensor's moments: the older format, once the marker the
+  // older versions did not write is gone.
+  const std::string dir = checkpoint_save(run.path, 2, m, opt, {}, 0);
+  const std::string state_path = dir + "/trainer_state.json";
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(state_path));
+  ASSERT_EQ(state.value("optimizer_moments", ""), "trainable");
+  state.erase("optimizer_moments");
+  std::ofstream(state_path) << state.dump();
+  Model<float> back(small(), 2, 16);
+  back.layout.set_frozen(kAllButLayer1, true);
+  AdamW<float> opt2(back.layout, AdamWConfig{});
+  checkpoint_load(dir, back, &opt2);
+  EXPECT_EQ(opt2.step, 2);
+  for (size_t i = 0; i < back.layout.tensors.size(); i++) {
+    const TensorView& t = back.layout.tensors[i];
+    if (t.frozen) continue;
+    const size_t at = size_t(opt2.moment_offset(i));
+    EXPECT_TRUE(same_bits(&opt2.m[at], &opt.m[size_t(t.offset)], t.numel)) << t.name;
+    EXPECT_TRUE(same_bits(&opt2.v[at], &opt.v[size_t(t.offset)], t.numel)) << t.name;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// init_from
+
+TEST(InitFrom, TheSameConfigLoadsEveryTensor) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(5);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  train_steps(m, opt, 2);
+  const std::string dir = checkpoint_save(run.path, 2, m, opt, {}, 0);
+  Model<float> to(small(), 2, 16);
+  to.init_weights(6);
+  const InitReport r = checkpoint_init_from(dir, to);
+  EXPECT_TRUE(r.fresh.empty());
+  EXPECT_EQ(r.loaded.size(), m.layout.tensors.size());
+  EXPECT_TRUE(same_bits(to.params.data(), m.params.data(), m.layout.total));
+}
+
+TEST(InitFrom, AddedTensorsAndLayersStayFresh) {
+  RunDir run;
+  ModelConfig c = small();
+  c.attention_bias = false;
+  Model<float> m(c, 2, 16);
+  m.init_weights(7);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  const std::string dir = checkpoint_save(run.path, 0, m, opt, {}, 0);
+  ModelConfig big = small();  // biases on, and a third layer
+  big.num_hidden_layers = 3;
+  big.layer_sliding = {false, false, true};
+  big.sliding_window = 8;
+  big.num_experts_per_tok = 1;
+  Model<float> to(big, 2, 16);
+  to.init_weights(8);
+  const auto init = to.params;
+  const InitReport r = checkpoint_init_from(dir, to);
+  EXPECT_EQ(r.loaded.size(), m.layout.tensors.size());
+  EXPECT_EQ(r.loaded.size() + r.fresh.size(), to.layout.tensors.size());
+  for (const std::string& name : r.fresh) {
+    EXPECT_TRUE(name.find("bias") != std::string::npos ||
+                name.find("layers.2.") != std::string::npos)
+        << name;
+    const TensorView* t = to.layout.find(name);
+    EXPECT_TRUE(same_bits(&to.params[size_t(t->offset)], &init[size_t(t->offset)], t->numel));
+  }
+  for (const std::string& name : r.loaded) {
+    const TensorView *t = to.layout.find(name), *f = m.layout.find(name);
+    EXPECT_TRUE(same_bits(&to.params[size_t(t->offset)], &m.params[size_t(f->offset)], t->numel))
+        << name;
+  }
+}
+
+TEST(InitFrom, ShapesMissingTensorsFilesAndMeaningsAreRefusedInOneLine) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(9);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  const std::string dir = checkpoint_save(run.path, 0, m, opt, {}, 0);
+  auto refusal = [&](const ModelConfig& c) {
+    Model<float> to(c, 2, 16);
+    to.init_weights(10);
+    const auto before = to.params;
+    const std::string e = error_of([&] { checkpoint_init_from(dir, to); });
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    EXPECT_TRUE(same_bits(to.params.data(), before.data(), to.layout.total))
+        << "refused, yet changed";
+    return e;
+  };
+  ModelConfig bigger = small();  // more experts: other shapes
+  bigger.num_local_experts = 8;
+  EXPECT_NE(refusal(bigger).find("model.safetensors: tensor 'model.layers.0.mlp.experts.down_proj' "
+                                 "is [4, 16, 16] in the checkpoint and [8, 16, 16] in the model"),
+            std::string::npos);
+  ModelConfig no_bias = small();  // a tensor the model lacks
+  no_bias.attention_bias = false;
+  EXPECT_NE(
+      refusal(no_bias).find("model.safetensors: tensor 'model.layers.0.self_attn.k_proj.bias' "
+                            "[8] is not in the model"),
+      std::string::npos);
+  ModelConfig shallower = small();
+  shallower.num_hidden_layers = 1;
+  shallower.layer_sliding = {false};
+  EXPECT_NE(refusal(shallower).find("tensor 'model.layers.1."), std::string::npos);
+  ModelConfig theta = small();  // same shapes, another meaning
+  theta.rope_theta = 10000;
+  EXPECT_NE(refusal(theta).find("'rope_theta' is 150000.0 in the checkpoint and 10000.0 here"),
+            std::string::npos);
+  ModelConfig regrouped = small();  // 2 heads of 8 as 4 heads of 4: q and o keep their shapes
+  regrouped.num_attention_heads = 4;
+  regrouped.num_key_value_heads = 2;
+  regrouped.head_dim = 4;
+  EXPECT_NE(refusal(regrouped).find("'num_attention_heads' is 2"), std::string::npos);
+  ModelConfig sliding = small();
+  sliding.layer_sliding = {false, true};
+  sliding.sliding_window = 8;
+  EXPECT_NE(refusal(sliding).find("'layer_types[1]'"), std::string::npos);
+  ModelConfig tied = small();  // a tied model has no lm_head: the checkpoint's would be lost
+  tied.tie_word_embeddings = true;
+  EXPECT_NE(refusal(tied).find("'tie_word_embeddings' is false in the checkpoint and true here"),
+            std::string::npos);
+
+  fs::remove(fs::path(dir) / "model.safetensors");
+  const std::string e = refusal(small());
+  EXPECT_NE(e.find(dir + ": no model.safetensors"), std::string::npos) << e;
+  fs::remove(fs::path(dir) / "config.json");
+  EXPECT_NE(refusal(small()).find(dir + ": not a checkpoint"), std::string::npos);
 }

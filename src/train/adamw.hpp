@@ -1,6 +1,7 @@
 #pragma once
 // AdamW with decoupled weight decay (none on norms, biases and sinks) and global-norm gradient
-// clipping, on the flat buffers of a ParamLayout. Frozen tensors are skipped.
+// clipping, on the flat buffers of a ParamLayout. Moments exist for trainable tensors only:
+// freezing all but an adapter or one layer leaves the optimizer that small.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -16,20 +17,42 @@ struct AdamWConfig {
   double weight_decay = 0.1;
 };
 
+// Trainable parameters [param, param + numel) whose moments are [moment, moment + numel) of m and
+// v: adjacent trainable tensors with the same decay share one span.
+struct AdamWSpan {
+  int64_t param = 0, moment = 0, numel = 0;
+  bool decay = false;
+};
+
 template <typename T>
 class AdamW {
  public:
+  // The trainable set is the layout's at construction: freeze first, or call sync_trainable().
   AdamW(const ParamLayout& layout, AdamWConfig cfg);
   // One update at learning rate lr (PyTorch's AdamW arithmetic, step by step), on the gradients
   // times grad_scale: clipping folded into the update saves a pass over the gradients.
   void update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale = 1.0);
+  // Follows a change of the layout's frozen set. Before the first step the moments are all zero
+  // and are simply re-laid out; after it, a change is refused naming a tensor that changed
+  // (its moments would be missing or stale). update() and checkpoint loading call it.
+  void sync_trainable();
+  // Whether the moments are laid out for the layout's frozen set as it is now.
+  bool in_sync() const;
+  // Offset of tensor i's moments in m and v (layout order), or -1 where it has none (frozen).
+  int64_t moment_offset(size_t tensor) const { return moment_at_[tensor]; }
+  const ParamLayout& layout() const { return *layout_; }
+  std::span<const AdamWSpan> spans() const { return spans_; }
 
   AdamWConfig cfg;
-  std::vector<T> m, v;  // first and second moments, same layout as the parameters
+  std::vector<T> m, v;  // first and second moments of the trainable tensors, packed in layout order
   int64_t step = 0;
 
  private:
+  void build();
+
   const ParamLayout* layout_;
+  std::vector<AdamWSpan> spans_;
+  std::vector<int64_t> moment_at_;  // per layout tensor; -1: frozen when built
 };
 
 // L2 norm of the gradients of trainable tensors. Deterministic for any thread count.

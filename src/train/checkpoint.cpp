@@ -10,6 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
+#include <span>
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
@@ -68,9 +71,10 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 // length, loss coefficients, sections added later) changes shapes or only adds tensors.
 void init_check_config(const std::string& dir, const json& saved, const json& mine) {
   auto refuse = [&](const std::string& key, const json& a, const json& b) {
-    fail(fmt::format("{}: cannot initialise from this checkpoint: '{}' is {} in the checkpoint and "
-                     "{} here (the same shapes would mean something else)",
-                     dir, key, a.dump(), b.dump()));
+    fail(
+        fmt::format("{}: cannot initialise from this checkpoint: '{}' is {} in the checkpoint and "
+                    "{} here (the same shapes would mean something else)",
+                    dir, key, a.dump(), b.dump()));
   };
   for (const char* key :
        {"num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling",
@@ -89,6 +93,43 @@ void init_check_config(const std::string& dir, const json& saved, const json& mi
   }
   const json sw = saved.contains("sliding_window") ? saved["sliding_window"] : json("missing");
   if (sliding && sw != mine["sliding_window"]) refuse("sliding_window", sw, mine["sliding_window"]);
+}
+
+// A tensor of a checkpoint file, refused unless it is F32 of the expected shape.
+std::span<const float> tensor_get(const std::map<std::string, TensorData>& tensors,
+                                  const std::string& file, const std::string& name,
+                                  const std::vector<int64_t>& shape) {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) fail(fmt::format("{}: no tensor '{}'", file, name));
+  if (it->second.shape != shape || it->second.dtype != DType::F32)
+    fail(fmt::format("{}: tensor '{}' has the wrong shape or dtype", file, name));
+  return it->second.as<float>();
+}
+
+// trainer_state.json's "optimizer_moments" when optimizer.safetensors holds the moments of the
+// trainable tensors only. Without it (older checkpoints) it holds every tensor's, and the
+// trainable ones are taken: the frozen set of such a run cannot be checked.
+constexpr const char* kMomentsTrainable = "trainable";
+
+void optimizer_load(const std::string& dir, bool trainable_only, AdamW<float>& opt) {
+  const std::string file = (fs::path(dir) / "optimizer.safetensors").string();
+  const auto tensors = safetensors_read(file);
+  const ParamLayout& layout = opt.layout();
+  for (size_t i = 0; i < layout.tensors.size(); i++) {
+    const TensorView& t = layout.tensors[i];
+    const int64_t at = opt.moment_offset(i);
+    const bool saved = tensors.contains("m:" + t.name);
+    if (trainable_only && saved != (at >= 0))
+      fail(
+          fmt::format("{}: tensor '{}' was {} in the checkpoint but is {} here; resume with the "
+                      "same frozen tensors",
+                      file, t.name, saved ? "trained" : "frozen", saved ? "frozen" : "trained"));
+    if (at < 0) continue;
+    for (const auto& [prefix, buf] : {std::pair{"m:", &opt.m}, std::pair{"v:", &opt.v}}) {
+      const auto v = tensor_get(tensors, file, prefix + t.name, t.shape);
+      std::copy(v.begin(), v.end(), buf->begin() + at);
+    }
+  }
 }
 
 }  // namespace
@@ -113,22 +154,28 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
   fs::create_directories(run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", run_dir, ec.message()));
   const std::string final_dir = (fs::path(run_dir) / step_name(step)).string();
-  const std::string tmp = (fs::path(run_dir) / ("." + step_name(step) + ".tmp")).string();
+  const std::string tmp = (fs::path(run_dir) / fmt::format(".{}.tmp", step_name(step))).string();
+  check(&opt.layout() == &model.layout, "checkpoint_save: the optimizer belongs to another model");
+  // Frozen after the optimizer was built: before its first step the moments are zero whatever
+  // the frozen set, so a re-laid-out copy is exact; after it, sync_trainable() refuses.
+  std::optional<AdamW<float>> synced;
+  if (!opt.in_sync()) synced.emplace(opt).sync_trainable();
+  const AdamW<float>& o = synced ? *synced : opt;
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   if (ec) fail(fmt::format("{}: cannot write ({})", tmp, ec.message()));
   try {
     std::vector<TensorRef> weights, moments;
-    for (const TensorView& t : model.layout.tensors) {
+    for (size_t i = 0; i < model.layout.tensors.size(); i++) {
+      const TensorView& t = model.layout.tensors[i];
       weights.push_back(tensor_ref<float>(
           t.name, std::span<const float>(model.params.data() + t.offset, size_t(t.numel)),
           t.shape));
-      moments.push_back(tensor_ref<float>(
-          "m:" + t.name, std::span<const float>(opt.m.data() + t.offset, size_t(t.numel)),
-          t.shape));
-      moments.push_back(tensor_ref<float>(
-          "v:" + t.name, std::span<const float>(opt.v.data() + t.offset, size_t(t.numel)),
-          t.shape));
+      const int64_t at = o.moment_offset(i);
+      if (at < 0) continue;  // frozen: no moments
+      for (const auto& [prefix, buf] : {std::pair{"m:", &o.m}, std::pair{"v:", &o.v}})
+        moments.push_back(tensor_ref<float>(
+            prefix + t.name, std::span<const float>(buf->data() + at, size_t(t.numel)), t.shape));
     }
     const json cfg = config_to_json(model.cfg);
     safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
@@ -137,7 +184,8 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
     write_json((fs::path(tmp) / "config.json").string(), cfg);
     json state = trainer_state;
     state["step"] = step;
-    state["optimizer_step"] = opt.step;
+    state["optimizer_step"] = o.step;
+    state["optimizer_moments"] = kMomentsTrainable;
     write_json((fs::path(tmp) / "trainer_state.json").string(), state);
     fsync_path(tmp);
     fs::remove_all(final_dir, ec);
@@ -163,38 +211,34 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
           fmt::format("{}: checkpoint config differs from this run's: '{}' is {} in the "
                       "checkpoint and {} here",
                       dir, key, saved.contains(key) ? saved[key].dump() : "missing", value.dump()));
-  auto load = [&](const std::string& file, const std::string& prefix, std::vector<float>& dst) {
-    const auto tensors = safetensors_read((fs::path(dir) / file).string());
-    for (const TensorView& t : model.layout.tensors) {
-      auto it = tensors.find(prefix + t.name);
-      if (it == tensors.end())
-        fail(fmt::format("{}/{}: no tensor '{}'", dir, file, prefix + t.name));
-      if (it->second.shape != t.shape || it->second.dtype != DType::F32)
-        fail(fmt::format("{}/{}: tensor '{}' has the wrong shape or dtype", dir, file,
-                         prefix + t.name));
-      const auto v = it->second.as<float>();
-      std::copy(v.begin(), v.end(), dst.begin() + t.offset);
-    }
-  };
-  load("model.safetensors", "", model.params);
+  const std::string weights = (fs::path(dir) / "model.safetensors").string();
+  const auto tensors = safetensors_read(weights);
+  for (const TensorView& t : model.layout.tensors) {
+    const auto v = tensor_get(tensors, weights, t.name, t.shape);
+    std::copy(v.begin(), v.end(), model.params.begin() + t.offset);
+  }
   // Older versions could save a diverged model; resuming from it would fail at its first step.
   if (const auto bad = std::count_if(model.params.begin(), model.params.end(),
                                      [](float f) { return !std::isfinite(f); });
       bad > 0)
     fail(fmt::format("{}: {} parameters are not finite; resume from an earlier checkpoint", dir,
                      bad));
-  if (opt) {
-    load("optimizer.safetensors", "m:", opt->m);
-    load("optimizer.safetensors", "v:", opt->v);
-  }
   std::ifstream sf((fs::path(dir) / "trainer_state.json").string());
   if (!sf) fail(fmt::format("{}: no trainer_state.json", dir));
   json state = json::parse(sf, nullptr, false);
   if (!state.is_object() ||
-      (state.contains("optimizer_step") && !state["optimizer_step"].is_number_integer()))
+      (state.contains("optimizer_step") && !state["optimizer_step"].is_number_integer()) ||
+      (state.contains("optimizer_moments") && !state["optimizer_moments"].is_string()))
     fail(fmt::format("{}/trainer_state.json: not a trainer state (invalid JSON or mistyped fields)",
                      dir));
-  if (opt) opt->step = state.value("optimizer_step", int64_t(0));
+  if (opt) {
+    check(&opt->layout() == &model.layout,
+          "checkpoint_load: the optimizer belongs to another model");
+    opt->step = 0;  // the loaded state replaces the optimizer's, laid out for today's frozen set
+    opt->sync_trainable();
+    optimizer_load(dir, state.value("optimizer_moments", "") == kMomentsTrainable, *opt);
+    opt->step = state.value("optimizer_step", int64_t(0));
+  }
   return state;
 }
 
@@ -207,15 +251,17 @@ InitReport checkpoint_init_from(const std::string& dir, Model<float>& model) {
   for (const auto& [name, data] : tensors) {
     const TensorView* t = model.layout.find(name);
     if (!t)
-      fail(fmt::format("{}: tensor '{}' {} is not in the model (it must contain every tensor of "
-                       "the checkpoint)",
-                       file, name, shape_str(data.shape)));
+      fail(
+          fmt::format("{}: tensor '{}' {} is not in the model (it must contain every tensor of "
+                      "the checkpoint)",
+                      file, name, shape_str(data.shape)));
     if (data.shape != t->shape)
       fail(fmt::format("{}: tensor '{}' is {} in the checkpoint and {} in the model", file, name,
                        shape_str(data.shape), shape_str(t->shape)));
     if (data.dtype != DType::F32) fail(fmt::format("{}: tensor '{}' is not F32", file, name));
     const auto v = data.as<float>();
-    if (const auto bad = std::count_if(v.begin(), v.end(), [](float f) { return !std::isfinite(f); });
+    if (const auto bad =
+            std::count_if(v.begin(), v.end(), [](float f) { return !std::isfinite(f); });
         bad > 0)
       fail(fmt::format("{}: tensor '{}' has {} values that are not finite", file, name, bad));
   }
