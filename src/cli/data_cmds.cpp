@@ -1,5 +1,4 @@
-#include "cli/data_cmds.hpp"
-
+// moelab data prepare, moelab data inspect, moelab data verify.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,10 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string>
 #include <unordered_map>
 
+#include "cli/commands.hpp"
 #include "core/error.hpp"
 #include "core/signals.hpp"
 #include "core/sysinfo.hpp"
@@ -22,6 +24,16 @@ namespace moelab {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+// ----------------------------------------------------------------------------
+// prepare
+
+namespace {
+
+struct DataPrepareOptions {
+  std::string spec, out, preset;
+  int threads = 0;
+};
 
 void data_prepare_cmd(const DataPrepareOptions& opts) {
   DataPrepareOptions o = opts;
@@ -45,6 +57,22 @@ void data_prepare_cmd(const DataPrepareOptions& opts) {
   data_prepare(spec, o.out, o.threads);
   fmt::print("prepared {} (manifest.json)\n", o.out);
 }
+
+}  // namespace
+
+void command_data_prepare(CLI::App& data, Commands& c) {
+  auto o = std::make_shared<DataPrepareOptions>();
+  auto* cmd = data.add_subcommand("prepare", "encode sources into a data directory");
+  cmd->add_option("spec", o->spec, "data spec JSON (tokenizer, sources, subsets)");
+  cmd->add_option("--preset", o->preset,
+                  "fetch and convert package data into the cache, then prepare: default");
+  cmd->add_option("--out", o->out, "output data directory")->required();
+  cmd->add_option("--threads", o->threads, "encoding threads (default: all cores)");
+  c.add(cmd, [o] { return data_prepare_cmd(*o), 0; });
+}
+
+// ----------------------------------------------------------------------------
+// inspect
 
 namespace {
 
@@ -115,8 +143,8 @@ void inspect_manifest(const DataDir& d) {
   }
 }
 
-}  // namespace
-
+// Prints the manifest summary, token counts, the most frequent tokens and a decoded sample of
+// each subset.
 void data_inspect(const std::string& dir) {
   const DataDir d = data_open(dir);
   try {
@@ -124,6 +152,15 @@ void data_inspect(const std::string& dir) {
   } catch (const json::exception& e) {
     fail(fmt::format("{}/manifest.json: malformed manifest ({})", dir, e.what()));
   }
+}
+
+}  // namespace
+
+void command_data_inspect(CLI::App& data, Commands& c) {
+  auto dir = std::make_shared<std::string>();
+  auto* cmd = data.add_subcommand("inspect", "summary of a data directory");
+  cmd->add_option("dir", *dir, "data directory")->required();
+  c.add(cmd, [dir] { return data_inspect(*dir), 0; });
 }
 
 // ----------------------------------------------------------------------------
@@ -176,8 +213,9 @@ ManifestView Verifier::manifest() {
   return v;
 }
 
-}  // namespace
-
+// Checks every token shard of a data directory (header, size, checksum, every token id below the
+// vocabulary size) and the manifest's shards and ranges against the files. One line on stderr
+// per problem, naming the file; returns 1 if there was any, else prints a summary and returns 0.
 int data_verify(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail(fmt::format("{}: not a directory", dir));
@@ -251,6 +289,15 @@ int data_verify(const std::string& dir) {
       unlisted ? fmt::format("; {} not named in manifest.json", unlisted) : "",
       m.present ? "" : "; no manifest.json");
   return 0;
+}
+
+}  // namespace
+
+void command_data_verify(CLI::App& data, Commands& c) {
+  auto dir = std::make_shared<std::string>();
+  auto* cmd = data.add_subcommand("verify", "check every shard: header, size, checksum, token ids");
+  cmd->add_option("dir", *dir, "data directory")->required();
+  c.add(cmd, [dir] { return data_verify(*dir); });
 }
 
 }  // namespace moelab

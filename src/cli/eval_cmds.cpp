@@ -1,12 +1,15 @@
-#include "cli/eval_cmds.hpp"
-
+// moelab entities build, moelab eval.
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 
+#include "cli/commands.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
@@ -19,6 +22,41 @@ namespace moelab {
 
 namespace fs = std::filesystem;
 
+// ----------------------------------------------------------------------------
+// entities build
+
+void command_entities_build(CLI::App& entities, Commands& c) {
+  auto o = std::make_shared<EntityBuildOptions>();
+  auto* cmd = entities.add_subcommand("build", "entity set C and evaluation windows from A and B");
+  cmd->add_option("--data", o->data_dir, "prepared data directory")->required();
+  cmd->add_option("--entities", o->entities, "entity list (titles dump, plain, name<TAB>TYPE)")
+      ->required();
+  cmd->add_option("--out", o->out, "evaluation set file (JSON lines)")->required();
+  cmd->add_option("--subset-a", o->subset_a, "the subset learned first");
+  cmd->add_option("--subset-b", o->subset_b, "the subset trained on next");
+  cmd->add_option("--top", o->top_a, "C: top percent by frequency in A");
+  cmd->add_option("--bottom", o->bottom_b, "C: bottom percent by frequency in B");
+  cmd->add_option("--prompt", o->prompt, "prompt tokens");
+  cmd->add_option("--target", o->target, "continuation tokens");
+  cmd->add_option("--max-samples", o->max_samples, "samples in total");
+  cmd->add_option("--max-per-entity", o->max_per_entity, "samples per entity");
+  cmd->add_option("--seed", o->seed, "sampling seed");
+  c.add(cmd, [o] { return entities_build(*o), 0; });
+}
+
+// ----------------------------------------------------------------------------
+// eval
+
+namespace {
+
+struct EvalOptions {
+  std::string checkpoint, evalset, data, out;
+  int64_t batch = 64;
+  int threads = 0;
+};
+
+// M_in, M_ex, M(f), PPL_ent (and per entity type) of a checkpoint on an evaluation set; prints a
+// table and writes JSON.
 void eval_cmd(const EvalOptions& o) {
   if (o.batch < 1) fail(fmt::format("eval: --batch must be positive (not {})", o.batch));
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
@@ -61,6 +99,20 @@ void eval_cmd(const EvalOptions& o) {
     out["seconds"] = dt;
     file_write_atomic(o.out, out.dump(2) + "\n");
   }
+}
+
+}  // namespace
+
+void command_eval(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<EvalOptions>();
+  auto* cmd = app.add_subcommand("eval", "M_in, M_ex, M(f), PPL_ent of a checkpoint");
+  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N)")->required();
+  cmd->add_option("--evalset", o->evalset, "evaluation set from moelab entities build")->required();
+  cmd->add_option("--data", o->data, "data directory (its tokenizer decodes)")->required();
+  cmd->add_option("--out", o->out, "write the metrics as JSON");
+  cmd->add_option("--batch", o->batch, "samples decoded together");
+  cmd->add_option("--threads", o->threads, "threads (default: all cores)");
+  c.add(cmd, [o] { return eval_cmd(*o), 0; });
 }
 
 }  // namespace moelab

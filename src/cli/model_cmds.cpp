@@ -1,10 +1,14 @@
-#include "cli/model_cmds.hpp"
-
+// moelab model info, moelab model dump.
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli/commands.hpp"
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -14,6 +18,17 @@
 namespace moelab {
 
 namespace {
+
+// ----------------------------------------------------------------------------
+// info
+
+struct ModelInfoOptions {
+  std::string config;
+  std::string iso_moe;  // "E,K" or empty
+  std::string out;      // write the (derived) config JSON here
+  int64_t seq = 0;      // context for FLOPs; 0 = max_position_embeddings
+  bool json = false;
+};
 
 std::string human(double x) {
   if (x >= 1e12) return fmt::format("{:.3f}T", x / 1e12);
@@ -30,8 +45,6 @@ std::pair<int64_t, int64_t> parse_iso(const std::string& s) {
     fail(fmt::format("--iso-moe '{}': expected E,K (e.g. 8,2)", s));
   return {E, K};
 }
-
-}  // namespace
 
 void model_info(const ModelInfoOptions& o) {
   ModelConfig c = config_load(o.config);
@@ -98,7 +111,30 @@ void model_info(const ModelInfoOptions& o) {
              human(f.train_per_token), human(f.spec52_per_token), human(f.six_na));
 }
 
+}  // namespace
+
+void command_model_info(CLI::App& model, Commands& c) {
+  auto o = std::make_shared<ModelInfoOptions>();
+  auto* cmd = model.add_subcommand("info", "parameter and FLOPs accounting of a config");
+  cmd->add_option("config", o->config, "model config JSON")->required();
+  cmd->add_option("--iso-moe", o->iso_moe,
+                  "E,K: the iso-total-parameter MoE variant with E experts, top-K");
+  cmd->add_option("--seq", o->seq, "context length for FLOPs (default: max positions)");
+  cmd->add_option("--out", o->out, "write the (derived) config JSON to this file");
+  cmd->add_flag("--json", o->json, "print one JSON object");
+  c.add(cmd, [o] { return model_info(*o), 0; });
+}
+
+// ----------------------------------------------------------------------------
+// dump
+
 namespace {
+
+struct ModelDumpOptions {
+  std::string config, out, dtype = "f32", freeze;
+  int64_t batch = 2, seq = 16;
+  uint64_t seed = 1;
+};
 
 template <typename T>
 void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
@@ -138,8 +174,8 @@ void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
   safetensors_write(o.out, refs, {{"config", config_to_json(c).dump()}});
 }
 
-}  // namespace
-
+// One forward/backward on deterministic data; writes weights, inputs, logits, losses and every
+// parameter gradient to a safetensors file (for the PyTorch parity test and for inspection).
 void model_dump(const ModelDumpOptions& o) {
   const ModelConfig c = config_load(o.config);
   if (o.dtype == "f32")
@@ -148,6 +184,22 @@ void model_dump(const ModelDumpOptions& o) {
     dump_impl<double>(o, c);
   else
     fail("--dtype must be f32 or f64");
+}
+
+}  // namespace
+
+void command_model_dump(CLI::App& model, Commands& c) {
+  auto o = std::make_shared<ModelDumpOptions>();
+  auto* cmd = model.add_subcommand(
+      "dump", "one forward/backward on fixed data, all tensors to safetensors");
+  cmd->add_option("config", o->config, "model config JSON")->required();
+  cmd->add_option("--out", o->out, "output .safetensors")->required();
+  cmd->add_option("--dtype", o->dtype, "f32 or f64");
+  cmd->add_option("--batch", o->batch, "batch size");
+  cmd->add_option("--seq", o->seq, "sequence length");
+  cmd->add_option("--seed", o->seed, "seed for weights and data");
+  cmd->add_option("--freeze", o->freeze, "regex of tensor names to freeze");
+  c.add(cmd, [o] { return model_dump(*o), 0; });
 }
 
 }  // namespace moelab

@@ -1,0 +1,50 @@
+// moelab bench peak, moelab bench train, moelab bench eval: the options; the measurements are
+// in cli/bench.cpp.
+#include <cstdio>
+#include <memory>
+
+#include "cli/bench.hpp"
+#include "cli/commands.hpp"
+#include "core/gemm.hpp"
+#include "core/sysinfo.hpp"
+
+namespace moelab {
+
+void command_bench_peak(CLI::App& bench, Commands& c) {
+  auto threads = std::make_shared<int>(0);
+  auto* cmd = bench.add_subcommand("peak", "measured fp32 FMA peak (GFLOP/s)");
+  cmd->add_option("--threads", *threads, "threads (default: all cores)");
+  c.add(cmd, [threads] {
+    const int t = *threads > 0 ? *threads : threads_get();
+    std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t, bench_fma_peak_gflops(t, 1.0));
+    return 0;
+  });
+}
+
+void command_bench_train(CLI::App& bench, Commands& c) {
+  auto o = std::make_shared<BenchTrainOptions>();
+  auto* cmd = bench.add_subcommand("train", "training tokens/s, MFU and peak memory");
+  cmd->add_option("--config", o->config, "bench JSON (model, batch_size, seq_len)")->required();
+  cmd->add_option("--steps", o->steps, "timed steps");
+  cmd->add_option("--warmup", o->warmup, "untimed steps first");
+  cmd->add_option("--threads", o->threads, "threads (default: all cores)");
+  cmd->add_option("--peak", o->peak_gflops, "FMA peak in GFLOP/s (default: measure)");
+  cmd->add_flag("--profile", o->profile, "per-op time breakdown (stderr and JSON)");
+  cmd->add_flag("--bf16", o->bf16, "linear layers in bf16 with fp32 accumulation");
+  c.add(cmd, [o] { return bench_train(*o), 0; });
+}
+
+void command_bench_eval(CLI::App& bench, Commands& c) {
+  auto o = std::make_shared<BenchEvalOptions>();
+  auto* cmd = bench.add_subcommand("eval", "greedy decoding throughput (KV cache)");
+  cmd->add_option("--config", o->config, "bench or model JSON")->required();
+  cmd->add_option("--samples", o->samples, "sequences to decode");
+  cmd->add_option("--batch", o->batch, "sequences decoded together");
+  cmd->add_option("--prompt", o->prompt, "prompt tokens per sequence");
+  cmd->add_option("--new", o->generate, "generated tokens per sequence");
+  cmd->add_option("--threads", o->threads, "threads (default: all cores)");
+  cmd->add_flag("--profile", o->profile, "time per part of the whole evaluation");
+  c.add(cmd, [o] { return bench_eval(*o), 0; });
+}
+
+}  // namespace moelab

@@ -1,0 +1,56 @@
+// moelab run (the forgetting study), moelab report.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "study/report.hpp"
+#include "study/run.hpp"
+#include "train/experiment.hpp"
+
+namespace moelab {
+
+namespace {
+
+struct RunOptions {
+  std::string config;
+  std::vector<std::string> sets;
+  bool no_report = false;
+  StudyOptions study;
+};
+
+}  // namespace
+
+void command_run(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<RunOptions>();
+  auto* cmd = app.add_subcommand(
+      "run", "the forgetting study: dense and iso-total MoE variants, A then B, and the report");
+  cmd->add_option("config", o->config, "experiment TOML with a [study] section")->required();
+  cmd->add_option("--set", o->sets, "override a key: section.key=value (repeatable)");
+  cmd->add_option("--seeds", o->study.seeds, "seeds, e.g. 1,2,3 (default: [study] seeds)")
+      ->delimiter(',');
+  cmd->add_option("--experts", o->study.experts, "expert counts, e.g. 1,8 (default: [study])")
+      ->delimiter(',');
+  cmd->add_flag("--no-report", o->no_report, "train only");
+  c.add(cmd, [o] {
+    o->study.report = !o->no_report;
+    return study_run(experiment_load(o->config, o->sets), o->study);
+  });
+}
+
+void command_report(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<ReportOptions>();
+  auto no_plots = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("report", "figures and a summary of runs or studies");
+  cmd->add_option("dirs", o->dirs, "study folders or run folders")->required();
+  cmd->add_option("--out", o->out, "output folder (default: FIRST/report)");
+  cmd->add_flag("--no-plots", *no_plots, "write the gnuplot scripts without running them");
+  c.add(cmd, [o, no_plots] {
+    o->plots = !*no_plots;
+    std::printf("%s\n", report_write(*o).c_str());
+    return 0;
+  });
+}
+
+}  // namespace moelab
