@@ -1,8 +1,9 @@
 #pragma once
 // Checkpoints: RUN/step_NNNNNNNN/ holding model.safetensors (Hugging Face GptOss tensor names),
-// config.json, optimizer.safetensors (AdamW moments and step) and trainer_state.json. A
-// checkpoint is written into a hidden temporary folder, every file fsynced, then renamed: a crash
-// at any point leaves the previous checkpoints intact and no half checkpoint under a real name.
+// config.json, optimizer.safetensors (AdamW moments "m:NAME", "v:NAME" of the trainable tensors
+// only) and trainer_state.json (with the optimizer's step). A checkpoint is written into a hidden
+// temporary folder, every file fsynced, then renamed: a crash at any point leaves the previous
+// checkpoints intact and no half checkpoint under a real name.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,7 +22,8 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
                             int keep_last);
 
 // Loads weights (and, if opt is given, the optimizer) into a model built from the run's config.
-// A checkpoint whose config differs is refused with the first mismatching field. Returns the
+// A checkpoint whose config differs is refused with the first mismatching field, and one whose
+// trainable tensors differ from the model's (frozen set) with the first such tensor. Returns the
 // trainer state.
 nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model, AdamW<float>* opt);
 
