@@ -256,6 +256,11 @@ frozen = [k for k in a if re.search(r"^model\.embed_tokens\.|layers\.0\.self_att
 assert len(frozen) == 10 and all(a[k] == b[k] for k in frozen), frozen
 assert all(a[k] != b[k] for k in a if k not in frozen)
 PY
+# resumed from its phase-A checkpoint, the frozen run ends as the unbroken one did
+cp -r FZ FZr && rm -rf FZr/step_00000004
+"$moelab" train exp.toml --set run.dir=FZr "${asB[@]}" --set "$freeze" --resume >/dev/null 2>err || bad "frozen resume: $(tail -1 err)"
+diff <(strip FZ/metrics.jsonl) <(strip FZr/metrics.jsonl) >/dev/null &&
+  cmp -s FZ/step_00000004/model.safetensors FZr/step_00000004/model.safetensors && ok || bad "a resumed frozen run differs"
 
 # refusals, one line each
 expect_error "freeze: bad pattern" "exp.toml: 'train.freeze' pattern '\(' is not a valid regular expression" \
