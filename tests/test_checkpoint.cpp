@@ -30,7 +30,7 @@ ModelConfig small() {
   c.num_key_value_heads = 1;
   c.head_dim = 8;
   c.intermediate_size = 16;
-  c.ffn_type = FfnType::Moe;
+  c.ffn_type = FfnKind::Moe;
   c.num_local_experts = 4;
   c.num_experts_per_tok = 2;
   c.layer_sliding = {false, false};

@@ -28,7 +28,7 @@ ModelConfig decoder_config(bool moe) {
   c.num_key_value_heads = 2;
   c.head_dim = 8;
   c.intermediate_size = 24;
-  c.ffn_type = moe ? FfnType::Moe : FfnType::Dense;
+  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
   c.num_local_experts = moe ? 4 : 1;
   c.num_experts_per_tok = moe ? 2 : 1;
   c.sliding_window = 5;

@@ -26,7 +26,7 @@ ModelConfig tiny(bool moe) {
   c.num_key_value_heads = 2;
   c.head_dim = 6;
   c.intermediate_size = 8;
-  c.ffn_type = moe ? FfnType::Moe : FfnType::Dense;
+  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
   c.num_local_experts = moe ? 4 : 1;
   c.num_experts_per_tok = moe ? 2 : 1;
   c.sliding_window = 4;
@@ -125,7 +125,7 @@ INSTANTIATE_TEST_SUITE_P(DenseAndMoe, ModelFd, ::testing::Bool(),
 // ----------------------------------------------------------------------------
 TEST(Model, OneExpertTopOneIsBitForBitDense) {
   ModelConfig dc = tiny(false), mc = tiny(false);
-  mc.ffn_type = FfnType::Moe;  // E = 1, k = 1, but with a router
+  mc.ffn_type = FfnKind::Moe;  // E = 1, k = 1, but with a router
   const int64_t B = 2, T = 9;
   Model<float> dense(dc, B, T), moe(mc, B, T);
   dense.init_weights(1);

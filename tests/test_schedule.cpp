@@ -186,7 +186,7 @@ Experiment tiny_experiment() {
   x.model.num_key_value_heads = 1;
   x.model.head_dim = 8;
   x.model.intermediate_size = 16;
-  x.model.ffn_type = FfnType::Moe;
+  x.model.ffn_type = FfnKind::Moe;
   x.model.num_local_experts = 4;
   x.model.num_experts_per_tok = 2;
   x.model.max_position_embeddings = 16;

@@ -129,7 +129,8 @@ class Buffer {
   Device* dev_ = nullptr;
 };
 
-// The linear-layer precision of the default device (commands and tests that set it).
+// The default device's profile, and its linear-layer precision (commands and tests that set it).
+Profile& profile();
 void gemm_set_precision(Precision p);
 Precision gemm_precision();
 

@@ -1,6 +1,6 @@
 #pragma once
 // Per-op wall-clock breakdown for `moelab bench train --profile`. Off by default; when off a
-// scope costs one branch.
+// scope costs one branch. Each device holds one (backend/device.hpp).
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,13 +14,10 @@ struct Profile {
   void clear() { seconds.clear(); }
 };
 
-Profile& profile();  // the CPU device's profile (backend/device.hpp owns it)
-
 // Times its scope into a profile (one branch when the profile is off).
 class ProfileScope {
  public:
   ProfileScope(Profile& p, const char* name);
-  explicit ProfileScope(const char* name) : ProfileScope(profile(), name) {}
   ~ProfileScope();
   ProfileScope(const ProfileScope&) = delete;
   ProfileScope& operator=(const ProfileScope&) = delete;

@@ -168,9 +168,9 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
     } else if (key == "ffn_type") {
       const std::string s = r.string(key);
       if (s == "dense")
-        c.ffn_type = FfnType::Dense;
+        c.ffn_type = FfnKind::Dense;
       else if (s == "moe")
-        c.ffn_type = FfnType::Moe;
+        c.ffn_type = FfnKind::Moe;
       else
         r.bad(key, "must be \"dense\" or \"moe\"");
     } else if (key == "sliding_window") {
@@ -207,8 +207,8 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
       r.bad(key, "is not a known key");
   }
   // A config with several experts and no explicit ffn_type is an MoE (HF GptOss files).
-  if (!j.contains("ffn_type") && c.num_local_experts > 1) c.ffn_type = FfnType::Moe;
-  if (c.ffn_type == FfnType::Dense && !have_k) c.num_experts_per_tok = 1;
+  if (!j.contains("ffn_type") && c.num_local_experts > 1) c.ffn_type = FfnKind::Moe;
+  if (c.ffn_type == FfnKind::Dense && !have_k) c.num_experts_per_tok = 1;
   if (layer_types) {
     if (!layer_types->is_array()) r.bad("layer_types", "must be an array of strings");
     c.layer_sliding.clear();
@@ -244,7 +244,7 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   need(c.num_experts_per_tok <= c.num_local_experts,
        fmt::format("'num_experts_per_tok' ({}) is larger than 'num_local_experts' ({})",
                    c.num_experts_per_tok, c.num_local_experts));
-  if (c.ffn_type == FfnType::Dense)
+  if (c.ffn_type == FfnKind::Dense)
     need(c.num_local_experts == 1 && c.num_experts_per_tok == 1,
          "'ffn_type' \"dense\" needs num_local_experts = 1 and num_experts_per_tok = 1");
   need(int64_t(c.layer_sliding.size()) == c.num_hidden_layers,
@@ -409,7 +409,7 @@ ModelConfig config_iso_moe(const ModelConfig& dense, int64_t E, int64_t k) {
     fail(fmt::format("--iso-moe {}: intermediate_size {} is not divisible by {} experts", E,
                      dense.intermediate_size, E));
   ModelConfig m = dense;
-  m.ffn_type = FfnType::Moe;
+  m.ffn_type = FfnKind::Moe;
   m.num_local_experts = E;
   m.num_experts_per_tok = k;
   m.intermediate_size = dense.intermediate_size / E;

@@ -14,7 +14,6 @@ namespace moelab {
 // routed mixture of experts. A one-expert MoE keeps its router tensors (as in Hugging Face files)
 // but computes as dense: its router has one choice, of weight 1.
 enum class FfnKind { Dense, Moe };
-using FfnType = FfnKind;  // the JSON key is "ffn_type"
 
 // Low-rank adapters on linear maps (docs/methods.md §3.11): W x + (alpha / rank) B A x, B = 0 at
 // the start. Targets are regexes on the weight names (e.g. "self_attn\\.(q|v)_proj",
@@ -33,7 +32,7 @@ struct ModelConfig {
   int64_t num_attention_heads = 4;  // H
   int64_t num_key_value_heads = 4;  // KV
   int64_t head_dim = 64;
-  FfnType ffn_type = FfnType::Dense;
+  FfnKind ffn_type = FfnKind::Dense;  // as the file says ("ffn_type"); compute: ffn_kind()
   int64_t num_local_experts = 1;     // E
   int64_t num_experts_per_tok = 1;   // k
   int64_t intermediate_size = 1024;  // hidden width of one expert
@@ -56,7 +55,7 @@ struct ModelConfig {
   double initializer_range = 0.02;
   LoraConfig lora;
 
-  bool is_moe() const { return ffn_type == FfnType::Moe; }
+  bool is_moe() const { return ffn_type == FfnKind::Moe; }
 };
 
 // Parses and validates; `source` (a file name) starts every error message.

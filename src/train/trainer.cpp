@@ -319,7 +319,7 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
   }
   reduce_grads();
   {
-    const ProfileScope prof("optimizer");
+    const ProfileScope prof(model_.device().profile, "optimizer");
     r.grad_norm = grad_global_norm<float>(model_.layout, model_.grads) / accum;
     r.step = ++step_;
     window_steps_++;
