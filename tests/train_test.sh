@@ -239,6 +239,16 @@ if "$moelab" train exp.toml --set run.dir=F3 "${asB[@]}" --set model.num_hidden_
 grep -Eq "^init_from $ck: [0-9]+ tensors loaded; [0-9]+ new \(initialized from run.seed\): model\.layers\.2\.[a-z_.]+(, model\.layers\.2\.[a-z_.]+)*$" err && ok ||
   bad "init_from report of the added layer: $(grep init_from err)"
 
+# LoRA adapters on the attention projections over the checkpoint, everything else frozen: B = 0,
+# so the first loss is again the one resuming R gives, to the bit
+lora=(--set model.lora.rank=4 --set model.lora.alpha=8 --set 'model.lora.targets=["self_attn"]'
+  --set 'train.freeze=["^(?!.*lora_)"]')
+if "$moelab" train exp.toml --set run.dir=FL "${asB[@]}" "${lora[@]}" >/dev/null 2>err; then ok; else bad "init_from with LoRA: $(tail -1 err)"; fi
+grep -Eq "^init_from $ck: [0-9]+ tensors loaded; 16 new \(initialized from run.seed\): model\.layers\.\{0-1\}\.self_attn\.q_proj\.lora_A\.weight" err && ok ||
+  bad "init_from report of the adapters: $(grep init_from err)"
+[ "$(loss FL/metrics.jsonl 1)" = "$(loss R/metrics.jsonl 21)" ] && ok ||
+  bad "LoRA at B = 0: first loss $(loss FL/metrics.jsonl 1), the base gives $(loss R/metrics.jsonl 21)"
+
 # freeze: named tensors come out of training bit-identical, the others change
 freeze='train.freeze=["^model\\.embed_tokens\\.", "layers\\.0\\.self_attn"]'
 if "$moelab" train exp.toml --set run.dir=FZ "${asB[@]}" --set "$freeze" >/dev/null 2>err; then ok; else bad "freeze run: $(tail -1 err)"; fi
