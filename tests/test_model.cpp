@@ -78,6 +78,21 @@ void jitter(Model<T>& m, uint64_t seed) {
   }
 }
 
+// The gradient g of tensor t against central differences of the total loss on batch b.
+void expect_tensor_fd(Model<double>& m, const Batch& b, const std::vector<double>& g,
+                      const TensorView& t, int64_t checks) {
+  std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
+  std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
+  expect_fd(
+      x, gt,
+      [&] {
+        std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+        return m.forward(b.tokens, b.targets).total();
+      },
+      t.name, 1e-6, 2e-5, 1e-8, checks);
+  std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+}
+
 template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
@@ -105,18 +120,7 @@ TEST_P(ModelFd, WholeModelGradientMatchesFiniteDifferences) {
   m.backward();
   const std::vector<double> g = m.grads;
   // Every tensor is checked separately, so a wrong gradient is named.
-  for (const TensorView& t : m.layout.tensors) {
-    std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
-    std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
-    expect_fd(
-        x, gt,
-        [&] {
-          std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
-          return m.forward(b.tokens, b.targets).total();
-        },
-        t.name, 1e-6, 2e-5, 1e-8, 200);
-    std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
-  }
+  for (const TensorView& t : m.layout.tensors) expect_tensor_fd(m, b, g, t, 200);
 }
 
 INSTANTIATE_TEST_SUITE_P(DenseAndMoe, ModelFd, ::testing::Bool(),
@@ -472,16 +476,7 @@ TEST_P(LoraSeam, GradientsMatchFiniteDifferencesAndFrozenBaseLeavesAdaptersExact
     if (!adapter && t.name.find("self_attn.q_proj.weight") == std::string::npos &&
         t.name.find("experts.down_proj") == std::string::npos)
       continue;  // the adapters, and base weights they ride on (the rest: ModelFd)
-    std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);
-    std::vector<double> gt(g.begin() + t.offset, g.begin() + t.offset + t.numel);
-    expect_fd(
-        x, gt,
-        [&] {
-          std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
-          return m.forward(b.tokens, b.targets).total();
-        },
-        t.name, 1e-6, 2e-5, 1e-8, 100);
-    std::copy(x.begin(), x.end(), m.params.begin() + t.offset);
+    expect_tensor_fd(m, b, g, t, 100);
   }
   // The base frozen: no base gradient at all, and the adapters' gradients are the same bits.
   EXPECT_GT(m.layout.set_frozen("^(?!.*lora_)", true), 0);

@@ -33,11 +33,11 @@ struct ModelConfig {
   int64_t num_key_value_heads = 4;  // KV
   int64_t head_dim = 64;
   FfnKind ffn_type = FfnKind::Dense;  // as the file says ("ffn_type"); compute: ffn_kind()
-  int64_t num_local_experts = 1;     // E
-  int64_t num_experts_per_tok = 1;   // k
-  int64_t intermediate_size = 1024;  // hidden width of one expert
-  int64_t sliding_window = 0;        // 0: no sliding layers
-  std::vector<bool> layer_sliding;   // per layer: sliding window (true) or full causal (false)
+  int64_t num_local_experts = 1;      // E
+  int64_t num_experts_per_tok = 1;    // k
+  int64_t intermediate_size = 1024;   // hidden width of one expert
+  int64_t sliding_window = 0;         // 0: no sliding layers
+  std::vector<bool> layer_sliding;    // per layer: sliding window (true) or full causal (false)
   bool attention_sinks = true;
   bool attention_bias = true;
   double rope_theta = 150000.0;

@@ -91,6 +91,17 @@ kernels::MoeRouting FfnBlock<T>::routing(const Acts& a, int64_t N) const {
           a.offsets.data()};
 }
 
+// Each expert's rows [r0, r0 + n) among the R sorted rows (dense: one expert, all rows).
+template <typename T>
+std::vector<typename FfnBlock<T>::ExpertRows> FfnBlock<T>::expert_rows(const Acts& a,
+                                                                       int64_t R) const {
+  if (p_.kind == FfnKind::Dense) return {{0, 0, R}};
+  std::vector<ExpertRows> ex;
+  for (int64_t e = 0; e < c_->num_local_experts; e++)
+    ex.push_back({e, a.offsets[e], a.offsets[e + 1] - a.offsets[e]});
+  return ex;
+}
+
 // ----------------------------------------------------------------------------
 // forward
 
@@ -100,17 +111,12 @@ void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* you
                                   int64_t R) const {
   const ModelConfig& cf = *c_;
   const int64_t d = cf.hidden_size, I = cf.intermediate_size;
-  const bool moe = p_.kind == FfnKind::Moe;
-  const int64_t E = moe ? cf.num_local_experts : 1;
   const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
-  auto rows = [&](int64_t e) {
-    return moe ? std::pair{a.offsets[e], a.offsets[e + 1] - a.offsets[e]} : std::pair{0L, R};
-  };
+  const std::vector<ExpertRows> ex = expert_rows(a, R);
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "expert gemm fwd");
-    for (int64_t e = 0; e < E; e++) {
-      const auto [r0, n] = rows(e);
+    for (const auto [e, r0, n] : ex) {
       weight_forward(c, p_.up, e, a.h.data() + r0 * 2 * I, xin + r0 * d, n,
                      a.up_xa.data() + r0 * ru);
     }
@@ -120,8 +126,7 @@ void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* you
     c.op.swiglu_forward(a.a.data(), a.h.data(), R, I, cf.swiglu_limit, cf.swiglu_alpha);
   }
   ProfileScope ps(prof, "expert gemm fwd");
-  for (int64_t e = 0; e < E; e++) {
-    const auto [r0, n] = rows(e);
+  for (const auto [e, r0, n] : ex) {
     weight_forward(c, p_.down, e, yout + r0 * d, a.a.data() + r0 * I, n,
                    a.down_xa.data() + r0 * rd);
   }
@@ -172,17 +177,12 @@ void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, cons
                                    const T* dy, int64_t R) const {
   const ModelConfig& cf = *c_;
   const int64_t d = cf.hidden_size, I = cf.intermediate_size;
-  const bool moe = p_.kind == FfnKind::Moe;
-  const int64_t E = moe ? cf.num_local_experts : 1;
   const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
-  auto rows = [&](int64_t e) {
-    return moe ? std::pair{a.offsets[e], a.offsets[e + 1] - a.offsets[e]} : std::pair{0L, R};
-  };
+  const std::vector<ExpertRows> ex = expert_rows(a, R);
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "expert gemm bwd");
-    for (int64_t e = 0; e < E; e++) {
-      const auto [r0, n] = rows(e);
+    for (const auto [e, r0, n] : ex) {
       weight_backward(c, p_.down, e, w.da.data() + r0 * I, dy + r0 * d, a.a.data() + r0 * I, n,
                       a.down_xa.data() + r0 * rd, w.dxa.data() + r0 * rd);
     }
@@ -193,8 +193,7 @@ void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, cons
                          cf.swiglu_alpha);
   }
   ProfileScope ps(prof, "expert gemm bwd");
-  for (int64_t e = 0; e < E; e++) {
-    const auto [r0, n] = rows(e);
+  for (const auto [e, r0, n] : ex) {
     weight_backward(c, p_.up, e, dxin + r0 * d, w.dh.data() + r0 * 2 * I, xin + r0 * d, n,
                     a.up_xa.data() + r0 * ru, w.dxa.data() + r0 * ru);
   }
@@ -225,8 +224,9 @@ void FfnBlock<T>::backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, 
     c.op.router_loss_backward(w.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
                               cf.router_aux_loss_coef, cf.router_z_loss_coef,
                               1.0 / double(cf.num_hidden_layers));
-    weight_backward<T>(c, p_.router, 0, w.dxn.data(), w.drl.data(), a.xn.data(), N, nullptr, nullptr,
-                    /*dx_accumulate=*/true);
+    weight_backward<T>(c, p_.router, 0, w.dxn.data(), w.drl.data(), a.xn.data(), N, nullptr,
+                       nullptr,
+                       /*dx_accumulate=*/true);
   }
   ProfileScope ps(prof, "rmsnorm bwd");
   c.op.rmsnorm_backward(dx, c.grad(p_.ln, d), w.dxn.data(), x, c.P + p_.ln, a.rstd.data(), N, d);

@@ -4,6 +4,7 @@
 // expert, one GEMM per expert on contiguous rows, weighted combine; docs/methods.md §3.5-3.7).
 // Training and decoding run this same code.
 #include <cstdint>
+#include <vector>
 
 #include "backend/device.hpp"
 #include "model/config.hpp"
@@ -72,6 +73,10 @@ class FfnBlock {
   std::vector<double> load(const Acts& a) const;
 
  private:
+  struct ExpertRows {
+    int64_t e, r0, n;
+  };
+  std::vector<ExpertRows> expert_rows(const Acts& a, int64_t R) const;
   kernels::MoeRouting routing(const Acts& a, int64_t N) const;
   void experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* yout, int64_t R) const;
   void experts_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* xin, T* dxin, const T* dy,

@@ -63,8 +63,7 @@ void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;
   for (const LoraSlot& s : w.lora) {
-    const T* A = c.P + s.A + e * s.rank * I;
-    const T* B = c.P + s.B + e * s.out_n * s.rank;
+    const T *A = c.P + s.A_at(e, I), *B = c.P + s.B_at(e);
     T* h = xa + r0;  // [N, rank] inside rows of R
     c.op.gemm(c.dev.precision, Trans::N, Trans::T, N, s.rank, I, x, I, A, I, T(0), h, R);
     const T scale = T(s.scale);
@@ -91,10 +90,9 @@ void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;
   for (const LoraSlot& s : w.lora) {
-    const T* A = c.P + s.A + e * s.rank * I;
-    const T* B = c.P + s.B + e * s.out_n * s.rank;
-    T* dA = c.grad(s.A + e * s.rank * I, s.rank * I);
-    T* dB = c.grad(s.B + e * s.out_n * s.rank, s.out_n * s.rank);
+    const T *A = c.P + s.A_at(e, I), *B = c.P + s.B_at(e);
+    T* dA = c.grad(s.A_at(e, I), s.rank * I);
+    T* dB = c.grad(s.B_at(e), s.out_n * s.rank);
     const T* h = xa + r0;
     T* dh = dxa + r0;
     const Precision p = c.dev.precision;

@@ -22,6 +22,9 @@ struct LoraSlot {
   int64_t rank = 0;
   double scale = 1;  // alpha / rank
   int64_t out0 = 0, out_n = 0;
+  // expert e's A and B (offsets), for a map with `in` inputs
+  int64_t A_at(int64_t e, int64_t in) const { return A + e * rank * in; }
+  int64_t B_at(int64_t e) const { return B + e * out_n * rank; }
 };
 
 struct Weight {
