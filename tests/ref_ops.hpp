@@ -325,4 +325,29 @@ struct add {
   }
 };
 
+template <typename T>
+struct fusion {
+  static void forward(T* out, const T* F, const T* M, const T* a, int64_t a_stride, int64_t N,
+                      int64_t d) {
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < d; j++) {
+        const double an = a[n * a_stride];
+        out[n * d + j] = T((1 - an) * F[n * d + j] + an * M[n * d + j]);
+      }
+  }
+  static void backward(T* dF, T* dM, T* da, const T* dout, const T* F, const T* M, const T* a,
+                       int64_t a_stride, int64_t N, int64_t d) {
+    for (int64_t n = 0; n < N; n++) {
+      double s = 0;
+      for (int64_t j = 0; j < d; j++) {
+        const double an = a[n * a_stride], g = dout[n * d + j];
+        dF[n * d + j] = T((1 - an) * g);
+        dM[n * d + j] = T(an * g);
+        s += g * (double(M[n * d + j]) - F[n * d + j]);
+      }
+      if (da) da[n] = T(s);
+    }
+  }
+};
+
 }  // namespace moelab::ref

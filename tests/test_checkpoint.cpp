@@ -2,6 +2,7 @@
 // (the temporary folder a kill -9 leaves) never counts, and a mismatching config is refused.
 // AdamW keeps moments for trainable tensors only, with the arithmetic of a full-layout optimizer;
 // checkpoints store them by name; init_from loads one model's weights into a larger one.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -450,4 +451,40 @@ TEST(InitFrom, ShapesMissingTensorsFilesAndMeaningsAreRefusedInOneLine) {
   EXPECT_NE(e.find(dir + ": no model.safetensors"), std::string::npos) << e;
   fs::remove(fs::path(dir) / "config.json");
   EXPECT_NE(refusal(small()).find(dir + ": not a checkpoint"), std::string::npos);
+}
+
+// MoE-CT over a checkpoint: the new experts start as copies of the loaded FFN (expert i from the
+// layer's expert i mod E), the token gate at sigmoid(b) = lambda, the router random.
+TEST(InitFrom, MoeCtExpertsCopyTheLoadedFfn) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(5);
+  AdamW<float> opt(m.layout, AdamWConfig{});
+  train_steps(m, opt, 2);
+  const std::string dir = checkpoint_save(run.path, 2, m, opt, {}, 0);
+  ModelConfig c = small();
+  c.moe_ct.experts = 3;
+  c.moe_ct.gate = CtGate::Token;
+  c.moe_ct.lambda = 0.3;
+  Model<float> to(c, 2, 16);
+  to.init_weights(6);
+  const InitReport r = checkpoint_init_from(dir, to);
+  EXPECT_EQ(r.loaded.size(), m.layout.tensors.size());
+  const int64_t E = small().num_local_experts;
+  for (int64_t l = 0; l < c.num_hidden_layers; l++)
+    for (const char* w : {"gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"}) {
+      const TensorView* base = m.layout.find(fmt::format("model.layers.{}.mlp.experts.{}", l, w));
+      const TensorView* ct = to.layout.find(fmt::format("model.layers.{}.mlp.ct.experts.{}", l, w));
+      ASSERT_TRUE(base && ct) << w;
+      const int64_t per = base->numel / E;
+      for (int64_t i = 0; i < 3; i++)
+        EXPECT_TRUE(same_bits(&to.params[size_t(ct->offset + i * per)],
+                              &m.params[size_t(base->offset + (i % E) * per)], per))
+            << l << " " << w << " expert " << i;
+    }
+  const TensorView* b = to.layout.find("model.layers.0.mlp.ct.gate.bias");
+  ASSERT_NE(b, nullptr);
+  EXPECT_NEAR(1.0 / (1.0 + std::exp(-double(to.params[size_t(b->offset)]))), 0.3, 1e-6);
+  const TensorView* router = to.layout.find("model.layers.0.mlp.ct.router.weight");
+  EXPECT_NE(to.params[size_t(router->offset)], 0.f);
 }

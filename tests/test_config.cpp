@@ -196,3 +196,34 @@ TEST(Error, OneLineWhateverTheInput) {
     EXPECT_STREQ(e.what(), "cfg.toml: unknown key 'run.a\\x0ab\\x0d\\x09c'");
   }
 }
+
+TEST(Config, MoeCtKeysAndRefusals) {
+  auto parse = [](const std::string& ct) {
+    return config_from_json(nlohmann::json::parse(R"({"num_hidden_layers": 4, "moe_ct": )" + ct + "}"),
+                            "m.json");
+  };
+  const ModelConfig c = parse(R"({"experts": 4, "top_k": 2, "gate": "scalar", "lambda": 0.25,
+                                  "init": "random", "layers": [1, 3]})");
+  EXPECT_EQ(c.moe_ct.experts, 4);
+  EXPECT_EQ(c.moe_ct.gate, CtGate::Scalar);
+  EXPECT_FALSE(c.moe_ct.copy);
+  EXPECT_TRUE(c.moe_ct.on(3));
+  EXPECT_FALSE(c.moe_ct.on(0));
+  EXPECT_EQ(config_from_json(config_to_json(c), "rt").moe_ct.layers, c.moe_ct.layers);
+  auto refusal = [&](const std::string& ct) {
+    try {
+      parse(ct);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refusal(R"({"experts": 4, "layers": [4]})"),
+            "m.json: 'moe_ct.layers': layer 4 is out of range [0, 4)");
+  EXPECT_EQ(refusal(R"({"experts": 2, "top_k": 3})"),
+            "m.json: 'moe_ct.top_k' (3) must be in [1, moe_ct.experts (2)]");
+  EXPECT_EQ(refusal(R"({"experts": 2, "gate": "soft"})"),
+            "m.json: moe_ct: 'gate' must be \"fixed\", \"scalar\" or \"token\"");
+  EXPECT_EQ(refusal(R"({"experts": 2, "lambda": 1.0})"),
+            "m.json: 'moe_ct.lambda' must be in (0, 1) for the token gate (it is sigmoid(b) at the start)");
+}

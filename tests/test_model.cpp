@@ -492,3 +492,107 @@ TEST_P(LoraSeam, GradientsMatchFiniteDifferencesAndFrozenBaseLeavesAdaptersExact
 
 INSTANTIATE_TEST_SUITE_P(DenseAndMoe, LoraSeam, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "moe" : "dense"; });
+
+// ----------------------------------------------------------------------------
+// MoE-CT (docs/methods.md §3.12): the layer's FFN beside new experts, fused by a gate.
+namespace {
+
+ModelConfig with_ct(ModelConfig c, CtGate gate, double lambda, bool copy) {
+  c.moe_ct.experts = 3;
+  c.moe_ct.top_k = 2;
+  c.moe_ct.gate = gate;
+  c.moe_ct.lambda = lambda;
+  c.moe_ct.copy = copy;
+  c.moe_ct.layers = {1};  // one of the two layers: a plain layer stays plain
+  return c;
+}
+
+template <typename T>
+std::vector<T> base_logits(const ModelConfig& c, const Batch& b, int64_t B, int64_t T_) {
+  Model<T> m(c, B, T_);
+  m.init_weights(3);
+  m.forward(b.tokens, b.targets);
+  return logits_of(m);
+}
+
+}  // namespace
+
+class MoeCt : public ::testing::TestWithParam<bool> {};
+
+TEST_P(MoeCt, ClosedGateGivesTheBaseModelsLogitsBitForBit) {
+  const bool moe = GetParam();
+  const ModelConfig bc = tiny(moe);
+  const int64_t B = 2, T = 9;
+  const Batch b = batch(B * T, bc.vocab_size, 5);
+  const auto want32 = base_logits<float>(bc, b, B, T);
+  const auto want64 = base_logits<double>(bc, b, B, T);
+  for (CtGate gate : {CtGate::Fixed, CtGate::Scalar}) {  // a = 0 exactly, random new experts
+    const ModelConfig c = with_ct(bc, gate, 0.0, false);
+    EXPECT_TRUE(same_bits(base_logits<float>(c, b, B, T), want32));
+    EXPECT_TRUE(same_bits(base_logits<double>(c, b, B, T), want64));
+  }
+  // Over a dense FFN, copied experts and any gate: MoE(u) = FFN(u) up to the rounding of the
+  // routing weights. (An MoE layer's experts are copied one by one: only a = 0 is exact there.)
+  for (CtGate gate : {CtGate::Fixed, CtGate::Scalar, CtGate::Token}) {
+    if (moe) break;
+    const ModelConfig c = with_ct(bc, gate, 0.5, true);
+    expect_close(base_logits<double>(c, b, B, T), want64, 1e-12, 1e-12, "copied experts, double");
+    expect_close(base_logits<float>(c, b, B, T), want32, 1e-5, 1e-5, "copied experts, float");
+    // random experts with an open gate do change the model (the comparison above can fail)
+    const auto other = base_logits<double>(with_ct(bc, gate, 0.5, false), b, B, T);
+    EXPECT_FALSE(same_bits(other, want64));
+  }
+}
+
+TEST_P(MoeCt, GradientsMatchFiniteDifferencesForEveryGate) {
+  const bool moe = GetParam();
+  for (CtGate gate : {CtGate::Fixed, CtGate::Scalar, CtGate::Token}) {
+    const ModelConfig c = with_ct(tiny(moe), gate, 0.3, false);
+    const int64_t B = 2, T = 7;
+    Model<double> m(c, B, T);
+    m.init_weights(3);
+    jitter(m, 4);
+    const Batch b = batch(B * T, c.vocab_size, 5);
+    m.zero_grad();
+    const Losses l = m.forward(b.tokens, b.targets);
+    EXPECT_GT(l.aux, 0.0);  // the new experts' router adds its losses
+    m.backward();
+    const std::vector<double> g = m.grads;
+    int64_t checked = 0;
+    for (const TensorView& t : m.layout.tensors)
+      if (t.name.find(".mlp.ct.") != std::string::npos ||
+          t.name.find("layers.1.mlp.experts.down_proj") != std::string::npos ||
+          t.name.find("layers.1.post_attention") != std::string::npos) {
+        expect_tensor_fd(m, b, g, t, 60);
+        checked++;
+      }
+    EXPECT_EQ(checked, 6 + (gate == CtGate::Fixed ? 0 : gate == CtGate::Scalar ? 1 : 2) + 3);
+    // The base frozen, as MoE-CT trains: the new parts' gradients are the same bits.
+    m.layout.set_frozen(".", true);
+    m.layout.set_frozen("\\.mlp\\.ct\\.", false);
+    m.zero_grad();
+    m.forward(b.tokens, b.targets);
+    m.backward();
+    for (const TensorView& t : m.layout.tensors)
+      for (int64_t i = 0; i < t.numel; i++)
+        ASSERT_EQ(m.grads[size_t(t.offset + i)], t.frozen ? 0.0 : g[size_t(t.offset + i)])
+            << t.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAndMoe, MoeCt, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "moe" : "dense"; });
+
+TEST(LoraSeam, ATargetThatMatchesNoWeightIsRefusedInOneLine) {
+  ModelConfig c = tiny(false);
+  c.lora.rank = 2;
+  c.lora.targets = {"q_proj", "mlp\\.gate"};
+  std::string msg;
+  try {
+    Model<float> m(c, 1, 4);
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  EXPECT_EQ(msg.find("model config: 'lora.targets': 'mlp\\.gate' matches no weight"), size_t(0))
+      << msg;
+}

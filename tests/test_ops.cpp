@@ -279,6 +279,41 @@ TEST(Ops, Add) {
 }
 
 // ----------------------------------------------------------------------------
+// fusion (MoE-CT's gate): per-row a and one a for all rows
+TEST(Ops, Fusion) {
+  const int64_t N = 7, d = 5;
+  for (int64_t stride : {1, 0}) {
+    auto F = randn(N * d, 1), M = randn(N * d, 2), a = randn(N, 3, 0.5), R = randn(N * d, 4);
+    std::vector<double> out(N * d), want(N * d), dF(N * d), dM(N * d), da(N);
+    std::vector<double> rF(N * d), rM(N * d), rda(N);
+    K::fusion<double>::forward(out.data(), F.data(), M.data(), a.data(), stride, N, d);
+    ref::fusion<double>::forward(want.data(), F.data(), M.data(), a.data(), stride, N, d);
+    expect_close(out, want, 1e-14, 1e-15, "fusion forward");
+    K::fusion<double>::backward(dF.data(), dM.data(), da.data(), R.data(), F.data(), M.data(),
+                                a.data(), stride, N, d);
+    ref::fusion<double>::backward(rF.data(), rM.data(), rda.data(), R.data(), F.data(), M.data(),
+                                  a.data(), stride, N, d);
+    expect_close(dF, rF, 1e-14, 1e-15, "fusion dF");
+    expect_close(dM, rM, 1e-14, 1e-15, "fusion dM");
+    expect_close(da, rda, 1e-13, 1e-14, "fusion da");
+    auto loss = [&] {
+      K::fusion<double>::forward(out.data(), F.data(), M.data(), a.data(), stride, N, d);
+      return dot(out, R);
+    };
+    expect_fd(F, dF, loss, "fusion dF");
+    expect_fd(M, dM, loss, "fusion dM");
+    std::vector<double> ga(N, 0.0);  // d(a): per row, or summed over the rows sharing one a
+    for (int64_t n = 0; n < N; n++) ga[size_t(n * stride)] += da[size_t(n)];
+    if (stride == 0) ga.resize(1), a.resize(1);
+    expect_fd(a, ga, loss, "fusion da");
+    // a = 0 gives F to the bit (MoE-CT's gate closed)
+    std::vector<double> zero(N, 0.0);
+    K::fusion<double>::forward(out.data(), F.data(), M.data(), zero.data(), stride, N, d);
+    EXPECT_EQ(out, F);
+  }
+}
+
+// ----------------------------------------------------------------------------
 TEST(Ops, SwiGlu) {
   const int64_t N = 6, I = 40;
   const double limit = 7.0, alpha = 1.702;

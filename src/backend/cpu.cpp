@@ -41,6 +41,8 @@ Ops<T> cpu_ops() {
           &K::cross_entropy::forward,
           &K::cross_entropy::backward,
           &K::add::forward,
+          &K::fusion::forward,
+          &K::fusion::backward,
           &gemm_linear<T>};
 }
 

@@ -49,6 +49,8 @@ struct Ops {
   decltype(&K::cross_entropy::forward) cross_entropy_forward;
   decltype(&K::cross_entropy::backward) cross_entropy_backward;
   decltype(&K::add::forward) add;
+  decltype(&K::fusion::forward) fusion_forward;
+  decltype(&K::fusion::backward) fusion_backward;
   decltype(&gemm_linear<T>) gemm;  // C = op(A) op(B) + beta C at the given precision
 };
 

@@ -188,6 +188,20 @@ struct cross_entropy {
 };
 
 // ----------------------------------------------------------------------------
+// fusion: the MoE-CT gate (docs/methods.md §3.12), out = (1 - a) F + a M, one a per row, or one
+// for all rows (a_stride 0)
+
+template <typename T>
+struct fusion {
+  // out, F, M [N,d]; a [N] (a_stride 1) or [1] (a_stride 0)
+  static void forward(T* out, const T* F, const T* M, const T* a, int64_t a_stride, int64_t N,
+                      int64_t d);
+  // dF = (1 - a) dout, dM = a dout (=); da [N] = sum_j dout (M - F) per row (=, null: skip)
+  static void backward(T* dF, T* dM, T* da, const T* dout, const T* F, const T* M, const T* a,
+                       int64_t a_stride, int64_t N, int64_t d);
+};
+
+// ----------------------------------------------------------------------------
 // add: the residual connection, out = a + b (out may alias a or b)
 
 template <typename T>
@@ -213,6 +227,7 @@ struct Kernels {
   using moe_combine = kernels::moe_combine<T>;
   using cross_entropy = kernels::cross_entropy<T>;
   using add = kernels::add<T>;
+  using fusion = kernels::fusion<T>;
 };
 
 }  // namespace moelab::kernels

@@ -76,6 +76,45 @@ void parse_lora(ModelConfig& c, const json& v, std::string_view src) {
   }
 }
 
+void parse_moe_ct(ModelConfig& c, const json& v, std::string_view src) {
+  if (v.is_null()) return;
+  if (!v.is_object()) fail(fmt::format("{}: 'moe_ct' must be an object or null", src));
+  const std::string sub = fmt::format("{}: moe_ct", src);
+  Reader r{v, sub};
+  MoeCtConfig& m = c.moe_ct;
+  for (auto& [key, t] : v.items()) {
+    if (key == "experts")
+      m.experts = r.integer(key);
+    else if (key == "top_k")
+      m.top_k = r.integer(key);
+    else if (key == "lambda")
+      m.lambda = r.number(key);
+    else if (key == "gate") {
+      const std::string g = r.string(key);
+      if (g == "fixed")
+        m.gate = CtGate::Fixed;
+      else if (g == "scalar")
+        m.gate = CtGate::Scalar;
+      else if (g == "token")
+        m.gate = CtGate::Token;
+      else
+        r.bad(key, "must be \"fixed\", \"scalar\" or \"token\"");
+    } else if (key == "init") {
+      const std::string g = r.string(key);
+      if (g != "copy" && g != "random") r.bad(key, "must be \"copy\" or \"random\"");
+      m.copy = g == "copy";
+    } else if (key == "layers") {
+      if (!t.is_array()) r.bad(key, "must be an array of layer indices");
+      m.layers.clear();
+      for (const json& e : t) {
+        if (!e.is_number_integer()) r.bad(key, "must be an array of layer indices");
+        m.layers.push_back(e.get<int64_t>());
+      }
+    } else
+      r.bad(key, "is not a known key");
+  }
+}
+
 void parse_rope_scaling(ModelConfig& c, const json& v, std::string_view src) {
   if (v.is_null()) return;
   if (!v.is_object()) fail(fmt::format("{}: 'rope_scaling' must be an object or null", src));
@@ -187,6 +226,8 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
       parse_rope_scaling(c, v, src);
     else if (key == "lora")
       parse_lora(c, v, src);
+    else if (key == "moe_ct")
+      parse_moe_ct(c, v, src);
     else if (key == "max_position_embeddings")
       c.max_position_embeddings = r.integer(key);
     else if (key == "rms_norm_eps")
@@ -276,6 +317,21 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
   need(c.router_z_loss_coef >= 0, "'router_z_loss_coef' must be >= 0");
   need(c.initializer_range > 0, "'initializer_range' must be positive");
+  const MoeCtConfig& m = c.moe_ct;
+  if (m.experts != 0) {
+    need(m.experts >= 1 && m.experts <= 65536, "'moe_ct.experts' must be in [1, 65536]");
+    need(
+        m.top_k >= 1 && m.top_k <= m.experts,
+        fmt::format("'moe_ct.top_k' ({}) must be in [1, moe_ct.experts ({})]", m.top_k, m.experts));
+    need(std::isfinite(m.lambda) && m.lambda >= 0 && m.lambda <= 1,
+         "'moe_ct.lambda' must be in [0, 1]");
+    need(m.gate != CtGate::Token || (m.lambda > 0 && m.lambda < 1),
+         "'moe_ct.lambda' must be in (0, 1) for the token gate (it is sigmoid(b) at the start)");
+    for (int64_t l : m.layers)
+      need(
+          l >= 0 && l < c.num_hidden_layers,
+          fmt::format("'moe_ct.layers': layer {} is out of range [0, {})", l, c.num_hidden_layers));
+  }
   if (c.lora.rank != 0 || !c.lora.targets.empty()) {
     need(c.lora.rank >= 1 && c.lora.rank <= 65536, "'lora.rank' must be in [1, 65536]");
     need(std::isfinite(c.lora.alpha) && c.lora.alpha >= 0,
@@ -325,9 +381,26 @@ json config_to_json(const ModelConfig& c) {
                          {"truncate", false}};
   else
     j["rope_scaling"] = nullptr;
+  if (c.moe_ct.experts > 0) {
+    const MoeCtConfig& m = c.moe_ct;
+    const char* gate = m.gate == CtGate::Fixed    ? "fixed"
+                       : m.gate == CtGate::Scalar ? "scalar"
+                                                  : "token";
+    j["moe_ct"] = {{"experts", m.experts},
+                   {"top_k", m.top_k},
+                   {"gate", gate},
+                   {"lambda", m.lambda},
+                   {"init", m.copy ? "copy" : "random"},
+                   {"layers", m.layers}};
+  }
   if (c.lora.rank > 0)
     j["lora"] = {{"rank", c.lora.rank}, {"alpha", c.lora.alpha}, {"targets", c.lora.targets}};
   return j;
+}
+
+bool MoeCtConfig::on(int64_t layer) const {
+  return experts > 0 &&
+         (layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end());
 }
 
 ModelConfig config_load(const std::string& path) {

@@ -10,10 +10,11 @@
 
 namespace moelab {
 
-// What a layer's feed-forward block computes, the one switch for it (FfnBlock): dense, or a
-// routed mixture of experts. A one-expert MoE keeps its router tensors (as in Hugging Face files)
-// but computes as dense: its router has one choice, of weight 1.
-enum class FfnKind { Dense, Moe };
+// What a layer's feed-forward block computes, the one switch for it (ffn_kind): dense, a routed
+// mixture of experts, or MoE-CT (the layer's frozen FFN beside new experts, fused by a gate). A
+// one-expert MoE keeps its router tensors (as in Hugging Face files) but computes as dense: its
+// router has one choice, of weight 1.
+enum class FfnKind { Dense, Moe, MoeCt };
 
 // Low-rank adapters on linear maps (docs/methods.md §3.11): W x + (alpha / rank) B A x, B = 0 at
 // the start. Targets are regexes on the weight names (e.g. "self_attn\\.(q|v)_proj",
@@ -23,6 +24,19 @@ struct LoraConfig {
   double alpha = 0;  // 0: alpha = rank (scale 1)
   std::vector<std::string> targets;
   double scale() const { return alpha > 0 ? alpha / double(rank) : 1.0; }
+};
+
+// MoE-CT (docs/methods.md §3.12): in the listed layers (empty: all), N new experts with their own
+// top-k router beside the layer's FFN, out = h + (1 - a) FFN(u) + a MoE(u), a from the gate.
+enum class CtGate { Fixed, Scalar, Token };
+struct MoeCtConfig {
+  int64_t experts = 0;  // N; 0: no MoE-CT
+  int64_t top_k = 1;
+  CtGate gate = CtGate::Token;
+  double lambda = 0.5;  // fixed: a; scalar: a at the start; token: sigmoid(b) at the start (w = 0)
+  bool copy = true;  // new experts start as copies of the layer's FFN ("init": "copy"), or random
+  std::vector<int64_t> layers;
+  bool on(int64_t layer) const;
 };
 
 struct ModelConfig {
@@ -54,6 +68,7 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
   LoraConfig lora;
+  MoeCtConfig moe_ct;
 
   bool is_moe() const { return ffn_type == FfnKind::Moe; }
 };

@@ -14,7 +14,8 @@ using kernels::WLayout;
 // ----------------------------------------------------------------------------
 // parameters
 
-FfnKind ffn_kind(const ModelConfig& c) {
+FfnKind ffn_kind(const ModelConfig& c, int64_t layer) {
+  if (c.moe_ct.on(layer)) return FfnKind::MoeCt;
   return c.num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
 }
 
@@ -23,7 +24,8 @@ FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l) {
   const std::string pre = fmt::format("model.layers.{}.", l);
   FfnParams f;
   f.layer = l;
-  f.kind = ffn_kind(c);
+  f.kind = ffn_kind(c, l);
+  f.mix = c.num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
   f.ln = p.add(pre + "post_attention_layernorm.weight", {d}, Init::Ones, false);
   if (c.is_moe()) {  // Hugging Face MoE files carry a router, even for one expert
     f.router = {.in = d, .out = E};
@@ -45,6 +47,11 @@ void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
   weight_register_lora(f.down, p, c.lora, {{pre + "down_proj", f.down.out}});
 }
 
+template <typename T>
+FfnBlock<T>::FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {
+  if (p_.ct) ct_ = std::make_shared<const FfnBlock>(p_.ct->cfg, p_.ct->experts);
+}
+
 // ----------------------------------------------------------------------------
 // buffers
 
@@ -52,13 +59,15 @@ template <typename T>
 int64_t FfnBlock<T>::Acts::bytes() const {
   return rstd.bytes() + xn.bytes() + rlogits.bytes() + idx.bytes() + w.bytes() + order.bytes() +
          pos.bytes() + offsets.bytes() + xe.bytes() + h.bytes() + a.bytes() + y.bytes() +
-         up_xa.bytes() + down_xa.bytes();
+         up_xa.bytes() + down_xa.bytes() + (ct ? ct->bytes() : 0) + F.bytes() + M.bytes() +
+         gate.bytes();
 }
 
 template <typename T>
 int64_t FfnBlock<T>::Work::bytes() const {
   return tmp.bytes() + dxn.bytes() + drl.bytes() + dw.bytes() + dy.bytes() + da.bytes() +
-         dh.bytes() + dxe.bytes() + dxa.bytes();
+         dh.bytes() + dxe.bytes() + dxa.bytes() + (ct ? ct->bytes() : 0) + dF.bytes() + dM.bytes() +
+         da.bytes() + dgu.bytes();
 }
 
 template <typename T>
@@ -67,7 +76,8 @@ void FfnBlock<T>::reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backwar
   const int64_t d = c.hidden_size, E = c.num_local_experts, k = c.num_experts_per_tok;
   const int64_t I = c.intermediate_size, R = N * k;
   const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
-  const bool moe = p_.kind == FfnKind::Moe;
+  const bool moe = p_.mix == FfnKind::Moe;
+  if (ct_) ct_reserve(dev, a, w, N, backward);
   a.rstd.grow(dev, N), a.xn.grow(dev, N * d), a.h.grow(dev, R * 2 * I), a.a.grow(dev, R * I);
   a.up_xa.grow(dev, R * ru), a.down_xa.grow(dev, R * rd);
   if (moe) {
@@ -95,7 +105,7 @@ kernels::MoeRouting FfnBlock<T>::routing(const Acts& a, int64_t N) const {
 template <typename T>
 std::vector<typename FfnBlock<T>::ExpertRows> FfnBlock<T>::expert_rows(const Acts& a,
                                                                        int64_t R) const {
-  if (p_.kind == FfnKind::Dense) return {{0, 0, R}};
+  if (p_.mix == FfnKind::Dense) return {{0, 0, R}};
   std::vector<ExpertRows> ex;
   for (int64_t e = 0; e < c_->num_local_experts; e++)
     ex.push_back({e, a.offsets[e], a.offsets[e + 1] - a.offsets[e]});
@@ -133,36 +143,45 @@ void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* you
 }
 
 template <typename T>
+kernels::RouterLosses FfnBlock<T>::mix_forward(const Ctx<T>& c, Acts& a, Work& w, const T* u,
+                                               T* out, int64_t N) const {
+  const ModelConfig& cf = *c_;
+  const int64_t d = cf.hidden_size, E = cf.num_local_experts, k = cf.num_experts_per_tok;
+  if (p_.mix == FfnKind::Dense) {
+    experts_forward(c, a, u, out, N);
+    return {};
+  }
+  Profile& prof = c.dev.profile;
+  {
+    ProfileScope ps(prof, "router fwd");
+    weight_forward<T>(c, p_.router, 0, a.rlogits.data(), u, N, nullptr);
+    c.op.router_forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
+    c.op.moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
+  }
+  const kernels::MoeRouting r = routing(a, N);
+  {
+    ProfileScope ps(prof, "moe dispatch fwd");
+    c.op.moe_gather_forward(a.xe.data(), u, r, d);
+  }
+  experts_forward(c, a, a.xe.data(), a.y.data(), N * k);
+  ProfileScope ps(prof, "moe dispatch fwd");
+  c.op.moe_combine_forward(out, a.y.data(), a.w.data(), r, d);
+  return c.op.router_loss_forward(a.rlogits.data(), a.idx.data(), N, E, k, cf.router_aux_loss_coef,
+                                  cf.router_z_loss_coef);
+}
+
+template <typename T>
 kernels::RouterLosses FfnBlock<T>::forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T* x_out,
                                            int64_t N) const {
   const ModelConfig& cf = *c_;
-  const int64_t d = cf.hidden_size, E = cf.num_local_experts, k = cf.num_experts_per_tok;
+  const int64_t d = cf.hidden_size;
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "rmsnorm fwd");
     c.op.rmsnorm_forward(a.xn.data(), a.rstd.data(), x, c.P + p_.ln, N, d, cf.rms_norm_eps);
   }
-  kernels::RouterLosses losses;
-  if (p_.kind == FfnKind::Dense) {
-    experts_forward(c, a, a.xn.data(), w.tmp.data(), N);
-  } else {
-    {
-      ProfileScope ps(prof, "router fwd");
-      weight_forward<T>(c, p_.router, 0, a.rlogits.data(), a.xn.data(), N, nullptr);
-      c.op.router_forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
-      c.op.moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
-    }
-    const kernels::MoeRouting r = routing(a, N);
-    {
-      ProfileScope ps(prof, "moe dispatch fwd");
-      c.op.moe_gather_forward(a.xe.data(), a.xn.data(), r, d);
-    }
-    experts_forward(c, a, a.xe.data(), a.y.data(), N * k);
-    ProfileScope ps(prof, "moe dispatch fwd");
-    c.op.moe_combine_forward(w.tmp.data(), a.y.data(), a.w.data(), r, d);
-    losses = c.op.router_loss_forward(a.rlogits.data(), a.idx.data(), N, E, k,
-                                      cf.router_aux_loss_coef, cf.router_z_loss_coef);
-  }
+  const kernels::RouterLosses losses = ct_ ? ct_forward(c, a, w, a.xn.data(), w.tmp.data(), N)
+                                           : mix_forward(c, a, w, a.xn.data(), w.tmp.data(), N);
   ProfileScope ps(prof, "residual fwd");
   c.op.add(x_out, x, w.tmp.data(), N * d);
   return losses;
@@ -200,43 +219,52 @@ void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, cons
 }
 
 template <typename T>
-void FfnBlock<T>::backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, T* dx,
-                           int64_t N) const {
+void FfnBlock<T>::mix_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* u, const T* dout,
+                               T* du, int64_t N) const {
   const ModelConfig& cf = *c_;
   const int64_t d = cf.hidden_size, E = cf.num_local_experts, k = cf.num_experts_per_tok;
-  Profile& prof = c.dev.profile;
-  if (p_.kind == FfnKind::Dense) {
-    experts_backward(c, a, w, a.xn.data(), w.dxn.data(), dx, N);
-  } else {
-    const kernels::MoeRouting r = routing(a, N);
-    {
-      ProfileScope ps(prof, "moe dispatch bwd");
-      c.op.moe_combine_backward(w.dy.data(), w.dw.data(), dx, a.y.data(), a.w.data(), r, d);
-    }
-    experts_backward(c, a, w, a.xe.data(), w.dxe.data(), w.dy.data(), N * k);
-    std::fill_n(w.dxn.data(), N * d, T(0));
-    {
-      ProfileScope ps(prof, "moe dispatch bwd");
-      c.op.moe_gather_backward(w.dxn.data(), w.dxe.data(), r, d);
-    }
-    ProfileScope ps(prof, "router bwd");
-    c.op.router_backward(w.drl.data(), w.dw.data(), a.w.data(), a.idx.data(), N, E, k);
-    c.op.router_loss_backward(w.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
-                              cf.router_aux_loss_coef, cf.router_z_loss_coef,
-                              1.0 / double(cf.num_hidden_layers));
-    weight_backward<T>(c, p_.router, 0, w.dxn.data(), w.drl.data(), a.xn.data(), N, nullptr,
-                       nullptr,
-                       /*dx_accumulate=*/true);
+  if (p_.mix == FfnKind::Dense) {
+    experts_backward(c, a, w, u, du, dout, N);
+    return;
   }
-  ProfileScope ps(prof, "rmsnorm bwd");
+  Profile& prof = c.dev.profile;
+  const kernels::MoeRouting r = routing(a, N);
+  {
+    ProfileScope ps(prof, "moe dispatch bwd");
+    c.op.moe_combine_backward(w.dy.data(), w.dw.data(), dout, a.y.data(), a.w.data(), r, d);
+  }
+  experts_backward(c, a, w, a.xe.data(), w.dxe.data(), w.dy.data(), N * k);
+  std::fill_n(du, N * d, T(0));
+  {
+    ProfileScope ps(prof, "moe dispatch bwd");
+    c.op.moe_gather_backward(du, w.dxe.data(), r, d);
+  }
+  ProfileScope ps(prof, "router bwd");
+  c.op.router_backward(w.drl.data(), w.dw.data(), a.w.data(), a.idx.data(), N, E, k);
+  c.op.router_loss_backward(w.drl.data(), a.rlogits.data(), a.idx.data(), N, E, k,
+                            cf.router_aux_loss_coef, cf.router_z_loss_coef,
+                            1.0 / double(cf.num_hidden_layers));
+  weight_backward<T>(c, p_.router, 0, du, w.drl.data(), u, N, nullptr, nullptr,
+                     /*dx_accumulate=*/true);
+}
+
+template <typename T>
+void FfnBlock<T>::backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, T* dx,
+                           int64_t N) const {
+  const int64_t d = c_->hidden_size;
+  if (ct_)
+    ct_backward(c, a, w, a.xn.data(), dx, w.dxn.data(), N);
+  else
+    mix_backward(c, a, w, a.xn.data(), dx, w.dxn.data(), N);
+  ProfileScope ps(c.dev.profile, "rmsnorm bwd");
   c.op.rmsnorm_backward(dx, c.grad(p_.ln, d), w.dxn.data(), x, c.P + p_.ln, a.rstd.data(), N, d);
 }
 
 template <typename T>
 std::vector<double> FfnBlock<T>::load(const Acts& a) const {
   const int64_t E = c_->num_local_experts;
-  std::vector<double> f(size_t(E), p_.kind == FfnKind::Dense ? 1.0 : 0.0);
-  if (p_.kind == FfnKind::Moe)
+  std::vector<double> f(size_t(E), p_.mix == FfnKind::Dense ? 1.0 : 0.0);
+  if (p_.mix == FfnKind::Moe)
     for (int64_t e = 0; e < E; e++)
       f[size_t(e)] = double(a.offsets[e + 1] - a.offsets[e]) / double(a.offsets[E]);
   return f;

@@ -4,6 +4,10 @@
 // expert, one GEMM per expert on contiguous rows, weighted combine; docs/methods.md §3.5-3.7).
 // Training and decoding run this same code.
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "backend/device.hpp"
@@ -13,25 +17,43 @@
 
 namespace moelab {
 
+struct CtParams;
+
 struct FfnParams {
   int64_t layer = 0;
-  FfnKind kind = FfnKind::Dense;  // what it computes (ffn_kind)
-  int64_t ln = -1;                // post_attention_layernorm [d]
-  Weight router;                  // [E, d] and bias; w = -1 without a router
-  Weight up;                      // per expert [d, 2I] (gate and linear interleaved) and bias
-  Weight down;                    // per expert [I, d] and bias
+  FfnKind kind = FfnKind::Dense;       // what it computes (ffn_kind)
+  FfnKind mix = FfnKind::Dense;        // what the layer's own FFN computes: Dense or Moe
+  int64_t ln = -1;                     // post_attention_layernorm [d]
+  Weight router;                       // [E, d] and bias; w = -1 without a router
+  Weight up;                           // per expert [d, 2I] (gate and linear interleaved) and bias
+  Weight down;                         // per expert [I, d] and bias
+  std::shared_ptr<const CtParams> ct;  // MoE-CT: the new experts and the gate (else null)
 };
 
-// The kind of FFN a config's layers compute: the one place it is decided.
-FfnKind ffn_kind(const ModelConfig& c);
+// MoE-CT's part of a layer (model/moe_ct.cpp): N new experts with their router, and the gate.
+struct CtParams {
+  ModelConfig cfg;    // the layer's config with E = N and top-k of the new experts
+  FfnParams experts;  // router and experts under "mlp.ct."
+  CtGate gate = CtGate::Token;
+  double lambda = 0.5;
+  bool copy = true;
+  int64_t scalar = -1;  // the scalar gate's a [1]
+  Weight token;         // the token gate: z = u w^T + b, a = sigmoid(z); [1, d] and [1]
+};
+
+// The kind of FFN layer l of a config computes: the one place it is decided.
+FfnKind ffn_kind(const ModelConfig& c, int64_t layer);
 
 FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l);
+// Adapters and MoE-CT parts come after every base tensor (so the base keeps its place and its
+// initial values).
 void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c);
+void ffn_register_ct(FfnParams& f, ParamLayout& p, const ModelConfig& c);
 
 template <typename T>
 class FfnBlock {
  public:
-  FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {}
+  FfnBlock(const ModelConfig& c, FfnParams p);
 
   struct Acts {                  // kept for backward, one per layer; R = N*k rows
     Buffer<T> rstd;              // [N]
@@ -46,6 +68,10 @@ class FfnBlock {
     Buffer<T> a;                 // [R,I]   swiglu outputs
     Buffer<T> y;                 // [R,d]   expert outputs      (MoE)
     Buffer<T> up_xa, down_xa;    // [R,rank] adapters' scale * x A^T (with LoRA)
+    // MoE-CT
+    std::unique_ptr<Acts> ct;  // the new experts'
+    Buffer<T> F, M;            // [N,d] the layer's FFN and the new experts' outputs
+    Buffer<T> gate;            // [N] a per token (the fixed gate: [1])
     int64_t bytes() const;
   };
   struct Work {     // scratch shared by every layer
@@ -58,6 +84,11 @@ class FfnBlock {
     Buffer<T> dh;   // [R,2I]
     Buffer<T> dxe;  // [R,d]  (MoE)
     Buffer<T> dxa;  // [R,rank]
+    // MoE-CT
+    std::unique_ptr<Work> ct;
+    Buffer<T> dF, dM;  // [N,d]
+    Buffer<T> dgate;   // [N] d(a), then d(z) of the token gate
+    Buffer<T> dgu;     // [N,d] the token gate's d(u)
     int64_t bytes() const;
   };
   void reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backward) const;
@@ -68,11 +99,29 @@ class FfnBlock {
   // dx [N,d]: d(x_out) on entry, d(x) on return.
   void backward(const Ctx<T>& c, const Acts& a, Work& w, const T* x, T* dx, int64_t N) const;
 
+  // FFN(u) alone, without the norm and the residual: out [N,d] (dense or routed).
+  kernels::RouterLosses mix_forward(const Ctx<T>& c, Acts& a, Work& w, const T* u, T* out,
+                                    int64_t N) const;
+  // du [N,d] = d(u) (=) from dout [N,d].
+  void mix_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* u, const T* dout, T* du,
+                    int64_t N) const;
+  // MoE-CT: the new experts start as copies of the layer's FFN, the gate at lambda; for the
+  // tensors `fresh` says were not loaded.
+  void ct_derive(std::span<T> P, const ParamLayout& layout,
+                 const std::function<bool(const std::string&)>& fresh) const;
+
   const FfnParams& params() const { return p_; }
   // Share of the N*k assignments per expert in the last forward of a (1 when dense).
   std::vector<double> load(const Acts& a) const;
 
  private:
+  // MoE-CT (model/moe_ct.cpp): out = (1 - a) F + a M of the layer's FFN F and the new experts M.
+  kernels::RouterLosses ct_forward(const Ctx<T>& c, Acts& a, Work& w, const T* u, T* out,
+                                   int64_t N) const;
+  void ct_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* u, const T* dout, T* du,
+                   int64_t N) const;
+  void ct_reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backward) const;
+
   struct ExpertRows {
     int64_t e, r0, n;
   };
@@ -84,6 +133,7 @@ class FfnBlock {
 
   const ModelConfig* c_;
   FfnParams p_;
+  std::shared_ptr<const FfnBlock> ct_;  // MoE-CT: the new experts, a routed FFN of their own
 };
 
 }  // namespace moelab

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <regex>
+
+#include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -26,6 +29,17 @@ ModelParams model_register(ParamLayout& p, const ModelConfig& c) {
   for (int64_t l = 0; l < c.num_hidden_layers; l++) {
     attention_register_lora(m.attn[size_t(l)], p, c);
     ffn_register_lora(m.ffn[size_t(l)], p, c);
+    ffn_register_ct(m.ffn[size_t(l)], p, c);
+  }
+  for (const std::string& t : c.lora.targets) {  // a pattern that adapts nothing is a mistake
+    const std::regex re(t);
+    if (std::none_of(p.tensors.begin(), p.tensors.end(), [&](const TensorView& v) {
+          return v.name.find(".lora_A.") != std::string::npos && std::regex_search(v.name, re);
+        }))
+      fail(fmt::format(
+          "model config: 'lora.targets': '{}' matches no weight an adapter can ride "
+          "on (attention projections q|k|v|o_proj, mlp.experts.gate_up_proj, down_proj)",
+          t));
   }
   return m;
 }
@@ -93,6 +107,12 @@ void Model<T>::init_weights(uint64_t seed) {
       }
     }
   }
+  init_derived([](const std::string&) { return true; });
+}
+
+template <typename T>
+void Model<T>::init_derived(const std::function<bool(const std::string&)>& fresh) {
+  for (const auto& f : ffn_) f.ct_derive(std::span<T>(params), layout, fresh);
 }
 
 template <typename T>

@@ -5,7 +5,9 @@
 // a one-expert MoE is bit-for-bit the dense model. Each block registers its own tensors,
 // owns its activations' shapes and its forward/backward pair (attention_block, ffn_block).
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "backend/device.hpp"
@@ -37,7 +39,12 @@ class Model {
  public:
   Model(const ModelConfig& cfg, int64_t batch, int64_t seq, Device& dev = device_default());
 
+  // Random weights from the seed, then init_derived for every tensor.
   void init_weights(uint64_t seed);
+  // Tensors whose start is derived from others (MoE-CT's new experts copy their layer's FFN, its
+  // gate starts at lambda), for the tensors `fresh` names: after loading a base checkpoint, those
+  // the checkpoint did not hold.
+  void init_derived(const std::function<bool(const std::string&)>& fresh);
   // tokens, targets [B*T]; a target < 0 is ignored. Saves what backward needs.
   Losses forward(std::span<const int32_t> tokens, std::span<const int32_t> targets);
   // d(total loss)/d(params) accumulated into grads (call zero_grad first). Frozen tensors get

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <map>
 #include <optional>
 #include <span>
@@ -276,6 +277,9 @@ InitReport checkpoint_init_from(const std::string& dir, Model<float>& model) {
     std::copy(v.begin(), v.end(), model.params.begin() + t.offset);
     r.loaded.push_back(t.name);
   }
+  // tensors whose start derives from loaded ones (MoE-CT's experts copy their layer's FFN)
+  const std::set<std::string> fresh(r.fresh.begin(), r.fresh.end());
+  model.init_derived([&](const std::string& name) { return fresh.contains(name); });
   return r;
 }
 
