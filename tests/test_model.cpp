@@ -583,7 +583,7 @@ TEST_P(MoeCt, GradientsMatchFiniteDifferencesForEveryGate) {
 INSTANTIATE_TEST_SUITE_P(DenseAndMoe, MoeCt, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "moe" : "dense"; });
 
-TEST(LoraSeam, ATargetThatMatchesNoWeightIsRefusedInOneLine) {
+TEST(LoraConfig, ATargetThatMatchesNoWeightIsRefusedInOneLine) {
   ModelConfig c = tiny(false);
   c.lora.rank = 2;
   c.lora.targets = {"q_proj", "mlp\\.gate"};
