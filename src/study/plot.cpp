@@ -60,8 +60,11 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
           "$s{} using 1:3:4 with filledcurves fs transparent solid 0.18 noborder "
           "lc rgb '{}' notitle, ",
           i, col);
-    plots += fmt::format("$s{} using 1:2 with {} lw 2 dt {} lc rgb '{}' title {}, ", i,
-                         s.x.size() == 1 ? "points pt 7" : "lines", s.dash, col, quote(s.title));
+    const char* with = s.x.size() == 1 ? "points pt 7"
+                       : s.points      ? "linespoints pt 7 ps 0.7"
+                                       : "lines";
+    plots += fmt::format("$s{} using 1:2 with {} lw 2 dt {} lc rgb '{}' title {}, ", i, with,
+                         s.dash, col, quote(s.title));
   }
   if (!plots.empty()) plots.resize(plots.size() - 2);
   for (const char* term : {"pngcairo size 1000,560 font 'sans,11'", "svg size 1000,560"}) {

@@ -13,6 +13,7 @@ struct PlotSeries {
   std::vector<double> lo, hi;  // optional band (seed spread), same length as x
   int dash = 1;                // gnuplot dash type: 1 solid, 2 dashed, 3 dotted
   int color = 0;               // index into the palette; series of one model share it
+  bool points = false;         // mark every point (a curve through measurements in x and y)
 };
 
 struct PlotChart {

@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
+#include "study/ct.hpp"
 #include "study/plot.hpp"
 
 namespace moelab {
@@ -26,17 +27,17 @@ namespace {
 // ----------------------------------------------------------------------------
 // reading runs
 
-using Series = std::map<int64_t, double>;  // step -> value
+// The samples of a frozen evaluation set (its lines after the header); -1 without one.
+int64_t frozen_samples(const std::string& dir) {
+  std::ifstream f(fs::path(dir) / "evalset.frozen.jsonl");
+  if (!f) return -1;
+  int64_t lines = 0;
+  std::string line;
+  while (std::getline(f, line)) lines += !line.empty();
+  return std::max<int64_t>(lines - 1, 0);
+}
 
-struct RunData {
-  std::string dir;
-  json run;  // run.json
-  int64_t experts = 1, top_k = 1, seed = 1, switch_step = -1, tokens_per_step = 0;
-  std::string subset_a, subset_b;
-  std::map<std::string, Series> s;  // loss, lr, m_ex, m_in, m_f, ppl_ent, tokens_per_s, val:X
-  std::map<int64_t, std::vector<std::vector<double>>> load;  // step -> [layer][expert]
-  int64_t kept = -1, candidates = -1, last_step = 0, bad_lines = 0;
-};
+}  // namespace
 
 RunData run_read(const std::string& dir) {
   RunData r;
@@ -53,6 +54,7 @@ RunData run_read(const std::string& dir) {
     r.tokens_per_step = r.run.at("tokens_per_step").get<int64_t>();
     const json& ph = r.run.at("phases");
     const std::string after = r.run.value("filter_after", "");
+    r.has_evalset = !after.empty();
     for (size_t i = 0; i < ph.size(); i++) {
       if (i == 0) r.subset_a = ph[i].at("subset").get<std::string>();
       if (i == 1) r.subset_b = ph[i].at("subset").get<std::string>();
@@ -91,40 +93,27 @@ RunData run_read(const std::string& dir) {
           if (g["metrics"].contains(k)) r.s[k][step] = g["metrics"][k].get<double>();
     }
   }
+  // A run stopped at the filtering may not have logged it; its frozen set still tells.
+  if (r.kept < 0) r.kept = frozen_samples(dir);
   if (r.bad_lines)
     std::fprintf(stderr, "note: %s: skipped %ld unreadable line(s)\n", mpath.c_str(),
                  long(r.bad_lines));
   return r;
 }
 
-struct Group {
-  std::string label;
-  int64_t experts = 1, top_k = 1;
-  std::vector<RunData> runs;
-};
-
-std::string group_label(int64_t e, int64_t k) {
-  return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
-}
-
-// Mean and spread over a group's runs at the steps every run has.
-struct Agg {
-  std::vector<double> x, mean, lo, hi;
-};
-
-Agg aggregate(const Group& g, const std::string& key, int64_t from_step = -1) {
+Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key, int64_t from_step) {
   Agg a;
-  const auto it0 = g.runs[0].s.find(key);
-  if (it0 == g.runs[0].s.end()) return a;
+  const auto it0 = runs[0].s.find(key);
+  if (it0 == runs[0].s.end()) return a;
   for (const auto& [step, v0] : it0->second) {
     if (step < from_step) continue;
     std::vector<double> vals;
-    for (const RunData& r : g.runs) {
+    for (const RunData& r : runs) {
       const auto it = r.s.find(key);
       if (it == r.s.end() || !it->second.contains(step)) break;
       vals.push_back(it->second.at(step));
     }
-    if (vals.size() != g.runs.size()) continue;
+    if (vals.size() != runs.size()) continue;
     a.x.push_back(double(step));
     a.mean.push_back(std::accumulate(vals.begin(), vals.end(), 0.0) / double(vals.size()));
     a.lo.push_back(*std::min_element(vals.begin(), vals.end()));
@@ -133,11 +122,10 @@ Agg aggregate(const Group& g, const std::string& key, int64_t from_step = -1) {
   return a;
 }
 
-// "mean" or "mean ± sd" over the runs of a group, of one number per run.
-template <typename F>
-ojson stat_of(const Group& g, F per_run) {
+ojson runs_stat(const std::vector<RunData>& runs,
+                const std::function<double(const RunData&)>& per_run) {
   std::vector<double> v;
-  for (const RunData& r : g.runs)
+  for (const RunData& r : runs)
     if (const double x = per_run(r); std::isfinite(x)) v.push_back(x);
   if (v.empty()) return nullptr;
   const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
@@ -152,7 +140,12 @@ double stat_mean(const ojson& v) {
   return v.is_number() ? v.get<double>() : v["mean"].get<double>();
 }
 
-std::string fmt_stat(const ojson& v, int digits = 3) {
+double stat_std_err(const ojson& v) {
+  if (!v.is_object()) return NAN;
+  return v["sd"].get<double>() / std::sqrt(v["n"].get<double>());
+}
+
+std::string stat_format(const ojson& v, int digits) {
   if (v.is_null()) return "-";
   if (v.is_number() || v["sd"].get<double>() == 0)
     return fmt::format("{:.{}f}", stat_mean(v), digits);
@@ -160,22 +153,43 @@ std::string fmt_stat(const ojson& v, int digits = 3) {
                      digits);
 }
 
-double last_value(const RunData& r, const std::string& key) {
+double run_last(const RunData& r, const std::string& key) {
   const auto it = r.s.find(key);
   return it == r.s.end() || it->second.empty() ? NAN : it->second.rbegin()->second;
 }
 
-double value_at(const RunData& r, const std::string& key, int64_t step) {
+double run_at(const RunData& r, const std::string& key, int64_t step) {
   const auto it = r.s.find(key);
   if (it == r.s.end() || !it->second.contains(step)) return NAN;
   return it->second.at(step);
 }
 
-std::string human(double n) {
+std::string human_count(double n) {
   if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
   if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
   if (n >= 1e3) return fmt::format("{:.1f}k", n / 1e3);
   return fmt::format("{:.0f}", n);
+}
+
+double run_median_tokens_per_s(const RunData& r) {
+  const auto it = r.s.find("tokens_per_s");
+  if (it == r.s.end() || it->second.empty()) return NAN;
+  std::vector<double> v;
+  for (const auto& [step, x] : it->second) v.push_back(x);
+  std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
+namespace {
+
+struct Group {
+  std::string label;
+  int64_t experts = 1, top_k = 1;
+  std::vector<RunData> runs;
+};
+
+std::string group_label(int64_t e, int64_t k) {
+  return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
 }
 
 // The runs of the given study or run folders, grouped by model (E, top-k), fewest experts first.
@@ -250,7 +264,8 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
         name);
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < groups.size(); i++)
-      add(c, aggregate(groups[i], key), groups[i].label, int(i), 1, groups[i].runs.size() > 1);
+      add(c, runs_aggregate(groups[i].runs, key), groups[i].label, int(i), 1,
+          groups[i].runs.size() > 1);
     draw(c, key);
   }
   {
@@ -259,19 +274,19 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
                                     a_name, b_name),
                         "cross-entropy (nats/token)");
     for (size_t i = 0; i < groups.size(); i++) {
-      add(c, aggregate(groups[i], "loss"), groups[i].label + " train", int(i), 1, false);
-      add(c, aggregate(groups[i], "val:" + a_name), groups[i].label + " val " + a_name, int(i), 2,
-          false);
+      add(c, runs_aggregate(groups[i].runs, "loss"), groups[i].label + " train", int(i), 1, false);
+      add(c, runs_aggregate(groups[i].runs, "val:" + a_name), groups[i].label + " val " + a_name,
+          int(i), 2, false);
       if (!b_name.empty())
-        add(c, aggregate(groups[i], "val:" + b_name), groups[i].label + " val " + b_name, int(i), 3,
-            false);
+        add(c, runs_aggregate(groups[i].runs, "val:" + b_name), groups[i].label + " val " + b_name,
+            int(i), 3, false);
     }
     draw(c, "loss");
   }
   {
     PlotChart c = chart("learning rate", "learning rate");
     for (size_t i = 0; i < groups.size(); i++)
-      add(c, aggregate(groups[i], "lr"), groups[i].label, int(i), 1, false);
+      add(c, runs_aggregate(groups[i].runs, "lr"), groups[i].label, int(i), 1, false);
     draw(c, "lr");
   }
   for (const Group& g : groups) {
@@ -315,22 +330,23 @@ ojson models_summarize(const std::vector<Group>& groups) {
     m["params_active"] = r0.run.value("params_active", int64_t(0));
     m["train_flops_per_token"] = r0.run.value("train_flops_per_token", 0.0);
     m["tokens"] =
-        stat_of(g, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
-    m["steps"] = stat_of(g, [](const RunData& r) { return double(r.last_step); });
-    m["final_train_loss"] = stat_of(g, [](const RunData& r) { return last_value(r, "loss"); });
+        runs_stat(g.runs, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
+    m["steps"] = runs_stat(g.runs, [](const RunData& r) { return double(r.last_step); });
+    m["final_train_loss"] = runs_stat(g.runs, [](const RunData& r) { return run_last(r, "loss"); });
     for (const std::string& sub : {a_name, b_name})
       if (!sub.empty()) {
-        m["val_loss_after_A"][sub] =
-            stat_of(g, [&](const RunData& r) { return value_at(r, "val:" + sub, r.switch_step); });
+        m["val_loss_after_A"][sub] = runs_stat(
+            g.runs, [&](const RunData& r) { return run_at(r, "val:" + sub, r.switch_step); });
         m["final_val_loss"][sub] =
-            stat_of(g, [&](const RunData& r) { return last_value(r, "val:" + sub); });
+            runs_stat(g.runs, [&](const RunData& r) { return run_last(r, "val:" + sub); });
       }
-    m["evalset_candidates"] = stat_of(g, [](const RunData& r) { return double(r.candidates); });
-    m["evalset_kept"] = stat_of(g, [](const RunData& r) { return double(r.kept); });
+    m["evalset_candidates"] =
+        runs_stat(g.runs, [](const RunData& r) { return double(r.candidates); });
+    m["evalset_kept"] = runs_stat(g.runs, [](const RunData& r) { return double(r.kept); });
     m["m_ex_after_A"] =
-        stat_of(g, [](const RunData& r) { return value_at(r, "m_ex", r.switch_step); });
+        runs_stat(g.runs, [](const RunData& r) { return run_at(r, "m_ex", r.switch_step); });
     // the lowest point of the mean M_ex curve during B
-    const Agg ex = aggregate(g, "m_ex", r0.switch_step + 1);
+    const Agg ex = runs_aggregate(g.runs, "m_ex", r0.switch_step + 1);
     if (!ex.x.empty()) {
       const size_t i = size_t(std::min_element(ex.mean.begin(), ex.mean.end()) - ex.mean.begin());
       m["m_ex_lowest_in_B"] = ex.mean[i];
@@ -340,15 +356,9 @@ ojson models_summarize(const std::vector<Group>& groups) {
       m["m_ex_lowest_step"] = nullptr;
     }
     for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
-      m[std::string("final_") + k] = stat_of(g, [&](const RunData& r) { return last_value(r, k); });
-    m["tokens_per_s"] = stat_of(g, [](const RunData& r) {
-      std::vector<double> v;
-      for (const auto& [step, x] : r.s.count("tokens_per_s") ? r.s.at("tokens_per_s") : Series{})
-        v.push_back(x);
-      if (v.empty()) return double(NAN);
-      std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
-      return v[v.size() / 2];  // median: forgetting evaluations slow some windows
-    });
+      m[std::string("final_") + k] =
+          runs_stat(g.runs, [&](const RunData& r) { return run_last(r, k); });
+    m["tokens_per_s"] = runs_stat(g.runs, run_median_tokens_per_s);
     models.push_back(m);
   }
 
@@ -390,38 +400,72 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
     for (const ojson& m : models) md += cell(m) + " | ";
     md += "\n";
   };
-  row("total params", [](const ojson& m) { return human(m["params_total"].get<double>()); });
-  row("active params", [](const ojson& m) { return human(m["params_active"].get<double>()); });
+  row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
+  row("active params",
+      [](const ojson& m) { return human_count(m["params_active"].get<double>()); });
   row("train FLOPs/token",
-      [](const ojson& m) { return human(m["train_flops_per_token"].get<double>()); });
+      [](const ojson& m) { return human_count(m["train_flops_per_token"].get<double>()); });
   row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
-  row("tokens trained", [](const ojson& m) { return human(stat_mean(m["tokens"])); });
-  row("final train loss", [](const ojson& m) { return fmt_stat(m["final_train_loss"]); });
+  row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
+  row("final train loss", [](const ojson& m) { return stat_format(m["final_train_loss"]); });
   for (const std::string& sub : {a_name, b_name})
     if (!sub.empty()) {
       row("val loss " + sub + " after A",
-          [&](const ojson& m) { return fmt_stat(m["val_loss_after_A"][sub]); });
+          [&](const ojson& m) { return stat_format(m["val_loss_after_A"][sub]); });
       row("val loss " + sub + " at the end",
-          [&](const ojson& m) { return fmt_stat(m["final_val_loss"][sub]); });
+          [&](const ojson& m) { return stat_format(m["final_val_loss"][sub]); });
     }
   row("M_ex = 1 samples after A (of candidates)", [](const ojson& m) {
-    return fmt::format("{} of {}", fmt_stat(m["evalset_kept"], 0),
-                       fmt_stat(m["evalset_candidates"], 0));
+    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
+                       stat_format(m["evalset_candidates"], 0));
   });
-  row("M_ex right after A", [](const ojson& m) { return fmt_stat(m["m_ex_after_A"]); });
+  row("M_ex right after A", [](const ojson& m) { return stat_format(m["m_ex_after_A"]); });
   row("lowest M_ex in B (step)", [](const ojson& m) {
     return m["m_ex_lowest_in_B"].is_null()
                ? std::string("-")
                : fmt::format("{:.3f} ({})", m["m_ex_lowest_in_B"].get<double>(),
                              m["m_ex_lowest_step"].get<int64_t>());
   });
-  row("M_ex at the end", [](const ojson& m) { return fmt_stat(m["final_m_ex"]); });
-  row("M_in at the end", [](const ojson& m) { return fmt_stat(m["final_m_in"]); });
-  row("M(f) at the end", [](const ojson& m) { return fmt_stat(m["final_m_f"]); });
-  row("PPL_ent at the end", [](const ojson& m) { return fmt_stat(m["final_ppl_ent"], 2); });
-  row("tokens/s (median)", [](const ojson& m) { return fmt_stat(m["tokens_per_s"], 0); });
+  row("M_ex at the end", [](const ojson& m) { return stat_format(m["final_m_ex"]); });
+  row("M_in at the end", [](const ojson& m) { return stat_format(m["final_m_in"]); });
+  row("M(f) at the end", [](const ojson& m) { return stat_format(m["final_m_f"]); });
+  row("PPL_ent at the end", [](const ojson& m) { return stat_format(m["final_ppl_ent"], 2); });
+  row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
 
   return md;
+}
+
+// Why a run logged no forgetting metrics, read from its folder: no evaluation set, a set whose
+// M_ex = 1 part after A was empty or too small (the trainer stops there), or a run that has not
+// reached the filtering yet.
+std::string forgetting_missing_cause(const RunData& r) {
+  const std::string& a = r.subset_a;
+  if (!r.has_evalset) return "no evaluation set was given ([study] entities or [eval] evalset)";
+  if (r.kept >= 0) {
+    const std::string of =
+        r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
+    const std::string fix =
+        "; a larger or easier candidate set ([study] max_samples, max_per_entity, top, bottom) or "
+        "a longer A gives the model more to recall";
+    if (r.kept == 0)
+      return fmt::format(
+          "after {} the model recalled none{} (no sample with M_ex = 1), so nothing could be "
+          "forgotten and the run stopped at step {}{}",
+          a, of, r.last_step, fix);
+    return fmt::format(
+        "after {} the model recalled only {}{} (M_ex = 1), too few to measure forgetting; the "
+        "run stopped at step {}{}",
+        a, r.kept, of, r.last_step, fix);
+  }
+  if (r.last_step < r.switch_step)
+    return fmt::format(
+        "the run is at step {}, before the evaluation set is filtered at the end of {} (step {}); "
+        "run the study again to continue it",
+        r.last_step, a, r.switch_step);
+  return fmt::format(
+      "the run passed the end of {} (step {}) without a record of the evaluation set's filtering "
+      "(a metrics.jsonl from an older moelab?)",
+      a, r.switch_step);
 }
 
 // A plain reading of the numbers that claims no more than their noise supports.
@@ -434,15 +478,23 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
     if (const double v = stat_mean(models[i]["final_m_ex"]); std::isfinite(v))
       end_ex.push_back({v, groups[i].label});
   if (end_ex.empty()) {
-    md += "No forgetting metrics were logged (no evaluation set, or B has not started).\n";
+    md += "No forgetting metrics were logged:\n\n";
+    for (const Group& g : groups)
+      for (const RunData& r : g.runs)
+        md += fmt::format("- `{}`: {}.\n", r.dir, forgetting_missing_cause(r));
   } else {
+    for (size_t i = 0; i < groups.size(); i++)
+      if (models[i]["final_m_ex"].is_null())
+        for (const RunData& r : groups[i].runs)
+          md += fmt::format("- No forgetting metrics for `{}`: {}.\n", r.dir,
+                            forgetting_missing_cause(r));
     std::string list;
     for (size_t i = 0; i < groups.size(); i++) {
       const ojson& m = models[i];
       if (m["final_m_ex"].is_null()) continue;
       list += fmt::format(
           "{}{}: {} at the end (lowest {:.3f} at step {})", list.empty() ? "" : "; ",
-          groups[i].label, fmt_stat(m["final_m_ex"]),
+          groups[i].label, stat_format(m["final_m_ex"]),
           m["m_ex_lowest_in_B"].is_null() ? NAN : m["m_ex_lowest_in_B"].get<double>(),
           m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
     }
@@ -517,6 +569,12 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
 
 std::string report_write(const ReportOptions& o) {
   if (o.dirs.empty()) fail("report: no run or study folder given");
+  for (const std::string& d : o.dirs)
+    if (fs::exists(fs::path(d) / "ct.json")) {
+      if (o.dirs.size() > 1)
+        fail(d + ": a continual-training folder (ct.json) is reported on its own");
+      return ct_report_write(d, o.out, o.plots);
+    }
   const std::vector<Group> groups = groups_read(o.dirs);
   const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
   fs::create_directories(out);
