@@ -113,4 +113,104 @@ expect_error "unknown subset key" "'subsets.A\[0\].src' is not a known key" "$mo
 echo '[1, 2]' >"$tmp/array.json"
 expect_error "spec not an object" "array.json: must be an object" "$moelab" data prepare "$tmp/array.json" --out "$tmp/d8"
 
+# export: LoRA adapters (rank 4, alpha 6) trained for a few steps over a frozen tiny MoE model,
+# then merged into their weights: a plain checkpoint (no "lora", no adapter tensors) that `moelab
+# eval` scores as the adapted one, while the base alone scores otherwise
+if ! "$moelab" export --help 2>/dev/null | grep -q -- --merge-lora; then
+  bad "moelab export is not a command (src/cli/main.cpp must call command_export)"
+  finish "cli test"
+  exit
+fi
+mkdir -p "$tmp/lx" && cd "$tmp/lx" || exit 1
+verses_data "$moelab" 20 12 320 17
+printf 'David\tPER\nking\tMISC\n' >ents.tsv
+expect_ok "entities build" "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl \
+  --top 100 --bottom 100 --prompt 8 --target 8
+cat >exp.toml <<'TOML'
+[run]
+dir = "run"
+seed = 3
+threads = 2
+[model]
+vocab_size = 320
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+ffn_type = "moe"
+num_local_experts = 4
+num_experts_per_tok = 2
+intermediate_size = 16
+max_position_embeddings = 32
+lora = {rank = 4, alpha = 6, targets = ["self_attn\\.(q|v|o)_proj", "mlp\\.experts"]}
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+freeze = ["^(?!.*lora_)"]
+[schedule]
+max_lr = 2e-2
+min_lr = 2e-2
+warmup_steps = 1
+decay_steps = 1
+[[phases]]
+name = "A"
+subset = "A"
+steps = 8
+TOML
+expect_ok "train with LoRA" "$moelab" train exp.toml
+ck=$(ls -d run/step_* | tail -1)
+expect_ok "export --merge-lora" "$moelab" export "$ck" --merge-lora --out merged
+grep -Eq "^exported $ck -> merged: 10 LoRA adapters \(rank 4, scale 1.5\) merged" "$tmp/out" && ok ||
+  bad "export report: $(cat "$tmp/out")"
+expect_ok "export as is" "$moelab" export "$ck" --out copy/
+mkdir base && cp "$ck"/* base/ && /usr/bin/python3 - base/config.json <<'PY' || bad "base config"
+import json, sys
+c = json.load(open(sys.argv[1])); del c["lora"]; json.dump(c, open(sys.argv[1], "w"))
+PY
+for m in "$ck" merged copy base; do
+  expect_ok "eval $m" "$moelab" eval "$m" --evalset ev.jsonl --data data --out "ev_$(basename "$m").json"
+done
+/usr/bin/python3 - "$ck" merged <<'PY' && ok || bad "the merged checkpoint is a plain one"
+import json, os, struct, sys
+ck, out = sys.argv[1], sys.argv[2]
+assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "trainer_state.json"], os.listdir(out)
+assert "lora" not in json.load(open(f"{out}/config.json"))
+def names(path):
+    b = open(path, "rb").read()
+    return set(json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])) - {"__metadata__"}
+lora = {n for n in names(f"{ck}/model.safetensors") if ".lora_" in n}
+assert len(lora) == 20 and names(f"{out}/model.safetensors") == names(f"{ck}/model.safetensors") - lora
+s = json.load(open(f"{out}/trainer_state.json"))
+assert s["merged_lora"]["rank"] == 4 and s["exported_from"] == ck and "loaders" not in s
+assert "tokenizer_fingerprint" in s
+PY
+/usr/bin/python3 - "ev_$(basename "$ck").json" ev_merged.json ev_copy.json ev_base.json <<'PY' && ok || bad "eval of the merged checkpoint"
+import json, sys
+lora, merged, copy, base = (json.load(open(p))["all"] for p in sys.argv[1:])
+keys = ("m_in", "m_ex", "m_f", "ppl_ent")
+assert all(copy[k] == lora[k] for k in keys), (copy, lora)
+assert all(abs(merged[k] - lora[k]) <= 1e-5 * abs(lora[k]) for k in keys), (merged, lora)
+assert abs(base["ppl_ent"] - lora["ppl_ent"]) > 1e-3 * lora["ppl_ent"], (base, lora)
+PY
+# the merged checkpoint starts a run as any other ([model] init_from), no adapters left
+sed '/^lora = /d; /^freeze = /d' exp.toml >plain.toml
+"$moelab" train plain.toml --set run.dir=R2 --set phases.0.steps=2 --set model.init_from=merged \
+  >/dev/null 2>err && ok || bad "init_from merged: $(tail -1 err)"
+grep -q "^init_from merged: [0-9]* tensors loaded, none new" err && ok || bad "init_from merged: $(grep init_from err)"
+# bad input: one line naming the folder or flag, and nothing written
+expect_error "export: missing checkpoint" "run/step_99999999: no such checkpoint folder" \
+  "$moelab" export run/step_99999999 --merge-lora --out x1
+expect_error "export: not a checkpoint" "corpus: not a checkpoint \(no config.json\)" \
+  "$moelab" export corpus --out x2
+expect_error "export: no adapters" "merged: --merge-lora: the checkpoint has no LoRA adapters" \
+  "$moelab" export merged --merge-lora --out x3
+expect_error "export: --out exists" "--out copy: already exists" "$moelab" export "$ck" --merge-lora --out copy
+expect_error "export: --out under a file" "--out ents.tsv/x4: cannot create ents.tsv" \
+  "$moelab" export "$ck" --merge-lora --out ents.tsv/x4
+[ -z "$(ls -d x1 x2 x3 .*.tmp 2>/dev/null)" ] && ok || bad "export left $(ls -d x1 x2 x3 .*.tmp 2>/dev/null)"
+cmp -s copy/model.safetensors "$ck/model.safetensors" && ok || bad "an existing --out was touched"
+
 finish "cli test"

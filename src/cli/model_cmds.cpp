@@ -1,7 +1,12 @@
-// moelab model info, moelab model dump.
+// moelab model info, moelab model dump, moelab export.
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -13,7 +18,9 @@
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/safetensors.hpp"
+#include "model/lora.hpp"
 #include "model/model.hpp"
+#include "train/checkpoint.hpp"
 
 namespace moelab {
 
@@ -200,6 +207,124 @@ void command_model_dump(CLI::App& model, Commands& c) {
   cmd->add_option("--seed", o->seed, "seed for weights and data");
   cmd->add_option("--freeze", o->freeze, "regex of tensor names to freeze");
   c.add(cmd, [o] { return model_dump(*o), 0; });
+}
+
+// ----------------------------------------------------------------------------
+// export
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ExportOptions {
+  std::string checkpoint, out;
+  bool merge_lora = false;
+};
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail(fmt::format("{}: cannot open for fsync ({})", path, std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
+}
+
+void json_write_synced(const std::string& path, const nlohmann::json& j) {
+  {
+    std::ofstream f(path);
+    f << j.dump(2) << "\n";
+    f.flush();
+    if (!f) fail(fmt::format("{}: write failed (disk full?)", path));
+  }
+  fsync_path(path);
+}
+
+// The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
+// state), written as checkpoints are: into a hidden temporary folder beside it, every file
+// fsynced, then renamed, so that an error leaves nothing under `out`.
+void export_write(const std::string& out, const Model<float>& m, const nlohmann::json& state) {
+  fs::path dst = fs::path(out).lexically_normal();
+  if (!dst.has_filename()) dst = dst.parent_path();  // "DIR/"
+  const fs::path parent = dst.has_parent_path() ? dst.parent_path() : fs::path(".");
+  const std::string name = dst.filename().string();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) fail(fmt::format("--out {}: cannot create {} ({})", out, parent.string(), ec.message()));
+  const std::string tmp = (parent / fmt::format(".{}.tmp", name)).string();
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  if (ec) fail(fmt::format("--out {}: cannot write ({})", out, ec.message()));
+  try {
+    std::vector<TensorRef> weights;
+    for (const TensorView& t : m.layout.tensors)
+      weights.push_back(tensor_ref<float>(
+          t.name, std::span<const float>(m.params.data() + t.offset, size_t(t.numel)), t.shape));
+    const nlohmann::json cfg = config_to_json(m.cfg);
+    safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
+                      {{"format", "pt"}, {"config", cfg.dump()}});
+    json_write_synced((fs::path(tmp) / "config.json").string(), cfg);
+    json_write_synced((fs::path(tmp) / "trainer_state.json").string(), state);
+    fsync_path(tmp);
+    fs::rename(tmp, dst, ec);  // a folder with files that appeared there meanwhile stays
+    if (ec)
+      fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
+                       ec.message()));
+    fsync_path(parent.string());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+// A checkpoint's model alone, for evaluation and for starting runs (init_from), with its
+// adapters merged into the weights on --merge-lora (docs/methods.md §3.11). Without it the
+// weights are copied as they are, adapters included. The trainer state keeps what says where the
+// weights came from (step, phase, seed, tokenizer); the data loaders' positions and the optimizer
+// go, so the folder evaluates and initialises but does not resume.
+void model_export(const ExportOptions& o) {
+  std::error_code ec;
+  if (!fs::is_directory(o.checkpoint, ec))
+    fail(fmt::format("{}: no such checkpoint folder", o.checkpoint));
+  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
+    fail(fmt::format("--out {}: already exists (export never replaces a folder)", o.out));
+  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
+  if (!fs::exists(config_path, ec))
+    fail(fmt::format("{}: not a checkpoint (no config.json)", o.checkpoint));
+  const ModelConfig cfg = config_load(config_path);
+  Model<float> from(cfg, 1, 1);
+  nlohmann::json state = checkpoint_load(o.checkpoint, from, nullptr);
+  for (const char* key : {"loaders", "optimizer_step", "optimizer_moments"}) state.erase(key);
+  state["exported_from"] = o.checkpoint;
+  const int64_t slots = lora_slot_count(from.blocks());
+  if (!o.merge_lora) {
+    export_write(o.out, from, state);
+    fmt::print("exported {} -> {}: {} tensors, {} LoRA adapters kept as they are\n", o.checkpoint,
+               o.out, from.layout.tensors.size(), slots);
+    return;
+  }
+  if (slots == 0)
+    fail(
+        fmt::format("{}: --merge-lora: the checkpoint has no LoRA adapters ({} has no 'lora', "
+                    "or its targets match no weight)",
+                    o.checkpoint, config_path));
+  Model<float> to(lora_merged_config(cfg), 1, 1);
+  lora_merge(from, to);
+  state["merged_lora"] = config_to_json(cfg)["lora"];
+  export_write(o.out, to, state);
+  fmt::print("exported {} -> {}: {} LoRA adapters (rank {}, scale {}) merged, {} tensors\n",
+             o.checkpoint, o.out, slots, cfg.lora.rank, cfg.lora.scale(), to.layout.tensors.size());
+}
+
+}  // namespace
+
+void command_export(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<ExportOptions>();
+  auto* cmd = app.add_subcommand("export", "a checkpoint's model as a plain checkpoint folder");
+  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N)")->required();
+  cmd->add_option("--out", o->out, "new folder to write (must not exist)")->required();
+  cmd->add_flag("--merge-lora", o->merge_lora,
+                "merge the LoRA adapters into their weights: a model without adapters");
+  c.add(cmd, [o] { return model_export(*o), 0; });
 }
 
 }  // namespace moelab
