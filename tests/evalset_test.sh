@@ -2,7 +2,8 @@
 # Evaluation sets end to end: a model whose vocabulary is padded beyond the tokenizer's trains
 # with the forgetting metrics and evaluates (greedy decoding stays within the tokenizer's ids);
 # malformed sets are refused by `moelab eval` and `moelab train` with exit 1 and one line naming
-# file:line and the field, before any work.
+# file:line and the field, before any work; a run that recalls too little to measure forgetting
+# stops with one line, its checkpoint kept (after A, and for a base model before step 1).
 set -u
 moelab=$1
 source "$(dirname "$0")/testlib.sh"
@@ -49,6 +50,8 @@ steps = 1
 [eval]
 evalset = "ev.jsonl"
 forgetting_batch = 16
+# 3 steps of A recall nothing: these runs test decoding, not forgetting (section 4 stops)
+min_recalled = 0
 TOML
 
 # 1. padded vocabulary: training evaluates after A, and moelab eval decodes only real ids
@@ -97,5 +100,36 @@ expect_error "eval, batch 0" "eval: --batch must be positive" "$moelab" eval "$c
 sed -E '2s/"target":\[[^]]*\]/"target":[]/' ev.jsonl >bad.jsonl
 expect_error "train, empty target" "bad.jsonl:2: 'target' has 0 tokens" "$moelab" train exp.toml --set run.dir=run2 --set eval.evalset=bad.jsonl
 [ -e run2/step_00000001 ] && bad "train started before refusing the set" || ok
+
+# 4. a study that cannot measure anything stops (docs/methods.md §2.6): A far too short to recall
+# 20 samples. At the end of A: one line with the count and what to change, exit 1, the
+# checkpoint of A kept and nothing of B trained; a resume stops the same way until told to go on.
+short=(--set run.dir=short --set eval.min_recalled=20)
+# expect_stop "description" "regex" command...: exit 1, the last stderr line the error (progress
+# and start-up lines come before it)
+expect_stop() {
+  local what=$1 re=$2
+  shift 2
+  "$@" >/dev/null 2>stop.err
+  local rc=$?
+  [ $rc -eq 1 ] && tail -1 stop.err | grep -Eq -- "^moelab: error: $re" && ok ||
+    bad "$what: exit $rc, $(tail -1 stop.err)"
+}
+expect_stop "too few recalled after A" \
+  "exp.toml: after phase A the model recalls [0-9]+ of the [0-9]+ evaluation samples \(M_ex = 1\), fewer than eval.min_recalled = 20, so forgetting cannot be measured; stopped. Train A for more epochs, use a larger model, or choose entities that recur more often in A \(eval.min_recalled = 0 goes on anyway\); the checkpoint short/step_00000003 is kept$" \
+  "$moelab" train exp.toml "${short[@]}"
+[ -d short/step_00000003 ] && [ "$(ls -d short/step_* | wc -l)" -eq 1 ] && ok || bad "the checkpoint of A is kept, none of B written"
+tail -1 short/metrics.jsonl | grep -q '^{"step":3,.*"forgetting":{"evalset":{"samples":[0-9]*,"kept":[0-9]*}' && ! grep -q '"phase":"B"' short/metrics.jsonl &&
+  ok || bad "the filtering is logged and B never trained"
+expect_stop "a resume stops again" "exp.toml: after phase A the model recalls .* fewer than eval.min_recalled = 20" \
+  "$moelab" train exp.toml "${short[@]}" --resume
+if "$moelab" train exp.toml "${short[@]}" --set eval.min_recalled=0 --resume >/dev/null 2>err; then ok; else bad "min_recalled = 0 goes on: $(tail -1 err)"; fi
+[ -d short/step_00000004 ] && ok || bad "B trained after min_recalled = 0"
+# filter_at = "start": the base model is filtered before step 1, and too little stops it there
+expect_stop "too few recalled by the base" \
+  "exp.toml: before step 1 the base model \(model.init_from = short/step_00000003\) recalls [0-9]+ of the [0-9]+ evaluation samples \(M_ex = 1\), fewer than eval.min_recalled = 20, so forgetting cannot be measured; stopped before training. Use a base trained longer on its data, a larger one, or entities that recur more often in that data \(eval.min_recalled = 0 goes on anyway\)$" \
+  "$moelab" train exp.toml --set run.dir=ct --set eval.min_recalled=20 --set eval.filter_at=start --set model.init_from=short/step_00000003
+! ls -d ct/step_* >/dev/null 2>&1 && head -1 ct/metrics.jsonl | grep -q '^{"step":0,"phase":"A","tokens":0,"forgetting":{"evalset":' &&
+  ok || bad "the base's filtering is logged as step 0 and nothing trained"
 
 finish evalset_test

@@ -105,8 +105,14 @@ class DataLoader {
  public:
   DataLoader(const DataDir& data, const std::string& subset, const std::string& split,
              int64_t seq_len, uint64_t seed);
-  // tokens, targets [batch * seq_len]
-  void next(int64_t batch, std::vector<int32_t>& tokens, std::vector<int32_t>& targets);
+  // tokens, targets [batch * seq_len]; ids (when given) the sequences taken, in order.
+  void next(int64_t batch, std::vector<int32_t>& tokens, std::vector<int32_t>& targets,
+            std::vector<uint64_t>* ids = nullptr);
+  // Advances as next() would, appending the n sequences it passes to ids without reading them.
+  void skip(int64_t n, std::vector<uint64_t>& ids);
+  // Sequence s (of [0, sequences())) into tokens[0, seq_len) and targets[0, seq_len), wherever
+  // the loader stands (replay reads sequences trained on before).
+  void read_sequence(uint64_t s, int32_t* tokens, int32_t* targets) const;
   LoaderPosition position() const { return pos_; }
   void seek(LoaderPosition p);
   uint64_t sequences() const { return n_seq_; }

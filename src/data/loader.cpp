@@ -139,15 +139,29 @@ void DataLoader::read(uint64_t begin, uint64_t n, int32_t* dst) const {
   }
 }
 
-void DataLoader::next(int64_t batch, std::vector<int32_t>& tokens, std::vector<int32_t>& targets) {
+void DataLoader::read_sequence(uint64_t s, int32_t* tokens, int32_t* targets) const {
+  if (s >= n_seq_) fail(fmt::format("loader: sequence {} is past the end ({})", s, n_seq_));
+  // The targets are the same stream one token on.
+  read(s * uint64_t(seq_len_), uint64_t(seq_len_), tokens);
+  read(s * uint64_t(seq_len_) + 1, uint64_t(seq_len_), targets);
+}
+
+void DataLoader::next(int64_t batch, std::vector<int32_t>& tokens, std::vector<int32_t>& targets,
+                      std::vector<uint64_t>* ids) {
   tokens.resize(size_t(batch * seq_len_));
   targets.resize(size_t(batch * seq_len_));
-  std::vector<int32_t> buf(size_t(seq_len_ + 1));
+  if (ids) ids->clear();
   for (int64_t b = 0; b < batch; b++) {
     const uint64_t s = sequence_at(pos_.epoch, pos_.index);
-    read(s * uint64_t(seq_len_), uint64_t(seq_len_ + 1), buf.data());
-    std::copy_n(buf.begin(), seq_len_, tokens.begin() + b * seq_len_);
-    std::copy_n(buf.begin() + 1, seq_len_, targets.begin() + b * seq_len_);
+    read_sequence(s, tokens.data() + b * seq_len_, targets.data() + b * seq_len_);
+    if (ids) ids->push_back(s);
+    if (++pos_.index == n_seq_) pos_ = {pos_.epoch + 1, 0};
+  }
+}
+
+void DataLoader::skip(int64_t n, std::vector<uint64_t>& ids) {
+  for (int64_t b = 0; b < n; b++) {
+    ids.push_back(sequence_at(pos_.epoch, pos_.index));
     if (++pos_.index == n_seq_) pos_ = {pos_.epoch + 1, 0};
   }
 }

@@ -187,6 +187,35 @@ void read_schedule(ConfigSection sch, Experiment& x) {
     sch.bad("decay_shape", "must be \"cosine\" or \"linear\"");
 }
 
+// A phase's replay keys: those of its kind only, each in range.
+void phase_replay_check(const ConfigSection& ph, const PhaseConfig& p, const Experiment& x) {
+  static const char* focused_keys[] = {"replay_every", "replay_exit", "replay_repeat",
+                                       "replay_memory"};
+  if (p.replay == "mix") {
+    for (const char* k : focused_keys)
+      if (ph.has(k)) ph.bad(k, "applies to replay = \"focused\" only");
+    if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
+    if (p.replay_ratio > 0 && p.replay_subset.empty())
+      ph.bad("replay_subset", "is required with a replay_ratio");
+    return;
+  }
+  if (p.replay != "focused") ph.bad("replay", "must be \"mix\" or \"focused\"");
+  if (p.replay_ratio != 0)
+    ph.bad("replay_ratio", "applies to replay = \"mix\" only (focused replay: replay_every)");
+  if (p.replay_every < 1) ph.bad("replay_every", "must be at least 1 (steps between replays)");
+  if (p.replay_exit < 1 || p.replay_exit > (int64_t(1) << 30))
+    ph.bad("replay_exit", "must be in [1, 2^30] (replays before a sample leaves the memory)");
+  if (p.replay_repeat < 1 || p.replay_repeat > 1000)
+    ph.bad("replay_repeat", "must be in [1, 1000] (updates on each replay batch)");
+  // A replay batch is one training batch of distinct sequences.
+  const int64_t batch = x.batch_size * x.grad_accum;
+  if (p.replay_memory < batch || p.replay_memory > (int64_t(1) << 32))
+    ph.bad("replay_memory",
+           fmt::format("must be in [{}, 2^32] sequences: at least one batch (train.batch_size x "
+                       "train.grad_accum)",
+                       batch));
+}
+
 // [[phases]], in order.
 void read_phases(const json* phases, Experiment& x) {
   const std::string& path = x.source;
@@ -202,8 +231,13 @@ void read_phases(const json* phases, Experiment& x) {
     ph.get("subset", p.subset);
     ph.get("steps", p.steps);
     ph.get("tokens", p.tokens);
+    ph.get("replay", p.replay);
     ph.get("replay_subset", p.replay_subset);
     ph.get("replay_ratio", p.replay_ratio);
+    ph.get("replay_every", p.replay_every);
+    ph.get("replay_exit", p.replay_exit);
+    ph.get("replay_repeat", p.replay_repeat);
+    ph.get("replay_memory", p.replay_memory);
     ph.finish();
     if (p.subset.empty()) ph.bad("subset", "is required");
     if (p.steps < 0) ph.bad("steps", "must be positive");
@@ -213,9 +247,7 @@ void read_phases(const json* phases, Experiment& x) {
     // Bounds that keep every step and token count an exact int64 (far beyond any real run).
     if (p.steps > kMaxSteps) ph.bad("steps", fmt::format("must be at most {}", kMaxSteps));
     if (p.tokens > kMaxTokens) ph.bad("tokens", fmt::format("must be at most {}", kMaxTokens));
-    if (p.replay_ratio < 0 || p.replay_ratio >= 1) ph.bad("replay_ratio", "must be in [0, 1)");
-    if (p.replay_ratio > 0 && p.replay_subset.empty())
-      ph.bad("replay_subset", "is required with a replay_ratio");
+    phase_replay_check(ph, p, x);
     x.phases.push_back(p);
   }
 }
@@ -231,10 +263,22 @@ void read_eval(ConfigSection ev, Experiment& x) {
   ev.get("every", x.eval_every);
   ev.get("batches", x.eval_batches);
   ev.get("evalset", x.evalset);
+  ev.get("filter_at", x.filter_at);
   ev.get("filter_after", x.filter_after);
+  ev.get("min_recalled", x.min_recalled);
   ev.get("forgetting_every", x.forgetting_every);
   ev.get("forgetting_batch", x.forgetting_batch);
   ev.finish();
+  if (x.filter_at == "start") {
+    if (ev.has("filter_after")) ev.bad("filter_after", "applies to filter_at = \"phase_end\" only");
+    if (x.init_from.empty())
+      ev.bad("filter_at",
+             "= \"start\" keeps what the model of 'model.init_from' recalls; give a base "
+             "checkpoint there (a fresh model recalls nothing)");
+  } else if (x.filter_at != "phase_end") {
+    ev.bad("filter_at", "must be \"phase_end\" or \"start\"");
+  }
+  if (x.min_recalled < 0) ev.bad("min_recalled", "must be >= 0 (0: never stop)");
   if (x.filter_after.empty()) x.filter_after = x.phases.front().name;
   if (std::none_of(x.phases.begin(), x.phases.end(),
                    [&](const PhaseConfig& p) { return p.name == x.filter_after; }))
@@ -376,6 +420,10 @@ void ConfigSection::get(const std::string& key, std::vector<std::string>& out) {
     if (!e.is_string()) bad(key, "must be an array of strings");
     out.push_back(e.get<std::string>());
   }
+}
+
+bool ConfigSection::has(const std::string& key) const {
+  return t_ && t_->contains(key);
 }
 
 void ConfigSection::finish() const {

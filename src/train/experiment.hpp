@@ -21,8 +21,18 @@ struct PhaseConfig {
   std::string subset;
   int64_t steps = 0;  // one of steps / tokens
   int64_t tokens = 0;
-  std::string replay_subset;  // optional replay mix from an earlier subset
-  double replay_ratio = 0;    // share of the micro-batches drawn from replay_subset
+  // Replay (methods.md §5.1, §5.4). "mix": each micro-batch comes from replay_subset with
+  // probability replay_ratio. "focused": focused stochasticity, extra optimizer updates on
+  // batches drawn from a memory of sequences trained on (replay_subset empty: everything this
+  // run trained on; else sequences of replay_subset in its loader's order).
+  std::string replay = "mix";
+  std::string replay_subset;
+  double replay_ratio = 0;
+  int64_t replay_every = 100;       // focused: a replay after every replay_every steps of the phase
+  int64_t replay_exit = 5;          // focused: a sample leaves the memory after this many replays
+  int64_t replay_repeat = 1;        // focused: updates on each replay batch (f; > 1: intensive)
+  int64_t replay_memory = 1 << 20;  // focused: at most this many sequences in the memory
+  bool focused() const { return replay == "focused"; }
 };
 
 struct Experiment {
@@ -59,9 +69,13 @@ struct Experiment {
   int64_t eval_every = 0;  // validation loss on every subset's held-out slice, 0 = off
   int64_t eval_batches = 4;
   // forgetting metrics (methods.md §2.6): an evaluation set from `moelab entities build`, filtered
-  // to M_ex = 1 at the end of phase `filter_after` and evaluated every forgetting_every steps after
+  // to M_ex = 1 at the end of phase `filter_after` (or, filter_at = "start", by the init_from
+  // model before step 1) and evaluated every forgetting_every steps after. Fewer than
+  // min_recalled samples kept stop the run: it could not measure forgetting.
   std::string evalset;
-  std::string filter_after;  // default: the first phase
+  std::string filter_at = "phase_end";  // "phase_end" | "start"
+  std::string filter_after;             // default: the first phase
+  int64_t min_recalled = 5;
   int64_t forgetting_every = 0;
   int64_t forgetting_batch = 64;
   // Sections that a layer above reads itself ([study]: study/run.hpp), as parsed, for a
@@ -93,6 +107,7 @@ class ConfigSection {
   void get(const std::string& key, std::string& out);
   void get(const std::string& key, std::vector<int64_t>& out);
   void get(const std::string& key, std::vector<std::string>& out);
+  bool has(const std::string& key) const;  // whether the table gives the key (read or not)
   void finish() const;
   [[noreturn]] void bad(const std::string& key, const std::string& why) const;
 

@@ -156,6 +156,7 @@ void run_info_write(const Experiment& x, const FlopCounts& flops) {
                {"tokens_per_step", x.tokens_per_step()},
                {"total_steps", x.total_steps()},
                {"filter_after", x.evalset.empty() ? "" : x.filter_after},
+               {"filter_at", x.evalset.empty() ? "" : x.filter_at},
                {"phases", phases},
                {"model", config_to_json(x.model)}};
   if (!x.init_from.empty()) run["init_from"] = x.init_from;
@@ -197,6 +198,8 @@ void Trainer::start(bool resume) {
         train_.emplace(s, DataLoader(*data_, s, "train", x_.seq_len, rng_mix(x_.seed ^ fnv1a(s))));
         if (x_.eval_every > 0) val_.emplace(s, DataLoader(*data_, s, "val", x_.seq_len, 0));
       }
+  for (const auto& [name, _] : train_) sources_.push_back(name);
+  replay_setup();
   peak_ = x_.peak_gflops > 0 ? x_.peak_gflops : bench_fma_peak_gflops(threads_get(), 0.3);
 
   // Everything the run reads is checked before the run directory is touched.
@@ -236,6 +239,7 @@ void Trainer::resume_from(const std::string& ckpt) {
   } catch (const json::exception&) {
     fail(fmt::format("{}/trainer_state.json: 'step' or 'loaders' is missing or mistyped", ckpt));
   }
+  replay_restore(state, ckpt);
   start_step_ = step_;
   metrics_truncate(metrics_path_, step_);
   std::fprintf(stderr, "resumed from %s (step %ld)\n", ckpt.c_str(), long(step_));
@@ -266,6 +270,7 @@ void Trainer::init_from() {
 
 void Trainer::forgetting_setup() {
   if (x_.evalset.empty()) return;
+  if (x_.filter_at == "start") return forgetting_at_start();
   int64_t filter_end = 0;
   for (const PhaseConfig& p : x_.phases) {
     filter_end += x_.phase_steps(p);
@@ -278,9 +283,76 @@ void Trainer::forgetting_setup() {
   if (step_ >= filter_end) {
     frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
     have_frozen_ = true;
+    too_few_ = recalled_shortfall();
+    recalled_check();  // a resumed run that could not measure forgetting stops again
   } else {
     fs::remove(frozen_path_, ec);
   }
+}
+
+// filter_at = "start": the set the init_from model recalls, filtered before step 1 and logged as
+// step 0; a resumed run keeps the one of its start.
+void Trainer::forgetting_at_start() {
+  std::error_code ec;
+  if (step_ > 0) {
+    if (!fs::exists(frozen_path_, ec))
+      fail(fmt::format(
+          "{}: missing; the set the base model recalled before step 1 cannot be rebuilt at step "
+          "{} (start the run again in a new run.dir)",
+          frozen_path_, step_));
+    frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
+    have_frozen_ = true;
+  } else {
+    ojson forgetting;
+    forgetting["evalset"] = forgetting_filter();
+    if (!frozen_.samples.empty())
+      forgetting["metrics"] = evalreport_json(
+          moelab::evaluate(model_, *data_->tokenizer, frozen_, x_.forgetting_batch));
+    const ojson m = {
+        {"step", 0}, {"phase", x_.phases.front().name}, {"tokens", 0}, {"forgetting", forgetting}};
+    metrics_ << m.dump() << "\n" << std::flush;
+    if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
+  }
+  too_few_ = recalled_shortfall();
+  recalled_check();
+}
+
+// Keeps the samples this model recalls (M_ex = 1), frozen for the rest of the run. Returns the
+// counts for the metrics line.
+ojson Trainer::forgetting_filter() {
+  const Activity doing("evaluation");
+  const EvalReport r = moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch);
+  frozen_ = evalset_filter(full_set_, r.ex_hit);
+  evalset_write(frozen_path_, frozen_);
+  have_frozen_ = true;
+  return {{"samples", full_set_.samples.size()}, {"kept", frozen_.samples.size()}};
+}
+
+// The one line that stops a run whose frozen set is too small to measure forgetting on, or "".
+std::string Trainer::recalled_shortfall() const {
+  const int64_t kept = int64_t(frozen_.samples.size());
+  if (kept >= x_.min_recalled) return "";
+  const std::string counts = fmt::format(
+      "recalls {} of the {} evaluation samples (M_ex = 1), fewer than eval.min_recalled = {}, so "
+      "forgetting cannot be measured",
+      kept, full_set_.samples.size(), x_.min_recalled);
+  if (x_.filter_at == "start")
+    return fmt::format(
+        "{}: before step 1 the base model (model.init_from = {}) {}; stopped before training. Use "
+        "a base trained longer on its data, a larger one, or entities that recur more often in "
+        "that data (eval.min_recalled = 0 goes on anyway)",
+        x_.source, x_.init_from, counts);
+  return fmt::format(
+      "{}: after phase {} the model {}; stopped. Train {} for more epochs, use a larger model, or "
+      "choose entities that recur more often in {} (eval.min_recalled = 0 goes on anyway)",
+      x_.source, x_.filter_after, counts, x_.filter_after, x_.filter_after);
+}
+
+void Trainer::recalled_check() const {
+  if (too_few_.empty()) return;
+  const auto list = checkpoint_list(x_.run_dir);
+  if (list.empty() || x_.filter_at == "start") fail(too_few_);
+  fail(fmt::format("{}; the checkpoint {} is kept", too_few_, list.back()));
 }
 
 EvalSetLimits Trainer::evalset_limits() const {
@@ -301,6 +373,13 @@ Trainer::PhaseAt Trainer::phase_at(int64_t step) const {
 }
 
 StepStats Trainer::step(const BatchSource& next, double lr) {
+  StepStats r = train_batch(next, lr, true);
+  if (x_.model.is_moe() && x_.model.num_local_experts > 1) r.expert_load = model_.expert_load();
+  return r;
+}
+
+// One optimizer update; counted: a step of the run (a replay update is not one).
+StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted) {
   StepStats r;
   r.lr = lr;
   const double accum = double(x_.grad_accum);
@@ -321,8 +400,8 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
   {
     const ProfileScope prof(model_.device().profile, "optimizer");
     r.grad_norm = grad_global_norm<float>(model_.layout, model_.grads) / accum;
-    r.step = ++step_;
-    window_steps_++;
+    if (counted) step_++, window_steps_++;
+    r.step = step_;
     r.applied = std::isfinite(r.total()) && std::isfinite(r.grad_norm);
     if (r.applied) {
       skipped_in_a_row_ = 0;
@@ -331,7 +410,6 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
       on_nonfinite(r);
     }
   }
-  if (x_.model.is_moe() && x_.model.num_local_experts > 1) r.expert_load = model_.expert_load();
   return r;
 }
 
@@ -344,13 +422,108 @@ StepStats Trainer::step() {
   const BatchSource next = [&](int64_t micro) {
     const bool replay = phase.replay_ratio > 0 && rng_uniform(x_.seed, 7000 + uint64_t(at_step),
                                                               uint64_t(micro)) < phase.replay_ratio;
-    train_.at(replay ? phase.replay_subset : phase.subset).next(x_.batch_size, tok_, tgt_);
+    const std::string& subset = replay ? phase.replay_subset : phase.subset;
+    train_.at(subset).next(x_.batch_size, tok_, tgt_, &ids_);
+    replay_offer(at.index, subset, ids_);
     return MicroBatch{tok_, tgt_};
   };
   StepStats r = step(next, x_.schedule.lr(step_));
   r.phase = at.index;
   phase_name_ = phase.name;
+  // Focused replay after every replay_every steps of the phase, at the step's learning rate.
+  const int64_t in_phase = r.step - (at.end - x_.phase_steps(phase));
+  if (phase.focused() && in_phase % phase.replay_every == 0) replay_run(at.index, r, r.lr);
   return r;
+}
+
+// ----------------------------------------------------------------------------
+// focused replay (methods.md §5.4)
+
+void Trainer::replay_setup() {
+  const int64_t batch = x_.batch_size * x_.grad_accum;
+  for (size_t i = 0; i < x_.phases.size(); i++) {
+    const PhaseConfig& p = x_.phases[i];
+    if (!p.focused()) continue;
+    // Memory of another subset: it must hold one batch of distinct sequences.
+    if (!p.replay_subset.empty() && train_.at(p.replay_subset).sequences() < uint64_t(batch))
+      fail(fmt::format(
+          "{}: 'phases[{}].replay_subset' {} has {} training sequences, fewer than one replay "
+          "batch ({} = train.batch_size x train.grad_accum)",
+          x_.source, i, p.replay_subset, train_.at(p.replay_subset).sequences(), batch));
+    replay_.push_back({i, ReplayMemory(uint64_t(p.replay_memory), uint32_t(p.replay_exit),
+                                       rng_mix(x_.seed ^ fnv1a("replay:" + p.name)))});
+  }
+}
+
+// The sequences of a regular micro-batch of phase `phase`: every memory that keeps what the run
+// trained on takes them, up to the end of its own phase.
+void Trainer::replay_offer(size_t phase, const std::string& subset, std::span<const uint64_t> ids) {
+  if (replay_.empty()) return;
+  const uint32_t source =
+      uint32_t(std::find(sources_.begin(), sources_.end(), subset) - sources_.begin());
+  for (PhaseReplay& pr : replay_)
+    if (x_.phases[pr.phase].replay_subset.empty() && phase <= pr.phase)
+      for (uint64_t id : ids) pr.memory.offer(source, id);
+}
+
+// One replay: a batch of distinct samples drawn from the phase's memory (refilled first from
+// replay_subset when it names one), trained replay_repeat times.
+void Trainer::replay_run(size_t phase, StepStats& r, double lr) {
+  const PhaseConfig& p = x_.phases[phase];
+  ReplayMemory& mem = std::find_if(replay_.begin(), replay_.end(), [&](auto& pr) {
+                        return pr.phase == phase;
+                      })->memory;
+  const uint64_t n = uint64_t(x_.batch_size * x_.grad_accum);
+  if (!p.replay_subset.empty()) {
+    DataLoader& from = train_.at(p.replay_subset);
+    const uint32_t source =
+        uint32_t(std::find(sources_.begin(), sources_.end(), p.replay_subset) - sources_.begin());
+    // Up to capacity, or every sequence of the subset: one pass over its order finds them all.
+    const uint64_t room = std::min(mem.capacity(), from.sequences());
+    for (uint64_t tries = 0; mem.size() < room && tries < from.sequences(); tries++) {
+      ids_.clear();
+      from.skip(1, ids_);
+      mem.offer(source, ids_[0]);
+    }
+  }
+  r.replayed = true;
+  if (mem.size() >= n) {
+    const std::vector<ReplaySample> batch = mem.draw(n);
+    const size_t len = size_t(x_.seq_len);
+    replay_tok_.resize(n * len);
+    replay_tgt_.resize(n * len);
+    for (size_t i = 0; i < batch.size(); i++)
+      train_.at(sources_[batch[i].source])
+          .read_sequence(batch[i].sequence, &replay_tok_[i * len], &replay_tgt_[i * len]);
+    const size_t micro_len = size_t(x_.batch_size) * len;
+    const BatchSource next = [&](int64_t micro) {
+      const size_t at = size_t(micro) * micro_len;
+      return MicroBatch{std::span<const int32_t>(replay_tok_).subspan(at, micro_len),
+                        std::span<const int32_t>(replay_tgt_).subspan(at, micro_len)};
+    };
+    for (int64_t k = 0; k < p.replay_repeat; k++)
+      r.replay_lm.push_back(train_batch(next, lr, false).lm);
+  }
+  r.replay_memory = mem.size();
+}
+
+json Trainer::replay_state() const {
+  json out = json::object();
+  for (const PhaseReplay& pr : replay_) out[x_.phases[pr.phase].name] = pr.memory.to_json(sources_);
+  return out;
+}
+
+void Trainer::replay_restore(const json& state, const std::string& ckpt) {
+  for (PhaseReplay& pr : replay_) {
+    const std::string& name = x_.phases[pr.phase].name;
+    const std::string where =
+        fmt::format("{}/trainer_state.json: the replay memory of phase {}", ckpt, name);
+    if (!state.contains("replay") || !state["replay"].is_object() ||
+        !state["replay"].contains(name))
+      fail(fmt::format("{} is missing (was the run started without replay = \"focused\" there?)",
+                       where));
+    pr.memory.from_json(state["replay"][name], sources_, where);
+  }
 }
 
 std::string Trainer::last_good() const {
@@ -396,15 +569,10 @@ ojson Trainer::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
   ojson forgetting;
   if (x_.evalset.empty()) return forgetting;
   const Activity doing("evaluation");
-  if (phase_done && phase.name == x_.filter_after && !have_frozen_) {
+  if (x_.filter_at == "phase_end" && phase_done && phase.name == x_.filter_after && !have_frozen_) {
     // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
-    const EvalReport r =
-        moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch);
-    frozen_ = evalset_filter(full_set_, r.ex_hit);
-    evalset_write(frozen_path_, frozen_);
-    have_frozen_ = true;
-    forgetting["evalset"] = {{"samples", full_set_.samples.size()},
-                             {"kept", frozen_.samples.size()}};
+    forgetting["evalset"] = forgetting_filter();
+    too_few_ = recalled_shortfall();  // the run stops after this step's checkpoint
   }
   const bool due = have_frozen_ && !frozen_.samples.empty() &&
                    ((x_.forgetting_every > 0 && step_ % x_.forgetting_every == 0) ||
@@ -439,7 +607,7 @@ ojson Trainer::validation_losses() {
 bool Trainer::log_due(const StepStats& r, const StepEval& e) const {
   const bool phase_done = r.step == phase_at(r.step - 1).end;
   return r.step % x_.log_every == 0 || phase_done || r.step == x_.total_steps() ||
-         !e.forgetting.is_null();
+         !e.forgetting.is_null() || r.replayed;
 }
 
 void Trainer::log(const StepStats& r, const StepEval& e) {
@@ -460,6 +628,7 @@ void Trainer::log(const StepStats& r, const StepEval& e) {
     if (!e.val_loss.is_null()) m["val_loss"] = e.val_loss;
     log_progress(m, r);
   }
+  if (r.replayed) m["replay"] = {{"loss", r.replay_lm}, {"memory", r.replay_memory}};
   if (!e.forgetting.is_null()) m["forgetting"] = e.forgetting;
   if (!r.applied || due) metrics_ << m.dump() << "\n" << std::flush;
   if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
@@ -497,10 +666,11 @@ void Trainer::save() {
   json loaders = json::object();
   for (auto& [name, l] : train_)
     loaders[name] = {{"epoch", l.position().epoch}, {"index", l.position().index}};
-  const json state = {{"phase", phase_name_},
-                      {"loaders", loaders},
-                      {"seed", x_.seed},
-                      {"tokenizer_fingerprint", data_->fingerprint}};
+  json state = {{"phase", phase_name_},
+                {"loaders", loaders},
+                {"seed", x_.seed},
+                {"tokenizer_fingerprint", data_->fingerprint}};
+  if (!replay_.empty()) state["replay"] = replay_state();
   const Activity doing("checkpoint writing");
   const std::string dir = checkpoint_save(x_.run_dir, step_, model_, opt_, state, x_.keep_last);
   saved_step_ = step_;
@@ -521,6 +691,7 @@ int train_run(const Experiment& x, bool resume) {
     t.log(r, t.evaluate(r));
     const bool asked = signals_take_save_request();  // SIGUSR1
     if (asked || t.checkpoint_due(r) || signals_stop_requested()) t.save();
+    t.recalled_check();  // after the checkpoint of the step that filtered the evaluation set
   }
   t.progress_end();
   const int sig = signals_stop_requested();

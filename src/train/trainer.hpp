@@ -22,6 +22,7 @@
 #include "model/model.hpp"
 #include "train/adamw.hpp"
 #include "train/experiment.hpp"
+#include "train/replay.hpp"
 
 namespace moelab {
 
@@ -42,6 +43,11 @@ struct StepStats {
   double grad_norm = 0;           // of the mean gradient, before clipping
   bool applied = false;           // false: skipped, the loss or gradient was not finite
   std::vector<std::vector<double>> expert_load;  // MoE: of the last micro-batch (Model's form)
+  // Focused replay after this step (methods.md §5.4): the loss of each update on the replay
+  // batch (f of them), the memory's size after the draw. replayed: a replay was due.
+  bool replayed = false;
+  std::vector<double> replay_lm;
+  uint64_t replay_memory = 0;
   double total() const { return lm + aux + z; }
 };
 
@@ -86,6 +92,11 @@ class Trainer {
   // A checkpoint of the current step (never of non-finite weights: that stops the run).
   void save();
 
+  // Stops the run (one line, exit 1) when the evaluation set it filtered holds fewer than
+  // eval.min_recalled samples: it cannot measure forgetting. Called after the checkpoint of the
+  // filtering step, so that the checkpoint is kept.
+  void recalled_check() const;
+
   bool checkpoint_due(const StepStats& r) const;  // at a phase end or every checkpoint.every
   bool finished() const { return step_ >= x_.total_steps(); }
   bool unsaved() const { return saved_step_ != step_ && step_ > start_step_; }
@@ -104,7 +115,16 @@ class Trainer {
   void resume_from(const std::string& ckpt);
   void init_from();
   void forgetting_setup();
+  nlohmann::ordered_json forgetting_filter();
+  void forgetting_at_start();
+  std::string recalled_shortfall() const;
   EvalSetLimits evalset_limits() const;
+  StepStats train_batch(const BatchSource& next, double lr, bool counted);
+  void replay_setup();
+  void replay_offer(size_t phase, const std::string& subset, std::span<const uint64_t> ids);
+  void replay_run(size_t phase, StepStats& r, double lr);
+  nlohmann::json replay_state() const;
+  void replay_restore(const nlohmann::json& state, const std::string& ckpt);
   void on_nonfinite(const StepStats& r);
   bool log_due(const StepStats& r, const StepEval& e) const;
   nlohmann::ordered_json forgetting_duties(const PhaseConfig& phase, bool phase_done);
@@ -123,6 +143,16 @@ class Trainer {
   std::ofstream metrics_;
   EvalSet full_set_, frozen_;  // forgetting: the evaluation set, and its part frozen after A
   bool have_frozen_ = false;
+  std::string too_few_;  // why the frozen set cannot measure forgetting ("" while it can)
+  // focused replay: one memory per phase that uses it; sources_ names the memories' sources
+  struct PhaseReplay {
+    size_t phase;
+    ReplayMemory memory;
+  };
+  std::vector<PhaseReplay> replay_;
+  std::vector<std::string> sources_;
+  std::vector<uint64_t> ids_;
+  std::vector<int32_t> replay_tok_, replay_tgt_;
   bool tty_;
   double peak_ = 0;
   int64_t step_ = 0, start_step_ = 0, saved_step_ = -1, skipped_in_a_row_ = 0;
@@ -133,7 +163,8 @@ class Trainer {
 };
 
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).
-// Errors (a non-finite loss, a full disk, a checkpoint of another config) throw with one line.
+// Errors (a non-finite loss, a full disk, a checkpoint of another config, an evaluation set of
+// which too little was recalled) throw with one line.
 int train_run(const Experiment& x, bool resume);
 
 }  // namespace moelab
