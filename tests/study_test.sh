@@ -133,4 +133,23 @@ expect_error "MoE base" "must be the dense base" "$moelab" run exp.toml --set mo
 expect_error "zero experts" "study\.experts" "$moelab" run exp.toml --set "study.experts=[0]" --set run.dir=x
 expect_error "unknown study key" "unknown key 'study\.expert'" "$moelab" run exp.toml --set study.expert=3 --set run.dir=x
 
+# ---- no forgetting metrics: the report says why, per run
+# an evaluation set too small to measure forgetting on: the trainer stops after A with one line
+# (a set of 4 candidates: fewer than eval.min_recalled = 5 can be recalled)
+"$moelab" run exp.toml --experts 1 --no-report --set run.dir=few --set study.max_samples=4 >few.out 2>few.err
+[ $? = 1 ] && tail -1 few.err | grep -q "min_recalled" && ok || bad "too few recalled: $(tail -1 few.err)"
+"$moelab" report few --no-plots >/dev/null 2>&1 &&
+  grep -Eq "few/E1_s5\`: after A the model recalled (only [0-4] of 4 candidate|none of 4 candidate)" few/report/summary.md &&
+  ok || bad "report: cause of a set too small"
+# no evaluation set at all
+"$moelab" run exp.toml --experts 1 --set run.dir=noev --set 'study.entities=""' --set phases.1.steps=5 \
+  --no-report >noev.log 2>&1 || bad "run without entities: $(tail -1 noev.log)"
+"$moelab" report noev --no-plots >/dev/null 2>&1 && grep -q "no evaluation set was given" noev/report/summary.md &&
+  ok || bad "report: cause of no evaluation set"
+# a run that has not reached the end of A
+mkdir -p early && cp study/E1_s5/run.json early/ && grep -E '"step":(5|10|15|20|25),' study/E1_s5/metrics.jsonl >early/metrics.jsonl
+"$moelab" report early --no-plots >/dev/null 2>&1 &&
+  grep -q "B has not started: the run is at step 25 and A ends at step 30; run the study" early/report/summary.md &&
+  ok || bad "report: cause of a run before the switch"
+
 finish "study test"

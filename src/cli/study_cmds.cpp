@@ -1,15 +1,18 @@
-// moelab run (the forgetting study), moelab report.
+// moelab run (the forgetting study), moelab report, moelab ct (the continual-training study).
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "study/ct.hpp"
 #include "study/report.hpp"
 #include "study/run.hpp"
 #include "train/experiment.hpp"
 
 namespace moelab {
+
+void command_ct(CLI::App& app, Commands& c);  // until cli/commands.hpp declares it
 
 namespace {
 
@@ -50,6 +53,35 @@ void command_report(CLI::App& app, Commands& c) {
     o->plots = !*no_plots;
     std::printf("%s\n", report_write(*o).c_str());
     return 0;
+  });
+  // Until main lists command_ct in its own place: ct comes after report in the help.
+  command_ct(app, c);
+}
+
+void command_ct(CLI::App& app, Commands& c) {
+  const auto named_ct = [](const CLI::App* sub) { return sub->get_name() == "ct"; };
+  if (!app.get_subcommands(named_ct).empty()) return;  // registered already
+  auto o = std::make_shared<CtOptions>();
+  auto config = std::make_shared<std::string>();
+  auto flags = std::make_shared<std::pair<bool, bool>>(false, false);  // no report, report only
+  auto no_plots = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand(
+      "ct", "the continual-training study: full, LoRA and MoE-CT from a base, and the report");
+  cmd->add_option("config", *config, "experiment TOML with a [ct] section")->required();
+  cmd->add_option("--seeds", o->seeds, "seeds, e.g. 1,2,3 (default: [ct] seeds)")->delimiter(',');
+  cmd->add_option("--methods", o->methods, "methods by name, e.g. full,lora (default: all)")
+      ->delimiter(',');
+  cmd->add_flag("--no-report", flags->first, "train only");
+  cmd->add_flag("--report-only", flags->second, "write the report of the runs so far");
+  cmd->add_flag("--no-plots", *no_plots, "write the gnuplot scripts without running them");
+  c.add(cmd, [o, config, flags, no_plots] {
+    o->report = !flags->first;
+    o->plots = !*no_plots;
+    if (flags->second) {
+      std::printf("%s\n", ct_report_write(ct_run_dir(*config), "", o->plots).c_str());
+      return 0;
+    }
+    return ct_run(*config, *o);
   });
 }
 

@@ -15,6 +15,7 @@
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
 #include "study/plot.hpp"
+#include "train/experiment.hpp"
 
 namespace moelab {
 
@@ -55,6 +56,7 @@ RunData run_read(const std::string& dir) {
     const json& ph = r.run.at("phases");
     const std::string after = r.run.value("filter_after", "");
     r.has_evalset = !after.empty();
+    r.min_recalled = r.run.value("min_recalled", Experiment().min_recalled);
     for (size_t i = 0; i < ph.size(); i++) {
       if (i == 0) r.subset_a = ph[i].at("subset").get<std::string>();
       if (i == 1) r.subset_b = ph[i].at("subset").get<std::string>();
@@ -99,6 +101,12 @@ RunData run_read(const std::string& dir) {
     std::fprintf(stderr, "note: %s: skipped %ld unreadable line(s)\n", mpath.c_str(),
                  long(r.bad_lines));
   return r;
+}
+
+std::string run_stopped(const RunData& r) {
+  const int64_t total = r.run.value("total_steps", int64_t(0));
+  return r.last_step < total ? fmt::format("; the run stopped at step {} of {}", r.last_step, total)
+                             : std::string();
 }
 
 Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key, int64_t from_step) {
@@ -156,6 +164,12 @@ std::string stat_format(const ojson& v, int digits) {
 double run_last(const RunData& r, const std::string& key) {
   const auto it = r.s.find(key);
   return it == r.s.end() || it->second.empty() ? NAN : it->second.rbegin()->second;
+}
+
+double run_last_after(const RunData& r, const std::string& key, int64_t step) {
+  const auto it = r.s.find(key);
+  if (it == r.s.end() || it->second.empty() || it->second.rbegin()->first <= step) return NAN;
+  return it->second.rbegin()->second;
 }
 
 double run_at(const RunData& r, const std::string& key, int64_t step) {
@@ -340,9 +354,10 @@ ojson models_summarize(const std::vector<Group>& groups) {
         m["final_val_loss"][sub] =
             runs_stat(g.runs, [&](const RunData& r) { return run_last(r, "val:" + sub); });
       }
-    m["evalset_candidates"] =
-        runs_stat(g.runs, [](const RunData& r) { return double(r.candidates); });
-    m["evalset_kept"] = runs_stat(g.runs, [](const RunData& r) { return double(r.kept); });
+    m["evalset_candidates"] = runs_stat(
+        g.runs, [](const RunData& r) { return r.candidates >= 0 ? double(r.candidates) : NAN; });
+    m["evalset_kept"] =
+        runs_stat(g.runs, [](const RunData& r) { return r.kept >= 0 ? double(r.kept) : NAN; });
     m["m_ex_after_A"] =
         runs_stat(g.runs, [](const RunData& r) { return run_at(r, "m_ex", r.switch_step); });
     // the lowest point of the mean M_ex curve during B
@@ -357,7 +372,7 @@ ojson models_summarize(const std::vector<Group>& groups) {
     }
     for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
       m[std::string("final_") + k] =
-          runs_stat(g.runs, [&](const RunData& r) { return run_last(r, k); });
+          runs_stat(g.runs, [&](const RunData& r) { return run_last_after(r, k, r.switch_step); });
     m["tokens_per_s"] = runs_stat(g.runs, run_median_tokens_per_s);
     models.push_back(m);
   }
@@ -441,27 +456,27 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
 std::string forgetting_missing_cause(const RunData& r) {
   const std::string& a = r.subset_a;
   if (!r.has_evalset) return "no evaluation set was given ([study] entities or [eval] evalset)";
-  if (r.kept >= 0) {
-    const std::string of =
-        r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
-    const std::string fix =
-        "; a larger or easier candidate set ([study] max_samples, max_per_entity, top, bottom) or "
-        "a longer A gives the model more to recall";
-    if (r.kept == 0)
-      return fmt::format(
-          "after {} the model recalled none{} (no sample with M_ex = 1), so nothing could be "
-          "forgotten and the run stopped at step {}{}",
-          a, of, r.last_step, fix);
+  const std::string of =
+      r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
+  const std::string fix =
+      "; a larger or easier candidate set ([study] max_samples, max_per_entity, top, bottom) or "
+      "a longer A gives the model more to recall";
+  if (r.kept == 0)
     return fmt::format(
-        "after {} the model recalled only {}{} (M_ex = 1), too few to measure forgetting; the "
-        "run stopped at step {}{}",
-        a, r.kept, of, r.last_step, fix);
-  }
-  if (r.last_step < r.switch_step)
+        "after {} the model recalled none{} (no sample with M_ex = 1), so nothing could be "
+        "forgotten{}{}",
+        a, of, run_stopped(r), fix);
+  if (r.kept > 0 && r.kept < r.min_recalled)
     return fmt::format(
-        "the run is at step {}, before the evaluation set is filtered at the end of {} (step {}); "
-        "run the study again to continue it",
-        r.last_step, a, r.switch_step);
+        "after {} the model recalled only {}{} (M_ex = 1), fewer than eval.min_recalled = {}, "
+        "too few to measure forgetting{}{}",
+        a, r.kept, of, r.min_recalled, run_stopped(r), fix);
+  if (r.last_step <= r.switch_step)
+    return fmt::format(
+        "{} has not started: the run is at step {} and {} ends at step {}{}; run "
+        "the study again to continue it",
+        r.subset_b.empty() ? "B" : r.subset_b, r.last_step, a, r.switch_step,
+        r.kept > 0 ? fmt::format(" ({}{} recalled after {})", r.kept, of, a) : "");
   return fmt::format(
       "the run passed the end of {} (step {}) without a record of the evaluation set's filtering "
       "(a metrics.jsonl from an older moelab?)",

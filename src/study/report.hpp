@@ -43,12 +43,18 @@ struct RunData {
   // The filtering of the evaluation set (methods.md §2.6): candidates and samples kept (M_ex = 1),
   // from its metrics record or else from evalset.frozen.jsonl; -1: not known.
   int64_t kept = -1, candidates = -1;
+  int64_t min_recalled = 0;  // fewer kept stopped the run (eval.min_recalled)
   int64_t last_step = 0, bad_lines = 0;
 };
 
 RunData run_read(const std::string& dir);
 double run_last(const RunData& r, const std::string& key);  // NaN where absent
 double run_at(const RunData& r, const std::string& key, int64_t step);
+// The last value logged after `step` (NaN where none is).
+double run_last_after(const RunData& r, const std::string& key, int64_t step);
+
+// "; the run stopped at step S of N" for an unfinished run, else "".
+std::string run_stopped(const RunData& r);
 
 // Mean and min-max spread over runs at the steps every run has.
 struct Agg {

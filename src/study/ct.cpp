@@ -1,0 +1,622 @@
+#include "study/ct.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+// The definitions the tomlplusplus CMake target gives its users (the shared libtomlplusplus,
+// which the train layer links), for a build whose study layer does not name the target itself.
+#ifndef TOML_HEADER_ONLY
+#define TOML_HEADER_ONLY 0
+#define TOML_SHARED_LIB 1
+#endif
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/gemm.hpp"
+#include "core/sysinfo.hpp"
+#include "data/dataset.hpp"
+#include "eval/evalset.hpp"
+#include "model/model.hpp"
+#include "model/params.hpp"
+#include "train/checkpoint.hpp"
+#include "train/experiment.hpp"
+#include "train/trainer.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// the file
+
+enum class CtKind { Full, Lora, MoeCt };
+
+const char* kind_name(CtKind k) {
+  return k == CtKind::Full ? "full" : k == CtKind::Lora ? "lora" : "moe-ct";
+}
+
+struct CtMethod {
+  std::string name;
+  CtKind kind = CtKind::Full;
+  bool train_embeddings = false;       // moe-ct: the embeddings and the head train too
+  const toml::table* table = nullptr;  // its [[ct.methods]] entry: lora, moe_ct, replay keys
+};
+
+struct CtConfig {
+  std::string source, run_dir = "runs/ct";
+  std::string base, original, fresh;  // fresh: [ct] new
+  int64_t steps = 0;
+  std::vector<int64_t> seeds;
+  std::vector<CtMethod> methods;
+  // An evaluation set built for the study when [eval] names none, as [study] builds one.
+  std::string entities;
+  double top = 50, bottom = 50;
+  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5, entity_seed = 1;
+};
+
+// One run: a method at a seed, in RUN/<method>/seed_<s>.
+struct CtRun {
+  const CtMethod* method;
+  int64_t seed;
+  std::string dir;  // relative to RUN
+  Experiment x;
+};
+
+// TOML as JSON for ConfigSection (integers stay integers), as experiment files are read.
+json toml_json(const toml::node& n) {
+  if (n.is_integer()) return *n.value<int64_t>();
+  if (n.is_floating_point()) return *n.value<double>();
+  if (n.is_boolean()) return *n.value<bool>();
+  if (n.is_string()) return *n.value<std::string>();
+  if (const auto* a = n.as_array()) {
+    json out = json::array();
+    for (const auto& e : *a) out.push_back(toml_json(e));
+    return out;
+  }
+  if (const auto* t = n.as_table()) {
+    json out = json::object();
+    for (const auto& [k, v] : *t) out[std::string(k.str())] = toml_json(v);
+    return out;
+  }
+  return nullptr;  // dates and times: no key takes one
+}
+
+toml::table file_parse(const std::string& path) {
+  try {
+    return toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
+  }
+}
+
+// The sections of a continual-training file: an experiment's, less what [ct] decides.
+void sections_check(const toml::table& root, const std::string& path) {
+  static const std::set<std::string> allowed = {"run",      "data",       "train", "optimizer",
+                                                "schedule", "checkpoint", "eval",  "ct"};
+  for (const auto& [k, v] : root) {
+    const std::string key(k.str());
+    if (key == "model")
+      fail(fmt::format(
+          "{}: [model] comes from 'ct.base' (the checkpoint's config.json); give a method's "
+          "additions (lora, moe_ct) in its [[ct.methods]] entry",
+          path));
+    if (key == "phases")
+      fail(fmt::format(
+          "{}: [[phases]] come from [ct]: one phase on 'ct.new' for 'ct.steps' steps, replaying "
+          "'ct.original' as each method asks",
+          path));
+    if (!allowed.contains(key)) fail(fmt::format("{}: unknown section '{}'", path, key));
+    if (!v.is_table()) fail(fmt::format("{}: '{}' must be a table", path, key));
+  }
+  if (!root.contains("ct")) fail(fmt::format("{}: no [ct] section", path));
+}
+
+// One [[ct.methods]] entry. Keys starting with "replay" belong to the phase and pass through
+// unread (the experiment's phase parser checks them).
+CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
+  CtMethod m;
+  m.table = &t;
+  const std::string at = fmt::format("ct.methods[{}]", i);
+  json j = toml_json(t);
+  std::string kind;
+  for (auto it = j.begin(); it != j.end();)
+    it = it.key().rfind("replay", 0) == 0 ? j.erase(it) : std::next(it);
+  const json lora = j.contains("lora") ? j["lora"] : json(), moe = j.value("moe_ct", json());
+  j.erase("lora"), j.erase("moe_ct");
+  ConfigSection s(&j, at, path);
+  s.get("name", m.name);
+  s.get("kind", kind);
+  s.get("train_embeddings", m.train_embeddings);
+  s.finish();
+  static const std::regex folder_name("[A-Za-z0-9][A-Za-z0-9._-]*");
+  if (m.name.empty()) s.bad("name", "is required");
+  if (!std::regex_match(m.name, folder_name) || m.name == "report")
+    s.bad("name",
+          fmt::format("\"{}\" must be a folder name (letters, digits, . _ -), not report", m.name));
+  if (kind == "full")
+    m.kind = CtKind::Full;
+  else if (kind == "lora")
+    m.kind = CtKind::Lora;
+  else if (kind == "moe-ct")
+    m.kind = CtKind::MoeCt;
+  else
+    s.bad("kind", fmt::format("\"{}\" must be \"full\", \"lora\" or \"moe-ct\"", kind));
+  if (m.kind == CtKind::Lora) {
+    if (!lora.is_object())
+      s.bad("lora", "is required for kind \"lora\" (a table: rank, alpha, targets)");
+    if (!lora.contains("rank") || !lora["rank"].is_number_integer() || lora["rank"] < 1)
+      s.bad("lora.rank", "must be an integer >= 1");
+  } else if (!lora.is_null()) {
+    s.bad("lora", "is only for kind \"lora\"");
+  }
+  if (m.kind == CtKind::MoeCt) {
+    if (!moe.is_object())
+      s.bad("moe_ct", "is required for kind \"moe-ct\" (a table: experts, top_k, gate, ...)");
+  } else if (!moe.is_null()) {
+    s.bad("moe_ct", "is only for kind \"moe-ct\"");
+  }
+  if (m.train_embeddings && m.kind != CtKind::MoeCt)
+    s.bad("train_embeddings", "is only for kind \"moe-ct\" (full trains them, lora freezes them)");
+  return m;
+}
+
+// [ct]: the base, the two domains, the length, the seeds and the methods.
+CtConfig ct_config_read(const toml::table& root, const std::string& path) {
+  CtConfig c;
+  c.source = path;
+  // [run] dir and seed are read here too (each run gets its own): their types are checked first.
+  if (const toml::node* dir = root["run"]["dir"].node(); dir && !dir->is_string())
+    fail(fmt::format("{}: 'run.dir' must be a string", path));
+  if (const toml::node* seed = root["run"]["seed"].node(); seed && !seed->is_integer())
+    fail(fmt::format("{}: 'run.seed' must be an integer", path));
+  c.run_dir = root["run"]["dir"].value_or(c.run_dir);
+  const toml::table& ct = *root["ct"].as_table();
+  json j = toml_json(ct);
+  j.erase("methods");
+  ConfigSection s(&j, "ct", path);
+  s.get("base", c.base);
+  s.get("original", c.original);
+  s.get("new", c.fresh);
+  s.get("steps", c.steps);
+  s.get("seeds", c.seeds);
+  s.get("entities", c.entities);
+  s.get("top", c.top);
+  s.get("bottom", c.bottom);
+  s.get("prompt", c.prompt);
+  s.get("target", c.target);
+  s.get("max_samples", c.max_samples);
+  s.get("max_per_entity", c.max_per_entity);
+  s.get("entity_seed", c.entity_seed);
+  s.finish();
+  if (c.base.empty()) s.bad("base", "is required (a checkpoint folder, e.g. RUN/step_00000400)");
+  if (c.original.empty()) s.bad("original", "is required (the subset the base was trained on)");
+  if (c.fresh.empty()) s.bad("new", "is required (the subset to train on)");
+  if (c.fresh == c.original) s.bad("new", "must differ from 'ct.original'");
+  if (c.steps < 1) s.bad("steps", "must be >= 1");
+  if (std::any_of(c.seeds.begin(), c.seeds.end(), [](int64_t x) { return x < 0; }))
+    s.bad("seeds", "must be >= 0");
+  const toml::array* methods = ct["methods"].as_array();
+  if (!methods || methods->empty() || !methods->is_array_of_tables())
+    s.bad("methods", "must list the methods as [[ct.methods]] tables (name, kind, ...)");
+  for (size_t i = 0; i < methods->size(); i++) {
+    CtMethod m = method_read(*methods->get(i)->as_table(), i, path);
+    for (const CtMethod& other : c.methods)
+      if (other.name == m.name)
+        fail(fmt::format("{}: 'ct.methods[{}].name' \"{}\" is already the name of another method",
+                         path, i, m.name));
+    c.methods.push_back(m);
+  }
+  return c;
+}
+
+// The base must be a checkpoint folder before anything is derived from it.
+void base_check(const CtConfig& c) {
+  std::error_code ec;
+  if (!fs::is_directory(c.base, ec))
+    fail(fmt::format("{}: 'ct.base': {}: no such checkpoint folder", c.source, c.base));
+  for (const char* f : {"config.json", "model.safetensors"})
+    if (!fs::exists(fs::path(c.base) / f, ec))
+      fail(fmt::format("{}: 'ct.base': {}: not a moelab checkpoint (no {})", c.source, c.base, f));
+}
+
+// The base's tokenizer is the data's, and both domains are subsets of the data.
+void data_check(const CtConfig& c, const DataDir& data) {
+  const fs::path state_path = fs::path(c.base) / "trainer_state.json";
+  std::error_code ec;
+  if (fs::exists(state_path, ec)) {
+    const json state = json::parse(file_read(state_path.string()), nullptr, false);
+    if (!state.is_object())
+      fail(fmt::format("{}: 'ct.base': {}: not a trainer state (invalid JSON)", c.source,
+                       state_path.string()));
+    try {
+      checkpoint_check_tokenizer(c.base, state, data.fingerprint, data.dir);
+    } catch (const Error& e) {
+      fail(fmt::format("{}: 'ct.base': {}", c.source, e.what()));
+    }
+  }
+  for (const auto& [key, subset] : {std::pair{"original", c.original}, std::pair{"new", c.fresh}})
+    if (std::find(data.subset_names.begin(), data.subset_names.end(), subset) ==
+        data.subset_names.end()) {
+      std::string names;
+      for (const std::string& n : data.subset_names) names += (names.empty() ? "" : ", ") + n;
+      fail(fmt::format("{}: 'ct.{}': no subset '{}' in {} (subsets: {})", c.source, key, subset,
+                       data.dir, names));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// one experiment per method and seed
+
+toml::table& table_at(toml::table& t, const char* key) {
+  if (!t.contains(key)) t.insert(key, toml::table{});
+  toml::table* sub = t.get_as<toml::table>(key);
+  if (!sub) fail(fmt::format("'{}' must be a table", key));
+  return *sub;
+}
+
+// What a method trains: everything (full), the adapters (lora), or the MoE-CT parts, with the
+// embeddings and the head when asked (moe-ct). ECMAScript regexes on tensor names.
+std::vector<std::string> method_freeze(const CtMethod& m) {
+  if (m.kind == CtKind::Lora) return {"^(?!.*lora_)"};
+  if (m.kind == CtKind::MoeCt)
+    return {m.train_embeddings ? "^(?!.*(\\.mlp\\.ct\\.|embed_tokens|lm_head))"
+                               : "^(?!.*\\.mlp\\.ct\\.)"};
+  return {};
+}
+
+// The experiment file of one run: the continual-training file less [ct], with the base's model
+// and the method's additions, its frozen tensors, one phase on the new domain replaying the
+// original one, and the evaluation set filtered by the model before its first step.
+toml::table experiment_derive(const toml::table& root, const CtConfig& c, const CtMethod& m,
+                              int64_t seed, const std::string& run_dir,
+                              const std::string& evalset) {
+  toml::table d = root;
+  d.erase("ct");
+  toml::table& run = table_at(d, "run");
+  run.insert_or_assign("dir", run_dir);
+  run.insert_or_assign("seed", seed);
+
+  toml::table model{{"config", (fs::path(c.base) / "config.json").string()}, {"init_from", c.base}};
+  for (const char* key : {"lora", "moe_ct"})
+    if (const toml::node* add = m.table->get(key)) model.insert(key, *add);
+  d.insert_or_assign("model", std::move(model));
+
+  toml::table& train = table_at(d, "train");
+  toml::array freeze;
+  if (const toml::array* given = train["freeze"].as_array()) freeze = *given;
+  for (const std::string& p : method_freeze(m)) freeze.push_back(p);
+  if (!freeze.empty()) train.insert_or_assign("freeze", std::move(freeze));
+
+  // replay_subset is always the original domain (unless the method names another): the trainer
+  // measures held-out loss on the subsets its phases use, and this one must be measured.
+  toml::table phase{
+      {"name", c.fresh}, {"subset", c.fresh}, {"steps", c.steps}, {"replay_subset", c.original}};
+  for (const auto& [k, v] : *m.table)
+    if (k.str().rfind("replay", 0) == 0) phase.insert_or_assign(k, v);
+  d.insert_or_assign("phases", toml::array{std::move(phase)});
+
+  if (!evalset.empty()) {
+    toml::table& ev = table_at(d, "eval");
+    ev.insert_or_assign("evalset", evalset);
+    ev.insert_or_assign("filter_at", "start");
+  }
+  return d;
+}
+
+// The experiment files of the runs, written beside their final name and renamed only once every
+// run's file loads and the data fits the base: bad input leaves no file of a run changed.
+class ExperimentFiles {
+ public:
+  ExperimentFiles() = default;
+  ExperimentFiles(const ExperimentFiles&) = delete;
+  ExperimentFiles& operator=(const ExperimentFiles&) = delete;
+  ~ExperimentFiles() {
+    std::error_code ec;
+    for (const auto& [check, final] : files_) fs::remove(check, ec);
+  }
+
+  // Writes RUN/<method>/seed_<s>/experiment.toml (under a checking name) and loads it as
+  // `moelab train` would; an error in it names the method and the file.
+  Experiment write_load(const toml::table& d, const CtConfig& c, const CtMethod& m, int64_t seed,
+                        const std::string& run_dir) {
+    const std::string final = (fs::path(run_dir) / "experiment.toml").string();
+    const std::string check = (fs::path(run_dir) / ".experiment.check.toml").string();
+    std::ostringstream os;
+    os << fmt::format(
+        "# Written by moelab ct from {}: method '{}' ({}), seed {}. `moelab train` runs it as "
+        "is;\n# moelab ct rewrites it on every start.\n\n",
+        c.source, m.name, kind_name(m.kind), seed);
+    os << toml::toml_formatter{d} << "\n";
+    std::error_code ec;
+    fs::create_directories(run_dir, ec);
+    if (ec) fail(fmt::format("{}: cannot create the run directory ({})", run_dir, ec.message()));
+    file_write_atomic(check, os.str());
+    files_.emplace_back(check, final);
+    try {
+      Experiment x = experiment_load(check, {});
+      x.source = final;
+      return x;
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      if (msg.rfind(check, 0) == 0) msg = final + msg.substr(check.size());
+      fail(fmt::format("{}: method '{}': {}", c.source, m.name, msg));
+    }
+  }
+
+  // Every file under its final name.
+  void commit() {
+    for (const auto& [check, final] : files_) fs::rename(check, final);
+    files_.clear();
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> files_;  // checking name, final name
+};
+
+// Total and trainable parameters of a run's model under its frozen set.
+std::pair<int64_t, int64_t> params_trainable(const Experiment& x) {
+  ParamLayout layout = layout_build(x.model);
+  for (const std::string& p : x.freeze) layout.set_frozen(p, true);
+  int64_t trainable = 0;
+  for (const TensorView& t : layout.tensors) trainable += t.frozen ? 0 : t.numel;
+  return {layout.total, trainable};
+}
+
+// ----------------------------------------------------------------------------
+// what the runs share: the evaluation set, the base's losses
+
+// The evaluation set of every run: [eval] evalset, or one built for the study from [ct]
+// entities (frequent in the original domain, rare in the new one), or none ("").
+std::string evalset_path(const toml::table& root, const CtConfig& c) {
+  if (const auto given = root["eval"]["evalset"].value<std::string>()) return *given;
+  return c.entities.empty() ? "" : (fs::path(c.run_dir) / "evalset.jsonl").string();
+}
+
+void evalset_build(const CtConfig& c, const std::string& path, const std::string& data) {
+  if (path.empty())
+    std::fprintf(stderr, "note: no [ct] entities and no [eval] evalset: no forgetting metrics\n");
+  if (c.entities.empty() || fs::exists(path)) return;
+  EntityBuildOptions eb;
+  eb.data_dir = data;
+  eb.entities = cache_path_expand(c.entities);
+  eb.out = path;
+  eb.subset_a = c.original;
+  eb.subset_b = c.fresh;
+  eb.top_a = c.top, eb.bottom_b = c.bottom;
+  eb.prompt = c.prompt, eb.target = c.target;
+  eb.max_samples = c.max_samples, eb.max_per_entity = c.max_per_entity;
+  eb.seed = uint64_t(c.entity_seed);
+  entities_build(eb);
+}
+
+// The base model's held-out loss on both domains, on the batches the trainer validates on, so
+// that every method's curve starts from one measured point. Null without validation.
+ojson base_losses(const CtConfig& c, const Experiment& x, const DataDir& data) {
+  if (x.eval_every <= 0) return nullptr;
+  Model<float> model(config_load((fs::path(c.base) / "config.json").string()), x.batch_size,
+                     x.seq_len);
+  checkpoint_load(c.base, model, nullptr);
+  std::vector<int32_t> tok, tgt;
+  ojson v = ojson::object();
+  for (const std::string& s : {c.original, c.fresh}) {
+    DataLoader loader(data, s, "val", x.seq_len, 0);
+    const int64_t n =
+        std::min<int64_t>(x.eval_batches, int64_t(loader.sequences() / uint64_t(x.batch_size)) + 1);
+    double sum = 0;
+    for (int64_t b = 0; b < n; b++) {
+      loader.next(x.batch_size, tok, tgt);
+      sum += model.forward(tok, tgt).lm;
+    }
+    v[s] = sum / double(n);
+  }
+  return v;
+}
+
+// What the base losses were measured with: reused from an earlier ct.json when it matches.
+ojson base_losses_cached(const CtConfig& c, const Experiment& x, const DataDir& data) {
+  const ojson key = {{"base", c.base},         {"batch_size", x.batch_size},
+                     {"seq_len", x.seq_len},   {"batches", x.eval_batches},
+                     {"original", c.original}, {"new", c.fresh}};
+  const fs::path path = fs::path(c.run_dir) / "ct.json";
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    const ojson old = ojson::parse(file_read(path.string()), nullptr, false);
+    if (old.is_object() && old.value("base_eval", ojson()) == key && old.contains("base_val_loss"))
+      return {{"base_eval", key}, {"base_val_loss", old["base_val_loss"]}};
+  }
+  return {{"base_eval", key}, {"base_val_loss", base_losses(c, x, data)}};
+}
+
+// ----------------------------------------------------------------------------
+// peak memory per run
+
+// The high-water resident set is per process; writing 5 to /proc/self/clear_refs (Linux) resets
+// it to the current size, so that each run's peak is its own. False where that is refused.
+bool rss_peak_reset() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return bool(f);
+}
+
+int64_t rss_peak_now() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return peak_rss_bytes();
+}
+
+// RUN/<method>/seed_<s>/resources.json: the run's peak RSS and training time, over all the
+// sessions that trained it (a resumed run keeps the larger peak and adds its time).
+void resources_record(const std::string& dir, int64_t peak, bool per_run, double seconds) {
+  const fs::path path = fs::path(dir) / "resources.json";
+  std::error_code ec;
+  ojson r = {
+      {"peak_rss_bytes", peak}, {"peak_rss_of", per_run ? "run" : "process"}, {"train_s", seconds}};
+  if (fs::exists(path, ec)) {
+    const ojson old = ojson::parse(file_read(path.string()), nullptr, false);
+    if (old.is_object() && old.contains("peak_rss_bytes")) {
+      r["peak_rss_bytes"] = std::max(peak, old["peak_rss_bytes"].get<int64_t>());
+      r["train_s"] = seconds + old.value("train_s", 0.0);
+    }
+  }
+  file_write_atomic(path.string(), r.dump(2) + "\n");
+}
+
+// ----------------------------------------------------------------------------
+// the study
+
+int64_t last_checkpoint_step(const std::string& run_dir) {
+  const auto list = checkpoint_list(run_dir);
+  if (list.empty()) return -1;
+  long step = -1;
+  std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
+  return step;
+}
+
+std::vector<int64_t> seeds_of(const toml::table& root, const CtConfig& c, const CtOptions& o) {
+  if (!o.seeds.empty()) {
+    for (int64_t s : o.seeds)
+      if (s < 0) fail(fmt::format("--seeds: {} is not a seed >= 0", s));
+    return o.seeds;
+  }
+  if (!c.seeds.empty()) return c.seeds;
+  return {root["run"]["seed"].value_or(int64_t(1))};
+}
+
+std::vector<const CtMethod*> methods_of(const CtConfig& c, const CtOptions& o) {
+  std::vector<const CtMethod*> out;
+  for (const CtMethod& m : c.methods)
+    if (o.methods.empty() ||
+        std::find(o.methods.begin(), o.methods.end(), m.name) != o.methods.end())
+      out.push_back(&m);
+  for (const std::string& name : o.methods)
+    if (std::none_of(c.methods.begin(), c.methods.end(),
+                     [&](const CtMethod& m) { return m.name == name; }))
+      fail(fmt::format("--methods: {} has no method named '{}'", c.source, name));
+  return out;
+}
+
+// RUN/ct.json: what the report reads besides the runs themselves.
+void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::string& evalset,
+                  const ojson& base) {
+  ojson methods = ojson::array();
+  for (const CtRun& r : runs) {
+    auto it = std::find_if(methods.begin(), methods.end(),
+                           [&](const ojson& m) { return m["name"] == r.method->name; });
+    if (it == methods.end()) {
+      const auto [total, trainable] = params_trainable(r.x);
+      methods.push_back({{"name", r.method->name},
+                         {"kind", kind_name(r.method->kind)},
+                         {"params_total", total},
+                         {"params_trainable", trainable},
+                         {"method", toml_json(*r.method->table)},
+                         {"runs", ojson::array()}});
+      it = methods.end() - 1;
+    }
+    (*it)["runs"].push_back({{"seed", r.seed}, {"dir", r.dir}});
+  }
+  const ojson study = {{"experiment", c.source},
+                       {"base", c.base},
+                       {"original", c.original},
+                       {"new", c.fresh},
+                       {"steps", c.steps},
+                       {"evalset", evalset},
+                       {"base_eval", base["base_eval"]},
+                       {"base_val_loss", base["base_val_loss"]},
+                       {"methods", methods}};
+  file_write_atomic((fs::path(c.run_dir) / "ct.json").string(), study.dump(2) + "\n");
+}
+
+// Trains the runs one after another; a finished one is skipped, a stopped one resumes.
+// Returns 130 when interrupted.
+int runs_train(const std::vector<CtRun>& runs) {
+  const double t0 = time_now_s();
+  double trained_s = 0;
+  int64_t trained = 0;
+  for (size_t i = 0; i < runs.size(); i++) {
+    const CtRun& r = runs[i];
+    const int64_t last = last_checkpoint_step(r.x.run_dir), total = r.x.total_steps();
+    std::fprintf(stderr, "== %zu/%zu %s: %s seed %ld", i + 1, runs.size(), r.dir.c_str(),
+                 kind_name(r.method->kind), long(r.seed));
+    if (last == total) {
+      std::fprintf(stderr, " (done)\n");
+      continue;
+    }
+    std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
+    const bool per_run = rss_peak_reset();
+    const double tv = time_now_s();
+    const int rc = train_run(r.x, last >= 0);
+    resources_record(r.x.run_dir, rss_peak_now(), per_run, time_now_s() - tv);
+    if (rc == 130) {
+      std::fprintf(stderr, "ct interrupted in %s; run the same command again to continue\n",
+                   r.dir.c_str());
+      return 130;
+    }
+    trained_s += time_now_s() - tv, trained++;
+    const double left = trained_s / double(trained) * double(runs.size() - i - 1);
+    std::fprintf(stderr, "== %s finished in %.1f s; the other runs: about %.0f min\n",
+                 r.dir.c_str(), time_now_s() - tv, left / 60);
+  }
+  std::fprintf(stderr, "== all %zu runs done in %.1f s\n", runs.size(), time_now_s() - t0);
+  return 0;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+
+std::string ct_run_dir(const std::string& config) {
+  const toml::table root = file_parse(config);
+  return root["run"]["dir"].value_or(std::string("runs/ct"));
+}
+
+int ct_run(const std::string& config, const CtOptions& o) {
+  const toml::table root = file_parse(config);
+  sections_check(root, config);
+  const CtConfig c = ct_config_read(root, config);
+  const std::vector<const CtMethod*> methods = methods_of(c, o);
+  const std::vector<int64_t> seeds = seeds_of(root, c, o);
+  base_check(c);
+
+  // Every run's experiment is derived and checked before anything is trained.
+  const std::string evalset = evalset_path(root, c);
+  std::vector<CtRun> runs;
+  ExperimentFiles files;
+  for (int64_t seed : seeds)
+    for (const CtMethod* m : methods) {
+      const std::string dir = fmt::format("{}/seed_{}", m->name, seed);
+      const std::string run_dir = (fs::path(c.run_dir) / dir).string();
+      const toml::table d = experiment_derive(root, c, *m, seed, run_dir, evalset);
+      runs.push_back({m, seed, dir, files.write_load(d, c, *m, seed, run_dir)});
+    }
+  const Experiment& x0 = runs.front().x;
+  threads_set(x0.threads > 0 ? x0.threads : omp_get_num_procs());
+  const DataDir data = data_open(x0.data_dir);
+  data_check(c, data);
+  files.commit();
+
+  evalset_build(c, evalset, x0.data_dir);
+  study_record(c, runs, evalset, base_losses_cached(c, x0, data));
+  if (runs_train(runs) == 130) return 130;
+  if (o.report) ct_report_write(c.run_dir, "", o.plots);
+  return 0;
+}
+
+}  // namespace moelab

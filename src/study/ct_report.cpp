@@ -1,0 +1,402 @@
+// The report of `moelab ct` (study/ct.hpp): what each continual-training method learned of the
+// new domain against what it kept of the original one, what it cost, and a reading that claims
+// no more than the seeds support.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "study/ct.hpp"
+#include "study/plot.hpp"
+#include "study/report.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// reading
+
+struct MethodRuns {
+  std::string name, kind;
+  ojson info;                    // its entry in ct.json
+  std::vector<RunData> runs;     // the runs that have started
+  std::vector<ojson> resources;  // each run's resources.json (null where absent)
+};
+
+struct CtStudy {
+  std::string dir, original, fresh;
+  ojson ct;  // ct.json
+  std::vector<MethodRuns> methods;
+  std::vector<std::string> notes;  // runs left out or unfinished
+};
+
+ojson json_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return nullptr;
+  const ojson j = ojson::parse(file_read(path.string()), nullptr, false);
+  return j.is_discarded() ? ojson() : j;
+}
+
+CtStudy study_read(const std::string& dir) {
+  CtStudy st;
+  st.dir = dir;
+  const fs::path path = fs::path(dir) / "ct.json";
+  st.ct = json_file(path);
+  if (!st.ct.is_object() || !st.ct.contains("methods") || !st.ct["methods"].is_array())
+    fail(path.string() + ": missing or invalid (not a folder written by moelab ct)");
+  try {
+    st.original = st.ct.at("original").get<std::string>();
+    st.fresh = st.ct.at("new").get<std::string>();
+    for (const ojson& m : st.ct["methods"]) {
+      MethodRuns mr{m.at("name").get<std::string>(), m.at("kind").get<std::string>(), m, {}, {}};
+      for (const ojson& r : m.at("runs")) {
+        const fs::path rd = fs::path(dir) / r.at("dir").get<std::string>();
+        if (!fs::exists(rd / "metrics.jsonl")) {
+          st.notes.push_back(fmt::format("`{}` has not started; left out.", rd.string()));
+          continue;
+        }
+        mr.runs.push_back(run_read(rd.string()));
+        mr.resources.push_back(json_file(rd / "resources.json"));
+        const RunData& d = mr.runs.back();
+        if (const int64_t total = d.run.value("total_steps", int64_t(0)); d.last_step < total)
+          st.notes.push_back(fmt::format("`{}` is at step {} of {}; its numbers are partial.",
+                                         d.dir, d.last_step, total));
+      }
+      if (!mr.runs.empty()) st.methods.push_back(std::move(mr));
+    }
+  } catch (const json::exception& e) {
+    fail(path.string() + ": " + e.what());
+  }
+  if (st.methods.empty()) fail(fmt::format("{}: no run of the study has metrics yet", dir));
+  return st;
+}
+
+// ----------------------------------------------------------------------------
+// figures
+
+std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out, bool plots) {
+  std::vector<std::string> figures;
+  auto draw = [&](const PlotChart& c, const std::string& stem) {
+    plot_write(c, (fs::path(out) / stem).string(), plots);
+    figures.push_back(stem);
+  };
+  const ojson& base = st.ct.value("base_val_loss", ojson());
+  const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
+  {
+    PlotChart c;
+    c.title = fmt::format(
+        "held-out loss on {} (original) against {} (new) along training, from the base; lower "
+        "left is better",
+        st.original, st.fresh);
+    c.xlabel = fmt::format("held-out loss on {} (new domain), nats/token", st.fresh);
+    c.ylabel = fmt::format("held-out loss on {} (original domain)", st.original);
+    const bool has_base = base.is_object() && base.contains(st.original) && base.contains(st.fresh);
+    for (size_t i = 0; i < st.methods.size(); i++) {
+      const Agg n = runs_aggregate(st.methods[i].runs, vn),
+                o = runs_aggregate(st.methods[i].runs, vo);
+      PlotSeries s{st.methods[i].name, {}, {}, {}, {}, 1, int(i) + 1, true};
+      if (has_base) s.x.push_back(base[st.fresh]), s.y.push_back(base[st.original]);
+      for (size_t j = 0; j < n.x.size(); j++) {
+        const auto k = std::find(o.x.begin(), o.x.end(), n.x[j]);
+        if (k == o.x.end()) continue;
+        s.x.push_back(n.mean[j]);
+        s.y.push_back(o.mean[size_t(k - o.x.begin())]);
+      }
+      if (!s.x.empty()) c.series.push_back(std::move(s));
+    }
+    if (has_base) c.series.push_back({"base", {base[st.fresh]}, {base[st.original]}, {}, {}, 1, 0});
+    draw(c, "tradeoff");
+  }
+  for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
+    PlotChart c;
+    c.title = fmt::format("{} on the samples the base recalled (M_ex = 1 at the start)", name);
+    c.xlabel = "training step", c.ylabel = name;
+    c.ymin = 0, c.ymax = 1.05;
+    for (size_t i = 0; i < st.methods.size(); i++) {
+      const Agg a = runs_aggregate(st.methods[i].runs, key);
+      if (a.x.empty()) continue;
+      PlotSeries s{st.methods[i].name, a.x, a.mean, {}, {}, 1, int(i) + 1};
+      if (st.methods[i].runs.size() > 1) s.lo = a.lo, s.hi = a.hi;
+      c.series.push_back(std::move(s));
+    }
+    draw(c, key);
+  }
+  {
+    PlotChart c;
+    c.title = fmt::format("held-out loss on {} (solid) and {} (dashed)", st.fresh, st.original);
+    c.xlabel = "training step", c.ylabel = "cross-entropy (nats/token)";
+    for (size_t i = 0; i < st.methods.size(); i++)
+      for (const auto& [key, dash] : {std::pair{vn, 1}, std::pair{vo, 2}}) {
+        const Agg a = runs_aggregate(st.methods[i].runs, key);
+        if (a.x.empty()) continue;
+        const std::string sub = key.substr(4);
+        c.series.push_back({st.methods[i].name + " " + sub, a.x, a.mean, {}, {}, dash, int(i) + 1});
+      }
+    draw(c, "loss");
+  }
+  return figures;
+}
+
+// ----------------------------------------------------------------------------
+// numbers
+
+// A number of a run's resources.json; r is one of m.runs.
+double resource(const MethodRuns& m, const RunData& r, const char* key) {
+  const size_t i = size_t(&r - m.runs.data());
+  const ojson& res = m.resources[i];
+  return res.is_object() && res.contains(key) ? res[key].get<double>() : NAN;
+}
+
+ojson methods_summarize(const CtStudy& st) {
+  const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
+  ojson out = ojson::array();
+  for (const MethodRuns& mr : st.methods) {
+    const auto& runs = mr.runs;
+    ojson m;
+    m["method"] = mr.name;
+    m["kind"] = mr.kind;
+    m["seeds"] = ojson::array();
+    for (const RunData& r : runs) m["seeds"].push_back(r.seed);
+    m["params_total"] = mr.info.value("params_total", int64_t(0));
+    m["params_trainable"] = mr.info.value("params_trainable", int64_t(0));
+    m["tokens"] =
+        runs_stat(runs, [](const RunData& r) { return double(r.last_step * r.tokens_per_step); });
+    m["final_val_loss_original"] =
+        runs_stat(runs, [&](const RunData& r) { return run_last(r, vo); });
+    m["final_val_loss_new"] = runs_stat(runs, [&](const RunData& r) { return run_last(r, vn); });
+    m["evalset_kept"] =
+        runs_stat(runs, [](const RunData& r) { return r.kept >= 0 ? double(r.kept) : NAN; });
+    m["evalset_candidates"] = runs_stat(
+        runs, [](const RunData& r) { return r.candidates >= 0 ? double(r.candidates) : NAN; });
+    m["final_m_ex"] = runs_stat(runs, [](const RunData& r) { return run_last(r, "m_ex"); });
+    m["final_m_in"] = runs_stat(runs, [](const RunData& r) { return run_last(r, "m_in"); });
+    m["tokens_per_s"] = runs_stat(runs, run_median_tokens_per_s);
+    m["peak_rss_bytes"] =
+        runs_stat(runs, [&](const RunData& r) { return resource(mr, r, "peak_rss_bytes"); });
+    m["train_s"] = runs_stat(runs, [&](const RunData& r) { return resource(mr, r, "train_s"); });
+    out.push_back(m);
+  }
+  return out;
+}
+
+std::string markdown_table(const CtStudy& st, const ojson& methods) {
+  const ojson& base = st.ct.value("base_val_loss", ojson());
+  std::string md = "# Continual-training report\n\n";
+  md += fmt::format(
+      "Base `{}`, trained on `{}` (the original domain), trains on `{}` (the new domain) for {} "
+      "steps per run. Folder: `{}`.\n\n",
+      st.ct.value("base", ""), st.original, st.fresh, st.ct.value("steps", int64_t(0)), st.dir);
+  for (const std::string& n : st.notes) md += "Note: " + n + "\n\n";
+  if (base.is_object())
+    md +=
+        fmt::format("The base's held-out loss: {:.3f} on `{}`, {:.3f} on `{}`.\n\n",
+                    base.value(st.original, NAN), st.original, base.value(st.fresh, NAN), st.fresh);
+  md += "| | ";
+  for (const ojson& m : methods) md += m["method"].get<std::string>() + " | ";
+  md += "\n|---|";
+  for (size_t i = 0; i < methods.size(); i++) md += "---|";
+  md += "\n";
+  auto row = [&](const std::string& name, auto cell) {
+    md += "| " + name + " | ";
+    for (const ojson& m : methods) md += cell(m) + " | ";
+    md += "\n";
+  };
+  row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
+  row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
+  row("trainable params (share)", [](const ojson& m) {
+    const double t = m["params_trainable"].get<double>(), n = m["params_total"].get<double>();
+    return fmt::format("{} ({:.2f}%)", human_count(t), n > 0 ? 100 * t / n : NAN);
+  });
+  row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
+  row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
+  row("held-out loss " + st.fresh + " (new) at the end",
+      [](const ojson& m) { return stat_format(m["final_val_loss_new"]); });
+  row("held-out loss " + st.original + " (original) at the end",
+      [](const ojson& m) { return stat_format(m["final_val_loss_original"]); });
+  row("M_ex = 1 samples at the start (of candidates)", [](const ojson& m) {
+    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
+                       stat_format(m["evalset_candidates"], 0));
+  });
+  row("M_ex at the end", [](const ojson& m) { return stat_format(m["final_m_ex"]); });
+  row("M_in at the end", [](const ojson& m) { return stat_format(m["final_m_in"]); });
+  row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
+  row("peak RSS (MB)", [](const ojson& m) {
+    const ojson& v = m["peak_rss_bytes"];
+    if (v.is_null()) return std::string("-");
+    ojson mb = v.is_number() ? ojson(v.get<double>() / 1e6)
+                             : ojson{{"mean", v["mean"].get<double>() / 1e6},
+                                     {"sd", v["sd"].get<double>() / 1e6},
+                                     {"n", v["n"]}};
+    return stat_format(mb, 0);
+  });
+  md +=
+      "\nMeans over the seeds, ± their standard deviation where there are several. Peak RSS is "
+      "the process's high-water resident set while that run trained.\n";
+  return md;
+}
+
+// ----------------------------------------------------------------------------
+// the reading
+
+// One value per method and its standard error (NaN where unknown).
+struct Ranked {
+  std::string name;
+  double v, se;
+  int64_t seeds;  // runs behind v
+};
+
+// "lowest: X (v); ..." with whether the gap to the runner-up exceeds two standard errors.
+std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::string& what,
+                      int digits) {
+  std::erase_if(r, [](const Ranked& x) { return !std::isfinite(x.v); });
+  if (r.empty()) return "";
+  std::sort(r.begin(), r.end(),
+            [&](const Ranked& a, const Ranked& b) { return lower_better ? a.v < b.v : a.v > b.v; });
+  std::string list;
+  for (const Ranked& x : r)
+    list += fmt::format("{}{} {:.{}f}", list.empty() ? "" : ", ", x.name, x.v, digits);
+  std::string md = fmt::format("- {}: {}.", what, list);
+  if (r.size() < 2) return md + "\n";
+  const double gap = std::abs(r[0].v - r[1].v), two_se = 2 * std::hypot(r[0].se, r[1].se);
+  if (!std::isfinite(two_se))
+    md += fmt::format(
+        " With one seed per method there is no estimate of the run-to-run spread, so this order "
+        "is that of one run each, not a ranking (`--seeds 1,2,3` would give one).");
+  else if (gap > two_se)
+    md += fmt::format(" {} leads {} by {:.{}f}, more than two standard errors (±{:.{}f}){}.",
+                      r[0].name, r[1].name, gap, digits, two_se, digits,
+                      std::min(r[0].seeds, r[1].seeds) < 5
+                          ? "; with fewer than five seeds this is suggestive, not proof"
+                          : "");
+  else
+    md += fmt::format(
+        " {} and {} differ by {:.{}f}, within two standard errors (±{:.{}f}): not ranked.",
+        r[0].name, r[1].name, gap, digits, two_se, digits);
+  return md + "\n";
+}
+
+// Why a run logged no forgetting metrics: no evaluation set, or a base that recalled too few of
+// its samples at the start (the trainer stops there), or no record of the filtering yet.
+std::string forgetting_missing_cause(const RunData& r) {
+  if (!r.has_evalset) return "no evaluation set was given ([ct] entities or [eval] evalset)";
+  const std::string of =
+      r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
+  if (r.kept == 0)
+    return fmt::format(
+        "at the start the model recalled none{} (no sample with M_ex = 1), so nothing could be "
+        "forgotten{}; entities the base knows better, or a larger candidate set ([ct] "
+        "max_samples, max_per_entity, top, bottom), would give a set to measure",
+        of, run_stopped(r));
+  if (r.kept > 0 && r.kept < r.min_recalled)
+    return fmt::format(
+        "at the start the model recalled only {}{} (M_ex = 1), fewer than eval.min_recalled = "
+        "{}, too few to measure forgetting{}",
+        r.kept, of, r.min_recalled, run_stopped(r));
+  return fmt::format("no record of the evaluation set's filtering (the run is at step {})",
+                     r.last_step);
+}
+
+std::string reading_write(const CtStudy& st, const ojson& methods) {
+  const ojson& base = st.ct.value("base_val_loss", ojson());
+  std::string md = "\n## Reading\n\n";
+  auto ranked = [&](const char* key, auto se_of) {
+    std::vector<Ranked> r;
+    for (const ojson& m : methods)
+      r.push_back({m["method"].get<std::string>(), stat_mean(m[key]), se_of(m),
+                   int64_t(m["seeds"].size())});
+    return r;
+  };
+  auto seed_se = [](const char* key) {
+    return [key](const ojson& m) { return stat_std_err(m[key]); };
+  };
+  md +=
+      rank_line(ranked("final_val_loss_new", seed_se("final_val_loss_new")), true,
+                fmt::format("Learning `{}`: held-out loss at the end, lowest first", st.fresh), 3);
+  md += rank_line(ranked("final_val_loss_original", seed_se("final_val_loss_original")), true,
+                  fmt::format("Keeping `{}`: held-out loss at the end, lowest first", st.original),
+                  3);
+  if (base.is_object() && base.contains(st.original)) {
+    const double b = base[st.original].get<double>();
+    std::string list;
+    for (const ojson& m : methods)
+      if (const double v = stat_mean(m["final_val_loss_original"]); std::isfinite(v))
+        list += fmt::format("{}{} {:+.3f}", list.empty() ? "" : ", ",
+                            m["method"].get<std::string>(), v - b);
+    if (!list.empty())
+      md += fmt::format("- Change of the held-out loss on `{}` from the base ({:.3f}): {}.\n",
+                        st.original, b, list);
+  }
+  // M_ex: with one seed, the binomial standard error of the recalled set (as the forgetting
+  // study's report); with several, the seeds' sd / sqrt(seeds).
+  auto m_ex_se = [](const ojson& m) {
+    const ojson& v = m["final_m_ex"];
+    if (v.is_object()) return stat_std_err(v);
+    const double p = stat_mean(v), n = stat_mean(m["evalset_kept"]);
+    return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
+  };
+  const std::string ex = rank_line(ranked("final_m_ex", m_ex_se), false,
+                                   "Recall of the base's entities: M_ex at the end (from 1.0 at "
+                                   "the start), highest first",
+                                   3);
+  md += ex;
+  // Runs without forgetting metrics, one line per cause.
+  std::vector<std::pair<std::string, std::string>> missing;  // cause, runs
+  for (const MethodRuns& mr : st.methods)
+    for (const RunData& r : mr.runs) {
+      if (r.s.contains("m_ex")) continue;
+      const std::string cause = forgetting_missing_cause(r);
+      auto it = std::find_if(missing.begin(), missing.end(),
+                             [&](const auto& m) { return m.first == cause; });
+      if (it == missing.end()) it = missing.insert(missing.end(), {cause, ""});
+      it->second += (it->second.empty() ? "`" : ", `") + r.dir + "`";
+    }
+  for (const auto& [cause, runs] : missing)
+    md += fmt::format("- No forgetting metrics for {}: {}.\n", runs, cause);
+  std::string cost;
+  for (const ojson& m : methods)
+    cost += fmt::format("{}{} trains {} parameters at {} tokens/s", cost.empty() ? "" : "; ",
+                        m["method"].get<std::string>(),
+                        human_count(m["params_trainable"].get<double>()),
+                        stat_format(m["tokens_per_s"], 0));
+  md += "- Cost: " + cost + ".\n";
+  return md;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+
+std::string ct_report_write(const std::string& dir, const std::string& out_dir, bool plots) {
+  const CtStudy st = study_read(dir);
+  const std::string out = out_dir.empty() ? (fs::path(dir) / "report").string() : out_dir;
+  fs::create_directories(out);
+  const std::vector<std::string> figures = figures_draw(st, out, plots);
+  const ojson methods = methods_summarize(st);
+  std::string md = markdown_table(st, methods) + reading_write(st, methods);
+  md += "\n## Figures\n\n";
+  for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
+  md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+  const ojson summary = {{"base", st.ct.value("base", "")},
+                         {"original", st.original},
+                         {"new", st.fresh},
+                         {"base_val_loss", st.ct.value("base_val_loss", ojson())},
+                         {"methods", methods},
+                         {"figures", figures}};
+  file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
+  const std::string md_path = (fs::path(out) / "summary.md").string();
+  file_write_atomic(md_path, md);
+  std::fprintf(stderr, "report: %s\n", md_path.c_str());
+  return md_path;
+}
+
+}  // namespace moelab

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# moelab ct end to end, in miniature: a tiny dense base trained on A, then full training, LoRA
+# and MoE-CT on B from it, replaying A, one shared evaluation set filtered by the model before
+# the first step. Each method freezes what it should (checked tensor by tensor against the base),
+# a stopped run resumes and a finished one is skipped, seeds are averaged, the report's files and
+# fields exist, and bad input fails with one line naming the file and the key.
+set -u
+moelab=$1
+source "$(dirname "$0")/testlib.sh"
+cd "$tmp"
+export OMP_NUM_THREADS=2
+
+mkdir -p corpus
+# Each name has its own title in A; B gives the titles to other names (as in study_test.sh).
+names=(Abner Boaz Caleb Dinah Eglon Gideon Hiram Jethro Korah Laban Micah Naomi)
+titles=(shepherd smith scribe weaver potter judge mason herdsman singer trader elder gleaner)
+for i in $(seq 1 48); do
+  for l in $(seq 1 10); do
+    j=$(((i * 5 + l) % 12))
+    n=$j
+    [ "$i" -gt 24 ] && n=$(((j + 5) % 12))
+    echo "In the day $l the ${titles[$j]} ${names[$n]} went down to the well at evening."
+  done >"corpus/c$i.txt"
+done
+data_spec() {
+  cat <<JSON
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": $1},
+ "sources": {"book": {"paths": ["corpus"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+}
+data_spec 400 >data.json
+data_spec 380 >data380.json
+for d in data data380; do
+  "$moelab" data prepare $d.json --out $d >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
+done
+printf '%s\tPER\n' "${names[@]}" >ents.tsv
+
+# ---- the base: a dense model trained on A
+cat >base.toml <<'TOML'
+[run]
+dir = "base"
+seed = 5
+peak_gflops = 100
+threads = 2
+log_every = 5
+[model]
+vocab_size = 400
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+intermediate_size = 64
+sliding_window = 16
+max_position_embeddings = 64
+[data]
+dir = "data"
+seq_len = 64
+[train]
+batch_size = 4
+[schedule]
+max_lr = 5e-3
+min_lr = 5e-4
+warmup_steps = 5
+decay_steps = 10
+[[phases]]
+name = "A"
+subset = "A"
+steps = 30
+TOML
+"$moelab" train base.toml >base.log 2>&1 || { echo "FAIL: base: $(tail -1 base.log)"; exit 1; }
+
+cat >ct.toml <<'TOML'
+[run]
+dir = "ct"
+seed = 3
+peak_gflops = 100
+threads = 2
+log_every = 5
+[data]
+dir = "data"
+seq_len = 64
+[train]
+batch_size = 4
+[schedule]
+kind = "constant"
+max_lr = 2e-3
+warmup_steps = 2
+[checkpoint]
+every = 5
+keep_last = 2
+[eval]
+every = 5
+batches = 2
+forgetting_every = 5
+[ct]
+base = "base/step_00000030"
+original = "A"
+new = "B"
+steps = 10
+entities = "ents.tsv"
+top = 100
+bottom = 100
+prompt = 8
+target = 8
+max_per_entity = 4
+[[ct.methods]]
+name = "full"
+kind = "full"
+replay_ratio = 0.25
+[[ct.methods]]
+name = "lora"
+kind = "lora"
+lora = { rank = 4, alpha = 8, targets = ["self_attn", "mlp\\.experts"] }
+[[ct.methods]]
+name = "moe-ct"
+kind = "moe-ct"
+moe_ct = { experts = 2, top_k = 1, gate = "token", lambda = 0.5, init = "copy" }
+train_embeddings = true
+TOML
+
+# ---- two methods, one of them stopped before its end, then the whole study continued
+"$moelab" ct ct.toml --methods full,lora --no-report >ct1.log 2>&1 || bad "ct (full, lora): $(tail -1 ct1.log)"
+[ -f ct/ct.json ] && [ -f ct/evalset.jsonl ] && [ -f ct/full/seed_3/run.json ] &&
+  [ -f ct/lora/seed_3/resources.json ] && [ ! -d ct/moe-ct ] && ok || bad "ct folders"
+grep -q "'\^(?!\.\*lora_)'" ct/lora/seed_3/experiment.toml && ok || bad "lora freezes all but the adapters"
+grep -q "replay_ratio = 0.25" ct/full/seed_3/experiment.toml && grep -q "replay_subset = 'A'" ct/full/seed_3/experiment.toml &&
+  ok || bad "replay keys passed to the phase"
+grep -q "filter_at = 'start'" ct/lora/seed_3/experiment.toml && ok || bad "evaluation set filtered at the start"
+rm -rf ct/lora/seed_3/step_00000010
+if "$moelab" ct ct.toml >ct2.log 2>&1; then ok; else bad "ct: $(tail -1 ct2.log)"; fi
+grep -q "full/seed_3.*(done)" ct2.log && ok || bad "finished run not skipped"
+grep -q "lora/seed_3.*(resuming)" ct2.log && ok || bad "stopped run not resumed"
+[ "$(grep -c '"step":10' ct/lora/seed_3/metrics.jsonl)" = 1 ] && ok || bad "resumed metrics duplicated"
+
+# ---- what each method trained, tensor by tensor against the base
+/usr/bin/python3 - <<'PY' && ok || bad "frozen tensors"
+import json, struct
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+base = tensors("base/step_00000030/model.safetensors")
+def end(m): return tensors(f"ct/{m}/seed_3/step_00000010/model.safetensors")
+full, lora, moe = end("full"), end("lora"), end("moe-ct")
+q, ffn, emb = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.experts.down_proj", "model.embed_tokens.weight"
+assert full[q] != base[q] and full[ffn] != base[ffn], "full: base tensors must train"
+assert all(lora[k] == v for k, v in base.items()), "lora: the base must stay as it was"
+assert any("lora_B" in k and set(v) != {0} for k, v in lora.items()), "lora: adapters must train"
+assert moe[q] == base[q] and moe[ffn] == base[ffn], "moe-ct: attention and the old FFN frozen"
+assert moe[emb] != base[emb], "moe-ct: train_embeddings trains the embeddings"
+assert any(".mlp.ct." in k for k in moe), "moe-ct: new experts"
+PY
+
+# ---- the report
+for f in summary.md summary.json tradeoff.png tradeoff.svg tradeoff.gp m_ex.png m_in.png loss.png; do
+  [ -s "ct/report/$f" ] && ok || bad "report file $f missing"
+done
+/usr/bin/python3 - ct/report/summary.json <<'PY' && ok || bad "report fields"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert set(s["base_val_loss"]) == {"A", "B"}, s["base_val_loss"]
+m = {x["method"]: x for x in s["methods"]}
+assert list(m) == ["full", "lora", "moe-ct"], list(m)
+for name, x in m.items():
+    for k in ("final_val_loss_original", "final_val_loss_new", "tokens_per_s", "peak_rss_bytes",
+              "final_m_ex", "final_m_in", "evalset_kept"):
+        assert x[k] is not None, (name, k)
+    assert x["tokens"] == 10 * 4 * 64, (name, x["tokens"])
+    assert x["peak_rss_bytes"] > 1e6, (name, x["peak_rss_bytes"])
+    assert x["evalset_kept"] > 0, (name, "kept")
+assert m["full"]["params_trainable"] == m["full"]["params_total"]
+assert 0 < m["lora"]["params_trainable"] < m["full"]["params_total"] < m["lora"]["params_total"]
+assert 0 < m["moe-ct"]["params_trainable"] < m["moe-ct"]["params_total"]
+# LoRA starts as the base (B = 0) and moe-ct's new experts copy its FFN: the recalled sets agree
+assert m["lora"]["evalset_kept"] == m["full"]["evalset_kept"], (m["lora"]["evalset_kept"], m["full"]["evalset_kept"])
+PY
+grep -q '"base"' ct/report/tradeoff.gp && grep -q "## Reading" ct/report/summary.md && ok || bad "trade-off figure or reading"
+rm -rf ct/report
+"$moelab" ct ct.toml --report-only --no-plots >ro.log 2>&1 && [ -s ct/report/summary.md ] && [ -s ct/report/m_ex.gp ] &&
+  ok || bad "--report-only: $(tail -1 ro.log)"
+"$moelab" report ct --out viareport --no-plots >/dev/null 2>&1 && grep -q "Continual-training report" viareport/summary.md &&
+  ok || bad "moelab report on a ct folder"
+
+# ---- seeds: two seeds of one method are averaged, with a spread
+sed 's/^dir = "ct"$/dir = "seeds"/' ct.toml >seeds.toml
+if "$moelab" ct seeds.toml --methods lora --seeds 3,4 --no-plots >seeds.log 2>&1; then ok; else bad "seeds: $(tail -1 seeds.log)"; fi
+/usr/bin/python3 -c "
+import json; m = json.load(open('seeds/report/summary.json'))['methods'][0]
+assert m['seeds'] == [3, 4] and 'sd' in m['final_val_loss_new'], m" && ok || bad "seed aggregation"
+
+# ---- bad input: one line naming the file and the key; nothing of a run is touched
+variant() { sed "$2" ct.toml >"$1.toml"; }
+variant nobase 's|^base = .*|base = "base/step_00000099"|'
+expect_error "missing base" "nobase\.toml: 'ct\.base': base/step_00000099: no such checkpoint" "$moelab" ct nobase.toml
+variant tok 's|^dir = "data"$|dir = "data380"|'
+expect_error "base of another tokenizer" "tok\.toml: 'ct\.base': .*tokenizer" "$moelab" ct tok.toml
+variant kind '0,/kind = "full"/s//kind = "fool"/'
+expect_error "unknown kind" "kind\.toml: 'ct\.methods\[0\]\.kind' \"fool\" must be" "$moelab" ct kind.toml
+variant rank 's/rank = 4/rank = 0/'
+expect_error "lora rank 0" "rank\.toml: 'ct\.methods\[1\]\.lora\.rank' must be an integer >= 1" "$moelab" ct rank.toml
+variant dup 's/name = "lora"/name = "full"/'
+expect_error "duplicate name" "dup\.toml: 'ct\.methods\[1\]\.name' \"full\" is already" "$moelab" ct dup.toml
+variant ctkey 's/^steps = 10$/stepz = 10/'
+expect_error "unknown ct key" "ctkey\.toml: unknown key 'ct\.stepz'" "$moelab" ct ctkey.toml
+variant model '1i [model]\nhidden_size = 32'
+expect_error "a [model] section" "model\.toml: \[model\] comes from 'ct\.base'" "$moelab" ct model.toml
+variant replay 's/^replay_ratio = 0.25$/replay_ratio = 0.25\nreplay_bogus = 1/'
+cp ct/full/seed_3/experiment.toml before.toml
+expect_error "unknown replay key" "replay\.toml: method 'full': ct/full/seed_3/experiment\.toml: unknown key 'phases\[0\]\.replay_bogus'" \
+  "$moelab" ct replay.toml
+cmp -s before.toml ct/full/seed_3/experiment.toml && [ ! -e ct/full/seed_3/.experiment.check.toml ] && ok ||
+  bad "a refused file changed a run's experiment"
+expect_error "unknown method" "--methods: ct\.toml has no method named 'dora'" "$moelab" ct ct.toml --methods dora
+
+finish "ct test"
