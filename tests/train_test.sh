@@ -2,7 +2,9 @@
 # moelab train end to end on a tiny generated corpus: a two-phase run; the same run interrupted
 # with SIGINT and with kill -9 and then resumed gives the same metrics (all but the timing
 # fields); bad configs fail with one line naming the key; [model] init_from starts a run from
-# another's checkpoint and [train] freeze keeps tensors bit-identical.
+# another's checkpoint and [train] freeze keeps tensors bit-identical; focused replay is
+# deterministic, honours its exit limit and resumes bit-exact; filter_at = "start" keeps the
+# base model's recalled set across a resume.
 set -u
 moelab=$1
 source "$(dirname "$0")/testlib.sh"
@@ -180,13 +182,14 @@ rc=$?
 
 # 6. a run that failed before its first checkpoint starts again (fresh or --resume)
 mkdir -p dead && echo '{"step":1}' >dead/metrics.jsonl && echo '{}' >dead/run.json
+# (3 steps of A recall nothing of the evaluation set: eval.min_recalled = 0 lets B go on)
 if "$moelab" train exp.toml --set run.dir=dead --set phases.0.steps=3 --set phases.1.steps=3 \
-  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 >/dev/null 2>err; then ok; else bad "restart of a run without checkpoint: $(tail -1 err)"; fi
+  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 --set eval.min_recalled=0 >/dev/null 2>err; then ok; else bad "restart of a run without checkpoint: $(tail -1 err)"; fi
 grep -q "stopped before its first checkpoint; starting again" err && ok || bad "restart is announced"
 [ "$(wc -l <dead/metrics.jsonl)" -eq 6 ] && ok || bad "the stale metrics are gone"
 mkdir -p dead2 && echo '{"step":1}' >dead2/metrics.jsonl
 if "$moelab" train exp.toml --set run.dir=dead2 --resume --set phases.0.steps=3 --set phases.1.steps=3 \
-  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 >/dev/null 2>err; then ok; else bad "--resume of a run without checkpoint: $(tail -1 err)"; fi
+  --set schedule.decay_steps=2 --set schedule.warmup_steps=1 --set eval.min_recalled=0 >/dev/null 2>err; then ok; else bad "--resume of a run without checkpoint: $(tail -1 err)"; fi
 
 # 7. a checkpoint remembers its tokenizer: resuming onto another one's data is refused
 sed 's/"vocab_size": 320/"vocab_size": 300/' data.json >data2.json
@@ -286,5 +289,102 @@ expect_error "init_from: other shapes" "tensor '.*' is \[.*\] in the checkpoint 
 expect_error "init_from: not a string" "'model.init_from' must be a string" \
   "$moelab" train exp.toml --set run.dir=x16 --set model.init_from=7
 [ ! -e x14 ] && [ ! -e x15 ] && ok || bad "a refused init_from touched its run directory"
+
+# 11. focused replay (docs/methods.md §5.4): B replays a batch from the memory of everything the
+# run trained on (A's sequences and B's own) after every 10th step, 3 updates each (intensive);
+# a sample leaves after 2 replays. Two runs agree bit for bit; the checkpoints hold the memory.
+fr=(--set phases.1.replay=focused --set phases.1.replay_ratio=0 --set phases.1.replay_subset=
+  --set phases.1.replay_every=10 --set phases.1.replay_repeat=3 --set phases.1.replay_exit=2
+  --set checkpoint.keep_last=0 --set eval.every=0)
+if "$moelab" train exp.toml --set run.dir=FR "${fr[@]}" >/dev/null 2>err; then ok; else bad "focused replay run: $(tail -1 err)"; fi
+"$moelab" train exp.toml --set run.dir=FR2 "${fr[@]}" >/dev/null 2>&1
+diff <(strip FR/metrics.jsonl) <(strip FR2/metrics.jsonl) >/dev/null && ok || bad "two focused replay runs differ"
+/usr/bin/python3 - FR <<'PY' && ok || bad "focused replay: the replays logged, the memory and its exit limit"
+import json, sys
+run = sys.argv[1]
+lines = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
+rep = [m for m in lines if "replay" in m]
+# after steps 160, 170, ..., 300 of B (every 10th of its 150), 3 losses each, none in A
+assert [m["step"] for m in rep] == list(range(160, 301, 10)), [m["step"] for m in rep]
+assert all(len(m["replay"]["loss"]) == 3 for m in rep)
+# the repeated updates on one batch lower its loss (most of the time)
+assert sum(m["replay"]["loss"][2] < m["replay"]["loss"][0] for m in rep) >= 10
+for step in (100, 225, 300):
+    st = json.load(open(f"{run}/step_{step:08d}/trainer_state.json"))["replay"]["B"]
+    samples = [tuple(map(int, e.split(":"))) for e in st["samples"].split()]
+    assert st["exit_after"] == 2 and all(r < 2 for _, _, r in samples), step
+    assert len(set((s, q) for s, q, _ in samples)) == len(samples), step  # each held once
+    assert st["offers"] == len(samples) + st["exited"], step  # nothing replaced below capacity
+    a, b = st["sources"].index("A"), st["sources"].index("B")
+    if step == 100:  # during A: A's sequences, none replayed yet
+        assert st["draws"] == 0 and st["exited"] == 0 and {s for s, _, _ in samples} == {a}
+    else:
+        assert st["draws"] == (step - 150) // 10 and st["exited"] > 0, step
+        assert {s for s, _, _ in samples} == {a, b}, step
+        # every draw is a batch (8 distinct samples), each replayed at most twice
+        assert sum(r for _, _, r in samples) + 2 * st["exited"] == 8 * st["draws"], step
+    assert rep and rep[-1]["replay"]["memory"] == len(samples) or step != 300
+PY
+# resumed in A (the memory holds only what A trained) and in the middle of B's replays, the run
+# ends as the unbroken one: metrics, memory and weights bit for bit
+for at in 125 175; do
+  rm -rf FRr && cp -r FR FRr && for d in FRr/step_*; do [ "${d##*_}" -gt "$(printf %08d $at)" ] && rm -rf "$d"; done
+  "$moelab" train exp.toml --set run.dir=FRr "${fr[@]}" --resume >/dev/null 2>err || bad "focused resume at $at: $(tail -1 err)"
+  diff <(strip FR/metrics.jsonl) <(strip FRr/metrics.jsonl) >/dev/null &&
+    cmp -s FR/step_00000300/trainer_state.json FRr/step_00000300/trainer_state.json &&
+    cmp -s FR/step_00000300/model.safetensors FRr/step_00000300/model.safetensors && ok ||
+    bad "focused replay resumed at step $at differs from the unbroken run"
+done
+# a memory of A's sequences (replay_subset = "A", refilled in A's loader order as samples leave)
+if "$moelab" train exp.toml --set run.dir=FS "${fr[@]}" --set phases.1.replay_subset=A \
+  --set phases.1.replay_memory=64 --set phases.1.replay_repeat=1 >/dev/null 2>err; then ok; else bad "focused replay from A: $(tail -1 err)"; fi
+/usr/bin/python3 - FS <<'PY' && ok || bad "focused replay from A: a memory of A only, refilled to 64"
+import json, sys
+st = json.load(open(f"{sys.argv[1]}/step_00000300/trainer_state.json"))["replay"]["B"]
+samples = [tuple(map(int, e.split(":"))) for e in st["samples"].split()]
+a = st["sources"].index("A")
+assert {s for s, _, _ in samples} == {a} and st["capacity"] == 64 and st["draws"] == 15
+assert 64 - 8 <= len(samples) <= 64 and st["exited"] > 0  # full before each draw
+assert st["offers"] == len(samples) + st["exited"]
+PY
+expect_error "focused: resume of a mixing run" "full/step_00000300/trainer_state.json: the replay memory of phase B is missing \(was the run started without replay = \"focused\" there\?\)" \
+  "$moelab" train exp.toml --set run.dir=full "${fr[@]}" --resume
+expect_error "focused: another exit limit on resume" "FR/step_00000300/trainer_state.json: the replay memory of phase B: the memory was built with replay_memory = 1048576 and replay_exit = 2, the config now says 1048576 and 3" \
+  "$moelab" train exp.toml --set run.dir=FR "${fr[@]}" --set phases.1.replay_exit=3 --resume
+expect_error "focused: a mixing key" "'phases\[0\].replay_every' applies to replay = \"focused\" only" \
+  "$moelab" train exp.toml --set run.dir=x17 --set phases.0.replay_every=10
+expect_error "focused: memory below a batch" "'phases\[1\].replay_memory' must be in \[8, 2\^32\] sequences" \
+  "$moelab" train exp.toml --set run.dir=x18 "${fr[@]}" --set phases.1.replay_memory=4
+expect_error "replay kind" "'phases\[1\].replay' must be \"mix\" or \"focused\"" \
+  "$moelab" train exp.toml --set run.dir=x19 --set phases.1.replay=sometimes
+
+# 12. filter_at = "start": a run continuing from frzref's checkpoint after A keeps the set that
+# model recalls, filtered before step 1 (logged as step 0), the same samples frzref kept after
+# A; its M_ex and M_in are logged along the run, and a resume keeps the set.
+ct=(--set model.init_from=frzref/step_00000150 --set eval.filter_at=start --set phases.0.subset=B
+  --set phases.0.steps=20 --set phases.1.steps=10 --set phases.1.replay_ratio=0 --set schedule.decay_steps=5
+  --set schedule.warmup_steps=2 --set checkpoint.every=5 --set checkpoint.keep_last=0
+  --set eval.forgetting_every=5 --set eval.every=0)
+if "$moelab" train exp.toml --set run.dir=CT "${ct[@]}" >/dev/null 2>err; then ok; else bad "filter_at = start: $(tail -1 err)"; fi
+cmp -s CT/evalset.frozen.jsonl frzref/evalset.frozen.jsonl && ok || bad "the base model's recalled set is the one kept after its A"
+/usr/bin/python3 - CT <<'PY' && ok || bad "filter_at = start: step 0 and the metrics along the run"
+import json, sys
+lines = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
+first = lines[0]
+assert first["step"] == 0 and first["tokens"] == 0 and "loss" not in first
+ev = first["forgetting"]["evalset"]
+assert ev["kept"] > 0 and first["forgetting"]["metrics"]["m_ex"] == 1.0, first
+assert not any("evalset" in m.get("forgetting", {}) for m in lines[1:])  # filtered once
+steps = [m["step"] for m in lines if "metrics" in m.get("forgetting", {})]
+assert steps == [0, 5, 10, 15, 20, 25, 30], steps
+assert all(0 <= m["forgetting"]["metrics"][k] <= 1 for m in lines if "forgetting" in m for k in ("m_ex", "m_in"))
+PY
+rm -rf CTr && cp -r CT CTr && rm -rf CTr/step_000000{15,20,25,30}
+"$moelab" train exp.toml --set run.dir=CTr "${ct[@]}" --resume >/dev/null 2>err || bad "filter_at = start, resume: $(tail -1 err)"
+diff <(strip CT/metrics.jsonl) <(strip CTr/metrics.jsonl) >/dev/null && cmp -s CT/evalset.frozen.jsonl CTr/evalset.frozen.jsonl &&
+  ok || bad "filter_at = start: a resumed run differs"
+rm -rf CTm && cp -r CT CTm && rm -rf CTm/step_000000{15,20,25,30} CTm/evalset.frozen.jsonl
+expect_error "filter_at = start: the set lost" "CTm/evalset.frozen.jsonl: missing; the set the base model recalled before step 1 cannot be rebuilt for CTm/step_00000010" \
+  "$moelab" train exp.toml --set run.dir=CTm "${ct[@]}" --resume
 
 finish "train test"

@@ -206,6 +206,14 @@ void Trainer::start(bool resume) {
   if (!x_.evalset.empty())
     full_set_ = evalset_load(x_.evalset, data_->fingerprint, evalset_limits());
   const RunClaim claim = run_dir_claim(x_, resume);
+  std::error_code ec;
+  // The base model's recalled set (filter_at = "start") is the run's from its start on.
+  if (!claim.ckpt.empty() && !x_.evalset.empty() && x_.filter_at == "start" &&
+      !fs::exists(frozen_path_, ec))
+    fail(fmt::format(
+        "{}: missing; the set the base model recalled before step 1 cannot be rebuilt for {} "
+        "(start the run again in a new run.dir)",
+        frozen_path_, claim.ckpt));
   if (!claim.ckpt.empty())
     resume_from(claim.ckpt);
   else if (!x_.init_from.empty())
@@ -219,7 +227,6 @@ void Trainer::start(bool resume) {
                  long(model_.layout.total), names_brief(frozen).c_str());
   }
   if (claim.stale) run_dir_restart(x_);
-  std::error_code ec;
   fs::create_directories(x_.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
   run_info_write(x_, flops_);
@@ -293,13 +300,7 @@ void Trainer::forgetting_setup() {
 // filter_at = "start": the set the init_from model recalls, filtered before step 1 and logged as
 // step 0; a resumed run keeps the one of its start.
 void Trainer::forgetting_at_start() {
-  std::error_code ec;
-  if (step_ > 0) {
-    if (!fs::exists(frozen_path_, ec))
-      fail(fmt::format(
-          "{}: missing; the set the base model recalled before step 1 cannot be rebuilt at step "
-          "{} (start the run again in a new run.dir)",
-          frozen_path_, step_));
+  if (step_ > 0) {  // start() made sure that it is there
     frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
     have_frozen_ = true;
   } else {
