@@ -255,7 +255,23 @@ struct Ranked {
   int64_t seeds;  // runs behind v
 };
 
-// "lowest: X (v); ..." with whether the gap to the runner-up exceeds two standard errors.
+// Whether a and b differ by more than two standard errors of their difference.
+std::string gap_clause(const Ranked& a, const Ranked& b, int digits) {
+  const double gap = std::abs(a.v - b.v), two_se = 2 * std::hypot(a.se, b.se);
+  if (gap > two_se)
+    return fmt::format("{} leads {} by {:.{}f}, more than two standard errors (±{:.{}f}){}.",
+                       a.name, b.name, gap, digits, two_se, digits,
+                       std::min(a.seeds, b.seeds) < 5
+                           ? "; with fewer than five seeds this is suggestive, not proof"
+                           : "");
+  return fmt::format(
+      "{} and {} differ by {:.{}f}, within two standard errors (±{:.{}f}): not "
+      "ranked.",
+      a.name, b.name, gap, digits, two_se, digits);
+}
+
+// "what: X v, Y w, ..." best first, with whether the first leads the second, and the last,
+// by more than two standard errors.
 std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::string& what,
                       int digits) {
   std::erase_if(r, [](const Ranked& x) { return !std::isfinite(x.v); });
@@ -267,21 +283,12 @@ std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::strin
     list += fmt::format("{}{} {:.{}f}", list.empty() ? "" : ", ", x.name, x.v, digits);
   std::string md = fmt::format("- {}: {}.", what, list);
   if (r.size() < 2) return md + "\n";
-  const double gap = std::abs(r[0].v - r[1].v), two_se = 2 * std::hypot(r[0].se, r[1].se);
-  if (!std::isfinite(two_se))
-    md += fmt::format(
-        " With one seed per method there is no estimate of the run-to-run spread, so this order "
-        "is that of one run each, not a ranking (`--seeds 1,2,3` would give one).");
-  else if (gap > two_se)
-    md += fmt::format(" {} leads {} by {:.{}f}, more than two standard errors (±{:.{}f}){}.",
-                      r[0].name, r[1].name, gap, digits, two_se, digits,
-                      std::min(r[0].seeds, r[1].seeds) < 5
-                          ? "; with fewer than five seeds this is suggestive, not proof"
-                          : "");
-  else
-    md += fmt::format(
-        " {} and {} differ by {:.{}f}, within two standard errors (±{:.{}f}): not ranked.",
-        r[0].name, r[1].name, gap, digits, two_se, digits);
+  if (!std::isfinite(std::hypot(r[0].se, r[1].se)))
+    return md +
+           " With one seed per method there is no estimate of the run-to-run spread, so this "
+           "order is that of one run each, not a ranking (`--seeds 1,2,3` would give one).\n";
+  md += " " + gap_clause(r[0], r[1], digits);
+  if (r.size() > 2 && std::isfinite(r.back().se)) md += " " + gap_clause(r[0], r.back(), digits);
   return md + "\n";
 }
 
