@@ -101,7 +101,7 @@ sed -E '2s/"target":\[[^]]*\]/"target":[]/' ev.jsonl >bad.jsonl
 expect_error "train, empty target" "bad.jsonl:2: 'target' has 0 tokens" "$moelab" train exp.toml --set run.dir=run2 --set eval.evalset=bad.jsonl
 [ -e run2/step_00000001 ] && bad "train started before refusing the set" || ok
 
-# 4. a study that cannot measure anything stops (docs/methods.md §2.6): A far too short to recall
+# 4. a study that cannot measure anything stops (docs/methods.md §5.5): A far too short to recall
 # 20 samples. At the end of A: one line with the count and what to change, exit 1, the
 # checkpoint of A kept and nothing of B trained; a resume stops the same way until told to go on.
 short=(--set run.dir=short --set eval.min_recalled=20)

@@ -297,8 +297,8 @@ void Trainer::forgetting_setup() {
   }
 }
 
-// filter_at = "start": the set the init_from model recalls, filtered before step 1 and logged as
-// step 0; a resumed run keeps the one of its start.
+// filter_at = "start" (methods.md §5.5): the set the init_from model recalls, filtered before
+// step 1 and logged as step 0; a resumed run keeps the one of its start.
 void Trainer::forgetting_at_start() {
   if (step_ > 0) {  // start() made sure that it is there
     frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
