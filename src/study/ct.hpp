@@ -1,11 +1,11 @@
 #pragma once
 // `moelab ct`: the continual-training study. A base checkpoint trained on an original domain
 // goes on training on a new domain, once per method: every parameter (full), low-rank adapters
-// with the base frozen (lora, methods.md §3.11), or new experts beside each frozen FFN (moe-ct),
-// each optionally replaying the original domain, over one or more seeds. Each run tracks the
-// held-out loss on both domains and the forgetting metrics (methods.md §2) of the entity samples
-// the base recalls (M_ex = 1 at the start), so the report shows what each method learned of the
-// new domain against what it kept of the original one.
+// with the base frozen (lora, methods.md §3.11), or new experts beside each frozen FFN (moe-ct,
+// §3.12), each optionally replaying the original domain (§5.1, §5.4), over one or more seeds.
+// Each run tracks the held-out loss on both domains and the forgetting metrics (methods.md §2)
+// of the entity samples the base recalls (M_ex = 1 at the start), so the report shows what each
+// method learned of the new domain against what it kept of the original one.
 //
 // The file is an experiment TOML without [model] and [[phases]] (the base checkpoint gives the
 // model, [ct] the phase) plus a [ct] section:
