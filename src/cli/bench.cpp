@@ -81,6 +81,7 @@ void bench_train(const BenchTrainOptions& o) {
   x.seed = 1234;
   x.clip = 1.0;
   x.skip_nonfinite = true, x.max_skips = INT64_MAX;  // a benchmark measures, whatever the loss
+  x.freeze = o.freeze;
   Trainer trainer(x);
   std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
   for (size_t i = 0; i < tokens.size(); i++) {
@@ -102,8 +103,13 @@ void bench_train(const BenchTrainOptions& o) {
   const FlopCounts fc = config_flops(cfg, T);
   const double tok_s = double(B * T * o.steps) / dt;
   const double gflops = tok_s * fc.train_per_token / 1e9;
-  // Memory the design needs: params, grads and two moments (16 bytes a parameter) + activations.
-  const double estimate = 16.0 * double(pc.total) + double(trainer.model().activation_bytes());
+  // Memory the design needs: params and grads (8 bytes a parameter), two moments (8 bytes a
+  // trainable parameter), activations. Adapters and MoE-CT parts count from the layout.
+  const ParamLayout& lay = trainer.model().layout;
+  int64_t trainable = 0;
+  for (const TensorView& t : lay.tensors) trainable += t.frozen ? 0 : t.numel;
+  const double estimate = 8.0 * double(lay.total) + 8.0 * double(trainable) +
+                          double(trainer.model().activation_bytes());
   nlohmann::ordered_json out = {
       {"config", o.config},
       {"threads", threads},
@@ -111,7 +117,8 @@ void bench_train(const BenchTrainOptions& o) {
       {"batch_size", B},
       {"seq_len", T},
       {"steps", o.steps},
-      {"params_total", pc.total},
+      {"params_total", lay.total},
+      {"params_trainable", trainable},
       {"params_active", pc.active},
       {"tokens_per_s", std::round(tok_s * 10) / 10},
       {"step_ms", std::round(dt / o.steps * 1e4) / 10},

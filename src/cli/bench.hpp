@@ -1,5 +1,6 @@
 #pragma once
 #include <string>
+#include <vector>
 
 #include "core/sysinfo.hpp"
 
@@ -13,6 +14,7 @@ struct BenchTrainOptions {
   double peak_gflops = 0;  // 0 = measure
   bool profile = false;    // per-op time breakdown
   bool bf16 = false;       // linear layers in bf16 (fp32 master weights)
+  std::vector<std::string> freeze;  // regexes of tensors not trained (as [train] freeze)
 };
 // Runs the training benchmark and prints one JSON line.
 void bench_train(const BenchTrainOptions& o);

@@ -31,6 +31,7 @@ void command_bench_train(CLI::App& bench, Commands& c) {
   cmd->add_option("--peak", o->peak_gflops, "FMA peak in GFLOP/s (default: measure)");
   cmd->add_flag("--profile", o->profile, "per-op time breakdown (stderr and JSON)");
   cmd->add_flag("--bf16", o->bf16, "linear layers in bf16 with fp32 accumulation");
+  cmd->add_option("--freeze", o->freeze, "regex of tensor names not trained (repeatable)");
   c.add(cmd, [o] { return bench_train(*o), 0; });
 }
 

@@ -29,6 +29,7 @@ inline CLI::App& command_group(CLI::App& app, const std::string& name,
 // ---- moelab model (cli/model_cmds.cpp)
 void command_model_info(CLI::App& model, Commands& c);
 void command_model_dump(CLI::App& model, Commands& c);
+void command_export(CLI::App& app, Commands& c);  // moelab export
 
 // ---- moelab data (cli/data_cmds.cpp)
 void command_data_prepare(CLI::App& data, Commands& c);
@@ -45,6 +46,7 @@ void command_train(CLI::App& app, Commands& c);
 // ---- moelab run, moelab report (cli/study_cmds.cpp)
 void command_run(CLI::App& app, Commands& c);
 void command_report(CLI::App& app, Commands& c);
+void command_ct(CLI::App& app, Commands& c);
 
 // ---- moelab bench (cli/bench_cmds.cpp; what they measure: cli/bench.cpp)
 void command_bench_peak(CLI::App& bench, Commands& c);

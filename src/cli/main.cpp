@@ -26,10 +26,12 @@ int main(int argc, char** argv) {
   CLI::App& entities = command_group(app, "entities", "entity evaluation sets");
   command_entities_build(entities, c);
   command_eval(app, c);
+  command_export(app, c);
 
   command_train(app, c);
   command_run(app, c);
   command_report(app, c);
+  command_ct(app, c);
 
   CLI::App& bench = command_group(app, "bench", "measure speed");
   command_bench_peak(bench, c);

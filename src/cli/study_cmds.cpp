@@ -12,7 +12,6 @@
 
 namespace moelab {
 
-void command_ct(CLI::App& app, Commands& c);  // until cli/commands.hpp declares it
 
 namespace {
 
@@ -54,13 +53,9 @@ void command_report(CLI::App& app, Commands& c) {
     std::printf("%s\n", report_write(*o).c_str());
     return 0;
   });
-  // Until main lists command_ct in its own place: ct comes after report in the help.
-  command_ct(app, c);
 }
 
 void command_ct(CLI::App& app, Commands& c) {
-  const auto named_ct = [](const CLI::App* sub) { return sub->get_name() == "ct"; };
-  if (!app.get_subcommands(named_ct).empty()) return;  // registered already
   auto o = std::make_shared<CtOptions>();
   auto config = std::make_shared<std::string>();
   auto flags = std::make_shared<std::pair<bool, bool>>(false, false);  // no report, report only

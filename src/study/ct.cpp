@@ -3,12 +3,6 @@
 #include <fmt/format.h>
 #include <omp.h>
 
-// The definitions the tomlplusplus CMake target gives its users (the shared libtomlplusplus,
-// which the train layer links), for a build whose study layer does not name the target itself.
-#ifndef TOML_HEADER_ONLY
-#define TOML_HEADER_ONLY 0
-#define TOML_SHARED_LIB 1
-#endif
 #include <toml++/toml.h>
 
 #include <algorithm>

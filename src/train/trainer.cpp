@@ -157,6 +157,7 @@ void run_info_write(const Experiment& x, const FlopCounts& flops) {
                {"total_steps", x.total_steps()},
                {"filter_after", x.evalset.empty() ? "" : x.filter_after},
                {"filter_at", x.evalset.empty() ? "" : x.filter_at},
+               {"min_recalled", x.min_recalled},
                {"phases", phases},
                {"model", config_to_json(x.model)}};
   if (!x.init_from.empty()) run["init_from"] = x.init_from;
@@ -233,6 +234,7 @@ void Trainer::start(bool resume) {
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(fmt::format("{}: cannot write", metrics_path_));
   forgetting_setup();
+  t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
 }
 
 void Trainer::resume_from(const std::string& ckpt) {
