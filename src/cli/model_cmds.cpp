@@ -16,6 +16,7 @@
 #include "cli/commands.hpp"
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/rng.hpp"
 #include "core/safetensors.hpp"
 #include "model/lora.hpp"
@@ -221,22 +222,8 @@ struct ExportOptions {
   bool merge_lora = false;
 };
 
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail(fmt::format("{}: cannot open for fsync ({})", path, std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
-}
-
 void json_write_synced(const std::string& path, const nlohmann::json& j) {
-  {
-    std::ofstream f(path);
-    f << j.dump(2) << "\n";
-    f.flush();
-    if (!f) fail(fmt::format("{}: write failed (disk full?)", path));
-  }
-  fsync_path(path);
+  file_write_synced(path, j.dump(2) + "\n");
 }
 
 // The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
@@ -264,12 +251,12 @@ void export_write(const std::string& out, const Model<float>& m, const nlohmann:
                       {{"format", "pt"}, {"config", cfg.dump()}});
     json_write_synced((fs::path(tmp) / "config.json").string(), cfg);
     json_write_synced((fs::path(tmp) / "trainer_state.json").string(), state);
-    fsync_path(tmp);
+    file_fsync(tmp);
     fs::rename(tmp, dst, ec);  // a folder with files that appeared there meanwhile stays
     if (ec)
       fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
                        ec.message()));
-    fsync_path(parent.string());
+    file_fsync(parent.string());
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

@@ -1,4 +1,7 @@
 #include "core/fileio.hpp"
+#include <fmt/format.h>
+#include <unistd.h>
+#include <fcntl.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -34,6 +37,24 @@ std::string file_read(const std::string& path) {
   std::ostringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+void file_fsync(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail(fmt::format("{}: cannot open for fsync ({})", path, std::strerror(errno)));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
+}
+
+void file_write_synced(const std::string& path, std::string_view text) {
+  {
+    std::ofstream f(path);
+    f << text;
+    f.flush();
+    if (!f) fail(fmt::format("{}: write failed (disk full?)", path));
+  }
+  file_fsync(path);
 }
 
 }  // namespace moelab

@@ -8,6 +8,12 @@ namespace moelab {
 
 void file_write_atomic(const std::string& path, std::string_view text);
 
+// Flushes a file (or a folder's entries) to the disk; fails with one line naming it.
+void file_fsync(const std::string& path);
+// Writes the text to PATH itself (a file inside a temporary folder that is renamed once whole)
+// and flushes it to the disk.
+void file_write_synced(const std::string& path, std::string_view text);
+
 // The whole file as a string; fails with one line naming the file.
 std::string file_read(const std::string& path);
 

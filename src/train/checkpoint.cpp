@@ -16,6 +16,7 @@
 #include <span>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/safetensors.hpp"
 
 namespace moelab {
@@ -25,22 +26,8 @@ using json = nlohmann::json;
 
 namespace {
 
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail(fmt::format("{}: cannot open for fsync ({})", path, std::strerror(errno)));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
-}
-
-void write_json(const std::string& path, const json& j) {
-  {
-    std::ofstream f(path);
-    f << j.dump(2) << "\n";
-    f.flush();
-    if (!f) fail(fmt::format("{}: write failed (disk full?)", path));
-  }
-  fsync_path(path);
+void write_json(const std::string& path, const nlohmann::json& j) {
+  file_write_synced(path, j.dump(2) + "\n");
 }
 
 std::string step_name(int64_t step) {
@@ -188,10 +175,10 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
     state["optimizer_step"] = o.step;
     state["optimizer_moments"] = kMomentsTrainable;
     write_json((fs::path(tmp) / "trainer_state.json").string(), state);
-    fsync_path(tmp);
+    file_fsync(tmp);
     fs::remove_all(final_dir, ec);
     fs::rename(tmp, final_dir);
-    fsync_path(run_dir);
+    file_fsync(run_dir);
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
