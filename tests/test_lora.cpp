@@ -9,31 +9,12 @@
 #include "model/lora.hpp"
 #include "model/model.hpp"
 #include "test_util.hpp"
+#include "tiny_config.hpp"
 
 using namespace moelab;
 using namespace moelab::test;
 
 namespace {
-
-ModelConfig tiny(bool moe) {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 6;
-  c.intermediate_size = 8;
-  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
-  c.num_local_experts = moe ? 4 : 1;
-  c.num_experts_per_tok = moe ? 2 : 1;
-  c.sliding_window = 4;
-  c.layer_sliding = {true, false};
-  c.max_position_embeddings = 64;
-  c.swiglu_limit = 1.5;
-  c.initializer_range = 0.3;
-  return c;
-}
 
 // alpha != rank: the scale (here 5/3 and 7/2) is exercised.
 ModelConfig with_lora(ModelConfig c, int64_t rank, double alpha, std::vector<std::string> targets) {

@@ -10,37 +10,13 @@
 #include "core/rng.hpp"
 #include "model/model.hpp"
 #include "test_util.hpp"
+#include "tiny_config.hpp"
 #include "train/adamw.hpp"
 
 using namespace moelab;
 using namespace moelab::test;
 
 namespace {
-
-ModelConfig tiny(bool moe) {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 6;
-  c.intermediate_size = 8;
-  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
-  c.num_local_experts = moe ? 4 : 1;
-  c.num_experts_per_tok = moe ? 2 : 1;
-  c.sliding_window = 4;
-  c.layer_sliding = {true, false};
-  c.attention_sinks = true;
-  c.max_position_embeddings = 64;
-  c.yarn_factor = 4.0;
-  c.yarn_original_context = 8;
-  c.swiglu_limit = 1.5;  // small, so that the clamps are active in a tiny model
-  c.router_aux_loss_coef = 0.05;
-  c.router_z_loss_coef = 0.01;
-  c.initializer_range = 0.3;
-  return c;
-}
 
 // A small model for training tests: ordinary init, clamps and RoPE as in gpt-oss.
 ModelConfig trainable(bool moe, int64_t vocab, int64_t width, int64_t head_dim) {
