@@ -27,12 +27,14 @@ constexpr const char* dtype_name(DType t) {
       return "I32";
     case DType::I64:
       return "I64";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
 
 constexpr size_t dtype_size(DType t) {
-  return (t == DType::F32 || t == DType::I32) ? 4 : 8;
+  return t == DType::U8 ? 1 : (t == DType::F32 || t == DType::I32) ? 4 : 8;
 }
 
 // A name or value from the file as it goes into a message: long ones cut (fail() escapes).
@@ -41,9 +43,9 @@ std::string shown(const std::string& s) {
 }
 
 DType dtype_parse(const std::string& s, const std::string& where) {
-  for (DType t : {DType::F32, DType::F64, DType::I32, DType::I64})
+  for (DType t : {DType::F32, DType::F64, DType::I32, DType::I64, DType::U8})
     if (s == dtype_name(t)) return t;
-  fail(where + ": unsupported dtype '" + shown(s) + "' (F32, F64, I32 or I64)");
+  fail(where + ": unsupported dtype '" + shown(s) + "' (F32, F64, I32, I64 or U8)");
 }
 
 template <typename T>
@@ -52,6 +54,7 @@ constexpr DType dtype_of() {
   if constexpr (std::is_same_v<T, double>) return DType::F64;
   if constexpr (std::is_same_v<T, int32_t>) return DType::I32;
   if constexpr (std::is_same_v<T, int64_t>) return DType::I64;
+  if constexpr (std::is_same_v<T, uint8_t>) return DType::U8;
 }
 
 }  // namespace
@@ -68,6 +71,7 @@ template TensorRef tensor_ref(std::string, std::span<const float>, std::vector<i
 template TensorRef tensor_ref(std::string, std::span<const double>, std::vector<int64_t>);
 template TensorRef tensor_ref(std::string, std::span<const int32_t>, std::vector<int64_t>);
 template TensorRef tensor_ref(std::string, std::span<const int64_t>, std::vector<int64_t>);
+template TensorRef tensor_ref(std::string, std::span<const uint8_t>, std::vector<int64_t>);
 
 void safetensors_write(const std::string& path, std::span<const TensorRef> tensors,
                        const std::map<std::string, std::string>& metadata) {

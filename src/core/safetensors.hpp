@@ -10,7 +10,7 @@
 
 namespace moelab {
 
-enum class DType { F32, F64, I32, I64 };
+enum class DType { F32, F64, I32, I64, U8 };
 
 struct TensorRef {  // a view to write
   std::string name;

@@ -55,7 +55,8 @@ void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   const int32_t V = int32_t(c_.vocab_size);
   check(std::all_of(tokens.begin(), tokens.end(), [V](int32_t t) { return t >= 0 && t < V; }),
         "decoder: a token id outside the model's vocabulary");
-  const Ctx<float> c{dev_, dev_.ops<float>(), m_.params.data(), nullptr, &m_.layout};
+  wbuf_.grow(dev_, m_.rebuild_size());
+  const Ctx<float> c = m_.ctx_infer(wbuf_.data());
   const auto& attn = m_.attention_blocks();
   const auto& ffn = m_.ffn_blocks();
   const int64_t N = B_ * n;

@@ -54,6 +54,7 @@ class Decoder {
   FfnBlock<float>::Acts ffn_acts_;
   FfnBlock<float>::Work ffn_work_;
   Buffer<float> x_;          // [B*n, d] the residual stream
+  Buffer<float> wbuf_;       // [rebuild_size] a rebuilt DeRS expert
   Buffer<float> cos_, sin_;  // [L, hd/2]
   Buffer<float> head_in_, xn_, rstd_, logits_;
 

@@ -115,6 +115,60 @@ void parse_moe_ct(ModelConfig& c, const json& v, std::string_view src) {
   }
 }
 
+void parse_ders(ModelConfig& c, const json& v, std::string_view src) {
+  if (v.is_null()) return;
+  if (!v.is_object()) fail(fmt::format("{}: 'ders' must be an object or null", src));
+  const std::string sub = fmt::format("{}: ders", src);
+  Reader r{v, sub};
+  DersConfig& d = c.ders;
+  for (auto& [key, t] : v.items()) {
+    if (key == "delta") {
+      const std::string k = r.string(key);
+      if (k == "sparse")
+        d.delta = DeltaKind::Sparse;
+      else if (k == "lowrank")
+        d.delta = DeltaKind::LowRank;
+      else if (k == "quant")
+        d.delta = DeltaKind::Quant;
+      else if (k == "none")
+        d.delta = DeltaKind::None;
+      else
+        r.bad(key, "must be \"sparse\", \"lowrank\", \"quant\" or \"none\"");
+    } else if (key == "p")
+      d.p = r.number(key);
+    else if (key == "select") {
+      const std::string k = r.string(key);
+      if (k != "random" && k != "topk") r.bad(key, "must be \"random\" or \"topk\"");
+      d.topk = k == "topk";
+    } else if (key == "seed") {
+      const int64_t s = r.integer(key);
+      if (s < 0) r.bad(key, "must be >= 0");
+      d.seed = uint64_t(s);
+    } else if (key == "rank")
+      d.rank = r.integer(key);
+    else if (key == "alpha")
+      d.alpha = r.number(key);
+    else if (key == "bits")
+      d.bits = r.integer(key);
+    else if (key == "base") {
+      d.base = r.string(key);
+      if (d.base != "shared" && d.base != "dense" && d.base != "mean")
+        r.bad(key, "must be \"shared\", \"dense\" or \"mean\"");
+    } else
+      r.bad(key, "is not a known key");
+  }
+}
+
+void parse_layer_list(std::vector<int64_t>& out, const Reader& r, const std::string& key) {
+  const json& t = r.j.at(key);
+  if (!t.is_array()) r.bad(key, "must be an array of layer indices");
+  out.clear();
+  for (const json& e : t) {
+    if (!e.is_number_integer()) r.bad(key, "must be an array of layer indices");
+    out.push_back(e.get<int64_t>());
+  }
+}
+
 void parse_rope_scaling(ModelConfig& c, const json& v, std::string_view src) {
   if (v.is_null()) return;
   if (!v.is_object()) fail(fmt::format("{}: 'rope_scaling' must be an object or null", src));
@@ -228,6 +282,10 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
       parse_lora(c, v, src);
     else if (key == "moe_ct")
       parse_moe_ct(c, v, src);
+    else if (key == "ders")
+      parse_ders(c, v, src);
+    else if (key == "moe_layers")
+      parse_layer_list(c.moe_layers, r, key);
     else if (key == "max_position_embeddings")
       c.max_position_embeddings = r.integer(key);
     else if (key == "rms_norm_eps")
@@ -332,6 +390,25 @@ void config_validate(const ModelConfig& c, std::string_view src) {
           l >= 0 && l < c.num_hidden_layers,
           fmt::format("'moe_ct.layers': layer {} is out of range [0, {})", l, c.num_hidden_layers));
   }
+  for (int64_t l : c.moe_layers)
+    need(l >= 0 && l < c.num_hidden_layers,
+         fmt::format("'moe_layers': layer {} is out of range [0, {})", l, c.num_hidden_layers));
+  const DersConfig& ds = c.ders;
+  if (ds.on()) {
+    need(c.num_local_experts > 1 || c.moe_ct.experts > 1,
+         "'ders' needs routed experts (num_local_experts or moe_ct.experts > 1)");
+    need(std::isfinite(ds.p) && ds.p >= 0 && ds.p < 1,
+         fmt::format("'ders.p' must be in [0, 1) (got {})", ds.p));
+    need(ds.rank >= 1 && ds.rank <= 65536, "'ders.rank' must be in [1, 65536]");
+    need(ds.bits >= 1 && ds.bits <= 8,
+         fmt::format("'ders.bits' must be in 1..8 (got {})", ds.bits));
+    need(std::isfinite(ds.alpha) && ds.alpha >= 0, "'ders.alpha' must be a finite number >= 0");
+    const int64_t full = std::min(c.hidden_size, c.intermediate_size);
+    need(ds.delta != DeltaKind::LowRank || ds.rank <= full,
+         fmt::format("'ders.rank' ({}) exceeds the rank of an expert matrix ({})", ds.rank, full));
+  }
+  need(c.moe_layers.empty() || c.num_local_experts > 1,
+       "'moe_layers' needs num_local_experts > 1");
   if (c.lora.rank != 0 || !c.lora.targets.empty()) {
     need(c.lora.rank >= 1 && c.lora.rank <= 65536, "'lora.rank' must be in [1, 65536]");
     need(std::isfinite(c.lora.alpha) && c.lora.alpha >= 0,
@@ -393,9 +470,42 @@ json config_to_json(const ModelConfig& c) {
                    {"init", m.copy ? "copy" : "random"},
                    {"layers", m.layers}};
   }
+  if (!c.moe_layers.empty()) j["moe_layers"] = c.moe_layers;
+  if (c.ders.on()) {
+    const DersConfig& d = c.ders;
+    const char* kind = d.delta == DeltaKind::Sparse    ? "sparse"
+                       : d.delta == DeltaKind::LowRank ? "lowrank"
+                                                       : "quant";
+    j["ders"] = {{"delta", kind}, {"base", d.base}};
+    if (d.delta == DeltaKind::Sparse)
+      j["ders"].update({{"p", d.p}, {"select", d.topk ? "topk" : "random"}, {"seed", d.seed}});
+    if (d.delta == DeltaKind::LowRank) j["ders"].update({{"rank", d.rank}, {"alpha", d.alpha}});
+    if (d.delta == DeltaKind::Quant) j["ders"]["bits"] = d.bits;
+  }
   if (c.lora.rank > 0)
     j["lora"] = {{"rank", c.lora.rank}, {"alpha", c.lora.alpha}, {"targets", c.lora.targets}};
   return j;
+}
+
+int64_t DersConfig::nnz(int64_t n) const {
+  return std::clamp<int64_t>(std::llround((1.0 - p) * double(n)), 1, n);
+}
+
+bool ModelConfig::moe_at(int64_t layer) const {
+  return num_local_experts > 1 &&
+         (moe_layers.empty() ||
+          std::find(moe_layers.begin(), moe_layers.end(), layer) != moe_layers.end());
+}
+
+ModelConfig ModelConfig::layer_config(int64_t layer) const {
+  ModelConfig c = *this;
+  c.moe_layers.clear();
+  if (num_local_experts > 1 && !moe_at(layer)) {
+    c.ffn_type = FfnKind::Dense;
+    c.num_local_experts = c.num_experts_per_tok = 1;
+    c.ders = {};
+  }
+  return c;
 }
 
 bool MoeCtConfig::on(int64_t layer) const {
@@ -417,9 +527,30 @@ ModelConfig config_load(const std::string& path) {
   return config_from_json(j, path);
 }
 
+// The stored numbers of one layer's expert matrices and biases: E full experts, or with DeRS one
+// base plus E deltas (sparse: the kept values; low-rank: the factors; quant: the codes and
+// scales).
+template <typename N>
+N config_count_experts(const ModelConfig& c, N E) {
+  const N d = N(c.hidden_size), I = N(c.intermediate_size);
+  const N biases = E * (2 * I + d), mats = d * 2 * I + I * d;
+  const DersConfig& ds = c.ders;
+  if (!ds.on() || E <= 1) return E * mats + biases;
+  const N r = N(ds.rank);
+  switch (ds.delta) {
+    case DeltaKind::Sparse:
+      return mats + biases + E * (N(ds.nnz(2 * c.hidden_size * c.intermediate_size)) +
+                                  N(ds.nnz(c.intermediate_size * c.hidden_size)));
+    case DeltaKind::LowRank:
+      return mats + biases + E * r * (d + 2 * I + I + d);
+    default:  // quant: codes, and a scale per output channel
+      return mats + biases + E * (mats + 2 * I + d);
+  }
+}
+
 template <typename N>
 ParamCountsOf<N> config_count_as(const ModelConfig& c) {
-  const N d = N(c.hidden_size), L = N(c.num_hidden_layers), E = N(c.num_local_experts);
+  const N d = N(c.hidden_size), L = N(c.num_hidden_layers);
   const N q = N(c.num_attention_heads) * N(c.head_dim),
           kv = N(c.num_key_value_heads) * N(c.head_dim);
   const N I = N(c.intermediate_size), V = N(c.vocab_size);
@@ -429,13 +560,19 @@ ParamCountsOf<N> config_count_as(const ModelConfig& c) {
   const N attn_layer = (q + 2 * kv) * d + (c.attention_bias ? q + 2 * kv + d : 0) + q * d +
                        (c.attention_sinks ? N(c.num_attention_heads) : 0);
   p.attention = L * attn_layer;
-  p.router = c.is_moe() ? L * (d * E + E) : 0;
   p.per_expert = d * 2 * I + 2 * I + I * d + d;
-  p.experts = L * E * p.per_expert;
+  N active_experts = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; l++) {
+    const bool moe = c.moe_at(l);
+    const N E = moe ? N(c.num_local_experts) : 1, k = moe ? N(c.num_experts_per_tok) : 1;
+    if (c.is_moe() && moe) p.router += d * E + E;
+    p.experts += config_count_experts(c, E);
+    active_experts += k * p.per_expert;
+  }
   p.norms = L * 2 * d + d;
   p.total = p.embedding + p.unembedding + p.attention + p.router + p.experts + p.norms;
   // The output head is active even when tied (it is then the embedding matrix).
-  p.active = p.total - p.embedding - L * (E - N(c.num_experts_per_tok)) * p.per_expert +
+  p.active = p.total - p.embedding - p.experts + active_experts +
              (c.tie_word_embeddings ? V * d : 0);
   return p;
 }
@@ -444,13 +581,18 @@ template ParamCountsOf<double> config_count_as<double>(const ModelConfig&);
 
 FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   const double d = double(c.hidden_size), L = double(c.num_hidden_layers);
-  const double E = double(c.num_local_experts), k = double(c.num_experts_per_tok);
   const double hq = double(c.num_attention_heads * c.head_dim);
   const double hkv = double(c.num_key_value_heads * c.head_dim);
   const double I = double(c.intermediate_size), V = double(c.vocab_size);
   const double attn_w = (hq + 2 * hkv) * d + hq * d;
   const double expert_w = 3 * d * I;
-  const double router_w = c.is_moe() ? d * E : 0;
+  // Summed over layers: active expert matrices (k per layer) and router columns (E per layer).
+  double k_sum = 0, router_sum = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; l++) {
+    const bool moe = c.moe_at(l);
+    k_sum += moe ? double(c.num_experts_per_tok) : 1.0;
+    router_sum += c.is_moe() && moe ? double(c.num_local_experts) : 0.0;
+  }
   constexpr double Cf = 6.0, R = 14.0;
   // Average number of keys a query attends to, per layer kind, over positions 0..seq-1: the
   // mean of min(i + 1, window), in closed form (seq can be the whole context).
@@ -464,10 +606,9 @@ FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   for (bool sliding : c.layer_sliding) attn_ctx += ctx(sliding ? c.sliding_window : 0);
   FlopCounts f;
   f.train_per_token =
-      Cf * (L * (attn_w + router_w + k * expert_w) + V * d) + 2 * Cf * hq * attn_ctx;
-  f.spec52_per_token = L * (Cf * attn_w + 2 * Cf * hq * double(seq) + Cf * k * expert_w +
-                            (c.is_moe() ? R * d * E : 0)) +
-                       Cf * V * d;
+      Cf * (L * attn_w + d * router_sum + k_sum * expert_w + V * d) + 2 * Cf * hq * attn_ctx;
+  f.spec52_per_token = L * (Cf * attn_w + 2 * Cf * hq * double(seq)) + Cf * k_sum * expert_w +
+                       R * d * router_sum + Cf * V * d;
   f.six_na = Cf * double(config_count(c).active);
   return f;
 }

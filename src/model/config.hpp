@@ -39,6 +39,27 @@ struct MoeCtConfig {
   bool on(int64_t layer) const;
 };
 
+// DeRS (docs/methods.md §3.13): every routed expert's matrices stored as one shared base plus a
+// light per-expert delta, W_e = W_base + delta_e: a sparse delta (values at fixed positions,
+// (1 - p) of the matrix), a low-rank one (scale * B_e A_e, B = 0 at the start) or a k-bit one
+// (per-output-channel scale times integer codes). Sparse and low-rank deltas train; the base
+// trains too unless frozen.
+enum class DeltaKind { None, Sparse, LowRank, Quant };
+struct DersConfig {
+  DeltaKind delta = DeltaKind::None;
+  double p = 0.9;       // sparse: the share of each delta dropped
+  bool topk = false;    // sparse: positions kept by magnitude (compress) rather than at random
+  uint64_t seed = 0;    // sparse: the random positions of a fresh model
+  int64_t rank = 4;     // low-rank
+  double alpha = 0;     // low-rank: scale alpha / rank; 0: scale 1
+  int64_t bits = 4;     // quant: 1..8
+  std::string base = "shared";  // what the base is: "shared" (trained), "dense" or "mean"
+  bool on() const { return delta != DeltaKind::None; }
+  double scale() const { return alpha > 0 ? alpha / double(rank) : 1.0; }
+  // kept positions of an [in, out] delta (sparse)
+  int64_t nnz(int64_t n) const;
+};
+
 struct ModelConfig {
   int64_t vocab_size = 8192;
   int64_t hidden_size = 256;        // d
@@ -67,10 +88,16 @@ struct ModelConfig {
   double router_z_loss_coef = 0.001;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
+  std::vector<int64_t> moe_layers;  // the layers with routed experts (empty: all); others dense
   LoraConfig lora;
   MoeCtConfig moe_ct;
+  DersConfig ders;
 
   bool is_moe() const { return ffn_type == FfnKind::Moe; }
+  // Layer l routes among num_local_experts (an MoE config's layer not in moe_layers is dense).
+  bool moe_at(int64_t layer) const;
+  // The config one layer's FFN computes with: E = 1, k = 1, dense, where the layer is not MoE.
+  ModelConfig layer_config(int64_t layer) const;
 };
 
 // Parses and validates; `source` (a file name) starts every error message.

@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/profile.hpp"
+#include "model/delta.hpp"
 
 namespace moelab {
 
@@ -16,29 +17,81 @@ using kernels::WLayout;
 
 FfnKind ffn_kind(const ModelConfig& c, int64_t layer) {
   if (c.moe_ct.on(layer)) return FfnKind::MoeCt;
-  return c.num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
+  return c.moe_at(layer) ? FfnKind::Moe : FfnKind::Dense;
+}
+
+// A routed weight's matrices, [E, in, out] under `name`: E full ones, or with DeRS the shared
+// base NAME_base [in, out] and E deltas (NAME_delta_*).
+void ffn_register_matrix(Weight& w, ParamLayout& p, const ModelConfig& c, const std::string& name,
+                         Init init) {
+  const int64_t E = w.experts, I = w.in, O = w.out;
+  const DersConfig& ds = c.ders;
+  if (!ds.on() || E <= 1) {
+    w.w = p.add(name, {E, I, O}, init, true);
+    return;
+  }
+  w.shared = true;
+  w.w = p.add(name + "_base", {I, O}, init, true);
+  WeightDelta& d = w.delta;
+  d.kind = ds.delta;
+  if (ds.delta == DeltaKind::Sparse) {
+    d.nnz = ds.nnz(I * O);
+    d.values = p.add(name + "_delta_values", {E, d.nnz}, Init::Zeros, true);
+    d.indices = p.add_int(name + "_delta_indices", {E, d.nnz}, 32);
+  } else if (ds.delta == DeltaKind::LowRank) {
+    LoraSlot s;
+    s.A = p.add(name + "_delta_A", {E, ds.rank, I}, Init::Normal, true);
+    s.B = p.add(name + "_delta_B", {E, O, ds.rank}, Init::Zeros, true);
+    s.rank = ds.rank, s.scale = ds.scale(), s.out_n = O;
+    w.lora.push_back(s);
+  } else {  // quant: codes and scales come from `moelab compress`; a fresh delta is zero
+    d.codes = p.add_int(name + "_delta_codes", {E, I, O}, 8);
+    d.scales = p.add(name + "_delta_scales", {E, O}, Init::Zeros, false);
+    p.tensors.back().frozen = true;
+  }
+}
+
+void ffn_register_experts(FfnParams& f, ParamLayout& p, const ModelConfig& c,
+                          const std::string& pre, bool router) {
+  const int64_t d = c.hidden_size, E = c.num_local_experts, I = c.intermediate_size;
+  if (router) {
+    f.router = {.in = d, .out = E};
+    f.router.w = p.add(pre + "router.weight", {E, d}, Init::Normal, true);
+    f.router.b = p.add(pre + "router.bias", {E}, Init::Zeros, false);
+  }
+  f.up = {.in = d, .out = 2 * I, .layout = WLayout::InOut, .experts = E};
+  ffn_register_matrix(f.up, p, c, pre + "experts.gate_up_proj", Init::Normal);
+  f.up.b = p.add(pre + "experts.gate_up_proj_bias", {E, 2 * I}, Init::Zeros, false);
+  f.down = {.in = I, .out = d, .layout = WLayout::InOut, .experts = E};
+  ffn_register_matrix(f.down, p, c, pre + "experts.down_proj", Init::NormalScaled);
+  f.down.b = p.add(pre + "experts.down_proj_bias", {E, d}, Init::Zeros, false);
 }
 
 FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l) {
-  const int64_t d = c.hidden_size, E = c.num_local_experts, I = c.intermediate_size;
+  auto lc = std::make_shared<const ModelConfig>(c.layer_config(l));
   const std::string pre = fmt::format("model.layers.{}.", l);
   FfnParams f;
   f.layer = l;
+  f.cfg = lc;
   f.kind = ffn_kind(c, l);
-  f.mix = c.num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
-  f.ln = p.add(pre + "post_attention_layernorm.weight", {d}, Init::Ones, false);
-  if (c.is_moe()) {  // Hugging Face MoE files carry a router, even for one expert
-    f.router = {.in = d, .out = E};
-    f.router.w = p.add(pre + "mlp.router.weight", {E, d}, Init::Normal, true);
-    f.router.b = p.add(pre + "mlp.router.bias", {E}, Init::Zeros, false);
-  }
-  f.up = {.in = d, .out = 2 * I, .layout = WLayout::InOut, .experts = E};
-  f.up.w = p.add(pre + "mlp.experts.gate_up_proj", {E, d, 2 * I}, Init::Normal, true);
-  f.up.b = p.add(pre + "mlp.experts.gate_up_proj_bias", {E, 2 * I}, Init::Zeros, false);
-  f.down = {.in = I, .out = d, .layout = WLayout::InOut, .experts = E};
-  f.down.w = p.add(pre + "mlp.experts.down_proj", {E, I, d}, Init::NormalScaled, true);
-  f.down.b = p.add(pre + "mlp.experts.down_proj_bias", {E, d}, Init::Zeros, false);
+  f.mix = lc->num_local_experts > 1 ? FfnKind::Moe : FfnKind::Dense;
+  f.ln = p.add(pre + "post_attention_layernorm.weight", {c.hidden_size}, Init::Ones, false);
+  // Hugging Face MoE files carry a router, even for one expert
+  ffn_register_experts(f, p, *lc, pre + "mlp.", lc->is_moe());
   return f;
+}
+
+void ffn_init_positions(const FfnParams& f, std::span<int32_t> index, uint64_t seed) {
+  for (const Weight* w : {&f.up, &f.down}) {
+    const WeightDelta& d = w->delta;
+    if (d.kind != DeltaKind::Sparse) continue;
+    for (int64_t e = 0; e < w->experts; e++) {
+      const uint64_t stream = (uint64_t(d.indices) << 16) ^ uint64_t(e);
+      const std::vector<int32_t> pos = delta_random_positions(seed, stream, w->in * w->out, d.nnz);
+      std::copy(pos.begin(), pos.end(), index.begin() + d.indices + e * d.nnz);
+    }
+  }
+  if (f.ct) ffn_init_positions(f.ct->experts, index, seed);
 }
 
 void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
@@ -49,6 +102,7 @@ void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
 
 template <typename T>
 FfnBlock<T>::FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {
+  if (p_.cfg) c_ = p_.cfg.get();
   if (p_.ct) ct_ = std::make_shared<const FfnBlock>(p_.ct->cfg, p_.ct->experts);
 }
 

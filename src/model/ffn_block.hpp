@@ -21,6 +21,7 @@ struct CtParams;
 
 struct FfnParams {
   int64_t layer = 0;
+  std::shared_ptr<const ModelConfig> cfg;  // the layer's (ModelConfig::layer_config)
   FfnKind kind = FfnKind::Dense;       // what it computes (ffn_kind)
   FfnKind mix = FfnKind::Dense;        // what the layer's own FFN computes: Dense or Moe
   int64_t ln = -1;                     // post_attention_layernorm [d]
@@ -45,6 +46,12 @@ struct CtParams {
 FfnKind ffn_kind(const ModelConfig& c, int64_t layer);
 
 FfnParams ffn_register(ParamLayout& p, const ModelConfig& c, int64_t l);
+// Router (optional) and experts of config c under the prefix `pre` ("model.layers.L.mlp."):
+// full matrices, or with DeRS a shared base and per-expert deltas.
+void ffn_register_experts(FfnParams& f, ParamLayout& p, const ModelConfig& c,
+                          const std::string& pre, bool router);
+// The fixed random positions of the layer's sparse deltas (DeRS-SM), into the int32 store.
+void ffn_init_positions(const FfnParams& f, std::span<int32_t> index, uint64_t seed);
 // Adapters and MoE-CT parts come after every base tensor (so the base keeps its place and its
 // initial values).
 void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c);

@@ -63,6 +63,10 @@ Model<T>::Model(const ModelConfig& c, int64_t batch, int64_t seq, Device& dev)
   mp_ = model_register(layout, cfg);
   params.assign(size_t(layout.total), T(0));
   grads.assign(size_t(layout.total), T(0));
+  index.assign(size_t(layout.total_i32), 0);
+  codes.assign(size_t(layout.total_i8), 0);
+  wbuf_.resize(dev, rebuild_size());
+  gbuf_.resize(dev, rebuild_size());
   const int64_t L = cfg.num_hidden_layers, d = cfg.hidden_size, hd = cfg.head_dim;
   act_.attn.resize(size_t(L));
   act_.ffn.resize(size_t(L));
@@ -107,6 +111,8 @@ void Model<T>::init_weights(uint64_t seed) {
       }
     }
   }
+  for (const FfnParams& f : mp_.ffn) ffn_init_positions(f, std::span<int32_t>(index), cfg.ders.seed);
+  std::fill(codes.begin(), codes.end(), int8_t(0));
   init_derived([](const std::string&) { return true; });
 }
 
@@ -122,7 +128,29 @@ void Model<T>::zero_grad() {
 
 template <typename T>
 Ctx<T> Model<T>::ctx(bool with_grads) {
-  return {*dev_, dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr, &layout};
+  return {*dev_,         dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr,
+          &layout,       index.data(),   codes.data(),  wbuf_.data(),
+          gbuf_.data()};
+}
+
+template <typename T>
+Ctx<T> Model<T>::ctx_infer(T* wbuf) const {
+  return {*dev_, dev_->ops<T>(), params.data(), nullptr, &layout, index.data(), codes.data(), wbuf,
+          nullptr};
+}
+
+template <typename T>
+int64_t Model<T>::rebuild_size() const {
+  int64_t n = 0;
+  auto take = [&](const FfnParams& f) {
+    for (const Weight* w : {&f.up, &f.down})
+      if (w->rebuilt()) n = std::max(n, w->in * w->out);
+  };
+  for (const FfnParams& f : mp_.ffn) {
+    take(f);
+    if (f.ct) take(f.ct->experts);
+  }
+  return n;
 }
 
 // ----------------------------------------------------------------------------

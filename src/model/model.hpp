@@ -66,11 +66,17 @@ class Model {
   Device& device() const { return *dev_; }
   // The block context over this model's parameters (and gradients, for training).
   Ctx<T> ctx(bool with_grads);
+  // The same without gradients, rebuilding DeRS experts into `wbuf` [rebuild_size()].
+  Ctx<T> ctx_infer(T* wbuf) const;
+  // Elements of the largest expert matrix a DeRS delta rebuilds (0 without one).
+  int64_t rebuild_size() const;
 
   ModelConfig cfg;
   ParamLayout layout;
   std::vector<T> params;  // [layout.total]
   std::vector<T> grads;   // [layout.total]
+  std::vector<int32_t> index;  // [layout.total_i32] DeRS sparse positions
+  std::vector<int8_t> codes;   // [layout.total_i8]  DeRS quantized codes
   int64_t B, Tq;          // batch, sequence length
   int64_t N;              // B * Tq tokens
 
@@ -98,6 +104,7 @@ class Model {
   typename AttentionBlock<T>::Work attn_work_;
   typename FfnBlock<T>::Work ffn_work_;
   Buffer<T> rope_cos_, rope_sin_;  // [T, hd/2]
+  Buffer<T> wbuf_, gbuf_;          // [rebuild_size()] a rebuilt DeRS expert and its gradient
   bool have_forward_ = false;
 };
 

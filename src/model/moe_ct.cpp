@@ -20,7 +20,7 @@ using kernels::WLayout;
 void ffn_register_ct(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
   if (f.kind != FfnKind::MoeCt) return;
   const MoeCtConfig& m = c.moe_ct;
-  const int64_t d = c.hidden_size, N = m.experts, I = c.intermediate_size;
+  const int64_t N = m.experts, d = c.hidden_size;
   const std::string pre = fmt::format("model.layers.{}.mlp.ct.", f.layer);
   auto ct = std::make_shared<CtParams>();
   ct->cfg = c;
@@ -28,19 +28,12 @@ void ffn_register_ct(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
   ct->cfg.num_experts_per_tok = m.top_k;
   ct->cfg.ffn_type = FfnKind::Moe;
   ct->cfg.moe_ct = {};
+  ct->cfg.moe_layers.clear();
   ct->gate = m.gate, ct->lambda = m.lambda, ct->copy = m.copy;
   FfnParams& e = ct->experts;
   e.layer = f.layer;
   e.kind = e.mix = FfnKind::Moe;
-  e.router = {.in = d, .out = N};
-  e.router.w = p.add(pre + "router.weight", {N, d}, Init::Normal, true);
-  e.router.b = p.add(pre + "router.bias", {N}, Init::Zeros, false);
-  e.up = {.in = d, .out = 2 * I, .layout = WLayout::InOut, .experts = N};
-  e.up.w = p.add(pre + "experts.gate_up_proj", {N, d, 2 * I}, Init::Normal, true);
-  e.up.b = p.add(pre + "experts.gate_up_proj_bias", {N, 2 * I}, Init::Zeros, false);
-  e.down = {.in = I, .out = d, .layout = WLayout::InOut, .experts = N};
-  e.down.w = p.add(pre + "experts.down_proj", {N, I, d}, Init::NormalScaled, true);
-  e.down.b = p.add(pre + "experts.down_proj_bias", {N, d}, Init::Zeros, false);
+  ffn_register_experts(e, p, ct->cfg, pre, true);
   if (m.gate == CtGate::Scalar) ct->scalar = p.add(pre + "gate.weight", {1}, Init::Zeros, false);
   if (m.gate == CtGate::Token) {
     ct->token = {.in = d, .out = 1};
@@ -63,16 +56,22 @@ void FfnBlock<T>::ct_derive(std::span<T> P, const ParamLayout& layout,
   };
   const int64_t E = c_->num_local_experts, N = ct.cfg.num_local_experts;
   struct Copy {
-    int64_t to, from, n;  // offsets, and the elements per expert
+    int64_t to, n, per;  // offset, matrices to fill (N, or 1 for a shared DeRS base), elements
+    const Weight& from;
+    bool bias;
   };
   const Weight &up = ct.experts.up, &down = ct.experts.down;
+  auto at = [](const Weight& w, int64_t e, bool bias) {
+    return bias ? w.b + e * w.out : w.w_at(e);
+  };
   if (ct.copy)
-    for (const Copy& cp :
-         {Copy{up.w, p_.up.w, up.in * up.out}, Copy{up.b, p_.up.b, up.out},
-          Copy{down.w, p_.down.w, down.in * down.out}, Copy{down.b, p_.down.b, down.out}})
+    for (const Copy& cp : {Copy{up.w, up.shared ? 1 : N, up.in * up.out, p_.up, false},
+                           Copy{up.b, N, up.out, p_.up, true},
+                           Copy{down.w, down.shared ? 1 : N, down.in * down.out, p_.down, false},
+                           Copy{down.b, N, down.out, p_.down, true}})
       set(cp.to, [&](T* out) {
-        for (int64_t i = 0; i < N; i++)
-          std::copy_n(P.data() + cp.from + (i % E) * cp.n, cp.n, out + i * cp.n);
+        for (int64_t i = 0; i < cp.n; i++)
+          std::copy_n(P.data() + at(cp.from, i % E, cp.bias), cp.per, out + i * cp.per);
       });
   if (ct.scalar >= 0) set(ct.scalar, [&](T* a) { a[0] = T(ct.lambda); });
   if (ct.token.b >= 0)

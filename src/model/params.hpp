@@ -23,16 +23,32 @@ struct TensorView {
   bool frozen = false;  // no parameter gradient, skipped by the optimizer
 };
 
+// Integer tensors (DeRS: a sparse delta's positions, int32; a quantized delta's codes, int8) live
+// in their own stores beside the float parameters: never trained, never in the optimizer.
+struct IntTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0;  // into the int32 or the int8 store
+  int64_t numel = 0;
+  int bits = 32;  // 32: int32 store; 8: int8 store
+};
+
 // The model's tensors in registration order. Blocks register their own tensors (add) and keep
 // the offsets; nothing here knows what a layer is made of.
 struct ParamLayout {
   std::vector<TensorView> tensors;
   int64_t total = 0;
+  std::vector<IntTensor> ints;
+  int64_t total_i32 = 0, total_i8 = 0;
 
   // Appends a tensor of this shape; returns its offset in the flat buffer.
   int64_t add(std::string name, std::vector<int64_t> shape, Init init, bool decay);
 
+  // Appends an integer tensor to the int32 (bits 32) or int8 (bits 8) store; returns its offset.
+  int64_t add_int(std::string name, std::vector<int64_t> shape, int bits);
+
   const TensorView* find(std::string_view name) const;
+  const IntTensor* find_int(std::string_view name) const;
   // Freezes (or unfreezes) every tensor whose name matches the ECMAScript regex; returns the
   // number of tensors matched.
   int64_t set_frozen(const std::string& regex, bool frozen);

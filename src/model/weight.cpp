@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab {
 
@@ -12,6 +13,10 @@ int64_t Weight::lora_rank() const {
   int64_t r = 0;
   for (const LoraSlot& s : lora) r += s.rank;
   return r;
+}
+
+bool Weight::rebuilt() const {
+  return delta.kind == DeltaKind::Sparse || delta.kind == DeltaKind::Quant;
 }
 
 // Adapter tensors are named after their weight as PEFT names them: NAME.lora_A.weight [r, in]
@@ -51,6 +56,50 @@ T* Ctx<T>::grad(int64_t offset, int64_t n) const {
 }
 
 // ----------------------------------------------------------------------------
+// DeRS: rebuilding an expert, or adding its sparse delta directly
+
+namespace {
+
+// c.wbuf [in, out] (as stored) = base + delta_e; returns it.
+template <typename T>
+const T* weight_rebuild(const Ctx<T>& c, const Weight& w, int64_t e) {
+  const int64_t n = w.in * w.out, O = w.out;
+  const WeightDelta& d = w.delta;
+  const T* base = c.P + w.w;
+  T* W = c.wbuf;
+  check(W != nullptr, "weight: a DeRS expert needs the rebuild scratch");
+  if (d.kind == DeltaKind::Sparse) {
+    std::copy_n(base, n, W);
+    const int32_t* pos = c.I + d.indices + e * d.nnz;
+    const T* v = c.P + d.values + e * d.nnz;
+    for (int64_t j = 0; j < d.nnz; j++) W[pos[j]] += v[j];
+    return W;
+  }
+  const int8_t* q = c.Q + d.codes + e * n;  // quant: per output channel scales
+  const T* s = c.P + d.scales + e * O;
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
+  for (int64_t i = 0; i < w.in; i++)
+    for (int64_t o = 0; o < O; o++) W[i * O + o] = base[i * O + o] + s[o] * T(q[i * O + o]);
+  return W;
+}
+
+// out [N, out] += x [N, in] delta_e for a sparse delta stored as positions i * out + o
+// (the InOut layout): N * nnz multiply-adds, cheaper than a rebuild for few rows.
+template <typename T>
+void weight_sparse_add(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x,
+                       int64_t N) {
+  const WeightDelta& d = w.delta;
+  const int32_t* pos = c.I + d.indices + e * d.nnz;
+  const T* v = c.P + d.values + e * d.nnz;
+  const int64_t I = w.in, O = w.out;
+#pragma omp parallel for schedule(static) if (parallel_worth(N * d.nnz))
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t j = 0; j < d.nnz; j++) out[n * O + pos[j] % O] += v[j] * x[n * I + pos[j] / O];
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
 // forward: the base map, then each adapter's scale * (x A^T) B^T added onto its columns
 
 template <typename T>
@@ -58,8 +107,12 @@ void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T
                     T* xa) {
   const int64_t I = w.in, O = w.out;
   const T* b = w.b >= 0 ? c.P + w.b + e * O : nullptr;
-  c.op.linear_forward(out, x, c.P + w.w + e * I * O, b, N, I, O, w.layout, c.dev.precision);
+  const WeightDelta& d = w.delta;
+  const bool direct = d.kind == DeltaKind::Sparse && N * d.nnz <= I * O;
+  const T* W = w.rebuilt() && !direct && N > 0 ? weight_rebuild(c, w, e) : c.P + w.w_at(e);
+  c.op.linear_forward(out, x, W, b, N, I, O, w.layout, c.dev.precision);
   if (N == 0) return;
+  if (direct) weight_sparse_add(c, w, e, out, x, N);
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;
   for (const LoraSlot& s : w.lora) {
@@ -76,16 +129,49 @@ void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T
 }
 
 // ----------------------------------------------------------------------------
+// backward of a rebuilt expert: the gradient of W_e = base + delta_e goes whole to the base and,
+// at the kept positions, to the sparse values (codes and scales do not train)
+
+namespace {
+
+template <typename T>
+void weight_backward_rebuilt(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout,
+                             const T* x, int64_t N, T* dW, T* db, bool dx_accumulate) {
+  const int64_t I = w.in, O = w.out, n = I * O;
+  const WeightDelta& d = w.delta;
+  const T* W = weight_rebuild(c, w, e);
+  T* dv = d.kind == DeltaKind::Sparse ? c.grad(d.values + e * d.nnz, d.nnz) : nullptr;
+  if (!dv) {
+    c.op.linear_backward(dx, dW, db, dout, x, W, N, I, O, w.layout, dx_accumulate,
+                         c.dev.precision);
+    return;
+  }
+  check(c.gbuf != nullptr, "weight: a trained sparse delta needs the gradient scratch");
+  std::fill_n(c.gbuf, n, T(0));
+  c.op.linear_backward(dx, c.gbuf, db, dout, x, W, N, I, O, w.layout, dx_accumulate,
+                       c.dev.precision);
+  const int32_t* pos = c.I + d.indices + e * d.nnz;
+  for (int64_t j = 0; j < d.nnz; j++) dv[j] += c.gbuf[pos[j]];
+  if (dW) c.op.add(dW, dW, c.gbuf, n);
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
 // backward: with h = scale x A^T saved, dB += dy^T h, dh = scale dy B, dA += dh^T x, dx += dh A
 
 template <typename T>
 void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout, const T* x,
                      int64_t N, const T* xa, T* dxa, bool dx_accumulate) {
   const int64_t I = w.in, O = w.out;
-  T* dW = c.grad(w.w + e * I * O, I * O);
+  T* dW = c.grad(w.w_at(e), I * O);
   T* db = w.b >= 0 ? c.grad(w.b + e * O, O) : nullptr;
-  c.op.linear_backward(dx, dW, db, dout, x, c.P + w.w + e * I * O, N, I, O, w.layout, dx_accumulate,
-                       c.dev.precision);
+  if (w.rebuilt() && N > 0) {
+    weight_backward_rebuilt(c, w, e, dx, dout, x, N, dW, db, dx_accumulate);
+  } else {
+    c.op.linear_backward(dx, dW, db, dout, x, c.P + w.w_at(e), N, I, O, w.layout, dx_accumulate,
+                         c.dev.precision);
+  }
   if (N == 0) return;
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;

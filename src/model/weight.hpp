@@ -27,14 +27,31 @@ struct LoraSlot {
   int64_t B_at(int64_t e) const { return B + e * out_n * rank; }
 };
 
+// DeRS (docs/methods.md §3.13): expert e's matrix is the shared base (Weight::w, one matrix for
+// all experts) plus delta_e. A low-rank delta is a LoraSlot per expert; a sparse or quantized
+// one is rebuilt into scratch when an expert has rows (or, sparse, added to x W^T directly when
+// that is cheaper).
+struct WeightDelta {
+  DeltaKind kind = DeltaKind::None;
+  int64_t nnz = 0;       // sparse: kept positions per expert
+  int64_t values = -1;   // sparse: [E, nnz] parameters
+  int64_t indices = -1;  // sparse: [E, nnz] flat positions in the [in, out] matrix (int32 store)
+  int64_t codes = -1;    // quant: [E, in, out] (int8 store)
+  int64_t scales = -1;   // quant: [E, out] parameters (frozen)
+};
+
 struct Weight {
   int64_t w = -1, b = -1;  // offsets of the matrix and of the bias (-1: no bias)
   int64_t in = 0, out = 0;
   kernels::WLayout layout = kernels::WLayout::OutIn;
   int64_t experts = 1;  // matrices, biases and adapters repeat per expert with these strides
   std::vector<LoraSlot> lora;
+  bool shared = false;  // one matrix for every expert (the DeRS base)
+  WeightDelta delta;
 
   int64_t lora_rank() const;  // sum of the slots' ranks: columns of the saved x A^T
+  int64_t w_at(int64_t e) const { return shared ? w : w + e * in * out; }
+  bool rebuilt() const;  // a sparse or quantized delta: expert matrices are rebuilt
 };
 
 // Registers the adapters a LoRA config asks for on a weight whose tensors are named `names` (one
@@ -51,6 +68,12 @@ struct Ctx {
   const T* P;
   T* G;  // null: no gradients (inference)
   const ParamLayout* layout;
+  // DeRS: the integer stores, and scratch for one rebuilt expert matrix and its gradient
+  // ([in * out] of the largest rebuilt weight each)
+  const int32_t* I = nullptr;
+  const int8_t* Q = nullptr;
+  T* wbuf = nullptr;
+  T* gbuf = nullptr;
   T* grad(int64_t offset, int64_t n) const;  // null when absent or frozen
 };
 
