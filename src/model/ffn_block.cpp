@@ -37,7 +37,7 @@ void ffn_register_matrix(Weight& w, ParamLayout& p, const ModelConfig& c, const 
   if (ds.delta == DeltaKind::Sparse) {
     d.nnz = ds.nnz(I * O);
     d.values = p.add(name + "_delta_values", {E, d.nnz}, Init::Zeros, true);
-    d.indices = p.add_int(name + "_delta_indices", {E, d.nnz}, 32);
+    d.indices = p.add_int(name + "_delta_indices", {E, d.nnz}, 32, I * O);
   } else if (ds.delta == DeltaKind::LowRank) {
     LoraSlot s;
     s.A = p.add(name + "_delta_A", {E, ds.rank, I}, Init::Normal, true);
@@ -45,7 +45,7 @@ void ffn_register_matrix(Weight& w, ParamLayout& p, const ModelConfig& c, const 
     s.rank = ds.rank, s.scale = ds.scale(), s.out_n = O;
     w.lora.push_back(s);
   } else {  // quant: codes and scales come from `moelab compress`; a fresh delta is zero
-    d.codes = p.add_int(name + "_delta_codes", {E, I, O}, 8);
+    d.codes = p.add_int(name + "_delta_codes", {E, I, O}, 8, ds.bits);
     d.scales = p.add(name + "_delta_scales", {E, O}, Init::Zeros, false);
     p.tensors.back().frozen = true;
   }

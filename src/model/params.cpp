@@ -17,13 +17,14 @@ int64_t ParamLayout::add(std::string name, std::vector<int64_t> shape, Init init
   return off;
 }
 
-int64_t ParamLayout::add_int(std::string name, std::vector<int64_t> shape, int bits) {
+int64_t ParamLayout::add_int(std::string name, std::vector<int64_t> shape, int bits,
+                             int64_t bound) {
   check(bits == 32 || bits == 8, "add_int: an integer tensor is int32 or int8");
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   int64_t& total_of = bits == 32 ? total_i32 : total_i8;
   const int64_t off = total_of;
-  ints.push_back({std::move(name), std::move(shape), off, n, bits});
+  ints.push_back({std::move(name), std::move(shape), off, n, bits, bound});
   total_of += n;
   return off;
 }

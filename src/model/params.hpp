@@ -31,6 +31,7 @@ struct IntTensor {
   int64_t offset = 0;  // into the int32 or the int8 store
   int64_t numel = 0;
   int bits = 32;  // 32: int32 store; 8: int8 store
+  int64_t bound = 0;  // int32: every value in [0, bound); int8: the codes' bit width
 };
 
 // The model's tensors in registration order. Blocks register their own tensors (add) and keep
@@ -45,7 +46,7 @@ struct ParamLayout {
   int64_t add(std::string name, std::vector<int64_t> shape, Init init, bool decay);
 
   // Appends an integer tensor to the int32 (bits 32) or int8 (bits 8) store; returns its offset.
-  int64_t add_int(std::string name, std::vector<int64_t> shape, int bits);
+  int64_t add_int(std::string name, std::vector<int64_t> shape, int bits, int64_t bound);
 
   const TensorView* find(std::string_view name) const;
   const IntTensor* find_int(std::string_view name) const;

@@ -18,6 +18,7 @@
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/safetensors.hpp"
+#include "model/delta.hpp"
 
 namespace moelab {
 
@@ -136,6 +137,74 @@ std::vector<std::string> checkpoint_list(const std::string& run_dir) {
   return out;
 }
 
+// ----------------------------------------------------------------------------
+// integer tensors (DeRS): int32 positions as I32; int8 codes packed to their bit width as U8
+
+namespace {
+
+struct IntRefs {
+  std::vector<std::vector<uint8_t>> packed;  // keeps the packed codes alive
+  std::vector<TensorRef> refs;
+};
+
+IntRefs ints_refs(const Model<float>& model) {
+  IntRefs r;
+  r.packed.reserve(model.layout.ints.size());
+  for (const IntTensor& t : model.layout.ints) {
+    if (t.bits == 32) {
+      r.refs.push_back(tensor_ref<int32_t>(
+          t.name, std::span<const int32_t>(model.index.data() + t.offset, size_t(t.numel)),
+          t.shape));
+      continue;
+    }
+    r.packed.push_back(
+        delta_pack(std::span<const int8_t>(model.codes.data() + t.offset, size_t(t.numel)),
+                   t.bound));
+    const auto& b = r.packed.back();
+    r.refs.push_back(tensor_ref<uint8_t>(t.name, std::span<const uint8_t>(b), {int64_t(b.size())}));
+  }
+  return r;
+}
+
+// Reads the model's integer tensors that `tensors` holds (all of them when `required`), each
+// checked before any is stored: shape, dtype, and every position inside its matrix.
+void ints_load(const std::map<std::string, TensorData>& tensors, const std::string& file,
+               Model<float>& model, bool required) {
+  std::vector<std::pair<const IntTensor*, const TensorData*>> found;
+  for (const IntTensor& t : model.layout.ints) {
+    auto it = tensors.find(t.name);
+    if (it == tensors.end()) {
+      if (required) fail(fmt::format("{}: tensor '{}' is missing", file, t.name));
+      continue;
+    }
+    const TensorData& d = it->second;
+    const int64_t packed = (t.numel * t.bound + 7) / 8;
+    if (t.bits == 32 && (d.dtype != DType::I32 || d.shape != t.shape))
+      fail(fmt::format("{}: tensor '{}' must be I32 {} (positions)", file, t.name,
+                       shape_str(t.shape)));
+    if (t.bits == 8 && (d.dtype != DType::U8 || d.shape != std::vector<int64_t>{packed}))
+      fail(fmt::format("{}: tensor '{}' must be U8 [{}] ({}-bit codes packed)", file, t.name,
+                       packed, t.bound));
+    if (t.bits == 32)
+      for (int32_t v : d.as<int32_t>())
+        if (v < 0 || v >= t.bound)
+          fail(fmt::format("{}: tensor '{}' has position {} outside [0, {})", file, t.name, v,
+                           t.bound));
+    found.push_back({&t, &d});
+  }
+  for (const auto& [t, d] : found) {
+    if (t->bits == 32) {
+      const auto v = d->as<int32_t>();
+      std::copy(v.begin(), v.end(), model.index.begin() + t->offset);
+    } else {
+      const auto v = delta_unpack(d->as<uint8_t>(), t->numel, t->bound);
+      std::copy(v.begin(), v.end(), model.codes.begin() + t->offset);
+    }
+  }
+}
+
+}  // namespace
+
 std::string checkpoint_save(const std::string& run_dir, int64_t step, const Model<float>& model,
                             const AdamW<float>& opt, const json& trainer_state, int keep_last) {
   std::error_code ec;
@@ -165,6 +234,8 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
         moments.push_back(tensor_ref<float>(
             prefix + t.name, std::span<const float>(buf->data() + at, size_t(t.numel)), t.shape));
     }
+    const IntRefs ints = ints_refs(model);
+    weights.insert(weights.end(), ints.refs.begin(), ints.refs.end());
     const json cfg = config_to_json(model.cfg);
     safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
                       {{"format", "pt"}, {"config", cfg.dump()}});
@@ -205,6 +276,7 @@ json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* 
     const auto v = tensor_get(tensors, weights, t.name, t.shape);
     std::copy(v.begin(), v.end(), model.params.begin() + t.offset);
   }
+  ints_load(tensors, weights, model, true);
   // Older versions could save a diverged model; resuming from it would fail at its first step.
   if (const auto bad = std::count_if(model.params.begin(), model.params.end(),
                                      [](float f) { return !std::isfinite(f); });
@@ -237,6 +309,7 @@ InitReport checkpoint_init_from(const std::string& dir, Model<float>& model) {
   const auto tensors = safetensors_read(file);
   // Every refusal comes before the first copy: a refused model is left as it was.
   for (const auto& [name, data] : tensors) {
+    if (model.layout.find_int(name)) continue;  // checked by ints_load
     const TensorView* t = model.layout.find(name);
     if (!t)
       fail(
@@ -253,6 +326,7 @@ InitReport checkpoint_init_from(const std::string& dir, Model<float>& model) {
         bad > 0)
       fail(fmt::format("{}: tensor '{}' has {} values that are not finite", file, name, bad));
   }
+  ints_load(tensors, file, model, false);
   InitReport r;
   for (const TensorView& t : model.layout.tensors) {
     auto it = tensors.find(t.name);
