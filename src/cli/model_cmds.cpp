@@ -222,47 +222,6 @@ struct ExportOptions {
   bool merge_lora = false;
 };
 
-void json_write_synced(const std::string& path, const nlohmann::json& j) {
-  file_write_synced(path, j.dump(2) + "\n");
-}
-
-// The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
-// state), written as checkpoints are: into a hidden temporary folder beside it, every file
-// fsynced, then renamed, so that an error leaves nothing under `out`.
-void export_write(const std::string& out, const Model<float>& m, const nlohmann::json& state) {
-  fs::path dst = fs::path(out).lexically_normal();
-  if (!dst.has_filename()) dst = dst.parent_path();  // "DIR/"
-  const fs::path parent = dst.has_parent_path() ? dst.parent_path() : fs::path(".");
-  const std::string name = dst.filename().string();
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  if (ec) fail(fmt::format("--out {}: cannot create {} ({})", out, parent.string(), ec.message()));
-  const std::string tmp = (parent / fmt::format(".{}.tmp", name)).string();
-  fs::remove_all(tmp, ec);
-  fs::create_directory(tmp, ec);
-  if (ec) fail(fmt::format("--out {}: cannot write ({})", out, ec.message()));
-  try {
-    std::vector<TensorRef> weights;
-    for (const TensorView& t : m.layout.tensors)
-      weights.push_back(tensor_ref<float>(
-          t.name, std::span<const float>(m.params.data() + t.offset, size_t(t.numel)), t.shape));
-    const nlohmann::json cfg = config_to_json(m.cfg);
-    safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
-                      {{"format", "pt"}, {"config", cfg.dump()}});
-    json_write_synced((fs::path(tmp) / "config.json").string(), cfg);
-    json_write_synced((fs::path(tmp) / "trainer_state.json").string(), state);
-    file_fsync(tmp);
-    fs::rename(tmp, dst, ec);  // a folder with files that appeared there meanwhile stays
-    if (ec)
-      fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
-                       ec.message()));
-    file_fsync(parent.string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-}
-
 // A checkpoint's model alone, for evaluation and for starting runs (init_from), with its
 // adapters merged into the weights on --merge-lora (docs/methods.md §3.11). Without it the
 // weights are copied as they are, adapters included. The trainer state keeps what says where the
@@ -284,7 +243,7 @@ void model_export(const ExportOptions& o) {
   state["exported_from"] = o.checkpoint;
   const int64_t slots = lora_slot_count(from.blocks());
   if (!o.merge_lora) {
-    export_write(o.out, from, state);
+    checkpoint_write_model(o.out, from, state);
     fmt::print("exported {} -> {}: {} tensors, {} LoRA adapters kept as they are\n", o.checkpoint,
                o.out, from.layout.tensors.size(), slots);
     return;
@@ -297,7 +256,7 @@ void model_export(const ExportOptions& o) {
   Model<float> to(lora_merged_config(cfg), 1, 1);
   lora_merge(from, to);
   state["merged_lora"] = config_to_json(cfg)["lora"];
-  export_write(o.out, to, state);
+  checkpoint_write_model(o.out, to, state);
   fmt::print("exported {} -> {}: {} LoRA adapters (rank {}, scale {}) merged, {} tensors\n",
              o.checkpoint, o.out, slots, cfg.lora.rank, cfg.lora.scale(), to.layout.tensors.size());
 }

@@ -261,6 +261,45 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
   return final_dir;
 }
 
+// The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
+// state), written as checkpoints are: into a hidden temporary folder beside it, every file
+// fsynced, then renamed, so that an error leaves nothing under `out`.
+void checkpoint_write_model(const std::string& out, const Model<float>& m, const json& state) {
+  fs::path dst = fs::path(out).lexically_normal();
+  if (!dst.has_filename()) dst = dst.parent_path();  // "DIR/"
+  const fs::path parent = dst.has_parent_path() ? dst.parent_path() : fs::path(".");
+  const std::string name = dst.filename().string();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) fail(fmt::format("--out {}: cannot create {} ({})", out, parent.string(), ec.message()));
+  const std::string tmp = (parent / fmt::format(".{}.tmp", name)).string();
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  if (ec) fail(fmt::format("--out {}: cannot write ({})", out, ec.message()));
+  try {
+    std::vector<TensorRef> weights;
+    for (const TensorView& t : m.layout.tensors)
+      weights.push_back(tensor_ref<float>(
+          t.name, std::span<const float>(m.params.data() + t.offset, size_t(t.numel)), t.shape));
+    const IntRefs ints = ints_refs(m);
+    weights.insert(weights.end(), ints.refs.begin(), ints.refs.end());
+    const json cfg = config_to_json(m.cfg);
+    safetensors_write((fs::path(tmp) / "model.safetensors").string(), weights,
+                      {{"format", "pt"}, {"config", cfg.dump()}});
+    write_json((fs::path(tmp) / "config.json").string(), cfg);
+    write_json((fs::path(tmp) / "trainer_state.json").string(), state);
+    file_fsync(tmp);
+    fs::rename(tmp, dst, ec);  // a folder with files that appeared there meanwhile stays
+    if (ec)
+      fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
+                       ec.message()));
+    file_fsync(parent.string());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
 json checkpoint_load(const std::string& dir, Model<float>& model, AdamW<float>* opt) {
   const json saved = config_read(dir);
   const json mine = config_to_json(model.cfg);

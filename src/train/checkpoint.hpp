@@ -21,6 +21,13 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
                             const AdamW<float>& opt, const nlohmann::json& trainer_state,
                             int keep_last);
 
+// The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
+// state) of a model alone, written as checkpoints are: into a hidden temporary folder beside
+// it, every file fsynced, then renamed, so that an error leaves nothing under `out`. It
+// evaluates and initialises runs (init_from); it does not resume one.
+void checkpoint_write_model(const std::string& out, const Model<float>& model,
+                            const nlohmann::json& trainer_state);
+
 // Loads weights (and, if opt is given, the optimizer) into a model built from the run's config.
 // A checkpoint whose config differs is refused with the first mismatching field, and one whose
 // trainable tensors differ from the model's (frozen set) with the first such tensor. Returns the
