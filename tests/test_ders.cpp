@@ -6,6 +6,7 @@
 
 #include <filesystem>
 
+#include "core/parallel.hpp"
 #include "model/delta.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
@@ -155,6 +156,28 @@ TEST_P(Ders, DeltasGiveTheMoeOfTheDensifiedExperts) {
     base_only.forward(b.tokens, b.targets);
     EXPECT_FALSE(same_bits(logits_of(base_only), logits_of(ders)));
   }
+}
+
+TEST_P(Ders, ParallelPathsGiveTheSameBitsAsSerial) {
+  const ModelConfig c = with_ders(tiny(true), GetParam(), 0.97);
+  const int64_t B = 2, T = 9;
+  const Batch b = batch(B * T, c.vocab_size, 5);
+  auto run = [&](int64_t min_work) {
+    const int64_t keep = parallel_min_work;
+    parallel_min_work = min_work;
+    Model<float> m(c, B, T);
+    m.init_weights(3);
+    jitter(m, 4);
+    random_codes(m, 6);
+    m.zero_grad();
+    m.forward(b.tokens, b.targets);
+    m.backward();
+    parallel_min_work = keep;
+    return std::pair{logits_of(m), m.grads};
+  };
+  const auto serial = run(int64_t(1) << 40), parallel = run(0);
+  EXPECT_TRUE(same_bits(serial.first, parallel.first));
+  EXPECT_TRUE(same_bits(serial.second, parallel.second));
 }
 
 TEST_P(Ders, GradientsMatchFiniteDifferences) {

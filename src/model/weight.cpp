@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <omp.h>
+
 #include <regex>
 
 #include "core/error.hpp"
@@ -86,15 +88,22 @@ const T* weight_rebuild(const Ctx<T>& c, const Weight& w, int64_t e) {
 // out [N, out] += x [N, in] delta_e for a sparse delta stored as positions i * out + o
 // (the InOut layout): N * nnz multiply-adds, cheaper than a rebuild for few rows.
 template <typename T>
-void weight_sparse_add(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x,
-                       int64_t N) {
+void weight_sparse_add(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x, int64_t N) {
   const WeightDelta& d = w.delta;
   const int32_t* pos = c.I + d.indices + e * d.nnz;
   const T* v = c.P + d.values + e * d.nnz;
   const int64_t I = w.in, O = w.out;
-#pragma omp parallel for schedule(static) if (parallel_worth(N * d.nnz))
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t j = 0; j < d.nnz; j++) out[n * O + pos[j] % O] += v[j] * x[n * I + pos[j] / O];
+  // Threads own blocks of rows; each walks the positions once, dividing once per position.
+#pragma omp parallel if (parallel_worth(N * d.nnz))
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t n0 = N * t / nt, n1 = N * (t + 1) / nt;
+    for (int64_t j = 0; j < d.nnz; j++) {
+      const int64_t i = pos[j] / O, o = pos[j] - i * O;
+      const T vj = v[j];
+      for (int64_t n = n0; n < n1; n++) out[n * O + o] += vj * x[n * I + i];
+    }
+  }
 }
 
 }  // namespace
@@ -142,8 +151,7 @@ void weight_backward_rebuilt(const Ctx<T>& c, const Weight& w, int64_t e, T* dx,
   const T* W = weight_rebuild(c, w, e);
   T* dv = d.kind == DeltaKind::Sparse ? c.grad(d.values + e * d.nnz, d.nnz) : nullptr;
   if (!dv) {
-    c.op.linear_backward(dx, dW, db, dout, x, W, N, I, O, w.layout, dx_accumulate,
-                         c.dev.precision);
+    c.op.linear_backward(dx, dW, db, dout, x, W, N, I, O, w.layout, dx_accumulate, c.dev.precision);
     return;
   }
   check(c.gbuf != nullptr, "weight: a trained sparse delta needs the gradient scratch");
