@@ -206,6 +206,28 @@ void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T
   }
 }
 
+// ----------------------------------------------------------------------------
+// an expert's whole matrix
+
+template <typename T>
+void weight_expert_dense(const Ctx<T>& c, const Weight& w, int64_t e, T* out) {
+  const int64_t I = w.in, O = w.out;
+  const T* W = w.rebuilt() ? weight_rebuild(c, w, e) : c.P + w.w_at(e);
+  std::copy_n(W, I * O, out);
+  for (const LoraSlot& s : w.lora) {  // W[i, out0 + o] += scale * sum_r A[r, i] B[o, r]
+    const T *A = c.P + s.A_at(e, I), *B = c.P + s.B_at(e);
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t o = 0; o < s.out_n; o++) {
+        double acc = 0;
+        for (int64_t r = 0; r < s.rank; r++)
+          acc += double(A[r * I + i]) * double(B[o * s.rank + r]);
+        const int64_t at =
+            w.layout == kernels::WLayout::InOut ? i * O + s.out0 + o : (s.out0 + o) * I + i;
+        out[at] += T(s.scale * acc);
+      }
+  }
+}
+
 template struct Ctx<float>;
 template struct Ctx<double>;
 template void weight_forward(const Ctx<float>&, const Weight&, int64_t, float*, const float*,
@@ -214,6 +236,8 @@ template void weight_forward(const Ctx<double>&, const Weight&, int64_t, double*
                              int64_t, double*);
 template void weight_backward(const Ctx<float>&, const Weight&, int64_t, float*, const float*,
                               const float*, int64_t, const float*, float*, bool);
+template void weight_expert_dense(const Ctx<float>&, const Weight&, int64_t, float*);
+template void weight_expert_dense(const Ctx<double>&, const Weight&, int64_t, double*);
 template void weight_backward(const Ctx<double>&, const Weight&, int64_t, double*, const double*,
                               const double*, int64_t, const double*, double*, bool);
 

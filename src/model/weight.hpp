@@ -88,4 +88,10 @@ template <typename T>
 void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout, const T* x,
                      int64_t N, const T* xa, T* dxa, bool dx_accumulate = false);
 
+// out [in, out] (the InOut layout; [out, in] for OutIn) = expert e's whole matrix: the stored
+// one, or a DeRS base plus its delta (low-rank adapters included at their scale). For
+// measurements (cosine similarity to the base), not for the forward pass.
+template <typename T>
+void weight_expert_dense(const Ctx<T>& c, const Weight& w, int64_t e, T* out);
+
 }  // namespace moelab
