@@ -22,6 +22,8 @@
 #include "eval/evalset.hpp"
 #include "model/model.hpp"
 #include "model/params.hpp"
+#include "study/ct_config.hpp"
+#include "study/ct_measure.hpp"
 #include "train/checkpoint.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"
@@ -33,190 +35,6 @@ using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
 namespace {
-
-// ----------------------------------------------------------------------------
-// the file
-
-enum class CtKind { Full, Lora, MoeCt };
-
-const char* kind_name(CtKind k) {
-  return k == CtKind::Full ? "full" : k == CtKind::Lora ? "lora" : "moe-ct";
-}
-
-struct CtMethod {
-  std::string name;
-  CtKind kind = CtKind::Full;
-  bool train_embeddings = false;       // moe-ct: the embeddings and the head train too
-  const toml::table* table = nullptr;  // its [[ct.methods]] entry: lora, moe_ct, replay keys
-};
-
-struct CtConfig {
-  std::string source, run_dir = "runs/ct";
-  std::string base, original, fresh;  // fresh: [ct] new
-  int64_t steps = 0;
-  std::vector<int64_t> seeds;
-  std::vector<CtMethod> methods;
-  // An evaluation set built for the study when [eval] names none, as [study] builds one.
-  std::string entities;
-  double top = 50, bottom = 50;
-  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5, entity_seed = 1;
-};
-
-// One run: a method at a seed, in RUN/<method>/seed_<s>.
-struct CtRun {
-  const CtMethod* method;
-  int64_t seed;
-  std::string dir;  // relative to RUN
-  Experiment x;
-};
-
-// TOML as JSON for ConfigSection (integers stay integers), as experiment files are read.
-json toml_json(const toml::node& n) {
-  if (n.is_integer()) return *n.value<int64_t>();
-  if (n.is_floating_point()) return *n.value<double>();
-  if (n.is_boolean()) return *n.value<bool>();
-  if (n.is_string()) return *n.value<std::string>();
-  if (const auto* a = n.as_array()) {
-    json out = json::array();
-    for (const auto& e : *a) out.push_back(toml_json(e));
-    return out;
-  }
-  if (const auto* t = n.as_table()) {
-    json out = json::object();
-    for (const auto& [k, v] : *t) out[std::string(k.str())] = toml_json(v);
-    return out;
-  }
-  return nullptr;  // dates and times: no key takes one
-}
-
-toml::table file_parse(const std::string& path) {
-  try {
-    return toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source().begin;
-    fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
-  }
-}
-
-// The sections of a continual-training file: an experiment's, less what [ct] decides.
-void sections_check(const toml::table& root, const std::string& path) {
-  static const std::set<std::string> allowed = {"run",      "data",       "train", "optimizer",
-                                                "schedule", "checkpoint", "eval",  "ct"};
-  for (const auto& [k, v] : root) {
-    const std::string key(k.str());
-    if (key == "model")
-      fail(fmt::format(
-          "{}: [model] comes from 'ct.base' (the checkpoint's config.json); give a method's "
-          "additions (lora, moe_ct) in its [[ct.methods]] entry",
-          path));
-    if (key == "phases")
-      fail(fmt::format(
-          "{}: [[phases]] come from [ct]: one phase on 'ct.new' for 'ct.steps' steps, replaying "
-          "'ct.original' as each method asks",
-          path));
-    if (!allowed.contains(key)) fail(fmt::format("{}: unknown section '{}'", path, key));
-    if (!v.is_table()) fail(fmt::format("{}: '{}' must be a table", path, key));
-  }
-  if (!root.contains("ct")) fail(fmt::format("{}: no [ct] section", path));
-}
-
-// One [[ct.methods]] entry. Keys starting with "replay" belong to the phase and pass through
-// unread (the experiment's phase parser checks them).
-CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
-  CtMethod m;
-  m.table = &t;
-  const std::string at = fmt::format("ct.methods[{}]", i);
-  json j = toml_json(t);
-  std::string kind;
-  for (auto it = j.begin(); it != j.end();)
-    it = it.key().rfind("replay", 0) == 0 ? j.erase(it) : std::next(it);
-  const json lora = j.contains("lora") ? j["lora"] : json(), moe = j.value("moe_ct", json());
-  j.erase("lora"), j.erase("moe_ct");
-  ConfigSection s(&j, at, path);
-  s.get("name", m.name);
-  s.get("kind", kind);
-  s.get("train_embeddings", m.train_embeddings);
-  s.finish();
-  static const std::regex folder_name("[A-Za-z0-9][A-Za-z0-9._-]*");
-  if (m.name.empty()) s.bad("name", "is required");
-  if (!std::regex_match(m.name, folder_name) || m.name == "report")
-    s.bad("name",
-          fmt::format("\"{}\" must be a folder name (letters, digits, . _ -), not report", m.name));
-  if (kind == "full")
-    m.kind = CtKind::Full;
-  else if (kind == "lora")
-    m.kind = CtKind::Lora;
-  else if (kind == "moe-ct")
-    m.kind = CtKind::MoeCt;
-  else
-    s.bad("kind", fmt::format("\"{}\" must be \"full\", \"lora\" or \"moe-ct\"", kind));
-  if (m.kind == CtKind::Lora) {
-    if (!lora.is_object())
-      s.bad("lora", "is required for kind \"lora\" (a table: rank, alpha, targets)");
-    if (!lora.contains("rank") || !lora["rank"].is_number_integer() || lora["rank"] < 1)
-      s.bad("lora.rank", "must be an integer >= 1");
-  } else if (!lora.is_null()) {
-    s.bad("lora", "is only for kind \"lora\"");
-  }
-  if (m.kind == CtKind::MoeCt) {
-    if (!moe.is_object())
-      s.bad("moe_ct", "is required for kind \"moe-ct\" (a table: experts, top_k, gate, ...)");
-  } else if (!moe.is_null()) {
-    s.bad("moe_ct", "is only for kind \"moe-ct\"");
-  }
-  if (m.train_embeddings && m.kind != CtKind::MoeCt)
-    s.bad("train_embeddings", "is only for kind \"moe-ct\" (full trains them, lora freezes them)");
-  return m;
-}
-
-// [ct]: the base, the two domains, the length, the seeds and the methods.
-CtConfig ct_config_read(const toml::table& root, const std::string& path) {
-  CtConfig c;
-  c.source = path;
-  // [run] dir and seed are read here too (each run gets its own): their types are checked first.
-  if (const toml::node* dir = root["run"]["dir"].node(); dir && !dir->is_string())
-    fail(fmt::format("{}: 'run.dir' must be a string", path));
-  if (const toml::node* seed = root["run"]["seed"].node(); seed && !seed->is_integer())
-    fail(fmt::format("{}: 'run.seed' must be an integer", path));
-  c.run_dir = root["run"]["dir"].value_or(c.run_dir);
-  const toml::table& ct = *root["ct"].as_table();
-  json j = toml_json(ct);
-  j.erase("methods");
-  ConfigSection s(&j, "ct", path);
-  s.get("base", c.base);
-  s.get("original", c.original);
-  s.get("new", c.fresh);
-  s.get("steps", c.steps);
-  s.get("seeds", c.seeds);
-  s.get("entities", c.entities);
-  s.get("top", c.top);
-  s.get("bottom", c.bottom);
-  s.get("prompt", c.prompt);
-  s.get("target", c.target);
-  s.get("max_samples", c.max_samples);
-  s.get("max_per_entity", c.max_per_entity);
-  s.get("entity_seed", c.entity_seed);
-  s.finish();
-  if (c.base.empty()) s.bad("base", "is required (a checkpoint folder, e.g. RUN/step_00000400)");
-  if (c.original.empty()) s.bad("original", "is required (the subset the base was trained on)");
-  if (c.fresh.empty()) s.bad("new", "is required (the subset to train on)");
-  if (c.fresh == c.original) s.bad("new", "must differ from 'ct.original'");
-  if (c.steps < 1) s.bad("steps", "must be >= 1");
-  if (std::any_of(c.seeds.begin(), c.seeds.end(), [](int64_t x) { return x < 0; }))
-    s.bad("seeds", "must be >= 0");
-  const toml::array* methods = ct["methods"].as_array();
-  if (!methods || methods->empty() || !methods->is_array_of_tables())
-    s.bad("methods", "must list the methods as [[ct.methods]] tables (name, kind, ...)");
-  for (size_t i = 0; i < methods->size(); i++) {
-    CtMethod m = method_read(*methods->get(i)->as_table(), i, path);
-    for (const CtMethod& other : c.methods)
-      if (other.name == m.name)
-        fail(fmt::format("{}: 'ct.methods[{}].name' \"{}\" is already the name of another method",
-                         path, i, m.name));
-    c.methods.push_back(m);
-  }
-  return c;
-}
 
 // The base must be a checkpoint folder before anything is derived from it.
 void base_check(const CtConfig& c) {
@@ -273,6 +91,52 @@ std::vector<std::string> method_freeze(const CtMethod& m) {
   return {};
 }
 
+// ----------------------------------------------------------------------------
+// upcycled starting points
+
+// RUN/<method>/upcycled_s<seed>: the base made an MoE as the method asks, with its router drawn
+// from the run's seed.
+std::string upcycled_dir(const CtConfig& c, const CtMethod& m, int64_t seed) {
+  return (fs::path(c.run_dir) / m.name / fmt::format("upcycled_s{}", seed)).string();
+}
+
+UpcycleOptions upcycle_options(const CtMethod& m, int64_t seed) {
+  UpcycleOptions o = m.upcycle;
+  o.seed = uint64_t(seed);
+  o.ders.seed = uint64_t(seed);
+  return o;
+}
+
+// Every upcycle method's options are checked against the base first (one line naming the
+// method); then each missing starting point is written, and one whose config no longer matches
+// the method (the file changed) is written again.
+void upcycled_prepare(const CtConfig& c, const std::vector<const CtMethod*>& methods,
+                      const std::vector<int64_t>& seeds) {
+  const ModelConfig base = config_load((fs::path(c.base) / "config.json").string());
+  for (const CtMethod* m : methods)
+    if (m->kind == CtKind::Upcycle) try {
+        (void)upcycle_config(base, upcycle_options(*m, seeds.front()), c.base);
+      } catch (const Error& e) {
+        fail(fmt::format("{}: method '{}': {}", c.source, m->name, e.what()));
+      }
+  for (const CtMethod* m : methods)
+    for (int64_t seed : seeds) {
+      if (m->kind != CtKind::Upcycle) continue;
+      const UpcycleOptions o = upcycle_options(*m, seed);
+      const std::string dir = upcycled_dir(c, *m, seed);
+      const fs::path cfg = fs::path(dir) / "config.json";
+      std::error_code ec;
+      if (fs::exists(cfg, ec) && config_to_json(config_load(cfg.string())) ==
+                                     config_to_json(upcycle_config(base, o, c.base)))
+        continue;
+      fs::remove_all(dir, ec);
+      fs::create_directories(fs::path(dir).parent_path(), ec);
+      std::fprintf(stderr, "== upcycling %s for %s (seed %ld)\n", c.base.c_str(), m->name.c_str(),
+                   long(seed));
+      upcycle_write(c.base, o, dir);
+    }
+}
+
 // The experiment file of one run: the continual-training file less [ct], with the base's model
 // and the method's additions, its frozen tensors, one phase on the new domain replaying the
 // original one, and the evaluation set filtered by the model before its first step.
@@ -285,7 +149,8 @@ toml::table experiment_derive(const toml::table& root, const CtConfig& c, const 
   run.insert_or_assign("dir", run_dir);
   run.insert_or_assign("seed", seed);
 
-  toml::table model{{"config", (fs::path(c.base) / "config.json").string()}, {"init_from", c.base}};
+  const std::string from = m.kind == CtKind::Upcycle ? upcycled_dir(c, m, seed) : c.base;
+  toml::table model{{"config", (fs::path(from) / "config.json").string()}, {"init_from", from}};
   for (const char* key : {"lora", "moe_ct"})
     if (const toml::node* add = m.table->get(key)) model.insert(key, *add);
   d.insert_or_assign("model", std::move(model));
@@ -334,7 +199,7 @@ class ExperimentFiles {
     os << fmt::format(
         "# Written by moelab ct from {}: method '{}' ({}), seed {}. `moelab train` runs it as "
         "is;\n# moelab ct rewrites it on every start.\n\n",
-        c.source, m.name, kind_name(m.kind), seed);
+        c.source, m.name, ct_kind_name(m.kind), seed);
     os << toml::toml_formatter{d} << "\n";
     std::error_code ec;
     fs::create_directories(run_dir, ec);
@@ -398,29 +263,6 @@ void evalset_build(const CtConfig& c, const std::string& path, const std::string
   entities_build(eb);
 }
 
-// The base model's held-out loss on both domains, on the batches the trainer validates on, so
-// that every method's curve starts from one measured point. Null without validation.
-ojson base_losses(const CtConfig& c, const Experiment& x, const DataDir& data) {
-  if (x.eval_every <= 0) return nullptr;
-  Model<float> model(config_load((fs::path(c.base) / "config.json").string()), x.batch_size,
-                     x.seq_len);
-  checkpoint_load(c.base, model, nullptr);
-  std::vector<int32_t> tok, tgt;
-  ojson v = ojson::object();
-  for (const std::string& s : {c.original, c.fresh}) {
-    DataLoader loader(data, s, "val", x.seq_len, 0);
-    const int64_t n =
-        std::min<int64_t>(x.eval_batches, int64_t(loader.sequences() / uint64_t(x.batch_size)) + 1);
-    double sum = 0;
-    for (int64_t b = 0; b < n; b++) {
-      loader.next(x.batch_size, tok, tgt);
-      sum += model.forward(tok, tgt).lm;
-    }
-    v[s] = sum / double(n);
-  }
-  return v;
-}
-
 // What the base losses were measured with: reused from an earlier ct.json when it matches.
 ojson base_losses_cached(const CtConfig& c, const Experiment& x, const DataDir& data) {
   const ojson key = {{"base", c.base},         {"batch_size", x.batch_size},
@@ -433,28 +275,11 @@ ojson base_losses_cached(const CtConfig& c, const Experiment& x, const DataDir& 
     if (old.is_object() && old.value("base_eval", ojson()) == key && old.contains("base_val_loss"))
       return {{"base_eval", key}, {"base_val_loss", old["base_val_loss"]}};
   }
-  return {{"base_eval", key}, {"base_val_loss", base_losses(c, x, data)}};
+  return {{"base_eval", key}, {"base_val_loss", ct_losses(c.base, {c.original, c.fresh}, x, data)}};
 }
 
 // ----------------------------------------------------------------------------
 // peak memory per run
-
-// The high-water resident set is per process; writing 5 to /proc/self/clear_refs (Linux) resets
-// it to the current size, so that each run's peak is its own. False where that is refused.
-bool rss_peak_reset() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return bool(f);
-}
-
-int64_t rss_peak_now() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return peak_rss_bytes();
-}
 
 // RUN/<method>/seed_<s>/resources.json: the run's peak RSS and training time, over all the
 // sessions that trained it (a resumed run keeps the larger peak and adds its time).
@@ -517,15 +342,19 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
     if (it == methods.end()) {
       const auto [total, trainable] = params_trainable(r.x);
       methods.push_back({{"name", r.method->name},
-                         {"kind", kind_name(r.method->kind)},
+                         {"kind", ct_kind_name(r.method->kind)},
                          {"params_total", total},
                          {"params_trainable", trainable},
-                         {"method", toml_json(*r.method->table)},
+                         {"method", ct_toml_json(*r.method->table)},
                          {"runs", ojson::array()}});
       it = methods.end() - 1;
     }
     (*it)["runs"].push_back({{"seed", r.seed}, {"dir", r.dir}});
   }
+  ojson compress = ojson::array();
+  for (const CtCompress& k : c.compress)
+    compress.push_back(
+        {{"name", k.name}, {"from", k.from}, {"delta", k.spec}, {"base", k.options.ders.base}});
   const ojson study = {{"experiment", c.source},
                        {"base", c.base},
                        {"original", c.original},
@@ -534,7 +363,8 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
                        {"evalset", evalset},
                        {"base_eval", base["base_eval"]},
                        {"base_val_loss", base["base_val_loss"]},
-                       {"methods", methods}};
+                       {"methods", methods},
+                       {"compress", compress}};
   file_write_atomic((fs::path(c.run_dir) / "ct.json").string(), study.dump(2) + "\n");
 }
 
@@ -548,16 +378,16 @@ int runs_train(const std::vector<CtRun>& runs) {
     const CtRun& r = runs[i];
     const int64_t last = last_checkpoint_step(r.x.run_dir), total = r.x.total_steps();
     std::fprintf(stderr, "== %zu/%zu %s: %s seed %ld", i + 1, runs.size(), r.dir.c_str(),
-                 kind_name(r.method->kind), long(r.seed));
+                 ct_kind_name(r.method->kind), long(r.seed));
     if (last == total) {
       std::fprintf(stderr, " (done)\n");
       continue;
     }
     std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
-    const bool per_run = rss_peak_reset();
+    const bool per_run = ct_rss_peak_reset();
     const double tv = time_now_s();
     const int rc = train_run(r.x, last >= 0);
-    resources_record(r.x.run_dir, rss_peak_now(), per_run, time_now_s() - tv);
+    resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
     if (rc == 130) {
       std::fprintf(stderr, "ct interrupted in %s; run the same command again to continue\n",
                    r.dir.c_str());
@@ -577,19 +407,21 @@ int runs_train(const std::vector<CtRun>& runs) {
 // ----------------------------------------------------------------------------
 
 std::string ct_run_dir(const std::string& config) {
-  const toml::table root = file_parse(config);
+  const toml::table root = ct_file_parse(config);
   return root["run"]["dir"].value_or(std::string("runs/ct"));
 }
 
 int ct_run(const std::string& config, const CtOptions& o) {
-  const toml::table root = file_parse(config);
-  sections_check(root, config);
+  const toml::table root = ct_file_parse(config);
+  ct_sections_check(root, config);
   const CtConfig c = ct_config_read(root, config);
   const std::vector<const CtMethod*> methods = methods_of(c, o);
   const std::vector<int64_t> seeds = seeds_of(root, c, o);
   base_check(c);
 
-  // Every run's experiment is derived and checked before anything is trained.
+  // Every run's experiment is derived and checked before anything is trained (the upcycled
+  // starting points first: the experiments read their configs).
+  upcycled_prepare(c, methods, seeds);
   const std::string evalset = evalset_path(root, c);
   std::vector<CtRun> runs;
   ExperimentFiles files;
@@ -609,6 +441,7 @@ int ct_run(const std::string& config, const CtOptions& o) {
   evalset_build(c, evalset, x0.data_dir);
   study_record(c, runs, evalset, base_losses_cached(c, x0, data));
   if (runs_train(runs) == 130) return 130;
+  ct_measure_all(c, runs, data);
   if (o.report) ct_report_write(c.run_dir, "", o.plots);
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
+#include "study/ct_report_ders.hpp"
 #include "study/plot.hpp"
 #include "study/report.hpp"
 
@@ -389,8 +390,10 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   fs::create_directories(out);
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
-  std::string md = markdown_table(st, methods) + reading_write(st, methods);
+  const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
+  std::string md = markdown_table(st, methods) + reading_write(st, methods) + ders.md;
   md += "\n## Figures\n\n";
+  for (const std::string& f : ders.figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
   for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
   md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
   const ojson summary = {{"base", st.ct.value("base", "")},
@@ -398,6 +401,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
                          {"new", st.fresh},
                          {"base_val_loss", st.ct.value("base_val_loss", ojson())},
                          {"methods", methods},
+                         {"final_models", ders.summary},
                          {"figures", figures}};
   file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
   const std::string md_path = (fs::path(out) / "summary.md").string();

@@ -133,8 +133,12 @@ Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key, int
 ojson runs_stat(const std::vector<RunData>& runs,
                 const std::function<double(const RunData&)>& per_run) {
   std::vector<double> v;
-  for (const RunData& r : runs)
-    if (const double x = per_run(r); std::isfinite(x)) v.push_back(x);
+  for (const RunData& r : runs) v.push_back(per_run(r));
+  return values_stat(v);
+}
+
+ojson values_stat(std::vector<double> v) {
+  std::erase_if(v, [](double x) { return !std::isfinite(x); });
   if (v.empty()) return nullptr;
   const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
   if (v.size() == 1) return mean;

@@ -66,6 +66,8 @@ Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key,
 // One number per run, summarised: null (none finite), the value (one), or {mean, sd, n}.
 nlohmann::ordered_json runs_stat(const std::vector<RunData>& runs,
                                  const std::function<double(const RunData&)>& per_run);
+// The same statistic of plain values (the non-finite ones left out).
+nlohmann::ordered_json values_stat(std::vector<double> v);
 double stat_mean(const nlohmann::ordered_json& v);  // NaN for null
 // The standard error of a {mean, sd, n} statistic (sd / sqrt(n)); NaN for a single value.
 double stat_std_err(const nlohmann::ordered_json& v);

@@ -1,0 +1,67 @@
+#pragma once
+// The file of `moelab ct` (study/ct.hpp explains it): its [ct] section, the methods and the
+// compressions, read and checked with one line per problem before anything runs.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+#include <nlohmann/json.hpp>
+
+#include "train/compress.hpp"
+#include "train/experiment.hpp"
+#include "train/upcycle.hpp"
+
+namespace moelab {
+
+// full: every parameter trains; lora: adapters on the frozen base; moe-ct: new experts beside
+// each frozen FFN; upcycle: the base made an MoE (vanilla or DeRS), everything training.
+enum class CtKind { Full, Lora, MoeCt, Upcycle };
+const char* ct_kind_name(CtKind k);
+
+struct CtMethod {
+  std::string name;
+  CtKind kind = CtKind::Full;
+  bool train_embeddings = false;       // moe-ct: the embeddings and the head train too
+  UpcycleOptions upcycle;              // upcycle: the MoE made of the base (seed: the run's)
+  const toml::table* table = nullptr;  // its [[ct.methods]] entry: lora, moe_ct, replay keys
+};
+
+// One [[ct.compress]] entry: the final checkpoint of method `from` compressed (DeRS), evaluated
+// as the runs are (held-out losses, forgetting metrics), at every seed.
+struct CtCompress {
+  std::string name, from;
+  std::string spec;         // as given: "sparse:0.9", "quant:2", "lowrank:4"
+  CompressOptions options;  // base: "mean", or the study's base checkpoint (the dense FFN)
+};
+
+struct CtConfig {
+  std::string source, run_dir = "runs/ct";
+  std::string base, original, fresh;  // fresh: [ct] new
+  int64_t steps = 0;
+  std::vector<int64_t> seeds;
+  std::vector<CtMethod> methods;
+  std::vector<CtCompress> compress;
+  // An evaluation set built for the study when [eval] names none, as [study] builds one.
+  std::string entities;
+  double top = 50, bottom = 50;
+  int64_t prompt = 32, target = 32, max_samples = 2000, max_per_entity = 5, entity_seed = 1;
+};
+
+// One run: a method at a seed, in RUN/<method>/seed_<s>.
+struct CtRun {
+  const CtMethod* method;
+  int64_t seed;
+  std::string dir;  // relative to RUN
+  Experiment x;
+};
+
+// TOML as JSON for ConfigSection (integers stay integers), as experiment files are read.
+nlohmann::json ct_toml_json(const toml::node& n);
+toml::table ct_file_parse(const std::string& path);
+// The sections of a continual-training file: an experiment's, less what [ct] decides.
+void ct_sections_check(const toml::table& root, const std::string& path);
+// [ct]: the base, the two domains, the length, the seeds, the methods and the compressions.
+CtConfig ct_config_read(const toml::table& root, const std::string& path);
+
+}  // namespace moelab

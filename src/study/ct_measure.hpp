@@ -1,0 +1,33 @@
+#pragma once
+// What `moelab ct` measures besides training (study/ct_measure.cpp): the held-out losses of a
+// checkpoint on the study's batches, a final evaluation of a checkpoint (losses, forgetting
+// metrics on its run's frozen set, memory, speed, and for an MoE the cosine similarity of its
+// experts to the dense FFN), and the DeRS compressions of finished runs, each evaluated the same
+// way.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/dataset.hpp"
+#include "study/ct_config.hpp"
+
+namespace moelab {
+
+// Mean held-out loss of the checkpoint `ckpt` on the validation batches of each subset, as the
+// trainer validates (x.batch_size x x.seq_len, x.eval_batches batches).
+nlohmann::ordered_json ct_losses(const std::string& ckpt, const std::vector<std::string>& subsets,
+                                 const Experiment& x, const DataDir& data);
+
+// The high-water resident set of this process since the last reset (Linux clear_refs); false
+// where a reset is refused (the peak is then the process's).
+bool ct_rss_peak_reset();
+int64_t ct_rss_peak_now();
+
+// RUN/<method>/seed_<s>/final_eval.json of every finished run, and every [[ct.compress]] entry
+// at every seed: RUN/compress/<name>/seed_<s>/model (the compressed checkpoint) and eval.json.
+// What exists is kept (a re-run measures only what is missing).
+void ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs, const DataDir& data);
+
+}  // namespace moelab

@@ -1,0 +1,189 @@
+// The upcycling and DeRS part of the `moelab ct` report: each trained method's final model and
+// each compression of one, side by side on size, memory, speed and quality (held-out losses on
+// both domains, forgetting metrics), how far the experts moved from the dense FFN, and a figure
+// of quality against bytes.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/fileio.hpp"
+#include "study/ct_report_ders.hpp"
+#include "study/plot.hpp"
+#include "study/report.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+// One row: a trained method's final models, or a compression of them, over the seeds.
+struct Variant {
+  std::string name, what;
+  bool trained = false;
+  ojson method;              // ct.json's entry (trained) or compress entry
+  std::vector<ojson> evals;  // final_eval.json / eval.json per seed
+  std::vector<ojson> res;    // resources.json per seed (trained)
+};
+
+ojson json_or_null(const fs::path& p) {
+  std::error_code ec;
+  if (!fs::exists(p, ec)) return nullptr;
+  const ojson j = ojson::parse(file_read(p.string()), nullptr, false);
+  return j.is_discarded() ? ojson() : j;
+}
+
+std::string method_what(const ojson& m) {
+  const std::string kind = m.value("kind", "");
+  if (kind != "upcycle") return kind;
+  const ojson u = m["method"].value("upcycle", ojson::object());
+  std::string what = fmt::format("upcycle E={} k={}", u.value("experts", int64_t(4)),
+                                 u.value("top_k", int64_t(1)));
+  const std::string delta = u.value("delta", "none");
+  return what + (delta == "none" ? ", vanilla" : ", DeRS " + delta);
+}
+
+std::vector<Variant> variants_read(const std::string& dir, const ojson& ct) {
+  std::vector<Variant> out;
+  for (const ojson& m : ct["methods"]) {
+    Variant v{m["name"], method_what(m), true, m, {}, {}};
+    for (const ojson& r : m["runs"]) {
+      const fs::path rd = fs::path(dir) / r["dir"].get<std::string>();
+      if (ojson e = json_or_null(rd / "final_eval.json"); e.is_object()) {
+        v.evals.push_back(e);
+        v.res.push_back(json_or_null(rd / "resources.json"));
+      }
+    }
+    if (!v.evals.empty()) out.push_back(std::move(v));
+  }
+  for (const ojson& k : ct.value("compress", ojson::array())) {
+    Variant v{k["name"],
+              fmt::format("{} of {} (base {})", k["delta"].get<std::string>(),
+                          k["from"].get<std::string>(), k["base"].get<std::string>()),
+              false,
+              k,
+              {},
+              {}};
+    const fs::path cd = fs::path(dir) / "compress" / v.name;
+    std::error_code ec;
+    if (fs::is_directory(cd, ec))
+      for (const auto& e : fs::directory_iterator(cd))
+        if (ojson j = json_or_null(e.path() / "eval.json"); j.is_object()) v.evals.push_back(j);
+    if (!v.evals.empty()) out.push_back(std::move(v));
+  }
+  return out;
+}
+
+// The statistic over seeds of one number of the evaluations (a JSON pointer).
+ojson stat_of(const std::vector<ojson>& evals, const std::string& pointer, double scale = 1) {
+  std::vector<double> v;
+  const ojson::json_pointer p(pointer);
+  for (const ojson& e : evals)
+    v.push_back(e.contains(p) && e[p].is_number() ? e[p].get<double>() * scale : NAN);
+  return values_stat(v);
+}
+
+std::string cell(const ojson& s, int digits = 3) {
+  return s.is_null() ? "-" : stat_format(s, digits);
+}
+
+// ----------------------------------------------------------------------------
+// the table
+
+std::string table_write(const std::vector<Variant>& vs, const std::string& original,
+                        const std::string& fresh) {
+  std::string md =
+      "| variant | what | trainable params | stored params | experts MB | model MB in memory | "
+      "checkpoint MB | held-out " +
+      fresh + " (new) | held-out " + original +
+      " (original) | M_ex | M_in | training peak RSS MB | evaluation peak RSS MB | evaluation s "
+      "| cos(expert, dense FFN) mean / min | cos between experts mean | reconstruction error |\n";
+  md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const Variant& v : vs) {
+    const auto& e = v.evals;
+    std::vector<double> rss;
+    for (const ojson& r : v.res)
+      rss.push_back(r.is_object() ? r.value("peak_rss_bytes", NAN) / 1e6 : NAN);
+    const ojson cosd = stat_of(e, "/cosine/to_dense_mean"),
+                cosm = stat_of(e, "/cosine/to_dense_min");
+    md += fmt::format(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        v.name, v.what,
+        v.trained ? human_count(v.method.value("params_trainable", 0.0)) : "- (not trained)",
+        human_count(stat_mean(stat_of(e, "/params"))), cell(stat_of(e, "/expert_bytes", 1e-6), 2),
+        cell(stat_of(e, "/model_bytes", 1e-6), 1), cell(stat_of(e, "/file_bytes", 1e-6), 1),
+        cell(stat_of(e, "/val_loss/" + fresh)), cell(stat_of(e, "/val_loss/" + original)),
+        cell(stat_of(e, "/forgetting/metrics/all/m_ex")),
+        cell(stat_of(e, "/forgetting/metrics/all/m_in")),
+        v.trained ? cell(values_stat(rss), 0) : "-", cell(stat_of(e, "/peak_rss_bytes", 1e-6), 0),
+        cell(stat_of(e, "/seconds"), 1),
+        cosd.is_null() ? "-" : fmt::format("{:.5f} / {:.5f}", stat_mean(cosd), stat_mean(cosm)),
+        cell(stat_of(e, "/cosine/pairwise_mean"), 5),
+        v.trained ? "-" : cell(stat_of(e, "/compress/total/rel_error_mean"), 4));
+  }
+  return md;
+}
+
+// ----------------------------------------------------------------------------
+// the figure: quality against the experts' bytes
+
+std::string figure_write(const std::vector<Variant>& vs, const std::string& original,
+                         const std::string& fresh, const std::string& out, bool plots) {
+  PlotChart c;
+  c.title = fmt::format(
+      "held-out loss against the experts' stored size; {} (new) filled, {} "
+      "(original) open",
+      fresh, original);
+  c.xlabel = "routed experts, MB as stored";
+  c.ylabel = "held-out loss (nats/token)";
+  int color = 1;
+  for (const Variant& v : vs) {
+    const double x = stat_mean(stat_of(v.evals, "/expert_bytes", 1e-6));
+    for (const auto& [sub, dash] : {std::pair{fresh, 1}, std::pair{original, 2}}) {
+      const double y = stat_mean(stat_of(v.evals, "/val_loss/" + sub));
+      if (!std::isfinite(x) || !std::isfinite(y)) continue;
+      c.series.push_back({v.name + " " + sub, {x}, {y}, {}, {}, dash, color, true});
+    }
+    color++;
+  }
+  plot_write(c, (fs::path(out) / "ders_bytes").string(), plots);
+  return "ders_bytes";
+}
+
+}  // namespace
+
+DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::string& out,
+                           bool plots) {
+  DersSection s;
+  const std::vector<Variant> vs = variants_read(dir, ct);
+  if (vs.empty()) return s;
+  const std::string original = ct.value("original", ""), fresh = ct.value("new", "");
+  s.md = "\n## Final models: size, memory, speed and quality\n\n";
+  s.md += table_write(vs, original, fresh);
+  s.md +=
+      "\nEvery final model (and every compression of one) measured the same way after training: "
+      "held-out losses on the validation batches the runs use, M_ex and M_in on the samples the "
+      "base recalled, the bytes of its routed experts as stored (f32 values, int32 positions, "
+      "codes packed at their bit width), its parameters and integer tensors in memory, its "
+      "checkpoint file, and the evaluation's peak resident set and time (one process: the peak "
+      "includes what the study holds). Cosines compare each expert's whole matrix (base plus "
+      "delta) with the dense FFN it was upcycled from. Means over seeds, ± their standard "
+      "deviation where there are several.\n";
+  s.figures.push_back(figure_write(vs, original, fresh, out, plots));
+  for (const Variant& v : vs) {
+    ojson j = {{"variant", v.name}, {"what", v.what}, {"trained", v.trained}};
+    for (const char* p :
+         {"/params", "/expert_bytes", "/model_bytes", "/file_bytes", "/forgetting/metrics/all/m_ex",
+          "/forgetting/metrics/all/m_in", "/peak_rss_bytes", "/seconds", "/cosine/to_dense_mean",
+          "/cosine/pairwise_mean", "/compress/total/rel_error_mean"})
+      j[std::string(p).substr(1)] = stat_of(v.evals, p);
+    for (const std::string& sub : {fresh, original})
+      j["val_loss_" + sub] = stat_of(v.evals, "/val_loss/" + sub);
+    s.summary.push_back(j);
+  }
+  return s;
+}
+
+}  // namespace moelab
