@@ -216,4 +216,99 @@ cmp -s before.toml ct/full/seed_3/experiment.toml && [ ! -e ct/full/seed_3/.expe
   bad "a refused file changed a run's experiment"
 expect_error "unknown method" "--methods: ct\.toml has no method named 'dora'" "$moelab" ct ct.toml --methods dora
 
+# ---- upcycling and DeRS: the base made an MoE three ways, the vanilla one compressed three ways,
+# every final model measured; the report's final-model table and figure
+cat >ders.toml <<'TOML'
+[run]
+dir = "ders"
+seed = 3
+peak_gflops = 100
+threads = 2
+[data]
+dir = "data"
+seq_len = 64
+[train]
+batch_size = 4
+[schedule]
+kind = "constant"
+max_lr = 2e-3
+warmup_steps = 2
+[eval]
+every = 5
+batches = 2
+forgetting_every = 5
+[ct]
+base = "base/step_00000030"
+original = "A"
+new = "B"
+steps = 6
+entities = "ents.tsv"
+top = 100
+bottom = 100
+prompt = 8
+target = 8
+max_per_entity = 4
+[[ct.methods]]
+name = "vanilla"
+kind = "upcycle"
+upcycle = { experts = 4, top_k = 1 }
+[[ct.methods]]
+name = "sm"
+kind = "upcycle"
+upcycle = { experts = 4, top_k = 1, delta = "sparse:0.9" }
+[[ct.methods]]
+name = "lm"
+kind = "upcycle"
+upcycle = { experts = 4, top_k = 2, layers = "every-other", delta = "lowrank:2" }
+[[ct.compress]]
+name = "drop"
+from = "vanilla"
+delta = "sparse:0.9"
+[[ct.compress]]
+name = "q2"
+from = "vanilla"
+delta = "quant:2"
+[[ct.compress]]
+name = "svd"
+from = "vanilla"
+delta = "lowrank:2"
+base = "mean"
+TOML
+if "$moelab" ct ders.toml --no-plots >ders.log 2>&1; then ok; else bad "ct with upcycling: $(tail -1 ders.log)"; fi
+for f in vanilla/upcycled_s3/config.json vanilla/seed_3/final_eval.json sm/seed_3/final_eval.json \
+  lm/seed_3/final_eval.json compress/drop/seed_3/model/compress.json compress/q2/seed_3/eval.json \
+  compress/svd/seed_3/eval.json report/ders_bytes.gp; do
+  [ -s "ders/$f" ] && ok || bad "ders/$f missing"
+done
+/usr/bin/python3 - <<'PY' && ok || bad "final models"
+import json
+s = json.load(open("ders/report/summary.json"))
+f = {x["variant"]: x for x in s["final_models"]}
+assert list(f) == ["vanilla", "sm", "lm", "drop", "q2", "svd"], list(f)
+for name, x in f.items():
+    for k in ("params", "expert_bytes", "model_bytes", "file_bytes", "val_loss_A", "val_loss_B", "peak_rss_bytes"):
+        assert x[k] is not None and x[k] > 0, (name, k, x[k])
+    assert x["forgetting/m_ex"] is not None, name
+# DeRS stores less than the vanilla experts; compressions too; the upcycled experts stay near the FFN
+for name in ("sm", "lm", "drop", "q2", "svd"):
+    assert f[name]["expert_bytes"] < f["vanilla"]["expert_bytes"], name
+assert 0.5 < f["vanilla"]["cosine/to_dense_mean"] <= 1.0, f["vanilla"]["cosine/to_dense_mean"]
+for name in ("drop", "q2", "svd"):
+    assert 0 < f[name]["compress/total/rel_error_mean"] < 1, (name, f[name]["compress/total/rel_error_mean"])
+# a compression only approximates: its losses are near, but not all equal to, vanilla's
+assert all(abs(f[n]["val_loss_B"] - f["vanilla"]["val_loss_B"]) < 0.5 for n in ("drop", "q2", "svd"))
+m = {x["method"]: x for x in s["methods"]}
+assert m["sm"]["params_trainable"] < m["vanilla"]["params_trainable"], "DeRS-SM trains fewer parameters"
+PY
+grep -q "## Final models" ders/report/summary.md && ok || bad "final-model table"
+cfg=$(/usr/bin/python3 -c "import json; c=json.load(open('ders/lm/upcycled_s3/config.json')); print(c['moe_layers'], c['ders']['delta'])")
+[ "$cfg" = "[1] lowrank" ] && ok || bad "every-other low-rank upcycle config: $cfg"
+variant() { sed "$2" ders.toml >"$1.toml"; }
+variant upbad 's/upcycle = { experts = 4, top_k = 1 }/upcycle = { experts = 1, top_k = 1 }/'
+expect_error "upcycle to one expert" "upbad\.toml: method 'vanilla': .*experts" "$moelab" ct upbad.toml
+variant cfrom 's/^from = "vanilla"$/from = "nobody"/'
+expect_error "compress from an unknown method" "cfrom\.toml: 'ct\.compress\[0\]\.from' \"nobody\" is not the name of a method" "$moelab" ct cfrom.toml
+variant cdelta 's/^delta = "quant:2"$/delta = "quant:9"/'
+expect_error "compress bits" "cdelta\.toml: 'ct\.compress\[1\]\.delta'.*1\.\.8" "$moelab" ct cdelta.toml
+
 finish "ct test"

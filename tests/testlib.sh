@@ -1,7 +1,7 @@
 # Shared by the shell tests (source it after `set -u`): a scratch folder removed on exit,
 # pass/fail counting, the one-line-error check, and the tally.
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap '[ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"' EXIT
 pass=0 fail=0
 ok() { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAIL: $*"; }

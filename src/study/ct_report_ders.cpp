@@ -115,8 +115,8 @@ std::string table_write(const std::vector<Variant>& vs, const std::string& origi
         human_count(stat_mean(stat_of(e, "/params"))), cell(stat_of(e, "/expert_bytes", 1e-6), 2),
         cell(stat_of(e, "/model_bytes", 1e-6), 1), cell(stat_of(e, "/file_bytes", 1e-6), 1),
         cell(stat_of(e, "/val_loss/" + fresh)), cell(stat_of(e, "/val_loss/" + original)),
-        cell(stat_of(e, "/forgetting/metrics/all/m_ex")),
-        cell(stat_of(e, "/forgetting/metrics/all/m_in")),
+        cell(stat_of(e, "/forgetting/m_ex")),
+        cell(stat_of(e, "/forgetting/m_in")),
         v.trained ? cell(values_stat(rss), 0) : "-", cell(stat_of(e, "/peak_rss_bytes", 1e-6), 0),
         cell(stat_of(e, "/seconds"), 1),
         cosd.is_null() ? "-" : fmt::format("{:.5f} / {:.5f}", stat_mean(cosd), stat_mean(cosm)),
@@ -175,8 +175,8 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
   for (const Variant& v : vs) {
     ojson j = {{"variant", v.name}, {"what", v.what}, {"trained", v.trained}};
     for (const char* p :
-         {"/params", "/expert_bytes", "/model_bytes", "/file_bytes", "/forgetting/metrics/all/m_ex",
-          "/forgetting/metrics/all/m_in", "/peak_rss_bytes", "/seconds", "/cosine/to_dense_mean",
+         {"/params", "/expert_bytes", "/model_bytes", "/file_bytes", "/forgetting/m_ex",
+          "/forgetting/m_in", "/peak_rss_bytes", "/seconds", "/cosine/to_dense_mean",
           "/cosine/pairwise_mean", "/compress/total/rel_error_mean"})
       j[std::string(p).substr(1)] = stat_of(v.evals, p);
     for (const std::string& sub : {fresh, original})
