@@ -34,6 +34,9 @@ void command_export(CLI::App& app, Commands& c);  // moelab export
 // ---- moelab upcycle (cli/upcycle_cmds.cpp)
 void command_upcycle(CLI::App& app, Commands& c);
 
+// ---- moelab compress (cli/compress_cmds.cpp)
+void command_compress(CLI::App& app, Commands& c);
+
 // ---- moelab data (cli/data_cmds.cpp)
 void command_data_prepare(CLI::App& data, Commands& c);
 void command_data_inspect(CLI::App& data, Commands& c);
