@@ -233,6 +233,9 @@ batch_size = 4
 kind = "constant"
 max_lr = 2e-3
 warmup_steps = 2
+[checkpoint]
+every = 3
+keep_last = 3
 [eval]
 every = 5
 batches = 2
@@ -301,6 +304,12 @@ m = {x["method"]: x for x in s["methods"]}
 assert m["sm"]["params_trainable"] < m["vanilla"]["params_trainable"], "DeRS-SM trains fewer parameters"
 PY
 grep -q "## Final models" ders/report/summary.md && ok || bad "final-model table"
+# a DeRS run stopped after step 3 resumes to the same bits (positions, values, optimizer)
+cp ders/sm/seed_3/step_00000006/model.safetensors sm_end.safetensors
+rm -rf ders/sm/seed_3/step_00000006
+if "$moelab" ct ders.toml --methods sm --no-report >resume.log 2>&1; then ok; else bad "DeRS resume: $(tail -1 resume.log)"; fi
+grep -q "sm/seed_3.*(resuming)" resume.log && cmp -s sm_end.safetensors ders/sm/seed_3/step_00000006/model.safetensors &&
+  ok || bad "a resumed DeRS-SM run differs from the uninterrupted one"
 cfg=$(/usr/bin/python3 -c "import json; c=json.load(open('ders/lm/upcycled_s3/config.json')); print(c['moe_layers'], c['ders']['delta'])")
 [ "$cfg" = "[1] lowrank" ] && ok || bad "every-other low-rank upcycle config: $cfg"
 variant() { sed "$2" ders.toml >"$1.toml"; }

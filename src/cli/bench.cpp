@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -19,6 +20,7 @@
 #include "eval/decode.hpp"
 #include "eval/evalset.hpp"
 #include "model/model.hpp"
+#include "train/checkpoint.hpp"
 #include "train/trainer.hpp"
 
 namespace moelab {
@@ -137,13 +139,18 @@ void bench_train(const BenchTrainOptions& o) {
 // decoding throughput
 
 void bench_eval(const BenchEvalOptions& o) {
-  const ModelConfig cfg = config_load(o.config);
+  if (o.config.empty() == o.checkpoint.empty())
+    fail("bench eval: give --config or --checkpoint (one of them)");
+  const ModelConfig cfg = config_load(
+      o.checkpoint.empty() ? o.config
+                           : (std::filesystem::path(o.checkpoint) / "config.json").string());
   if (o.batch < 1 || o.samples < 1 || o.prompt < 1 || o.generate < 1)
     fail("bench eval: --samples, --batch, --prompt and --new must be positive");
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   threads_set(threads);
   Model<float> model(cfg, 1, 1);
   model.init_weights(1234);
+  if (!o.checkpoint.empty()) checkpoint_load(o.checkpoint, model, nullptr);
   Decoder dec(model, o.batch, o.prompt + o.generate);
   std::vector<int32_t> prompts(size_t(o.batch * o.prompt));
   for (size_t i = 0; i < prompts.size(); i++)
@@ -187,9 +194,13 @@ void bench_eval(const BenchEvalOptions& o) {
   const double de = time_now_s() - t1;
   profile().on = false;
 
+  const double model_mb =
+      double(model.params.size() * 4 + model.index.size() * 4 + model.codes.size()) / 1e6;
   nlohmann::ordered_json out = {
-      {"config", o.config},
+      {"config", o.checkpoint.empty() ? o.config : o.checkpoint},
       {"threads", threads},
+      {"model_mb", std::round(model_mb * 10) / 10},
+      {"peak_rss_mb", std::round(double(peak_rss_bytes()) / 1e5) / 10},
       {"samples", int64_t(n)},
       {"batch", o.batch},
       {"prompt", o.prompt},

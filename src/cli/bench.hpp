@@ -10,17 +10,18 @@ struct BenchTrainOptions {
   std::string config;
   int steps = 10;
   int warmup = 2;
-  int threads = 0;         // 0 = all cores
-  double peak_gflops = 0;  // 0 = measure
-  bool profile = false;    // per-op time breakdown
-  bool bf16 = false;       // linear layers in bf16 (fp32 master weights)
+  int threads = 0;                  // 0 = all cores
+  double peak_gflops = 0;           // 0 = measure
+  bool profile = false;             // per-op time breakdown
+  bool bf16 = false;                // linear layers in bf16 (fp32 master weights)
   std::vector<std::string> freeze;  // regexes of tensors not trained (as [train] freeze)
 };
 // Runs the training benchmark and prints one JSON line.
 void bench_train(const BenchTrainOptions& o);
 
 struct BenchEvalOptions {
-  std::string config;  // a bench JSON (its "model")
+  std::string config;      // a bench JSON (its "model"), random weights
+  std::string checkpoint;  // or a checkpoint folder: its config and weights
   int64_t samples = 256, batch = 64, prompt = 32, generate = 32;
   int threads = 0;
   bool profile = false;  // per-part time of the whole evaluation (stderr and JSON)

@@ -38,7 +38,8 @@ void command_bench_train(CLI::App& bench, Commands& c) {
 void command_bench_eval(CLI::App& bench, Commands& c) {
   auto o = std::make_shared<BenchEvalOptions>();
   auto* cmd = bench.add_subcommand("eval", "greedy decoding throughput (KV cache)");
-  cmd->add_option("--config", o->config, "bench or model JSON")->required();
+  cmd->add_option("--config", o->config, "bench or model JSON (random weights)");
+  cmd->add_option("--checkpoint", o->checkpoint, "or a checkpoint folder (its config and weights)");
   cmd->add_option("--samples", o->samples, "sequences to decode");
   cmd->add_option("--batch", o->batch, "sequences decoded together");
   cmd->add_option("--prompt", o->prompt, "prompt tokens per sequence");

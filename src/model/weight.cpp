@@ -93,15 +93,16 @@ void weight_sparse_add(const Ctx<T>& c, const Weight& w, int64_t e, T* out, cons
   const int32_t* pos = c.I + d.indices + e * d.nnz;
   const T* v = c.P + d.values + e * d.nnz;
   const int64_t I = w.in, O = w.out;
-  // Threads own blocks of rows; each walks the positions once, dividing once per position.
-#pragma omp parallel if (parallel_worth(N * d.nnz))
-  {
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t n0 = N * t / nt, n1 = N * (t + 1) / nt;
+  // Row by row (the row of out and of x stay in cache); the positions are sorted, so the input
+  // index i = pos / out only grows along them and needs no division.
+#pragma omp parallel for schedule(static) if (parallel_worth(N * d.nnz))
+  for (int64_t n = 0; n < N; n++) {
+    T* y = out + n * O;
+    const T* xn = x + n * I;
+    int64_t i = 0, row = 0;  // row = i * O
     for (int64_t j = 0; j < d.nnz; j++) {
-      const int64_t i = pos[j] / O, o = pos[j] - i * O;
-      const T vj = v[j];
-      for (int64_t n = n0; n < n1; n++) out[n * O + o] += vj * x[n * I + i];
+      while (pos[j] >= row + O) i++, row += O;
+      y[pos[j] - row] += v[j] * xn[i];
     }
   }
 }
@@ -117,7 +118,10 @@ void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T
   const int64_t I = w.in, O = w.out;
   const T* b = w.b >= 0 ? c.P + w.b + e * O : nullptr;
   const WeightDelta& d = w.delta;
-  const bool direct = d.kind == DeltaKind::Sparse && N * d.nnz <= I * O;
+  const bool direct =
+      d.kind == DeltaKind::Sparse &&
+      (weight_sparse_path == SparsePath::Auto ? N * d.nnz <= I * O
+                                              : weight_sparse_path == SparsePath::Direct);
   const T* W = w.rebuilt() && !direct && N > 0 ? weight_rebuild(c, w, e) : c.P + w.w_at(e);
   c.op.linear_forward(out, x, W, b, N, I, O, w.layout, c.dev.precision);
   if (N == 0) return;

@@ -40,6 +40,11 @@ struct WeightDelta {
   int64_t scales = -1;   // quant: [E, out] parameters (frozen)
 };
 
+// How a sparse delta is applied (benchmarks force one; Auto picks by the cost model of
+// weight_forward: direct when rows * nnz <= in * out).
+enum class SparsePath { Auto, Rebuild, Direct };
+inline SparsePath weight_sparse_path = SparsePath::Auto;
+
 struct Weight {
   int64_t w = -1, b = -1;  // offsets of the matrix and of the bias (-1: no bias)
   int64_t in = 0, out = 0;
