@@ -4,6 +4,7 @@
 // of quality against bytes.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -95,12 +96,12 @@ std::string cell(const ojson& s, int digits = 3) {
 std::string table_write(const std::vector<Variant>& vs, const std::string& original,
                         const std::string& fresh) {
   std::string md =
-      "| variant | what | trainable params | stored params | experts MB | model MB in memory | "
+      "| variant | what | trainable params | stored values | experts MB | model MB in memory | "
       "checkpoint MB | held-out " +
       fresh + " (new) | held-out " + original +
-      " (original) | M_ex | M_in | training peak RSS MB | evaluation peak RSS MB | evaluation s "
+      " (original) | M_ex | M_in | training peak RSS MB | evaluation s "
       "| cos(expert, dense FFN) mean / min | cos between experts mean | reconstruction error |\n";
-  md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Variant& v : vs) {
     const auto& e = v.evals;
     std::vector<double> rss;
@@ -109,16 +110,14 @@ std::string table_write(const std::vector<Variant>& vs, const std::string& origi
     const ojson cosd = stat_of(e, "/cosine/to_dense_mean"),
                 cosm = stat_of(e, "/cosine/to_dense_min");
     md += fmt::format(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         v.name, v.what,
         v.trained ? human_count(v.method.value("params_trainable", 0.0)) : "- (not trained)",
         human_count(stat_mean(stat_of(e, "/params"))), cell(stat_of(e, "/expert_bytes", 1e-6), 2),
         cell(stat_of(e, "/model_bytes", 1e-6), 1), cell(stat_of(e, "/file_bytes", 1e-6), 1),
         cell(stat_of(e, "/val_loss/" + fresh)), cell(stat_of(e, "/val_loss/" + original)),
-        cell(stat_of(e, "/forgetting/m_ex")),
-        cell(stat_of(e, "/forgetting/m_in")),
-        v.trained ? cell(values_stat(rss), 0) : "-", cell(stat_of(e, "/peak_rss_bytes", 1e-6), 0),
-        cell(stat_of(e, "/seconds"), 1),
+        cell(stat_of(e, "/forgetting/m_ex")), cell(stat_of(e, "/forgetting/m_in")),
+        v.trained ? cell(values_stat(rss), 0) : "-", cell(stat_of(e, "/seconds"), 1),
         cosd.is_null() ? "-" : fmt::format("{:.5f} / {:.5f}", stat_mean(cosd), stat_mean(cosm)),
         cell(stat_of(e, "/cosine/pairwise_mean"), 5),
         v.trained ? "-" : cell(stat_of(e, "/compress/total/rel_error_mean"), 4));
@@ -152,6 +151,61 @@ std::string figure_write(const std::vector<Variant>& vs, const std::string& orig
   return "ders_bytes";
 }
 
+// ----------------------------------------------------------------------------
+// the reading: what each compression cost against the model it compressed
+
+// Per seed, compression minus its source at the same seed (the same weights but for the
+// experts, measured on the same batches and samples).
+ojson paired(const Variant& v, const Variant& from, const std::string& pointer) {
+  std::vector<double> d;
+  const ojson::json_pointer p(pointer);
+  for (const ojson& e : v.evals) {
+    const std::string src = e.value("from", "");
+    for (const ojson& f : from.evals)
+      if (f.value("checkpoint", "") == src && e.contains(p) && f.contains(p) && e[p].is_number() &&
+          f[p].is_number())
+        d.push_back(e[p].get<double>() - f[p].get<double>());
+  }
+  return values_stat(d);
+}
+
+std::string reading_write(const std::vector<Variant>& vs, const std::string& original,
+                          const std::string& fresh) {
+  std::string md, kept, cost;
+  for (const Variant& v : vs) {
+    if (v.trained) continue;
+    const std::string from_name = v.method.value("from", "");
+    auto f = std::find_if(vs.begin(), vs.end(),
+                          [&](const Variant& x) { return x.trained && x.name == from_name; });
+    if (f == vs.end()) continue;
+    const ojson dn = paired(v, *f, "/val_loss/" + fresh),
+                dor = paired(v, *f, "/val_loss/" + original);
+    const ojson dex = paired(v, *f, "/forgetting/m_ex");
+    const double bytes = stat_mean(stat_of(v.evals, "/expert_bytes")) /
+                         stat_mean(stat_of(f->evals, "/expert_bytes"));
+    md += fmt::format(
+        "- {} ({}, {:.0f}% of the experts' bytes): held-out loss on {} {}, on {} {}, M_ex {} "
+        "against {}'s final model.\n",
+        v.name, v.method.value("delta", ""), 100 * bytes, fresh,
+        dn.is_null() ? "-" : fmt::format("{:+.3f}", stat_mean(dn)), original,
+        dor.is_null() ? "-" : fmt::format("{:+.3f}", stat_mean(dor)),
+        dex.is_null() ? "-" : fmt::format("{:+.3f}", stat_mean(dex)), from_name);
+    if (dn.is_null()) continue;
+    std::string& to = std::abs(stat_mean(dn)) <= 0.01 ? kept : cost;
+    to += (to.empty() ? "" : ", ") + v.name;
+  }
+  if (md.empty()) return "";
+  auto list = [](std::string s) {
+    return s.empty() ? std::string("none") : s.substr(0, s.size() - 1);
+  };
+  return "\n### What compression cost\n\n" + md +
+         fmt::format(
+             "- Within 0.01 nats of the uncompressed model on {} (a fixed line, not a test): {}. "
+             "Further from it: {}. A compression moves the experts back toward the dense FFN, "
+             "which was trained on {} only: a loss that rises on {} can fall on {}.\n",
+             fresh, list(kept), list(cost), original, fresh, original);
+}
+
 }  // namespace
 
 DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::string& out,
@@ -167,10 +221,13 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
       "held-out losses on the validation batches the runs use, M_ex and M_in on the samples the "
       "base recalled, the bytes of its routed experts as stored (f32 values, int32 positions, "
       "codes packed at their bit width), its parameters and integer tensors in memory, its "
-      "checkpoint file, and the evaluation's peak resident set and time (one process: the peak "
-      "includes what the study holds). Cosines compare each expert's whole matrix (base plus "
+      "checkpoint file, and the time the evaluation took (the values of a stored tensor count one "
+      "each: a quantized code too, stored at its bit width). Inference memory on its own is "
+      "measured by `moelab bench eval --checkpoint`. Cosines compare each expert's whole matrix "
+      "(base plus "
       "delta) with the dense FFN it was upcycled from. Means over seeds, ± their standard "
       "deviation where there are several.\n";
+  s.md += reading_write(vs, original, fresh);
   s.figures.push_back(figure_write(vs, original, fresh, out, plots));
   for (const Variant& v : vs) {
     ojson j = {{"variant", v.name}, {"what", v.what}, {"trained", v.trained}};
