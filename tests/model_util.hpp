@@ -61,4 +61,50 @@ std::vector<T> logits_of(const Model<T>& m) {
   return {m.logits().begin(), m.logits().end()};
 }
 
+// delta_e [in, out] of a DeRS model's expert e of the routed weight `name` (e.g.
+// model.layers.0.mlp.experts.gate_up_proj), computed here from the stored tensors, not by the
+// model's own rebuild.
+template <typename T>
+std::vector<double> ders_delta(const Model<T>& m, const std::string& name, int64_t e) {
+  const TensorView* base = m.layout.find(name + "_base");
+  const int64_t I = base->shape[0], O = base->shape[1];
+  std::vector<double> d(size_t(I * O), 0.0);
+  const DersConfig& ds = m.cfg.ders;
+  if (ds.delta == DeltaKind::Sparse) {
+    const TensorView* v = m.layout.find(name + "_delta_values");
+    const IntTensor* pos = m.layout.find_int(name + "_delta_indices");
+    const int64_t nnz = v->shape[1];
+    for (int64_t j = 0; j < nnz; j++)
+      d[size_t(m.index[size_t(pos->offset + e * nnz + j)])] +=
+          double(m.params[size_t(v->offset + e * nnz + j)]);
+  } else if (ds.delta == DeltaKind::LowRank) {
+    const TensorView *A = m.layout.find(name + "_delta_A"), *B = m.layout.find(name + "_delta_B");
+    const int64_t R = A->shape[1];
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t o = 0; o < O; o++)
+        for (int64_t r = 0; r < R; r++)
+          d[size_t(i * O + o)] += ds.scale() *
+                                  double(m.params[size_t(A->offset + (e * R + r) * I + i)]) *
+                                  double(m.params[size_t(B->offset + (e * O + o) * R + r)]);
+  } else {
+    const IntTensor* q = m.layout.find_int(name + "_delta_codes");
+    const TensorView* s = m.layout.find(name + "_delta_scales");
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t o = 0; o < O; o++)
+        d[size_t(i * O + o)] = double(m.params[size_t(s->offset + e * O + o)]) *
+                               double(m.codes[size_t(q->offset + e * I * O + i * O + o)]);
+  }
+  return d;
+}
+
+// Expert e's whole matrix [in, out]: base + delta_e, in double.
+template <typename T>
+std::vector<double> ders_expert(const Model<T>& m, const std::string& name, int64_t e) {
+  const TensorView* base = m.layout.find(name + "_base");
+  std::vector<double> w = ders_delta(m, name, e);
+  for (int64_t i = 0; i < base->numel; i++)
+    w[size_t(i)] += double(m.params[size_t(base->offset + i)]);
+  return w;
+}
+
 }  // namespace moelab::test

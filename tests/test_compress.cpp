@@ -50,40 +50,6 @@ std::vector<const TensorView*> routed(const Model<float>& m) {
   return r;
 }
 
-// Expert e of `name` of a DeRS model, [in * out] in double: base + delta from the stored tensors
-// (sparse: values added at their positions; quant: scale[o] code[i, o]; low rank: scale B A).
-std::vector<double> expert_of(const Model<float>& m, const std::string& name, int64_t e) {
-  const TensorView* base = m.layout.find(name + "_base");
-  const int64_t I = base->shape[0], O = base->shape[1], n = I * O;
-  std::vector<double> w(m.params.begin() + base->offset, m.params.begin() + base->offset + n);
-  const DersConfig& ds = m.cfg.ders;
-  if (ds.delta == DeltaKind::Sparse) {
-    const TensorView* v = m.layout.find(name + "_delta_values");
-    const IntTensor* pos = m.layout.find_int(name + "_delta_indices");
-    const int64_t nnz = v->shape[1];
-    for (int64_t j = 0; j < nnz; j++)
-      w[size_t(m.index[size_t(pos->offset + e * nnz + j)])] +=
-          double(m.params[size_t(v->offset + e * nnz + j)]);
-  } else if (ds.delta == DeltaKind::LowRank) {
-    const TensorView *A = m.layout.find(name + "_delta_A"), *B = m.layout.find(name + "_delta_B");
-    const int64_t R = A->shape[1];
-    for (int64_t i = 0; i < I; i++)
-      for (int64_t o = 0; o < O; o++)
-        for (int64_t r = 0; r < R; r++)
-          w[size_t(i * O + o)] += ds.scale() *
-                                  double(m.params[size_t(A->offset + (e * R + r) * I + i)]) *
-                                  double(m.params[size_t(B->offset + (e * O + o) * R + r)]);
-  } else {
-    const IntTensor* q = m.layout.find_int(name + "_delta_codes");
-    const TensorView* s = m.layout.find(name + "_delta_scales");
-    for (int64_t i = 0; i < I; i++)
-      for (int64_t o = 0; o < O; o++)
-        w[size_t(i * O + o)] += double(m.params[size_t(s->offset + e * O + o)]) *
-                                double(m.codes[size_t(q->offset + e * n + i * O + o)]);
-  }
-  return w;
-}
-
 // An MoE with distinct random experts (and every other tensor perturbed).
 Model<float> trained_like(const ModelConfig& c, uint64_t seed) {
   Model<float> m(c, 2, 9);
@@ -115,13 +81,13 @@ std::vector<float> mean_of(const Model<float>& m, const TensorView& t) {
   return b;
 }
 
-// max over experts of ||W_hat_e - W_e||_F / ||W_e||_F, W_hat from expert_of.
+// max over experts of ||W_hat_e - W_e||_F / ||W_e||_F, W_hat from ders_expert.
 double worst_rel_error(const Model<float>& moe, const Model<float>& out) {
   double worst = 0;
   for (const TensorView* t : routed(moe)) {
     const int64_t n = t->shape[1] * t->shape[2];
     for (int64_t e = 0; e < t->shape[0]; e++) {
-      const std::vector<double> w = expert_of(out, t->name, e);
+      const std::vector<double> w = ders_expert(out, t->name, e);
       double d = 0, s = 0;
       for (int64_t i = 0; i < n; i++) {
         const double x = double(moe.params[size_t(t->offset + e * n + i)]);
@@ -171,7 +137,7 @@ TEST(Compress, SparseAtP0GivesBackTheExperts) {
       EXPECT_EQ(out.layout.find(t->name + "_delta_values")->shape[1], n);  // every position
       const std::vector<float> b = mean_of(moe, *t);
       for (int64_t e = 0; e < t->shape[0]; e++) {
-        const std::vector<double> w = expert_of(out, t->name, e);
+        const std::vector<double> w = ders_expert(out, t->name, e);
         for (int64_t i = 0; i < n; i++) {
           const double x = moe.params[size_t(t->offset + e * n + i)];
           // base + float(W - base): one float rounding of the delta
@@ -209,7 +175,7 @@ TEST(Compress, QuantStaysWithinHalfAStepPerChannel) {
       const TensorView* sc = out.layout.find(t->name + "_delta_scales");
       for (int64_t e = 0; e < t->shape[0]; e++) {
         const float* W = moe.params.data() + t->offset + e * n;
-        const std::vector<double> w = expert_of(out, t->name, e);
+        const std::vector<double> w = ders_expert(out, t->name, e);
         for (int64_t o = 0; o < O; o++) {
           // the scale: the channel's largest |delta| over the code bound
           double amax = 0;

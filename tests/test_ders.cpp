@@ -39,41 +39,6 @@ std::vector<std::string> expert_names(int64_t l) {
   return {pre + "gate_up_proj", pre + "down_proj"};
 }
 
-// delta_e [in, out] of a DeRS model's expert e of the weight named `name`, computed here from
-// the stored tensors (not by the model's own rebuild).
-template <typename T>
-std::vector<double> delta_of(const Model<T>& m, const std::string& name, int64_t e) {
-  const TensorView* base = m.layout.find(name + "_base");
-  const int64_t I = base->shape[0], O = base->shape[1];
-  std::vector<double> d(size_t(I * O), 0.0);
-  const DersConfig& ds = m.cfg.ders;
-  if (ds.delta == DeltaKind::Sparse) {
-    const TensorView* v = m.layout.find(name + "_delta_values");
-    const IntTensor* pos = m.layout.find_int(name + "_delta_indices");
-    const int64_t nnz = v->shape[1];
-    for (int64_t j = 0; j < nnz; j++)
-      d[size_t(m.index[size_t(pos->offset + e * nnz + j)])] +=
-          double(m.params[size_t(v->offset + e * nnz + j)]);
-  } else if (ds.delta == DeltaKind::LowRank) {
-    const TensorView *A = m.layout.find(name + "_delta_A"), *B = m.layout.find(name + "_delta_B");
-    const int64_t R = A->shape[1];
-    for (int64_t i = 0; i < I; i++)
-      for (int64_t o = 0; o < O; o++)
-        for (int64_t r = 0; r < R; r++)
-          d[size_t(i * O + o)] += ds.scale() *
-                                  double(m.params[size_t(A->offset + (e * R + r) * I + i)]) *
-                                  double(m.params[size_t(B->offset + (e * O + o) * R + r)]);
-  } else {
-    const IntTensor* q = m.layout.find_int(name + "_delta_codes");
-    const TensorView* s = m.layout.find(name + "_delta_scales");
-    for (int64_t i = 0; i < I; i++)
-      for (int64_t o = 0; o < O; o++)
-        d[size_t(i * O + o)] = double(m.params[size_t(s->offset + e * O + o)]) *
-                               double(m.codes[size_t(q->offset + e * I * O + i * O + o)]);
-  }
-  return d;
-}
-
 // `van` (a vanilla MoE of the same config without ders) takes every tensor `ders` shares with
 // it, and as expert e of each routed weight base + delta_e (in double, rounded once).
 template <typename T>
@@ -88,7 +53,7 @@ void densify(const Model<T>& ders, Model<T>& van) {
       ASSERT_TRUE(base && full) << name;
       const int64_t n = base->numel;
       for (int64_t e = 0; e < full->shape[0]; e++) {
-        const std::vector<double> d = delta_of(ders, name, e);
+        const std::vector<double> d = ders_delta(ders, name, e);
         for (int64_t i = 0; i < n; i++)
           van.params[size_t(full->offset + e * n + i)] =
               T(double(ders.params[size_t(base->offset + i)]) + d[size_t(i)]);
