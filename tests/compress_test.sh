@@ -60,31 +60,7 @@ done
 ck=moe/step_00000030
 dense=dense/step_00000030
 # from_toml NAME DIR STEPS: a run of STEPS steps on B started from the checkpoint folder DIR
-from_toml() {
-  cat <<TOML
-[run]
-dir = "$1"
-seed = 4
-threads = 2
-log_every = 1
-[model]
-config = "$2/config.json"
-init_from = "$2"
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-kind = "constant"
-max_lr = 3e-3
-warmup_steps = 1
-[[phases]]
-name = "B"
-subset = "B"
-steps = $3
-TOML
-}
+from_toml() { from_checkpoint_toml "$1" "$2" "$3" 4 3e-3; }
 # The paper's setting: the dense model upcycled (4 copies, top-2) and trained on; its universal
 # FFN form (MoE-CT experts) and fine-grained slices (narrower experts) as they come out.
 for u in "up --experts 4 --top-k 2" "uni --experts 3 --top-k 2 --universal-ffn" "fine --experts 2 --granularity 2"; do

@@ -42,3 +42,32 @@ finish() {
   echo "$1: $pass passed, $fail failed"
   [ "$fail" -eq 0 ]
 }
+
+# from_checkpoint_toml RUN_DIR CKPT STEPS SEED MAX_LR: an experiment of STEPS steps on subset B
+# (seq 32, batch 4, constant rate) whose model is the checkpoint folder CKPT ([model] config and
+# init_from), as upcycled and compressed folders are trained on.
+from_checkpoint_toml() {
+  cat <<TOML
+[run]
+dir = "$1"
+seed = $4
+threads = 2
+log_every = 1
+[model]
+config = "$2/config.json"
+init_from = "$2"
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+[schedule]
+kind = "constant"
+max_lr = $5
+warmup_steps = 1
+[[phases]]
+name = "B"
+subset = "B"
+steps = $3
+TOML
+}

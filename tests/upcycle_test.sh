@@ -98,29 +98,7 @@ PY
 
 # ---- training from the upcycled checkpoints: the first loss is the dense model's, and it trains
 from() {  # from NAME DIR: a 4-step run started from DIR
-  cat >"$1.toml" <<TOML
-[run]
-dir = "run_$1"
-seed = 5
-threads = 2
-log_every = 1
-[model]
-config = "$2/config.json"
-init_from = "$2"
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-kind = "constant"
-max_lr = 1e-3
-warmup_steps = 1
-[[phases]]
-name = "B"
-subset = "B"
-steps = 4
-TOML
+  from_checkpoint_toml "run_$1" "$2" 4 5 1e-3 >"$1.toml"
   if "$moelab" train "$1.toml" >"$1.train.log" 2>&1; then ok; else bad "train from $2: $(tail -1 "$1.train.log")"; fi
 }
 from d $ck
