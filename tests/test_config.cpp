@@ -130,6 +130,19 @@ TEST(Config, CountsEqualTheParameterLayout) {
         j["attention_sinks"] = extras;
         const ModelConfig c = config_from_json(j, "x");
         EXPECT_EQ(config_count(c).total, layout_build(c).total) << j.dump();
+        for (const char* gate : {"fixed", "scalar", "token"}) {  // MoE-CT on one layer
+          json k = j;
+          k["moe_ct"] = {{"experts", 3}, {"top_k", 2}, {"gate", gate}, {"layers", {1}}};
+          const ModelConfig ct = config_from_json(k, "x");
+          EXPECT_EQ(config_count(ct).total, layout_build(ct).total) << k.dump();
+        }
+        json u = j;  // every other layer an MoE, experts as DeRS deltas
+        if (moe) {
+          u["moe_layers"] = {1};
+          u["ders"] = {{"delta", "lowrank"}, {"rank", 2}};
+          const ModelConfig dc = config_from_json(u, "x");
+          EXPECT_EQ(config_count(dc).total, layout_build(dc).total) << u.dump();
+        }
       }
 }
 

@@ -568,6 +568,14 @@ ParamCountsOf<N> config_count_as(const ModelConfig& c) {
     if (c.is_moe() && moe) p.router += d * E + E;
     p.experts += config_count_experts(c, E);
     active_experts += k * p.per_expert;
+    if (c.moe_ct.on(l)) {  // MoE-CT: N new experts, their router and the gate
+      const N n = N(c.moe_ct.experts);
+      p.router += d * n + n + (c.moe_ct.gate == CtGate::Token    ? d + 1
+                               : c.moe_ct.gate == CtGate::Scalar ? 1
+                                                                 : 0);
+      p.experts += config_count_experts(c, n);
+      active_experts += N(c.moe_ct.top_k) * p.per_expert;
+    }
   }
   p.norms = L * 2 * d + d;
   p.total = p.embedding + p.unembedding + p.attention + p.router + p.experts + p.norms;
@@ -592,6 +600,8 @@ FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
     const bool moe = c.moe_at(l);
     k_sum += moe ? double(c.num_experts_per_tok) : 1.0;
     router_sum += c.is_moe() && moe ? double(c.num_local_experts) : 0.0;
+    if (c.moe_ct.on(l))  // MoE-CT's new experts beside the layer's FFN
+      k_sum += double(c.moe_ct.top_k), router_sum += double(c.moe_ct.experts);
   }
   constexpr double Cf = 6.0, R = 14.0;
   // Average number of keys a query attends to, per layer kind, over positions 0..seq-1: the
