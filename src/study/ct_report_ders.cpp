@@ -195,9 +195,7 @@ std::string reading_write(const std::vector<Variant>& vs, const std::string& ori
     to += (to.empty() ? "" : ", ") + v.name;
   }
   if (md.empty()) return "";
-  auto list = [](std::string s) {
-    return s.empty() ? std::string("none") : s.substr(0, s.size() - 1);
-  };
+  auto list = [](const std::string& s) { return s.empty() ? std::string("none") : s; };
   return "\n### What compression cost\n\n" + md +
          fmt::format(
              "- Within 0.01 nats of the uncompressed model on {} (a fixed line, not a test): {}. "
