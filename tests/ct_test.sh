@@ -280,7 +280,7 @@ TOML
 if "$moelab" ct ders.toml --no-plots >ders.log 2>&1; then ok; else bad "ct with upcycling: $(tail -1 ders.log)"; fi
 for f in vanilla/upcycled_s3/config.json vanilla/seed_3/final_eval.json sm/seed_3/final_eval.json \
   lm/seed_3/final_eval.json compress/drop/seed_3/model/compress.json compress/q2/seed_3/eval.json \
-  compress/svd/seed_3/eval.json report/ders_bytes.gp; do
+  compress/svd/seed_3/eval.json report/ders_bytes_B.gp; do
   [ -s "ders/$f" ] && ok || bad "ders/$f missing"
 done
 /usr/bin/python3 - <<'PY' && ok || bad "final models"

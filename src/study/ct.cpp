@@ -353,8 +353,11 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
   }
   ojson compress = ojson::array();
   for (const CtCompress& k : c.compress)
-    compress.push_back(
-        {{"name", k.name}, {"from", k.from}, {"delta", k.spec}, {"base", k.options.ders.base}});
+    compress.push_back({{"name", k.name},
+                        {"from", k.from},
+                        {"delta", k.spec},
+                        {"base", k.options.ders.base},
+                        {"select", k.options.ders.topk ? "topk" : "random"}});
   const ojson study = {{"experiment", c.source},
                        {"base", c.base},
                        {"original", c.original},

@@ -126,29 +126,46 @@ std::string table_write(const std::vector<Variant>& vs, const std::string& origi
 }
 
 // ----------------------------------------------------------------------------
-// the figure: quality against the experts' bytes
+// the figures: quality against the experts' bytes, one curve per family of variants
 
-std::string figure_write(const std::vector<Variant>& vs, const std::string& original,
-                         const std::string& fresh, const std::string& out, bool plots) {
+// "trained sparse", "compressed quant", ...: the variants one curve joins (by bytes).
+std::string family(const Variant& v) {
+  const std::string spec =
+      v.trained ? v.method["method"].value("upcycle", ojson::object()).value("delta", "none")
+                : v.method.value("delta", "");
+  std::string kind = spec.substr(0, spec.find(':'));
+  if (kind == "none") kind = "vanilla";
+  if (!v.trained && v.method.value("select", "") == "topk") kind += " top-k";
+  return (v.trained ? "trained: " : "compressed: ") + kind;
+}
+
+std::string figure_write(const std::vector<Variant>& vs, const std::string& subset,
+                         const std::string& what, const std::string& out, bool plots) {
   PlotChart c;
-  c.title = fmt::format(
-      "held-out loss against the experts' stored size; {} (new) filled, {} "
-      "(original) open",
-      fresh, original);
+  c.title =
+      fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what);
   c.xlabel = "routed experts, MB as stored";
   c.ylabel = "held-out loss (nats/token)";
-  int color = 1;
-  for (const Variant& v : vs) {
-    const double x = stat_mean(stat_of(v.evals, "/expert_bytes", 1e-6));
-    for (const auto& [sub, dash] : {std::pair{fresh, 1}, std::pair{original, 2}}) {
-      const double y = stat_mean(stat_of(v.evals, "/val_loss/" + sub));
-      if (!std::isfinite(x) || !std::isfinite(y)) continue;
-      c.series.push_back({v.name + " " + sub, {x}, {y}, {}, {}, dash, color, true});
+  std::vector<std::string> families;
+  for (const Variant& v : vs)
+    if (std::find(families.begin(), families.end(), family(v)) == families.end())
+      families.push_back(family(v));
+  for (size_t i = 0; i < families.size(); i++) {
+    std::vector<std::pair<double, double>> pts;
+    for (const Variant& v : vs) {
+      const double x = stat_mean(stat_of(v.evals, "/expert_bytes", 1e-6));
+      const double y = stat_mean(stat_of(v.evals, "/val_loss/" + subset));
+      if (family(v) == families[i] && std::isfinite(x) && std::isfinite(y)) pts.push_back({x, y});
     }
-    color++;
+    std::sort(pts.begin(), pts.end());
+    PlotSeries ps{families[i], {},  {}, {}, {}, families[i].starts_with("trained") ? 1 : 2,
+                  int(i) + 1,  true};
+    for (const auto& [x, y] : pts) ps.x.push_back(x), ps.y.push_back(y);
+    if (!ps.x.empty()) c.series.push_back(std::move(ps));
   }
-  plot_write(c, (fs::path(out) / "ders_bytes").string(), plots);
-  return "ders_bytes";
+  const std::string stem = "ders_bytes_" + subset;
+  plot_write(c, (fs::path(out) / stem).string(), plots);
+  return stem;
 }
 
 // ----------------------------------------------------------------------------
@@ -226,7 +243,8 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
       "delta) with the dense FFN it was upcycled from. Means over seeds, ± their standard "
       "deviation where there are several.\n";
   s.md += reading_write(vs, original, fresh);
-  s.figures.push_back(figure_write(vs, original, fresh, out, plots));
+  s.figures.push_back(figure_write(vs, fresh, "new domain", out, plots));
+  s.figures.push_back(figure_write(vs, original, "original domain", out, plots));
   for (const Variant& v : vs) {
     ojson j = {{"variant", v.name}, {"what", v.what}, {"trained", v.trained}};
     for (const char* p :
