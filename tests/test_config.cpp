@@ -212,8 +212,8 @@ TEST(Error, OneLineWhateverTheInput) {
 
 TEST(Config, MoeCtKeysAndRefusals) {
   auto parse = [](const std::string& ct) {
-    return config_from_json(nlohmann::json::parse(R"({"num_hidden_layers": 4, "moe_ct": )" + ct + "}"),
-                            "m.json");
+    return config_from_json(
+        nlohmann::json::parse(R"({"num_hidden_layers": 4, "moe_ct": )" + ct + "}"), "m.json");
   };
   const ModelConfig c = parse(R"({"experts": 4, "top_k": 2, "gate": "scalar", "lambda": 0.25,
                                   "init": "random", "layers": [1, 3]})");
@@ -238,5 +238,6 @@ TEST(Config, MoeCtKeysAndRefusals) {
   EXPECT_EQ(refusal(R"({"experts": 2, "gate": "soft"})"),
             "m.json: moe_ct: 'gate' must be \"fixed\", \"scalar\" or \"token\"");
   EXPECT_EQ(refusal(R"({"experts": 2, "lambda": 1.0})"),
-            "m.json: 'moe_ct.lambda' must be in (0, 1) for the token gate (it is sigmoid(b) at the start)");
+            "m.json: 'moe_ct.lambda' must be in (0, 1) for the token gate (it is sigmoid(b) at the "
+            "start)");
 }

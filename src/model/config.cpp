@@ -407,8 +407,7 @@ void config_validate(const ModelConfig& c, std::string_view src) {
     need(ds.delta != DeltaKind::LowRank || ds.rank <= full,
          fmt::format("'ders.rank' ({}) exceeds the rank of an expert matrix ({})", ds.rank, full));
   }
-  need(c.moe_layers.empty() || c.num_local_experts > 1,
-       "'moe_layers' needs num_local_experts > 1");
+  need(c.moe_layers.empty() || c.num_local_experts > 1, "'moe_layers' needs num_local_experts > 1");
   if (c.lora.rank != 0 || !c.lora.targets.empty()) {
     need(c.lora.rank >= 1 && c.lora.rank <= 65536, "'lora.rank' must be in [1, 65536]");
     need(std::isfinite(c.lora.alpha) && c.lora.alpha >= 0,
@@ -539,8 +538,9 @@ N config_count_experts(const ModelConfig& c, N E) {
   const N r = N(ds.rank);
   switch (ds.delta) {
     case DeltaKind::Sparse:
-      return mats + biases + E * (N(ds.nnz(2 * c.hidden_size * c.intermediate_size)) +
-                                  N(ds.nnz(c.intermediate_size * c.hidden_size)));
+      return mats + biases +
+             E * (N(ds.nnz(2 * c.hidden_size * c.intermediate_size)) +
+                  N(ds.nnz(c.intermediate_size * c.hidden_size)));
     case DeltaKind::LowRank:
       return mats + biases + E * r * (d + 2 * I + I + d);
     default:  // quant: codes, and a scale per output channel
@@ -570,9 +570,10 @@ ParamCountsOf<N> config_count_as(const ModelConfig& c) {
     active_experts += k * p.per_expert;
     if (c.moe_ct.on(l)) {  // MoE-CT: N new experts, their router and the gate
       const N n = N(c.moe_ct.experts);
-      p.router += d * n + n + (c.moe_ct.gate == CtGate::Token    ? d + 1
-                               : c.moe_ct.gate == CtGate::Scalar ? 1
-                                                                 : 0);
+      p.router += d * n + n +
+                  (c.moe_ct.gate == CtGate::Token    ? d + 1
+                   : c.moe_ct.gate == CtGate::Scalar ? 1
+                                                     : 0);
       p.experts += config_count_experts(c, n);
       active_experts += N(c.moe_ct.top_k) * p.per_expert;
     }
@@ -580,8 +581,8 @@ ParamCountsOf<N> config_count_as(const ModelConfig& c) {
   p.norms = L * 2 * d + d;
   p.total = p.embedding + p.unembedding + p.attention + p.router + p.experts + p.norms;
   // The output head is active even when tied (it is then the embedding matrix).
-  p.active = p.total - p.embedding - p.experts + active_experts +
-             (c.tie_word_embeddings ? V * d : 0);
+  p.active =
+      p.total - p.embedding - p.experts + active_experts + (c.tie_word_embeddings ? V * d : 0);
   return p;
 }
 template ParamCountsOf<int64_t> config_count_as<int64_t>(const ModelConfig&);

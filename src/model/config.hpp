@@ -47,12 +47,12 @@ struct MoeCtConfig {
 enum class DeltaKind { None, Sparse, LowRank, Quant };
 struct DersConfig {
   DeltaKind delta = DeltaKind::None;
-  double p = 0.9;       // sparse: the share of each delta dropped
-  bool topk = false;    // sparse: positions kept by magnitude (compress) rather than at random
-  uint64_t seed = 0;    // sparse: the random positions of a fresh model
-  int64_t rank = 4;     // low-rank
-  double alpha = 0;     // low-rank: scale alpha / rank; 0: scale 1
-  int64_t bits = 4;     // quant: 1..8
+  double p = 0.9;     // sparse: the share of each delta dropped
+  bool topk = false;  // sparse: positions kept by magnitude (compress) rather than at random
+  uint64_t seed = 0;  // sparse: the random positions of a fresh model
+  int64_t rank = 4;   // low-rank
+  double alpha = 0;   // low-rank: scale alpha / rank; 0: scale 1
+  int64_t bits = 4;   // quant: 1..8
   std::string base = "shared";  // what the base is: "shared" (trained), "dense" or "mean"
   bool on() const { return delta != DeltaKind::None; }
   double scale() const { return alpha > 0 ? alpha / double(rank) : 1.0; }

@@ -22,10 +22,10 @@ struct CtParams;
 struct FfnParams {
   int64_t layer = 0;
   std::shared_ptr<const ModelConfig> cfg;  // the layer's (ModelConfig::layer_config)
-  FfnKind kind = FfnKind::Dense;       // what it computes (ffn_kind)
-  FfnKind mix = FfnKind::Dense;        // what the layer's own FFN computes: Dense or Moe
-  int64_t ln = -1;                     // post_attention_layernorm [d]
-  Weight router;                       // [E, d] and bias; w = -1 without a router
+  FfnKind kind = FfnKind::Dense;           // what it computes (ffn_kind)
+  FfnKind mix = FfnKind::Dense;            // what the layer's own FFN computes: Dense or Moe
+  int64_t ln = -1;                         // post_attention_layernorm [d]
+  Weight router;                           // [E, d] and bias; w = -1 without a router
   Weight up;                           // per expert [d, 2I] (gate and linear interleaved) and bias
   Weight down;                         // per expert [I, d] and bias
   std::shared_ptr<const CtParams> ct;  // MoE-CT: the new experts and the gate (else null)

@@ -111,7 +111,8 @@ void Model<T>::init_weights(uint64_t seed) {
       }
     }
   }
-  for (const FfnParams& f : mp_.ffn) ffn_init_positions(f, std::span<int32_t>(index), cfg.ders.seed);
+  for (const FfnParams& f : mp_.ffn)
+    ffn_init_positions(f, std::span<int32_t>(index), cfg.ders.seed);
   std::fill(codes.begin(), codes.end(), int8_t(0));
   init_derived([](const std::string&) { return true; });
 }
@@ -128,15 +129,15 @@ void Model<T>::zero_grad() {
 
 template <typename T>
 Ctx<T> Model<T>::ctx(bool with_grads) {
-  return {*dev_,         dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr,
-          &layout,       index.data(),   codes.data(),  wbuf_.data(),
+  return {*dev_,       dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr,
+          &layout,     index.data(),   codes.data(),  wbuf_.data(),
           gbuf_.data()};
 }
 
 template <typename T>
 Ctx<T> Model<T>::ctx_infer(T* wbuf) const {
-  return {*dev_, dev_->ops<T>(), params.data(), nullptr, &layout, index.data(), codes.data(), wbuf,
-          nullptr};
+  return {*dev_,        dev_->ops<T>(), params.data(), nullptr, &layout,
+          index.data(), codes.data(),   wbuf,          nullptr};
 }
 
 template <typename T>

@@ -73,12 +73,12 @@ class Model {
 
   ModelConfig cfg;
   ParamLayout layout;
-  std::vector<T> params;  // [layout.total]
-  std::vector<T> grads;   // [layout.total]
+  std::vector<T> params;       // [layout.total]
+  std::vector<T> grads;        // [layout.total]
   std::vector<int32_t> index;  // [layout.total_i32] DeRS sparse positions
   std::vector<int8_t> codes;   // [layout.total_i8]  DeRS quantized codes
-  int64_t B, Tq;          // batch, sequence length
-  int64_t N;              // B * Tq tokens
+  int64_t B, Tq;               // batch, sequence length
+  int64_t N;                   // B * Tq tokens
 
  private:
   struct Acts {

@@ -30,7 +30,7 @@ struct IntTensor {
   std::vector<int64_t> shape;
   int64_t offset = 0;  // into the int32 or the int8 store
   int64_t numel = 0;
-  int bits = 32;  // 32: int32 store; 8: int8 store
+  int bits = 32;      // 32: int32 store; 8: int8 store
   int64_t bound = 0;  // int32: every value in [0, bound); int8: the codes' bit width
 };
 

@@ -10,9 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <set>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 
 #include "core/error.hpp"
@@ -157,9 +157,8 @@ IntRefs ints_refs(const Model<float>& model) {
           t.shape));
       continue;
     }
-    r.packed.push_back(
-        delta_pack(std::span<const int8_t>(model.codes.data() + t.offset, size_t(t.numel)),
-                   t.bound));
+    r.packed.push_back(delta_pack(
+        std::span<const int8_t>(model.codes.data() + t.offset, size_t(t.numel)), t.bound));
     const auto& b = r.packed.back();
     r.refs.push_back(tensor_ref<uint8_t>(t.name, std::span<const uint8_t>(b), {int64_t(b.size())}));
   }
