@@ -11,7 +11,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEPS := g++ cmake make pkg-config libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
+DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
 .PHONY: deps build test bench demo ct-demo ders-demo format clean test-asan fuzz
