@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   command_run(app, c);
   command_report(app, c);
   command_ct(app, c);
+  CLI::App& sweep = command_group(app, "sweep", "IsoFLOP sweeps over sparsity");
+  command_sweep_plan(sweep, c);
+  command_sweep_run(sweep, c);
 
   CLI::App& bench = command_group(app, "bench", "measure speed");
   command_bench_peak(bench, c);

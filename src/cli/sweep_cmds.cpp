@@ -1,0 +1,40 @@
+// moelab sweep plan, moelab sweep run: IsoFLOP sweeps over sparsity (study/sweep.hpp).
+#include <memory>
+#include <string>
+
+#include "cli/commands.hpp"
+#include "study/sweep.hpp"
+
+namespace moelab {
+
+void command_sweep_plan(CLI::App& sweep, Commands& c) {
+  auto config = std::make_shared<std::string>();
+  auto o = std::make_shared<SweepPlanOptions>();
+  auto no_measure = std::make_shared<bool>(false);
+  auto* cmd = sweep.add_subcommand(
+      "plan", "the grid of runs: N, N_active, S, D, tokens per parameter, epochs, time");
+  cmd->add_option("config", *config, "sweep TOML (an experiment file with [sweep])")->required();
+  cmd->add_flag("--no-measure", *no_measure, "skip timing one step of each model");
+  c.add(cmd, [config, o, no_measure] {
+    o->measure = !*no_measure;
+    return sweep_plan_print(*config, *o), 0;
+  });
+}
+
+void command_sweep_run(CLI::App& sweep, Commands& c) {
+  auto config = std::make_shared<std::string>();
+  auto o = std::make_shared<SweepRunOptions>();
+  auto* cmd = sweep.add_subcommand(
+      "run", "work through the grid (resumable; several processes share it), then RUN/sweep.csv");
+  cmd->add_option("config", *config, "sweep TOML")->required();
+  cmd->add_option("--job", o->job, "run only this job of the plan (0-based; a SLURM array task)");
+  cmd->add_flag("--slurm", o->slurm, "write RUN/sweep.slurm (a job array) instead of running");
+  cmd->footer(
+      "Each job is a run folder RUN/<job>/ held by a file lock while it trains: start this "
+      "command in several processes (or on machines sharing the folder) and they split the "
+      "grid; a stopped or killed job resumes from its last checkpoint when a worker next takes "
+      "it.");
+  c.add(cmd, [config, o] { return sweep_run(*config, *o); });
+}
+
+}  // namespace moelab

@@ -1,0 +1,416 @@
+#include "study/sweep.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <omp.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/gemm.hpp"
+#include "core/rng.hpp"
+#include "core/sysinfo.hpp"
+#include "data/dataset.hpp"
+#include "model/model.hpp"
+#include "study/ct_config.hpp"
+#include "study/report.hpp"
+#include "train/checkpoint.hpp"
+#include "train/experiment.hpp"
+#include "train/trainer.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// the file
+
+struct SweepConfig {
+  std::string source, run_dir = "runs/sweep";
+  toml::table root;
+  std::string base, subset;
+  std::vector<double> budgets, sparsities, aux_coefs;
+  std::vector<int64_t> sizes, seeds;
+  int64_t top_k = 1;
+  double max_epochs = 1.0;
+  int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
+};
+
+void sections_check(const toml::table& root, const std::string& path) {
+  static const std::set<std::string> allowed = {"run",      "data",       "train", "optimizer",
+                                                "schedule", "checkpoint", "eval",  "sweep"};
+  for (const auto& [k, v] : root) {
+    const std::string key(k.str());
+    if (key == "model" || key == "phases")
+      fail(
+          fmt::format("{}: '{}' comes from [sweep] (base, sizes, sparsities; one phase on subset "
+                      "for the budget's tokens)",
+                      path, key));
+    if (!allowed.contains(key)) fail(fmt::format("{}: unknown section '{}'", path, key));
+    if (!v.is_table()) fail(fmt::format("{}: '{}' must be a table", path, key));
+  }
+  if (!root.contains("sweep")) fail(fmt::format("{}: no [sweep] section", path));
+}
+
+// A list of numbers (TOML integers or floats).
+std::vector<double> numbers(ConfigSection& s, const json& j, const std::string& key) {
+  if (!j.contains(key)) return {};
+  std::vector<double> v;
+  if (!j[key].is_array()) s.bad(key, "must be an array of numbers");
+  for (const json& e : j[key]) {
+    if (!e.is_number()) s.bad(key, "must be an array of numbers");
+    v.push_back(e.get<double>());
+  }
+  return v;
+}
+
+SweepConfig config_read(const std::string& path) {
+  SweepConfig c;
+  c.source = path;
+  c.root = ct_file_parse(path);
+  sections_check(c.root, path);
+  c.run_dir = c.root["run"]["dir"].value_or(c.run_dir);
+  c.batch_size = c.root["train"]["batch_size"].value_or(c.batch_size);
+  c.seq_len = c.root["data"]["seq_len"].value_or(c.seq_len);
+  json j = ct_toml_json(*c.root["sweep"].as_table());
+  ConfigSection s(&j, "sweep", path);
+  s.get("base", c.base);
+  s.get("subset", c.subset);
+  std::vector<std::string> num_keys = {"budgets", "sparsities", "aux_coefs"};
+  c.budgets = numbers(s, j, "budgets"), c.sparsities = numbers(s, j, "sparsities");
+  c.aux_coefs = numbers(s, j, "aux_coefs");
+  for (const std::string& k : num_keys) j.erase(k);
+  s.get("sizes", c.sizes);
+  s.get("seeds", c.seeds);
+  s.get("top_k", c.top_k);
+  s.get("max_epochs", c.max_epochs);
+  s.finish();
+  if (c.base.empty()) s.bad("base", "is required (a dense model config JSON)");
+  if (c.subset.empty()) s.bad("subset", "is required (the data subset trained on)");
+  if (c.budgets.empty()) s.bad("budgets", "must list at least one budget (FLOPs)");
+  if (c.sparsities.empty()) c.sparsities = {0.0};
+  if (c.sizes.empty()) s.bad("sizes", "must list at least one hidden width");
+  if (c.seeds.empty()) c.seeds = {c.root["run"]["seed"].value_or(int64_t(1))};
+  if (c.top_k < 1) s.bad("top_k", "must be >= 1");
+  if (!(c.max_epochs > 0)) s.bad("max_epochs", "must be positive");
+  for (double b : c.budgets)
+    if (!(b > 0) || !std::isfinite(b))
+      s.bad("budgets", fmt::format("{} is not a positive budget", b));
+  for (double x : c.sparsities)
+    if (!(x >= 0 && x < 1)) s.bad("sparsities", fmt::format("{} is not in [0, 1)", x));
+  for (int64_t d : c.sizes)
+    if (d < 1) s.bad("sizes", fmt::format("{} is not a hidden width", d));
+  return c;
+}
+
+// ----------------------------------------------------------------------------
+// the grid
+
+// E = K / (1 - S), which must be an integer (S = 0.3 with K = 1 has none).
+int64_t experts_for(double S, int64_t K, const std::string& source) {
+  const double E = double(K) / (1.0 - S);
+  const int64_t e = std::llround(E);
+  if (std::abs(E - double(e)) > 1e-6 * E)
+    fail(
+        fmt::format("{}: 'sweep.sparsities': S = {} with top_k = {} needs E = {:.4g} experts, not "
+                    "an integer (S = (E - K) / E)",
+                    source, S, K, E));
+  return e;
+}
+
+// The base scaled to hidden width d (heads and the FFN width in proportion, head_dim kept),
+// with E experts of the full FFN width, top-k K: N_active stays put as S grows, N grows.
+ModelConfig model_for(const ModelConfig& base, int64_t d, int64_t E, int64_t K, double aux,
+                      const std::string& source) {
+  ModelConfig m = base;
+  const int64_t hd = base.head_dim;
+  if (d % hd != 0)
+    fail(
+        fmt::format("{}: 'sweep.sizes': width {} is not a multiple of head_dim {}", source, d, hd));
+  const int64_t group = std::max<int64_t>(1, base.num_attention_heads / base.num_key_value_heads);
+  m.hidden_size = d;
+  m.num_attention_heads = d / hd;
+  m.num_key_value_heads = std::max<int64_t>(1, m.num_attention_heads / group);
+  m.intermediate_size = std::max<int64_t>(1, base.intermediate_size * d / base.hidden_size);
+  m.num_local_experts = E;
+  m.num_experts_per_tok = E > 1 ? K : 1;
+  m.ffn_type = E > 1 ? FfnKind::Moe : FfnKind::Dense;
+  m.router_aux_loss_coef = aux;
+  config_validate(m, source);
+  return m;
+}
+
+std::string budget_name(double b) {
+  return fmt::format("{:.2g}", b);
+}
+
+std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences) {
+  const ModelConfig base = config_load(c.base);
+  if (base.num_local_experts != 1)
+    fail(fmt::format("{}: 'sweep.base': {} must be a dense model (it has {} experts)", c.source,
+                     c.base, base.num_local_experts));
+  const std::vector<double> auxes =
+      c.aux_coefs.empty() ? std::vector<double>{base.router_aux_loss_coef} : c.aux_coefs;
+  std::vector<SweepJob> jobs;
+  const int64_t per_step = c.batch_size * c.seq_len;
+  for (double C : c.budgets)
+    for (double S : c.sparsities)
+      for (int64_t d : c.sizes)
+        for (double aux : auxes)
+          for (int64_t seed : c.seeds) {
+            SweepJob j;
+            j.budget = C, j.sparsity = S, j.size = d, j.aux_coef = aux, j.seed = seed;
+            j.top_k = c.top_k;
+            j.experts = experts_for(S, c.top_k, c.source);
+            j.model = model_for(base, d, j.experts, c.top_k, aux, c.source);
+            j.flops_per_token = config_flops(j.model, c.seq_len).train_per_token;
+            j.steps = int64_t(std::floor(C / j.flops_per_token / double(per_step)));
+            j.tokens = j.steps * per_step;
+            const ParamCounts pc = config_count(j.model);
+            j.params = pc.total, j.active = pc.active;
+            j.epochs =
+                double(j.steps * c.batch_size) / double(std::max<uint64_t>(1, train_sequences));
+            j.name = fmt::format("C{}_S{:g}_d{}{}_s{}", budget_name(C), S, d,
+                                 auxes.size() > 1 ? fmt::format("_aux{:g}", aux) : "", seed);
+            if (j.steps < 1)
+              fail(
+                  fmt::format("{}: 'sweep.budgets': {:.3g} FLOPs is too small for one step of {} "
+                              "(S {}, {:.3g} FLOPs per step)",
+                              c.source, C, j.name, S, j.flops_per_token * double(per_step)));
+            if (j.epochs > c.max_epochs)
+              fail(
+                  fmt::format("{}: {} needs {:.2f} passes over subset '{}' (max_epochs {}): a "
+                              "smaller budget, or more data",
+                              c.source, j.name, j.epochs, c.subset, c.max_epochs));
+            jobs.push_back(std::move(j));
+          }
+  return jobs;
+}
+
+uint64_t train_sequences(const SweepConfig& c, const DataDir& data) {
+  if (std::find(data.subset_names.begin(), data.subset_names.end(), c.subset) ==
+      data.subset_names.end())
+    fail(fmt::format("{}: 'sweep.subset': no subset '{}' in {}", c.source, c.subset, data.dir));
+  return DataLoader(data, c.subset, "train", c.seq_len, 0).sequences();
+}
+
+std::string data_dir_of(const SweepConfig& c) {
+  const auto d = c.root["data"]["dir"].value<std::string>();
+  if (!d) fail(fmt::format("{}: 'data.dir' is required", c.source));
+  return *d;
+}
+
+// Training tokens per second of one step of `m` (forward and backward, no optimizer) on
+// synthetic tokens: what the time estimates use.
+double measure_tokens_per_s(const ModelConfig& m, int64_t B, int64_t T) {
+  Model<float> model(m, B, T);
+  model.init_weights(1);
+  std::vector<int32_t> tok(size_t(B * T)), tgt(size_t(B * T));
+  for (size_t i = 0; i < tok.size(); i++)
+    tok[i] = int32_t(rng_u64(1, 0, i) % uint64_t(m.vocab_size)),
+    tgt[i] = int32_t(rng_u64(1, 1, i) % uint64_t(m.vocab_size));
+  model.zero_grad();
+  model.forward(tok, tgt), model.backward();  // warm-up
+  const double t0 = time_now_s();
+  model.forward(tok, tgt), model.backward();
+  return double(B * T) / std::max(1e-9, time_now_s() - t0);
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// plan
+
+void sweep_plan_print(const std::string& config, const SweepPlanOptions& o) {
+  const SweepConfig c = config_read(config);
+  const DataDir data = data_open(data_dir_of(c));
+  const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
+  threads_set(c.root["run"]["threads"].value_or(0) > 0 ? c.root["run"]["threads"].value_or(0)
+                                                       : omp_get_num_procs());
+  std::map<std::string, double> speed;  // per model: tokens/s
+  fmt::print("{:<28} {:>9} {:>9} {:>7} {:>4} {:>9} {:>8} {:>7} {:>6} {:>8}\n", "job", "N",
+             "N_active", "S", "E", "D", "D/N", "steps", "epochs", "time");
+  double total_s = 0;
+  for (const SweepJob& j : jobs) {
+    const std::string key = config_to_json(j.model).dump();
+    if (o.measure && !speed.contains(key))
+      speed[key] = measure_tokens_per_s(j.model, c.batch_size, c.seq_len);
+    const double secs = o.measure ? double(j.tokens) / speed[key] : NAN;
+    total_s += o.measure ? secs : 0;
+    fmt::print("{:<28} {:>9} {:>9} {:>7.4f} {:>4} {:>9} {:>8.2f} {:>7} {:>6.2f} {:>7.0f}s\n",
+               j.name, human_count(double(j.params)), human_count(double(j.active)), j.sparsity,
+               j.experts, human_count(double(j.tokens)), double(j.tokens) / double(j.params),
+               j.steps, j.epochs, secs);
+  }
+  fmt::print("{} runs{}\n", jobs.size(),
+             o.measure ? fmt::format(", about {:.0f} min on this machine (one step of each model "
+                                     "timed; evaluation not counted)",
+                                     total_s / 60)
+                       : "");
+}
+
+// ----------------------------------------------------------------------------
+// run: one experiment per job, a lock per job
+
+namespace {
+
+std::string job_dir(const SweepConfig& c, const SweepJob& j) {
+  return (fs::path(c.run_dir) / j.name).string();
+}
+
+// RUN/<job>/model.json and experiment.toml (written atomically; rewritten identically on every
+// start), loaded as `moelab train` would.
+Experiment job_experiment(const SweepConfig& c, const SweepJob& j) {
+  const fs::path dir = job_dir(c, j);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(fmt::format("{}: cannot create ({})", dir.string(), ec.message()));
+  file_write_atomic((dir / "model.json").string(), config_to_json(j.model).dump(2) + "\n");
+  toml::table d = c.root;
+  d.erase("sweep");
+  if (!d.contains("run")) d.insert("run", toml::table{});
+  toml::table& run = *d["run"].as_table();
+  run.insert_or_assign("dir", dir.string());
+  run.insert_or_assign("seed", j.seed);
+  d.insert_or_assign("model", toml::table{{"config", (dir / "model.json").string()}});
+  d.insert_or_assign("phases", toml::array{toml::table{
+                                   {"name", c.subset}, {"subset", c.subset}, {"steps", j.steps}}});
+  std::ostringstream os;
+  os << fmt::format("# Written by moelab sweep from {}: job {} (budget {:.3g} FLOPs).\n\n",
+                    c.source, j.name, j.budget)
+     << toml::toml_formatter{d} << "\n";
+  const std::string path = (dir / "experiment.toml").string();
+  file_write_atomic(path, os.str());
+  return experiment_load(path, {});
+}
+
+int64_t last_step(const std::string& run_dir) {
+  const auto list = checkpoint_list(run_dir);
+  long step = -1;
+  if (!list.empty()) std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
+  return step;
+}
+
+// An exclusive lock on RUN/<job>.lock while the job runs: released by the kernel when the
+// process ends, however it ends, so a killed worker's job is free for the next one.
+class JobLock {
+ public:
+  explicit JobLock(const std::string& path) {
+    fd_ = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(fmt::format("{}: cannot open the job lock", path));
+    held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
+  }
+  ~JobLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  JobLock(const JobLock&) = delete;
+  JobLock& operator=(const JobLock&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  int fd_ = -1;
+  bool held_ = false;
+};
+
+void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
+  const std::string path = (fs::path(c.run_dir) / "sweep.slurm").string();
+  std::error_code ec;
+  fs::create_directories(c.run_dir, ec);
+  const int threads = c.root["run"]["threads"].value_or(0);
+  file_write_atomic(
+      path, fmt::format("#!/bin/bash\n"
+                        "# Written by moelab sweep run --slurm from {0}: one array task per job.\n"
+                        "#SBATCH --job-name=moelab-sweep\n"
+                        "#SBATCH --array=0-{1}\n"
+                        "#SBATCH --cpus-per-task={2}\n"
+                        "#SBATCH --output={3}/slurm_%a.log\n"
+                        "srun moelab sweep run {0} --job \"$SLURM_ARRAY_TASK_ID\"\n",
+                        c.source, jobs.size() - 1, threads > 0 ? threads : 2, c.run_dir));
+  std::printf("%s: %zu jobs (sbatch %s)\n", path.c_str(), jobs.size(), path.c_str());
+}
+
+}  // namespace
+
+int sweep_run(const std::string& config, const SweepRunOptions& o) {
+  const SweepConfig c = config_read(config);
+  const DataDir data = data_open(data_dir_of(c));
+  const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
+  if (o.slurm) return slurm_write(c, jobs), 0;
+  if (o.job >= int64_t(jobs.size()))
+    fail(fmt::format("--job {}: the plan has {} jobs (0 to {})", o.job, jobs.size(),
+                     jobs.size() - 1));
+  std::error_code ec;
+  fs::create_directories(c.run_dir, ec);
+  int64_t ran = 0, busy = 0, done = 0;
+  for (size_t i = 0; i < jobs.size(); i++) {
+    if (o.job >= 0 && int64_t(i) != o.job) continue;
+    const SweepJob& j = jobs[i];
+    JobLock lock((fs::path(c.run_dir) / (j.name + ".lock")).string());
+    if (!lock.held()) {
+      busy++;
+      continue;
+    }
+    const Experiment x = job_experiment(c, j);
+    const int64_t last = last_step(x.run_dir);
+    if (last == x.total_steps()) {
+      done++;
+      continue;
+    }
+    std::fprintf(stderr, "== job %zu/%zu %s%s\n", i + 1, jobs.size(), j.name.c_str(),
+                 last >= 0 ? " (resuming)" : "");
+    if (train_run(x, last >= 0) == 130) {
+      std::fprintf(stderr, "sweep interrupted in %s; run the same command again to continue\n",
+                   j.name.c_str());
+      return 130;
+    }
+    ran++;
+  }
+  std::fprintf(stderr, "== sweep: %ld run here, %ld done before, %ld held by other workers\n",
+               long(ran), long(done), long(busy));
+  std::fprintf(stderr, "results: %s\n", sweep_collect(config).c_str());
+  return 0;
+}
+
+// ----------------------------------------------------------------------------
+// results
+
+std::string sweep_collect(const std::string& config) {
+  const SweepConfig c = config_read(config);
+  const DataDir data = data_open(data_dir_of(c));
+  const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
+  std::string csv =
+      "job,budget,size,sparsity,experts,top_k,aux_coef,seed,params,active_params,tokens,flops,"
+      "loss,best_loss,steps\n";
+  const std::string key = "val:" + c.subset;
+  for (const SweepJob& j : jobs) {
+    const std::string dir = job_dir(c, j);
+    std::error_code ec;
+    if (!fs::exists(fs::path(dir) / "metrics.jsonl", ec) || last_step(dir) != j.steps) continue;
+    const RunData r = run_read(dir);
+    const auto it = r.s.find(key);
+    if (it == r.s.end() || it->second.empty()) continue;
+    double best = INFINITY;
+    for (const auto& [step, v] : it->second) best = std::min(best, v);
+    csv += fmt::format("{},{:.6g},{},{:g},{},{},{:g},{},{},{},{},{:.6g},{:.6f},{:.6f},{}\n", j.name,
+                       j.budget, j.size, j.sparsity, j.experts, j.top_k, j.aux_coef, j.seed,
+                       j.params, j.active, j.tokens, j.flops_per_token * double(j.tokens),
+                       run_last(r, key), best, j.steps);
+  }
+  const std::string path = (fs::path(c.run_dir) / "sweep.csv").string();
+  file_write_atomic(path, csv);
+  return path;
+}
+
+}  // namespace moelab

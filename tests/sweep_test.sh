@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# moelab sweep in miniature: a grid of 2 budgets x 2 sparsities x 2 widths of a tiny model.
+# The plan's FLOPs accounting is checked run by run against `moelab model info`; two workers
+# share the queue (no job run twice, none lost); a worker killed inside a job leaves it to the
+# next one, which resumes it; sweep.csv collects every run; --slurm writes a job array; bad
+# input (a budget too small for one step, a sparsity with no integer E, too many epochs) is one
+# line.
+set -u
+moelab=$1
+source "$(dirname "$0")/testlib.sh"
+cd "$tmp"
+export OMP_NUM_THREADS=1
+
+verses_data "$moelab" 40 10 320 13
+cat >base.json <<'JSON'
+{"vocab_size": 320, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+ "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 32, "sliding_window": 8,
+ "max_position_embeddings": 32}
+JSON
+cat >sweep.toml <<'TOML'
+[run]
+dir = "sw"
+seed = 3
+threads = 1
+log_every = 5
+peak_gflops = 100
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+[schedule]
+max_lr = 3e-3
+warmup_steps = 2
+[eval]
+every = 5
+batches = 2
+[checkpoint]
+every = 4
+[sweep]
+base = "base.json"
+subset = "A"
+budgets = [2e9, 4e9]
+sparsities = [0, 0.5]
+top_k = 1
+sizes = [32, 48]
+max_epochs = 4
+TOML
+
+# ---- the plan: every run's FLOPs per token as model info counts them, D = steps x 128 tokens
+"$moelab" sweep plan sweep.toml >plan.txt 2>plan.err && ok || bad "plan: $(tail -1 plan.err)"
+[ "$(grep -c '^C' plan.txt)" = 8 ] && grep -q "^8 runs, about" plan.txt && ok || bad "plan lists 8 runs: $(cat plan.txt)"
+/usr/bin/python3 - "$moelab" <<'PY' && ok || bad "plan FLOPs accounting"
+import json, re, subprocess, sys
+moelab = sys.argv[1]
+base = json.load(open("base.json"))
+rows = [l.split() for l in open("plan.txt") if l.startswith("C")]
+for r in rows:
+    m = re.match(r"C([0-9.e+]+)_S([0-9.]+)_d(\d+)_s3", r[0])
+    C, S, d = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    E = round(1 / (1 - S))
+    cfg = dict(base, hidden_size=d, num_attention_heads=d // 16, num_key_value_heads=max(1, d // 32),
+               intermediate_size=32 * d // 32, num_local_experts=E, num_experts_per_tok=1,
+               ffn_type="moe" if E > 1 else "dense")
+    json.dump(cfg, open("m.json", "w"))
+    info = json.loads(subprocess.run([moelab, "model", "info", "m.json", "--seq", "32", "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    fpt = info["train_flops_per_token"]
+    steps = int(r[7])
+    assert steps == int(C / fpt / 128), (r, fpt)
+    assert int(E) == int(r[4]), r
+PY
+
+# ---- two workers share the queue
+"$moelab" sweep run sweep.toml >w1.log 2>&1 &
+p1=$!
+"$moelab" sweep run sweep.toml >w2.log 2>&1
+wait $p1
+n1=$(grep -c "^== job" w1.log) n2=$(grep -c "^== job" w2.log)
+[ $((n1 + n2)) = 8 ] && [ "$n1" -ge 1 ] && [ "$n2" -ge 1 ] && ok || bad "two workers ran $n1 + $n2 jobs of 8"
+dups=$(cat w1.log w2.log | grep "^== job" | sort | uniq -d | wc -l)
+[ "$dups" = 0 ] && ok || bad "a job ran twice"
+for d in sw/C*; do
+  [ -d "$d" ] || continue
+  [ "$(grep -c "\"step\":5," "$d/metrics.jsonl")" = 1 ] || bad "$d: step 5 logged more than once"
+done
+[ "$(tail -n +2 sw/sweep.csv | wc -l)" = 8 ] && ok || bad "sweep.csv has $(tail -n +2 sw/sweep.csv | wc -l) of 8 runs"
+head -1 sw/sweep.csv | grep -q "params,active_params,tokens,flops,loss" && ok || bad "sweep.csv header"
+
+# ---- a worker killed inside a job: the next one resumes it
+rm -rf sw2 && sed 's/^dir = "sw"/dir = "sw2"/; s/^budgets = .*/budgets = [4e9]/; s/^sizes = .*/sizes = [48]/; s/^sparsities = .*/sparsities = [0.5]/' sweep.toml >kill.toml
+"$moelab" sweep run kill.toml >k1.log 2>&1 &
+pk=$!
+for i in $(seq 1 200); do ls sw2/*/step_00000004 >/dev/null 2>&1 && break; sleep 0.05; done
+kill -9 $pk 2>/dev/null
+wait $pk 2>/dev/null
+"$moelab" sweep run kill.toml >k2.log 2>&1 && grep -q "(resuming)" k2.log && [ "$(tail -n +2 sw2/sweep.csv | wc -l)" = 1 ] &&
+  ok || bad "killed worker's job not resumed: $(tail -2 k2.log)"
+"$moelab" sweep run kill.toml >k3.log 2>&1 && grep -q "0 run here, 1 done before" k3.log && ok || bad "finished job run again"
+
+# ---- SLURM
+"$moelab" sweep run sweep.toml --slurm >slurm.log 2>&1 && grep -q "#SBATCH --array=0-7" sw/sweep.slurm &&
+  grep -q 'sweep run sweep.toml --job "$SLURM_ARRAY_TASK_ID"' sw/sweep.slurm && ok || bad "slurm script"
+"$moelab" sweep run sweep.toml --job 3 >j.log 2>&1 && grep -q "1 done before" j.log && ok || bad "--job on a finished job"
+
+# ---- bad input
+variant() { sed "$2" sweep.toml >"$1.toml"; }
+variant small 's/^budgets = .*/budgets = [1e6]/'
+expect_error "budget too small" "small\.toml: 'sweep\.budgets': 1e\+06 FLOPs is too small for one step" "$moelab" sweep plan small.toml --no-measure
+variant sparse 's/^sparsities = .*/sparsities = [0.3]/'
+expect_error "no integer E" "sparse\.toml: 'sweep\.sparsities': S = 0\.3 with top_k = 1 needs E = 1\.429 experts" "$moelab" sweep plan sparse.toml --no-measure
+variant epochs 's/^max_epochs = .*/max_epochs = 0.01/'
+expect_error "too many epochs" "epochs\.toml: .* needs .* passes over subset 'A' \(max_epochs 0\.01\)" "$moelab" sweep plan epochs.toml --no-measure
+variant model '1i [model]\nhidden_size = 32'
+expect_error "a [model] section" "model\.toml: 'model' comes from \[sweep\]" "$moelab" sweep plan model.toml
+expect_error "job out of range" "--job 99: the plan has 8 jobs" "$moelab" sweep run sweep.toml --job 99
+
+finish "sweep test"
