@@ -303,8 +303,10 @@ std::vector<double> surface_solve(std::span<const FitPoint> pts, std::span<const
   int m = surface_ncoef(g);
   Eigen::MatrixXd X(rows.size(), m);
   Eigen::VectorXd y(rows.size());
+  std::vector<double> xr(static_cast<size_t>(m));
   for (size_t r = 0; r < rows.size(); r++) {
-    surface_row(g, pts[rows[r]].n, pts[rows[r]].s, X.row(Eigen::Index(r)).data());
+    surface_row(g, pts[rows[r]].n, pts[rows[r]].s, xr.data());  // X is column-major
+    for (int j = 0; j < m; j++) X(Eigen::Index(r), j) = xr[size_t(j)];
     y(Eigen::Index(r)) = pts[rows[r]].loss;
   }
   Eigen::VectorXd scale = X.colwise().norm().transpose();
