@@ -249,10 +249,10 @@ void sweep_plan_print(const std::string& config, const SweepPlanOptions& o) {
       speed[key] = measure_tokens_per_s(j.model, c.batch_size, c.seq_len);
     const double secs = o.measure ? double(j.tokens) / speed[key] : NAN;
     total_s += o.measure ? secs : 0;
-    fmt::print("{:<28} {:>9} {:>9} {:>7.4f} {:>4} {:>9} {:>8.2f} {:>7} {:>6.2f} {:>7.0f}s\n",
-               j.name, human_count(double(j.params)), human_count(double(j.active)), j.sparsity,
-               j.experts, human_count(double(j.tokens)), double(j.tokens) / double(j.params),
-               j.steps, j.epochs, secs);
+    fmt::print("{:<28} {:>9} {:>9} {:>7.4f} {:>4} {:>9} {:>8.2f} {:>7} {:>6.2f} {:>8}\n", j.name,
+               human_count(double(j.params)), human_count(double(j.active)), j.sparsity, j.experts,
+               human_count(double(j.tokens)), double(j.tokens) / double(j.params), j.steps,
+               j.epochs, o.measure ? fmt::format("{:.0f}s", secs) : "-");
   }
   fmt::print("{} runs{}\n", jobs.size(),
              o.measure ? fmt::format(", about {:.0f} min on this machine (one step of each model "
