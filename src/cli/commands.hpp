@@ -58,6 +58,9 @@ void command_ct(CLI::App& app, Commands& c);
 void command_sweep_plan(CLI::App& sweep, Commands& c);
 void command_sweep_run(CLI::App& sweep, Commands& c);
 
+// ---- moelab fit (cli/fit_cmds.cpp)
+void command_fit(CLI::App& app, Commands& c);
+
 // ---- moelab bench (cli/bench_cmds.cpp; what they measure: cli/bench.cpp)
 void command_bench_peak(CLI::App& bench, Commands& c);
 void command_bench_train(CLI::App& bench, Commands& c);

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
   command_sweep_plan(sweep, c);
   command_sweep_run(sweep, c);
 
+  command_fit(app, c);
+
   CLI::App& bench = command_group(app, "bench", "measure speed");
   command_bench_peak(bench, c);
   command_bench_train(bench, c);

@@ -437,6 +437,20 @@ double fit_shared_fraction(const FitData& data, double fallback) {
   return std::clamp(num / den, 0.0, 1.0);
 }
 
+Recommendation law_best_n(const LawVec& p, Law law, double budget, double s, double shared,
+                          double n_lo, double n_hi) {
+  auto n_active = [&](double n) { return n * (shared + (1 - shared) * (1 - s)); };
+  auto loss_at = [&](double ln) {
+    double n = std::exp(ln);
+    return law_log_loss(p, law, n, budget / (6 * n_active(n)), s);
+  };
+  Recommendation r;
+  r.s = s, r.n = std::exp(argmin_1d(loss_at, std::log(n_lo), std::log(n_hi)));
+  r.n_active = n_active(r.n), r.d = budget / (6 * r.n_active);
+  r.loss = std::exp(loss_at(std::log(r.n)));
+  return r;
+}
+
 Recommendation law_recommend(const LawVec& p, Law law, double budget, double shared, double n_lo,
                              double n_hi) {
   double s_hi = law == Law::chinchilla ? 0.0 : 0.99;

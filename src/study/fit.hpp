@@ -122,6 +122,9 @@ double fit_shared_fraction(const FitData& data, double fallback);
 struct Recommendation {
   double s = 0, n = 0, n_active = 0, d = 0, loss = 0;
 };
+// At fixed S: the N in [n_lo, n_hi] of least loss with D = C / (6 N_a).
+Recommendation law_best_n(const LawVec& p, Law law, double budget, double s, double shared,
+                          double n_lo, double n_hi);
 // Minimises the law over S in [0, 0.99] and N in [n_lo, n_hi] with D = C / (6 N_a).
 Recommendation law_recommend(const LawVec& p, Law law, double budget, double shared, double n_lo,
                              double n_hi);

@@ -1,0 +1,401 @@
+// moelab fit: the law with held-out error and bootstrap intervals, the per-budget surfaces,
+// the recommendation at a budget; printed, written to OUT/fit.json, drawn.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/rng.hpp"
+#include "study/fit.hpp"
+#include "study/plot.hpp"
+
+namespace moelab {
+
+namespace {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+const char* kNames[kLawParams] = {"a",     "b",    "c",      "d",     "e",
+                                  "alpha", "beta", "lambda", "delta", "gamma"};
+constexpr std::array<int, 5> kChinchillaUsed = {kA, kB, kE, kAlpha, kBeta};
+
+struct Interval {
+  double lo = NAN, hi = NAN;
+};
+
+Interval percentiles(std::vector<double> v) {
+  std::erase_if(v, [](double x) { return !std::isfinite(x); });
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) {
+    double pos = q * double(v.size() - 1);
+    size_t i = size_t(pos);
+    double f = pos - double(i);
+    return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
+  };
+  return {at(0.025), at(0.975)};
+}
+
+struct FitState {
+  FitOptions o;
+  FitData data;
+  Law law = Law::sparsity;
+  std::vector<FitPoint> train, held;
+  LawFit best;
+  double fit_seconds = 0;
+  std::vector<LawVec> boot;                 // one per bootstrap sample
+  std::vector<Recommendation> boot_rec;     // with --budget
+  double shared = 0.1, n_lo = 0, n_hi = 0;  // the recommendation's N range
+  struct Budget {
+    double c = 0;
+    std::vector<FitPoint> pts;
+    Surface surface;
+    bool fitted = false;
+    double opt_n = 0, opt_s = 0, opt_loss = 0;
+  };
+  std::vector<Budget> budgets;
+  std::optional<Recommendation> rec;
+};
+
+// ---- The law
+
+void split_holdout(FitState& st) {
+  double s_max = 0, s_min = 1;
+  for (const FitPoint& p : st.data.points)
+    s_max = std::max(s_max, p.s), s_min = std::min(s_min, p.s);
+  bool hold = st.o.holdout && st.law == Law::sparsity && s_max > s_min;
+  for (const FitPoint& p : st.data.points) (hold && p.s == s_max ? st.held : st.train).push_back(p);
+}
+
+// Resample the training points with replacement; refit from the best solution and a few grid
+// starts (every 500th of the chinchilla grid; every 24th of the S-term starts).
+void bootstrap(FitState& st) {
+  std::vector<LawVec> starts = {st.best.p};
+  std::vector<LawVec> grid = law_grid_chinchilla(false);
+  for (size_t i = 0; i < grid.size(); i += 500) starts.push_back(grid[i]);
+  if (st.law == Law::sparsity) {
+    std::vector<LawVec> sp = law_sparsity_starts(st.best.p);
+    for (size_t i = 0; i < sp.size(); i += 24) starts.push_back(sp[i]);
+  }
+  LawFitOptions lo;
+  lo.law = st.law, lo.starts = starts;
+  size_t n = st.train.size();
+  for (int b = 0; b < st.o.bootstrap; b++) {
+    std::vector<FitPoint> sample(n);
+    for (size_t i = 0; i < n; i++)
+      sample[i] = st.train[rng_u64(st.o.seed, 1000 + uint64_t(b), i) % n];
+    st.boot.push_back(law_fit(sample, lo).p);
+    if (st.o.budget)
+      st.boot_rec.push_back(
+          law_recommend(st.boot.back(), st.law, *st.o.budget, st.shared, st.n_lo, st.n_hi));
+  }
+}
+
+Interval boot_interval(const FitState& st, int k, bool exp_of) {
+  std::vector<double> v;
+  for (const LawVec& p : st.boot) v.push_back(exp_of ? std::exp(p[size_t(k)]) : p[size_t(k)]);
+  return percentiles(v);
+}
+
+// ---- The surfaces
+
+void fit_budgets(FitState& st) {
+  for (auto& [c, pts] : fit_group_budgets(st.data.points)) {
+    FitState::Budget b;
+    b.c = c, b.pts = pts;
+    SurfaceDegrees deg =
+        st.o.select_degrees ? surface_select(pts, st.o.splits, st.o.seed) : SurfaceDegrees{};
+    b.surface = surface_fit(pts, deg);
+    b.surface.heldout_mse = surface_heldout_mse(pts, b.surface.deg, st.o.splits, st.o.seed);
+    size_t need = size_t(b.surface.deg.n + b.surface.deg.s + b.surface.deg.ns + 1);
+    b.fitted = pts.size() > need;
+    if (b.fitted) {  // the joint optimum within the observed N and S ranges
+      const Surface& f = b.surface;
+      auto at_s = [&](double s) { return surface_argmin_n(f, s, f.n_min, f.n_max); };
+      double best = std::numeric_limits<double>::infinity();
+      for (int i = 0; i <= 200; i++) {
+        double s = f.s_min + (f.s_max - f.s_min) * i / 200, n = at_s(s);
+        double l = surface_eval(f, n, s);
+        if (l < best) best = l, b.opt_s = s, b.opt_n = n, b.opt_loss = l;
+      }
+    }
+    st.budgets.push_back(std::move(b));
+  }
+}
+
+// ---- Output
+
+ojson law_json(const FitState& st) {
+  ojson j;
+  j["law"] = law_name(st.law);
+  j["points"] = st.train.size();
+  j["starts"] = st.best.starts;
+  j["objective"] = st.best.objective;
+  j["seconds"] = st.fit_seconds;
+  ojson coef;
+  for (int k = 0; k < kLawParams; k++) {
+    if (st.law == Law::chinchilla &&
+        std::find(kChinchillaUsed.begin(), kChinchillaUsed.end(), k) == kChinchillaUsed.end())
+      continue;
+    ojson c{{"value", st.best.p[size_t(k)]}};
+    if (!st.boot.empty()) {
+      Interval iv = boot_interval(st, k, false);
+      c["ci95"] = {iv.lo, iv.hi};
+    }
+    if (k <= kE) c["exp"] = std::exp(st.best.p[size_t(k)]);  // A, B, C, D, E
+    coef[kNames[k]] = c;
+  }
+  j["coefficients"] = coef;
+  j["bootstrap"] = st.boot.size();
+  return j;
+}
+
+ojson holdout_json(const FitState& st) {
+  if (st.held.empty()) return nullptr;
+  double se = 0, rel = 0;
+  for (const FitPoint& p : st.held) {
+    double r = law_log_loss(st.best.p, st.law, p.n, p.d, p.s) - std::log(p.loss);
+    se += r * r, rel += std::abs(std::expm1(r));
+  }
+  double n = double(st.held.size());
+  return {{"sparsity", st.held[0].s},
+          {"points", st.held.size()},
+          {"rmse_log_loss", std::sqrt(se / n)},
+          {"mean_abs_rel_error", rel / n}};
+}
+
+ojson rec_json(const Recommendation& r) {
+  return {{"sparsity", r.s},
+          {"params", r.n},
+          {"active_params", r.n_active},
+          {"tokens", r.d},
+          {"loss", r.loss}};
+}
+
+ojson state_json(const FitState& st) {
+  ojson j;
+  j["csv"] = st.data.path;
+  j["fit"] = law_json(st);
+  j["holdout"] = holdout_json(st);
+  ojson budgets = ojson::array();
+  for (const auto& b : st.budgets) {
+    if (!b.fitted) continue;
+    const Surface& f = b.surface;
+    budgets.push_back(
+        {{"budget", b.c},
+         {"points", b.pts.size()},
+         {"degrees", {f.deg.n, f.deg.s, f.deg.ns}},
+         {"coefficients", f.coef},
+         {"heldout_mse", std::isfinite(f.heldout_mse) ? ojson(f.heldout_mse) : ojson()},
+         {"optimal_sparsity", b.opt_s},
+         {"optimal_params", b.opt_n},
+         {"optimal_loss", b.opt_loss}});
+  }
+  j["budgets"] = budgets;
+  if (st.rec) {
+    ojson r = rec_json(*st.rec);
+    r["budget"] = *st.o.budget;
+    r["shared_fraction"] = st.shared;
+    r["params_range"] = {st.n_lo, st.n_hi};
+    if (!st.boot_rec.empty()) {
+      auto iv = [&](auto get) {
+        std::vector<double> v;
+        for (const auto& x : st.boot_rec) v.push_back(get(x));
+        Interval i = percentiles(v);
+        return ojson{i.lo, i.hi};
+      };
+      r["ci95"] = {{"sparsity", iv([](const Recommendation& x) { return x.s; })},
+                   {"params", iv([](const Recommendation& x) { return x.n; })},
+                   {"active_params", iv([](const Recommendation& x) { return x.n_active; })},
+                   {"tokens", iv([](const Recommendation& x) { return x.d; })}};
+    }
+    j["recommendation"] = r;
+  }
+  return j;
+}
+
+void print_state(const FitState& st, const ojson& j) {
+  std::printf("%s law on %zu runs of %s (%d starts, %.1f s, objective %.6g)\n", law_name(st.law),
+              st.train.size(), st.data.path.c_str(), st.best.starts, st.fit_seconds,
+              st.best.objective);
+  for (auto& [name, c] : j["fit"]["coefficients"].items()) {
+    std::string line = fmt::format("  {:<7}{:>10.4f}", name, c["value"].get<double>());
+    if (c.contains("ci95"))
+      line +=
+          fmt::format("  [{:.4f}, {:.4f}]", c["ci95"][0].get<double>(), c["ci95"][1].get<double>());
+    if (c.contains("exp")) line += fmt::format("  exp: {:.4g}", c["exp"].get<double>());
+    std::printf("%s\n", line.c_str());
+  }
+  if (!j["holdout"].is_null())
+    std::printf("held out: %zu runs at S = %g: RMSE of log L %.4g, mean |rel. error| %.4g\n",
+                st.held.size(), st.held[0].s, j["holdout"]["rmse_log_loss"].get<double>(),
+                j["holdout"]["mean_abs_rel_error"].get<double>());
+  for (const auto& b : j["budgets"])
+    std::printf(
+        "budget %.3g: %zu runs, surface degrees (%d,%d,%d), held-out MSE %s, optimum S "
+        "%.3f N %.4g (loss %.4f)\n",
+        b["budget"].get<double>(), b["points"].get<size_t>(), b["degrees"][0].get<int>(),
+        b["degrees"][1].get<int>(), b["degrees"][2].get<int>(),
+        b["heldout_mse"].is_null() ? "n/a"
+                                   : fmt::format("{:.3g}", b["heldout_mse"].get<double>()).c_str(),
+        b["optimal_sparsity"].get<double>(), b["optimal_params"].get<double>(),
+        b["optimal_loss"].get<double>());
+  if (st.rec)
+    std::printf("at C = %.3g: S %.3f, N %.4g, N_active %.4g, D %.4g (loss %.4f)\n", *st.o.budget,
+                st.rec->s, st.rec->n, st.rec->n_active, st.rec->d, st.rec->loss);
+}
+
+// ---- Figures
+
+// Loss against S per budget: the best observed loss at each S and the law's IsoFLOP optimum.
+void draw_loss_vs_s(const FitState& st, const std::string& out, bool run) {
+  PlotChart c;
+  c.title = "final loss against sparsity per budget: best run (points), fitted law (line)";
+  c.xlabel = "sparsity S", c.ylabel = "loss";
+  int color = 0;
+  for (const auto& b : st.budgets) {
+    std::map<double, double> best;
+    for (const FitPoint& p : b.pts)
+      best[p.s] = best.count(p.s) ? std::min(best[p.s], p.loss) : p.loss;
+    if (best.size() < 2) continue;
+    PlotSeries obs{fmt::format("C = {:.2g}", b.c)}, law{fmt::format("law, C = {:.2g}", b.c)};
+    obs.points = true, obs.color = law.color = color++, law.dash = 2;
+    for (auto [s, l] : best) obs.x.push_back(s), obs.y.push_back(l);
+    for (int i = 0; i <= 50; i++) {
+      double s = best.rbegin()->first * i / 50;
+      law.x.push_back(s);
+      law.y.push_back(law_best_n(st.best.p, st.law, b.c, s, st.shared, st.n_lo, st.n_hi).loss);
+    }
+    c.series.push_back(obs), c.series.push_back(law);
+  }
+  if (!c.series.empty()) plot_write(c, (fs::path(out) / "fit_loss_vs_s").string(), run);
+}
+
+// IsoFLOP curves per budget: loss against log10 N per S, runs and the surface.
+void draw_isoflops(const FitState& st, const std::string& out, bool run) {
+  int k = 0;
+  for (const auto& b : st.budgets) {
+    if (!b.fitted) continue;
+    PlotChart c;
+    c.title = fmt::format("IsoFLOP curves at C = {:.2g}: runs (points), surface (dashed)", b.c);
+    c.xlabel = "log10 N (total parameters)", c.ylabel = "loss";
+    std::map<double, std::vector<const FitPoint*>> by_s;
+    for (const FitPoint& p : b.pts) by_s[p.s].push_back(&p);
+    int color = 0;
+    for (auto& [s, v] : by_s) {
+      std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->n < y->n; });
+      PlotSeries obs{fmt::format("S = {:.3g}", s)}, fit{""};
+      obs.points = true, obs.color = fit.color = color++, fit.dash = 2;
+      for (auto* p : v) obs.x.push_back(std::log10(p->n)), obs.y.push_back(p->loss);
+      for (int i = 0; i <= 40; i++) {
+        double ln = std::log(b.surface.n_min) +
+                    (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
+        fit.x.push_back(ln / std::log(10.0));
+        fit.y.push_back(surface_eval(b.surface, std::exp(ln), s));
+      }
+      c.series.push_back(obs), c.series.push_back(fit);
+    }
+    plot_write(c, (fs::path(out) / fmt::format("fit_isoflop_{}", k++)).string(), run);
+  }
+}
+
+// Fitted against observed loss; held-out runs apart; the diagonal.
+void draw_observed(const FitState& st, const std::string& out, bool run) {
+  PlotChart c;
+  c.title = "fitted law against observed loss";
+  c.xlabel = "observed loss", c.ylabel = "fitted loss";
+  PlotSeries tr{"fitted runs"}, ho{"held out"}, diag{"y = x"};
+  ho.color = 1, diag.color = 2, diag.dash = 3;
+  auto add = [&](PlotSeries& s, const std::vector<FitPoint>& pts) {
+    std::vector<const FitPoint*> v;
+    for (const FitPoint& p : pts) v.push_back(&p);
+    std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->loss < y->loss; });
+    for (auto* p : v)
+      s.x.push_back(p->loss),
+          s.y.push_back(std::exp(law_log_loss(st.best.p, st.law, p->n, p->d, p->s)));
+  };
+  add(tr, st.train), add(ho, st.held);
+  double lo = tr.x.front(), hi = tr.x.back();
+  for (double x : ho.x) lo = std::min(lo, x), hi = std::max(hi, x);
+  diag.x = diag.y = {lo, hi};
+  tr.points = ho.points = true;
+  c.series.push_back(tr);
+  if (!ho.x.empty()) c.series.push_back(ho);
+  c.series.push_back(diag);
+  plot_write(c, (fs::path(out) / "fit_observed").string(), run);
+}
+
+// The surfaces' S*(N) per budget, S in [0, 0.99].
+void draw_optimal_s(const FitState& st, const std::string& out, bool run) {
+  PlotChart c;
+  c.title = "optimal sparsity against total parameters (per-budget surface)";
+  c.xlabel = "log10 N (total parameters)", c.ylabel = "S*";
+  int color = 0;
+  for (const auto& b : st.budgets) {
+    if (!b.fitted || b.surface.s_max == b.surface.s_min) continue;
+    PlotSeries s{fmt::format("C = {:.2g}", b.c)};
+    s.color = color++;
+    for (int i = 0; i <= 40; i++) {
+      double ln = std::log(b.surface.n_min) +
+                  (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
+      s.x.push_back(ln / std::log(10.0));
+      s.y.push_back(surface_argmin_s(b.surface, std::exp(ln), 0, 0.99));
+    }
+    c.series.push_back(s);
+  }
+  if (!c.series.empty()) plot_write(c, (fs::path(out) / "fit_optimal_s").string(), run);
+}
+
+void fit_draw(const FitState& st, const std::string& out) {
+  draw_loss_vs_s(st, out, st.o.plots);
+  draw_isoflops(st, out, st.o.plots);
+  draw_observed(st, out, st.o.plots);
+  draw_optimal_s(st, out, st.o.plots);
+}
+
+}  // namespace
+
+std::string fit_run(const FitOptions& o) {
+  FitState st;
+  st.o = o;
+  st.data = fit_read_csv(o.csv);
+  bool all_dense = std::all_of(st.data.points.begin(), st.data.points.end(),
+                               [](const FitPoint& p) { return p.s == 0; });
+  st.law = o.law.value_or(all_dense ? Law::chinchilla : Law::sparsity);
+  if (st.law == Law::sparsity && all_dense)
+    fail(fmt::format("{}: --law sparsity needs runs at more than one sparsity (every S is 0)",
+                     o.csv));
+  split_holdout(st);
+  st.shared = fit_shared_fraction(st.data, o.shared_fraction);
+  st.n_lo = std::numeric_limits<double>::infinity();
+  for (const FitPoint& p : st.data.points)
+    st.n_lo = std::min(st.n_lo, p.n), st.n_hi = std::max(st.n_hi, p.n);
+  // The recommendation's N: from a tenth of the smallest run to --max-params (or 100 times
+  // the largest run: the law is extrapolated no further).
+  st.n_lo /= 10, st.n_hi = o.max_params.value_or(100 * st.n_hi);
+  auto t0 = std::chrono::steady_clock::now();
+  st.best = law_fit_default(st.train, st.law, o.small_grid);
+  st.fit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (o.bootstrap > 0) bootstrap(st);
+  if (o.budget) st.rec = law_recommend(st.best.p, st.law, *o.budget, st.shared, st.n_lo, st.n_hi);
+  fit_budgets(st);
+  ojson j = state_json(st);
+  print_state(st, j);
+  if (!o.out.empty()) {
+    fs::create_directories(o.out);
+    file_write_atomic((fs::path(o.out) / "fit.json").string(), j.dump(2) + "\n");
+    fit_draw(st, o.out);
+  }
+  return j.dump(2);
+}
+
+}  // namespace moelab
