@@ -48,6 +48,9 @@ void command_fit(CLI::App& app, Commands& c) {
                 "choose the surface's degrees in {0..3}^3 by held-out error");
   cmd->add_option("--splits", o->o.splits, "random 80/20 splits for the held-out MSE")
       ->capture_default_str();
+  cmd->add_option("--drop-highest", o->o.drop_highest,
+                  "drop the K runs of highest loss first (the Chinchilla replication drops 5)")
+      ->capture_default_str();
   cmd->add_flag("--small-grid", o->o.small_grid, "180 chinchilla starts instead of 4,500");
   cmd->add_flag("--no-plots", o->no_plots, "write the gnuplot scripts, do not run gnuplot");
   c.add(cmd, [o] {

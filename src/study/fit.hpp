@@ -143,6 +143,7 @@ struct FitOptions {
   int splits = 20;
   bool plots = true;
   bool small_grid = false;
+  int drop_highest = 0;  // runs of highest loss dropped first (the replication drops 5)
   uint64_t seed = 1;
 };
 

@@ -368,6 +368,14 @@ std::string fit_run(const FitOptions& o) {
   FitState st;
   st.o = o;
   st.data = fit_read_csv(o.csv);
+  if (o.drop_highest > 0) {
+    auto& v = st.data.points;
+    if (size_t(o.drop_highest) >= v.size())
+      fail(fmt::format("--drop-highest: {} of {} runs leaves none", o.drop_highest, v.size()));
+    std::stable_sort(v.begin(), v.end(),
+                     [](const FitPoint& a, const FitPoint& b) { return a.loss < b.loss; });
+    v.resize(v.size() - size_t(o.drop_highest));
+  }
   bool all_dense = std::all_of(st.data.points.begin(), st.data.points.end(),
                                [](const FitPoint& p) { return p.s == 0; });
   st.law = o.law.value_or(all_dense ? Law::chinchilla : Law::sparsity);
