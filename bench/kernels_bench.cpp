@@ -136,7 +136,7 @@ void RouteAndDispatch(benchmark::State& st) {
   std::vector<int64_t> off(E + 1);
   std::vector<float> w(kN * k), xe(kN * k * kD), out(kN * kD);
   for (auto _ : st) {
-    router<float>::forward(idx.data(), w.data(), logits.data(), kN, E, k);
+    router<float>::forward(idx.data(), w.data(), logits.data(), nullptr, kN, E, k);
     moe_sort(order.data(), pos.data(), off.data(), idx.data(), kN, E, k);
     const MoeRouting r{kN, E, k, order.data(), pos.data(), off.data()};
     moe_gather<float>::forward(xe.data(), x.data(), r, kD);

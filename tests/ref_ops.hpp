@@ -230,12 +230,15 @@ struct swiglu {
 
 template <typename T>
 struct router {
-  static void forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k) {
+  // bias [E] or null: chosen by a stable sort of logits + bias, weighted by the raw logits
+  static void forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k,
+                      const T* bias = nullptr) {
     for (int64_t n = 0; n < N; n++) {
       std::vector<int32_t> ids(static_cast<size_t>(E));
       for (int64_t e = 0; e < E; e++) ids[e] = int32_t(e);
+      auto key = [&](int32_t e) { return logits[n * E + e] + (bias ? bias[e] : T(0)); };
       std::stable_sort(ids.begin(), ids.end(),
-                       [&](int32_t a, int32_t b) { return logits[n * E + a] > logits[n * E + b]; });
+                       [&](int32_t a, int32_t b) { return key(a) > key(b); });
       double sum = 0;
       for (int64_t j = 0; j < k; j++) sum += std::exp(double(logits[n * E + ids[j]]));
       for (int64_t j = 0; j < k; j++) {

@@ -350,19 +350,19 @@ TEST(Ops, RouterTopkSoftmax) {
   std::vector<int32_t> idx(N * k), idx_ref(N * k);
   std::vector<float> w32(N * k);
   std::vector<double> w(N * k);
-  K::router<float>::forward(idx.data(), w32.data(), cast<float>(z).data(), N, E, k);
+  K::router<float>::forward(idx.data(), w32.data(), cast<float>(z).data(), nullptr, N, E, k);
   ref::router<double>::forward(idx_ref.data(), w.data(), z.data(), N, E, k);
   EXPECT_EQ(idx, idx_ref);
   expect_close(w32, w, kRtol32, kAtol32, "router weights");
   std::vector<double> dz(N * E), dz_ref(N * E);
-  K::router<double>::forward(idx.data(), w.data(), z.data(), N, E, k);
+  K::router<double>::forward(idx.data(), w.data(), z.data(), nullptr, N, E, k);
   K::router<double>::backward(dz.data(), R.data(), w.data(), idx.data(), N, E, k);
   ref::router<double>::backward(dz_ref.data(), R.data(), w.data(), idx.data(), N, E, k);
   expect_close(dz, dz_ref, 1e-12, 1e-14, "router backward vs reference");
   expect_fd(
       z, dz,
       [&] {  // small steps do not change the top-k set of these logits
-        K::router<double>::forward(idx.data(), w.data(), z.data(), N, E, k);
+        K::router<double>::forward(idx.data(), w.data(), z.data(), nullptr, N, E, k);
         return dot(w, R);
       },
       "router dlogits");
@@ -373,13 +373,13 @@ TEST(Ops, RouterTiesPickLowerIndex) {
   std::vector<float> z = {1, 3, 3, 0, 3, 2};  // three-way tie at the top
   std::vector<int32_t> idx(k);
   std::vector<float> w(k);
-  K::router<float>::forward(idx.data(), w.data(), z.data(), 1, E, k);
+  K::router<float>::forward(idx.data(), w.data(), z.data(), nullptr, 1, E, k);
   EXPECT_EQ(idx[0], 1);
   EXPECT_EQ(idx[1], 2);
   EXPECT_FLOAT_EQ(w[0], 0.5f);
   EXPECT_FLOAT_EQ(w[1], 0.5f);
   std::vector<float> flat(E, 0.f);  // all equal
-  K::router<float>::forward(idx.data(), w.data(), flat.data(), 1, E, k);
+  K::router<float>::forward(idx.data(), w.data(), flat.data(), nullptr, 1, E, k);
   EXPECT_EQ(idx[0], 0);
   EXPECT_EQ(idx[1], 1);
 }
@@ -390,7 +390,7 @@ TEST(Ops, RouterLosses) {
   auto z = randn(N * E, 1, 1.5);
   std::vector<int32_t> idx(N * k);
   std::vector<double> w(N * k);
-  K::router<double>::forward(idx.data(), w.data(), z.data(), N, E, k);
+  K::router<double>::forward(idx.data(), w.data(), z.data(), nullptr, N, E, k);
   const auto got = K::router<double>::loss_forward(z.data(), idx.data(), N, E, k, ca, cz);
   const auto want = ref::router<double>::loss_forward(z.data(), idx.data(), N, E, k, ca, cz);
   EXPECT_NEAR(got.aux, want.aux, 1e-12);

@@ -387,4 +387,36 @@ rm -rf CTm && cp -r CT CTm && rm -rf CTm/step_000000{15,20,25,30} CTm/evalset.fr
 expect_error "filter_at = start: the set lost" "CTm/evalset.frozen.jsonl: missing; the set the base model recalled before step 1 cannot be rebuilt for CTm/step_00000010" \
   "$moelab" train exp.toml --set run.dir=CTm "${ct[@]}" --resume
 
+# 10. router_balance: the bias moves by whole steps of bias_rate, is saved with the weights, and a
+# run resumed from a middle checkpoint ends bit for bit as the unbroken one did
+bal=(--set model.router_balance.bias_rate=0.01 --set model.router_aux_loss_coef=0
+  --set phases.0.steps=20 --set phases.1.steps=10 --set schedule.warmup_steps=2
+  --set schedule.decay_steps=5 --set checkpoint.every=5 --set checkpoint.keep_last=0
+  --set eval.evalset= --set eval.every=10)
+if "$moelab" train exp.toml --set run.dir=BAL "${bal[@]}" >/dev/null 2>err; then ok; else bad "router_balance run: $(tail -1 err)"; fi
+/usr/bin/python3 - BAL <<'PY' && ok || bad "router_balance: the bias and the per-layer router metrics"
+import json, struct, sys
+f = open(f"{sys.argv[1]}/step_00000030/model.safetensors", "rb")
+n = struct.unpack("<Q", f.read(8))[0]
+head = json.loads(f.read(n))
+data = f.read()
+for l in (0, 1):
+    t = head[f"model.layers.{l}.mlp.router.balance_bias"]
+    a, b = t["data_offsets"]
+    v = struct.unpack(f"<{(b - a) // 4}f", data[a:b])
+    assert len(v) == 4 and any(x != 0 for x in v), v
+    # 30 steps and a few replays of +-0.01 or 0 each: whole multiples of the rate
+    assert all(abs(x / 0.01 - round(x / 0.01)) < 1e-3 and abs(x) <= 0.5 for x in v), v
+lines = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
+r = [m["router"] for m in lines if "router" in m]
+assert len(r) == 30 and all([e["layer"] for e in x] == [0, 1] for x in r), r[:2]
+assert all(e["aux"] > 0 and e["z"] > 0 and 1 <= e["max_load"] <= 4 for x in r for e in x), r
+assert all(m["aux_loss"] == 0 for m in lines if "aux_loss" in m)  # the coefficient is 0
+PY
+rm -rf BALr && cp -r BAL BALr && rm -rf BALr/step_000000{15,20,25,30}
+"$moelab" train exp.toml --set run.dir=BALr "${bal[@]}" --resume >/dev/null 2>err || bad "router_balance resume: $(tail -1 err)"
+diff <(strip BAL/metrics.jsonl) <(strip BALr/metrics.jsonl) >/dev/null &&
+  cmp -s BAL/step_00000030/model.safetensors BALr/step_00000030/model.safetensors &&
+  ok || bad "router_balance: a resumed run differs from the unbroken one"
+
 finish "train test"

@@ -121,18 +121,23 @@ struct swiglu {
 };
 
 // ----------------------------------------------------------------------------
-// router: top-k over the raw logits, softmax over the k selected (methods.md §3.5), plus the
-// Switch load-balancing loss and the ST-MoE z-loss (§3.7).
+// router: top-k over the raw logits (plus the balance bias, if any, for the choice only),
+// softmax over the k selected raw logits (methods.md §3.5, §3.7.1), plus the Switch
+// load-balancing loss and the ST-MoE z-loss (§3.7).
 
 struct RouterLosses {
-  double aux = 0;  // coef_aux * E * sum_e f_e * P_e, f_e = share of the N*k assignments
-  double z = 0;    // coef_z * mean_n logsumexp(logits_n)^2
+  double aux = 0;      // coef_aux * E * sum_e f_e * P_e, f_e = share of the N*k assignments
+  double z = 0;        // coef_z * mean_n logsumexp(logits_n)^2
+  double aux_raw = 0;  // the same without the coefficients (aux_raw = 1 at perfect balance)
+  double z_raw = 0;
 };
 
 template <typename T>
 struct router {
-  // idx [N,k] (ties broken towards the lower expert index), w [N,k], logits [N,E]
-  static void forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k);
+  // idx [N,k] (ties broken towards the lower expert index), w [N,k], logits [N,E]; bias [E] or
+  // null: chosen by logits + bias, weighted by the softmax of the chosen raw logits
+  static void forward(int32_t* idx, T* w, const T* logits, const T* bias, int64_t N, int64_t E,
+                      int64_t k);
   // dlogits [N,E] = from dw [N,k]
   static void backward(T* dlogits, const T* dw, const T* w, const int32_t* idx, int64_t N,
                        int64_t E, int64_t k);

@@ -8,23 +8,27 @@
 namespace moelab::kernels {
 
 template <typename T>
-void router<T>::forward(int32_t* idx, T* w, const T* logits, int64_t N, int64_t E, int64_t k) {
+void router<T>::forward(int32_t* idx, T* w, const T* logits, const T* bias, int64_t N, int64_t E,
+                        int64_t k) {
 #pragma omp parallel for schedule(static) if (parallel_worth(N * E * k))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * E;
     int32_t* id = idx + n * k;
     T* wr = w + n * k;
     // k rounds of argmax; a strict > keeps the lower index on ties (deterministic, like a
-    // stable descending sort).
+    // stable descending sort). The balance bias only chooses; it never enters the weights.
     for (int64_t j = 0; j < k; j++) {
       int32_t best = -1;
       for (int64_t e = 0; e < E; e++) {
         if (std::find(id, id + j, int32_t(e)) != id + j) continue;
-        if (best < 0 || z[e] > z[best]) best = int32_t(e);
+        if (best < 0 || (bias ? z[e] + bias[e] > z[best] + bias[best] : z[e] > z[best]))
+          best = int32_t(e);
       }
       id[j] = best;
     }
-    const T mx = z[id[0]];
+    T mx = z[id[0]];  // without a bias the first chosen is the largest logit
+    if (bias)
+      for (int64_t j = 1; j < k; j++) mx = std::max(mx, z[id[j]]);
     T sum = 0;
     for (int64_t j = 0; j < k; j++) sum += (wr[j] = std::exp(z[id[j]] - mx));
     for (int64_t j = 0; j < k; j++) wr[j] /= sum;
@@ -88,6 +92,8 @@ RouterLosses router<T>::loss_forward(const T* logits, const int32_t* idx, int64_
   for (int64_t n = 0; n < N; n++) z += lse[n] * lse[n];
   out.aux = coef_aux * double(E) * aux;
   out.z = coef_z * z / double(N);
+  out.aux_raw = double(E) * aux;
+  out.z_raw = z / double(N);
   return out;
 }
 

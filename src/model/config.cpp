@@ -159,6 +159,19 @@ void parse_ders(ModelConfig& c, const json& v, std::string_view src) {
   }
 }
 
+void parse_router_balance(ModelConfig& c, const json& v, std::string_view src) {
+  if (v.is_null()) return;
+  if (!v.is_object()) fail(fmt::format("{}: 'router_balance' must be an object or null", src));
+  const std::string sub = fmt::format("{}: router_balance", src);
+  Reader r{v, sub};
+  for (auto& [key, _] : v.items()) {
+    if (key == "bias_rate")
+      c.router_balance.bias_rate = r.number(key);
+    else
+      r.bad(key, "is not a known key");
+  }
+}
+
 void parse_layer_list(std::vector<int64_t>& out, const Reader& r, const std::string& key) {
   const json& t = r.j.at(key);
   if (!t.is_array()) r.bad(key, "must be an array of layer indices");
@@ -298,6 +311,8 @@ ModelConfig config_from_json(const json& j, std::string_view src) {
       c.router_aux_loss_coef = r.number(key);
     else if (key == "router_z_loss_coef")
       c.router_z_loss_coef = r.number(key);
+    else if (key == "router_balance")
+      parse_router_balance(c, v, src);
     else if (key == "tie_word_embeddings")
       c.tie_word_embeddings = r.boolean(key);
     else if (key == "initializer_range")
@@ -364,6 +379,7 @@ void config_validate(const ModelConfig& c, std::string_view src) {
                         {c.swiglu_alpha, "swiglu_alpha"},
                         {c.router_aux_loss_coef, "router_aux_loss_coef"},
                         {c.router_z_loss_coef, "router_z_loss_coef"},
+                        {c.router_balance.bias_rate, "router_balance.bias_rate"},
                         {c.initializer_range, "initializer_range"}})
     need(std::isfinite(v), fmt::format("'{}' must be a finite number (got {})", key, v));
   need(c.rope_theta > 0, "'rope_theta' must be positive");
@@ -374,6 +390,10 @@ void config_validate(const ModelConfig& c, std::string_view src) {
   need(c.swiglu_alpha > 0, "'swiglu_alpha' must be positive");
   need(c.router_aux_loss_coef >= 0, "'router_aux_loss_coef' must be >= 0");
   need(c.router_z_loss_coef >= 0, "'router_z_loss_coef' must be >= 0");
+  need(c.router_balance.bias_rate >= 0,
+       fmt::format("'router_balance.bias_rate' must be >= 0 (got {})", c.router_balance.bias_rate));
+  need(!c.router_balance.on() || c.num_local_experts > 1,
+       "'router_balance' needs routed experts (num_local_experts > 1)");
   need(c.initializer_range > 0, "'initializer_range' must be positive");
   const MoeCtConfig& m = c.moe_ct;
   if (m.experts != 0) {
@@ -470,6 +490,7 @@ json config_to_json(const ModelConfig& c) {
                    {"layers", m.layers}};
   }
   if (!c.moe_layers.empty()) j["moe_layers"] = c.moe_layers;
+  if (c.router_balance.on()) j["router_balance"] = {{"bias_rate", c.router_balance.bias_rate}};
   if (c.ders.on()) {
     const DersConfig& d = c.ders;
     const char* kind = d.delta == DeltaKind::Sparse    ? "sparse"
@@ -503,6 +524,7 @@ ModelConfig ModelConfig::layer_config(int64_t layer) const {
     c.ffn_type = FfnKind::Dense;
     c.num_local_experts = c.num_experts_per_tok = 1;
     c.ders = {};
+    c.router_balance = {};
   }
   return c;
 }
@@ -565,7 +587,8 @@ ParamCountsOf<N> config_count_as(const ModelConfig& c) {
   for (int64_t l = 0; l < c.num_hidden_layers; l++) {
     const bool moe = c.moe_at(l);
     const N E = moe ? N(c.num_local_experts) : 1, k = moe ? N(c.num_experts_per_tok) : 1;
-    if (c.is_moe() && moe) p.router += d * E + E;
+    // the router, and its balance bias (not trained, but stored)
+    if (c.is_moe() && moe) p.router += d * E + E + (c.router_balance.on() ? E : 0);
     p.experts += config_count_experts(c, E);
     active_experts += k * p.per_expert;
     if (c.moe_ct.on(l)) {  // MoE-CT: N new experts, their router and the gate

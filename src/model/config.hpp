@@ -60,6 +60,14 @@ struct DersConfig {
   int64_t nnz(int64_t n) const;
 };
 
+// Auxiliary-loss-free load balancing (docs/methods.md §3.7.1): a per-layer, per-expert bias on
+// the router logits for the top-k choice only, moved after each optimizer step by bias_rate
+// towards the experts that got less than their fair share of the step's assignments.
+struct RouterBalanceConfig {
+  double bias_rate = 0;  // 0: off (no balance_bias tensors at all)
+  bool on() const { return bias_rate > 0; }
+};
+
 struct ModelConfig {
   int64_t vocab_size = 8192;
   int64_t hidden_size = 256;        // d
@@ -86,6 +94,7 @@ struct ModelConfig {
   double swiglu_alpha = 1.702;
   double router_aux_loss_coef = 0.01;
   double router_z_loss_coef = 0.001;
+  RouterBalanceConfig router_balance;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
   std::vector<int64_t> moe_layers;  // the layers with routed experts (empty: all); others dense

@@ -100,6 +100,29 @@ void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
   weight_register_lora(f.down, p, c.lora, {{pre + "down_proj", f.down.out}});
 }
 
+void ffn_register_balance(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
+  if (!c.router_balance.on() || f.mix != FfnKind::Moe) return;
+  const std::string name = fmt::format("model.layers.{}.mlp.router.balance_bias", f.layer);
+  f.balance = p.add(name, {f.cfg->num_local_experts}, Init::Zeros, false);
+  p.tensors.back().frozen = true;  // moved by balance_update, never by a gradient
+}
+
+template <typename T>
+void balance_update(std::span<T> bias, std::span<const int64_t> counts, double rate) {
+  check(bias.size() == counts.size(), "balance_update: bias and counts differ in size");
+  int64_t total = 0;
+  for (int64_t n : counts) total += n;
+  if (total == 0) return;
+  // sign(1/E - n_e/total) = sign(total - E n_e), exactly in integers
+  const int64_t E = int64_t(counts.size());
+  for (size_t e = 0; e < counts.size(); e++) {
+    const int64_t s = total - E * counts[e];
+    bias[e] += s > 0 ? T(rate) : s < 0 ? T(-rate) : T(0);
+  }
+}
+template void balance_update<float>(std::span<float>, std::span<const int64_t>, double);
+template void balance_update<double>(std::span<double>, std::span<const int64_t>, double);
+
 template <typename T>
 FfnBlock<T>::FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {
   if (p_.cfg) c_ = p_.cfg.get();
@@ -209,7 +232,8 @@ kernels::RouterLosses FfnBlock<T>::mix_forward(const Ctx<T>& c, Acts& a, Work& w
   {
     ProfileScope ps(prof, "router fwd");
     weight_forward<T>(c, p_.router, 0, a.rlogits.data(), u, N, nullptr);
-    c.op.router_forward(a.idx.data(), a.w.data(), a.rlogits.data(), N, E, k);
+    const T* bias = p_.balance >= 0 ? c.P + p_.balance : nullptr;
+    c.op.router_forward(a.idx.data(), a.w.data(), a.rlogits.data(), bias, N, E, k);
     c.op.moe_sort(a.order.data(), a.pos.data(), a.offsets.data(), a.idx.data(), N, E, k);
   }
   const kernels::MoeRouting r = routing(a, N);
@@ -322,6 +346,12 @@ std::vector<double> FfnBlock<T>::load(const Acts& a) const {
     for (int64_t e = 0; e < E; e++)
       f[size_t(e)] = double(a.offsets[e + 1] - a.offsets[e]) / double(a.offsets[E]);
   return f;
+}
+
+template <typename T>
+void FfnBlock<T>::counts_add(const Acts& a, std::span<int64_t> counts) const {
+  if (p_.mix != FfnKind::Moe) return;
+  for (size_t e = 0; e < counts.size(); e++) counts[e] += a.offsets[e + 1] - a.offsets[e];
 }
 
 template class FfnBlock<float>;

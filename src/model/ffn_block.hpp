@@ -26,6 +26,7 @@ struct FfnParams {
   FfnKind mix = FfnKind::Dense;            // what the layer's own FFN computes: Dense or Moe
   int64_t ln = -1;                         // post_attention_layernorm [d]
   Weight router;                           // [E, d] and bias; w = -1 without a router
+  int64_t balance = -1;                // router.balance_bias [E], frozen (router_balance; else -1)
   Weight up;                           // per expert [d, 2I] (gate and linear interleaved) and bias
   Weight down;                         // per expert [I, d] and bias
   std::shared_ptr<const CtParams> ct;  // MoE-CT: the new experts and the gate (else null)
@@ -56,6 +57,14 @@ void ffn_init_positions(const FfnParams& f, std::span<int32_t> index, uint64_t s
 // initial values).
 void ffn_register_lora(FfnParams& f, ParamLayout& p, const ModelConfig& c);
 void ffn_register_ct(FfnParams& f, ParamLayout& p, const ModelConfig& c);
+// The router's balance bias (router_balance, routed layers only): after everything else, so that
+// no other tensor moves or changes its initial value; frozen, zero at the start.
+void ffn_register_balance(FfnParams& f, ParamLayout& p, const ModelConfig& c);
+
+// The balance bias update after an optimizer step (methods.md §3.7.1): with load_e = counts_e /
+// sum(counts), bias_e += rate * sign(1/E - load_e). bias, counts [E].
+template <typename T>
+void balance_update(std::span<T> bias, std::span<const int64_t> counts, double rate);
 
 template <typename T>
 class FfnBlock {
@@ -120,6 +129,8 @@ class FfnBlock {
   const FfnParams& params() const { return p_; }
   // Share of the N*k assignments per expert in the last forward of a (1 when dense).
   std::vector<double> load(const Acts& a) const;
+  // counts [E] += the assignments per expert in the last forward of a (routed layers only).
+  void counts_add(const Acts& a, std::span<int64_t> counts) const;
 
  private:
   // MoE-CT (model/moe_ct.cpp): out = (1 - a) F + a M of the layer's FFN F and the new experts M.

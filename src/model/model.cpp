@@ -31,6 +31,7 @@ ModelParams model_register(ParamLayout& p, const ModelConfig& c) {
     ffn_register_lora(m.ffn[size_t(l)], p, c);
     ffn_register_ct(m.ffn[size_t(l)], p, c);
   }
+  for (FfnParams& f : m.ffn) ffn_register_balance(f, p, c);
   for (const std::string& t : c.lora.targets) {  // a pattern that adapts nothing is a mistake
     const std::regex re(t);
     if (std::none_of(p.tensors.begin(), p.tensors.end(), [&](const TensorView& v) {
@@ -70,7 +71,10 @@ Model<T>::Model(const ModelConfig& c, int64_t batch, int64_t seq, Device& dev)
   const int64_t L = cfg.num_hidden_layers, d = cfg.hidden_size, hd = cfg.head_dim;
   act_.attn.resize(size_t(L));
   act_.ffn.resize(size_t(L));
+  counts_.resize(size_t(L));
   for (int64_t l = 0; l < L; l++) {
+    if (mp_.ffn[size_t(l)].mix == FfnKind::Moe)
+      counts_[size_t(l)].assign(size_t(mp_.ffn[size_t(l)].cfg->num_local_experts), 0);
     attn_.emplace_back(cfg, mp_.attn[size_t(l)]);
     ffn_.emplace_back(cfg, mp_.ffn[size_t(l)]);
     attn_.back().reserve(dev, act_.attn[size_t(l)], attn_work_, N, true);
@@ -125,6 +129,17 @@ void Model<T>::init_derived(const std::function<bool(const std::string&)>& fresh
 template <typename T>
 void Model<T>::zero_grad() {
   std::fill(grads.begin(), grads.end(), T(0));
+  for (auto& n : counts_) std::fill(n.begin(), n.end(), int64_t(0));
+}
+
+template <typename T>
+void Model<T>::balance_update() {
+  for (size_t l = 0; l < ffn_.size(); l++) {
+    const int64_t at = mp_.ffn[l].balance;
+    if (at < 0) continue;
+    moelab::balance_update<T>(std::span<T>(params.data() + at, counts_[l].size()), counts_[l],
+                              cfg.router_balance.bias_rate);
+  }
 }
 
 template <typename T>
@@ -181,6 +196,8 @@ Losses Model<T>::forward(std::span<const int32_t> tokens, std::span<const int32_
                              rows, rope_cos_.data(), rope_sin_.data(), nullptr);
     const kernels::RouterLosses rl = ffn_[size_t(l)].forward(
         c, act_.ffn[size_t(l)], ffn_work_, stream(2 * l + 1), stream(2 * l + 2), N);
+    ffn_[size_t(l)].counts_add(act_.ffn[size_t(l)], counts_[size_t(l)]);
+    loss.layers.push_back(rl);
     loss.aux += rl.aux / double(L);
     loss.z += rl.z / double(L);
   }

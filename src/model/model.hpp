@@ -22,6 +22,7 @@ struct Losses {
   double lm = 0;   // mean next-token cross-entropy over valid targets
   double aux = 0;  // load-balancing loss, mean over MoE layers (0 when E = 1)
   double z = 0;    // router z-loss, mean over MoE layers (0 when E = 1)
+  std::vector<kernels::RouterLosses> layers;  // [L] each layer's router losses (0 when dense)
   double total() const { return lm + aux + z; }
 };
 
@@ -50,12 +51,19 @@ class Model {
   // d(total loss)/d(params) accumulated into grads (call zero_grad first). Frozen tensors get
   // no gradient. Overwrites the logits buffer with its gradient.
   void backward();
+  // Zeroes the gradients and the routing counts (a new optimizer step begins).
   void zero_grad();
+  // router_balance (methods.md §3.7.1): each routed layer's balance bias moved by the loads of
+  // every forward since zero_grad. Nothing without router_balance.
+  void balance_update();
 
   std::span<const T> logits() const { return act_.logits.span(); }  // [B*T, V] after forward
   std::span<T> view(const TensorView& t) { return {params.data() + t.offset, size_t(t.numel)}; }
   // Per MoE layer and expert: the share of the B*T*k assignments of the last forward.
   std::vector<std::vector<double>> expert_load() const;
+  // Per layer: the assignments per expert of every forward since zero_grad ([E] when routed,
+  // empty when dense).
+  const std::vector<std::vector<int64_t>>& route_counts() const { return counts_; }
   // Bytes of activations and scratch held for the current shape.
   int64_t activation_bytes() const;
 
@@ -105,6 +113,7 @@ class Model {
   typename FfnBlock<T>::Work ffn_work_;
   Buffer<T> rope_cos_, rope_sin_;  // [T, hd/2]
   Buffer<T> wbuf_, gbuf_;          // [rebuild_size()] a rebuilt DeRS expert and its gradient
+  std::vector<std::vector<int64_t>> counts_;  // [L][E] routing counts since zero_grad
   bool have_forward_ = false;
 };
 

@@ -381,6 +381,36 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
   return r;
 }
 
+namespace {
+
+// Sums a micro-batch's raw router losses into one entry per routed layer (those with counts).
+void router_stats_add(std::vector<RouterStats>& router, const Losses& l,
+                      const std::vector<std::vector<int64_t>>& counts) {
+  size_t i = 0;
+  for (size_t layer = 0; layer < counts.size(); layer++) {
+    if (counts[layer].empty()) continue;
+    if (i == router.size()) router.push_back({.layer = int64_t(layer)});
+    router[i].aux += l.layers[layer].aux_raw, router[i++].z += l.layers[layer].z_raw;
+  }
+}
+
+// The micro-batches' means, and each routed layer's largest load of the step relative to the
+// fair share 1/E.
+void router_stats_finish(std::vector<RouterStats>& router,
+                         const std::vector<std::vector<int64_t>>& counts, double accum) {
+  size_t i = 0;
+  for (const std::vector<int64_t>& c : counts) {
+    if (c.empty()) continue;
+    RouterStats& s = router[i++];
+    s.aux /= accum, s.z /= accum;
+    int64_t total = 0, most = 0;
+    for (int64_t n : c) total += n, most = std::max(most, n);
+    s.max_load = total > 0 ? double(most) * double(c.size()) / double(total) : 0.0;
+  }
+}
+
+}  // namespace
+
 // One optimizer update; counted: a step of the run (a replay update is not one).
 StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted) {
   StepStats r;
@@ -396,8 +426,10 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
       r.lm += l.lm / accum;
       r.aux += l.aux / accum;
       r.z += l.z / accum;
+      router_stats_add(r.router, l, model_.route_counts());
       model_.backward();
     }
+    router_stats_finish(r.router, model_.route_counts(), accum);
   }
   reduce_grads();
   {
@@ -409,6 +441,8 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
     if (r.applied) {
       skipped_in_a_row_ = 0;
       opt_.update(model_.params, model_.grads, lr, grad_clip_scale(r.grad_norm, x_.clip) / accum);
+      // the step's loads move the balance bias (methods.md §3.7.1)
+      if (x_.model.router_balance.on()) model_.balance_update();
     } else {
       on_nonfinite(r);
     }
@@ -627,6 +661,11 @@ void Trainer::log(const StepStats& r, const StepEval& e) {
       m["aux_loss"] = r.aux;
       m["z_loss"] = r.z;
       m["expert_load"] = r.expert_load;
+      ojson router = ojson::array();
+      for (const RouterStats& s : r.router)
+        router.push_back(
+            {{"layer", s.layer}, {"aux", s.aux}, {"z", s.z}, {"max_load", s.max_load}});
+      m["router"] = router;
     }
     if (!e.val_loss.is_null()) m["val_loss"] = e.val_loss;
     log_progress(m, r);

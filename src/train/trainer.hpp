@@ -34,6 +34,14 @@ struct MicroBatch {
 // Supplies micro-batch `micro` (0 .. grad_accum - 1) of the step being taken.
 using BatchSource = std::function<MicroBatch(int64_t micro)>;
 
+// One routed layer's router in one optimizer step.
+struct RouterStats {
+  int64_t layer = 0;
+  double aux = 0, z = 0;  // E sum_e f_e P_e and mean logsumexp^2, without the coefficients; means
+                          // over the micro-batches
+  double max_load = 0;    // the largest expert's share of the step's assignments, times E
+};
+
 // What one optimizer step did.
 struct StepStats {
   int64_t step = 0;               // the steps taken after it (1 for the first)
@@ -43,6 +51,7 @@ struct StepStats {
   double grad_norm = 0;           // of the mean gradient, before clipping
   bool applied = false;           // false: skipped, the loss or gradient was not finite
   std::vector<std::vector<double>> expert_load;  // MoE: of the last micro-batch (Model's form)
+  std::vector<RouterStats> router;               // MoE: per routed layer, of the whole step
   // Focused replay after this step (methods.md §5.4): the loss of each update on the replay
   // batch (f of them), the memory's size after the draw. replayed: a replay was due.
   bool replayed = false;
