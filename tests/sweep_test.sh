@@ -87,11 +87,17 @@ done
 [ "$(tail -n +2 sw/sweep.csv | wc -l)" = 8 ] && ok || bad "sweep.csv has $(tail -n +2 sw/sweep.csv | wc -l) of 8 runs"
 head -1 sw/sweep.csv | grep -q "params,active_params,tokens,flops,loss" && ok || bad "sweep.csv header"
 
+# ---- the results feed moelab fit: 8 runs fit the Chinchilla form, not the 10-coefficient law
+"$moelab" fit sw/sweep.csv --law chinchilla --no-holdout --small-grid --bootstrap 3 --out fit --no-plots >fit.log 2>&1 &&
+  grep -q "chinchilla law on 8 runs" fit.log && [ -s fit/fit.json ] && ok || bad "fit on the sweep: $(tail -2 fit.log)"
+expect_error "too few runs for the sparsity law" "sw/sweep\.csv: the sparsity law has 10 coefficients and 4 runs to fit them \(4 held out\)" \
+  "$moelab" fit sw/sweep.csv --out fit2 --no-plots
+
 # ---- a worker killed inside a job: the next one resumes it
 rm -rf sw2 && sed 's/^dir = "sw"/dir = "sw2"/; s/^budgets = .*/budgets = [4e9]/; s/^sizes = .*/sizes = [48]/; s/^sparsities = .*/sparsities = [0.5]/' sweep.toml >kill.toml
 "$moelab" sweep run kill.toml >k1.log 2>&1 &
 pk=$!
-for i in $(seq 1 200); do ls sw2/*/step_00000004 >/dev/null 2>&1 && break; sleep 0.05; done
+for i in $(seq 1 400); do ls -d sw2/*/step_* >/dev/null 2>&1 && break; sleep 0.02; done
 kill -9 $pk 2>/dev/null
 wait $pk 2>/dev/null
 "$moelab" sweep run kill.toml >k2.log 2>&1 && grep -q "(resuming)" k2.log && [ "$(tail -n +2 sw2/sweep.csv | wc -l)" = 1 ] &&

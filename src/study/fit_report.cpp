@@ -383,6 +383,14 @@ std::string fit_run(const FitOptions& o) {
     fail(fmt::format("{}: --law sparsity needs runs at more than one sparsity (every S is 0)",
                      o.csv));
   split_holdout(st);
+  // As many runs as coefficients fit any of them exactly: the law says nothing then.
+  if (int64_t(st.train.size()) <= law_nparams(st.law))
+    fail(
+        fmt::format("{}: the {} law has {} coefficients and {} runs to fit them{}: run a larger "
+                    "sweep{}",
+                    o.csv, law_name(st.law), law_nparams(st.law), st.train.size(),
+                    st.held.empty() ? "" : fmt::format(" ({} held out)", st.held.size()),
+                    st.law == Law::sparsity ? ", or --law chinchilla" : ""));
   st.shared = fit_shared_fraction(st.data, o.shared_fraction);
   st.n_lo = std::numeric_limits<double>::infinity();
   for (const FitPoint& p : st.data.points)
