@@ -71,6 +71,11 @@ for r in rows:
     assert int(E) == int(r[4]), r
 PY
 
+# ---- the balancing as an axis: the loss coefficient and the loss-free bias rate
+sed 's/^max_epochs = 4$/max_epochs = 4\naux_coefs = [0, 0.01]\nbias_rates = [0, 0.001]/' sweep.toml >axes.toml
+"$moelab" sweep plan axes.toml --no-measure >axes.txt 2>&1 && [ "$(grep -c '^C' axes.txt)" = 32 ] &&
+  grep -q "^C2e+09_S0.5_d32_aux0_bias0.001_s3 " axes.txt && ok || bad "balancing axes: $(tail -2 axes.txt)"
+
 # ---- two workers share the queue
 "$moelab" sweep run sweep.toml >w1.log 2>&1 &
 p1=$!

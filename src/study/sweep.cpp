@@ -41,7 +41,7 @@ struct SweepConfig {
   std::string source, run_dir = "runs/sweep";
   toml::table root;
   std::string base, subset;
-  std::vector<double> budgets, sparsities, aux_coefs;
+  std::vector<double> budgets, sparsities, aux_coefs, bias_rates;
   std::vector<int64_t> sizes, seeds;
   int64_t top_k = 1;
   double max_epochs = 1.0;
@@ -88,9 +88,9 @@ SweepConfig config_read(const std::string& path) {
   ConfigSection s(&j, "sweep", path);
   s.get("base", c.base);
   s.get("subset", c.subset);
-  std::vector<std::string> num_keys = {"budgets", "sparsities", "aux_coefs"};
+  std::vector<std::string> num_keys = {"budgets", "sparsities", "aux_coefs", "bias_rates"};
   c.budgets = numbers(s, j, "budgets"), c.sparsities = numbers(s, j, "sparsities");
-  c.aux_coefs = numbers(s, j, "aux_coefs");
+  c.aux_coefs = numbers(s, j, "aux_coefs"), c.bias_rates = numbers(s, j, "bias_rates");
   for (const std::string& k : num_keys) j.erase(k);
   s.get("sizes", c.sizes);
   s.get("seeds", c.seeds);
@@ -112,6 +112,10 @@ SweepConfig config_read(const std::string& path) {
     if (!(x >= 0 && x < 1)) s.bad("sparsities", fmt::format("{} is not in [0, 1)", x));
   for (int64_t d : c.sizes)
     if (d < 1) s.bad("sizes", fmt::format("{} is not a hidden width", d));
+  for (double x : c.aux_coefs)
+    if (!(x >= 0)) s.bad("aux_coefs", fmt::format("{} is not a coefficient >= 0", x));
+  for (double x : c.bias_rates)
+    if (!(x >= 0)) s.bad("bias_rates", fmt::format("{} is not a rate >= 0", x));
   return c;
 }
 
@@ -133,7 +137,7 @@ int64_t experts_for(double S, int64_t K, const std::string& source) {
 // The base scaled to hidden width d (heads and the FFN width in proportion, head_dim kept),
 // with E experts of the full FFN width, top-k K: N_active stays put as S grows, N grows.
 ModelConfig model_for(const ModelConfig& base, int64_t d, int64_t E, int64_t K, double aux,
-                      const std::string& source) {
+                      double bias_rate, const std::string& source) {
   ModelConfig m = base;
   const int64_t hd = base.head_dim;
   if (d % hd != 0)
@@ -148,6 +152,7 @@ ModelConfig model_for(const ModelConfig& base, int64_t d, int64_t E, int64_t K, 
   m.num_experts_per_tok = E > 1 ? K : 1;
   m.ffn_type = E > 1 ? FfnKind::Moe : FfnKind::Dense;
   m.router_aux_loss_coef = aux;
+  m.router_balance.bias_rate = E > 1 ? bias_rate : 0.0;
   config_validate(m, source);
   return m;
 }
@@ -163,39 +168,44 @@ std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences)
                      c.base, base.num_local_experts));
   const std::vector<double> auxes =
       c.aux_coefs.empty() ? std::vector<double>{base.router_aux_loss_coef} : c.aux_coefs;
+  const std::vector<double> rates =
+      c.bias_rates.empty() ? std::vector<double>{base.router_balance.bias_rate} : c.bias_rates;
   std::vector<SweepJob> jobs;
   const int64_t per_step = c.batch_size * c.seq_len;
   for (double C : c.budgets)
     for (double S : c.sparsities)
       for (int64_t d : c.sizes)
         for (double aux : auxes)
-          for (int64_t seed : c.seeds) {
-            SweepJob j;
-            j.budget = C, j.sparsity = S, j.size = d, j.aux_coef = aux, j.seed = seed;
-            j.top_k = c.top_k;
-            j.experts = experts_for(S, c.top_k, c.source);
-            j.model = model_for(base, d, j.experts, c.top_k, aux, c.source);
-            j.flops_per_token = config_flops(j.model, c.seq_len).train_per_token;
-            j.steps = int64_t(std::floor(C / j.flops_per_token / double(per_step)));
-            j.tokens = j.steps * per_step;
-            const ParamCounts pc = config_count(j.model);
-            j.params = pc.total, j.active = pc.active;
-            j.epochs =
-                double(j.steps * c.batch_size) / double(std::max<uint64_t>(1, train_sequences));
-            j.name = fmt::format("C{}_S{:g}_d{}{}_s{}", budget_name(C), S, d,
-                                 auxes.size() > 1 ? fmt::format("_aux{:g}", aux) : "", seed);
-            if (j.steps < 1)
-              fail(
-                  fmt::format("{}: 'sweep.budgets': {:.3g} FLOPs is too small for one step of {} "
-                              "(S {}, {:.3g} FLOPs per step)",
-                              c.source, C, j.name, S, j.flops_per_token * double(per_step)));
-            if (j.epochs > c.max_epochs)
-              fail(
-                  fmt::format("{}: {} needs {:.2f} passes over subset '{}' (max_epochs {}): a "
-                              "smaller budget, or more data",
-                              c.source, j.name, j.epochs, c.subset, c.max_epochs));
-            jobs.push_back(std::move(j));
-          }
+          for (double rate : rates)
+            for (int64_t seed : c.seeds) {
+              SweepJob j;
+              j.budget = C, j.sparsity = S, j.size = d, j.aux_coef = aux, j.bias_rate = rate;
+              j.seed = seed;
+              j.top_k = c.top_k;
+              j.experts = experts_for(S, c.top_k, c.source);
+              j.model = model_for(base, d, j.experts, c.top_k, aux, rate, c.source);
+              j.flops_per_token = config_flops(j.model, c.seq_len).train_per_token;
+              j.steps = int64_t(std::floor(C / j.flops_per_token / double(per_step)));
+              j.tokens = j.steps * per_step;
+              const ParamCounts pc = config_count(j.model);
+              j.params = pc.total, j.active = pc.active;
+              j.epochs =
+                  double(j.steps * c.batch_size) / double(std::max<uint64_t>(1, train_sequences));
+              j.name = fmt::format("C{}_S{:g}_d{}{}{}_s{}", budget_name(C), S, d,
+                                   auxes.size() > 1 ? fmt::format("_aux{:g}", aux) : "",
+                                   rates.size() > 1 ? fmt::format("_bias{:g}", rate) : "", seed);
+              if (j.steps < 1)
+                fail(
+                    fmt::format("{}: 'sweep.budgets': {:.3g} FLOPs is too small for one step of {} "
+                                "(S {}, {:.3g} FLOPs per step)",
+                                c.source, C, j.name, S, j.flops_per_token * double(per_step)));
+              if (j.epochs > c.max_epochs)
+                fail(
+                    fmt::format("{}: {} needs {:.2f} passes over subset '{}' (max_epochs {}): a "
+                                "smaller budget, or more data",
+                                c.source, j.name, j.epochs, c.subset, c.max_epochs));
+              jobs.push_back(std::move(j));
+            }
   return jobs;
 }
 
@@ -391,8 +401,8 @@ std::string sweep_collect(const std::string& config) {
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
   std::string csv =
-      "job,budget,size,sparsity,experts,top_k,aux_coef,seed,params,active_params,tokens,flops,"
-      "loss,best_loss,steps\n";
+      "job,budget,size,sparsity,experts,top_k,aux_coef,bias_rate,seed,params,active_params,tokens,"
+      "flops,loss,best_loss,steps\n";
   const std::string key = "val:" + c.subset;
   for (const SweepJob& j : jobs) {
     const std::string dir = job_dir(c, j);
@@ -403,10 +413,10 @@ std::string sweep_collect(const std::string& config) {
     if (it == r.s.end() || it->second.empty()) continue;
     double best = INFINITY;
     for (const auto& [step, v] : it->second) best = std::min(best, v);
-    csv += fmt::format("{},{:.6g},{},{:g},{},{},{:g},{},{},{},{},{:.6g},{:.6f},{:.6f},{}\n", j.name,
-                       j.budget, j.size, j.sparsity, j.experts, j.top_k, j.aux_coef, j.seed,
-                       j.params, j.active, j.tokens, j.flops_per_token * double(j.tokens),
-                       run_last(r, key), best, j.steps);
+    csv += fmt::format("{},{:.6g},{},{:g},{},{},{:g},{:g},{},{},{},{},{:.6g},{:.6f},{:.6f},{}\n",
+                       j.name, j.budget, j.size, j.sparsity, j.experts, j.top_k, j.aux_coef,
+                       j.bias_rate, j.seed, j.params, j.active, j.tokens,
+                       j.flops_per_token * double(j.tokens), run_last(r, key), best, j.steps);
   }
   const std::string path = (fs::path(c.run_dir) / "sweep.csv").string();
   file_write_atomic(path, csv);

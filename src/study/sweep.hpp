@@ -16,6 +16,7 @@
 //   top_k = 1
 //   sizes = [64, 96]                         # hidden widths (heads, FFN width scale with them)
 //   aux_coefs = [0.01]                       # router_aux_loss_coef per run (a sweep axis)
+//   bias_rates = [0, 0.001]                  # router_balance.bias_rate (loss-free balancing)
 //   seeds = [1]
 //   max_epochs = 1.0                         # refuse runs that need more passes over the subset
 //
@@ -31,7 +32,7 @@ namespace moelab {
 
 struct SweepJob {
   std::string name;  // folder under RUN
-  double budget = 0, sparsity = 0, aux_coef = 0;
+  double budget = 0, sparsity = 0, aux_coef = 0, bias_rate = 0;
   int64_t size = 0, experts = 1, top_k = 1, seed = 1;
   ModelConfig model;
   double flops_per_token = 0;  // exact training FLOPs per token (methods.md §4.2)
