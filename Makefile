@@ -3,6 +3,7 @@
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make ct-demo  the continual-training study on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
 # make ders-demo  upcycling and DeRS on the demo's dense model (DERS_ARGS, e.g. --seeds 1,2)
+# make sweep-demo  the default sparsity sweep and its fit (runs/sweep-default, fit/)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 # make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
 # make fuzz   libFuzzer on every file reader, FUZZ_SECONDS each (clang; build-fuzz; not in make test)
@@ -14,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
-.PHONY: deps build test bench demo ct-demo ders-demo format clean test-asan fuzz
+.PHONY: deps build test bench demo ct-demo ders-demo sweep-demo format clean test-asan fuzz
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -96,6 +97,13 @@ ders-demo: deps
 	$(BUILD)/moelab data prepare --preset default --out data/default
 	$(BUILD)/moelab run configs/default.toml --experts 1 --no-report
 	$(BUILD)/moelab ct configs/ders-default.toml $(DERS_ARGS)
+
+sweep-demo: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS) --target moelab
+	$(BUILD)/moelab data prepare --preset default --out data/default
+	$(BUILD)/moelab sweep run configs/sweep-default.toml
+	$(BUILD)/moelab fit runs/sweep-default/sweep.csv --out runs/sweep-default/fit --budget 1e13
 
 format:
 	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
