@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
 
-.PHONY: deps build test bench demo ct-demo ders-demo sweep-demo format clean test-asan fuzz
+.PHONY: deps build test bench demo demo-data demo-base ct-demo ders-demo sweep-demo format clean test-asan fuzz
 
 deps:
 	@missing=""; for p in $(DEPS); do \
@@ -83,25 +83,23 @@ demo: deps
 	cmake --build $(BUILD) -j $(JOBS) --target moelab
 	scripts/demo.sh $(BUILD)/moelab $(DEMO_START) $(DEMO_ARGS)
 
-# The demo's dense run leaves the base (end of A) and the evaluation set; a finished run is skipped.
-ct-demo: deps
+# The default data, and (base) the demo's dense run, which leaves the base checkpoint (end of A)
+# and the evaluation set of the continual-training studies; a finished run is skipped.
+demo-data: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS) --target moelab
 	$(BUILD)/moelab data prepare --preset default --out data/default
+
+demo-base: demo-data
 	$(BUILD)/moelab run configs/default.toml --experts 1 --no-report
+
+ct-demo: demo-base
 	$(BUILD)/moelab ct configs/ct-default.toml $(CT_ARGS)
 
-ders-demo: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
-	cmake --build $(BUILD) -j $(JOBS) --target moelab
-	$(BUILD)/moelab data prepare --preset default --out data/default
-	$(BUILD)/moelab run configs/default.toml --experts 1 --no-report
+ders-demo: demo-base
 	$(BUILD)/moelab ct configs/ders-default.toml $(DERS_ARGS)
 
-sweep-demo: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
-	cmake --build $(BUILD) -j $(JOBS) --target moelab
-	$(BUILD)/moelab data prepare --preset default --out data/default
+sweep-demo: demo-data
 	$(BUILD)/moelab sweep run configs/sweep-default.toml
 	$(BUILD)/moelab fit runs/sweep-default/sweep.csv --out runs/sweep-default/fit --budget 1e13
 
