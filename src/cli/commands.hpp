@@ -46,6 +46,9 @@ void command_data_verify(CLI::App& data, Commands& c);
 void command_entities_build(CLI::App& entities, Commands& c);
 void command_eval(CLI::App& app, Commands& c);
 
+// ---- moelab generate (cli/generate_cmds.cpp)
+void command_generate(CLI::App& app, Commands& c);
+
 // ---- moelab train (cli/train_cmds.cpp)
 void command_train(CLI::App& app, Commands& c);
 

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   CLI::App& entities = command_group(app, "entities", "entity evaluation sets");
   command_entities_build(entities, c);
   command_eval(app, c);
+  command_generate(app, c);
   command_export(app, c);
   command_upcycle(app, c);
   command_compress(app, c);

@@ -1,0 +1,87 @@
+// moelab generate: text from a checkpoint, streamed as it is made.
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/gemm.hpp"
+#include "data/dataset.hpp"
+#include "eval/generate.hpp"
+#include "train/checkpoint.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct GenerateCmdOptions {
+  std::string checkpoint, data, prompt, prompt_file;
+  int threads = 0;
+  GenerateOptions gen;
+};
+
+void generate_cmd(const GenerateCmdOptions& o) {
+  // every flag is checked before anything is read
+  generate_check(o.gen);
+  if (o.prompt.empty() == o.prompt_file.empty())
+    fail("generate: give one of --prompt TEXT or --prompt-file FILE");
+  threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
+  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
+  if (!fs::is_directory(o.checkpoint))
+    fail(fmt::format("{}: no such checkpoint folder", o.checkpoint));
+  const ModelConfig cfg = config_load(config_path);
+  const DataDir data = data_open(o.data);
+  if (cfg.vocab_size < data.vocab_size)
+    fail(fmt::format("{}: vocab_size {} is smaller than the vocabulary of {}'s tokenizer ({})",
+                     config_path, cfg.vocab_size, o.data, data.vocab_size));
+  const std::string text = o.prompt_file.empty() ? o.prompt : file_read(o.prompt_file);
+  const std::vector<int32_t> prompt = data.tokenizer->encode(text);
+  if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
+  if (int64_t(prompt.size()) > cfg.max_position_embeddings - o.gen.max_new)
+    fail(
+        fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
+                    "({}) - --max-new ({})",
+                    prompt.size(), cfg.max_position_embeddings, o.gen.max_new));
+  Model<float> model(cfg, 1, 1);
+  checkpoint_check_tokenizer(o.checkpoint, checkpoint_load(o.checkpoint, model, nullptr),
+                             data.fingerprint, o.data);
+  generate(model, *data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+}
+
+}  // namespace
+
+void command_generate(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<GenerateCmdOptions>();
+  auto* cmd = app.add_subcommand("generate", "text from a checkpoint, streamed to stdout");
+  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N)")->required();
+  cmd->add_option("--data", o->data, "data directory the model was trained on (its tokenizer)")
+      ->required();
+  cmd->add_option("--prompt", o->prompt, "prompt text");
+  cmd->add_option("--prompt-file", o->prompt_file, "file holding the prompt text");
+  cmd->add_option("--max-new", o->gen.max_new, "new tokens at most")->capture_default_str();
+  cmd->add_option("--temperature", o->gen.temperature, "softmax temperature (0: greedy)")
+      ->capture_default_str();
+  cmd->add_option("--top-p", o->gen.top_p, "nucleus probability mass, in (0, 1]")
+      ->capture_default_str();
+  cmd->add_option("--top-k", o->gen.top_k, "sample among the K most probable (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
+  // one string per --stop, so that a checkpoint after it is not taken for a second one
+  cmd->add_option("--stop", o->gen.stop, "stop where the text contains STRING (repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_flag("--greedy", o->gen.greedy, "argmax at every step (as evaluation decodes)");
+  cmd->add_option("--threads", o->threads, "threads (default: all cores)");
+  c.add(cmd, [o] { return generate_cmd(*o), 0; });
+}
+
+}  // namespace moelab

@@ -1,0 +1,226 @@
+#include "eval/generate.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "eval/decode.hpp"
+#include "eval/metrics.hpp"
+
+namespace moelab {
+
+namespace {
+
+constexpr uint64_t kSampleStream = 0x67656e6572617465ull;  // "generate": the draws of sampling
+constexpr int64_t kPromptTail = 16;  // prompt ids decoded before the new ones (see new_text)
+
+}  // namespace
+
+void generate_check(const GenerateOptions& o) {
+  if (o.max_new < 1)
+    fail(fmt::format("generate: --max-new must be at least 1 (not {})", o.max_new));
+  if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
+    fail(fmt::format("generate: --temperature must be >= 0 (not {})", o.temperature));
+  if (!(o.top_p > 0 && o.top_p <= 1))
+    fail(fmt::format("generate: --top-p must be in (0, 1] (not {})", o.top_p));
+  if (o.top_k < 0) fail(fmt::format("generate: --top-k must be >= 0 (not {})", o.top_k));
+  for (const auto& s : o.stop)
+    if (s.empty()) fail("generate: --stop: an empty stop string");
+}
+
+// ----------------------------------------------------------------------------
+// the sampler
+
+std::vector<std::pair<int32_t, double>> sample_distribution(std::span<const float> z,
+                                                            const GenerateOptions& o) {
+  const int64_t n = int64_t(z.size());
+  check(n >= 1 && o.temperature > 0, "sample_distribution: no logits or temperature 0");
+  const float mx = z[size_t(logits_argmax(z.data(), n))];
+  std::vector<std::pair<int32_t, double>> p(static_cast<size_t>(n));  // [n] (id, probability)
+  double sum = 0;
+  for (int64_t v = 0; v < n; v++) {
+    const double e = std::exp((double(z[size_t(v)]) - double(mx)) / o.temperature);
+    p[size_t(v)] = {int32_t(v), e};
+    sum += e;
+  }
+  for (auto& [v, q] : p) q /= sum;
+  auto more_probable = [](const auto& a, const auto& b) {
+    return a.second > b.second || (a.second == b.second && a.first < b.first);
+  };
+  // most probable first, as far as the cuts need it
+  if (o.top_k > 0 && o.top_k < n) {
+    std::partial_sort(p.begin(), p.begin() + o.top_k, p.end(), more_probable);
+    p.resize(size_t(o.top_k));
+  } else if (o.top_p < 1) {
+    std::sort(p.begin(), p.end(), more_probable);
+  }
+  auto renormalise = [&p] {
+    double s = 0;
+    for (const auto& e : p) s += e.second;
+    for (auto& e : p) e.second /= s;
+  };
+  renormalise();
+  if (o.top_p < 1) {
+    if (o.top_k > 0) std::sort(p.begin(), p.end(), more_probable);  // already, unless k >= n
+    double cum = 0;
+    size_t keep = 0;
+    while (keep < p.size()) {
+      cum += p[keep++].second;
+      if (cum >= o.top_p) break;
+    }
+    p.resize(keep);
+    renormalise();
+  }
+  return p;
+}
+
+int32_t sample_next(std::span<const float> z, const GenerateOptions& o, int64_t step) {
+  check(!z.empty(), "sample_next: no logits");
+  if (o.greedy || o.temperature == 0) return logits_argmax(z.data(), int64_t(z.size()));
+  const auto p = sample_distribution(z, o);
+  const double u = rng_uniform(o.seed, kSampleStream, uint64_t(step));
+  double cum = 0;
+  for (const auto& [v, q] : p) {
+    cum += q;
+    if (u < cum) return v;
+  }
+  return p.back().first;  // u within rounding of 1
+}
+
+// ----------------------------------------------------------------------------
+// the text stream
+
+namespace {
+
+// The length of s without a trailing incomplete UTF-8 sequence or U+FFFD.
+size_t utf8_settled(const std::string& s) {
+  const size_t n = s.size();
+  if (n >= 3 && s.compare(n - 3, 3, "\xEF\xBF\xBD") == 0) return n - 3;
+  for (size_t back = 1; back <= std::min<size_t>(n, 4); back++) {
+    const auto c = static_cast<unsigned char>(s[n - back]);
+    if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back
+    const size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+    return len > back ? n - back : n;
+  }
+  return n;  // stray continuation bytes: nothing would complete them
+}
+
+}  // namespace
+
+TextStream::TextStream(std::vector<std::string> stop) : stop_(std::move(stop)) {
+  std::erase(stop_, std::string());  // an empty string would stop before the first token
+}
+
+std::string TextStream::update(const std::string& text) {
+  if (stopped_) return {};
+  text_ = text;
+  // A decoder may rewrite the held-back tail (U+FFFD becoming a character); what was printed
+  // is normally a prefix of the new text, and printing goes on from its length regardless.
+  const size_t done = std::min(out_.size(), text_.size());
+  size_t cut = std::string::npos;
+  for (const auto& s : stop_) cut = std::min(cut, text_.find(s));
+  if (cut != std::string::npos) {
+    stopped_ = true;
+    std::string piece = text_.substr(done, std::max(cut, done) - done);
+    out_ += piece;
+    return piece;
+  }
+  size_t safe = utf8_settled(text_);
+  for (const auto& s : stop_)  // the earliest tail that is a proper prefix of a stop string
+    for (size_t k = s.empty() ? 0 : std::min(s.size() - 1, text_.size()); k >= 1; k--)
+      if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+        safe = std::min(safe, text_.size() - k);
+        break;
+      }
+  if (safe <= done) return {};
+  std::string piece = text_.substr(done, safe - done);
+  out_ += piece;
+  return piece;
+}
+
+std::string TextStream::finish() {
+  if (stopped_ || out_.size() >= text_.size()) return {};
+  std::string piece = text_.substr(out_.size());
+  out_ += piece;
+  return piece;
+}
+
+// ----------------------------------------------------------------------------
+// generation
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Eot:
+      return "eot";
+    case FinishReason::Stop:
+      return "stop";
+  }
+  return "?";
+}
+
+namespace {
+
+// The text of the new ids as it reads after the prompt: decoded behind the prompt's last ids
+// and cut after theirs, so that a piece's leading space (SentencePiece drops it at the start of
+// a text) is kept; the new ids alone when that is not a prefix.
+std::string new_text(const Tokenizer& tok, std::span<const int32_t> prompt,
+                     std::span<const int32_t> ids) {
+  const auto tail = prompt.last(size_t(std::min<int64_t>(int64_t(prompt.size()), kPromptTail)));
+  std::vector<int32_t> all(tail.begin(), tail.end());
+  all.insert(all.end(), ids.begin(), ids.end());
+  const std::string base = tok.decode(tail), full = tok.decode(all);
+  if (full.compare(0, base.size(), base) == 0) return full.substr(base.size());
+  return tok.decode(ids);
+}
+
+}  // namespace
+
+GenerateResult generate(const Model<float>& model, const Tokenizer& tok,
+                        std::span<const int32_t> prompt, const GenerateOptions& o,
+                        const GenerateCallback& on_token) {
+  generate_check(o);
+  const ModelConfig& c = model.cfg;
+  const int64_t plen = int64_t(prompt.size());
+  if (plen < 1) fail("generate: the prompt has no tokens");
+  if (plen > c.max_position_embeddings - o.max_new)
+    fail(
+        fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
+                    "({}) - --max-new ({})",
+                    plen, c.max_position_embeddings, o.max_new));
+  // choices among the ids the tokenizer decodes, as evaluate() does
+  const int64_t V = c.vocab_size, Vd = std::min(V, tok.vocab_size());
+  check(Vd >= 1, "generate: the tokenizer has no ids");
+  const int32_t eot = tok.eot_id();
+  // the last new token is never fed back: plen + max_new - 1 positions
+  Decoder dec(model, 1, plen + o.max_new - 1);
+  TextStream stream(o.stop);
+  GenerateResult r;
+  std::span<const float> logits = dec.prefill(prompt, plen, plen - 1);
+  for (int64_t i = 0; i < o.max_new; i++) {
+    const int32_t id = sample_next(logits.first(size_t(Vd)), o, i);
+    if (id == eot) {
+      r.reason = FinishReason::Eot;
+      break;
+    }
+    r.tokens.push_back(id);
+    const std::string piece = stream.update(new_text(tok, prompt, r.tokens));
+    if (on_token) on_token(id, piece);
+    if (stream.stopped()) {
+      r.reason = FinishReason::Stop;
+      break;
+    }
+    if (i + 1 < o.max_new) logits = dec.step(std::span<const int32_t>(&id, 1), plen + i);
+  }
+  const std::string rest = stream.finish();
+  if (on_token && !rest.empty()) on_token(-1, rest);
+  r.text = stream.text();
+  return r;
+}
+
+}  // namespace moelab
