@@ -208,7 +208,9 @@ TEST(DersPositions, FreshModelsDrawDistinctSortedPositionsPerExpert) {
       const int32_t* p = a.index.data() + t.offset + e * nnz;
       for (int64_t j = 0; j < nnz; j++) {
         ASSERT_TRUE(p[j] >= 0 && p[j] < t.bound) << t.name;
-        if (j > 0) ASSERT_LT(p[j - 1], p[j]) << t.name;
+        if (j > 0) {
+          ASSERT_LT(p[j - 1], p[j]) << t.name;
+        }
       }
     }
     // experts draw their own positions
