@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "core/parse.hpp"
 
 namespace moelab {
 
@@ -505,6 +506,30 @@ json config_to_json(const ModelConfig& c) {
   if (c.lora.rank > 0)
     j["lora"] = {{"rank", c.lora.rank}, {"alpha", c.lora.alpha}, {"targets", c.lora.targets}};
   return j;
+}
+
+bool ders_parse_spelling(std::string_view s, DersConfig& d) {
+  if (s == "none") return d.delta = DeltaKind::None, true;
+  const size_t colon = s.find(':');
+  const std::string_view kind = s.substr(0, colon);
+  const std::string_view arg = colon == s.npos ? std::string_view() : s.substr(colon + 1);
+  if (kind == "sparse") return d.delta = DeltaKind::Sparse, parse_number(arg, d.p);
+  if (kind == "lowrank") return d.delta = DeltaKind::LowRank, parse_number(arg, d.rank);
+  if (kind == "quant") return d.delta = DeltaKind::Quant, parse_number(arg, d.bits);
+  return false;
+}
+
+std::string ders_spelling(const DersConfig& d) {
+  switch (d.delta) {
+    case DeltaKind::Sparse:
+      return fmt::format("sparse:{}", d.p);
+    case DeltaKind::LowRank:
+      return fmt::format("lowrank:{}", d.rank);
+    case DeltaKind::Quant:
+      return fmt::format("quant:{}", d.bits);
+    default:
+      return "none";
+  }
 }
 
 int64_t DersConfig::nnz(int64_t n) const {

@@ -68,6 +68,12 @@ struct RouterBalanceConfig {
   bool on() const { return bias_rate > 0; }
 };
 
+// The command-line spelling of a delta: "none", "sparse:P", "lowrank:R" or "quant:BITS".
+// ders_parse_spelling sets d.delta and its number (ranges unchecked: the caller's flag says
+// what it accepts); false when s is none of these.
+bool ders_parse_spelling(std::string_view s, DersConfig& d);
+std::string ders_spelling(const DersConfig& d);
+
 struct ModelConfig {
   int64_t vocab_size = 8192;
   int64_t hidden_size = 256;        // d

@@ -7,12 +7,12 @@
 
 #include <Eigen/Dense>
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <limits>
 #include <map>
 
 #include "core/error.hpp"
+#include "core/parse.hpp"
 #include "core/fileio.hpp"
 #include "core/rng.hpp"
 
@@ -42,8 +42,7 @@ std::vector<std::string> split_csv_line(std::string_view line) {
 double parse_field(const std::string& path, size_t line, const std::string& col,
                    const std::string& text) {
   double v = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v))
+  if (!parse_number(text, v) || !std::isfinite(v))
     fail(fmt::format("{}: line {}: column '{}': '{}' is not a number", path, line, col, text));
   return v;
 }

@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -24,49 +23,20 @@ using json = nlohmann::json;
 // ----------------------------------------------------------------------------
 // options
 
-namespace {
-
-// The whole of s as a number, or false.
-template <typename N>
-bool parse_number(std::string_view s, N& v) {
-  if (s.empty()) return false;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
-// "sparse:0.9", "quant:4", "lowrank:8": the --delta spelling of a config.
-std::string delta_spelling(const DersConfig& d) {
-  if (d.delta == DeltaKind::Sparse) return fmt::format("sparse:{}", d.p);
-  if (d.delta == DeltaKind::Quant) return fmt::format("quant:{}", d.bits);
-  return fmt::format("lowrank:{}", d.rank);
-}
-
-}  // namespace
-
 DersConfig compress_parse_delta(std::string_view s) {
   DersConfig d;
   d.alpha = 0;  // low rank: B A as the SVD gives it, scale 1
-  const size_t colon = s.find(':');
-  const std::string_view kind = s.substr(0, colon);
-  const std::string_view arg = colon == s.npos ? std::string_view() : s.substr(colon + 1);
-  bool parsed = false;
-  if (kind == "sparse") {
-    parsed = parse_number(arg, d.p), d.delta = DeltaKind::Sparse;
-    if (parsed && !(std::isfinite(d.p) && d.p >= 0 && d.p < 1))
-      fail(fmt::format("--delta {}: P (the share of each delta dropped) must be in [0, 1)", s));
-  } else if (kind == "quant") {
-    parsed = parse_number(arg, d.bits), d.delta = DeltaKind::Quant;
-    if (parsed && (d.bits < 1 || d.bits > 8))
-      fail(fmt::format("--delta {}: BITS must be in 1..8", s));
-  } else if (kind == "lowrank") {
-    parsed = parse_number(arg, d.rank), d.delta = DeltaKind::LowRank;
-    if (parsed && d.rank < 1) fail(fmt::format("--delta {}: the rank R must be at least 1", s));
-  }
-  if (!parsed)
+  if (!ders_parse_spelling(s, d) || d.delta == DeltaKind::None)
     fail(
         fmt::format("--delta '{}': expected sparse:P (P in [0, 1), the share dropped), quant:BITS "
                     "(1..8) or lowrank:R (R >= 1)",
                     s));
+  if (d.delta == DeltaKind::Sparse && !(std::isfinite(d.p) && d.p >= 0 && d.p < 1))
+    fail(fmt::format("--delta {}: P (the share of each delta dropped) must be in [0, 1)", s));
+  if (d.delta == DeltaKind::Quant && (d.bits < 1 || d.bits > 8))
+    fail(fmt::format("--delta {}: BITS must be in 1..8", s));
+  if (d.delta == DeltaKind::LowRank && d.rank < 1)
+    fail(fmt::format("--delta {}: the rank R must be at least 1", s));
   return d;
 }
 
@@ -409,7 +379,7 @@ CompressReport compress_model(const Model<float>& moe, const CompressBases& base
 namespace {
 
 json options_json(const CompressOptions& o, const DersConfig& d) {
-  json j = {{"delta", delta_spelling(d)}, {"base", d.base}};
+  json j = {{"delta", ders_spelling(d)}, {"base", d.base}};
   if (d.base == "dense") j["base_checkpoint"] = o.base;
   if (d.delta == DeltaKind::Sparse)
     j.update({{"select", d.topk ? "topk" : "random"}, {"seed", d.seed}});
@@ -431,7 +401,7 @@ CompressReport compress_write(const std::string& ckpt, const CompressOptions& o,
   ders.base = o.base == "mean" ? "mean" : "dense";
   if (o.select_given && ders.delta != DeltaKind::Sparse)
     fail(fmt::format("--select and --seed apply to --delta sparse:P only (not {})",
-                     delta_spelling(ders)));
+                     ders_spelling(ders)));
   const ModelConfig moe_cfg = config_load(config_path);
   const ModelConfig cfg = compress_config(moe_cfg, ders, ckpt);
   Model<float> moe(moe_cfg, 1, 1);

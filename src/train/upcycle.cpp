@@ -3,12 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/error.hpp"
+#include "core/parse.hpp"
 #include "train/checkpoint.hpp"
 
 namespace moelab {
@@ -18,37 +18,15 @@ namespace fs = std::filesystem;
 // ----------------------------------------------------------------------------
 // options
 
-namespace {
-
-// The whole of s as a number, or false.
-template <typename N>
-bool parse_number(std::string_view s, N& v) {
-  if (s.empty()) return false;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
-}  // namespace
-
 DersConfig upcycle_parse_delta(std::string_view s) {
   DersConfig d;
   d.base = "shared";
-  if (s == "none") return d;
-  const size_t colon = s.find(':');
-  const std::string_view kind = s.substr(0, colon);
-  const std::string_view arg = colon == s.npos ? std::string_view() : s.substr(colon + 1);
-  if (kind == "sparse" && parse_number(arg, d.p)) {
-    d.delta = DeltaKind::Sparse;
-    return d;
-  }
-  if (kind == "lowrank" && parse_number(arg, d.rank)) {
-    d.delta = DeltaKind::LowRank;
-    return d;
-  }
-  fail(
-      fmt::format("--delta '{}': expected none, sparse:P (P the share dropped, e.g. 0.9) or "
-                  "lowrank:R (R the rank)",
-                  s));
+  if (!ders_parse_spelling(s, d) || d.delta == DeltaKind::Quant)
+    fail(
+        fmt::format("--delta '{}': expected none, sparse:P (P the share dropped, e.g. 0.9) or "
+                    "lowrank:R (R the rank)",
+                    s));
+  return d;
 }
 
 std::vector<int64_t> upcycle_layers(const std::string& spec, int64_t L) {
@@ -284,10 +262,7 @@ std::string layer_summary(const ModelConfig& c, const UpcycleOptions& o, int64_t
 }
 
 nlohmann::json options_json(const UpcycleOptions& o) {
-  const DersConfig& d = o.ders;
-  const std::string delta = d.delta == DeltaKind::Sparse    ? fmt::format("sparse:{}", d.p)
-                            : d.delta == DeltaKind::LowRank ? fmt::format("lowrank:{}", d.rank)
-                                                            : "none";
+  const std::string delta = ders_spelling(o.ders);
   return {{"experts", o.experts},
           {"top_k", o.top_k},
           {"layers", o.layers},
