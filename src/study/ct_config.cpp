@@ -52,25 +52,27 @@ toml::table ct_file_parse(const std::string& path) {
   }
 }
 
-void ct_sections_check(const toml::table& root, const std::string& path) {
-  static const std::set<std::string> allowed = {"run",      "data",       "train", "optimizer",
-                                                "schedule", "checkpoint", "eval",  "ct"};
+void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,
+                          const std::string& model_why, const std::string& phases_why) {
+  static const std::set<std::string> experiment = {"run",      "data",       "train", "optimizer",
+                                                   "schedule", "checkpoint", "eval"};
   for (const auto& [k, v] : root) {
     const std::string key(k.str());
-    if (key == "model")
-      fail(fmt::format(
-          "{}: [model] comes from 'ct.base' (the checkpoint's config.json); give a method's "
-          "additions (lora, moe_ct) in its [[ct.methods]] entry",
-          path));
-    if (key == "phases")
-      fail(fmt::format(
-          "{}: [[phases]] come from [ct]: one phase on 'ct.new' for 'ct.steps' steps, replaying "
-          "'ct.original' as each method asks",
-          path));
-    if (!allowed.contains(key)) fail(fmt::format("{}: unknown section '{}'", path, key));
+    if (key == "model") fail(fmt::format("{}: {}", path, model_why));
+    if (key == "phases") fail(fmt::format("{}: {}", path, phases_why));
+    if (!experiment.contains(key) && key != own)
+      fail(fmt::format("{}: unknown section '{}'", path, key));
     if (!v.is_table()) fail(fmt::format("{}: '{}' must be a table", path, key));
   }
-  if (!root.contains("ct")) fail(fmt::format("{}: no [ct] section", path));
+  if (!root.contains(own)) fail(fmt::format("{}: no [{}] section", path, own));
+}
+
+void ct_sections_check(const toml::table& root, const std::string& path) {
+  study_sections_check(root, path, "ct",
+                       "[model] comes from 'ct.base' (the checkpoint's config.json); give a "
+                       "method's additions (lora, moe_ct) in its [[ct.methods]] entry",
+                       "[[phases]] come from [ct]: one phase on 'ct.new' for 'ct.steps' steps, "
+                       "replaying 'ct.original' as each method asks");
 }
 
 namespace {

@@ -59,6 +59,10 @@ struct CtRun {
 // TOML as JSON for ConfigSection (integers stay integers), as experiment files are read.
 nlohmann::json ct_toml_json(const toml::node& n);
 toml::table ct_file_parse(const std::string& path);
+// The sections of a study file: an experiment's, less [model] and [[phases]] (which its own
+// section `own` decides; model_why / phases_why say how), plus `own`, which is required.
+void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,
+                          const std::string& model_why, const std::string& phases_why);
 // The sections of a continual-training file: an experiment's, less what [ct] decides.
 void ct_sections_check(const toml::table& root, const std::string& path);
 // [ct]: the base, the two domains, the length, the seeds, the methods and the compressions.

@@ -48,22 +48,6 @@ struct SweepConfig {
   int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
 };
 
-void sections_check(const toml::table& root, const std::string& path) {
-  static const std::set<std::string> allowed = {"run",      "data",       "train", "optimizer",
-                                                "schedule", "checkpoint", "eval",  "sweep"};
-  for (const auto& [k, v] : root) {
-    const std::string key(k.str());
-    if (key == "model" || key == "phases")
-      fail(
-          fmt::format("{}: '{}' comes from [sweep] (base, sizes, sparsities; one phase on subset "
-                      "for the budget's tokens)",
-                      path, key));
-    if (!allowed.contains(key)) fail(fmt::format("{}: unknown section '{}'", path, key));
-    if (!v.is_table()) fail(fmt::format("{}: '{}' must be a table", path, key));
-  }
-  if (!root.contains("sweep")) fail(fmt::format("{}: no [sweep] section", path));
-}
-
 // A list of numbers (TOML integers or floats).
 std::vector<double> numbers(ConfigSection& s, const json& j, const std::string& key) {
   if (!j.contains(key)) return {};
@@ -80,7 +64,11 @@ SweepConfig config_read(const std::string& path) {
   SweepConfig c;
   c.source = path;
   c.root = ct_file_parse(path);
-  sections_check(c.root, path);
+  study_sections_check(c.root, path, "sweep",
+                       "'model' comes from [sweep] (base, sizes, sparsities; one phase on subset "
+                       "for the budget's tokens)",
+                       "'phases' comes from [sweep] (base, sizes, sparsities; one phase on subset "
+                       "for the budget's tokens)");
   c.run_dir = c.root["run"]["dir"].value_or(c.run_dir);
   c.batch_size = c.root["train"]["batch_size"].value_or(c.batch_size);
   c.seq_len = c.root["data"]["seq_len"].value_or(c.seq_len);
