@@ -11,23 +11,18 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
-        libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch
+        libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch \
+        libcpp-httplib-dev
 
 .PHONY: deps build test bench demo demo-data demo-base ct-demo ders-demo sweep-demo format clean test-asan fuzz
 
+# One apt transaction for every missing Debian package, without recommends (nothing the build or
+# the tests use comes only as a recommendation); any failure is one line naming the package and
+# the cause (scripts/apt_install.sh, scripts/fetch_npm.sh). What this downloads:
+# scripts/setup_size.sh.
 deps:
-	@missing=""; for p in $(DEPS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	fi
-	@command -v npm >/dev/null || { $(SUDO) apt-get update && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
+	@scripts/apt_install.sh $(DEPS) nodejs npm
 	@scripts/fetch_npm.sh gpt-tokenizer@4.0.0
 
 build: deps
@@ -54,12 +49,7 @@ FUZZ_READERS := shard safetensors model_config experiment evalset entities data_
 # Debian's clang 16: clang 14 lacks std::source_location with this libstdc++.
 FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev
 fuzz: deps
-	@missing=""; for p in $(FUZZ_DEPS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	fi
+	@scripts/apt_install.sh $(FUZZ_DEPS)
 	CXX=clang++-16 cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Release -DMOELAB_FUZZ=ON $(CMAKE_FLAGS)
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
 	$(FUZZ_BUILD)/tests/fuzz/fuzz_run --write-seeds $(FUZZ_BUILD)/corpus >/dev/null

