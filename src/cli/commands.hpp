@@ -30,6 +30,9 @@ inline CLI::App& command_group(CLI::App& app, const std::string& name,
 void command_model_info(CLI::App& model, Commands& c);
 void command_model_dump(CLI::App& model, Commands& c);
 void command_export(CLI::App& app, Commands& c);  // moelab export
+// ---- moelab export hf, moelab import hf (cli/hf_cmds.cpp)
+void command_export_hf(CLI::App& exp, Commands& c);  // a subcommand of moelab export
+void command_import(CLI::App& app, Commands& c);
 
 // ---- moelab upcycle (cli/upcycle_cmds.cpp)
 void command_upcycle(CLI::App& app, Commands& c);

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   command_eval(app, c);
   command_generate(app, c);
   command_export(app, c);
+  command_import(app, c);
   command_upcycle(app, c);
   command_compress(app, c);
 

@@ -266,11 +266,19 @@ void model_export(const ExportOptions& o) {
 void command_export(CLI::App& app, Commands& c) {
   auto o = std::make_shared<ExportOptions>();
   auto* cmd = app.add_subcommand("export", "a checkpoint's model as a plain checkpoint folder");
-  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N)")->required();
-  cmd->add_option("--out", o->out, "new folder to write (must not exist)")->required();
+  // Required unless the subcommand (export hf) is given: checked when export itself runs.
+  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N) (required)");
+  cmd->add_option("--out", o->out, "new folder to write (must not exist) (required)");
   cmd->add_flag("--merge-lora", o->merge_lora,
                 "merge the LoRA adapters into their weights: a model without adapters");
-  c.add(cmd, [o] { return model_export(*o), 0; });
+  cmd->require_subcommand(0, 1);
+  // Registered first: when `export hf` is parsed, its action runs, not this one.
+  command_export_hf(*cmd, c);
+  c.add(cmd, [o] {
+    if (o->checkpoint.empty()) throw CLI::RequiredError("checkpoint");
+    if (o->out.empty()) throw CLI::RequiredError("--out");
+    return model_export(*o), 0;
+  });
 }
 
 }  // namespace moelab
