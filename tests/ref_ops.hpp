@@ -293,17 +293,18 @@ struct cross_entropy {
 template <typename T>
 struct attention_decode {
   static void forward(T* out, const T* qkv, const T* K, const T* V, int64_t L, const T* sinks,
-                      int64_t t, const AttnShape& s) {
+                      const int64_t* pos, const int64_t* slot, const AttnShape& s) {
     const int64_t C = (s.H + 2 * s.KV) * s.hd, g = s.H / s.KV;
     for (int64_t b = 0; b < s.B; b++)
       for (int64_t h = 0; h < s.H; h++) {
+        const int64_t t = pos[b], sb = slot ? slot[b] : b;
         const int64_t kv = h / g;
         std::vector<double> z;
         for (int64_t j = 0; j <= t; j++) {
           if (s.window > 0 && j <= t - s.window) continue;
           double d = 0;
           for (int64_t c = 0; c < s.hd; c++)
-            d += double(qkv[b * C + h * s.hd + c]) * K[((b * s.KV + kv) * s.hd + c) * L + j];
+            d += double(qkv[b * C + h * s.hd + c]) * K[((sb * s.KV + kv) * s.hd + c) * L + j];
           z.push_back(d * s.scale);
         }
         const double m0 = *std::max_element(z.begin(), z.end());
@@ -314,7 +315,7 @@ struct attention_decode {
         for (int64_t c = 0; c < s.hd; c++) {
           double o = 0;
           for (size_t j = 0; j < z.size(); j++)
-            o += std::exp(z[j] - m) / sum * V[((b * L + lo + int64_t(j)) * s.KV + kv) * s.hd + c];
+            o += std::exp(z[j] - m) / sum * V[((sb * L + lo + int64_t(j)) * s.KV + kv) * s.hd + c];
           out[b * s.H * s.hd + h * s.hd + c] = T(o);
         }
       }

@@ -253,18 +253,36 @@ TEST_P(AttentionOps, DecodeStepMatchesReferenceAndTrainingRow) {
       std::copy_n(qkv.data() + (b * p.T + t) * C, C, q.data() + b * C);
       std::copy_n(full.data() + (b * p.T + t) * OC, OC, row.data() + b * OC);
     }
-    K::attention_decode<double>::forward(kern.data(), q.data(), K.data(), V.data(), L, sp, t, s);
-    ref::attention_decode<double>::forward(ref_out.data(), q.data(), K.data(), V.data(), L, sp, t,
-                                           s);
+    const std::vector<int64_t> pos(size_t(p.B), t);
+    K::attention_decode<double>::forward(kern.data(), q.data(), K.data(), V.data(), L, sp,
+                                         pos.data(), nullptr, s);
+    ref::attention_decode<double>::forward(ref_out.data(), q.data(), K.data(), V.data(), L, sp,
+                                           pos.data(), nullptr, s);
     expect_close(kern, ref_out, 1e-12, 1e-13, "attention_decode vs reference");
     expect_close(kern, row, 1e-12, 1e-13, "attention_decode vs the training kernel's row");
     const auto q32 = cast<float>(q), K32 = cast<float>(K), V32 = cast<float>(V);
     const auto s32 = cast<float>(sinks);
     std::vector<float> o32(p.B * OC);
     K::attention_decode<float>::forward(o32.data(), q32.data(), K32.data(), V32.data(), L,
-                                        p.sinks ? s32.data() : nullptr, t, s);
+                                        p.sinks ? s32.data() : nullptr, pos.data(), nullptr, s);
     expect_close(o32, ref_out, kRtol32, kAtol32, "attention_decode float vs reference");
   }
+  // Sequences at different positions, each in another cache slot (slots listed in reverse):
+  // every row equals the training kernel's row of its own sequence and position.
+  std::vector<int64_t> pos(size_t(p.B)), slot(size_t(p.B));
+  std::vector<double> q(p.B * C), kern(p.B * OC), ref_out(p.B * OC), row(p.B * OC);
+  for (int64_t i = 0; i < p.B; i++) {
+    const int64_t b = p.B - 1 - i;  // sequence i reads slot b
+    pos[size_t(i)] = (p.T - 1) * (i + 1) / (p.B + 1), slot[size_t(i)] = b;
+    std::copy_n(qkv.data() + (b * p.T + pos[size_t(i)]) * C, C, q.data() + i * C);
+    std::copy_n(full.data() + (b * p.T + pos[size_t(i)]) * OC, OC, row.data() + i * OC);
+  }
+  K::attention_decode<double>::forward(kern.data(), q.data(), K.data(), V.data(), L, sp, pos.data(),
+                                       slot.data(), s);
+  ref::attention_decode<double>::forward(ref_out.data(), q.data(), K.data(), V.data(), L, sp,
+                                         pos.data(), slot.data(), s);
+  expect_close(kern, ref_out, 1e-12, 1e-13, "attention_decode per-sequence positions vs reference");
+  expect_close(kern, row, 1e-12, 1e-13, "attention_decode per-sequence positions vs training");
 }
 
 // ----------------------------------------------------------------------------

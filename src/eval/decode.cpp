@@ -44,13 +44,49 @@ std::span<const float> Decoder::prefill(std::span<const int32_t> tokens, int64_t
 
 std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, int64_t t0,
                                     int64_t from) {
-  layers(tokens, n, t0);
+  check(int64_t(tokens.size()) == B_ * n && t0 >= 0 && t0 + n <= L_ && (n == 1 || t0 == 0),
+        "decoder: batch, positions or range out of range");
+  layers(tokens, Rows{B_, n, t0});
   return head(n, from);
 }
 
-void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
-  check(int64_t(tokens.size()) == B_ * n && t0 >= 0 && t0 + n <= L_ && (n == 1 || t0 == 0),
-        "decoder: batch, positions or range out of range");
+std::span<const float> Decoder::step_slots(std::span<const int32_t> tokens,
+                                           std::span<const int64_t> pos,
+                                           std::span<const int64_t> slot) {
+  const int64_t A = int64_t(tokens.size());
+  check(A >= 1 && A <= B_ && int64_t(pos.size()) == A && int64_t(slot.size()) == A,
+        "decoder: one position and slot per token");
+  std::vector<bool> used(size_t(B_), false);
+  for (int64_t i = 0; i < A; i++) {
+    const int64_t t = pos[size_t(i)], b = slot[size_t(i)];
+    check(t >= 0 && t < L_ && b >= 0 && b < B_ && !used[size_t(b)],
+          "decoder: a position beyond the cache or a slot out of range or repeated");
+    used[size_t(b)] = true;
+  }
+  layers(tokens, Rows{A, 1, 0, pos.data(), slot.data()});
+  std::vector<int64_t> rows(static_cast<size_t>(A));
+  for (int64_t i = 0; i < A; i++) rows[size_t(i)] = i;
+  head_rows(rows);
+  return logits_.span().first(size_t(A * c_.vocab_size));
+}
+
+void Decoder::prefill_slot(int64_t slot, std::span<const int32_t> tokens, int64_t from,
+                           const std::function<void(int64_t, std::span<const float>)>& visit) {
+  const int64_t n = int64_t(tokens.size());
+  check(slot >= 0 && slot < B_ && n >= 1 && n <= L_ && from >= 0 && from <= n,
+        "decoder prefill: slot, length or range out of range");
+  layers(tokens, Rows{1, n, 0, nullptr, &slot});
+  const int64_t V = c_.vocab_size, chunk = std::max<int64_t>(1, (int64_t(1) << 24) / V);
+  std::vector<int64_t> rows;
+  for (int64_t t0 = from; t0 < n; t0 += chunk) {
+    rows.clear();
+    for (int64_t t = t0; t < std::min(n, t0 + chunk); t++) rows.push_back(t);
+    head_rows(rows);
+    visit(t0, logits_.span().first(rows.size() * size_t(V)));
+  }
+}
+
+void Decoder::layers(std::span<const int32_t> tokens, Rows r) {
   // the embedding reads row `id` of the table: an id outside it would read past the weights
   const int32_t V = int32_t(c_.vocab_size);
   check(std::all_of(tokens.begin(), tokens.end(), [V](int32_t t) { return t >= 0 && t < V; }),
@@ -59,15 +95,15 @@ void Decoder::layers(std::span<const int32_t> tokens, int64_t n, int64_t t0) {
   const Ctx<float> c = m_.ctx_infer(wbuf_.data());
   const auto& attn = m_.attention_blocks();
   const auto& ffn = m_.ffn_blocks();
-  const int64_t N = B_ * n;
+  const int64_t N = r.N();
   // Buffers only grow: prefill (B*n rows) and steps (B rows) alternate, and shrinking and
   // regrowing would zero-fill them again for every batch.
   x_.grow(dev_, N * c_.hidden_size);
   c.op.embedding_forward(x_.data(), tokens.data(), c.P + m_.blocks().embed, N, c_.hidden_size);
   for (size_t l = 0; l < attn.size(); l++) {
     attn[l].reserve(dev_, attn_acts_, attn_work_, N, false);
-    attn[l].forward(c, attn_acts_, attn_work_, x_.data(), x_.data(), Rows{B_, n, t0}, cos_.data(),
-                    sin_.data(), &cache_[l]);
+    attn[l].forward(c, attn_acts_, attn_work_, x_.data(), x_.data(), r, cos_.data(), sin_.data(),
+                    &cache_[l]);
     ffn[l].reserve(dev_, ffn_acts_, ffn_work_, N, false);
     ffn[l].forward(c, ffn_acts_, ffn_work_, x_.data(), x_.data(), N);
   }
@@ -106,7 +142,9 @@ void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
   for (int64_t b = 0; b < B_; b++)
     check(from[size_t(b)] >= 0 && from[size_t(b)] < to[size_t(b)] && to[size_t(b)] <= n,
           "decoder prefill: bad range");
-  layers(tokens, n, 0);
+  check(int64_t(tokens.size()) == B_ * n && n <= L_,
+        "decoder: batch, positions or range out of range");
+  layers(tokens, Rows{B_, n, 0});
   // the head in chunks of whole sequences, so the logits stay within about 64 MB at any vocab
   const int64_t V = c_.vocab_size, budget = std::max<int64_t>(n, (int64_t(1) << 24) / V);
   std::vector<int64_t> rows;

@@ -39,7 +39,19 @@ class Decoder {
                     std::span<const int64_t> to,
                     const std::function<void(int64_t, std::span<const float>)>& visit);
 
+  // ---- slots: sequences that come and go at their own positions (continuous batching)
+  // Each of the `batch` cache slots holds one sequence. prefill_slot fills slot `slot` from
+  // position 0 with tokens [n] and hands the logits of positions from..n-1 to visit(t, logits
+  // [rows, V]) in chunks (t the first chunk position), memory bounded at any vocabulary.
+  void prefill_slot(int64_t slot, std::span<const int32_t> tokens, int64_t from,
+                    const std::function<void(int64_t, std::span<const float>)>& visit);
+  // Feeds tokens[i] at position pos[i] of slot slot[i] (distinct slots, positions after what
+  // each slot holds); returns the logits [A, V] for each sequence's next token.
+  std::span<const float> step_slots(std::span<const int32_t> tokens, std::span<const int64_t> pos,
+                                    std::span<const int64_t> slot);
+
   int64_t batch() const { return B_; }
+  int64_t max_len() const { return L_; }
   Device& device() const { return dev_; }
 
  private:
@@ -62,7 +74,7 @@ class Decoder {
   // pos0, attention over the cache; n > 1: pos0 = 0, the tiled attention kernel).
   std::span<const float> run(std::span<const int32_t> tokens, int64_t n, int64_t pos0,
                              int64_t from);
-  void layers(std::span<const int32_t> tokens, int64_t n, int64_t pos0);  // leaves x_ [B*n, d]
+  void layers(std::span<const int32_t> tokens, Rows r);  // leaves x_ [r.B*r.n, d]
   std::span<const float> head(int64_t n, int64_t from);  // logits of positions from..n-1
   void head_rows(std::span<const int64_t> rows);         // logits_ [rows, V] of rows of x_
 };

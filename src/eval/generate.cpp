@@ -167,11 +167,10 @@ const char* finish_reason_name(FinishReason r) {
 namespace {
 
 // The text of the new ids as it reads after the prompt: decoded behind the prompt's last ids
-// and cut after theirs, so that a piece's leading space (SentencePiece drops it at the start of
-// a text) is kept; the new ids alone when that is not a prefix.
-std::string new_text(const Tokenizer& tok, std::span<const int32_t> prompt,
+// (tail) and cut after theirs, so that a piece's leading space (SentencePiece drops it at the
+// start of a text) is kept; the new ids alone when that is not a prefix.
+std::string new_text(const Tokenizer& tok, std::span<const int32_t> tail,
                      std::span<const int32_t> ids) {
-  const auto tail = prompt.last(size_t(std::min<int64_t>(int64_t(prompt.size()), kPromptTail)));
   std::vector<int32_t> all(tail.begin(), tail.end());
   all.insert(all.end(), ids.begin(), ids.end());
   const std::string base = tok.decode(tail), full = tok.decode(all);
@@ -180,6 +179,43 @@ std::string new_text(const Tokenizer& tok, std::span<const int32_t> prompt,
 }
 
 }  // namespace
+
+Continuation::Continuation(const Tokenizer& tok, std::span<const int32_t> prompt, GenerateOptions o)
+    : tok_(tok), o_(std::move(o)), stream_(o_.stop) {
+  const auto tail = prompt.last(size_t(std::min<int64_t>(int64_t(prompt.size()), kPromptTail)));
+  tail_.assign(tail.begin(), tail.end());
+  done_ = o_.max_new < 1;
+}
+
+std::pair<int32_t, std::string> Continuation::push(std::span<const float> logits) {
+  check(!done_, "generate: a step after the end");
+  // choices among the ids the tokenizer decodes, as evaluate() does
+  const size_t Vd = size_t(std::min<int64_t>(int64_t(logits.size()), tok_.vocab_size()));
+  check(Vd >= 1, "generate: the tokenizer has no ids");
+  const int32_t id = sample_next(logits.first(Vd), o_, steps_++);
+  if (id == tok_.eot_id()) {
+    end(FinishReason::Eot);
+    return {id, {}};
+  }
+  r_.tokens.push_back(id);
+  std::string piece = stream_.update(new_text(tok_, tail_, r_.tokens));
+  if (stream_.stopped())
+    end(FinishReason::Stop);
+  else if (steps_ >= o_.max_new)
+    end(FinishReason::Length);
+  return {id, std::move(piece)};
+}
+
+void Continuation::end(FinishReason r) {
+  if (!done_) r_.reason = r;
+  done_ = true;
+}
+
+std::string Continuation::finish() {
+  std::string rest = stream_.finish();
+  r_.text = stream_.text();
+  return rest;
+}
 
 GenerateResult generate(const Model<float>& model, const Tokenizer& tok,
                         std::span<const int32_t> prompt, const GenerateOptions& o,
@@ -193,34 +229,20 @@ GenerateResult generate(const Model<float>& model, const Tokenizer& tok,
         fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
                     "({}) - --max-new ({})",
                     plen, c.max_position_embeddings, o.max_new));
-  // choices among the ids the tokenizer decodes, as evaluate() does
-  const int64_t V = c.vocab_size, Vd = std::min(V, tok.vocab_size());
-  check(Vd >= 1, "generate: the tokenizer has no ids");
-  const int32_t eot = tok.eot_id();
   // the last new token is never fed back: plen + max_new - 1 positions
   Decoder dec(model, 1, plen + o.max_new - 1);
-  TextStream stream(o.stop);
-  GenerateResult r;
+  Continuation seq(tok, prompt, o);
   std::span<const float> logits = dec.prefill(prompt, plen, plen - 1);
-  for (int64_t i = 0; i < o.max_new; i++) {
-    const int32_t id = sample_next(logits.first(size_t(Vd)), o, i);
-    if (id == eot) {
-      r.reason = FinishReason::Eot;
-      break;
-    }
-    r.tokens.push_back(id);
-    const std::string piece = stream.update(new_text(tok, prompt, r.tokens));
+  for (int64_t i = 0;; i++) {
+    const auto [id, piece] = seq.push(logits);
+    if (id == tok.eot_id()) break;
     if (on_token) on_token(id, piece);
-    if (stream.stopped()) {
-      r.reason = FinishReason::Stop;
-      break;
-    }
-    if (i + 1 < o.max_new) logits = dec.step(std::span<const int32_t>(&id, 1), plen + i);
+    if (seq.done()) break;
+    logits = dec.step(std::span<const int32_t>(&id, 1), plen + i);
   }
-  const std::string rest = stream.finish();
+  const std::string rest = seq.finish();
   if (on_token && !rest.empty()) on_token(-1, rest);
-  r.text = stream.text();
-  return r;
+  return seq.result();
 }
 
 }  // namespace moelab

@@ -77,6 +77,32 @@ struct GenerateResult {
   FinishReason reason = FinishReason::Length;
 };
 
+// One sequence's generation between model steps: chooses each next id from the logits of the
+// model's step, grows the text and decides where it ends. generate() and the server's
+// continuous batch (serve/engine) both run it, so they choose the same tokens.
+class Continuation {
+ public:
+  // prompt: ids of tok (kept for the text's leading space); o checked by the caller
+  Continuation(const Tokenizer& tok, std::span<const int32_t> prompt, GenerateOptions o);
+  // logits [V] of the next position; returns the id chosen (among the ids tok decodes) and the
+  // text that may now be printed. After it, done() may hold; the end-of-text id ends the
+  // sequence without joining it.
+  std::pair<int32_t, std::string> push(std::span<const float> logits);
+  std::string finish();  // the text still held back, at the end
+  bool done() const { return done_; }
+  void end(FinishReason r);  // ends it from outside (e.g. the cache is full)
+  const GenerateResult& result() const { return r_; }
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int32_t> tail_;  // the prompt's last ids
+  GenerateOptions o_;
+  TextStream stream_;
+  GenerateResult r_;
+  int64_t steps_ = 0;
+  bool done_ = false;
+};
+
 // Called once per new token (id) with the text that may now be printed (often empty while
 // bytes are held back), and, if anything was still held at the end, once more with id -1 and it.
 using GenerateCallback = std::function<void(int32_t id, std::string_view text)>;

@@ -13,21 +13,25 @@ namespace moelab::kernels {
 // cache, with vectorised dot products and exp.
 template <typename T>
 void attention_decode<T>::forward(T* out, const T* qkv, const T* K, const T* V, int64_t L,
-                                  const T* sinks, int64_t t, const AttnShape& s) {
+                                  const T* sinks, const int64_t* pos, const int64_t* slot,
+                                  const AttnShape& s) {
   const int64_t B = s.B, H = s.H, KV = s.KV, hd = s.hd;
   const int64_t C = (H + 2 * KV) * hd, G = H / KV;
-  const int64_t lo = s.window > 0 ? std::max<int64_t>(0, t - s.window + 1) : 0, n = t + 1 - lo;
   const T scale = T(s.scale);
-#pragma omp parallel if (B * H * n * hd >= (1 << 15))
+  int64_t tmax = 0;
+  for (int64_t b = 0; b < B; b++) tmax = std::max(tmax, pos[b]);
+#pragma omp parallel if (B * H * (tmax + 1) * hd >= (1 << 15))
   {
-    std::vector<T> sc(size_t(G * n));  // [G, n] scores, then probabilities
-#pragma omp for schedule(static)
+    std::vector<T> sc;  // [G, n] scores, then probabilities
+#pragma omp for schedule(dynamic, 1)
     for (int64_t bg = 0; bg < B * KV; bg++) {
-      const int64_t b = bg / KV, g = bg % KV;
+      const int64_t b = bg / KV, g = bg % KV, t = pos[b], sb = slot ? slot[b] : b;
+      const int64_t lo = s.window > 0 ? std::max<int64_t>(0, t - s.window + 1) : 0;
+      const int64_t n = t + 1 - lo;
       const T* q0 = qkv + b * C + g * G * hd;  // the G query heads of group g
-      std::fill(sc.begin(), sc.end(), T(0));
+      sc.assign(size_t(G * n), T(0));
       for (int64_t c = 0; c < hd; c++) {
-        const T* kc = K + ((b * KV + g) * hd + c) * L + lo;
+        const T* kc = K + ((sb * KV + g) * hd + c) * L + lo;
         for (int64_t h = 0; h < G; h++) {
           const T qc = q0[h * hd + c] * scale;
           T* sh = sc.data() + h * n;
@@ -48,7 +52,7 @@ void attention_decode<T>::forward(T* out, const T* qkv, const T* K, const T* V, 
         std::fill_n(o, hd, T(0));
         for (int64_t j = 0; j < n; j++) {
           const T p = sh[j] * inv;
-          const T* vj = V + ((b * L + lo + j) * KV + g) * hd;
+          const T* vj = V + ((sb * L + lo + j) * KV + g) * hd;
 #pragma omp simd
           for (int64_t c = 0; c < hd; c++) o[c] += p * vj[c];
         }

@@ -101,10 +101,12 @@ struct attention {
 
 template <typename T>
 struct attention_decode {
-  // out [B, H*hd] for position t of each sequence; q from qkv [B, (H+2KV)*hd]; keys [B,KV,hd,L]
-  // and values [B,L,KV*hd] hold positions 0..t (t included); s.T is unused, s.B sequences.
+  // out [B, H*hd] for position pos[b] of sequence b; q from qkv [B, (H+2KV)*hd]; keys
+  // [S,KV,hd,L] and values [S,L,KV*hd] of S cache slots, sequence b in slot slot[b] (null: b),
+  // hold positions 0..pos[b] (included); s.T is unused, s.B sequences. A server's sequences sit
+  // at different positions in whatever slots were free when they came.
   static void forward(T* out, const T* qkv, const T* K, const T* V, int64_t L, const T* sinks,
-                      int64_t t, const AttnShape& s);
+                      const int64_t* pos, const int64_t* slot, const AttnShape& s);
 };
 
 // ----------------------------------------------------------------------------

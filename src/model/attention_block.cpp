@@ -95,14 +95,17 @@ template <typename T>
 void AttentionBlock<T>::cache_store(KvCache<T>& kv, const T* qkv, Rows r) const {
   const int64_t H = c_->num_attention_heads, KV = c_->num_key_value_heads, hd = c_->head_dim;
   const int64_t C = (H + 2 * KV) * hd, L = kv.L;
-  check(r.t0 + r.n <= L, "attention: positions beyond the cache");
-  for (int64_t b = 0; b < r.B; b++)
+  const int64_t slots = kv.V.size() / (L * KV * hd);
+  for (int64_t b = 0; b < r.B; b++) {
+    const int64_t t0 = r.position(b), sb = r.slot_of(b);
+    check(t0 >= 0 && t0 + r.n <= L && sb >= 0 && sb < slots,
+          "attention: positions beyond the cache");
     for (int64_t t = 0; t < r.n; t++) {
       const T* row = qkv + (b * r.n + t) * C;
-      for (int64_t i = 0; i < KV * hd; i++)
-        kv.K[(b * KV * hd + i) * L + r.t0 + t] = row[H * hd + i];
-      std::copy_n(row + (H + KV) * hd, KV * hd, kv.V.data() + (b * L + r.t0 + t) * KV * hd);
+      for (int64_t i = 0; i < KV * hd; i++) kv.K[(sb * KV * hd + i) * L + t0 + t] = row[H * hd + i];
+      std::copy_n(row + (H + KV) * hd, KV * hd, kv.V.data() + (sb * L + t0 + t) * KV * hd);
     }
+  }
 }
 
 template <typename T>
@@ -111,7 +114,9 @@ void AttentionBlock<T>::forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T
   const ModelConfig& cf = *c_;
   const int64_t d = cf.hidden_size, H = cf.num_attention_heads, KV = cf.num_key_value_heads;
   const int64_t hd = cf.head_dim, C = p_.qkv.out, N = r.N(), half = hd / 2;
-  check(r.n == 1 || r.t0 == 0, "attention: several positions per sequence start at position 0");
+  check(r.n == 1 || (r.t0 == 0 && !r.pos),
+        "attention: several positions per sequence start at position 0");
+  check(!(r.pos || r.slot) || cache, "attention: positions and slots are a cache's");
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "rmsnorm fwd");
@@ -124,18 +129,30 @@ void AttentionBlock<T>::forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T
   {  // row b*n + t is position t0 + t: the tables from t0 with period n
     ProfileScope ps(prof, "rope fwd");
     const T *cs = cos + r.t0 * half, *sn = sin + r.t0 * half;
-    c.op.rope_forward(a.qkv.data(), N, r.n, H, hd, C, cs, sn);
-    c.op.rope_forward(a.qkv.data() + H * hd, N, r.n, KV, hd, C, cs, sn);
+    if (!r.pos) {
+      c.op.rope_forward(a.qkv.data(), N, r.n, H, hd, C, cs, sn);
+      c.op.rope_forward(a.qkv.data() + H * hd, N, r.n, KV, hd, C, cs, sn);
+    } else {  // one row per sequence, each at its own position
+      for (int64_t b = 0; b < r.B; b++) {
+        T* q = a.qkv.data() + b * C;
+        cs = cos + r.pos[b] * half, sn = sin + r.pos[b] * half;
+        c.op.rope_forward(q, 1, 1, H, hd, C, cs, sn);
+        c.op.rope_forward(q + H * hd, 1, 1, KV, hd, C, cs, sn);
+      }
+    }
   }
   {
     ProfileScope ps(prof, "attention fwd");
     const T* sinks = p_.sinks >= 0 ? c.P + p_.sinks : nullptr;
     if (cache) cache_store(*cache, a.qkv.data(), r);
-    if (cache && r.n == 1)
+    if (cache && r.n == 1) {
+      std::vector<int64_t> pos(size_t(r.B));
+      for (int64_t b = 0; b < r.B; b++) pos[size_t(b)] = r.position(b);
       c.op.attention_decode(a.att.data(), a.qkv.data(), cache->K.data(), cache->V.data(), cache->L,
-                            sinks, r.t0, shape(r));
-    else
+                            sinks, pos.data(), r.slot, shape(r));
+    } else {
       c.op.attention_forward(a.att.data(), a.lse.data(), a.qkv.data(), sinks, shape(r));
+    }
   }
   {
     ProfileScope ps(prof, "out proj fwd");

@@ -14,7 +14,13 @@ namespace moelab {
 // The rows of one block call: B sequences of n positions each, the first at position t0.
 struct Rows {
   int64_t B = 0, n = 0, t0 = 0;
+  // With a cache: sequence b's position when n = 1 (null: t0 for every sequence), and the cache
+  // slot it lives in (null: slot b), for a server whose sequences come and go at any position.
+  const int64_t* pos = nullptr;
+  const int64_t* slot = nullptr;
   int64_t N() const { return B * n; }
+  int64_t position(int64_t b) const { return pos ? pos[b] : t0; }
+  int64_t slot_of(int64_t b) const { return slot ? slot[b] : b; }
 };
 
 // One layer's keys and values for decoding, positions [0, L) of each sequence.
