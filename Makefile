@@ -20,9 +20,10 @@ DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-de
 # One apt transaction for every missing Debian package, without recommends (nothing the build or
 # the tests use comes only as a recommendation); any failure is one line naming the package and
 # the cause (scripts/apt_install.sh, scripts/fetch_npm.sh). What this downloads:
-# scripts/setup_size.sh.
+# scripts/setup_size.sh. Debian's nodejs and npm only where there is no npm (NodeSource's
+# nodejs brings its own, and conflicts with Debian's npm).
 deps:
-	@scripts/apt_install.sh $(DEPS) nodejs npm
+	@scripts/apt_install.sh $(DEPS) $$(command -v npm >/dev/null || echo nodejs npm)
 	@scripts/fetch_npm.sh gpt-tokenizer@4.0.0
 
 build: deps

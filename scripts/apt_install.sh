@@ -23,6 +23,9 @@ rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && exit 0
 cause=$(grep -m1 -E '^E: ' "$log" | cut -c4-)
 [ -n "$cause" ] || cause=$(grep -v '^ *$' "$log" | tail -1)
+# "Unable to correct problems": the unmet dependencies apt listed say which
+unmet=$(sed -n '/have unmet dependencies:$/,/^E: /{/^ /p}' "$log" | sed -E 's/^ +//; s/ +/ /g' | head -3 | paste -sd';' | sed 's/;/; /g')
+[ -z "$unmet" ] || cause="$cause: $unmet"
 fetch=$(grep -m1 -E '^W: Failed to fetch ' "$log" | sed -E 's/^W: Failed to fetch [^ ]+ +//')
 [ -z "$fetch" ] || cause="$cause; apt-get update could not fetch the package lists: $fetch"
 if [ ${#missing[@]} = 1 ]; then what="Debian package ${missing[0]}"; else what="Debian packages ${missing[*]}"; fi
