@@ -11,32 +11,13 @@
 #include "core/rng.hpp"
 #include "eval/decode.hpp"
 #include "eval/generate.hpp"
+#include "letter_tokenizer.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
 using moelab::test::error_of;
 
 namespace {
-
-// Id v decodes to one letter; `n` ids (fewer than the model's when testing a padded vocabulary).
-class LetterTokenizer final : public Tokenizer {
- public:
-  LetterTokenizer(int64_t n, int32_t eot) : n_(n), eot_(eot) {}
-  std::vector<int32_t> encode(std::string_view) const override { return {}; }
-  std::string decode(std::span<const int32_t> ids) const override {
-    std::string s;
-    for (int32_t v : ids) s += char(v < 26 ? 'a' + v : v < 52 ? 'A' + v - 26 : '0' + v % 10);
-    return s;
-  }
-  int64_t vocab_size() const override { return n_; }
-  int32_t eot_id() const override { return eot_; }
-  uint64_t fingerprint() const override { return 1; }
-  std::string name() const override { return "letters"; }
-
- private:
-  int64_t n_;
-  int32_t eot_;
-};
 
 ModelConfig gen_config(bool moe) {
   ModelConfig c;

@@ -52,6 +52,9 @@ void command_eval(CLI::App& app, Commands& c);
 // ---- moelab generate (cli/generate_cmds.cpp)
 void command_generate(CLI::App& app, Commands& c);
 
+// ---- moelab serve (cli/serve_cmds.cpp)
+void command_serve(CLI::App& app, Commands& c);
+
 // ---- moelab train (cli/train_cmds.cpp)
 void command_train(CLI::App& app, Commands& c);
 

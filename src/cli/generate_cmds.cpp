@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "cli/inference.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
@@ -33,26 +34,17 @@ void generate_cmd(const GenerateCmdOptions& o) {
   if (o.prompt.empty() == o.prompt_file.empty())
     fail("generate: give one of --prompt TEXT or --prompt-file FILE");
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
-  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
-  if (!fs::is_directory(o.checkpoint))
-    fail(fmt::format("{}: no such checkpoint folder", o.checkpoint));
-  const ModelConfig cfg = config_load(config_path);
-  const DataDir data = data_open(o.data);
-  if (cfg.vocab_size < data.vocab_size)
-    fail(fmt::format("{}: vocab_size {} is smaller than the vocabulary of {}'s tokenizer ({})",
-                     config_path, cfg.vocab_size, o.data, data.vocab_size));
   const std::string text = o.prompt_file.empty() ? o.prompt : file_read(o.prompt_file);
-  const std::vector<int32_t> prompt = data.tokenizer->encode(text);
+  const InferenceModel m = inference_load(o.checkpoint, o.data);
+  const std::vector<int32_t> prompt = m.data.tokenizer->encode(text);
   if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
+  const ModelConfig& cfg = m.model->cfg;
   if (int64_t(prompt.size()) > cfg.max_position_embeddings - o.gen.max_new)
     fail(
         fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
                     "({}) - --max-new ({})",
                     prompt.size(), cfg.max_position_embeddings, o.gen.max_new));
-  Model<float> model(cfg, 1, 1);
-  checkpoint_check_tokenizer(o.checkpoint, checkpoint_load(o.checkpoint, model, nullptr),
-                             data.fingerprint, o.data);
-  generate(model, *data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
+  generate(*m.model, *m.data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
   });

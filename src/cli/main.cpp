@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   command_entities_build(entities, c);
   command_eval(app, c);
   command_generate(app, c);
+  command_serve(app, c);
   command_export(app, c);
   command_import(app, c);
   command_upcycle(app, c);

@@ -38,6 +38,7 @@ class SentencePiece final : public Tokenizer {
   }
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   int32_t eot_id() const override { return sp_.eos_id(); }
+  std::string eot_text() const override { return sp_.IdToPiece(sp_.eos_id()); }
   uint64_t fingerprint() const override { return fingerprint_; }
   std::string name() const override { return "sentencepiece:" + path_; }
 

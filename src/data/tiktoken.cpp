@@ -212,6 +212,7 @@ class TiktokenBpe final : public Tokenizer {
 
   int64_t vocab_size() const override { return vocab_; }
   int32_t eot_id() const override { return eot_; }
+  std::string eot_text() const override { return spec_.eot; }
   uint64_t fingerprint() const override { return fingerprint_; }
   std::string name() const override { return spec_.name; }
 

@@ -21,6 +21,7 @@ class Tokenizer {
   virtual std::string decode(std::span<const int32_t> ids) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual int32_t eot_id() const = 0;  // the end-of-text token placed between documents
+  virtual std::string eot_text() const { return {}; }  // its name, e.g. "<|endoftext|>" or "</s>"
   virtual uint64_t fingerprint() const = 0;
   virtual std::string name() const = 0;
 };

@@ -1,0 +1,91 @@
+// moelab serve: the completions server, until Ctrl-C or SIGTERM.
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "cli/commands.hpp"
+#include "cli/inference.hpp"
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "core/signals.hpp"
+#include "serve/server.hpp"
+
+namespace moelab {
+
+namespace {
+
+struct ServeCmdOptions {
+  std::string checkpoint, data;
+  int threads = 0;
+  double grace = 30;
+  ServeOptions serve;
+};
+
+void serve_cmd(const ServeCmdOptions& o) {
+  const EngineOptions& e = o.serve.engine;
+  if (e.slots < 1 || e.slots > 4096)
+    fail(fmt::format("serve: --slots must be in [1, 4096] (not {})", e.slots));
+  if (e.max_len < 0) fail(fmt::format("serve: --ctx must be >= 0 (not {})", e.max_len));
+  if (e.queue < 0) fail(fmt::format("serve: --queue must be >= 0 (not {})", e.queue));
+  if (o.serve.port < 0 || o.serve.port > 65535)
+    fail(fmt::format("serve: --port must be in [0, 65535] (not {})", o.serve.port));
+  threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
+  const InferenceModel m = inference_load(o.checkpoint, o.data);
+  StopScope stop_scope;  // Ctrl-C / SIGTERM: a graceful stop, a second one ends at once
+  Server server(*m.model, *m.data.tokenizer, o.serve);
+  const int port = server.bind();
+  const EngineStats st = server.stats();
+  const ModelConfig& c = m.model->cfg;
+  const double cache_mb = 2.0 * double(c.num_hidden_layers) * double(st.slots) *
+                          double(st.max_len) * double(c.num_key_value_heads * c.head_dim) * 4 / 1e6;
+  fmt::print(stderr,
+             "serving {} on http://{}:{} as \"{}\": {} slots x {} positions (KV cache {:.1f} MB), "
+             "queue {}\n",
+             o.checkpoint, o.serve.host, port, o.serve.model_name, st.slots, st.max_len, cache_mb,
+             st.queue);
+  std::thread listener([&] { server.run(); });
+  while (!signals_stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  fmt::print(stderr, "serve: stopping (running requests finish, at most {:.0f} s)\n", o.grace);
+  server.stop(o.grace);
+  listener.join();
+  const EngineStats end = server.stats();
+  fmt::print(stderr, "serve: stopped after {} sequences ({} prompt tokens, {} new tokens)\n",
+             end.sequences, end.prompt_tokens, end.new_tokens);
+}
+
+}  // namespace
+
+void command_serve(CLI::App& app, Commands& c) {
+  auto o = std::make_shared<ServeCmdOptions>();
+  auto* cmd = app.add_subcommand("serve", "an OpenAI-style completions server for a checkpoint");
+  cmd->add_option("checkpoint", o->checkpoint, "checkpoint folder (RUN/step_N)")->required();
+  cmd->add_option("--data", o->data, "data directory the model was trained on (its tokenizer)")
+      ->required();
+  cmd->add_option("--host", o->serve.host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->serve.port, "port (0: any free one)")->capture_default_str();
+  cmd->add_option("--name", o->serve.model_name, "the model's name in the API")
+      ->capture_default_str();
+  cmd->add_option("--slots", o->serve.engine.slots, "sequences decoded together (KV-cache slots)")
+      ->capture_default_str();
+  cmd->add_option("--ctx", o->serve.engine.max_len,
+                  "positions per sequence (0: the model's max_position_embeddings)")
+      ->capture_default_str();
+  cmd->add_option("--queue", o->serve.engine.queue,
+                  "sequences waiting for a slot at most; beyond it requests get 503")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", o->serve.http_threads,
+                  "request threads (0: slots + queue + 4, within [8, 256])")
+      ->capture_default_str();
+  cmd->add_option("--grace", o->grace, "seconds running requests get to finish on a stop")
+      ->capture_default_str();
+  cmd->add_flag("!--quiet", o->serve.log_requests, "no line per request on stderr");
+  cmd->add_option("--threads", o->threads, "compute threads (default: all cores)");
+  c.add(cmd, [o] { return serve_cmd(*o), 0; });
+}
+
+}  // namespace moelab

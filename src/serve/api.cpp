@@ -1,0 +1,323 @@
+#include "serve/api.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+namespace moelab {
+
+using json = nlohmann::json;
+
+namespace {
+
+[[noreturn]] void bad(const std::string& m) {
+  throw ApiError(400, m);
+}
+
+// ----------------------------------------------------------------------------
+// fields: each typed getter names the field it refuses
+
+const json* field(const json& j, const char* name) {
+  const auto it = j.find(name);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
+int64_t get_int(const json& j, const char* name, int64_t def, int64_t lo, int64_t hi) {
+  const json* v = field(j, name);
+  if (!v) return def;
+  if (!v->is_number_integer() &&
+      !(v->is_number_float() && std::trunc(v->get<double>()) == v->get<double>()))
+    bad(fmt::format("{}: must be an integer", name));
+  const double x = v->get<double>();
+  if (x < double(lo) || x > double(hi))
+    bad(fmt::format("{}: must be in [{}, {}] (not {})", name, lo, hi, v->dump()));
+  return v->is_number_integer() ? v->get<int64_t>() : int64_t(x);
+}
+
+double get_number(const json& j, const char* name, double def, double lo, double hi) {
+  const json* v = field(j, name);
+  if (!v) return def;
+  if (!v->is_number()) bad(fmt::format("{}: must be a number", name));
+  const double x = v->get<double>();
+  if (!(x >= lo && x <= hi)) bad(fmt::format("{}: must be in [{}, {}] (not {})", name, lo, hi, x));
+  return x;
+}
+
+bool get_bool(const json& j, const char* name, bool def) {
+  const json* v = field(j, name);
+  if (!v) return def;
+  if (!v->is_boolean()) bad(fmt::format("{}: must be true or false", name));
+  return v->get<bool>();
+}
+
+std::vector<std::string> get_stop(const json& j) {
+  const json* v = field(j, "stop");
+  if (!v) return {};
+  std::vector<std::string> out;
+  if (v->is_string()) {
+    out.push_back(v->get<std::string>());
+  } else if (v->is_array()) {
+    for (const auto& s : *v) {
+      if (!s.is_string()) bad("stop: must be a string or a list of strings");
+      out.push_back(s.get<std::string>());
+    }
+  } else {
+    bad("stop: must be a string or a list of strings");
+  }
+  if (out.size() > 16) bad("stop: at most 16 strings");
+  std::erase(out, std::string());
+  return out;
+}
+
+// A prompt of ids: every id within the tokenizer's vocabulary.
+std::vector<int32_t> ids_prompt(const json& a, const ApiLimits& lim, const char* where) {
+  if (a.empty()) bad(fmt::format("{}: an empty list of token ids", where));
+  std::vector<int32_t> ids;
+  for (const auto& t : a) {
+    if (!t.is_number_integer()) bad(fmt::format("{}: token ids must be integers", where));
+    const int64_t id = t.get<int64_t>();
+    if (id < 0 || id >= lim.vocab)
+      bad(fmt::format("{}: token id {} is outside the vocabulary [0, {})", where, id, lim.vocab));
+    ids.push_back(int32_t(id));
+  }
+  return ids;
+}
+
+// prompt: a text, a list of ids, or a list of either
+void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
+  const Tokenizer& tok = *cx.tok;
+  const ApiLimits& lim = cx.lim;
+  const json* p = field(j, "prompt");
+  if (!p) bad("prompt: missing");
+  auto add_text = [&](const std::string& text) {
+    r.prompts.push_back(api_encode(tok, text));
+    r.prompt_texts.push_back(text);
+  };
+  auto add_ids = [&](const json& a) {
+    r.prompts.push_back(ids_prompt(a, lim, "prompt"));
+    r.prompt_texts.push_back(tok.decode(r.prompts.back()));
+  };
+  if (p->is_string()) {
+    add_text(p->get<std::string>());
+  } else if (p->is_array() && !p->empty() && (*p)[0].is_number()) {
+    add_ids(*p);
+  } else if (p->is_array() && !p->empty()) {
+    for (const auto& e : *p) {
+      if (e.is_string())
+        add_text(e.get<std::string>());
+      else if (e.is_array())
+        add_ids(e);
+      else
+        bad("prompt: a list must hold texts or lists of token ids");
+    }
+  } else {
+    bad("prompt: must be a text, a list of token ids, or a non-empty list of either");
+  }
+  if (int64_t(r.prompts.size()) > lim.max_prompts)
+    bad(fmt::format("prompt: at most {} prompts per request", lim.max_prompts));
+  for (size_t i = 0; i < r.prompts.size(); i++) {
+    const int64_t n = int64_t(r.prompts[i].size());
+    if (n == 0) bad(fmt::format("prompt: prompt {} has no tokens", i));
+    if (n > lim.max_len)
+      bad(fmt::format("prompt: prompt {} has {} tokens, more than the model's context ({})", i, n,
+                      lim.max_len));
+  }
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// the request
+
+CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
+                                       uint64_t default_seed) {
+  const ApiLimits& lim = cx.lim;
+  const json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) bad("the body is not valid JSON");
+  if (!j.is_object()) bad("the body must be a JSON object");
+  CompletionRequest r;
+  if (const json* m = field(j, "model")) {
+    if (!m->is_string()) bad("model: must be a string");
+    r.model = m->get<std::string>();
+  }
+  parse_prompts(j, cx, r);
+  SeqSpec& s = r.seq;
+  s.gen.max_new = get_int(j, "max_tokens", 16, 0, lim.max_len);
+  s.gen.temperature = get_number(j, "temperature", 1.0, 0, 1e6);
+  s.gen.top_p = get_number(j, "top_p", 1.0, 0, 1);
+  if (s.gen.top_p <= 0) bad("top_p: must be in (0, 1]");
+  s.gen.top_k = get_int(j, "top_k", 0, -1, std::numeric_limits<int32_t>::max());
+  if (s.gen.top_k < 0) s.gen.top_k = 0;  // -1: off, as some servers spell it
+  s.gen.seed =
+      uint64_t(get_int(j, "seed", int64_t(default_seed >> 1), std::numeric_limits<int64_t>::min(),
+                       std::numeric_limits<int64_t>::max()));
+  s.gen.stop = get_stop(j);
+  s.logprobs = get_int(j, "logprobs", -1, 0, lim.max_logprobs);
+  s.echo = get_bool(j, "echo", false);
+  r.n = get_int(j, "n", 1, 1, lim.max_n);
+  r.stream = get_bool(j, "stream", false);
+  if (get_int(j, "best_of", r.n, r.n, r.n) != r.n) bad("best_of: must equal n");
+  if (s.gen.max_new == 0 && !s.echo) bad("max_tokens: 0 is only useful with echo");
+  return r;
+}
+
+std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r) {
+  std::vector<std::shared_ptr<Sequence>> seqs;
+  for (const auto& prompt : r.prompts)
+    for (int64_t j = 0; j < r.n; j++) {
+      SeqSpec s = r.seq;
+      s.prompt = prompt;
+      s.gen.seed += uint64_t(j);
+      seqs.push_back(std::make_shared<Sequence>(std::move(s)));
+    }
+  return seqs;
+}
+
+// ----------------------------------------------------------------------------
+// tokens as text
+
+std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text) {
+  const std::string eot = tok.eot_text();
+  std::vector<int32_t> ids;
+  size_t at = 0;
+  while (true) {
+    const size_t hit = eot.empty() ? std::string::npos : text.find(eot, at);
+    const std::string part =
+        text.substr(at, hit == std::string::npos ? std::string::npos : hit - at);
+    if (!part.empty()) {
+      const auto p = tok.encode(part);
+      ids.insert(ids.end(), p.begin(), p.end());
+    }
+    if (hit == std::string::npos) break;
+    ids.push_back(tok.eot_id());
+    at = hit + eot.size();
+  }
+  return ids;
+}
+
+std::string api_token_text(const Tokenizer& tok, int32_t id) {
+  if (id == tok.eot_id()) return tok.eot_text();
+  // behind an anchor, a SentencePiece piece keeps the space it begins with
+  const std::vector<int32_t> anchor = tok.encode("a");
+  if (anchor.size() == 1) {
+    const std::string base = tok.decode(anchor);
+    const int32_t pair[2] = {anchor[0], id};
+    const std::string both = tok.decode(pair);
+    if (both.compare(0, base.size(), base) == 0) return both.substr(base.size());
+  }
+  return tok.decode(std::span<const int32_t>(&id, 1));
+}
+
+ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model) {
+  ApiContext cx{&tok, lim, std::move(model), {}};
+  cx.texts.resize(size_t(tok.vocab_size()));
+  for (int32_t v = 0; v < int32_t(tok.vocab_size()); v++)
+    cx.texts[size_t(v)] = api_token_text(tok, v);
+  return cx;
+}
+
+// ----------------------------------------------------------------------------
+// the response
+
+namespace {
+
+// The OpenAI "logprobs" object of tokens [from, to) of `toks`, text offsets from `offset`.
+void logprobs_append(json& lp, const std::vector<TokenLogprob>& toks, size_t from, size_t to,
+                     const ApiContext& cx, size_t& offset) {
+  for (size_t i = from; i < to; i++) {
+    const TokenLogprob& t = toks[i];
+    const std::string& text = cx.texts[size_t(t.id)];
+    lp["tokens"].push_back(text);
+    lp["text_offset"].push_back(offset);
+    offset += text.size();
+    if (!t.has_logprob) {
+      lp["token_logprobs"].push_back(nullptr);
+      lp["top_logprobs"].push_back(nullptr);
+      continue;
+    }
+    lp["token_logprobs"].push_back(t.logprob);
+    json top = json::object();  // most probable first; a repeated text keeps its best value
+    for (const auto& [id, v] : t.top)
+      if (!top.contains(cx.texts[size_t(id)])) top[cx.texts[size_t(id)]] = v;
+    if (!top.contains(text)) top[text] = t.logprob;  // the chosen token, as other servers do
+    lp["top_logprobs"].push_back(std::move(top));
+  }
+}
+
+json logprobs_empty() {
+  return json{{"tokens", json::array()},
+              {"token_logprobs", json::array()},
+              {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+}
+
+}  // namespace
+
+json api_completion_response(const CompletionRequest& r, const std::vector<SeqOutput>& outs,
+                             const ApiContext& cx, const std::string& id, int64_t created) {
+  json choices = json::array();
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t i = 0; i < outs.size(); i++) {
+    const SeqOutput& o = outs[i];
+    const size_t p = i / size_t(r.n);
+    if (i % size_t(r.n) == 0) prompt_tokens += int64_t(r.prompts[p].size());
+    completion_tokens += int64_t(o.tokens.size());
+    std::string text = r.seq.echo ? r.prompt_texts[p] + o.text : o.text;
+    json lp = nullptr;
+    if (r.seq.logprobs >= 0) {
+      lp = logprobs_empty();
+      size_t offset = 0;
+      if (r.seq.echo) logprobs_append(lp, o.prompt, 0, o.prompt.size(), cx, offset);
+      offset = r.seq.echo ? r.prompt_texts[p].size() : 0;
+      logprobs_append(lp, o.tokens, 0, o.tokens.size(), cx, offset);
+    }
+    choices.push_back({{"index", i},
+                       {"text", std::move(text)},
+                       {"logprobs", std::move(lp)},
+                       {"finish_reason", o.finish_reason}});
+  }
+  return json{{"id", id},
+              {"object", "text_completion"},
+              {"created", created},
+              {"model", cx.model},
+              {"choices", std::move(choices)},
+              {"usage",
+               {{"prompt_tokens", prompt_tokens},
+                {"completion_tokens", completion_tokens},
+                {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+json api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out, bool prompt,
+                      size_t from, size_t to, const std::string& text, bool last,
+                      const ApiContext& cx, const std::string& id, int64_t created) {
+  json lp = nullptr;
+  if (r.seq.logprobs >= 0) {
+    lp = logprobs_empty();
+    size_t offset = 0;
+    logprobs_append(lp, prompt ? out.prompt : out.tokens, from, to, cx, offset);
+  }
+  json choice = {{"index", index},
+                 {"text", text},
+                 {"logprobs", std::move(lp)},
+                 {"finish_reason", last ? json(out.finish_reason) : json(nullptr)}};
+  return json{{"id", id},
+              {"object", "text_completion"},
+              {"created", created},
+              {"model", cx.model},
+              {"choices", json::array({std::move(choice)})}};
+}
+
+std::string api_error_body(int status, const std::string& message) {
+  const char* type = status == 400   ? "invalid_request_error"
+                     : status == 503 ? "server_overloaded"
+                     : status == 404 ? "not_found_error"
+                                     : "server_error";
+  return api_dump(json{{"error", {{"message", message}, {"type", type}, {"code", status}}}});
+}
+
+std::string api_dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+}  // namespace moelab

@@ -1,0 +1,84 @@
+#pragma once
+// The OpenAI-style completions API as data: a request parsed and checked into sequences, and the
+// response (whole, or as server-sent-event chunks) built from their outputs. No HTTP here, so
+// that tests can drive it directly.
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/tokenizer.hpp"
+#include "serve/engine.hpp"
+
+namespace moelab {
+
+// A request the server refuses: HTTP status and a one-line message.
+struct ApiError : std::runtime_error {
+  int status;
+  ApiError(int s, const std::string& m) : std::runtime_error(m), status(s) {}
+};
+
+struct ApiLimits {
+  int64_t max_len = 0;        // positions per sequence (the engine's)
+  int64_t vocab = 0;          // the tokenizer's ids
+  int64_t max_n = 16;         // choices per prompt
+  int64_t max_prompts = 256;  // prompts per request
+  int64_t max_logprobs = 20;
+};
+
+// What the API needs to know of the model and tokenizer, built once.
+struct ApiContext {
+  const Tokenizer* tok = nullptr;
+  ApiLimits lim;
+  std::string model;               // the name /v1/models lists
+  std::vector<std::string> texts;  // [vocab] each token's text (api_token_text)
+};
+ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model);
+
+struct CompletionRequest {
+  std::string model;
+  std::vector<std::vector<int32_t>> prompts;  // each at least one id
+  std::vector<std::string> prompt_texts;      // as given, or decoded from ids (echo)
+  int64_t n = 1;
+  bool stream = false;
+  SeqSpec seq;  // what every sequence shares (its prompt is filled per prompt)
+};
+
+// Parses the body of POST /v1/completions; ApiError(400) names the field on any problem.
+CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
+                                       uint64_t default_seed);
+
+// The sequences of a request: prompt p's choice j is sequence p * n + j (its choice index),
+// sampled with seed + j.
+std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r);
+
+// The whole response of a finished request (outputs in choice order).
+nlohmann::json api_completion_response(const CompletionRequest& r,
+                                       const std::vector<SeqOutput>& outs, const ApiContext& cx,
+                                       const std::string& id, int64_t created);
+
+// One server-sent-event chunk of choice `index`: `text`, the log-probabilities of the tokens
+// [from, to) of out (echo: from the prompt's when `prompt`), and the finish reason when `last`.
+nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out,
+                                bool prompt, size_t from, size_t to, const std::string& text,
+                                bool last, const ApiContext& cx, const std::string& id,
+                                int64_t created);
+
+// Text as the tokenizer reads it, with its end-of-text name (e.g. "</s>") becoming that id,
+// as a client that tokenizes remotely expects.
+std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
+
+// A token's text: its bytes as they read inside a text (a SentencePiece piece keeps its
+// leading space).
+std::string api_token_text(const Tokenizer& tok, int32_t id);
+
+// {"error": {"message": m, "type": ..., "code": status}} dumped on one line.
+std::string api_error_body(int status, const std::string& message);
+
+// JSON text that never fails on invalid UTF-8 in token texts (replaced by U+FFFD).
+std::string api_dump(const nlohmann::json& j);
+
+}  // namespace moelab

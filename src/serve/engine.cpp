@@ -1,0 +1,253 @@
+#include "serve/engine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+
+namespace moelab {
+
+// ----------------------------------------------------------------------------
+// a sequence, seen from both sides
+
+SeqOutput Sequence::wait(size_t tokens, size_t text) {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock,
+           [&] { return out_.done || out_.tokens.size() > tokens || out_.text.size() > text; });
+  return out_;
+}
+
+void Sequence::cancel() {
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+}
+
+void Sequence::update(const std::function<void(SeqOutput&)>& f) {
+  {
+    std::lock_guard lock(mu_);
+    f(out_);
+  }
+  cv_.notify_all();
+}
+
+// ----------------------------------------------------------------------------
+// the engine
+
+Engine::Engine(const Model<float>& model, const Tokenizer& tok, EngineOptions o)
+    : model_(model),
+      tok_(tok),
+      o_(o),
+      dec_(model, o.slots, o.max_len > 0 ? o.max_len : model.cfg.max_position_embeddings),
+      slots_(size_t(o.slots)) {
+  check(o.queue >= 0, "engine: the queue length must be >= 0");
+  stats_.slots = o.slots, stats_.max_len = dec_.max_len(), stats_.queue = o.queue;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+bool Engine::submit(const std::vector<std::shared_ptr<Sequence>>& seqs) {
+  {
+    std::lock_guard lock(mu_);
+    if (draining_ ||
+        int64_t(waiting_.size() + seqs.size()) > o_.queue + stats_.slots - stats_.running)
+      return false;
+    for (const auto& s : seqs) waiting_.push_back(s);
+    stats_.waiting = int64_t(waiting_.size());
+  }
+  cv_.notify_all();
+  return true;
+}
+
+void Engine::drain() {
+  std::deque<std::shared_ptr<Sequence>> refused;
+  {
+    std::lock_guard lock(mu_);
+    draining_ = true;
+    refused.swap(waiting_);
+    stats_.waiting = 0;
+  }
+  for (auto& s : refused)
+    s->update([](SeqOutput& out) { out.error = "the server is shutting down", out.done = true; });
+  cv_.notify_all();
+}
+
+bool Engine::idle() const {
+  std::lock_guard lock(mu_);
+  return waiting_.empty() && stats_.running == 0;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+// One thread does all model work: it admits waiting sequences into free slots, then runs one
+// step of the whole batch, until stopped.
+void Engine::loop() {
+  for (;;) {
+    std::vector<std::pair<int64_t, std::shared_ptr<Sequence>>> admitted;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || stats_.running > 0; });
+      if (stop_) return;
+      for (int64_t b = 0; b < int64_t(slots_.size()) && !waiting_.empty(); b++)
+        if (!slots_[size_t(b)].seq) {
+          admitted.emplace_back(b, waiting_.front());
+          waiting_.pop_front();
+          slots_[size_t(b)].seq = admitted.back().second;  // reserved
+          stats_.running++;
+        }
+      stats_.waiting = int64_t(waiting_.size());
+    }
+    // A failure inside the model ends the sequences it touched with its message; the server
+    // goes on with the others.
+    for (auto& [b, s] : admitted) try {
+        admit(b, s);
+      } catch (const std::exception& e) {
+        fail_slot(slots_[size_t(b)], e.what());
+      }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      for (auto& sl : slots_)
+        if (sl.seq) fail_slot(sl, e.what());
+    }
+  }
+}
+
+void Engine::fail_slot(Slot& sl, const std::string& why) {
+  sl.seq->update([&](SeqOutput& out) { out.error = why, out.done = true; });
+  sl.cont.reset();
+  std::lock_guard lock(mu_);
+  sl.seq.reset();
+  stats_.running--;
+}
+
+TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) const {
+  const int64_t V = int64_t(z.size()), Vd = std::min(V, tok_.vocab_size());
+  double mx = -INFINITY, sum = 0;
+  for (int64_t v = 0; v < V; v++) mx = std::max(mx, double(z[size_t(v)]));
+  for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[size_t(v)]) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprob t;
+  t.id = id, t.logprob = double(z[size_t(id)]) - lse;
+  if (top > 0) {  // the same formula as the token's, so that equal logits give equal numbers
+    std::vector<int32_t> ids(static_cast<size_t>(Vd));
+    std::iota(ids.begin(), ids.end(), 0);
+    const int64_t n = std::min(top, Vd);
+    std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
+      return z[size_t(a)] > z[size_t(b)] || (z[size_t(a)] == z[size_t(b)] && a < b);
+    });
+    for (int64_t i = 0; i < n; i++)
+      t.top.emplace_back(ids[size_t(i)], double(z[size_t(ids[size_t(i)])]) - lse);
+  }
+  return t;
+}
+
+// Prefill: the prompt into the slot's cache; with echo and logprobs each prompt token is scored
+// from the logits before it; the last position gives the first new token.
+void Engine::admit(int64_t b, std::shared_ptr<Sequence> s) {
+  Slot& sl = slots_[size_t(b)];
+  const SeqSpec& sp = s->spec;
+  const int64_t n = int64_t(sp.prompt.size());
+  const bool score_prompt = sp.echo && sp.logprobs >= 0;
+  sl.cont = std::make_unique<Continuation>(tok_, sp.prompt, sp.gen);
+  std::vector<TokenLogprob> prompt_lp;
+  if (score_prompt) prompt_lp.push_back(TokenLogprob{sp.prompt[0], 0, false, {}});
+  std::vector<float> last;  // [V] the logits after the prompt
+  const int64_t V = model_.cfg.vocab_size;
+  dec_.prefill_slot(b, sp.prompt, score_prompt ? 0 : n - 1,
+                    [&](int64_t t0, std::span<const float> logits) {
+                      const int64_t rows = int64_t(logits.size()) / V;
+                      for (int64_t r = 0; r < rows; r++) {
+                        const auto z = logits.subspan(size_t(r * V), size_t(V));
+                        const int64_t t = t0 + r;
+                        if (t + 1 < n)
+                          prompt_lp.push_back(score(z, sp.prompt[size_t(t + 1)], sp.logprobs));
+                        else
+                          last.assign(z.begin(), z.end());
+                      }
+                    });
+  {
+    std::lock_guard lock(mu_);
+    stats_.prompt_tokens += n;
+  }
+  s->update([&](SeqOutput& out) { out.prompt = std::move(prompt_lp); });
+  sl.pos = n;
+  if (sl.cont->done() || !advance(sl, last)) release(sl);
+}
+
+bool Engine::advance(Slot& sl, std::span<const float> logits) {
+  bool cancelled;
+  {
+    std::lock_guard lock(sl.seq->mu_);
+    cancelled = sl.seq->cancelled_;
+  }
+  if (cancelled) return false;
+  auto [id, piece] = sl.cont->push(logits);
+  const bool eot = sl.cont->done() && sl.cont->result().reason == FinishReason::Eot;
+  if (!eot) {
+    TokenLogprob t =
+        sl.seq->spec.logprobs >= 0 ? score(logits, id, sl.seq->spec.logprobs) : TokenLogprob{id};
+    sl.seq->update([&](SeqOutput& out) {
+      out.tokens.push_back(std::move(t));
+      out.text += piece;
+    });
+    std::lock_guard lock(mu_);
+    stats_.new_tokens++;
+  }
+  sl.next = id;
+  // the token would be fed at sl.pos: the cache must have room for it
+  if (!sl.cont->done() && sl.pos >= dec_.max_len()) sl.cont->end(FinishReason::Length);
+  return !sl.cont->done();
+}
+
+void Engine::release(Slot& sl) {
+  const std::string rest = sl.cont->finish();
+  const FinishReason r = sl.cont->result().reason;
+  Sequence& seq = *sl.seq;
+  seq.update([&](SeqOutput& out) {
+    out.text += rest;
+    out.finish_reason = r == FinishReason::Length ? "length" : "stop";
+    if (seq.cancelled_) out.error = "cancelled", out.finish_reason = "cancelled";
+    out.done = true;
+  });
+  sl.cont.reset();
+  std::lock_guard lock(mu_);
+  sl.seq.reset();
+  stats_.running--, stats_.sequences++;
+}
+
+// One token for every running sequence, each at its own position in its own slot.
+void Engine::step() {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> pos, slot;
+  for (int64_t b = 0; b < int64_t(slots_.size()); b++) {
+    const Slot& sl = slots_[size_t(b)];
+    if (!sl.seq || !sl.cont) continue;
+    tokens.push_back(sl.next), pos.push_back(sl.pos), slot.push_back(b);
+  }
+  if (tokens.empty()) return;
+  const auto logits = dec_.step_slots(tokens, pos, slot);
+  const size_t V = size_t(model_.cfg.vocab_size);
+  for (size_t i = 0; i < slot.size(); i++) {
+    Slot& sl = slots_[size_t(slot[i])];
+    sl.pos++;
+    if (!advance(sl, logits.subspan(i * V, V))) release(sl);
+  }
+  std::lock_guard lock(mu_);
+  stats_.steps++;
+}
+
+}  // namespace moelab
