@@ -31,6 +31,17 @@ bool yarn_factor_agrees(double factor, int64_t max_pos, int64_t original) {
   return double(max_pos) / double(original) == factor;
 }
 
+// transformers clamps the YaRN ramp's ends to [0, head_dim - 1] (find_correction_range), moelab
+// does not: the two agree only where the ends lie inside.
+bool yarn_ramp_inside(double theta, int64_t head_dim, int64_t original, double beta_fast,
+                      double beta_slow) {
+  auto dim = [&](double rotations) {
+    return double(head_dim) * std::log(double(original) / (rotations * 2 * M_PI)) /
+           (2 * std::log(theta));
+  };
+  return dim(beta_fast) >= 0 && dim(beta_slow) <= double(head_dim - 1);
+}
+
 void refuse_inexpressible(const ModelConfig& c) {
   auto refuse = [](std::string_view key, const std::string& why) {
     fail(fmt::format("export hf: '{}' {}", key, why));
@@ -50,6 +61,12 @@ void refuse_inexpressible(const ModelConfig& c) {
            fmt::format("is {} but max_position_embeddings / original_max_position_embeddings is "
                        "{} / {}: transformers versions disagree on which they use",
                        c.yarn_factor, c.max_position_embeddings, c.yarn_original_context));
+  if (c.yarn_factor > 1.0 && !yarn_ramp_inside(c.rope_theta, c.head_dim, c.yarn_original_context,
+                                               c.yarn_beta_fast, c.yarn_beta_slow))
+    refuse("rope_scaling.original_max_position_embeddings",
+           fmt::format("({}) puts the YaRN ramp's ends outside [0, head_dim - 1], where "
+                       "transformers clamps them and moelab does not",
+                       c.yarn_original_context));
 }
 
 ojson rope_json(const ModelConfig& c) {
@@ -149,6 +166,19 @@ void parse_rope(const json& j, json& o, std::string_view src) {
                     "original_max_position_embeddings (transformers versions disagree on "
                     "which they use)",
                     src, key, factor));
+  const auto num = [&](const char* k, double d) {
+    return y.contains(k) && y[k].is_number() ? y[k].get<double>() : d;
+  };
+  const double theta = o["rope_theta"].is_number() ? o["rope_theta"].get<double>() : 0;
+  if (theta > 1 && o["head_dim"].is_number_integer() &&
+      !yarn_ramp_inside(theta, o["head_dim"].get<int64_t>(),
+                        y["original_max_position_embeddings"].get<int64_t>(), num("beta_fast", 32),
+                        num("beta_slow", 1)))
+    fail(
+        fmt::format("{}: '{}.original_max_position_embeddings' puts the YaRN ramp's ends "
+                    "outside [0, head_dim - 1], where transformers clamps them and moelab does "
+                    "not",
+                    src, key));
   o["rope_scaling"] = y;
 }
 
@@ -444,7 +474,7 @@ HfPlain hf_plain(const Model<float>& m) {
   HfPlain p;
   if (c.moe_ct.experts > 0)
     fail("export hf: 'moe_ct' (MoE-CT's gated mix of the FFN and new experts) has no GptOss form");
-  const bool lora = lora_slot_count(m.blocks()) > 0;
+  const bool lora = c.lora.rank > 0;  // (lowrank DeRS deltas ride on adapter slots too)
   if (lora && c.ders.on())
     fail("export hf: 'lora' together with 'ders' is not merged (export --merge-lora first)");
   if (lora) {
