@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -211,9 +212,10 @@ std::string api_token_text(const Tokenizer& tok, int32_t id) {
 
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model) {
   ApiContext cx{&tok, lim, std::move(model), {}};
-  cx.texts.resize(size_t(tok.vocab_size()));
-  for (int32_t v = 0; v < int32_t(tok.vocab_size()); v++)
-    cx.texts[size_t(v)] = api_token_text(tok, v);
+  // the end-of-text id may lie beyond the ordinary ids
+  const int64_t n = std::max<int64_t>(tok.vocab_size(), int64_t(tok.eot_id()) + 1);
+  cx.texts.resize(size_t(n));
+  for (int32_t v = 0; v < int32_t(n); v++) cx.texts[size_t(v)] = api_token_text(tok, v);
   return cx;
 }
 

@@ -127,11 +127,13 @@ void Engine::loop() {
 }
 
 void Engine::fail_slot(Slot& sl, const std::string& why) {
-  sl.seq->update([&](SeqOutput& out) { out.error = why, out.done = true; });
+  const std::shared_ptr<Sequence> seq = std::move(sl.seq);
   sl.cont.reset();
-  std::lock_guard lock(mu_);
-  sl.seq.reset();
-  stats_.running--;
+  {
+    std::lock_guard lock(mu_);
+    stats_.running--;
+  }
+  seq->update([&](SeqOutput& out) { out.error = why, out.done = true; });
 }
 
 TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) const {
@@ -216,17 +218,18 @@ bool Engine::advance(Slot& sl, std::span<const float> logits) {
 void Engine::release(Slot& sl) {
   const std::string rest = sl.cont->finish();
   const FinishReason r = sl.cont->result().reason;
-  Sequence& seq = *sl.seq;
-  seq.update([&](SeqOutput& out) {
+  const std::shared_ptr<Sequence> seq = std::move(sl.seq);
+  sl.cont.reset();
+  {  // the slot is free before its client hears of the end: it may come back at once
+    std::lock_guard lock(mu_);
+    stats_.running--, stats_.sequences++;
+  }
+  seq->update([&](SeqOutput& out) {
     out.text += rest;
     out.finish_reason = r == FinishReason::Length ? "length" : "stop";
-    if (seq.cancelled_) out.error = "cancelled", out.finish_reason = "cancelled";
+    if (seq->cancelled_) out.error = "cancelled", out.finish_reason = "cancelled";
     out.done = true;
   });
-  sl.cont.reset();
-  std::lock_guard lock(mu_);
-  sl.seq.reset();
-  stats_.running--, stats_.sequences++;
 }
 
 // One token for every running sequence, each at its own position in its own slot.

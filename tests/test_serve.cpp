@@ -1,0 +1,403 @@
+// The server: the decoder's slots against whole-batch decoding, and the completions API driven
+// over loopback HTTP with the request shapes lm-evaluation-harness sends (its local-completions
+// model): summed prompt log-probabilities against the teacher-forced ones of the training
+// forward in double, is_greedy, greedy generation with stop strings against `generate`,
+// concurrent requests against one-at-a-time answers, refusals (400, 503), the tokenizer routes.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "core/rng.hpp"
+#include "eval/decode.hpp"
+#include "eval/generate.hpp"
+#include "eval/metrics.hpp"
+#include "letter_tokenizer.hpp"
+#include "serve/server.hpp"
+#include "test_util.hpp"
+
+using namespace moelab;
+using json = nlohmann::json;
+
+namespace {
+
+ModelConfig serve_config(bool moe) {
+  ModelConfig c;
+  c.vocab_size = 61;
+  c.hidden_size = 32;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.intermediate_size = 24;
+  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
+  c.num_local_experts = moe ? 4 : 1;
+  c.num_experts_per_tok = moe ? 2 : 1;
+  c.sliding_window = 5;
+  c.layer_sliding = {true, false};
+  c.max_position_embeddings = 64;
+  c.initializer_range = 0.2;
+  return c;
+}
+
+std::vector<int32_t> random_ids(int64_t n, uint64_t seed, int32_t below = 52) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; i++) p[size_t(i)] = int32_t(rng_u64(seed, 1, uint64_t(i)) % below);
+  return p;
+}
+
+// log p(ids[t] | ids[<t]) for t >= 1 from the training forward of a double copy of the model
+std::vector<double> teacher_forced(const Model<float>& m, const std::vector<int32_t>& ids,
+                                   std::vector<int32_t>* argmax = nullptr) {
+  const int64_t T = int64_t(ids.size()) - 1, V = m.cfg.vocab_size;
+  Model<double> dm(m.cfg, 1, T);
+  std::copy(m.params.begin(), m.params.end(), dm.params.begin());
+  dm.forward(std::span(ids).first(size_t(T)), std::span(ids).subspan(1));
+  const auto z = dm.logits();
+  std::vector<double> lp;
+  for (int64_t t = 0; t < T; t++) {
+    const double* r = z.data() + t * V;
+    const double mx = *std::max_element(r, r + V);
+    double s = 0;
+    for (int64_t v = 0; v < V; v++) s += std::exp(r[v] - mx);
+    lp.push_back(r[ids[size_t(t + 1)]] - mx - std::log(s));
+    if (argmax) argmax->push_back(int32_t(std::max_element(r, r + V) - r));
+  }
+  return lp;
+}
+
+// A server on a free loopback port for the test's lifetime.
+struct TestServer {
+  Server server;
+  int port;
+  std::thread thread;
+  TestServer(const Model<float>& m, const Tokenizer& tok, int64_t slots, int64_t queue)
+      : server(m, tok,
+               ServeOptions{.host = "127.0.0.1",
+                            .port = 0,
+                            .model_name = "tiny",
+                            .engine = {.slots = slots, .queue = queue},
+                            .log_requests = false}),
+        port(server.bind()),
+        thread([this] { server.run(); }) {}
+  ~TestServer() {
+    server.stop(5);
+    thread.join();
+  }
+  httplib::Result post(const std::string& path, const json& body) const {
+    httplib::Client cli("127.0.0.1", port);
+    cli.set_read_timeout(60, 0);
+    return cli.Post(path, body.dump(), "application/json");
+  }
+  httplib::Result post_raw(const std::string& path, const std::string& body) const {
+    httplib::Client cli("127.0.0.1", port);
+    return cli.Post(path, body, "application/json");
+  }
+  json get(const std::string& path) const {
+    httplib::Client cli("127.0.0.1", port);
+    auto r = cli.Get(path);
+    EXPECT_TRUE(r && r->status == 200) << path;
+    return r ? json::parse(r->body) : json();
+  }
+};
+
+json ok_json(const httplib::Result& r) {
+  EXPECT_TRUE(r) << "no response";
+  if (!r) return json();
+  EXPECT_EQ(r->status, 200) << r->body;
+  return json::parse(r->body);
+}
+
+constexpr int32_t kEot = 60;
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// the decoder's slots
+
+TEST(DecoderSlots, SequencesAtTheirOwnPositionsEqualOneAtATime) {
+  for (bool moe : {false, true}) {
+    const ModelConfig c = serve_config(moe);
+    Model<float> m(c, 1, 1);
+    m.init_weights(5);
+    const int64_t N = 10;
+    const std::vector<int64_t> lens = {7, 3, 12};
+    std::vector<std::vector<int32_t>> want;  // greedy, one sequence at a time
+    for (size_t i = 0; i < lens.size(); i++) {
+      Decoder one(m, 1, lens[i] + N);
+      want.push_back(one.greedy(random_ids(lens[i], i), lens[i], N));
+    }
+    // three sequences in slots 2, 0, 3 of four, stepped together from their own positions
+    Decoder dec(m, 4, 32);
+    const std::vector<int64_t> slot = {2, 0, 3};
+    std::vector<int32_t> next(3);
+    std::vector<int64_t> pos(3);
+    for (size_t i = 0; i < 3; i++) {
+      dec.prefill_slot(slot[i], random_ids(lens[i], i), lens[i] - 1,
+                       [&](int64_t, std::span<const float> z) {
+                         next[i] = logits_argmax(z.data(), c.vocab_size);
+                       });
+      pos[i] = lens[i];
+    }
+    std::vector<std::vector<int32_t>> got(3);
+    for (int64_t s = 0; s < N; s++) {
+      for (size_t i = 0; i < 3; i++) got[i].push_back(next[i]);
+      const auto z = dec.step_slots(next, pos, slot);
+      for (size_t i = 0; i < 3; i++)
+        next[i] = logits_argmax(z.data() + i * size_t(c.vocab_size), c.vocab_size), pos[i]++;
+    }
+    for (size_t i = 0; i < 3; i++) EXPECT_EQ(got[i], want[i]) << "sequence " << i << " moe " << moe;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// scoring as lm-evaluation-harness asks for it
+
+TEST(Serve, HarnessLoglikelihoodEqualsTeacherForcedAndIsGreedyAgrees) {
+  const ModelConfig c = serve_config(true);
+  Model<float> m(c, 1, 1);
+  m.init_weights(7);
+  LetterTokenizer tok(61, kEot);  // every id of the model: a greedy continuation may use any
+  TestServer s(m, tok, 4, 64);
+  // (context, continuation) pairs; the second continuation is the model's own greedy one
+  std::vector<std::vector<int32_t>> reqs;
+  std::vector<int64_t> ctxlen;
+  for (int i = 0; i < 4; i++) {
+    auto ctx = random_ids(5 + 3 * i, 100 + i);
+    std::vector<int32_t> cont = random_ids(1 + i, 200 + i);
+    if (i % 2 == 1) {  // greedy continuation, token by token
+      cont.clear();
+      auto seq = ctx;
+      for (int k = 0; k < 1 + i; k++) {
+        std::vector<int32_t> am;
+        teacher_forced(
+            m,
+            [&] {
+              auto t = seq;
+              t.push_back(0);
+              return t;
+            }(),
+            &am);
+        seq.push_back(am.back()), cont.push_back(am.back());
+      }
+    }
+    ctxlen.push_back(int64_t(ctx.size()));
+    ctx.insert(ctx.end(), cont.begin(), cont.end());
+    reqs.push_back(ctx);
+  }
+  const json body = {{"model", "tiny"}, {"prompt", reqs}, {"temperature", 0}, {"max_tokens", 1},
+                     {"logprobs", 1},   {"seed", 1234},   {"echo", true}};
+  json res = ok_json(s.post("/v1/completions", body));
+  auto choices = res["choices"];
+  ASSERT_EQ(choices.size(), reqs.size());
+  std::sort(choices.begin(), choices.end(),
+            [](const json& a, const json& b) { return a["index"] < b["index"]; });
+  for (size_t i = 0; i < reqs.size(); i++) {
+    const json& lp = choices[i]["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), reqs[i].size() + 1) << "prompt + 1 generated";
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    double sum = 0;
+    bool greedy = true;
+    for (size_t t = size_t(ctxlen[i]); t + 1 < lp["token_logprobs"].size(); t++) {
+      const double v = lp["token_logprobs"][t];
+      sum += v;
+      double best = -INFINITY;
+      for (auto& [k, x] : lp["top_logprobs"][t].items()) best = std::max(best, x.get<double>());
+      greedy = greedy && v == best;  // exactly as the harness compares
+    }
+    std::vector<int32_t> am;
+    const auto ref = teacher_forced(m, reqs[i], &am);
+    double want = 0;
+    bool want_greedy = true;
+    for (size_t t = size_t(ctxlen[i]); t < reqs[i].size(); t++)
+      want += ref[t - 1], want_greedy = want_greedy && am[t - 1] == reqs[i][t];
+    EXPECT_NEAR(sum, want, 1e-4) << "request " << i;
+    EXPECT_EQ(greedy, want_greedy) << "request " << i;
+    EXPECT_EQ(greedy, i % 2 == 1) << "request " << i;
+    // every prompt token's log-probability, not only the continuation's
+    for (size_t t = 1; t < reqs[i].size(); t++)
+      EXPECT_NEAR(lp["token_logprobs"][t].get<double>(), ref[t - 1], 1e-4) << i << " " << t;
+  }
+  EXPECT_EQ(res["usage"]["prompt_tokens"], 5 + 8 + 11 + 14 + 1 + 2 + 3 + 4);
+}
+
+TEST(Serve, HarnessGreedyGenerationWithStopEqualsGenerate) {
+  const ModelConfig c = serve_config(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(3);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 3, 64);
+  for (int i = 0; i < 3; i++) {
+    const auto prompt = random_ids(6 + i, 300 + i);
+    const GenerateResult full = generate(m, tok, prompt, {.max_new = 20, .greedy = true});
+    // a stop string from the middle of the greedy text, as `until` would be
+    const std::string stop = full.text.substr(5 + size_t(i), 2);
+    const GenerateResult want =
+        generate(m, tok, prompt, {.max_new = 20, .greedy = true, .stop = {stop}});
+    const json body = {{"prompt", {prompt}},
+                       {"max_tokens", 20},
+                       {"temperature", 0},
+                       {"stop", {stop}},
+                       {"seed", 1234}};
+    const json res = ok_json(s.post("/v1/completions", body));
+    EXPECT_EQ(res["choices"][0]["text"], want.text) << "stop " << stop;
+    EXPECT_EQ(res["choices"][0]["finish_reason"], "stop");
+    // the same as text, and streamed
+    const json text_body = {{"prompt", tok.decode(prompt)}, {"max_tokens", 20}, {"temperature", 0}};
+    EXPECT_EQ(ok_json(s.post("/v1/completions", text_body))["choices"][0]["text"], full.text);
+    json sbody = text_body;
+    sbody["stream"] = true;
+    auto r = s.post("/v1/completions", sbody);
+    ASSERT_TRUE(r && r->status == 200);
+    std::string streamed;
+    size_t at = 0, events = 0;
+    bool done = false;
+    while ((at = r->body.find("data: ", at)) != std::string::npos) {
+      const size_t end = r->body.find("\n\n", at);
+      const std::string data = r->body.substr(at + 6, end - at - 6);
+      at = end;
+      if (data == "[DONE]") {
+        done = true;
+        break;
+      }
+      streamed += json::parse(data)["choices"][0]["text"].get<std::string>(), events++;
+    }
+    EXPECT_TRUE(done);
+    EXPECT_GE(events, 1u);  // pieces made faster than they are read travel together
+    EXPECT_EQ(streamed, full.text);
+  }
+}
+
+// ----------------------------------------------------------------------------
+// continuous batching
+
+TEST(Serve, ConcurrentRequestsGetTheirOneAtATimeAnswers) {
+  const ModelConfig c = serve_config(true);
+  Model<float> m(c, 1, 1);
+  m.init_weights(9);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 3, 64);  // 3 slots for 8 clients: sequences come and go
+  const int clients = 8;
+  std::vector<std::string> want(clients), got(clients);
+  std::vector<json> bodies(clients);
+  for (int i = 0; i < clients; i++) {
+    const auto prompt = random_ids(3 + 2 * i, 400 + i);
+    const int64_t n = 4 + 3 * (i % 4);
+    want[size_t(i)] = generate(m, tok, prompt, {.max_new = n, .greedy = true}).text;
+    bodies[size_t(i)] = {{"prompt", prompt}, {"max_tokens", n}, {"temperature", 0}};
+  }
+  std::vector<std::thread> th;
+  for (int i = 0; i < clients; i++)
+    th.emplace_back([&, i] {
+      const auto r = s.post("/v1/completions", bodies[size_t(i)]);
+      if (r && r->status == 200) got[size_t(i)] = json::parse(r->body)["choices"][0]["text"];
+    });
+  for (auto& t : th) t.join();
+  for (int i = 0; i < clients; i++) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "client " << i;
+  // n choices of a sampled request: each its own seed, reproducible
+  const json body = {
+      {"prompt", "abc"}, {"max_tokens", 8}, {"n", 3}, {"seed", 5}, {"temperature", 1.3}};
+  const json a = ok_json(s.post("/v1/completions", body)),
+             b = ok_json(s.post("/v1/completions", body));
+  ASSERT_EQ(a["choices"].size(), 3u);
+  EXPECT_EQ(a["choices"], b["choices"]);
+  EXPECT_NE(a["choices"][0]["text"], a["choices"][1]["text"]);
+  const json h = s.get("/health");
+  EXPECT_EQ(h["running"], 0);
+  EXPECT_EQ(h["sequences"], clients + 6);
+}
+
+// ----------------------------------------------------------------------------
+// refusals
+
+TEST(Serve, BadRequestsGetA400WithAOneLineJsonError) {
+  const ModelConfig c = serve_config(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 2, 8);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"{\"prompt\": \"ab\"", "not valid JSON"},
+      {"[1, 2]", "JSON object"},
+      {R"({"max_tokens": 3})", "prompt: missing"},
+      {R"({"prompt": 5})", "prompt:"},
+      {R"({"prompt": []})", "prompt:"},
+      {R"({"prompt": [[]]})", "prompt:"},
+      {R"({"prompt": [1, 99]})", "outside the vocabulary"},
+      {R"({"prompt": [1, -1]})", "outside the vocabulary"},
+      {R"({"prompt": "ab", "max_tokens": -1})", "max_tokens"},
+      {R"({"prompt": "ab", "max_tokens": "3"})", "max_tokens: must be an integer"},
+      {R"({"prompt": "ab", "logprobs": 21})", "logprobs"},
+      {R"({"prompt": "ab", "temperature": -1})", "temperature"},
+      {R"({"prompt": "ab", "top_p": 0})", "top_p"},
+      {R"({"prompt": "ab", "n": 0})", "n:"},
+      {R"({"prompt": "ab", "echo": "yes"})", "echo"},
+      {R"({"prompt": "ab", "stop": [1]})", "stop"},
+      {R"({"prompt": "ab", "max_tokens": 0})", "max_tokens"},
+      {R"({"prompt": ")" + std::string(65, 'a') + R"("})", "context"},
+  };
+  for (const auto& [body, needle] : bad) {
+    const auto r = s.post_raw("/v1/completions", body);
+    ASSERT_TRUE(r) << body;
+    EXPECT_EQ(r->status, 400) << body;
+    EXPECT_EQ(r->body.find('\n'), std::string::npos) << "one line";
+    const json e = json::parse(r->body, nullptr, false);
+    ASSERT_FALSE(e.is_discarded()) << r->body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(needle), std::string::npos)
+        << body << " -> " << r->body;
+  }
+  EXPECT_EQ(s.get("/health")["status"], "ok");  // and it still serves
+  EXPECT_EQ(ok_json(s.post("/v1/completions", json{{"prompt", "ab"}, {"max_tokens", 2}}))["choices"]
+                .size(),
+            1u);
+}
+
+TEST(Serve, AFullServerAnswers503AndServesAgainAfter) {
+  const ModelConfig c = serve_config(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(2);
+  LetterTokenizer tok(52, kEot);
+  {  // the engine: one slot, no queue; a second sequence while the first runs is refused
+    Engine e(m, tok, EngineOptions{.slots = 1, .max_len = 64, .queue = 0});
+    SeqSpec a{.prompt = {1}, .gen = {.max_new = 60, .greedy = true}};
+    auto first = std::make_shared<Sequence>(a), second = std::make_shared<Sequence>(a);
+    ASSERT_TRUE(e.submit({first}));
+    EXPECT_FALSE(e.submit({second}));
+    SeqOutput out = first->wait(0, 0);
+    while (!out.done) out = first->wait(out.tokens.size(), out.text.size());
+    EXPECT_TRUE(out.error.empty());
+    EXPECT_TRUE(e.submit({second}));  // room again
+    e.drain();
+    EXPECT_FALSE(e.submit({std::make_shared<Sequence>(a)}));  // draining
+  }
+  TestServer s(m, tok, 1, 0);
+  // two sequences (n = 2) never fit one slot without a queue
+  const auto r = s.post("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 2}, {"n", 2}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_NE(json::parse(r->body)["error"]["message"].get<std::string>().find("full"),
+            std::string::npos);
+  EXPECT_EQ(s.post("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 2}})->status, 200);
+}
+
+// ----------------------------------------------------------------------------
+// the tokenizer routes (a client that tokenizes remotely)
+
+TEST(Serve, TokenizerRoutesRoundTrip) {
+  const ModelConfig c = serve_config(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 1, 4);
+  const json info = s.get("/tokenizer_info");
+  EXPECT_EQ(info["eos_token"], "<eot>");
+  const json t = ok_json(s.post("/tokenize", json{{"prompt", "abZ<eot>"}}));
+  EXPECT_EQ(t["tokens"], json({0, 1, 51, kEot}));  // the end-of-text name becomes its id
+  EXPECT_EQ(ok_json(s.post("/detokenize", json{{"tokens", {0, 1, 51}}}))["prompt"], "abZ");
+  EXPECT_EQ(s.post("/detokenize", json{{"tokens", {0, 100}}})->status, 400);
+  EXPECT_EQ(s.get("/v1/models")["data"][0]["id"], "tiny");
+  EXPECT_EQ(s.get("/v1/models")["data"][0]["max_model_len"], 64);
+}
