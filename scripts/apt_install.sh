@@ -21,7 +21,7 @@ echo "installing ${#missing[@]} Debian packages, one apt transaction without rec
   apt-get install -y --no-install-recommends "${missing[@]}"; } 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && exit 0
-cause=$(grep -m1 -E '^E: ' "$log" | cut -c4-)
+cause=$(grep -E '^E: ' "$log" | grep -v '^E: Can not write log' | head -1 | cut -c4-)
 [ -n "$cause" ] || cause=$(grep -v '^ *$' "$log" | tail -1)
 # "Unable to correct problems": the unmet dependencies apt listed say which
 unmet=$(sed -n '/have unmet dependencies:$/,/^E: /{/^ /p}' "$log" | sed -E 's/^ +//; s/ +/ /g' | head -3 | paste -sd';' | sed 's/;/; /g')
