@@ -253,6 +253,12 @@ Server::Server(const Model<float>& model, const Tokenizer& tok, ServeOptions o)
           : int(std::clamp<int64_t>(s.o.engine.slots + s.o.engine.queue + 4, 8, 256));
   // cpp-httplib owns the task queue it is given (its interface takes a raw pointer)
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  // SO_REUSEADDR only: the library's default adds SO_REUSEPORT, with which a second server
+  // would share the port silently instead of being refused
+  s.http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   s.http.set_payload_max_length(size_t(64) << 20);
   s.http.set_read_timeout(600, 0);
   s.http.set_write_timeout(600, 0);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# moelab serve end to end on a tiny model trained for 20 steps: the server's greedy text equals
+# `moelab generate --greedy`, the lm-evaluation-harness request shapes are answered (remote
+# tokenizer routes, echo scoring), a port in use and bad flags fail with one line, and SIGTERM
+# stops it cleanly (exit 0) after answering the request in flight.
+set -u
+moelab=$1
+source "$(dirname "$0")/testlib.sh"
+cd "$tmp"
+export OMP_NUM_THREADS=2
+
+verses_data "$moelab" 30 10 320 13
+cat >run.toml <<'TOML'
+[run]
+dir = "run"
+seed = 3
+threads = 2
+[model]
+vocab_size = 320
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+intermediate_size = 32
+sliding_window = 8
+max_position_embeddings = 64
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+[schedule]
+max_lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+decay_steps = 10
+[[phases]]
+name = "A"
+subset = "A"
+steps = 20
+TOML
+"$moelab" train run.toml >train.log 2>&1 || { echo "FAIL: train: $(tail -1 train.log)"; exit 1; }
+ck=run/step_00000020
+
+"$moelab" serve $ck --data data --port 0 --slots 2 --threads 2 >serve.out 2>serve.log &
+pid=$!
+trap 'kill -9 $pid 2>/dev/null; [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"' EXIT
+port=""
+for i in $(seq 1 100); do
+  port=$(sed -n 's/.*http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' serve.log | head -1)
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || { echo "FAIL: the server did not start: $(cat serve.log)"; exit 1; }
+
+# ---- the same greedy text as moelab generate
+"$moelab" generate $ck --data data --threads 2 --prompt "Verse 3 of chapter" --greedy --max-new 12 >g.txt 2>/dev/null
+python3 - "$port" g.txt >py.log 2>&1 <<'PY' && ok || bad "requests: $(tail -3 py.log)"
+import json, sys, urllib.request
+port, gen = sys.argv[1], open(sys.argv[2]).read()
+def post(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=60).read())
+def get(path):
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60).read())
+r = post("/v1/completions", {"prompt": "Verse 3 of chapter", "max_tokens": 12, "temperature": 0})
+assert r["choices"][0]["text"] == gen, (r["choices"][0]["text"], gen)
+# the harness's remote tokenizer, then a loglikelihood request as it sends one
+info = get("/tokenizer_info")
+eos = post("/tokenize", {"prompt": info["eos_token"], "add_special_tokens": False})["tokens"]
+assert len(eos) == 1 and eos[0] == info["eos_token_id"], eos
+ctx = post("/tokenize", {"prompt": "Verse 3 of chapter 7:", "add_special_tokens": False})["tokens"]
+cont = post("/tokenize", {"prompt": " and the king", "add_special_tokens": False})["tokens"]
+assert post("/detokenize", {"tokens": ctx})["prompt"] == "Verse 3 of chapter 7:"
+r = post("/v1/completions", {"model": "moelab", "prompt": [ctx + cont, ctx], "temperature": 0,
+                             "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True})
+ch = sorted(r["choices"], key=lambda c: c["index"])
+lp = ch[0]["logprobs"]
+assert len(lp["token_logprobs"]) == len(ctx) + len(cont) + 1 and lp["token_logprobs"][0] is None
+score = sum(lp["token_logprobs"][len(ctx):-1])
+assert score < 0, score
+greedy = all(l == max(t.values()) for l, t in
+             zip(lp["token_logprobs"][len(ctx):-1], lp["top_logprobs"][len(ctx):-1]))
+# the context's own log-probabilities agree between the two prompts of the batch
+a, b = ch[0]["logprobs"]["token_logprobs"][1:len(ctx)], ch[1]["logprobs"]["token_logprobs"][1:len(ctx)]
+assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+print("score", score, "greedy", greedy)
+PY
+
+# ---- refusals at start-up: one line each
+expect_error "port in use" "cannot listen on 127.0.0.1:$port" "$moelab" serve $ck --data data --port "$port"
+expect_error "--slots 0" "slots" "$moelab" serve $ck --data data --slots 0
+expect_error "no checkpoint" "nothere" "$moelab" serve nothere --data data
+
+# ---- SIGTERM: the request in flight (a stream, stopped after its first event) is answered in
+# full, then a clean exit
+python3 - "$port" "$pid" >inflight.log 2>&1 <<'PY'
+import json, os, signal, sys, urllib.request
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/completions",
+                             json.dumps({"prompt": "Verse", "max_tokens": 40, "n": 2,
+                                         "stream": True}).encode())
+r = urllib.request.urlopen(req, timeout=60)
+first = r.readline()
+assert first.startswith(b"data: "), first
+os.kill(int(sys.argv[2]), signal.SIGTERM)
+rest = (first + r.read()).decode()
+events = [e[6:] for e in rest.split("\n\n") if e.startswith("data: ")]
+assert events[-1] == "[DONE]", events[-3:]
+ends = [c["finish_reason"] for e in events[:-1] for c in json.loads(e)["choices"] if c["finish_reason"]]
+print("finished", ends)
+PY
+wait $pid
+rc=$?
+[ $rc = 0 ] && ok || bad "serve exit $rc after SIGTERM: $(tail -2 serve.log)"
+grep -q "serve: stopped after" serve.log && ok || bad "no stop line: $(tail -2 serve.log)"
+grep -q "finished \['length', 'length'\]" inflight.log && ok || bad "the request in flight: $(tail -3 inflight.log)"
+finish serve
