@@ -7,6 +7,8 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "kernels/vmath.hpp"
 
 namespace moelab {
 
@@ -44,7 +46,11 @@ Engine::Engine(const Model<float>& model, const Tokenizer& tok, EngineOptions o)
       slots_(size_t(o.slots)) {
   check(o.queue >= 0, "engine: the queue length must be >= 0");
   stats_.slots = o.slots, stats_.max_len = dec_.max_len(), stats_.queue = o.queue;
-  thread_ = std::thread([this] { loop(); });
+  // OpenMP's thread count belongs to the thread that sets it: the engine's takes its creator's
+  thread_ = std::thread([this, threads = threads_get()] {
+    threads_set(threads);
+    loop();
+  });
 }
 
 Engine::~Engine() {
@@ -136,24 +142,34 @@ void Engine::fail_slot(Slot& sl, const std::string& why) {
   seq->update([&](SeqOutput& out) { out.error = why, out.done = true; });
 }
 
+// log-softmax over the whole vocabulary (float exponentials summed in double, as evaluation
+// sums them) and the `top` most probable ids among those the tokenizer decodes. The token's
+// value and the top values come from one formula, so that equal logits give equal numbers (a
+// client's is_greedy compares them exactly).
 TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) const {
   const int64_t V = int64_t(z.size()), Vd = std::min(V, tok_.vocab_size());
-  double mx = -INFINITY, sum = 0;
-  for (int64_t v = 0; v < V; v++) mx = std::max(mx, double(z[size_t(v)]));
-  for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[size_t(v)]) - mx);
-  const double lse = mx + std::log(sum);
+  const float* zp = z.data();
+  float mx = zp[0];
+  for (int64_t v = 1; v < V; v++) mx = std::max(mx, zp[v]);
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t v = 0; v < V; v++) sum += double(kernels::fexp(zp[v] - mx));
+  const double lse = double(mx) + std::log(sum);
   TokenLogprob t;
-  t.id = id, t.logprob = double(z[size_t(id)]) - lse;
-  if (top > 0) {  // the same formula as the token's, so that equal logits give equal numbers
-    std::vector<int32_t> ids(static_cast<size_t>(Vd));
-    std::iota(ids.begin(), ids.end(), 0);
-    const int64_t n = std::min(top, Vd);
-    std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
-      return z[size_t(a)] > z[size_t(b)] || (z[size_t(a)] == z[size_t(b)] && a < b);
-    });
-    for (int64_t i = 0; i < n; i++)
-      t.top.emplace_back(ids[size_t(i)], double(z[size_t(ids[size_t(i)])]) - lse);
+  t.id = id, t.logprob = double(zp[id]) - lse;
+  const int64_t n = std::min(top, Vd);
+  if (n <= 0) return t;
+  // one pass keeping the n best, most probable first (ties: the lower id)
+  std::vector<int32_t> best;
+  best.reserve(size_t(n + 1));
+  for (int32_t v = 0; v < int32_t(Vd); v++) {
+    if (int64_t(best.size()) == n && zp[v] <= zp[best.back()]) continue;
+    auto at = std::upper_bound(best.begin(), best.end(), v,
+                               [&](int32_t a, int32_t b) { return zp[a] > zp[b]; });
+    best.insert(at, v);
+    if (int64_t(best.size()) > n) best.pop_back();
   }
+  for (int32_t v : best) t.top.emplace_back(v, double(zp[v]) - lse);
   return t;
 }
 
@@ -165,22 +181,20 @@ void Engine::admit(int64_t b, std::shared_ptr<Sequence> s) {
   const int64_t n = int64_t(sp.prompt.size());
   const bool score_prompt = sp.echo && sp.logprobs >= 0;
   sl.cont = std::make_unique<Continuation>(tok_, sp.prompt, sp.gen);
-  std::vector<TokenLogprob> prompt_lp;
-  if (score_prompt) prompt_lp.push_back(TokenLogprob{sp.prompt[0], 0, false, {}});
+  std::vector<TokenLogprob> prompt_lp(score_prompt ? size_t(n) : 0);  // [n] with echo
+  if (score_prompt) prompt_lp[0] = TokenLogprob{sp.prompt[0], 0, false, {}};
   std::vector<float> last;  // [V] the logits after the prompt
   const int64_t V = model_.cfg.vocab_size;
-  dec_.prefill_slot(b, sp.prompt, score_prompt ? 0 : n - 1,
-                    [&](int64_t t0, std::span<const float> logits) {
-                      const int64_t rows = int64_t(logits.size()) / V;
-                      for (int64_t r = 0; r < rows; r++) {
-                        const auto z = logits.subspan(size_t(r * V), size_t(V));
-                        const int64_t t = t0 + r;
-                        if (t + 1 < n)
-                          prompt_lp.push_back(score(z, sp.prompt[size_t(t + 1)], sp.logprobs));
-                        else
-                          last.assign(z.begin(), z.end());
-                      }
-                    });
+  dec_.prefill_slot(
+      b, sp.prompt, score_prompt ? 0 : n - 1, [&](int64_t t0, std::span<const float> logits) {
+        const int64_t rows = int64_t(logits.size()) / V;
+        if (t0 + rows == n) last.assign(logits.end() - V, logits.end());
+        const int64_t scored = std::min(rows, n - 1 - t0);  // rows before the last position
+#pragma omp parallel for schedule(dynamic, 8) if (scored >= 16)
+        for (int64_t r = 0; r < scored; r++)
+          prompt_lp[size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
+                                                sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
+      });
   {
     std::lock_guard lock(mu_);
     stats_.prompt_tokens += n;
