@@ -115,5 +115,5 @@ wait $pid
 rc=$?
 [ $rc = 0 ] && ok || bad "serve exit $rc after SIGTERM: $(tail -2 serve.log)"
 grep -q "serve: stopped after" serve.log && ok || bad "no stop line: $(tail -2 serve.log)"
-grep -q "finished \['length', 'length'\]" inflight.log && ok || bad "the request in flight: $(tail -3 inflight.log)"
+grep -Eq "finished \['(length|stop)', '(length|stop)'\]" inflight.log && ok || bad "the request in flight: $(tail -3 inflight.log)"
 finish serve
