@@ -136,22 +136,29 @@ void Decoder::head_rows(std::span<const int64_t> rows) {
 
 void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
                            std::span<const int64_t> from, std::span<const int64_t> to,
-                           const std::function<void(int64_t, std::span<const float>)>& visit) {
-  check(int64_t(from.size()) == B_ && int64_t(to.size()) == B_,
-        "decoder prefill: one range per sequence");
-  for (int64_t b = 0; b < B_; b++)
+                           const std::function<void(int64_t, std::span<const float>)>& visit,
+                           std::span<const int64_t> slots) {
+  const int64_t B = int64_t(from.size());
+  check(int64_t(to.size()) == B && (slots.empty() ? B == B_ : int64_t(slots.size()) == B),
+        "decoder prefill: one range (and slot) per sequence");
+  check(B <= B_ && int64_t(tokens.size()) == B * n && n >= 1 && n <= L_,
+        "decoder: batch, positions or range out of range");
+  std::vector<bool> used(size_t(B_), false);
+  for (int64_t b = 0; b < B; b++) {
     check(from[size_t(b)] >= 0 && from[size_t(b)] < to[size_t(b)] && to[size_t(b)] <= n,
           "decoder prefill: bad range");
-  check(int64_t(tokens.size()) == B_ * n && n <= L_,
-        "decoder: batch, positions or range out of range");
-  layers(tokens, Rows{B_, n, 0});
+    const int64_t s = slots.empty() ? b : slots[size_t(b)];
+    check(s >= 0 && s < B_ && !used[size_t(s)], "decoder prefill: a slot out of range or repeated");
+    used[size_t(s)] = true;
+  }
+  layers(tokens, Rows{B, n, 0, nullptr, slots.empty() ? nullptr : slots.data()});
   // the head in chunks of whole sequences, so the logits stay within about 64 MB at any vocab
   const int64_t V = c_.vocab_size, budget = std::max<int64_t>(n, (int64_t(1) << 24) / V);
   std::vector<int64_t> rows;
-  for (int64_t b0 = 0; b0 < B_;) {
+  for (int64_t b0 = 0; b0 < B;) {
     rows.clear();
     int64_t b1 = b0;
-    while (b1 < B_ &&
+    while (b1 < B &&
            (b1 == b0 || int64_t(rows.size()) + to[size_t(b1)] - from[size_t(b1)] <= budget)) {
       for (int64_t t = from[size_t(b1)]; t < to[size_t(b1)]; t++) rows.push_back(b1 * n + t);
       b1++;

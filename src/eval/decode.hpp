@@ -35,9 +35,13 @@ class Decoder {
   // chunks of sequences and visit(b, logits [to[b] - from[b], V]) sees each sequence's logits,
   // so memory stays bounded at any vocabulary size. visit runs on several threads at once, each
   // call for a different sequence.
+  // With `slots`, the sequences (as many as from.size()) fill those cache slots instead of
+  // 0..batch-1: a server prefills the prompts that just arrived, padded to one length n (a
+  // padded position is overwritten by the sequence's own next token before anything reads it).
   void prefill_each(std::span<const int32_t> tokens, int64_t n, std::span<const int64_t> from,
                     std::span<const int64_t> to,
-                    const std::function<void(int64_t, std::span<const float>)>& visit);
+                    const std::function<void(int64_t, std::span<const float>)>& visit,
+                    std::span<const int64_t> slots = {});
 
   // ---- slots: sequences that come and go at their own positions (continuous batching)
   // Each of the `batch` cache slots holds one sequence. prefill_slot fills slot `slot` from

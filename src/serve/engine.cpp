@@ -102,26 +102,27 @@ EngineStats Engine::stats() const {
 // step of the whole batch, until stopped.
 void Engine::loop() {
   for (;;) {
-    std::vector<std::pair<int64_t, std::shared_ptr<Sequence>>> admitted;
+    std::vector<int64_t> admitted;  // slots given to waiting sequences
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || stats_.running > 0; });
       if (stop_) return;
       for (int64_t b = 0; b < int64_t(slots_.size()) && !waiting_.empty(); b++)
         if (!slots_[size_t(b)].seq) {
-          admitted.emplace_back(b, waiting_.front());
+          admitted.push_back(b);
+          slots_[size_t(b)].seq = std::move(waiting_.front());
           waiting_.pop_front();
-          slots_[size_t(b)].seq = admitted.back().second;  // reserved
           stats_.running++;
         }
       stats_.waiting = int64_t(waiting_.size());
     }
     // A failure inside the model ends the sequences it touched with its message; the server
     // goes on with the others.
-    for (auto& [b, s] : admitted) try {
-        admit(b, s);
+    for (const auto& group : prefill_groups(admitted)) try {
+        admit(group);
       } catch (const std::exception& e) {
-        fail_slot(slots_[size_t(b)], e.what());
+        for (int64_t b : group)
+          if (slots_[size_t(b)].seq) fail_slot(slots_[size_t(b)], e.what());
       }
     try {
       step();
@@ -174,34 +175,81 @@ TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) co
 }
 
 // Prefill: the prompt into the slot's cache; with echo and logprobs each prompt token is scored
-// from the logits before it; the last position gives the first new token.
-void Engine::admit(int64_t b, std::shared_ptr<Sequence> s) {
-  Slot& sl = slots_[size_t(b)];
-  const SeqSpec& sp = s->spec;
-  const int64_t n = int64_t(sp.prompt.size());
-  const bool score_prompt = sp.echo && sp.logprobs >= 0;
-  sl.cont = std::make_unique<Continuation>(tok_, sp.prompt, sp.gen);
-  std::vector<TokenLogprob> prompt_lp(score_prompt ? size_t(n) : 0);  // [n] with echo
-  if (score_prompt) prompt_lp[0] = TokenLogprob{sp.prompt[0], 0, false, {}};
-  std::vector<float> last;  // [V] the logits after the prompt
-  const int64_t V = model_.cfg.vocab_size;
-  dec_.prefill_slot(
-      b, sp.prompt, score_prompt ? 0 : n - 1, [&](int64_t t0, std::span<const float> logits) {
-        const int64_t rows = int64_t(logits.size()) / V;
-        if (t0 + rows == n) last.assign(logits.end() - V, logits.end());
-        const int64_t scored = std::min(rows, n - 1 - t0);  // rows before the last position
-#pragma omp parallel for schedule(dynamic, 8) if (scored >= 16)
-        for (int64_t r = 0; r < scored; r++)
-          prompt_lp[size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
-                                                sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
-      });
-  {
-    std::lock_guard lock(mu_);
-    stats_.prompt_tokens += n;
+// from the logits before it; the last position gives the first new token. Sequences admitted
+// together are prefilled in one pass where they fit (padded to the longest; a padded position
+// is overwritten by the sequence's next token before a step reads it), one by one otherwise.
+void Engine::admit(std::span<const int64_t> group) {
+  const int64_t A = int64_t(group.size()), V = model_.cfg.vocab_size;
+  std::vector<std::vector<TokenLogprob>> lp(static_cast<size_t>(A));  // [A][n] with echo
+  std::vector<std::vector<float>> last(
+      static_cast<size_t>(A));  // [A][V] the logits after each prompt
+  std::vector<int64_t> from(static_cast<size_t>(A)), to(static_cast<size_t>(A));
+  int64_t n = 0;
+  for (int64_t i = 0; i < A; i++) {
+    const SeqSpec& sp = slots_[size_t(group[size_t(i)])].seq->spec;
+    const int64_t len = int64_t(sp.prompt.size());
+    const bool score_prompt = sp.echo && sp.logprobs >= 0;
+    from[size_t(i)] = score_prompt ? 0 : len - 1, to[size_t(i)] = len, n = std::max(n, len);
+    if (score_prompt) lp[size_t(i)].resize(size_t(len), TokenLogprob{sp.prompt[0], 0, false, {}});
   }
-  s->update([&](SeqOutput& out) { out.prompt = std::move(prompt_lp); });
-  sl.pos = n;
-  if (sl.cont->done() || !advance(sl, last)) release(sl);
+  // logits [rows, V] of positions t0.. of sequence i
+  auto visit = [&](int64_t i, int64_t t0, std::span<const float> logits) {
+    const SeqSpec& sp = slots_[size_t(group[size_t(i)])].seq->spec;
+    const int64_t rows = int64_t(logits.size()) / V, len = to[size_t(i)];
+    if (t0 + rows == len) last[size_t(i)].assign(logits.end() - V, logits.end());
+    const int64_t scored = std::min(rows, len - 1 - t0);  // rows before the last position
+#pragma omp parallel for schedule(dynamic, 8) if (A == 1 && scored >= 16)
+    for (int64_t r = 0; r < scored; r++)
+      lp[size_t(i)][size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
+                                                sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
+  };
+  if (A == 1) {
+    dec_.prefill_slot(group[0], slots_[size_t(group[0])].seq->spec.prompt, from[0],
+                      [&](int64_t t0, std::span<const float> z) { visit(0, t0, z); });
+  } else {
+    std::vector<int32_t> tokens(static_cast<size_t>(A * n));  // [A, n] padded with each last id
+    for (int64_t i = 0; i < A; i++) {
+      const auto& p = slots_[size_t(group[size_t(i)])].seq->spec.prompt;
+      std::copy(p.begin(), p.end(), tokens.begin() + i * n);
+      std::fill(tokens.begin() + i * n + int64_t(p.size()), tokens.begin() + (i + 1) * n, p.back());
+    }
+    dec_.prefill_each(
+        tokens, n, from, to,
+        [&](int64_t i, std::span<const float> z) { visit(i, from[size_t(i)], z); }, group);
+  }
+  for (int64_t i = 0; i < A; i++) {
+    Slot& sl = slots_[size_t(group[size_t(i)])];
+    sl.cont = std::make_unique<Continuation>(tok_, sl.seq->spec.prompt, sl.seq->spec.gen);
+    sl.pos = to[size_t(i)];
+    {
+      std::lock_guard lock(mu_);
+      stats_.prompt_tokens += sl.pos;
+    }
+    sl.seq->update([&](SeqOutput& out) { out.prompt = std::move(lp[size_t(i)]); });
+    if (sl.cont->done() || !advance(sl, last[size_t(i)])) release(sl);
+  }
+}
+
+// Groups of the sequences just admitted, by length, that one prefill pass takes: at most
+// kPrefillRows padded positions, and padding at most a third of them.
+std::vector<std::vector<int64_t>> Engine::prefill_groups(std::vector<int64_t> adm) const {
+  constexpr int64_t kPrefillRows = 4096;
+  auto len = [&](int64_t b) { return int64_t(slots_[size_t(b)].seq->spec.prompt.size()); };
+  std::sort(adm.begin(), adm.end(), [&](int64_t a, int64_t b) { return len(a) > len(b); });
+  std::vector<std::vector<int64_t>> groups;
+  int64_t real = 0;
+  for (int64_t b : adm) {
+    if (!groups.empty()) {
+      const auto& g = groups.back();
+      const int64_t rows = int64_t(g.size() + 1) * len(g[0]);  // the first is the longest
+      if (rows <= kPrefillRows && 3 * (real + len(b)) >= 2 * rows) {
+        groups.back().push_back(b), real += len(b);
+        continue;
+      }
+    }
+    groups.push_back({b}), real = len(b);
+  }
+  return groups;
 }
 
 bool Engine::advance(Slot& sl, std::span<const float> logits) {

@@ -100,7 +100,8 @@ class Engine {
     int32_t next = 0;  // the token to feed at pos
   };
   void loop();
-  void admit(int64_t slot, std::shared_ptr<Sequence> s);
+  std::vector<std::vector<int64_t>> prefill_groups(std::vector<int64_t> slots) const;
+  void admit(std::span<const int64_t> group);  // prefills the sequences of these slots
   void step();
   // the new token from logits [V]: chosen, scored, passed to the sequence; false when it ended
   bool advance(Slot& sl, std::span<const float> logits);
