@@ -9,38 +9,7 @@ cd "$tmp"
 export OMP_NUM_THREADS=2
 
 verses_data "$moelab" 30 10 320 13
-cat >run.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 2
-log_every = 1
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-sliding_window = 8
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 2
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 20
-TOML
-"$moelab" train run.toml >train.log 2>&1 || { echo "FAIL: train: $(tail -1 train.log)"; exit 1; }
+tiny_lm "$moelab" 32
 ck=run/step_00000020
 gen() { "$moelab" generate $ck --data data --threads 2 "$@"; }
 

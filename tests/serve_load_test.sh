@@ -12,38 +12,7 @@ cd "$tmp"
 export OMP_NUM_THREADS=2
 
 verses_data "$moelab" 30 10 320 13
-cat >run.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 2
-log_every = 1
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-sliding_window = 8
-max_position_embeddings = 96
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 2
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 20
-TOML
-"$moelab" train run.toml >train.log 2>&1 || { echo "FAIL: train: $(tail -1 train.log)"; exit 1; }
+tiny_lm "$moelab" 96
 
 # serve_load.py starts and SIGTERMs its own servers; it kills them if it is itself interrupted
 python3 "$src/bench/serve_load.py" --moelab "$moelab" --checkpoint run/step_00000020 --data data \

@@ -192,9 +192,10 @@ TEST(Balance, TheBiasGetsNoGradientNoDecayAndNoMoments) {
   const std::vector<double> before = m.params;
   opt.update(m.params, m.grads, 1e-2);
   for (const TensorView& t : m.layout.tensors)
-    if (t.name.find("balance_bias") != std::string::npos)
+    if (t.name.find("balance_bias") != std::string::npos) {
       for (int64_t j = 0; j < t.numel; j++)
         ASSERT_EQ(m.params[size_t(t.offset + j)], before[size_t(t.offset + j)]);
+    }
 }
 
 TEST(Balance, OnlyRoutedLayersGetABias) {

@@ -13,30 +13,12 @@
 #include "eval/generate.hpp"
 #include "letter_tokenizer.hpp"
 #include "test_util.hpp"
+#include "tiny_config.hpp"
 
 using namespace moelab;
 using moelab::test::error_of;
 
 namespace {
-
-ModelConfig gen_config(bool moe) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
-  c.num_local_experts = moe ? 4 : 1;
-  c.num_experts_per_tok = moe ? 2 : 1;
-  c.sliding_window = 5;
-  c.layer_sliding = {true, false};
-  c.max_position_embeddings = 64;
-  c.initializer_range = 0.2;
-  return c;
-}
 
 std::vector<int32_t> random_prompt(int64_t n, uint64_t seed) {
   std::vector<int32_t> p(static_cast<size_t>(n));
@@ -54,7 +36,7 @@ constexpr int32_t kNoEot = -7;  // an end-of-text id no step can choose
 class GenerateGreedy : public ::testing::TestWithParam<bool> {};
 
 TEST_P(GenerateGreedy, EqualsTheEvaluationDecodersGreedyTokens) {
-  const ModelConfig c = gen_config(GetParam());
+  const ModelConfig c = test::tiny_lm(GetParam());
   Model<float> m(c, 1, 1);
   m.init_weights(11);
   const int64_t P = 7, N = 24;
@@ -84,7 +66,7 @@ TEST_P(GenerateGreedy, EqualsTheEvaluationDecodersGreedyTokens) {
 INSTANTIATE_TEST_SUITE_P(DenseAndMoe, GenerateGreedy, ::testing::Bool());
 
 TEST(Generate, StopsAtTheEndOfTextToken) {
-  Model<float> m(gen_config(false), 1, 1);
+  Model<float> m(test::tiny_lm(false), 1, 1);
   m.init_weights(11);
   const auto prompt = random_prompt(5, 4);
   Decoder dec(m, 1, 5 + 12);
@@ -103,7 +85,7 @@ TEST(Generate, StopsAtTheEndOfTextToken) {
 // sampling
 
 TEST(Generate, ASeedFixesTheSampleAndAnotherSeedChangesIt) {
-  Model<float> m(gen_config(true), 1, 1);
+  Model<float> m(test::tiny_lm(true), 1, 1);
   m.init_weights(12);
   LetterTokenizer tok(61, kNoEot);
   const auto prompt = random_prompt(6, 5);
@@ -197,7 +179,7 @@ TEST(Sampler, OptionsOutOfRangeFailInOneLine) {
 }
 
 TEST(Generate, APromptTooLongForMaxNewIsRefused) {
-  Model<float> m(gen_config(false), 1, 1);  // 64 positions
+  Model<float> m(test::tiny_lm(false), 1, 1);  // 64 positions
   m.init_weights(1);
   LetterTokenizer tok(61, kNoEot);
   EXPECT_EQ(error_of([&] { generate(m, tok, random_prompt(60, 1), {.max_new = 5}); }),
@@ -241,7 +223,7 @@ TEST(TextStream, CutsAtTheEarliestStopString) {
 }
 
 TEST(Generate, StopStringsCutTheOutput) {
-  Model<float> m(gen_config(false), 1, 1);
+  Model<float> m(test::tiny_lm(false), 1, 1);
   m.init_weights(11);
   LetterTokenizer tok(61, kNoEot);
   const auto prompt = random_prompt(6, 8);

@@ -124,9 +124,10 @@ TEST(Hf, GateUpInterleaved) {
   for (int64_t i = 0; i < v->numel; i++)
     if (i % I2 % 2 == 0) m->params[size_t(v->offset + i)] = 0.f;
   for (const HfTensor& t : hf_tensors(*m))
-    if (t.name == v->name)
+    if (t.name == v->name) {
       for (size_t i = 0; i < t.data.size(); i++)
         EXPECT_EQ(t.data[i] == 0.f, int64_t(i) % I2 % 2 == 0) << i;
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -305,9 +306,10 @@ TEST(Hf, ImportsRealFamilyConfig) {
   const TensorView* v = m.layout.find("model.layers.2.mlp.experts.gate_up_proj");
   ASSERT_NE(v, nullptr);
   for (const HfTensor& x : t)
-    if (x.name == v->name)
+    if (x.name == v->name) {
       for (int64_t i = 0; i < v->numel; i++)
         ASSERT_EQ(m.params[size_t(v->offset + i)], hf_bf16_float(hf_bf16(x.data[size_t(i)])));
+    }
   // a tensor of the wrong shape is one line naming it
   fs::remove_all(out);
   t[1].shape = {t[1].shape[1], t[1].shape[0]};

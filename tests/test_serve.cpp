@@ -18,30 +18,12 @@
 #include "letter_tokenizer.hpp"
 #include "serve/server.hpp"
 #include "test_util.hpp"
+#include "tiny_config.hpp"
 
 using namespace moelab;
 using json = nlohmann::json;
 
 namespace {
-
-ModelConfig serve_config(bool moe) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
-  c.num_local_experts = moe ? 4 : 1;
-  c.num_experts_per_tok = moe ? 2 : 1;
-  c.sliding_window = 5;
-  c.layer_sliding = {true, false};
-  c.max_position_embeddings = 64;
-  c.initializer_range = 0.2;
-  return c;
-}
 
 std::vector<int32_t> random_ids(int64_t n, uint64_t seed, int32_t below = 52) {
   std::vector<int32_t> p(static_cast<size_t>(n));
@@ -120,7 +102,7 @@ constexpr int32_t kEot = 60;
 
 TEST(DecoderSlots, SequencesAtTheirOwnPositionsEqualOneAtATime) {
   for (bool moe : {false, true}) {
-    const ModelConfig c = serve_config(moe);
+    const ModelConfig c = test::tiny_lm(moe);
     Model<float> m(c, 1, 1);
     m.init_weights(5);
     const int64_t N = 10;
@@ -157,7 +139,7 @@ TEST(DecoderSlots, SequencesAtTheirOwnPositionsEqualOneAtATime) {
 // scoring as lm-evaluation-harness asks for it
 
 TEST(Serve, HarnessLoglikelihoodEqualsTeacherForcedAndIsGreedyAgrees) {
-  const ModelConfig c = serve_config(true);
+  const ModelConfig c = test::tiny_lm(true);
   Model<float> m(c, 1, 1);
   m.init_weights(7);
   LetterTokenizer tok(61, kEot);  // every id of the model: a greedy continuation may use any
@@ -225,7 +207,7 @@ TEST(Serve, HarnessLoglikelihoodEqualsTeacherForcedAndIsGreedyAgrees) {
 }
 
 TEST(Serve, HarnessGreedyGenerationWithStopEqualsGenerate) {
-  const ModelConfig c = serve_config(false);
+  const ModelConfig c = test::tiny_lm(false);
   Model<float> m(c, 1, 1);
   m.init_weights(3);
   LetterTokenizer tok(52, kEot);
@@ -275,7 +257,7 @@ TEST(Serve, HarnessGreedyGenerationWithStopEqualsGenerate) {
 // continuous batching
 
 TEST(Serve, ConcurrentRequestsGetTheirOneAtATimeAnswers) {
-  const ModelConfig c = serve_config(true);
+  const ModelConfig c = test::tiny_lm(true);
   Model<float> m(c, 1, 1);
   m.init_weights(9);
   LetterTokenizer tok(52, kEot);
@@ -314,7 +296,7 @@ TEST(Serve, ConcurrentRequestsGetTheirOneAtATimeAnswers) {
 // refusals
 
 TEST(Serve, BadRequestsGetA400WithAOneLineJsonError) {
-  const ModelConfig c = serve_config(false);
+  const ModelConfig c = test::tiny_lm(false);
   Model<float> m(c, 1, 1);
   m.init_weights(1);
   LetterTokenizer tok(52, kEot);
@@ -356,7 +338,7 @@ TEST(Serve, BadRequestsGetA400WithAOneLineJsonError) {
 }
 
 TEST(Serve, AFullServerAnswers503AndServesAgainAfter) {
-  const ModelConfig c = serve_config(false);
+  const ModelConfig c = test::tiny_lm(false);
   Model<float> m(c, 1, 1);
   m.init_weights(2);
   LetterTokenizer tok(52, kEot);
@@ -387,7 +369,7 @@ TEST(Serve, AFullServerAnswers503AndServesAgainAfter) {
 // the tokenizer routes (a client that tokenizes remotely)
 
 TEST(Serve, TokenizerRoutesRoundTrip) {
-  const ModelConfig c = serve_config(false);
+  const ModelConfig c = test::tiny_lm(false);
   Model<float> m(c, 1, 1);
   m.init_weights(1);
   LetterTokenizer tok(52, kEot);

@@ -43,6 +43,44 @@ finish() {
   [ "$fail" -eq 0 ]
 }
 
+# tiny_lm MOELAB MAX_POS: a 2-layer dense model (d 32, vocab 320, MAX_POS positions) trained
+# for 20 steps on subset A of verses_data's ./data, as the inference tests use one:
+# run/step_00000020. Stops the test on failure.
+tiny_lm() {
+  cat >run.toml <<TOML
+[run]
+dir = "run"
+seed = 3
+threads = 2
+log_every = 1
+[model]
+vocab_size = 320
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+num_key_value_heads = 1
+head_dim = 16
+intermediate_size = 32
+sliding_window = 8
+max_position_embeddings = $2
+[data]
+dir = "data"
+seq_len = 32
+[train]
+batch_size = 4
+[schedule]
+max_lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+decay_steps = 10
+[[phases]]
+name = "A"
+subset = "A"
+steps = 20
+TOML
+  "$1" train run.toml >train.log 2>&1 || { echo "FAIL: train: $(tail -1 train.log)"; exit 1; }
+}
+
 # from_checkpoint_toml RUN_DIR CKPT STEPS SEED MAX_LR: an experiment of STEPS steps on subset B
 # (seq 32, batch 4, constant rate) whose model is the checkpoint folder CKPT ([model] config and
 # init_from), as upcycled and compressed folders are trained on.
