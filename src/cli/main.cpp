@@ -6,10 +6,31 @@
 
 #include "cli/commands.hpp"
 #include "core/signals.hpp"
+#include "dist/dist.hpp"
+#include "train/collective.hpp"
+
+namespace {
+int run_command(int argc, char** argv);
+}
 
 int main(int argc, char** argv) {
   using namespace moelab;
   signals_init();  // before any thread exists: see core/signals.hpp
+  try {
+    train_set_collective(dist_init(&argc, &argv));  // under mpirun / srun: the world
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moelab: error: %s\n", e.what());
+    return 1;
+  }
+  const int rc = run_command(argc, argv);
+  dist_finish();
+  return rc;
+}
+
+namespace {
+
+int run_command(int argc, char** argv) {
+  using namespace moelab;
   CLI::App app{"moelab: a laboratory for Mixture-of-Experts language models"};
   app.require_subcommand(1);
   Commands c;
@@ -56,7 +77,11 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moelab: error: %s\n", e.what());
+    std::fflush(stderr);
+    dist_abort(1);  // one rank failing alone would leave the others waiting
     return 1;
   }
   return 0;
 }
+
+}  // namespace

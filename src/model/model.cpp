@@ -256,11 +256,13 @@ void Model<T>::backward() {
                              N);
     attn_[size_t(l)].backward(c, act_.attn[size_t(l)], attn_work_, stream(2 * l), act_.dres.data(),
                               rows, rope_cos_.data(), rope_sin_.data());
+    if (on_grads_ready) on_grads_ready(l);
   }
   if (T* ge = c.grad(mp_.embed, cfg.vocab_size * d)) {
     ProfileScope ps(prof, "embedding bwd");
     c.op.embedding_backward(ge, act_.dres.data(), act_.tokens.data(), N, d);
   }
+  if (on_grads_ready) on_grads_ready(-1);
   have_forward_ = false;  // the logits now hold their gradient
 }
 

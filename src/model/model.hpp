@@ -51,6 +51,10 @@ class Model {
   // d(total loss)/d(params) accumulated into grads (call zero_grad first). Frozen tensors get
   // no gradient. Overwrites the logits buffer with its gradient.
   void backward();
+  // Called by backward as soon as layer l's gradients are complete (l = L-1 down to 0), and
+  // with -1 at the end, when the rest (embedding, head, final norm) are: a data-parallel
+  // trainer starts summing each layer's gradients over its ranks while the others are computed.
+  std::function<void(int64_t layer)> on_grads_ready;
   // Zeroes the gradients and the routing counts (a new optimizer step begins).
   void zero_grad();
   // router_balance (methods.md §3.7.1): each routed layer's balance bias moved by the loads of
@@ -64,6 +68,8 @@ class Model {
   // Per layer: the assignments per expert of every forward since zero_grad ([E] when routed,
   // empty when dense).
   const std::vector<std::vector<int64_t>>& route_counts() const { return counts_; }
+  // The same, to be summed over the ranks of a data-parallel step before balance_update.
+  std::vector<std::vector<int64_t>>& route_counts() { return counts_; }
   // Bytes of activations and scratch held for the current shape.
   int64_t activation_bytes() const;
 

@@ -459,6 +459,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
 
   Experiment x;
   x.source = path;
+  x.text = root.dump();
   const std::set<std::string> sections = {"run",      "model",  "data",       "train", "optimizer",
                                           "schedule", "phases", "checkpoint", "eval"};
   const std::set<std::string> above = {"study"};  // read by study/

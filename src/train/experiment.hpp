@@ -37,6 +37,7 @@ struct PhaseConfig {
 
 struct Experiment {
   std::string source;  // the config file, for messages
+  std::string text;    // its contents as read (after --set), JSON: every rank must run the same
   // [run]
   std::string run_dir = "runs/default";
   uint64_t seed = 1;

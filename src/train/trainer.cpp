@@ -17,6 +17,8 @@
 #include "core/signals.hpp"
 #include "core/sysinfo.hpp"
 #include "train/checkpoint.hpp"
+#include "train/collective.hpp"
+#include "train/data_parallel.hpp"
 
 namespace moelab {
 
@@ -183,8 +185,29 @@ Trainer::Trainer(const Experiment& x)
       flops_(config_flops(x.model, x.seq_len)),
       metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
       frozen_path_((fs::path(x.run_dir) / "evalset.frozen.jsonl").string()),
-      tty_(::isatty(2)) {
+      tty_(::isatty(2)),
+      comm_(train_collective()) {
   model_.init_weights(x.seed);
+  if (comm_) data_parallel_setup();
+}
+
+// Data parallel (train/data_parallel.hpp): rank r of P takes the micro-batches m with
+// m % P == r of every step, so that the P ranks together take one process's global batch.
+void Trainer::data_parallel_setup() {
+  const int64_t P = comm_->size();
+  if (x_.grad_accum % P != 0)
+    fail(
+        fmt::format("{}: 'train.grad_accum' ({}) must be a multiple of the number of processes "
+                    "({}): each takes grad_accum / {} micro-batches of every step",
+                    x_.source, x_.grad_accum, P, P));
+  for (size_t i = 0; i < x_.phases.size(); i++)
+    if (x_.phases[i].focused())
+      fail(fmt::format("{}: 'phases[{}]': focused replay runs in one process only (not {})",
+                       x_.source, i, P));
+  sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
+                                     x_.model.num_hidden_layers, *comm_);
+  const char* overlap = std::getenv("MOELAB_DIST_OVERLAP");
+  sync_->overlap = !(overlap && std::string(overlap) == "0");
 }
 
 void Trainer::start(bool resume) {
@@ -207,6 +230,12 @@ void Trainer::start(bool resume) {
   if (!x_.evalset.empty())
     full_set_ = evalset_load(x_.evalset, data_->fingerprint, evalset_limits());
   const RunClaim claim = run_dir_claim(x_, resume);
+  if (comm_) {  // before anything is written: every rank runs the same
+    comm_->same("the experiment (its file after --set, and the model)",
+                fnv1a(x_.text + config_to_json(x_.model).dump()));
+    comm_->same("the data's tokenizer", data_->fingerprint);
+    comm_->same("the checkpoint it starts from", fnv1a(claim.ckpt));
+  }
   std::error_code ec;
   // The base model's recalled set (filter_at = "start") is the run's from its start on.
   if (!claim.ckpt.empty() && !x_.evalset.empty() && x_.filter_at == "start" &&
@@ -227,6 +256,8 @@ void Trainer::start(bool resume) {
     std::fprintf(stderr, "frozen: %zu tensors, %ld of %ld parameters: %s\n", frozen.size(), long(n),
                  long(model_.layout.total), names_brief(frozen).c_str());
   }
+  t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
+  if (!train_writer()) return;          // rank 0 writes the run's files
   if (claim.stale) run_dir_restart(x_);
   fs::create_directories(x_.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
@@ -234,7 +265,6 @@ void Trainer::start(bool resume) {
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(fmt::format("{}: cannot write", metrics_path_));
   forgetting_setup();
-  t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
 }
 
 void Trainer::resume_from(const std::string& ckpt) {
@@ -250,7 +280,7 @@ void Trainer::resume_from(const std::string& ckpt) {
   }
   replay_restore(state, ckpt);
   start_step_ = step_;
-  metrics_truncate(metrics_path_, step_);
+  if (train_writer()) metrics_truncate(metrics_path_, step_);
   std::fprintf(stderr, "resumed from %s (step %ld)\n", ckpt.c_str(), long(step_));
 }
 
@@ -411,6 +441,38 @@ void router_stats_finish(std::vector<RouterStats>& router,
 
 }  // namespace
 
+// The step's sums over the ranks: the gradients (started during the backward pass), then the
+// losses, the routers' sums and the routing counts, so that every rank holds what one process
+// would have (to float rounding: the sums' order differs).
+void Trainer::reduce_step(StepStats& r) {
+  if (!comm_) return;
+  comm_wait_s_ += sync_->finish();
+  comm_steps_++;
+  std::vector<double> v = {r.lm, r.aux, r.z};
+  for (const RouterStats& s : r.router) v.push_back(s.aux), v.push_back(s.z);
+  comm_->sum(v);
+  r.lm = v[0], r.aux = v[1], r.z = v[2];
+  for (size_t i = 0; i < r.router.size(); i++)
+    r.router[i].aux = v[3 + 2 * i], r.router[i].z = v[4 + 2 * i];
+  auto& counts = model_.route_counts();
+  std::vector<int64_t> flat;
+  for (const auto& c : counts) flat.insert(flat.end(), c.begin(), c.end());
+  if (flat.empty()) return;
+  comm_->sum(flat);
+  size_t at = 0;
+  for (auto& c : counts)
+    for (int64_t& n : c) n = flat[at++];
+}
+
+// Whether to stop and whether to save, agreed by every rank (a signal may reach them at
+// different steps): any rank's request counts for all.
+std::pair<bool, bool> Trainer::agree(bool stop, bool save) const {
+  if (!comm_) return {stop, save};
+  std::vector<int64_t> f = {stop, save};
+  comm_->sum(f);
+  return {f[0] > 0, f[1] > 0};
+}
+
 // One optimizer update; counted: a step of the run (a replay update is not one).
 StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted) {
   StepStats r;
@@ -420,18 +482,23 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
     // Gradients are summed over the micro-batches; the losses and the norm are their means.
     const Activity doing("a training step");
     model_.zero_grad();
+    // this rank's last micro-batch: its backward starts the gradient sums layer by layer
+    const int64_t last = comm_ ? x_.grad_accum - comm_->size() + comm_->rank() : -1;
     for (int64_t micro = 0; micro < x_.grad_accum; micro++) {
       const MicroBatch b = next(micro);
+      if (b.tokens.empty()) continue;  // another rank's
       const Losses l = model_.forward(b.tokens, b.targets);
       r.lm += l.lm / accum;
       r.aux += l.aux / accum;
       r.z += l.z / accum;
       router_stats_add(r.router, l, model_.route_counts());
+      if (micro == last) model_.on_grads_ready = [this](int64_t layer) { sync_->ready(layer); };
       model_.backward();
+      model_.on_grads_ready = nullptr;
     }
+    reduce_step(r);
     router_stats_finish(r.router, model_.route_counts(), accum);
   }
-  reduce_grads();
   {
     const ProfileScope prof(model_.device().profile, "optimizer");
     r.grad_norm = grad_global_norm<float>(model_.layout, model_.grads) / accum;
@@ -460,6 +527,12 @@ StepStats Trainer::step() {
     const bool replay = phase.replay_ratio > 0 && rng_uniform(x_.seed, 7000 + uint64_t(at_step),
                                                               uint64_t(micro)) < phase.replay_ratio;
     const std::string& subset = replay ? phase.replay_subset : phase.subset;
+    if (comm_ && micro % comm_->size() != comm_->rank()) {  // another rank reads it
+      ids_.clear();
+      train_.at(subset).skip(x_.batch_size, ids_);
+      replay_offer(at.index, subset, ids_);
+      return MicroBatch{};
+    }
     train_.at(subset).next(x_.batch_size, tok_, tgt_, &ids_);
     replay_offer(at.index, subset, ids_);
     return MicroBatch{tok_, tgt_};
@@ -592,6 +665,7 @@ void Trainer::on_nonfinite(const StepStats& r) {
 
 StepEval Trainer::evaluate(const StepStats& r) {
   StepEval e;
+  if (!train_writer()) return e;  // rank 0 evaluates and logs; the others wait at the next sum
   const PhaseConfig& phase = x_.phases[r.phase];
   const bool phase_done = r.step == phase_at(r.step - 1).end;
   e.forgetting = forgetting_duties(phase, phase_done);
@@ -648,6 +722,7 @@ bool Trainer::log_due(const StepStats& r, const StepEval& e) const {
 }
 
 void Trainer::log(const StepStats& r, const StepEval& e) {
+  if (!train_writer()) return;
   const PhaseConfig& phase = x_.phases[r.phase];
   ojson m = {{"step", r.step}, {"phase", phase.name}, {"tokens", r.step * x_.tokens_per_step()}};
   const bool due = log_due(r, e);
@@ -683,6 +758,12 @@ void Trainer::log_progress(ojson& m, const StepStats& r) {
   t_window_ = now, window_steps_ = 0;
   m["tokens_per_s"] = std::round(tok_s * 10) / 10;
   m["mfu"] = std::round(tok_s * flops_.train_per_token / 1e9 / peak_ * 1e4) / 1e4;
+  if (comm_ && comm_steps_ > 0) {  // rank 0's view: its own wait for the gradient sums
+    m["ranks"] = comm_->size();
+    m["comm_wait_s"] = comm_wait_s_ / double(comm_steps_);
+    m["step_s"] = dt / double(comm_steps_);
+    comm_wait_s_ = 0, comm_steps_ = 0;
+  }
   const int64_t total = x_.total_steps();
   const double rate = double(step_ - start_step_) / std::max(now - t_start_, 1e-9);
   std::fprintf(stderr, "%sstep %ld/%ld | %s | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
@@ -705,6 +786,10 @@ void Trainer::save() {
   if (bad > 0)
     fail(fmt::format("step {}: {} parameters are not finite; stopped without saving, {}", step_,
                      bad, last_good()));
+  if (!train_writer()) {  // rank 0 writes; every rank's loaders and weights are the same
+    saved_step_ = step_;
+    return;
+  }
   json loaders = json::object();
   for (auto& [name, l] : train_)
     loaders[name] = {{"epoch", l.position().epoch}, {"index", l.position().index}};
@@ -728,18 +813,22 @@ int train_run(const Experiment& x, bool resume) {
   Trainer t(x);
   t.start(resume);
   const Activity doing("training");  // between the parts named in detail
-  while (!t.finished() && !signals_stop_requested()) {
+  bool stopping = t.agree(signals_stop_requested() != 0, false).first;
+  while (!t.finished() && !stopping) {
     const StepStats r = t.step();
     t.log(r, t.evaluate(r));
-    const bool asked = signals_take_save_request();  // SIGUSR1
-    if (asked || t.checkpoint_due(r) || signals_stop_requested()) t.save();
+    // SIGUSR1 and stop signals, agreed by every rank of a data-parallel run
+    const auto [stop_now, asked] =
+        t.agree(signals_stop_requested() != 0, signals_take_save_request());
+    stopping = stop_now;
+    if (asked || t.checkpoint_due(r) || stopping) t.save();
     t.recalled_check();  // after the checkpoint of the step that filtered the evaluation set
   }
   t.progress_end();
-  const int sig = signals_stop_requested();
-  if (sig == 0 || t.finished()) return 0;
+  if (!stopping || t.finished()) return 0;
   // The signal may have come after this step's checkpoint decision.
   if (t.unsaved()) t.save();
+  const int sig = signals_stop_requested();
   std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
                sig, long(t.steps_done()), signals_stop_activity());
   return 130;

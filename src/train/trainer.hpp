@@ -10,9 +10,11 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -21,6 +23,8 @@
 #include "eval/evalset.hpp"
 #include "model/model.hpp"
 #include "train/adamw.hpp"
+#include "train/collective.hpp"
+#include "train/data_parallel.hpp"
 #include "train/experiment.hpp"
 #include "train/replay.hpp"
 
@@ -82,16 +86,17 @@ class Trainer {
   void start(bool resume);
 
   // One optimizer step at learning rate lr: grad_accum micro-batches of forward and backward
-  // (gradients summed), reduce_grads(), then the AdamW update of the mean gradient with global
+  // (gradients summed; in a data-parallel run each rank its share, then the sums over the
+  // ranks, reduce_step), then the AdamW update of the mean gradient with global
   // norm clipping. A non-finite loss or gradient is never applied: the step is skipped
   // (train.skip_nonfinite, at most train.max_skips in a row) or training stops with one line.
   StepStats step(const BatchSource& next, double lr);
   // The run's next step: the micro-batches of its phase (with replay), the schedule's rate.
   StepStats step();
 
-  // Between the backward passes and the gradient norm: where a data-parallel run all-reduces
-  // (sums) the gradients over its ranks (MPI). One process has nothing to add: identity.
-  virtual void reduce_grads() {}
+  // Whether to stop and to save now: this process's requests, agreed with every rank of a
+  // data-parallel run (any rank's request counts for all).
+  std::pair<bool, bool> agree(bool stop, bool save) const;
 
   // The evaluations due after step r: the forgetting set's filtering and metrics, and the
   // validation losses of every subset on the steps that log them.
@@ -129,6 +134,8 @@ class Trainer {
   std::string recalled_shortfall() const;
   EvalSetLimits evalset_limits() const;
   StepStats train_batch(const BatchSource& next, double lr, bool counted);
+  void data_parallel_setup();
+  void reduce_step(StepStats& r);
   void replay_setup();
   void replay_offer(size_t phase, const std::string& subset, std::span<const uint64_t> ids);
   void replay_run(size_t phase, StepStats& r, double lr);
@@ -169,6 +176,11 @@ class Trainer {
   int64_t window_steps_ = 0;
   double t_start_ = 0, t_window_ = 0;
   std::vector<int32_t> tok_, tgt_;
+  // data parallel (null / absent in one process)
+  Collective* comm_ = nullptr;
+  std::unique_ptr<GradSync> sync_;
+  double comm_wait_s_ = 0;  // waiting for gradient sums, since the last progress line
+  int64_t comm_steps_ = 0;
 };
 
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).

@@ -1,0 +1,161 @@
+#include <fmt/format.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.hpp"
+#include "dist/dist.hpp"
+
+namespace moelab {
+
+namespace {
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+double timeout_s() {
+  const char* v = std::getenv("MOELAB_DIST_TIMEOUT");
+  if (!v) return 600;
+  char* end = nullptr;
+  const double t = std::strtod(v, &end);
+  if (end == v || *end || !(t > 0))
+    fail(fmt::format("MOELAB_DIST_TIMEOUT: not a number of seconds > 0 ({})", v));
+  return t;
+}
+
+// ----------------------------------------------------------------------------
+// the world over MPI_COMM_WORLD; every wait polls with short sleeps (a waiting rank leaves its
+// core to the others) and ends after the timeout with one line naming who did not answer
+
+class MpiWorld final : public Collective {
+ public:
+  MpiWorld() : timeout_(timeout_s()) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void sum_start(std::span<float> data) override {
+    for (size_t at = 0; at < data.size(); at += kChunk) {  // MPI counts are int
+      const int n = int(std::min(kChunk, data.size() - at));
+      MPI_Request r;
+      MPI_Iallreduce(MPI_IN_PLACE, data.data() + at, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r);
+      pending_.push_back(r);
+    }
+  }
+  void progress() override {
+    int done = 0;
+    if (!pending_.empty())
+      MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
+  }
+  void wait_sums() override {
+    wait(pending_, "the gradient sum");
+    pending_.clear();
+  }
+  void sum(std::span<double> data) override { small(data.data(), int(data.size()), MPI_DOUBLE); }
+  void sum(std::span<int64_t> data) override { small(data.data(), int(data.size()), MPI_INT64_T); }
+
+  void same(const std::string& what, uint64_t value) override {
+    std::vector<uint64_t> all(static_cast<size_t>(size_));
+    std::vector<MPI_Request> r(1);
+    MPI_Iallgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD, &r[0]);
+    wait(r, "the start-up check");
+    for (int k = 1; k < size_; k++)
+      if (all[size_t(k)] != all[0])
+        fail(fmt::format("rank {}: {} differs from rank 0's: every process must run the same", k,
+                         what));
+  }
+
+ private:
+  static constexpr size_t kChunk = size_t(1) << 28;
+
+  template <typename T>
+  void small(T* data, int n, MPI_Datatype type) {
+    std::vector<MPI_Request> r(1);
+    MPI_Iallreduce(MPI_IN_PLACE, data, n, type, MPI_SUM, MPI_COMM_WORLD, &r[0]);
+    wait(r, "a sum of the step's statistics");
+  }
+
+  void wait(std::vector<MPI_Request>& reqs, const std::string& what) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
+    for (int spins = 0;; spins++) {
+      int done = 0;
+      MPI_Testall(int(reqs.size()), reqs.data(), &done, MPI_STATUSES_IGNORE);
+      if (done) return;
+      if (std::chrono::steady_clock::now() > until) stuck(what);
+      if (spins > 64) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  // Who answers a ping within a second: the ranks that do not are named, and the job ends.
+  [[noreturn]] void stuck(const std::string& what) {
+    constexpr int kTag = 7321;
+    std::vector<MPI_Request> sends, recvs;
+    std::vector<int> from, ping(static_cast<size_t>(size_), rank_);
+    for (int k = 0; k < size_; k++) {
+      if (k == rank_) continue;
+      MPI_Request s, r;
+      MPI_Isend(&ping[size_t(k)], 1, MPI_INT, k, kTag, MPI_COMM_WORLD, &s);
+      MPI_Irecv(&ping[size_t(k)], 1, MPI_INT, k, kTag, MPI_COMM_WORLD, &r);
+      sends.push_back(s), recvs.push_back(r), from.push_back(k);
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    std::string missing;
+    for (size_t i = 0; i < recvs.size(); i++) {
+      int done = 0;
+      MPI_Test(&recvs[i], &done, MPI_STATUS_IGNORE);
+      if (!done) missing += (missing.empty() ? "" : ", ") + std::to_string(from[i]);
+    }
+    std::fprintf(stderr,
+                 "moelab: error: rank %d: %s did not complete within %.0f s: no answer from rank%s "
+                 "%s (dead, stuck, or busy longer than MOELAB_DIST_TIMEOUT); stopping every rank\n",
+                 rank_, what.c_str(), timeout_, missing.find(',') == std::string::npos ? "" : "s",
+                 missing.empty() ? "?" : missing.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
+  }
+
+  int rank_ = 0, size_ = 1;
+  double timeout_;
+  std::vector<MPI_Request> pending_;
+};
+
+std::unique_ptr<MpiWorld> g_world;
+bool g_started = false;
+
+}  // namespace
+
+Collective* dist_init(int* argc, char*** argv) {
+  if (!launched_by_mpi()) return nullptr;
+  int provided = 0;
+  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  g_started = true;
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size == 1) return nullptr;
+  g_world = std::make_unique<MpiWorld>();
+  return g_world.get();
+}
+
+void dist_finish() {
+  if (g_started) MPI_Finalize();
+  g_started = false;
+}
+
+void dist_abort(int code) {
+  if (g_world) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+}  // namespace moelab

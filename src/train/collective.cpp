@@ -1,0 +1,19 @@
+#include "train/collective.hpp"
+
+namespace moelab {
+
+namespace {
+Collective* g_collective = nullptr;
+}
+
+void train_set_collective(Collective* c) {
+  g_collective = c;
+}
+Collective* train_collective() {
+  return g_collective;
+}
+bool train_writer() {
+  return !g_collective || g_collective->rank() == 0;
+}
+
+}  // namespace moelab
