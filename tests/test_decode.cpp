@@ -207,7 +207,9 @@ void expect_evaluate_equals_separate_passes(bool moe, int64_t tok_vocab) {
     }
     set.samples.push_back(s);
   }
-  if (tok_vocab < V) EXPECT_GT(padded, 0) << "the padded ids never win: the test tests nothing";
+  if (tok_vocab < V) {
+    EXPECT_GT(padded, 0) << "the padded ids never win: the test tests nothing";
+  }
   const EvalReport r = evaluate(m, tok, set, 2);
   EXPECT_EQ(r.ex_hit, want_ex);
   EXPECT_EQ(r.all.samples, n);

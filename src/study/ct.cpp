@@ -25,6 +25,7 @@
 #include "study/ct_config.hpp"
 #include "study/ct_measure.hpp"
 #include "train/checkpoint.hpp"
+#include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"
 
@@ -415,6 +416,11 @@ std::string ct_run_dir(const std::string& config) {
 }
 
 int ct_run(const std::string& config, const CtOptions& o) {
+  if (train_collective())
+    fail(
+        "moelab ct runs in one process per job (its base and method runs); data-parallel runs: "
+        "moelab train, "
+        "moelab run");
   const toml::table root = ct_file_parse(config);
   ct_sections_check(root, config);
   const CtConfig c = ct_config_read(root, config);

@@ -14,6 +14,7 @@
 #include "eval/evalset.hpp"
 #include "study/report.hpp"
 #include "train/checkpoint.hpp"
+#include "train/collective.hpp"
 #include "train/trainer.hpp"
 
 namespace moelab {
@@ -86,14 +87,17 @@ int study_run(const Experiment& x, const StudyOptions& o) {
                     x.source));
   const auto variants = study_variants(x, sc, o);
   const fs::path dir(x.run_dir);
-  fs::create_directories(dir);
+  // In a data-parallel study every rank trains each run; rank 0 alone writes the study's files
+  // (the evaluation set, study.json, the report), and the others wait for what they read.
+  const bool writer = train_writer();
+  if (writer) fs::create_directories(dir);
 
   // One evaluation set for every variant: the same candidate samples, each model keeps its own
   // M_ex = 1 part after A.
   std::string evalset = x.evalset;
   if (evalset.empty() && !sc.entities.empty()) {
     evalset = (dir / "evalset.jsonl").string();
-    if (!fs::exists(evalset)) {
+    if (writer && !fs::exists(evalset)) {
       EntityBuildOptions eb;
       eb.data_dir = x.data_dir;
       eb.entities = cache_path_expand(sc.entities);
@@ -115,7 +119,8 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   for (const StudyVariant& v : variants)
     study["variants"].push_back(
         {{"dir", v.dir}, {"experts", v.experts}, {"top_k", v.top_k}, {"seed", v.seed}});
-  file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
+  if (writer) file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
+  train_barrier();
 
   const double t0 = time_now_s();
   double trained_s = 0;  // for the estimate of what is left
@@ -127,6 +132,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     e.seed = uint64_t(v.seed);
     e.run_dir = (dir / v.dir).string();
     e.evalset = evalset;
+    train_barrier();  // rank 0's last checkpoint is written before any rank looks
     const int64_t last = last_checkpoint_step(e.run_dir), total = e.total_steps();
     std::fprintf(stderr, "== %zu/%zu %s: E=%ld top-%ld seed %ld", i + 1, variants.size(),
                  v.dir.c_str(), long(v.experts), long(v.top_k), long(v.seed));
@@ -147,7 +153,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
                  v.dir.c_str(), time_now_s() - tv, left / 60);
   }
   std::fprintf(stderr, "== all %zu runs done in %.1f s\n", variants.size(), time_now_s() - t0);
-  if (o.report) {
+  if (o.report && writer) {
     ReportOptions r;
     r.dirs = {x.run_dir};
     r.out = (dir / "report").string();

@@ -24,6 +24,7 @@
 #include "study/ct_config.hpp"
 #include "study/report.hpp"
 #include "train/checkpoint.hpp"
+#include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"
 
@@ -342,6 +343,11 @@ void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
 }  // namespace
 
 int sweep_run(const std::string& config, const SweepRunOptions& o) {
+  if (train_collective())
+    fail(
+        "moelab sweep run runs in one process per job (its grid: workers share the queue (--job, "
+        "--slurm)); data-parallel runs: moelab train, "
+        "moelab run");
   const SweepConfig c = config_read(config);
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));

@@ -34,5 +34,7 @@ void train_set_collective(Collective* c);
 Collective* train_collective();
 // Whether this process writes the run's files (metrics, checkpoints, reports): rank 0, or alone.
 bool train_writer();
+// Every rank waits here for the others (nothing alone): after rank 0 wrote what all will read.
+void train_barrier();
 
 }  // namespace moelab
