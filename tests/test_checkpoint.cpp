@@ -285,8 +285,9 @@ TEST(AdamWMoments, ResumeWithFrozenTensorsIsBitIdentical) {
   train_steps(back, opt2, 3);
   EXPECT_TRUE(same_bits(back.params.data(), m.params.data(), m.layout.total));
   for (const TensorView& t : m.layout.tensors) {
-    if (t.frozen)
+    if (t.frozen) {
       EXPECT_TRUE(same_bits(&m.params[size_t(t.offset)], &p0[size_t(t.offset)], t.numel)) << t.name;
+    }
   }
 }
 
