@@ -228,15 +228,7 @@ struct ExportOptions {
 // weights came from (step, phase, seed, tokenizer); the data loaders' positions and the optimizer
 // go, so the folder evaluates and initialises but does not resume.
 void model_export(const ExportOptions& o) {
-  std::error_code ec;
-  if (!fs::is_directory(o.checkpoint, ec))
-    fail(fmt::format("{}: no such checkpoint folder", o.checkpoint));
-  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
-    fail(fmt::format("--out {}: already exists (export never replaces a folder)", o.out));
-  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
-  if (!fs::exists(config_path, ec))
-    fail(fmt::format("{}: not a checkpoint (no config.json)", o.checkpoint));
-  const ModelConfig cfg = config_load(config_path);
+  const ModelConfig cfg = checkpoint_export_begin(o.checkpoint, o.out);
   Model<float> from(cfg, 1, 1);
   nlohmann::json state = checkpoint_load(o.checkpoint, from, nullptr);
   for (const char* key : {"loaders", "optimizer_step", "optimizer_moments"}) state.erase(key);
@@ -252,7 +244,7 @@ void model_export(const ExportOptions& o) {
     fail(
         fmt::format("{}: --merge-lora: the checkpoint has no LoRA adapters ({} has no 'lora', "
                     "or its targets match no weight)",
-                    o.checkpoint, config_path));
+                    o.checkpoint, (fs::path(o.checkpoint) / "config.json").string()));
   Model<float> to(lora_merged_config(cfg), 1, 1);
   lora_merge(from, to);
   state["merged_lora"] = config_to_json(cfg)["lora"];

@@ -263,6 +263,18 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
 // The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
 // state), written as checkpoints are: into a hidden temporary folder beside it, every file
 // fsynced, then renamed, so that an error leaves nothing under `out`.
+ModelConfig checkpoint_export_begin(const std::string& checkpoint, const std::string& out) {
+  std::error_code ec;
+  if (!fs::is_directory(checkpoint, ec))
+    fail(fmt::format("{}: no such checkpoint folder", checkpoint));
+  if (fs::exists(out, ec) || fs::is_symlink(out, ec))
+    fail(fmt::format("--out {}: already exists (export never replaces a folder)", out));
+  const std::string config_path = (fs::path(checkpoint) / "config.json").string();
+  if (!fs::exists(config_path, ec))
+    fail(fmt::format("{}: not a checkpoint (no config.json)", checkpoint));
+  return config_load(config_path);
+}
+
 void checkpoint_write_model(const std::string& out, const Model<float>& m, const json& state) {
   fs::path dst = fs::path(out).lexically_normal();
   if (!dst.has_filename()) dst = dst.parent_path();  // "DIR/"

@@ -21,6 +21,10 @@ std::string checkpoint_save(const std::string& run_dir, int64_t step, const Mode
                             const AdamW<float>& opt, const nlohmann::json& trainer_state,
                             int keep_last);
 
+// What every export checks before it reads (moelab export, export hf): the checkpoint folder
+// and its config.json exist, `out` does not. Returns the checkpoint's config.
+ModelConfig checkpoint_export_begin(const std::string& checkpoint, const std::string& out);
+
 // The checkpoint folder `out` (model.safetensors, config.json, trainer_state.json; no optimizer
 // state) of a model alone, written as checkpoints are: into a hidden temporary folder beside
 // it, every file fsynced, then renamed, so that an error leaves nothing under `out`. It

@@ -281,15 +281,8 @@ void write_logits(Model<float>& m, const std::string& path) {
 // export and import
 
 HfExportReport hf_export(const HfExportOptions& o) {
+  const ModelConfig cfg = checkpoint_export_begin(o.checkpoint, o.out);
   std::error_code ec;
-  if (!fs::is_directory(o.checkpoint, ec))
-    fail(fmt::format("{}: no such checkpoint folder", o.checkpoint));
-  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
-    fail(fmt::format("--out {}: already exists (export never replaces a folder)", o.out));
-  const std::string config_path = (fs::path(o.checkpoint) / "config.json").string();
-  if (!fs::exists(config_path, ec))
-    fail(fmt::format("{}: not a checkpoint (no config.json)", o.checkpoint));
-  const ModelConfig cfg = config_load(config_path);
   Model<float> from(cfg, 1, std::min<int64_t>(32, cfg.max_position_embeddings));
   const json state = checkpoint_load(o.checkpoint, from, nullptr);
   HfPlain plain = hf_plain(from);
