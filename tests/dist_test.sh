@@ -193,7 +193,8 @@ stopped() {
   local n last steps
   n=$(wc -l <"$1/metrics.jsonl")
   last=$(ls -d "$1"/step_* | tail -1)
-  steps=$(cat "$1".out/1/rank.*/stderr | sed -n 's/^interrupted by signal [0-9]* at step \([0-9]*\).*/\1/p' | sort -u)
+  steps=$(cat "$1".out/1/rank.*/stderr | sed -n -e 's/^interrupted by signal [0-9]* at step \([0-9]*\).*/\1/p' \
+    -e 's/^stopped at step \([0-9]*\) with the other ranks.*/\1/p' | sort -u)
   if [ "$n" -ge 400 ]; then bad "$1: the run ended before the interruption"; return 1; fi
   [ "$last" = "$(printf "%s/step_%08d" "$1" "$n")" ] && ok || bad "$1: $n metrics lines, last checkpoint $last"
   [ "$steps" = "$n" ] && ok || bad "$1: the ranks say they stopped at step(s) '$steps', metrics end at $n"
@@ -202,7 +203,8 @@ interrupt intr rank
 [ $rc -eq 130 ] && ok || bad "SIGINT to rank 1: mpirun's exit status $rc, expected 130"
 if stopped intr; then
   n=$(cat intr.out/1/rank.*/stderr | grep -c "^interrupted by signal")
-  [ "$n" -eq 2 ] && ok || bad "SIGINT to rank 1: $n ranks say they were interrupted"
+  m=$(cat intr.out/1/rank.*/stderr | grep -c "^stopped at step .* with the other ranks")
+  [ "$n" -eq 1 ] && [ "$m" -eq 1 ] && ok || bad "SIGINT to rank 1: $n ranks say they were interrupted, $m that they stopped with the others"
   cp -r intr intr1
   at=$(wc -l <intr1/metrics.jsonl)
   mpi 2 "$moelab" train dense.toml --set run.dir=intr "${long[@]}" --resume >/dev/null 2>>intr.err || bad "resume at 2 ranks: $(tail -3 intr.err)"
@@ -212,12 +214,14 @@ if stopped intr; then
   "$moelab" train dense.toml --set run.dir=intr1 "${long[@]}" --resume >/dev/null 2>>intr1.err || bad "resume at 1 process: $(tail -1 intr1.err)"
   close full intr1 400 "$at" >>bounds.txt 2>close.err && ok || bad "resumed at 1 process: $(cat close.err)"
 fi
-# mpirun (Open MPI 4) does not pass SIGINT on: it sends SIGTERM to the ranks, SIGKILL 1 s
-# later (odls_base_sigkill_timeout), and exits with status 1.
+# mpirun (Open MPI 4) does not pass SIGINT on: it sends SIGTERM to the ranks and SIGKILL 1 s
+# later (odls_base_sigkill_timeout), and exits with status 1; the ranks may not get to save
+# (the README says to signal the ranks instead). The last complete checkpoint stays, and the
+# run resumed from it ends with the unbroken run's weights.
 interrupt mint mpirun
 [ $rc -ne 0 ] && ok || bad "SIGINT to mpirun: exit status 0"
 echo "SIGINT to mpirun: exit status $rc" >>bounds.txt
-if stopped mint; then
+if [ "$(wc -l <mint/metrics.jsonl)" -lt 400 ] && ls -d mint/step_* >/dev/null 2>&1; then
   mpi 2 "$moelab" train dense.toml --set run.dir=mint "${long[@]}" --resume >/dev/null 2>>mint.err || bad "resume after SIGINT to mpirun: $(tail -3 mint.err)"
   cmp -s full/step_00000400/model.safetensors mint/step_00000400/model.safetensors && ok || bad "SIGINT to mpirun, resumed: other final weights than the unbroken run"
   diff <(strip full/metrics.jsonl) <(strip mint/metrics.jsonl) >/dev/null && ok || bad "SIGINT to mpirun, resumed: other metrics than the unbroken run"

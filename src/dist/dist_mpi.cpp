@@ -117,11 +117,14 @@ class MpiWorld final : public Collective {
       MPI_Test(&recvs[i], &done, MPI_STATUS_IGNORE);
       if (!done) missing += (missing.empty() ? "" : ", ") + std::to_string(from[i]);
     }
+    const std::string who =
+        missing.empty() ? "every rank answered a ping afterwards (one was paused or busy"
+                        : fmt::format("no answer from rank{} {} (dead, stuck, or busy",
+                                      missing.find(',') == std::string::npos ? "" : "s", missing);
     std::fprintf(stderr,
-                 "moelab: error: rank %d: %s did not complete within %.0f s: no answer from rank%s "
-                 "%s (dead, stuck, or busy longer than MOELAB_DIST_TIMEOUT); stopping every rank\n",
-                 rank_, what.c_str(), timeout_, missing.find(',') == std::string::npos ? "" : "s",
-                 missing.empty() ? "?" : missing.c_str());
+                 "moelab: error: rank %d: %s did not complete within %.0f s: %s longer than "
+                 "MOELAB_DIST_TIMEOUT); stopping every rank\n",
+                 rank_, what.c_str(), timeout_, who.c_str());
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
     std::_Exit(1);

@@ -828,9 +828,14 @@ int train_run(const Experiment& x, bool resume) {
   if (!stopping || t.finished()) return 0;
   // The signal may have come after this step's checkpoint decision.
   if (t.unsaved()) t.save();
-  const int sig = signals_stop_requested();
-  std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
-               sig, long(t.steps_done()), signals_stop_activity());
+  if (const int sig = signals_stop_requested())
+    std::fprintf(stderr, "interrupted by signal %d at step %ld (during %s); resume with --resume\n",
+                 sig, long(t.steps_done()), signals_stop_activity());
+  else  // a data-parallel run: the signal reached another rank
+    std::fprintf(stderr,
+                 "stopped at step %ld with the other ranks (one was interrupted); resume "
+                 "with --resume\n",
+                 long(t.steps_done()));
   return 130;
 }
 
