@@ -757,7 +757,9 @@ void Trainer::log_progress(ojson& m, const StepStats& r) {
   const double tok_s = double(window_steps_ * x_.tokens_per_step()) / std::max(dt, 1e-9);
   t_window_ = now, window_steps_ = 0;
   m["tokens_per_s"] = std::round(tok_s * 10) / 10;
-  m["mfu"] = std::round(tok_s * flops_.train_per_token / 1e9 / peak_ * 1e4) / 1e4;
+  // tok_s counts every rank's tokens: against every rank's peak (each measured its own)
+  const double peak = peak_ * double(comm_ ? comm_->size() : 1);
+  m["mfu"] = std::round(tok_s * flops_.train_per_token / 1e9 / peak * 1e4) / 1e4;
   if (comm_ && comm_steps_ > 0) {  // rank 0's view: its own wait for the gradient sums
     m["ranks"] = comm_->size();
     m["comm_wait_s"] = comm_wait_s_ / double(comm_steps_);
