@@ -320,4 +320,27 @@ expect_error "compress from an unknown method" "cfrom\.toml: 'ct\.compress\[0\]\
 variant cdelta 's/^delta = "quant:2"$/delta = "quant:9"/'
 expect_error "compress bits" "cdelta\.toml: 'ct\.compress\[1\]\.delta'.*1\.\.8" "$moelab" ct cdelta.toml
 
+# ---- two processes (Open MPI): the same study as one process with the same grad_accum, to
+# float rounding; rank 0 alone writes the study's files
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  export OMPI_MCA_btl_vader_single_copy_mechanism=none
+  for d in ct1p ctmpi; do
+    sed -e "s#^dir = \"ct\"#dir = \"$d\"#" -e 's/^\[train\]$/[train]\ngrad_accum = 2/' ct.toml >$d.toml
+  done
+  "$moelab" ct ct1p.toml --methods full,lora --no-report >ct1p.log 2>&1 || bad "ct, 1 process: $(tail -1 ct1p.log)"
+  timeout 120 mpirun --oversubscribe -np 2 "$moelab" ct ctmpi.toml --methods full,lora --no-report \
+    >ctmpi.log 2>&1 || bad "ct, 2 processes: $(tail -3 ctmpi.log)"
+  for m in full lora; do
+    python3 - ct1p/$m/seed_3/metrics.jsonl ctmpi/$m/seed_3/metrics.jsonl <<'PY' && ok || bad "ct $m: 2 processes differ from 1"
+import json, sys
+a, b = ([json.loads(l) for l in open(f) if '"loss"' in l] for f in sys.argv[1:])
+assert len(a) == len(b) > 0, (len(a), len(b))
+assert max(abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, b)) < 1e-6
+PY
+    [ -s ctmpi/$m/seed_3/final_eval.json ] && ok || bad "ct $m, 2 processes: no final_eval.json"
+  done
+  ls ctmpi/*/seed_3/.experiment.check.* >/dev/null 2>&1 && bad "ct, 2 processes: checking files left" || ok
+fi
+
 finish "ct test"

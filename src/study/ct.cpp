@@ -195,7 +195,12 @@ class ExperimentFiles {
   Experiment write_load(const toml::table& d, const CtConfig& c, const CtMethod& m, int64_t seed,
                         const std::string& run_dir) {
     const std::string final = (fs::path(run_dir) / "experiment.toml").string();
-    const std::string check = (fs::path(run_dir) / ".experiment.check.toml").string();
+    // one checking name per rank of a data-parallel study: every rank writes and loads its own
+    const Collective* world = train_collective();
+    const std::string check =
+        (fs::path(run_dir) / (world ? fmt::format(".experiment.check.{}.toml", world->rank())
+                                    : ".experiment.check.toml"))
+            .string();
     std::ostringstream os;
     os << fmt::format(
         "# Written by moelab ct from {}: method '{}' ({}), seed {}. `moelab train` runs it as "
@@ -218,9 +223,11 @@ class ExperimentFiles {
     }
   }
 
-  // Every file under its final name.
+  // Every file under its final name (rank 0's; the other ranks' go).
   void commit() {
-    for (const auto& [check, final] : files_) fs::rename(check, final);
+    std::error_code ec;
+    for (const auto& [check, final] : files_)
+      train_writer() ? fs::rename(check, final) : void(fs::remove(check, ec));
     files_.clear();
   }
 
@@ -380,6 +387,7 @@ int runs_train(const std::vector<CtRun>& runs) {
   int64_t trained = 0;
   for (size_t i = 0; i < runs.size(); i++) {
     const CtRun& r = runs[i];
+    train_barrier();  // rank 0's last checkpoint is written before any rank looks
     const int64_t last = last_checkpoint_step(r.x.run_dir), total = r.x.total_steps();
     std::fprintf(stderr, "== %zu/%zu %s: %s seed %ld", i + 1, runs.size(), r.dir.c_str(),
                  ct_kind_name(r.method->kind), long(r.seed));
@@ -391,7 +399,8 @@ int runs_train(const std::vector<CtRun>& runs) {
     const bool per_run = ct_rss_peak_reset();
     const double tv = time_now_s();
     const int rc = train_run(r.x, last >= 0);
-    resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
+    if (train_writer())
+      resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
     if (rc == 130) {
       std::fprintf(stderr, "ct interrupted in %s; run the same command again to continue\n",
                    r.dir.c_str());
@@ -415,12 +424,11 @@ std::string ct_run_dir(const std::string& config) {
   return root["run"]["dir"].value_or(std::string("runs/ct"));
 }
 
+// In a data-parallel study every rank trains each run; rank 0 alone writes the study's files
+// (upcycled starting points, experiment files, the evaluation set, ct.json, measurements,
+// report), and the others wait at a barrier for what they read next.
 int ct_run(const std::string& config, const CtOptions& o) {
-  if (train_collective())
-    fail(
-        "moelab ct runs in one process per job (its base and method runs); data-parallel runs: "
-        "moelab train, "
-        "moelab run");
+  const bool writer = train_writer();
   const toml::table root = ct_file_parse(config);
   ct_sections_check(root, config);
   const CtConfig c = ct_config_read(root, config);
@@ -430,7 +438,8 @@ int ct_run(const std::string& config, const CtOptions& o) {
 
   // Every run's experiment is derived and checked before anything is trained (the upcycled
   // starting points first: the experiments read their configs).
-  upcycled_prepare(c, methods, seeds);
+  if (writer) upcycled_prepare(c, methods, seeds);
+  train_barrier();
   const std::string evalset = evalset_path(root, c);
   std::vector<CtRun> runs;
   ExperimentFiles files;
@@ -447,9 +456,14 @@ int ct_run(const std::string& config, const CtOptions& o) {
   data_check(c, data);
   files.commit();
 
-  evalset_build(c, evalset, x0.data_dir);
-  study_record(c, runs, evalset, base_losses_cached(c, x0, data));
+  if (writer) {
+    evalset_build(c, evalset, x0.data_dir);
+    study_record(c, runs, evalset, base_losses_cached(c, x0, data));
+  }
+  train_barrier();
   if (runs_train(runs) == 130) return 130;
+  train_barrier();  // rank 0's last checkpoints are written
+  if (!writer) return 0;
   ct_measure_all(c, runs, data);
   if (o.report) ct_report_write(c.run_dir, "", o.plots);
   return 0;
