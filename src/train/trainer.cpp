@@ -407,7 +407,17 @@ Trainer::PhaseAt Trainer::phase_at(int64_t step) const {
 
 StepStats Trainer::step(const BatchSource& next, double lr) {
   StepStats r = train_batch(next, lr, true);
-  if (x_.model.is_moe() && x_.model.num_local_experts > 1) r.expert_load = model_.expert_load();
+  if (!x_.model.is_moe() || x_.model.num_local_experts == 1) return r;
+  r.expert_load = model_.expert_load();
+  if (comm_) {  // the step's last micro-batch is rank P-1's: its loads, as one process logs them
+    std::vector<double> flat;
+    for (const auto& l : r.expert_load) flat.insert(flat.end(), l.begin(), l.end());
+    if (comm_->rank() != comm_->size() - 1) std::fill(flat.begin(), flat.end(), 0.0);
+    comm_->sum(flat);
+    size_t at = 0;
+    for (auto& l : r.expert_load)
+      for (double& v : l) v = flat[at++];
+  }
   return r;
 }
 
