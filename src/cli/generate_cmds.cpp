@@ -38,12 +38,6 @@ void generate_cmd(const GenerateCmdOptions& o) {
   const InferenceModel m = inference_load(o.checkpoint, o.data);
   const std::vector<int32_t> prompt = m.data.tokenizer->encode(text);
   if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
-  const ModelConfig& cfg = m.model->cfg;
-  if (int64_t(prompt.size()) > cfg.max_position_embeddings - o.gen.max_new)
-    fail(
-        fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
-                    "({}) - --max-new ({})",
-                    prompt.size(), cfg.max_position_embeddings, o.gen.max_new));
   generate(*m.model, *m.data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);

@@ -40,9 +40,7 @@ void serve_cmd(const ServeCmdOptions& o) {
   Server server(*m.model, *m.data.tokenizer, o.serve);
   const int port = server.bind();
   const EngineStats st = server.stats();
-  const ModelConfig& c = m.model->cfg;
-  const double cache_mb = 2.0 * double(c.num_hidden_layers) * double(st.slots) *
-                          double(st.max_len) * double(c.num_key_value_heads * c.head_dim) * 4 / 1e6;
+  const double cache_mb = double(st.cache_bytes) / 1e6;
   fmt::print(stderr,
              "serving {} on http://{}:{} as \"{}\": {} slots x {} positions (KV cache {:.1f} MB), "
              "queue {}\n",

@@ -50,19 +50,22 @@ std::span<const float> Decoder::run(std::span<const int32_t> tokens, int64_t n, 
   return head(n, from);
 }
 
+void Decoder::slots_check(std::span<const int64_t> slots) const {
+  std::vector<bool> used(size_t(B_), false);
+  for (int64_t s : slots) {
+    check(s >= 0 && s < B_ && !used[size_t(s)], "decoder: a slot out of range or repeated");
+    used[size_t(s)] = true;
+  }
+}
+
 std::span<const float> Decoder::step_slots(std::span<const int32_t> tokens,
                                            std::span<const int64_t> pos,
                                            std::span<const int64_t> slot) {
   const int64_t A = int64_t(tokens.size());
   check(A >= 1 && A <= B_ && int64_t(pos.size()) == A && int64_t(slot.size()) == A,
         "decoder: one position and slot per token");
-  std::vector<bool> used(size_t(B_), false);
-  for (int64_t i = 0; i < A; i++) {
-    const int64_t t = pos[size_t(i)], b = slot[size_t(i)];
-    check(t >= 0 && t < L_ && b >= 0 && b < B_ && !used[size_t(b)],
-          "decoder: a position beyond the cache or a slot out of range or repeated");
-    used[size_t(b)] = true;
-  }
+  slots_check(slot);
+  for (int64_t t : pos) check(t >= 0 && t < L_, "decoder: a position beyond the cache");
   layers(tokens, Rows{A, 1, 0, pos.data(), slot.data()});
   std::vector<int64_t> rows(static_cast<size_t>(A));
   for (int64_t i = 0; i < A; i++) rows[size_t(i)] = i;
@@ -143,14 +146,10 @@ void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
         "decoder prefill: one range (and slot) per sequence");
   check(B <= B_ && int64_t(tokens.size()) == B * n && n >= 1 && n <= L_,
         "decoder: batch, positions or range out of range");
-  std::vector<bool> used(size_t(B_), false);
-  for (int64_t b = 0; b < B; b++) {
+  for (int64_t b = 0; b < B; b++)
     check(from[size_t(b)] >= 0 && from[size_t(b)] < to[size_t(b)] && to[size_t(b)] <= n,
           "decoder prefill: bad range");
-    const int64_t s = slots.empty() ? b : slots[size_t(b)];
-    check(s >= 0 && s < B_ && !used[size_t(s)], "decoder prefill: a slot out of range or repeated");
-    used[size_t(s)] = true;
-  }
+  slots_check(slots);
   layers(tokens, Rows{B, n, 0, nullptr, slots.empty() ? nullptr : slots.data()});
   // the head in chunks of whole sequences, so the logits stay within about 64 MB at any vocab
   const int64_t V = c_.vocab_size, budget = std::max<int64_t>(n, (int64_t(1) << 24) / V);

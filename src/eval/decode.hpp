@@ -55,6 +55,11 @@ class Decoder {
                                     std::span<const int64_t> slot);
 
   int64_t batch() const { return B_; }
+  // Bytes of the KV cache: keys and values of every layer, slot and position.
+  int64_t cache_bytes() const {
+    return 2 * int64_t(cache_.size()) * B_ * L_ * c_.num_key_value_heads * c_.head_dim *
+           int64_t(sizeof(float));
+  }
   int64_t max_len() const { return L_; }
   Device& device() const { return dev_; }
 
@@ -78,9 +83,10 @@ class Decoder {
   // pos0, attention over the cache; n > 1: pos0 = 0, the tiled attention kernel).
   std::span<const float> run(std::span<const int32_t> tokens, int64_t n, int64_t pos0,
                              int64_t from);
-  void layers(std::span<const int32_t> tokens, Rows r);  // leaves x_ [r.B*r.n, d]
-  std::span<const float> head(int64_t n, int64_t from);  // logits of positions from..n-1
-  void head_rows(std::span<const int64_t> rows);         // logits_ [rows, V] of rows of x_
+  void layers(std::span<const int32_t> tokens, Rows r);    // leaves x_ [r.B*r.n, d]
+  std::span<const float> head(int64_t n, int64_t from);    // logits of positions from..n-1
+  void head_rows(std::span<const int64_t> rows);           // logits_ [rows, V] of rows of x_
+  void slots_check(std::span<const int64_t> slots) const;  // within the cache, none twice
 };
 
 }  // namespace moelab

@@ -74,15 +74,7 @@ std::vector<std::string> get_stop(const json& j) {
 // A prompt of ids: every id within the tokenizer's vocabulary.
 std::vector<int32_t> ids_prompt(const json& a, const ApiLimits& lim, const char* where) {
   if (a.empty()) bad(fmt::format("{}: an empty list of token ids", where));
-  std::vector<int32_t> ids;
-  for (const auto& t : a) {
-    if (!t.is_number_integer()) bad(fmt::format("{}: token ids must be integers", where));
-    const int64_t id = t.get<int64_t>();
-    if (id < 0 || id >= lim.vocab)
-      bad(fmt::format("{}: token id {} is outside the vocabulary [0, {})", where, id, lim.vocab));
-    ids.push_back(int32_t(id));
-  }
-  return ids;
+  return api_token_ids(a, lim.vocab, where);
 }
 
 // prompt: a text, a list of ids, or a list of either
@@ -178,6 +170,19 @@ std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r)
 // ----------------------------------------------------------------------------
 // tokens as text
 
+std::vector<int32_t> api_token_ids(const json& a, int64_t vocab, const char* field) {
+  if (!a.is_array()) bad(fmt::format("{}: must be a list of token ids", field));
+  std::vector<int32_t> ids;
+  for (const auto& t : a) {
+    if (!t.is_number_integer()) bad(fmt::format("{}: token ids must be integers", field));
+    const int64_t id = t.get<int64_t>();
+    if (id < 0 || id >= vocab)
+      bad(fmt::format("{}: token id {} is outside the vocabulary [0, {})", field, id, vocab));
+    ids.push_back(int32_t(id));
+  }
+  return ids;
+}
+
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text) {
   const std::string eot = tok.eot_text();
   std::vector<int32_t> ids;
@@ -197,25 +202,31 @@ std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text) {
   return ids;
 }
 
-std::string api_token_text(const Tokenizer& tok, int32_t id) {
-  if (id == tok.eot_id()) return tok.eot_text();
-  // behind an anchor, a SentencePiece piece keeps the space it begins with
-  const std::vector<int32_t> anchor = tok.encode("a");
-  if (anchor.size() == 1) {
-    const std::string base = tok.decode(anchor);
-    const int32_t pair[2] = {anchor[0], id};
-    const std::string both = tok.decode(pair);
-    if (both.compare(0, base.size(), base) == 0) return both.substr(base.size());
-  }
-  return tok.decode(std::span<const int32_t>(&id, 1));
-}
-
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model) {
   ApiContext cx{&tok, lim, std::move(model), {}};
+  // Each token's text decoded behind an anchor, so that a SentencePiece piece keeps the space it
+  // begins with (decoded alone, a text's first piece loses it).
+  const std::vector<int32_t> anchor = tok.encode("a");
+  const std::string base = anchor.size() == 1 ? tok.decode(anchor) : "";
   // the end-of-text id may lie beyond the ordinary ids
   const int64_t n = std::max<int64_t>(tok.vocab_size(), int64_t(tok.eot_id()) + 1);
   cx.texts.resize(size_t(n));
-  for (int32_t v = 0; v < int32_t(n); v++) cx.texts[size_t(v)] = api_token_text(tok, v);
+  for (int32_t v = 0; v < int32_t(n); v++) {
+    std::string& text = cx.texts[size_t(v)];
+    if (v == tok.eot_id()) {
+      text = tok.eot_text();
+      continue;
+    }
+    if (anchor.size() == 1) {
+      const int32_t pair[2] = {anchor[0], v};
+      const std::string both = tok.decode(pair);
+      if (both.compare(0, base.size(), base) == 0) {
+        text = both.substr(base.size());
+        continue;
+      }
+    }
+    text = tok.decode(std::span<const int32_t>(&v, 1));
+  }
   return cx;
 }
 

@@ -34,7 +34,7 @@ struct ApiContext {
   const Tokenizer* tok = nullptr;
   ApiLimits lim;
   std::string model;               // the name /v1/models lists
-  std::vector<std::string> texts;  // [vocab] each token's text (api_token_text)
+  std::vector<std::string> texts;  // [vocab] each token's text as it reads inside a text
 };
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model);
 
@@ -71,9 +71,8 @@ nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const
 // as a client that tokenizes remotely expects.
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
 
-// A token's text: its bytes as they read inside a text (a SentencePiece piece keeps its
-// leading space).
-std::string api_token_text(const Tokenizer& tok, int32_t id);
+// A JSON list of token ids, each within [0, vocab); ApiError(400) naming `field` otherwise.
+std::vector<int32_t> api_token_ids(const nlohmann::json& a, int64_t vocab, const char* field);
 
 // {"error": {"message": m, "type": ..., "code": status}} dumped on one line.
 std::string api_error_body(int status, const std::string& message);

@@ -46,6 +46,7 @@ Engine::Engine(const Model<float>& model, const Tokenizer& tok, EngineOptions o)
       slots_(size_t(o.slots)) {
   check(o.queue >= 0, "engine: the queue length must be >= 0");
   stats_.slots = o.slots, stats_.max_len = dec_.max_len(), stats_.queue = o.queue;
+  stats_.cache_bytes = dec_.cache_bytes();
   // OpenMP's thread count belongs to the thread that sets it: the engine's takes its creator's
   thread_ = std::thread([this, threads = threads_get()] {
     threads_set(threads);

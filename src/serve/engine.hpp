@@ -72,7 +72,7 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-  int64_t running = 0, waiting = 0, slots = 0, max_len = 0, queue = 0;
+  int64_t running = 0, waiting = 0, slots = 0, max_len = 0, queue = 0, cache_bytes = 0;
   int64_t sequences = 0, prompt_tokens = 0, new_tokens = 0, steps = 0;
 };
 

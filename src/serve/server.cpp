@@ -16,7 +16,6 @@ namespace moelab {
 using json = nlohmann::json;
 
 struct Server::Impl {
-  const Model<float>& model;
   const Tokenizer& tok;
   ServeOptions o;
   Engine engine;
@@ -30,8 +29,7 @@ struct Server::Impl {
   std::list<std::weak_ptr<Sequence>> live;
 
   Impl(const Model<float>& m, const Tokenizer& t, ServeOptions opt)
-      : model(m),
-        tok(t),
+      : tok(t),
         o(std::move(opt)),
         engine(m, t, o.engine),
         cx(api_context(t, ApiLimits{engine.max_len(), t.vocab_size()}, o.model_name)),
@@ -195,20 +193,13 @@ void Server::Impl::routes() {
                               {"max_model_len", engine.max_len()},
                               {"token_strs", strs}});
             }));
-  http.Post("/detokenize", guarded([this](const auto& req, auto& res) {
-              const json j = body_object(req);
-              const auto t = j.find("tokens");
-              if (t == j.end() || !t->is_array()) throw ApiError(400, "tokens: must be a list");
-              std::vector<int32_t> ids;
-              for (const auto& v : *t) {
-                if (!v.is_number_integer() || v.template get<int64_t>() < 0 ||
-                    v.template get<int64_t>() >= tok.vocab_size())
-                  throw ApiError(400, fmt::format("tokens: {} is not a token id in [0, {})",
-                                                  v.dump(), tok.vocab_size()));
-                ids.push_back(v.template get<int32_t>());
-              }
-              reply(res, json{{"prompt", tok.decode(ids)}});
-            }));
+  http.Post(
+      "/detokenize", guarded([this](const auto& req, auto& res) {
+        const json j = body_object(req);
+        const auto t = j.find("tokens");
+        if (t == j.end()) throw ApiError(400, "tokens: missing");
+        reply(res, json{{"prompt", tok.decode(api_token_ids(*t, tok.vocab_size(), "tokens"))}});
+      }));
   http.Get("/tokenizer_info", guarded([this](const auto&, auto& res) {
              reply(res, json{{"eos_token", tok.eot_text()},
                              {"eos_token_id", tok.eot_id()},

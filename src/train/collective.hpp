@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace moelab {
 
@@ -27,6 +28,18 @@ class Collective {
   // Fails on every rank, naming the first rank whose value differs from rank 0's `what`.
   virtual void same(const std::string& what, uint64_t value) = 0;
 };
+
+// Sums per-layer vectors (routing counts, loads) over the ranks in one call, in place.
+template <typename T>
+void collective_sum(Collective& c, std::vector<std::vector<T>>& v) {
+  std::vector<T> flat;
+  for (const auto& row : v) flat.insert(flat.end(), row.begin(), row.end());
+  if (flat.empty()) return;
+  c.sum(std::span<T>(flat));
+  size_t at = 0;
+  for (auto& row : v)
+    for (T& x : row) x = flat[at++];
+}
 
 // The world this process trains in (null: alone), set once by main; train_run and the studies
 // built on it take it from here.

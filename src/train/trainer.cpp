@@ -410,13 +410,9 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
   if (!x_.model.is_moe() || x_.model.num_local_experts == 1) return r;
   r.expert_load = model_.expert_load();
   if (comm_) {  // the step's last micro-batch is rank P-1's: its loads, as one process logs them
-    std::vector<double> flat;
-    for (const auto& l : r.expert_load) flat.insert(flat.end(), l.begin(), l.end());
-    if (comm_->rank() != comm_->size() - 1) std::fill(flat.begin(), flat.end(), 0.0);
-    comm_->sum(flat);
-    size_t at = 0;
-    for (auto& l : r.expert_load)
-      for (double& v : l) v = flat[at++];
+    if (comm_->rank() != comm_->size() - 1)
+      for (auto& l : r.expert_load) std::fill(l.begin(), l.end(), 0.0);
+    collective_sum(*comm_, r.expert_load);
   }
   return r;
 }
@@ -464,14 +460,7 @@ void Trainer::reduce_step(StepStats& r) {
   r.lm = v[0], r.aux = v[1], r.z = v[2];
   for (size_t i = 0; i < r.router.size(); i++)
     r.router[i].aux = v[3 + 2 * i], r.router[i].z = v[4 + 2 * i];
-  auto& counts = model_.route_counts();
-  std::vector<int64_t> flat;
-  for (const auto& c : counts) flat.insert(flat.end(), c.begin(), c.end());
-  if (flat.empty()) return;
-  comm_->sum(flat);
-  size_t at = 0;
-  for (auto& c : counts)
-    for (int64_t& n : c) n = flat[at++];
+  collective_sum(*comm_, model_.route_counts());
 }
 
 // Whether to stop and whether to save, agreed by every rank (a signal may reach them at
