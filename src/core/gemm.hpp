@@ -4,9 +4,18 @@
 // where op(X) is X or X^T. Float goes to oneDNN (or OpenBLAS, -DMOELAB_GEMM=openblas); double to
 // OpenBLAS: it exists so that the whole model can run in double for finite-difference checks.
 // Both libraries are OpenMP builds and share moelab's one thread pool.
+#include <bit>
 #include <cstdint>
 
 namespace moelab {
+
+// float -> bf16, round to nearest even; a NaN stays a (quiet) NaN instead of rounding into the
+// exponent. Inline: the bf16 GEMM converts every operand element with it.
+inline uint16_t bf16_from_float(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  if (x != x) return uint16_t((u >> 16) | 0x40u);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 enum class Trans : bool { N = false, T = true };
 

@@ -18,18 +18,13 @@ namespace moelab {
 
 namespace {
 
-uint16_t bf16_round(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 // Copies a rows x cols view with leading dimension ld into a dense bf16 buffer.
 void to_bf16(std::vector<uint16_t>& out, const float* x, int64_t rows, int64_t cols, int64_t ld) {
   out.resize(size_t(rows * cols));
   uint16_t* o = out.data();
 #pragma omp parallel for schedule(static) if (parallel_worth(rows * cols))
   for (int64_t r = 0; r < rows; r++)
-    for (int64_t c = 0; c < cols; c++) o[r * cols + c] = bf16_round(x[r * ld + c]);
+    for (int64_t c = 0; c < cols; c++) o[r * cols + c] = bf16_from_float(x[r * ld + c]);
 }
 
 struct Engine {

@@ -16,6 +16,7 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
+#include "core/gemm.hpp"
 #include "core/rng.hpp"
 #include "core/safetensors.hpp"
 #include "data/dataset.hpp"
@@ -33,9 +34,7 @@ using ojson = nlohmann::ordered_json;
 // bf16
 
 uint16_t hf_bf16(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  if (std::isnan(x)) return uint16_t((u >> 16) | 0x40u);  // quiet, never rounded to inf
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return bf16_from_float(x);
 }
 
 float hf_bf16_float(uint16_t b) {
@@ -192,9 +191,7 @@ std::map<std::string, HfTensor> hf_safetensors_read(const std::string& path) {
 namespace {
 
 void write_json_file(const fs::path& p, const ojson& j) {
-  std::ofstream w(p);
-  w << j.dump(2) << "\n";
-  if (!w) fail(fmt::format("{}: cannot write", p.string()));
+  file_write_synced(p.string(), j.dump(2) + "\n");
 }
 
 // The data folder of the tokenizer: --data, else the one of the experiment file the run
