@@ -12,7 +12,6 @@
 
 namespace moelab {
 
-
 namespace {
 
 struct RunOptions {
@@ -35,6 +34,15 @@ void command_run(CLI::App& app, Commands& c) {
   cmd->add_option("--experts", o->study.experts, "expert counts, e.g. 1,8 (default: [study])")
       ->delimiter(',');
   cmd->add_flag("--no-report", o->no_report, "train only");
+  cmd->add_flag("--restart", o->study.restart,
+                "discard the runs of an earlier study in run.dir first (one started under other "
+                "settings is refused otherwise)");
+  cmd->footer(
+      "Exit status: 0 when every run finished and the report is written, 130 when interrupted "
+      "(run the same command again to continue), 3 when some runs failed: the others went on, "
+      "each failure is recorded in its run folder (failed.json) and listed in the report, whose "
+      "statistics are over the runs that finished. 1: an error before or instead of training "
+      "(bad input, or a run.dir holding a study started under other settings, settings.json).");
   c.add(cmd, [o] {
     o->study.report = !o->no_report;
     return study_run(experiment_load(o->config, o->sets), o->study);
@@ -69,6 +77,16 @@ void command_ct(CLI::App& app, Commands& c) {
   cmd->add_flag("--no-report", flags->first, "train only");
   cmd->add_flag("--report-only", flags->second, "write the report of the runs so far");
   cmd->add_flag("--no-plots", *no_plots, "write the gnuplot scripts without running them");
+  cmd->add_flag("--restart", o->restart,
+                "discard the runs of an earlier study in [run] dir first (one started under "
+                "other settings is refused otherwise)");
+  cmd->footer(
+      "Exit status: 0 when every run finished and the report is written, 130 when interrupted "
+      "(run the same command again to continue), 3 when some runs or their final measurements "
+      "failed: the others went on, each failure is recorded (RUN/<method>/seed_<s>/failed.json) "
+      "and listed in the report, whose statistics are over the runs that finished. 1: an error "
+      "before or instead of training (bad input, or a folder holding a study started under "
+      "other settings, settings.json).");
   c.add(cmd, [o, config, flags, no_plots] {
     o->report = !flags->first;
     o->plots = !*no_plots;

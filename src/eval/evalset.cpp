@@ -374,6 +374,11 @@ nlohmann::ordered_json evalreport_json(const EvalReport& r) {
   return j;
 }
 
+nlohmann::ordered_json evalreport_undefined_json() {
+  return {{"samples", 0},   {"m_in", nullptr},    {"m_ex", nullptr},
+          {"m_f", nullptr}, {"ppl_ent", nullptr}, {"per_type", nlohmann::ordered_json::object()}};
+}
+
 namespace {
 
 // A set built in code bypasses the loader: its shapes and ids are checked here, before any

@@ -82,6 +82,9 @@ namespace moelab {
 
 // {samples, m_in, m_ex, m_f, ppl_ent, per_type: {TYPE: {...}}}
 nlohmann::ordered_json evalreport_json(const EvalReport& r);
+// The same fields for a set with no samples (the model recalled none of the candidates): the
+// metrics are undefined, null, with samples 0 and no types. evaluate() refuses such a set.
+nlohmann::ordered_json evalreport_undefined_json();
 
 // M_in, M_ex, M(f) and PPL_ent of a model on an evaluation set (methods.md §2.3-2.7): greedy
 // decoding of target-length continuations from both prompts with the KV cache, and teacher forcing

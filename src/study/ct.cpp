@@ -24,6 +24,8 @@
 #include "model/params.hpp"
 #include "study/ct_config.hpp"
 #include "study/ct_measure.hpp"
+#include "study/failure.hpp"
+#include "study/settings.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
@@ -379,9 +381,46 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
   file_write_atomic((fs::path(c.run_dir) / "ct.json").string(), study.dump(2) + "\n");
 }
 
-// Trains the runs one after another; a finished one is skipped, a stopped one resumes.
+// What the study's runs compute, for RUN/settings.json: the file as read, methods and
+// compressions by name, less the seeds (a study may grow) and what changes no result.
+Settings ct_settings(const toml::table& root) {
+  return settings_flatten(ct_toml_json(root), {"ct.methods", "ct.compress"},
+                          {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every",
+                           "checkpoint.every", "checkpoint.keep_last", "ct.seeds"});
+}
+
+// --restart: what an earlier study wrote in its folder goes (the folders of its methods, as
+// ct.json lists them, and of this start's, its compressions, evaluation set and report).
+void ct_discard(const CtConfig& c) {
+  const fs::path dir = c.run_dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  std::set<std::string> names;
+  for (const CtMethod& m : c.methods) names.insert(m.name);
+  const fs::path listed = dir / "ct.json";
+  if (fs::exists(listed, ec)) {
+    const json ct = json::parse(file_read(listed.string()), nullptr, false);
+    if (ct.is_object() && ct.contains("methods") && ct["methods"].is_array())
+      for (const json& m : ct["methods"])
+        if (m.is_object() && m.contains("name") && m["name"].is_string())
+          names.insert(m["name"].get<std::string>());
+  }
+  int64_t removed = 0;
+  for (const std::string& n : names)
+    if (!n.empty() && n.find('/') == std::string::npos && n != ".." && fs::exists(dir / n, ec))
+      removed += fs::remove_all(dir / n, ec) > 0;
+  for (const char* f : {"compress", "ct.json", "evalset.jsonl", "evalset.jsonl.summary.json",
+                        "report", "settings.json"})
+    fs::remove_all(dir / f, ec);
+  std::fprintf(stderr,
+               "--restart: the runs of %ld method(s) of the earlier study in %s discarded\n",
+               long(removed), dir.c_str());
+}
+
+// Trains the runs one after another; a finished one is skipped, a stopped one resumes, one
+// that fails is recorded (RUN_DIR/failed.json) and named in `failed`, and the others go on.
 // Returns 130 when interrupted.
-int runs_train(const std::vector<CtRun>& runs) {
+int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed) {
   const double t0 = time_now_s();
   double trained_s = 0;
   int64_t trained = 0;
@@ -398,7 +437,8 @@ int runs_train(const std::vector<CtRun>& runs) {
     std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
     const bool per_run = ct_rss_peak_reset();
     const double tv = time_now_s();
-    const int rc = train_run(r.x, last >= 0);
+    RunFailure failure;
+    const int rc = study_train(r.x, last >= 0, &failure);
     if (train_writer())
       resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
     if (rc == 130) {
@@ -406,12 +446,19 @@ int runs_train(const std::vector<CtRun>& runs) {
                    r.dir.c_str());
       return 130;
     }
+    if (rc != 0) {
+      failed.push_back(r.dir);
+      std::fprintf(stderr, "== %s %s; the study goes on with its other runs\n", r.dir.c_str(),
+                   run_failure_line(failure).c_str());
+      continue;
+    }
     trained_s += time_now_s() - tv, trained++;
     const double left = trained_s / double(trained) * double(runs.size() - i - 1);
     std::fprintf(stderr, "== %s finished in %.1f s; the other runs: about %.0f min\n",
                  r.dir.c_str(), time_now_s() - tv, left / 60);
   }
-  std::fprintf(stderr, "== all %zu runs done in %.1f s\n", runs.size(), time_now_s() - t0);
+  std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", runs.size(), time_now_s() - t0,
+               failed.empty() ? "" : fmt::format(", {} failed", failed.size()).c_str());
   return 0;
 }
 
@@ -435,6 +482,15 @@ int ct_run(const std::string& config, const CtOptions& o) {
   const std::vector<const CtMethod*> methods = methods_of(c, o);
   const std::vector<int64_t> seeds = seeds_of(root, c, o);
   base_check(c);
+  // A study started under other settings is refused before anything is written.
+  const Settings settings = ct_settings(root);
+  if (o.restart) {
+    if (writer) ct_discard(c);
+  } else {
+    settings_check(c.run_dir, settings,
+                   "another [run] dir, or --restart to discard the runs there");
+  }
+  train_barrier();
 
   // Every run's experiment is derived and checked before anything is trained (the upcycled
   // starting points first: the experiments read their configs).
@@ -459,14 +515,37 @@ int ct_run(const std::string& config, const CtOptions& o) {
   if (writer) {
     evalset_build(c, evalset, x0.data_dir);
     study_record(c, runs, evalset, base_losses_cached(c, x0, data));
+    settings_record(c.run_dir, settings, "moelab ct");
   }
   train_barrier();
-  if (runs_train(runs) == 130) return 130;
+  std::vector<std::string> failed;  // runs, then measurements
+  if (runs_train(runs, failed) == 130) return 130;
   train_barrier();  // rank 0's last checkpoints are written
-  if (!writer) return 0;
-  ct_measure_all(c, runs, data);
-  if (o.report) ct_report_write(c.run_dir, "", o.plots);
-  return 0;
+  if (!writer) return failed.empty() ? 0 : kStudyFailedRuns;
+  const size_t runs_failed = failed.size();
+  for (const std::string& f : ct_measure_all(c, runs, data)) failed.push_back(f);
+  std::string report;
+  if (o.report) try {
+      report = ct_report_write(c.run_dir, "", o.plots);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr,
+                   "moelab ct: the runs are kept, but the report failed: %s (moelab ct %s "
+                   "--report-only writes it)\n",
+                   one_line(e.what()).c_str(), config.c_str());
+      return 1;
+    }
+  if (failed.empty()) return 0;
+  std::string list;
+  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+  std::fprintf(stderr, "moelab ct: %zu of %zu runs failed%s (%s)%s; exit status %d\n", runs_failed,
+               runs.size(),
+               failed.size() > runs_failed
+                   ? fmt::format(", {} measurements failed", failed.size() - runs_failed).c_str()
+                   : "",
+               list.c_str(),
+               report.empty() ? "" : fmt::format("; the report lists why: {}", report).c_str(),
+               kStudyFailedRuns);
+  return kStudyFailedRuns;
 }
 
 }  // namespace moelab

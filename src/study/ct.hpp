@@ -37,10 +37,15 @@ struct CtOptions {
   std::vector<std::string> methods;  // run only these methods (by name) when non-empty
   bool report = true;                // write the report when every run has finished
   bool plots = true;                 // run gnuplot for the report's figures
+  bool restart = false;              // discard the runs of an earlier study in the folder first
 };
 
-// Returns 0 when every run finished (and the report is written), 130 when interrupted. Bad
-// input fails with one line naming the file and the key before anything is trained.
+// Returns 0 when every run finished (and the report is written), 130 when interrupted, 3
+// (kStudyFailedRuns, study/failure.hpp) when runs or their final measurements failed: each is
+// recorded and named in the report, and the others went on. Bad input fails with one line
+// naming the file and the key before anything is trained, and so does a folder holding a study
+// started under other settings (RUN/settings.json, study/settings.hpp) unless o.restart
+// discards its runs.
 int ct_run(const std::string& config, const CtOptions& o);
 
 // The run folder of a continual-training file ([run] dir), without checking the rest.

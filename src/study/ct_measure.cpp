@@ -165,7 +165,12 @@ ojson checkpoint_eval(const std::string& ckpt, const std::string& frozen, const 
       const EvalSet set = evalset_load(
           frozen, data.fingerprint, {data.vocab_size, cfg.vocab_size, cfg.max_position_embeddings});
       const double te = time_now_s();
-      j["forgetting"] = evalreport_json(evaluate(m, *data.tokenizer, set, x.forgetting_batch));
+      // The base recalled none of the candidates (eval.min_recalled = 0 let the runs go on):
+      // nothing to forget, so the metrics are undefined rather than measured.
+      j["forgetting"] =
+          set.samples.empty()
+              ? evalreport_undefined_json()
+              : evalreport_json(evaluate(m, *data.tokenizer, set, x.forgetting_batch));
       j["forgetting_s"] = time_now_s() - te;
     }
     j["cosine"] = cosines(m, dense);
@@ -204,16 +209,44 @@ void eval_write(const std::string& path, const std::string& ckpt, const std::str
   file_write_atomic(path, j.dump(2) + "\n");
 }
 
+// One measurement (an evaluation, a compression and its evaluation) whose error is recorded
+// beside where its result would be (PATH.failed.json, read by the report) and named in `failed`
+// instead of ending the study; the next start tries it again.
+template <typename F>
+void measure_guarded(const std::string& result, const std::string& what,
+                     std::vector<std::string>& failed, F&& f) {
+  const std::string record = ct_measure_failure_path(result);
+  std::error_code ec;
+  fs::remove(record, ec);
+  try {
+    f();
+  } catch (const std::exception& e) {
+    const std::string why = one_line(e.what());
+    std::fprintf(stderr, "== %s failed: %s; the study goes on\n", what.c_str(), why.c_str());
+    fs::create_directories(fs::path(record).parent_path(), ec);
+    file_write_atomic(record, ojson{{"what", what}, {"reason", why}}.dump(2) + "\n");
+    failed.push_back(what);
+  }
+}
+
 }  // namespace
 
-void ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs, const DataDir& data) {
+std::string ct_measure_failure_path(const std::string& result) {
+  const fs::path p(result);
+  return (p.parent_path() / (p.stem().string() + ".failed.json")).string();
+}
+
+std::vector<std::string> ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs,
+                                        const DataDir& data) {
+  std::vector<std::string> failed;
   const DenseMats dense = dense_mats(c.base);
   for (const CtRun& r : runs) {
     const std::string ckpt = final_checkpoint(r);
     if (ckpt.empty()) continue;
     const std::string frozen = (fs::path(r.x.run_dir) / "evalset.frozen.jsonl").string();
-    eval_write((fs::path(r.x.run_dir) / "final_eval.json").string(), ckpt, frozen, c, r, data,
-               dense, ojson::object());
+    const std::string path = (fs::path(r.x.run_dir) / "final_eval.json").string();
+    measure_guarded(path, fmt::format("the final evaluation of {}", r.dir), failed,
+                    [&] { eval_write(path, ckpt, frozen, c, r, data, dense, ojson::object()); });
   }
   for (const CtCompress& k : c.compress)
     for (const CtRun& r : runs) {
@@ -222,19 +255,23 @@ void ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs, const Dat
       if (src.empty()) continue;
       const fs::path dir =
           fs::path(c.run_dir) / "compress" / k.name / fmt::format("seed_{}", r.seed);
-      const std::string model = (dir / "model").string();
-      std::error_code ec;
-      if (!fs::exists(model, ec)) {
-        std::fprintf(stderr, "== compressing %s: %s (%s)\n", src.c_str(), k.spec.c_str(),
-                     k.name.c_str());
-        fs::create_directories(dir, ec);
-        compress_write(src, k.options, model);
-      }
-      const ojson report = ojson::parse(file_read((fs::path(model) / "compress.json").string()));
-      const std::string frozen = (fs::path(r.x.run_dir) / "evalset.frozen.jsonl").string();
-      eval_write((dir / "eval.json").string(), model, frozen, c, r, data, dense,
-                 {{"compress", report}, {"from", src}, {"delta", k.spec}});
+      const std::string path = (dir / "eval.json").string();
+      measure_guarded(path, fmt::format("compression {} of {}", k.name, r.dir), failed, [&] {
+        const std::string model = (dir / "model").string();
+        std::error_code ec;
+        if (!fs::exists(model, ec)) {
+          std::fprintf(stderr, "== compressing %s: %s (%s)\n", src.c_str(), k.spec.c_str(),
+                       k.name.c_str());
+          fs::create_directories(dir, ec);
+          compress_write(src, k.options, model);
+        }
+        const ojson report = ojson::parse(file_read((fs::path(model) / "compress.json").string()));
+        const std::string frozen = (fs::path(r.x.run_dir) / "evalset.frozen.jsonl").string();
+        eval_write(path, model, frozen, c, r, data, dense,
+                   {{"compress", report}, {"from", src}, {"delta", k.spec}});
+      });
     }
+  return failed;
 }
 
 }  // namespace moelab

@@ -27,7 +27,15 @@ int64_t ct_rss_peak_now();
 
 // RUN/<method>/seed_<s>/final_eval.json of every finished run, and every [[ct.compress]] entry
 // at every seed: RUN/compress/<name>/seed_<s>/model (the compressed checkpoint) and eval.json.
-// What exists is kept (a re-run measures only what is missing).
-void ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs, const DataDir& data);
+// What exists is kept (a re-run measures only what is missing). A run whose base recalled no
+// evaluation sample gets undefined forgetting metrics (null, samples 0). A measurement that
+// fails is recorded beside its result (ct_measure_failure_path) and the others go on; returns
+// what failed, one short phrase each.
+std::vector<std::string> ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs,
+                                        const DataDir& data);
+
+// Where the error of the measurement writing `result` is recorded: final_eval.json ->
+// final_eval.failed.json.
+std::string ct_measure_failure_path(const std::string& result);
 
 }  // namespace moelab

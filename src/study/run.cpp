@@ -6,13 +6,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
 #include "eval/evalset.hpp"
+#include "study/failure.hpp"
 #include "study/report.hpp"
+#include "study/settings.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/trainer.hpp"
@@ -78,6 +81,47 @@ int64_t last_checkpoint_step(const std::string& run_dir) {
 
 }  // namespace
 
+// What a run of the study computes, for RUN/settings.json: the experiment after --set with its
+// model resolved, less the variant lists (a study may grow) and what changes no result.
+Settings study_settings(const Experiment& x) {
+  nlohmann::json j = nlohmann::json::parse(x.text);
+  j["model"] = config_to_json(x.model);
+  return settings_flatten(
+      j, {},
+      {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every", "checkpoint.every",
+       "checkpoint.keep_last", "study.experts", "study.seeds"});
+}
+
+namespace {
+
+// --restart: what an earlier study wrote in its folder goes (its variants, as study.json lists
+// them, and this start's), nothing else there.
+void study_discard(const fs::path& dir, const std::vector<StudyVariant>& variants) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  std::set<std::string> runs;
+  for (const StudyVariant& v : variants) runs.insert(v.dir);
+  const fs::path listed = dir / "study.json";
+  if (fs::exists(listed, ec)) {
+    const nlohmann::json s = nlohmann::json::parse(file_read(listed.string()), nullptr, false);
+    if (s.is_object() && s.contains("variants") && s["variants"].is_array())
+      for (const nlohmann::json& v : s["variants"])
+        if (v.is_object() && v.contains("dir") && v["dir"].is_string())
+          runs.insert(v["dir"].get<std::string>());
+  }
+  int64_t removed = 0;
+  for (const std::string& r : runs)
+    if (r.find('/') == std::string::npos && r != ".." && fs::exists(dir / r, ec))
+      removed += fs::remove_all(dir / r, ec) > 0;
+  for (const char* f :
+       {"study.json", "evalset.jsonl", "evalset.jsonl.summary.json", "report", "settings.json"})
+    fs::remove_all(dir / f, ec);
+  std::fprintf(stderr, "--restart: %ld run(s) of the earlier study in %s discarded\n",
+               long(removed), dir.c_str());
+}
+
+}  // namespace
+
 int study_run(const Experiment& x, const StudyOptions& o) {
   const StudyConfig sc = study_config_load(x);
   if (x.model.num_local_experts != 1)
@@ -90,6 +134,15 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   // In a data-parallel study every rank trains each run; rank 0 alone writes the study's files
   // (the evaluation set, study.json, the report), and the others wait for what they read.
   const bool writer = train_writer();
+  // A study started under other settings is refused before anything is written.
+  const Settings settings = study_settings(x);
+  if (o.restart) {
+    if (writer) study_discard(dir, variants);
+  } else {
+    settings_check(x.run_dir, settings,
+                   "another run.dir (--set run.dir=...), or --restart to discard the runs there");
+  }
+  train_barrier();
   if (writer) fs::create_directories(dir);
 
   // One evaluation set for every variant: the same candidate samples, each model keeps its own
@@ -119,12 +172,16 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   for (const StudyVariant& v : variants)
     study["variants"].push_back(
         {{"dir", v.dir}, {"experts", v.experts}, {"top_k", v.top_k}, {"seed", v.seed}});
-  if (writer) file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
+  if (writer) {
+    file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
+    settings_record(x.run_dir, settings, "moelab run");
+  }
   train_barrier();
 
   const double t0 = time_now_s();
   double trained_s = 0;  // for the estimate of what is left
   int64_t trained = 0;
+  std::vector<std::string> failed;  // "DIR: what stopped it"
   for (size_t i = 0; i < variants.size(); i++) {
     const StudyVariant& v = variants[i];
     Experiment e = x;
@@ -142,24 +199,49 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     }
     std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
     const double tv = time_now_s();
-    if (train_run(e, last >= 0) == 130) {
+    RunFailure failure;
+    const int rc = study_train(e, last >= 0, &failure);
+    if (rc == 130) {
       std::fprintf(stderr, "study interrupted in %s; run the same command again to continue\n",
                    v.dir.c_str());
       return 130;
+    }
+    if (rc != 0) {
+      failed.push_back(v.dir);
+      std::fprintf(stderr, "== %s %s; the study goes on with its other runs\n", v.dir.c_str(),
+                   run_failure_line(failure).c_str());
+      continue;
     }
     trained_s += time_now_s() - tv, trained++;
     const double left = trained_s / double(trained) * double(variants.size() - i - 1);
     std::fprintf(stderr, "== %s finished in %.1f s; the study's other runs: about %.0f min\n",
                  v.dir.c_str(), time_now_s() - tv, left / 60);
   }
-  std::fprintf(stderr, "== all %zu runs done in %.1f s\n", variants.size(), time_now_s() - t0);
+  std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", variants.size(), time_now_s() - t0,
+               failed.empty() ? "" : fmt::format(", {} failed", failed.size()).c_str());
+  std::string report;
   if (o.report && writer) {
     ReportOptions r;
     r.dirs = {x.run_dir};
     r.out = (dir / "report").string();
-    report_write(r);
+    try {
+      report = report_write(r);
+    } catch (const std::exception& err) {
+      std::fprintf(stderr,
+                   "moelab run: the runs are kept, but the report failed: %s (moelab report %s "
+                   "writes it)\n",
+                   one_line(err.what()).c_str(), x.run_dir.c_str());
+      return 1;
+    }
   }
-  return 0;
+  if (failed.empty()) return 0;
+  std::string list;
+  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+  std::fprintf(stderr, "moelab run: %zu of %zu runs failed (%s)%s; exit status %d\n", failed.size(),
+               variants.size(), list.c_str(),
+               report.empty() ? "" : fmt::format("; the report lists why: {}", report).c_str(),
+               kStudyFailedRuns);
+  return kStudyFailedRuns;
 }
 
 }  // namespace moelab

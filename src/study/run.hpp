@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "study/settings.hpp"
 #include "train/experiment.hpp"
 
 namespace moelab {
@@ -33,6 +34,7 @@ StudyConfig study_config_load(const Experiment& x);
 struct StudyOptions {
   std::vector<int64_t> experts, seeds;  // override [study] when non-empty
   bool report = true;
+  bool restart = false;  // discard the runs of an earlier study in the folder first
 };
 
 struct StudyVariant {
@@ -44,7 +46,14 @@ struct StudyVariant {
 std::vector<StudyVariant> study_variants(const Experiment& x, const StudyConfig& sc,
                                          const StudyOptions& o);
 
-// Returns 0 when every variant finished (and the report is written), 130 when interrupted.
+// Returns 0 when every variant finished (and the report is written), 130 when interrupted, 3
+// (kStudyFailedRuns, study/failure.hpp) when some variants failed: each is recorded in its
+// folder and named in the report, and the others went on. A folder holding a study started
+// under other settings (RUN/settings.json, study/settings.hpp) is refused in one line before
+// anything is trained, unless o.restart discards its runs.
 int study_run(const Experiment& x, const StudyOptions& o);
+
+// The settings RUN/settings.json records for the study of x.
+Settings study_settings(const Experiment& x);
 
 }  // namespace moelab

@@ -22,7 +22,9 @@
 #include "data/dataset.hpp"
 #include "model/model.hpp"
 #include "study/ct_config.hpp"
+#include "study/failure.hpp"
 #include "study/report.hpp"
+#include "study/settings.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
@@ -340,6 +342,42 @@ void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
   std::printf("%s: %zu jobs (sbatch %s)\n", path.c_str(), jobs.size(), path.c_str());
 }
 
+// What the grid's runs compute, for RUN/settings.json: the file as read with the base model
+// resolved, less the grid's axes (a sweep may grow) and what changes no result.
+Settings sweep_settings(const SweepConfig& c) {
+  json j = ct_toml_json(c.root);
+  j["sweep"]["base"] = config_to_json(config_load(c.base));
+  return settings_flatten(
+      j, {},
+      {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every", "checkpoint.every",
+       "checkpoint.keep_last", "sweep.budgets", "sweep.sparsities", "sweep.sizes",
+       "sweep.aux_coefs", "sweep.bias_rates", "sweep.seeds", "sweep.max_epochs"});
+}
+
+// --restart: the job folders an earlier sweep wrote in RUN (those whose experiment.toml it
+// wrote), their locks, sweep.csv and sweep.slurm go; nothing else there.
+void sweep_discard(const SweepConfig& c) {
+  const fs::path dir = c.run_dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  int64_t removed = 0;
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const fs::path p = e.path();
+    if (e.is_directory(ec)) {
+      const fs::path x = p / "experiment.toml";
+      if (fs::exists(x, ec) && file_read(x.string()).rfind("# Written by moelab sweep", 0) == 0)
+        gone.push_back(p), removed++;
+    } else if (p.extension() == ".lock") {
+      gone.push_back(p);
+    }
+  }
+  for (const fs::path& p : gone) fs::remove_all(p, ec);
+  for (const char* f : {"sweep.csv", "sweep.slurm", "settings.json"}) fs::remove(dir / f, ec);
+  std::fprintf(stderr, "--restart: %ld job(s) of the earlier sweep in %s discarded\n",
+               long(removed), dir.c_str());
+}
+
 }  // namespace
 
 int sweep_run(const std::string& config, const SweepRunOptions& o) {
@@ -355,9 +393,19 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
   if (o.job >= int64_t(jobs.size()))
     fail(fmt::format("--job {}: the plan has {} jobs (0 to {})", o.job, jobs.size(),
                      jobs.size() - 1));
+  // A folder holding a sweep started under other settings is refused before anything is
+  // written (--restart discards its jobs; with workers running there, stop them first).
+  const Settings settings = sweep_settings(c);
+  if (o.restart)
+    sweep_discard(c);
+  else
+    settings_check(c.run_dir, settings,
+                   "another [run] dir, or --restart to discard the jobs there");
+  settings_record(c.run_dir, settings, "moelab sweep run");
   std::error_code ec;
   fs::create_directories(c.run_dir, ec);
   int64_t ran = 0, busy = 0, done = 0;
+  std::vector<std::string> failed;
   for (size_t i = 0; i < jobs.size(); i++) {
     if (o.job >= 0 && int64_t(i) != o.job) continue;
     const SweepJob& j = jobs[i];
@@ -374,17 +422,33 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
     }
     std::fprintf(stderr, "== job %zu/%zu %s%s\n", i + 1, jobs.size(), j.name.c_str(),
                  last >= 0 ? " (resuming)" : "");
-    if (train_run(x, last >= 0) == 130) {
+    RunFailure failure;
+    const int rc = study_train(x, last >= 0, &failure);
+    if (rc == 130) {
       std::fprintf(stderr, "sweep interrupted in %s; run the same command again to continue\n",
                    j.name.c_str());
       return 130;
     }
+    if (rc != 0) {
+      failed.push_back(j.name);
+      std::fprintf(stderr, "== %s %s; the sweep goes on with its other jobs\n", j.name.c_str(),
+                   run_failure_line(failure).c_str());
+      continue;
+    }
     ran++;
   }
-  std::fprintf(stderr, "== sweep: %ld run here, %ld done before, %ld held by other workers\n",
-               long(ran), long(done), long(busy));
+  std::fprintf(stderr,
+               "== sweep: %ld run here, %ld done before, %ld held by other workers, %zu failed\n",
+               long(ran), long(done), long(busy), failed.size());
   std::fprintf(stderr, "results: %s\n", sweep_collect(config).c_str());
-  return 0;
+  if (failed.empty()) return 0;
+  std::string list;
+  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+  std::fprintf(stderr,
+               "moelab sweep: %zu job(s) failed (%s; each has failed.json, sweep.csv leaves them "
+               "out); exit status %d\n",
+               failed.size(), list.c_str(), kStudyFailedRuns);
+  return kStudyFailedRuns;
 }
 
 // ----------------------------------------------------------------------------

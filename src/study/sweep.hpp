@@ -50,11 +50,15 @@ struct SweepPlanOptions {
 void sweep_plan_print(const std::string& config, const SweepPlanOptions& o);
 
 struct SweepRunOptions {
-  int64_t job = -1;    // run only job #job of the plan (a SLURM array task); -1: the queue
-  bool slurm = false;  // write RUN/sweep.slurm (a job array) instead of running
+  int64_t job = -1;      // run only job #job of the plan (a SLURM array task); -1: the queue
+  bool slurm = false;    // write RUN/sweep.slurm (a job array) instead of running
+  bool restart = false;  // discard the jobs of an earlier sweep in the folder first
 };
 // Works through the queue: takes each job nobody holds (a file lock per job), resumes a stopped
-// one, skips finished ones, then rewrites RUN/sweep.csv. Returns 0, or 130 when interrupted.
+// one, skips finished ones, then rewrites RUN/sweep.csv. Returns 0, 130 when interrupted, or 3
+// (kStudyFailedRuns) when jobs failed: each is recorded (RUN/<job>/failed.json) and the others
+// went on. A folder holding a sweep started under other settings (RUN/settings.json, the grid's
+// axes aside) is refused in one line before anything runs, unless o.restart discards its jobs.
 int sweep_run(const std::string& config, const SweepRunOptions& o);
 
 // RUN/sweep.csv from the finished runs under RUN (atomic; safe against concurrent writers).

@@ -648,15 +648,17 @@ void Trainer::on_nonfinite(const StepStats& r) {
                                ? fmt::format("the gradient norm is not finite ({})", r.grad_norm)
                                : fmt::format("the loss is not finite ({})", r.total());
   if (!x_.skip_nonfinite)
-    fail(
+    throw TrainStopped(
         fmt::format("step {}: {}; stopped before the update, {} (train.skip_nonfinite = true "
                     "skips such batches; a lower schedule.max_lr may help)",
-                    step_, what, last_good()));
+                    step_, what, last_good()),
+        step_, true);
   if (++skipped_in_a_row_ > x_.max_skips)
-    fail(
+    throw TrainStopped(
         fmt::format("step {}: {} batches in a row were skipped ({}); stopped, {} (see "
                     "train.max_skips)",
-                    step_, skipped_in_a_row_, what, last_good()));
+                    step_, skipped_in_a_row_, what, last_good()),
+        step_, true);
 }
 
 // ----------------------------------------------------------------------------
@@ -785,8 +787,10 @@ void Trainer::save() {
   // A checkpoint is only ever a good one: non-finite weights stop the run instead.
   const int64_t bad = count_nonfinite(model_.params);
   if (bad > 0)
-    fail(fmt::format("step {}: {} parameters are not finite; stopped without saving, {}", step_,
-                     bad, last_good()));
+    throw TrainStopped(fmt::format("step {}: {} parameters are not finite; stopped without "
+                                   "saving, {}",
+                                   step_, bad, last_good()),
+                       step_, true);
   if (!train_writer()) {  // rank 0 writes; every rank's loaders and weights are the same
     saved_step_ = step_;
     return;
@@ -808,15 +812,37 @@ void Trainer::save() {
 // ----------------------------------------------------------------------------
 // a run
 
+TrainStopped::TrainStopped(const std::string& msg, int64_t step_, bool nonfinite_)
+    : Error(one_line(msg)), step(step_), nonfinite(nonfinite_) {}
+
+namespace {
+int train_loop(const Experiment& x, bool resume, int64_t& steps);
+}  // namespace
+
 int train_run(const Experiment& x, bool resume) {
+  int64_t steps = 0;  // taken so far, for the error's record
+  try {
+    return train_loop(x, resume, steps);
+  } catch (const TrainStopped&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw TrainStopped(e.what(), steps, false);
+  }
+}
+
+namespace {
+
+int train_loop(const Experiment& x, bool resume, int64_t& steps) {
   const StopScope stop;  // from here on a signal asks for a checkpoint and a clean stop
   threads_set(x.threads > 0 ? x.threads : omp_get_num_procs());
   Trainer t(x);
   t.start(resume);
+  steps = t.steps_done();
   const Activity doing("training");  // between the parts named in detail
   bool stopping = t.agree(signals_stop_requested() != 0, false).first;
   while (!t.finished() && !stopping) {
     const StepStats r = t.step();
+    steps = t.steps_done();
     t.log(r, t.evaluate(r));
     // SIGUSR1 and stop signals, agreed by every rank of a data-parallel run
     const auto [stop_now, asked] =
@@ -839,5 +865,7 @@ int train_run(const Experiment& x, bool resume) {
                  long(t.steps_done()));
   return 130;
 }
+
+}  // namespace
 
 }  // namespace moelab

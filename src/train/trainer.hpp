@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/error.hpp"
 #include "data/dataset.hpp"
 #include "eval/evalset.hpp"
 #include "model/model.hpp"
@@ -183,9 +184,18 @@ class Trainer {
   int64_t comm_steps_ = 0;
 };
 
+// What stopped a run with an error: the one line, the steps it had taken (its last good
+// checkpoint may be older), and whether a non-finite loss or gradient stopped it (the run
+// diverged) rather than anything else. A study records it and goes on with its other runs.
+struct TrainStopped : Error {
+  TrainStopped(const std::string& msg, int64_t step, bool nonfinite);
+  int64_t step = 0;
+  bool nonfinite = false;
+};
+
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).
 // Errors (a non-finite loss, a full disk, a checkpoint of another config, an evaluation set of
-// which too little was recalled) throw with one line.
+// which too little was recalled) throw TrainStopped with one line.
 int train_run(const Experiment& x, bool resume);
 
 }  // namespace moelab

@@ -1,0 +1,42 @@
+#pragma once
+// The settings a study's runs were started with, kept in its folder (RUN/settings.json) and
+// compared on every later start of `moelab run`, `moelab ct` and `moelab sweep run`: a study
+// resumed after its file (or a --set) changed would mix runs made under different settings, so
+// such a start is refused in one line naming the first key that differs, before anything is
+// trained or written. --restart discards the study's runs instead.
+//
+// Settings are flat: every TOML value under its dotted key ("schedule.max_lr"), the tables of an
+// array under "phases[0].steps", or under their name where the entries are named
+// ("ct.methods[lora].kind"). A named entry present on one side only is a method added to (or
+// left out of) the study, not a change: its runs are new (or stay as they were).
+#include <map>
+#include <set>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace moelab {
+
+using Settings = std::map<std::string, nlohmann::json>;
+
+// Flattens a config as JSON. named: the arrays of tables keyed by their "name" (by dotted key,
+// e.g. "ct.methods"); skip: keys left out (exact, or a table's whole prefix), such as the lists
+// of variants and seeds (a study may grow) and what does not change what a run computes.
+Settings settings_flatten(const nlohmann::json& config, const std::set<std::string>& named,
+                          const std::set<std::string>& skip);
+
+// The first difference between the settings recorded and those of this start, as
+// "KEY = OLD, this start has KEY = NEW"; "" when they agree (named entries on one side only
+// do not count).
+std::string settings_difference(const Settings& recorded, const Settings& now);
+
+// Compares `now` with DIR/settings.json when it exists and refuses a difference in one line
+// (naming the file, the key and what to do: `how` names the ways on, e.g. "a new run.dir, or
+// --restart"). Returns whether the file existed.
+bool settings_check(const std::string& dir, const Settings& now, const std::string& how);
+
+// DIR/settings.json: what was recorded there merged with `now` (named entries added since),
+// written atomically; `command` names the study ("moelab ct").
+void settings_record(const std::string& dir, const Settings& now, const std::string& command);
+
+}  // namespace moelab
