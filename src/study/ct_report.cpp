@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
+#include "study/ct_measure.hpp"
 #include "study/ct_report_ders.hpp"
 #include "study/plot.hpp"
 #include "study/report.hpp"
@@ -39,6 +40,7 @@ struct CtStudy {
   ojson ct;  // ct.json
   std::vector<MethodRuns> methods;
   std::vector<std::string> notes;  // runs left out or unfinished
+  ojson failed = ojson::array();   // runs and measurements that failed, with their reasons
 };
 
 ojson json_file(const fs::path& path) {
@@ -46,6 +48,11 @@ ojson json_file(const fs::path& path) {
   if (!fs::exists(path, ec)) return nullptr;
   const ojson j = ojson::parse(file_read(path.string()), nullptr, false);
   return j.is_discarded() ? ojson() : j;
+}
+
+// The record of a failed measurement (ct_measure_failure_path), or null.
+ojson measure_failure(const fs::path& result) {
+  return json_file(ct_measure_failure_path(result.string()));
 }
 
 CtStudy study_read(const std::string& dir) {
@@ -60,11 +67,34 @@ CtStudy study_read(const std::string& dir) {
     st.fresh = st.ct.at("new").get<std::string>();
     for (const ojson& m : st.ct["methods"]) {
       MethodRuns mr{m.at("name").get<std::string>(), m.at("kind").get<std::string>(), m, {}, {}};
+      int64_t failed = 0;
       for (const ojson& r : m.at("runs")) {
-        const fs::path rd = fs::path(dir) / r.at("dir").get<std::string>();
+        const std::string rel = r.at("dir").get<std::string>();
+        const fs::path rd = fs::path(dir) / rel;
+        // A run that failed is listed with its reason and left out of every number.
+        if (const auto f = run_failure_read(rd.string())) {
+          st.notes.push_back(
+              fmt::format("`{}` {}. Left out of the tables, the figures and the comparisons.", rel,
+                          run_failure_line(*f)));
+          st.failed.push_back({{"run", rel},
+                               {"method", mr.name},
+                               {"seed", r.value("seed", int64_t(0))},
+                               {"step", f->step},
+                               {"total_steps", f->total},
+                               {"nonfinite", f->nonfinite},
+                               {"reason", f->reason}});
+          failed++;
+          continue;
+        }
         if (!fs::exists(rd / "metrics.jsonl")) {
           st.notes.push_back(fmt::format("`{}` has not started; left out.", rd.string()));
           continue;
+        }
+        if (const ojson mf = measure_failure(rd / "final_eval.json"); mf.is_object()) {
+          st.notes.push_back(
+              fmt::format("The final evaluation of `{}` failed: {}.", rel, mf.value("reason", "")));
+          st.failed.push_back(
+              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
         }
         mr.runs.push_back(run_read(rd.string()));
         mr.resources.push_back(json_file(rd / "resources.json"));
@@ -73,12 +103,31 @@ CtStudy study_read(const std::string& dir) {
           st.notes.push_back(fmt::format("`{}` is at step {} of {}; its numbers are partial.",
                                          d.dir, d.last_step, total));
       }
+      if (failed > 0 && !mr.runs.empty())
+        st.notes.push_back(
+            fmt::format("The numbers of {} are over the n = {} of its {} runs that "
+                        "finished.",
+                        mr.name, mr.runs.size(), mr.runs.size() + size_t(failed)));
+      mr.info["runs_failed"] = failed;
       if (!mr.runs.empty()) st.methods.push_back(std::move(mr));
+    }
+    for (const ojson& k : st.ct.value("compress", ojson::array())) {
+      const fs::path cd = fs::path(dir) / "compress" / k.at("name").get<std::string>();
+      std::error_code ec;
+      if (!fs::is_directory(cd, ec)) continue;
+      for (const auto& e : fs::directory_iterator(cd, ec))
+        if (const ojson mf = measure_failure(e.path() / "eval.json"); mf.is_object()) {
+          st.notes.push_back(
+              fmt::format("The {} failed: {}.", mf.value("what", ""), mf.value("reason", "")));
+          st.failed.push_back(
+              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
+        }
     }
   } catch (const json::exception& e) {
     fail(path.string() + ": " + e.what());
   }
-  if (st.methods.empty()) fail(fmt::format("{}: no run of the study has metrics yet", dir));
+  if (st.methods.empty() && st.failed.empty())
+    fail(fmt::format("{}: no run of the study has metrics yet", dir));
   return st;
 }
 
@@ -166,8 +215,9 @@ ojson methods_summarize(const CtStudy& st) {
     ojson m;
     m["method"] = mr.name;
     m["kind"] = mr.kind;
-    m["seeds"] = ojson::array();
+    m["seeds"] = ojson::array();  // the seeds that finished: every statistic is over them
     for (const RunData& r : runs) m["seeds"].push_back(r.seed);
+    m["runs_failed"] = mr.info.value("runs_failed", int64_t(0));
     m["params_total"] = mr.info.value("params_total", int64_t(0));
     m["params_trainable"] = mr.info.value("params_trainable", int64_t(0));
     m["tokens"] =
@@ -213,7 +263,12 @@ std::string markdown_table(const CtStudy& st, const ojson& methods) {
     md += "\n";
   };
   row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
-  row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
+  row("seeds", [](const ojson& m) {
+    const int64_t nf = m["runs_failed"].get<int64_t>();
+    return nf == 0
+               ? m["seeds"].dump()
+               : fmt::format("{} (n = {}; {} failed)", m["seeds"].dump(), m["seeds"].size(), nf);
+  });
   row("trainable params (share)", [](const ojson& m) {
     const double t = m["params_trainable"].get<double>(), n = m["params_total"].get<double>();
     return fmt::format("{} ({:.2f}%)", human_count(t), n > 0 ? 100 * t / n : NAN);
@@ -228,8 +283,11 @@ std::string markdown_table(const CtStudy& st, const ojson& methods) {
     return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
                        stat_format(m["evalset_candidates"], 0));
   });
-  row("M_ex at the end", [](const ojson& m) { return stat_format(m["final_m_ex"]); });
-  row("M_in at the end", [](const ojson& m) { return stat_format(m["final_m_in"]); });
+  // Where the base recalled none of the samples the forgetting metrics are undefined.
+  row("M_ex at the end",
+      [](const ojson& m) { return stat_format_recalled(m["final_m_ex"], m["evalset_kept"]); });
+  row("M_in at the end",
+      [](const ojson& m) { return stat_format_recalled(m["final_m_in"], m["evalset_kept"]); });
   row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
   row("peak RSS (MB)", [](const ojson& m) {
     const ojson& v = m["peak_rss_bytes"];
@@ -302,8 +360,9 @@ std::string forgetting_missing_cause(const RunData& r) {
   if (r.kept == 0)
     return fmt::format(
         "at the start the model recalled none{} (no sample with M_ex = 1), so nothing could be "
-        "forgotten{}; entities the base knows better, or a larger candidate set ([ct] "
-        "max_samples, max_per_entity, top, bottom), would give a set to measure",
+        "forgotten and M_ex, M_in are undefined (n/a){}; entities the base knows better, or a "
+        "larger candidate set ([ct] max_samples, max_per_entity, top, bottom), would give a set "
+        "to measure",
         of, run_stopped(r));
   if (r.kept > 0 && r.kept < r.min_recalled)
     return fmt::format(
@@ -388,6 +447,19 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   const CtStudy st = study_read(dir);
   const std::string out = out_dir.empty() ? (fs::path(dir) / "report").string() : out_dir;
   fs::create_directories(out);
+  if (st.methods.empty()) {  // every run failed: what stopped each, and nothing to compare
+    std::string md = "# Continual-training report\n\n";
+    for (const std::string& n : st.notes) md += "Note: " + n + "\n\n";
+    md += "No run finished: there is nothing to measure or compare.\n";
+    const ojson summary = {
+        {"base", st.ct.value("base", "")}, {"original", st.original}, {"new", st.fresh},
+        {"methods", ojson::array()},       {"failed", st.failed},     {"figures", ojson::array()}};
+    file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
+    const std::string md_path = (fs::path(out) / "summary.md").string();
+    file_write_atomic(md_path, md);
+    std::fprintf(stderr, "report: %s\n", md_path.c_str());
+    return md_path;
+  }
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
@@ -401,6 +473,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
                          {"new", st.fresh},
                          {"base_val_loss", st.ct.value("base_val_loss", ojson())},
                          {"methods", methods},
+                         {"failed", st.failed},
                          {"final_models", ders.summary},
                          {"figures", figures}};
   file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");

@@ -90,6 +90,13 @@ std::string cell(const ojson& s, int digits = 3) {
   return s.is_null() ? "-" : stat_format(s, digits);
 }
 
+// A forgetting metric of the evaluations: "n/a" where the recalled set was empty (the metric is
+// undefined there), "-" where it was not measured.
+std::string forgetting_cell(const std::vector<ojson>& evals, const std::string& key) {
+  return stat_format_recalled(stat_of(evals, "/forgetting/" + key),
+                              stat_of(evals, "/forgetting/samples"));
+}
+
 // ----------------------------------------------------------------------------
 // the table
 
@@ -116,7 +123,7 @@ std::string table_write(const std::vector<Variant>& vs, const std::string& origi
         human_count(stat_mean(stat_of(e, "/params"))), cell(stat_of(e, "/expert_bytes", 1e-6), 2),
         cell(stat_of(e, "/model_bytes", 1e-6), 1), cell(stat_of(e, "/file_bytes", 1e-6), 1),
         cell(stat_of(e, "/val_loss/" + fresh)), cell(stat_of(e, "/val_loss/" + original)),
-        cell(stat_of(e, "/forgetting/m_ex")), cell(stat_of(e, "/forgetting/m_in")),
+        forgetting_cell(e, "m_ex"), forgetting_cell(e, "m_in"),
         v.trained ? cell(values_stat(rss), 0) : "-", cell(stat_of(e, "/seconds"), 1),
         cosd.is_null() ? "-" : fmt::format("{:.5f} / {:.5f}", stat_mean(cosd), stat_mean(cosm)),
         cell(stat_of(e, "/cosine/pairwise_mean"), 5),
@@ -242,6 +249,16 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
       "(base plus "
       "delta) with the dense FFN it was upcycled from. Means over seeds, ± their standard "
       "deviation where there are several.\n";
+  std::string none;  // the variants whose recalled set was empty
+  for (const Variant& v : vs)
+    if (recalled_none(stat_of(v.evals, "/forgetting/samples")))
+      none += (none.empty() ? "" : ", ") + v.name;
+  if (!none.empty())
+    s.md += fmt::format(
+        "\nM_ex and M_in are n/a for {}: the set of samples the base recalled is empty (0 "
+        "samples; eval.min_recalled = 0 let the runs go on), so there was nothing to forget and "
+        "nothing to measure; they are null in summary.json.\n",
+        none);
   s.md += reading_write(vs, original, fresh);
   s.figures.push_back(figure_write(vs, fresh, "new domain", out, plots));
   s.figures.push_back(figure_write(vs, original, "original domain", out, plots));

@@ -97,6 +97,7 @@ RunData run_read(const std::string& dir) {
   }
   // A run stopped at the filtering may not have logged it; its frozen set still tells.
   if (r.kept < 0) r.kept = frozen_samples(dir);
+  r.failure = run_failure_read(dir);
   if (r.bad_lines)
     std::fprintf(stderr, "note: %s: skipped %ld unreadable line(s)\n", mpath.c_str(),
                  long(r.bad_lines));
@@ -107,6 +108,23 @@ std::string run_stopped(const RunData& r) {
   const int64_t total = r.run.value("total_steps", int64_t(0));
   return r.last_step < total ? fmt::format("; the run stopped at step {} of {}", r.last_step, total)
                              : std::string();
+}
+
+RunData run_failed_only(const std::string& dir, const RunFailure& f) {
+  RunData r;
+  r.dir = dir;
+  r.failure = f;
+  r.last_step = f.step;
+  r.run = {{"total_steps", f.total}};
+  return r;
+}
+
+bool recalled_none(const ojson& kept) {
+  return !kept.is_null() && stat_mean(kept) == 0 && (!kept.is_object() || kept["sd"] == 0);
+}
+
+std::string stat_format_recalled(const ojson& v, const ojson& kept, int digits) {
+  return v.is_null() && recalled_none(kept) ? "n/a" : stat_format(v, digits);
 }
 
 Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key, int64_t from_step) {
@@ -210,8 +228,9 @@ std::string group_label(int64_t e, int64_t k) {
   return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
 }
 
-// The runs of the given study or run folders, grouped by model (E, top-k), fewest experts first.
-std::vector<Group> groups_read(const std::vector<std::string>& dirs) {
+// The runs of the given study or run folders, grouped by model (E, top-k), fewest experts first;
+// the runs that failed (failed.json) apart, in `failed`.
+std::vector<Group> groups_read(const std::vector<std::string>& dirs, std::vector<RunData>& failed) {
   // A study folder lists its variants; a run folder is itself one run.
   std::vector<RunData> runs;
   for (const std::string& d : dirs) {
@@ -224,7 +243,15 @@ std::vector<Group> groups_read(const std::vector<std::string>& dirs) {
         if (!v.is_object() || !v.contains("dir") || !v["dir"].is_string())
           fail(study.string() + ": a variant without a 'dir' string");
         const fs::path rd = fs::path(d) / v["dir"].get<std::string>();
-        if (!fs::exists(rd / "metrics.jsonl")) {
+        if (!fs::exists(rd / "metrics.jsonl") || !fs::exists(rd / "run.json")) {
+          if (const auto f = run_failure_read(rd.string())) {
+            RunData r = run_failed_only(rd.string(), *f);
+            r.experts = v.value("experts", int64_t(1));
+            r.top_k = v.value("top_k", int64_t(1));
+            r.seed = v.value("seed", int64_t(0));
+            failed.push_back(std::move(r));
+            continue;
+          }
           std::fprintf(stderr, "note: %s has not started; left out\n", rd.c_str());
           continue;
         }
@@ -236,7 +263,10 @@ std::vector<Group> groups_read(const std::vector<std::string>& dirs) {
       fail(d + ": neither a study folder (study.json) nor a run folder (metrics.jsonl)");
     }
   }
-  if (runs.empty()) fail("report: no run has metrics yet");
+  for (RunData& r : runs)
+    if (r.failure) failed.push_back(std::move(r));
+  std::erase_if(runs, [](const RunData& r) { return r.failure.has_value(); });
+  if (runs.empty() && failed.empty()) fail("report: no run has metrics yet");
   std::vector<Group> groups;
   for (RunData& r : runs) {
     auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
@@ -333,7 +363,7 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
 }
 
 // The numbers per model (mean and spread over its seeds), as summary.json holds them.
-ojson models_summarize(const std::vector<Group>& groups) {
+ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunData>& failed) {
   const std::string a_name = groups[0].runs[0].subset_a, b_name = groups[0].runs[0].subset_b;
   ojson models = ojson::array();
   for (const Group& g : groups) {
@@ -342,8 +372,11 @@ ojson models_summarize(const std::vector<Group>& groups) {
     m["model"] = g.label;
     m["experts"] = g.experts;
     m["top_k"] = g.top_k;
-    m["seeds"] = ojson::array();
+    m["seeds"] = ojson::array();  // the seeds that finished: every statistic is over them
     for (const RunData& r : g.runs) m["seeds"].push_back(r.seed);
+    m["seeds_failed"] = ojson::array();
+    for (const RunData& r : failed)
+      if (r.experts == g.experts && r.top_k == g.top_k) m["seeds_failed"].push_back(r.seed);
     m["params_total"] = r0.run.value("params_total", int64_t(0));
     m["params_active"] = r0.run.value("params_active", int64_t(0));
     m["train_flops_per_token"] = r0.run.value("train_flops_per_token", 0.0);
@@ -385,7 +418,19 @@ ojson models_summarize(const std::vector<Group>& groups) {
 }
 
 // The head of summary.md: the runs, what the metrics mean, and the table of numbers.
-std::string markdown_table(const std::vector<Group>& groups, const ojson& models) {
+// One line per run that failed, and what that leaves the statistics of each model.
+std::string failed_lines(const std::vector<RunData>& failed) {
+  std::string md;
+  for (const RunData& r : failed)
+    md += fmt::format(
+        "Failed: `{}` ({}, seed {}) {}. Left out of the table, the figures and the "
+        "comparisons.\n\n",
+        r.dir, group_label(r.experts, r.top_k), r.seed, run_failure_line(*r.failure));
+  return md;
+}
+
+std::string markdown_table(const std::vector<Group>& groups, const ojson& models,
+                           const std::vector<RunData>& failed) {
   const RunData& first = groups[0].runs[0];
   const std::string a_name = first.subset_a, b_name = first.subset_b;
   const int64_t sw = first.switch_step;
@@ -404,6 +449,11 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
       if (const int64_t total = r.run.value("total_steps", int64_t(0)); r.last_step < total)
         md += fmt::format("Unfinished: `{}` is at step {} of {}; its numbers are partial.\n\n",
                           r.dir, r.last_step, total);
+  md += failed_lines(failed);
+  for (const ojson& m : models)
+    if (const size_t nf = m["seeds_failed"].size(); nf > 0)
+      md += fmt::format("The numbers of {} are over the n = {} of its {} seeds that finished.\n\n",
+                        m["model"].get<std::string>(), m["seeds"].size(), m["seeds"].size() + nf);
   md +=
       "M_in: the share of the tokens after an entity (32 by default) that greedy decoding "
       "reproduces from the tokens ending with it. M_ex: whether greedy decoding from the tokens "
@@ -424,7 +474,12 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
       [](const ojson& m) { return human_count(m["params_active"].get<double>()); });
   row("train FLOPs/token",
       [](const ojson& m) { return human_count(m["train_flops_per_token"].get<double>()); });
-  row("seeds", [](const ojson& m) { return m["seeds"].dump(); });
+  row("seeds", [](const ojson& m) {
+    const size_t nf = m["seeds_failed"].size();
+    return nf == 0 ? m["seeds"].dump()
+                   : fmt::format("{} (n = {}; {} failed)", m["seeds"].dump(), m["seeds"].size(),
+                                 m["seeds_failed"].dump());
+  });
   row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
   row("final train loss", [](const ojson& m) { return stat_format(m["final_train_loss"]); });
   for (const std::string& sub : {a_name, b_name})
@@ -438,17 +493,23 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
     return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
                        stat_format(m["evalset_candidates"], 0));
   });
-  row("M_ex right after A", [](const ojson& m) { return stat_format(m["m_ex_after_A"]); });
+  // Where a model recalled none of the samples after A its forgetting metrics are undefined.
+  auto forgetting = [](const char* key, int digits = 3) {
+    return [key, digits](const ojson& m) {
+      return stat_format_recalled(m[key], m["evalset_kept"], digits);
+    };
+  };
+  row("M_ex right after A", forgetting("m_ex_after_A"));
   row("lowest M_ex in B (step)", [](const ojson& m) {
     return m["m_ex_lowest_in_B"].is_null()
-               ? std::string("-")
+               ? std::string(recalled_none(m["evalset_kept"]) ? "n/a" : "-")
                : fmt::format("{:.3f} ({})", m["m_ex_lowest_in_B"].get<double>(),
                              m["m_ex_lowest_step"].get<int64_t>());
   });
-  row("M_ex at the end", [](const ojson& m) { return stat_format(m["final_m_ex"]); });
-  row("M_in at the end", [](const ojson& m) { return stat_format(m["final_m_in"]); });
-  row("M(f) at the end", [](const ojson& m) { return stat_format(m["final_m_f"]); });
-  row("PPL_ent at the end", [](const ojson& m) { return stat_format(m["final_ppl_ent"], 2); });
+  row("M_ex at the end", forgetting("final_m_ex"));
+  row("M_in at the end", forgetting("final_m_in"));
+  row("M(f) at the end", forgetting("final_m_f"));
+  row("PPL_ent at the end", forgetting("final_ppl_ent", 2));
   row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
 
   return md;
@@ -468,7 +529,7 @@ std::string forgetting_missing_cause(const RunData& r) {
   if (r.kept == 0)
     return fmt::format(
         "after {} the model recalled none{} (no sample with M_ex = 1), so nothing could be "
-        "forgotten{}{}",
+        "forgotten and its M_ex, M_in are undefined (n/a){}{}",
         a, of, run_stopped(r), fix);
   if (r.kept > 0 && r.kept < r.min_recalled)
     return fmt::format(
@@ -594,22 +655,37 @@ std::string report_write(const ReportOptions& o) {
         fail(d + ": a continual-training folder (ct.json) is reported on its own");
       return ct_report_write(d, o.out, o.plots);
     }
-  const std::vector<Group> groups = groups_read(o.dirs);
+  std::vector<RunData> failed;
+  const std::vector<Group> groups = groups_read(o.dirs, failed);
   const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
   fs::create_directories(out);
-  const RunData& first = groups[0].runs[0];
-  const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
-  const ojson models = models_summarize(groups);
-  std::string md = markdown_table(groups, models) + reading_write(groups, models);
-  md += "\n## Figures\n\n";
-  for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
-  md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
-
-  const ojson summary = {{"a", first.subset_a},
-                         {"b", first.subset_b},
-                         {"switch_step", first.switch_step},
-                         {"models", models},
-                         {"figures", figures}};
+  ojson failed_json = ojson::array();
+  for (const RunData& r : failed)
+    failed_json.push_back({{"dir", r.dir},
+                           {"experts", r.experts},
+                           {"top_k", r.top_k},
+                           {"seed", r.seed},
+                           {"step", r.failure->step},
+                           {"total_steps", r.failure->total},
+                           {"nonfinite", r.failure->nonfinite},
+                           {"reason", r.failure->reason}});
+  std::string md;
+  ojson summary;
+  if (groups.empty()) {  // every run failed: what stopped each, and nothing to compare
+    md = "# Forgetting study report\n\n" + failed_lines(failed) +
+         "No run finished: there is nothing to measure or compare.\n";
+    summary = {{"models", ojson::array()}, {"failed", failed_json}, {"figures", ojson::array()}};
+  } else {
+    const RunData& first = groups[0].runs[0];
+    const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
+    const ojson models = models_summarize(groups, failed);
+    md = markdown_table(groups, models, failed) + reading_write(groups, models);
+    md += "\n## Figures\n\n";
+    for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
+    md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+    summary = {{"a", first.subset_a}, {"b", first.subset_b},   {"switch_step", first.switch_step},
+               {"models", models},    {"failed", failed_json}, {"figures", figures}};
+  }
   file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
   const std::string md_path = (fs::path(out) / "summary.md").string();
   file_write_atomic(md_path, md);

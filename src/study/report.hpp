@@ -14,6 +14,9 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <optional>
+
+#include "study/failure.hpp"
 
 namespace moelab {
 
@@ -45,6 +48,9 @@ struct RunData {
   int64_t kept = -1, candidates = -1;
   int64_t min_recalled = 0;  // fewer kept stopped the run (eval.min_recalled)
   int64_t last_step = 0, bad_lines = 0;
+  // The run stopped with an error (RUN_DIR/failed.json): reports leave it out of their numbers
+  // and comparisons and list it with its reason.
+  std::optional<RunFailure> failure;
 };
 
 RunData run_read(const std::string& dir);
@@ -55,6 +61,17 @@ double run_last_after(const RunData& r, const std::string& key, int64_t step);
 
 // "; the run stopped at step S of N" for an unfinished run, else "".
 std::string run_stopped(const RunData& r);
+
+// A run that failed before it logged anything (no run.json or metrics.jsonl): its folder and the
+// record of its failure.
+RunData run_failed_only(const std::string& dir, const RunFailure& f);
+
+// Whether a statistic of the samples kept (M_ex = 1) says the model recalled none: every
+// forgetting metric is then undefined ("n/a" in tables, null in JSON).
+bool recalled_none(const nlohmann::ordered_json& kept);
+// stat_format, or "n/a" where the recalled set was empty.
+std::string stat_format_recalled(const nlohmann::ordered_json& v,
+                                 const nlohmann::ordered_json& kept, int digits = 3);
 
 // Mean and min-max spread over runs at the steps every run has.
 struct Agg {
