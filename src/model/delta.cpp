@@ -1,13 +1,5 @@
 #include "model/delta.hpp"
 
-// GCC 12 reports the _mm512_undefined_* idiom of its own AVX-512 headers as maybe-uninitialized
-// wherever Eigen's packets are inlined (GCC bug 105593): silenced for those headers only, which
-// Eigen pulls in first here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <Eigen/SVD>
-#pragma GCC diagnostic pop
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -17,6 +9,7 @@
 #include <unordered_set>
 
 #include "core/error.hpp"
+#include "core/linalg.hpp"
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
 
@@ -249,20 +242,19 @@ LowRankDelta delta_lowrank(std::span<const float> delta, int64_t in, int64_t out
     fail(fmt::format("delta_lowrank: rank {} exceeds the matrix rank bound min(in, out) = {}", rank,
                      k));
   check_finite(delta, "delta_lowrank");
-  using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Eigen::MatrixXd M = Eigen::Map<const RowMajorF>(delta.data(), in, out).cast<double>();
-  const Eigen::BDCSVD<Eigen::MatrixXd> svd(M, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const Eigen::MatrixXd &P = svd.matrixU(), &Q = svd.matrixV();  // [in, k], [out, k]
-  const Eigen::VectorXd& s = svd.singularValues();               // [k], descending
+  const std::vector<double> M(delta.begin(), delta.end());  // [in, out]
+  const Svd svd = linalg_svd(M, in, out);  // P = u [in, k], Q^T = vt [k, out], s [k] descending
   LowRankDelta lr;
   lr.A.resize(size_t(rank * in));
   lr.B.resize(size_t(out * rank));
   for (int64_t r = 0; r < rank; r++) {
-    const double root = std::sqrt(s(r));
-    for (int64_t i = 0; i < in; i++) lr.A[size_t(r * in + i)] = float(root * P(i, r));
-    for (int64_t o = 0; o < out; o++) lr.B[size_t(o * rank + r)] = float(Q(o, r) * root);
+    const double root = std::sqrt(svd.singular[size_t(r)]);
+    for (int64_t i = 0; i < in; i++)
+      lr.A[size_t(r * in + i)] = float(root * svd.u[size_t(i * k + r)]);
+    for (int64_t o = 0; o < out; o++)
+      lr.B[size_t(o * rank + r)] = float(svd.vt[size_t(r * out + o)] * root);
   }
-  lr.singular.assign(s.data(), s.data() + s.size());
+  lr.singular = svd.singular;
   return lr;
 }
 

@@ -2,10 +2,19 @@
 // quadratic surface (Eigen least squares). The command's printing and figures: fit_report.cpp.
 #include "study/fit.hpp"
 
+// This object is compiled for the prebuilt libceres.a's baseline instruction set (CMakeLists.txt:
+// one vector ABI per template). There GCC 12 takes the SSE2 loops over Ceres's fixed-size Jet
+// arrays for reads past them (-Warray-bounds, a false positive inside Ceres's and Eigen's headers):
+// silenced for those headers only, which are included first here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Warray-bounds"
 #include <ceres/ceres.h>
-#include <fmt/format.h>
 
 #include <Eigen/Dense>
+#pragma GCC diagnostic pop
+
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
