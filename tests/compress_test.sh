@@ -136,6 +136,41 @@ assert all(a[k] == b[k] for k in idx)
 assert all(a[k] != b[k] for k in val)
 PY
 
+# ---- real size: a dense model with a 128 x 2048 FFN, upcycled top-1 (copies) and top-2, a few
+# steps on B, then low-rank, 8-bit and 90% sparse against the experts' mean and the dense FFN.
+# (Tiny matrices take other code paths: the low-rank SVD once crashed only at this size.)
+sed -e 's/^hidden_size = 32/hidden_size = 128/' -e 's/^intermediate_size = 16/intermediate_size = 2048/' \
+  -e 's/^num_hidden_layers = 2/num_hidden_layers = 1/' -e 's/^steps = 30/steps = 2/' \
+  -e 's/^dir = "dense"/dir = "big"/' dense.toml >big.toml
+"$moelab" train big.toml >big.log 2>&1 || { echo "FAIL: train big: $(tail -1 big.log)"; exit 1; }
+for u in "big1 --experts 4 --top-k 1" "big2 --experts 4 --top-k 2"; do
+  set -- $u
+  "$moelab" upcycle big/step_00000002 --out "$@" --seed 7 >$1.log 2>&1 || { echo "FAIL: upcycle $1: $(tail -1 $1.log)"; exit 1; }
+done
+from_toml big2r big2 2 >big2r.toml
+"$moelab" train big2r.toml >big2r.log 2>&1 || { echo "FAIL: train from big2: $(tail -1 big2r.log)"; exit 1; }
+for spec in "big1 lowrank:64 mean" "big1 lowrank:64 big/step_00000002" "big2r/step_00000002 lowrank:16 mean" \
+  "big2r/step_00000002 lowrank:128 big/step_00000002" "big2r/step_00000002 quant:8 mean" "big2r/step_00000002 sparse:0.9 mean"; do
+  set -- $spec
+  out=big_${1%%/*}_${2/:/}_${3%%/*}
+  if "$moelab" compress $1 --delta $2 --base $3 --out $out >$out.log 2>$out.err; then ok; else bad "compress (real size) $spec: exit $?: $(tail -1 $out.err)"; continue; fi
+  [ -s $out/compress.json ] && ok || bad "compress (real size) $spec: no compress.json"
+done
+/usr/bin/python3 - <<'PY' && ok || bad "real-size compress.json"
+import json
+def total(d): return json.load(open(d + "/compress.json"))["total"]
+w = json.load(open("big_big2r_lowrank16_mean/compress.json"))["weights"]
+assert sorted((x["in"], x["out"]) for x in w) == [(128, 4096), (2048, 128)], w
+# top-1 copies of the dense FFN: every delta is zero against either base, whatever the rank
+for d in ("big_big1_lowrank64_mean", "big_big1_lowrank64_big"):
+    assert total(d)["rel_error_max"] == 0, (d, total(d))
+# full rank (128 = min(in, out)) gives the experts back; rank 16 of 128 does not
+assert total("big_big2r_lowrank128_big")["rel_error_max"] < 1e-5, total("big_big2r_lowrank128_big")
+assert 0 < total("big_big2r_lowrank16_mean")["rel_error_mean"] < 1
+assert total("big_big2r_quant8_mean")["rel_error_max"] < 0.05
+assert 0 < total("big_big2r_sparse0.9_mean")["rel_error_mean"] < 1
+PY
+
 # ---- bad input: one stderr line, non-zero exit, no folder
 mkdir -p exists notckpt
 bad_input() {
