@@ -72,7 +72,8 @@ int study_train(const Experiment& x, bool resume, RunFailure* failure) {
   try {
     return train_run(x, resume);
   } catch (const TrainStopped& e) {
-    *failure = {e.step, x.total_steps(), e.nonfinite, e.what()};
+    *failure = {e.step >= 0 ? e.step : checkpoint_step(x.run_dir), x.total_steps(), e.nonfinite,
+                e.what()};
   } catch (const std::exception& e) {
     *failure = {checkpoint_step(x.run_dir), x.total_steps(), false, one_line(e.what())};
   }

@@ -820,7 +820,7 @@ int train_loop(const Experiment& x, bool resume, int64_t& steps);
 }  // namespace
 
 int train_run(const Experiment& x, bool resume) {
-  int64_t steps = 0;  // taken so far, for the error's record
+  int64_t steps = -1;  // taken so far, for the error's record (-1: before the run started)
   try {
     return train_loop(x, resume, steps);
   } catch (const TrainStopped&) {

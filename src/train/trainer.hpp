@@ -185,8 +185,9 @@ class Trainer {
 };
 
 // What stopped a run with an error: the one line, the steps it had taken (its last good
-// checkpoint may be older), and whether a non-finite loss or gradient stopped it (the run
-// diverged) rather than anything else. A study records it and goes on with its other runs.
+// checkpoint may be older; -1: it stopped before it started), and whether a non-finite loss or
+// gradient stopped it (the run diverged) rather than anything else. A study records it and goes on
+// with its other runs.
 struct TrainStopped : Error {
   TrainStopped(const std::string& msg, int64_t step, bool nonfinite);
   int64_t step = 0;
