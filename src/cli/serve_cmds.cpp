@@ -1,9 +1,11 @@
 // moelab serve: the completions server, until Ctrl-C or SIGTERM.
 #include <fmt/format.h>
+#include <malloc.h>
 #include <omp.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -34,6 +36,24 @@ void serve_cmd(const ServeCmdOptions& o) {
   if (e.queue < 0) fail(fmt::format("serve: --queue must be >= 0 (not {})", e.queue));
   if (o.serve.port < 0 || o.serve.port > 65535)
     fail(fmt::format("serve: --port must be in [0, 65535] (not {})", o.serve.port));
+  const ServeOptions& v = o.serve;
+  if (v.max_connections < 1 || v.max_connections > 16384)
+    fail(fmt::format("serve: --max-connections must be in [1, 16384] (not {})", v.max_connections));
+  if (v.max_body < 1024 || v.max_body > (int64_t(1) << 30))
+    fail(fmt::format("serve: --max-body must be in [1024, 2^30] bytes (not {})", v.max_body));
+  for (const auto& [name, x] : {std::pair{"--read-timeout", v.read_timeout},
+                                {"--keep-alive", v.keep_alive},
+                                {"--write-timeout", v.write_timeout}})
+    if (!(x >= 0.1 && x <= 3600))
+      fail(fmt::format("serve: {} must be in [0.1, 3600] seconds (not {})", name, x));
+  if (!(o.grace >= 0 && o.grace <= 86400))
+    fail(fmt::format("serve: --grace must be in [0, 86400] seconds (not {})", o.grace));
+  if (v.http_threads < 0 || v.http_threads > v.max_connections)
+    fail(fmt::format("serve: --http-threads must be in [0, --max-connections] (not {})",
+                     v.http_threads));
+  // Large allocations (request bodies, token lists) are mapped and unmapped on their own rather
+  // than left in the heaps of the request threads (glibc would raise this threshold as they go)
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
   const InferenceModel m = inference_load(o.checkpoint, o.data);
   StopScope stop_scope;  // Ctrl-C / SIGTERM: a graceful stop, a second one ends at once
@@ -48,7 +68,18 @@ void serve_cmd(const ServeCmdOptions& o) {
              st.queue);
   std::thread listener([&] { server.run(); });
   while (!signals_stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  fmt::print(stderr, "serve: stopping (running requests finish, at most {:.0f} s)\n", o.grace);
+  fmt::print(stderr,
+             "serve: stopping (running requests finish, at most {:.0f} s; a second signal ends "
+             "the server at once)\n",
+             o.grace);
+  // The last resort: the server ends within its grace and a margin even if a thread never
+  // returns (a model step that does not end); the exit status is the same as a clean stop's.
+  std::thread([grace = o.grace] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(grace + 5));
+    fmt::print(stderr, "serve: still stopping {:.0f} s after the grace; exiting\n", 5.0);
+    std::fflush(stderr);
+    std::_Exit(0);
+  }).detach();
   server.stop(o.grace);
   listener.join();
   const EngineStats end = server.stats();
@@ -77,7 +108,23 @@ void command_serve(CLI::App& app, Commands& c) {
                   "sequences waiting for a slot at most; beyond it requests get 503")
       ->capture_default_str();
   cmd->add_option("--http-threads", o->serve.http_threads,
-                  "request threads (0: slots + queue + 4, within [8, 256])")
+                  "connection threads started at once (0: slots + 4); more start on demand")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", o->serve.max_connections,
+                  "connections served at once; beyond, a new one gets a 503 and is closed")
+      ->capture_default_str();
+  cmd->add_option("--max-body", o->serve.max_body,
+                  "bytes of a request body at most; a larger one gets a 413 unread")
+      ->capture_default_str();
+  cmd->add_option("--read-timeout", o->serve.read_timeout,
+                  "seconds a request may take to arrive whole (line, headers, body); then 408")
+      ->capture_default_str();
+  cmd->add_option("--keep-alive", o->serve.keep_alive,
+                  "seconds an idle connection is kept for its next request")
+      ->capture_default_str();
+  cmd->add_option("--write-timeout", o->serve.write_timeout,
+                  "seconds a response may wait for the client to read it; then the "
+                  "connection is closed (a stream is cancelled)")
       ->capture_default_str();
   cmd->add_option("--grace", o->grace, "seconds running requests get to finish on a stop")
       ->capture_default_str();

@@ -24,16 +24,32 @@ const json* field(const json& j, const char* name) {
   return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
+// An integer in [lo, hi], compared exactly: 2^63 (an unsigned JSON number) is refused, never
+// wrapped; a number written with a fraction or exponent, or beyond int64 (which JSON readers
+// take as a float), must be an integer below 2^53 in magnitude, where floats are exact.
 int64_t get_int(const json& j, const char* name, int64_t def, int64_t lo, int64_t hi) {
   const json* v = field(j, name);
   if (!v) return def;
-  if (!v->is_number_integer() &&
-      !(v->is_number_float() && std::trunc(v->get<double>()) == v->get<double>()))
+  if (!v->is_number_integer() && !(v->is_number_float() && std::isfinite(v->get<double>()) &&
+                                   std::trunc(v->get<double>()) == v->get<double>()))
     bad(fmt::format("{}: must be an integer", name));
-  const double x = v->get<double>();
-  if (x < double(lo) || x > double(hi))
+  auto out_of_range = [&] {
     bad(fmt::format("{}: must be in [{}, {}] (not {})", name, lo, hi, v->dump()));
-  return v->is_number_integer() ? v->get<int64_t>() : int64_t(x);
+  };
+  int64_t x = 0;
+  if (v->is_number_unsigned()) {
+    const uint64_t u = v->get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<int64_t>::max())) out_of_range();
+    x = int64_t(u);
+  } else if (v->is_number_integer()) {
+    x = v->get<int64_t>();
+  } else {
+    const double d = v->get<double>();
+    if (!(std::fabs(d) < 0x1p53)) out_of_range();
+    x = int64_t(d);
+  }
+  if (x < lo || x > hi) out_of_range();
+  return x;
 }
 
 double get_number(const json& j, const char* name, double def, double lo, double hi) {
@@ -84,6 +100,11 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
   const json* p = field(j, "prompt");
   if (!p) bad("prompt: missing");
   auto add_text = [&](const std::string& text) {
+    if (int64_t(text.size()) > lim.max_text_bytes)
+      bad(fmt::format(
+          "prompt: prompt {} is a text of {} bytes, more than the model's context "
+          "takes ({} positions x {} bytes = {})",
+          r.prompts.size(), text.size(), lim.max_len, kTextBytesPerPosition, lim.max_text_bytes));
     r.prompts.push_back(api_encode(tok, text));
     r.prompt_texts.push_back(text);
   };
@@ -123,12 +144,58 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
 // ----------------------------------------------------------------------------
 // the request
 
+ApiLimits api_limits(int64_t max_len, int64_t vocab) {
+  ApiLimits lim;
+  lim.max_len = max_len, lim.vocab = vocab;
+  lim.max_text_bytes = max_len * kTextBytesPerPosition;
+  lim.max_tokenize_bytes = std::max<int64_t>(int64_t(1) << 20, lim.max_text_bytes);
+  lim.max_json_values = lim.max_prompts * max_len + 4096;
+  return lim;
+}
+
+json api_parse_body(const std::string& body, const ApiLimits& lim) {
+  // One pass over the text: strings skipped (escapes included), brackets counted for the depth,
+  // and each value counted where it starts (after '[', '{', ',', ':' or at the beginning).
+  int64_t depth = 0, values = 0;
+  bool in_string = false, escaped = false, expect_value = true;
+  for (const char c : body) {
+    if (c == '\0') bad("the body holds a NUL byte");
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+    if (expect_value && ++values > lim.max_json_values)
+      bad(fmt::format("the body holds more than {} JSON values", lim.max_json_values));
+    expect_value = false;
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > lim.max_json_depth)
+        bad(fmt::format("the body nests JSON deeper than {} levels", lim.max_json_depth));
+      expect_value = true;
+    } else if (c == ']' || c == '}') {
+      depth--;
+    } else if (c == ',' || c == ':') {
+      expect_value = true;
+    }
+  }
+  // Without NUL bytes the parser reads the whole text: anything after the value is an error.
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) bad("the body is not valid JSON");
+  if (!j.is_object()) bad("the body must be a JSON object");
+  return j;
+}
+
 CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
                                        uint64_t default_seed) {
   const ApiLimits& lim = cx.lim;
-  const json j = json::parse(body, nullptr, false);
-  if (j.is_discarded()) bad("the body is not valid JSON");
-  if (!j.is_object()) bad("the body must be a JSON object");
+  const json j = api_parse_body(body, lim);
   CompletionRequest r;
   if (const json* m = field(j, "model")) {
     if (!m->is_string()) bad("model: must be a string");
@@ -142,9 +209,10 @@ CompletionRequest api_parse_completion(const std::string& body, const ApiContext
   if (s.gen.top_p <= 0) bad("top_p: must be in (0, 1]");
   s.gen.top_k = get_int(j, "top_k", 0, -1, std::numeric_limits<int32_t>::max());
   if (s.gen.top_k < 0) s.gen.top_k = 0;  // -1: off, as some servers spell it
-  s.gen.seed =
-      uint64_t(get_int(j, "seed", int64_t(default_seed >> 1), std::numeric_limits<int64_t>::min(),
-                       std::numeric_limits<int64_t>::max()));
+  s.gen.seed = field(j, "seed")
+                   ? uint64_t(get_int(j, "seed", 0, std::numeric_limits<int64_t>::min(),
+                                      std::numeric_limits<int64_t>::max()))
+                   : default_seed;
   s.gen.stop = get_stop(j);
   s.logprobs = get_int(j, "logprobs", -1, 0, lim.max_logprobs);
   s.echo = get_bool(j, "echo", false);
@@ -321,10 +389,19 @@ json api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput
               {"choices", json::array({std::move(choice)})}};
 }
 
+std::string api_tokenizer_name(const std::string& name) {
+  // "sentencepiece:/data/x/tokenizer.model" -> "sentencepiece:tokenizer.model"
+  const size_t colon = name.find(':');
+  const size_t from = colon == std::string::npos ? 0 : colon + 1;
+  const size_t slash = name.find_last_of('/');
+  if (slash == std::string::npos || slash < from) return name;
+  return name.substr(0, from) + name.substr(slash + 1);
+}
+
 std::string api_error_body(int status, const std::string& message) {
-  const char* type = status == 400   ? "invalid_request_error"
-                     : status == 503 ? "server_overloaded"
+  const char* type = status == 503   ? "server_overloaded"
                      : status == 404 ? "not_found_error"
+                     : status < 500  ? "invalid_request_error"
                                      : "server_error";
   return api_dump(json{{"error", {{"message", message}, {"type", type}, {"code", status}}}});
 }

@@ -21,13 +21,25 @@ struct ApiError : std::runtime_error {
   ApiError(int s, const std::string& m) : std::runtime_error(m), status(s) {}
 };
 
+// A text prompt may hold at most this many bytes per position of the context; a longer one is
+// refused before it is tokenized (no tokenizer of ours gives fewer than 1 token per 32 bytes of
+// ordinary text).
+constexpr int64_t kTextBytesPerPosition = 32;
+
 struct ApiLimits {
   int64_t max_len = 0;        // positions per sequence (the engine's)
   int64_t vocab = 0;          // the tokenizer's ids
   int64_t max_n = 16;         // choices per prompt
   int64_t max_prompts = 256;  // prompts per request
   int64_t max_logprobs = 20;
+  // What a body may hold before anything is parsed or tokenized (api_limits sets them).
+  int64_t max_text_bytes = 0;      // one text prompt of /v1/completions: max_len * 32
+  int64_t max_tokenize_bytes = 0;  // the text of /tokenize: max(1 MiB, max_text_bytes)
+  int64_t max_json_depth = 16;     // nesting of arrays and objects
+  int64_t max_json_values = 0;     // values (ids, strings, lists...): max_prompts * max_len + 4096
 };
+// The limits of a context of `max_len` positions and `vocab` ids.
+ApiLimits api_limits(int64_t max_len, int64_t vocab);
 
 // What the API needs to know of the model and tokenizer, built once.
 struct ApiContext {
@@ -47,7 +59,14 @@ struct CompletionRequest {
   SeqSpec seq;  // what every sequence shares (its prompt is filled per prompt)
 };
 
-// Parses the body of POST /v1/completions; ApiError(400) names the field on any problem.
+// A request body as a JSON object: ApiError(400) when it holds a NUL byte, nests deeper than
+// lim.max_json_depth, holds more than lim.max_json_values values (all checked in one pass before
+// parsing, so that no shape of body costs more memory than a bounded multiple of its size), is not
+// one valid JSON text, or is not an object.
+nlohmann::json api_parse_body(const std::string& body, const ApiLimits& lim);
+
+// Parses the body of POST /v1/completions; ApiError(400) names the field on any problem. A
+// request without "seed" is sampled with `default_seed` (all 64 bits; choice j with + j).
 CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
                                        uint64_t default_seed);
 
@@ -73,6 +92,9 @@ std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
 
 // A JSON list of token ids, each within [0, vocab); ApiError(400) naming `field` otherwise.
 std::vector<int32_t> api_token_ids(const nlohmann::json& a, int64_t vocab, const char* field);
+
+// The tokenizer's name as clients see it: a file path in it is cut to its last component.
+std::string api_tokenizer_name(const std::string& name);
 
 // {"error": {"message": m, "type": ..., "code": status}} dumped on one line.
 std::string api_error_body(int status, const std::string& message);

@@ -22,6 +22,18 @@ SeqOutput Sequence::wait(size_t tokens, size_t text) {
   return out_;
 }
 
+SeqOutput Sequence::wait(size_t tokens, size_t text, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout,
+               [&] { return out_.done || out_.tokens.size() > tokens || out_.text.size() > text; });
+  return out_;
+}
+
+bool Sequence::wait_done(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return out_.done; });
+}
+
 void Sequence::cancel() {
   std::lock_guard lock(mu_);
   cancelled_ = true;

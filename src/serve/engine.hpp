@@ -4,6 +4,7 @@
 // when asked, and the first new token), then advance one token per step together with every
 // other sequence in the batch, and leave when they end, freeing the slot for the next one. The
 // tokens are chosen by the same Continuation as `moelab generate`.
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -54,6 +55,10 @@ class Sequence {
   // Blocks until the sequence has more than `tokens` new tokens or more than `text` bytes of
   // text, or is done; returns a copy of its output.
   SeqOutput wait(size_t tokens, size_t text);
+  // The same, waiting at most `timeout` (the copy may then hold nothing new).
+  SeqOutput wait(size_t tokens, size_t text, std::chrono::milliseconds timeout);
+  // Waits at most `timeout` for the sequence to be done; whether it is.
+  bool wait_done(std::chrono::milliseconds timeout);
   void cancel();  // the client went away: the engine drops it at its next step
 
  private:
