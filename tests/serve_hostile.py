@@ -36,8 +36,8 @@ GRACE = 2.0
 MAX_CONN = 64
 MAX_BODY = 4 << 20
 CTX = 1024  # the checkpoint's max_position_embeddings (the test makes it so)
-RSS_ROUND_BOUND_MB = 48  # VmRSS spread across rounds of one attack, at most
-RSS_TOTAL_BOUND_MB = 160  # VmRSS above the warmed-up baseline at the end, at most
+RSS_ROUND_BOUND_MB = 24  # VmRSS spread across rounds of one attack, at most
+RSS_TOTAL_BOUND_MB = 96  # VmRSS above the warmed-up baseline at the end, at most
 
 failures = []
 summary = {}

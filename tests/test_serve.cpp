@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "core/rng.hpp"
@@ -16,6 +17,7 @@
 #include "eval/generate.hpp"
 #include "eval/metrics.hpp"
 #include "letter_tokenizer.hpp"
+#include "serve/api.hpp"
 #include "serve/server.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
@@ -320,6 +322,26 @@ TEST(Serve, BadRequestsGetA400WithAOneLineJsonError) {
       {R"({"prompt": "ab", "stop": [1]})", "stop"},
       {R"({"prompt": "ab", "max_tokens": 0})", "max_tokens"},
       {R"({"prompt": ")" + std::string(65, 'a') + R"("})", "context"},
+      // refused before tokenizing: more than 32 bytes per position of the context (64)
+      {R"({"prompt": ")" + std::string(64 * 32 + 1, 'a') + R"("})", "2049 bytes"},
+      {R"({"prompt": ["ab", ")" + std::string(5000, 'a') + R"("]})", "prompt 1 is a text"},
+      // the stated range of seed is int64: 2^63 is not wrapped, nor -2^63 - 1 rounded
+      {R"({"prompt": "ab", "seed": 9223372036854775808})", "seed"},
+      {R"({"prompt": "ab", "seed": -9223372036854775809})", "seed"},
+      {R"({"prompt": "ab", "seed": 1e19})", "seed"},
+      {R"({"prompt": "ab", "seed": 1.5})", "seed: must be an integer"},
+      // a NUL byte does not end the body; the shape of JSON is bounded before parsing
+      {std::string(R"({"prompt": "ab"})") + '\0' + "{}", "NUL"},
+      {std::string(100, '[') + std::string(100, ']'), "deeper"},
+      {R"({"prompt": [)" +
+           [] {
+             std::string ids = "1";
+             for (int i = 0; i < 30000; i++) ids += ",1";
+             return ids;
+           }() +
+           "]}",
+       "values"},
+      {R"({"prompt": "ab"} {"prompt": "cd"})", "not valid JSON"},
   };
   for (const auto& [body, needle] : bad) {
     const auto r = s.post_raw("/v1/completions", body);
@@ -335,6 +357,81 @@ TEST(Serve, BadRequestsGetA400WithAOneLineJsonError) {
   EXPECT_EQ(ok_json(s.post("/v1/completions", json{{"prompt", "ab"}, {"max_tokens", 2}}))["choices"]
                 .size(),
             1u);
+}
+
+TEST(Serve, SeedsAtTheirBoundsAreTakenAndFramingRefusalsSayWhatTheyAre) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 2, 8);
+  for (const char* seed : {"9223372036854775807", "-9223372036854775808", "0", "1e3"})
+    EXPECT_EQ(s.post_raw("/v1/completions",
+                         std::string(R"({"prompt": "ab", "max_tokens": 2, "seed": )") + seed + "}")
+                  ->status,
+              200)
+        << seed;
+  httplib::Client cli("127.0.0.1", s.port);
+  auto error_of = [](const httplib::Result& r, int status) {
+    EXPECT_TRUE(r);
+    if (!r) return std::string();
+    EXPECT_EQ(r->status, status) << r->body;
+    EXPECT_EQ(r->body.find('\n'), std::string::npos) << "one line";
+    const json e = json::parse(r->body, nullptr, false);
+    return e.is_discarded() ? std::string() : e["error"]["message"].get<std::string>();
+  };
+  // a route's other methods: 405 naming the allowed ones
+  auto r = cli.Delete("/v1/completions");
+  EXPECT_NE(error_of(r, 405).find("not allowed"), std::string::npos);
+  EXPECT_EQ(r->get_header_value("Allow"), "POST");
+  r = cli.Post("/health", "{}", "application/json");
+  EXPECT_NE(error_of(r, 405).find("GET"), std::string::npos);
+  EXPECT_NE(error_of(cli.Get("/nothere"), 404).find("no such route"), std::string::npos);
+  // compressed bodies are refused by their header, not inflated
+  r = cli.Post("/v1/completions", {{"Content-Encoding", "gzip"}}, "xx", "application/json");
+  EXPECT_NE(error_of(r, 415).find("Content-Encoding"), std::string::npos);
+  // Range is ignored: the whole answer, 200, never several parts
+  const json body = {{"prompt", "ab"}, {"max_tokens", 3}, {"temperature", 0}};
+  const auto plain = s.post("/v1/completions", body);
+  r = cli.Post("/v1/completions", {{"Range", "bytes=0-,0-,0-,0-"}}, body.dump(),
+               "application/json");
+  ASSERT_TRUE(r && plain);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(json::parse(r->body)["choices"], json::parse(plain->body)["choices"]);
+  r = cli.Get("/health", {{"Range", "bytes=0-3"}});
+  EXPECT_EQ(r->status, 200);
+  EXPECT_FALSE(json::parse(r->body, nullptr, false).is_discarded()) << r->body;
+  EXPECT_NE(error_of(cli.Get("/health", {{"Range", "bytes=x"}}), 416).find("Range"),
+            std::string::npos);
+  // the tokenizer's name without the folders it was read from
+  EXPECT_EQ(api_tokenizer_name("sentencepiece:/srv/data/tokenizer.model"),
+            "sentencepiece:tokenizer.model");
+  EXPECT_EQ(api_tokenizer_name("gpt2"), "gpt2");
+  EXPECT_EQ(s.get("/health")["running"], 0);
+}
+
+// Requests without a seed: each its own, concurrent or one after another (the default seeds
+// come from one counter, mixed; texts at temperature 3 over 52 letters never collide by chance).
+TEST(Serve, UnseededRequestsEachSampleTheirOwnText) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(4);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 4, 64);
+  const json body = {{"prompt", "abc"}, {"max_tokens", 12}, {"temperature", 3}};
+  std::vector<std::string> texts(16), ids(16);
+  std::vector<std::thread> th;
+  for (size_t i = 0; i < 16; i++)
+    th.emplace_back([&, i] {
+      const json r = ok_json(s.post("/v1/completions", body));
+      texts[i] = r["choices"][0]["text"], ids[i] = r["id"];
+    });
+  for (auto& t : th) t.join();
+  EXPECT_EQ(std::set<std::string>(texts.begin(), texts.end()).size(), 16u);
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 16u);
+  for (size_t i = 0; i < 16; i++)
+    texts[i] = ok_json(s.post("/v1/completions", body))["choices"][0]["text"];
+  EXPECT_EQ(std::set<std::string>(texts.begin(), texts.end()).size(), 16u);
 }
 
 TEST(Serve, AFullServerAnswers503AndServesAgainAfter) {
