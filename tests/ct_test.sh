@@ -210,9 +210,14 @@ variant model '1i [model]\nhidden_size = 32'
 expect_error "a [model] section" "model\.toml: \[model\] comes from 'ct\.base'" "$moelab" ct model.toml
 variant replay 's/^replay_ratio = 0.25$/replay_ratio = 0.25\nreplay_bogus = 1/'
 cp ct/full/seed_3/experiment.toml before.toml
-expect_error "unknown replay key" "replay\.toml: method 'full': ct/full/seed_3/experiment\.toml: unknown key 'phases\[0\]\.replay_bogus'" \
+# in the study's folder a changed method is refused first (ct/settings.json), in a new one the key
+expect_error "changed method key" "ct/settings\.json: the study in ct was started with no ct\.methods\[full\]\.replay_bogus, this start has ct\.methods\[full\]\.replay_bogus = 1" \
   "$moelab" ct replay.toml
-cmp -s before.toml ct/full/seed_3/experiment.toml && [ ! -e ct/full/seed_3/.experiment.check.toml ] && ok ||
+sed 's/^dir = "ct"$/dir = "ctreplay"/' replay.toml >replay2.toml
+expect_error "unknown replay key" "replay2\.toml: method 'full': ctreplay/full/seed_3/experiment\.toml: unknown key 'phases\[0\]\.replay_bogus'" \
+  "$moelab" ct replay2.toml
+cmp -s before.toml ct/full/seed_3/experiment.toml && [ ! -e ct/full/seed_3/.experiment.check.toml ] &&
+  [ ! -e ctreplay/full/seed_3/.experiment.check.toml ] && [ ! -e ctreplay/full/seed_3/experiment.toml ] && ok ||
   bad "a refused file changed a run's experiment"
 expect_error "unknown method" "--methods: ct\.toml has no method named 'dora'" "$moelab" ct ct.toml --methods dora
 

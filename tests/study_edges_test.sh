@@ -220,6 +220,13 @@ grep -q "| M_ex at the end | n/a |" study/report/summary.md &&
   grep -q "study/E1_s1\`: after A the model recalled none of .* M_ex, M_in are undefined (n/a)" study/report/summary.md &&
   ok || bad "run report: an empty recalled set"
 
+# an evaluation set with no samples at all (the empty set E1_s1 recalled) and eval.min_recalled
+# above 0: refused before training, not after A
+cp study/E1_s1/evalset.frozen.jsonl empty.jsonl
+expect_error "run: an empty evaluation set" "empty\.jsonl: the evaluation set has no samples, fewer than eval\.min_recalled = 5 can be recalled.*stopped before training" \
+  "$moelab" train exp.toml --set run.dir=emptyset --set eval.evalset=empty.jsonl --set eval.min_recalled=5
+[ ! -e emptyset/metrics.jsonl ] && ok || bad "an empty evaluation set: the run trained"
+
 # ---- 4. moelab run: a --set that changes a run's settings is refused; --restart starts again
 expect_error "run: changed setting" "study/settings\.json: the study in study was started with schedule\.max_lr = 0\.001, this start has 0\.002; .*run\.dir.*--restart" \
   "$moelab" run exp.toml --set schedule.max_lr=2e-3

@@ -135,11 +135,13 @@ expect_error "unknown study key" "unknown key 'study\.expert'" "$moelab" run exp
 
 # ---- no forgetting metrics: the report says why, per run
 # an evaluation set too small to measure forgetting on: the trainer stops after A with one line
-# (a set of 4 candidates: fewer than eval.min_recalled = 5 can be recalled)
+# (a set of 4 candidates: fewer than eval.min_recalled = 5 can be recalled); the study records
+# the run as failed, and ends with exit status 3
 "$moelab" run exp.toml --experts 1 --no-report --set run.dir=few --set study.max_samples=4 >few.out 2>few.err
-[ $? = 1 ] && tail -1 few.err | grep -q "min_recalled" && ok || bad "too few recalled: $(tail -1 few.err)"
+[ $? = 3 ] && grep -q "^== E1_s5 stopped at step 30 of 45: .*fewer than eval.min_recalled = 5" few.err &&
+  tail -1 few.err | grep -q "1 of 1 runs failed (E1_s5); exit status 3" && ok || bad "too few recalled: $(tail -1 few.err)"
 "$moelab" report few --no-plots >/dev/null 2>&1 &&
-  grep -Eq "few/E1_s5\`: after A the model recalled (only [0-4] of 4 candidate|none of 4 candidate)" few/report/summary.md &&
+  grep -Eq "Failed: \`few/E1_s5\` \(dense \(E=1\), seed 5\) stopped at step 30 of 45: .*after phase A the model recalls [0-4] of the 4 evaluation samples" few/report/summary.md &&
   ok || bad "report: cause of a set too small"
 # no evaluation set at all
 "$moelab" run exp.toml --experts 1 --set run.dir=noev --set 'study.entities=""' --set phases.1.steps=5 \

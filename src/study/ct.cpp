@@ -113,8 +113,8 @@ UpcycleOptions upcycle_options(const CtMethod& m, int64_t seed) {
 // Every upcycle method's options are checked against the base first (one line naming the
 // method); then each missing starting point is written, and one whose config no longer matches
 // the method (the file changed) is written again.
-void upcycled_prepare(const CtConfig& c, const std::vector<const CtMethod*>& methods,
-                      const std::vector<int64_t>& seeds) {
+void upcycled_check(const CtConfig& c, const std::vector<const CtMethod*>& methods,
+                    const std::vector<int64_t>& seeds) {
   const ModelConfig base = config_load((fs::path(c.base) / "config.json").string());
   for (const CtMethod* m : methods)
     if (m->kind == CtKind::Upcycle) try {
@@ -122,6 +122,11 @@ void upcycled_prepare(const CtConfig& c, const std::vector<const CtMethod*>& met
       } catch (const Error& e) {
         fail(fmt::format("{}: method '{}': {}", c.source, m->name, e.what()));
       }
+}
+
+void upcycled_prepare(const CtConfig& c, const std::vector<const CtMethod*>& methods,
+                      const std::vector<int64_t>& seeds) {
+  const ModelConfig base = config_load((fs::path(c.base) / "config.json").string());
   for (const CtMethod* m : methods)
     for (int64_t seed : seeds) {
       if (m->kind != CtKind::Upcycle) continue;
@@ -482,7 +487,11 @@ int ct_run(const std::string& config, const CtOptions& o) {
   const std::vector<const CtMethod*> methods = methods_of(c, o);
   const std::vector<int64_t> seeds = seeds_of(root, c, o);
   base_check(c);
-  // A study started under other settings is refused before anything is written.
+  upcycled_check(c, methods, seeds);
+  if (const auto dir = root["data"]["dir"].value<std::string>())  // the base fits the data
+    data_check(c, data_open(*dir));
+  // A study started under other settings is refused before anything is written (a file whose
+  // runs' experiments are bad is refused after this, in the loop below).
   const Settings settings = ct_settings(root);
   if (o.restart) {
     if (writer) ct_discard(c);

@@ -2,9 +2,15 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -71,6 +77,26 @@ std::string shown(const json& v) {
   return one_line(v.dump(), 120);
 }
 
+// Written under a name of this process's own, then renamed: the workers of a sweep may start
+// together and record the same settings at once.
+void write_shared(const std::string& path, const std::string& text) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, long(::getpid()));
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) fail(fmt::format("{}: cannot write ({})", path, std::strerror(errno)));
+    f << text;
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      fail(path + ": write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(fmt::format("{}: rename failed ({})", path, std::strerror(errno)));
+  }
+}
+
 std::string path_of(const std::string& dir) {
   return (fs::path(dir) / "settings.json").string();
 }
@@ -130,8 +156,10 @@ bool settings_check(const std::string& dir, const Settings& now, const std::stri
 void settings_record(const std::string& dir, const Settings& now, const std::string& command) {
   const std::string path = path_of(dir);
   std::error_code ec;
-  Settings merged = fs::exists(path, ec) ? settings_read(path) : Settings{};
+  const Settings recorded = fs::exists(path, ec) ? settings_read(path) : Settings{};
+  Settings merged = recorded;
   for (const auto& [k, v] : now) merged[k] = v;
+  if (fs::exists(path, ec) && merged == recorded) return;
   ojson s = ojson::object();
   for (const auto& [k, v] : merged) s[k] = v;
   const ojson j = {{"written_by", command},
@@ -141,7 +169,7 @@ void settings_record(const std::string& dir, const Settings& now, const std::str
                     "the runs instead)"},
                    {"settings", s}};
   fs::create_directories(dir, ec);
-  file_write_atomic(path, j.dump(2) + "\n");
+  write_shared(path, j.dump(2) + "\n");
 }
 
 }  // namespace moelab

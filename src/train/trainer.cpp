@@ -227,8 +227,17 @@ void Trainer::start(bool resume) {
   peak_ = x_.peak_gflops > 0 ? x_.peak_gflops : bench_fma_peak_gflops(threads_get(), 0.3);
 
   // Everything the run reads is checked before the run directory is touched.
-  if (!x_.evalset.empty())
+  if (!x_.evalset.empty()) {
     full_set_ = evalset_load(x_.evalset, data_->fingerprint, evalset_limits());
+    // Nothing in it can be recalled: a run that needs some would stop at the filtering, maybe
+    // hours from now; it stops here instead.
+    if (full_set_.samples.empty() && x_.min_recalled > 0)
+      fail(fmt::format(
+          "{}: the evaluation set has no samples, fewer than eval.min_recalled = {} can be "
+          "recalled, so forgetting cannot be measured; stopped before training. Build one with "
+          "samples (eval.min_recalled = 0 trains without forgetting metrics)",
+          x_.evalset, x_.min_recalled));
+  }
   const RunClaim claim = run_dir_claim(x_, resume);
   if (comm_) {  // before anything is written: every rank runs the same
     comm_->same("the experiment (its file after --set, and the model)",
@@ -354,8 +363,13 @@ void Trainer::forgetting_at_start() {
 // counts for the metrics line.
 ojson Trainer::forgetting_filter() {
   const Activity doing("evaluation");
-  const EvalReport r = moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch);
-  frozen_ = evalset_filter(full_set_, r.ex_hit);
+  // An empty set keeps nothing (eval.min_recalled = 0 let the run go on without one).
+  frozen_ =
+      full_set_.samples.empty()
+          ? full_set_
+          : evalset_filter(
+                full_set_,
+                moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch).ex_hit);
   evalset_write(frozen_path_, frozen_);
   have_frozen_ = true;
   return {{"samples", full_set_.samples.size()}, {"kept", frozen_.samples.size()}};
