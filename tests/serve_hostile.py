@@ -280,6 +280,17 @@ def case_sizes(srv, rounds):
         is_json_error(st, b, 400, "deeper", "3.5 MB of [")
         st, _, b = request(port, "POST", "/tokenize", b'{"prompt": ' + b"[" * 100_000 + b"}")
         is_json_error(st, b, 400, "deeper", "/tokenize nested")
+        # texts /tokenize takes, 8 at once: tokenized in turns, their memory given back
+        text = "Verse 3 of chapter 7: and the king went up. " * (250_000 // 45)
+        out = []
+        th = [threading.Thread(target=lambda: out.append(post(port, "/tokenize",
+                                                              {"prompt": text})[0]))
+              for _ in range(8)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join()
+        check(out == [200] * 8, f"8 concurrent /tokenize of 250 KB: {out}")
         ids = "[" + ",".join(["1"] * 400_000) + "]"
         st, _, b = request(port, "POST", "/v1/completions",
                            ('{"prompt": ' + ids + ', "max_tokens": 1}').encode())

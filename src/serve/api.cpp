@@ -99,17 +99,28 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
   const ApiLimits& lim = cx.lim;
   const json* p = field(j, "prompt");
   if (!p) bad("prompt: missing");
+  // each prompt checked as it comes, so that a long list stops at its first prompt too long
+  auto fits = [&] {
+    const size_t i = r.prompts.size() - 1;
+    const int64_t n = int64_t(r.prompts[i].size());
+    if (n == 0) bad(fmt::format("prompt: prompt {} has no tokens", i));
+    if (n > lim.max_len)
+      bad(fmt::format("prompt: prompt {} has {} tokens, more than the model's context ({})", i, n,
+                      lim.max_len));
+  };
   auto add_text = [&](const std::string& text) {
     if (int64_t(text.size()) > lim.max_text_bytes)
       bad(fmt::format(
           "prompt: prompt {} is a text of {} bytes, more than the model's context "
           "takes ({} positions x {} bytes = {})",
           r.prompts.size(), text.size(), lim.max_len, kTextBytesPerPosition, lim.max_text_bytes));
-    r.prompts.push_back(api_encode(tok, text));
+    r.prompts.push_back(api_encode(cx, text));
     r.prompt_texts.push_back(text);
+    fits();
   };
   auto add_ids = [&](const json& a) {
     r.prompts.push_back(ids_prompt(a, lim, "prompt"));
+    fits();
     r.prompt_texts.push_back(tok.decode(r.prompts.back()));
   };
   if (p->is_string()) {
@@ -117,6 +128,8 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
   } else if (p->is_array() && !p->empty() && (*p)[0].is_number()) {
     add_ids(*p);
   } else if (p->is_array() && !p->empty()) {
+    if (int64_t(p->size()) > lim.max_prompts)
+      bad(fmt::format("prompt: at most {} prompts per request", lim.max_prompts));
     for (const auto& e : *p) {
       if (e.is_string())
         add_text(e.get<std::string>());
@@ -127,15 +140,6 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
     }
   } else {
     bad("prompt: must be a text, a list of token ids, or a non-empty list of either");
-  }
-  if (int64_t(r.prompts.size()) > lim.max_prompts)
-    bad(fmt::format("prompt: at most {} prompts per request", lim.max_prompts));
-  for (size_t i = 0; i < r.prompts.size(); i++) {
-    const int64_t n = int64_t(r.prompts[i].size());
-    if (n == 0) bad(fmt::format("prompt: prompt {} has no tokens", i));
-    if (n > lim.max_len)
-      bad(fmt::format("prompt: prompt {} has {} tokens, more than the model's context ({})", i, n,
-                      lim.max_len));
   }
 }
 
@@ -148,7 +152,7 @@ ApiLimits api_limits(int64_t max_len, int64_t vocab) {
   ApiLimits lim;
   lim.max_len = max_len, lim.vocab = vocab;
   lim.max_text_bytes = max_len * kTextBytesPerPosition;
-  lim.max_tokenize_bytes = std::max<int64_t>(int64_t(1) << 20, lim.max_text_bytes);
+  lim.max_tokenize_bytes = std::max<int64_t>(int64_t(256) << 10, lim.max_text_bytes);
   lim.max_json_values = lim.max_prompts * max_len + 4096;
   return lim;
 }
@@ -270,8 +274,31 @@ std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text) {
   return ids;
 }
 
+TokenizeBudget::Hold TokenizeBudget::take(int64_t n) {
+  n = std::clamp<int64_t>(n, 0, total_);
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return free_ >= n; });
+  free_ -= n;
+  return Hold(this, n);
+}
+
+TokenizeBudget::Hold::~Hold() {
+  if (!b_) return;
+  {
+    std::lock_guard lock(b_->mu_);
+    b_->free_ += n_;
+  }
+  b_->cv_.notify_all();
+}
+
+std::vector<int32_t> api_encode(const ApiContext& cx, const std::string& text) {
+  if (!cx.budget) return api_encode(*cx.tok, text);
+  const auto hold = cx.budget->take(int64_t(text.size()));
+  return api_encode(*cx.tok, text);
+}
+
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model) {
-  ApiContext cx{&tok, lim, std::move(model), {}};
+  ApiContext cx{&tok, lim, std::move(model), {}, nullptr};
   // Each token's text decoded behind an anchor, so that a SentencePiece piece keeps the space it
   // begins with (decoded alone, a text's first piece loses it).
   const std::vector<int32_t> anchor = tok.encode("a");

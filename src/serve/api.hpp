@@ -2,10 +2,13 @@
 // The OpenAI-style completions API as data: a request parsed and checked into sequences, and the
 // response (whole, or as server-sent-event chunks) built from their outputs. No HTTP here, so
 // that tests can drive it directly.
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -34,19 +37,49 @@ struct ApiLimits {
   int64_t max_logprobs = 20;
   // What a body may hold before anything is parsed or tokenized (api_limits sets them).
   int64_t max_text_bytes = 0;      // one text prompt of /v1/completions: max_len * 32
-  int64_t max_tokenize_bytes = 0;  // the text of /tokenize: max(1 MiB, max_text_bytes)
+  int64_t max_tokenize_bytes = 0;  // the text of /tokenize: max(256 KiB, max_text_bytes)
   int64_t max_json_depth = 16;     // nesting of arrays and objects
   int64_t max_json_values = 0;     // values (ids, strings, lists...): max_prompts * max_len + 4096
 };
 // The limits of a context of `max_len` positions and `vocab` ids.
 ApiLimits api_limits(int64_t max_len, int64_t vocab);
 
+// The text bytes tokenized at once by all request threads together. Tokenizing takes about a
+// hundred times a text's size in memory for a moment, so large texts take turns: take(n) waits
+// until n bytes (at most the whole budget) are free and holds them until the Hold ends.
+class TokenizeBudget {
+ public:
+  explicit TokenizeBudget(int64_t bytes) : total_(bytes), free_(bytes) {}
+  class Hold {
+   public:
+    Hold(TokenizeBudget* b, int64_t n) : b_(b), n_(n) {}
+    Hold(Hold&& o) noexcept : b_(std::exchange(o.b_, nullptr)), n_(o.n_) {}
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    Hold& operator=(Hold&&) = delete;
+    ~Hold();
+
+   private:
+    TokenizeBudget* b_;
+    int64_t n_;
+  };
+  Hold take(int64_t n);
+  int64_t total() const { return total_; }
+
+ private:
+  const int64_t total_;
+  int64_t free_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
 // What the API needs to know of the model and tokenizer, built once.
 struct ApiContext {
   const Tokenizer* tok = nullptr;
   ApiLimits lim;
-  std::string model;               // the name /v1/models lists
-  std::vector<std::string> texts;  // [vocab] each token's text as it reads inside a text
+  std::string model;                       // the name /v1/models lists
+  std::vector<std::string> texts;          // [vocab] each token's text as it reads inside a text
+  std::shared_ptr<TokenizeBudget> budget;  // none: texts are tokenized at once
 };
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model);
 
@@ -89,6 +122,8 @@ nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const
 // Text as the tokenizer reads it, with its end-of-text name (e.g. "</s>") becoming that id,
 // as a client that tokenizes remotely expects.
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
+// The same within the context's tokenize budget.
+std::vector<int32_t> api_encode(const ApiContext& cx, const std::string& text);
 
 // A JSON list of token ids, each within [0, vocab); ApiError(400) naming `field` otherwise.
 std::vector<int32_t> api_token_ids(const nlohmann::json& a, int64_t vocab, const char* field);

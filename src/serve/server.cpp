@@ -36,8 +36,12 @@ namespace {
 // The request line and headers together, at most (the library refuses a request line over 8192
 // bytes with 414 and a header line over 8192 bytes with 400).
 constexpr int64_t kMaxHeaderBytes = 64 << 10;
-// A request body larger than this is trimmed from the heap afterwards.
-constexpr int64_t kTrimAfterBytes = 1 << 20;
+// After a request or response larger than this, the heap gives its free pages back: what a
+// thread allocated for it (parsed JSON, token lists) would otherwise stay with that thread's arena.
+constexpr int64_t kTrimAfterBytes = 64 << 10;
+// Text bytes tokenized at once by all request threads (TokenizeBudget), about 130 MB of memory
+// at the peak with the SentencePiece tokenizer.
+constexpr int64_t kTokenizeBudget = 1 << 20;
 
 // Why a request could not be read: its answer's status.
 enum class ReadFail { None, Timeout, HeaderTooLarge, BodyTooLarge };
@@ -47,6 +51,7 @@ struct Conn {
   socket_t sock = INVALID_SOCKET;
   ReadFail fail = ReadFail::None;
   bool close_after = false;  // its body was not read, or its framing failed: no next request
+  bool trim = false;         // the last request or its answer was large (kTrimAfterBytes)
 };
 
 thread_local Conn* t_conn = nullptr;  // the connection this thread serves now
@@ -357,6 +362,7 @@ struct Server::Impl {
     std::random_device rd;
     seed0 = (uint64_t(rd()) << 32) ^ uint64_t(rd());
     wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    cx.budget = std::make_shared<TokenizeBudget>(kTokenizeBudget);
   }
   ~Impl() {
     if (wake_fd >= 0) ::close(wake_fd);
@@ -418,8 +424,8 @@ bool Server::Impl::connection(socket_t sock) {
     bool closed = false;
     ret = http.process_request(strm, n + 1 == o.keep_alive_max || stopping, closed,
                                [](httplib::Request& req) { req.ranges.clear(); });
-    // a large body leaves its pages to the heap of this thread: give them back
-    if (strm.request_bytes() > kTrimAfterBytes) ::malloc_trim(0);
+    if (c.trim || strm.request_bytes() > kTrimAfterBytes) ::malloc_trim(0);
+    c.trim = false;
     if (!ret || closed || c.close_after || stopping) break;
   }
   t_conn = nullptr;
@@ -529,10 +535,11 @@ httplib::Server::HandlerResponse Server::Impl::pre_route(const httplib::Request&
   uint64_t len = 0;
   for (size_t i = 0; i < req.get_header_value_count("Content-Length"); i++) {
     const std::string v = trimmed_lower(req.get_header_value("Content-Length", i));
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos ||
-        (i > 0 && std::stoull(v) != len))
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
       return refuse(400, fmt::format("Content-Length: not a byte count ({})",
                                      req.get_header_value("Content-Length", i)));
+    if (i > 0 && std::stoull(v) != len)
+      return refuse(400, "Content-Length: several headers that differ");
     len = std::stoull(v);
   }
   if (len > uint64_t(o.max_body))
@@ -721,6 +728,8 @@ void Server::Impl::routes() {
                 throw ApiError(400, fmt::format("prompt: a text of {} bytes, more than /tokenize "
                                                 "takes ({} bytes)",
                                                 text.size(), cx.lim.max_tokenize_bytes));
+              // the budget is held until the answer (a list as long as the text) is built
+              const auto hold = cx.budget->take(int64_t(text.size()));
               const auto ids = api_encode(tok, text);
               json strs = json::array();
               for (int32_t t : ids) strs.push_back(cx.texts[size_t(t)]);
@@ -761,6 +770,8 @@ void Server::Impl::routes() {
                              {"steps", s.steps},
                              {"connections", open_connections()}});
            }));
+  // ranges are never served (the library would answer several of them as a multipart body)
+  http.set_default_headers({{"Accept-Ranges", "none"}});
   http.set_pre_routing_handler(
       [this](const httplib::Request& req, httplib::Response& res) { return pre_route(req, res); });
   // Expect: 100-continue gets the same refusals before the client sends its body
@@ -771,6 +782,7 @@ void Server::Impl::routes() {
       [this](const httplib::Request& req, httplib::Response& res) { framing_error(req, res); });
   // the log line is written when the answer has gone out, with the status it went out with
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    if (t_conn && int64_t(res.body.size()) > kTrimAfterBytes) t_conn->trim = true;
     if (o.log_requests)
       std::fprintf(stderr, "%s %s %d\n", req.method.empty() ? "-" : req.method.c_str(),
                    req.path.empty() ? "-" : req.path.c_str(), res.status);
