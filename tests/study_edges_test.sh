@@ -266,4 +266,12 @@ expect_error "sweep: changed setting" "sw/settings\.json: the study in sw was st
   "$moelab" sweep run sweep_lr.toml
 "$moelab" sweep run sweep.toml >sw2.log 2>&1 && grep -q "0 run here, 1 done before" sw2.log && ok || bad "sweep: an unchanged resume: $(tail -1 sw2.log)"
 
+# ---- 2. moelab sweep run: a job that diverges is recorded, left out of sweep.csv, exit status 3
+sed 's/^dir = "sw"$/dir = "swnan"/; s/^max_lr = 1e-3$/max_lr = 1e30/' sweep.toml >swnan.toml
+"$moelab" sweep run swnan.toml >swn.out 2>swn.err
+rc=$?
+[ $rc = 3 ] && grep -q '"nonfinite": true' swnan/C*/failed.json && [ "$(wc -l <swnan/sweep.csv)" = 1 ] &&
+  tail -1 swn.err | grep -q "moelab sweep: 1 job(s) failed (C2e+07_S0_d32_s3; .*exit status 3" &&
+  ok || bad "sweep with a diverging job: exit $rc: $(tail -1 swn.err)"
+
 finish "study edges test"
