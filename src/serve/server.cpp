@@ -56,6 +56,7 @@ struct Conn {
 
 thread_local Conn* t_conn = nullptr;  // the connection this thread serves now
 thread_local bool t_refuse = false;   // this thread answers the connections beyond the limit
+thread_local bool t_drop = false;     // ... and many of them wait: it closes this one unanswered
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -269,11 +270,13 @@ class ConnPool final : public httplib::TaskQueue {
         if (refused_.empty()) return;
         fn = std::move(refused_.front());
         refused_.pop_front();
+        t_drop = refused_.size() >= kRefusedAnswered;
       }
       fn();
     }
   }
 
+  static constexpr size_t kRefusedAnswered = 64;  // more waiting: closed without an answer
   const size_t max_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -455,6 +458,10 @@ bool Server::Impl::connection(socket_t sock) {
 
 // A connection beyond --max-connections: a 503 at once (or, when many such wait, a close).
 void Server::Impl::refuse(socket_t sock) {
+  if (t_drop) {
+    ::close(sock);
+    return;
+  }
   const std::string body = api_error_body(
       503,
       fmt::format("too many connections (--max-connections {}); retry later", o.max_connections));
