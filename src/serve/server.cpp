@@ -375,7 +375,7 @@ struct Server::Impl {
   httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res);
   void framing_error(const httplib::Request& req, httplib::Response& res);
   bool connection(socket_t sock);
-  bool wait_request(socket_t sock, const ConnStream& strm, double seconds_idle);
+  bool wait_request(socket_t sock, const ConnStream& strm, double seconds_idle, bool fresh);
   void refuse(socket_t sock);
   void completions(const httplib::Request& req, httplib::Response& res);
   void stream(httplib::Response& res, std::shared_ptr<CompletionRequest> r,
@@ -390,18 +390,26 @@ struct Server::Impl {
 // ----------------------------------------------------------------------------
 // connections
 
-// Waits for the first byte of a request: false when the client closed, stayed idle for
-// `seconds_idle`, or the server stops.
-bool Server::Impl::wait_request(socket_t sock, const ConnStream& strm, double seconds_idle) {
-  if (strm.buffered()) return !stopping;
+// Waits for the first byte of a request: false when the client closed or stayed idle for
+// `seconds_idle`. Once the server stops, a request already sent (or, on a new connection, sent
+// within 200 ms) is still read, to be answered 503; an idle connection closes at once.
+bool Server::Impl::wait_request(socket_t sock, const ConnStream& strm, double seconds_idle,
+                                bool fresh) {
+  if (strm.buffered()) return true;
   pollfd p[2] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}};
   const auto until = Clock::now() + seconds(seconds_idle);
   for (;;) {
-    const int r = ::poll(p, wake_fd >= 0 ? 2 : 1, ms_until(until));
+    const bool stop = stopping;
+    const int r = ::poll(p, stop || wake_fd < 0 ? 1 : 2,
+                         stop ? (fresh ? std::min(200, ms_until(until)) : 0) : ms_until(until));
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0 || stopping || (p[1].revents & POLLIN)) return false;
-    char c;
-    return ::recv(sock, &c, 1, MSG_PEEK) > 0;
+    if (r < 0) return false;
+    if (p[0].revents) {
+      char c;
+      return ::recv(sock, &c, 1, MSG_PEEK) > 0;
+    }
+    if (stop || r == 0) return false;
+    // the server began to stop while this connection was idle: look once more
   }
 }
 
@@ -419,8 +427,8 @@ bool Server::Impl::connection(socket_t sock) {
   t_conn = &c;
   ConnStream strm(c, o.max_body, o.write_timeout);
   bool ret = false;
-  for (int n = 0; n < o.keep_alive_max && !stopping; n++) {
-    if (!wait_request(sock, strm, n == 0 ? o.read_timeout : o.keep_alive)) break;
+  for (int n = 0; n < o.keep_alive_max; n++) {
+    if (!wait_request(sock, strm, n == 0 ? o.read_timeout : o.keep_alive, n == 0)) break;
     strm.begin_request(Clock::now() + seconds(o.read_timeout));
     c.fail = ReadFail::None;
     c.close_after = false;
