@@ -63,6 +63,9 @@ PY
 expect_error "port in use" "cannot listen on 127.0.0.1:$port" "$moelab" serve $ck --data data --port "$port"
 expect_error "--slots 0" "slots" "$moelab" serve $ck --data data --slots 0
 expect_error "no checkpoint" "nothere" "$moelab" serve nothere --data data
+expect_error "--max-connections 0" "max-connections" "$moelab" serve $ck --data data --max-connections 0
+expect_error "--read-timeout 0" "read-timeout" "$moelab" serve $ck --data data --read-timeout 0
+expect_error "--max-body 10" "max-body" "$moelab" serve $ck --data data --max-body 10
 
 # ---- SIGTERM: the request in flight (a stream, stopped after its first event) is answered in
 # full, then a clean exit
