@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -56,7 +57,10 @@ void serve_cmd(const ServeCmdOptions& o) {
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
   const InferenceModel m = inference_load(o.checkpoint, o.data);
-  StopScope stop_scope;  // Ctrl-C / SIGTERM: a graceful stop, a second one ends at once
+  // Ctrl-C / SIGTERM: a graceful stop. The scope ends with the first signal, so that a second
+  // one ends the process at once by its default action (the scope's own message for a second
+  // signal speaks of a trainer's checkpoints); the stop line below says so.
+  std::optional<StopScope> stop_scope(std::in_place);
   Server server(*m.model, *m.data.tokenizer, o.serve);
   const int port = server.bind();
   const EngineStats st = server.stats();
@@ -68,9 +72,10 @@ void serve_cmd(const ServeCmdOptions& o) {
              st.queue);
   std::thread listener([&] { server.run(); });
   while (!signals_stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop_scope.reset();
   fmt::print(stderr,
              "serve: stopping (running requests finish, at most {:.0f} s; a second signal ends "
-             "the server at once)\n",
+             "the server at once, without answering them)\n",
              o.grace);
   // The last resort: the server ends within its grace and a margin even if a thread never
   // returns (a model step that does not end); the exit status is the same as a clean stop's.
