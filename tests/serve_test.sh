@@ -89,4 +89,31 @@ rc=$?
 [ $rc = 0 ] && ok || bad "serve exit $rc after SIGTERM: $(tail -2 serve.log)"
 grep -q "serve: stopped after" serve.log && ok || bad "no stop line: $(tail -2 serve.log)"
 grep -Eq "finished \['(length|stop)', '(length|stop)'\]" inflight.log && ok || bad "the request in flight: $(tail -3 inflight.log)"
+
+# ---- a second signal while the stop waits (a stalled upload): the server ends at once, by the
+# signal, without the trainer's checkpoint message
+"$moelab" serve $ck --data data --port 0 --slots 2 --threads 2 --read-timeout 60 >serve2.out 2>serve2.log &
+pid2=$!
+port2=""
+for i in $(seq 1 100); do
+  port2=$(sed -n 's/.*http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' serve2.log | head -1)
+  [ -n "$port2" ] && break
+  sleep 0.1
+done
+python3 -c "
+import socket, sys, time
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+s.sendall(b'POST /tokenize HTTP/1.1\r\nContent-Length: 100\r\n\r\n{')
+time.sleep(8)" "$port2" &
+stalled=$!
+sleep 0.5
+kill -TERM $pid2
+for i in $(seq 1 40); do grep -q "serve: stopping" serve2.log && break; sleep 0.05; done
+sleep 0.2
+kill -TERM $pid2
+wait $pid2
+rc=$?
+kill $stalled 2>/dev/null
+[ $rc = 143 ] && ok || bad "second SIGTERM: exit $rc, expected 143 (by the signal): $(tail -2 serve2.log)"
+grep -q "a second signal ends the server" serve2.log && ! grep -q checkpoint serve2.log && ok || bad "second signal messages: $(cat serve2.log)"
 finish serve
