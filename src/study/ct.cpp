@@ -395,8 +395,9 @@ Settings ct_settings(const toml::table& root) {
 }
 
 // --restart: what an earlier study wrote in its folder goes (the folders of its methods, as
-// ct.json lists them, and of this start's, its compressions, evaluation set and report).
-void ct_discard(const CtConfig& c) {
+// ct.json lists them, and of this start's, its compressions and report, the evaluation set it
+// built).
+void ct_discard(const CtConfig& c, bool built_evalset) {
   const fs::path dir = c.run_dir;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
@@ -414,9 +415,10 @@ void ct_discard(const CtConfig& c) {
   for (const std::string& n : names)
     if (!n.empty() && n.find('/') == std::string::npos && n != ".." && fs::exists(dir / n, ec))
       removed += fs::remove_all(dir / n, ec) > 0;
-  for (const char* f : {"compress", "ct.json", "evalset.jsonl", "evalset.jsonl.summary.json",
-                        "report", "settings.json"})
+  for (const char* f : {"compress", "ct.json", "report", "settings.json"})
     fs::remove_all(dir / f, ec);
+  if (built_evalset)
+    for (const char* f : {"evalset.jsonl", "evalset.jsonl.summary.json"}) fs::remove(dir / f, ec);
   std::fprintf(stderr,
                "--restart: the runs of %ld method(s) of the earlier study in %s discarded\n",
                long(removed), dir.c_str());
@@ -494,7 +496,7 @@ int ct_run(const std::string& config, const CtOptions& o) {
   // runs' experiments are bad is refused after this, in the loop below).
   const Settings settings = ct_settings(root);
   if (o.restart) {
-    if (writer) ct_discard(c);
+    if (writer) ct_discard(c, !root["eval"]["evalset"].value<std::string>().has_value());
   } else {
     settings_check(c.run_dir, settings,
                    "another [run] dir, or --restart to discard the runs there");

@@ -95,8 +95,9 @@ Settings study_settings(const Experiment& x) {
 namespace {
 
 // --restart: what an earlier study wrote in its folder goes (its variants, as study.json lists
-// them, and this start's), nothing else there.
-void study_discard(const fs::path& dir, const std::vector<StudyVariant>& variants) {
+// them, and this start's, and the evaluation set it built), nothing else there.
+void study_discard(const fs::path& dir, const std::vector<StudyVariant>& variants,
+                   bool built_evalset) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   std::set<std::string> runs;
@@ -113,9 +114,9 @@ void study_discard(const fs::path& dir, const std::vector<StudyVariant>& variant
   for (const std::string& r : runs)
     if (r.find('/') == std::string::npos && r != ".." && fs::exists(dir / r, ec))
       removed += fs::remove_all(dir / r, ec) > 0;
-  for (const char* f :
-       {"study.json", "evalset.jsonl", "evalset.jsonl.summary.json", "report", "settings.json"})
-    fs::remove_all(dir / f, ec);
+  for (const char* f : {"study.json", "report", "settings.json"}) fs::remove_all(dir / f, ec);
+  if (built_evalset)
+    for (const char* f : {"evalset.jsonl", "evalset.jsonl.summary.json"}) fs::remove(dir / f, ec);
   std::fprintf(stderr, "--restart: %ld run(s) of the earlier study in %s discarded\n",
                long(removed), dir.c_str());
 }
@@ -137,7 +138,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   // A study started under other settings is refused before anything is written.
   const Settings settings = study_settings(x);
   if (o.restart) {
-    if (writer) study_discard(dir, variants);
+    if (writer) study_discard(dir, variants, x.evalset.empty());
   } else {
     settings_check(x.run_dir, settings,
                    "another run.dir (--set run.dir=...), or --restart to discard the runs there");
@@ -181,7 +182,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   const double t0 = time_now_s();
   double trained_s = 0;  // for the estimate of what is left
   int64_t trained = 0;
-  std::vector<std::string> failed;  // "DIR: what stopped it"
+  std::vector<std::string> failed;  // the variants' folders
   for (size_t i = 0; i < variants.size(); i++) {
     const StudyVariant& v = variants[i];
     Experiment e = x;
