@@ -115,11 +115,18 @@ EngineStats Engine::stats() const {
 // step of the whole batch, until stopped.
 void Engine::loop() {
   for (;;) {
-    std::vector<int64_t> admitted;  // slots given to waiting sequences
+    std::vector<int64_t> admitted;                   // slots given to waiting sequences
+    std::vector<std::shared_ptr<Sequence>> dropped;  // cancelled while they waited
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || stats_.running > 0; });
       if (stop_) return;
+      // a sequence whose client went away while it waited never takes a slot (nor a prefill)
+      std::erase_if(waiting_, [&](const std::shared_ptr<Sequence>& s) {
+        std::lock_guard seq_lock(s->mu_);
+        if (s->cancelled_) dropped.push_back(s);
+        return s->cancelled_;
+      });
       for (int64_t b = 0; b < int64_t(slots_.size()) && !waiting_.empty(); b++)
         if (!slots_[size_t(b)].seq) {
           admitted.push_back(b);
@@ -129,6 +136,10 @@ void Engine::loop() {
         }
       stats_.waiting = int64_t(waiting_.size());
     }
+    for (auto& s : dropped)
+      s->update([](SeqOutput& out) {
+        out.error = "cancelled", out.finish_reason = "cancelled", out.done = true;
+      });
     // A failure inside the model ends the sequences it touched with its message; the server
     // goes on with the others.
     for (const auto& group : prefill_groups(admitted)) try {
