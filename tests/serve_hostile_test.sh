@@ -5,7 +5,7 @@
 # prompts, deep JSON, Range headers, stalled and trickling connections, a connection flood,
 # abandoned requests, framing errors, unseeded sampling, SIGTERM with a stalled connection open.
 # Each refusal must be a one-line JSON error, the server must stay alive and go back to idle,
-# and its VmRSS must stay within a bound across rounds. About 15 s on 2 cores.
+# and its VmRSS must stay within a bound across rounds. About 25 s on 2 cores (40 s when busy).
 set -u
 moelab=$1
 src=$(cd "$(dirname "$0")/.." && pwd)
