@@ -628,10 +628,12 @@ def main():
     ap.add_argument("--legacy", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--workdir", help="where the servers' logs go (default: a new temporary "
+                    "folder)")
     ap.add_argument("--cases", default="compressed,sizes,range,stalled,backlog,abandoned,small,"
                     "seeds,sigterm")
     args = ap.parse_args()
-    args.workdir = tempfile.mkdtemp(prefix="serve_hostile_")
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="serve_hostile_")
     srv_data = args.data
     srv = Server(args)
     started = time.time()

@@ -18,7 +18,8 @@ tiny_lm "$moelab" 1024
 
 # --data as an absolute path: /tokenizer_info must not show it
 timeout 240 python3 "$src/tests/serve_hostile.py" --moelab "$moelab" \
-  --checkpoint run/step_00000020 --data "$tmp/data" --out hostile.json >hostile.log 2>&1
+  --checkpoint run/step_00000020 --data "$tmp/data" --workdir "$tmp" --out hostile.json \
+  >hostile.log 2>&1
 rc=$?
 [ $rc = 0 ] && ok || { bad "serve_hostile.py exit $rc"; grep -E "^FAIL|Error" hostile.log | head -30; }
 finish "serve hostile test"
