@@ -92,6 +92,33 @@ def our_objects(build):
     return objects
 
 
+def linked_objects(build, target, objects):
+    """The objects of ours on the target's link line (through its static libraries), or a clear
+    failure when any is missing: a partial build must not pass unchecked."""
+    link = os.path.join(build, "CMakeFiles", f"{target}.dir", "link.txt")
+    with open(link) as f:
+        words = shlex.split(f.read())
+    archives = [os.path.join(build, w) for w in words
+                if w.endswith(".a") and not os.path.isabs(w)]
+    linked = set()
+    for a in archives:
+        if not os.path.exists(a):
+            sys.exit(f"abi_audit: {a} is on {target}'s link line but was not built")
+        members = subprocess.run(["ar", "t", a], capture_output=True, text=True).stdout.split()
+        linked.update(members)
+    main_objects = [w for w in words if w.endswith(".o")]
+    for o in main_objects:
+        if not os.path.exists(os.path.join(build, o)):
+            sys.exit(f"abi_audit: {o} is on {target}'s link line but was not built")
+    names = {os.path.basename(o) for o in main_objects} | linked
+    chosen = {o: m for o, m in objects.items() if os.path.basename(o) in names}
+    missing = names - {os.path.basename(o) for o in chosen}
+    if missing:
+        sys.exit(f"abi_audit: no compile command for {', '.join(sorted(missing)[:5])} "
+                 f"(linked into {target})")
+    return chosen
+
+
 def prebuilt_libraries(build, target):
     """The prebuilt static archives on the target's link line and the shared libraries it loads."""
     link = os.path.join(build, "CMakeFiles", f"{target}.dir", "link.txt")
@@ -119,9 +146,9 @@ def main():
     args = ap.parse_args()
     build = os.path.abspath(args.build)
 
-    objects = our_objects(build)
+    objects = linked_objects(build, args.target, our_objects(build))
     if not objects:
-        sys.exit(f"abi_audit: no objects found through {build}/compile_commands.json")
+        sys.exit(f"abi_audit: no objects of {args.target} found through {build}")
     ours = defaultdict(set)  # symbol -> objects that define it weakly
     for obj in objects:
         for s in nm_symbols(obj):

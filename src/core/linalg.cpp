@@ -44,7 +44,10 @@ Svd linalg_svd(std::span<const double> a, int64_t rows, int64_t cols) {
   dgesdd_(&jobz, &m, &n, work_a.data(), &m, out.singular.data(), out.vt.data(), &m, out.u.data(),
           &k, &query, &lwork, iwork.data(), &info, 1);
   check(info == 0, "linalg_svd: dgesdd workspace query failed");
-  lwork = int(std::min(query + 1.0, double(INT_MAX)));
+  if (query + 1.0 > double(INT_MAX))
+    fail(fmt::format("linalg_svd: a {} x {} matrix needs a workspace beyond LAPACK's 32-bit sizes",
+                     rows, cols));
+  lwork = int(query + 1.0);
   std::vector<double> work(static_cast<size_t>(lwork));
   dgesdd_(&jobz, &m, &n, work_a.data(), &m, out.singular.data(), out.vt.data(), &m, out.u.data(),
           &k, work.data(), &lwork, iwork.data(), &info, 1);
