@@ -309,6 +309,15 @@ m = {x["method"]: x for x in s["methods"]}
 assert m["sm"]["params_trainable"] < m["vanilla"]["params_trainable"], "DeRS-SM trains fewer parameters"
 PY
 grep -q "## Final models" ders/report/summary.md && ok || bad "final-model table"
+# a compression stopped after its model was written but before compress.json (as an older
+# moelab could leave it) is done again on the next start, not read; a compression leaves no
+# hidden folder behind
+rm ders/compress/drop/seed_3/model/compress.json ders/compress/drop/seed_3/eval.json
+if "$moelab" ct ders.toml --methods vanilla --no-report >redo.log 2>&1; then ok; else bad "a half-written compression: $(tail -1 redo.log)"; fi
+grep -q "== compressing .*(drop)" redo.log && ! grep -q "(q2)" redo.log &&
+  [ -s ders/compress/drop/seed_3/model/compress.json ] && [ -s ders/compress/drop/seed_3/eval.json ] &&
+  ok || bad "a half-written compression was not done again"
+[ -z "$(ls -A ders/compress/*/seed_3 | grep '^\.')" ] && ok || bad "a compression left a hidden folder"
 # a DeRS run stopped after step 3 resumes to the same bits (positions, values, optimizer)
 cp ders/sm/seed_3/step_00000006/model.safetensors sm_end.safetensors
 rm -rf ders/sm/seed_3/step_00000006

@@ -259,6 +259,12 @@ std::vector<std::string> ct_measure_all(const CtConfig& c, const std::vector<CtR
       measure_guarded(path, fmt::format("compression {} of {}", k.name, r.dir), failed, [&] {
         const std::string model = (dir / "model").string();
         std::error_code ec;
+        // a folder without compress.json (written by an older moelab that renamed the model
+        // into place first, and stopped before it) is an unfinished compression: done again
+        if (!fs::exists(fs::path(model) / "compress.json", ec)) {
+          fs::remove_all(model, ec);
+          fs::remove(path, ec);
+        }
         if (!fs::exists(model, ec)) {
           std::fprintf(stderr, "== compressing %s: %s (%s)\n", src.c_str(), k.spec.c_str(),
                        k.name.c_str());

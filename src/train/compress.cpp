@@ -413,13 +413,39 @@ CompressReport compress_write(const std::string& ckpt, const CompressOptions& o,
   for (const char* key : {"loaders", "optimizer_step", "optimizer_moments"}) state.erase(key);
   state["compressed_from"] = ckpt;
   state["compress"] = options_json(o, ders);
-  checkpoint_write_model(out, small, state);
-  rep.file_before = int64_t(fs::file_size(fs::path(ckpt) / "model.safetensors"));
-  rep.file_after = int64_t(fs::file_size(fs::path(out) / "model.safetensors"));
-  nlohmann::ordered_json j = {{"checkpoint", ckpt}, {"out", out}};
-  j["options"] = options_json(o, ders);
-  j.update(compress_report_json(rep));
-  file_write_synced((fs::path(out) / "compress.json").string(), j.dump(2) + "\n");
+  // The checkpoint and compress.json are written whole into a hidden folder beside OUT, which is
+  // then renamed: OUT appears with every file or not at all (a compression stopped between the
+  // two leaves no OUT without its compress.json).
+  fs::path dst = fs::path(out).lexically_normal();
+  if (!dst.has_filename()) dst = dst.parent_path();  // "DIR/"
+  const fs::path parent = dst.has_parent_path() ? dst.parent_path() : fs::path(".");
+  const std::string staging =
+      (parent / fmt::format(".{}.compress", dst.filename().string())).string();
+  fs::remove_all(staging, ec);
+  try {
+    checkpoint_write_model(staging, small, state);
+    rep.file_before = int64_t(fs::file_size(fs::path(ckpt) / "model.safetensors"));
+    rep.file_after = int64_t(fs::file_size(fs::path(staging) / "model.safetensors"));
+    nlohmann::ordered_json j = {{"checkpoint", ckpt}, {"out", out}};
+    j["options"] = options_json(o, ders);
+    j.update(compress_report_json(rep));
+    file_write_synced((fs::path(staging) / "compress.json").string(), j.dump(2) + "\n");
+    file_fsync(staging);
+    fs::rename(staging, dst, ec);
+    if (ec)
+      fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
+                       ec.message()));
+    file_fsync(parent.string());
+  } catch (const Error& e) {
+    fs::remove_all(staging, ec);
+    std::string msg = e.what();  // named as the caller named it
+    if (const size_t at = msg.find(staging); at != std::string::npos)
+      msg.replace(at, staging.size(), out);
+    fail(msg);
+  } catch (...) {
+    fs::remove_all(staging, ec);
+    throw;
+  }
   return rep;
 }
 

@@ -81,7 +81,8 @@ CompressReport compress_model(const Model<float>& moe, const CompressBases& base
                               Model<float>& out);
 
 // Loads the checkpoint `ckpt`, compresses it and writes the checkpoint folder `out` (refused if
-// it exists; every refusal comes before anything is written) with DIR/compress.json. The
+// it exists; every refusal comes before anything is written) with OUT/compress.json, both into
+// a hidden folder beside it that is renamed once whole (OUT has every file or is absent). The
 // trainer state keeps the source's (tokenizer, seed, step) without loaders and optimizer, plus
 // "compressed_from" and "compress" (the options).
 CompressReport compress_write(const std::string& ckpt, const CompressOptions& o,
