@@ -7,7 +7,9 @@
 #  3. a seed whose run fails: the others go on, the report lists it and its statistics are over
 #     the seeds that finished, exit status 3 after the report (moelab run);
 #  4. a study resumed after its settings changed: refused in one line naming the first key that
-#     differs, before any training; --restart discards the runs (moelab run, ct, sweep).
+#     differs, before any training; --restart discards the runs (moelab run, ct, sweep), and only
+#     them (a record edited to name the study's folder itself, or what is outside it, removes
+#     nothing there).
 set -u
 moelab=$1
 source "$(dirname "$0")/testlib.sh"
@@ -158,6 +160,17 @@ expect_error "ct: changed method" "started with ct\.methods\[boom\]\.lora\.alpha
 "$moelab" ct ct_alpha.toml --methods boom --restart --no-plots >ct4.log 2>&1 && [ ! -d ct/full ] &&
   [ ! -e ct/boom/seed_1/failed.json ] && grep -q '"failed": \[\]' ct/report/summary.json &&
   ok || bad "ct --restart: $(tail -1 ct4.log)"
+# --restart with a ct.json edited to name the study's own folder: its other files stay
+/usr/bin/python3 - <<'PY'
+import json
+j = json.load(open("ct/ct.json"))
+j["methods"] += [{"name": "."}, {"name": ""}, {"name": ".."}]
+json.dump(j, open("ct/ct.json", "w"))
+PY
+echo keep >ct/notes.txt
+"$moelab" ct ct.toml --methods full --restart --no-report >ct5.log 2>&1 && [ -f ct/notes.txt ] && [ -f ct.toml ] &&
+  [ ! -d ct/boom ] && grep -q -- "--restart: '\.' (listed by the earlier study) is not a folder's name" ct5.log &&
+  ok || bad "ct --restart with '.' in ct.json: $(tail -1 ct5.log)"
 
 # ---- 1 and 3. moelab run: seed 2's run fails (a broken checkpoint), seed 1 recalls nothing
 cat >exp.toml <<TOML
@@ -236,6 +249,19 @@ expect_error "run: changed setting" "study/settings\.json: the study in study wa
 "$moelab" run exp.toml --set schedule.max_lr=2e-3 --restart >run3.log 2>&1 && grep -q -- "--restart: 2 run(s)" run3.log &&
   grep -q '"schedule.max_lr": 0.002' study/settings.json && grep -q '"failed": \[\]' study/report/summary.json &&
   ok || bad "run --restart: $(tail -1 run3.log)"
+# --restart with a study.json edited to name the study's folder or what lies outside it: those
+# stay, with a note; the runs it lists go
+/usr/bin/python3 - <<'PY'
+import json
+j = json.load(open("study/study.json"))
+j["variants"] += [{"dir": d} for d in ("", ".", "..", "../outside", "E1_s1/..")]
+json.dump(j, open("study/study.json", "w"))
+PY
+mkdir -p outside && echo keep >outside/notes.txt && echo keep >study/notes.txt
+"$moelab" run exp.toml --set schedule.max_lr=2e-3 --seeds 1 --restart --no-report >run4.log 2>&1 &&
+  [ -f study/notes.txt ] && [ -f outside/notes.txt ] && [ -f exp.toml ] && [ ! -d study/E1_s2 ] &&
+  [ "$(grep -c "is not a folder's name; nothing removed for it" run4.log)" = 5 ] &&
+  ok || bad "run --restart with '', '.', '..' in study.json: $(tail -1 run4.log)"
 
 # ---- 4. moelab sweep run: the same refusal
 cat >base.json <<'JSON'

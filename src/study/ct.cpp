@@ -394,36 +394,6 @@ Settings ct_settings(const toml::table& root) {
                            "checkpoint.every", "checkpoint.keep_last", "ct.seeds"});
 }
 
-// --restart: what an earlier study wrote in its folder goes (the folders of its methods, as
-// ct.json lists them, and of this start's, its compressions and report, the evaluation set it
-// built).
-void ct_discard(const CtConfig& c, bool built_evalset) {
-  const fs::path dir = c.run_dir;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return;
-  std::set<std::string> names;
-  for (const CtMethod& m : c.methods) names.insert(m.name);
-  const fs::path listed = dir / "ct.json";
-  if (fs::exists(listed, ec)) {
-    const json ct = json::parse(file_read(listed.string()), nullptr, false);
-    if (ct.is_object() && ct.contains("methods") && ct["methods"].is_array())
-      for (const json& m : ct["methods"])
-        if (m.is_object() && m.contains("name") && m["name"].is_string())
-          names.insert(m["name"].get<std::string>());
-  }
-  int64_t removed = 0;
-  for (const std::string& n : names)
-    if (!n.empty() && n.find('/') == std::string::npos && n != ".." && fs::exists(dir / n, ec))
-      removed += fs::remove_all(dir / n, ec) > 0;
-  for (const char* f : {"compress", "ct.json", "report", "settings.json"})
-    fs::remove_all(dir / f, ec);
-  if (built_evalset)
-    for (const char* f : {"evalset.jsonl", "evalset.jsonl.summary.json"}) fs::remove(dir / f, ec);
-  std::fprintf(stderr,
-               "--restart: the runs of %ld method(s) of the earlier study in %s discarded\n",
-               long(removed), dir.c_str());
-}
-
 // Trains the runs one after another; a finished one is skipped, a stopped one resumes, one
 // that fails is recorded (RUN_DIR/failed.json) and named in `failed`, and the others go on.
 // Returns 130 when interrupted.
@@ -496,7 +466,13 @@ int ct_run(const std::string& config, const CtOptions& o) {
   // runs' experiments are bad is refused after this, in the loop below).
   const Settings settings = ct_settings(root);
   if (o.restart) {
-    if (writer) ct_discard(c, !root["eval"]["evalset"].value<std::string>().has_value());
+    if (writer) {
+      std::set<std::string> names =
+          study_listed((fs::path(c.run_dir) / "ct.json").string(), "methods", "name");
+      for (const CtMethod& m : c.methods) names.insert(m.name);
+      study_discard(c.run_dir, names, {"compress", "ct.json", "report", "settings.json"},
+                    !root["eval"]["evalset"].value<std::string>().has_value(), "method(s)' runs");
+    }
   } else {
     settings_check(c.run_dir, settings,
                    "another [run] dir, or --restart to discard the runs there");

@@ -92,37 +92,6 @@ Settings study_settings(const Experiment& x) {
        "checkpoint.keep_last", "study.experts", "study.seeds"});
 }
 
-namespace {
-
-// --restart: what an earlier study wrote in its folder goes (its variants, as study.json lists
-// them, and this start's, and the evaluation set it built), nothing else there.
-void study_discard(const fs::path& dir, const std::vector<StudyVariant>& variants,
-                   bool built_evalset) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return;
-  std::set<std::string> runs;
-  for (const StudyVariant& v : variants) runs.insert(v.dir);
-  const fs::path listed = dir / "study.json";
-  if (fs::exists(listed, ec)) {
-    const nlohmann::json s = nlohmann::json::parse(file_read(listed.string()), nullptr, false);
-    if (s.is_object() && s.contains("variants") && s["variants"].is_array())
-      for (const nlohmann::json& v : s["variants"])
-        if (v.is_object() && v.contains("dir") && v["dir"].is_string())
-          runs.insert(v["dir"].get<std::string>());
-  }
-  int64_t removed = 0;
-  for (const std::string& r : runs)
-    if (r.find('/') == std::string::npos && r != ".." && fs::exists(dir / r, ec))
-      removed += fs::remove_all(dir / r, ec) > 0;
-  for (const char* f : {"study.json", "report", "settings.json"}) fs::remove_all(dir / f, ec);
-  if (built_evalset)
-    for (const char* f : {"evalset.jsonl", "evalset.jsonl.summary.json"}) fs::remove(dir / f, ec);
-  std::fprintf(stderr, "--restart: %ld run(s) of the earlier study in %s discarded\n",
-               long(removed), dir.c_str());
-}
-
-}  // namespace
-
 int study_run(const Experiment& x, const StudyOptions& o) {
   const StudyConfig sc = study_config_load(x);
   if (x.model.num_local_experts != 1)
@@ -138,7 +107,12 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   // A study started under other settings is refused before anything is written.
   const Settings settings = study_settings(x);
   if (o.restart) {
-    if (writer) study_discard(dir, variants, x.evalset.empty());
+    if (writer) {
+      std::set<std::string> runs = study_listed((dir / "study.json").string(), "variants", "dir");
+      for (const StudyVariant& v : variants) runs.insert(v.dir);
+      study_discard(x.run_dir, runs, {"study.json", "report", "settings.json"}, x.evalset.empty(),
+                    "run(s)");
+    }
   } else {
     settings_check(x.run_dir, settings,
                    "another run.dir (--set run.dir=...), or --restart to discard the runs there");

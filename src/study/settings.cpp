@@ -172,4 +172,42 @@ void settings_record(const std::string& dir, const Settings& now, const std::str
   write_shared(path, j.dump(2) + "\n");
 }
 
+std::set<std::string> study_listed(const std::string& path, const std::string& key,
+                                   const std::string& field) {
+  std::set<std::string> out;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return out;
+  const json j = json::parse(file_read(path), nullptr, false);
+  if (!j.is_object() || !j.contains(key) || !j[key].is_array()) return out;
+  for (const json& e : j[key])
+    if (e.is_object() && e.contains(field) && e[field].is_string())
+      out.insert(e[field].get<std::string>());
+  return out;
+}
+
+int64_t study_discard(const std::string& dir, const std::set<std::string>& names,
+                      const std::vector<std::string>& files, bool built_evalset,
+                      const std::string& what) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return 0;
+  int64_t removed = 0;
+  for (const std::string& n : names) {
+    if (n.empty() || n == "." || n == ".." || fs::path(n).filename() != fs::path(n)) {
+      std::fprintf(stderr,
+                   "--restart: '%s' (listed by the earlier study) is not a folder's name; "
+                   "nothing removed for it\n",
+                   one_line(n, 80).c_str());
+      continue;
+    }
+    if (fs::exists(fs::path(dir) / n, ec)) removed += fs::remove_all(fs::path(dir) / n, ec) > 0;
+  }
+  for (const std::string& f : files) fs::remove_all(fs::path(dir) / f, ec);
+  if (built_evalset)
+    for (const char* f : {"evalset.jsonl", "evalset.jsonl.summary.json"})
+      fs::remove(fs::path(dir) / f, ec);
+  std::fprintf(stderr, "--restart: %ld %s of the earlier study in %s discarded\n", long(removed),
+               what.c_str(), dir.c_str());
+  return removed;
+}
+
 }  // namespace moelab

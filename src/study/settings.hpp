@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,5 +39,21 @@ bool settings_check(const std::string& dir, const Settings& now, const std::stri
 // DIR/settings.json: what was recorded there merged with `now` (named entries added since),
 // written atomically; `command` names the study ("moelab ct").
 void settings_record(const std::string& dir, const Settings& now, const std::string& command);
+
+// The strings under FIELD of the objects of the array KEY in the JSON file PATH (the runs that
+// study.json lists under "variants"/"dir"); none when the file is absent or not such a record.
+std::set<std::string> study_listed(const std::string& path, const std::string& key,
+                                   const std::string& field);
+
+// --restart (moelab run, moelab ct): what an earlier study wrote in DIR goes, nothing else
+// there: the folders `names` (its runs, or methods, as its record lists them and as this start
+// names them), the entries `files` (its record, report, settings.json) and, when the study built
+// it (`built_evalset`), its evaluation set. A name that is not the name of an entry of DIR
+// itself ("", ".", "..", "a/b": a record edited by hand) is left alone with a note: it could
+// name DIR or what lies outside it. Prints "--restart: N WHAT of the earlier study in DIR
+// discarded" and returns N, the folders removed.
+int64_t study_discard(const std::string& dir, const std::set<std::string>& names,
+                      const std::vector<std::string>& files, bool built_evalset,
+                      const std::string& what);
 
 }  // namespace moelab
