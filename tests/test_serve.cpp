@@ -7,7 +7,9 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -460,6 +462,40 @@ TEST(Serve, AFullServerAnswers503AndServesAgainAfter) {
   EXPECT_NE(json::parse(r->body)["error"]["message"].get<std::string>().find("full"),
             std::string::npos);
   EXPECT_EQ(s.post("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 2}})->status, 200);
+}
+
+// A stop that comes before run() (a SIGTERM while the listener thread starts) is not lost: run()
+// returns at once, whichever of the two comes first.
+TEST(Serve, AStopBeforeRunIsNotLost) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(2);
+  LetterTokenizer tok(52, kEot);
+  for (int i = 0; i < 12; i++) {
+    Server srv(m, tok,
+               ServeOptions{.host = "127.0.0.1",
+                            .port = 0,
+                            .engine = {.slots = 1, .queue = 0},
+                            .log_requests = false});
+    srv.bind();
+    std::promise<void> ran;
+    auto done = ran.get_future();
+    const auto t0 = std::chrono::steady_clock::now();
+    if (i == 0) srv.stop(1);  // before run() is even called
+    std::thread th([&] {
+      srv.run();
+      ran.set_value();
+    });
+    if (i > 0) {
+      if (i % 2) std::this_thread::sleep_for(std::chrono::microseconds(100 * i));
+      srv.stop(1);
+    }
+    const bool returned = done.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    EXPECT_TRUE(returned) << "round " << i << ": run() did not return after stop()";
+    if (!returned) srv.stop(0);  // the accept loop runs by now: a second stop ends it
+    th.join();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3)) << "round " << i;
+  }
 }
 
 // ----------------------------------------------------------------------------

@@ -294,6 +294,17 @@ class HttpServer final : public httplib::Server {
   std::function<bool(socket_t)> serve_connection;
   using httplib::Server::process_request;
 
+  // Closes the listening socket, whether or not the accept loop has begun: the library's stop()
+  // does nothing before listen_after_bind() has set its running flag, so a stop that came first
+  // would be lost. The loop checks the socket before each accept and ends once it is closed
+  // (before it begins, at once).
+  void close_listener() {
+    const socket_t sock = svr_sock_.exchange(INVALID_SOCKET);
+    if (sock == INVALID_SOCKET) return;
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+  }
+
  private:
   bool process_and_close_socket(socket_t sock) override { return serve_connection(sock); }
 };
@@ -855,6 +866,7 @@ int Server::bind() {
 }
 
 void Server::run() {
+  if (impl_->stopping) return;  // stopped before it ran (the listener is closed as well)
   impl_->http.listen_after_bind();
 }
 
@@ -875,7 +887,7 @@ void Server::stop(double grace_s) {
       if (auto q = w.lock()) q->cancel();
   }
   while (!s.engine.idle()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  s.http.stop();
+  s.http.close_listener();
   // the answers go out; a connection still open when the grace is over (a client that sends or
   // reads nothing) is shut down, which ends its thread's wait
   while (s.open_connections() > 0 && Clock::now() < until)
