@@ -578,7 +578,8 @@ def case_seeds(srv):
 
 
 def case_sigterm(srv, what):
-    """5: SIGTERM with a stalled connection and a long request open: exit 0 within the grace."""
+    """5: SIGTERM with a stalled connection and a long request open: every route but /health gets
+    503 while it stops, and it exits 0 within the grace."""
     port = srv.port
     GRACE = srv.grace
     stalled = connect(port)
@@ -600,6 +601,25 @@ def case_sigterm(srv, what):
     time.sleep(0.5)
     t = time.time()
     srv.proc.send_signal(signal.SIGTERM)
+    # while it stops (the long request runs on): /health says so, every other route gets 503
+    h, stopping = None, False
+    while time.time() < t + 1.5 and not stopping:
+        try:
+            h = health(port)
+        except OSError:
+            h = None
+        stopping = bool(h) and h.get("status") == "stopping"
+        time.sleep(0.02)
+    if check(stopping, f"{what}: /health while stopping: {h}"):
+        for method, path, body in (("GET", "/v1/models", None), ("GET", "/tokenizer_info", None),
+                                   ("POST", "/tokenize", b'{"prompt": "a"}'),
+                                   ("POST", "/detokenize", b'{"tokens": [1]}'),
+                                   ("POST", "/v1/completions", b'{"prompt": "a"}')):
+            try:
+                st, _, b = request(port, method, path, body, timeout=5)
+            except OSError as e:
+                st, b = str(e), b""
+            is_json_error(st, b, 503, "shutting down", f"{what}: {method} {path} while stopping")
     try:
         rc = srv.proc.wait(timeout=GRACE + 8)
     except subprocess.TimeoutExpired:

@@ -514,7 +514,8 @@ void Server::Impl::refuse(socket_t sock) {
 }
 
 // Refusals decided from the request line and headers alone, before the body is read: an
-// unknown route (404), a method the route does not take (405), a body the server will not read
+// unknown route (404), a method the route does not take (405), any route but /health once the
+// server stops (503), a body the server will not read
 // (411, 413, 415, 400 for a Transfer-Encoding other than chunked or an unreadable length).
 httplib::Server::HandlerResponse Server::Impl::pre_route(const httplib::Request& req,
                                                          httplib::Response& res) {
@@ -537,6 +538,9 @@ httplib::Server::HandlerResponse Server::Impl::pre_route(const httplib::Request&
     return refuse(405, fmt::format("{} {}: method not allowed (allowed: {})", req.method, req.path,
                                    route->post ? "POST" : "GET, HEAD"));
   }
+  // once the server stops, only /health is answered (it says "stopping"); a body is not read
+  if (stopping && std::strcmp(route->path, "/health") != 0)
+    return refuse(503, "the server is shutting down");
   if (!route->post) {
     if (has_body) close_after(req);  // the library does not read a GET's body
     return R::Unhandled;
