@@ -1,7 +1,7 @@
 #include "core/fileio.hpp"
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -13,8 +13,9 @@
 
 namespace moelab {
 
-void file_write_atomic(const std::string& path, std::string_view text) {
-  const std::string tmp = path + ".tmp";
+void file_write_atomic(const std::string& path, std::string_view text,
+                       const std::string& tmp_suffix) {
+  const std::string tmp = path + tmp_suffix;
   {
     std::ofstream f(tmp, std::ios::binary);
     if (!f) fail(path + ": cannot write (" + std::strerror(errno) + ")");

@@ -6,7 +6,10 @@
 
 namespace moelab {
 
-void file_write_atomic(const std::string& path, std::string_view text);
+// tmp_suffix: the temporary file's name is PATH + tmp_suffix (one of its own per process where
+// several may write the same file at once, e.g. ".tmp.PID").
+void file_write_atomic(const std::string& path, std::string_view text,
+                       const std::string& tmp_suffix = ".tmp");
 
 // Flushes a file (or a folder's entries) to the disk; fails with one line naming it.
 void file_fsync(const std::string& path);

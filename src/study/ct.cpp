@@ -390,8 +390,7 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
 // compressions by name, less the seeds (a study may grow) and what changes no result.
 Settings ct_settings(const toml::table& root) {
   return settings_flatten(ct_toml_json(root), {"ct.methods", "ct.compress"},
-                          {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every",
-                           "checkpoint.every", "checkpoint.keep_last", "ct.seeds"});
+                          settings_skip({"ct.seeds"}));
 }
 
 // Trains the runs one after another; a finished one is skipped, a stopped one resumes, one
@@ -418,17 +417,10 @@ int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed)
     const int rc = study_train(r.x, last >= 0, &failure);
     if (train_writer())
       resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
-    if (rc == 130) {
-      std::fprintf(stderr, "ct interrupted in %s; run the same command again to continue\n",
-                   r.dir.c_str());
+    if (study_train_outcome(rc, r.dir, failure, "ct", "the study goes on with its other runs",
+                            failed) == 130)
       return 130;
-    }
-    if (rc != 0) {
-      failed.push_back(r.dir);
-      std::fprintf(stderr, "== %s %s; the study goes on with its other runs\n", r.dir.c_str(),
-                   run_failure_line(failure).c_str());
-      continue;
-    }
+    if (rc != 0) continue;
     trained_s += time_now_s() - tv, trained++;
     const double left = trained_s / double(trained) * double(runs.size() - i - 1);
     std::fprintf(stderr, "== %s finished in %.1f s; the other runs: about %.0f min\n",
@@ -522,17 +514,12 @@ int ct_run(const std::string& config, const CtOptions& o) {
       return 1;
     }
   if (failed.empty()) return 0;
-  std::string list;
-  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
-  std::fprintf(stderr, "moelab ct: %zu of %zu runs failed%s (%s)%s; exit status %d\n", runs_failed,
-               runs.size(),
-               failed.size() > runs_failed
-                   ? fmt::format(", {} measurements failed", failed.size() - runs_failed).c_str()
-                   : "",
-               list.c_str(),
-               report.empty() ? "" : fmt::format("; the report lists why: {}", report).c_str(),
-               kStudyFailedRuns);
-  return kStudyFailedRuns;
+  const size_t measures_failed = failed.size() - runs_failed;
+  return study_failed_end(
+      fmt::format(
+          "moelab ct: {} of {} runs failed{}", runs_failed, runs.size(),
+          measures_failed > 0 ? fmt::format(", {} measurements failed", measures_failed) : ""),
+      failed, report.empty() ? "" : "; the report lists why: " + report);
 }
 
 }  // namespace moelab

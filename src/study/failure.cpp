@@ -81,4 +81,25 @@ int study_train(const Experiment& x, bool resume, RunFailure* failure) {
   return 1;
 }
 
+int study_train_outcome(int rc, const std::string& name, const RunFailure& f, const char* study,
+                        const char* goes_on, std::vector<std::string>& failed) {
+  if (rc == 130)
+    std::fprintf(stderr, "%s interrupted in %s; run the same command again to continue\n", study,
+                 name.c_str());
+  else if (rc != 0) {
+    failed.push_back(name);
+    std::fprintf(stderr, "== %s %s; %s\n", name.c_str(), run_failure_line(f).c_str(), goes_on);
+  }
+  return rc;
+}
+
+int study_failed_end(const std::string& what, const std::vector<std::string>& failed,
+                     const std::string& tail) {
+  std::string list;
+  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+  std::fprintf(stderr, "%s (%s)%s; exit status %d\n", what.c_str(), list.c_str(), tail.c_str(),
+               kStudyFailedRuns);
+  return kStudyFailedRuns;
+}
+
 }  // namespace moelab

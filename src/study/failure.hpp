@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "train/experiment.hpp"
 
@@ -35,5 +36,18 @@ std::string run_failure_line(const RunFailure& f);
 // the run stopped with an error. In a data-parallel study the error is not caught (the ranks
 // could not agree to go on): it ends the study as before.
 int study_train(const Experiment& x, bool resume, RunFailure* failure);
+
+// What a study does with study_train's status `rc` for its run NAME: on 130 it says how to go
+// on ("STUDY interrupted in NAME; run the same command again to continue"); on a failure it says
+// what stopped the run ("== NAME stopped at step S of N: REASON; GOES_ON") and adds NAME to
+// `failed`. Returns rc.
+int study_train_outcome(int rc, const std::string& name, const RunFailure& f, const char* study,
+                        const char* goes_on, std::vector<std::string>& failed);
+
+// The last line of a study that went to its end with failures: "WHAT (A, B)TAIL; exit status 3"
+// (WHAT: "moelab run: 1 of 2 runs failed"; TAIL, e.g. "; the report lists why: R"). Returns
+// kStudyFailedRuns.
+int study_failed_end(const std::string& what, const std::vector<std::string>& failed,
+                     const std::string& tail);
 
 }  // namespace moelab

@@ -86,11 +86,39 @@ int64_t last_checkpoint_step(const std::string& run_dir) {
 Settings study_settings(const Experiment& x) {
   nlohmann::json j = nlohmann::json::parse(x.text);
   j["model"] = config_to_json(x.model);
-  return settings_flatten(
-      j, {},
-      {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every", "checkpoint.every",
-       "checkpoint.keep_last", "study.experts", "study.seeds"});
+  return settings_flatten(j, {}, settings_skip({"study.experts", "study.seeds"}));
 }
+
+namespace {
+
+// One evaluation set for every variant: [eval] evalset, or one built from [study] entities in
+// RUN (by the writer, once; the same candidate samples, each model keeps its own M_ex = 1 part
+// after A), or none ("").
+std::string study_evalset(const Experiment& x, const StudyConfig& sc, bool writer) {
+  if (!x.evalset.empty()) return x.evalset;
+  if (sc.entities.empty()) {
+    std::fprintf(stderr,
+                 "note: no [study] entities and no [eval] evalset: no forgetting metrics\n");
+    return "";
+  }
+  const std::string evalset = (fs::path(x.run_dir) / "evalset.jsonl").string();
+  if (writer && !fs::exists(evalset)) {
+    EntityBuildOptions eb;
+    eb.data_dir = x.data_dir;
+    eb.entities = cache_path_expand(sc.entities);
+    eb.out = evalset;
+    eb.subset_a = sc.subset_a;
+    eb.subset_b = sc.subset_b;
+    eb.top_a = sc.top, eb.bottom_b = sc.bottom;
+    eb.prompt = sc.prompt, eb.target = sc.target;
+    eb.max_samples = sc.max_samples, eb.max_per_entity = sc.max_per_entity;
+    eb.seed = uint64_t(sc.entity_seed);
+    entities_build(eb);
+  }
+  return evalset;
+}
+
+}  // namespace
 
 int study_run(const Experiment& x, const StudyOptions& o) {
   const StudyConfig sc = study_config_load(x);
@@ -120,28 +148,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   train_barrier();
   if (writer) fs::create_directories(dir);
 
-  // One evaluation set for every variant: the same candidate samples, each model keeps its own
-  // M_ex = 1 part after A.
-  std::string evalset = x.evalset;
-  if (evalset.empty() && !sc.entities.empty()) {
-    evalset = (dir / "evalset.jsonl").string();
-    if (writer && !fs::exists(evalset)) {
-      EntityBuildOptions eb;
-      eb.data_dir = x.data_dir;
-      eb.entities = cache_path_expand(sc.entities);
-      eb.out = evalset;
-      eb.subset_a = sc.subset_a;
-      eb.subset_b = sc.subset_b;
-      eb.top_a = sc.top, eb.bottom_b = sc.bottom;
-      eb.prompt = sc.prompt, eb.target = sc.target;
-      eb.max_samples = sc.max_samples, eb.max_per_entity = sc.max_per_entity;
-      eb.seed = uint64_t(sc.entity_seed);
-      entities_build(eb);
-    }
-  }
-  if (evalset.empty())
-    std::fprintf(stderr,
-                 "note: no [study] entities and no [eval] evalset: no forgetting metrics\n");
+  const std::string evalset = study_evalset(x, sc, writer);
 
   nlohmann::ordered_json study = {{"experiment", x.source}, {"variants", nlohmann::json::array()}};
   for (const StudyVariant& v : variants)
@@ -175,18 +182,10 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
     const double tv = time_now_s();
     RunFailure failure;
-    const int rc = study_train(e, last >= 0, &failure);
-    if (rc == 130) {
-      std::fprintf(stderr, "study interrupted in %s; run the same command again to continue\n",
-                   v.dir.c_str());
-      return 130;
-    }
-    if (rc != 0) {
-      failed.push_back(v.dir);
-      std::fprintf(stderr, "== %s %s; the study goes on with its other runs\n", v.dir.c_str(),
-                   run_failure_line(failure).c_str());
-      continue;
-    }
+    const int rc = study_train_outcome(study_train(e, last >= 0, &failure), v.dir, failure, "study",
+                                       "the study goes on with its other runs", failed);
+    if (rc == 130) return 130;
+    if (rc != 0) continue;
     trained_s += time_now_s() - tv, trained++;
     const double left = trained_s / double(trained) * double(variants.size() - i - 1);
     std::fprintf(stderr, "== %s finished in %.1f s; the study's other runs: about %.0f min\n",
@@ -210,13 +209,9 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     }
   }
   if (failed.empty()) return 0;
-  std::string list;
-  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
-  std::fprintf(stderr, "moelab run: %zu of %zu runs failed (%s)%s; exit status %d\n", failed.size(),
-               variants.size(), list.c_str(),
-               report.empty() ? "" : fmt::format("; the report lists why: {}", report).c_str(),
-               kStudyFailedRuns);
-  return kStudyFailedRuns;
+  return study_failed_end(
+      fmt::format("moelab run: {} of {} runs failed", failed.size(), variants.size()), failed,
+      report.empty() ? "" : "; the report lists why: " + report);
 }
 
 }  // namespace moelab

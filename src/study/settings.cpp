@@ -6,11 +6,8 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -77,26 +74,6 @@ std::string shown(const json& v) {
   return one_line(v.dump(), 120);
 }
 
-// Written under a name of this process's own, then renamed: the workers of a sweep may start
-// together and record the same settings at once.
-void write_shared(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, long(::getpid()));
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) fail(fmt::format("{}: cannot write ({})", path, std::strerror(errno)));
-    f << text;
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      fail(path + ": write failed (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail(fmt::format("{}: rename failed ({})", path, std::strerror(errno)));
-  }
-}
-
 std::string path_of(const std::string& dir) {
   return (fs::path(dir) / "settings.json").string();
 }
@@ -117,6 +94,14 @@ Settings settings_flatten(const json& config, const std::set<std::string>& named
   Settings out;
   flatten(config, "", named, skip, out);
   return out;
+}
+
+std::set<std::string> settings_skip(std::initializer_list<std::string> more) {
+  std::set<std::string> s = {
+      "run.dir",       "run.seed",         "run.threads",         "run.peak_gflops",
+      "run.log_every", "checkpoint.every", "checkpoint.keep_last"};
+  s.insert(more.begin(), more.end());
+  return s;
 }
 
 std::string settings_difference(const Settings& recorded, const Settings& now) {
@@ -169,7 +154,9 @@ void settings_record(const std::string& dir, const Settings& now, const std::str
                     "the runs instead)"},
                    {"settings", s}};
   fs::create_directories(dir, ec);
-  write_shared(path, j.dump(2) + "\n");
+  // under a temporary name of this process's own: the workers of a sweep may start together
+  // and record the same settings at once
+  file_write_atomic(path, j.dump(2) + "\n", fmt::format(".tmp.{}", long(::getpid())));
 }
 
 std::set<std::string> study_listed(const std::string& path, const std::string& key,

@@ -9,6 +9,7 @@
 // array under "phases[0].steps", or under their name where the entries are named
 // ("ct.methods[lora].kind"). A named entry present on one side only is a method added to (or
 // left out of) the study, not a change: its runs are new (or stay as they were).
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <string>
@@ -25,6 +26,11 @@ using Settings = std::map<std::string, nlohmann::json>;
 // of variants and seeds (a study may grow) and what does not change what a run computes.
 Settings settings_flatten(const nlohmann::json& config, const std::set<std::string>& named,
                           const std::set<std::string>& skip);
+
+// The keys every study leaves out of its settings, with `more` (its own lists of variants and
+// seeds): run.dir and run.seed (each run has its own), and what changes no result (threads,
+// peak_gflops, log_every, the checkpoints kept).
+std::set<std::string> settings_skip(std::initializer_list<std::string> more);
 
 // The first difference between the settings recorded and those of this start, as
 // "KEY = OLD, this start has KEY = NEW"; "" when they agree (named entries on one side only

@@ -349,9 +349,8 @@ Settings sweep_settings(const SweepConfig& c) {
   j["sweep"]["base"] = config_to_json(config_load(c.base));
   return settings_flatten(
       j, {},
-      {"run.dir", "run.seed", "run.threads", "run.peak_gflops", "run.log_every", "checkpoint.every",
-       "checkpoint.keep_last", "sweep.budgets", "sweep.sparsities", "sweep.sizes",
-       "sweep.aux_coefs", "sweep.bias_rates", "sweep.seeds", "sweep.max_epochs"});
+      settings_skip({"sweep.budgets", "sweep.sparsities", "sweep.sizes", "sweep.aux_coefs",
+                     "sweep.bias_rates", "sweep.seeds", "sweep.max_epochs"}));
 }
 
 // --restart: the job folders an earlier sweep wrote in RUN (those whose experiment.toml it
@@ -423,18 +422,10 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
     std::fprintf(stderr, "== job %zu/%zu %s%s\n", i + 1, jobs.size(), j.name.c_str(),
                  last >= 0 ? " (resuming)" : "");
     RunFailure failure;
-    const int rc = study_train(x, last >= 0, &failure);
-    if (rc == 130) {
-      std::fprintf(stderr, "sweep interrupted in %s; run the same command again to continue\n",
-                   j.name.c_str());
-      return 130;
-    }
-    if (rc != 0) {
-      failed.push_back(j.name);
-      std::fprintf(stderr, "== %s %s; the sweep goes on with its other jobs\n", j.name.c_str(),
-                   run_failure_line(failure).c_str());
-      continue;
-    }
+    const int rc = study_train_outcome(study_train(x, last >= 0, &failure), j.name, failure,
+                                       "sweep", "the sweep goes on with its other jobs", failed);
+    if (rc == 130) return 130;
+    if (rc != 0) continue;
     ran++;
   }
   std::fprintf(stderr,
@@ -442,13 +433,8 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
                long(ran), long(done), long(busy), failed.size());
   std::fprintf(stderr, "results: %s\n", sweep_collect(config).c_str());
   if (failed.empty()) return 0;
-  std::string list;
-  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
-  std::fprintf(stderr,
-               "moelab sweep: %zu job(s) failed (%s; each has failed.json, sweep.csv leaves them "
-               "out); exit status %d\n",
-               failed.size(), list.c_str(), kStudyFailedRuns);
-  return kStudyFailedRuns;
+  return study_failed_end(fmt::format("moelab sweep: {} job(s) failed", failed.size()), failed,
+                          "; each has failed.json, sweep.csv leaves them out");
 }
 
 // ----------------------------------------------------------------------------
