@@ -13,7 +13,13 @@ verses_data "$moelab" 30 10 320 13
 tiny_lm "$moelab" 64
 ck=run/step_00000020
 
-"$moelab" serve $ck --data data --port 0 --slots 2 --threads 2 >serve.out 2>serve.log &
+# under a soft open-file limit of 256 (where the hard one allows): the server raises it to the hard
+# limit for its 512 connections
+hard=$(ulimit -Hn)
+(
+  if [ "$hard" = unlimited ] || [ "$hard" -ge 1024 ]; then ulimit -Sn 256; fi
+  exec "$moelab" serve $ck --data data --port 0 --slots 2 --threads 2 >serve.out 2>serve.log
+) &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null; [ -n "${KEEP_TMP:-}" ] && echo "kept $tmp" || rm -rf "$tmp"' EXIT
 port=""
@@ -23,6 +29,8 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$port" ] || { echo "FAIL: the server did not start: $(cat serve.log)"; exit 1; }
+files=$(awk '/^Max open files/ {print $4 "/" $5}' /proc/$pid/limits)
+[ "${files%/*}" = "${files#*/}" ] && ok || bad "the open-file limit was not raised: soft/hard $files"
 
 # ---- the same greedy text as moelab generate
 "$moelab" generate $ck --data data --threads 2 --prompt "Verse 3 of chapter" --greedy --max-new 12 >g.txt 2>/dev/null
@@ -66,6 +74,9 @@ expect_error "no checkpoint" "nothere" "$moelab" serve nothere --data data
 expect_error "--max-connections 0" "max-connections" "$moelab" serve $ck --data data --max-connections 0
 expect_error "--read-timeout 0" "read-timeout" "$moelab" serve $ck --data data --read-timeout 0
 expect_error "--max-body 10" "max-body" "$moelab" serve $ck --data data --max-body 10
+# more connections than the open-file limit (hard 200 here) leaves files for: refused, naming both
+expect_error "--max-connections past ulimit -n" "max-connections 512 .*open-file limit.*200 files" \
+  bash -c 'ulimit -n 200 && exec "$@"' - "$moelab" serve $ck --data data --max-connections 512
 
 # ---- SIGTERM: the request in flight (a stream, stopped after its first event) is answered in
 # full, then a clean exit

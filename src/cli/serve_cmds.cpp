@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <malloc.h>
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
@@ -52,6 +53,27 @@ void serve_cmd(const ServeCmdOptions& o) {
   if (v.http_threads < 0 || v.http_threads > v.max_connections)
     fail(fmt::format("serve: --http-threads must be in [0, --max-connections] (not {})",
                      v.http_threads));
+  // Each connection holds a file: past the open-file limit accept() fails (EMFILE) and the
+  // library retries it, so that nobody gets the 503 of a full server, and the server's own files
+  // (the model, its event fds) cannot be opened. The soft limit goes up to the hard one, and the
+  // connections must leave kReservedFiles of it.
+  constexpr uint64_t kReservedFiles = 64;
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    if (nofile.rlim_cur != nofile.rlim_max) {
+      rlimit up = nofile;
+      up.rlim_cur = nofile.rlim_max;
+      if (::setrlimit(RLIMIT_NOFILE, &up) == 0) nofile = up;
+    }
+    const uint64_t files = nofile.rlim_cur == RLIM_INFINITY ? UINT64_MAX : nofile.rlim_cur;
+    if (files < kReservedFiles + uint64_t(v.max_connections))
+      fail(
+          fmt::format("serve: --max-connections {} is more than the open-file limit allows ({} "
+                      "files, ulimit -n; at most {} connections, {} files are kept for the "
+                      "server)",
+                      v.max_connections, files, files > kReservedFiles ? files - kReservedFiles : 0,
+                      kReservedFiles));
+  }
   // Large allocations (request bodies, token lists) are mapped and unmapped on their own rather
   // than left in the heaps of the request threads (glibc would raise this threshold as they go)
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
