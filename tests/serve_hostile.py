@@ -591,7 +591,7 @@ def case_sigterm(srv, what):
         try:
             result["status"] = post(port, "/v1/completions",
                                     {"prompt": ["Verse", "Verse 2"], "max_tokens": CTX - 8,
-                                     "n": 16},
+                                     "n": 16, "temperature": 100},
                                     timeout=30)[0]
         except OSError as e:
             result["status"] = str(e)
@@ -610,7 +610,12 @@ def case_sigterm(srv, what):
             h = None
         stopping = bool(h) and h.get("status") == "stopping"
         time.sleep(0.02)
-    if check(stopping, f"{what}: /health while stopping: {h}"):
+    if not stopping and result.get("status") == 200:
+        # the long request (near-uniform sampling: hundreds of tokens per sequence before the
+        # end of text, by chance) was done before the stop began: nothing held it open
+        print(f"SKIP: {what}: the routes while stopping (the long request had ended)", flush=True)
+        summary[what + "_routes_while_stopping"] = "skipped"
+    elif check(stopping, f"{what}: /health while stopping: {h}"):
         for method, path, body in (("GET", "/v1/models", None), ("GET", "/tokenizer_info", None),
                                    ("POST", "/tokenize", b'{"prompt": "a"}'),
                                    ("POST", "/detokenize", b'{"tokens": [1]}'),
