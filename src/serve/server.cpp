@@ -426,31 +426,58 @@ bool Server::Impl::wait_request(socket_t sock, const ConnStream& strm, double se
 
 bool Server::Impl::connection(socket_t sock) {
   if (t_refuse) {
-    refuse(sock);
+    try {
+      refuse(sock);
+    } catch (...) {  // its answer could not even be built (out of memory): a close
+      ::close(sock);
+    }
     return false;
   }
   Conn c;
   c.sock = sock;
-  {
-    std::lock_guard lock(conns_mu);
-    conns.insert(&c);
-  }
-  t_conn = &c;
+  // However this ends, an exception included: the connection leaves the list, the thread
+  // forgets it, and its socket closes (under the lock: stop() never shuts down a number the
+  // system has given to another socket).
+  struct Release {
+    Impl& s;
+    Conn& c;
+    ~Release() {
+      t_conn = nullptr;
+      std::lock_guard lock(s.conns_mu);
+      s.conns.erase(&c);
+      ::shutdown(c.sock, SHUT_RDWR);
+      ::close(c.sock);
+    }
+  } release{*this, c};
   ConnStream strm(c, o.max_body, o.write_timeout);
   bool ret = false;
-  for (int n = 0; n < o.keep_alive_max; n++) {
-    if (!wait_request(sock, strm, n == 0 ? o.read_timeout : o.keep_alive, n == 0)) break;
-    strm.begin_request(Clock::now() + seconds(o.read_timeout));
-    c.fail = ReadFail::None;
-    c.close_after = false;
-    bool closed = false;
-    ret = http.process_request(strm, n + 1 == o.keep_alive_max || stopping, closed,
-                               [](httplib::Request& req) { req.ranges.clear(); });
-    if (c.trim || strm.request_bytes() > kTrimAfterBytes) ::malloc_trim(0);
-    c.trim = false;
-    if (!ret || closed || c.close_after || stopping) break;
+  try {
+    {
+      std::lock_guard lock(conns_mu);
+      conns.insert(&c);
+    }
+    t_conn = &c;
+    for (int n = 0; n < o.keep_alive_max; n++) {
+      if (!wait_request(sock, strm, n == 0 ? o.read_timeout : o.keep_alive, n == 0)) break;
+      strm.begin_request(Clock::now() + seconds(o.read_timeout));
+      c.fail = ReadFail::None;
+      c.close_after = false;
+      bool closed = false;
+      ret = http.process_request(strm, n + 1 == o.keep_alive_max || stopping, closed,
+                                 [](httplib::Request& req) { req.ranges.clear(); });
+      if (c.trim || strm.request_bytes() > kTrimAfterBytes) ::malloc_trim(0);
+      c.trim = false;
+      if (!ret || closed || c.close_after || stopping) break;
+    }
+  } catch (const std::exception& e) {
+    // a request or its answer failed past the handlers (an allocation while writing): this
+    // connection closes, the server goes on
+    std::fprintf(stderr, "serve: a connection failed (%s); closed\n", e.what());
+    return false;
+  } catch (...) {
+    std::fprintf(stderr, "serve: a connection failed; closed\n");
+    return false;
   }
-  t_conn = nullptr;
   if (c.close_after && ret) {
     // The client may still be sending the body that was refused unread: read (and drop) what
     // comes for a moment, so that closing does not reset the connection before it reads the
@@ -465,12 +492,6 @@ bool Server::Impl::connection(socket_t sock) {
       if (k <= 0) break;
       got += k;
     }
-  }
-  {  // under the lock: stop() never shuts down a number the system has given to another socket
-    std::lock_guard lock(conns_mu);
-    conns.erase(&c);
-    ::shutdown(sock, SHUT_RDWR);
-    ::close(sock);
   }
   return ret;
 }
