@@ -89,6 +89,20 @@ bool client_gone() {
   return t_conn && !peer_open(t_conn->sock);
 }
 
+// Reads and drops what the client sends, until `until` or `max_bytes`: a client still sending
+// (a body refused unread) would otherwise have its connection reset by the close before it reads
+// the answer.
+void drain_input(socket_t sock, Clock::time_point until, int64_t max_bytes) {
+  char buf[16384];
+  for (int64_t got = 0; got < max_bytes;) {
+    pollfd p{sock, POLLIN, 0};
+    if (::poll(&p, 1, ms_until(until)) <= 0) break;
+    const ssize_t k = ::recv(sock, buf, sizeof buf, MSG_DONTWAIT);
+    if (k <= 0) break;
+    got += k;
+  }
+}
+
 void address(const sockaddr_storage& a, std::string& ip, int& port) {
   char host[NI_MAXHOST] = "";
   char serv[NI_MAXSERV] = "";
@@ -367,6 +381,7 @@ struct Server::Impl {
   std::list<std::weak_ptr<Sequence>> live;
   std::mutex conns_mu;  // the open connections, for the shutdown of the last ones
   std::set<Conn*> conns;
+  bool conns_closed = false;  // stop() has shut them down: one dequeued later closes at once
 
   Impl(const Model<float>& m, const Tokenizer& t, ServeOptions opt)
       : tok(t),
@@ -454,6 +469,8 @@ bool Server::Impl::connection(socket_t sock) {
   try {
     {
       std::lock_guard lock(conns_mu);
+      // a connection that waited in the queue past the end of the stop's grace
+      if (conns_closed) return false;
       conns.insert(&c);
     }
     t_conn = &c;
@@ -483,15 +500,7 @@ bool Server::Impl::connection(socket_t sock) {
     // comes for a moment, so that closing does not reset the connection before it reads the
     // answer.
     ::shutdown(sock, SHUT_WR);
-    const auto until = Clock::now() + std::chrono::milliseconds(200);
-    char buf[16384];
-    for (int64_t got = 0; got < (int64_t(4) << 20);) {
-      pollfd p{sock, POLLIN, 0};
-      if (::poll(&p, 1, ms_until(until)) <= 0) break;
-      const ssize_t k = ::recv(sock, buf, sizeof buf, MSG_DONTWAIT);
-      if (k <= 0) break;
-      got += k;
-    }
+    drain_input(sock, Clock::now() + std::chrono::milliseconds(200), int64_t(4) << 20);
   }
   return ret;
 }
@@ -509,18 +518,9 @@ void Server::Impl::refuse(socket_t sock) {
       "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
       "{}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{}",
       body.size(), body);
-  char buf[16384];
   const auto until = Clock::now() + std::chrono::milliseconds(100);
-  auto drain = [&] {
-    for (int64_t got = 0; got < (int64_t(1) << 20);) {
-      pollfd p{sock, POLLIN, 0};
-      if (::poll(&p, 1, ms_until(until)) <= 0) break;
-      const ssize_t k = ::recv(sock, buf, sizeof buf, MSG_DONTWAIT);
-      if (k <= 0) break;
-      got += k;
-    }
-  };
   {  // what the client sent first, so that the close does not reset the connection
+    char buf[16384];
     pollfd p{sock, POLLIN, 0};
     if (::poll(&p, 1, 50) > 0) {
       [[maybe_unused]] const ssize_t k = ::recv(sock, buf, sizeof buf, MSG_DONTWAIT);
@@ -529,7 +529,7 @@ void Server::Impl::refuse(socket_t sock) {
   [[maybe_unused]] const ssize_t sent =
       ::send(sock, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   ::shutdown(sock, SHUT_WR);
-  drain();
+  drain_input(sock, until, int64_t(1) << 20);
   ::close(sock);
   if (o.log_requests) std::fprintf(stderr, "- - 503 (too many connections)\n");
 }
@@ -918,6 +918,7 @@ void Server::stop(double grace_s) {
   while (s.open_connections() > 0 && Clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   std::lock_guard lock(s.conns_mu);
+  s.conns_closed = true;
   for (Conn* c : s.conns) ::shutdown(c->sock, SHUT_RDWR);
 }
 
