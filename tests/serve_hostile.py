@@ -74,16 +74,18 @@ class Server:
             raise SystemExit("the server did not start: " + open(self.log_path).read()[-500:])
 
     def rss_mb(self):
-        """VmRSS kept: the least of three readings 0.2 s apart (a request thread trims the heap
-        after its answer has gone out, so a reading taken at once may still see its memory)."""
-        least = None
-        for _ in range(3):
+        """VmRSS kept: the least reading once three in a row agree within 1 MB, or after 3 s (a
+        request thread trims the heap after its answer has gone out, so a reading taken at once,
+        or on a busy machine, may still see its memory)."""
+        readings = []
+        for _ in range(15):
             time.sleep(0.2)
             for line in open(f"/proc/{self.proc.pid}/status"):
                 if line.startswith("VmRSS:"):
-                    kb = int(line.split()[1]) / 1024
-                    least = kb if least is None else min(least, kb)
-        return least or 0.0
+                    readings.append(int(line.split()[1]) / 1024)
+            if len(readings) >= 3 and max(readings[-3:]) - min(readings[-3:]) < 1.0:
+                break
+        return min(readings) if readings else 0.0
 
     def log_lines(self):
         self.log.flush()
