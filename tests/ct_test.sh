@@ -339,6 +339,9 @@ expect_error "compress bits" "cdelta\.toml: 'ct\.compress\[1\]\.delta'.*1\.\.8" 
 if mpirun --version 2>&1 | grep -q "Open MPI"; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   export OMPI_MCA_btl_vader_single_copy_mechanism=none
+  # Open MPI never frees some of its own memory (components it loads at start): leaks under
+  # mpirun are not ours to see, so a sanitized build checks them in one process only.
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
   for d in ct1p ctmpi; do
     sed -e "s#^dir = \"ct\"#dir = \"$d\"#" -e 's/^\[train\]$/[train]\ngrad_accum = 2/' ct.toml >$d.toml
   done

@@ -210,11 +210,19 @@ def settle(port, what, within=5.0):
     return check(False, f"{what}: not idle afterwards: {h}")
 
 
+# A sanitized build (make test-asan) keeps freed memory in quarantine: its VmRSS says nothing of
+# what the server keeps, so the memory bounds are not checked there.
+MEMORY_CHECKED = not os.environ.get("MOELAB_SANITIZED")
+
+
 def rounds_rss(srv, what, rss):
     """Memory that grows with the rounds is what an attack leaves behind: the last round may be at
     most RSS_ROUND_BOUND_MB above the first, and no round (a heap not yet given back counts)
     more than three times that."""
     summary.setdefault("rss_mb", {})[what] = [round(x, 1) for x in rss]
+    if not MEMORY_CHECKED:
+        print(f"SKIP: {what}: VmRSS not bounded in a sanitized build", flush=True)
+        return
     growth = rss[-1] - rss[0]
     peak = max(rss) - rss[0]
     check(growth <= RSS_ROUND_BOUND_MB and peak <= 3 * RSS_ROUND_BOUND_MB,
@@ -712,7 +720,7 @@ def main():
             finally:
                 slow.kill()
         after = summary.get("rss_after_mb", {})
-        if after:
+        if after and MEMORY_CHECKED:
             top = max(after.values())
             check(top - base <= RSS_TOTAL_BOUND_MB,
                   f"VmRSS rose to {top:.0f} MB from {base:.0f} MB (bound {RSS_TOTAL_BOUND_MB})")
