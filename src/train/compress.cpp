@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <set>
 
@@ -149,16 +150,47 @@ void store_lowrank(Model<float>& out, const Routed& r, int64_t e, std::span<cons
   std::copy(lr.B.begin(), lr.B.end(), out.params.begin() + B->offset + e * r.out * ds.rank);
 }
 
-// The base, then per expert delta_e = W_e - base (in double, rounded once) stored light.
+// delta_e = W_e - base [in, out], in double, rounded once.
+void delta_of(const Model<float>& moe, const Routed& r, std::span<const float> base, int64_t e,
+              std::vector<float>& delta) {
+  const int64_t n = r.n();
+  delta.resize(static_cast<size_t>(n));
+  const float* w = moe.params.data() + r.from->offset + e * n;
+  for (int64_t i = 0; i < n; i++) delta[size_t(i)] = float(double(w[i]) - double(base[i]));
+}
+
+// Low-rank: one SVD per expert, the experts in parallel. Each SVD then runs on one thread (the
+// OpenMP OpenBLAS does inside a parallel region): at expert sizes LAPACK's level-2 steps gain
+// little from threads, and contend badly with other processes; experts split evenly. Errors
+// are carried out of the region and the first one rethrown.
+void store_lowrank_all(const Model<float>& moe, const Routed& r, std::span<const float> base,
+                       Model<float>& out) {
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(r.E));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t e = 0; e < r.E; e++) {
+    try {
+      std::vector<float> delta;
+      delta_of(moe, r, base, e, delta);
+      store_lowrank(out, r, e, delta);
+    } catch (...) {
+      errors[size_t(e)] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& err : errors) {
+    if (err) std::rethrow_exception(err);
+  }
+}
+
+// The base, then per expert delta_e = W_e - base stored light.
 void store_weight(const Model<float>& moe, const Routed& r, std::span<const float> base,
                   Model<float>& out) {
   const int64_t n = r.n();
   check(int64_t(base.size()) == n, "compress: a base of the wrong size");
   std::copy(base.begin(), base.end(), out.params.begin() + r.base->offset);
-  std::vector<float> delta(static_cast<size_t>(n));  // [in, out]
+  if (out.cfg.ders.delta == DeltaKind::LowRank) return store_lowrank_all(moe, r, base, out);
+  std::vector<float> delta;  // [in, out]
   for (int64_t e = 0; e < r.E; e++) {
-    const float* w = moe.params.data() + r.from->offset + e * n;
-    for (int64_t i = 0; i < n; i++) delta[size_t(i)] = float(double(w[i]) - double(base[i]));
+    delta_of(moe, r, base, e, delta);
     switch (out.cfg.ders.delta) {
       case DeltaKind::Sparse:
         store_sparse(out, r, e, delta);
@@ -167,7 +199,7 @@ void store_weight(const Model<float>& moe, const Routed& r, std::span<const floa
         store_quant(out, r, e, delta);
         break;
       default:
-        store_lowrank(out, r, e, delta);
+        fail("compress: a delta kind without a store");
     }
   }
 }
