@@ -49,7 +49,11 @@ Ops<T> cpu_ops() {
 class CpuDevice final : public Device {
  public:
   std::string name() const override { return "cpu"; }
-  void* allocate(size_t bytes) override {
+  const Ops<float>& ops_f32() const override { return f32_; }
+  const Ops<double>& ops_f64() const override { return f64_; }
+
+ protected:
+  void* do_allocate(size_t bytes) override {
     constexpr size_t kAlign = 64;  // a cache line, and one AVX-512 register
     const size_t n = (bytes + kAlign - 1) / kAlign * kAlign;
     void* p = std::aligned_alloc(kAlign, n);
@@ -57,9 +61,7 @@ class CpuDevice final : public Device {
     std::memset(p, 0, n);
     return p;
   }
-  void release(void* p) override { std::free(p); }
-  const Ops<float>& ops_f32() const override { return f32_; }
-  const Ops<double>& ops_f64() const override { return f64_; }
+  void do_release(void* p) override { std::free(p); }
 
  private:
   Ops<float> f32_ = cpu_ops<float>();

@@ -4,6 +4,7 @@
 // precision of the linear layers, the per-op profile) and hands out its op table (Ops<T>).
 // Model, train and eval code call ops only through the table, so a new backend (say CUDA) is a
 // new table and a new allocator here; none of their code changes. README, "Backends".
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -61,9 +62,20 @@ class Device {
  public:
   virtual ~Device() = default;
   virtual std::string name() const = 0;
-  // Zero-filled memory for n bytes, aligned for vector loads; release frees it.
-  virtual void* allocate(size_t bytes) = 0;
-  virtual void release(void* p) = 0;
+  // Zero-filled memory for n bytes, aligned for vector loads; release frees it (with the size it
+  // was allocated with). Both keep count of the bytes held, so that the memory a model reports
+  // (activation_bytes) can be checked against what it really took.
+  void* allocate(size_t bytes) {
+    void* p = do_allocate(bytes);
+    live_bytes_ += int64_t(bytes);
+    return p;
+  }
+  void release(void* p, size_t bytes) {
+    do_release(p);
+    live_bytes_ -= int64_t(bytes);
+  }
+  // Bytes allocated and not yet released on this device.
+  int64_t live_bytes() const { return live_bytes_; }
   virtual const Ops<float>& ops_f32() const = 0;
   virtual const Ops<double>& ops_f64() const = 0;
 
@@ -77,6 +89,13 @@ class Device {
 
   Precision precision = Precision::F32;  // linear-layer products in float (double: always exact)
   Profile profile;                       // per-op seconds when profile.on
+
+ protected:
+  virtual void* do_allocate(size_t bytes) = 0;
+  virtual void do_release(void* p) = 0;
+
+ private:
+  std::atomic<int64_t> live_bytes_{0};
 };
 
 // The CPU device (oneDNN / OpenBLAS GEMM, OpenMP kernels).
@@ -102,7 +121,8 @@ class Buffer {
     p_.reset();
     n_ = 0;
     if (n > 0) {
-      p_ = Ptr(static_cast<T*>(dev.allocate(size_t(n) * sizeof(T))), Free{&dev});
+      p_ = Ptr(static_cast<T*>(dev.allocate(size_t(n) * sizeof(T))),
+               Free{&dev, size_t(n) * sizeof(T)});
       n_ = n;
     }
     dev_ = &dev;
@@ -123,10 +143,11 @@ class Buffer {
  private:
   struct Free {
     Device* dev;
-    void operator()(T* p) const { dev->release(p); }
+    size_t bytes;
+    void operator()(T* p) const { dev->release(p, bytes); }
   };
   using Ptr = std::unique_ptr<T, Free>;
-  Ptr p_{nullptr, Free{nullptr}};
+  Ptr p_{nullptr, Free{nullptr, 0}};
   int64_t n_ = 0;
   Device* dev_ = nullptr;
 };

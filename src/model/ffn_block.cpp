@@ -144,7 +144,7 @@ template <typename T>
 int64_t FfnBlock<T>::Work::bytes() const {
   return tmp.bytes() + dxn.bytes() + drl.bytes() + dw.bytes() + dy.bytes() + da.bytes() +
          dh.bytes() + dxe.bytes() + dxa.bytes() + (ct ? ct->bytes() : 0) + dF.bytes() + dM.bytes() +
-         da.bytes() + dgu.bytes();
+         dgate.bytes() + dgu.bytes();
 }
 
 template <typename T>

@@ -283,6 +283,7 @@ int64_t Model<T>::activation_bytes() const {
   for (const auto& a : act_.ffn) b += a.bytes();
   b += act_.stream.bytes() + act_.rstd_f.bytes() + act_.xn_f.bytes() + act_.logits.bytes() +
        act_.lse.bytes() + act_.dres.bytes() + act_.dxn.bytes();
+  b += rope_cos_.bytes() + rope_sin_.bytes() + wbuf_.bytes() + gbuf_.bytes();
   return b;
 }
 

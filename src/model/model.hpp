@@ -70,7 +70,8 @@ class Model {
   const std::vector<std::vector<int64_t>>& route_counts() const { return counts_; }
   // The same, to be summed over the ranks of a data-parallel step before balance_update.
   std::vector<std::vector<int64_t>>& route_counts() { return counts_; }
-  // Bytes of activations and scratch held for the current shape.
+  // Bytes of activations, scratch and tables (RoPE, a rebuilt DeRS expert) held for the current
+  // shape: every buffer the model holds on its device (test_memory checks it against the device).
   int64_t activation_bytes() const;
 
   // The blocks, for code that runs them with other buffers (the KV-cache decoder).
