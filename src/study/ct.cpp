@@ -25,6 +25,7 @@
 #include "study/ct_config.hpp"
 #include "study/ct_measure.hpp"
 #include "study/failure.hpp"
+#include "study/queue.hpp"
 #include "study/settings.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
@@ -316,14 +317,6 @@ void resources_record(const std::string& dir, int64_t peak, bool per_run, double
 // ----------------------------------------------------------------------------
 // the study
 
-int64_t last_checkpoint_step(const std::string& run_dir) {
-  const auto list = checkpoint_list(run_dir);
-  if (list.empty()) return -1;
-  long step = -1;
-  std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
-  return step;
-}
-
 std::vector<int64_t> seeds_of(const toml::table& root, const CtConfig& c, const CtOptions& o) {
   if (!o.seeds.empty()) {
     for (int64_t s : o.seeds)
@@ -360,7 +353,7 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
                          {"kind", ct_kind_name(r.method->kind)},
                          {"params_total", total},
                          {"params_trainable", trainable},
-                         {"method", ct_toml_json(*r.method->table)},
+                         {"method", toml_to_json(*r.method->table)},
                          {"runs", ojson::array()}});
       it = methods.end() - 1;
     }
@@ -389,46 +382,33 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
 // What the study's runs compute, for RUN/settings.json: the file as read, methods and
 // compressions by name, less the seeds (a study may grow) and what changes no result.
 Settings ct_settings(const toml::table& root) {
-  return settings_flatten(ct_toml_json(root), {"ct.methods", "ct.compress"},
+  return settings_flatten(toml_to_json(root), {"ct.methods", "ct.compress"},
                           settings_skip({"ct.seeds"}));
 }
 
-// Trains the runs one after another; a finished one is skipped, a stopped one resumes, one
-// that fails is recorded (RUN_DIR/failed.json) and named in `failed`, and the others go on.
-// Returns 130 when interrupted.
+// Trains the runs one after another (study/queue.hpp), each run's peak memory and training time
+// recorded in its folder. Returns 130 when interrupted.
 int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed) {
-  const double t0 = time_now_s();
-  double trained_s = 0;
-  int64_t trained = 0;
-  for (size_t i = 0; i < runs.size(); i++) {
-    const CtRun& r = runs[i];
-    train_barrier();  // rank 0's last checkpoint is written before any rank looks
-    const int64_t last = last_checkpoint_step(r.x.run_dir), total = r.x.total_steps();
-    std::fprintf(stderr, "== %zu/%zu %s: %s seed %ld", i + 1, runs.size(), r.dir.c_str(),
-                 ct_kind_name(r.method->kind), long(r.seed));
-    if (last == total) {
-      std::fprintf(stderr, " (done)\n");
-      continue;
-    }
-    std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
-    const bool per_run = ct_rss_peak_reset();
-    const double tv = time_now_s();
-    RunFailure failure;
-    const int rc = study_train(r.x, last >= 0, &failure);
-    if (train_writer())
-      resources_record(r.x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - tv);
-    if (study_train_outcome(rc, r.dir, failure, "ct", "the study goes on with its other runs",
-                            failed) == 130)
-      return 130;
-    if (rc != 0) continue;
-    trained_s += time_now_s() - tv, trained++;
-    const double left = trained_s / double(trained) * double(runs.size() - i - 1);
-    std::fprintf(stderr, "== %s finished in %.1f s; the other runs: about %.0f min\n",
-                 r.dir.c_str(), time_now_s() - tv, left / 60);
+  std::vector<QueueRun> queue;
+  for (const CtRun& r : runs) {
+    queue.push_back({r.dir, fmt::format("{} seed {}", ct_kind_name(r.method->kind), r.seed),
+                     [&r] { return r.x; }});
   }
-  std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", runs.size(), time_now_s() - t0,
-               failed.empty() ? "" : fmt::format(", {} failed", failed.size()).c_str());
-  return 0;
+  QueueOptions o;
+  o.study = "ct";
+  o.others = "the other runs";
+  o.train = [](const Experiment& x, bool resume, RunFailure* failure) {
+    const bool per_run = ct_rss_peak_reset();
+    const double t0 = time_now_s();
+    const int rc = study_train(x, resume, failure);
+    if (train_writer()) {
+      resources_record(x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - t0);
+    }
+    return rc;
+  };
+  QueueResult done = queue_run(queue, o);
+  failed = std::move(done.failed);
+  return done.status;
 }
 
 }  // namespace
@@ -436,7 +416,7 @@ int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed)
 // ----------------------------------------------------------------------------
 
 std::string ct_run_dir(const std::string& config) {
-  const toml::table root = ct_file_parse(config);
+  const toml::table root = toml_file_parse(config);
   return root["run"]["dir"].value_or(std::string("runs/ct"));
 }
 
@@ -445,7 +425,7 @@ std::string ct_run_dir(const std::string& config) {
 // report), and the others wait at a barrier for what they read next.
 int ct_run(const std::string& config, const CtOptions& o) {
   const bool writer = train_writer();
-  const toml::table root = ct_file_parse(config);
+  const toml::table root = toml_file_parse(config);
   ct_sections_check(root, config);
   const CtConfig c = ct_config_read(root, config);
   const std::vector<const CtMethod*> methods = methods_of(c, o);

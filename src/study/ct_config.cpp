@@ -25,33 +25,6 @@ const char* ct_kind_name(CtKind k) {
   }
 }
 
-json ct_toml_json(const toml::node& n) {
-  if (n.is_integer()) return *n.value<int64_t>();
-  if (n.is_floating_point()) return *n.value<double>();
-  if (n.is_boolean()) return *n.value<bool>();
-  if (n.is_string()) return *n.value<std::string>();
-  if (const auto* a = n.as_array()) {
-    json out = json::array();
-    for (const auto& e : *a) out.push_back(ct_toml_json(e));
-    return out;
-  }
-  if (const auto* t = n.as_table()) {
-    json out = json::object();
-    for (const auto& [k, v] : *t) out[std::string(k.str())] = ct_toml_json(v);
-    return out;
-  }
-  return nullptr;  // dates and times: no key takes one
-}
-
-toml::table ct_file_parse(const std::string& path) {
-  try {
-    return toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source().begin;
-    fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
-  }
-}
-
 void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,
                           const std::string& model_why, const std::string& phases_why) {
   static const std::set<std::string> experiment = {"run",      "data",       "train", "optimizer",
@@ -143,7 +116,7 @@ CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
   CtMethod m;
   m.table = &t;
   const std::string at = fmt::format("ct.methods[{}]", i);
-  json j = ct_toml_json(t);
+  json j = toml_to_json(t);
   std::string kind;
   for (auto it = j.begin(); it != j.end();)
     it = it.key().rfind("replay", 0) == 0 ? j.erase(it) : std::next(it);
@@ -203,13 +176,13 @@ CtConfig ct_config_read(const toml::table& root, const std::string& path) {
   CtConfig c;
   c.source = path;
   // [run] dir and seed are read here too (each run gets its own): their types are checked first.
-  if (const toml::node* dir = root["run"]["dir"].node(); dir && !dir->is_string())
-    fail(fmt::format("{}: 'run.dir' must be a string", path));
-  if (const toml::node* seed = root["run"]["seed"].node(); seed && !seed->is_integer())
-    fail(fmt::format("{}: 'run.seed' must be an integer", path));
-  c.run_dir = root["run"]["dir"].value_or(c.run_dir);
+  const json run = root.contains("run") ? toml_to_json(*root.get("run")) : json();
+  ConfigSection run_section(&run, "run", path);
+  int64_t seed = 0;
+  run_section.get("dir", c.run_dir);
+  run_section.get("seed", seed);
   const toml::table& ct = *root["ct"].as_table();
-  json j = ct_toml_json(ct);
+  json j = toml_to_json(ct);
   j.erase("methods"), j.erase("compress");
   ConfigSection s(&j, "ct", path);
   s.get("base", c.base);
@@ -249,7 +222,7 @@ CtConfig ct_config_read(const toml::table& root, const std::string& path) {
     if (!a || !a->is_array_of_tables())
       s.bad("compress", "must list the compressions as [[ct.compress]] tables (name, from, delta)");
     for (size_t i = 0; i < a->size(); i++) {
-      CtCompress k = compress_read(ct_toml_json(*a->get(i)), i, c);
+      CtCompress k = compress_read(toml_to_json(*a->get(i)), i, c);
       for (const CtCompress& other : c.compress)
         if (other.name == k.name)
           fail(fmt::format("{}: 'ct.compress[{}].name' \"{}\" is already taken", path, i, k.name));

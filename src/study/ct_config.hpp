@@ -10,6 +10,7 @@
 
 #include "train/compress.hpp"
 #include "train/experiment.hpp"
+#include "train/toml_file.hpp"
 #include "train/upcycle.hpp"
 
 namespace moelab {
@@ -56,9 +57,6 @@ struct CtRun {
   Experiment x;
 };
 
-// TOML as JSON for ConfigSection (integers stay integers), as experiment files are read.
-nlohmann::json ct_toml_json(const toml::node& n);
-toml::table ct_file_parse(const std::string& path);
 // The sections of a study file: an experiment's, less [model] and [[phases]] (which its own
 // section `own` decides; model_why / phases_why say how), plus `own`, which is required.
 void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,

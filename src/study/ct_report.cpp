@@ -14,8 +14,8 @@
 #include "study/ct.hpp"
 #include "study/ct_measure.hpp"
 #include "study/ct_report_ders.hpp"
-#include "study/plot.hpp"
 #include "study/report.hpp"
+#include "study/report_kit.hpp"
 
 namespace moelab {
 
@@ -43,23 +43,16 @@ struct CtStudy {
   ojson failed = ojson::array();   // runs and measurements that failed, with their reasons
 };
 
-ojson json_file(const fs::path& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return nullptr;
-  const ojson j = ojson::parse(file_read(path.string()), nullptr, false);
-  return j.is_discarded() ? ojson() : j;
-}
-
 // The record of a failed measurement (ct_measure_failure_path), or null.
 ojson measure_failure(const fs::path& result) {
-  return json_file(ct_measure_failure_path(result.string()));
+  return json_file_or_null(ct_measure_failure_path(result.string()));
 }
 
 CtStudy study_read(const std::string& dir) {
   CtStudy st;
   st.dir = dir;
   const fs::path path = fs::path(dir) / "ct.json";
-  st.ct = json_file(path);
+  st.ct = json_file_or_null(path.string());
   if (!st.ct.is_object() || !st.ct.contains("methods") || !st.ct["methods"].is_array())
     fail(path.string() + ": missing or invalid (not a folder written by moelab ct)");
   try {
@@ -76,13 +69,8 @@ CtStudy study_read(const std::string& dir) {
           st.notes.push_back(
               fmt::format("`{}` {}. Left out of the tables, the figures and the comparisons.", rel,
                           run_failure_line(*f)));
-          st.failed.push_back({{"run", rel},
-                               {"method", mr.name},
-                               {"seed", r.value("seed", int64_t(0))},
-                               {"step", f->step},
-                               {"total_steps", f->total},
-                               {"nonfinite", f->nonfinite},
-                               {"reason", f->reason}});
+          st.failed.push_back(failure_json(
+              {{"run", rel}, {"method", mr.name}, {"seed", r.value("seed", int64_t(0))}}, *f));
           failed++;
           continue;
         }
@@ -97,7 +85,7 @@ CtStudy study_read(const std::string& dir) {
               {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
         }
         mr.runs.push_back(run_read(rd.string()));
-        mr.resources.push_back(json_file(rd / "resources.json"));
+        mr.resources.push_back(json_file_or_null((rd / "resources.json").string()));
         const RunData& d = mr.runs.back();
         if (const int64_t total = d.run.value("total_steps", int64_t(0)); d.last_step < total)
           st.notes.push_back(fmt::format("`{}` is at step {} of {}; its numbers are partial.",
@@ -135,11 +123,7 @@ CtStudy study_read(const std::string& dir) {
 // figures
 
 std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out, bool plots) {
-  std::vector<std::string> figures;
-  auto draw = [&](const PlotChart& c, const std::string& stem) {
-    plot_write(c, (fs::path(out) / stem).string(), plots);
-    figures.push_back(stem);
-  };
+  Figures figures{out, plots, {}};
   const ojson& base = st.ct.value("base_val_loss", ojson());
   const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
   {
@@ -165,7 +149,7 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
       if (!s.x.empty()) c.series.push_back(std::move(s));
     }
     if (has_base) c.series.push_back({"base", {base[st.fresh]}, {base[st.original]}, {}, {}, 1, 0});
-    draw(c, "tradeoff");
+    figures.draw(c, "tradeoff");
   }
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
     PlotChart c;
@@ -173,13 +157,10 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     c.xlabel = "training step", c.ylabel = name;
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < st.methods.size(); i++) {
-      const Agg a = runs_aggregate(st.methods[i].runs, key);
-      if (a.x.empty()) continue;
-      PlotSeries s{st.methods[i].name, a.x, a.mean, {}, {}, 1, int(i) + 1};
-      if (st.methods[i].runs.size() > 1) s.lo = a.lo, s.hi = a.hi;
-      c.series.push_back(std::move(s));
+      chart_add(c, runs_aggregate(st.methods[i].runs, key), st.methods[i].name, int(i) + 1, 1,
+                st.methods[i].runs.size() > 1);
     }
-    draw(c, key);
+    figures.draw(c, key);
   }
   {
     PlotChart c;
@@ -187,14 +168,12 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     c.xlabel = "training step", c.ylabel = "cross-entropy (nats/token)";
     for (size_t i = 0; i < st.methods.size(); i++)
       for (const auto& [key, dash] : {std::pair{vn, 1}, std::pair{vo, 2}}) {
-        const Agg a = runs_aggregate(st.methods[i].runs, key);
-        if (a.x.empty()) continue;
-        const std::string sub = key.substr(4);
-        c.series.push_back({st.methods[i].name + " " + sub, a.x, a.mean, {}, {}, dash, int(i) + 1});
+        chart_add(c, runs_aggregate(st.methods[i].runs, key),
+                  st.methods[i].name + " " + key.substr(4), int(i) + 1, dash, false);
       }
-    draw(c, "loss");
+    figures.draw(c, "loss");
   }
-  return figures;
+  return figures.stems;
 }
 
 // ----------------------------------------------------------------------------
@@ -252,22 +231,12 @@ std::string markdown_table(const CtStudy& st, const ojson& methods) {
     md +=
         fmt::format("The base's held-out loss: {:.3f} on `{}`, {:.3f} on `{}`.\n\n",
                     base.value(st.original, NAN), st.original, base.value(st.fresh, NAN), st.fresh);
-  md += "| | ";
-  for (const ojson& m : methods) md += m["method"].get<std::string>() + " | ";
-  md += "\n|---|";
-  for (size_t i = 0; i < methods.size(); i++) md += "---|";
-  md += "\n";
-  auto row = [&](const std::string& name, auto cell) {
-    md += "| " + name + " | ";
-    for (const ojson& m : methods) md += cell(m) + " | ";
-    md += "\n";
-  };
+  MdColumns table(methods, [](const ojson& m) { return m["method"].get<std::string>(); });
+  const auto row = [&table](const std::string& name, auto cell) { table.row(name, cell); };
   row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
   row("seeds", [](const ojson& m) {
     const int64_t nf = m["runs_failed"].get<int64_t>();
-    return nf == 0
-               ? m["seeds"].dump()
-               : fmt::format("{} (n = {}; {} failed)", m["seeds"].dump(), m["seeds"].size(), nf);
+    return seeds_cell(m["seeds"], fmt::format("{}", nf), size_t(nf));
   });
   row("trainable params (share)", [](const ojson& m) {
     const double t = m["params_trainable"].get<double>(), n = m["params_total"].get<double>();
@@ -298,6 +267,7 @@ std::string markdown_table(const CtStudy& st, const ojson& methods) {
                                      {"n", v["n"]}};
     return stat_format(mb, 0);
   });
+  md += table.md();
   md +=
       "\nMeans over the seeds, ± their standard deviation where there are several. Peak RSS is "
       "the process's high-water resident set while that run trained.\n";
@@ -354,21 +324,14 @@ std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::strin
 // Why a run logged no forgetting metrics: no evaluation set, or a base that recalled too few of
 // its samples at the start (the trainer stops there), or no record of the filtering yet.
 std::string forgetting_missing_cause(const RunData& r) {
-  if (!r.has_evalset) return "no evaluation set was given ([ct] entities or [eval] evalset)";
-  const std::string of =
-      r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
-  if (r.kept == 0)
-    return fmt::format(
-        "at the start the model recalled none{} (no sample with M_ex = 1), so nothing could be "
-        "forgotten and M_ex, M_in are undefined (n/a){}; entities the base knows better, or a "
-        "larger candidate set ([ct] max_samples, max_per_entity, top, bottom), would give a set "
-        "to measure",
-        of, run_stopped(r));
-  if (r.kept > 0 && r.kept < r.min_recalled)
-    return fmt::format(
-        "at the start the model recalled only {}{} (M_ex = 1), fewer than eval.min_recalled = "
-        "{}, too few to measure forgetting{}",
-        r.kept, of, r.min_recalled, run_stopped(r));
+  const std::string cause = run_recall_cause(
+      r, {"[ct]", "at the start", "",
+          "; entities the base knows better, or a larger candidate set ([ct] max_samples, "
+          "max_per_entity, top, bottom), would give a set to measure",
+          ""});
+  if (!cause.empty()) {
+    return cause;
+  }
   return fmt::format("no record of the evaluation set's filtering (the run is at step {})",
                      r.last_step);
 }
@@ -406,10 +369,7 @@ std::string reading_write(const CtStudy& st, const ojson& methods) {
   // M_ex: with one seed, the binomial standard error of the recalled set (as the forgetting
   // study's report); with several, the seeds' sd / sqrt(seeds).
   auto m_ex_se = [](const ojson& m) {
-    const ojson& v = m["final_m_ex"];
-    if (v.is_object()) return stat_std_err(v);
-    const double p = stat_mean(v), n = stat_mean(m["evalset_kept"]);
-    return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
+    return stat_m_ex_std_err(m["final_m_ex"], m["evalset_kept"]);
   };
   const std::string ex = rank_line(ranked("final_m_ex", m_ex_se), false,
                                    "Recall of the base's entities: M_ex at the end (from 1.0 at "
@@ -454,20 +414,15 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
     const ojson summary = {
         {"base", st.ct.value("base", "")}, {"original", st.original}, {"new", st.fresh},
         {"methods", ojson::array()},       {"failed", st.failed},     {"figures", ojson::array()}};
-    file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
-    const std::string md_path = (fs::path(out) / "summary.md").string();
-    file_write_atomic(md_path, md);
-    std::fprintf(stderr, "report: %s\n", md_path.c_str());
-    return md_path;
+    return report_files_write(out, md, summary);
   }
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
   std::string md = markdown_table(st, methods) + reading_write(st, methods) + ders.md;
-  md += "\n## Figures\n\n";
-  for (const std::string& f : ders.figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
-  for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
-  md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+  std::vector<std::string> listed = ders.figures;
+  listed.insert(listed.end(), figures.begin(), figures.end());
+  md += md_figures(listed);
   const ojson summary = {{"base", st.ct.value("base", "")},
                          {"original", st.original},
                          {"new", st.fresh},
@@ -476,11 +431,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
                          {"failed", st.failed},
                          {"final_models", ders.summary},
                          {"figures", figures}};
-  file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
-  const std::string md_path = (fs::path(out) / "summary.md").string();
-  file_write_atomic(md_path, md);
-  std::fprintf(stderr, "report: %s\n", md_path.c_str());
-  return md_path;
+  return report_files_write(out, md, summary);
 }
 
 }  // namespace moelab

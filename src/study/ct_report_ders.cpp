@@ -10,8 +10,8 @@
 
 #include "core/fileio.hpp"
 #include "study/ct_report_ders.hpp"
-#include "study/plot.hpp"
 #include "study/report.hpp"
+#include "study/report_kit.hpp"
 
 namespace moelab {
 
@@ -29,13 +29,6 @@ struct Variant {
   std::vector<ojson> res;    // resources.json per seed (trained)
 };
 
-ojson json_or_null(const fs::path& p) {
-  std::error_code ec;
-  if (!fs::exists(p, ec)) return nullptr;
-  const ojson j = ojson::parse(file_read(p.string()), nullptr, false);
-  return j.is_discarded() ? ojson() : j;
-}
-
 std::string method_what(const ojson& m) {
   const std::string kind = m.value("kind", "");
   if (kind != "upcycle") return kind;
@@ -52,9 +45,9 @@ std::vector<Variant> variants_read(const std::string& dir, const ojson& ct) {
     Variant v{m["name"], method_what(m), true, m, {}, {}};
     for (const ojson& r : m["runs"]) {
       const fs::path rd = fs::path(dir) / r["dir"].get<std::string>();
-      if (ojson e = json_or_null(rd / "final_eval.json"); e.is_object()) {
+      if (ojson e = json_file_or_null((rd / "final_eval.json").string()); e.is_object()) {
         v.evals.push_back(e);
-        v.res.push_back(json_or_null(rd / "resources.json"));
+        v.res.push_back(json_file_or_null((rd / "resources.json").string()));
       }
     }
     if (!v.evals.empty()) out.push_back(std::move(v));
@@ -71,7 +64,8 @@ std::vector<Variant> variants_read(const std::string& dir, const ojson& ct) {
     std::error_code ec;
     if (fs::is_directory(cd, ec))
       for (const auto& e : fs::directory_iterator(cd))
-        if (ojson j = json_or_null(e.path() / "eval.json"); j.is_object()) v.evals.push_back(j);
+        if (ojson j = json_file_or_null((e.path() / "eval.json").string()); j.is_object())
+          v.evals.push_back(j);
     if (!v.evals.empty()) out.push_back(std::move(v));
   }
   return out;
@@ -146,8 +140,8 @@ std::string family(const Variant& v) {
   return (v.trained ? "trained: " : "compressed: ") + kind;
 }
 
-std::string figure_write(const std::vector<Variant>& vs, const std::string& subset,
-                         const std::string& what, const std::string& out, bool plots) {
+void figure_write(const std::vector<Variant>& vs, const std::string& subset,
+                  const std::string& what, Figures& figures) {
   PlotChart c;
   c.title =
       fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what);
@@ -170,9 +164,7 @@ std::string figure_write(const std::vector<Variant>& vs, const std::string& subs
     for (const auto& [x, y] : pts) ps.x.push_back(x), ps.y.push_back(y);
     if (!ps.x.empty()) c.series.push_back(std::move(ps));
   }
-  const std::string stem = "ders_bytes_" + subset;
-  plot_write(c, (fs::path(out) / stem).string(), plots);
-  return stem;
+  figures.draw(c, "ders_bytes_" + subset);
 }
 
 // ----------------------------------------------------------------------------
@@ -260,8 +252,10 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
         "nothing to measure; they are null in summary.json.\n",
         none);
   s.md += reading_write(vs, original, fresh);
-  s.figures.push_back(figure_write(vs, fresh, "new domain", out, plots));
-  s.figures.push_back(figure_write(vs, original, "original domain", out, plots));
+  Figures figures{out, plots, {}};
+  figure_write(vs, fresh, "new domain", figures);
+  figure_write(vs, original, "original domain", figures);
+  s.figures = figures.stems;
   for (const Variant& v : vs) {
     ojson j = {{"variant", v.name}, {"what", v.what}, {"trained", v.trained}};
     for (const char* p :

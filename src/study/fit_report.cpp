@@ -1,21 +1,19 @@
-// moelab fit: the law with held-out error and bootstrap intervals, the per-budget surfaces,
-// the recommendation at a budget; printed, written to OUT/fit.json, drawn.
+// The report of `moelab fit` (study/fit_run.cpp fits): the law with held-out error and bootstrap
+// intervals, the per-budget surfaces, the recommendation at a budget; printed, written to
+// OUT/fit.json, drawn.
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/rng.hpp"
 #include "study/fit.hpp"
-#include "study/plot.hpp"
+#include "study/fit_state.hpp"
+#include "study/report_kit.hpp"
 
 namespace moelab {
 
@@ -45,91 +43,10 @@ Interval percentiles(std::vector<double> v) {
   return {at(0.025), at(0.975)};
 }
 
-struct FitState {
-  FitOptions o;
-  FitData data;
-  Law law = Law::sparsity;
-  std::vector<FitPoint> train, held;
-  LawFit best;
-  double fit_seconds = 0;
-  std::vector<LawVec> boot;                 // one per bootstrap sample
-  std::vector<Recommendation> boot_rec;     // with --budget
-  double shared = 0.1, n_lo = 0, n_hi = 0;  // the recommendation's N range
-  struct Budget {
-    double c = 0;
-    std::vector<FitPoint> pts;
-    Surface surface;
-    bool fitted = false;
-    double opt_n = 0, opt_s = 0, opt_loss = 0;
-  };
-  std::vector<Budget> budgets;
-  std::optional<Recommendation> rec;
-};
-
-// ---- The law
-
-void split_holdout(FitState& st) {
-  double s_max = 0, s_min = 1;
-  for (const FitPoint& p : st.data.points)
-    s_max = std::max(s_max, p.s), s_min = std::min(s_min, p.s);
-  bool hold = st.o.holdout && st.law == Law::sparsity && s_max > s_min;
-  for (const FitPoint& p : st.data.points) (hold && p.s == s_max ? st.held : st.train).push_back(p);
-}
-
-// Resample the training points with replacement; refit from the best solution and a few grid
-// starts (every 500th of the chinchilla grid; every 24th of the S-term starts).
-void bootstrap(FitState& st) {
-  std::vector<LawVec> starts = {st.best.p};
-  std::vector<LawVec> grid = law_grid_chinchilla(false);
-  for (size_t i = 0; i < grid.size(); i += 500) starts.push_back(grid[i]);
-  if (st.law == Law::sparsity) {
-    std::vector<LawVec> sp = law_sparsity_starts(st.best.p);
-    for (size_t i = 0; i < sp.size(); i += 24) starts.push_back(sp[i]);
-  }
-  LawFitOptions lo;
-  lo.law = st.law, lo.starts = starts;
-  size_t n = st.train.size();
-  for (int b = 0; b < st.o.bootstrap; b++) {
-    std::vector<FitPoint> sample(n);
-    for (size_t i = 0; i < n; i++)
-      sample[i] = st.train[rng_u64(st.o.seed, 1000 + uint64_t(b), i) % n];
-    st.boot.push_back(law_fit(sample, lo).p);
-    if (st.o.budget)
-      st.boot_rec.push_back(
-          law_recommend(st.boot.back(), st.law, *st.o.budget, st.shared, st.n_lo, st.n_hi));
-  }
-}
-
 Interval boot_interval(const FitState& st, int k, bool exp_of) {
   std::vector<double> v;
   for (const LawVec& p : st.boot) v.push_back(exp_of ? std::exp(p[size_t(k)]) : p[size_t(k)]);
   return percentiles(v);
-}
-
-// ---- The surfaces
-
-void fit_budgets(FitState& st) {
-  for (auto& [c, pts] : fit_group_budgets(st.data.points)) {
-    FitState::Budget b;
-    b.c = c, b.pts = pts;
-    SurfaceDegrees deg =
-        st.o.select_degrees ? surface_select(pts, st.o.splits, st.o.seed) : SurfaceDegrees{};
-    b.surface = surface_fit(pts, deg);
-    b.surface.heldout_mse = surface_heldout_mse(pts, b.surface.deg, st.o.splits, st.o.seed);
-    size_t need = size_t(b.surface.deg.n + b.surface.deg.s + b.surface.deg.ns + 1);
-    b.fitted = pts.size() > need;
-    if (b.fitted) {  // the joint optimum within the observed N and S ranges
-      const Surface& f = b.surface;
-      auto at_s = [&](double s) { return surface_argmin_n(f, s, f.n_min, f.n_max); };
-      double best = std::numeric_limits<double>::infinity();
-      for (int i = 0; i <= 200; i++) {
-        double s = f.s_min + (f.s_max - f.s_min) * i / 200, n = at_s(s);
-        double l = surface_eval(f, n, s);
-        if (l < best) best = l, b.opt_s = s, b.opt_n = n, b.opt_loss = l;
-      }
-    }
-    st.budgets.push_back(std::move(b));
-  }
 }
 
 // ---- Output
@@ -181,7 +98,110 @@ ojson rec_json(const Recommendation& r) {
           {"loss", r.loss}};
 }
 
-ojson state_json(const FitState& st) {
+// ---- Figures
+
+// Loss against S per budget: the best observed loss at each S and the law's IsoFLOP optimum.
+void draw_loss_vs_s(const FitState& st, Figures& figures) {
+  PlotChart c;
+  c.title = "final loss against sparsity per budget: best run (points), fitted law (line)";
+  c.xlabel = "sparsity S", c.ylabel = "loss";
+  int color = 0;
+  for (const auto& b : st.budgets) {
+    std::map<double, double> best;
+    for (const FitPoint& p : b.pts)
+      best[p.s] = best.count(p.s) ? std::min(best[p.s], p.loss) : p.loss;
+    if (best.size() < 2) continue;
+    PlotSeries obs{fmt::format("C = {:.2g}", b.c)}, law{fmt::format("law, C = {:.2g}", b.c)};
+    obs.points = true, obs.color = law.color = color++, law.dash = 2;
+    for (auto [s, l] : best) obs.x.push_back(s), obs.y.push_back(l);
+    for (int i = 0; i <= 50; i++) {
+      double s = best.rbegin()->first * i / 50;
+      law.x.push_back(s);
+      law.y.push_back(law_best_n(st.best.p, st.law, b.c, s, st.shared, st.n_lo, st.n_hi).loss);
+    }
+    c.series.push_back(obs), c.series.push_back(law);
+  }
+  if (!c.series.empty()) figures.draw(c, "fit_loss_vs_s");
+}
+
+// IsoFLOP curves per budget: loss against log10 N per S, runs and the surface.
+void draw_isoflops(const FitState& st, Figures& figures) {
+  int k = 0;
+  for (const auto& b : st.budgets) {
+    if (!b.fitted) continue;
+    PlotChart c;
+    c.title = fmt::format("IsoFLOP curves at C = {:.2g}: runs (points), surface (dashed)", b.c);
+    c.xlabel = "log10 N (total parameters)", c.ylabel = "loss";
+    std::map<double, std::vector<const FitPoint*>> by_s;
+    for (const FitPoint& p : b.pts) by_s[p.s].push_back(&p);
+    int color = 0;
+    for (auto& [s, v] : by_s) {
+      std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->n < y->n; });
+      PlotSeries obs{fmt::format("S = {:.3g}", s)}, fit{""};
+      obs.points = true, obs.color = fit.color = color++, fit.dash = 2;
+      for (auto* p : v) obs.x.push_back(std::log10(p->n)), obs.y.push_back(p->loss);
+      for (int i = 0; i <= 40; i++) {
+        double ln = std::log(b.surface.n_min) +
+                    (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
+        fit.x.push_back(ln / std::log(10.0));
+        fit.y.push_back(surface_eval(b.surface, std::exp(ln), s));
+      }
+      c.series.push_back(obs), c.series.push_back(fit);
+    }
+    figures.draw(c, fmt::format("fit_isoflop_{}", k++));
+  }
+}
+
+// Fitted against observed loss; held-out runs apart; the diagonal.
+void draw_observed(const FitState& st, Figures& figures) {
+  PlotChart c;
+  c.title = "fitted law against observed loss";
+  c.xlabel = "observed loss", c.ylabel = "fitted loss";
+  PlotSeries tr{"fitted runs"}, ho{"held out"}, diag{"y = x"};
+  ho.color = 1, diag.color = 2, diag.dash = 3;
+  auto add = [&](PlotSeries& s, const std::vector<FitPoint>& pts) {
+    std::vector<const FitPoint*> v;
+    for (const FitPoint& p : pts) v.push_back(&p);
+    std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->loss < y->loss; });
+    for (auto* p : v)
+      s.x.push_back(p->loss),
+          s.y.push_back(std::exp(law_log_loss(st.best.p, st.law, p->n, p->d, p->s)));
+  };
+  add(tr, st.train), add(ho, st.held);
+  double lo = tr.x.front(), hi = tr.x.back();
+  for (double x : ho.x) lo = std::min(lo, x), hi = std::max(hi, x);
+  diag.x = diag.y = {lo, hi};
+  tr.points = ho.points = true;
+  c.series.push_back(tr);
+  if (!ho.x.empty()) c.series.push_back(ho);
+  c.series.push_back(diag);
+  figures.draw(c, "fit_observed");
+}
+
+// The surfaces' S*(N) per budget, S in [0, 0.99].
+void draw_optimal_s(const FitState& st, Figures& figures) {
+  PlotChart c;
+  c.title = "optimal sparsity against total parameters (per-budget surface)";
+  c.xlabel = "log10 N (total parameters)", c.ylabel = "S*";
+  int color = 0;
+  for (const auto& b : st.budgets) {
+    if (!b.fitted || b.surface.s_max == b.surface.s_min) continue;
+    PlotSeries s{fmt::format("C = {:.2g}", b.c)};
+    s.color = color++;
+    for (int i = 0; i <= 40; i++) {
+      double ln = std::log(b.surface.n_min) +
+                  (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
+      s.x.push_back(ln / std::log(10.0));
+      s.y.push_back(surface_argmin_s(b.surface, std::exp(ln), 0, 0.99));
+    }
+    c.series.push_back(s);
+  }
+  if (!c.series.empty()) figures.draw(c, "fit_optimal_s");
+}
+
+}  // namespace
+
+ojson fit_state_json(const FitState& st) {
   ojson j;
   j["csv"] = st.data.path;
   j["fit"] = law_json(st);
@@ -223,7 +243,7 @@ ojson state_json(const FitState& st) {
   return j;
 }
 
-void print_state(const FitState& st, const ojson& j) {
+void fit_state_print(const FitState& st, const ojson& j) {
   std::printf("%s law on %zu runs of %s (%d starts, %.1f s, objective %.6g)\n", law_name(st.law),
               st.train.size(), st.data.path.c_str(), st.best.starts, st.fit_seconds,
               st.best.objective);
@@ -254,164 +274,12 @@ void print_state(const FitState& st, const ojson& j) {
                 st.rec->s, st.rec->n, st.rec->n_active, st.rec->d, st.rec->loss);
 }
 
-// ---- Figures
-
-// Loss against S per budget: the best observed loss at each S and the law's IsoFLOP optimum.
-void draw_loss_vs_s(const FitState& st, const std::string& out, bool run) {
-  PlotChart c;
-  c.title = "final loss against sparsity per budget: best run (points), fitted law (line)";
-  c.xlabel = "sparsity S", c.ylabel = "loss";
-  int color = 0;
-  for (const auto& b : st.budgets) {
-    std::map<double, double> best;
-    for (const FitPoint& p : b.pts)
-      best[p.s] = best.count(p.s) ? std::min(best[p.s], p.loss) : p.loss;
-    if (best.size() < 2) continue;
-    PlotSeries obs{fmt::format("C = {:.2g}", b.c)}, law{fmt::format("law, C = {:.2g}", b.c)};
-    obs.points = true, obs.color = law.color = color++, law.dash = 2;
-    for (auto [s, l] : best) obs.x.push_back(s), obs.y.push_back(l);
-    for (int i = 0; i <= 50; i++) {
-      double s = best.rbegin()->first * i / 50;
-      law.x.push_back(s);
-      law.y.push_back(law_best_n(st.best.p, st.law, b.c, s, st.shared, st.n_lo, st.n_hi).loss);
-    }
-    c.series.push_back(obs), c.series.push_back(law);
-  }
-  if (!c.series.empty()) plot_write(c, (fs::path(out) / "fit_loss_vs_s").string(), run);
-}
-
-// IsoFLOP curves per budget: loss against log10 N per S, runs and the surface.
-void draw_isoflops(const FitState& st, const std::string& out, bool run) {
-  int k = 0;
-  for (const auto& b : st.budgets) {
-    if (!b.fitted) continue;
-    PlotChart c;
-    c.title = fmt::format("IsoFLOP curves at C = {:.2g}: runs (points), surface (dashed)", b.c);
-    c.xlabel = "log10 N (total parameters)", c.ylabel = "loss";
-    std::map<double, std::vector<const FitPoint*>> by_s;
-    for (const FitPoint& p : b.pts) by_s[p.s].push_back(&p);
-    int color = 0;
-    for (auto& [s, v] : by_s) {
-      std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->n < y->n; });
-      PlotSeries obs{fmt::format("S = {:.3g}", s)}, fit{""};
-      obs.points = true, obs.color = fit.color = color++, fit.dash = 2;
-      for (auto* p : v) obs.x.push_back(std::log10(p->n)), obs.y.push_back(p->loss);
-      for (int i = 0; i <= 40; i++) {
-        double ln = std::log(b.surface.n_min) +
-                    (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
-        fit.x.push_back(ln / std::log(10.0));
-        fit.y.push_back(surface_eval(b.surface, std::exp(ln), s));
-      }
-      c.series.push_back(obs), c.series.push_back(fit);
-    }
-    plot_write(c, (fs::path(out) / fmt::format("fit_isoflop_{}", k++)).string(), run);
-  }
-}
-
-// Fitted against observed loss; held-out runs apart; the diagonal.
-void draw_observed(const FitState& st, const std::string& out, bool run) {
-  PlotChart c;
-  c.title = "fitted law against observed loss";
-  c.xlabel = "observed loss", c.ylabel = "fitted loss";
-  PlotSeries tr{"fitted runs"}, ho{"held out"}, diag{"y = x"};
-  ho.color = 1, diag.color = 2, diag.dash = 3;
-  auto add = [&](PlotSeries& s, const std::vector<FitPoint>& pts) {
-    std::vector<const FitPoint*> v;
-    for (const FitPoint& p : pts) v.push_back(&p);
-    std::sort(v.begin(), v.end(), [](auto* x, auto* y) { return x->loss < y->loss; });
-    for (auto* p : v)
-      s.x.push_back(p->loss),
-          s.y.push_back(std::exp(law_log_loss(st.best.p, st.law, p->n, p->d, p->s)));
-  };
-  add(tr, st.train), add(ho, st.held);
-  double lo = tr.x.front(), hi = tr.x.back();
-  for (double x : ho.x) lo = std::min(lo, x), hi = std::max(hi, x);
-  diag.x = diag.y = {lo, hi};
-  tr.points = ho.points = true;
-  c.series.push_back(tr);
-  if (!ho.x.empty()) c.series.push_back(ho);
-  c.series.push_back(diag);
-  plot_write(c, (fs::path(out) / "fit_observed").string(), run);
-}
-
-// The surfaces' S*(N) per budget, S in [0, 0.99].
-void draw_optimal_s(const FitState& st, const std::string& out, bool run) {
-  PlotChart c;
-  c.title = "optimal sparsity against total parameters (per-budget surface)";
-  c.xlabel = "log10 N (total parameters)", c.ylabel = "S*";
-  int color = 0;
-  for (const auto& b : st.budgets) {
-    if (!b.fitted || b.surface.s_max == b.surface.s_min) continue;
-    PlotSeries s{fmt::format("C = {:.2g}", b.c)};
-    s.color = color++;
-    for (int i = 0; i <= 40; i++) {
-      double ln = std::log(b.surface.n_min) +
-                  (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
-      s.x.push_back(ln / std::log(10.0));
-      s.y.push_back(surface_argmin_s(b.surface, std::exp(ln), 0, 0.99));
-    }
-    c.series.push_back(s);
-  }
-  if (!c.series.empty()) plot_write(c, (fs::path(out) / "fit_optimal_s").string(), run);
-}
-
-void fit_draw(const FitState& st, const std::string& out) {
-  draw_loss_vs_s(st, out, st.o.plots);
-  draw_isoflops(st, out, st.o.plots);
-  draw_observed(st, out, st.o.plots);
-  draw_optimal_s(st, out, st.o.plots);
-}
-
-}  // namespace
-
-std::string fit_run(const FitOptions& o) {
-  FitState st;
-  st.o = o;
-  st.data = fit_read_csv(o.csv);
-  if (o.drop_highest > 0) {
-    auto& v = st.data.points;
-    if (size_t(o.drop_highest) >= v.size())
-      fail(fmt::format("--drop-highest: {} of {} runs leaves none", o.drop_highest, v.size()));
-    std::stable_sort(v.begin(), v.end(),
-                     [](const FitPoint& a, const FitPoint& b) { return a.loss < b.loss; });
-    v.resize(v.size() - size_t(o.drop_highest));
-  }
-  bool all_dense = std::all_of(st.data.points.begin(), st.data.points.end(),
-                               [](const FitPoint& p) { return p.s == 0; });
-  st.law = o.law.value_or(all_dense ? Law::chinchilla : Law::sparsity);
-  if (st.law == Law::sparsity && all_dense)
-    fail(fmt::format("{}: --law sparsity needs runs at more than one sparsity (every S is 0)",
-                     o.csv));
-  split_holdout(st);
-  // As many runs as coefficients fit any of them exactly: the law says nothing then.
-  if (int64_t(st.train.size()) <= law_nparams(st.law))
-    fail(
-        fmt::format("{}: the {} law has {} coefficients and {} runs to fit them{}: run a larger "
-                    "sweep{}",
-                    o.csv, law_name(st.law), law_nparams(st.law), st.train.size(),
-                    st.held.empty() ? "" : fmt::format(" ({} held out)", st.held.size()),
-                    st.law == Law::sparsity ? ", or --law chinchilla" : ""));
-  st.shared = fit_shared_fraction(st.data, o.shared_fraction);
-  st.n_lo = std::numeric_limits<double>::infinity();
-  for (const FitPoint& p : st.data.points)
-    st.n_lo = std::min(st.n_lo, p.n), st.n_hi = std::max(st.n_hi, p.n);
-  // The recommendation's N: from a tenth of the smallest run to --max-params (or 100 times
-  // the largest run: the law is extrapolated no further).
-  st.n_lo /= 10, st.n_hi = o.max_params.value_or(100 * st.n_hi);
-  auto t0 = std::chrono::steady_clock::now();
-  st.best = law_fit_default(st.train, st.law, o.small_grid);
-  st.fit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (o.bootstrap > 0) bootstrap(st);
-  if (o.budget) st.rec = law_recommend(st.best.p, st.law, *o.budget, st.shared, st.n_lo, st.n_hi);
-  fit_budgets(st);
-  ojson j = state_json(st);
-  print_state(st, j);
-  if (!o.out.empty()) {
-    fs::create_directories(o.out);
-    file_write_atomic((fs::path(o.out) / "fit.json").string(), j.dump(2) + "\n");
-    fit_draw(st, o.out);
-  }
-  return j.dump(2);
+void fit_state_draw(const FitState& st, const std::string& out) {
+  Figures figures{out, st.o.plots, {}};
+  draw_loss_vs_s(st, figures);
+  draw_isoflops(st, figures);
+  draw_observed(st, figures);
+  draw_optimal_s(st, figures);
 }
 
 }  // namespace moelab

@@ -14,7 +14,6 @@
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
-#include "study/plot.hpp"
 #include "train/experiment.hpp"
 
 namespace moelab {
@@ -22,199 +21,6 @@ namespace moelab {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
-
-namespace {
-
-// ----------------------------------------------------------------------------
-// reading runs
-
-// The samples of a frozen evaluation set (its lines after the header); -1 without one.
-int64_t frozen_samples(const std::string& dir) {
-  std::ifstream f(fs::path(dir) / "evalset.frozen.jsonl");
-  if (!f) return -1;
-  int64_t lines = 0;
-  std::string line;
-  while (std::getline(f, line)) lines += !line.empty();
-  return std::max<int64_t>(lines - 1, 0);
-}
-
-}  // namespace
-
-RunData run_read(const std::string& dir) {
-  RunData r;
-  r.dir = dir;
-  const std::string run_path = (fs::path(dir) / "run.json").string();
-  if (!fs::exists(run_path))
-    fail(run_path + ": missing (not a run folder written by moelab train)");
-  r.run = json::parse(file_read(run_path), nullptr, false);
-  if (r.run.is_discarded()) fail(run_path + ": invalid JSON");
-  try {
-    r.experts = r.run.at("experts").get<int64_t>();
-    r.top_k = r.run.at("top_k").get<int64_t>();
-    r.seed = r.run.at("seed").get<int64_t>();
-    r.tokens_per_step = r.run.at("tokens_per_step").get<int64_t>();
-    const json& ph = r.run.at("phases");
-    const std::string after = r.run.value("filter_after", "");
-    r.has_evalset = !after.empty();
-    r.min_recalled = r.run.value("min_recalled", Experiment().min_recalled);
-    for (size_t i = 0; i < ph.size(); i++) {
-      if (i == 0) r.subset_a = ph[i].at("subset").get<std::string>();
-      if (i == 1) r.subset_b = ph[i].at("subset").get<std::string>();
-      if (ph[i].at("name").get<std::string>() == after || (after.empty() && i == 0))
-        r.switch_step = ph[i].at("end_step").get<int64_t>();
-    }
-  } catch (const json::exception& e) {
-    fail(run_path + ": " + e.what());
-  }
-  const std::string mpath = (fs::path(dir) / "metrics.jsonl").string();
-  std::ifstream f(mpath);
-  if (!f) fail(mpath + ": cannot open");
-  std::string line;
-  while (std::getline(f, line)) {
-    const json m = json::parse(line, nullptr, false);
-    if (m.is_discarded() || !m.contains("step")) {  // a line cut by a kill: skip, count
-      r.bad_lines++;
-      continue;
-    }
-    const int64_t step = m["step"].get<int64_t>();
-    r.last_step = std::max(r.last_step, step);
-    for (const char* k : {"loss", "lr", "tokens_per_s"})
-      if (m.contains(k) && m[k].is_number()) r.s[k][step] = m[k].get<double>();
-    if (m.contains("val_loss"))
-      for (auto& [name, v] : m["val_loss"].items()) r.s["val:" + name][step] = v.get<double>();
-    if (m.contains("expert_load"))
-      r.load[step] = m["expert_load"].get<std::vector<std::vector<double>>>();
-    if (m.contains("forgetting")) {
-      const json& g = m["forgetting"];
-      if (g.contains("evalset")) {
-        r.kept = g["evalset"].value("kept", int64_t(-1));
-        r.candidates = g["evalset"].value("samples", int64_t(-1));
-      }
-      if (g.contains("metrics"))
-        for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
-          if (g["metrics"].contains(k)) r.s[k][step] = g["metrics"][k].get<double>();
-    }
-  }
-  // A run stopped at the filtering may not have logged it; its frozen set still tells.
-  if (r.kept < 0) r.kept = frozen_samples(dir);
-  r.failure = run_failure_read(dir);
-  if (r.bad_lines)
-    std::fprintf(stderr, "note: %s: skipped %ld unreadable line(s)\n", mpath.c_str(),
-                 long(r.bad_lines));
-  return r;
-}
-
-std::string run_stopped(const RunData& r) {
-  const int64_t total = r.run.value("total_steps", int64_t(0));
-  return r.last_step < total ? fmt::format("; the run stopped at step {} of {}", r.last_step, total)
-                             : std::string();
-}
-
-RunData run_failed_only(const std::string& dir, const RunFailure& f) {
-  RunData r;
-  r.dir = dir;
-  r.failure = f;
-  r.last_step = f.step;
-  r.run = {{"total_steps", f.total}};
-  return r;
-}
-
-bool recalled_none(const ojson& kept) {
-  return !kept.is_null() && stat_mean(kept) == 0 && (!kept.is_object() || kept["sd"] == 0);
-}
-
-std::string stat_format_recalled(const ojson& v, const ojson& kept, int digits) {
-  return v.is_null() && recalled_none(kept) ? "n/a" : stat_format(v, digits);
-}
-
-Agg runs_aggregate(const std::vector<RunData>& runs, const std::string& key, int64_t from_step) {
-  Agg a;
-  const auto it0 = runs[0].s.find(key);
-  if (it0 == runs[0].s.end()) return a;
-  for (const auto& [step, v0] : it0->second) {
-    if (step < from_step) continue;
-    std::vector<double> vals;
-    for (const RunData& r : runs) {
-      const auto it = r.s.find(key);
-      if (it == r.s.end() || !it->second.contains(step)) break;
-      vals.push_back(it->second.at(step));
-    }
-    if (vals.size() != runs.size()) continue;
-    a.x.push_back(double(step));
-    a.mean.push_back(std::accumulate(vals.begin(), vals.end(), 0.0) / double(vals.size()));
-    a.lo.push_back(*std::min_element(vals.begin(), vals.end()));
-    a.hi.push_back(*std::max_element(vals.begin(), vals.end()));
-  }
-  return a;
-}
-
-ojson runs_stat(const std::vector<RunData>& runs,
-                const std::function<double(const RunData&)>& per_run) {
-  std::vector<double> v;
-  for (const RunData& r : runs) v.push_back(per_run(r));
-  return values_stat(v);
-}
-
-ojson values_stat(std::vector<double> v) {
-  std::erase_if(v, [](double x) { return !std::isfinite(x); });
-  if (v.empty()) return nullptr;
-  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
-  if (v.size() == 1) return mean;
-  double ss = 0;
-  for (double x : v) ss += (x - mean) * (x - mean);
-  return ojson{{"mean", mean}, {"sd", std::sqrt(ss / double(v.size() - 1))}, {"n", v.size()}};
-}
-
-double stat_mean(const ojson& v) {
-  if (v.is_null()) return NAN;
-  return v.is_number() ? v.get<double>() : v["mean"].get<double>();
-}
-
-double stat_std_err(const ojson& v) {
-  if (!v.is_object()) return NAN;
-  return v["sd"].get<double>() / std::sqrt(v["n"].get<double>());
-}
-
-std::string stat_format(const ojson& v, int digits) {
-  if (v.is_null()) return "-";
-  if (v.is_number() || v["sd"].get<double>() == 0)
-    return fmt::format("{:.{}f}", stat_mean(v), digits);
-  return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
-                     digits);
-}
-
-double run_last(const RunData& r, const std::string& key) {
-  const auto it = r.s.find(key);
-  return it == r.s.end() || it->second.empty() ? NAN : it->second.rbegin()->second;
-}
-
-double run_last_after(const RunData& r, const std::string& key, int64_t step) {
-  const auto it = r.s.find(key);
-  if (it == r.s.end() || it->second.empty() || it->second.rbegin()->first <= step) return NAN;
-  return it->second.rbegin()->second;
-}
-
-double run_at(const RunData& r, const std::string& key, int64_t step) {
-  const auto it = r.s.find(key);
-  if (it == r.s.end() || !it->second.contains(step)) return NAN;
-  return it->second.at(step);
-}
-
-std::string human_count(double n) {
-  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
-  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
-  if (n >= 1e3) return fmt::format("{:.1f}k", n / 1e3);
-  return fmt::format("{:.0f}", n);
-}
-
-double run_median_tokens_per_s(const RunData& r) {
-  const auto it = r.s.find("tokens_per_s");
-  if (it == r.s.end() || it->second.empty()) return NAN;
-  std::vector<double> v;
-  for (const auto& [step, x] : it->second) v.push_back(x);
-  std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
-  return v[v.size() / 2];
-}
 
 namespace {
 
@@ -295,26 +101,16 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
     if (sw > 0) c.marker_x = double(sw), c.marker_label = fmt::format("{} -> {}", a_name, b_name);
     return c;
   };
-  auto add = [](PlotChart& c, const Agg& a, std::string title, int color, int dash, bool band) {
-    if (a.x.empty()) return;
-    PlotSeries s{std::move(title), a.x, a.mean, {}, {}, dash, color};
-    if (band) s.lo = a.lo, s.hi = a.hi;
-    c.series.push_back(std::move(s));
-  };
-  std::vector<std::string> figures;
-  auto draw = [&](const PlotChart& c, const std::string& stem) {
-    plot_write(c, (fs::path(out) / stem).string(), plots);
-    figures.push_back(stem);
-  };
+  Figures figures{out, plots, {}};
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
     PlotChart c = chart(
         fmt::format("{} on the samples each model recalled after {} (M_ex = 1)", name, a_name),
         name);
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < groups.size(); i++)
-      add(c, runs_aggregate(groups[i].runs, key), groups[i].label, int(i), 1,
-          groups[i].runs.size() > 1);
-    draw(c, key);
+      chart_add(c, runs_aggregate(groups[i].runs, key), groups[i].label, int(i), 1,
+                groups[i].runs.size() > 1);
+    figures.draw(c, key);
   }
   {
     PlotChart c = chart(fmt::format("training loss (solid) and held-out loss on {} (dashed) and {} "
@@ -322,20 +118,21 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
                                     a_name, b_name),
                         "cross-entropy (nats/token)");
     for (size_t i = 0; i < groups.size(); i++) {
-      add(c, runs_aggregate(groups[i].runs, "loss"), groups[i].label + " train", int(i), 1, false);
-      add(c, runs_aggregate(groups[i].runs, "val:" + a_name), groups[i].label + " val " + a_name,
-          int(i), 2, false);
+      chart_add(c, runs_aggregate(groups[i].runs, "loss"), groups[i].label + " train", int(i), 1,
+                false);
+      chart_add(c, runs_aggregate(groups[i].runs, "val:" + a_name),
+                groups[i].label + " val " + a_name, int(i), 2, false);
       if (!b_name.empty())
-        add(c, runs_aggregate(groups[i].runs, "val:" + b_name), groups[i].label + " val " + b_name,
-            int(i), 3, false);
+        chart_add(c, runs_aggregate(groups[i].runs, "val:" + b_name),
+                  groups[i].label + " val " + b_name, int(i), 3, false);
     }
-    draw(c, "loss");
+    figures.draw(c, "loss");
   }
   {
     PlotChart c = chart("learning rate", "learning rate");
     for (size_t i = 0; i < groups.size(); i++)
-      add(c, runs_aggregate(groups[i].runs, "lr"), groups[i].label, int(i), 1, false);
-    draw(c, "lr");
+      chart_add(c, runs_aggregate(groups[i].runs, "lr"), groups[i].label, int(i), 1, false);
+    figures.draw(c, "lr");
   }
   for (const Group& g : groups) {
     const RunData& r = g.runs[0];
@@ -356,10 +153,9 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
       c.series.push_back(std::move(s));
     }
     c.ymin = 0;
-    draw(c, fmt::format("expert_load_E{}", g.experts));
+    figures.draw(c, fmt::format("expert_load_E{}", g.experts));
   }
-
-  return figures;
+  return figures.stems;
 }
 
 // The numbers per model (mean and spread over its seeds), as summary.json holds them.
@@ -459,26 +255,15 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
       "reproduces from the tokens ending with it. M_ex: whether greedy decoding from the tokens "
       "before an entity writes the entity. Both are measured on the samples each model "
       "recalled right after A (M_ex = 1 then, by construction).\n\n";
-  md += "| | ";
-  for (const Group& g : groups) md += g.label + " | ";
-  md += "\n|---|";
-  for (size_t i = 0; i < groups.size(); i++) md += "---|";
-  md += "\n";
-  auto row = [&](const std::string& name, auto cell) {
-    md += "| " + name + " | ";
-    for (const ojson& m : models) md += cell(m) + " | ";
-    md += "\n";
-  };
+  MdColumns table(models, [](const ojson& m) { return m["model"].get<std::string>(); });
+  const auto row = [&table](const std::string& name, auto cell) { table.row(name, cell); };
   row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
   row("active params",
       [](const ojson& m) { return human_count(m["params_active"].get<double>()); });
   row("train FLOPs/token",
       [](const ojson& m) { return human_count(m["train_flops_per_token"].get<double>()); });
   row("seeds", [](const ojson& m) {
-    const size_t nf = m["seeds_failed"].size();
-    return nf == 0 ? m["seeds"].dump()
-                   : fmt::format("{} (n = {}; {} failed)", m["seeds"].dump(), m["seeds"].size(),
-                                 m["seeds_failed"].dump());
+    return seeds_cell(m["seeds"], m["seeds_failed"].dump(), m["seeds_failed"].size());
   });
   row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
   row("final train loss", [](const ojson& m) { return stat_format(m["final_train_loss"]); });
@@ -511,8 +296,7 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
   row("M(f) at the end", forgetting("final_m_f"));
   row("PPL_ent at the end", forgetting("final_ppl_ent", 2));
   row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
-
-  return md;
+  return md + table.md();
 }
 
 // Why a run logged no forgetting metrics, read from its folder: no evaluation set, a set whose
@@ -520,22 +304,15 @@ std::string markdown_table(const std::vector<Group>& groups, const ojson& models
 // reached the filtering yet.
 std::string forgetting_missing_cause(const RunData& r) {
   const std::string& a = r.subset_a;
-  if (!r.has_evalset) return "no evaluation set was given ([study] entities or [eval] evalset)";
-  const std::string of =
-      r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
   const std::string fix =
       "; a larger or easier candidate set ([study] max_samples, max_per_entity, top, bottom) or "
       "a longer A gives the model more to recall";
-  if (r.kept == 0)
-    return fmt::format(
-        "after {} the model recalled none{} (no sample with M_ex = 1), so nothing could be "
-        "forgotten and its M_ex, M_in are undefined (n/a){}{}",
-        a, of, run_stopped(r), fix);
-  if (r.kept > 0 && r.kept < r.min_recalled)
-    return fmt::format(
-        "after {} the model recalled only {}{} (M_ex = 1), fewer than eval.min_recalled = {}, "
-        "too few to measure forgetting{}{}",
-        a, r.kept, of, r.min_recalled, run_stopped(r), fix);
+  const std::string cause = run_recall_cause(r, {"[study]", "after " + a, "its ", fix, fix});
+  if (!cause.empty()) {
+    return cause;
+  }
+  const std::string of =
+      r.candidates >= 0 ? fmt::format(" of {} candidate samples", r.candidates) : "";
   if (r.last_step <= r.switch_step)
     return fmt::format(
         "{} has not started: the run is at step {} and {} ends at step {}{}; run "
@@ -582,10 +359,7 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
     // Is a gap in M_ex at the end larger than its noise? One seed: the binomial standard error
     // of the frozen set, sqrt(p(1 - p) / n); several: the seeds' sd / sqrt(seeds).
     auto std_err = [&](size_t i) {
-      const ojson& m = models[i]["final_m_ex"];
-      if (m.is_object()) return m["sd"].get<double>() / std::sqrt(m["n"].get<double>());
-      const double p = stat_mean(m), n = stat_mean(models[i]["evalset_kept"]);
-      return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
+      return stat_m_ex_std_err(models[i]["final_m_ex"], models[i]["evalset_kept"]);
     };
     const bool single_seed = std::all_of(groups.begin(), groups.end(),
                                          [](const Group& g) { return g.runs.size() == 1; });
@@ -660,15 +434,11 @@ std::string report_write(const ReportOptions& o) {
   const std::string out = o.out.empty() ? (fs::path(o.dirs[0]) / "report").string() : o.out;
   fs::create_directories(out);
   ojson failed_json = ojson::array();
-  for (const RunData& r : failed)
-    failed_json.push_back({{"dir", r.dir},
-                           {"experts", r.experts},
-                           {"top_k", r.top_k},
-                           {"seed", r.seed},
-                           {"step", r.failure->step},
-                           {"total_steps", r.failure->total},
-                           {"nonfinite", r.failure->nonfinite},
-                           {"reason", r.failure->reason}});
+  for (const RunData& r : failed) {
+    failed_json.push_back(
+        failure_json({{"dir", r.dir}, {"experts", r.experts}, {"top_k", r.top_k}, {"seed", r.seed}},
+                     *r.failure));
+  }
   std::string md;
   ojson summary;
   if (groups.empty()) {  // every run failed: what stopped each, and nothing to compare
@@ -680,17 +450,11 @@ std::string report_write(const ReportOptions& o) {
     const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
     const ojson models = models_summarize(groups, failed);
     md = markdown_table(groups, models, failed) + reading_write(groups, models);
-    md += "\n## Figures\n\n";
-    for (const std::string& f : figures) md += fmt::format("![{0}]({0}.png)\n\n", f);
-    md += "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+    md += md_figures(figures);
     summary = {{"a", first.subset_a}, {"b", first.subset_b},   {"switch_step", first.switch_step},
                {"models", models},    {"failed", failed_json}, {"figures", figures}};
   }
-  file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
-  const std::string md_path = (fs::path(out) / "summary.md").string();
-  file_write_atomic(md_path, md);
-  std::fprintf(stderr, "report: %s\n", md_path.c_str());
-  return md_path;
+  return report_files_write(out, md, summary);
 }
 
 }  // namespace moelab

@@ -14,6 +14,7 @@
 #include "data/dataset.hpp"
 #include "eval/evalset.hpp"
 #include "study/failure.hpp"
+#include "study/queue.hpp"
 #include "study/report.hpp"
 #include "study/settings.hpp"
 #include "train/checkpoint.hpp"
@@ -67,19 +68,6 @@ std::vector<StudyVariant> study_variants(const Experiment& x, const StudyConfig&
     }
   return v;
 }
-
-namespace {
-
-// The step of the newest complete checkpoint (-1: none).
-int64_t last_checkpoint_step(const std::string& run_dir) {
-  const auto list = checkpoint_list(run_dir);
-  if (list.empty()) return -1;
-  long step = -1;
-  std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
-  return step;
-}
-
-}  // namespace
 
 // What a run of the study computes, for RUN/settings.json: the experiment after --set with its
 // model resolved, less the variant lists (a study may grow) and what changes no result.
@@ -160,39 +148,24 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   }
   train_barrier();
 
-  const double t0 = time_now_s();
-  double trained_s = 0;  // for the estimate of what is left
-  int64_t trained = 0;
-  std::vector<std::string> failed;  // the variants' folders
-  for (size_t i = 0; i < variants.size(); i++) {
-    const StudyVariant& v = variants[i];
-    Experiment e = x;
-    e.model = v.experts == 1 ? x.model : config_iso_moe(x.model, v.experts, v.top_k);
-    e.seed = uint64_t(v.seed);
-    e.run_dir = (dir / v.dir).string();
-    e.evalset = evalset;
-    train_barrier();  // rank 0's last checkpoint is written before any rank looks
-    const int64_t last = last_checkpoint_step(e.run_dir), total = e.total_steps();
-    std::fprintf(stderr, "== %zu/%zu %s: E=%ld top-%ld seed %ld", i + 1, variants.size(),
-                 v.dir.c_str(), long(v.experts), long(v.top_k), long(v.seed));
-    if (last == total) {
-      std::fprintf(stderr, " (done)\n");
-      continue;
-    }
-    std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
-    const double tv = time_now_s();
-    RunFailure failure;
-    const int rc = study_train_outcome(study_train(e, last >= 0, &failure), v.dir, failure, "study",
-                                       "the study goes on with its other runs", failed);
-    if (rc == 130) return 130;
-    if (rc != 0) continue;
-    trained_s += time_now_s() - tv, trained++;
-    const double left = trained_s / double(trained) * double(variants.size() - i - 1);
-    std::fprintf(stderr, "== %s finished in %.1f s; the study's other runs: about %.0f min\n",
-                 v.dir.c_str(), time_now_s() - tv, left / 60);
+  std::vector<QueueRun> queue;
+  for (const StudyVariant& v : variants) {
+    auto experiment = [&x, &v, &dir, &evalset] {
+      Experiment e = x;
+      e.model = v.experts == 1 ? x.model : config_iso_moe(x.model, v.experts, v.top_k);
+      e.seed = uint64_t(v.seed);
+      e.run_dir = (dir / v.dir).string();
+      e.evalset = evalset;
+      return e;
+    };
+    queue.push_back(
+        {v.dir, fmt::format("E={} top-{} seed {}", v.experts, v.top_k, v.seed), experiment});
   }
-  std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", variants.size(), time_now_s() - t0,
-               failed.empty() ? "" : fmt::format(", {} failed", failed.size()).c_str());
+  const QueueResult done = queue_run(queue, QueueOptions{});
+  if (done.status == 130) {
+    return 130;
+  }
+  const std::vector<std::string>& failed = done.failed;
   std::string report;
   if (o.report && writer) {
     ReportOptions r;

@@ -1,10 +1,7 @@
 #include "study/sweep.hpp"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <omp.h>
-#include <sys/file.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +20,7 @@
 #include "model/model.hpp"
 #include "study/ct_config.hpp"
 #include "study/failure.hpp"
+#include "study/queue.hpp"
 #include "study/report.hpp"
 #include "study/settings.hpp"
 #include "train/checkpoint.hpp"
@@ -51,22 +49,10 @@ struct SweepConfig {
   int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
 };
 
-// A list of numbers (TOML integers or floats).
-std::vector<double> numbers(ConfigSection& s, const json& j, const std::string& key) {
-  if (!j.contains(key)) return {};
-  std::vector<double> v;
-  if (!j[key].is_array()) s.bad(key, "must be an array of numbers");
-  for (const json& e : j[key]) {
-    if (!e.is_number()) s.bad(key, "must be an array of numbers");
-    v.push_back(e.get<double>());
-  }
-  return v;
-}
-
 SweepConfig config_read(const std::string& path) {
   SweepConfig c;
   c.source = path;
-  c.root = ct_file_parse(path);
+  c.root = toml_file_parse(path);
   study_sections_check(c.root, path, "sweep",
                        "'model' comes from [sweep] (base, sizes, sparsities; one phase on subset "
                        "for the budget's tokens)",
@@ -75,14 +61,14 @@ SweepConfig config_read(const std::string& path) {
   c.run_dir = c.root["run"]["dir"].value_or(c.run_dir);
   c.batch_size = c.root["train"]["batch_size"].value_or(c.batch_size);
   c.seq_len = c.root["data"]["seq_len"].value_or(c.seq_len);
-  json j = ct_toml_json(*c.root["sweep"].as_table());
+  const json j = toml_to_json(*c.root["sweep"].as_table());
   ConfigSection s(&j, "sweep", path);
   s.get("base", c.base);
   s.get("subset", c.subset);
-  std::vector<std::string> num_keys = {"budgets", "sparsities", "aux_coefs", "bias_rates"};
-  c.budgets = numbers(s, j, "budgets"), c.sparsities = numbers(s, j, "sparsities");
-  c.aux_coefs = numbers(s, j, "aux_coefs"), c.bias_rates = numbers(s, j, "bias_rates");
-  for (const std::string& k : num_keys) j.erase(k);
+  s.get("budgets", c.budgets);
+  s.get("sparsities", c.sparsities);
+  s.get("aux_coefs", c.aux_coefs);
+  s.get("bias_rates", c.bias_rates);
   s.get("sizes", c.sizes);
   s.get("seeds", c.seeds);
   s.get("top_k", c.top_k);
@@ -297,34 +283,6 @@ Experiment job_experiment(const SweepConfig& c, const SweepJob& j) {
   return experiment_load(path, {});
 }
 
-int64_t last_step(const std::string& run_dir) {
-  const auto list = checkpoint_list(run_dir);
-  long step = -1;
-  if (!list.empty()) std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
-  return step;
-}
-
-// An exclusive lock on RUN/<job>.lock while the job runs: released by the kernel when the
-// process ends, however it ends, so a killed worker's job is free for the next one.
-class JobLock {
- public:
-  explicit JobLock(const std::string& path) {
-    fd_ = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail(fmt::format("{}: cannot open the job lock", path));
-    held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
-  }
-  ~JobLock() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  JobLock(const JobLock&) = delete;
-  JobLock& operator=(const JobLock&) = delete;
-  bool held() const { return held_; }
-
- private:
-  int fd_ = -1;
-  bool held_ = false;
-};
-
 void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
   const std::string path = (fs::path(c.run_dir) / "sweep.slurm").string();
   std::error_code ec;
@@ -345,7 +303,7 @@ void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
 // What the grid's runs compute, for RUN/settings.json: the file as read with the base model
 // resolved, less the grid's axes (a sweep may grow) and what changes no result.
 Settings sweep_settings(const SweepConfig& c) {
-  json j = ct_toml_json(c.root);
+  json j = toml_to_json(c.root);
   j["sweep"]["base"] = config_to_json(config_load(c.base));
   return settings_flatten(
       j, {},
@@ -403,34 +361,25 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
   settings_record(c.run_dir, settings, "moelab sweep run");
   std::error_code ec;
   fs::create_directories(c.run_dir, ec);
-  int64_t ran = 0, busy = 0, done = 0;
-  std::vector<std::string> failed;
-  for (size_t i = 0; i < jobs.size(); i++) {
-    if (o.job >= 0 && int64_t(i) != o.job) continue;
-    const SweepJob& j = jobs[i];
-    JobLock lock((fs::path(c.run_dir) / (j.name + ".lock")).string());
-    if (!lock.held()) {
-      busy++;
-      continue;
-    }
-    const Experiment x = job_experiment(c, j);
-    const int64_t last = last_step(x.run_dir);
-    if (last == x.total_steps()) {
-      done++;
-      continue;
-    }
-    std::fprintf(stderr, "== job %zu/%zu %s%s\n", i + 1, jobs.size(), j.name.c_str(),
-                 last >= 0 ? " (resuming)" : "");
-    RunFailure failure;
-    const int rc = study_train_outcome(study_train(x, last >= 0, &failure), j.name, failure,
-                                       "sweep", "the sweep goes on with its other jobs", failed);
-    if (rc == 130) return 130;
-    if (rc != 0) continue;
-    ran++;
+  std::vector<QueueRun> queue;
+  for (const SweepJob& j : jobs) {
+    queue.push_back({j.name, "", [&c, &j] { return job_experiment(c, j); }});
   }
+  QueueOptions q;
+  q.study = "sweep";
+  q.goes_on = "the sweep goes on with its other jobs";
+  q.workers = true;
+  q.lock_dir = c.run_dir;
+  q.only = o.job;
+  const QueueResult done = queue_run(queue, q);
+  if (done.status == 130) {
+    return 130;
+  }
+  const std::vector<std::string>& failed = done.failed;
+  const int64_t ran = done.ran, busy = done.busy;
   std::fprintf(stderr,
                "== sweep: %ld run here, %ld done before, %ld held by other workers, %zu failed\n",
-               long(ran), long(done), long(busy), failed.size());
+               long(ran), long(done.done), long(busy), failed.size());
   std::fprintf(stderr, "results: %s\n", sweep_collect(config).c_str());
   if (failed.empty()) return 0;
   return study_failed_end(fmt::format("moelab sweep: {} job(s) failed", failed.size()), failed,
@@ -451,7 +400,8 @@ std::string sweep_collect(const std::string& config) {
   for (const SweepJob& j : jobs) {
     const std::string dir = job_dir(c, j);
     std::error_code ec;
-    if (!fs::exists(fs::path(dir) / "metrics.jsonl", ec) || last_step(dir) != j.steps) continue;
+    if (!fs::exists(fs::path(dir) / "metrics.jsonl", ec) || study_last_step(dir) != j.steps)
+      continue;
     const RunData r = run_read(dir);
     const auto it = r.s.find(key);
     if (it == r.s.end() || it->second.empty()) continue;

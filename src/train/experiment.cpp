@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <toml++/toml.h>
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -10,6 +9,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "train/toml_file.hpp"
 
 namespace moelab {
 
@@ -66,26 +66,6 @@ void apply_override(toml::table& root, const std::string& kv) {
     fail(fmt::format("--set {}: not a key; give section.key=value (e.g. train.batch_size=16)",
                      path));
   t->insert_or_assign(parts.back(), value);
-}
-
-// TOML as JSON: integers stay integers, floats floats; dates and times become null (no key takes
-// one, so they fail as the wrong type).
-json to_json(const toml::node& n) {
-  if (auto v = n.value<int64_t>(); v && n.is_integer()) return *v;
-  if (n.is_floating_point()) return *n.value<double>();
-  if (n.is_boolean()) return *n.value<bool>();
-  if (n.is_string()) return *n.value<std::string>();
-  if (auto* a = n.as_array()) {
-    json out = json::array();
-    for (const auto& e : *a) out.push_back(to_json(e));
-    return out;
-  }
-  if (auto* t = n.as_table()) {
-    json out = json::object();
-    for (const auto& [k, v] : *t) out[std::string(k.str())] = to_json(v);
-    return out;
-  }
-  return nullptr;
 }
 
 // ----------------------------------------------------------------------------
@@ -344,96 +324,6 @@ void experiment_check(Experiment& x) {
 }  // namespace
 
 // ----------------------------------------------------------------------------
-// ConfigSection
-
-ConfigSection::ConfigSection(const json* table, std::string name, std::string source)
-    : t_(table && table->is_object() ? table : nullptr),
-      name_(std::move(name)),
-      src_(std::move(source)) {}
-
-void ConfigSection::bad(const std::string& key, const std::string& why) const {
-  fail(fmt::format("{}: '{}.{}' {}", src_, name_, key, why));
-}
-
-const json* ConfigSection::find(const std::string& key) {
-  known_.push_back(key);
-  if (!t_) return nullptr;
-  const auto it = t_->find(key);
-  return it == t_->end() ? nullptr : &*it;
-}
-
-void ConfigSection::get(const std::string& key, bool& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_boolean()) bad(key, "must be true or false");
-  out = n->get<bool>();
-}
-
-template <typename T>
-void ConfigSection::get_integer(const std::string& key, T& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_number_integer()) bad(key, "must be an integer");
-  out = T(n->get<int64_t>());
-}
-void ConfigSection::get(const std::string& key, int& out) {
-  get_integer(key, out);
-}
-void ConfigSection::get(const std::string& key, int64_t& out) {
-  get_integer(key, out);
-}
-void ConfigSection::get(const std::string& key, uint64_t& out) {
-  get_integer(key, out);
-}
-
-void ConfigSection::get(const std::string& key, double& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_number()) bad(key, "must be a number");
-  out = n->get<double>();
-}
-
-void ConfigSection::get(const std::string& key, std::string& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_string()) bad(key, "must be a string");
-  out = n->get<std::string>();
-}
-
-void ConfigSection::get(const std::string& key, std::vector<int64_t>& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_array()) bad(key, "must be an array of integers");
-  out.clear();
-  for (const json& e : *n) {
-    if (!e.is_number_integer()) bad(key, "must be an array of integers");
-    out.push_back(e.get<int64_t>());
-  }
-}
-
-void ConfigSection::get(const std::string& key, std::vector<std::string>& out) {
-  const json* n = find(key);
-  if (!n) return;
-  if (!n->is_array()) bad(key, "must be an array of strings");
-  out.clear();
-  for (const json& e : *n) {
-    if (!e.is_string()) bad(key, "must be an array of strings");
-    out.push_back(e.get<std::string>());
-  }
-}
-
-bool ConfigSection::has(const std::string& key) const {
-  return t_ && t_->contains(key);
-}
-
-void ConfigSection::finish() const {
-  if (!t_) return;
-  for (const auto& [k, _] : t_->items())
-    if (std::find(known_.begin(), known_.end(), k) == known_.end())
-      fail(fmt::format("{}: unknown key '{}.{}'", src_, name_, k));
-}
-
-// ----------------------------------------------------------------------------
 // the experiment
 
 int64_t Experiment::phase_steps(const PhaseConfig& p) const {
@@ -447,15 +337,9 @@ int64_t Experiment::total_steps() const {
 }
 
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides) {
-  toml::table table;
-  try {
-    table = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source().begin;
-    fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
-  }
+  toml::table table = toml_file_parse(path);
   for (const std::string& kv : overrides) apply_override(table, kv);
-  const json root = to_json(table);
+  const json root = toml_to_json(table);
 
   Experiment x;
   x.source = path;

@@ -13,6 +13,7 @@
 #include "model/config.hpp"
 #include "train/adamw.hpp"
 #include "train/schedule.hpp"
+#include "train/toml_section.hpp"
 
 namespace moelab {
 
@@ -90,37 +91,5 @@ struct Experiment {
 
 // Reads a TOML file and applies the overrides ("key=value", dotted keys, TOML values).
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides);
-
-// One table of an experiment file (as JSON: TOML integers stay integers), read key by key. A
-// value of the wrong type, and at finish() a key that nobody read, fail with one line naming the
-// file and 'section.key'.
-class ConfigSection {
- public:
-  // table: null or not an object reads as an empty section.
-  ConfigSection(const nlohmann::json* table, std::string name, std::string source);
-
-  // Leaves `out` as it is when the key is absent.
-  void get(const std::string& key, bool& out);
-  void get(const std::string& key, int& out);
-  void get(const std::string& key, int64_t& out);
-  void get(const std::string& key, uint64_t& out);
-  void get(const std::string& key, double& out);
-  void get(const std::string& key, std::string& out);
-  void get(const std::string& key, std::vector<int64_t>& out);
-  void get(const std::string& key, std::vector<std::string>& out);
-  bool has(const std::string& key) const;  // whether the table gives the key (read or not)
-  void finish() const;
-  [[noreturn]] void bad(const std::string& key, const std::string& why) const;
-
- private:
-  const nlohmann::json* find(const std::string& key);
-  template <typename T>
-  void get_integer(const std::string& key, T& out);
-
-  const nlohmann::json* t_;
-  std::string name_;  // e.g. "train" or "phases[1]"
-  std::string src_;
-  std::vector<std::string> known_;
-};
 
 }  // namespace moelab

@@ -1,0 +1,137 @@
+// moelab fit: the law with held-out error and bootstrap intervals, the per-budget surfaces,
+// the recommendation at a budget, fitted (the report, study/fit_report.cpp, prints, writes and
+// draws them).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/rng.hpp"
+#include "study/fit.hpp"
+#include "study/fit_state.hpp"
+
+namespace moelab {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- The law
+
+void split_holdout(FitState& st) {
+  double s_max = 0, s_min = 1;
+  for (const FitPoint& p : st.data.points)
+    s_max = std::max(s_max, p.s), s_min = std::min(s_min, p.s);
+  bool hold = st.o.holdout && st.law == Law::sparsity && s_max > s_min;
+  for (const FitPoint& p : st.data.points) (hold && p.s == s_max ? st.held : st.train).push_back(p);
+}
+
+// Resample the training points with replacement; refit from the best solution and a few grid
+// starts (every 500th of the chinchilla grid; every 24th of the S-term starts).
+void bootstrap(FitState& st) {
+  std::vector<LawVec> starts = {st.best.p};
+  std::vector<LawVec> grid = law_grid_chinchilla(false);
+  for (size_t i = 0; i < grid.size(); i += 500) starts.push_back(grid[i]);
+  if (st.law == Law::sparsity) {
+    std::vector<LawVec> sp = law_sparsity_starts(st.best.p);
+    for (size_t i = 0; i < sp.size(); i += 24) starts.push_back(sp[i]);
+  }
+  LawFitOptions lo;
+  lo.law = st.law, lo.starts = starts;
+  size_t n = st.train.size();
+  for (int b = 0; b < st.o.bootstrap; b++) {
+    std::vector<FitPoint> sample(n);
+    for (size_t i = 0; i < n; i++)
+      sample[i] = st.train[rng_u64(st.o.seed, 1000 + uint64_t(b), i) % n];
+    st.boot.push_back(law_fit(sample, lo).p);
+    if (st.o.budget)
+      st.boot_rec.push_back(
+          law_recommend(st.boot.back(), st.law, *st.o.budget, st.shared, st.n_lo, st.n_hi));
+  }
+}
+
+// ---- The surfaces
+
+void fit_budgets(FitState& st) {
+  for (auto& [c, pts] : fit_group_budgets(st.data.points)) {
+    FitState::Budget b;
+    b.c = c, b.pts = pts;
+    SurfaceDegrees deg =
+        st.o.select_degrees ? surface_select(pts, st.o.splits, st.o.seed) : SurfaceDegrees{};
+    b.surface = surface_fit(pts, deg);
+    b.surface.heldout_mse = surface_heldout_mse(pts, b.surface.deg, st.o.splits, st.o.seed);
+    size_t need = size_t(b.surface.deg.n + b.surface.deg.s + b.surface.deg.ns + 1);
+    b.fitted = pts.size() > need;
+    if (b.fitted) {  // the joint optimum within the observed N and S ranges
+      const Surface& f = b.surface;
+      auto at_s = [&](double s) { return surface_argmin_n(f, s, f.n_min, f.n_max); };
+      double best = std::numeric_limits<double>::infinity();
+      for (int i = 0; i <= 200; i++) {
+        double s = f.s_min + (f.s_max - f.s_min) * i / 200, n = at_s(s);
+        double l = surface_eval(f, n, s);
+        if (l < best) best = l, b.opt_s = s, b.opt_n = n, b.opt_loss = l;
+      }
+    }
+    st.budgets.push_back(std::move(b));
+  }
+}
+
+}  // namespace
+
+std::string fit_run(const FitOptions& o) {
+  FitState st;
+  st.o = o;
+  st.data = fit_read_csv(o.csv);
+  if (o.drop_highest > 0) {
+    auto& v = st.data.points;
+    if (size_t(o.drop_highest) >= v.size())
+      fail(fmt::format("--drop-highest: {} of {} runs leaves none", o.drop_highest, v.size()));
+    std::stable_sort(v.begin(), v.end(),
+                     [](const FitPoint& a, const FitPoint& b) { return a.loss < b.loss; });
+    v.resize(v.size() - size_t(o.drop_highest));
+  }
+  bool all_dense = std::all_of(st.data.points.begin(), st.data.points.end(),
+                               [](const FitPoint& p) { return p.s == 0; });
+  st.law = o.law.value_or(all_dense ? Law::chinchilla : Law::sparsity);
+  if (st.law == Law::sparsity && all_dense)
+    fail(fmt::format("{}: --law sparsity needs runs at more than one sparsity (every S is 0)",
+                     o.csv));
+  split_holdout(st);
+  // As many runs as coefficients fit any of them exactly: the law says nothing then.
+  if (int64_t(st.train.size()) <= law_nparams(st.law))
+    fail(
+        fmt::format("{}: the {} law has {} coefficients and {} runs to fit them{}: run a larger "
+                    "sweep{}",
+                    o.csv, law_name(st.law), law_nparams(st.law), st.train.size(),
+                    st.held.empty() ? "" : fmt::format(" ({} held out)", st.held.size()),
+                    st.law == Law::sparsity ? ", or --law chinchilla" : ""));
+  st.shared = fit_shared_fraction(st.data, o.shared_fraction);
+  st.n_lo = std::numeric_limits<double>::infinity();
+  for (const FitPoint& p : st.data.points)
+    st.n_lo = std::min(st.n_lo, p.n), st.n_hi = std::max(st.n_hi, p.n);
+  // The recommendation's N: from a tenth of the smallest run to --max-params (or 100 times
+  // the largest run: the law is extrapolated no further).
+  st.n_lo /= 10, st.n_hi = o.max_params.value_or(100 * st.n_hi);
+  auto t0 = std::chrono::steady_clock::now();
+  st.best = law_fit_default(st.train, st.law, o.small_grid);
+  st.fit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (o.bootstrap > 0) bootstrap(st);
+  if (o.budget) st.rec = law_recommend(st.best.p, st.law, *o.budget, st.shared, st.n_lo, st.n_hi);
+  fit_budgets(st);
+  const nlohmann::ordered_json j = fit_state_json(st);
+  fit_state_print(st, j);
+  if (!o.out.empty()) {
+    fs::create_directories(o.out);
+    file_write_atomic((fs::path(o.out) / "fit.json").string(), j.dump(2) + "\n");
+    fit_state_draw(st, o.out);
+  }
+  return j.dump(2);
+}
+
+}  // namespace moelab

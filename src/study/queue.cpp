@@ -1,0 +1,122 @@
+#include "study/queue.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "core/sysinfo.hpp"
+#include "train/checkpoint.hpp"
+#include "train/collective.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+int64_t study_last_step(const std::string& run_dir) {
+  const auto list = checkpoint_list(run_dir);
+  long step = -1;
+  if (!list.empty()) {
+    std::sscanf(fs::path(list.back()).filename().c_str(), "step_%ld", &step);
+  }
+  return step;
+}
+
+namespace {
+
+// An exclusive lock on a run's lock file while it trains: released by the kernel when the
+// process ends, however it ends, so a killed worker's run is free for the next one.
+class RunLock {
+ public:
+  explicit RunLock(const std::string& path) {
+    if (path.empty()) {
+      return;
+    }
+    fd_ = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      fail(fmt::format("{}: cannot open the job lock", path));
+    }
+    held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
+  }
+  ~RunLock() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+    }
+  }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  int fd_ = -1;
+  bool held_ = true;  // no lock file: the run is this process's
+};
+
+}  // namespace
+
+QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) {
+  QueueResult q;
+  const double t0 = time_now_s();
+  double trained_s = 0;  // for the estimate of what is left
+  for (size_t i = 0; i < runs.size(); i++) {
+    if (o.only >= 0 && int64_t(i) != o.only) {
+      continue;
+    }
+    const QueueRun& run = runs[i];
+    const RunLock lock(o.workers ? (fs::path(o.lock_dir) / (run.name + ".lock")).string() : "");
+    if (!lock.held()) {
+      q.busy++;
+      continue;
+    }
+    const Experiment x = run.experiment();
+    train_barrier();  // rank 0's last checkpoint is written before any rank looks
+    const int64_t last = study_last_step(x.run_dir);
+    if (o.workers) {
+      if (last == x.total_steps()) {
+        q.done++;
+        continue;
+      }
+      std::fprintf(stderr, "== job %zu/%zu %s%s\n", i + 1, runs.size(), run.name.c_str(),
+                   last >= 0 ? " (resuming)" : "");
+    } else {
+      std::fprintf(stderr, "== %zu/%zu %s: %s", i + 1, runs.size(), run.name.c_str(),
+                   run.what.c_str());
+      if (last == x.total_steps()) {
+        std::fprintf(stderr, " (done)\n");
+        q.done++;
+        continue;
+      }
+      std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
+    }
+    const double tv = time_now_s();
+    RunFailure failure;
+    const int rc = study_train_outcome(o.train(x, last >= 0, &failure), run.name, failure,
+                                       o.study.c_str(), o.goes_on.c_str(), q.failed);
+    if (rc == 130) {
+      q.status = 130;
+      return q;
+    }
+    if (rc != 0) {
+      continue;
+    }
+    q.ran++;
+    if (o.workers) {
+      continue;
+    }
+    trained_s += time_now_s() - tv;
+    const double left = trained_s / double(q.ran) * double(runs.size() - i - 1);
+    std::fprintf(stderr, "== %s finished in %.1f s; %s: about %.0f min\n", run.name.c_str(),
+                 time_now_s() - tv, o.others.c_str(), left / 60);
+  }
+  if (!o.workers) {
+    std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", runs.size(), time_now_s() - t0,
+                 q.failed.empty() ? "" : fmt::format(", {} failed", q.failed.size()).c_str());
+  }
+  return q;
+}
+
+}  // namespace moelab

@@ -1,0 +1,241 @@
+#include "study/report_kit.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+
+#include "core/fileio.hpp"
+#include "core/signals.hpp"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+// ----------------------------------------------------------------------------
+// statistics over seeds
+
+ojson values_stat(std::vector<double> v) {
+  std::erase_if(v, [](double x) { return !std::isfinite(x); });
+  if (v.empty()) return nullptr;
+  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
+  if (v.size() == 1) return mean;
+  double ss = 0;
+  for (double x : v) ss += (x - mean) * (x - mean);
+  return ojson{{"mean", mean}, {"sd", std::sqrt(ss / double(v.size() - 1))}, {"n", v.size()}};
+}
+
+double stat_mean(const ojson& v) {
+  if (v.is_null()) return NAN;
+  return v.is_number() ? v.get<double>() : v["mean"].get<double>();
+}
+
+double stat_std_err(const ojson& v) {
+  if (!v.is_object()) return NAN;
+  return v["sd"].get<double>() / std::sqrt(v["n"].get<double>());
+}
+
+std::string stat_format(const ojson& v, int digits) {
+  if (v.is_null()) return "-";
+  if (v.is_number() || v["sd"].get<double>() == 0)
+    return fmt::format("{:.{}f}", stat_mean(v), digits);
+  return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
+                     digits);
+}
+
+double stat_m_ex_std_err(const ojson& m_ex, const ojson& kept) {
+  if (m_ex.is_object()) {
+    return stat_std_err(m_ex);
+  }
+  const double p = stat_mean(m_ex), n = stat_mean(kept);
+  return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
+}
+
+bool recalled_none(const ojson& kept) {
+  return !kept.is_null() && stat_mean(kept) == 0 && (!kept.is_object() || kept["sd"] == 0);
+}
+
+std::string stat_format_recalled(const ojson& v, const ojson& kept, int digits) {
+  return v.is_null() && recalled_none(kept) ? "n/a" : stat_format(v, digits);
+}
+
+std::string human_count(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.1f}k", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+std::string seeds_cell(const ojson& seeds, const std::string& failed, size_t failed_count) {
+  if (failed_count == 0) {
+    return seeds.dump();
+  }
+  return fmt::format("{} (n = {}; {} failed)", seeds.dump(), seeds.size(), failed);
+}
+
+ojson failure_json(ojson head, const RunFailure& f) {
+  head.update(ojson{{"step", f.step},
+                    {"total_steps", f.total},
+                    {"nonfinite", f.nonfinite},
+                    {"reason", f.reason}});
+  return head;
+}
+
+// ----------------------------------------------------------------------------
+// markdown
+
+std::string list_join(const std::vector<std::string>& items, const std::string& sep) {
+  std::string s;
+  for (const std::string& x : items) {
+    s += (s.empty() ? "" : sep) + x;
+  }
+  return s;
+}
+
+MdColumns::MdColumns(const ojson& columns, const std::function<std::string(const ojson&)>& head)
+    : columns_(columns) {
+  md_ = "| | ";
+  for (const ojson& c : columns_) {
+    md_ += head(c) + " | ";
+  }
+  md_ += "\n|---|";
+  for (size_t i = 0; i < columns_.size(); i++) {
+    md_ += "---|";
+  }
+  md_ += "\n";
+}
+
+void MdColumns::row(const std::string& name, const std::function<std::string(const ojson&)>& cell) {
+  md_ += "| " + name + " | ";
+  for (const ojson& c : columns_) {
+    md_ += cell(c) + " | ";
+  }
+  md_ += "\n";
+}
+
+// ----------------------------------------------------------------------------
+// figures
+
+namespace {
+
+// Colour-blind-safe (Okabe-Ito), in the order models are listed.
+constexpr const char* kPalette[] = {"#000000", "#E69F00", "#0072B2", "#009E73",
+                                    "#D55E00", "#CC79A7", "#56B4E9", "#F0E442"};
+
+std::string quote(const std::string& s) {
+  std::string q = "\"";
+  for (char c : s) q += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
+  const std::string name = std::filesystem::path(stem).filename().string();
+  std::string g = "# " + c.title + " (moelab report; run: gnuplot " + name + ".gp)\n";
+  for (size_t i = 0; i < c.series.size(); i++) {
+    const PlotSeries& s = c.series[i];
+    g += fmt::format("$s{} << EOD\n", i);
+    const bool band = s.lo.size() == s.x.size() && s.hi.size() == s.x.size();
+    for (size_t j = 0; j < s.x.size(); j++)
+      g += band ? fmt::format("{} {} {} {}\n", s.x[j], s.y[j], s.lo[j], s.hi[j])
+                : fmt::format("{} {}\n", s.x[j], s.y[j]);
+    g += "EOD\n";
+  }
+  g += "set title " + quote(c.title) + " noenhanced\n";
+  g += "set xlabel " + quote(c.xlabel) + " noenhanced\nset ylabel " + quote(c.ylabel) +
+       " noenhanced\n";
+  g += "set key outside right top noenhanced\nset grid lc rgb '#dddddd'\nset border 3\n"
+       "set tics nomirror\n";
+  if (c.logy) g += "set logscale y\n";
+  g += fmt::format("set yrange [{}:{}]\n", c.ymin ? fmt::format("{}", *c.ymin) : "*",
+                   c.ymax ? fmt::format("{}", *c.ymax) : "*");
+  if (c.marker_x) {
+    g += fmt::format("set arrow from {0}, graph 0 to {0}, graph 1 nohead dt 2 lc rgb '#888888'\n",
+                     *c.marker_x);
+    g += fmt::format("set label {} at {}, graph 1.03 center noenhanced tc rgb '#555555'\n",
+                     quote(c.marker_label), *c.marker_x);
+  }
+  std::string plots;
+  for (size_t i = 0; i < c.series.size(); i++) {
+    const PlotSeries& s = c.series[i];
+    const char* col = kPalette[size_t(s.color) % std::size(kPalette)];
+    if (s.lo.size() == s.x.size() && !s.x.empty())
+      plots += fmt::format(
+          "$s{} using 1:3:4 with filledcurves fs transparent solid 0.18 noborder "
+          "lc rgb '{}' notitle, ",
+          i, col);
+    const char* with = s.x.size() == 1 ? "points pt 7"
+                       : s.points      ? "linespoints pt 7 ps 0.7"
+                                       : "lines";
+    plots += fmt::format("$s{} using 1:2 with {} lw 2 dt {} lc rgb '{}' title {}, ", i, with,
+                         s.dash, col, quote(s.title));
+  }
+  if (!plots.empty()) plots.resize(plots.size() - 2);
+  for (const char* term : {"pngcairo size 1000,560 font 'sans,11'", "svg size 1000,560"}) {
+    const bool png = term[0] == 'p';
+    g += fmt::format("set terminal {}\nset output {}\nplot {}\nunset output\n", term,
+                     quote(name + (png ? ".png" : ".svg")), plots.empty() ? "NaN notitle" : plots);
+  }
+  file_write_atomic(stem + ".gp", g);
+  if (!run) return true;
+  const std::string dir = std::filesystem::path(stem).parent_path().string();
+  const std::string cmd =
+      fmt::format("cd '{}' && gnuplot '{}.gp' 2>&1", dir.empty() ? "." : dir, name);
+  const SignalsUnblocked child_signals;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  if (p) {
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+  }
+  const int rc = p ? pclose(p) : -1;
+  if (rc != 0) {
+    std::fprintf(stderr,
+                 "warning: %s.gp: gnuplot failed or is missing (apt-get install gnuplot-nox)%s%s",
+                 stem.c_str(), out.empty() ? "" : ": ", out.empty() ? "\n" : out.c_str());
+    return false;
+  }
+  return true;
+}
+
+void Figures::draw(const PlotChart& chart, const std::string& stem) {
+  plot_write(chart, (fs::path(out) / stem).string(), plots);
+  stems.push_back(stem);
+}
+
+// ----------------------------------------------------------------------------
+// the report's files
+
+std::string md_figures(const std::vector<std::string>& stems) {
+  std::string md = "\n## Figures\n\n";
+  for (const std::string& f : stems) {
+    md += fmt::format("![{0}]({0}.png)\n\n", f);
+  }
+  return md +
+         "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+}
+
+std::string report_files_write(const std::string& out, const std::string& md,
+                               const ojson& summary) {
+  file_write_atomic((fs::path(out) / "summary.json").string(), summary.dump(2) + "\n");
+  const std::string md_path = (fs::path(out) / "summary.md").string();
+  file_write_atomic(md_path, md);
+  std::fprintf(stderr, "report: %s\n", md_path.c_str());
+  return md_path;
+}
+
+ojson json_file_or_null(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    return nullptr;
+  }
+  const ojson j = ojson::parse(file_read(path), nullptr, false);
+  return j.is_discarded() ? ojson() : j;
+}
+
+}  // namespace moelab

@@ -1,0 +1,105 @@
+#pragma once
+// What every study report is made of (the forgetting study's, ct's with its DeRS part, fit's):
+// statistics over seeds and their formatting, markdown tables with one column per model, figures
+// (a chart -> a self-contained gnuplot script with its data inline -> PNG and SVG, so a figure
+// can be restyled by editing and re-running its script), and the report's two files.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "study/failure.hpp"
+
+namespace moelab {
+
+using ojson = nlohmann::ordered_json;
+
+// ----------------------------------------------------------------------------
+// statistics over seeds
+
+// One number per run, summarised: null (none finite), the value (one), or {mean, sd, n}.
+ojson values_stat(std::vector<double> v);
+double stat_mean(const ojson& v);  // NaN for null
+// The standard error of a {mean, sd, n} statistic (sd / sqrt(n)); NaN for a single value.
+double stat_std_err(const ojson& v);
+// The standard error of M_ex at the end: over several seeds the seeds' sd / sqrt(seeds); of one
+// seed the binomial one of its recalled set (`kept` samples), sqrt(p(1 - p) / n).
+double stat_m_ex_std_err(const ojson& m_ex, const ojson& kept);
+std::string stat_format(const ojson& v, int digits = 3);  // "x" or "x ± sd"; "-" for null
+// Whether a statistic of the samples kept (M_ex = 1) says the model recalled none: every
+// forgetting metric is then undefined ("n/a" in tables, null in JSON).
+bool recalled_none(const ojson& kept);
+// stat_format, or "n/a" where the recalled set was empty.
+std::string stat_format_recalled(const ojson& v, const ojson& kept, int digits = 3);
+std::string human_count(double n);  // 3.88M, 12.5k
+// "[1,2] (n = 2; [3] failed)", or "[1,2]" when none failed.
+std::string seeds_cell(const ojson& seeds, const std::string& failed, size_t failed_count);
+// A failure record as summary.json lists it, after the keys `head` names the run with.
+ojson failure_json(ojson head, const RunFailure& f);
+
+// ----------------------------------------------------------------------------
+// markdown
+
+// "a, b, c" (with `sep` between).
+std::string list_join(const std::vector<std::string>& items, const std::string& sep = ", ");
+
+// A table with one column per entry of `columns` (headed by `head` of each), a row per row().
+class MdColumns {
+ public:
+  MdColumns(const ojson& columns, const std::function<std::string(const ojson&)>& head);
+  void row(const std::string& name, const std::function<std::string(const ojson&)>& cell);
+  const std::string& md() const { return md_; }
+
+ private:
+  const ojson& columns_;
+  std::string md_;
+};
+
+// ----------------------------------------------------------------------------
+// figures
+
+struct PlotSeries {
+  std::string title;
+  std::vector<double> x, y;
+  std::vector<double> lo, hi;  // optional band (seed spread), same length as x
+  int dash = 1;                // gnuplot dash type: 1 solid, 2 dashed, 3 dotted
+  int color = 0;               // index into the palette; series of one model share it
+  bool points = false;         // mark every point (a curve through measurements in x and y)
+};
+
+struct PlotChart {
+  std::string title, xlabel, ylabel;
+  std::vector<PlotSeries> series;
+  std::optional<double> marker_x;  // a vertical line (the A -> B switch)
+  std::string marker_label;
+  std::optional<double> ymin, ymax;
+  bool logy = false;
+};
+
+// Writes STEM.gp; runs gnuplot on it when `run` (false: the script only). Returns false with a
+// warning line on stderr if gnuplot is missing or fails, so a report still gets its tables.
+bool plot_write(const PlotChart& chart, const std::string& stem, bool run = true);
+
+// The figures of one report, drawn into one folder in the order the report lists them.
+struct Figures {
+  std::string out;
+  bool plots = true;  // false: the scripts only
+  std::vector<std::string> stems;
+  void draw(const PlotChart& chart, const std::string& stem);
+};
+
+// ----------------------------------------------------------------------------
+// the report's files
+
+// "## Figures": each stem's PNG, then where the SVG and scripts are.
+std::string md_figures(const std::vector<std::string>& stems);
+// OUT/summary.json and OUT/summary.md (atomic), the line "report: OUT/summary.md" on stderr.
+// Returns the summary's path.
+std::string report_files_write(const std::string& out, const std::string& md, const ojson& summary);
+// A JSON file, or null where it is missing or unreadable.
+ojson json_file_or_null(const std::string& path);
+
+}  // namespace moelab
