@@ -69,7 +69,8 @@ void command_compress(CLI::App& app, Commands& c) {
                                   "sparse: random (default, DARE rescale) or topk (by magnitude)");
   o->seed_opt = cmd->add_option("--seed", o->seed, "sparse, random: the positions' seed (0)");
   o->threads_opt =
-      cmd->add_option("--threads", o->threads, "threads of the low-rank SVDs (default: all cores)");
+      cmd->add_option("--threads", o->threads,
+                      "threads of the low-rank SVDs (default: OMP_NUM_THREADS, else all cores)");
   c.add(cmd, [o] { return compress_run(*o); });
 }
 
