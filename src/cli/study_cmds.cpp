@@ -97,7 +97,9 @@ void study_ct_setup(CLI::App& cmd, Commands& c, bool ders) {
   auto o = std::make_shared<CtCmdOptions>();
   cmd.add_option("config", o->config, "experiment TOML with a [ct] section")->required();
   cmd.add_option("--seeds", o->ct.seeds, "seeds, e.g. 1,2,3 (default: [ct] seeds)")->delimiter(',');
-  cmd.add_option("--methods", o->ct.methods, "methods by name, e.g. full,lora (default: all)")
+  cmd.add_option("--methods", o->ct.methods,
+                 ders ? "methods by name, e.g. vanilla,sm-0.9 (default: all)"
+                      : "methods by name, e.g. full,lora (default: all)")
       ->delimiter(',');
   cmd.add_flag("--no-report", o->no_report, "train only");
   cmd.add_flag("--report-only", o->report_only, "write the report of the runs so far");
