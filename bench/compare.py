@@ -26,11 +26,36 @@ def peer(config, threads, steps):
                 "--threads", str(threads), "--steps", str(steps)])
 
 
+def with_baseline(jobs, a):
+    """Each moelab job followed by the same job on the baseline binary, so that both see the same
+    state of the machine; the peer runs stay as they were."""
+    out = {}
+    for name, job in jobs.items():
+        out[name] = job
+        if "peer" in name:
+            continue
+        out[name + "@baseline"] = baseline_job(job, a)
+    return out
+
+
+def baseline_job(job, a):
+    def run_on_baseline():
+        new = a.moelab
+        a.moelab = a.baseline
+        try:
+            return job()
+        finally:
+            a.moelab = new
+    return run_on_baseline
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moelab", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline", help="a previous moelab binary: each moelab config also runs on it, right after "
+                    "the new one, and a last table gives new / baseline tokens/s")
     a = ap.parse_args()
     T = a.threads
     jobs = {  # name -> (function, args)
@@ -47,6 +72,8 @@ def main():
         "moe512_e64": lambda: moelab(a.moelab, "moe512_e64.json", T, 4),
         "dense512_active_e64": lambda: moelab(a.moelab, "dense512_active_e64.json", T, 4),
     }
+    if a.baseline:
+        jobs = with_baseline(jobs, a)
     res = {k: [] for k in jobs}
     for r in range(a.rounds):
         for name, job in jobs.items():
@@ -92,6 +119,16 @@ def main():
     print(f"|{'-' * 47}|{'-' * 32}|{'-' * 10}|-----|")
     for r in rows:
         print(f"| {r[0]:45s} | {r[1]:30s} | {r[2]:8s} | {r[3]:3s} |")
+    if a.baseline:
+        print(f"\n| {'config':22s} | {'new tok/s':>9s} | {'baseline':>9s} | {'new/base':>8s} | within 3% |")
+        print(f"|{'-' * 24}|{'-' * 11}|{'-' * 11}|{'-' * 10}|-----------|")
+        for k in res:
+            if k.endswith("@baseline"):
+                continue
+            b = k + "@baseline"
+            if b in res:
+                ratio = med[k] / med[b]
+                print(f"| {k:22s} | {med[k]:9.0f} | {med[b]:9.0f} | {ratio:8.3f} | {'yes' if ratio >= 0.97 else 'NO':9s} |")
 
 
 if __name__ == "__main__":

@@ -126,40 +126,10 @@ verses_data "$moelab" 20 12 320 17
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 expect_ok "entities build" "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl \
   --top 100 --bottom 100 --prompt 8 --target 8
-cat >exp.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 2
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-ffn_type = "moe"
-num_local_experts = 4
-num_experts_per_tok = 2
-intermediate_size = 16
-max_position_embeddings = 32
-lora = {rank = 4, alpha = 6, targets = ["self_attn\\.(q|v|o)_proj", "mlp\\.experts"]}
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-freeze = ["^(?!.*lora_)"]
-[schedule]
-max_lr = 2e-2
-min_lr = 2e-2
-warmup_steps = 1
-decay_steps = 1
-[[phases]]
-name = "A"
-subset = "A"
-steps = 8
-TOML
+tiny_config run.log_every= "${tiny_moe[@]}" model.sliding_window= \
+  'model.lora={rank = 4, alpha = 6, targets = ["self_attn\\.(q|v|o)_proj", "mlp\\.experts"]}' \
+  'train.freeze=["^(?!.*lora_)"]' schedule.max_lr=2e-2 schedule.min_lr=2e-2 schedule.warmup_steps=1 \
+  schedule.decay_steps=1 phases.steps=8 >exp.toml
 expect_ok "train with LoRA" "$moelab" train exp.toml
 ck=$(ls -d run/step_* | tail -1)
 expect_ok "export --merge-lora" "$moelab" export "$ck" --merge-lora --out merged

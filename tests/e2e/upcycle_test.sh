@@ -16,37 +16,7 @@ printf 'David\tPER\nking\tMISC\n' >ents.tsv
   --prompt 8 --target 8 >/dev/null 2>ent.err || { echo "FAIL: entities build: $(tail -1 ent.err)"; exit 1; }
 
 # ---- the dense model
-cat >dense.toml <<'TOML'
-[run]
-dir = "dense"
-seed = 3
-threads = 2
-log_every = 1
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-sliding_window = 8
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 2
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 20
-TOML
+tiny_config run.dir=dense >dense.toml
 "$moelab" train dense.toml >dense.log 2>&1 || { echo "FAIL: dense run: $(tail -1 dense.log)"; exit 1; }
 ck=dense/step_00000020
 

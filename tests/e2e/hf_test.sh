@@ -56,7 +56,7 @@ for name in moe dense partial lora ders; do
   # f32: transformers' forward from the files equals moelab's logits, mistakes are caught
   "$moelab" export hf $name --out $name.hf --logits $name.logits >$name.log 2>&1 &&
     ok || { bad "$name: export hf: $(tail -1 $name.log)"; continue; }
-  $py "$here/torch/hf_check.py" $name.hf $name.logits --mutate >$name.check 2>&1 && ok ||
+  $py "$here/../torch/hf_check.py" $name.hf $name.logits --mutate >$name.check 2>&1 && ok ||
     bad "$name: hf_check: $(cat $name.check)"
   sed "s/^/  /" $name.check
   # import gives the checkpoint back; the same bytes as moelab's own export where nothing merged
@@ -72,7 +72,7 @@ for name in moe dense partial lora ders; do
   "$moelab" export hf $name --out $name.bf16 --dtype bf16 >/dev/null && ok || bad "$name: bf16 export"
   "$moelab" import hf $name.bf16 --out $name.bback >/dev/null && ok || bad "$name: bf16 import"
   "$moelab" export hf $name.bback --out $name.bhf --logits $name.blogits >/dev/null
-  $py "$here/torch/hf_check.py" $name.bf16 $name.blogits >$name.bcheck 2>&1 && ok ||
+  $py "$here/../torch/hf_check.py" $name.bf16 $name.blogits >$name.bcheck 2>&1 && ok ||
     bad "$name: bf16 hf_check: $(cat $name.bcheck)"
   sed "s/^/  /" $name.bcheck
 done

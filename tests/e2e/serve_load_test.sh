@@ -6,7 +6,7 @@
 # SIGTERM while requests run (exit 0, the running ones complete). bench/serve_load.py checks.
 set -u
 moelab=$1
-src=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2

@@ -149,7 +149,7 @@ kill -TERM $pid
 wait $pid && ok || bad "serve: stopped with exit $?"
 
 # ---- study forgetting (was run): --set, --threads; then the old name on the finished study
-sed 's/^decay_steps = 10$/decay_steps = 2/' run.toml >exp.toml
+tiny_config model.max_position_embeddings=64 schedule.decay_steps=2 >exp.toml
 cat >>exp.toml <<'TOML'
 [[phases]]
 name = "B"

@@ -15,42 +15,10 @@ verses_data "$moelab" 60 12 320 17
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
-cat >exp.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 2
-log_every = 1
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-ffn_type = "moe"
-num_local_experts = 4
-num_experts_per_tok = 2
-intermediate_size = 16
-sliding_window = 8
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-grad_accum = 2
-[schedule]
-kind = "wsd"
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 10
-decay_steps = 30
-decay_at = "phase:A"
-[[phases]]
-name = "A"
-subset = "A"
-steps = 150
+{
+  tiny_config "${tiny_moe[@]}" train.grad_accum=2 schedule.kind=wsd schedule.warmup_steps=10 \
+    schedule.decay_steps=30 schedule.decay_at=phase:A phases.steps=150
+  cat <<'TOML'
 [[phases]]
 name = "B"
 subset = "B"
@@ -67,6 +35,7 @@ evalset = "ev.jsonl"
 forgetting_every = 30
 forgetting_batch = 16
 TOML
+} >exp.toml
 # wait_lines FILE N PID: until FILE has N lines, PID has ended, or 60 s have passed.
 wait_lines() {
   for _ in $(seq 1 1200); do

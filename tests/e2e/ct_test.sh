@@ -10,66 +10,11 @@ source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2
 
-mkdir -p corpus
-# Each name has its own title in A; B gives the titles to other names (as in study_test.sh).
-names=(Abner Boaz Caleb Dinah Eglon Gideon Hiram Jethro Korah Laban Micah Naomi)
-titles=(shepherd smith scribe weaver potter judge mason herdsman singer trader elder gleaner)
-for i in $(seq 1 48); do
-  for l in $(seq 1 10); do
-    j=$(((i * 5 + l) % 12))
-    n=$j
-    [ "$i" -gt 24 ] && n=$(((j + 5) % 12))
-    echo "In the day $l the ${titles[$j]} ${names[$n]} went down to the well at evening."
-  done >"corpus/c$i.txt"
-done
-data_spec() {
-  cat <<JSON
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": $1},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-}
-data_spec 400 >data.json
-data_spec 380 >data380.json
-for d in data data380; do
-  "$moelab" data prepare $d.json --out $d >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
-done
-printf '%s\tPER\n' "${names[@]}" >ents.tsv
+titles_data "$moelab" 48
+book_data "$moelab" 380 data380  # the same book under another tokenizer (refused below)
 
 # ---- the base: a dense model trained on A
-cat >base.toml <<'TOML'
-[run]
-dir = "base"
-seed = 5
-peak_gflops = 100
-threads = 2
-log_every = 5
-[model]
-vocab_size = 400
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 64
-sliding_window = 16
-max_position_embeddings = 64
-[data]
-dir = "data"
-seq_len = 64
-[train]
-batch_size = 4
-[schedule]
-max_lr = 5e-3
-min_lr = 5e-4
-warmup_steps = 5
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 30
-TOML
+tiny_config run.dir=base "${titles_run[@]}" run.peak_gflops=100 >base.toml
 "$moelab" train base.toml >base.log 2>&1 || { echo "FAIL: base: $(tail -1 base.log)"; exit 1; }
 
 cat >ct.toml <<'TOML'

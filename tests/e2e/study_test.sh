@@ -9,57 +9,10 @@ source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2
 
-mkdir -p corpus
-# Each name has its own title in A; B gives the titles to other names, so what A taught (title ->
-# name, the M_ex cue) is overwritten during B.
-names=(Abner Boaz Caleb Dinah Eglon Gideon Hiram Jethro Korah Laban Micah Naomi)
-titles=(shepherd smith scribe weaver potter judge mason herdsman singer trader elder gleaner)
-for i in $(seq 1 48); do
-  for l in $(seq 1 10); do
-    j=$(((i * 5 + l) % 12))
-    n=$j
-    [ "$i" -gt 24 ] && n=$(((j + 5) % 12))
-    echo "In the day $l the ${titles[$j]} ${names[$n]} went down to the well at evening."
-  done >"corpus/c$i.txt"
-done
-cat >data.json <<'JSON'
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": 400},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-"$moelab" data prepare data.json --out data >/dev/null 2>&1 || { echo "FAIL: data prepare"; exit 1; }
-printf '%s\tPER\n' "${names[@]}" >ents.tsv
-cat >exp.toml <<'TOML'
-[run]
-dir = "study"
-seed = 5
-threads = 2
-log_every = 5
-[model]
-vocab_size = 400
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 64
-sliding_window = 16
-max_position_embeddings = 64
-[data]
-dir = "data"
-seq_len = 64
-[train]
-batch_size = 4
-[schedule]
-max_lr = 5e-3
-min_lr = 5e-4
-warmup_steps = 5
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 30
+titles_data "$moelab" 48
+{
+  tiny_config run.dir=study "${titles_run[@]}"
+  cat <<'TOML'
 [[phases]]
 name = "B"
 subset = "B"
@@ -81,6 +34,7 @@ prompt = 8
 target = 8
 max_per_entity = 4
 TOML
+} >exp.toml
 
 # ---- a study interrupted in its second variant, then continued
 "$moelab" run exp.toml --experts 1,4 --no-report >run1.log 2>&1 || bad "run (E=1,4): $(tail -1 run1.log)"

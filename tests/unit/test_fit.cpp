@@ -43,7 +43,7 @@ double rel(double got, double want) {
 // Published: a 6.169, b 7.670, e 0.5973, alpha 0.3473, beta 0.3672 (A 477.7, B 2143, E 1.817).
 // The unit test runs the 180-start subset of the grid (law_grid_chinchilla(true): alpha, beta
 // in {0, .5}, a, b in {0, 5, 10}, e as in the full grid); the full 4,500-start grid (moelab fit,
-// tests/fit_test.sh) reaches the same optimum.
+// tests/e2e/fit_test.sh) reaches the same optimum.
 TEST(FitGolden, ChinchillaReplication) {
   if (!fs::exists(kGolden)) GTEST_SKIP() << "no " << kGolden << " (../shared beside the clone)";
   std::vector<FitPoint> pts = golden_points();

@@ -16,43 +16,14 @@ printf 'David\tPER\nking\tMISC\n' >ents.tsv
 "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 >/dev/null 2>ent.err || { echo "FAIL: entities build: $(tail -1 ent.err)"; exit 1; }
 
-# experiment NAME FFN_KEYS...: a short run of a tiny model (hidden 32, experts of width 16)
+# experiment NAME KEY=VALUE...: a short run of the tiny model (experts of width 16), constant rate
 experiment() {
   local name=$1
   shift
-  cat <<TOML
-[run]
-dir = "$name"
-seed = 3
-threads = 2
-log_every = 10
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 16
-sliding_window = 8
-max_position_embeddings = 32
-$(printf '%s\n' "$@")
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-kind = "constant"
-max_lr = 3e-3
-warmup_steps = 2
-[[phases]]
-name = "A"
-subset = "A"
-steps = 30
-TOML
+  tiny_config run.dir="$name" run.log_every=10 model.intermediate_size=16 schedule.kind=constant \
+    schedule.min_lr= schedule.decay_steps= phases.steps=30 "$@"
 }
-experiment moe 'ffn_type = "moe"' 'num_local_experts = 4' 'num_experts_per_tok = 2' >moe.toml
+experiment moe "${tiny_moe[@]}" >moe.toml
 experiment dense >dense.toml
 for r in moe dense; do
   "$moelab" train $r.toml >$r.log 2>&1 || { echo "FAIL: train $r: $(tail -1 $r.log)"; exit 1; }
@@ -139,9 +110,7 @@ PY
 # ---- real size: a dense model with a 128 x 2048 FFN, upcycled top-1 (copies) and top-2, a few
 # steps on B, then low-rank, 8-bit and 90% sparse against the experts' mean and the dense FFN.
 # (Tiny matrices take other code paths: the low-rank SVD once crashed only at this size.)
-sed -e 's/^hidden_size = 32/hidden_size = 128/' -e 's/^intermediate_size = 16/intermediate_size = 2048/' \
-  -e 's/^num_hidden_layers = 2/num_hidden_layers = 1/' -e 's/^steps = 30/steps = 2/' \
-  -e 's/^dir = "dense"/dir = "big"/' dense.toml >big.toml
+experiment big model.hidden_size=128 model.intermediate_size=2048 model.num_hidden_layers=1 phases.steps=2 >big.toml
 "$moelab" train big.toml >big.log 2>&1 || { echo "FAIL: train big: $(tail -1 big.log)"; exit 1; }
 for u in "big1 --experts 4 --top-k 1" "big2 --experts 4 --top-k 2"; do
   set -- $u

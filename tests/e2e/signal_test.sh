@@ -14,41 +14,10 @@ verses_data "$moelab" 60 12 320 17
 printf 'David\tPER\nking\tMISC\n' >ents.tsv
 "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 --max-per-entity 40 >/dev/null 2>ent.log || { echo "FAIL: entities: $(tail -1 ent.log)"; exit 1; }
-cat >exp.toml <<'TOML'
-[run]
-dir = "run"
-seed = 5
-threads = 2
-peak_gflops = 100
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-ffn_type = "moe"
-num_local_experts = 4
-num_experts_per_tok = 2
-intermediate_size = 16
-sliding_window = 8
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-[schedule]
-kind = "wsd"
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 4
-decay_steps = 6
-decay_at = "phase:A"
-[[phases]]
-name = "A"
-subset = "A"
-steps = 40
+{
+  tiny_config run.seed=5 run.log_every= run.peak_gflops=100 "${tiny_moe[@]}" schedule.kind=wsd \
+    schedule.warmup_steps=4 schedule.decay_steps=6 schedule.decay_at=phase:A phases.steps=40
+  cat <<'TOML'
 [[phases]]
 name = "B"
 subset = "B"
@@ -65,6 +34,7 @@ evalset = "ev.jsonl"
 forgetting_every = 4
 forgetting_batch = 16
 TOML
+} >exp.toml
 # started PID: waits until the background job has become moelab (a signal sent to the shell
 # before exec would hit the shell, not moelab), then a few milliseconds for main() to begin.
 started() {

@@ -50,43 +50,10 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 strip() { sed -E 's/,"(tokens_per_s|mfu|comm_wait_s|step_s)":[^,}]*//g' "$1"; }
 
 verses_data "$moelab" 30 10 320 13
-cat >dense.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 1
-log_every = 1
-[model]
-vocab_size = 320
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-sliding_window = 8
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 4
-grad_accum = 2
-[schedule]
-max_lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 2
-decay_steps = 10
-[[phases]]
-name = "A"
-subset = "A"
-steps = 20
-[checkpoint]
-every = 5
-keep_last = 0
-TOML
-sed -e 's/^intermediate_size = 32/ffn_type = "moe"\nnum_local_experts = 4\nnum_experts_per_tok = 2\nintermediate_size = 16\nrouter_balance = { bias_rate = 0.01 }/' \
-  dense.toml >moe.toml
+# one thread per rank, two micro-batches to share between the ranks, a checkpoint every 5 steps
+dp=(run.threads=1 train.grad_accum=2 checkpoint.every=5 checkpoint.keep_last=0)
+tiny_config "${dp[@]}" >dense.toml
+tiny_config "${dp[@]}" "${tiny_moe[@]}" 'model.router_balance={ bias_rate = 0.01 }' >moe.toml
 
 # close A B STEP [FROM]: B's metrics against A's (the same steps; loss, grad_norm and the router's
 # losses within a relative bound, max_load equal: the routing counts are integers summed over

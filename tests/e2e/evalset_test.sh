@@ -15,34 +15,11 @@ printf 'David\tPER\nking\tMISC\n' >ents.tsv
 if "$moelab" entities build --data data --entities ents.tsv --out ev.jsonl --top 100 --bottom 100 \
   --prompt 8 --target 8 --max-samples 40 >/dev/null 2>ent.err; then ok; else bad "entities build: $(tail -1 ent.err)"; fi
 # vocab_size 512 > the tokenizer's 300: the padded rows are legitimate (gpt-oss pads o200k)
-cat >exp.toml <<'TOML'
-[run]
-dir = "run"
-seed = 3
-threads = 2
-log_every = 1
-[model]
-vocab_size = 512
-hidden_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-max_position_embeddings = 32
-[data]
-dir = "data"
-seq_len = 32
-[train]
-batch_size = 2
-[schedule]
-warmup_steps = 1
-decay_steps = 1
-decay_at = "end"
-[[phases]]
-name = "A"
-subset = "A"
-steps = 3
+{
+  tiny_config model.vocab_size=512 model.num_hidden_layers=1 model.sliding_window= train.batch_size=2 \
+    schedule.max_lr= schedule.min_lr= schedule.warmup_steps=1 schedule.decay_steps=1 schedule.decay_at=end \
+    phases.steps=3
+  cat <<'TOML'
 [[phases]]
 name = "B"
 subset = "B"
@@ -53,6 +30,7 @@ forgetting_batch = 16
 # 3 steps of A recall nothing: these runs test decoding, not forgetting (section 4 stops)
 min_recalled = 0
 TOML
+} >exp.toml
 
 # 1. padded vocabulary: training evaluates after A, and moelab eval decodes only real ids
 # (everything below needs its checkpoint)

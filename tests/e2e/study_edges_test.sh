@@ -16,35 +16,14 @@ source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2
 
-mkdir -p corpus
-names=(Abner Boaz Caleb Dinah Eglon Gideon Hiram Jethro Korah Laban Micah Naomi)
-titles=(shepherd smith scribe weaver potter judge mason herdsman singer trader elder gleaner)
-for i in $(seq 1 24); do
-  for l in $(seq 1 10); do
-    j=$(((i * 5 + l) % 12))
-    n=$j
-    [ "$i" -gt 12 ] && n=$(((j + 5) % 12))
-    echo "In the day $l the ${titles[$j]} ${names[$n]} went down to the well at evening."
-  done >"corpus/c$i.txt"
-done
-cat >data.json <<'JSON'
-{"tokenizer": {"kind": "sentencepiece", "vocab_size": 400},
- "sources": {"book": {"paths": ["corpus"]}},
- "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
- "validation_fraction": 0.1}
-JSON
-"$moelab" data prepare data.json --out data >prep.log 2>&1 || { echo "FAIL: data prepare: $(tail -1 prep.log)"; exit 1; }
-printf '%s\tPER\n' "${names[@]}" >ents.tsv
+titles_data "$moelab" 24
 
-model='vocab_size = 400
-hidden_size = 32
-num_hidden_layers = 1
-num_attention_heads = 2
-num_key_value_heads = 1
-head_dim = 16
-intermediate_size = 32
-sliding_window = 16
-max_position_embeddings = 32'
+# the runs of the base and of the forgetting study: a one-layer model, batches of 2, a constant
+# rate 1e-3 after one warm-up step, 2 steps on A
+edges=(run.seed=5 run.log_every= run.peak_gflops=100 model.vocab_size=400 model.num_hidden_layers=1
+  model.sliding_window=16 train.batch_size=2 schedule.kind=constant schedule.max_lr=1e-3 schedule.min_lr=
+  schedule.decay_steps= schedule.warmup_steps=1 phases.steps=2)
+# the sections the ct and sweep studies share with them
 common='[data]
 dir = "data"
 seq_len = 32
@@ -52,24 +31,7 @@ seq_len = 32
 batch_size = 2'
 
 # ---- a base trained 2 steps on A: it recalls none of the entities
-cat >base.toml <<TOML
-[run]
-dir = "base"
-seed = 5
-threads = 2
-peak_gflops = 100
-[model]
-$model
-$common
-[schedule]
-kind = "constant"
-max_lr = 1e-3
-warmup_steps = 1
-[[phases]]
-name = "A"
-subset = "A"
-steps = 2
-TOML
+tiny_config run.dir=base "${edges[@]}" >base.toml
 "$moelab" train base.toml >base.log 2>&1 || { echo "FAIL: base: $(tail -1 base.log)"; exit 1; }
 
 cat >ct.toml <<TOML
@@ -173,23 +135,9 @@ echo keep >ct/notes.txt
   ok || bad "ct --restart with '.' in ct.json: $(tail -1 ct5.log)"
 
 # ---- 1 and 3. moelab run: seed 2's run fails (a broken checkpoint), seed 1 recalls nothing
-cat >exp.toml <<TOML
-[run]
-dir = "study"
-seed = 5
-threads = 2
-peak_gflops = 100
-[model]
-$model
-$common
-[schedule]
-kind = "constant"
-max_lr = 1e-3
-warmup_steps = 1
-[[phases]]
-name = "A"
-subset = "A"
-steps = 2
+{
+  tiny_config run.dir=study "${edges[@]}"
+  cat <<TOML
 [[phases]]
 name = "B"
 subset = "B"
@@ -209,6 +157,7 @@ prompt = 8
 target = 8
 max_per_entity = 2
 TOML
+} >exp.toml
 mkdir -p study/E1_s2/step_00000002 && echo '{}' >study/E1_s2/step_00000002/trainer_state.json
 "$moelab" run exp.toml >run1.out 2>run1.err
 rc=$?

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# moelab serve against hostile clients on loopback (tests/serve_hostile.py, stdlib Python): a
+# moelab serve against hostile clients on loopback (tests/e2e/serve_hostile.py, stdlib Python): a
 # tiny model of 1024 positions trained for 20 steps is served with small limits, and every
 # attack the server once fell to is repeated in rounds: compressed bodies, oversized bodies and
 # prompts, deep JSON, Range headers, stalled and trickling connections, a connection flood,
@@ -8,7 +8,7 @@
 # and its VmRSS must stay within a bound across rounds. About 25 s on 2 cores (40 s when busy).
 set -u
 moelab=$1
-src=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/testlib.sh"
 cd "$tmp"
 export OMP_NUM_THREADS=2
@@ -17,7 +17,7 @@ verses_data "$moelab" 30 10 320 13
 tiny_lm "$moelab" 1024
 
 # --data as an absolute path: /tokenizer_info must not show it
-timeout 240 python3 "$src/tests/serve_hostile.py" --moelab "$moelab" \
+timeout 240 python3 "$src/tests/e2e/serve_hostile.py" --moelab "$moelab" \
   --checkpoint run/step_00000020 --data "$tmp/data" --workdir "$tmp" --out hostile.json \
   >hostile.log 2>&1
 rc=$?
