@@ -1,9 +1,9 @@
 # make test   installs what is missing (Debian packages), builds, runs every test
 # make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS)
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
-# make ct-demo  the continual-training study on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
-# make ders-demo  upcycling and DeRS on the demo's dense model (DERS_ARGS, e.g. --seeds 1,2)
-# make sweep-demo  the default sparsity sweep and its fit (runs/sweep-default, fit/)
+# make ct-demo  moelab study ct on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
+# make ders-demo  moelab study ders: upcycling and DeRS on the demo's dense model (DERS_ARGS)
+# make sweep-demo  moelab study sweep: the default sparsity sweep and its fit (runs/sweep-default, fit/)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 # make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
 # make fuzz   libFuzzer on every file reader, FUZZ_SECONDS each (clang; build-fuzz; not in make test)
@@ -82,16 +82,16 @@ demo-data: deps
 	$(BUILD)/moelab data prepare --preset default --out data/default
 
 demo-base: demo-data
-	$(BUILD)/moelab run configs/default.toml --experts 1 --no-report
+	$(BUILD)/moelab study forgetting configs/default.toml --experts 1 --no-report
 
 ct-demo: demo-base
-	$(BUILD)/moelab ct configs/ct-default.toml $(CT_ARGS)
+	$(BUILD)/moelab study ct configs/ct-default.toml $(CT_ARGS)
 
 ders-demo: demo-base
-	$(BUILD)/moelab ct configs/ders-default.toml $(DERS_ARGS)
+	$(BUILD)/moelab study ders configs/ders-default.toml $(DERS_ARGS)
 
 sweep-demo: demo-data
-	$(BUILD)/moelab sweep run configs/sweep-default.toml
+	$(BUILD)/moelab study sweep configs/sweep-default.toml
 	$(BUILD)/moelab fit runs/sweep-default/sweep.csv --out runs/sweep-default/fit --budget 1e13
 
 format:

@@ -41,9 +41,12 @@ void command_bench_eval(CLI::App& bench, Commands& c) {
   cmd->add_option("--config", o->config, "bench or model JSON (random weights)");
   cmd->add_option("--checkpoint", o->checkpoint, "or a checkpoint folder (its config and weights)");
   cmd->add_option("--samples", o->samples, "sequences to decode");
-  cmd->add_option("--batch", o->batch, "sequences decoded together");
-  cmd->add_option("--prompt", o->prompt, "prompt tokens per sequence");
-  cmd->add_option("--new", o->generate, "generated tokens per sequence");
+  auto* slots = cmd->add_option("--slots", o->batch, "sequences decoded together");
+  auto* prompt_len = cmd->add_option("--prompt-len", o->prompt, "prompt tokens per sequence");
+  auto* max_new = cmd->add_option("--max-new", o->generate, "generated tokens per sequence");
+  option_renamed(*cmd, c, "--batch", slots, o->batch);
+  option_renamed(*cmd, c, "--prompt", prompt_len, o->prompt);
+  option_renamed(*cmd, c, "--new", max_new, o->generate);
   cmd->add_option("--threads", o->threads, "threads (default: all cores)");
   cmd->add_flag("--profile", o->profile, "time per part of the whole evaluation");
   c.add(cmd, [o] { return bench_eval(*o), 0; });

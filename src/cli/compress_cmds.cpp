@@ -1,5 +1,6 @@
 // moelab compress: a trained MoE's experts as a shared base plus light per-expert deltas (DeRS).
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <cstdint>
 #include <memory>
@@ -7,6 +8,7 @@
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 #include "train/compress.hpp"
 
 namespace moelab {
@@ -16,7 +18,8 @@ namespace {
 struct CompressCmdOptions {
   std::string checkpoint, out, delta, base, select = "random";
   uint64_t seed = 0;
-  CLI::Option *select_opt = nullptr, *seed_opt = nullptr;
+  int threads = 0;
+  CLI::Option *threads_opt = nullptr, *select_opt = nullptr, *seed_opt = nullptr;
 };
 
 int compress_run(const CompressCmdOptions& c) {
@@ -28,6 +31,10 @@ int compress_run(const CompressCmdOptions& c) {
   o.ders.seed = c.seed;
   o.base = c.base;
   o.select_given = c.select_opt->count() > 0 || c.seed_opt->count() > 0;
+  // Without --threads, OpenMP's own default (the experts' SVDs run in parallel), as before.
+  if (c.threads_opt->count() > 0) {
+    threads_set(c.threads > 0 ? c.threads : omp_get_num_procs());
+  }
   const CompressReport r = compress_write(c.checkpoint, o, c.out);
   fmt::print("compressed {} -> {} (--delta {}, --base {})\n", c.checkpoint, c.out, c.delta, c.base);
   fmt::print("{}", compress_table(r));
@@ -61,6 +68,9 @@ void command_compress(CLI::App& app, Commands& c) {
   o->select_opt = cmd->add_option("--select", o->select,
                                   "sparse: random (default, DARE rescale) or topk (by magnitude)");
   o->seed_opt = cmd->add_option("--seed", o->seed, "sparse, random: the positions' seed (0)");
+  o->threads_opt =
+      cmd->add_option("--threads", o->threads,
+                      "threads of the low-rank SVDs (default: OMP_NUM_THREADS, else all cores)");
   c.add(cmd, [o] { return compress_run(*o); });
 }
 

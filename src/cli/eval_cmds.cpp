@@ -36,7 +36,8 @@ void command_entities_build(CLI::App& entities, Commands& c) {
   cmd->add_option("--subset-b", o->subset_b, "the subset trained on next");
   cmd->add_option("--top", o->top_a, "C: top percent by frequency in A");
   cmd->add_option("--bottom", o->bottom_b, "C: bottom percent by frequency in B");
-  cmd->add_option("--prompt", o->prompt, "prompt tokens");
+  auto* prompt_len = cmd->add_option("--prompt-len", o->prompt, "prompt tokens");
+  option_renamed(*cmd, c, "--prompt", prompt_len, o->prompt);
   cmd->add_option("--target", o->target, "continuation tokens");
   cmd->add_option("--max-samples", o->max_samples, "samples in total");
   cmd->add_option("--max-per-entity", o->max_per_entity, "samples per entity");

@@ -35,42 +35,42 @@ int run_command(int argc, char** argv) {
   app.require_subcommand(1);
   Commands c;
 
-  CLI::App& model = command_group(app, "model", "inspect model configs");
-  command_model_info(model, c);
-  command_model_dump(model, c);
-
+  // Help order: data, models, training and the studies, evaluation and inference, conversion,
+  // speed.
   CLI::App& data = command_group(app, "data", "corpora to token shards and subsets");
   command_data_prepare(data, c);
   command_data_inspect(data, c);
   command_data_verify(data, c);
+
+  CLI::App& model = command_group(app, "model", "inspect model configs");
+  command_model_info(model, c);
+  command_model_dump(model, c);
+
+  command_train(app, c);
+  command_study(app, c);
+  command_fit(app, c);
 
   CLI::App& entities = command_group(app, "entities", "entity evaluation sets");
   command_entities_build(entities, c);
   command_eval(app, c);
   command_generate(app, c);
   command_serve(app, c);
-  command_export(app, c);
-  command_import(app, c);
+
   command_upcycle(app, c);
   command_compress(app, c);
-
-  command_train(app, c);
-  command_run(app, c);
-  command_report(app, c);
-  command_ct(app, c);
-  CLI::App& sweep = command_group(app, "sweep", "IsoFLOP sweeps over sparsity");
-  command_sweep_plan(sweep, c);
-  command_sweep_run(sweep, c);
-
-  command_fit(app, c);
+  command_export(app, c);
+  command_import(app, c);
 
   CLI::App& bench = command_group(app, "bench", "measure speed");
   command_bench_peak(bench, c);
   command_bench_train(bench, c);
   command_bench_eval(bench, c);
 
+  command_study_renamed(app, c);  // hidden: the old names of the studies
+
   try {
     app.parse(argc, argv);
+    c.renames_announce();
     for (const auto& [cmd, run] : c.list)
       if (cmd->parsed()) return run();
   } catch (const CLI::ParseError& e) {

@@ -127,7 +127,8 @@ void command_model_info(CLI::App& model, Commands& c) {
   cmd->add_option("config", o->config, "model config JSON")->required();
   cmd->add_option("--iso-moe", o->iso_moe,
                   "E,K: the iso-total-parameter MoE variant with E experts, top-K");
-  cmd->add_option("--seq", o->seq, "context length for FLOPs (default: max positions)");
+  auto* ctx = cmd->add_option("--ctx", o->seq, "context length for FLOPs (default: max positions)");
+  option_renamed(*cmd, c, "--seq", ctx, o->seq);
   cmd->add_option("--out", o->out, "write the (derived) config JSON to this file");
   cmd->add_flag("--json", o->json, "print one JSON object");
   c.add(cmd, [o] { return model_info(*o), 0; });
@@ -204,7 +205,8 @@ void command_model_dump(CLI::App& model, Commands& c) {
   cmd->add_option("--out", o->out, "output .safetensors")->required();
   cmd->add_option("--dtype", o->dtype, "f32 or f64");
   cmd->add_option("--batch", o->batch, "batch size");
-  cmd->add_option("--seq", o->seq, "sequence length");
+  auto* ctx = cmd->add_option("--ctx", o->seq, "sequence length (positions per sequence)");
+  option_renamed(*cmd, c, "--seq", ctx, o->seq);
   cmd->add_option("--seed", o->seed, "seed for weights and data");
   cmd->add_option("--freeze", o->freeze, "regex of tensor names to freeze");
   c.add(cmd, [o] { return model_dump(*o), 0; });

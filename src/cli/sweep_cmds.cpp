@@ -1,4 +1,5 @@
-// moelab sweep plan, moelab sweep run: IsoFLOP sweeps over sparsity (study/sweep.hpp).
+// moelab study sweep: IsoFLOP sweeps over sparsity (study/sweep.hpp); the grid with --plan, as
+// the old moelab sweep plan printed it.
 #include <memory>
 #include <string>
 
@@ -7,32 +8,48 @@
 
 namespace moelab {
 
-void command_sweep_plan(CLI::App& sweep, Commands& c) {
-  auto config = std::make_shared<std::string>();
-  auto o = std::make_shared<SweepPlanOptions>();
-  auto no_measure = std::make_shared<bool>(false);
-  auto* cmd = sweep.add_subcommand(
-      "plan", "the grid of runs: N, N_active, S, D, tokens per parameter, epochs, time");
-  cmd->add_option("config", *config, "sweep TOML (an experiment file with [sweep])")->required();
-  cmd->add_flag("--no-measure", *no_measure, "skip timing one step of each model");
-  c.add(cmd, [config, o, no_measure] {
-    o->measure = !*no_measure;
-    return sweep_plan_print(*config, *o), 0;
-  });
+namespace {
+
+struct SweepCmdOptions {
+  std::string config;
+  bool plan = false, no_measure = false;
+  SweepRunOptions run;
+};
+
+int sweep_plan_run(const std::string& config, bool no_measure) {
+  SweepPlanOptions o;
+  o.measure = !no_measure;
+  sweep_plan_print(config, o);
+  return 0;
 }
 
-void command_sweep_run(CLI::App& sweep, Commands& c) {
-  auto config = std::make_shared<std::string>();
-  auto o = std::make_shared<SweepRunOptions>();
-  auto* cmd = sweep.add_subcommand(
-      "run", "work through the grid (resumable; several processes share it), then RUN/sweep.csv");
-  cmd->add_option("config", *config, "sweep TOML")->required();
-  cmd->add_option("--job", o->job, "run only this job of the plan (0-based; a SLURM array task)");
-  cmd->add_flag("--slurm", o->slurm, "write RUN/sweep.slurm (a job array) instead of running");
-  cmd->add_flag("--restart", o->restart,
-                "discard the jobs of an earlier sweep in [run] dir first (one started under other "
-                "settings is refused otherwise); stop its workers before");
-  cmd->footer(
+}  // namespace
+
+void command_sweep_plan(CLI::App& cmd, Commands& c) {
+  auto o = std::make_shared<SweepCmdOptions>();
+  cmd.add_option("config", o->config, "sweep TOML (an experiment file with [sweep])")->required();
+  cmd.add_flag("--no-measure", o->no_measure, "skip timing one step of each model");
+  c.add(&cmd, [o] { return sweep_plan_run(o->config, o->no_measure); });
+}
+
+void command_study_sweep(CLI::App& cmd, Commands& c) {
+  auto o = std::make_shared<SweepCmdOptions>();
+  cmd.add_option("config", o->config, "sweep TOML (an experiment file with [sweep])")->required();
+  auto* plan = cmd.add_flag("--plan", o->plan,
+                            "print the grid (N, N_active, S, D, tokens per parameter, epochs, "
+                            "time) instead of running it");
+  cmd.add_flag("--no-measure", o->no_measure, "with --plan: skip timing one step of each model")
+      ->needs(plan);
+  auto* job = cmd.add_option("--job", o->run.job,
+                             "run only this job of the plan (0-based; a SLURM array task)");
+  auto* slurm = cmd.add_flag("--slurm", o->run.slurm,
+                             "write RUN/sweep.slurm (a job array) instead of running");
+  auto* restart =
+      cmd.add_flag("--restart", o->run.restart,
+                   "discard the jobs of an earlier sweep in [run] dir first (one started under "
+                   "other settings is refused otherwise); stop its workers before");
+  plan->excludes(job)->excludes(slurm)->excludes(restart);
+  cmd.footer(
       "Each job is a run folder RUN/<job>/ held by a file lock while it trains: start this "
       "command in several processes (or on machines sharing the folder) and they split the "
       "grid; a stopped or killed job resumes from its last checkpoint when a worker next takes "
@@ -40,7 +57,12 @@ void command_sweep_run(CLI::App& sweep, Commands& c) {
       "RUN/<job>/failed.json and left out of sweep.csv; the others went on), 1 on an error "
       "before training, such as a folder holding a sweep started under other settings "
       "(RUN/settings.json; the grid's axes may grow).");
-  c.add(cmd, [config, o] { return sweep_run(*config, *o); });
+  c.add(&cmd, [o] {
+    if (o->plan) {
+      return sweep_plan_run(o->config, o->no_measure);
+    }
+    return sweep_run(o->config, o->run);
+  });
 }
 
 }  // namespace moelab

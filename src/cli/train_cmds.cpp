@@ -1,7 +1,6 @@
 // moelab train.
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "cli/commands.hpp"
 #include "core/signals.hpp"
@@ -14,7 +13,7 @@ namespace {
 
 struct TrainOptions {
   std::string config;
-  std::vector<std::string> sets;
+  ConfigOverrides overrides;
   bool resume = false;
 };
 
@@ -24,11 +23,11 @@ void command_train(CLI::App& app, Commands& c) {
   auto o = std::make_shared<TrainOptions>();
   auto* cmd = app.add_subcommand("train", "a run: phases, checkpoints, metrics");
   cmd->add_option("config", o->config, "experiment TOML")->required();
-  cmd->add_option("--set", o->sets, "override a key: section.key=value (repeatable)");
+  options_add_overrides(*cmd, o->overrides);
   cmd->add_flag("--resume", o->resume, "continue from the run's last checkpoint");
   c.add(cmd, [o] {
     const StopScope stop;  // already while the experiment is read (train_run holds its own)
-    return train_run(experiment_load(o->config, o->sets), o->resume);
+    return train_run(experiment_load(o->config, o->overrides.list()), o->resume);
   });
 }
 
