@@ -1,5 +1,7 @@
 #include "study/ct_config.hpp"
 
+#include "train/experiment_toml.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -43,13 +45,16 @@ json ct_toml_json(const toml::node& n) {
   return nullptr;  // dates and times: no key takes one
 }
 
-toml::table ct_file_parse(const std::string& path) {
+toml::table ct_file_parse(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table root;
   try {
-    return toml::parse_file(path);
+    root = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
   }
+  for (const std::string& kv : overrides) experiment_override_apply(root, kv);
+  return root;
 }
 
 void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,

@@ -1,4 +1,5 @@
 #include "train/experiment.hpp"
+#include "train/experiment_toml.hpp"
 
 #include <fmt/format.h>
 
@@ -21,7 +22,9 @@ constexpr int64_t kMaxSteps = int64_t(1) << 40, kMaxTokens = int64_t(1) << 60;
 // ----------------------------------------------------------------------------
 // --set overrides
 
-void apply_override(toml::table& root, const std::string& kv) {
+}  // namespace
+
+void experiment_override_apply(toml::table& root, const std::string& kv) {
   const size_t eq = kv.find('=');
   if (eq == std::string::npos || eq == 0)
     fail(fmt::format("--set '{}': expected key=value (e.g. train.batch_size=16)", kv));
@@ -67,6 +70,8 @@ void apply_override(toml::table& root, const std::string& kv) {
                      path));
   t->insert_or_assign(parts.back(), value);
 }
+
+namespace {
 
 // TOML as JSON: integers stay integers, floats floats; dates and times become null (no key takes
 // one, so they fail as the wrong type).
@@ -454,7 +459,7 @@ Experiment experiment_load(const std::string& path, const std::vector<std::strin
     const auto& where = e.source().begin;
     fail(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
   }
-  for (const std::string& kv : overrides) apply_override(table, kv);
+  for (const std::string& kv : overrides) experiment_override_apply(table, kv);
   const json root = to_json(table);
 
   Experiment x;
