@@ -76,8 +76,8 @@ void study_report_setup(CLI::App& cmd, Commands& c) {
 
 // Whether a continual-training file has a DeRS method: an upcycling whose experts are the base
 // plus a delta, or a compression of a trained MoE. Its other problems fail as `study ct` fails.
-bool ct_file_has_ders(const std::string& config) {
-  const toml::table root = ct_file_parse(config);
+bool ct_file_has_ders(const std::string& config, const std::vector<std::string>& overrides) {
+  const toml::table root = ct_file_parse(config, overrides);
   ct_sections_check(root, config);
   const CtConfig ct = ct_config_read(root, config);
   const bool upcycled = std::any_of(ct.methods.begin(), ct.methods.end(), [](const CtMethod& m) {
@@ -88,6 +88,7 @@ bool ct_file_has_ders(const std::string& config) {
 
 struct CtCmdOptions {
   std::string config;
+  ConfigOverrides overrides;
   CtOptions ct;
   bool no_report = false, report_only = false, no_plots = false;
 };
@@ -96,6 +97,7 @@ struct CtCmdOptions {
 void study_ct_setup(CLI::App& cmd, Commands& c, bool ders) {
   auto o = std::make_shared<CtCmdOptions>();
   cmd.add_option("config", o->config, "experiment TOML with a [ct] section")->required();
+  options_add_overrides(cmd, o->overrides);
   cmd.add_option("--seeds", o->ct.seeds, "seeds, e.g. 1,2,3 (default: [ct] seeds)")->delimiter(',');
   cmd.add_option("--methods", o->ct.methods,
                  ders ? "methods by name, e.g. vanilla,sm-0.9 (default: all)"
@@ -115,7 +117,8 @@ void study_ct_setup(CLI::App& cmd, Commands& c, bool ders) {
       "before or instead of training (bad input, or a folder holding a study started under "
       "other settings, settings.json).");
   c.add(&cmd, [o, ders] {
-    if (ders && !ct_file_has_ders(o->config)) {
+    o->ct.overrides = o->overrides.list();
+    if (ders && !ct_file_has_ders(o->config, o->ct.overrides)) {
       fail(fmt::format(
           "{}: no DeRS method (a [[ct.methods]] entry of kind \"upcycle\" with a delta, or a "
           "[[ct.compress]] entry); 'moelab study ct' runs this file",
@@ -124,7 +127,8 @@ void study_ct_setup(CLI::App& cmd, Commands& c, bool ders) {
     o->ct.report = !o->no_report;
     o->ct.plots = !o->no_plots;
     if (o->report_only) {
-      std::printf("%s\n", ct_report_write(ct_run_dir(o->config), "", o->ct.plots).c_str());
+      std::printf("%s\n",
+                  ct_report_write(ct_run_dir(o->config, o->ct.overrides), "", o->ct.plots).c_str());
       return 0;
     }
     return ct_run(o->config, o->ct);

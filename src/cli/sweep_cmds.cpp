@@ -2,6 +2,7 @@
 // the old moelab sweep plan printed it.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cli/commands.hpp"
 #include "study/sweep.hpp"
@@ -12,13 +13,16 @@ namespace {
 
 struct SweepCmdOptions {
   std::string config;
+  ConfigOverrides overrides;
   bool plan = false, no_measure = false;
   SweepRunOptions run;
 };
 
-int sweep_plan_run(const std::string& config, bool no_measure) {
+int sweep_plan_run(const std::string& config, bool no_measure,
+                   const std::vector<std::string>& overrides) {
   SweepPlanOptions o;
   o.measure = !no_measure;
+  o.overrides = overrides;
   sweep_plan_print(config, o);
   return 0;
 }
@@ -29,12 +33,13 @@ void command_sweep_plan(CLI::App& cmd, Commands& c) {
   auto o = std::make_shared<SweepCmdOptions>();
   cmd.add_option("config", o->config, "sweep TOML (an experiment file with [sweep])")->required();
   cmd.add_flag("--no-measure", o->no_measure, "skip timing one step of each model");
-  c.add(&cmd, [o] { return sweep_plan_run(o->config, o->no_measure); });
+  c.add(&cmd, [o] { return sweep_plan_run(o->config, o->no_measure, {}); });
 }
 
 void command_study_sweep(CLI::App& cmd, Commands& c) {
   auto o = std::make_shared<SweepCmdOptions>();
   cmd.add_option("config", o->config, "sweep TOML (an experiment file with [sweep])")->required();
+  options_add_overrides(cmd, o->overrides);
   auto* plan = cmd.add_flag("--plan", o->plan,
                             "print the grid (N, N_active, S, D, tokens per parameter, epochs, "
                             "time) instead of running it");
@@ -58,8 +63,9 @@ void command_study_sweep(CLI::App& cmd, Commands& c) {
       "before training, such as a folder holding a sweep started under other settings "
       "(RUN/settings.json; the grid's axes may grow).");
   c.add(&cmd, [o] {
+    o->run.overrides = o->overrides.list();
     if (o->plan) {
-      return sweep_plan_run(o->config, o->no_measure);
+      return sweep_plan_run(o->config, o->no_measure, o->run.overrides);
     }
     return sweep_run(o->config, o->run);
   });

@@ -415,8 +415,8 @@ int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed)
 
 // ----------------------------------------------------------------------------
 
-std::string ct_run_dir(const std::string& config) {
-  const toml::table root = toml_file_parse(config);
+std::string ct_run_dir(const std::string& config, const std::vector<std::string>& overrides) {
+  const toml::table root = ct_file_parse(config, overrides);
   return root["run"]["dir"].value_or(std::string("runs/ct"));
 }
 
@@ -425,7 +425,7 @@ std::string ct_run_dir(const std::string& config) {
 // report), and the others wait at a barrier for what they read next.
 int ct_run(const std::string& config, const CtOptions& o) {
   const bool writer = train_writer();
-  const toml::table root = toml_file_parse(config);
+  const toml::table root = ct_file_parse(config, o.overrides);
   ct_sections_check(root, config);
   const CtConfig c = ct_config_read(root, config);
   const std::vector<const CtMethod*> methods = methods_of(c, o);

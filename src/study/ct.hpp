@@ -33,11 +33,12 @@
 namespace moelab {
 
 struct CtOptions {
-  std::vector<int64_t> seeds;        // override [ct] seeds when non-empty
-  std::vector<std::string> methods;  // run only these methods (by name) when non-empty
-  bool report = true;                // write the report when every run has finished
-  bool plots = true;                 // run gnuplot for the report's figures
-  bool restart = false;              // discard the runs of an earlier study in the folder first
+  std::vector<int64_t> seeds;          // override [ct] seeds when non-empty
+  std::vector<std::string> methods;    // run only these methods (by name) when non-empty
+  bool report = true;                  // write the report when every run has finished
+  bool plots = true;                   // run gnuplot for the report's figures
+  bool restart = false;                // discard the runs of an earlier study in the folder first
+  std::vector<std::string> overrides;  // --set key=value, applied to the file as read
 };
 
 // Returns 0 when every run finished (and the report is written), 130 when interrupted, 3
@@ -49,7 +50,7 @@ struct CtOptions {
 int ct_run(const std::string& config, const CtOptions& o);
 
 // The run folder of a continual-training file ([run] dir), without checking the rest.
-std::string ct_run_dir(const std::string& config);
+std::string ct_run_dir(const std::string& config, const std::vector<std::string>& overrides = {});
 
 // The report of a continual-training folder (RUN/ct.json and its runs), into out (default
 // RUN/report): the trade-off of held-out losses on both domains, M_ex and M_in along training,

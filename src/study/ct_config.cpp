@@ -1,5 +1,7 @@
 #include "study/ct_config.hpp"
 
+#include "train/toml_file.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -23,6 +25,14 @@ const char* ct_kind_name(CtKind k) {
     default:
       return "upcycle";
   }
+}
+
+toml::table ct_file_parse(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table root = toml_file_parse(path);
+  for (const std::string& kv : overrides) {
+    experiment_override_apply(root, kv);
+  }
+  return root;
 }
 
 void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,

@@ -57,6 +57,8 @@ struct CtRun {
   Experiment x;
 };
 
+// The file as parsed, with the --set overrides applied in order (study/ct.hpp, CtOptions).
+toml::table ct_file_parse(const std::string& path, const std::vector<std::string>& overrides = {});
 // The sections of a study file: an experiment's, less [model] and [[phases]] (which its own
 // section `own` decides; model_why / phases_why say how), plus `own`, which is required.
 void study_sections_check(const toml::table& root, const std::string& path, const std::string& own,

@@ -49,10 +49,10 @@ struct SweepConfig {
   int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
 };
 
-SweepConfig config_read(const std::string& path) {
+SweepConfig config_read(const std::string& path, const std::vector<std::string>& overrides) {
   SweepConfig c;
   c.source = path;
-  c.root = toml_file_parse(path);
+  c.root = ct_file_parse(path, overrides);
   study_sections_check(c.root, path, "sweep",
                        "'model' comes from [sweep] (base, sizes, sparsities; one phase on subset "
                        "for the budget's tokens)",
@@ -221,7 +221,7 @@ double measure_tokens_per_s(const ModelConfig& m, int64_t B, int64_t T) {
 // plan
 
 void sweep_plan_print(const std::string& config, const SweepPlanOptions& o) {
-  const SweepConfig c = config_read(config);
+  const SweepConfig c = config_read(config, o.overrides);
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
   threads_set(c.root["run"]["threads"].value_or(0) > 0 ? c.root["run"]["threads"].value_or(0)
@@ -283,7 +283,21 @@ Experiment job_experiment(const SweepConfig& c, const SweepJob& j) {
   return experiment_load(path, {});
 }
 
-void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
+// The --set overrides as words of a shell command line, each in single quotes.
+std::string shell_sets(const std::vector<std::string>& overrides) {
+  std::string words;
+  for (const std::string& kv : overrides) {
+    words += " --set '";
+    for (const char ch : kv) {
+      words += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+    }
+    words += "'";
+  }
+  return words;
+}
+
+void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs,
+                 const std::vector<std::string>& overrides) {
   const std::string path = (fs::path(c.run_dir) / "sweep.slurm").string();
   std::error_code ec;
   fs::create_directories(c.run_dir, ec);
@@ -295,8 +309,9 @@ void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs) {
                         "#SBATCH --array=0-{1}\n"
                         "#SBATCH --cpus-per-task={2}\n"
                         "#SBATCH --output={3}/slurm_%a.log\n"
-                        "srun moelab sweep run {0} --job \"$SLURM_ARRAY_TASK_ID\"\n",
-                        c.source, jobs.size() - 1, threads > 0 ? threads : 2, c.run_dir));
+                        "srun moelab sweep run {0}{4} --job \"$SLURM_ARRAY_TASK_ID\"\n",
+                        c.source, jobs.size() - 1, threads > 0 ? threads : 2, c.run_dir,
+                        shell_sets(overrides)));
   std::printf("%s: %zu jobs (sbatch %s)\n", path.c_str(), jobs.size(), path.c_str());
 }
 
@@ -343,10 +358,10 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
         "moelab sweep run runs in one process per job (its grid: workers share the queue (--job, "
         "--slurm)); data-parallel runs: moelab train, "
         "moelab run");
-  const SweepConfig c = config_read(config);
+  const SweepConfig c = config_read(config, o.overrides);
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
-  if (o.slurm) return slurm_write(c, jobs), 0;
+  if (o.slurm) return slurm_write(c, jobs, o.overrides), 0;
   if (o.job >= int64_t(jobs.size()))
     fail(fmt::format("--job {}: the plan has {} jobs (0 to {})", o.job, jobs.size(),
                      jobs.size() - 1));
@@ -380,7 +395,7 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
   std::fprintf(stderr,
                "== sweep: %ld run here, %ld done before, %ld held by other workers, %zu failed\n",
                long(ran), long(done.done), long(busy), failed.size());
-  std::fprintf(stderr, "results: %s\n", sweep_collect(config).c_str());
+  std::fprintf(stderr, "results: %s\n", sweep_collect(config, o.overrides).c_str());
   if (failed.empty()) return 0;
   return study_failed_end(fmt::format("moelab sweep: {} job(s) failed", failed.size()), failed,
                           "; each has failed.json, sweep.csv leaves them out");
@@ -389,8 +404,8 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
 // ----------------------------------------------------------------------------
 // results
 
-std::string sweep_collect(const std::string& config) {
-  const SweepConfig c = config_read(config);
+std::string sweep_collect(const std::string& config, const std::vector<std::string>& overrides) {
+  const SweepConfig c = config_read(config, overrides);
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
   std::string csv =

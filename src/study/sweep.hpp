@@ -42,7 +42,8 @@ struct SweepJob {
 };
 
 struct SweepPlanOptions {
-  bool measure = true;  // time one step of each model for the time estimates
+  bool measure = true;                 // time one step of each model for the time estimates
+  std::vector<std::string> overrides;  // --set key=value, applied to the file as read
 };
 // Prints the grid (N, N_active, S, D, tokens per parameter, steps, epochs, estimated time);
 // refuses, in one line, a budget too small for one step, a sparsity with no integer E, or a
@@ -53,6 +54,7 @@ struct SweepRunOptions {
   int64_t job = -1;      // run only job #job of the plan (a SLURM array task); -1: the queue
   bool slurm = false;    // write RUN/sweep.slurm (a job array) instead of running
   bool restart = false;  // discard the jobs of an earlier sweep in the folder first
+  std::vector<std::string> overrides;  // --set key=value: here, and in RUN/sweep.slurm's command
 };
 // Works through the queue: takes each job nobody holds (a file lock per job), resumes a stopped
 // one, skips finished ones, then rewrites RUN/sweep.csv. Returns 0, 130 when interrupted, or 3
@@ -63,6 +65,7 @@ int sweep_run(const std::string& config, const SweepRunOptions& o);
 
 // RUN/sweep.csv from the finished runs under RUN (atomic; safe against concurrent writers).
 // Returns its path.
-std::string sweep_collect(const std::string& config);
+std::string sweep_collect(const std::string& config,
+                          const std::vector<std::string>& overrides = {});
 
 }  // namespace moelab

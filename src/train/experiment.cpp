@@ -21,7 +21,9 @@ constexpr int64_t kMaxSteps = int64_t(1) << 40, kMaxTokens = int64_t(1) << 60;
 // ----------------------------------------------------------------------------
 // --set overrides
 
-void apply_override(toml::table& root, const std::string& kv) {
+}  // namespace
+
+void experiment_override_apply(toml::table& root, const std::string& kv) {
   const size_t eq = kv.find('=');
   if (eq == std::string::npos || eq == 0)
     fail(fmt::format("--set '{}': expected key=value (e.g. train.batch_size=16)", kv));
@@ -67,6 +69,8 @@ void apply_override(toml::table& root, const std::string& kv) {
                      path));
   t->insert_or_assign(parts.back(), value);
 }
+
+namespace {
 
 // ----------------------------------------------------------------------------
 // one function per section, in the order their errors are reported
@@ -338,7 +342,7 @@ int64_t Experiment::total_steps() const {
 
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides) {
   toml::table table = toml_file_parse(path);
-  for (const std::string& kv : overrides) apply_override(table, kv);
+  for (const std::string& kv : overrides) experiment_override_apply(table, kv);
   const json root = toml_to_json(table);
 
   Experiment x;

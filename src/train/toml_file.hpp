@@ -12,5 +12,8 @@ namespace moelab {
 // fail as the wrong type).
 nlohmann::json toml_to_json(const toml::node& n);
 toml::table toml_file_parse(const std::string& path);
+// One --set override ("key=value": a dotted key, arrays of tables by index, a TOML value or a
+// bare word as a string) applied to a parsed file; one-line errors name the key.
+void experiment_override_apply(toml::table& root, const std::string& kv);
 
 }  // namespace moelab

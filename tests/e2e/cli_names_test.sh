@@ -77,7 +77,9 @@ help_has "generate" --prompt --max-new --threads
 help_has "eval" --batch --threads
 help_has "train" --set --threads
 help_has "study forgetting" --set --threads
-help_has "study sweep" --plan --no-measure --job --slurm --restart
+help_has "study sweep" --set --threads --plan --no-measure --job --slurm --restart
+help_has "study ct" --set --threads
+help_has "study ders" --set --threads
 help_has "compress" --threads
 
 # ---- model info --ctx, model dump --ctx, and their old --seq
@@ -223,6 +225,11 @@ new_ok "study ct of a DeRS file" "$moelab" study ct ders.toml --no-report --no-p
 [ -d ders/sm/seed_3/step_00000002 ] && ok || bad "study ct runs a DeRS file: ders/sm/seed_3/step_00000002"
 new_ok "study ders" "$moelab" study ders ders.toml --no-plots
 [ -s ders/report/summary.md ] && ok || bad "study ders: ders/report/summary.md"
+new_ok "study ct --set --threads" "$moelab" study ct ct.toml --set run.dir=ct2 --set ct.steps=1 --threads 1 --no-report
+[ -d ct2/full/seed_3/step_00000001 ] && ok || bad "study ct --set: ct2/full/seed_3/step_00000001"
+new_ok "study ders --set --threads" "$moelab" study ders ct.toml --set run.dir=ders2 --set ct.methods.0.kind=upcycle \
+  --set 'ct.methods.0.upcycle={ experts = 2, top_k = 1, delta = "lowrank:1" }' --threads 1 --no-report
+[ -d ders2/full/seed_3/step_00000002 ] && ok || bad "study ders --set: ders2/full/seed_3/step_00000002"
 expect_error "study ders of a file without DeRS" "^moelab: error: ct\.toml: no DeRS method .*'moelab study ct' runs this file$" \
   "$moelab" study ders ct.toml
 
@@ -257,6 +264,12 @@ TOML
 new_ok "study sweep --plan" "$moelab" study sweep sweep.toml --plan --no-measure
 [ "$(grep -c '^C' out.txt)" = 2 ] && ok || bad "study sweep --plan: two jobs: $(cat out.txt)"
 cp out.txt plan_new.txt
+new_ok "study sweep --plan --set --threads" "$moelab" study sweep sweep.toml --plan --no-measure --set 'sweep.sizes=[32, 48]' --threads 1
+[ "$(grep -c '^C' out.txt)" = 4 ] && ok || bad "study sweep --plan --set sweep.sizes: four jobs: $(cat out.txt)"
+new_ok "study sweep --slurm --set --threads" "$moelab" study sweep sweep.toml --slurm --set run.dir=sw2 --threads 3
+grep -q "#SBATCH --cpus-per-task=3" sw2/sweep.slurm &&
+  grep -Fq "srun moelab sweep run sweep.toml --set 'run.dir=sw2' --set 'run.threads=3' --job" sw2/sweep.slurm &&
+  ok || bad "study sweep --slurm: the overrides in sw2/sweep.slurm: $(cat sw2/sweep.slurm)"
 old_ok "sweep plan" "moelab sweep plan" "moelab study sweep --plan" "$moelab" sweep plan sweep.toml --no-measure
 cmp -s plan_new.txt old_out.txt && ok || bad "sweep plan prints what study sweep --plan prints"
 new_ok "study sweep --slurm" "$moelab" study sweep sweep.toml --slurm
