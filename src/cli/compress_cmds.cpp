@@ -6,8 +6,8 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "convert/compress.hpp"
 #include "core/error.hpp"
-#include "train/compress.hpp"
 
 namespace moelab {
 

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
@@ -26,7 +27,6 @@
 #include "study/ct_measure.hpp"
 #include "study/failure.hpp"
 #include "study/settings.hpp"
-#include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"

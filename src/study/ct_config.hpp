@@ -8,9 +8,9 @@
 #include <toml++/toml.h>
 #include <nlohmann/json.hpp>
 
-#include "train/compress.hpp"
+#include "convert/compress.hpp"
+#include "convert/upcycle.hpp"
 #include "train/experiment.hpp"
-#include "train/upcycle.hpp"
 
 namespace moelab {
 
