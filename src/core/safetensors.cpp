@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
 #include "core/gemm.hpp"
 
 namespace moelab {
@@ -202,6 +203,7 @@ void safetensors_write(const std::string& path, std::span<const TensorRef> tenso
     ::unlink(tmp.c_str());
     fail(path + ": rename failed (" + std::strerror(errno) + ")");
   }
+  file_fsync_parent(path);
 }
 
 // ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 #pragma once
 // safetensors files (8-byte little-endian header length, JSON header, raw data), readable by
-// any tool that speaks the format. Writes go to a temporary name and are renamed after fsync,
-// so a crash never leaves a half-written file under the real name. Half floats (BF16, F16) are
-// stored as their 16 bits, converted to and from float by the functions at the end.
+// any tool that speaks the format. Writes go to a temporary name, are fsynced, renamed, and the
+// folder fsynced: a crash never leaves a half-written file under the real name. Half floats
+// (BF16, F16) are stored as their 16 bits, converted to and from float by the functions at the
+// end.
 #include <cstdint>
 #include <map>
 #include <span>
