@@ -7,9 +7,9 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "convert/compress.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
-#include "train/compress.hpp"
 
 namespace moelab {
 

@@ -9,12 +9,12 @@
 
 #include "cli/commands.hpp"
 #include "cli/inference.hpp"
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
 #include "data/dataset.hpp"
 #include "eval/generate.hpp"
-#include "train/checkpoint.hpp"
 
 namespace moelab {
 

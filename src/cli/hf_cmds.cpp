@@ -1,5 +1,5 @@
 // moelab export hf, moelab import hf: checkpoints to and from Hugging Face GptOss folders
-// (train/hf.hpp, docs/hf.md).
+// (convert/hf.hpp, docs/hf.md).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -8,8 +8,9 @@
 
 #include "cli/commands.hpp"
 
+#include "convert/hf.hpp"
 #include "core/error.hpp"
-#include "train/hf.hpp"
+#include "train/checkpoint.hpp"
 
 namespace moelab {
 
@@ -24,6 +25,7 @@ int export_hf(ExportHfOptions& e) {
   if (e.dtype != "f32" && e.dtype != "bf16")
     fail(fmt::format("--dtype {}: must be f32 or bf16", e.dtype));
   e.o.bf16 = e.dtype == "bf16";
+  if (e.o.data.empty()) e.o.data = checkpoint_run_data_dir(e.o.checkpoint);
   const auto t0 = std::chrono::steady_clock::now();
   const HfExportReport r = hf_export(e.o);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "cli/commands.hpp"
-#include "train/upcycle.hpp"
+#include "convert/upcycle.hpp"
 
 namespace moelab {
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -46,6 +47,12 @@ void file_fsync(const std::string& path) {
   const int rc = ::fsync(fd);
   ::close(fd);
   if (rc != 0) fail(fmt::format("{}: fsync failed ({})", path, std::strerror(errno)));
+}
+
+void file_fsync_parent(const std::string& path) {
+  std::filesystem::path p = std::filesystem::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "DIR/"
+  file_fsync(p.has_parent_path() ? p.parent_path().string() : ".");
 }
 
 void file_write_synced(const std::string& path, std::string_view text) {

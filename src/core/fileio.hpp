@@ -13,6 +13,9 @@ void file_write_atomic(const std::string& path, std::string_view text,
 
 // Flushes a file (or a folder's entries) to the disk; fails with one line naming it.
 void file_fsync(const std::string& path);
+// Flushes the folder that holds PATH ("." for a bare name), after PATH was renamed into it: the
+// new name itself survives a crash only once its folder's entries are on the disk.
+void file_fsync_parent(const std::string& path);
 // Writes the text to PATH itself (a file inside a temporary folder that is renamed once whole)
 // and flushes it to the disk.
 void file_write_synced(const std::string& path, std::string_view text);

@@ -6,12 +6,16 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/fileio.hpp"
+#include "core/gemm.hpp"
 
 namespace moelab {
 
@@ -29,12 +33,29 @@ constexpr const char* dtype_name(DType t) {
       return "I64";
     case DType::U8:
       return "U8";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
   }
   return "?";
 }
 
 constexpr size_t dtype_size(DType t) {
-  return t == DType::U8 ? 1 : (t == DType::F32 || t == DType::I32) ? 4 : 8;
+  switch (t) {
+    case DType::U8:
+      return 1;
+    case DType::BF16:
+    case DType::F16:
+      return 2;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F64:
+    case DType::I64:
+      return 8;
+  }
+  return 0;
 }
 
 // A name or value from the file as it goes into a message: long ones cut (fail() escapes).
@@ -42,10 +63,16 @@ std::string shown(const std::string& s) {
   return one_line(s, 100);
 }
 
-DType dtype_parse(const std::string& s, const std::string& where) {
+DType dtype_parse(const std::string& s, const std::string& where, DTypes accept) {
   for (DType t : {DType::F32, DType::F64, DType::I32, DType::I64, DType::U8})
     if (s == dtype_name(t)) return t;
-  fail(where + ": unsupported dtype '" + shown(s) + "' (F32, F64, I32, I64 or U8)");
+  if (accept == DTypes::WithHalf)
+    for (DType t : {DType::BF16, DType::F16})
+      if (s == dtype_name(t)) return t;
+  fail(where + ": unsupported dtype '" + shown(s) + "' (" +
+       (accept == DTypes::WithHalf ? "F32, F64, I32, I64, U8, BF16 or F16"
+                                   : "F32, F64, I32, I64 or U8") +
+       ")");
 }
 
 template <typename T>
@@ -61,6 +88,63 @@ constexpr DType dtype_of() {
 
 int64_t TensorData::numel() const {
   return int64_t(data.size() / dtype_size(dtype));
+}
+
+std::vector<float> TensorData::floats() const {
+  check(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+        "TensorData::floats: not a float tensor");
+  if (dtype == DType::F32) {
+    const auto v = as<float>();
+    return {v.begin(), v.end()};
+  }
+  const auto h = as<uint16_t>();
+  std::vector<float> out(h.size());
+  std::transform(h.begin(), h.end(), out.begin(),
+                 dtype == DType::BF16 ? bf16_to_float : f16_to_float);
+  return out;
+}
+
+// ----------------------------------------------------------------------------
+// half floats
+
+float bf16_to_float(uint16_t b) {
+  return std::bit_cast<float>(uint32_t(b) << 16);
+}
+
+float f16_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0) return std::copysign(std::ldexp(float(m), -24), sign ? -1.f : 1.f);  // subnormal
+  if (e == 31) return std::bit_cast<float>(sign | 0x7F800000u | (m << 13));        // inf, NaN
+  return std::bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
+}
+
+uint16_t f16_from_float(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return uint16_t(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // NaN, quiet
+  // from halfway between 65504 (the largest half) and 65536 up: ties go to the even inf
+  if (a >= 0x477FF000u) return uint16_t(sign | 0x7C00u);
+  if (a >= 0x38800000u) {  // a normal half (2^-14 and up): rebias the exponent, round 13 bits
+    const uint32_t v = a - 0x38000000u;
+    return uint16_t(sign | ((v + 0xFFFu + ((v >> 13) & 1u)) >> 13));
+  }
+  if (a <= 0x33000000u) return uint16_t(sign);  // at most 2^-25, half the least subnormal: 0
+  // a subnormal half: units of 2^-24 from the 24-bit significand, rounded to nearest even
+  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u, shift = 126 - (a >> 23);
+  const uint32_t q = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+  return uint16_t(sign | (q + (rest > half || (rest == half && (q & 1u)))));
+}
+
+const char* safetensors_dtype_name(DType t) {
+  return dtype_name(t);
+}
+
+std::vector<uint16_t> safetensors_half(DType t, std::span<const float> v) {
+  check(t == DType::BF16 || t == DType::F16, "safetensors_half: not a half-float dtype");
+  std::vector<uint16_t> out(v.size());
+  std::transform(v.begin(), v.end(), out.begin(),
+                 t == DType::BF16 ? bf16_from_float : f16_from_float);
+  return out;
 }
 
 template <typename T>
@@ -119,6 +203,7 @@ void safetensors_write(const std::string& path, std::span<const TensorRef> tenso
     ::unlink(tmp.c_str());
     fail(path + ": rename failed (" + std::strerror(errno) + ")");
   }
+  file_fsync_parent(path);
 }
 
 // ----------------------------------------------------------------------------
@@ -139,7 +224,7 @@ struct Entry {
 };
 
 Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& v,
-                  uint64_t data_size) {
+                  uint64_t data_size, DTypes accept) {
   const std::string where = path + ": tensor '" + shown(name) + "'";
   auto bad = [&](const std::string& why) { fail(where + ": " + why); };
   if (!v.is_object()) bad("is not a JSON object");
@@ -154,7 +239,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
     bad("'data_offsets' is missing or not two non-negative integers");
   Entry e;
   e.name = name;
-  e.dtype = dtype_parse(dt->get<std::string>(), where);
+  e.dtype = dtype_parse(dt->get<std::string>(), where, accept);
   const uint64_t esize = dtype_size(e.dtype);
   uint64_t numel = 1;
   for (const auto& d : *sh) {
@@ -179,7 +264,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
 
 }  // namespace
 
-std::map<std::string, TensorData> safetensors_read(const std::string& path) {
+std::map<std::string, TensorData> safetensors_read(const std::string& path, DTypes accept) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path + ": cannot open");
   f.seekg(0, std::ios::end);
@@ -203,7 +288,7 @@ std::map<std::string, TensorData> safetensors_read(const std::string& path) {
       if (!v.is_object()) fail(path + ": '__metadata__' is not a JSON object");
       continue;
     }
-    entries.push_back(parse_entry(path, name, v, data_size));
+    entries.push_back(parse_entry(path, name, v, data_size, accept));
   }
   // The tensors tile the data section exactly: no gap, no overlap, nothing before or after.
   std::vector<const Entry*> order;

@@ -52,13 +52,16 @@ void attention_register_lora(AttentionParams& a, ParamLayout& p, const ModelConf
 
 template <typename T>
 int64_t AttentionBlock<T>::Acts::bytes() const {
-  return rstd.bytes() + xn.bytes() + qkv.bytes() + att.bytes() + lse.bytes() + qkv_xa.bytes() +
-         o_xa.bytes();
+  static_assert(buffers_all_listed<Acts, decltype(buffers())>(0),
+                "a buffer of AttentionBlock::Acts is missing from buffers()");
+  return buffers_bytes(buffers());
 }
 
 template <typename T>
 int64_t AttentionBlock<T>::Work::bytes() const {
-  return tmp.bytes() + dxn.bytes() + dqkv.bytes() + datt.bytes() + dxa.bytes();
+  static_assert(buffers_all_listed<Work, decltype(buffers())>(0),
+                "a buffer of AttentionBlock::Work is missing from buffers()");
+  return buffers_bytes(buffers());
 }
 
 template <typename T>

@@ -3,8 +3,10 @@
 // with sinks and optional sliding window (docs/methods.md §3.2-3.4). Training and the KV-cache
 // decoder run this same code; the decoder passes a cache.
 #include <cstdint>
+#include <tuple>
 
 #include "backend/device.hpp"
+#include "model/buffers.hpp"
 #include "model/config.hpp"
 #include "model/params.hpp"
 #include "model/weight.hpp"
@@ -58,6 +60,8 @@ class AttentionBlock {
     Buffer<T> lse;     // [N,H]
     Buffer<T> qkv_xa;  // [N,rank]     adapters' scale * x A^T (with LoRA)
     Buffer<T> o_xa;    // [N,rank]
+    // Every buffer above, once: bytes() is computed from this list.
+    auto buffers() const { return std::tie(rstd, xn, qkv, att, lse, qkv_xa, o_xa); }
     int64_t bytes() const;
   };
   struct Work {      // scratch shared by every layer
@@ -66,6 +70,8 @@ class AttentionBlock {
     Buffer<T> dqkv;  // [N,(H+2KV)*hd]
     Buffer<T> datt;  // [N,H*hd]
     Buffer<T> dxa;   // [N,rank]
+    // Every buffer above, once: bytes() is computed from this list.
+    auto buffers() const { return std::tie(tmp, dxn, dqkv, datt, dxa); }
     int64_t bytes() const;
   };
   // Sizes the buffers for N rows (grows only); the backward scratch only when `backward`.

@@ -134,17 +134,16 @@ FfnBlock<T>::FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(
 
 template <typename T>
 int64_t FfnBlock<T>::Acts::bytes() const {
-  return rstd.bytes() + xn.bytes() + rlogits.bytes() + idx.bytes() + w.bytes() + order.bytes() +
-         pos.bytes() + offsets.bytes() + xe.bytes() + h.bytes() + a.bytes() + y.bytes() +
-         up_xa.bytes() + down_xa.bytes() + (ct ? ct->bytes() : 0) + F.bytes() + M.bytes() +
-         gate.bytes();
+  static_assert(buffers_all_listed<Acts, decltype(buffers())>(sizeof(ct)),
+                "a buffer of FfnBlock::Acts is missing from buffers()");
+  return buffers_bytes(buffers()) + (ct ? ct->bytes() : 0);
 }
 
 template <typename T>
 int64_t FfnBlock<T>::Work::bytes() const {
-  return tmp.bytes() + dxn.bytes() + drl.bytes() + dw.bytes() + dy.bytes() + da.bytes() +
-         dh.bytes() + dxe.bytes() + dxa.bytes() + (ct ? ct->bytes() : 0) + dF.bytes() + dM.bytes() +
-         dgate.bytes() + dgu.bytes();
+  static_assert(buffers_all_listed<Work, decltype(buffers())>(sizeof(ct)),
+                "a buffer of FfnBlock::Work is missing from buffers()");
+  return buffers_bytes(buffers()) + (ct ? ct->bytes() : 0);
 }
 
 template <typename T>

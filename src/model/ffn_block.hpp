@@ -8,9 +8,11 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/device.hpp"
+#include "model/buffers.hpp"
 #include "model/config.hpp"
 #include "model/params.hpp"
 #include "model/weight.hpp"
@@ -88,6 +90,11 @@ class FfnBlock {
     std::unique_ptr<Acts> ct;  // the new experts'
     Buffer<T> F, M;            // [N,d] the layer's FFN and the new experts' outputs
     Buffer<T> gate;            // [N] a per token (the fixed gate: [1])
+    // Every buffer above, once (ct counts its own): bytes() is computed from this list.
+    auto buffers() const {
+      return std::tie(rstd, xn, rlogits, idx, w, order, pos, offsets, xe, h, a, y, up_xa, down_xa,
+                      F, M, gate);
+    }
     int64_t bytes() const;
   };
   struct Work {     // scratch shared by every layer
@@ -105,6 +112,10 @@ class FfnBlock {
     Buffer<T> dF, dM;  // [N,d]
     Buffer<T> dgate;   // [N] d(a), then d(z) of the token gate
     Buffer<T> dgu;     // [N,d] the token gate's d(u)
+    // Every buffer above, once (ct counts its own): bytes() is computed from this list.
+    auto buffers() const {
+      return std::tie(tmp, dxn, drl, dw, dy, da, dh, dxe, dxa, dF, dM, dgate, dgu);
+    }
     int64_t bytes() const;
   };
   void reserve(Device& dev, Acts& a, Work& w, int64_t N, bool backward) const;

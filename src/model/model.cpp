@@ -278,12 +278,13 @@ std::vector<std::vector<double>> Model<T>::expert_load() const {
 
 template <typename T>
 int64_t Model<T>::activation_bytes() const {
-  int64_t b = attn_work_.bytes() + ffn_work_.bytes();
+  static_assert(buffers_all_listed<Acts, decltype(act_.buffers())>(
+                    sizeof(Acts::attn) + sizeof(Acts::ffn) + sizeof(Acts::tokens) +
+                    sizeof(Acts::targets) + sizeof(Acts::n_valid)),
+                "a buffer of Model::Acts is missing from its buffers()");
+  int64_t b = attn_work_.bytes() + ffn_work_.bytes() + buffers_bytes(buffers());
   for (const auto& a : act_.attn) b += a.bytes();
   for (const auto& a : act_.ffn) b += a.bytes();
-  b += act_.stream.bytes() + act_.rstd_f.bytes() + act_.xn_f.bytes() + act_.logits.bytes() +
-       act_.lse.bytes() + act_.dres.bytes() + act_.dxn.bytes();
-  b += rope_cos_.bytes() + rope_sin_.bytes() + wbuf_.bytes() + gbuf_.bytes();
   return b;
 }
 

@@ -8,10 +8,12 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/device.hpp"
 #include "model/attention_block.hpp"
+#include "model/buffers.hpp"
 #include "model/config.hpp"
 #include "model/ffn_block.hpp"
 #include "model/params.hpp"
@@ -108,6 +110,8 @@ class Model {
     Buffer<T> dxn;     // [N,d]
     std::vector<int32_t> tokens, targets;  // [N]
     int64_t n_valid = 0;
+    // Every buffer above, once (the blocks count their own).
+    auto buffers() const { return std::tie(stream, rstd_f, xn_f, logits, lse, dres, dxn); }
   };
   T* stream(int64_t i) { return act_.stream.data() + i * N * cfg.hidden_size; }
 
@@ -121,6 +125,10 @@ class Model {
   Buffer<T> rope_cos_, rope_sin_;  // [T, hd/2]
   Buffer<T> wbuf_, gbuf_;          // [rebuild_size()] a rebuilt DeRS expert and its gradient
   std::vector<std::vector<int64_t>> counts_;  // [L][E] routing counts since zero_grad
+  // Every buffer of the model outside its blocks, once: activation_bytes() counts this list.
+  auto buffers() const {
+    return std::tuple_cat(act_.buffers(), std::tie(rope_cos_, rope_sin_, wbuf_, gbuf_));
+  }
   bool have_forward_ = false;
 };
 

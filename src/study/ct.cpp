@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
@@ -27,7 +28,6 @@
 #include "study/failure.hpp"
 #include "study/queue.hpp"
 #include "study/settings.hpp"
-#include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"

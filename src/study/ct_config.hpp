@@ -8,10 +8,10 @@
 #include <toml++/toml.h>
 #include <nlohmann/json.hpp>
 
-#include "train/compress.hpp"
+#include "convert/compress.hpp"
+#include "convert/upcycle.hpp"
 #include "train/experiment.hpp"
 #include "train/toml_file.hpp"
-#include "train/upcycle.hpp"
 
 namespace moelab {
 

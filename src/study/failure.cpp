@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/trainer.hpp"
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/sysinfo.hpp"
@@ -17,7 +18,6 @@
 #include "study/queue.hpp"
 #include "study/report.hpp"
 #include "study/settings.hpp"
-#include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/trainer.hpp"
 

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/gemm.hpp"
@@ -23,7 +24,6 @@
 #include "study/queue.hpp"
 #include "study/report.hpp"
 #include "study/settings.hpp"
-#include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"

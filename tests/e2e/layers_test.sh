@@ -68,7 +68,7 @@ deny() {
 }
 
 # ---- The graph: core <- kernels <- backend <- model; data <- core; eval <- model, data;
-# train <- eval; study <- train; cli <- everything.
+# convert <- model, data; train <- convert, eval; study <- train; cli <- everything.
 allow core core/error.hpp core/parallel.hpp
 deny core kernels/kernels.hpp data/dataset.hpp
 allow kernels core/parallel.hpp kernels/kernels.hpp
@@ -78,14 +78,16 @@ if [ -f "$src/src/backend/device.hpp" ] && layer_flags backend; then
   deny backend model/model.hpp data/dataset.hpp
 fi
 allow model kernels/kernels.hpp model/params.hpp
-deny model train/trainer.hpp eval/evalset.hpp data/dataset.hpp study/run.hpp
+deny model train/trainer.hpp eval/evalset.hpp data/dataset.hpp study/run.hpp convert/checkpoint.hpp
 allow data core/error.hpp data/shard.hpp
 deny data model/config.hpp kernels/kernels.hpp eval/evalset.hpp
 allow eval model/model.hpp data/dataset.hpp kernels/vmath.hpp
-deny eval train/trainer.hpp study/report.hpp
-allow train eval/evalset.hpp model/config.hpp data/dataset.hpp
+deny eval train/trainer.hpp study/report.hpp convert/hf.hpp
+allow convert model/model.hpp data/dataset.hpp core/safetensors.hpp convert/checkpoint.hpp
+deny convert train/trainer.hpp train/checkpoint.hpp eval/evalset.hpp study/run.hpp
+allow train convert/checkpoint.hpp eval/evalset.hpp model/config.hpp data/dataset.hpp
 deny train study/run.hpp
-allow study train/trainer.hpp eval/evalset.hpp
+allow study train/trainer.hpp convert/upcycle.hpp eval/evalset.hpp
 deny study cli/bench.hpp
 allow cli study/run.hpp train/trainer.hpp data/shard.hpp core/error.hpp
 

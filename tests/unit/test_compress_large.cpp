@@ -11,13 +11,13 @@
 #include <cmath>
 #include <filesystem>
 
+#include "convert/compress.hpp"
 #include "model/delta.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
 #include "train/checkpoint.hpp"
-#include "train/compress.hpp"
 
 using namespace moelab;
 using namespace moelab::test;

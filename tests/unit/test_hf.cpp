@@ -1,6 +1,7 @@
-// Hugging Face GptOss interop (train/hf.*): the name / shape / layout table against
+// Hugging Face GptOss interop (convert/hf.*): the name / shape / layout table against
 // transformers' modeling_gpt_oss.py, bit-exact f32 round trips, bf16 rounding, the refusals, the
-// merges, and a config.json of the real gpt-oss family at small width.
+// merges, and a config.json of the real gpt-oss family at small width. And the half floats of
+// core/safetensors that its files come in: exact to float, rounded to nearest even from it.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -11,12 +12,14 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "convert/checkpoint.hpp"
+#include "convert/hf.hpp"
+#include "core/gemm.hpp"
+#include "core/safetensors.hpp"
 #include "model/lora.hpp"
 #include "model_util.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
-#include "train/checkpoint.hpp"
-#include "train/hf.hpp"
 
 namespace moelab {
 namespace {
@@ -182,20 +185,20 @@ TEST(Hf, RoundTripSameLogits) {
 }
 
 TEST(Hf, Bf16RoundsToNearestEven) {
-  EXPECT_EQ(hf_bf16(1.0f), 0x3F80);
-  EXPECT_EQ(hf_bf16(std::bit_cast<float>(0x3F808000u)), 0x3F80);  // tie, even stays
-  EXPECT_EQ(hf_bf16(std::bit_cast<float>(0x3F818000u)), 0x3F82);  // tie, odd rounds up
-  EXPECT_EQ(hf_bf16(std::bit_cast<float>(0x3F808001u)), 0x3F81);  // above the tie
-  EXPECT_EQ(hf_bf16(std::bit_cast<float>(0xBF817FFFu)), 0xBF81);  // below the tie, negative
-  EXPECT_EQ(hf_bf16(-std::numeric_limits<float>::infinity()), 0xFF80);
-  EXPECT_EQ(hf_bf16(std::bit_cast<float>(0x7F7FFFFFu)), 0x7F80);  // FLT_MAX rounds to inf
-  EXPECT_TRUE(std::isnan(hf_bf16_float(hf_bf16(std::nanf("")))));
-  EXPECT_TRUE(std::isnan(hf_bf16_float(hf_bf16(std::bit_cast<float>(0x7FFFFFFFu)))));
+  EXPECT_EQ(bf16_from_float(1.0f), 0x3F80);
+  EXPECT_EQ(bf16_from_float(std::bit_cast<float>(0x3F808000u)), 0x3F80);  // tie, even stays
+  EXPECT_EQ(bf16_from_float(std::bit_cast<float>(0x3F818000u)), 0x3F82);  // tie, odd rounds up
+  EXPECT_EQ(bf16_from_float(std::bit_cast<float>(0x3F808001u)), 0x3F81);  // above the tie
+  EXPECT_EQ(bf16_from_float(std::bit_cast<float>(0xBF817FFFu)), 0xBF81);  // below the tie, negative
+  EXPECT_EQ(bf16_from_float(-std::numeric_limits<float>::infinity()), 0xFF80);
+  EXPECT_EQ(bf16_from_float(std::bit_cast<float>(0x7F7FFFFFu)), 0x7F80);  // FLT_MAX rounds to inf
+  EXPECT_TRUE(std::isnan(bf16_to_float(bf16_from_float(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(bf16_to_float(bf16_from_float(std::bit_cast<float>(0x7FFFFFFFu)))));
 
   auto m = random_model(hf_tiny(true), 2);
   auto back = round_trip(*m, true, "bf16");
   for (size_t i = 0; i < m->params.size(); i++) {
-    const float want = hf_bf16_float(hf_bf16(m->params[i]));
+    const float want = bf16_to_float(bf16_from_float(m->params[i]));
     ASSERT_EQ(std::bit_cast<uint32_t>(back->params[i]), std::bit_cast<uint32_t>(want)) << i;
   }
 }
@@ -302,13 +305,14 @@ TEST(Hf, ImportsRealFamilyConfig) {
   const HfImportReport r = hf_import(dir.string(), out.string());
   EXPECT_EQ(r.tensors, int64_t(t.size()));
   Model<float> m(c, 1, 4);
-  checkpoint_load(out.string(), m, nullptr);
+  checkpoint_load_model(out.string(), m);
   const TensorView* v = m.layout.find("model.layers.2.mlp.experts.gate_up_proj");
   ASSERT_NE(v, nullptr);
   for (const HfTensor& x : t)
     if (x.name == v->name) {
       for (int64_t i = 0; i < v->numel; i++)
-        ASSERT_EQ(m.params[size_t(v->offset + i)], hf_bf16_float(hf_bf16(x.data[size_t(i)])));
+        ASSERT_EQ(m.params[size_t(v->offset + i)],
+                  bf16_to_float(bf16_from_float(x.data[size_t(i)])));
     }
   // a tensor of the wrong shape is one line naming it
   fs::remove_all(out);
@@ -358,6 +362,119 @@ TEST(Hf, MergesLoraAndDers) {
 
   auto pm = random_model(hf_tiny(true), 9);
   EXPECT_FALSE(hf_plain(*pm).model);  // nothing to merge
+}
+
+// ----------------------------------------------------------------------------
+// half floats in core/safetensors
+
+// ----------------------------------------------------------------------------
+// half floats in core/safetensors
+
+float from_bits(uint32_t u) {
+  return std::bit_cast<float>(u);
+}
+
+// Every half float goes to float and back unchanged (the way to float is exact), a NaN stays a
+// NaN, and the two infinities are themselves.
+TEST(Safetensors, HalfFloatsAreExactInFloat) {
+  for (uint32_t h = 0; h <= 0xFFFFu; h++) {
+    const float b = bf16_to_float(uint16_t(h)), f = f16_to_float(uint16_t(h));
+    const bool bnan = (h & 0x7F80u) == 0x7F80u && (h & 0x7Fu) != 0;
+    const bool fnan = (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu) != 0;
+    ASSERT_EQ(std::isnan(b), bnan) << h;
+    ASSERT_EQ(std::isnan(f), fnan) << h;
+    if (bnan) {
+      ASSERT_TRUE(std::isnan(bf16_to_float(bf16_from_float(b)))) << h;
+    } else {
+      ASSERT_EQ(bf16_from_float(b), h) << h;
+    }
+    if (fnan) {
+      ASSERT_TRUE(std::isnan(f16_to_float(f16_from_float(f)))) << h;
+    } else {
+      ASSERT_EQ(f16_from_float(f), h) << h;
+    }
+  }
+  EXPECT_EQ(f16_to_float(0x0001), std::ldexp(1.f, -24));  // the least subnormal
+  EXPECT_EQ(f16_to_float(0x7BFF), 65504.f);               // the largest finite
+  EXPECT_EQ(f16_to_float(0xFC00), -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(bf16_to_float(0x7F80), std::numeric_limits<float>::infinity());
+}
+
+// float -> F16 rounds to nearest, ties to even: in the normal range, into and out of the
+// subnormals, and at the top, where the tie with 65536 goes to inf.
+TEST(Safetensors, F16RoundsToNearestEven) {
+  EXPECT_EQ(f16_from_float(1.0f), 0x3C00);
+  EXPECT_EQ(f16_from_float(1.f + std::ldexp(1.f, -11)), 0x3C00);      // tie, even stays
+  EXPECT_EQ(f16_from_float(1.f + 3 * std::ldexp(1.f, -11)), 0x3C02);  // tie, odd rounds up
+  EXPECT_EQ(f16_from_float(from_bits(0x3F801001u)), 0x3C01);          // above the tie
+  EXPECT_EQ(f16_from_float(-(1.f + std::ldexp(1.f, -11))), 0xBC00);   // negative tie
+  EXPECT_EQ(f16_from_float(std::ldexp(1.f, -25)), 0x0000);            // half the least subnormal: 0
+  EXPECT_EQ(f16_from_float(from_bits(0x33000001u)), 0x0001);          // just above it
+  EXPECT_EQ(f16_from_float(3 * std::ldexp(1.f, -25)), 0x0002);        // tie between 1 and 2 units
+  EXPECT_EQ(f16_from_float(std::ldexp(1023.5f, -24)), 0x0400);  // rounds up to the least normal
+  EXPECT_EQ(f16_from_float(-std::ldexp(1.f, -30)), 0x8000);     // a negative underflow: -0
+  EXPECT_EQ(f16_from_float(65519.f), 0x7BFF);                   // below the top tie
+  EXPECT_EQ(f16_from_float(65520.f), 0x7C00);                   // the top tie: inf
+  EXPECT_EQ(f16_from_float(1e30f), 0x7C00);
+  EXPECT_EQ(f16_from_float(-std::numeric_limits<float>::infinity()), 0xFC00);
+  EXPECT_TRUE(std::isnan(f16_to_float(f16_from_float(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(f16_to_float(f16_from_float(from_bits(0x7F800001u)))));  // signalling
+#ifdef __FLT16_MAX__
+  // the compiler's own float -> _Float16 (round to nearest even) over floats of every exponent
+  uint64_t state = 7;
+  for (int i = 0; i < 200000; i++) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const float x = from_bits(uint32_t(state >> 32));
+    if (std::isnan(x)) continue;
+    ASSERT_EQ(f16_from_float(x), std::bit_cast<uint16_t>(static_cast<_Float16>(x))) << x;
+  }
+#endif
+}
+
+// BF16 and F16 tensors through a file: written as their bits, read back as those bits and as
+// floats, exactly; a read of moelab's own dtypes refuses them naming the tensor.
+TEST(Safetensors, HalfFloatTensorsRoundTrip) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> v = {0.f,   -0.f,     1.f, -2.5f, 65504.f,       std::ldexp(1.f, -24),
+                                1e-3f, 3.14159f, inf, -inf,  std::nanf(""), 1e30f};
+  const std::vector<uint16_t> b = safetensors_half(DType::BF16, v),
+                              f = safetensors_half(DType::F16, v);
+  for (size_t i = 0; i < v.size(); i++) {
+    EXPECT_EQ(b[i], bf16_from_float(v[i])) << i;
+    EXPECT_EQ(f[i], f16_from_float(v[i])) << i;
+  }
+  const int64_t n = int64_t(v.size());
+  const std::vector<TensorRef> refs = {{"b", DType::BF16, {3, n / 3}, std::as_bytes(std::span(b))},
+                                       {"f", DType::F16, {n}, std::as_bytes(std::span(f))},
+                                       tensor_ref<float>("x", v, {n})};
+  const fs::path file = temp("half.safetensors");
+  safetensors_write(file.string(), refs);
+  const auto back = safetensors_read(file.string(), DTypes::WithHalf);
+  ASSERT_EQ(back.at("b").dtype, DType::BF16);
+  ASSERT_EQ(back.at("f").dtype, DType::F16);
+  EXPECT_EQ(back.at("b").shape, (std::vector<int64_t>{3, n / 3}));
+  const auto bb = back.at("b").as<uint16_t>(), fb = back.at("f").as<uint16_t>();
+  EXPECT_TRUE(std::equal(bb.begin(), bb.end(), b.begin(), b.end()));
+  EXPECT_TRUE(std::equal(fb.begin(), fb.end(), f.begin(), f.end()));
+  const std::vector<float> bf = back.at("b").floats(), ff = back.at("f").floats();
+  const std::vector<float> xf = back.at("x").floats();
+  for (size_t i = 0; i < v.size(); i++) {
+    EXPECT_EQ(std::bit_cast<uint32_t>(bf[i]), std::bit_cast<uint32_t>(bf16_to_float(b[i]))) << i;
+    EXPECT_EQ(std::bit_cast<uint32_t>(ff[i]), std::bit_cast<uint32_t>(f16_to_float(f[i]))) << i;
+    EXPECT_EQ(std::bit_cast<uint32_t>(xf[i]), std::bit_cast<uint32_t>(v[i])) << i;
+  }
+  EXPECT_EQ(bf[3], -2.5f);  // exact in both
+  EXPECT_EQ(ff[4], 65504.f);
+  EXPECT_EQ(ff[11], inf);  // beyond F16's range
+  EXPECT_TRUE(std::isnan(bf[10]) && std::isnan(ff[10]));
+  EXPECT_NE(test::error_of([&] {
+              safetensors_read(file.string());
+            }).find("tensor 'b': unsupported dtype 'BF16' (F32, F64, I32, I64 or U8)"),
+            std::string::npos);
+  // the HF reader takes both as float
+  const auto hf = hf_safetensors_read(file.string());
+  EXPECT_EQ(std::bit_cast<uint32_t>(hf.at("f").data[5]), std::bit_cast<uint32_t>(ff[5]));
+  fs::remove(file);
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
 // The memory a model reports is the memory it holds: activation_bytes() (what `bench train`
 // prints as activation memory) equals the bytes the device handed out for the model's buffers,
 // counted by the device itself, for dense, MoE, MoE-CT (every gate), LoRA and DeRS models, after a
-// forward and a backward. A buffer left out of a block's hand-kept bytes() list, or counted
-// twice, shows up here.
+// forward and a backward; and each block's buffers as the decoder reserves them (no backward
+// scratch). Every count comes from one buffers() list per struct (model/buffers.hpp); a buffer
+// the list leaves out fails the build, and one the list counts twice shows up here.
 #include <gtest/gtest.h>
 
 #include "backend/device.hpp"
@@ -45,7 +46,44 @@ std::pair<int64_t, int64_t> held_and_reported(const ModelConfig& c) {
   return {dev.live_bytes() - before, m.activation_bytes()};
 }
 
+// Each layer's blocks with buffers of their own, reserved for N rows as the decoder does
+// (backward false) and as training does: their bytes() are the device's bytes at every size,
+// and the device has them all back once the buffers go.
+template <typename T>
+void expect_block_bytes(const ModelConfig& c, const std::string& name) {
+  Device& dev = device_default();
+  const Model<T> m(c, 1, 1);
+  for (size_t l = 0; l < m.ffn_blocks().size(); l++) {
+    for (bool backward : {false, true}) {
+      const int64_t before = dev.live_bytes();
+      {
+        typename AttentionBlock<T>::Acts aa;
+        typename AttentionBlock<T>::Work aw;
+        typename FfnBlock<T>::Acts fa;
+        typename FfnBlock<T>::Work fw;
+        for (int64_t N : {1, 7}) {
+          m.attention_blocks()[l].reserve(dev, aa, aw, N, backward);
+          m.ffn_blocks()[l].reserve(dev, fa, fw, N, backward);
+          EXPECT_EQ(aa.bytes() + aw.bytes() + fa.bytes() + fw.bytes(), dev.live_bytes() - before)
+              << name << " layer " << l << " N " << N << " backward " << backward;
+        }
+      }
+      EXPECT_EQ(dev.live_bytes(), before) << name << " layer " << l;
+    }
+  }
+}
+
 }  // namespace
+
+TEST(Memory, BlockBytesAreTheBytesTheDeviceHolds) {
+  expect_block_bytes<float>(tiny(false), "dense");
+  expect_block_bytes<float>(tiny(true), "moe");
+  expect_block_bytes<float>(with_lora(tiny(true)), "lora moe");
+  for (CtGate gate : {CtGate::Fixed, CtGate::Scalar, CtGate::Token}) {
+    expect_block_bytes<float>(with_ct(tiny(true), gate), "moe-ct moe");
+    expect_block_bytes<double>(with_ct(tiny(false), gate), "moe-ct dense");
+  }
+}
 
 TEST(Memory, ActivationBytesAreTheBytesTheDeviceHolds) {
   std::vector<std::pair<std::string, ModelConfig>> configs = {

@@ -9,11 +9,11 @@
 #include <limits>
 #include <set>
 
+#include "convert/upcycle.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
-#include "train/upcycle.hpp"
 
 using namespace moelab;
 using namespace moelab::test;

@@ -70,10 +70,8 @@ HfPlain hf_plain(const Model<float>& m);
 // ----------------------------------------------------------------------------
 // files
 
-// bf16 by round-to-nearest-even (NaN stays NaN), and back.
-uint16_t hf_bf16(float x);
-float hf_bf16_float(uint16_t b);
-// model.safetensors in F32 or BF16 (metadata {"format": "pt"}, which transformers requires).
+// model.safetensors in F32 or BF16 (rounded to nearest even: core/safetensors' conversions),
+// with the metadata {"format": "pt"} that transformers requires.
 void hf_safetensors_write(const std::string& path, const std::vector<HfTensor>& t, bool bf16);
 // A safetensors file (F32, BF16 or F16 tensors, as float), or every shard a
 // model.safetensors.index.json names.
@@ -84,7 +82,7 @@ std::map<std::string, HfTensor> hf_safetensors_read(const std::string& path);
 
 struct HfExportOptions {
   std::string checkpoint, out;
-  std::string data;    // the data folder with the tokenizer ("": the run's experiment file's)
+  std::string data;    // the data folder with the tokenizer ("": none is written)
   bool bf16 = false;   // weights in bf16 (round to nearest even), else f32
   std::string logits;  // also write moelab's logits for fixed tokens to this file
 };

@@ -1,4 +1,4 @@
-#include "train/upcycle.hpp"
+#include "convert/upcycle.hpp"
 
 #include <fmt/format.h>
 
@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/parse.hpp"
-#include "train/checkpoint.hpp"
 
 namespace moelab {
 
@@ -285,7 +285,7 @@ void upcycle_write(const std::string& ckpt, const UpcycleOptions& o, const std::
   const ModelConfig dc = config_load(config_path);
   const ModelConfig mc = upcycle_config(dc, o, ckpt);  // every refusal before the weights are read
   Model<float> dense(dc, 1, 1);
-  nlohmann::json state = checkpoint_load(ckpt, dense, nullptr);
+  nlohmann::json state = checkpoint_load_model(ckpt, dense);
   for (const char* key : {"loaders", "optimizer_step", "optimizer_moments", "replay"})
     state.erase(key);
   state["upcycled_from"] = ckpt;

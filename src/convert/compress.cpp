@@ -1,4 +1,4 @@
-#include "train/compress.hpp"
+#include "convert/compress.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -9,12 +9,12 @@
 #include <filesystem>
 #include <set>
 
+#include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/parallel.hpp"
 #include "core/safetensors.hpp"
 #include "model/delta.hpp"
-#include "train/checkpoint.hpp"
 
 namespace moelab {
 
@@ -437,7 +437,7 @@ CompressReport compress_write(const std::string& ckpt, const CompressOptions& o,
   const ModelConfig moe_cfg = config_load(config_path);
   const ModelConfig cfg = compress_config(moe_cfg, ders, ckpt);
   Model<float> moe(moe_cfg, 1, 1);
-  json state = checkpoint_load(ckpt, moe, nullptr);
+  json state = checkpoint_load_model(ckpt, moe);
   const CompressBases bases =
       ders.base == "dense" ? compress_dense_bases(o.base, moe) : CompressBases{};
   Model<float> small(cfg, 1, 1);
@@ -467,7 +467,7 @@ CompressReport compress_write(const std::string& ckpt, const CompressOptions& o,
     if (ec)
       fail(fmt::format("--out {}: cannot rename the written folder into place ({})", out,
                        ec.message()));
-    file_fsync(parent.string());
+    file_fsync_parent(dst.string());
   } catch (const Error& e) {
     fs::remove_all(staging, ec);
     std::string msg = e.what();  // named as the caller named it

@@ -1,6 +1,6 @@
 // Hugging Face GptOss interop: config.json and the tensor mapping (hf.hpp). The files and the
 // commands are in hf_files.cpp.
-#include "train/hf.hpp"
+#include "convert/hf.hpp"
 
 #include <fmt/format.h>
 
