@@ -10,7 +10,7 @@
 #include "kernels/kernels.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
-#include "ref_ops.hpp"
+#include "backend/reference.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
 #include "train/adamw.hpp"
