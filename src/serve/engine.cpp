@@ -220,7 +220,7 @@ void Engine::admit(std::span<const int64_t> group) {
     const int64_t rows = int64_t(logits.size()) / V, len = to[size_t(i)];
     if (t0 + rows == len) last[size_t(i)].assign(logits.end() - V, logits.end());
     const int64_t scored = std::min(rows, len - 1 - t0);  // rows before the last position
-    parallel_for(std::max<int64_t>(scored, 0), 8, A == 1 && scored >= 16, [&](int64_t r) {
+    parallel_for(scored, 8, A == 1 && scored >= 16, [&](int64_t r) {
       lp[size_t(i)][size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
                                                 sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
     });
