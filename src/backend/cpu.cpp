@@ -43,11 +43,30 @@ Ops<T> cpu_ops() {
           &K::add::forward,
           &K::fusion::forward,
           &K::fusion::backward,
-          &gemm_linear<T>};
+          &gemm_linear<T>,
+          &K::logsumexp::forward,
+          &K::argmax::forward,
+          &K::adamw::update,
+          &K::vec::sumsq,
+          &K::vec::sum,
+          &K::vec::scale,
+          &K::vec::fill,
+          &K::vec::fill_normal,
+          &K::vec::gram,
+          &K::sigmoid::forward,
+          &K::sigmoid::backward,
+          &K::lora::merge,
+          &K::lora::expand,
+          &K::delta_sparse::forward,
+          &K::delta_sparse::backward,
+          &K::delta_sparse::add,
+          &K::delta_quant::forward,
+          &K::delta_quant::encode};
 }
 
 class CpuDevice final : public Device {
  public:
+  CpuDevice() { check(ops_complete(f32_) && ops_complete(f64_), "the CPU device misses an op"); }
   std::string name() const override { return "cpu"; }
   const Ops<float>& ops_f32() const override { return f32_; }
   const Ops<double>& ops_f64() const override { return f64_; }

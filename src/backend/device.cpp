@@ -11,7 +11,8 @@ namespace moelab {
 Device& device_find(std::string_view name) {
   // Every backend this build knows, by name; a new backend adds its line here.
   if (name == "cpu") return device_cpu();
-  fail(fmt::format("MOELAB_DEVICE: unknown device '{}' (this build has: cpu)", name));
+  if (name == "reference") return device_reference();
+  fail(fmt::format("MOELAB_DEVICE: unknown device '{}' (this build has: cpu, reference)", name));
 }
 
 Device& device_default() {

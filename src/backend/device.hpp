@@ -3,7 +3,7 @@
 // allocates the buffers (Buffer<T>), holds what would otherwise be process globals (the GEMM
 // precision of the linear layers, the per-op profile) and hands out its op table (Ops<T>).
 // Model, train and eval code call ops only through the table, so a new backend (say CUDA) is a
-// new table and a new allocator here; none of their code changes. README, "Backends".
+// new table and a new allocator here; none of their code changes. docs/architecture.md.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -53,7 +53,44 @@ struct Ops {
   decltype(&K::fusion::forward) fusion_forward;
   decltype(&K::fusion::backward) fusion_backward;
   decltype(&gemm_linear<T>) gemm;  // C = op(A) op(B) + beta C at the given precision
+  decltype(&K::logsumexp::forward) logsumexp;
+  decltype(&K::argmax::forward) argmax;
+  decltype(&K::adamw::update) adamw_update;
+  decltype(&K::vec::sumsq) sumsq;
+  decltype(&K::vec::sum) sum;
+  decltype(&K::vec::scale) scale;
+  decltype(&K::vec::fill) fill;
+  decltype(&K::vec::fill_normal) fill_normal;
+  decltype(&K::vec::gram) gram;
+  decltype(&K::sigmoid::forward) sigmoid_forward;
+  decltype(&K::sigmoid::backward) sigmoid_backward;
+  decltype(&K::lora::merge) lora_merge;
+  decltype(&K::lora::expand) lora_expand;
+  decltype(&K::delta_sparse::forward) delta_sparse_forward;
+  decltype(&K::delta_sparse::backward) delta_sparse_backward;
+  decltype(&K::delta_sparse::add) delta_sparse_add;
+  decltype(&K::delta_quant::forward) delta_quant_forward;
+  decltype(&K::delta_quant::encode) delta_quant_encode;
 };
+
+// The number of entries of Ops<T>: a backend fills every one, and tests/test_backend_ops.cpp
+// lists every one (both fail to compile when an op is added without them).
+inline constexpr size_t kOpCount = 47;
+static_assert(sizeof(Ops<float>) == kOpCount * sizeof(void*) &&
+                  sizeof(Ops<double>) == kOpCount * sizeof(void*),
+              "Ops<T> changed: update kOpCount, every backend's table and the cross-backend test");
+
+// Whether every entry of a table is set (an aggregate initialiser that misses one leaves it null).
+template <typename T>
+bool ops_complete(const Ops<T>& ops) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&ops);
+  for (size_t i = 0; i < kOpCount; i++) {
+    bool set = false;
+    for (size_t b = 0; b < sizeof(void*); b++) set = set || bytes[i * sizeof(void*) + b] != 0;
+    if (!set) return false;
+  }
+  return true;
+}
 
 // ----------------------------------------------------------------------------
 // the device
@@ -100,6 +137,8 @@ class Device {
 
 // The CPU device (oneDNN / OpenBLAS GEMM, OpenMP kernels).
 Device& device_cpu();
+// The reference device: the scalar loops of backend/reference.hpp, one thread, no BLAS.
+Device& device_reference();
 
 // The device models are built on unless told otherwise: the one named by the environment
 // variable MOELAB_DEVICE (default "cpu"); an unknown name fails with the list of known ones.

@@ -166,8 +166,7 @@ void delta_of(const Model<float>& moe, const Routed& r, std::span<const float> b
 void store_lowrank_all(const Model<float>& moe, const Routed& r, std::span<const float> base,
                        Model<float>& out) {
   std::vector<std::exception_ptr> errors(static_cast<size_t>(r.E));
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t e = 0; e < r.E; e++) {
+  parallel_for(r.E, 1, true, [&](int64_t e) {
     try {
       std::vector<float> delta;
       delta_of(moe, r, base, e, delta);
@@ -175,7 +174,7 @@ void store_lowrank_all(const Model<float>& moe, const Routed& r, std::span<const
     } catch (...) {
       errors[size_t(e)] = std::current_exception();
     }
-  }
+  });
   for (const std::exception_ptr& err : errors) {
     if (err) std::rethrow_exception(err);
   }
@@ -276,16 +275,10 @@ void measure_cosines(const Model<float>& moe, const Model<float>& out, const Rou
     return a < r.E ? moe.params.data() + r.from->offset + a * n
                    : out.params.data() + r.base->offset;
   };
+  std::vector<const float*> x(static_cast<size_t>(V));  // [V]
+  for (int64_t a = 0; a < V; a++) x[size_t(a)] = vec(a);
   std::vector<double> G(size_t(V * V), 0.0);  // [V, V]
-#pragma omp parallel for schedule(dynamic) if (parallel_worth(V * V * n))
-  for (int64_t ab = 0; ab < V * V; ab++) {
-    const int64_t a = ab / V, b = ab % V;
-    if (b < a) continue;
-    const float *x = vec(a), *y = vec(b);
-    double acc = 0;
-    for (int64_t i = 0; i < n; i++) acc += double(x[i]) * double(y[i]);
-    G[size_t(a * V + b)] = G[size_t(b * V + a)] = acc;
-  }
+  out.device().ops<float>().gram(G.data(), x.data(), V, n);
   auto cos = [&](int64_t a, int64_t b) {
     return cosine(G[size_t(a * V + b)], G[size_t(a * V + a)], G[size_t(b * V + b)]);
   };

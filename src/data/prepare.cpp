@@ -11,6 +11,7 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
+#include "core/parallel.hpp"
 #include "core/sysinfo.hpp"
 #include "data/dataset.hpp"
 #include "data/shard.hpp"
@@ -275,11 +276,10 @@ SourceShards encode_source(const SourceSpec& so, const Tokenizer& tok, const std
   const double t0 = time_now_s();
   auto flush = [&] {
     std::vector<std::vector<int32_t>> ids(batch.size());
-#pragma omp parallel for schedule(dynamic, 4)
-    for (size_t i = 0; i < batch.size(); i++) {
-      ids[i] = tok.encode(batch[i]);
-      ids[i].push_back(tok.eot_id());
-    }
+    parallel_for(int64_t(batch.size()), 4, true, [&](int64_t i) {
+      ids[size_t(i)] = tok.encode(batch[size_t(i)]);
+      ids[size_t(i)].push_back(tok.eot_id());
+    });
     for (const auto& d : ids) {
       if (!w || int64_t(w->n_tokens()) >= shard_tokens) roll();
       w->append_document(d);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "eval/metrics.hpp"
 
@@ -167,11 +168,10 @@ void Decoder::prefill_each(std::span<const int32_t> tokens, int64_t n,
     for (int64_t b = b0; b < b1; b++)
       first[size_t(b - b0 + 1)] = first[size_t(b - b0)] + to[size_t(b)] - from[size_t(b)];
     ProfileScope prof(dev_.profile, "prefill visit");
-#pragma omp parallel for schedule(dynamic, 1) if (int64_t(rows.size()) * V >= (1 << 18))
-    for (int64_t b = b0; b < b1; b++) {
-      const int64_t r = first[size_t(b - b0)], cnt = first[size_t(b - b0 + 1)] - r;
+    parallel_for(b1 - b0, 1, int64_t(rows.size()) * V >= (1 << 18), [&](int64_t i) {
+      const int64_t b = b0 + i, r = first[size_t(i)], cnt = first[size_t(i + 1)] - r;
       visit(b, std::span<const float>(logits_.span()).subspan(size_t(r * V), size_t(cnt * V)));
-    }
+    });
     b0 = b1;
   }
 }
@@ -185,11 +185,8 @@ std::vector<int32_t> Decoder::greedy(std::span<const int32_t> prompts, int64_t p
   std::span<const float> logits = prefill(prompts, plen, plen - 1);
   const int64_t V = c_.vocab_size, Vd = n_ids > 0 ? n_ids : V;
   for (int64_t i = 0; i < n_new; i++) {
-#pragma omp parallel for schedule(static) if (B_ * V >= (1 << 18))
-    for (int64_t b = 0; b < B_; b++) {
-      tok[size_t(b)] = logits_argmax(logits.data() + b * V, Vd);
-      out[size_t(b * n_new + i)] = tok[size_t(b)];
-    }
+    dev_.ops<float>().argmax(tok.data(), logits.data(), B_, Vd, V);
+    for (int64_t b = 0; b < B_; b++) out[size_t(b * n_new + i)] = tok[size_t(b)];
     if (i + 1 < n_new) logits = step(tok, plen + i);
   }
   return out;

@@ -20,7 +20,6 @@
 #include "data/shard.hpp"
 #include "eval/decode.hpp"
 #include "eval/metrics.hpp"
-#include "kernels/vmath.hpp"
 
 namespace moelab {
 
@@ -421,6 +420,7 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
   // padded to the same length. Greedy steps then overwrite the cache from position P on, and a
   // step only reads positions up to its own, so the padding and the true tokens are never seen.
   Decoder dec(model, 2 * B, P + T);
+  const Ops<float>& op = dec.device().ops<float>();
   const int64_t n_seq = P + T - 1;
   std::vector<double> in_hit(static_cast<size_t>(n)), top1(static_cast<size_t>(n)),
       nll(static_cast<size_t>(n));
@@ -447,16 +447,16 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       next[size_t(r)] = logits_argmax(logits.data(), Vd);  // first greedy token
       if (r >= B) return;
       hits[size_t(r)] = 0, loss[size_t(r)] = 0;
+      std::vector<int32_t> top(static_cast<size_t>(T));  // [T] greedy among the decodable ids
+      std::vector<float> mx(static_cast<size_t>(T));     // [T] PPL: over all of V
+      std::vector<double> sum(static_cast<size_t>(T));   // [T] >= 1 (the top term), summed in float
+      op.argmax(top.data(), logits.data(), T, Vd, V);
+      op.logsumexp(mx.data(), sum.data(), logits.data(), T, V, false);
       for (int64_t t = 0; t < T; t++) {
         const float* z = logits.data() + t * V;
         const int32_t y = sample(r).target[size_t(t)];
-        const int32_t top = logits_argmax(z, Vd);
-        const float mx = Vd == V ? z[top] : z[logits_argmax(z, V)];  // PPL: all of V
-        float sum = 0;  // >= 1 (the top term), so float keeps the loss to ~1e-7
-#pragma omp simd reduction(+ : sum)
-        for (int64_t v = 0; v < V; v++) sum += kernels::fexp(z[v] - mx);
-        loss[size_t(r)] += std::log(double(sum)) + double(mx) - double(z[y]);
-        hits[size_t(r)] += top == y;
+        loss[size_t(r)] += std::log(sum[size_t(t)]) + double(mx[size_t(t)]) - double(z[y]);
+        hits[size_t(r)] += top[size_t(t)] == y;
       }
     });
     for (int64_t i = 0; i < T; i++) {
@@ -464,9 +464,7 @@ EvalReport evaluate(const Model<float>& model, const Tokenizer& tok, const EvalS
       if (i + 1 == T) break;
       const auto logits = dec.step(next, P + i);
       ProfileScope prof(dec.device().profile, "step argmax");
-#pragma omp parallel for schedule(static) if (B * V >= (1 << 17))
-      for (int64_t r = 0; r < 2 * B; r++)
-        next[size_t(r)] = logits_argmax(logits.data() + r * V, Vd);
+      op.argmax(next.data(), logits.data(), 2 * B, Vd, V);
     }
     const std::span<const int32_t> gen_in(gen.data(), size_t(B * T)),
         gen_ex(gen.data() + B * T, size_t(B * T));

@@ -1,8 +1,8 @@
 #include "eval/metrics.hpp"
 
 #include <algorithm>
-#include <limits>
 
+#include "backend/device.hpp"
 #include "core/error.hpp"
 
 namespace moelab {
@@ -25,12 +25,9 @@ bool metric_m_ex_hit(std::string_view decoded, std::string_view entity) {
 }
 
 int32_t logits_argmax(const float* z, int64_t V) {
-  float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-  for (int64_t v = 0; v < V; v++) mx = std::max(mx, z[v]);
-  for (int64_t v = 0; v < V; v++)
-    if (z[v] == mx) return int32_t(v);
-  return 0;  // all NaN
+  int32_t idx = 0;
+  device_default().ops<float>().argmax(&idx, z, 1, V, V);
+  return idx;
 }
 
 double metric_top1(std::span<const float> logits, std::span<const int32_t> targets, int64_t V) {

@@ -4,6 +4,7 @@
 
 #include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/softmax_row.hpp"
 #include "kernels/vmath.hpp"
 
 namespace moelab::kernels {
@@ -15,12 +16,8 @@ double cross_entropy<T>::forward(T* lse, const T* logits, const int32_t* targets
 #pragma omp parallel for schedule(static) if (parallel_worth(N * V))
   for (int64_t n = 0; n < N; n++) {
     const T* z = logits + n * V;
-    T mx = z[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t v = 1; v < V; v++) mx = std::max(mx, z[v]);
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t v = 0; v < V; v++) sum += fexp(z[v] - mx);
+    const T mx = softmax_row_max(z, V);
+    const T sum = softmax_row_expsum<T>(z, V, mx);
     lse[n] = mx + std::log(sum);
     if (targets[n] >= 0) loss[n] = double(lse[n]) - double(z[targets[n]]);
   }

@@ -1,8 +1,9 @@
 #pragma once
 // CPU ops. Each op is a struct with a forward/backward pair, templated on the scalar type: float
 // for training, double so that tests can check the real kernels against finite differences.
-// tests/ref_ops.hpp has a scalar reference with the same interface for every op here; a new op
-// joins both, and the cross-implementation test in tests/test_ops.cpp.
+// backend/reference.hpp has a scalar reference with the same interface for every op here; a new
+// op joins both, the op table (backend/device.hpp), tests/test_ops.cpp and
+// tests/test_backend_ops.cpp.
 //
 // Conventions: row-major; N = rows (tokens); shapes in comments as [rows, cols]. Parameter
 // gradients accumulate (+=) so that gradient accumulation is free; a null parameter-gradient
@@ -218,6 +219,120 @@ struct add {
 };
 
 // ----------------------------------------------------------------------------
+// logsumexp: the statistics of a log-softmax over each row, log p_v = z_v - mx - log(sum).
+// The training loss (cross_entropy), evaluation's PPL and the server's logprobs all use it.
+
+template <typename T>
+struct logsumexp {
+  // mx [N] = max of each row of z [N,V]; sum [N] = sum_v exp(z_v - mx), accumulated in T, or in
+  // double when sum_double (the server's logprobs)
+  static void forward(T* mx, double* sum, const T* z, int64_t N, int64_t V, bool sum_double);
+};
+
+// argmax: the first index of each row's maximum among its first V entries (0 if all are NaN)
+
+template <typename T>
+struct argmax {
+  // idx [N], z [N, stride]
+  static void forward(int32_t* idx, const T* z, int64_t N, int64_t V, int64_t stride);
+};
+
+// ----------------------------------------------------------------------------
+// adamw: the optimizer update (PyTorch's AdamW arithmetic) over trainable ranges of the flat
+// parameter buffer; the moments are packed, [moment, moment + numel) for [param, param + numel).
+
+struct AdamWSpan {
+  int64_t param = 0, moment = 0, numel = 0;
+  bool decay = false;
+};
+
+struct AdamWStep {
+  double beta1, beta2, eps;
+  double step_size;  // lr / (1 - beta1^t)
+  double bc2_sqrt;   // sqrt(1 - beta2^t)
+  double grad_scale;
+  double decay;  // 1 - lr * weight_decay, on spans with decay
+};
+
+template <typename T>
+struct adamw {
+  // p [*], g [*] (read times grad_scale), m, v [n_moments] +=; spans sorted by moment, covering
+  // the moments without gaps
+  static void update(T* p, const T* g, T* m, T* v, const AdamWSpan* spans, int64_t n_spans,
+                     const AdamWStep& k);
+};
+
+// ----------------------------------------------------------------------------
+// reductions and element-wise maps of the glue between the blocks
+
+template <typename T>
+struct vec {
+  // acc + sum_i x_i^2 over x [n], in double, summed in fixed chunks (the same bits for any thread
+  // count)
+  static double sumsq(const T* x, int64_t n, double acc);
+  // sum_i x_i over x [n], in double, in index order
+  static double sum(const T* x, int64_t n);
+  // x [rows, cols] inside rows of `stride` elements *= s
+  static void scale(T* x, T s, int64_t rows, int64_t cols, int64_t stride);
+  // x [n] = value
+  static void fill(T* x, T value, int64_t n);
+  // x [n] = sd * N(0, 1), element i from draw i of the counter-based stream (seed, stream)
+  static void fill_normal(T* x, int64_t n, double sd, uint64_t seed, uint64_t stream);
+  // G [V,V] (double) = the Gram matrix of V vectors of n elements each, summed in double
+  static void gram(double* G, const T* const* x, int64_t V, int64_t n);
+};
+
+// sigmoid: MoE-CT's token gate, a = 1 / (1 + exp(-z))
+
+template <typename T>
+struct sigmoid {
+  // y, x [n] (y may alias x)
+  static void forward(T* y, const T* x, int64_t n);
+  // dx [n] = dy a (1 - a), from the forward's output y (dx may alias dy)
+  static void backward(T* dx, const T* dy, const T* y, int64_t n);
+};
+
+// ----------------------------------------------------------------------------
+// low-rank adapters: scale * B A added onto columns [out0, out0 + out_n) of a weight W, stored
+// [O,I] (OutIn) or [I,O] (InOut); A [R,I], B [out_n,R]
+
+struct LowRank {
+  int64_t I = 0, O = 0, R = 0, out0 = 0, out_n = 0;
+  double scale = 1;
+  WLayout layout = WLayout::OutIn;
+};
+
+template <typename T>
+struct lora {
+  // merge: W = T(double(W) + sum_k scale B[o,k] A[k,i]) (the row summed in double, one rounding)
+  static void merge(T* W, const T* A, const T* B, const LowRank& s);
+  // expand: W += T(scale * sum_r A[r,i] B[o,r]) (a measurement's dense view of an adapter)
+  static void expand(T* W, const T* A, const T* B, const LowRank& s);
+};
+
+// ----------------------------------------------------------------------------
+// DeRS deltas (docs/methods.md §3.13) on a base matrix stored [I,O]
+
+template <typename T>
+struct delta_sparse {
+  // W [I*O] = base, then W[pos[j]] += v[j]; pos [nnz] sorted flat positions, v [nnz]
+  static void forward(T* W, const T* base, const int32_t* pos, const T* v, int64_t n, int64_t nnz);
+  // dv [nnz] += dW[pos[j]]
+  static void backward(T* dv, const T* dW, const int32_t* pos, int64_t nnz);
+  // out [N,O] += x [N,I] delta without rebuilding it: N * nnz multiply-adds
+  static void add(T* out, const T* x, const int32_t* pos, const T* v, int64_t N, int64_t I,
+                  int64_t O, int64_t nnz);
+};
+
+template <typename T>
+struct delta_quant {
+  // W [I,O] = base + s[o] codes[i,o]; s [O] per output channel
+  static void forward(T* W, const T* base, const int8_t* codes, const T* s, int64_t I, int64_t O);
+  // codes [I,O] = delta rounded against s[o] and clamped to +-(2^(bits-1) - 1); 1 bit: the sign
+  static void encode(int8_t* codes, const T* delta, const T* s, int64_t I, int64_t O, int64_t bits);
+};
+
+// ----------------------------------------------------------------------------
 // every op for one scalar type, for backends' op tables (backend/device.hpp)
 
 template <typename T>
@@ -235,6 +350,14 @@ struct Kernels {
   using cross_entropy = kernels::cross_entropy<T>;
   using add = kernels::add<T>;
   using fusion = kernels::fusion<T>;
+  using logsumexp = kernels::logsumexp<T>;
+  using argmax = kernels::argmax<T>;
+  using adamw = kernels::adamw<T>;
+  using vec = kernels::vec<T>;
+  using sigmoid = kernels::sigmoid<T>;
+  using lora = kernels::lora<T>;
+  using delta_sparse = kernels::delta_sparse<T>;
+  using delta_quant = kernels::delta_quant<T>;
 };
 
 }  // namespace moelab::kernels

@@ -8,9 +8,9 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "backend/device.hpp"
 #include "core/error.hpp"
 #include "core/linalg.hpp"
-#include "core/parallel.hpp"
 #include "core/rng.hpp"
 
 namespace moelab {
@@ -162,21 +162,10 @@ QuantDelta delta_quantize(std::span<const float> delta, int64_t in, int64_t out,
   QuantDelta q;
   q.scales = channel_scales(delta, in, out, bits);
   q.codes.resize(size_t(in * out));
-  const double bound = double(code_bound(bits));
   // The codes are rounded against the stored float scale, so that |delta - scale * code| <=
   // scale / 2 holds for the scale a reader gets back (up to the clamp at the column's maximum).
-#pragma omp parallel for schedule(static) if (parallel_worth(in * out))
-  for (int64_t i = 0; i < in; i++) {
-    for (int64_t o = 0; o < out; o++) {
-      const double d = double(delta[size_t(i * out + o)]), s = double(q.scales[size_t(o)]);
-      double c = 0.0;
-      if (bits == 1)
-        c = d >= 0.0 ? 1.0 : -1.0;  // sign; 0 (and -0) maps to +1
-      else if (s > 0.0)
-        c = std::clamp(std::round(d / s), -bound, bound);
-      q.codes[size_t(i * out + o)] = int8_t(c);
-    }
-  }
+  device_default().ops<float>().delta_quant_encode(q.codes.data(), delta.data(), q.scales.data(),
+                                                   in, out, bits);
   return q;
 }
 

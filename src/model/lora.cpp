@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
 
 namespace moelab {
 
@@ -34,38 +33,14 @@ int64_t lora_tensor_count(const ParamLayout& p) {
                        [](const TensorView& t) { return t.name.ends_with(".lora_A.weight"); });
 }
 
-// W_e[out0 + o, :] += scale * B_e[o, :] A_e for every expert e of one slot. W points at `to`'s
-// matrix of the weight (expert 0), P at `from`'s parameters (A and B). The row of B A is summed
-// in double and added to the weight with one rounding; in the InOut layout [in, out] the row is
-// a column of the stored matrix.
+// W_e[out0 + o, :] += scale * B_e[o, :] A_e for every expert e of one slot (the device's
+// lora_merge op: the row of B A summed in double, added with one rounding). W points at `to`'s
+// matrix of the weight (expert 0), P at `from`'s parameters (A and B).
 template <typename T>
-void lora_merge_slot(const T* P, const Weight& w, const LoraSlot& s, T* W) {
-  const int64_t I = w.in, O = w.out, R = s.rank;
-  for (int64_t e = 0; e < w.experts; e++) {
-    const T *A = P + s.A_at(e, I), *B = P + s.B_at(e);
-    T* We = W + e * I * O;
-#pragma omp parallel if (parallel_worth(s.out_n * I * R))
-    {
-      std::vector<double> row(static_cast<size_t>(I));
-#pragma omp for schedule(static)
-      for (int64_t o = 0; o < s.out_n; o++) {
-        std::fill(row.begin(), row.end(), 0.0);
-        for (int64_t k = 0; k < R; k++) {
-          const double b = s.scale * double(B[o * R + k]);
-          const T* a = A + k * I;
-          for (int64_t i = 0; i < I; i++) row[size_t(i)] += b * double(a[i]);
-        }
-        const int64_t col = s.out0 + o;
-        if (w.layout == WLayout::OutIn) {
-          T* dst = We + col * I;
-          for (int64_t i = 0; i < I; i++) dst[i] = T(double(dst[i]) + row[size_t(i)]);
-        } else {
-          for (int64_t i = 0; i < I; i++)
-            We[i * O + col] = T(double(We[i * O + col]) + row[size_t(i)]);
-        }
-      }
-    }
-  }
+void lora_merge_slot(const Ops<T>& op, const T* P, const Weight& w, const LoraSlot& s, T* W) {
+  const kernels::LowRank lr{w.in, w.out, s.rank, s.out0, s.out_n, s.scale, w.layout};
+  for (int64_t e = 0; e < w.experts; e++)
+    op.lora_merge(W + e * w.in * w.out, P + s.A_at(e, w.in), P + s.B_at(e), lr);
 }
 
 }  // namespace
@@ -101,7 +76,8 @@ void lora_merge(const Model<T>& from, Model<T>& to) {
               t.lora.empty() && (f.w >= 0) == (t.w >= 0),
           "lora_merge: a weight differs between the models");
     for (const LoraSlot& s : f.lora) {
-      lora_merge_slot(from.params.data(), f, s, to.params.data() + t.w);
+      lora_merge_slot(to.device().template ops<T>(), from.params.data(), f, s,
+                      to.params.data() + t.w);
       merged++;
     }
   }

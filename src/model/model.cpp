@@ -7,9 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
 #include "core/profile.hpp"
-#include "core/rng.hpp"
 
 namespace moelab {
 
@@ -97,23 +95,15 @@ Model<T>::Model(const ModelConfig& c, int64_t batch, int64_t seq, Device& dev)
 template <typename T>
 void Model<T>::init_weights(uint64_t seed) {
   const double std_scaled = cfg.initializer_range / std::sqrt(2.0 * double(cfg.num_hidden_layers));
+  const Ops<T>& op = dev_->ops<T>();
   for (size_t ti = 0; ti < layout.tensors.size(); ti++) {
     const TensorView& t = layout.tensors[ti];
     T* p = params.data() + t.offset;
     const double sd = t.init == Init::NormalScaled ? std_scaled : cfg.initializer_range;
-#pragma omp parallel for schedule(static) if (parallel_worth(t.numel))
-    for (int64_t i = 0; i < t.numel; i++) {
-      switch (t.init) {
-        case Init::Zeros:
-          p[i] = T(0);
-          break;
-        case Init::Ones:
-          p[i] = T(1);
-          break;
-        default:
-          p[i] = T(sd * rng_normal(seed, ti, uint64_t(i)));
-      }
-    }
+    if (t.init == Init::Zeros || t.init == Init::Ones)
+      op.fill(p, T(t.init == Init::Ones ? 1 : 0), t.numel);
+    else
+      op.fill_normal(p, t.numel, sd, seed, ti);
   }
   for (const FfnParams& f : mp_.ffn)
     ffn_init_positions(f, std::span<int32_t>(index), cfg.ders.seed);
@@ -128,7 +118,7 @@ void Model<T>::init_derived(const std::function<bool(const std::string&)>& fresh
 
 template <typename T>
 void Model<T>::zero_grad() {
-  std::fill(grads.begin(), grads.end(), T(0));
+  dev_->ops<T>().fill(grads.data(), T(0), int64_t(grads.size()));
   for (auto& n : counts_) std::fill(n.begin(), n.end(), int64_t(0));
 }
 
@@ -244,7 +234,7 @@ void Model<T>::backward() {
                          act_.xn_f.data(), c.P + mp_.lm_head, N, d, V, kernels::WLayout::OutIn,
                          false, dev_->precision);
   }
-  std::fill_n(act_.dres.data(), N * d, T(0));
+  c.op.fill(act_.dres.data(), T(0), N * d);
   {
     ProfileScope ps(prof, "rmsnorm bwd");
     c.op.rmsnorm_backward(act_.dres.data(), c.grad(mp_.norm, d), act_.dxn.data(), stream(2 * L),

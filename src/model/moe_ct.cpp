@@ -112,7 +112,7 @@ kernels::RouterLosses FfnBlock<T>::ct_forward(const Ctx<T>& c, Acts& a, Work& w,
     g = c.P + ct.scalar;
   } else {  // a = sigmoid(u w^T + b), per token
     weight_forward<T>(c, ct.token, 0, a.gate.data(), u, N, nullptr);
-    for (int64_t n = 0; n < N; n++) a.gate[n] = T(1) / (T(1) + std::exp(-a.gate[n]));
+    c.op.sigmoid_forward(a.gate.data(), a.gate.data(), N);
     stride = 1;
   }
   c.op.fusion_forward(out, a.F.data(), a.M.data(), g, stride, N, d);
@@ -141,12 +141,10 @@ void FfnBlock<T>::ct_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* 
   c.op.add(du, du, w.ct->dxn.data(), N * d);
   if (!need_da) return;
   if (ds) {  // a = s for every token
-    double sum = 0;
-    for (int64_t n = 0; n < N; n++) sum += double(w.dgate[n]);
-    ds[0] += T(sum);
+    ds[0] += T(c.op.sum(w.dgate.data(), N));
     return;
   }
-  for (int64_t n = 0; n < N; n++) w.dgate[n] *= a.gate[n] * (T(1) - a.gate[n]);  // d(z)
+  c.op.sigmoid_backward(w.dgate.data(), w.dgate.data(), a.gate.data(), N);  // d(z)
   weight_backward<T>(c, ct.token, 0, w.dgu.data(), w.dgate.data(), u, N, nullptr, nullptr);
   c.op.add(du, du, w.dgu.data(), N * d);
 }

@@ -2,12 +2,9 @@
 
 #include <fmt/format.h>
 
-#include <omp.h>
-
 #include <regex>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
 
 namespace moelab {
 
@@ -65,46 +62,17 @@ namespace {
 // c.wbuf [in, out] (as stored) = base + delta_e; returns it.
 template <typename T>
 const T* weight_rebuild(const Ctx<T>& c, const Weight& w, int64_t e) {
-  const int64_t n = w.in * w.out, O = w.out;
+  const int64_t n = w.in * w.out;
   const WeightDelta& d = w.delta;
-  const T* base = c.P + w.w;
-  T* W = c.wbuf;
-  check(W != nullptr, "weight: a DeRS expert needs the rebuild scratch");
+  check(c.wbuf != nullptr, "weight: a DeRS expert needs the rebuild scratch");
   if (d.kind == DeltaKind::Sparse) {
-    std::copy_n(base, n, W);
-    const int32_t* pos = c.I + d.indices + e * d.nnz;
-    const T* v = c.P + d.values + e * d.nnz;
-    for (int64_t j = 0; j < d.nnz; j++) W[pos[j]] += v[j];
-    return W;
+    c.op.delta_sparse_forward(c.wbuf, c.P + w.w, c.I + d.indices + e * d.nnz,
+                              c.P + d.values + e * d.nnz, n, d.nnz);
+  } else {  // quant: per output channel scales
+    c.op.delta_quant_forward(c.wbuf, c.P + w.w, c.Q + d.codes + e * n, c.P + d.scales + e * w.out,
+                             w.in, w.out);
   }
-  const int8_t* q = c.Q + d.codes + e * n;  // quant: per output channel scales
-  const T* s = c.P + d.scales + e * O;
-#pragma omp parallel for schedule(static) if (parallel_worth(n))
-  for (int64_t i = 0; i < w.in; i++)
-    for (int64_t o = 0; o < O; o++) W[i * O + o] = base[i * O + o] + s[o] * T(q[i * O + o]);
-  return W;
-}
-
-// out [N, out] += x [N, in] delta_e for a sparse delta stored as positions i * out + o
-// (the InOut layout): N * nnz multiply-adds, cheaper than a rebuild for few rows.
-template <typename T>
-void weight_sparse_add(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T* x, int64_t N) {
-  const WeightDelta& d = w.delta;
-  const int32_t* pos = c.I + d.indices + e * d.nnz;
-  const T* v = c.P + d.values + e * d.nnz;
-  const int64_t I = w.in, O = w.out;
-  // Row by row (the row of out and of x stay in cache); the positions are sorted, so the input
-  // index i = pos / out only grows along them and needs no division.
-#pragma omp parallel for schedule(static) if (parallel_worth(N * d.nnz))
-  for (int64_t n = 0; n < N; n++) {
-    T* y = out + n * O;
-    const T* xn = x + n * I;
-    int64_t i = 0, row = 0;  // row = i * O
-    for (int64_t j = 0; j < d.nnz; j++) {
-      while (pos[j] >= row + O) i++, row += O;
-      y[pos[j] - row] += v[j] * xn[i];
-    }
-  }
+  return c.wbuf;
 }
 
 }  // namespace
@@ -125,16 +93,16 @@ void weight_forward(const Ctx<T>& c, const Weight& w, int64_t e, T* out, const T
   const T* W = w.rebuilt() && !direct && N > 0 ? weight_rebuild(c, w, e) : c.P + w.w_at(e);
   c.op.linear_forward(out, x, W, b, N, I, O, w.layout, c.dev.precision);
   if (N == 0) return;
-  if (direct) weight_sparse_add(c, w, e, out, x, N);
+  if (direct)  // out += x delta_e: N * nnz multiply-adds, cheaper than a rebuild for few rows
+    c.op.delta_sparse_add(out, x, c.I + d.indices + e * d.nnz, c.P + d.values + e * d.nnz, N, I, O,
+                          d.nnz);
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;
   for (const LoraSlot& s : w.lora) {
     const T *A = c.P + s.A_at(e, I), *B = c.P + s.B_at(e);
     T* h = xa + r0;  // [N, rank] inside rows of R
     c.op.gemm(c.dev.precision, Trans::N, Trans::T, N, s.rank, I, x, I, A, I, T(0), h, R);
-    const T scale = T(s.scale);
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t j = 0; j < s.rank; j++) h[n * R + j] *= scale;
+    c.op.scale(h, T(s.scale), N, s.rank, R);
     c.op.gemm(c.dev.precision, Trans::N, Trans::T, N, s.out_n, s.rank, h, R, B, s.rank, T(1),
               out + s.out0, O);
     r0 += s.rank;
@@ -159,11 +127,10 @@ void weight_backward_rebuilt(const Ctx<T>& c, const Weight& w, int64_t e, T* dx,
     return;
   }
   check(c.gbuf != nullptr, "weight: a trained sparse delta needs the gradient scratch");
-  std::fill_n(c.gbuf, n, T(0));
+  c.op.fill(c.gbuf, T(0), n);
   c.op.linear_backward(dx, c.gbuf, db, dout, x, W, N, I, O, w.layout, dx_accumulate,
                        c.dev.precision);
-  const int32_t* pos = c.I + d.indices + e * d.nnz;
-  for (int64_t j = 0; j < d.nnz; j++) dv[j] += c.gbuf[pos[j]];
+  c.op.delta_sparse_backward(dv, c.gbuf, c.I + d.indices + e * d.nnz, d.nnz);
   if (dW) c.op.add(dW, dW, c.gbuf, n);
 }
 
@@ -200,9 +167,7 @@ void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T
     if (dA || dx) {
       c.op.gemm(p, Trans::N, Trans::N, N, s.rank, s.out_n, dout + s.out0, O, B, s.rank, T(0), dh,
                 R);
-      const T scale = T(s.scale);
-      for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < s.rank; j++) dh[n * R + j] *= scale;
+      c.op.scale(dh, T(s.scale), N, s.rank, R);
       if (dA) c.op.gemm(p, Trans::T, Trans::N, s.rank, I, N, dh, R, x, I, T(1), dA, I);
       if (dx) c.op.gemm(p, Trans::N, Trans::N, N, I, s.rank, dh, R, A, I, T(1), dx, I);
     }
@@ -218,18 +183,9 @@ void weight_expert_dense(const Ctx<T>& c, const Weight& w, int64_t e, T* out) {
   const int64_t I = w.in, O = w.out;
   const T* W = w.rebuilt() ? weight_rebuild(c, w, e) : c.P + w.w_at(e);
   std::copy_n(W, I * O, out);
-  for (const LoraSlot& s : w.lora) {  // W[i, out0 + o] += scale * sum_r A[r, i] B[o, r]
-    const T *A = c.P + s.A_at(e, I), *B = c.P + s.B_at(e);
-    for (int64_t i = 0; i < I; i++)
-      for (int64_t o = 0; o < s.out_n; o++) {
-        double acc = 0;
-        for (int64_t r = 0; r < s.rank; r++)
-          acc += double(A[r * I + i]) * double(B[o * s.rank + r]);
-        const int64_t at =
-            w.layout == kernels::WLayout::InOut ? i * O + s.out0 + o : (s.out0 + o) * I + i;
-        out[at] += T(s.scale * acc);
-      }
-  }
+  for (const LoraSlot& s : w.lora)  // W[i, out0 + o] += scale * sum_r A[r, i] B[o, r]
+    c.op.lora_expand(out, c.P + s.A_at(e, I), c.P + s.B_at(e),
+                     kernels::LowRank{I, O, s.rank, s.out0, s.out_n, s.scale, w.layout});
 }
 
 template struct Ctx<float>;

@@ -8,7 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/gemm.hpp"
-#include "kernels/vmath.hpp"
+#include "core/parallel.hpp"
 
 namespace moelab {
 
@@ -174,11 +174,9 @@ void Engine::fail_slot(Slot& sl, const std::string& why) {
 TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) const {
   const int64_t V = int64_t(z.size()), Vd = std::min(V, tok_.vocab_size());
   const float* zp = z.data();
-  float mx = zp[0];
-  for (int64_t v = 1; v < V; v++) mx = std::max(mx, zp[v]);
+  float mx = 0;
   double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t v = 0; v < V; v++) sum += double(kernels::fexp(zp[v] - mx));
+  dec_.device().ops<float>().logsumexp(&mx, &sum, zp, 1, V, true);
   const double lse = double(mx) + std::log(sum);
   TokenLogprob t;
   t.id = id, t.logprob = double(zp[id]) - lse;
@@ -222,10 +220,10 @@ void Engine::admit(std::span<const int64_t> group) {
     const int64_t rows = int64_t(logits.size()) / V, len = to[size_t(i)];
     if (t0 + rows == len) last[size_t(i)].assign(logits.end() - V, logits.end());
     const int64_t scored = std::min(rows, len - 1 - t0);  // rows before the last position
-#pragma omp parallel for schedule(dynamic, 8) if (A == 1 && scored >= 16)
-    for (int64_t r = 0; r < scored; r++)
+    parallel_for(scored, 8, A == 1 && scored >= 16, [&](int64_t r) {
       lp[size_t(i)][size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
                                                 sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
+    });
   };
   if (A == 1) {
     dec_.prefill_slot(group[0], slots_[size_t(group[0])].seq->spec.prompt, from[0],

@@ -21,8 +21,9 @@
 #include <map>
 
 #include "core/error.hpp"
-#include "core/parse.hpp"
 #include "core/fileio.hpp"
+#include "core/parallel.hpp"
+#include "core/parse.hpp"
 #include "core/rng.hpp"
 
 namespace moelab {
@@ -259,13 +260,13 @@ LawFit law_fit(std::span<const FitPoint> pts, const LawFitOptions& o) {
   std::vector<LawVec> starts = o.starts.empty() ? law_grid_chinchilla(false) : o.starts;
   std::vector<LawVec> ends(starts.size());
   std::vector<double> obj(starts.size());
-#pragma omp parallel for schedule(dynamic)
-  for (size_t i = 0; i < starts.size(); i++) {
+  parallel_for(int64_t(starts.size()), 1, true, [&](int64_t j) {
+    const auto i = size_t(j);
     ends[i] = starts[i];
     law_solve(pts, ends[i], o.law, o.huber_delta, o.max_iterations);
     obj[i] = law_objective(pts, ends[i], o.law, o.huber_delta);
     if (!std::isfinite(obj[i])) obj[i] = std::numeric_limits<double>::infinity();
-  }
+  });
   size_t best = size_t(std::min_element(obj.begin(), obj.end()) - obj.begin());
   LawFit f;
   f.p = ends[best], f.objective = obj[best], f.best_start = int(best),

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/device.hpp"
 #include "model/params.hpp"
 
 namespace moelab {
@@ -19,16 +20,14 @@ struct AdamWConfig {
 
 // Trainable parameters [param, param + numel) whose moments are [moment, moment + numel) of m and
 // v: adjacent trainable tensors with the same decay share one span.
-struct AdamWSpan {
-  int64_t param = 0, moment = 0, numel = 0;
-  bool decay = false;
-};
+using AdamWSpan = kernels::AdamWSpan;
 
 template <typename T>
 class AdamW {
  public:
   // The trainable set is the layout's at construction: freeze first, or call sync_trainable().
-  AdamW(const ParamLayout& layout, AdamWConfig cfg);
+  // The update runs as the device's op.
+  AdamW(const ParamLayout& layout, AdamWConfig cfg, Device& dev = device_default());
   // One update at learning rate lr (PyTorch's AdamW arithmetic, step by step), on the gradients
   // times grad_scale: clipping folded into the update saves a pass over the gradients.
   void update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale = 1.0);
@@ -51,13 +50,15 @@ class AdamW {
   void build();
 
   const ParamLayout* layout_;
+  const Ops<T>* op_;
   std::vector<AdamWSpan> spans_;
   std::vector<int64_t> moment_at_;  // per layout tensor; -1: frozen when built
 };
 
 // L2 norm of the gradients of trainable tensors. Deterministic for any thread count.
 template <typename T>
-double grad_global_norm(const ParamLayout& layout, std::span<const T> grads);
+double grad_global_norm(const ParamLayout& layout, std::span<const T> grads,
+                        const Ops<T>& op = device_default().ops<T>());
 
 // The factor global-norm clipping applies: max_norm / norm when the norm exceeds max_norm > 0.
 inline double grad_clip_scale(double norm, double max_norm) {
@@ -66,6 +67,7 @@ inline double grad_clip_scale(double norm, double max_norm) {
 
 // Both in one: scales the gradients in place, returns the norm before clipping.
 template <typename T>
-double grad_clip_global_norm(const ParamLayout& layout, std::span<T> grads, double max_norm);
+double grad_clip_global_norm(const ParamLayout& layout, std::span<T> grads, double max_norm,
+                             const Ops<T>& op = device_default().ops<T>());
 
 }  // namespace moelab

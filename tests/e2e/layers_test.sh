@@ -98,4 +98,13 @@ else
   ok
 fi
 
+# ---- The device seam: OpenMP only in the kernels, the backends and core's parallel_for; every
+# other loop over numbers is an op of the device's table.
+if grep -rn --include='*.cpp' --include='*.hpp' '#\s*pragma\s\+omp' "$src/src" |
+  grep -v -e "^$src/src/core/" -e "^$src/src/kernels/" -e "^$src/src/backend/" >"$tmp/omp"; then
+  bad "OpenMP pragmas outside core/, kernels/ and backend/: $(head -3 "$tmp/omp")"
+else
+  ok
+fi
+
 finish layers

@@ -6,11 +6,11 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "backend/reference.hpp"
 #include "core/error.hpp"
 #include "kernels/kernels.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
-#include "ref_ops.hpp"
 #include "test_util.hpp"
 #include "tiny_config.hpp"
 #include "train/adamw.hpp"

@@ -4,10 +4,10 @@
 
 #include <numeric>
 
+#include "backend/reference.hpp"
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
-#include "ref_ops.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
@@ -540,4 +540,198 @@ TEST(Ops, LinearWideInOutTransposedPath) {
                              cast<float>(x).data(), cast<float>(W).data(), N, I, O,
                              K::WLayout::InOut);
   expect_close(dx32, dx_ref, kRtol32, kAtol32, "wide linear dx, float");
+}
+
+// ----------------------------------------------------------------------------
+// The ops of the glue between the blocks: the float kernel against the double reference, the
+// double kernel against finite differences where the op is trained.
+
+TEST(Ops, CrossEntropyBackwardMatchesReference) {
+  const int64_t N = 6, V = 40;
+  auto z = randn(N * V, 1, 3.0);
+  std::vector<int32_t> t = {3, -1, 0, 39, 7, 7};
+  std::vector<double> l(N), g(N * V), gr(N * V);
+  K::cross_entropy<double>::forward(l.data(), z.data(), t.data(), N, V);
+  K::cross_entropy<double>::backward(g.data(), z.data(), l.data(), t.data(), N, V, 0.25);
+  ref::cross_entropy<double>::backward(gr.data(), z.data(), l.data(), t.data(), N, V, 0.25);
+  expect_close(g, gr, 1e-12, 1e-14, "cross-entropy backward vs reference");
+}
+
+TEST(Ops, LogSumExpAndArgmax) {
+  const int64_t N = 9, V = 70;
+  const auto z = randn(N * V, 1, 4.0);
+  std::vector<float> mx32(N);
+  std::vector<double> mx(N), sum32(N), sum32d(N), sum(N);
+  K::logsumexp<float>::forward(mx32.data(), sum32.data(), cast<float>(z).data(), N, V, false);
+  K::logsumexp<float>::forward(mx32.data(), sum32d.data(), cast<float>(z).data(), N, V, true);
+  ref::logsumexp<double>::forward(mx.data(), sum.data(), z.data(), N, V, true);
+  expect_close(mx32, mx, kRtol32, kAtol32, "logsumexp max");
+  expect_close(sum32, sum, kRtol32, kAtol32, "logsumexp sum in float");
+  expect_close(sum32d, sum, kRtol32, kAtol32, "logsumexp sum in double");
+  // the lse is the cross-entropy's, bit for bit
+  std::vector<float> lse(N);
+  const std::vector<int32_t> none(N, -1);
+  K::cross_entropy<float>::forward(lse.data(), cast<float>(z).data(), none.data(), N, V);
+  for (int64_t n = 0; n < N; n++) EXPECT_EQ(lse[n], mx32[n] + std::log(float(sum32[n])));
+  std::vector<int32_t> idx(N), want(N);
+  K::argmax<double>::forward(idx.data(), z.data(), N, V - 5, V);
+  ref::argmax<double>::forward(want.data(), z.data(), N, V - 5, V);
+  EXPECT_EQ(idx, want);
+  const std::vector<float> ties = {1, 3, 3, NAN, 3};  // the first of the largest; NaN ignored
+  int32_t at = -1;
+  K::argmax<float>::forward(&at, ties.data(), 1, 5, 5);
+  EXPECT_EQ(at, 1);
+}
+
+TEST(Ops, AdamWMatchesReference) {
+  const int64_t n = 300;
+  const auto p0 = randn(n, 1), g = randn(n, 2);
+  std::vector<K::AdamWSpan> spans{{0, 0, 100, true}, {150, 100, 150, false}};  // 100..150 frozen
+  const K::AdamWStep k{0.9, 0.95, 1e-8, 1e-2 / 0.1, std::sqrt(0.05), 0.5, 0.999};
+  auto p32 = cast<float>(p0);
+  std::vector<float> m32(250, 0.f), v32(250, 0.f);
+  std::vector<double> p = p0, m(250, 0.0), v(250, 0.0);
+  const int64_t keep = parallel_min_work;
+  parallel_min_work = 0;  // chunks in parallel, crossing the spans
+  K::adamw<float>::update(p32.data(), cast<float>(g).data(), m32.data(), v32.data(), spans.data(),
+                          2, k);
+  parallel_min_work = keep;
+  ref::adamw<double>::update(p.data(), g.data(), m.data(), v.data(), spans.data(), 2, k);
+  expect_close(p32, p, kRtol32, kAtol32, "adamw weights");
+  expect_close(m32, m, kRtol32, kAtol32, "adamw first moments");
+  expect_close(v32, v, kRtol32, kAtol32, "adamw second moments");
+  for (int64_t i = 100; i < 150; i++) EXPECT_EQ(p32[i], float(p0[i]));  // frozen: untouched
+}
+
+TEST(Ops, VectorOpsMatchReference) {
+  const int64_t n = 1000, rows = 7, cols = 3, stride = 5;
+  const auto x = randn(n, 1);
+  EXPECT_NEAR(K::vec<double>::sumsq(x.data(), n, 1.5), ref::vec<double>::sumsq(x.data(), n, 1.5),
+              1e-10);
+  EXPECT_NEAR(K::vec<double>::sum(x.data(), n), ref::vec<double>::sum(x.data(), n), 1e-10);
+  auto a = randn(rows * stride, 2), b = a;
+  K::vec<double>::scale(a.data(), -2.0, rows, cols, stride);
+  ref::vec<double>::scale(b.data(), -2.0, rows, cols, stride);
+  EXPECT_EQ(a, b);
+  std::vector<double> f(n), fr(n);
+  K::vec<double>::fill_normal(f.data(), n, 0.1, 3, 9);
+  ref::vec<double>::fill_normal(fr.data(), n, 0.1, 3, 9);
+  EXPECT_EQ(f, fr);
+  K::vec<double>::fill(f.data(), 0.5, n);
+  EXPECT_EQ(f, std::vector<double>(n, 0.5));
+  const auto y = randn(n, 3), z = randn(n, 4);
+  const double* v[3] = {x.data(), y.data(), z.data()};
+  std::vector<double> G(9), Gr(9);
+  K::vec<double>::gram(G.data(), v, 3, n);
+  ref::vec<double>::gram(Gr.data(), v, 3, n);
+  expect_close(G, Gr, 1e-12, 1e-12, "gram");
+}
+
+TEST(Ops, Sigmoid) {
+  const int64_t n = 50;
+  auto x = randn(n, 1, 3.0), R = randn(n, 2);
+  std::vector<float> y32(n);
+  std::vector<double> y(n), g(n);
+  K::sigmoid<float>::forward(y32.data(), cast<float>(x).data(), n);
+  ref::sigmoid<double>::forward(y.data(), x.data(), n);
+  expect_close(y32, y, kRtol32, kAtol32, "sigmoid forward");
+  K::sigmoid<double>::forward(y.data(), x.data(), n);
+  K::sigmoid<double>::backward(g.data(), R.data(), y.data(), n);
+  expect_fd(
+      x, g,
+      [&] {
+        K::sigmoid<double>::forward(y.data(), x.data(), n);
+        return dot(y, R);
+      },
+      "sigmoid dx");
+}
+
+TEST(Ops, LoraMergeAndExpand) {
+  for (const K::WLayout layout : {K::WLayout::OutIn, K::WLayout::InOut}) {
+    const int64_t I = 9, O = 14, R = 3;
+    const K::LowRank s{I, O, R, 4, 6, 1.5, layout};
+    const auto A = randn(R * I, 1), B = randn(s.out_n * R, 2), W = randn(I * O, 3);
+    auto merged = W, expanded = W, want = W;
+    const int64_t keep = parallel_min_work;
+    parallel_min_work = 0;
+    K::lora<double>::merge(merged.data(), A.data(), B.data(), s);
+    parallel_min_work = keep;
+    K::lora<double>::expand(expanded.data(), A.data(), B.data(), s);
+    ref::lora<double>::merge(want.data(), A.data(), B.data(), s);
+    expect_close(merged, want, 1e-13, 1e-14, "lora merge");
+    expect_close(expanded, want, 1e-13, 1e-14, "lora expand");
+    // the merged weight maps x as the base plus the adapter: W x + scale B (A x)
+    std::vector<double> x = randn(I, 4), y(O), yb(O);
+    K::linear<double>::forward(y.data(), x.data(), merged.data(), nullptr, 1, I, O, layout);
+    K::linear<double>::forward(yb.data(), x.data(), W.data(), nullptr, 1, I, O, layout);
+    for (int64_t o = 0; o < s.out_n; o++) {
+      double ax = 0;
+      for (int64_t r = 0; r < R; r++) {
+        double h = 0;
+        for (int64_t i = 0; i < I; i++) h += A[r * I + i] * x[i];
+        ax += B[o * R + r] * h;
+      }
+      yb[s.out0 + o] += s.scale * ax;
+    }
+    expect_close(y, yb, 1e-12, 1e-13, "lora merge as a map");
+  }
+}
+
+TEST(Ops, DeltaSparse) {
+  const int64_t I = 7, O = 11, N = 4, n = I * O, nnz = 20;
+  std::vector<int32_t> pos(nnz);
+  for (int64_t j = 0; j < nnz; j++) pos[j] = int32_t(j * 3 + j % 2);
+  auto base = randn(n, 1), v = randn(nnz, 2), R = randn(n, 3), x = randn(N * I, 4);
+  std::vector<double> W(n), Wr(n), dv(nnz, 0.0), dvr(nnz, 0.0);
+  K::delta_sparse<double>::forward(W.data(), base.data(), pos.data(), v.data(), n, nnz);
+  ref::delta_sparse<double>::forward(Wr.data(), base.data(), pos.data(), v.data(), n, nnz);
+  EXPECT_EQ(W, Wr);
+  K::delta_sparse<double>::backward(dv.data(), R.data(), pos.data(), nnz);
+  ref::delta_sparse<double>::backward(dvr.data(), R.data(), pos.data(), nnz);
+  EXPECT_EQ(dv, dvr);
+  expect_fd(
+      v, dv,
+      [&] {
+        K::delta_sparse<double>::forward(W.data(), base.data(), pos.data(), v.data(), n, nnz);
+        return dot(W, R);
+      },
+      "delta sparse dv");
+  // the direct path: x (base + delta) = x base + the sparse add
+  std::vector<double> direct(N * O), rebuilt(N * O), want(N * O, 0.0);
+  K::linear<double>::forward(direct.data(), x.data(), base.data(), nullptr, N, I, O,
+                             K::WLayout::InOut);
+  const int64_t keep = parallel_min_work;
+  parallel_min_work = 0;
+  K::delta_sparse<double>::add(direct.data(), x.data(), pos.data(), v.data(), N, I, O, nnz);
+  parallel_min_work = keep;
+  ref::delta_sparse<double>::add(want.data(), x.data(), pos.data(), v.data(), N, I, O, nnz);
+  K::delta_sparse<double>::forward(W.data(), base.data(), pos.data(), v.data(), n, nnz);
+  K::linear<double>::forward(rebuilt.data(), x.data(), W.data(), nullptr, N, I, O,
+                             K::WLayout::InOut);
+  expect_close(direct, rebuilt, 1e-12, 1e-13, "delta sparse add vs rebuild");
+  std::vector<double> only(N * O, 0.0);
+  K::delta_sparse<double>::add(only.data(), x.data(), pos.data(), v.data(), N, I, O, nnz);
+  expect_close(only, want, 1e-13, 1e-14, "delta sparse add vs reference");
+}
+
+TEST(Ops, DeltaQuant) {
+  const int64_t I = 6, O = 9, n = I * O;
+  const auto delta = randn(n, 1, 0.2), base = randn(n, 2);
+  std::vector<double> s(O);
+  for (int64_t o = 0; o < O; o++) s[o] = 0.05 * double(1 + o % 3);
+  s[4] = 0;  // a column of zeros: codes 0
+  for (int64_t bits : {1, 2, 4, 8}) {
+    std::vector<int8_t> c(n), cr(n);
+    K::delta_quant<double>::encode(c.data(), delta.data(), s.data(), I, O, bits);
+    ref::delta_quant<double>::encode(cr.data(), delta.data(), s.data(), I, O, bits);
+    EXPECT_EQ(c, cr) << bits << " bits";
+    std::vector<double> W(n), Wr(n);
+    K::delta_quant<double>::forward(W.data(), base.data(), c.data(), s.data(), I, O);
+    ref::delta_quant<double>::forward(Wr.data(), base.data(), c.data(), s.data(), I, O);
+    expect_close(W, Wr, 1e-15, 1e-15, "delta quant rebuild");
+    if (bits >= 2)
+      for (int64_t i = 0; i < n; i++)
+        if (s[i % O] > 0 && std::abs(delta[i]) < s[i % O] * ((1 << (bits - 1)) - 1))
+          EXPECT_LE(std::abs(W[i] - base[i] - delta[i]), s[i % O] / 2 + 1e-15);
+  }
 }

@@ -1,12 +1,17 @@
 #pragma once
 // Scalar references: the plainest loops that compute each op, written from the formulas of
-// docs/methods.md §3 rather than from the kernels. Same interface as src/kernels/kernels.hpp;
-// tests only.
+// docs/methods.md §3 rather than from the kernels: no OpenMP, no BLAS, sums in double. The
+// reference device (backend/reference.cpp, MOELAB_DEVICE=reference) runs them as its op table;
+// tests/test_ops.cpp checks the kernels against them op by op, tests/test_backend_ops.cpp the
+// two devices against each other. Same interface as src/kernels/kernels.hpp (the router's bias
+// comes last, the linear maps take no precision: they are always exact).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "core/rng.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::ref {
@@ -57,7 +62,7 @@ struct linear {
     return l == WLayout::OutIn ? W[o * I + i] : W[i * O + o];
   }
   static void forward(T* out, const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O,
-                      WLayout l) {
+                      WLayout l, Precision = Precision::F32) {
     for (int64_t n = 0; n < N; n++)
       for (int64_t o = 0; o < O; o++) {
         double s = b ? double(b[o]) : 0.0;
@@ -66,7 +71,8 @@ struct linear {
       }
   }
   static void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, int64_t N,
-                       int64_t I, int64_t O, WLayout l, bool dx_accumulate = false) {
+                       int64_t I, int64_t O, WLayout l, bool dx_accumulate = false,
+                       Precision = Precision::F32) {
     for (int64_t n = 0; n < N; n++) {
       for (int64_t i = 0; i < I && dx; i++) {
         double s = 0;
@@ -270,7 +276,29 @@ struct router {
     }
     double aux = 0;
     for (int64_t e = 0; e < E; e++) aux += f[e] * P[e];
-    return {ca * double(E) * aux, cz * z};
+    return {ca * double(E) * aux, cz * z, double(E) * aux, z};
+  }
+  // dlogits += scale * d(aux + z)/dlogits, the routing fractions held fixed
+  static void loss_backward(T* dlogits, const T* logits, const int32_t* idx, int64_t N, int64_t E,
+                            int64_t k, double ca, double cz, double scale) {
+    if (N == 0) return;
+    std::vector<double> f(size_t(E), 0.0);
+    for (int64_t i = 0; i < N * k; i++) f[idx[i]] += 1.0 / double(N * k);
+    for (int64_t n = 0; n < N; n++) {
+      double sum = 0;
+      for (int64_t e = 0; e < E; e++) sum += std::exp(double(logits[n * E + e]));
+      const double lse = std::log(sum);
+      // aux = ca E sum_e f_e P_e, P_e = mean_n p_ne; z = cz mean_n lse_n^2
+      for (int64_t j = 0; j < E; j++) {
+        const double pj = std::exp(double(logits[n * E + j])) / sum;
+        double g = cz * 2.0 * lse * pj / double(N);
+        for (int64_t e = 0; e < E; e++) {
+          const double pe = std::exp(double(logits[n * E + e])) / sum;
+          g += ca * double(E) * f[e] * pe * ((e == j ? 1.0 : 0.0) - pj) / double(N);
+        }
+        dlogits[n * E + j] += T(scale * g);
+      }
+    }
   }
 };
 
@@ -279,12 +307,23 @@ struct cross_entropy {
   static double forward(T* lse, const T* logits, const int32_t* targets, int64_t N, int64_t V) {
     double total = 0;
     for (int64_t n = 0; n < N; n++) {
+      const T* z = logits + n * V;
+      const double m = *std::max_element(z, z + V);
       double sum = 0;
-      for (int64_t v = 0; v < V; v++) sum += std::exp(double(logits[n * V + v]));
-      lse[n] = T(std::log(sum));
-      if (targets[n] >= 0) total += std::log(sum) - logits[n * V + targets[n]];
+      for (int64_t v = 0; v < V; v++) sum += std::exp(double(z[v]) - m);
+      lse[n] = T(m + std::log(sum));
+      if (targets[n] >= 0) total += m + std::log(sum) - z[targets[n]];
     }
     return total;
+  }
+  static void backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, int64_t N,
+                       int64_t V, double scale) {
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t v = 0; v < V; v++) {
+        const double p = std::exp(double(logits[n * V + v]) - double(lse[n]));
+        const double hot = v == targets[n] ? 1.0 : 0.0;
+        dlogits[n * V + v] = T(targets[n] < 0 ? 0.0 : scale * (p - hot));
+      }
   }
 };
 
@@ -354,4 +393,206 @@ struct fusion {
   }
 };
 
+// ----------------------------------------------------------------------------
+// MoE dispatch and combine, by the definition of the sorted rows
+
+template <typename T>
+struct moe_gather {
+  static void forward(T* xe, const T* x, const kernels::MoeRouting& r, int64_t d) {
+    for (int64_t a = 0; a < r.N * r.k; a++)
+      for (int64_t c = 0; c < d; c++) xe[r.pos[a] * d + c] = x[(a / r.k) * d + c];
+  }
+  static void backward(T* dx, const T* dxe, const kernels::MoeRouting& r, int64_t d) {
+    for (int64_t a = 0; a < r.N * r.k; a++)
+      for (int64_t c = 0; c < d; c++) dx[(a / r.k) * d + c] += dxe[r.pos[a] * d + c];
+  }
+};
+
+template <typename T>
+struct moe_combine {
+  static void forward(T* out, const T* y, const T* w, const kernels::MoeRouting& r, int64_t d) {
+    for (int64_t n = 0; n < r.N; n++)
+      for (int64_t c = 0; c < d; c++) {
+        double s = 0;
+        for (int64_t j = 0; j < r.k; j++)
+          s += double(w[n * r.k + j]) * y[r.pos[n * r.k + j] * d + c];
+        out[n * d + c] = T(s);
+      }
+  }
+  static void backward(T* dy, T* dw, const T* dout, const T* y, const T* w,
+                       const kernels::MoeRouting& r, int64_t d) {
+    for (int64_t n = 0; n < r.N; n++)
+      for (int64_t j = 0; j < r.k; j++) {
+        const int64_t row = r.pos[n * r.k + j];
+        double s = 0;
+        for (int64_t c = 0; c < d; c++) {
+          dy[row * d + c] = T(double(w[n * r.k + j]) * dout[n * d + c]);
+          s += double(dout[n * d + c]) * y[row * d + c];
+        }
+        dw[n * r.k + j] = T(s);
+      }
+  }
+};
+
+// C [M,N] = op(A) op(B) + beta C, every product exact in double (the precision is ignored)
+template <typename T>
+void gemm(Precision, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double s = 0;
+      for (int64_t p = 0; p < K; p++) {
+        const double a = ta == Trans::N ? A[i * lda + p] : A[p * lda + i];
+        const double b = tb == Trans::N ? B[p * ldb + j] : B[j * ldb + p];
+        s += a * b;
+      }
+      C[i * ldc + j] = T(beta == T(0) ? s : s + double(beta) * C[i * ldc + j]);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the glue between the blocks
+
+template <typename T>
+struct logsumexp {
+  static void forward(T* mx, double* sum, const T* z, int64_t N, int64_t V, bool) {
+    for (int64_t n = 0; n < N; n++) {
+      mx[n] = *std::max_element(z + n * V, z + (n + 1) * V);
+      sum[n] = 0;
+      for (int64_t v = 0; v < V; v++) sum[n] += std::exp(double(z[n * V + v]) - double(mx[n]));
+    }
+  }
+};
+
+template <typename T>
+struct argmax {
+  static void forward(int32_t* idx, const T* z, int64_t N, int64_t V, int64_t stride) {
+    for (int64_t n = 0; n < N; n++) {
+      int64_t best = -1;  // the first of the largest; NaN never wins
+      for (int64_t v = 0; v < V; v++) {
+        const T x = z[n * stride + v];
+        if (!std::isnan(x) && (best < 0 || x > z[n * stride + best])) best = v;
+      }
+      idx[n] = int32_t(best < 0 ? 0 : best);
+    }
+  }
+};
+
+template <typename T>
+struct adamw {
+  static void update(T* p, const T* g, T* m, T* v, const kernels::AdamWSpan* spans, int64_t n_spans,
+                     const kernels::AdamWStep& k) {
+    for (int64_t s = 0; s < n_spans; s++) {
+      const kernels::AdamWSpan& sp = spans[s];
+      for (int64_t i = 0; i < sp.numel; i++) {
+        T& w = p[sp.param + i];
+        T& mi = m[sp.moment + i];
+        T& vi = v[sp.moment + i];
+        const double gi = double(g[sp.param + i]) * k.grad_scale;
+        mi = T(k.beta1 * mi + (1 - k.beta1) * gi);
+        vi = T(k.beta2 * vi + (1 - k.beta2) * gi * gi);
+        const double decay = sp.decay ? k.decay : 1.0;
+        w = T(w * decay - k.step_size * mi / (std::sqrt(double(vi)) / k.bc2_sqrt + k.eps));
+      }
+    }
+  }
+};
+
+template <typename T>
+struct vec {
+  static double sumsq(const T* x, int64_t n, double acc) {
+    for (int64_t i = 0; i < n; i++) acc += double(x[i]) * x[i];
+    return acc;
+  }
+  static double sum(const T* x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    return s;
+  }
+  static void scale(T* x, T s, int64_t rows, int64_t cols, int64_t stride) {
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t j = 0; j < cols; j++) x[r * stride + j] *= s;
+  }
+  static void fill(T* x, T value, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = value;
+  }
+  static void fill_normal(T* x, int64_t n, double sd, uint64_t seed, uint64_t stream) {
+    for (int64_t i = 0; i < n; i++) x[i] = T(sd * rng_normal(seed, stream, uint64_t(i)));
+  }
+  static void gram(double* G, const T* const* x, int64_t V, int64_t n) {
+    for (int64_t a = 0; a < V; a++)
+      for (int64_t b = 0; b < V; b++) {
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) s += double(x[a][i]) * x[b][i];
+        G[a * V + b] = s;
+      }
+  }
+};
+
+template <typename T>
+struct sigmoid {
+  static void forward(T* y, const T* x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = T(1.0 / (1.0 + std::exp(-double(x[i]))));
+  }
+  static void backward(T* dx, const T* dy, const T* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dx[i] = T(double(dy[i]) * y[i] * (1.0 - y[i]));
+  }
+};
+
+// ----------------------------------------------------------------------------
+// adapters and DeRS deltas
+
+template <typename T>
+struct lora {
+  // W[o, i] (as laid out) += scale * sum_r B[o, r] A[r, i] on the slot's columns
+  static void merge(T* W, const T* A, const T* B, const kernels::LowRank& s) {
+    for (int64_t o = 0; o < s.out_n; o++)
+      for (int64_t i = 0; i < s.I; i++) {
+        double acc = 0;
+        for (int64_t r = 0; r < s.R; r++) acc += s.scale * double(B[o * s.R + r]) * A[r * s.I + i];
+        T& w = s.layout == WLayout::OutIn ? W[(s.out0 + o) * s.I + i] : W[i * s.O + s.out0 + o];
+        w = T(double(w) + acc);
+      }
+  }
+  static void expand(T* W, const T* A, const T* B, const kernels::LowRank& s) { merge(W, A, B, s); }
+};
+
+template <typename T>
+struct delta_sparse {
+  static void forward(T* W, const T* base, const int32_t* pos, const T* v, int64_t n, int64_t nnz) {
+    for (int64_t i = 0; i < n; i++) W[i] = base[i];
+    for (int64_t j = 0; j < nnz; j++) W[pos[j]] += v[j];
+  }
+  static void backward(T* dv, const T* dW, const int32_t* pos, int64_t nnz) {
+    for (int64_t j = 0; j < nnz; j++) dv[j] += dW[pos[j]];
+  }
+  static void add(T* out, const T* x, const int32_t* pos, const T* v, int64_t N, int64_t I,
+                  int64_t O, int64_t nnz) {
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < nnz; j++) out[n * O + pos[j] % O] += v[j] * x[n * I + pos[j] / O];
+  }
+};
+
+template <typename T>
+struct delta_quant {
+  static void forward(T* W, const T* base, const int8_t* codes, const T* s, int64_t I, int64_t O) {
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t o = 0; o < O; o++)
+        W[i * O + o] = T(base[i * O + o] + double(s[o]) * codes[i * O + o]);
+  }
+  static void encode(int8_t* codes, const T* delta, const T* s, int64_t I, int64_t O,
+                     int64_t bits) {
+    const double bound = bits == 1 ? 1.0 : std::ldexp(1.0, int(bits) - 1) - 1.0;
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t o = 0; o < O; o++) {
+        const double d = delta[i * O + o];
+        double c = 0;
+        if (bits == 1)
+          c = d >= 0 ? 1 : -1;
+        else if (s[o] > 0)
+          c = std::clamp(std::round(d / double(s[o])), -bound, bound);
+        codes[i * O + o] = int8_t(c);
+      }
+  }
+};
 }  // namespace moelab::ref
