@@ -13,7 +13,6 @@
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
 #include "study/ct_measure.hpp"
-#include "study/ct_report_ders.hpp"
 #include "study/report.hpp"
 #include "study/report_kit.hpp"
 
@@ -219,59 +218,64 @@ ojson methods_summarize(const CtStudy& st) {
   return out;
 }
 
-std::string markdown_table(const CtStudy& st, const ojson& methods) {
+// summary.md: the study, its notes, the table of numbers, the reading, the final models' part
+// (DeRS), the figures.
+std::string markdown_write(const CtStudy& st, const ojson& methods, const std::string& reading,
+                           const DersSection& ders, const std::vector<std::string>& figures) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
-  std::string md = "# Continual-training report\n\n";
-  md += fmt::format(
-      "Base `{}`, trained on `{}` (the original domain), trains on `{}` (the new domain) for {} "
-      "steps per run. Folder: `{}`.\n\n",
-      st.ct.value("base", ""), st.original, st.fresh, st.ct.value("steps", int64_t(0)), st.dir);
-  for (const std::string& n : st.notes) md += "Note: " + n + "\n\n";
-  if (base.is_object())
-    md +=
+  std::string notes, base_loss;
+  for (const std::string& n : st.notes) {
+    notes += "Note: " + n + "\n\n";
+  }
+  if (base.is_object()) {
+    base_loss =
         fmt::format("The base's held-out loss: {:.3f} on `{}`, {:.3f} on `{}`.\n\n",
                     base.value(st.original, NAN), st.original, base.value(st.fresh, NAN), st.fresh);
+  }
   MdColumns table(methods, [](const ojson& m) { return m["method"].get<std::string>(); });
-  const auto row = [&table](const std::string& name, auto cell) { table.row(name, cell); };
-  row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
-  row("seeds", [](const ojson& m) {
+  table.row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
+  table.row("seeds", [](const ojson& m) {
     const int64_t nf = m["runs_failed"].get<int64_t>();
     return seeds_cell(m["seeds"], fmt::format("{}", nf), size_t(nf));
   });
-  row("trainable params (share)", [](const ojson& m) {
+  table.row("trainable params (share)", [](const ojson& m) {
     const double t = m["params_trainable"].get<double>(), n = m["params_total"].get<double>();
     return fmt::format("{} ({:.2f}%)", human_count(t), n > 0 ? 100 * t / n : NAN);
   });
-  row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
-  row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
-  row("held-out loss " + st.fresh + " (new) at the end",
-      [](const ojson& m) { return stat_format(m["final_val_loss_new"]); });
-  row("held-out loss " + st.original + " (original) at the end",
-      [](const ojson& m) { return stat_format(m["final_val_loss_original"]); });
-  row("M_ex = 1 samples at the start (of candidates)", [](const ojson& m) {
-    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
-                       stat_format(m["evalset_candidates"], 0));
-  });
+  table.row_count("total params", "params_total");
+  table.row_count("tokens trained", "tokens");
+  table.row_stat("held-out loss " + st.fresh + " (new) at the end", "final_val_loss_new");
+  table.row_stat("held-out loss " + st.original + " (original) at the end",
+                 "final_val_loss_original");
+  table.row_kept("M_ex = 1 samples at the start (of candidates)");
   // Where the base recalled none of the samples the forgetting metrics are undefined.
-  row("M_ex at the end",
-      [](const ojson& m) { return stat_format_recalled(m["final_m_ex"], m["evalset_kept"]); });
-  row("M_in at the end",
-      [](const ojson& m) { return stat_format_recalled(m["final_m_in"], m["evalset_kept"]); });
-  row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
-  row("peak RSS (MB)", [](const ojson& m) {
+  table.row_recalled("M_ex at the end", "final_m_ex");
+  table.row_recalled("M_in at the end", "final_m_in");
+  table.row_stat("tokens/s (median)", "tokens_per_s", 0);
+  table.row("peak RSS (MB)", [](const ojson& m) {
     const ojson& v = m["peak_rss_bytes"];
-    if (v.is_null()) return std::string("-");
+    if (v.is_null()) {
+      return std::string("-");
+    }
     ojson mb = v.is_number() ? ojson(v.get<double>() / 1e6)
                              : ojson{{"mean", v["mean"].get<double>() / 1e6},
                                      {"sd", v["sd"].get<double>() / 1e6},
                                      {"n", v["n"]}};
     return stat_format(mb, 0);
   });
-  md += table.md();
-  md +=
-      "\nMeans over the seeds, ± their standard deviation where there are several. Peak RSS is "
-      "the process's high-water resident set while that run trained.\n";
-  return md;
+  std::vector<std::string> listed = ders.figures;
+  listed.insert(listed.end(), figures.begin(), figures.end());
+  return template_render("ct.md", {{"base", st.ct.value("base", "")},
+                                   {"original", st.original},
+                                   {"new", st.fresh},
+                                   {"steps", fmt::format("{}", st.ct.value("steps", int64_t(0)))},
+                                   {"dir", st.dir},
+                                   {"notes", notes},
+                                   {"base_loss", base_loss},
+                                   {"table", table.md()},
+                                   {"reading", reading},
+                                   {"ders", ders.md},
+                                   {"images", md_images(listed)}});
 }
 
 // ----------------------------------------------------------------------------
@@ -312,10 +316,9 @@ std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::strin
     list += fmt::format("{}{} {:.{}f}", list.empty() ? "" : ", ", x.name, x.v, digits);
   std::string md = fmt::format("- {}: {}.", what, list);
   if (r.size() < 2) return md + "\n";
-  if (!std::isfinite(std::hypot(r[0].se, r[1].se)))
-    return md +
-           " With one seed per method there is no estimate of the run-to-run spread, so this "
-           "order is that of one run each, not a ranking (`--seeds 1,2,3` would give one).\n";
+  if (!std::isfinite(std::hypot(r[0].se, r[1].se))) {
+    return md + " " + template_render("ct_one_seed.md");
+  }
   md += " " + gap_clause(r[0], r[1], digits);
   if (r.size() > 2 && std::isfinite(r.back().se)) md += " " + gap_clause(r[0], r.back(), digits);
   return md + "\n";
@@ -338,7 +341,7 @@ std::string forgetting_missing_cause(const RunData& r) {
 
 std::string reading_write(const CtStudy& st, const ojson& methods) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
-  std::string md = "\n## Reading\n\n";
+  std::string md;
   auto ranked = [&](const char* key, auto se_of) {
     std::vector<Ranked> r;
     for (const ojson& m : methods)
@@ -419,10 +422,8 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
-  std::string md = markdown_table(st, methods) + reading_write(st, methods) + ders.md;
-  std::vector<std::string> listed = ders.figures;
-  listed.insert(listed.end(), figures.begin(), figures.end());
-  md += md_figures(listed);
+  const std::string md =
+      markdown_write(st, methods, reading_write(st, methods), ders, figures);
   const ojson summary = {{"base", st.ct.value("base", "")},
                          {"original", st.original},
                          {"new", st.fresh},
