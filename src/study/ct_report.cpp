@@ -5,22 +5,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "core/fileio.hpp"
 #include "study/ct.hpp"
 #include "study/ct_measure.hpp"
 #include "study/report.hpp"
-#include "study/report_kit.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -42,9 +38,16 @@ struct CtStudy {
   ojson failed = ojson::array();   // runs and measurements that failed, with their reasons
 };
 
-// The record of a failed measurement (ct_measure_failure_path), or null.
-ojson measure_failure(const fs::path& result) {
-  return json_file_or_null(ct_measure_failure_path(result.string()));
+// A failed measurement of `result` (its record at ct_measure_failure_path), noted as "WHAT
+// failed: reason." (what: the record's own where empty) and listed in summary.json.
+void measure_failure_note(CtStudy& st, const fs::path& result, const std::string& what) {
+  const ojson mf = json_file_or_null(ct_measure_failure_path(result.string()));
+  if (mf.is_object()) {
+    const std::string reason = mf.value("reason", "");
+    st.notes.push_back(
+        fmt::format("{} failed: {}.", what.empty() ? "The " + mf.value("what", "") : what, reason));
+    st.failed.push_back({{"measurement", mf.value("what", "")}, {"reason", reason}});
+  }
 }
 
 CtStudy study_read(const std::string& dir) {
@@ -77,12 +80,7 @@ CtStudy study_read(const std::string& dir) {
           st.notes.push_back(fmt::format("`{}` has not started; left out.", rd.string()));
           continue;
         }
-        if (const ojson mf = measure_failure(rd / "final_eval.json"); mf.is_object()) {
-          st.notes.push_back(
-              fmt::format("The final evaluation of `{}` failed: {}.", rel, mf.value("reason", "")));
-          st.failed.push_back(
-              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
-        }
+        measure_failure_note(st, rd / "final_eval.json", "The final evaluation of `" + rel + "`");
         mr.runs.push_back(run_read(rd.string()));
         mr.resources.push_back(json_file_or_null((rd / "resources.json").string()));
         const RunData& d = mr.runs.back();
@@ -102,13 +100,9 @@ CtStudy study_read(const std::string& dir) {
       const fs::path cd = fs::path(dir) / "compress" / k.at("name").get<std::string>();
       std::error_code ec;
       if (!fs::is_directory(cd, ec)) continue;
-      for (const auto& e : fs::directory_iterator(cd, ec))
-        if (const ojson mf = measure_failure(e.path() / "eval.json"); mf.is_object()) {
-          st.notes.push_back(
-              fmt::format("The {} failed: {}.", mf.value("what", ""), mf.value("reason", "")));
-          st.failed.push_back(
-              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
-        }
+      for (const auto& e : fs::directory_iterator(cd, ec)) {
+        measure_failure_note(st, e.path() / "eval.json", "");
+      }
     }
   } catch (const json::exception& e) {
     fail(path.string() + ": " + e.what());
@@ -126,13 +120,11 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
   const ojson& base = st.ct.value("base_val_loss", ojson());
   const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
   {
-    PlotChart c;
-    c.title = fmt::format(
-        "held-out loss on {} (original) against {} (new) along training, from the base; lower "
-        "left is better",
-        st.original, st.fresh);
-    c.xlabel = fmt::format("held-out loss on {} (new domain), nats/token", st.fresh);
-    c.ylabel = fmt::format("held-out loss on {} (original domain)", st.original);
+    PlotChart c{fmt::format("held-out loss on {} (original) against {} (new) along training, from "
+                            "the base; lower left is better",
+                            st.original, st.fresh),
+                fmt::format("held-out loss on {} (new domain), nats/token", st.fresh),
+                fmt::format("held-out loss on {} (original domain)", st.original)};
     const bool has_base = base.is_object() && base.contains(st.original) && base.contains(st.fresh);
     for (size_t i = 0; i < st.methods.size(); i++) {
       const Agg n = runs_aggregate(st.methods[i].runs, vn),
@@ -151,9 +143,8 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     figures.draw(c, "tradeoff");
   }
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
-    PlotChart c;
-    c.title = fmt::format("{} on the samples the base recalled (M_ex = 1 at the start)", name);
-    c.xlabel = "training step", c.ylabel = name;
+    PlotChart c{fmt::format("{} on the samples the base recalled (M_ex = 1 at the start)", name),
+                "training step", name};
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < st.methods.size(); i++) {
       chart_add(c, runs_aggregate(st.methods[i].runs, key), st.methods[i].name, int(i) + 1, 1,
@@ -162,9 +153,8 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     figures.draw(c, key);
   }
   {
-    PlotChart c;
-    c.title = fmt::format("held-out loss on {} (solid) and {} (dashed)", st.fresh, st.original);
-    c.xlabel = "training step", c.ylabel = "cross-entropy (nats/token)";
+    PlotChart c{fmt::format("held-out loss on {} (solid) and {} (dashed)", st.fresh, st.original),
+                "training step", "cross-entropy (nats/token)"};
     for (size_t i = 0; i < st.methods.size(); i++)
       for (const auto& [key, dash] : {std::pair{vn, 1}, std::pair{vo, 2}}) {
         chart_add(c, runs_aggregate(st.methods[i].runs, key),
@@ -422,8 +412,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
-  const std::string md =
-      markdown_write(st, methods, reading_write(st, methods), ders, figures);
+  const std::string md = markdown_write(st, methods, reading_write(st, methods), ders, figures);
   const ojson summary = {{"base", st.ct.value("base", "")},
                          {"original", st.original},
                          {"new", st.fresh},

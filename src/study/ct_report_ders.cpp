@@ -8,14 +8,11 @@
 #include <cmath>
 #include <filesystem>
 
-#include "core/fileio.hpp"
 #include "study/report.hpp"
-#include "study/report_kit.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -136,11 +133,9 @@ std::string family(const Variant& v) {
 
 void figure_write(const std::vector<Variant>& vs, const std::string& subset,
                   const std::string& what, Figures& figures) {
-  PlotChart c;
-  c.title =
-      fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what);
-  c.xlabel = "routed experts, MB as stored";
-  c.ylabel = "held-out loss (nats/token)";
+  PlotChart c{
+      fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what),
+      "routed experts, MB as stored", "held-out loss (nats/token)"};
   std::vector<std::string> families;
   for (const Variant& v : vs)
     if (std::find(families.begin(), families.end(), family(v)) == families.end())
@@ -223,9 +218,9 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
   const std::vector<Variant> vs = variants_read(dir, ct);
   if (vs.empty()) return s;
   const std::string original = ct.value("original", ""), fresh = ct.value("new", "");
-  s.md = template_render("ct_ders.md", {{"new", fresh},
-                                         {"original", original},
-                                         {"rows", table_rows(vs, original, fresh)}});
+  s.md = template_render(
+      "ct_ders.md",
+      {{"new", fresh}, {"original", original}, {"rows", table_rows(vs, original, fresh)}});
   std::string none;  // the variants whose recalled set was empty
   for (const Variant& v : vs) {
     if (recalled_none(stat_of(v.evals, "/forgetting/samples"))) {

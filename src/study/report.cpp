@@ -6,21 +6,16 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
-#include <numeric>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
-#include "train/experiment.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -96,8 +91,7 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
   const int64_t sw = first.switch_step;
   const std::string a_name = first.subset_a, b_name = first.subset_b;
   auto chart = [&](std::string title, std::string ylabel) {
-    PlotChart c;
-    c.title = std::move(title), c.ylabel = std::move(ylabel), c.xlabel = "training step";
+    PlotChart c{std::move(title), "training step", std::move(ylabel)};
     if (sw > 0) c.marker_x = double(sw), c.marker_label = fmt::format("{} -> {}", a_name, b_name);
     return c;
   };
@@ -245,9 +239,9 @@ std::string markdown_write(const std::vector<Group>& groups, const ojson& models
   notes += failed_lines(failed);
   for (const ojson& m : models) {
     if (const size_t nf = m["seeds_failed"].size(); nf > 0) {
-      notes += fmt::format(
-          "The numbers of {} are over the n = {} of its {} seeds that finished.\n\n",
-          m["model"].get<std::string>(), m["seeds"].size(), m["seeds"].size() + nf);
+      notes +=
+          fmt::format("The numbers of {} are over the n = {} of its {} seeds that finished.\n\n",
+                      m["model"].get<std::string>(), m["seeds"].size(), m["seeds"].size() + nf);
     }
   }
   MdColumns table(models, [](const ojson& m) { return m["model"].get<std::string>(); });
@@ -281,15 +275,14 @@ std::string markdown_write(const std::vector<Group>& groups, const ojson& models
   table.row_recalled("M(f) at the end", "final_m_f");
   table.row_recalled("PPL_ent at the end", "final_ppl_ent", 2);
   table.row_stat("tokens/s (median)", "tokens_per_s", 0);
-  return template_render("forgetting.md",
-                         {{"runs", list_join(runs)},
-                          {"a", a_name},
-                          {"b", b_name},
-                          {"switch", fmt::format("{}", first.switch_step)},
-                          {"notes", notes},
-                          {"table", table.md()},
-                          {"reading", reading},
-                          {"images", md_images(figures)}});
+  return template_render("forgetting.md", {{"runs", list_join(runs)},
+                                           {"a", a_name},
+                                           {"b", b_name},
+                                           {"switch", fmt::format("{}", first.switch_step)},
+                                           {"notes", notes},
+                                           {"table", table.md()},
+                                           {"reading", reading},
+                                           {"images", md_images(figures)}});
 }
 
 // Why a run logged no forgetting metrics, read from its folder: no evaluation set, a set whose

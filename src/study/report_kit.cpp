@@ -127,7 +127,8 @@ void MdColumns::row_count(const std::string& name, const std::string& key) {
 }
 
 void MdColumns::row_recalled(const std::string& name, const std::string& key, int digits) {
-  row(name, [&](const ojson& m) { return stat_format_recalled(m[key], m["evalset_kept"], digits); });
+  row(name,
+      [&](const ojson& m) { return stat_format_recalled(m[key], m["evalset_kept"], digits); });
 }
 
 void MdColumns::row_kept(const std::string& name) {
@@ -144,8 +145,7 @@ std::string template_fill(std::string_view name, std::string_view text,
                           const TemplateValues& values) {
   std::string out;
   size_t at = 0;
-  for (size_t open = text.find("{{"); open != std::string_view::npos;
-       open = text.find("{{", at)) {
+  for (size_t open = text.find("{{"); open != std::string_view::npos; open = text.find("{{", at)) {
     const size_t close = text.find("}}", open);
     if (close == std::string_view::npos) {
       fail(fmt::format("template {}: '{{{{' without '}}}}'", name));
@@ -218,14 +218,19 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
       c.marker_x ? template_render("plot_marker.gp", {{"x", fmt::format("{}", *c.marker_x)},
                                                       {"label", quote(c.marker_label)}})
                  : "";
-  const std::string g = template_render(
-      "plot.gp", {{"title", c.title},       {"name", name},
-                  {"data", data},           {"title_quoted", quote(c.title)},
-                  {"xlabel", quote(c.xlabel)}, {"ylabel", quote(c.ylabel)},
-                  {"logscale", c.logy ? "set logscale y\n" : ""},
-                  {"ymin", bound(c.ymin)},  {"ymax", bound(c.ymax)},
-                  {"marker", marker},       {"png", quote(name + ".png")},
-                  {"svg", quote(name + ".svg")}, {"plots", plots}});
+  const std::string g = template_render("plot.gp", {{"title", c.title},
+                                                    {"name", name},
+                                                    {"data", data},
+                                                    {"title_quoted", quote(c.title)},
+                                                    {"xlabel", quote(c.xlabel)},
+                                                    {"ylabel", quote(c.ylabel)},
+                                                    {"logscale", c.logy ? "set logscale y\n" : ""},
+                                                    {"ymin", bound(c.ymin)},
+                                                    {"ymax", bound(c.ymax)},
+                                                    {"marker", marker},
+                                                    {"png", quote(name + ".png")},
+                                                    {"svg", quote(name + ".svg")},
+                                                    {"plots", plots}});
   file_write_atomic(stem + ".gp", g);
   if (!run) return true;
   const std::string dir = std::filesystem::path(stem).parent_path().string();
