@@ -207,7 +207,6 @@ ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunDa
   return models;
 }
 
-// The head of summary.md: the runs, what the metrics mean, and the table of numbers.
 // One line per run that failed, and what that leaves the statistics of each model.
 std::string failed_lines(const std::vector<RunData>& failed) {
   std::string md;

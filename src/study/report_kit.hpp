@@ -1,8 +1,9 @@
 #pragma once
 // What every study report is made of (the forgetting study's, ct's with its DeRS part, fit's):
-// statistics over seeds and their formatting, markdown tables with one column per model, figures
-// (a chart -> a self-contained gnuplot script with its data inline -> PNG and SVG, so a figure
-// can be restyled by editing and re-running its script), and the report's two files.
+// statistics over seeds and their formatting, markdown tables with one column per model, the
+// fixed prose and gnuplot text as templates (src/study/templates, embedded in the binary),
+// figures (a chart -> a self-contained gnuplot script with its data inline -> PNG and SVG, so a
+// figure can be restyled by editing and re-running its script), and the report's two files.
 #include <cstdint>
 #include <functional>
 #include <map>
