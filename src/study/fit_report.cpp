@@ -17,7 +17,6 @@ namespace moelab {
 
 namespace {
 
-
 const char* kNames[kLawParams] = {"a",     "b",    "c",      "d",     "e",
                                   "alpha", "beta", "lambda", "delta", "gamma"};
 constexpr std::array<int, 5> kChinchillaUsed = {kA, kB, kE, kAlpha, kBeta};
