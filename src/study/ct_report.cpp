@@ -5,23 +5,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "core/fileio.hpp"
 #include "study/ct.hpp"
 #include "study/ct_measure.hpp"
-#include "study/ct_report_ders.hpp"
 #include "study/report.hpp"
-#include "study/report_kit.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -43,9 +38,16 @@ struct CtStudy {
   ojson failed = ojson::array();   // runs and measurements that failed, with their reasons
 };
 
-// The record of a failed measurement (ct_measure_failure_path), or null.
-ojson measure_failure(const fs::path& result) {
-  return json_file_or_null(ct_measure_failure_path(result.string()));
+// A failed measurement of `result` (its record at ct_measure_failure_path), noted as "WHAT
+// failed: reason." (what: the record's own where empty) and listed in summary.json.
+void measure_failure_note(CtStudy& st, const fs::path& result, const std::string& what) {
+  const ojson mf = json_file_or_null(ct_measure_failure_path(result.string()));
+  if (mf.is_object()) {
+    const std::string reason = mf.value("reason", "");
+    st.notes.push_back(
+        fmt::format("{} failed: {}.", what.empty() ? "The " + mf.value("what", "") : what, reason));
+    st.failed.push_back({{"measurement", mf.value("what", "")}, {"reason", reason}});
+  }
 }
 
 CtStudy study_read(const std::string& dir) {
@@ -78,12 +80,7 @@ CtStudy study_read(const std::string& dir) {
           st.notes.push_back(fmt::format("`{}` has not started; left out.", rd.string()));
           continue;
         }
-        if (const ojson mf = measure_failure(rd / "final_eval.json"); mf.is_object()) {
-          st.notes.push_back(
-              fmt::format("The final evaluation of `{}` failed: {}.", rel, mf.value("reason", "")));
-          st.failed.push_back(
-              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
-        }
+        measure_failure_note(st, rd / "final_eval.json", "The final evaluation of `" + rel + "`");
         mr.runs.push_back(run_read(rd.string()));
         mr.resources.push_back(json_file_or_null((rd / "resources.json").string()));
         const RunData& d = mr.runs.back();
@@ -103,13 +100,9 @@ CtStudy study_read(const std::string& dir) {
       const fs::path cd = fs::path(dir) / "compress" / k.at("name").get<std::string>();
       std::error_code ec;
       if (!fs::is_directory(cd, ec)) continue;
-      for (const auto& e : fs::directory_iterator(cd, ec))
-        if (const ojson mf = measure_failure(e.path() / "eval.json"); mf.is_object()) {
-          st.notes.push_back(
-              fmt::format("The {} failed: {}.", mf.value("what", ""), mf.value("reason", "")));
-          st.failed.push_back(
-              {{"measurement", mf.value("what", "")}, {"reason", mf.value("reason", "")}});
-        }
+      for (const auto& e : fs::directory_iterator(cd, ec)) {
+        measure_failure_note(st, e.path() / "eval.json", "");
+      }
     }
   } catch (const json::exception& e) {
     fail(path.string() + ": " + e.what());
@@ -127,13 +120,11 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
   const ojson& base = st.ct.value("base_val_loss", ojson());
   const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
   {
-    PlotChart c;
-    c.title = fmt::format(
-        "held-out loss on {} (original) against {} (new) along training, from the base; lower "
-        "left is better",
-        st.original, st.fresh);
-    c.xlabel = fmt::format("held-out loss on {} (new domain), nats/token", st.fresh);
-    c.ylabel = fmt::format("held-out loss on {} (original domain)", st.original);
+    PlotChart c{fmt::format("held-out loss on {} (original) against {} (new) along training, from "
+                            "the base; lower left is better",
+                            st.original, st.fresh),
+                fmt::format("held-out loss on {} (new domain), nats/token", st.fresh),
+                fmt::format("held-out loss on {} (original domain)", st.original)};
     const bool has_base = base.is_object() && base.contains(st.original) && base.contains(st.fresh);
     for (size_t i = 0; i < st.methods.size(); i++) {
       const Agg n = runs_aggregate(st.methods[i].runs, vn),
@@ -152,9 +143,8 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     figures.draw(c, "tradeoff");
   }
   for (const auto& [key, name] : {std::pair{"m_ex", "M_ex"}, std::pair{"m_in", "M_in"}}) {
-    PlotChart c;
-    c.title = fmt::format("{} on the samples the base recalled (M_ex = 1 at the start)", name);
-    c.xlabel = "training step", c.ylabel = name;
+    PlotChart c{fmt::format("{} on the samples the base recalled (M_ex = 1 at the start)", name),
+                "training step", name};
     c.ymin = 0, c.ymax = 1.05;
     for (size_t i = 0; i < st.methods.size(); i++) {
       chart_add(c, runs_aggregate(st.methods[i].runs, key), st.methods[i].name, int(i) + 1, 1,
@@ -163,9 +153,8 @@ std::vector<std::string> figures_draw(const CtStudy& st, const std::string& out,
     figures.draw(c, key);
   }
   {
-    PlotChart c;
-    c.title = fmt::format("held-out loss on {} (solid) and {} (dashed)", st.fresh, st.original);
-    c.xlabel = "training step", c.ylabel = "cross-entropy (nats/token)";
+    PlotChart c{fmt::format("held-out loss on {} (solid) and {} (dashed)", st.fresh, st.original),
+                "training step", "cross-entropy (nats/token)"};
     for (size_t i = 0; i < st.methods.size(); i++)
       for (const auto& [key, dash] : {std::pair{vn, 1}, std::pair{vo, 2}}) {
         chart_add(c, runs_aggregate(st.methods[i].runs, key),
@@ -219,59 +208,64 @@ ojson methods_summarize(const CtStudy& st) {
   return out;
 }
 
-std::string markdown_table(const CtStudy& st, const ojson& methods) {
+// summary.md: the study, its notes, the table of numbers, the reading, the final models' part
+// (DeRS), the figures.
+std::string markdown_write(const CtStudy& st, const ojson& methods, const std::string& reading,
+                           const DersSection& ders, const std::vector<std::string>& figures) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
-  std::string md = "# Continual-training report\n\n";
-  md += fmt::format(
-      "Base `{}`, trained on `{}` (the original domain), trains on `{}` (the new domain) for {} "
-      "steps per run. Folder: `{}`.\n\n",
-      st.ct.value("base", ""), st.original, st.fresh, st.ct.value("steps", int64_t(0)), st.dir);
-  for (const std::string& n : st.notes) md += "Note: " + n + "\n\n";
-  if (base.is_object())
-    md +=
+  std::string notes, base_loss;
+  for (const std::string& n : st.notes) {
+    notes += "Note: " + n + "\n\n";
+  }
+  if (base.is_object()) {
+    base_loss =
         fmt::format("The base's held-out loss: {:.3f} on `{}`, {:.3f} on `{}`.\n\n",
                     base.value(st.original, NAN), st.original, base.value(st.fresh, NAN), st.fresh);
+  }
   MdColumns table(methods, [](const ojson& m) { return m["method"].get<std::string>(); });
-  const auto row = [&table](const std::string& name, auto cell) { table.row(name, cell); };
-  row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
-  row("seeds", [](const ojson& m) {
+  table.row("kind", [](const ojson& m) { return m["kind"].get<std::string>(); });
+  table.row("seeds", [](const ojson& m) {
     const int64_t nf = m["runs_failed"].get<int64_t>();
     return seeds_cell(m["seeds"], fmt::format("{}", nf), size_t(nf));
   });
-  row("trainable params (share)", [](const ojson& m) {
+  table.row("trainable params (share)", [](const ojson& m) {
     const double t = m["params_trainable"].get<double>(), n = m["params_total"].get<double>();
     return fmt::format("{} ({:.2f}%)", human_count(t), n > 0 ? 100 * t / n : NAN);
   });
-  row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
-  row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
-  row("held-out loss " + st.fresh + " (new) at the end",
-      [](const ojson& m) { return stat_format(m["final_val_loss_new"]); });
-  row("held-out loss " + st.original + " (original) at the end",
-      [](const ojson& m) { return stat_format(m["final_val_loss_original"]); });
-  row("M_ex = 1 samples at the start (of candidates)", [](const ojson& m) {
-    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
-                       stat_format(m["evalset_candidates"], 0));
-  });
+  table.row_count("total params", "params_total");
+  table.row_count("tokens trained", "tokens");
+  table.row_stat("held-out loss " + st.fresh + " (new) at the end", "final_val_loss_new");
+  table.row_stat("held-out loss " + st.original + " (original) at the end",
+                 "final_val_loss_original");
+  table.row_kept("M_ex = 1 samples at the start (of candidates)");
   // Where the base recalled none of the samples the forgetting metrics are undefined.
-  row("M_ex at the end",
-      [](const ojson& m) { return stat_format_recalled(m["final_m_ex"], m["evalset_kept"]); });
-  row("M_in at the end",
-      [](const ojson& m) { return stat_format_recalled(m["final_m_in"], m["evalset_kept"]); });
-  row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
-  row("peak RSS (MB)", [](const ojson& m) {
+  table.row_recalled("M_ex at the end", "final_m_ex");
+  table.row_recalled("M_in at the end", "final_m_in");
+  table.row_stat("tokens/s (median)", "tokens_per_s", 0);
+  table.row("peak RSS (MB)", [](const ojson& m) {
     const ojson& v = m["peak_rss_bytes"];
-    if (v.is_null()) return std::string("-");
+    if (v.is_null()) {
+      return std::string("-");
+    }
     ojson mb = v.is_number() ? ojson(v.get<double>() / 1e6)
                              : ojson{{"mean", v["mean"].get<double>() / 1e6},
                                      {"sd", v["sd"].get<double>() / 1e6},
                                      {"n", v["n"]}};
     return stat_format(mb, 0);
   });
-  md += table.md();
-  md +=
-      "\nMeans over the seeds, ± their standard deviation where there are several. Peak RSS is "
-      "the process's high-water resident set while that run trained.\n";
-  return md;
+  std::vector<std::string> listed = ders.figures;
+  listed.insert(listed.end(), figures.begin(), figures.end());
+  return template_render("ct.md", {{"base", st.ct.value("base", "")},
+                                   {"original", st.original},
+                                   {"new", st.fresh},
+                                   {"steps", fmt::format("{}", st.ct.value("steps", int64_t(0)))},
+                                   {"dir", st.dir},
+                                   {"notes", notes},
+                                   {"base_loss", base_loss},
+                                   {"table", table.md()},
+                                   {"reading", reading},
+                                   {"ders", ders.md},
+                                   {"images", md_images(listed)}});
 }
 
 // ----------------------------------------------------------------------------
@@ -312,10 +306,9 @@ std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::strin
     list += fmt::format("{}{} {:.{}f}", list.empty() ? "" : ", ", x.name, x.v, digits);
   std::string md = fmt::format("- {}: {}.", what, list);
   if (r.size() < 2) return md + "\n";
-  if (!std::isfinite(std::hypot(r[0].se, r[1].se)))
-    return md +
-           " With one seed per method there is no estimate of the run-to-run spread, so this "
-           "order is that of one run each, not a ranking (`--seeds 1,2,3` would give one).\n";
+  if (!std::isfinite(std::hypot(r[0].se, r[1].se))) {
+    return md + " " + template_render("ct_one_seed.md");
+  }
   md += " " + gap_clause(r[0], r[1], digits);
   if (r.size() > 2 && std::isfinite(r.back().se)) md += " " + gap_clause(r[0], r.back(), digits);
   return md + "\n";
@@ -338,7 +331,7 @@ std::string forgetting_missing_cause(const RunData& r) {
 
 std::string reading_write(const CtStudy& st, const ojson& methods) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
-  std::string md = "\n## Reading\n\n";
+  std::string md;
   auto ranked = [&](const char* key, auto se_of) {
     std::vector<Ranked> r;
     for (const ojson& m : methods)
@@ -419,10 +412,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   const ojson methods = methods_summarize(st);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
-  std::string md = markdown_table(st, methods) + reading_write(st, methods) + ders.md;
-  std::vector<std::string> listed = ders.figures;
-  listed.insert(listed.end(), figures.begin(), figures.end());
-  md += md_figures(listed);
+  const std::string md = markdown_write(st, methods, reading_write(st, methods), ders, figures);
   const ojson summary = {{"base", st.ct.value("base", "")},
                          {"original", st.original},
                          {"new", st.fresh},

@@ -8,15 +8,11 @@
 #include <cmath>
 #include <filesystem>
 
-#include "core/fileio.hpp"
-#include "study/ct_report_ders.hpp"
 #include "study/report.hpp"
-#include "study/report_kit.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -94,15 +90,10 @@ std::string forgetting_cell(const std::vector<ojson>& evals, const std::string& 
 // ----------------------------------------------------------------------------
 // the table
 
-std::string table_write(const std::vector<Variant>& vs, const std::string& original,
-                        const std::string& fresh) {
-  std::string md =
-      "| variant | what | trainable params | stored values | experts MB | model MB in memory | "
-      "checkpoint MB | held-out " +
-      fresh + " (new) | held-out " + original +
-      " (original) | M_ex | M_in | training peak RSS MB | evaluation s "
-      "| cos(expert, dense FFN) mean / min | cos between experts mean | reconstruction error |\n";
-  md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+// The rows of the table (its head is in the template ct_ders.md).
+std::string table_rows(const std::vector<Variant>& vs, const std::string& original,
+                       const std::string& fresh) {
+  std::string md;
   for (const Variant& v : vs) {
     const auto& e = v.evals;
     std::vector<double> rss;
@@ -142,11 +133,9 @@ std::string family(const Variant& v) {
 
 void figure_write(const std::vector<Variant>& vs, const std::string& subset,
                   const std::string& what, Figures& figures) {
-  PlotChart c;
-  c.title =
-      fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what);
-  c.xlabel = "routed experts, MB as stored";
-  c.ylabel = "held-out loss (nats/token)";
+  PlotChart c{
+      fmt::format("held-out loss on {} ({}) against the routed experts' stored size", subset, what),
+      "routed experts, MB as stored", "held-out loss (nats/token)"};
   std::vector<std::string> families;
   for (const Variant& v : vs)
     if (std::find(families.begin(), families.end(), family(v)) == families.end())
@@ -210,14 +199,15 @@ std::string reading_write(const std::vector<Variant>& vs, const std::string& ori
     std::string& to = std::abs(stat_mean(dn)) <= 0.01 ? kept : cost;
     to += (to.empty() ? "" : ", ") + v.name;
   }
-  if (md.empty()) return "";
+  if (md.empty()) {
+    return "";
+  }
   auto list = [](const std::string& s) { return s.empty() ? std::string("none") : s; };
-  return "\n### What compression cost\n\n" + md +
-         fmt::format(
-             "- Within 0.01 nats of the uncompressed model on {} (a fixed line, not a test): {}. "
-             "Further from it: {}. A compression moves the experts back toward the dense FFN, "
-             "which was trained on {} only: a loss that rises on {} can fall on {}.\n",
-             fresh, list(kept), list(cost), original, fresh, original);
+  return template_render("ct_ders_cost.md", {{"lines", md},
+                                             {"new", fresh},
+                                             {"original", original},
+                                             {"kept", list(kept)},
+                                             {"cost", list(cost)}});
 }
 
 }  // namespace
@@ -228,29 +218,18 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
   const std::vector<Variant> vs = variants_read(dir, ct);
   if (vs.empty()) return s;
   const std::string original = ct.value("original", ""), fresh = ct.value("new", "");
-  s.md = "\n## Final models: size, memory, speed and quality\n\n";
-  s.md += table_write(vs, original, fresh);
-  s.md +=
-      "\nEvery final model (and every compression of one) measured the same way after training: "
-      "held-out losses on the validation batches the runs use, M_ex and M_in on the samples the "
-      "base recalled, the bytes of its routed experts as stored (f32 values, int32 positions, "
-      "codes packed at their bit width), its parameters and integer tensors in memory, its "
-      "checkpoint file, and the time the evaluation took (the values of a stored tensor count one "
-      "each: a quantized code too, stored at its bit width). Inference memory on its own is "
-      "measured by `moelab bench eval --checkpoint`. Cosines compare each expert's whole matrix "
-      "(base plus "
-      "delta) with the dense FFN it was upcycled from. Means over seeds, ± their standard "
-      "deviation where there are several.\n";
+  s.md = template_render(
+      "ct_ders.md",
+      {{"new", fresh}, {"original", original}, {"rows", table_rows(vs, original, fresh)}});
   std::string none;  // the variants whose recalled set was empty
-  for (const Variant& v : vs)
-    if (recalled_none(stat_of(v.evals, "/forgetting/samples")))
+  for (const Variant& v : vs) {
+    if (recalled_none(stat_of(v.evals, "/forgetting/samples"))) {
       none += (none.empty() ? "" : ", ") + v.name;
-  if (!none.empty())
-    s.md += fmt::format(
-        "\nM_ex and M_in are n/a for {}: the set of samples the base recalled is empty (0 "
-        "samples; eval.min_recalled = 0 let the runs go on), so there was nothing to forget and "
-        "nothing to measure; they are null in summary.json.\n",
-        none);
+    }
+  }
+  if (!none.empty()) {
+    s.md += template_render("ct_ders_na.md", {{"variants", none}});
+  }
   s.md += reading_write(vs, original, fresh);
   Figures figures{out, plots, {}};
   figure_write(vs, fresh, "new domain", figures);

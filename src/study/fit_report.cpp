@@ -6,11 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "core/fileio.hpp"
 #include "study/fit.hpp"
 #include "study/fit_state.hpp"
 #include "study/report_kit.hpp"
@@ -18,9 +16,6 @@
 namespace moelab {
 
 namespace {
-
-namespace fs = std::filesystem;
-using ojson = nlohmann::ordered_json;
 
 const char* kNames[kLawParams] = {"a",     "b",    "c",      "d",     "e",
                                   "alpha", "beta", "lambda", "delta", "gamma"};
@@ -100,11 +95,20 @@ ojson rec_json(const Recommendation& r) {
 
 // ---- Figures
 
+// The surface's range of N in `steps` steps even in log N: (log10 N, N) per point.
+std::vector<std::pair<double, double>> log_grid(const Surface& f, int steps) {
+  std::vector<std::pair<double, double>> grid;
+  for (int i = 0; i <= steps; i++) {
+    const double ln = std::log(f.n_min) + (std::log(f.n_max) - std::log(f.n_min)) * i / steps;
+    grid.push_back({ln / std::log(10.0), std::exp(ln)});
+  }
+  return grid;
+}
+
 // Loss against S per budget: the best observed loss at each S and the law's IsoFLOP optimum.
 void draw_loss_vs_s(const FitState& st, Figures& figures) {
-  PlotChart c;
-  c.title = "final loss against sparsity per budget: best run (points), fitted law (line)";
-  c.xlabel = "sparsity S", c.ylabel = "loss";
+  PlotChart c{"final loss against sparsity per budget: best run (points), fitted law (line)",
+              "sparsity S", "loss"};
   int color = 0;
   for (const auto& b : st.budgets) {
     std::map<double, double> best;
@@ -129,9 +133,8 @@ void draw_isoflops(const FitState& st, Figures& figures) {
   int k = 0;
   for (const auto& b : st.budgets) {
     if (!b.fitted) continue;
-    PlotChart c;
-    c.title = fmt::format("IsoFLOP curves at C = {:.2g}: runs (points), surface (dashed)", b.c);
-    c.xlabel = "log10 N (total parameters)", c.ylabel = "loss";
+    PlotChart c{fmt::format("IsoFLOP curves at C = {:.2g}: runs (points), surface (dashed)", b.c),
+                "log10 N (total parameters)", "loss"};
     std::map<double, std::vector<const FitPoint*>> by_s;
     for (const FitPoint& p : b.pts) by_s[p.s].push_back(&p);
     int color = 0;
@@ -140,11 +143,9 @@ void draw_isoflops(const FitState& st, Figures& figures) {
       PlotSeries obs{fmt::format("S = {:.3g}", s)}, fit{""};
       obs.points = true, obs.color = fit.color = color++, fit.dash = 2;
       for (auto* p : v) obs.x.push_back(std::log10(p->n)), obs.y.push_back(p->loss);
-      for (int i = 0; i <= 40; i++) {
-        double ln = std::log(b.surface.n_min) +
-                    (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
-        fit.x.push_back(ln / std::log(10.0));
-        fit.y.push_back(surface_eval(b.surface, std::exp(ln), s));
+      for (const auto& [log10_n, n] : log_grid(b.surface, 40)) {
+        fit.x.push_back(log10_n);
+        fit.y.push_back(surface_eval(b.surface, n, s));
       }
       c.series.push_back(obs), c.series.push_back(fit);
     }
@@ -154,9 +155,7 @@ void draw_isoflops(const FitState& st, Figures& figures) {
 
 // Fitted against observed loss; held-out runs apart; the diagonal.
 void draw_observed(const FitState& st, Figures& figures) {
-  PlotChart c;
-  c.title = "fitted law against observed loss";
-  c.xlabel = "observed loss", c.ylabel = "fitted loss";
+  PlotChart c{"fitted law against observed loss", "observed loss", "fitted loss"};
   PlotSeries tr{"fitted runs"}, ho{"held out"}, diag{"y = x"};
   ho.color = 1, diag.color = 2, diag.dash = 3;
   auto add = [&](PlotSeries& s, const std::vector<FitPoint>& pts) {
@@ -180,19 +179,16 @@ void draw_observed(const FitState& st, Figures& figures) {
 
 // The surfaces' S*(N) per budget, S in [0, 0.99].
 void draw_optimal_s(const FitState& st, Figures& figures) {
-  PlotChart c;
-  c.title = "optimal sparsity against total parameters (per-budget surface)";
-  c.xlabel = "log10 N (total parameters)", c.ylabel = "S*";
+  PlotChart c{"optimal sparsity against total parameters (per-budget surface)",
+              "log10 N (total parameters)", "S*"};
   int color = 0;
   for (const auto& b : st.budgets) {
     if (!b.fitted || b.surface.s_max == b.surface.s_min) continue;
     PlotSeries s{fmt::format("C = {:.2g}", b.c)};
     s.color = color++;
-    for (int i = 0; i <= 40; i++) {
-      double ln = std::log(b.surface.n_min) +
-                  (std::log(b.surface.n_max) - std::log(b.surface.n_min)) * i / 40;
-      s.x.push_back(ln / std::log(10.0));
-      s.y.push_back(surface_argmin_s(b.surface, std::exp(ln), 0, 0.99));
+    for (const auto& [log10_n, n] : log_grid(b.surface, 40)) {
+      s.x.push_back(log10_n);
+      s.y.push_back(surface_argmin_s(b.surface, n, 0, 0.99));
     }
     c.series.push_back(s);
   }

@@ -6,21 +6,16 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
-#include <numeric>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
-#include "train/experiment.hpp"
 
 namespace moelab {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -96,8 +91,7 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
   const int64_t sw = first.switch_step;
   const std::string a_name = first.subset_a, b_name = first.subset_b;
   auto chart = [&](std::string title, std::string ylabel) {
-    PlotChart c;
-    c.title = std::move(title), c.ylabel = std::move(ylabel), c.xlabel = "training step";
+    PlotChart c{std::move(title), "training step", std::move(ylabel)};
     if (sw > 0) c.marker_x = double(sw), c.marker_label = fmt::format("{} -> {}", a_name, b_name);
     return c;
   };
@@ -213,7 +207,6 @@ ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunDa
   return models;
 }
 
-// The head of summary.md: the runs, what the metrics mean, and the table of numbers.
 // One line per run that failed, and what that leaves the statistics of each model.
 std::string failed_lines(const std::vector<RunData>& failed) {
   std::string md;
@@ -225,78 +218,70 @@ std::string failed_lines(const std::vector<RunData>& failed) {
   return md;
 }
 
-std::string markdown_table(const std::vector<Group>& groups, const ojson& models,
-                           const std::vector<RunData>& failed) {
+// summary.md: the runs, what the metrics mean, the table of numbers, the reading, the figures.
+std::string markdown_write(const std::vector<Group>& groups, const ojson& models,
+                           const std::vector<RunData>& failed, const std::string& reading,
+                           const std::vector<std::string>& figures) {
   const RunData& first = groups[0].runs[0];
   const std::string a_name = first.subset_a, b_name = first.subset_b;
-  const int64_t sw = first.switch_step;
-  std::string md = "# Forgetting study report\n\n";
-  md += fmt::format(
-      "Runs: {}. A = `{}`, B = `{}`; the switch is at step {}.\n\n",
-      [&] {
-        std::string s;
-        for (const Group& g : groups)
-          for (const RunData& r : g.runs) s += (s.empty() ? "`" : ", `") + r.dir + "`";
-        return s;
-      }(),
-      a_name, b_name, sw);
-  for (const Group& g : groups)
-    for (const RunData& r : g.runs)
-      if (const int64_t total = r.run.value("total_steps", int64_t(0)); r.last_step < total)
-        md += fmt::format("Unfinished: `{}` is at step {} of {}; its numbers are partial.\n\n",
-                          r.dir, r.last_step, total);
-  md += failed_lines(failed);
-  for (const ojson& m : models)
-    if (const size_t nf = m["seeds_failed"].size(); nf > 0)
-      md += fmt::format("The numbers of {} are over the n = {} of its {} seeds that finished.\n\n",
-                        m["model"].get<std::string>(), m["seeds"].size(), m["seeds"].size() + nf);
-  md +=
-      "M_in: the share of the tokens after an entity (32 by default) that greedy decoding "
-      "reproduces from the tokens ending with it. M_ex: whether greedy decoding from the tokens "
-      "before an entity writes the entity. Both are measured on the samples each model "
-      "recalled right after A (M_ex = 1 then, by construction).\n\n";
+  std::vector<std::string> runs;
+  std::string notes;
+  for (const Group& g : groups) {
+    for (const RunData& r : g.runs) {
+      runs.push_back("`" + r.dir + "`");
+      if (const int64_t total = r.run.value("total_steps", int64_t(0)); r.last_step < total) {
+        notes += fmt::format("Unfinished: `{}` is at step {} of {}; its numbers are partial.\n\n",
+                             r.dir, r.last_step, total);
+      }
+    }
+  }
+  notes += failed_lines(failed);
+  for (const ojson& m : models) {
+    if (const size_t nf = m["seeds_failed"].size(); nf > 0) {
+      notes +=
+          fmt::format("The numbers of {} are over the n = {} of its {} seeds that finished.\n\n",
+                      m["model"].get<std::string>(), m["seeds"].size(), m["seeds"].size() + nf);
+    }
+  }
   MdColumns table(models, [](const ojson& m) { return m["model"].get<std::string>(); });
-  const auto row = [&table](const std::string& name, auto cell) { table.row(name, cell); };
-  row("total params", [](const ojson& m) { return human_count(m["params_total"].get<double>()); });
-  row("active params",
-      [](const ojson& m) { return human_count(m["params_active"].get<double>()); });
-  row("train FLOPs/token",
-      [](const ojson& m) { return human_count(m["train_flops_per_token"].get<double>()); });
-  row("seeds", [](const ojson& m) {
+  table.row_count("total params", "params_total");
+  table.row_count("active params", "params_active");
+  table.row_count("train FLOPs/token", "train_flops_per_token");
+  table.row("seeds", [](const ojson& m) {
     return seeds_cell(m["seeds"], m["seeds_failed"].dump(), m["seeds_failed"].size());
   });
-  row("tokens trained", [](const ojson& m) { return human_count(stat_mean(m["tokens"])); });
-  row("final train loss", [](const ojson& m) { return stat_format(m["final_train_loss"]); });
-  for (const std::string& sub : {a_name, b_name})
+  table.row_count("tokens trained", "tokens");
+  table.row_stat("final train loss", "final_train_loss");
+  for (const std::string& sub : {a_name, b_name}) {
     if (!sub.empty()) {
-      row("val loss " + sub + " after A",
-          [&](const ojson& m) { return stat_format(m["val_loss_after_A"][sub]); });
-      row("val loss " + sub + " at the end",
-          [&](const ojson& m) { return stat_format(m["final_val_loss"][sub]); });
+      table.row("val loss " + sub + " after A",
+                [&](const ojson& m) { return stat_format(m["val_loss_after_A"][sub]); });
+      table.row("val loss " + sub + " at the end",
+                [&](const ojson& m) { return stat_format(m["final_val_loss"][sub]); });
     }
-  row("M_ex = 1 samples after A (of candidates)", [](const ojson& m) {
-    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
-                       stat_format(m["evalset_candidates"], 0));
-  });
+  }
+  table.row_kept("M_ex = 1 samples after A (of candidates)");
   // Where a model recalled none of the samples after A its forgetting metrics are undefined.
-  auto forgetting = [](const char* key, int digits = 3) {
-    return [key, digits](const ojson& m) {
-      return stat_format_recalled(m[key], m["evalset_kept"], digits);
-    };
-  };
-  row("M_ex right after A", forgetting("m_ex_after_A"));
-  row("lowest M_ex in B (step)", [](const ojson& m) {
+  table.row_recalled("M_ex right after A", "m_ex_after_A");
+  table.row("lowest M_ex in B (step)", [](const ojson& m) {
     return m["m_ex_lowest_in_B"].is_null()
                ? std::string(recalled_none(m["evalset_kept"]) ? "n/a" : "-")
                : fmt::format("{:.3f} ({})", m["m_ex_lowest_in_B"].get<double>(),
                              m["m_ex_lowest_step"].get<int64_t>());
   });
-  row("M_ex at the end", forgetting("final_m_ex"));
-  row("M_in at the end", forgetting("final_m_in"));
-  row("M(f) at the end", forgetting("final_m_f"));
-  row("PPL_ent at the end", forgetting("final_ppl_ent", 2));
-  row("tokens/s (median)", [](const ojson& m) { return stat_format(m["tokens_per_s"], 0); });
-  return md + table.md();
+  table.row_recalled("M_ex at the end", "final_m_ex");
+  table.row_recalled("M_in at the end", "final_m_in");
+  table.row_recalled("M(f) at the end", "final_m_f");
+  table.row_recalled("PPL_ent at the end", "final_ppl_ent", 2);
+  table.row_stat("tokens/s (median)", "tokens_per_s", 0);
+  return template_render("forgetting.md", {{"runs", list_join(runs)},
+                                           {"a", a_name},
+                                           {"b", b_name},
+                                           {"switch", fmt::format("{}", first.switch_step)},
+                                           {"notes", notes},
+                                           {"table", table.md()},
+                                           {"reading", reading},
+                                           {"images", md_images(figures)}});
 }
 
 // Why a run logged no forgetting metrics, read from its folder: no evaluation set, a set whose
@@ -329,7 +314,6 @@ std::string forgetting_missing_cause(const RunData& r) {
 std::string reading_write(const std::vector<Group>& groups, const ojson& models) {
   const std::string a_name = groups[0].runs[0].subset_a;
   std::string md;
-  md += "\n## Reading\n\n";
   std::vector<std::pair<double, std::string>> end_ex;
   for (size_t i = 0; i < groups.size(); i++)
     if (const double v = stat_mean(models[i]["final_m_ex"]); std::isfinite(v))
@@ -373,30 +357,26 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
       clear = clear && std::abs(b - a) > two_se;
       noise = std::max(noise, two_se);
     }
-    const std::string within = fmt::format(
-        "the gaps are within two standard errors of the evaluation's sampling noise (about "
-        "±{:.3f}), so this run does not rank the models: more seeds (`moelab run --seeds 1,2,3`) "
-        "or a larger evaluation set would",
-        noise);
-    if (groups.size() < 2)
+    if (groups.size() < 2) {
       md += "- One model only: nothing to compare.\n";
-    else if ((up || down) && clear)
+    } else if ((up || down) && clear) {
       md += fmt::format(
           "- {}; each gap exceeds two standard errors ({}).\n",
           up ? "More experts kept more of what A taught, as the original study found"
              : "Fewer experts kept more, the opposite of the original study's finding",
           single_seed ? "binomial, of one seed's evaluation set"
                       : "of the mean over the seeds; with few seeds this is suggestive, not proof");
-    else if (up || down)
-      md += fmt::format("- M_ex at the end {} with the number of experts, but {}.\n",
-                        up ? "rises" : "falls", within);
-    else
-      md += fmt::format("- M_ex at the end is not ordered by the number of experts; {}.\n", within);
-    if (!single_seed)
+    } else {
+      const char* order = up     ? "rises with the number of experts, but"
+                          : down ? "falls with the number of experts, but"
+                                 : "is not ordered by the number of experts;";
+      md += template_render("forgetting_unranked.md",
+                            {{"order", order}, {"noise", fmt::format("{:.3f}", noise)}});
+    }
+    if (!single_seed) {
       md += "- The bands in the figures span the seeds (min to max); the table gives mean ± sd.\n";
-    md +=
-        "- M_in stays low next to M_ex (it asks for the exact 32 tokens); the original study "
-        "also found it too noisy to rank models.\n";
+    }
+    md += template_render("forgetting_tail.md");
     int fell = 0, known = 0;
     for (size_t i = 0; i < groups.size(); i++) {
       const double a = stat_mean(models[i]["val_loss_after_A"][a_name]),
@@ -408,11 +388,9 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
           "(PPL {:.1f} -> {:.1f}).\n",
           groups[i].label, a_name, a, b, std::exp(a), std::exp(b));
     }
-    if (known > 0 && fell == known)
-      md += fmt::format(
-          "- PPL on {} fell during B while M_ex fell too: perplexity does not show "
-          "this forgetting (the original's first finding).\n",
-          a_name);
+    if (known > 0 && fell == known) {
+      md += template_render("forgetting_ppl.md", {{"a", a_name}});
+    }
   }
   return md;
 }
@@ -449,8 +427,7 @@ std::string report_write(const ReportOptions& o) {
     const RunData& first = groups[0].runs[0];
     const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
     const ojson models = models_summarize(groups, failed);
-    md = markdown_table(groups, models, failed) + reading_write(groups, models);
-    md += md_figures(figures);
+    md = markdown_write(groups, models, failed, reading_write(groups, models), figures);
     summary = {{"a", first.subset_a}, {"b", first.subset_b},   {"switch_step", first.switch_step},
                {"models", models},    {"failed", failed_json}, {"figures", figures}};
   }

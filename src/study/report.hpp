@@ -22,4 +22,16 @@ struct ReportOptions {
 // Returns the path of the summary (OUT/summary.md).
 std::string report_write(const ReportOptions& o);
 
+// The final-model part of the `moelab ct` report (study/ct_report_ders.cpp): size, memory, speed
+// and quality of each method's final model and of each DeRS compression of one, a figure of
+// quality against bytes, and a reading of what each compression cost. From RUN/ct.json (`ct`),
+// the runs' final_eval.json and RUN/compress/*/seed_*/eval.json.
+struct DersSection {
+  std::string md;                    // empty when no final model was measured
+  std::vector<std::string> figures;  // stems written in `out`
+  ojson summary = ojson::array();
+};
+DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::string& out,
+                           bool plots);
+
 }  // namespace moelab

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/signals.hpp"
 
@@ -117,6 +118,58 @@ void MdColumns::row(const std::string& name, const std::function<std::string(con
   md_ += "\n";
 }
 
+void MdColumns::row_stat(const std::string& name, const std::string& key, int digits) {
+  row(name, [&](const ojson& m) { return stat_format(m[key], digits); });
+}
+
+void MdColumns::row_count(const std::string& name, const std::string& key) {
+  row(name, [&](const ojson& m) { return human_count(stat_mean(m[key])); });
+}
+
+void MdColumns::row_recalled(const std::string& name, const std::string& key, int digits) {
+  row(name,
+      [&](const ojson& m) { return stat_format_recalled(m[key], m["evalset_kept"], digits); });
+}
+
+void MdColumns::row_kept(const std::string& name) {
+  row(name, [](const ojson& m) {
+    return fmt::format("{} of {}", stat_format(m["evalset_kept"], 0),
+                       stat_format(m["evalset_candidates"], 0));
+  });
+}
+
+// ----------------------------------------------------------------------------
+// templates
+
+std::string template_fill(std::string_view name, std::string_view text,
+                          const TemplateValues& values) {
+  std::string out;
+  size_t at = 0;
+  for (size_t open = text.find("{{"); open != std::string_view::npos; open = text.find("{{", at)) {
+    const size_t close = text.find("}}", open);
+    if (close == std::string_view::npos) {
+      fail(fmt::format("template {}: '{{{{' without '}}}}'", name));
+    }
+    const std::string_view key = text.substr(open + 2, close - open - 2);
+    const auto value = values.find(key);
+    if (value == values.end()) {
+      fail(fmt::format("template {}: no value for {{{{{}}}}}", name, key));
+    }
+    out.append(text.substr(at, open - at)).append(value->second);
+    at = close + 2;
+  }
+  return out.append(text.substr(at));
+}
+
+std::string template_render(std::string_view name, const TemplateValues& values) {
+  for (const auto& [n, text] : template_table()) {
+    if (n == name) {
+      return template_fill(name, text, values);
+    }
+  }
+  fail(fmt::format("template {}: not among the embedded templates (src/study/templates)", name));
+}
+
 // ----------------------------------------------------------------------------
 // figures
 
@@ -136,51 +189,48 @@ std::string quote(const std::string& s) {
 
 bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
   const std::string name = std::filesystem::path(stem).filename().string();
-  std::string g = "# " + c.title + " (moelab report; run: gnuplot " + name + ".gp)\n";
+  std::string data, plots;
   for (size_t i = 0; i < c.series.size(); i++) {
     const PlotSeries& s = c.series[i];
-    g += fmt::format("$s{} << EOD\n", i);
     const bool band = s.lo.size() == s.x.size() && s.hi.size() == s.x.size();
-    for (size_t j = 0; j < s.x.size(); j++)
-      g += band ? fmt::format("{} {} {} {}\n", s.x[j], s.y[j], s.lo[j], s.hi[j])
-                : fmt::format("{} {}\n", s.x[j], s.y[j]);
-    g += "EOD\n";
-  }
-  g += "set title " + quote(c.title) + " noenhanced\n";
-  g += "set xlabel " + quote(c.xlabel) + " noenhanced\nset ylabel " + quote(c.ylabel) +
-       " noenhanced\n";
-  g += "set key outside right top noenhanced\nset grid lc rgb '#dddddd'\nset border 3\n"
-       "set tics nomirror\n";
-  if (c.logy) g += "set logscale y\n";
-  g += fmt::format("set yrange [{}:{}]\n", c.ymin ? fmt::format("{}", *c.ymin) : "*",
-                   c.ymax ? fmt::format("{}", *c.ymax) : "*");
-  if (c.marker_x) {
-    g += fmt::format("set arrow from {0}, graph 0 to {0}, graph 1 nohead dt 2 lc rgb '#888888'\n",
-                     *c.marker_x);
-    g += fmt::format("set label {} at {}, graph 1.03 center noenhanced tc rgb '#555555'\n",
-                     quote(c.marker_label), *c.marker_x);
-  }
-  std::string plots;
-  for (size_t i = 0; i < c.series.size(); i++) {
-    const PlotSeries& s = c.series[i];
+    data += fmt::format("$s{} << EOD\n", i);
+    for (size_t j = 0; j < s.x.size(); j++) {
+      data += band ? fmt::format("{} {} {} {}\n", s.x[j], s.y[j], s.lo[j], s.hi[j])
+                   : fmt::format("{} {}\n", s.x[j], s.y[j]);
+    }
+    data += "EOD\n";
     const char* col = kPalette[size_t(s.color) % std::size(kPalette)];
-    if (s.lo.size() == s.x.size() && !s.x.empty())
+    if (s.lo.size() == s.x.size() && !s.x.empty()) {
       plots += fmt::format(
           "$s{} using 1:3:4 with filledcurves fs transparent solid 0.18 noborder "
           "lc rgb '{}' notitle, ",
           i, col);
+    }
     const char* with = s.x.size() == 1 ? "points pt 7"
                        : s.points      ? "linespoints pt 7 ps 0.7"
                                        : "lines";
     plots += fmt::format("$s{} using 1:2 with {} lw 2 dt {} lc rgb '{}' title {}, ", i, with,
                          s.dash, col, quote(s.title));
   }
-  if (!plots.empty()) plots.resize(plots.size() - 2);
-  for (const char* term : {"pngcairo size 1000,560 font 'sans,11'", "svg size 1000,560"}) {
-    const bool png = term[0] == 'p';
-    g += fmt::format("set terminal {}\nset output {}\nplot {}\nunset output\n", term,
-                     quote(name + (png ? ".png" : ".svg")), plots.empty() ? "NaN notitle" : plots);
-  }
+  plots = plots.empty() ? "NaN notitle" : plots.substr(0, plots.size() - 2);
+  const auto bound = [](std::optional<double> v) { return v ? fmt::format("{}", *v) : "*"; };
+  const std::string marker =
+      c.marker_x ? template_render("plot_marker.gp", {{"x", fmt::format("{}", *c.marker_x)},
+                                                      {"label", quote(c.marker_label)}})
+                 : "";
+  const std::string g = template_render("plot.gp", {{"title", c.title},
+                                                    {"name", name},
+                                                    {"data", data},
+                                                    {"title_quoted", quote(c.title)},
+                                                    {"xlabel", quote(c.xlabel)},
+                                                    {"ylabel", quote(c.ylabel)},
+                                                    {"logscale", c.logy ? "set logscale y\n" : ""},
+                                                    {"ymin", bound(c.ymin)},
+                                                    {"ymax", bound(c.ymax)},
+                                                    {"marker", marker},
+                                                    {"png", quote(name + ".png")},
+                                                    {"svg", quote(name + ".svg")},
+                                                    {"plots", plots}});
   file_write_atomic(stem + ".gp", g);
   if (!run) return true;
   const std::string dir = std::filesystem::path(stem).parent_path().string();
@@ -211,13 +261,12 @@ void Figures::draw(const PlotChart& chart, const std::string& stem) {
 // ----------------------------------------------------------------------------
 // the report's files
 
-std::string md_figures(const std::vector<std::string>& stems) {
-  std::string md = "\n## Figures\n\n";
+std::string md_images(const std::vector<std::string>& stems) {
+  std::string md;
   for (const std::string& f : stems) {
     md += fmt::format("![{0}]({0}.png)\n\n", f);
   }
-  return md +
-         "Each figure also exists as SVG, and as the gnuplot script that draws it (`NAME.gp`).\n";
+  return md;
 }
 
 std::string report_files_write(const std::string& out, const std::string& md,

@@ -1,12 +1,17 @@
 #pragma once
 // What every study report is made of (the forgetting study's, ct's with its DeRS part, fit's):
-// statistics over seeds and their formatting, markdown tables with one column per model, figures
-// (a chart -> a self-contained gnuplot script with its data inline -> PNG and SVG, so a figure
-// can be restyled by editing and re-running its script), and the report's two files.
+// statistics over seeds and their formatting, markdown tables with one column per model, the
+// fixed prose and gnuplot text as templates (src/study/templates, embedded in the binary),
+// figures (a chart -> a self-contained gnuplot script with its data inline -> PNG and SVG, so a
+// figure can be restyled by editing and re-running its script), and the report's two files.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -51,12 +56,33 @@ class MdColumns {
  public:
   MdColumns(const ojson& columns, const std::function<std::string(const ojson&)>& head);
   void row(const std::string& name, const std::function<std::string(const ojson&)>& cell);
+  // A row of the statistic `key` (stat_format), of a count (human_count of its mean), of a
+  // forgetting metric ("n/a" where the column's evalset_kept says nothing was recalled), and of
+  // the recalled samples against the candidates.
+  void row_stat(const std::string& name, const std::string& key, int digits = 3);
+  void row_count(const std::string& name, const std::string& key);
+  void row_recalled(const std::string& name, const std::string& key, int digits = 3);
+  void row_kept(const std::string& name);
   const std::string& md() const { return md_; }
 
  private:
   const ojson& columns_;
   std::string md_;
 };
+
+// ----------------------------------------------------------------------------
+// templates: the reports' fixed prose and gnuplot scripts, src/study/templates/NAME.in, embedded
+// in the binary at build time (CMakeLists.txt), so a report needs no file beside the binary
+
+using TemplateValues = std::map<std::string, std::string, std::less<>>;
+// `text` with each {{key}} replaced by its value; fails naming template `name` and the key when
+// a value is missing.
+std::string template_fill(std::string_view name, std::string_view text,
+                          const TemplateValues& values);
+// The embedded template NAME (its file name without .in), filled.
+std::string template_render(std::string_view name, const TemplateValues& values = {});
+// Every embedded template, name and text (generated from src/study/templates).
+std::span<const std::pair<std::string_view, std::string_view>> template_table();
 
 // ----------------------------------------------------------------------------
 // figures
@@ -94,8 +120,8 @@ struct Figures {
 // ----------------------------------------------------------------------------
 // the report's files
 
-// "## Figures": each stem's PNG, then where the SVG and scripts are.
-std::string md_figures(const std::vector<std::string>& stems);
+// The markdown images of the figures' PNGs, one paragraph each.
+std::string md_images(const std::vector<std::string>& stems);
 // OUT/summary.json and OUT/summary.md (atomic), the line "report: OUT/summary.md" on stderr.
 // Returns the summary's path.
 std::string report_files_write(const std::string& out, const std::string& md, const ojson& summary);
