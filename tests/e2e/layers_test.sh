@@ -107,4 +107,21 @@ else
   ok
 fi
 
+# ---- The studies through their toolkit: runs are trained by the run queue (study/queue,
+# through study/failure's study_train), figures drawn by the report toolkit (report_kit), and
+# TOML files parsed by the one reader (train/toml_section).
+only_in() {  # only_in PATTERN WHAT ALLOWED_FILE...: PATTERN appears in src/ only in those files
+  local pattern=$1 what=$2 hits
+  shift 2
+  hits=$(grep -rlE --include='*.cpp' --include='*.hpp' "$pattern" "$src/src" | sed "s#^$src/##")
+  for f in "$@"; do hits=$(grep -vx -- "$f" <<<"$hits"); done
+  if [ -n "$hits" ]; then bad "$what outside $*: $hits"; else ok; fi
+}
+only_in '\btrain_run\(' "a study training a run" src/train/trainer.cpp src/train/trainer.hpp \
+  src/study/failure.cpp src/cli/train_cmds.cpp
+only_in '\bstudy_train\(' "a study run outside the run queue" src/study/failure.cpp \
+  src/study/failure.hpp src/study/queue.cpp src/study/ct.cpp
+only_in '&& gnuplot' "gnuplot run" src/study/report_kit.cpp
+only_in 'toml::parse_file' "a TOML file parsed" src/train/toml_section.cpp
+
 finish layers
