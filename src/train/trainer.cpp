@@ -28,6 +28,12 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
+// Mixing replay draws micro-batch m of step s from stream kStreamMixReplay + s: one stream per
+// step keeps a resumed run's draws those of an unbroken one, and the offset keeps the streams
+// clear of the weight initialization's (one per tensor, numbered from 0) under the same run.seed.
+// Changing it changes the data order of every mixing run.
+constexpr uint64_t kStreamMixReplay = 7000;
+
 std::string eta(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const int64_t s = int64_t(seconds);
@@ -127,16 +133,26 @@ RunClaim run_dir_claim(const Experiment& x, bool resume) {
   return {"", false};
 }
 
+// A hook's own files go at its on_start.
 void run_dir_restart(const Experiment& x) {
   std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
                x.run_dir.c_str());
   std::error_code ec;
-  for (const char* f : {"metrics.jsonl", "evalset.frozen.jsonl", "run.json"})
-    fs::remove(fs::path(x.run_dir) / f, ec);
+  for (const char* f : {"metrics.jsonl", "run.json"}) fs::remove(fs::path(x.run_dir) / f, ec);
 }
 
+int64_t count_nonfinite(std::span<const float> v) {
+  int64_t n = 0;
+  for (float f : v) n += !std::isfinite(f);
+  return n;
+}
+
+}  // namespace
+
 // run.json: what a report needs to know about this run without re-reading the TOML.
-void run_info_write(const Experiment& x, const FlopCounts& flops) {
+void Trainer::run_info_write() const {
+  const Experiment& x = x_;
+  const FlopCounts& flops = flops_;
   const ParamCounts pc = config_count(x.model);
   ojson phases = ojson::array();
   int64_t at = 0;
@@ -156,35 +172,25 @@ void run_info_write(const Experiment& x, const FlopCounts& flops) {
                {"train_flops_per_token", flops.train_per_token},
                {"seq_len", x.seq_len},
                {"tokens_per_step", x.tokens_per_step()},
-               {"total_steps", x.total_steps()},
-               {"filter_after", x.evalset.empty() ? "" : x.filter_after},
-               {"filter_at", x.evalset.empty() ? "" : x.filter_at},
-               {"min_recalled", x.min_recalled},
-               {"phases", phases},
-               {"model", config_to_json(x.model)}};
+               {"total_steps", x.total_steps()}};
+  for (const auto& h : options_.hooks) h->run_info(run);
+  run["phases"] = phases;
+  run["model"] = config_to_json(x.model);
   if (!x.init_from.empty()) run["init_from"] = x.init_from;
   if (!x.freeze.empty()) run["freeze"] = x.freeze;
   file_write_atomic((fs::path(x.run_dir) / "run.json").string(), run.dump(2) + "\n");
 }
 
-int64_t count_nonfinite(std::span<const float> v) {
-  int64_t n = 0;
-  for (float f : v) n += !std::isfinite(f);
-  return n;
-}
-
-}  // namespace
-
 // ----------------------------------------------------------------------------
 // setup and resume
 
-Trainer::Trainer(const Experiment& x)
+Trainer::Trainer(const Experiment& x, TrainerOptions options)
     : x_(x),
+      options_(std::move(options)),
       model_(x.model, x.batch_size, x.seq_len),
       opt_(layout_freeze(model_, x_), x.optimizer),
       flops_(config_flops(x.model, x.seq_len)),
       metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
-      frozen_path_((fs::path(x.run_dir) / "evalset.frozen.jsonl").string()),
       tty_(::isatty(2)),
       comm_(train_collective()) {
   model_.init_weights(x.seed);
@@ -200,14 +206,9 @@ void Trainer::data_parallel_setup() {
         fmt::format("{}: 'train.grad_accum' ({}) must be a multiple of the number of processes "
                     "({}): each takes grad_accum / {} micro-batches of every step",
                     x_.source, x_.grad_accum, P, P));
-  for (size_t i = 0; i < x_.phases.size(); i++)
-    if (x_.phases[i].focused())
-      fail(fmt::format("{}: 'phases[{}]': focused replay runs in one process only (not {})",
-                       x_.source, i, P));
   sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
                                      x_.model.num_hidden_layers, *comm_);
-  const char* overlap = std::getenv("MOELAB_DIST_OVERLAP");
-  sync_->overlap = !(overlap && std::string(overlap) == "0");
+  sync_->overlap = options_.overlap_grad_sums;
 }
 
 void Trainer::start(bool resume) {
@@ -222,22 +223,9 @@ void Trainer::start(bool resume) {
         train_.emplace(s, DataLoader(*data_, s, "train", x_.seq_len, rng_mix(x_.seed ^ fnv1a(s))));
         if (x_.eval_every > 0) val_.emplace(s, DataLoader(*data_, s, "val", x_.seq_len, 0));
       }
-  for (const auto& [name, _] : train_) sources_.push_back(name);
-  replay_setup();
   peak_ = x_.peak_gflops > 0 ? x_.peak_gflops : bench_fma_peak_gflops(threads_get(), 0.3);
-
   // Everything the run reads is checked before the run directory is touched.
-  if (!x_.evalset.empty()) {
-    full_set_ = evalset_load(x_.evalset, data_->fingerprint, evalset_limits());
-    // Nothing in it can be recalled: a run that needs some would stop at the filtering, maybe
-    // hours from now; it stops here instead.
-    if (full_set_.samples.empty() && x_.min_recalled > 0)
-      fail(fmt::format(
-          "{}: the evaluation set has no samples, fewer than eval.min_recalled = {} can be "
-          "recalled, so forgetting cannot be measured; stopped before training. Build one with "
-          "samples (eval.min_recalled = 0 trains without forgetting metrics)",
-          x_.evalset, x_.min_recalled));
-  }
+  for (const auto& h : options_.hooks) h->on_open(*this);
   const RunClaim claim = run_dir_claim(x_, resume);
   if (comm_) {  // before anything is written: every rank runs the same
     comm_->same("the experiment (its file after --set, and the model)",
@@ -245,14 +233,6 @@ void Trainer::start(bool resume) {
     comm_->same("the data's tokenizer", data_->fingerprint);
     comm_->same("the checkpoint it starts from", fnv1a(claim.ckpt));
   }
-  std::error_code ec;
-  // The base model's recalled set (filter_at = "start") is the run's from its start on.
-  if (!claim.ckpt.empty() && !x_.evalset.empty() && x_.filter_at == "start" &&
-      !fs::exists(frozen_path_, ec))
-    fail(fmt::format(
-        "{}: missing; the set the base model recalled before step 1 cannot be rebuilt for {} "
-        "(start the run again in a new run.dir)",
-        frozen_path_, claim.ckpt));
   if (!claim.ckpt.empty())
     resume_from(claim.ckpt);
   else if (!x_.init_from.empty())
@@ -268,12 +248,18 @@ void Trainer::start(bool resume) {
   t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
   if (!train_writer()) return;          // rank 0 writes the run's files
   if (claim.stale) run_dir_restart(x_);
+  std::error_code ec;
   fs::create_directories(x_.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
-  run_info_write(x_, flops_);
+  run_info_write();
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(fmt::format("{}: cannot write", metrics_path_));
-  forgetting_setup();
+  for (const auto& h : options_.hooks) h->on_start(*this);
+}
+
+void Trainer::metrics_write(const ojson& line) {
+  metrics_ << line.dump() << "\n" << std::flush;
+  if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
 }
 
 void Trainer::resume_from(const std::string& ckpt) {
@@ -287,7 +273,7 @@ void Trainer::resume_from(const std::string& ckpt) {
   } catch (const json::exception&) {
     fail(fmt::format("{}/trainer_state.json: 'step' or 'loaders' is missing or mistyped", ckpt));
   }
-  replay_restore(state, ckpt);
+  for (const auto& h : options_.hooks) h->restore_state(*this, state, ckpt);
   start_step_ = step_;
   if (train_writer()) metrics_truncate(metrics_path_, step_);
   std::fprintf(stderr, "resumed from %s (step %ld)\n", ckpt.c_str(), long(step_));
@@ -314,96 +300,6 @@ void Trainer::init_from() {
   else
     std::fprintf(stderr, "; %zu new (initialized from run.seed): %s\n", r.fresh.size(),
                  names_brief(r.fresh).c_str());
-}
-
-void Trainer::forgetting_setup() {
-  if (x_.evalset.empty()) return;
-  if (x_.filter_at == "start") return forgetting_at_start();
-  int64_t filter_end = 0;
-  for (const PhaseConfig& p : x_.phases) {
-    filter_end += x_.phase_steps(p);
-    if (p.name == x_.filter_after) break;
-  }
-  // The frozen set belongs to the checkpoint only if that comes after the filtering; one written
-  // just before a crash is rebuilt at the same step, so the metrics equal an unbroken run's.
-  std::error_code ec;
-  if (!fs::exists(frozen_path_, ec)) return;
-  if (step_ >= filter_end) {
-    frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
-    have_frozen_ = true;
-    too_few_ = recalled_shortfall();
-    recalled_check();  // a resumed run that could not measure forgetting stops again
-  } else {
-    fs::remove(frozen_path_, ec);
-  }
-}
-
-// filter_at = "start" (methods.md §5.5): the set the init_from model recalls, filtered before
-// step 1 and logged as step 0; a resumed run keeps the one of its start.
-void Trainer::forgetting_at_start() {
-  if (step_ > 0) {  // start() made sure that it is there
-    frozen_ = evalset_load(frozen_path_, data_->fingerprint, evalset_limits());
-    have_frozen_ = true;
-  } else {
-    ojson forgetting;
-    forgetting["evalset"] = forgetting_filter();
-    if (!frozen_.samples.empty())
-      forgetting["metrics"] = evalreport_json(
-          moelab::evaluate(model_, *data_->tokenizer, frozen_, x_.forgetting_batch));
-    const ojson m = {
-        {"step", 0}, {"phase", x_.phases.front().name}, {"tokens", 0}, {"forgetting", forgetting}};
-    metrics_ << m.dump() << "\n" << std::flush;
-    if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
-  }
-  too_few_ = recalled_shortfall();
-  recalled_check();
-}
-
-// Keeps the samples this model recalls (M_ex = 1), frozen for the rest of the run. Returns the
-// counts for the metrics line.
-ojson Trainer::forgetting_filter() {
-  const Activity doing("evaluation");
-  // An empty set keeps nothing (eval.min_recalled = 0 let the run go on without one).
-  frozen_ =
-      full_set_.samples.empty()
-          ? full_set_
-          : evalset_filter(
-                full_set_,
-                moelab::evaluate(model_, *data_->tokenizer, full_set_, x_.forgetting_batch).ex_hit);
-  evalset_write(frozen_path_, frozen_);
-  have_frozen_ = true;
-  return {{"samples", full_set_.samples.size()}, {"kept", frozen_.samples.size()}};
-}
-
-// The one line that stops a run whose frozen set is too small to measure forgetting on, or "".
-std::string Trainer::recalled_shortfall() const {
-  const int64_t kept = int64_t(frozen_.samples.size());
-  if (kept >= x_.min_recalled) return "";
-  const std::string counts = fmt::format(
-      "recalls {} of the {} evaluation samples (M_ex = 1), fewer than eval.min_recalled = {}, so "
-      "forgetting cannot be measured",
-      kept, full_set_.samples.size(), x_.min_recalled);
-  if (x_.filter_at == "start")
-    return fmt::format(
-        "{}: before step 1 the base model (model.init_from = {}) {}; stopped before training. Use "
-        "a base trained longer on its data, a larger one, or entities that recur more often in "
-        "that data (eval.min_recalled = 0 goes on anyway)",
-        x_.source, x_.init_from, counts);
-  return fmt::format(
-      "{}: after phase {} the model {}; stopped. Train {} for more epochs, use a larger model, or "
-      "choose entities that recur more often in {} (eval.min_recalled = 0 goes on anyway)",
-      x_.source, x_.filter_after, counts, x_.filter_after, x_.filter_after);
-}
-
-void Trainer::recalled_check() const {
-  if (too_few_.empty()) return;
-  const auto list = checkpoint_list(x_.run_dir);
-  if (list.empty() || x_.filter_at == "start") fail(too_few_);
-  fail(fmt::format("{}; the checkpoint {} is kept", too_few_, list.back()));
-}
-
-EvalSetLimits Trainer::evalset_limits() const {
-  return {data_->vocab_size, x_.model.vocab_size, x_.model.max_position_embeddings};
 }
 
 // ----------------------------------------------------------------------------
@@ -530,123 +426,36 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
   return r;
 }
 
+StepStats Trainer::update(const BatchSource& next, double lr) {
+  return train_batch(next, lr, false);
+}
+
 StepStats Trainer::step() {
   const PhaseAt at = phase_at(step_);
   const PhaseConfig& phase = x_.phases[at.index];
   // A micro-batch comes from the replay subset with probability replay_ratio, decided by the
   // seed, the step and the micro-batch alone (a resumed run decides the same).
   const int64_t at_step = step_;
+  std::vector<TrainedBatch> trained;
   const BatchSource next = [&](int64_t micro) {
-    const bool replay = phase.replay_ratio > 0 && rng_uniform(x_.seed, 7000 + uint64_t(at_step),
-                                                              uint64_t(micro)) < phase.replay_ratio;
+    const bool replay =
+        phase.replay_ratio > 0 && rng_uniform(x_.seed, kStreamMixReplay + uint64_t(at_step),
+                                              uint64_t(micro)) < phase.replay_ratio;
     const std::string& subset = replay ? phase.replay_subset : phase.subset;
+    TrainedBatch& b = trained.emplace_back(TrainedBatch{subset, {}});
     if (comm_ && micro % comm_->size() != comm_->rank()) {  // another rank reads it
-      ids_.clear();
-      train_.at(subset).skip(x_.batch_size, ids_);
-      replay_offer(at.index, subset, ids_);
+      train_.at(subset).skip(x_.batch_size, b.sequences);
       return MicroBatch{};
     }
-    train_.at(subset).next(x_.batch_size, tok_, tgt_, &ids_);
-    replay_offer(at.index, subset, ids_);
+    train_.at(subset).next(x_.batch_size, tok_, tgt_, &b.sequences);
     return MicroBatch{tok_, tgt_};
   };
   StepStats r = step(next, x_.schedule.lr(step_));
   r.phase = at.index;
+  r.trained = std::move(trained);
   phase_name_ = phase.name;
-  // Focused replay after every replay_every steps of the phase, at the step's learning rate.
-  const int64_t in_phase = r.step - (at.end - x_.phase_steps(phase));
-  if (phase.focused() && in_phase % phase.replay_every == 0) replay_run(at.index, r, r.lr);
+  for (const auto& h : options_.hooks) h->after_step(*this, r);
   return r;
-}
-
-// ----------------------------------------------------------------------------
-// focused replay (methods.md §5.4)
-
-void Trainer::replay_setup() {
-  const int64_t batch = x_.batch_size * x_.grad_accum;
-  for (size_t i = 0; i < x_.phases.size(); i++) {
-    const PhaseConfig& p = x_.phases[i];
-    if (!p.focused()) continue;
-    // Memory of another subset: it must hold one batch of distinct sequences.
-    if (!p.replay_subset.empty() && train_.at(p.replay_subset).sequences() < uint64_t(batch))
-      fail(fmt::format(
-          "{}: 'phases[{}].replay_subset' {} has {} training sequences, fewer than one replay "
-          "batch ({} = train.batch_size x train.grad_accum)",
-          x_.source, i, p.replay_subset, train_.at(p.replay_subset).sequences(), batch));
-    replay_.push_back({i, ReplayMemory(uint64_t(p.replay_memory), uint32_t(p.replay_exit),
-                                       rng_mix(x_.seed ^ fnv1a("replay:" + p.name)))});
-  }
-}
-
-// The sequences of a regular micro-batch of phase `phase`: every memory that keeps what the run
-// trained on takes them, up to the end of its own phase.
-void Trainer::replay_offer(size_t phase, const std::string& subset, std::span<const uint64_t> ids) {
-  if (replay_.empty()) return;
-  const uint32_t source =
-      uint32_t(std::find(sources_.begin(), sources_.end(), subset) - sources_.begin());
-  for (PhaseReplay& pr : replay_)
-    if (x_.phases[pr.phase].replay_subset.empty() && phase <= pr.phase)
-      for (uint64_t id : ids) pr.memory.offer(source, id);
-}
-
-// One replay: a batch of distinct samples drawn from the phase's memory (refilled first from
-// replay_subset when it names one), trained replay_repeat times.
-void Trainer::replay_run(size_t phase, StepStats& r, double lr) {
-  const PhaseConfig& p = x_.phases[phase];
-  ReplayMemory& mem = std::find_if(replay_.begin(), replay_.end(), [&](auto& pr) {
-                        return pr.phase == phase;
-                      })->memory;
-  const uint64_t n = uint64_t(x_.batch_size * x_.grad_accum);
-  if (!p.replay_subset.empty()) {
-    DataLoader& from = train_.at(p.replay_subset);
-    const uint32_t source =
-        uint32_t(std::find(sources_.begin(), sources_.end(), p.replay_subset) - sources_.begin());
-    // Up to capacity, or every sequence of the subset: one pass over its order finds them all.
-    const uint64_t room = std::min(mem.capacity(), from.sequences());
-    for (uint64_t tries = 0; mem.size() < room && tries < from.sequences(); tries++) {
-      ids_.clear();
-      from.skip(1, ids_);
-      mem.offer(source, ids_[0]);
-    }
-  }
-  r.replayed = true;
-  if (mem.size() >= n) {
-    const std::vector<ReplaySample> batch = mem.draw(n);
-    const size_t len = size_t(x_.seq_len);
-    replay_tok_.resize(n * len);
-    replay_tgt_.resize(n * len);
-    for (size_t i = 0; i < batch.size(); i++)
-      train_.at(sources_[batch[i].source])
-          .read_sequence(batch[i].sequence, &replay_tok_[i * len], &replay_tgt_[i * len]);
-    const size_t micro_len = size_t(x_.batch_size) * len;
-    const BatchSource next = [&](int64_t micro) {
-      const size_t at = size_t(micro) * micro_len;
-      return MicroBatch{std::span<const int32_t>(replay_tok_).subspan(at, micro_len),
-                        std::span<const int32_t>(replay_tgt_).subspan(at, micro_len)};
-    };
-    for (int64_t k = 0; k < p.replay_repeat; k++)
-      r.replay_lm.push_back(train_batch(next, lr, false).lm);
-  }
-  r.replay_memory = mem.size();
-}
-
-json Trainer::replay_state() const {
-  json out = json::object();
-  for (const PhaseReplay& pr : replay_) out[x_.phases[pr.phase].name] = pr.memory.to_json(sources_);
-  return out;
-}
-
-void Trainer::replay_restore(const json& state, const std::string& ckpt) {
-  for (PhaseReplay& pr : replay_) {
-    const std::string& name = x_.phases[pr.phase].name;
-    const std::string where =
-        fmt::format("{}/trainer_state.json: the replay memory of phase {}", ckpt, name);
-    if (!state.contains("replay") || !state["replay"].is_object() ||
-        !state["replay"].contains(name))
-      fail(fmt::format("{} is missing (was the run started without replay = \"focused\" there?)",
-                       where));
-    pr.memory.from_json(state["replay"][name], sources_, where);
-  }
 }
 
 std::string Trainer::last_good() const {
@@ -681,32 +490,14 @@ void Trainer::on_nonfinite(const StepStats& r) {
 StepEval Trainer::evaluate(const StepStats& r) {
   StepEval e;
   if (!train_writer()) return e;  // rank 0 evaluates and logs; the others wait at the next sum
-  const PhaseConfig& phase = x_.phases[r.phase];
-  const bool phase_done = r.step == phase_at(r.step - 1).end;
-  e.forgetting = forgetting_duties(phase, phase_done);
+  const bool phase_done = phase_ends_at(r.step);
+  for (const auto& h : options_.hooks) h->on_evaluate(*this, r);
+  for (const auto& h : options_.hooks) h->metrics(r, e.hooks);
   // Validation runs on the steps whose losses are logged.
   if (r.applied && log_due(r, e) && x_.eval_every > 0 &&
       (r.step % x_.eval_every == 0 || phase_done))
     e.val_loss = validation_losses();
   return e;
-}
-
-ojson Trainer::forgetting_duties(const PhaseConfig& phase, bool phase_done) {
-  ojson forgetting;
-  if (x_.evalset.empty()) return forgetting;
-  const Activity doing("evaluation");
-  if (x_.filter_at == "phase_end" && phase_done && phase.name == x_.filter_after && !have_frozen_) {
-    // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
-    forgetting["evalset"] = forgetting_filter();
-    too_few_ = recalled_shortfall();  // the run stops after this step's checkpoint
-  }
-  const bool due = have_frozen_ && !frozen_.samples.empty() &&
-                   ((x_.forgetting_every > 0 && step_ % x_.forgetting_every == 0) ||
-                    forgetting.contains("evalset") || phase_done);
-  if (due)
-    forgetting["metrics"] =
-        evalreport_json(moelab::evaluate(model_, *data_->tokenizer, frozen_, x_.forgetting_batch));
-  return forgetting;
 }
 
 // Mean loss on the same held-out batches of every subset.
@@ -730,10 +521,13 @@ ojson Trainer::validation_losses() {
 // ----------------------------------------------------------------------------
 // logging and checkpoints
 
+bool Trainer::phase_ends_at(int64_t step) const {
+  return step == phase_at(step - 1).end;
+}
+
 bool Trainer::log_due(const StepStats& r, const StepEval& e) const {
-  const bool phase_done = r.step == phase_at(r.step - 1).end;
-  return r.step % x_.log_every == 0 || phase_done || r.step == x_.total_steps() ||
-         !e.forgetting.is_null() || r.replayed;
+  return r.step % x_.log_every == 0 || phase_ends_at(r.step) || r.step == x_.total_steps() ||
+         !e.hooks.empty();
 }
 
 void Trainer::log(const StepStats& r, const StepEval& e) {
@@ -760,10 +554,8 @@ void Trainer::log(const StepStats& r, const StepEval& e) {
     if (!e.val_loss.is_null()) m["val_loss"] = e.val_loss;
     log_progress(m, r);
   }
-  if (r.replayed) m["replay"] = {{"loss", r.replay_lm}, {"memory", r.replay_memory}};
-  if (!e.forgetting.is_null()) m["forgetting"] = e.forgetting;
-  if (!r.applied || due) metrics_ << m.dump() << "\n" << std::flush;
-  if (!metrics_) fail(fmt::format("{}: write failed (disk full?)", metrics_path_));
+  for (const auto& [key, value] : e.hooks.items()) m[key] = value;
+  if (!r.applied || due) metrics_write(m);
 }
 
 // Throughput over the steps since the last logged one, and the progress line.
@@ -793,7 +585,7 @@ void Trainer::progress_end() const {
 }
 
 bool Trainer::checkpoint_due(const StepStats& r) const {
-  return r.step == phase_at(r.step - 1).end ||
+  return phase_ends_at(r.step) ||
          (x_.checkpoint_every > 0 && r.step % x_.checkpoint_every == 0);
 }
 
@@ -816,11 +608,15 @@ void Trainer::save() {
                 {"loaders", loaders},
                 {"seed", x_.seed},
                 {"tokenizer_fingerprint", data_->fingerprint}};
-  if (!replay_.empty()) state["replay"] = replay_state();
+  for (const auto& h : options_.hooks) h->save_state(state);
   const Activity doing("checkpoint writing");
   const std::string dir = checkpoint_save(x_.run_dir, step_, model_, opt_, state, x_.keep_last);
   saved_step_ = step_;
   std::fprintf(stderr, "%scheckpoint %s\n", tty_ ? "\n" : "", dir.c_str());
+}
+
+void Trainer::step_end(const StepStats& r) {
+  for (const auto& h : options_.hooks) h->on_step_end(*this, r);
 }
 
 // ----------------------------------------------------------------------------
@@ -849,7 +645,11 @@ namespace {
 int train_loop(const Experiment& x, bool resume, int64_t& steps) {
   const StopScope stop;  // from here on a signal asks for a checkpoint and a clean stop
   threads_set(x.threads > 0 ? x.threads : omp_get_num_procs());
-  Trainer t(x);
+  TrainerOptions options{.hooks = trainer_hooks_from_experiment(x)};
+  // MOELAB_DIST_OVERLAP=0: the gradient sums of a data-parallel run start after the backward pass
+  const char* overlap = std::getenv("MOELAB_DIST_OVERLAP");
+  options.overlap_grad_sums = !(overlap && std::string(overlap) == "0");
+  Trainer t(x, std::move(options));
   t.start(resume);
   steps = t.steps_done();
   const Activity doing("training");  // between the parts named in detail
@@ -863,7 +663,7 @@ int train_loop(const Experiment& x, bool resume, int64_t& steps) {
         t.agree(signals_stop_requested() != 0, signals_take_save_request());
     stopping = stop_now;
     if (asked || t.checkpoint_due(r) || stopping) t.save();
-    t.recalled_check();  // after the checkpoint of the step that filtered the evaluation set
+    t.step_end(r);  // after the step's checkpoint, which a hook that stops the run keeps
   }
   t.progress_end();
   if (!stopping || t.finished()) return 0;
