@@ -10,10 +10,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "train/step_stats.hpp"
+
 namespace moelab {
 
 class Trainer;
-struct StepStats;
 struct Experiment;
 
 class TrainerHook {

@@ -22,9 +22,9 @@ void ForgettingHook::on_open(Trainer& t) {
   if (x_.evalset.empty()) {
     return;
   }
-  full_set_ = evalset_load(x_.evalset, t.data().fingerprint,
-                           {t.data().vocab_size, x_.model.vocab_size,
-                            x_.model.max_position_embeddings});
+  full_set_ =
+      evalset_load(x_.evalset, t.data().fingerprint,
+                   {t.data().vocab_size, x_.model.vocab_size, x_.model.max_position_embeddings});
   // Nothing in it can be recalled: a run that needs some would stop at the filtering, maybe
   // hours from now; it stops here instead.
   if (full_set_.samples.empty() && x_.min_recalled > 0) {

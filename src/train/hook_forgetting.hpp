@@ -39,7 +39,7 @@ class ForgettingHook : public TrainerHook {
   const std::string frozen_path_;
   EvalSet full_set_, frozen_;  // the evaluation set, and its part frozen at the filtering
   bool have_frozen_ = false;
-  std::string too_few_;         // why the frozen set cannot measure forgetting ("" while it can)
+  std::string too_few_;          // why the frozen set cannot measure forgetting ("" while it can)
   nlohmann::ordered_json line_;  // the last step's "forgetting" field (null: none)
 };
 

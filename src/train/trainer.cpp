@@ -7,10 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <regex>
 
 #include "core/error.hpp"
-#include "core/fileio.hpp"
 #include "core/gemm.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
@@ -19,6 +17,8 @@
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/data_parallel.hpp"
+#include "train/model_setup.hpp"
+#include "train/run_dir.hpp"
 
 namespace moelab {
 
@@ -40,107 +40,6 @@ std::string eta(double seconds) {
   return fmt::format("{}:{:02d}:{:02d}", s / 3600, (s / 60) % 60, s % 60);
 }
 
-// Keeps the metrics lines of steps <= step (a resumed run rewrites what came after).
-void metrics_truncate(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    const json j = json::parse(line, nullptr, false);
-    if (j.is_object() && j.value("step", int64_t(0)) <= step) kept += line + "\n";
-  }
-  in.close();
-  file_write_atomic(path, kept);
-}
-
-// Tensor names for a message: the layers' tensors of one kind in one entry, with their layer
-// numbers (model.layers.{0-3,5}.mlp.router.weight), in the order they first come.
-std::string names_brief(const std::vector<std::string>& names) {
-  static const std::regex layer(R"(^model\.layers\.(\d+)\.(.+)$)");
-  std::vector<std::pair<std::string, std::vector<int64_t>>> groups;  // suffix -> layers
-  std::vector<std::string> out;
-  for (const std::string& n : names) {
-    std::smatch m;
-    if (!std::regex_match(n, m, layer)) {
-      out.push_back(n);
-      continue;
-    }
-    auto it =
-        std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == m[2].str(); });
-    if (it == groups.end()) {
-      out.push_back("");  // filled below, in this place
-      groups.push_back({m[2].str(), {}});
-      it = groups.end() - 1;
-    }
-    it->second.push_back(std::stoll(m[1]));
-  }
-  size_t g = 0;
-  for (std::string& o : out) {
-    if (!o.empty()) continue;
-    const auto& [suffix, layers] = groups[g++];
-    std::string ranges;
-    for (size_t i = 0; i < layers.size();) {
-      size_t j = i;
-      while (j + 1 < layers.size() && layers[j + 1] == layers[j] + 1) j++;
-      ranges += fmt::format(
-          "{}{}", ranges.empty() ? "" : ",",
-          j == i ? fmt::format("{}", layers[i]) : fmt::format("{}-{}", layers[i], layers[j]));
-      i = j + 1;
-    }
-    o = layers.size() == 1 ? fmt::format("model.layers.{}.{}", ranges, suffix)
-                           : fmt::format("model.layers.{{{}}}.{}", ranges, suffix);
-  }
-  std::string s;
-  for (const std::string& o : out) s += (s.empty() ? "" : ", ") + o;
-  return s;
-}
-
-// [train] freeze on the model's layout, before the optimizer lays out its moments (it keeps
-// them for trainable tensors only). Returns the layout for the optimizer.
-const ParamLayout& layout_freeze(Model<float>& model, const Experiment& x) {
-  for (const std::string& p : x.freeze)
-    if (model.layout.set_frozen(p, true) == 0)
-      fail(
-          fmt::format("{}: 'train.freeze' pattern '{}' matches no tensor of the model (names as "
-                      "in Hugging Face GptOss, e.g. model.layers.0.mlp.router.weight)",
-                      x.source, p));
-  return model.layout;
-}
-
-// ----------------------------------------------------------------------------
-// the run directory
-
-// The checkpoint a start continues from ("" for step 0), and whether a run stopped there before
-// its first checkpoint: it held nothing worth keeping and starts again, by a plain start or by
-// --resume, instead of being refused both ways.
-struct RunClaim {
-  std::string ckpt;
-  bool stale = false;
-};
-
-RunClaim run_dir_claim(const Experiment& x, bool resume) {
-  const auto existing = checkpoint_list(x.run_dir);
-  const fs::path dir = x.run_dir;
-  if (!existing.empty()) {
-    if (!resume)
-      fail(fmt::format("{}: already holds a run; use --resume, or choose another run.dir",
-                       x.run_dir));
-    return {existing.back(), false};
-  }
-  std::error_code ec;
-  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "run.json", ec)) return {"", true};
-  if (resume) fail(fmt::format("{}: no checkpoint to resume from", x.run_dir));
-  return {"", false};
-}
-
-// A hook's own files go at its on_start.
-void run_dir_restart(const Experiment& x) {
-  std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
-               x.run_dir.c_str());
-  std::error_code ec;
-  for (const char* f : {"metrics.jsonl", "run.json"}) fs::remove(fs::path(x.run_dir) / f, ec);
-}
-
 int64_t count_nonfinite(std::span<const float> v) {
   int64_t n = 0;
   for (float f : v) n += !std::isfinite(f);
@@ -149,38 +48,6 @@ int64_t count_nonfinite(std::span<const float> v) {
 
 }  // namespace
 
-// run.json: what a report needs to know about this run without re-reading the TOML.
-void Trainer::run_info_write() const {
-  const Experiment& x = x_;
-  const FlopCounts& flops = flops_;
-  const ParamCounts pc = config_count(x.model);
-  ojson phases = ojson::array();
-  int64_t at = 0;
-  for (const PhaseConfig& p : x.phases) {
-    phases.push_back({{"name", p.name},
-                      {"subset", p.subset},
-                      {"start_step", at},
-                      {"end_step", at + x.phase_steps(p)}});
-    at += x.phase_steps(p);
-  }
-  ojson run = {{"experiment", x.source},
-               {"seed", x.seed},
-               {"experts", x.model.num_local_experts},
-               {"top_k", x.model.num_experts_per_tok},
-               {"params_total", pc.total},
-               {"params_active", pc.active},
-               {"train_flops_per_token", flops.train_per_token},
-               {"seq_len", x.seq_len},
-               {"tokens_per_step", x.tokens_per_step()},
-               {"total_steps", x.total_steps()}};
-  for (const auto& h : options_.hooks) h->run_info(run);
-  run["phases"] = phases;
-  run["model"] = config_to_json(x.model);
-  if (!x.init_from.empty()) run["init_from"] = x.init_from;
-  if (!x.freeze.empty()) run["freeze"] = x.freeze;
-  file_write_atomic((fs::path(x.run_dir) / "run.json").string(), run.dump(2) + "\n");
-}
-
 // ----------------------------------------------------------------------------
 // setup and resume
 
@@ -188,7 +55,7 @@ Trainer::Trainer(const Experiment& x, TrainerOptions options)
     : x_(x),
       options_(std::move(options)),
       model_(x.model, x.batch_size, x.seq_len),
-      opt_(layout_freeze(model_, x_), x.optimizer),
+      opt_(model_setup_freeze(model_, x_), x.optimizer),
       flops_(config_flops(x.model, x.seq_len)),
       metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
       tty_(::isatty(2)),
@@ -236,22 +103,15 @@ void Trainer::start(bool resume) {
   if (!claim.ckpt.empty())
     resume_from(claim.ckpt);
   else if (!x_.init_from.empty())
-    init_from();
-  if (!x_.freeze.empty()) {
-    std::vector<std::string> frozen;
-    int64_t n = 0;
-    for (const TensorView& t : model_.layout.tensors)
-      if (t.frozen) frozen.push_back(t.name), n += t.numel;
-    std::fprintf(stderr, "frozen: %zu tensors, %ld of %ld parameters: %s\n", frozen.size(), long(n),
-                 long(model_.layout.total), names_brief(frozen).c_str());
-  }
+    model_setup_init_from(model_, x_, data_->fingerprint);
+  model_setup_print_frozen(model_, x_);
   t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
   if (!train_writer()) return;          // rank 0 writes the run's files
   if (claim.stale) run_dir_restart(x_);
   std::error_code ec;
   fs::create_directories(x_.run_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
-  run_info_write();
+  run_dir_write_info(x_, flops_, options_.hooks);
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(fmt::format("{}: cannot write", metrics_path_));
   for (const auto& h : options_.hooks) h->on_start(*this);
@@ -275,31 +135,8 @@ void Trainer::resume_from(const std::string& ckpt) {
   }
   for (const auto& h : options_.hooks) h->restore_state(*this, state, ckpt);
   start_step_ = step_;
-  if (train_writer()) metrics_truncate(metrics_path_, step_);
+  if (train_writer()) run_dir_truncate_metrics(metrics_path_, step_);
   std::fprintf(stderr, "resumed from %s (step %ld)\n", ckpt.c_str(), long(step_));
-}
-
-// [model] init_from: another run's weights, on a fresh start only (a resumed run has its own).
-void Trainer::init_from() {
-  const std::string& dir = x_.init_from;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec))
-    fail(fmt::format("{}: 'model.init_from': {}: no such checkpoint folder", x_.source, dir));
-  const InitReport r = checkpoint_init_from(dir, model_);
-  // Token ids of another tokenizer would mean nothing here.
-  const fs::path state_path = fs::path(dir) / "trainer_state.json";
-  if (fs::exists(state_path, ec)) {
-    const json state = json::parse(file_read(state_path.string()), nullptr, false);
-    if (!state.is_object())
-      fail(fmt::format("{}: not a trainer state (invalid JSON)", state_path.string()));
-    checkpoint_check_tokenizer(dir, state, data_->fingerprint, x_.data_dir);
-  }
-  std::fprintf(stderr, "init_from %s: %zu tensors loaded", dir.c_str(), r.loaded.size());
-  if (r.fresh.empty())
-    std::fprintf(stderr, ", none new\n");
-  else
-    std::fprintf(stderr, "; %zu new (initialized from run.seed): %s\n", r.fresh.size(),
-                 names_brief(r.fresh).c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -327,36 +164,6 @@ StepStats Trainer::step(const BatchSource& next, double lr) {
   return r;
 }
 
-namespace {
-
-// Sums a micro-batch's raw router losses into one entry per routed layer (those with counts).
-void router_stats_add(std::vector<RouterStats>& router, const Losses& l,
-                      const std::vector<std::vector<int64_t>>& counts) {
-  size_t i = 0;
-  for (size_t layer = 0; layer < counts.size(); layer++) {
-    if (counts[layer].empty()) continue;
-    if (i == router.size()) router.push_back({.layer = int64_t(layer)});
-    router[i].aux += l.layers[layer].aux_raw, router[i++].z += l.layers[layer].z_raw;
-  }
-}
-
-// The micro-batches' means, and each routed layer's largest load of the step relative to the
-// fair share 1/E.
-void router_stats_finish(std::vector<RouterStats>& router,
-                         const std::vector<std::vector<int64_t>>& counts, double accum) {
-  size_t i = 0;
-  for (const std::vector<int64_t>& c : counts) {
-    if (c.empty()) continue;
-    RouterStats& s = router[i++];
-    s.aux /= accum, s.z /= accum;
-    int64_t total = 0, most = 0;
-    for (int64_t n : c) total += n, most = std::max(most, n);
-    s.max_load = total > 0 ? double(most) * double(c.size()) / double(total) : 0.0;
-  }
-}
-
-}  // namespace
-
 // The step's sums over the ranks: the gradients (started during the backward pass), then the
 // losses, the routers' sums and the routing counts, so that every rank holds what one process
 // would have (to float rounding: the sums' order differs).
@@ -364,12 +171,7 @@ void Trainer::reduce_step(StepStats& r) {
   if (!comm_) return;
   comm_wait_s_ += sync_->finish();
   comm_steps_++;
-  std::vector<double> v = {r.lm, r.aux, r.z};
-  for (const RouterStats& s : r.router) v.push_back(s.aux), v.push_back(s.z);
-  comm_->sum(v);
-  r.lm = v[0], r.aux = v[1], r.z = v[2];
-  for (size_t i = 0; i < r.router.size(); i++)
-    r.router[i].aux = v[3 + 2 * i], r.router[i].z = v[4 + 2 * i];
+  step_stats_sum(*comm_, r);
   collective_sum(*comm_, model_.route_counts());
 }
 
@@ -400,13 +202,13 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
       r.lm += l.lm / accum;
       r.aux += l.aux / accum;
       r.z += l.z / accum;
-      router_stats_add(r.router, l, model_.route_counts());
+      step_stats_add_router(r.router, l, model_.route_counts());
       if (micro == last) model_.on_grads_ready = [this](int64_t layer) { sync_->ready(layer); };
       model_.backward();
       model_.on_grads_ready = nullptr;
     }
     reduce_step(r);
-    router_stats_finish(r.router, model_.route_counts(), accum);
+    step_stats_finish_router(r.router, model_.route_counts(), accum);
   }
   {
     const ProfileScope prof(model_.device().profile, "optimizer");
@@ -585,8 +387,7 @@ void Trainer::progress_end() const {
 }
 
 bool Trainer::checkpoint_due(const StepStats& r) const {
-  return phase_ends_at(r.step) ||
-         (x_.checkpoint_every > 0 && r.step % x_.checkpoint_every == 0);
+  return phase_ends_at(r.step) || (x_.checkpoint_every > 0 && r.step % x_.checkpoint_every == 0);
 }
 
 void Trainer::save() {

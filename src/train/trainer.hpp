@@ -29,44 +29,9 @@
 #include "train/data_parallel.hpp"
 #include "train/experiment.hpp"
 #include "train/hook.hpp"
+#include "train/step_stats.hpp"
 
 namespace moelab {
-
-// One micro-batch: tokens and next-token targets, [batch_size * seq_len] each. The spans stay
-// valid until the source is called again.
-struct MicroBatch {
-  std::span<const int32_t> tokens, targets;
-};
-// Supplies micro-batch `micro` (0 .. grad_accum - 1) of the step being taken.
-using BatchSource = std::function<MicroBatch(int64_t micro)>;
-
-// One routed layer's router in one optimizer step.
-struct RouterStats {
-  int64_t layer = 0;
-  double aux = 0, z = 0;  // E sum_e f_e P_e and mean logsumexp^2, without the coefficients; means
-                          // over the micro-batches
-  double max_load = 0;    // the largest expert's share of the step's assignments, times E
-};
-
-// What one micro-batch of a run's step trained on (also one that another rank computed).
-struct TrainedBatch {
-  std::string subset;
-  std::vector<uint64_t> sequences;  // [batch_size] indices in the subset's training loader
-};
-
-// What one optimizer step did.
-struct StepStats {
-  int64_t step = 0;               // the steps taken after it (1 for the first)
-  size_t phase = 0;               // index into the experiment's phases (run steps)
-  double lr = 0;                  // the learning rate it used
-  double lm = 0, aux = 0, z = 0;  // losses, means over the micro-batches
-  double grad_norm = 0;           // of the mean gradient, before clipping
-  bool applied = false;           // false: skipped, the loss or gradient was not finite
-  std::vector<std::vector<double>> expert_load;  // MoE: of the last micro-batch (Model's form)
-  std::vector<RouterStats> router;               // MoE: per routed layer, of the whole step
-  std::vector<TrainedBatch> trained;             // a run's step: its micro-batches, in order
-  double total() const { return lm + aux + z; }
-};
 
 // What evaluate() measured after a step; null or empty where nothing was due.
 struct StepEval {
@@ -148,8 +113,6 @@ class Trainer {
   PhaseAt phase_at(int64_t step) const;
   std::string start_claim(bool resume);
   void resume_from(const std::string& ckpt);
-  void init_from();
-  void run_info_write() const;
   StepStats train_batch(const BatchSource& next, double lr, bool counted);
   void data_parallel_setup();
   void reduce_step(StepStats& r);
@@ -193,6 +156,8 @@ struct TrainStopped : Error {
   bool nonfinite = false;
 };
 
+// The run of experiment x, with the hooks it asks for (trainer_hooks_from_experiment) and
+// MOELAB_DIST_OVERLAP=0 turning off TrainerOptions::overlap_grad_sums.
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).
 // Errors (a non-finite loss, a full disk, a checkpoint of another config, an evaluation set of
 // which too little was recalled) throw TrainStopped with one line.
