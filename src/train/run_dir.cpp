@@ -31,11 +31,25 @@ RunClaim run_dir_claim(const Experiment& x, bool resume) {
   return {"", false};
 }
 
-void run_dir_restart(const Experiment& x) {
-  std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
-               x.run_dir.c_str());
+void run_dir_create(const Experiment& x, bool stale) {
   std::error_code ec;
-  for (const char* f : {"metrics.jsonl", "run.json"}) fs::remove(fs::path(x.run_dir) / f, ec);
+  if (stale) {
+    std::fprintf(stderr, "%s: the run there stopped before its first checkpoint; starting again\n",
+                 x.run_dir.c_str());
+    for (const char* f : {"metrics.jsonl", "run.json"}) {
+      fs::remove(fs::path(x.run_dir) / f, ec);
+    }
+  }
+  fs::create_directories(x.run_dir, ec);
+  if (ec) {
+    fail(fmt::format("{}: cannot create the run directory ({})", x.run_dir, ec.message()));
+  }
+}
+
+std::string run_dir_last_good(const std::string& run_dir) {
+  const auto list = checkpoint_list(run_dir);
+  return list.empty() ? std::string("no checkpoint was written yet")
+                      : fmt::format("the last good checkpoint is {}", list.back());
 }
 
 void run_dir_write_info(const Experiment& x, const FlopCounts& flops, const TrainerHooks& hooks) {

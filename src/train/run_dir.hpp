@@ -19,8 +19,11 @@ struct RunClaim {
   bool stale = false;
 };
 RunClaim run_dir_claim(const Experiment& x, bool resume);
-// Removes what a stale run left (metrics.jsonl, run.json); a hook's own files go at its on_start.
-void run_dir_restart(const Experiment& x);
+// Creates the run directory; `stale` (RunClaim): first removes what the stopped run left
+// (metrics.jsonl, run.json; a hook's own files go at its on_start).
+void run_dir_create(const Experiment& x, bool stale);
+// "the last good checkpoint is DIR", or that none was written yet: for a stopped run's line.
+std::string run_dir_last_good(const std::string& run_dir);
 // run.json: what a report needs to know about this run without re-reading the TOML; the hooks
 // add theirs after "total_steps".
 void run_dir_write_info(const Experiment& x, const FlopCounts& flops, const TrainerHooks& hooks);

@@ -64,15 +64,10 @@ Trainer::Trainer(const Experiment& x, TrainerOptions options)
   if (comm_) data_parallel_setup();
 }
 
-// Data parallel (train/data_parallel.hpp): rank r of P takes the micro-batches m with
-// m % P == r of every step, so that the P ranks together take one process's global batch.
+// Data parallel (train/data_parallel.hpp): each rank takes its share of every step's
+// micro-batches, and the gradient sums overlap the backward pass.
 void Trainer::data_parallel_setup() {
-  const int64_t P = comm_->size();
-  if (x_.grad_accum % P != 0)
-    fail(
-        fmt::format("{}: 'train.grad_accum' ({}) must be a multiple of the number of processes "
-                    "({}): each takes grad_accum / {} micro-batches of every step",
-                    x_.source, x_.grad_accum, P, P));
+  data_parallel_check(x_.source, x_.grad_accum, comm_->size());
   sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
                                      x_.model.num_hidden_layers, *comm_);
   sync_->overlap = options_.overlap_grad_sums;
@@ -107,10 +102,7 @@ void Trainer::start(bool resume) {
   model_setup_print_frozen(model_, x_);
   t_start_ = t_window_ = time_now_s();  // the speed counts this session's steps only
   if (!train_writer()) return;          // rank 0 writes the run's files
-  if (claim.stale) run_dir_restart(x_);
-  std::error_code ec;
-  fs::create_directories(x_.run_dir, ec);
-  if (ec) fail(fmt::format("{}: cannot create the run directory ({})", x_.run_dir, ec.message()));
+  run_dir_create(x_, claim.stale);
   run_dir_write_info(x_, flops_, options_.hooks);
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(fmt::format("{}: cannot write", metrics_path_));
@@ -260,12 +252,6 @@ StepStats Trainer::step() {
   return r;
 }
 
-std::string Trainer::last_good() const {
-  const auto list = checkpoint_list(x_.run_dir);
-  return list.empty() ? std::string("no checkpoint was written yet")
-                      : fmt::format("the last good checkpoint is {}", list.back());
-}
-
 // A non-finite loss or gradient is never applied: the run stops, or skips the batch until too
 // many in a row were skipped.
 void Trainer::on_nonfinite(const StepStats& r) {
@@ -276,13 +262,13 @@ void Trainer::on_nonfinite(const StepStats& r) {
     throw TrainStopped(
         fmt::format("step {}: {}; stopped before the update, {} (train.skip_nonfinite = true "
                     "skips such batches; a lower schedule.max_lr may help)",
-                    step_, what, last_good()),
+                    step_, what, run_dir_last_good(x_.run_dir)),
         step_, true);
   if (++skipped_in_a_row_ > x_.max_skips)
     throw TrainStopped(
         fmt::format("step {}: {} batches in a row were skipped ({}); stopped, {} (see "
                     "train.max_skips)",
-                    step_, skipped_in_a_row_, what, last_good()),
+                    step_, skipped_in_a_row_, what, run_dir_last_good(x_.run_dir)),
         step_, true);
 }
 
@@ -396,7 +382,7 @@ void Trainer::save() {
   if (bad > 0)
     throw TrainStopped(fmt::format("step {}: {} parameters are not finite; stopped without "
                                    "saving, {}",
-                                   step_, bad, last_good()),
+                                   step_, bad, run_dir_last_good(x_.run_dir)),
                        step_, true);
   if (!train_writer()) {  // rank 0 writes; every rank's loaders and weights are the same
     saved_step_ = step_;

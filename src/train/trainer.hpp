@@ -120,7 +120,6 @@ class Trainer {
   bool log_due(const StepStats& r, const StepEval& e) const;
   nlohmann::ordered_json validation_losses();
   void log_progress(nlohmann::ordered_json& m, const StepStats& r);
-  std::string last_good() const;
 
   const Experiment x_;
   TrainerOptions options_;
