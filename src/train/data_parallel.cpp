@@ -10,6 +10,15 @@
 
 namespace moelab {
 
+void data_parallel_check(const std::string& source, int64_t grad_accum, int64_t processes) {
+  if (grad_accum % processes != 0) {
+    fail(fmt::format(
+        "{}: 'train.grad_accum' ({}) must be a multiple of the number of processes ({}): each "
+        "takes grad_accum / {} micro-batches of every step",
+        source, grad_accum, processes, processes));
+  }
+}
+
 namespace {
 
 // "model.layers.12.mlp..." -> 12; -1 for tensors outside the layers

@@ -4,6 +4,7 @@
 // backward pass has finished it (Model::on_grads_ready), while the layers below are computed.
 #include <cstdint>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,11 @@
 #include "train/collective.hpp"
 
 namespace moelab {
+
+// Rank r of P takes the micro-batches m with m % P == r of every step, so that the P ranks
+// together take one process's global batch: grad_accum must be a multiple of P (one line
+// naming `source` otherwise).
+void data_parallel_check(const std::string& source, int64_t grad_accum, int64_t processes);
 
 class GradSync {
  public:

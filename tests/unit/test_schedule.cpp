@@ -9,6 +9,8 @@
 
 #include "study/run.hpp"
 #include "test_util.hpp"
+#include "train/hook_forgetting.hpp"
+#include "train/hook_replay.hpp"
 #include "train/schedule.hpp"
 #include "train/trainer.hpp"
 
@@ -220,6 +222,38 @@ TEST(Trainer, StepTakesItsMicroBatchesFromTheSource) {
   EXPECT_NEAR(r.aux, l.aux, 1e-12);
   EXPECT_EQ(r.expert_load.size(), 2u);      // per layer, of the last micro-batch
   EXPECT_NE(t.model().params, ref.params);  // the update was applied
+}
+
+// A hook's extra update (focused replay's) trains like a step but is not one of the run's.
+TEST(Trainer, UpdateIsNotCountedAsAStep) {
+  const Experiment x = tiny_experiment();
+  std::vector<int32_t> tok(16), tgt(16);
+  for (size_t i = 0; i < tok.size(); i++) tok[i] = int32_t(i * 3 % 32), tgt[i] = int32_t(i % 32);
+  const BatchSource same = [&](int64_t) { return MicroBatch{tok, tgt}; };
+  Trainer t(x), u(x);
+  const StepStats extra = t.update(same, 1e-3);
+  EXPECT_EQ(extra.step, 0);
+  EXPECT_EQ(t.steps_done(), 0);
+  EXPECT_TRUE(extra.applied);
+  EXPECT_NE(t.model().params, u.model().params);  // the update was applied
+  EXPECT_EQ(u.step(same, 1e-3).lm, extra.lm);     // on the same weights, the same loss
+  EXPECT_EQ(t.step(same, 1e-3).step, 1);
+}
+
+// The hooks an experiment asks for: focused replay only with a focused phase, before the
+// forgetting evaluation (their metrics fields come in this order).
+TEST(Trainer, HooksFromExperiment) {
+  Experiment x = tiny_experiment();
+  x.phases = {PhaseConfig{.name = "A", .subset = "A", .steps = 4},
+              PhaseConfig{.name = "B", .subset = "B", .steps = 4}};
+  const TrainerHooks plain = trainer_hooks_from_experiment(x);
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_NE(dynamic_cast<ForgettingHook*>(plain[0].get()), nullptr);
+  x.phases[1].replay = "focused";
+  const TrainerHooks focused = trainer_hooks_from_experiment(x);
+  ASSERT_EQ(focused.size(), 2u);
+  EXPECT_NE(dynamic_cast<ReplayHook*>(focused[0].get()), nullptr);
+  EXPECT_NE(dynamic_cast<ForgettingHook*>(focused[1].get()), nullptr);
 }
 
 TEST(Trainer, FrozenTensorsStayBitIdentical) {
