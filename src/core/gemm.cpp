@@ -22,7 +22,8 @@ void gemm<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
   if (M == 0 || N == 0) return;
 #if MOELAB_GEMM_ONEDNN
   // oneDNN's sgemm is row-major and reaches 330-440 GFLOP/s on the model's shapes here, where
-  // OpenBLAS 0.3.21 under OPENBLAS_CORETYPE=Haswell gives 150-200 (README, "GEMM").
+  // OpenBLAS 0.3.21 under OPENBLAS_CORETYPE=Haswell gives 150-200 (docs/benchmarks.md, "GEMM
+  // library, by measurement").
   const dnnl_status_t st = dnnl_sgemm(ta == Trans::T ? 'T' : 'N', tb == Trans::T ? 'T' : 'N', M, N,
                                       K, alpha, A, lda, B, ldb, beta, C, ldc);
   check(st == dnnl_success, "dnnl_sgemm failed");

@@ -2,8 +2,8 @@
 // CPU ops. Each op is a struct with a forward/backward pair, templated on the scalar type: float
 // for training, double so that tests can check the real kernels against finite differences.
 // backend/reference.hpp has a scalar reference with the same interface for every op here; a new
-// op joins both, the op table (backend/device.hpp), tests/test_ops.cpp and
-// tests/test_backend_ops.cpp.
+// op joins both, the op table (backend/device.hpp), tests/unit/test_ops.cpp and
+// tests/unit/test_backend_ops.cpp.
 //
 // Conventions: row-major; N = rows (tokens); shapes in comments as [rows, cols]. Parameter
 // gradients accumulate (+=) so that gradient accumulation is free; a null parameter-gradient

@@ -28,7 +28,7 @@ class GradSync {
   // Waits for every bucket (starting those not started); returns the seconds spent waiting.
   double finish();
   int64_t bytes() const { return bytes_; }  // gradient bytes summed per step
-  // Per bucket: its name and bytes (the README's estimate of the wire traffic)
+  // Per bucket: its name and bytes (the estimate of the wire traffic in docs/distributed.md)
   std::vector<std::pair<std::string, int64_t>> buckets() const;
   bool overlap = true;
 

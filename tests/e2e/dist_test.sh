@@ -188,7 +188,7 @@ if stopped intr; then
 fi
 # mpirun (Open MPI 4) does not pass SIGINT on: it sends SIGTERM to the ranks and SIGKILL 1 s
 # later (odls_base_sigkill_timeout), and exits with status 1; the ranks may not get to save
-# (the README says to signal the ranks instead). The last complete checkpoint stays, and the
+# (docs/distributed.md says to signal the ranks instead). The last complete checkpoint stays, and the
 # run resumed from it ends with the unbroken run's weights.
 interrupt mint mpirun
 [ $rc -ne 0 ] && ok || bad "SIGINT to mpirun: exit status 0"
