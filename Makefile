@@ -1,5 +1,6 @@
 # make test   installs what is missing (Debian packages), builds, runs every test
-# make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS)
+# make bench  moelab vs the PyTorch peer, alternating rounds, medians and targets (ROUNDS, THREADS,
+#             BASELINE=an older moelab binary to compare with)
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make ct-demo  moelab study ct on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
 # make ders-demo  moelab study ders: upcycling and DeRS on the demo's dense model (DERS_ARGS)
@@ -66,7 +67,7 @@ fuzz: deps
 	if [ -n "$$failed" ]; then echo "fuzz: findings for$$failed under $(FUZZ_BUILD)/findings"; exit 1; fi
 
 bench: build
-	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2)
+	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2) $(if $(BASELINE),--baseline $(BASELINE))
 
 DEMO_START := $(shell date +%s)
 demo: deps
