@@ -73,7 +73,7 @@ struct Ops {
   decltype(&K::delta_quant::encode) delta_quant_encode;
 };
 
-// The number of entries of Ops<T>: a backend fills every one, and tests/test_backend_ops.cpp
+// The number of entries of Ops<T>: a backend fills every one, and tests/unit/test_backend_ops.cpp
 // lists every one (both fail to compile when an op is added without them).
 inline constexpr size_t kOpCount = 47;
 static_assert(sizeof(Ops<float>) == kOpCount * sizeof(void*) &&

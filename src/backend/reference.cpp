@@ -1,7 +1,7 @@
 // The reference backend (MOELAB_DEVICE=reference): every op of the table as the scalar loops of
 // backend/reference.hpp, in one thread, with exact products in double; host memory. It is the
 // second backend that proves the seam: a model, its training step and its decoder run on it
-// unchanged (tests/test_backend_ops.cpp), and slowly.
+// unchanged (tests/unit/test_backend_ops.cpp), and slowly.
 #include <cstdlib>
 #include <cstring>
 

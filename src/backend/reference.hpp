@@ -2,8 +2,8 @@
 // Scalar references: the plainest loops that compute each op, written from the formulas of
 // docs/methods.md §3 rather than from the kernels: no OpenMP, no BLAS, sums in double. The
 // reference device (backend/reference.cpp, MOELAB_DEVICE=reference) runs them as its op table;
-// tests/test_ops.cpp checks the kernels against them op by op, tests/test_backend_ops.cpp the
-// two devices against each other. Same interface as src/kernels/kernels.hpp (the router's bias
+// tests/unit/test_ops.cpp checks the kernels against them op by op, tests/unit/test_backend_ops.cpp
+// the two devices against each other. Same interface as src/kernels/kernels.hpp (the router's bias
 // comes last, the linear maps take no precision: they are always exact).
 #include <algorithm>
 #include <cmath>

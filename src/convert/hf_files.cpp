@@ -166,7 +166,10 @@ HfExportReport hf_export(const HfExportOptions& o) {
   const std::vector<HfTensor> tensors = hf_tensors(m);
   if (!o.logits.empty()) write_logits(from, o.logits);
 
-  const fs::path dst = fs::path(o.out).lexically_normal();
+  fs::path dst = fs::path(o.out).lexically_normal();
+  if (!dst.has_filename()) {
+    dst = dst.parent_path();  // --out DIR/: the folder DIR, not a nameless one inside it
+  }
   const fs::path tmp = dst.parent_path() / fmt::format(".{}.tmp", dst.filename().string());
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);

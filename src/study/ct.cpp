@@ -211,8 +211,9 @@ class ExperimentFiles {
             .string();
     std::ostringstream os;
     os << fmt::format(
-        "# Written by moelab ct from {}: method '{}' ({}), seed {}. `moelab train` runs it as "
-        "is;\n# moelab ct rewrites it on every start.\n\n",
+        "# Written by moelab study ct from {}: method '{}' ({}), seed {}. `moelab train` runs it "
+        "as "
+        "is;\n# moelab study ct rewrites it on every start.\n\n",
         c.source, m.name, ct_kind_name(m.kind), seed);
     os << toml::toml_formatter{d} << "\n";
     std::error_code ec;
@@ -474,7 +475,7 @@ int ct_run(const std::string& config, const CtOptions& o) {
   if (writer) {
     evalset_build(c, evalset, x0.data_dir);
     study_record(c, runs, evalset, base_losses_cached(c, x0, data));
-    settings_record(c.run_dir, settings, "moelab ct");
+    settings_record(c.run_dir, settings, "moelab study ct");
   }
   train_barrier();
   std::vector<std::string> failed;  // runs, then measurements
@@ -484,15 +485,17 @@ int ct_run(const std::string& config, const CtOptions& o) {
   const size_t runs_failed = failed.size();
   for (const std::string& f : ct_measure_all(c, runs, data)) failed.push_back(f);
   std::string report;
-  if (o.report) try {
+  if (o.report) {
+    try {
       report = ct_report_write(c.run_dir, "", o.plots);
     } catch (const std::exception& e) {
       std::fprintf(stderr,
-                   "moelab ct: the runs are kept, but the report failed: %s (moelab ct %s "
-                   "--report-only writes it)\n",
+                   "moelab ct: the runs are kept, but the report failed: %s (moelab study ct %s "
+                   "--report-only, with the same --set, writes it)\n",
                    one_line(e.what()).c_str(), config.c_str());
       return 1;
     }
+  }
   if (failed.empty()) return 0;
   const size_t measures_failed = failed.size() - runs_failed;
   return study_failed_end(

@@ -1,5 +1,5 @@
 #pragma once
-// `moelab ct`: the continual-training study. A base checkpoint trained on an original domain
+// `moelab study ct`: the continual-training study. A base checkpoint trained on an original domain
 // goes on training on a new domain, once per method: every parameter (full), low-rank adapters
 // with the base frozen (lora, methods.md §3.11), or new experts beside each frozen FFN (moe-ct,
 // §3.12), each optionally replaying the original domain (§5.1, §5.4), over one or more seeds.

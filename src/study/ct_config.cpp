@@ -1,7 +1,5 @@
 #include "study/ct_config.hpp"
 
-#include "train/toml_file.hpp"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "train/toml_file.hpp"
 
 namespace moelab {
 

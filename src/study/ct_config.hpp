@@ -1,5 +1,5 @@
 #pragma once
-// The file of `moelab ct` (study/ct.hpp explains it): its [ct] section, the methods and the
+// The file of `moelab study ct` (study/ct.hpp explains it): its [ct] section, the methods and the
 // compressions, read and checked with one line per problem before anything runs.
 #include <cstdint>
 #include <string>

@@ -1,5 +1,5 @@
 #pragma once
-// What `moelab ct` measures besides training (study/ct_measure.cpp): the held-out losses of a
+// What `moelab study ct` measures besides training (study/ct_measure.cpp): the held-out losses of a
 // checkpoint on the study's batches, a final evaluation of a checkpoint (losses, forgetting
 // metrics on its run's frozen set, memory, speed, and for an MoE the cosine similarity of its
 // experts to the dense FFN), and the DeRS compressions of finished runs, each evaluated the same

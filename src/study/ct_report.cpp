@@ -1,5 +1,5 @@
-// The report of `moelab ct` (study/ct.hpp): what each continual-training method learned of the
-// new domain against what it kept of the original one, what it cost, and a reading that claims
+// The report of `moelab study ct` (study/ct.hpp): what each continual-training method learned of
+// the new domain against what it kept of the original one, what it cost, and a reading that claims
 // no more than the seeds support.
 #include <fmt/format.h>
 

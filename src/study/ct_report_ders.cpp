@@ -1,5 +1,5 @@
-// The upcycling and DeRS part of the `moelab ct` report: each trained method's final model and
-// each compression of one, side by side on size, memory, speed and quality (held-out losses on
+// The upcycling and DeRS part of the `moelab study ct` report: each trained method's final model
+// and each compression of one, side by side on size, memory, speed and quality (held-out losses on
 // both domains, forgetting metrics), how far the experts moved from the dense FFN, and a figure
 // of quality against bytes.
 #include <fmt/format.h>

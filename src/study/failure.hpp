@@ -45,8 +45,8 @@ int study_train_outcome(int rc, const std::string& name, const RunFailure& f, co
                         const char* goes_on, std::vector<std::string>& failed);
 
 // The last line of a study that went to its end with failures: "WHAT (A, B)TAIL; exit status 3"
-// (WHAT: "moelab run: 1 of 2 runs failed"; TAIL, e.g. "; the report lists why: R"). Returns
-// kStudyFailedRuns.
+// (WHAT: "moelab study forgetting: 1 of 2 runs failed"; TAIL, e.g. "; the report lists why: R").
+// Returns kStudyFailedRuns.
 int study_failed_end(const std::string& what, const std::vector<std::string>& failed,
                      const std::string& tail);
 

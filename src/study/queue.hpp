@@ -1,6 +1,6 @@
 #pragma once
-// The run queue every study works through (moelab run, ct, sweep): a list of named runs, each
-// an experiment built when its turn comes, trained one after another. A finished run is
+// The run queue every study works through (study forgetting, ct and ders, sweep): a list of named
+// runs, each an experiment built when its turn comes, trained one after another. A finished run is
 // skipped, a stopped one resumes from its last checkpoint, one that fails is recorded in its
 // folder (study/failure.hpp) and the others go on; an interrupt stops the queue with 130 and
 // the line "STUDY interrupted in NAME; run the same command again to continue". Progress lines

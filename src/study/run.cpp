@@ -144,7 +144,7 @@ int study_run(const Experiment& x, const StudyOptions& o) {
         {{"dir", v.dir}, {"experts", v.experts}, {"top_k", v.top_k}, {"seed", v.seed}});
   if (writer) {
     file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
-    settings_record(x.run_dir, settings, "moelab run");
+    settings_record(x.run_dir, settings, "moelab study forgetting");
   }
   train_barrier();
 
@@ -174,10 +174,11 @@ int study_run(const Experiment& x, const StudyOptions& o) {
     try {
       report = report_write(r);
     } catch (const std::exception& err) {
-      std::fprintf(stderr,
-                   "moelab run: the runs are kept, but the report failed: %s (moelab report %s "
-                   "writes it)\n",
-                   one_line(err.what()).c_str(), x.run_dir.c_str());
+      std::fprintf(
+          stderr,
+          "moelab run: the runs are kept, but the report failed: %s (moelab study report %s "
+          "writes it)\n",
+          one_line(err.what()).c_str(), x.run_dir.c_str());
       return 1;
     }
   }

@@ -1,9 +1,9 @@
 #pragma once
-// `moelab run`: the forgetting study of docs/methods.md §1 from one experiment. The dense model of
-// [model] and its iso-total MoE variants ([study] experts, top_k) train on the same data order and
-// seed, A then B, each filtering the shared evaluation set to its own M_ex = 1 samples after A;
-// then the report is written. Variants run one after another; a finished one is skipped and a
-// stopped one resumes, so re-running the command continues the study.
+// `moelab study forgetting`: the forgetting study of docs/methods.md §1 from one experiment. The
+// dense model of [model] and its iso-total MoE variants ([study] experts, top_k) train on the same
+// data order and seed, A then B, each filtering the shared evaluation set to its own M_ex = 1
+// samples after A; then the report is written. Variants run one after another; a finished one is
+// skipped and a stopped one resumes, so re-running the command continues the study.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,8 +13,8 @@
 
 namespace moelab {
 
-// [study]: what `moelab run` varies around the experiment (methods.md §1.2): the dense model of
-// [model] and its iso-total MoE variants, each over the seeds, all on one evaluation set.
+// [study]: what `moelab study forgetting` varies around the experiment (methods.md §1.2): the dense
+// model of [model] and its iso-total MoE variants, each over the seeds, all on one evaluation set.
 struct StudyConfig {
   std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
   int64_t top_k = 2;

@@ -1,9 +1,9 @@
 #pragma once
 // The settings a study's runs were started with, kept in its folder (RUN/settings.json) and
-// compared on every later start of `moelab run`, `moelab ct` and `moelab sweep run`: a study
-// resumed after its file (or a --set) changed would mix runs made under different settings, so
-// such a start is refused in one line naming the first key that differs, before anything is
-// trained or written. --restart discards the study's runs instead.
+// compared on every later start of `moelab study forgetting`, `moelab study ct` and `moelab study
+// sweep`: a study resumed after its file (or a --set) changed would mix runs made under different
+// settings, so such a start is refused in one line naming the first key that differs, before
+// anything is trained or written. --restart discards the study's runs instead.
 //
 // Settings are flat: every TOML value under its dotted key ("schedule.max_lr"), the tables of an
 // array under "phases[0].steps", or under their name where the entries are named
@@ -43,7 +43,7 @@ std::string settings_difference(const Settings& recorded, const Settings& now);
 bool settings_check(const std::string& dir, const Settings& now, const std::string& how);
 
 // DIR/settings.json: what was recorded there merged with `now` (named entries added since),
-// written atomically; `command` names the study ("moelab ct").
+// written atomically; `command` names the study ("moelab study ct").
 void settings_record(const std::string& dir, const Settings& now, const std::string& command);
 
 // The strings under FIELD of the objects of the array KEY in the JSON file PATH (the runs that
@@ -51,11 +51,11 @@ void settings_record(const std::string& dir, const Settings& now, const std::str
 std::set<std::string> study_listed(const std::string& path, const std::string& key,
                                    const std::string& field);
 
-// --restart (moelab run, moelab ct): what an earlier study wrote in DIR goes, nothing else
-// there: the folders `names` (its runs, or methods, as its record lists them and as this start
-// names them), the entries `files` (its record, report, settings.json) and, when the study built
-// it (`built_evalset`), its evaluation set. A name that is not the name of an entry of DIR
-// itself ("", ".", "..", "a/b": a record edited by hand) is left alone with a note: it could
+// --restart (moelab study forgetting, moelab study ct): what an earlier study wrote in DIR goes,
+// nothing else there: the folders `names` (its runs, or methods, as its record lists them and as
+// this start names them), the entries `files` (its record, report, settings.json) and, when the
+// study built it (`built_evalset`), its evaluation set. A name that is not the name of an entry of
+// DIR itself ("", ".", "..", "a/b": a record edited by hand) is left alone with a note: it could
 // name DIR or what lies outside it. Prints "--restart: N WHAT of the earlier study in DIR
 // discarded" and returns N, the folders removed.
 int64_t study_discard(const std::string& dir, const std::set<std::string>& names,

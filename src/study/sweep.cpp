@@ -303,15 +303,16 @@ void slurm_write(const SweepConfig& c, const std::vector<SweepJob>& jobs,
   fs::create_directories(c.run_dir, ec);
   const int threads = c.root["run"]["threads"].value_or(0);
   file_write_atomic(
-      path, fmt::format("#!/bin/bash\n"
-                        "# Written by moelab sweep run --slurm from {0}: one array task per job.\n"
-                        "#SBATCH --job-name=moelab-sweep\n"
-                        "#SBATCH --array=0-{1}\n"
-                        "#SBATCH --cpus-per-task={2}\n"
-                        "#SBATCH --output={3}/slurm_%a.log\n"
-                        "srun moelab sweep run {0}{4} --job \"$SLURM_ARRAY_TASK_ID\"\n",
-                        c.source, jobs.size() - 1, threads > 0 ? threads : 2, c.run_dir,
-                        shell_sets(overrides)));
+      path,
+      fmt::format("#!/bin/bash\n"
+                  "# Written by moelab study sweep --slurm from {0}: one array task per job.\n"
+                  "#SBATCH --job-name=moelab-sweep\n"
+                  "#SBATCH --array=0-{1}\n"
+                  "#SBATCH --cpus-per-task={2}\n"
+                  "#SBATCH --output={3}/slurm_%a.log\n"
+                  "srun moelab sweep run {0}{4} --job \"$SLURM_ARRAY_TASK_ID\"\n",
+                  c.source, jobs.size() - 1, threads > 0 ? threads : 2, c.run_dir,
+                  shell_sets(overrides)));
   std::printf("%s: %zu jobs (sbatch %s)\n", path.c_str(), jobs.size(), path.c_str());
 }
 
@@ -355,9 +356,8 @@ void sweep_discard(const SweepConfig& c) {
 int sweep_run(const std::string& config, const SweepRunOptions& o) {
   if (train_collective())
     fail(
-        "moelab sweep run runs in one process per job (its grid: workers share the queue (--job, "
-        "--slurm)); data-parallel runs: moelab train, "
-        "moelab run");
+        "moelab study sweep runs in one process per job (its grid: workers share the queue (--job, "
+        "--slurm)); data-parallel runs: moelab train, moelab study forgetting");
   const SweepConfig c = config_read(config, o.overrides);
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
@@ -373,7 +373,7 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
   else
     settings_check(c.run_dir, settings,
                    "another [run] dir, or --restart to discard the jobs there");
-  settings_record(c.run_dir, settings, "moelab sweep run");
+  settings_record(c.run_dir, settings, "moelab study sweep");
   std::error_code ec;
   fs::create_directories(c.run_dir, ec);
   std::vector<QueueRun> queue;

@@ -55,7 +55,7 @@ Trainer::Trainer(const Experiment& x, TrainerOptions options)
     : x_(x),
       options_(std::move(options)),
       model_(x.model, x.batch_size, x.seq_len),
-      opt_(model_setup_freeze(model_, x_), x.optimizer),
+      opt_(model_setup_freeze(model_, x_), x.optimizer, model_.device()),
       flops_(config_flops(x.model, x.seq_len)),
       metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
       tty_(::isatty(2)),
@@ -204,7 +204,8 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
   }
   {
     const ProfileScope prof(model_.device().profile, "optimizer");
-    r.grad_norm = grad_global_norm<float>(model_.layout, model_.grads) / accum;
+    r.grad_norm =
+        grad_global_norm<float>(model_.layout, model_.grads, model_.device().ops<float>()) / accum;
     if (counted) step_++, window_steps_++;
     r.step = step_;
     r.applied = std::isfinite(r.total()) && std::isfinite(r.grad_norm);
