@@ -271,46 +271,50 @@ std::string markdown_write(const CtStudy& st, const ojson& methods, const std::s
 // ----------------------------------------------------------------------------
 // the reading
 
-// One value per method and its standard error (NaN where unknown).
-struct Ranked {
-  std::string name;
-  double v, se;
-  int64_t seeds;  // runs behind v
-};
-
-// Whether a and b differ by more than two standard errors of their difference.
-std::string gap_clause(const Ranked& a, const Ranked& b, int digits) {
-  const double gap = std::abs(a.v - b.v), two_se = 2 * std::hypot(a.se, b.se);
-  if (gap > two_se)
-    return fmt::format("{} leads {} by {:.{}f}, more than two standard errors (±{:.{}f}){}.",
-                       a.name, b.name, gap, digits, two_se, digits,
-                       std::min(a.seeds, b.seeds) < 5
-                           ? "; with fewer than five seeds this is suggestive, not proof"
-                           : "");
-  return fmt::format(
-      "{} and {} differ by {:.{}f}, within two standard errors (±{:.{}f}): not "
-      "ranked.",
-      a.name, b.name, gap, digits, two_se, digits);
-}
-
-// "what: X v, Y w, ..." best first, with whether the first leads the second, and the last,
-// by more than two standard errors.
-std::string rank_line(std::vector<Ranked> r, bool lower_better, const std::string& what,
-                      int digits) {
-  std::erase_if(r, [](const Ranked& x) { return !std::isfinite(x.v); });
-  if (r.empty()) return "";
-  std::sort(r.begin(), r.end(),
-            [&](const Ranked& a, const Ranked& b) { return lower_better ? a.v < b.v : a.v > b.v; });
-  std::string list;
-  for (const Ranked& x : r)
-    list += fmt::format("{}{} {:.{}f}", list.empty() ? "" : ", ", x.name, x.v, digits);
-  std::string md = fmt::format("- {}: {}.", what, list);
-  if (r.size() < 2) return md + "\n";
-  if (!std::isfinite(std::hypot(r[0].se, r[1].se))) {
-    return md + " " + template_render("ct_one_seed.md");
+// "- WHAT: X v, Y w, ...", best first, then the best against the second and against the last,
+// paired over seeds (recall with one seed each: its evaluation sets' interval).
+std::string rank_line(const CtStudy& st, const ojson& methods, const std::string& what,
+                      const std::string& short_name, const std::string& key,
+                      const std::function<double(const RunData&)>& value, bool lower_better) {
+  std::vector<size_t> order;
+  for (size_t i = 0; i < methods.size(); i++) {
+    if (std::isfinite(stat_mean(methods[i][key]))) {
+      order.push_back(i);
+    }
   }
-  md += " " + gap_clause(r[0], r[1], digits);
-  if (r.size() > 2 && std::isfinite(r.back().se)) md += " " + gap_clause(r[0], r.back(), digits);
+  if (order.empty()) {
+    return "";
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const double va = stat_mean(methods[a][key]), vb = stat_mean(methods[b][key]);
+    return lower_better ? va < vb : va > vb;
+  });
+  std::vector<std::string> list;
+  for (size_t i : order) {
+    list.push_back(fmt::format("{} {:.3f}", st.methods[i].name, stat_mean(methods[i][key])));
+  }
+  std::string md = "- " + what + ": " + list_join(list) + ".";
+  const bool recall = key == "final_m_ex";  // a proportion of the recalled samples
+  std::vector<size_t> others(order.begin() + 1, order.begin() + std::min<size_t>(order.size(), 2));
+  if (order.size() > 2) {
+    others.push_back(order.back());
+  }
+  std::string sentences;
+  bool any_interval = false;
+  for (size_t other : others) {
+    const MethodRuns& best = st.methods[order[0]];
+    const Comparison c = stat_compare(runs_seed_values(best.runs, value),
+                                      runs_seed_values(st.methods[other].runs, value),
+                                      recall ? stat_mean(methods[order[0]]["evalset_kept"]) : NAN,
+                                      recall ? stat_mean(methods[other]["evalset_kept"]) : NAN);
+    any_interval = any_interval || std::isfinite(c.ci.lo);
+    sentences += " " + stat_compare_sentence(best.name, st.methods[other].name, short_name, c);
+  }
+  if (!others.empty()) {
+    md += any_interval ? sentences
+                       : " With one run per method this order has no interval, so it is not a "
+                         "ranking (several seeds give paired t-intervals).";
+  }
   return md + "\n";
 }
 
@@ -332,22 +336,15 @@ std::string forgetting_missing_cause(const RunData& r) {
 std::string reading_write(const CtStudy& st, const ojson& methods) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
   std::string md;
-  auto ranked = [&](const char* key, auto se_of) {
-    std::vector<Ranked> r;
-    for (const ojson& m : methods)
-      r.push_back({m["method"].get<std::string>(), stat_mean(m[key]), se_of(m),
-                   int64_t(m["seeds"].size())});
-    return r;
-  };
-  auto seed_se = [](const char* key) {
-    return [key](const ojson& m) { return stat_std_err(m[key]); };
-  };
-  md +=
-      rank_line(ranked("final_val_loss_new", seed_se("final_val_loss_new")), true,
-                fmt::format("Learning `{}`: held-out loss at the end, lowest first", st.fresh), 3);
-  md += rank_line(ranked("final_val_loss_original", seed_se("final_val_loss_original")), true,
-                  fmt::format("Keeping `{}`: held-out loss at the end, lowest first", st.original),
-                  3);
+  const std::string vo = "val:" + st.original, vn = "val:" + st.fresh;
+  md += rank_line(
+      st, methods, fmt::format("Learning `{}`: held-out loss at the end, lowest first", st.fresh),
+      "held-out loss on " + st.fresh, "final_val_loss_new",
+      [&](const RunData& r) { return run_last(r, vn); }, true);
+  md += rank_line(
+      st, methods, fmt::format("Keeping `{}`: held-out loss at the end, lowest first", st.original),
+      "held-out loss on " + st.original, "final_val_loss_original",
+      [&](const RunData& r) { return run_last(r, vo); }, true);
   if (base.is_object() && base.contains(st.original)) {
     const double b = base[st.original].get<double>();
     std::string list;
@@ -359,16 +356,11 @@ std::string reading_write(const CtStudy& st, const ojson& methods) {
       md += fmt::format("- Change of the held-out loss on `{}` from the base ({:.3f}): {}.\n",
                         st.original, b, list);
   }
-  // M_ex: with one seed, the binomial standard error of the recalled set (as the forgetting
-  // study's report); with several, the seeds' sd / sqrt(seeds).
-  auto m_ex_se = [](const ojson& m) {
-    return stat_m_ex_std_err(m["final_m_ex"], m["evalset_kept"]);
-  };
-  const std::string ex = rank_line(ranked("final_m_ex", m_ex_se), false,
-                                   "Recall of the base's entities: M_ex at the end (from 1.0 at "
-                                   "the start), highest first",
-                                   3);
-  md += ex;
+  md += rank_line(
+      st, methods,
+      "Recall of the base's entities: M_ex at the end (from 1.0 at the start), highest "
+      "first",
+      "M_ex", "final_m_ex", [](const RunData& r) { return run_last(r, "m_ex"); }, false);
   // Runs without forgetting metrics, one line per cause.
   std::vector<std::pair<std::string, std::string>> missing;  // cause, runs
   for (const MethodRuns& mr : st.methods)

@@ -7,11 +7,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <numeric>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "core/signals.hpp"
+#include "study/stats.hpp"
 
 namespace moelab {
 
@@ -21,23 +21,19 @@ namespace fs = std::filesystem;
 // statistics over seeds
 
 ojson values_stat(std::vector<double> v) {
-  std::erase_if(v, [](double x) { return !std::isfinite(x); });
-  if (v.empty()) return nullptr;
-  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
-  if (v.size() == 1) return mean;
-  double ss = 0;
-  for (double x : v) ss += (x - mean) * (x - mean);
-  return ojson{{"mean", mean}, {"sd", std::sqrt(ss / double(v.size() - 1))}, {"n", v.size()}};
+  const SeedStat s = stat_seeds(v);
+  if (s.n == 0) {
+    return nullptr;
+  }
+  if (s.n == 1) {
+    return s.mean;
+  }
+  return ojson{{"mean", s.mean}, {"sd", s.sd}, {"n", s.n}, {"ci95", {s.ci95.lo, s.ci95.hi}}};
 }
 
 double stat_mean(const ojson& v) {
   if (v.is_null()) return NAN;
   return v.is_number() ? v.get<double>() : v["mean"].get<double>();
-}
-
-double stat_std_err(const ojson& v) {
-  if (!v.is_object()) return NAN;
-  return v["sd"].get<double>() / std::sqrt(v["n"].get<double>());
 }
 
 std::string stat_format(const ojson& v, int digits) {
@@ -46,14 +42,6 @@ std::string stat_format(const ojson& v, int digits) {
     return fmt::format("{:.{}f}", stat_mean(v), digits);
   return fmt::format("{:.{}f} ± {:.{}f}", v["mean"].get<double>(), digits, v["sd"].get<double>(),
                      digits);
-}
-
-double stat_m_ex_std_err(const ojson& m_ex, const ojson& kept) {
-  if (m_ex.is_object()) {
-    return stat_std_err(m_ex);
-  }
-  const double p = stat_mean(m_ex), n = stat_mean(kept);
-  return n > 0 ? std::sqrt(std::max(p * (1 - p), 0.25 / n) / n) : NAN;
 }
 
 bool recalled_none(const ojson& kept) {

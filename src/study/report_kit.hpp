@@ -25,14 +25,10 @@ using ojson = nlohmann::ordered_json;
 // ----------------------------------------------------------------------------
 // statistics over seeds
 
-// One number per run, summarised: null (none finite), the value (one), or {mean, sd, n}.
+// One number per run, summarised: null (none finite), the value (one), or {mean, sd, n, ci95}
+// (study/stats.hpp: the 95% t-interval of the mean).
 ojson values_stat(std::vector<double> v);
-double stat_mean(const ojson& v);  // NaN for null
-// The standard error of a {mean, sd, n} statistic (sd / sqrt(n)); NaN for a single value.
-double stat_std_err(const ojson& v);
-// The standard error of M_ex at the end: over several seeds the seeds' sd / sqrt(seeds); of one
-// seed the binomial one of its recalled set (`kept` samples), sqrt(p(1 - p) / n).
-double stat_m_ex_std_err(const ojson& m_ex, const ojson& kept);
+double stat_mean(const ojson& v);                         // NaN for null
 std::string stat_format(const ojson& v, int digits = 3);  // "x" or "x ± sd"; "-" for null
 // Whether a statistic of the samples kept (M_ex = 1) says the model recalled none: every
 // forgetting metric is then undefined ("n/a" in tables, null in JSON).

@@ -174,6 +174,15 @@ ojson runs_stat(const std::vector<RunData>& runs,
   return values_stat(v);
 }
 
+SeedValues runs_seed_values(const std::vector<RunData>& runs,
+                            const std::function<double(const RunData&)>& per_run) {
+  SeedValues v;
+  for (const RunData& r : runs) {
+    v[r.seed] = per_run(r);
+  }
+  return v;
+}
+
 double run_last(const RunData& r, const std::string& key) {
   const auto it = r.s.find(key);
   return it == r.s.end() || it->second.empty() ? NAN : it->second.rbegin()->second;

@@ -13,6 +13,7 @@
 
 #include "study/failure.hpp"
 #include "study/report_kit.hpp"
+#include "study/stats.hpp"
 
 namespace moelab {
 
@@ -71,6 +72,9 @@ void chart_add(PlotChart& c, const Agg& a, std::string title, int color, int das
 // One number per run, summarised: null (none finite), the value (one), or {mean, sd, n}.
 nlohmann::ordered_json runs_stat(const std::vector<RunData>& runs,
                                  const std::function<double(const RunData&)>& per_run);
+// One number per run, by seed (for paired comparisons, study/stats.hpp).
+SeedValues runs_seed_values(const std::vector<RunData>& runs,
+                            const std::function<double(const RunData&)>& per_run);
 // The median of a run's tokens_per_s (forgetting evaluations slow some windows).
 double run_median_tokens_per_s(const RunData& r);
 
