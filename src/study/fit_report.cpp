@@ -12,6 +12,7 @@
 #include "study/fit.hpp"
 #include "study/fit_state.hpp"
 #include "study/report_kit.hpp"
+#include "study/stats.hpp"
 
 namespace moelab {
 
@@ -21,27 +22,10 @@ const char* kNames[kLawParams] = {"a",     "b",    "c",      "d",     "e",
                                   "alpha", "beta", "lambda", "delta", "gamma"};
 constexpr std::array<int, 5> kChinchillaUsed = {kA, kB, kE, kAlpha, kBeta};
 
-struct Interval {
-  double lo = NAN, hi = NAN;
-};
-
-Interval percentiles(std::vector<double> v) {
-  std::erase_if(v, [](double x) { return !std::isfinite(x); });
-  if (v.empty()) return {};
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) {
-    double pos = q * double(v.size() - 1);
-    size_t i = size_t(pos);
-    double f = pos - double(i);
-    return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
-  };
-  return {at(0.025), at(0.975)};
-}
-
 Interval boot_interval(const FitState& st, int k, bool exp_of) {
   std::vector<double> v;
   for (const LawVec& p : st.boot) v.push_back(exp_of ? std::exp(p[size_t(k)]) : p[size_t(k)]);
-  return percentiles(v);
+  return stat_percentiles(v);
 }
 
 // ---- Output
@@ -226,7 +210,7 @@ ojson fit_state_json(const FitState& st) {
       auto iv = [&](auto get) {
         std::vector<double> v;
         for (const auto& x : st.boot_rec) v.push_back(get(x));
-        Interval i = percentiles(v);
+        Interval i = stat_percentiles(v);
         return ojson{i.lo, i.hi};
       };
       r["ci95"] = {{"sparsity", iv([](const Recommendation& x) { return x.s; })},

@@ -147,7 +147,7 @@ Interval stat_proportions_diff(double pa, double na, double pb, double nb) {
   return {pa - pb - half, pa - pb + half};
 }
 
-Interval stat_percentiles(std::vector<double> samples, double level) {
+Interval stat_percentiles(std::vector<double> samples, double lower, double upper) {
   std::erase_if(samples, [](double x) { return !std::isfinite(x); });
   if (samples.empty()) {
     return {};
@@ -159,7 +159,7 @@ Interval stat_percentiles(std::vector<double> samples, double level) {
     const double frac = pos - double(i);
     return i + 1 < samples.size() ? samples[i] * (1 - frac) + samples[i + 1] * frac : samples[i];
   };
-  return {at((1 - level) / 2), at((1 + level) / 2)};
+  return {at(lower), at(upper)};
 }
 
 std::string stat_diff_format(double mean, const Interval& ci, int digits) {

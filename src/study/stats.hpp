@@ -52,9 +52,9 @@ PairedDiff stat_paired(const SeedValues& a, const SeedValues& b);
 // claim certainty.
 Interval stat_proportions_diff(double pa, double na, double pb, double nb);
 
-// The central `level` interval of samples (linear interpolation between order statistics);
-// non-finite samples dropped, NaN where none is left.
-Interval stat_percentiles(std::vector<double> samples, double level = 0.95);
+// The `lower` and `upper` quantiles of samples (linear interpolation between order statistics;
+// by default the central 95%); non-finite samples dropped, NaN where none is left.
+Interval stat_percentiles(std::vector<double> samples, double lower = 0.025, double upper = 0.975);
 
 // "+0.012 [-0.004, +0.028]": a difference and its interval, signed.
 std::string stat_diff_format(double mean, const Interval& ci, int digits = 3);
