@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "study/ct.hpp"
 #include "study/ct_measure.hpp"
+#include "study/matched.hpp"
 #include "study/report.hpp"
 
 namespace moelab {
@@ -208,10 +209,128 @@ ojson methods_summarize(const CtStudy& st) {
   return out;
 }
 
+// ----------------------------------------------------------------------------
+// at matched learning of the new domain (study/matched.hpp)
+
+constexpr int kMatchedLevels = 4;
+
+// A run's series of `key` with the base's value at step 0 (the base is where every run starts).
+Series series_from_base(const RunData& r, const std::string& key, double base) {
+  const auto it = r.s.find(key);
+  Series s = it == r.s.end() ? Series() : it->second;
+  s.emplace(0, base);
+  return s;
+}
+
+// Adds to each method's summary "matched": per level of held-out loss on the new domain that
+// every run reaches, the step where each run first reached it and its held-out loss on the
+// original domain and M_ex there. Returns the levels (empty, with `why` set, where there are
+// none).
+std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& why) {
+  const ojson& base = st.ct.value("base_val_loss", ojson());
+  if (!base.is_object() || !base.contains(st.fresh) || !base.contains(st.original)) {
+    why = "ct.json has no base held-out losses to start the trajectories from";
+    return {};
+  }
+  const double start = base[st.fresh].get<double>(), start_o = base[st.original].get<double>();
+  const std::string vn = "val:" + st.fresh, vo = "val:" + st.original;
+  double reach = -INFINITY;  // the lowest loss on the new domain that every run reached
+  std::string worst;
+  for (const MethodRuns& mr : st.methods) {
+    for (const RunData& r : mr.runs) {
+      double lowest = INFINITY;
+      for (const auto& [step, v] : series_from_base(r, vn, start)) {
+        lowest = std::isfinite(v) ? std::min(lowest, v) : lowest;
+      }
+      if (lowest > reach) {
+        reach = lowest;
+        worst = r.dir;
+      }
+    }
+  }
+  const std::vector<double> levels = matched_levels(start, reach, kMatchedLevels);
+  if (levels.empty()) {
+    why = fmt::format(
+        "no held-out loss on `{}` below the base's ({:.3f}) is reached by every run: "
+        "`{}` gets no lower than {:.3f}",
+        st.fresh, start, worst, reach);
+    return {};
+  }
+  for (size_t m = 0; m < st.methods.size(); m++) {
+    ojson& out = methods[m]["matched"] = ojson::array();
+    for (double level : levels) {
+      std::vector<double> steps, loss_o, m_ex;
+      for (const RunData& r : st.methods[m].runs) {
+        const double step = series_step_at_level(series_from_base(r, vn, start), level);
+        steps.push_back(step);
+        loss_o.push_back(series_at_step(series_from_base(r, vo, start_o), step));
+        const auto ex = r.s.find("m_ex");
+        m_ex.push_back(ex == r.s.end() ? NAN : series_at_step(ex->second, step));
+      }
+      out.push_back({{"val_loss_new", level},
+                     {"step", values_stat(steps)},
+                     {"val_loss_original", values_stat(loss_o)},
+                     {"m_ex", values_stat(m_ex)}});
+    }
+  }
+  return levels;
+}
+
+// The table at matched learning, and a reading at the deepest level every run reached: each
+// method against full CT (the baseline that decides), paired over seeds.
+std::string matched_md(const CtStudy& st, const ojson& methods, const std::vector<double>& levels,
+                       const std::string& why) {
+  if (levels.empty()) {
+    return fmt::format("No comparison at matched learning of `{}`: {}.\n\n", st.fresh, why);
+  }
+  MdColumns table(methods, [](const ojson& m) { return m["method"].get<std::string>(); });
+  // enough digits that neighbouring levels read apart
+  const double spacing = levels.size() > 1 ? std::abs(levels[0] - levels[1]) : 1;
+  const int digits = std::clamp(int(std::ceil(-std::log10(spacing))) + 1, 3, 8);
+  for (size_t l = 0; l < levels.size(); l++) {
+    const std::string at = fmt::format(" at {} = {:.{}f}", st.fresh, levels[l], digits);
+    table.row("step" + at, [&](const ojson& m) { return stat_format(m["matched"][l]["step"], 1); });
+    table.row("held-out " + st.original + at,
+              [&](const ojson& m) { return stat_format(m["matched"][l]["val_loss_original"]); });
+    table.row("M_ex" + at, [&](const ojson& m) { return stat_format(m["matched"][l]["m_ex"]); });
+  }
+  std::string reading;
+  const auto full = std::find_if(st.methods.begin(), st.methods.end(),
+                                 [](const MethodRuns& m) { return m.kind == "full"; });
+  const double deepest = levels.back();
+  const std::string vn = "val:" + st.fresh, vo = "val:" + st.original;
+  const double start = st.ct["base_val_loss"][st.fresh].get<double>(),
+               start_o = st.ct["base_val_loss"][st.original].get<double>();
+  auto at_deepest = [&](const MethodRuns& mr, bool loss) {
+    return runs_seed_values(mr.runs, [&](const RunData& r) {
+      const double step = series_step_at_level(series_from_base(r, vn, start), deepest);
+      const auto ex = r.s.find("m_ex");
+      return loss ? series_at_step(series_from_base(r, vo, start_o), step)
+                  : (ex == r.s.end() ? NAN : series_at_step(ex->second, step));
+    });
+  };
+  for (const MethodRuns& mr : st.methods) {
+    if (full == st.methods.end() || &mr == &*full) {
+      continue;
+    }
+    const std::string where = fmt::format(" at {} = {:.{}f}", st.fresh, deepest, digits);
+    const Comparison loss = stat_compare(at_deepest(mr, true), at_deepest(*full, true));
+    const Comparison recall = stat_compare(at_deepest(mr, false), at_deepest(*full, false),
+                                           double(mr.runs[0].kept), double(full->runs[0].kept));
+    reading += "- " +
+               stat_compare_sentence(mr.name, full->name, "held-out " + st.original + where, loss) +
+               " " + stat_compare_sentence(mr.name, full->name, "M_ex" + where, recall) + "\n";
+  }
+  return template_render(
+      "ct_matched.md",
+      {{"new", st.fresh}, {"original", st.original}, {"table", table.md()}, {"reading", reading}});
+}
+
 // summary.md: the study, its notes, the table of numbers, the reading, the final models' part
 // (DeRS), the figures.
-std::string markdown_write(const CtStudy& st, const ojson& methods, const std::string& reading,
-                           const DersSection& ders, const std::vector<std::string>& figures) {
+std::string markdown_write(const CtStudy& st, const ojson& methods, const std::string& matched,
+                           const std::string& reading, const DersSection& ders,
+                           const std::vector<std::string>& figures) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
   std::string notes, base_loss;
   for (const std::string& n : st.notes) {
@@ -263,6 +382,7 @@ std::string markdown_write(const CtStudy& st, const ojson& methods, const std::s
                                    {"notes", notes},
                                    {"base_loss", base_loss},
                                    {"table", table.md()},
+                                   {"matched", matched},
                                    {"reading", reading},
                                    {"ders", ders.md},
                                    {"images", md_images(listed)}});
@@ -402,14 +522,20 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
     return report_files_write(out, md, summary);
   }
   const std::vector<std::string> figures = figures_draw(st, out, plots);
-  const ojson methods = methods_summarize(st);
+  ojson methods = methods_summarize(st);
+  std::string no_level;
+  const std::vector<double> levels = matched_add(st, methods, no_level);
+  const std::string matched = matched_md(st, methods, levels, no_level);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
-  const std::string md = markdown_write(st, methods, reading_write(st, methods), ders, figures);
+  const std::string md =
+      markdown_write(st, methods, matched, reading_write(st, methods), ders, figures);
   const ojson summary = {{"base", st.ct.value("base", "")},
                          {"original", st.original},
                          {"new", st.fresh},
                          {"base_val_loss", st.ct.value("base_val_loss", ojson())},
                          {"methods", methods},
+                         {"matched_levels", levels},
+                         {"matched_none", no_level.empty() ? ojson() : ojson(no_level)},
                          {"failed", st.failed},
                          {"final_models", ders.summary},
                          {"figures", figures}};

@@ -12,12 +12,11 @@
 #include <nlohmann/json.hpp>
 
 #include "study/failure.hpp"
+#include "study/matched.hpp"
 #include "study/report_kit.hpp"
 #include "study/stats.hpp"
 
 namespace moelab {
-
-using Series = std::map<int64_t, double>;  // step -> value
 
 // One run folder: run.json and the series of metrics.jsonl.
 struct RunData {
