@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -27,6 +29,66 @@ struct Group {
 
 std::string group_label(int64_t e, int64_t k) {
   return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
+}
+
+// The samples every run recalled after A (each run's M_ex = 1 set, from the per-candidate record
+// of its filtering): the models compared on the same samples.
+struct SharedSet {
+  std::string mask;  // per candidate, '1' where every run kept it
+  int64_t size = 0;
+  std::string why;  // why there is none ("" where there is)
+};
+
+SharedSet shared_set(const std::vector<Group>& groups) {
+  SharedSet shared;
+  for (const Group& g : groups) {
+    for (const RunData& r : g.runs) {
+      if (r.recalled.empty()) {
+        shared.why = fmt::format("`{}` has no per-sample record of its filtering", r.dir);
+        return shared;
+      }
+      if (!shared.mask.empty() && shared.mask.size() != r.recalled.size()) {
+        shared.why = "the runs filtered different candidate sets";
+        return shared;
+      }
+      if (shared.mask.empty()) {
+        shared.mask = r.recalled;
+      }
+      for (size_t c = 0; c < r.recalled.size(); c++) {
+        shared.mask[c] = shared.mask[c] == '1' && r.recalled[c] == '1' ? '1' : '0';
+      }
+    }
+  }
+  shared.size = std::count(shared.mask.begin(), shared.mask.end(), '1');
+  return shared;
+}
+
+// A run's M_ex (1 or 0) on each shared sample at its last evaluation after A; empty where that
+// evaluation has no per-sample record.
+std::vector<double> shared_hits(const RunData& r, const std::string& mask) {
+  const auto last = r.m_ex_hits.empty() ? r.m_ex_hits.end() : std::prev(r.m_ex_hits.end());
+  const int64_t kept = std::count(r.recalled.begin(), r.recalled.end(), '1');
+  if (last == r.m_ex_hits.end() || last->first <= r.switch_step ||
+      int64_t(last->second.size()) != kept || r.recalled.size() != mask.size()) {
+    return {};
+  }
+  std::vector<double> hits;
+  size_t at = 0;  // the position in the run's own (frozen) set
+  for (size_t c = 0; c < mask.size(); c++) {
+    if (r.recalled[c] != '1') {
+      continue;
+    }
+    if (mask[c] == '1') {
+      hits.push_back(last->second[at] == '1' ? 1 : 0);
+    }
+    at++;
+  }
+  return hits;
+}
+
+double shared_m_ex(const RunData& r, const std::string& mask) {
+  const std::vector<double> hits = shared_hits(r, mask);
+  return hits.empty() ? NAN : std::accumulate(hits.begin(), hits.end(), 0.0) / double(hits.size());
 }
 
 // The runs of the given study or run folders, grouped by model (E, top-k), fewest experts first;
@@ -122,6 +184,31 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
     }
     figures.draw(c, "loss");
   }
+  if (!b_name.empty()) {
+    // M_ex against what was learned of B: a model that "forgets less" only because it learned
+    // less sits to the right of the others.
+    PlotChart c{fmt::format("M_ex during {} against held-out loss on {} (lower right: forgot "
+                            "less, learned less)",
+                            b_name, b_name),
+                fmt::format("held-out loss on {} (nats/token)", b_name), "M_ex"};
+    c.ymin = 0, c.ymax = 1.05;
+    for (size_t i = 0; i < groups.size(); i++) {
+      const Agg b = runs_aggregate(groups[i].runs, "val:" + b_name, sw),
+                ex = runs_aggregate(groups[i].runs, "m_ex", sw);
+      PlotSeries s{groups[i].label, {}, {}, {}, {}, 1, int(i), true};
+      for (size_t j = 0; j < b.x.size(); j++) {
+        const auto k = std::find(ex.x.begin(), ex.x.end(), b.x[j]);
+        if (k != ex.x.end()) {
+          s.x.push_back(b.mean[j]);
+          s.y.push_back(ex.mean[size_t(k - ex.x.begin())]);
+        }
+      }
+      if (!s.x.empty()) {
+        c.series.push_back(std::move(s));
+      }
+    }
+    figures.draw(c, "m_ex_vs_b");
+  }
   {
     PlotChart c = chart("learning rate", "learning rate");
     for (size_t i = 0; i < groups.size(); i++)
@@ -153,7 +240,8 @@ std::vector<std::string> figures_draw(const std::vector<Group>& groups, const st
 }
 
 // The numbers per model (mean and spread over its seeds), as summary.json holds them.
-ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunData>& failed) {
+ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunData>& failed,
+                       const SharedSet& shared) {
   const std::string a_name = groups[0].runs[0].subset_a, b_name = groups[0].runs[0].subset_b;
   ojson models = ojson::array();
   for (const Group& g : groups) {
@@ -200,6 +288,8 @@ ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunDa
     for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
       m[std::string("final_") + k] =
           runs_stat(g.runs, [&](const RunData& r) { return run_last_after(r, k, r.switch_step); });
+    m["final_m_ex_shared"] =
+        runs_stat(g.runs, [&](const RunData& r) { return shared_m_ex(r, shared.mask); });
     m["tokens_per_s"] = runs_stat(g.runs, run_median_tokens_per_s);
     models.push_back(m);
   }
@@ -220,8 +310,8 @@ std::string failed_lines(const std::vector<RunData>& failed) {
 
 // summary.md: the runs, what the metrics mean, the table of numbers, the reading, the figures.
 std::string markdown_write(const std::vector<Group>& groups, const ojson& models,
-                           const std::vector<RunData>& failed, const std::string& reading,
-                           const std::vector<std::string>& figures) {
+                           const SharedSet& shared, const std::vector<RunData>& failed,
+                           const std::string& reading, const std::vector<std::string>& figures) {
   const RunData& first = groups[0].runs[0];
   const std::string a_name = first.subset_a, b_name = first.subset_b;
   std::vector<std::string> runs;
@@ -270,6 +360,10 @@ std::string markdown_write(const std::vector<Group>& groups, const ojson& models
                              m["m_ex_lowest_step"].get<int64_t>());
   });
   table.row_recalled("M_ex at the end", "final_m_ex");
+  if (shared.size > 0) {
+    table.row_stat(fmt::format("M_ex at the end, on the {} samples all recalled", shared.size),
+                   "final_m_ex_shared");
+  }
   table.row_recalled("M_in at the end", "final_m_in");
   table.row_recalled("M(f) at the end", "final_m_f");
   table.row_recalled("PPL_ent at the end", "final_ppl_ent", 2);
@@ -310,8 +404,59 @@ std::string forgetting_missing_cause(const RunData& r) {
       a, r.switch_step);
 }
 
+// Each model against the one with the next fewer experts on M_ex at the end, on its own recalled
+// set and on the shared one: paired over seeds (the same seed is the same data order); with one
+// seed each, the recalled sets' interval of two proportions (own sets) or a bootstrap over the
+// shared samples, which both models scored. Then the direction, where every step of it is
+// resolved (on the shared set where there is one).
+std::string comparisons_write(const std::vector<Group>& groups, const ojson& models,
+                              const SharedSet& shared) {
+  if (groups.size() < 2) {
+    return "- One model only: nothing to compare.\n";
+  }
+  auto own = [](const RunData& r) { return run_last_after(r, "m_ex", r.switch_step); };
+  auto on_shared = [&](const RunData& r) { return shared_m_ex(r, shared.mask); };
+  const std::string shared_what =
+      fmt::format("M_ex at the end on the {} shared samples", shared.size);
+  std::string md;
+  size_t higher = 0, lower = 0;
+  for (size_t i = 1; i < groups.size(); i++) {
+    const Group &g = groups[i], &prev = groups[i - 1];
+    const Comparison c = stat_compare(
+        runs_seed_values(g.runs, own), runs_seed_values(prev.runs, own),
+        stat_mean(models[i]["evalset_kept"]), stat_mean(models[i - 1]["evalset_kept"]));
+    md += "- " + stat_compare_sentence(g.label, prev.label, "M_ex at the end (own sets)", c);
+    Comparison cs = c;
+    if (shared.size > 0) {
+      cs =
+          stat_compare(runs_seed_values(g.runs, on_shared), runs_seed_values(prev.runs, on_shared));
+      if (cs.pairs < 2) {
+        const std::vector<double> a = shared_hits(g.runs[0], shared.mask),
+                                  b = shared_hits(prev.runs[0], shared.mask);
+        const SampleDiff d = stat_bootstrap_paired(a, b);
+        cs = {d.mean, d.ci95, 1, -1,
+              fmt::format("95% bootstrap interval over the {} samples both scored", d.n)};
+      }
+      md += " " + stat_compare_sentence(g.label, prev.label, shared_what, cs);
+    }
+    md += "\n";
+    higher += cs.resolved() && cs.mean > 0;
+    lower += cs.resolved() && cs.mean < 0;
+  }
+  if (higher == groups.size() - 1) {
+    return md + "- More experts kept more of what A taught, as the original study found.\n";
+  }
+  if (lower == groups.size() - 1) {
+    return md + "- Fewer experts kept more, the opposite of the original study's finding.\n";
+  }
+  return md +
+         "- This run does not order the models by M_ex at the end: a direction is stated only "
+         "where the 95% interval of the difference excludes zero.\n";
+}
+
 // A plain reading of the numbers that claims no more than their noise supports.
-std::string reading_write(const std::vector<Group>& groups, const ojson& models) {
+std::string reading_write(const std::vector<Group>& groups, const ojson& models,
+                          const SharedSet& shared) {
   const std::string a_name = groups[0].runs[0].subset_a;
   std::string md;
   std::vector<std::pair<double, std::string>> end_ex;
@@ -340,35 +485,9 @@ std::string reading_write(const std::vector<Group>& groups, const ojson& models)
           m["m_ex_lowest_step"].is_null() ? int64_t(-1) : m["m_ex_lowest_step"].get<int64_t>());
     }
     md += "- M_ex during B, from 1.0 right after A: " + list + ".\n";
-    // Each model against the one with the next fewer experts, on M_ex at the end: paired over
-    // seeds (the same seed is the same data order), or with one seed each the recalled sets'
-    // sampling noise.
-    auto end_m_ex = [](const RunData& r) { return run_last_after(r, "m_ex", r.switch_step); };
-    size_t higher = 0, lower = 0;
-    for (size_t i = 1; i < groups.size(); i++) {
-      const Comparison c = stat_compare(runs_seed_values(groups[i].runs, end_m_ex),
-                                        runs_seed_values(groups[i - 1].runs, end_m_ex),
-                                        stat_mean(models[i]["evalset_kept"]),
-                                        stat_mean(models[i - 1]["evalset_kept"]));
-      higher += c.resolved() && c.mean > 0;
-      lower += c.resolved() && c.mean < 0;
-      md += "- " +
-            stat_compare_sentence(groups[i].label, groups[i - 1].label, "M_ex at the end", c) +
-            "\n";
-    }
+    md += comparisons_write(groups, models, shared);
     const bool single_seed = std::all_of(groups.begin(), groups.end(),
                                          [](const Group& g) { return g.runs.size() == 1; });
-    if (groups.size() < 2) {
-      md += "- One model only: nothing to compare.\n";
-    } else if (higher == groups.size() - 1) {
-      md += "- More experts kept more of what A taught, as the original study found.\n";
-    } else if (lower == groups.size() - 1) {
-      md += "- Fewer experts kept more, the opposite of the original study's finding.\n";
-    } else {
-      md +=
-          "- This run does not order the models by M_ex at the end: a direction is stated only "
-          "where the 95% interval of the difference excludes zero.\n";
-    }
     if (!single_seed) {
       md += "- The bands in the figures span the seeds (min to max); the table gives mean ± sd.\n";
     }
@@ -422,10 +541,18 @@ std::string report_write(const ReportOptions& o) {
   } else {
     const RunData& first = groups[0].runs[0];
     const std::vector<std::string> figures = figures_draw(groups, out, o.plots);
-    const ojson models = models_summarize(groups, failed);
-    md = markdown_write(groups, models, failed, reading_write(groups, models), figures);
-    summary = {{"a", first.subset_a}, {"b", first.subset_b},   {"switch_step", first.switch_step},
-               {"models", models},    {"failed", failed_json}, {"figures", figures}};
+    const SharedSet shared = shared_set(groups);
+    const ojson models = models_summarize(groups, failed, shared);
+    md = markdown_write(groups, models, shared, failed, reading_write(groups, models, shared),
+                        figures);
+    summary = {{"a", first.subset_a},
+               {"b", first.subset_b},
+               {"switch_step", first.switch_step},
+               {"shared_samples", shared.size},
+               {"shared_none", shared.why.empty() ? ojson() : ojson(shared.why)},
+               {"models", models},
+               {"failed", failed_json},
+               {"figures", figures}};
   }
   return report_files_write(out, md, summary);
 }

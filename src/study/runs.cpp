@@ -84,10 +84,19 @@ RunData run_read(const std::string& dir) {
       if (g.contains("evalset")) {
         r.kept = g["evalset"].value("kept", int64_t(-1));
         r.candidates = g["evalset"].value("samples", int64_t(-1));
+        if (const auto it = g["evalset"].find("recalled");
+            it != g["evalset"].end() && it->is_string()) {
+          r.recalled = it->get<std::string>();
+        }
       }
-      if (g.contains("metrics"))
+      if (g.contains("metrics")) {
         for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})
           if (g["metrics"].contains(k)) r.s[k][step] = g["metrics"][k].get<double>();
+        if (const auto it = g["metrics"].find("m_ex_hits");
+            it != g["metrics"].end() && it->is_string()) {
+          r.m_ex_hits[step] = it->get<std::string>();
+        }
+      }
     }
   }
   // A run stopped at the filtering may not have logged it; its frozen set still tells.

@@ -30,7 +30,9 @@ struct RunData {
   // The filtering of the evaluation set (methods.md §2.6): candidates and samples kept (M_ex = 1),
   // from its metrics record or else from evalset.frozen.jsonl; -1: not known.
   int64_t kept = -1, candidates = -1;
-  int64_t min_recalled = 0;  // fewer kept stopped the run (eval.min_recalled)
+  std::string recalled;  // per candidate, '1' where it was kept ("" from an older moelab)
+  std::map<int64_t, std::string> m_ex_hits;  // step -> per kept sample, '1' where M_ex = 1
+  int64_t min_recalled = 0;                  // fewer kept stopped the run (eval.min_recalled)
   int64_t last_step = 0, bad_lines = 0;
   // The run stopped with an error (RUN_DIR/failed.json): reports leave it out of their numbers
   // and comparisons and list it with its reason.

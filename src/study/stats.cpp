@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "core/rng.hpp"
 
 namespace moelab {
 
@@ -162,6 +163,31 @@ Interval stat_percentiles(std::vector<double> samples, double lower, double uppe
   return {at(lower), at(upper)};
 }
 
+SampleDiff stat_bootstrap_paired(std::span<const double> a, std::span<const double> b,
+                                 int64_t resamples, uint64_t seed) {
+  SampleDiff d;
+  if (a.empty() || a.size() != b.size()) {
+    return d;
+  }
+  const size_t n = a.size();
+  std::vector<double> diff(n);
+  for (size_t i = 0; i < n; i++) {
+    diff[i] = a[i] - b[i];
+  }
+  d.n = int64_t(n);
+  d.mean = std::accumulate(diff.begin(), diff.end(), 0.0) / double(n);
+  std::vector<double> means(static_cast<size_t>(resamples));
+  for (int64_t r = 0; r < resamples; r++) {
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+      sum += diff[rng_u64(seed, uint64_t(r), i) % n];
+    }
+    means[size_t(r)] = sum / double(n);
+  }
+  d.ci95 = stat_percentiles(std::move(means));
+  return d;
+}
+
 std::string stat_diff_format(double mean, const Interval& ci, int digits) {
   if (!std::isfinite(ci.lo)) {
     return fmt::format("{:+.{}f}", mean, digits);
@@ -200,7 +226,8 @@ std::string stat_compare_sentence(const std::string& a, const std::string& b,
         "common): no difference can be resolved.",
         a, b, what, c.mean, digits);
   }
-  const std::string basis = c.pairs >= 2
+  const std::string basis = !c.basis.empty() ? c.basis
+                            : c.pairs >= 2
                                 ? fmt::format("95% t-interval over {} paired seeds", c.pairs)
                                 : "95% interval of one evaluation set each";
   const std::string diff = stat_diff_format(c.mean, c.ci, digits);

@@ -56,6 +56,18 @@ Interval stat_proportions_diff(double pa, double na, double pb, double nb);
 // by default the central 95%); non-finite samples dropped, NaN where none is left.
 Interval stat_percentiles(std::vector<double> samples, double lower = 0.025, double upper = 0.975);
 
+// The mean of a_i - b_i over paired samples (the same evaluation samples scored by two models)
+// and its bootstrap interval: `resamples` draws of the samples with replacement (counter-based,
+// so the interval is a function of the data and `seed`), the 2.5% and 97.5% percentiles of the
+// resampled means. Empty or unequal inputs give NaN.
+struct SampleDiff {
+  int64_t n = 0;
+  double mean = NAN;
+  Interval ci95;
+};
+SampleDiff stat_bootstrap_paired(std::span<const double> a, std::span<const double> b,
+                                 int64_t resamples = 2000, uint64_t seed = 1);
+
 // "+0.012 [-0.004, +0.028]": a difference and its interval, signed.
 std::string stat_diff_format(double mean, const Interval& ci, int digits = 3);
 
@@ -67,6 +79,7 @@ struct Comparison {
   Interval ci;
   int64_t pairs = 0;          // seeds behind a paired interval
   int64_t seeds_needed = -1;  // PairedDiff::seeds_needed
+  std::string basis;          // what the interval is, where not the default wording
   bool resolved() const { return ci.excludes_zero(); }
 };
 Comparison stat_compare(const SeedValues& a, const SeedValues& b, double na = NAN, double nb = NAN);

@@ -15,6 +15,21 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
+namespace {
+
+// "1011...": one character per sample.
+std::string hits_string(const std::vector<bool>& hits) {
+  std::string s(hits.size(), '0');
+  for (size_t i = 0; i < hits.size(); i++) {
+    if (hits[i]) {
+      s[i] = '1';
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
 ForgettingHook::ForgettingHook(const Experiment& x)
     : x_(x), frozen_path_((fs::path(x.run_dir) / "evalset.frozen.jsonl").string()) {}
 
@@ -144,19 +159,29 @@ void ForgettingHook::on_step_end(Trainer&, const StepStats&) {
 ojson ForgettingHook::filter(Trainer& t) {
   const Activity doing("evaluation");
   // An empty set keeps nothing (eval.min_recalled = 0 let the run go on without one).
-  frozen_ = full_set_.samples.empty()
-                ? full_set_
-                : evalset_filter(full_set_, moelab::evaluate(t.model(), *t.data().tokenizer,
-                                                             full_set_, x_.forgetting_batch)
-                                                .ex_hit);
+  std::vector<bool> recalled;
+  if (!full_set_.samples.empty()) {
+    recalled =
+        moelab::evaluate(t.model(), *t.data().tokenizer, full_set_, x_.forgetting_batch).ex_hit;
+  }
+  frozen_ = full_set_.samples.empty() ? full_set_ : evalset_filter(full_set_, recalled);
   evalset_write(frozen_path_, frozen_);
   have_frozen_ = true;
-  return {{"samples", full_set_.samples.size()}, {"kept", frozen_.samples.size()}};
+  // Which candidates were kept, so that a report can compare models on the samples all of them
+  // recalled.
+  return {{"samples", full_set_.samples.size()},
+          {"kept", frozen_.samples.size()},
+          {"recalled", hits_string(recalled)}};
 }
 
 ojson ForgettingHook::evaluate_frozen(Trainer& t) const {
-  return evalreport_json(
-      moelab::evaluate(t.model(), *t.data().tokenizer, frozen_, x_.forgetting_batch));
+  const EvalReport report =
+      moelab::evaluate(t.model(), *t.data().tokenizer, frozen_, x_.forgetting_batch);
+  ojson metrics = evalreport_json(report);
+  // Per sample of the frozen set, in its order: M_ex = 1 or 0 (a report's shared set and its
+  // bootstrap over samples need them).
+  metrics["m_ex_hits"] = hits_string(report.ex_hit);
+  return metrics;
 }
 
 EvalSet ForgettingHook::frozen_load(Trainer& t) const {

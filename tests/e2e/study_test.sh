@@ -70,6 +70,25 @@ for e, m in models.items():
 assert abs(models[8]["params_total"] / models[1]["params_total"] - 1) < 0.05
 assert models[8]["params_active"] < models[4]["params_active"] < models[1]["params_active"]
 PY
+# the shared set: the samples every run recalled after A, no larger than any run's own set, and
+# M_ex on it for every model
+/usr/bin/python3 - study/report/summary.json study/*/metrics.jsonl <<'PY' && ok || bad "shared set"
+import json, sys
+s = json.load(open(sys.argv[1]))
+masks = []
+for path in sys.argv[2:]:
+    for line in open(path):
+        ev = json.loads(line).get("forgetting", {}).get("evalset")
+        if ev and "recalled" in ev:
+            masks.append(ev["recalled"])
+assert len(masks) == 3 and len({len(m) for m in masks}) == 1, [len(m) for m in masks]
+shared = sum(all(m[i] == "1" for m in masks) for i in range(len(masks[0])))
+assert s["shared_samples"] == shared and s["shared_none"] is None, (s["shared_samples"], shared)
+assert all(shared <= m["evalset_kept"] for m in s["models"])
+assert all(m["final_m_ex_shared"] is not None for m in s["models"]) or shared == 0
+PY
+[ -s study/report/m_ex_vs_b.gp ] && grep -q "shared samples" study/report/summary.md && ok ||
+  bad "M_ex against B loss figure, or the shared-set reading"
 grep -q "M_ex right after A | 1.000 | 1.000 | 1.000" study/report/summary.md && ok || bad "summary table"
 grep -q "set arrow from 30" study/report/m_ex.gp && ok || bad "A -> B switch not marked"
 
