@@ -164,6 +164,10 @@ toml::table experiment_derive(const toml::table& root, const CtConfig& c, const 
     if (const toml::node* add = m.table->get(key)) model.insert(key, *add);
   d.insert_or_assign("model", std::move(model));
 
+  if (m.max_lr > 0) {  // a member of the method's grid of rates
+    table_at(d, "schedule").insert_or_assign("max_lr", m.max_lr);
+  }
+
   toml::table& train = table_at(d, "train");
   toml::array freeze;
   if (const toml::array* given = train["freeze"].as_array()) freeze = *given;
@@ -330,13 +334,17 @@ std::vector<int64_t> seeds_of(const toml::table& root, const CtConfig& c, const 
 
 std::vector<const CtMethod*> methods_of(const CtConfig& c, const CtOptions& o) {
   std::vector<const CtMethod*> out;
+  // a method's name, or the name of its [[ct.methods]] entry (every rate of its grid)
+  auto chosen = [&](const CtMethod& m, const std::string& name) {
+    return m.name == name || m.family == name;
+  };
   for (const CtMethod& m : c.methods)
-    if (o.methods.empty() ||
-        std::find(o.methods.begin(), o.methods.end(), m.name) != o.methods.end())
+    if (o.methods.empty() || std::any_of(o.methods.begin(), o.methods.end(),
+                                         [&](const std::string& n) { return chosen(m, n); }))
       out.push_back(&m);
   for (const std::string& name : o.methods)
     if (std::none_of(c.methods.begin(), c.methods.end(),
-                     [&](const CtMethod& m) { return m.name == name; }))
+                     [&](const CtMethod& m) { return chosen(m, name); }))
       fail(fmt::format("--methods: {} has no method named '{}'", c.source, name));
   return out;
 }
@@ -351,6 +359,8 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
     if (it == methods.end()) {
       const auto [total, trainable] = params_trainable(r.x);
       methods.push_back({{"name", r.method->name},
+                         {"family", r.method->family},
+                         {"max_lr", r.x.schedule.max_lr},
                          {"kind", ct_kind_name(r.method->kind)},
                          {"params_total", total},
                          {"params_trainable", trainable},

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <regex>
 #include <set>
 
@@ -121,7 +122,8 @@ CtCompress compress_read(const json& t, size_t i, const CtConfig& c) {
 
 // One [[ct.methods]] entry. Keys starting with "replay" belong to the phase and pass through
 // unread (the experiment's phase parser checks them).
-CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
+CtMethod method_read(const toml::table& t, size_t i, const std::string& path,
+                     std::vector<double>& m_rates) {
   CtMethod m;
   m.table = &t;
   const std::string at = fmt::format("ct.methods[{}]", i);
@@ -133,6 +135,10 @@ CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
   const json up = j.value("upcycle", json());
   j.erase("lora"), j.erase("moe_ct"), j.erase("upcycle");
   ConfigSection s(&j, at, path);
+  if (j.contains("lr") && j["lr"].is_number()) {
+    j["lr"] = json::array({j["lr"]});
+  }
+  s.get("lr", m_rates);
   s.get("name", m.name);
   s.get("kind", kind);
   s.get("train_embeddings", m.train_embeddings);
@@ -176,6 +182,15 @@ CtMethod method_read(const toml::table& t, size_t i, const std::string& path) {
   }
   if (m.train_embeddings && m.kind != CtKind::MoeCt)
     s.bad("train_embeddings", "is only for kind \"moe-ct\" (full trains them, lora freezes them)");
+  for (double rate : m_rates) {
+    if (!(rate > 0) || !std::isfinite(rate)) {
+      s.bad("lr", "must be a positive learning rate or a list of them");
+    }
+  }
+  if (std::set<double>(m_rates.begin(), m_rates.end()).size() != m_rates.size()) {
+    s.bad("lr", "lists a rate twice");
+  }
+  m.family = m.name;
   return m;
 }
 
@@ -219,12 +234,28 @@ CtConfig ct_config_read(const toml::table& root, const std::string& path) {
   if (!methods || methods->empty() || !methods->is_array_of_tables())
     s.bad("methods", "must list the methods as [[ct.methods]] tables (name, kind, ...)");
   for (size_t i = 0; i < methods->size(); i++) {
-    CtMethod m = method_read(*methods->get(i)->as_table(), i, path);
-    for (const CtMethod& other : c.methods)
-      if (other.name == m.name)
-        fail(fmt::format("{}: 'ct.methods[{}].name' \"{}\" is already the name of another method",
-                         path, i, m.name));
-    c.methods.push_back(m);
+    std::vector<double> rates;
+    const CtMethod read = method_read(*methods->get(i)->as_table(), i, path, rates);
+    // One run per rate of a grid (lr = [...]), each named for its rate; one rate sets the method's.
+    std::vector<CtMethod> members;
+    for (double rate : rates) {
+      CtMethod m = read;
+      m.max_lr = rate;
+      if (rates.size() > 1) {
+        m.name = fmt::format("{}-lr{:g}", read.name, rate);
+      }
+      members.push_back(m);
+    }
+    if (members.empty()) {
+      members.push_back(read);
+    }
+    for (const CtMethod& m : members) {
+      for (const CtMethod& other : c.methods)
+        if (other.name == m.name || other.family == m.family)
+          fail(fmt::format("{}: 'ct.methods[{}].name' \"{}\" is already the name of another method",
+                           path, i, m.family));
+    }
+    c.methods.insert(c.methods.end(), members.begin(), members.end());
   }
   if (const toml::node* list = ct.get("compress")) {
     const toml::array* a = list->as_array();

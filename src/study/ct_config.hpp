@@ -22,6 +22,10 @@ const char* ct_kind_name(CtKind k);
 
 struct CtMethod {
   std::string name;
+  // The [[ct.methods]] entry's own name: a method with a grid of rates (lr = [...]) runs once per
+  // rate, as NAME-lrRATE, each of the family NAME.
+  std::string family;
+  double max_lr = 0;  // the rate of this member of the grid; 0: [schedule] max_lr
   CtKind kind = CtKind::Full;
   bool train_embeddings = false;       // moe-ct: the embeddings and the head train too
   UpcycleOptions upcycle;              // upcycle: the MoE made of the base (seed: the run's)

@@ -279,7 +279,7 @@ std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& 
 // The table at matched learning, and a reading at the deepest level every run reached: each
 // method against full CT (the baseline that decides), paired over seeds.
 std::string matched_md(const CtStudy& st, const ojson& methods, const std::vector<double>& levels,
-                       const std::string& why) {
+                       const std::string& why, const ojson& families) {
   if (levels.empty()) {
     return fmt::format("No comparison at matched learning of `{}`: {}.\n\n", st.fresh, why);
   }
@@ -295,8 +295,14 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
     table.row("M_ex" + at, [&](const ojson& m) { return stat_format(m["matched"][l]["m_ex"]); });
   }
   std::string reading;
-  const auto full = std::find_if(st.methods.begin(), st.methods.end(),
-                                 [](const MethodRuns& m) { return m.kind == "full"; });
+  // Each method's best rate (the method itself where it has no grid) against full CT's.
+  auto best_of_family = [&](const MethodRuns& m) {
+    return std::any_of(families.begin(), families.end(),
+                       [&](const ojson& f) { return f["best"] == m.name; });
+  };
+  const auto full = std::find_if(st.methods.begin(), st.methods.end(), [&](const MethodRuns& m) {
+    return m.kind == "full" && best_of_family(m);
+  });
   const double deepest = levels.back();
   const std::string vn = "val:" + st.fresh, vo = "val:" + st.original;
   const double start = st.ct["base_val_loss"][st.fresh].get<double>(),
@@ -310,7 +316,7 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
     });
   };
   for (const MethodRuns& mr : st.methods) {
-    if (full == st.methods.end() || &mr == &*full) {
+    if (full == st.methods.end() || &mr == &*full || !best_of_family(mr)) {
       continue;
     }
     const std::string where = fmt::format(" at {} = {:.{}f}", st.fresh, deepest, digits);
@@ -324,6 +330,56 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
   return template_render(
       "ct_matched.md",
       {{"new", st.fresh}, {"original", st.original}, {"table", table.md()}, {"reading", reading}});
+}
+
+// ----------------------------------------------------------------------------
+// grids of learning rates: every rate's run is kept and shown; per family the rate with the
+// lowest held-out loss on the new domain is its best
+
+// Adds "families" to the summary: per [[ct.methods]] entry its members (rates) and the best;
+// returns the section of summary.md ("" where no method has a grid).
+std::string lr_grid_md(const CtStudy& st, const ojson& methods, ojson& families) {
+  families = ojson::array();
+  std::vector<double> best_loss;  // per family, the lowest final loss on the new domain
+  bool grid = false;
+  for (size_t i = 0; i < methods.size(); i++) {
+    const std::string family = st.methods[i].info.value("family", st.methods[i].name);
+    auto it = std::find_if(families.begin(), families.end(),
+                           [&](const ojson& f) { return f["family"] == family; });
+    if (it == families.end()) {
+      families.push_back({{"family", family}, {"members", ojson::array()}, {"best", nullptr}});
+      best_loss.push_back(INFINITY);
+      it = families.end() - 1;
+    }
+    (*it)["members"].push_back({{"method", st.methods[i].name},
+                                {"max_lr", st.methods[i].info.value("max_lr", 0.0)},
+                                {"final_val_loss_new", methods[i]["final_val_loss_new"]},
+                                {"final_val_loss_original", methods[i]["final_val_loss_original"]},
+                                {"final_m_ex", methods[i]["final_m_ex"]}});
+    double& best = best_loss[size_t(it - families.begin())];
+    if (const double loss = stat_mean(methods[i]["final_val_loss_new"]); loss < best) {
+      best = loss;
+      (*it)["best"] = st.methods[i].name;
+    }
+    grid = grid || (*it)["members"].size() > 1;
+  }
+  if (!grid) {
+    return "";
+  }
+  std::string md = fmt::format(
+      "## Learning rates\n\nEvery rate of a method's grid ran and is kept; the best per method "
+      "is the rate with the lowest held-out loss on `{}` at the end (marked *).\n\n| method | "
+      "rate | held-out {} (new) | held-out {} (original) | M_ex |\n|---|---|---|---|---|\n",
+      st.fresh, st.fresh, st.original);
+  for (const ojson& f : families) {
+    for (const ojson& m : f["members"]) {
+      md += fmt::format("| {} | {:g}{} | {} | {} | {} |\n", f["family"].get<std::string>(),
+                        m["max_lr"].get<double>(), m["method"] == f["best"] ? " *" : "",
+                        stat_format(m["final_val_loss_new"]),
+                        stat_format(m["final_val_loss_original"]), stat_format(m["final_m_ex"]));
+    }
+  }
+  return md + "\n";
 }
 
 // summary.md: the study, its notes, the table of numbers, the reading, the final models' part
@@ -525,7 +581,9 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   ojson methods = methods_summarize(st);
   std::string no_level;
   const std::vector<double> levels = matched_add(st, methods, no_level);
-  const std::string matched = matched_md(st, methods, levels, no_level);
+  ojson families;
+  const std::string rates = lr_grid_md(st, methods, families);  // fills families first
+  const std::string matched = rates + matched_md(st, methods, levels, no_level, families);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
   const std::string md =
       markdown_write(st, methods, matched, reading_write(st, methods), ders, figures);
@@ -534,6 +592,7 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
                          {"new", st.fresh},
                          {"base_val_loss", st.ct.value("base_val_loss", ojson())},
                          {"methods", methods},
+                         {"families", families},
                          {"matched_levels", levels},
                          {"matched_none", no_level.empty() ? ojson() : ojson(no_level)},
                          {"failed", st.failed},

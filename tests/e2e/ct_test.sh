@@ -137,6 +137,22 @@ if "$moelab" ct seeds.toml --methods lora --seeds 3,4 --no-plots >seeds.log 2>&1
 import json; m = json.load(open('seeds/report/summary.json'))['methods'][0]
 assert m['seeds'] == [3, 4] and 'sd' in m['final_val_loss_new'], m" && ok || bad "seed aggregation"
 
+# ---- a grid of learning rates: one run per rate, all kept, the best on B's held-out loss marked
+sed 's/^dir = "ct"$/dir = "grid"/; s/^name = "lora"$/name = "lora"\nlr = [1e-3, 1e-2]/' ct.toml >grid.toml
+if "$moelab" ct grid.toml --methods lora --no-plots >grid.log 2>&1; then ok; else bad "lr grid: $(tail -1 grid.log)"; fi
+grep -q "^max_lr = 0.01$" grid/lora-lr0.01/seed_3/experiment.toml && ok || bad "the grid's rate in the run's experiment"
+/usr/bin/python3 - grid/report/summary.json <<'PY' && ok || bad "lr grid in the report"
+import json, sys
+s = json.load(open(sys.argv[1]))
+[f] = s["families"]
+members = {m["method"]: m for m in f["members"]}
+assert f["family"] == "lora" and sorted(members) == ["lora-lr0.001", "lora-lr0.01"], f
+assert members["lora-lr0.01"]["max_lr"] == 0.01, members
+best = min(members.values(), key=lambda m: m["final_val_loss_new"])["method"]
+assert f["best"] == best, (f["best"], best)
+PY
+grep -q "## Learning rates" grid/report/summary.md && ok || bad "the learning-rate table"
+
 # ---- bad input: one line naming the file and the key; nothing of a run is touched
 variant() { sed "$2" ct.toml >"$1.toml"; }
 variant nobase 's|^base = .*|base = "base/step_00000099"|'
@@ -149,6 +165,10 @@ variant rank 's/rank = 4/rank = 0/'
 expect_error "lora rank 0" "rank\.toml: 'ct\.methods\[1\]\.lora\.rank' must be an integer >= 1" "$moelab" ct rank.toml
 variant dup 's/name = "lora"/name = "full"/'
 expect_error "duplicate name" "dup\.toml: 'ct\.methods\[1\]\.name' \"full\" is already" "$moelab" ct dup.toml
+variant lr0 's/^name = "lora"$/name = "lora"\nlr = [0.001, 0]/'
+expect_error "a rate of 0" "lr0\.toml: 'ct\.methods\[1\]\.lr' must be a positive learning rate" "$moelab" ct lr0.toml
+variant lr2 's/^name = "lora"$/name = "lora"\nlr = [0.001, 1e-3]/'
+expect_error "a rate twice" "lr2\.toml: 'ct\.methods\[1\]\.lr' lists a rate twice" "$moelab" ct lr2.toml
 variant ctkey 's/^steps = 10$/stepz = 10/'
 expect_error "unknown ct key" "ctkey\.toml: unknown key 'ct\.stepz'" "$moelab" ct ctkey.toml
 variant model '1i [model]\nhidden_size = 32'
