@@ -9,6 +9,7 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <tuple>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -24,11 +25,17 @@ namespace {
 struct Group {
   std::string label;
   int64_t experts = 1, top_k = 1;
+  int64_t matches = 0;  // a dense control: the E of the MoE variant it matches
   std::vector<RunData> runs;
 };
 
-std::string group_label(int64_t e, int64_t k) {
-  return e == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", e, k);
+// The study's name for the run's variant, or one from its experts and top-k.
+std::string run_label(const RunData& r) {
+  if (!r.variant.empty()) {
+    return r.variant;
+  }
+  return r.experts == 1 ? std::string("dense (E=1)")
+                        : fmt::format("MoE E={} top-{}", r.experts, r.top_k);
 }
 
 // The samples every run recalled after A (each run's M_ex = 1 set, from the per-candidate record
@@ -112,6 +119,7 @@ std::vector<Group> groups_read(const std::vector<std::string>& dirs, std::vector
             r.experts = v.value("experts", int64_t(1));
             r.top_k = v.value("top_k", int64_t(1));
             r.seed = v.value("seed", int64_t(0));
+            r.variant = v.value("label", "");
             failed.push_back(std::move(r));
             continue;
           }
@@ -119,6 +127,8 @@ std::vector<Group> groups_read(const std::vector<std::string>& dirs, std::vector
           continue;
         }
         runs.push_back(run_read(rd.string()));
+        runs.back().variant = v.value("label", "");
+        runs.back().matches = v.value("matches", int64_t(0));
       }
     } else if (fs::exists(fs::path(d) / "metrics.jsonl")) {
       runs.push_back(run_read(d));
@@ -132,17 +142,19 @@ std::vector<Group> groups_read(const std::vector<std::string>& dirs, std::vector
   if (runs.empty() && failed.empty()) fail("report: no run has metrics yet");
   std::vector<Group> groups;
   for (RunData& r : runs) {
-    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
-      return g.experts == r.experts && g.top_k == r.top_k;
-    });
+    const std::string label = run_label(r);
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const Group& g) { return g.label == label; });
     if (it == groups.end()) {
-      groups.push_back({group_label(r.experts, r.top_k), r.experts, r.top_k, {}});
+      groups.push_back({label, r.experts, r.top_k, r.matches, {}});
       it = groups.end() - 1;
     }
     it->runs.push_back(std::move(r));
   }
-  std::sort(groups.begin(), groups.end(),
-            [](const Group& a, const Group& b) { return a.experts < b.experts; });
+  // the dense base, its controls (by the E they match), then the MoE variants
+  std::sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) {
+    return std::tuple(a.experts, a.matches) < std::tuple(b.experts, b.matches);
+  });
   return groups;
 }
 
@@ -250,11 +262,12 @@ ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunDa
     m["model"] = g.label;
     m["experts"] = g.experts;
     m["top_k"] = g.top_k;
+    m["matches"] = g.matches;
     m["seeds"] = ojson::array();  // the seeds that finished: every statistic is over them
     for (const RunData& r : g.runs) m["seeds"].push_back(r.seed);
     m["seeds_failed"] = ojson::array();
     for (const RunData& r : failed)
-      if (r.experts == g.experts && r.top_k == g.top_k) m["seeds_failed"].push_back(r.seed);
+      if (run_label(r) == g.label) m["seeds_failed"].push_back(r.seed);
     m["params_total"] = r0.run.value("params_total", int64_t(0));
     m["params_active"] = r0.run.value("params_active", int64_t(0));
     m["train_flops_per_token"] = r0.run.value("train_flops_per_token", 0.0);
@@ -304,7 +317,7 @@ std::string failed_lines(const std::vector<RunData>& failed) {
     md += fmt::format(
         "Failed: `{}` ({}, seed {}) {}. Left out of the table, the figures and the "
         "comparisons.\n\n",
-        r.dir, group_label(r.experts, r.top_k), r.seed, run_failure_line(*r.failure));
+        r.dir, run_label(r), r.seed, run_failure_line(*r.failure));
   return md;
 }
 
@@ -404,49 +417,71 @@ std::string forgetting_missing_cause(const RunData& r) {
       a, r.switch_step);
 }
 
-// Each model against the one with the next fewer experts on M_ex at the end, on its own recalled
-// set and on the shared one: paired over seeds (the same seed is the same data order); with one
-// seed each, the recalled sets' interval of two proportions (own sets) or a bootstrap over the
-// shared samples, which both models scored. Then the direction, where every step of it is
-// resolved (on the shared set where there is one).
+// Group a against group b on M_ex at the end, on their own recalled sets and on the shared one:
+// paired over seeds (the same seed is the same data order); with one seed each, the recalled
+// sets' interval of two proportions (own sets) or a bootstrap over the shared samples, which both
+// models scored. Returns the comparison that decides (the shared set's, where there is one).
+Comparison compare_groups(const Group& a, const Group& b, const ojson& ma, const ojson& mb,
+                          const SharedSet& shared, std::string& md) {
+  auto own = [](const RunData& r) { return run_last_after(r, "m_ex", r.switch_step); };
+  const Comparison c = stat_compare(runs_seed_values(a.runs, own), runs_seed_values(b.runs, own),
+                                    stat_mean(ma["evalset_kept"]), stat_mean(mb["evalset_kept"]));
+  md += "- " + stat_compare_sentence(a.label, b.label, "M_ex at the end (own sets)", c);
+  if (shared.size == 0) {
+    md += "\n";
+    return c;
+  }
+  auto on_shared = [&](const RunData& r) { return shared_m_ex(r, shared.mask); };
+  Comparison cs =
+      stat_compare(runs_seed_values(a.runs, on_shared), runs_seed_values(b.runs, on_shared));
+  if (cs.pairs < 2) {
+    const SampleDiff d = stat_bootstrap_paired(shared_hits(a.runs[0], shared.mask),
+                                               shared_hits(b.runs[0], shared.mask));
+    cs = {d.mean, d.ci95, 1, -1,
+          fmt::format("95% bootstrap interval over the {} samples both scored", d.n)};
+  }
+  md += " " +
+        stat_compare_sentence(a.label, b.label,
+                              fmt::format("M_ex at the end on the {} shared samples", shared.size),
+                              cs) +
+        "\n";
+  return cs;
+}
+
+// Each iso-total model against the one with the next fewer experts, then each MoE model against
+// its dense control of equal active parameters; the direction where every step of the chain is
+// resolved.
 std::string comparisons_write(const std::vector<Group>& groups, const ojson& models,
                               const SharedSet& shared) {
-  if (groups.size() < 2) {
-    return "- One model only: nothing to compare.\n";
+  std::vector<size_t> chain;  // the dense base and the MoE variants, fewest experts first
+  for (size_t i = 0; i < groups.size(); i++) {
+    if (groups[i].matches == 0) {
+      chain.push_back(i);
+    }
   }
-  auto own = [](const RunData& r) { return run_last_after(r, "m_ex", r.switch_step); };
-  auto on_shared = [&](const RunData& r) { return shared_m_ex(r, shared.mask); };
-  const std::string shared_what =
-      fmt::format("M_ex at the end on the {} shared samples", shared.size);
   std::string md;
   size_t higher = 0, lower = 0;
-  for (size_t i = 1; i < groups.size(); i++) {
-    const Group &g = groups[i], &prev = groups[i - 1];
-    const Comparison c = stat_compare(
-        runs_seed_values(g.runs, own), runs_seed_values(prev.runs, own),
-        stat_mean(models[i]["evalset_kept"]), stat_mean(models[i - 1]["evalset_kept"]));
-    md += "- " + stat_compare_sentence(g.label, prev.label, "M_ex at the end (own sets)", c);
-    Comparison cs = c;
-    if (shared.size > 0) {
-      cs =
-          stat_compare(runs_seed_values(g.runs, on_shared), runs_seed_values(prev.runs, on_shared));
-      if (cs.pairs < 2) {
-        const std::vector<double> a = shared_hits(g.runs[0], shared.mask),
-                                  b = shared_hits(prev.runs[0], shared.mask);
-        const SampleDiff d = stat_bootstrap_paired(a, b);
-        cs = {d.mean, d.ci95, 1, -1,
-              fmt::format("95% bootstrap interval over the {} samples both scored", d.n)};
-      }
-      md += " " + stat_compare_sentence(g.label, prev.label, shared_what, cs);
-    }
-    md += "\n";
-    higher += cs.resolved() && cs.mean > 0;
-    lower += cs.resolved() && cs.mean < 0;
+  for (size_t j = 1; j < chain.size(); j++) {
+    const size_t i = chain[j], prev = chain[j - 1];
+    const Comparison c =
+        compare_groups(groups[i], groups[prev], models[i], models[prev], shared, md);
+    higher += c.resolved() && c.mean > 0;
+    lower += c.resolved() && c.mean < 0;
   }
-  if (higher == groups.size() - 1) {
+  for (size_t i = 0; i < groups.size(); i++) {
+    for (size_t control = 0; control < groups.size() && groups[i].experts > 1; control++) {
+      if (groups[control].matches == groups[i].experts) {
+        compare_groups(groups[i], groups[control], models[i], models[control], shared, md);
+      }
+    }
+  }
+  if (chain.size() < 2) {
+    return md + "- One iso-total model only: no order by the number of experts to read.\n";
+  }
+  if (higher == chain.size() - 1) {
     return md + "- More experts kept more of what A taught, as the original study found.\n";
   }
-  if (lower == groups.size() - 1) {
+  if (lower == chain.size() - 1) {
     return md + "- Fewer experts kept more, the opposite of the original study's finding.\n";
   }
   return md +

@@ -31,6 +31,7 @@ StudyConfig study_config_load(const Experiment& x) {
   StudyConfig sc;
   st.get("experts", sc.experts);
   st.get("top_k", sc.top_k);
+  st.get("dense_active", sc.dense_active);
   st.get("seeds", sc.seeds);
   st.get("entities", sc.entities);
   st.get("subset_a", sc.subset_a);
@@ -65,9 +66,35 @@ std::vector<StudyVariant> study_variants(const Experiment& x, const StudyConfig&
       if (e < 1) fail(fmt::format("--experts: {} is not an expert count >= 1", e));
       const int64_t k = e == 1 ? 1 : std::min(sc.top_k, e);
       v.push_back({e, k, seed, fmt::format("E{}_s{}", e, seed)});
+      if (sc.dense_active && e > 1) {
+        v.push_back({1, 1, seed, fmt::format("D{}_s{}", e, seed), e, k});
+      }
     }
   return v;
 }
+
+std::string StudyVariant::label() const {
+  if (matches > 0) {
+    return fmt::format("dense, active as E={} top-{}", matches, matches_top_k);
+  }
+  return experts == 1 ? std::string("dense (E=1)") : fmt::format("MoE E={} top-{}", experts, top_k);
+}
+
+namespace {
+
+// The model of a variant: the dense base, its iso-total MoE, or a dense model as wide as the MoE
+// variant's active experts (top-k x I / E), which has its active parameters.
+ModelConfig variant_model(const ModelConfig& dense, const StudyVariant& v) {
+  if (v.matches > 0) {
+    ModelConfig m = dense;
+    m.intermediate_size =
+        v.matches_top_k * config_iso_moe(dense, v.matches, v.matches_top_k).intermediate_size;
+    return m;
+  }
+  return v.experts == 1 ? dense : config_iso_moe(dense, v.experts, v.top_k);
+}
+
+}  // namespace
 
 // What a run of the study computes, for RUN/settings.json: the experiment after --set with its
 // model resolved, less the variant lists (a study may grow) and what changes no result.
@@ -140,8 +167,12 @@ int study_run(const Experiment& x, const StudyOptions& o) {
 
   nlohmann::ordered_json study = {{"experiment", x.source}, {"variants", nlohmann::json::array()}};
   for (const StudyVariant& v : variants)
-    study["variants"].push_back(
-        {{"dir", v.dir}, {"experts", v.experts}, {"top_k", v.top_k}, {"seed", v.seed}});
+    study["variants"].push_back({{"dir", v.dir},
+                                 {"experts", v.experts},
+                                 {"top_k", v.top_k},
+                                 {"seed", v.seed},
+                                 {"label", v.label()},
+                                 {"matches", v.matches}});
   if (writer) {
     file_write_atomic((dir / "study.json").string(), study.dump(2) + "\n");
     settings_record(x.run_dir, settings, "moelab study forgetting");
@@ -152,14 +183,16 @@ int study_run(const Experiment& x, const StudyOptions& o) {
   for (const StudyVariant& v : variants) {
     auto experiment = [&x, &v, &dir, &evalset] {
       Experiment e = x;
-      e.model = v.experts == 1 ? x.model : config_iso_moe(x.model, v.experts, v.top_k);
+      e.model = variant_model(x.model, v);
       e.seed = uint64_t(v.seed);
       e.run_dir = (dir / v.dir).string();
       e.evalset = evalset;
       return e;
     };
-    queue.push_back(
-        {v.dir, fmt::format("E={} top-{} seed {}", v.experts, v.top_k, v.seed), experiment});
+    queue.push_back({v.dir,
+                     v.matches > 0 ? fmt::format("{} seed {}", v.label(), v.seed)
+                                   : fmt::format("E={} top-{} seed {}", v.experts, v.top_k, v.seed),
+                     experiment});
   }
   const QueueResult done = queue_run(queue, QueueOptions{});
   if (done.status == 130) {

@@ -18,6 +18,9 @@ namespace moelab {
 struct StudyConfig {
   std::vector<int64_t> experts = {1, 8, 64};  // E per variant; E = 1 is the dense model itself
   int64_t top_k = 2;
+  // Beside each MoE variant, a dense model with its active parameters (FFN width top_k x I / E),
+  // so that "more experts" is not read off "fewer active parameters".
+  bool dense_active = false;
   std::vector<int64_t> seeds;  // empty: run.seed
   // The evaluation set, built once per study unless [eval] evalset names one.
   std::string entities;            // entity list (${MOELAB_CACHE}/... allowed)
@@ -40,6 +43,9 @@ struct StudyOptions {
 struct StudyVariant {
   int64_t experts = 1, top_k = 1, seed = 1;
   std::string dir;  // relative to the study folder, e.g. "E8_s1"
+  // A dense control: the MoE variant (E, top-k) whose active parameters it has; 0 otherwise.
+  int64_t matches = 0, matches_top_k = 0;
+  std::string label() const;  // "dense (E=1)", "MoE E=8 top-2", "dense, active as E=8 top-2"
 };
 
 // The variants in run order (seed-major, then E as listed).

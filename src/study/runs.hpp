@@ -23,7 +23,11 @@ struct RunData {
   std::string dir;
   nlohmann::json run;  // run.json
   int64_t experts = 1, top_k = 1, seed = 1, switch_step = -1, tokens_per_step = 0;
-  std::string subset_a, subset_b;   // the subsets of the first two phases
+  std::string subset_a, subset_b;  // the subsets of the first two phases
+  // From the study's list (study.json), where the run is one of its variants: its name there
+  // ("" for a run folder read alone) and, for a dense control, the MoE variant's E it matches.
+  std::string variant;
+  int64_t matches = 0;
   bool has_evalset = false;         // the run was given an evaluation set
   std::map<std::string, Series> s;  // loss, lr, m_ex, m_in, m_f, ppl_ent, tokens_per_s, val:X
   std::map<int64_t, std::vector<std::vector<double>>> load;  // step -> [layer][expert]

@@ -92,6 +92,26 @@ PY
 grep -q "M_ex right after A | 1.000 | 1.000 | 1.000" study/report/summary.md && ok || bad "summary table"
 grep -q "set arrow from 30" study/report/m_ex.gp && ok || bad "A -> B switch not marked"
 
+# ---- a dense control with the active parameters of the E=4 top-2 variant: FFN 2 x I/4
+if "$moelab" study forgetting exp.toml --experts 1,4 --set run.dir=controls --set study.dense_active=true --set eval.min_recalled=1 \
+  >controls.log 2>&1; then ok; else bad "dense controls: $(tail -1 controls.log)"; fi
+/usr/bin/python3 - controls <<'PY' && ok || bad "dense control"
+import json, sys
+d = sys.argv[1]
+dense = json.load(open(d + "/E1_s5/run.json"))["model"]["intermediate_size"]
+control = json.load(open(d + "/D4_s5/run.json"))["model"]["intermediate_size"]
+assert control == 2 * dense // 4, (control, dense)
+s = json.load(open(d + "/report/summary.json"))
+m = {x["model"]: x for x in s["models"]}
+assert sorted(m) == ["MoE E=4 top-2", "dense (E=1)", "dense, active as E=4 top-2"], sorted(m)
+c, moe = m["dense, active as E=4 top-2"], m["MoE E=4 top-2"]
+assert c["matches"] == 4 and c["experts"] == 1, c
+# equal active parameters but for the router (d x E weights and E biases per layer)
+assert 0 < moe["params_active"] - c["params_active"] < 0.05 * c["params_active"], (moe["params_active"], c["params_active"])
+PY
+grep -q "MoE E=4 top-2 against dense, active as E=4 top-2 on M_ex" controls/report/summary.md && ok ||
+  bad "the MoE model against its dense control"
+
 # ---- seeds: two seeds of one variant are averaged, with a spread
 if "$moelab" run exp.toml --experts 4 --seeds 5,6 --set run.dir=seeds >seeds.log 2>&1; then ok; else bad "seeds: $(tail -1 seeds.log)"; fi
 /usr/bin/python3 -c "
