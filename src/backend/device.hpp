@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/gemm.hpp"
 #include "core/profile.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab {

@@ -3,8 +3,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/gemm.hpp"
 #include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/vmath.hpp"
 

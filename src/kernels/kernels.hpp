@@ -11,7 +11,7 @@
 // (=) unless the comment says +=.
 #include <cstdint>
 
-#include "core/gemm.hpp"
+#include "kernels/gemm.hpp"
 
 namespace moelab::kernels {
 

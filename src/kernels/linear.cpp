@@ -2,8 +2,8 @@
 #include <cstring>
 #include <vector>
 
-#include "core/gemm.hpp"
 #include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::kernels {

@@ -5,8 +5,8 @@
 #include <numeric>
 
 #include "backend/reference.hpp"
-#include "core/gemm.hpp"
 #include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 #include "test_util.hpp"
 
