@@ -12,7 +12,7 @@
 #include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/safetensors.hpp"
 #include "model/delta.hpp"
 

@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/profile.hpp"
 #include "eval/metrics.hpp"
 

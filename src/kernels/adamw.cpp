@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::kernels {

@@ -3,7 +3,7 @@
 #include <limits>
 #include <vector>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/vmath.hpp"

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <vector>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/softmax_row.hpp"
 #include "kernels/vmath.hpp"

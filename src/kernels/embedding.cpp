@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::kernels {

@@ -1,4 +1,4 @@
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::kernels {

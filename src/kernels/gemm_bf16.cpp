@@ -12,7 +12,7 @@
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 
 namespace moelab {

@@ -2,7 +2,7 @@
 #include <cstring>
 #include <vector>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 

@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/softmax_row.hpp"
 

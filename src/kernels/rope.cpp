@@ -2,7 +2,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab::kernels {

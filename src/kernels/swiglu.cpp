@@ -2,7 +2,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/vmath.hpp"
 

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <vector>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/rng.hpp"
 #include "kernels/kernels.hpp"
 

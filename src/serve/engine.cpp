@@ -7,7 +7,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/threads.hpp"
 
 namespace moelab {

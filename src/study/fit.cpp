@@ -22,7 +22,7 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/parse.hpp"
 #include "core/rng.hpp"
 

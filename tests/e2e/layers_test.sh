@@ -69,9 +69,9 @@ deny() {
 
 # ---- The graph: core <- kernels <- backend <- model; data <- core; eval <- model, data;
 # convert <- model, data; train <- convert, eval; study <- train; cli <- everything.
-allow core core/error.hpp core/parallel.hpp
-deny core kernels/kernels.hpp data/dataset.hpp
-allow kernels core/parallel.hpp kernels/kernels.hpp
+allow core core/error.hpp core/threads.hpp core/bf16.hpp
+deny core kernels/kernels.hpp kernels/parallel.hpp data/dataset.hpp
+allow kernels core/threads.hpp kernels/parallel.hpp kernels/kernels.hpp
 deny kernels model/model.hpp model/config.hpp data/shard.hpp eval/evalset.hpp
 if [ -f "$src/src/backend/device.hpp" ] && layer_flags backend; then
   allow backend kernels/kernels.hpp backend/device.hpp
@@ -80,7 +80,7 @@ fi
 allow model kernels/kernels.hpp model/params.hpp
 deny model train/trainer.hpp eval/evalset.hpp data/dataset.hpp study/run.hpp convert/checkpoint.hpp
 allow data core/error.hpp data/shard.hpp
-deny data model/config.hpp kernels/kernels.hpp eval/evalset.hpp
+deny data model/config.hpp kernels/kernels.hpp kernels/parallel.hpp eval/evalset.hpp
 allow eval model/model.hpp data/dataset.hpp kernels/vmath.hpp
 deny eval train/trainer.hpp study/report.hpp convert/hf.hpp
 allow convert model/model.hpp data/dataset.hpp core/safetensors.hpp convert/checkpoint.hpp
@@ -98,7 +98,7 @@ else
   ok
 fi
 
-# ---- The device seam: OpenMP only in the kernels, the backends and core's parallel_for; every
+# ---- The device seam: OpenMP only in the kernels, the backends and core; every
 # other loop over numbers is an op of the device's table.
 if grep -rn --include='*.cpp' --include='*.hpp' '#\s*pragma\s\+omp' "$src/src" |
   grep -v -e "^$src/src/core/" -e "^$src/src/kernels/" -e "^$src/src/backend/" >"$tmp/omp"; then

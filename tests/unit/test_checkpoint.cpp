@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/safetensors.hpp"
 #include "test_util.hpp"
 #include "train/checkpoint.hpp"

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "core/rng.hpp"
 #include "core/threads.hpp"
 #include "kernels/gemm.hpp"

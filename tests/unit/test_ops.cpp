@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "backend/reference.hpp"
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 #include "test_util.hpp"
