@@ -7,9 +7,9 @@
 #include <limits>
 
 #include "core/error.hpp"
-#include "kernels/parallel.hpp"
 #include "core/profile.hpp"
 #include "eval/metrics.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 

@@ -12,8 +12,8 @@
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
-#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 

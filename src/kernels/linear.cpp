@@ -2,9 +2,9 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

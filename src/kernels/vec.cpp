@@ -2,9 +2,9 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/parallel.hpp"
 #include "core/rng.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

@@ -5,9 +5,9 @@
 #include <numeric>
 
 #include "backend/reference.hpp"
-#include "kernels/parallel.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
