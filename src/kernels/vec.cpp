@@ -70,6 +70,21 @@ void vec<T>::gram(double* G, const T* const* x, int64_t V, int64_t n) {
 }
 
 template <typename T>
+void vec<T>::rows_copy(T* dst, const int64_t* dst_at, int64_t dst_step, const T* src,
+                       const int64_t* src_at, int64_t m, int64_t cols) {
+#pragma omp parallel for schedule(static) if (parallel_worth(m * cols))
+  for (int64_t r = 0; r < m; r++) {
+    T* out = dst + dst_at[r];
+    const T* in = src + src_at[r];
+    if (dst_step == 1) {
+      std::copy_n(in, cols, out);
+    } else {
+      for (int64_t c = 0; c < cols; c++) out[c * dst_step] = in[c];
+    }
+  }
+}
+
+template <typename T>
 void sigmoid<T>::forward(T* y, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = T(1) / (T(1) + std::exp(-x[i]));
 }
