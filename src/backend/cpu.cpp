@@ -53,6 +53,7 @@ Ops<T> cpu_ops() {
           &K::vec::fill,
           &K::vec::fill_normal,
           &K::vec::gram,
+          &K::vec::rows_copy,
           &K::sigmoid::forward,
           &K::sigmoid::backward,
           &K::lora::merge,

@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/gemm.hpp"
 #include "core/profile.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
 
 namespace moelab {
@@ -62,6 +62,7 @@ struct Ops {
   decltype(&K::vec::fill) fill;
   decltype(&K::vec::fill_normal) fill_normal;
   decltype(&K::vec::gram) gram;
+  decltype(&K::vec::rows_copy) rows_copy;
   decltype(&K::sigmoid::forward) sigmoid_forward;
   decltype(&K::sigmoid::backward) sigmoid_backward;
   decltype(&K::lora::merge) lora_merge;
@@ -75,7 +76,7 @@ struct Ops {
 
 // The number of entries of Ops<T>: a backend fills every one, and tests/unit/test_backend_ops.cpp
 // lists every one (both fail to compile when an op is added without them).
-inline constexpr size_t kOpCount = 47;
+inline constexpr size_t kOpCount = 48;
 static_assert(sizeof(Ops<float>) == kOpCount * sizeof(void*) &&
                   sizeof(Ops<double>) == kOpCount * sizeof(void*),
               "Ops<T> changed: update kOpCount, every backend's table and the cross-backend test");

@@ -58,6 +58,7 @@ Ops<T> reference_ops() {
       .fill = &ref::vec<T>::fill,
       .fill_normal = &ref::vec<T>::fill_normal,
       .gram = &ref::vec<T>::gram,
+      .rows_copy = &ref::vec<T>::rows_copy,
       .sigmoid_forward = &ref::sigmoid<T>::forward,
       .sigmoid_backward = &ref::sigmoid<T>::backward,
       .lora_merge = &ref::lora<T>::merge,

@@ -527,6 +527,11 @@ struct vec {
         G[a * V + b] = s;
       }
   }
+  static void rows_copy(T* dst, const int64_t* dst_at, int64_t dst_step, const T* src,
+                        const int64_t* src_at, int64_t m, int64_t cols) {
+    for (int64_t r = 0; r < m; r++)
+      for (int64_t c = 0; c < cols; c++) dst[dst_at[r] + c * dst_step] = src[src_at[r] + c];
+  }
 };
 
 template <typename T>

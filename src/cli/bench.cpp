@@ -12,13 +12,15 @@
 #include <vector>
 
 #include "core/error.hpp"
-#include "core/gemm.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/sysinfo.hpp"
+#include "core/threads.hpp"
 #include "data/tokenizer.hpp"
 #include "eval/decode.hpp"
 #include "eval/evalset.hpp"
+#include "kernels/fma_peak.hpp"
+#include "kernels/gemm.hpp"
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
 #include "train/trainer.hpp"

@@ -5,8 +5,9 @@
 
 #include "cli/bench.hpp"
 #include "cli/commands.hpp"
-#include "core/gemm.hpp"
 #include "core/sysinfo.hpp"
+#include "core/threads.hpp"
+#include "kernels/fma_peak.hpp"
 
 namespace moelab {
 

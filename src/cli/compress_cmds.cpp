@@ -9,7 +9,7 @@
 #include "cli/commands.hpp"
 #include "convert/compress.hpp"
 #include "core/error.hpp"
-#include "core/gemm.hpp"
+#include "core/threads.hpp"
 
 namespace moelab {
 

@@ -12,7 +12,7 @@
 #include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/gemm.hpp"
+#include "core/threads.hpp"
 #include "data/dataset.hpp"
 #include "eval/generate.hpp"
 

@@ -15,8 +15,8 @@
 #include "cli/commands.hpp"
 #include "cli/inference.hpp"
 #include "core/error.hpp"
-#include "core/gemm.hpp"
 #include "core/signals.hpp"
+#include "core/threads.hpp"
 #include "serve/server.hpp"
 
 namespace moelab {

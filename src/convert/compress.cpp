@@ -12,8 +12,8 @@
 #include "convert/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/parallel.hpp"
 #include "core/safetensors.hpp"
+#include "kernels/parallel.hpp"
 #include "model/delta.hpp"
 
 namespace moelab {

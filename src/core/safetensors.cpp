@@ -13,9 +13,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/bf16.hpp"
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/gemm.hpp"
 
 namespace moelab {
 

@@ -48,7 +48,7 @@ std::map<std::string, TensorData> safetensors_read(const std::string& path,
                                                    DTypes accept = DTypes::Own);
 
 // Half floats as the format stores them. To float is exact. From float rounds to nearest even,
-// overflows to inf and keeps a NaN a (quiet) NaN; float -> BF16 is core/gemm.hpp's
+// overflows to inf and keeps a NaN a (quiet) NaN; float -> BF16 is core/bf16.hpp's
 // bf16_from_float, the rounding the bf16 GEMM uses.
 float bf16_to_float(uint16_t b);
 float f16_to_float(uint16_t h);

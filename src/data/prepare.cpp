@@ -1,18 +1,22 @@
 // moelab data prepare: sources -> tokenizer -> shards -> subsets -> manifest.json.
 #include <fmt/format.h>
-#include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/parallel.hpp"
 #include "core/sysinfo.hpp"
+#include "core/threads.hpp"
 #include "data/dataset.hpp"
 #include "data/shard.hpp"
 
@@ -250,6 +254,35 @@ void write_sample(const DataSpec& spec, const std::string& path) {
   if (written == 0) fail("the sources hold no text to train a tokenizer on");
 }
 
+// body(i) for every i in [0, n) on threads_get() threads (the caller's among them), each taking
+// the next kChunk indices as it frees up: documents differ much in length. The body writes only
+// its own index's result, so the results are the same, and in the same order, for any thread
+// count. The first exception of any thread is rethrown here once all have stopped.
+template <typename F>
+void prepare_each(int64_t n, F&& body) {
+  constexpr int64_t kChunk = 4;
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    try {
+      for (int64_t i0 = next.fetch_add(kChunk); i0 < n; i0 = next.fetch_add(kChunk))
+        for (int64_t i = i0; i < std::min(n, i0 + kChunk); i++) body(i);
+    } catch (...) {
+      const std::lock_guard lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next = n;  // the others stop at their next chunk
+    }
+  };
+  {
+    const int64_t helpers = std::min<int64_t>(threads_get(), (n + kChunk - 1) / kChunk) - 1;
+    std::vector<std::jthread> pool;  // joined when the block ends
+    for (int64_t t = 0; t < helpers; t++) pool.emplace_back(work);
+    work();
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 struct SourceShards {
   std::vector<std::string> files;
   std::vector<uint64_t> tokens;
@@ -276,7 +309,7 @@ SourceShards encode_source(const SourceSpec& so, const Tokenizer& tok, const std
   const double t0 = time_now_s();
   auto flush = [&] {
     std::vector<std::vector<int32_t>> ids(batch.size());
-    parallel_for(int64_t(batch.size()), 4, true, [&](int64_t i) {
+    prepare_each(int64_t(batch.size()), [&](int64_t i) {
       ids[size_t(i)] = tok.encode(batch[size_t(i)]);
       ids[size_t(i)].push_back(tok.eot_id());
     });
@@ -439,7 +472,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) fail(fmt::format("{}: cannot create ({})", out_dir, ec.message()));
-  if (threads > 0) omp_set_num_threads(threads);
+  if (threads > 0) threads_set(threads);
 
   // tokenizer
   json tok_json;
@@ -469,7 +502,7 @@ void data_prepare(const DataSpec& spec, const std::string& out_dir, int threads)
       const double t0 = time_now_s();
       write_sample(spec, sample);
       SentencePieceTrainOptions o = spec.tokenizer.train;
-      o.threads = threads > 0 ? threads : omp_get_max_threads();
+      o.threads = threads > 0 ? threads : threads_get();
       sentencepiece_train(sample, (fs::path(dir) / "tokenizer").string(), o);
       fs::remove(sample);
       std::fprintf(stderr, "trained a %ld-piece SentencePiece %s model in %.1f s\n",

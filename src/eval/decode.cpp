@@ -5,11 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "eval/metrics.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 
@@ -128,8 +129,12 @@ void Decoder::head_rows(std::span<const int64_t> rows) {
   const float* P = m_.params.data();
   const int64_t d = c_.hidden_size, V = c_.vocab_size, m = int64_t(rows.size());
   head_in_.grow(dev_, m * d);
-  for (int64_t r = 0; r < m; r++)
-    std::copy_n(x_.data() + rows[size_t(r)] * d, d, head_in_.data() + r * d);
+  std::vector<int64_t> from(rows.size()), to(rows.size());  // [m] each row's first element
+  for (size_t r = 0; r < rows.size(); r++) {
+    from[r] = rows[r] * d;
+    to[r] = int64_t(r) * d;
+  }
+  op.rows_copy(head_in_.data(), to.data(), 1, x_.data(), from.data(), m, d);
   xn_.grow(dev_, m * d), rstd_.grow(dev_, m);
   op.rmsnorm_forward(xn_.data(), rstd_.data(), head_in_.data(), P + m_.blocks().norm, m, d,
                      c_.rms_norm_eps);

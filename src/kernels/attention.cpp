@@ -3,9 +3,9 @@
 #include <limits>
 #include <vector>
 
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/vmath.hpp"
 
 namespace moelab::kernels {

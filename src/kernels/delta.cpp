@@ -1,8 +1,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

@@ -1,5 +1,5 @@
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

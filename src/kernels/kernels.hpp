@@ -11,7 +11,7 @@
 // (=) unless the comment says +=.
 #include <cstdint>
 
-#include "core/gemm.hpp"
+#include "kernels/gemm.hpp"
 
 namespace moelab::kernels {
 
@@ -280,6 +280,11 @@ struct vec {
   static void fill_normal(T* x, int64_t n, double sd, uint64_t seed, uint64_t stream);
   // G [V,V] (double) = the Gram matrix of V vectors of n elements each, summed in double
   static void gram(double* G, const T* const* x, int64_t V, int64_t n);
+  // dst[dst_at[r] + c * dst_step] = src[src_at[r] + c] for rows r < m, columns c < cols: rows of
+  // src gathered by element offset (src_at, dst_at [m]) and written with a column step (the KV
+  // cache's transposed keys: dst_step = the cache's length). Destination elements are distinct.
+  static void rows_copy(T* dst, const int64_t* dst_at, int64_t dst_step, const T* src,
+                        const int64_t* src_at, int64_t m, int64_t cols);
 };
 
 // sigmoid: MoE-CT's token gate, a = 1 / (1 + exp(-z))

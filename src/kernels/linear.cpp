@@ -2,9 +2,9 @@
 #include <cstring>
 #include <vector>
 
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

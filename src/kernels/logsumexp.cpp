@@ -1,8 +1,8 @@
 #include <algorithm>
 #include <limits>
 
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/softmax_row.hpp"
 
 namespace moelab::kernels {

@@ -2,8 +2,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

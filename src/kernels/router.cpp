@@ -2,8 +2,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 

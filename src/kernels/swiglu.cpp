@@ -2,8 +2,8 @@
 #include <cmath>
 #include <limits>
 
-#include "core/parallel.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 #include "kernels/vmath.hpp"
 
 namespace moelab::kernels {

@@ -2,9 +2,9 @@
 #include <cmath>
 #include <vector>
 
-#include "core/parallel.hpp"
 #include "core/rng.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab::kernels {
 
@@ -66,6 +66,21 @@ void vec<T>::gram(double* G, const T* const* x, int64_t V, int64_t n) {
     double acc = 0;
     for (int64_t i = 0; i < n; i++) acc += double(xa[i]) * double(xb[i]);
     G[a * V + b] = G[b * V + a] = acc;
+  }
+}
+
+template <typename T>
+void vec<T>::rows_copy(T* dst, const int64_t* dst_at, int64_t dst_step, const T* src,
+                       const int64_t* src_at, int64_t m, int64_t cols) {
+#pragma omp parallel for schedule(static) if (parallel_worth(m * cols))
+  for (int64_t r = 0; r < m; r++) {
+    T* out = dst + dst_at[r];
+    const T* in = src + src_at[r];
+    if (dst_step == 1) {
+      std::copy_n(in, cols, out);
+    } else {
+      for (int64_t c = 0; c < cols; c++) out[c * dst_step] = in[c];
+    }
   }
 }
 

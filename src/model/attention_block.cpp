@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/profile.hpp"
@@ -94,21 +95,28 @@ kernels::AttnShape AttentionBlock<T>::shape(Rows r) const {
 // ----------------------------------------------------------------------------
 // forward
 
+// The keys and values of rows [B*n] of qkv into their slots' cache at their positions: the keys
+// as columns of the transposed store, the values as rows.
 template <typename T>
-void AttentionBlock<T>::cache_store(KvCache<T>& kv, const T* qkv, Rows r) const {
+void AttentionBlock<T>::cache_store(const Ops<T>& op, KvCache<T>& kv, const T* qkv, Rows r) const {
   const int64_t H = c_->num_attention_heads, KV = c_->num_key_value_heads, hd = c_->head_dim;
-  const int64_t C = (H + 2 * KV) * hd, L = kv.L;
+  const int64_t C = (H + 2 * KV) * hd, L = kv.L, m = r.B * r.n;
   const int64_t slots = kv.V.size() / (L * KV * hd);
+  std::vector<int64_t> row_at(static_cast<size_t>(m)), k_at(static_cast<size_t>(m)),
+      v_at(static_cast<size_t>(m));  // [B*n] each: a row's first element in qkv, K and V
   for (int64_t b = 0; b < r.B; b++) {
     const int64_t t0 = r.position(b), sb = r.slot_of(b);
     check(t0 >= 0 && t0 + r.n <= L && sb >= 0 && sb < slots,
           "attention: positions beyond the cache");
     for (int64_t t = 0; t < r.n; t++) {
-      const T* row = qkv + (b * r.n + t) * C;
-      for (int64_t i = 0; i < KV * hd; i++) kv.K[(sb * KV * hd + i) * L + t0 + t] = row[H * hd + i];
-      std::copy_n(row + (H + KV) * hd, KV * hd, kv.V.data() + (sb * L + t0 + t) * KV * hd);
+      const size_t i = size_t(b * r.n + t);
+      row_at[i] = int64_t(i) * C;
+      k_at[i] = sb * KV * hd * L + t0 + t;
+      v_at[i] = (sb * L + t0 + t) * KV * hd;
     }
   }
+  op.rows_copy(kv.K.data(), k_at.data(), L, qkv + H * hd, row_at.data(), m, KV * hd);
+  op.rows_copy(kv.V.data(), v_at.data(), 1, qkv + (H + KV) * hd, row_at.data(), m, KV * hd);
 }
 
 template <typename T>
@@ -147,7 +155,7 @@ void AttentionBlock<T>::forward(const Ctx<T>& c, Acts& a, Work& w, const T* x, T
   {
     ProfileScope ps(prof, "attention fwd");
     const T* sinks = p_.sinks >= 0 ? c.P + p_.sinks : nullptr;
-    if (cache) cache_store(*cache, a.qkv.data(), r);
+    if (cache) cache_store(c.op, *cache, a.qkv.data(), r);
     if (cache && r.n == 1) {
       std::vector<int64_t> pos(size_t(r.B));
       for (int64_t b = 0; b < r.B; b++) pos[size_t(b)] = r.position(b);

@@ -89,7 +89,7 @@ class AttentionBlock {
 
  private:
   kernels::AttnShape shape(Rows r) const;
-  void cache_store(KvCache<T>& kv, const T* qkv, Rows r) const;
+  void cache_store(const Ops<T>& op, KvCache<T>& kv, const T* qkv, Rows r) const;
 
   const ModelConfig* c_;
   AttentionParams p_;

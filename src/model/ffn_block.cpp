@@ -108,20 +108,25 @@ void ffn_register_balance(FfnParams& f, ParamLayout& p, const ModelConfig& c) {
 }
 
 template <typename T>
-void balance_update(std::span<T> bias, std::span<const int64_t> counts, double rate) {
+void balance_update(const Ops<T>& op, std::span<T> bias, std::span<const int64_t> counts,
+                    double rate) {
   check(bias.size() == counts.size(), "balance_update: bias and counts differ in size");
   int64_t total = 0;
   for (int64_t n : counts) total += n;
   if (total == 0) return;
   // sign(1/E - n_e/total) = sign(total - E n_e), exactly in integers
   const int64_t E = int64_t(counts.size());
+  std::vector<T> step(counts.size());  // [E] each expert's move: +rate, -rate or 0
   for (size_t e = 0; e < counts.size(); e++) {
     const int64_t s = total - E * counts[e];
-    bias[e] += s > 0 ? T(rate) : s < 0 ? T(-rate) : T(0);
+    step[e] = s > 0 ? T(rate) : s < 0 ? T(-rate) : T(0);
   }
+  op.add(bias.data(), bias.data(), step.data(), E);
 }
-template void balance_update<float>(std::span<float>, std::span<const int64_t>, double);
-template void balance_update<double>(std::span<double>, std::span<const int64_t>, double);
+template void balance_update<float>(const Ops<float>&, std::span<float>, std::span<const int64_t>,
+                                    double);
+template void balance_update<double>(const Ops<double>&, std::span<double>,
+                                     std::span<const int64_t>, double);
 
 template <typename T>
 FfnBlock<T>::FfnBlock(const ModelConfig& c, FfnParams p) : c_(&c), p_(std::move(p)) {

@@ -66,7 +66,8 @@ void ffn_register_balance(FfnParams& f, ParamLayout& p, const ModelConfig& c);
 // The balance bias update after an optimizer step (methods.md §3.7.1): with load_e = counts_e /
 // sum(counts), bias_e += rate * sign(1/E - load_e). bias, counts [E].
 template <typename T>
-void balance_update(std::span<T> bias, std::span<const int64_t> counts, double rate);
+void balance_update(const Ops<T>& op, std::span<T> bias, std::span<const int64_t> counts,
+                    double rate);
 
 template <typename T>
 class FfnBlock {

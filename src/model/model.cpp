@@ -127,8 +127,8 @@ void Model<T>::balance_update() {
   for (size_t l = 0; l < ffn_.size(); l++) {
     const int64_t at = mp_.ffn[l].balance;
     if (at < 0) continue;
-    moelab::balance_update<T>(std::span<T>(params.data() + at, counts_[l].size()), counts_[l],
-                              cfg.router_balance.bias_rate);
+    moelab::balance_update<T>(dev_->ops<T>(), std::span<T>(params.data() + at, counts_[l].size()),
+                              counts_[l], cfg.router_balance.bias_rate);
   }
 }
 

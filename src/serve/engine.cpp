@@ -7,8 +7,8 @@
 #include <numeric>
 
 #include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
+#include "core/threads.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 

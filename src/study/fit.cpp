@@ -22,9 +22,9 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "core/parallel.hpp"
 #include "core/parse.hpp"
 #include "core/rng.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 

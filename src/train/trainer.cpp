@@ -9,11 +9,12 @@
 #include <filesystem>
 
 #include "core/error.hpp"
-#include "core/gemm.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/signals.hpp"
 #include "core/sysinfo.hpp"
+#include "core/threads.hpp"
+#include "kernels/fma_peak.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
 #include "train/data_parallel.hpp"

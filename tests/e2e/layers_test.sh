@@ -69,9 +69,9 @@ deny() {
 
 # ---- The graph: core <- kernels <- backend <- model; data <- core; eval <- model, data;
 # convert <- model, data; train <- convert, eval; study <- train; cli <- everything.
-allow core core/error.hpp core/parallel.hpp
-deny core kernels/kernels.hpp data/dataset.hpp
-allow kernels core/parallel.hpp kernels/kernels.hpp
+allow core core/error.hpp core/threads.hpp core/bf16.hpp
+deny core kernels/kernels.hpp kernels/parallel.hpp data/dataset.hpp
+allow kernels core/threads.hpp kernels/parallel.hpp kernels/kernels.hpp
 deny kernels model/model.hpp model/config.hpp data/shard.hpp eval/evalset.hpp
 if [ -f "$src/src/backend/device.hpp" ] && layer_flags backend; then
   allow backend kernels/kernels.hpp backend/device.hpp
@@ -80,7 +80,7 @@ fi
 allow model kernels/kernels.hpp model/params.hpp
 deny model train/trainer.hpp eval/evalset.hpp data/dataset.hpp study/run.hpp convert/checkpoint.hpp
 allow data core/error.hpp data/shard.hpp
-deny data model/config.hpp kernels/kernels.hpp eval/evalset.hpp
+deny data model/config.hpp kernels/kernels.hpp kernels/parallel.hpp eval/evalset.hpp
 allow eval model/model.hpp data/dataset.hpp kernels/vmath.hpp
 deny eval train/trainer.hpp study/report.hpp convert/hf.hpp
 allow convert model/model.hpp data/dataset.hpp core/safetensors.hpp convert/checkpoint.hpp
@@ -98,13 +98,92 @@ else
   ok
 fi
 
-# ---- The device seam: OpenMP only in the kernels, the backends and core's parallel_for; every
-# other loop over numbers is an op of the device's table.
-if grep -rn --include='*.cpp' --include='*.hpp' '#\s*pragma\s\+omp' "$src/src" |
-  grep -v -e "^$src/src/core/" -e "^$src/src/kernels/" -e "^$src/src/backend/" >"$tmp/omp"; then
-  bad "OpenMP pragmas outside core/, kernels/ and backend/: $(head -3 "$tmp/omp")"
+# ---- The device seam: OpenMP pragmas only in the kernels and the backends (the layers above
+# loop in parallel through kernels/parallel.hpp's parallel_for, data/ with threads of its own),
+# and every other loop over floating-point arrays is an op of the device's table
+# (tests/e2e/numeric_loops.py; its allowlist names the host work). Each check is first shown to
+# fail on a planted file, so that a check that can never fail is caught too.
+omp_outside() {  # omp_outside SRC: SRC/src's pragmas outside kernels/ and backend/, in $tmp/omp
+  grep -rn --include='*.cpp' --include='*.hpp' '#\s*pragma\s\+omp' "$1/src" |
+    grep -v -e "^$1/src/kernels/" -e "^$1/src/backend/" >"$tmp/omp"
+}
+plant=$tmp/plant
+pragma_loop='void f(float* x, long n) {\n#pragma omp parallel for\n'
+pragma_loop+='  for (long i = 0; i < n; i++) x[i] = 0;\n}\n'
+for layer in core model data kernels backend; do
+  rm -rf "$plant" && mkdir -p "$plant/src/$layer"
+  printf "$pragma_loop" >"$plant/src/$layer/planted.cpp"
+  omp_outside "$plant"
+  found=$?  # grep's status: 0 when a pragma was found
+  case $layer/$found in
+    kernels/0 | backend/0) bad "a pragma in src/$layer/ is refused: $(cat "$tmp/omp")" ;;
+    kernels/* | backend/* | */0) ok ;;
+    *) bad "a pragma planted in src/$layer/ is not found" ;;
+  esac
+done
+if omp_outside "$src"; then
+  bad "OpenMP pragmas outside kernels/ and backend/: $(head -3 "$tmp/omp")"
 else
   ok
+fi
+
+# numeric_loops.py on a planted tree: it finds a loop of arithmetic, of a math function, of block
+# copies and of arithmetic on a member of a floating type, one in each folder it covers...
+numeric_loops="$(dirname "$0")/numeric_loops.py"
+rm -rf "$plant" && mkdir -p "$plant"/src/{model,eval,serve,train}
+cat >"$plant/src/model/planted.cpp" <<'CPP'
+void axpy(float* y, const float* x, float a, long n) {
+  for (long i = 0; i < n; i++) y[i] += a * x[i];
+}
+CPP
+cat >"$plant/src/eval/planted.cpp" <<'CPP'
+double log_sum(const double* p, long n) {
+  double s = 0;
+  for (long i = 0; i < n; i++) s += std::log(p[i]);
+  return s;
+}
+CPP
+cat >"$plant/src/serve/planted.cpp" <<'CPP'
+template <typename T>
+void gather_rows(T* out, const T* x, const long* rows, long m, long d) {
+  for (long r = 0; r < m; r++) std::copy_n(x + rows[r] * d, d, out + r * d);
+}
+CPP
+printf 'struct Moments {\n  std::vector<float> m;\n};\n' >"$plant/src/train/planted.hpp"
+cat >"$plant/src/train/planted.cpp" <<'CPP'
+void decay(Moments& s, long n) {
+  for (long i = 0; i < n; i++) s.m[i] *= 0.9f;
+}
+CPP
+python3 "$numeric_loops" "$plant" >"$tmp/loops"
+for f in model/planted.cpp:2:\ axpy eval/planted.cpp:3:\ log_sum serve/planted.cpp:3:\ gather_rows \
+  train/planted.cpp:2:\ decay; do
+  if grep -Fq "src/$f:" "$tmp/loops"; then
+    ok
+  else
+    bad "numeric_loops.py misses $f: $(cat "$tmp/loops")"
+  fi
+done
+# ...and passes loops over indices, set-up of a host vector, and calls with offsets.
+rm -rf "$plant" && mkdir -p "$plant/src/model"
+cat >"$plant/src/model/planted.cpp" <<'CPP'
+void offsets(std::vector<int64_t>& first, const int32_t* counts, float* y, int64_t E, double r) {
+  std::vector<float> step(E);
+  for (int64_t e = 0; e < E; e++) first[e + 1] = first[e] + counts[e] * 2;
+  for (int64_t e = 0; e < E; e++) step[e] = counts[e] > 2 ? float(r) : 0.0f;
+  for (int64_t e = 0; e < E; e++) call(y + first[e], counts[e]);
+}
+CPP
+if python3 "$numeric_loops" "$plant" >"$tmp/loops"; then
+  ok
+else
+  bad "numeric_loops.py flags loops over indices: $(cat "$tmp/loops")"
+fi
+if python3 "$numeric_loops" "$src" >"$tmp/loops"; then
+  ok
+else
+  bad "loops over numbers above the kernels (make them ops of backend/device.hpp, or allow them" \
+    "in numeric_loops.py with a reason): $(head -5 "$tmp/loops")"
 fi
 
 # ---- The studies through their toolkit: runs are trained by the run queue (study/queue,

@@ -238,6 +238,30 @@ Outputs run_vec(const Ops<T>& op, bool real) {
   return {{ss, s}, d(y), d(z), d(f), d(g), G};
 }
 
+// Rows gathered in a scrambled order, written as rows (step 1) and as columns of a transposed
+// store (step = its row count, the KV cache's keys); untouched elements stay as they were.
+template <typename T>
+Outputs run_rows_copy(const Ops<T>& op, bool real) {
+  const int64_t rows = real ? 512 : 9, cols = real ? 256 : 5, m = real ? 300 : 6;
+  const auto x = rnd<T>(rows * (cols + 3), 1);  // [rows, cols + 3]: rows of src with a gap
+  std::vector<int64_t> src_at(static_cast<size_t>(m)), row_at(static_cast<size_t>(m)),
+      col_at(static_cast<size_t>(m));  // [m] each
+  for (int64_t r = 0; r < m; r++) {
+    src_at[size_t(r)] = ((r * 7 + 2) % rows) * (cols + 3) + 1;
+    row_at[size_t(r)] = (m - 1 - r) * cols;  // rows in reverse order
+    col_at[size_t(r)] = r;                   // column r of a [cols, m] store
+  }
+  auto as_rows = rnd<T>(m * cols, 2), as_cols = rnd<T>(cols * m + 4, 3);
+  op.rows_copy(as_rows.data(), row_at.data(), 1, x.data(), src_at.data(), m, cols);
+  op.rows_copy(as_cols.data(), col_at.data(), m, x.data(), src_at.data(), m, cols);
+  for (int64_t r = 0; r < m; r++)  // exact: a copy
+    for (int64_t c = 0; c < cols; c++) {
+      EXPECT_EQ(as_rows[size_t((m - 1 - r) * cols + c)], x[size_t(src_at[size_t(r)] + c)]);
+      EXPECT_EQ(as_cols[size_t(c * m + r)], x[size_t(src_at[size_t(r)] + c)]);
+    }
+  return {d(as_rows), d(as_cols)};
+}
+
 template <typename T>
 Outputs run_adamw(const Ops<T>& op, bool real) {
   const int64_t n = real ? (int64_t(1) << 17) : 40;
@@ -344,6 +368,7 @@ std::vector<OpCase> op_cases() {
                   entry(&O::sigmoid_backward)),
       MOELAB_CASE(run_vec, 1e-5, 1e-6, entry(&O::sumsq), entry(&O::sum), entry(&O::scale),
                   entry(&O::fill), entry(&O::fill_normal), entry(&O::gram)),
+      MOELAB_CASE(run_rows_copy, 1e-12, 1e-12, entry(&O::rows_copy)),
       MOELAB_CASE(run_adamw, 1e-5, 1e-6, entry(&O::adamw_update)),
       MOELAB_CASE(run_lora, 1e-5, 1e-5, entry(&O::lora_merge), entry(&O::lora_expand)),
       MOELAB_CASE(run_delta, 1e-6, 1e-6, entry(&O::delta_sparse_forward),

@@ -92,11 +92,11 @@ TEST(Balance, UpdateRuleOnAKnownLoadVector) {
   // expert at exactly its share stays.
   std::vector<float> b = {0.5f, 0.0f, -0.25f, 0.0f};
   const std::vector<int64_t> counts = {10, 2, 4, 0};
-  balance_update<float>(b, counts, 0.125);
+  balance_update<float>(device_cpu().ops<float>(), b, counts, 0.125);
   EXPECT_EQ(b, (std::vector<float>{0.375f, 0.125f, -0.25f, 0.125f}));
   // No assignments at all: nothing moves.
   const std::vector<int64_t> none = {0, 0, 0, 0};
-  balance_update<float>(b, none, 0.125);
+  balance_update<float>(device_cpu().ops<float>(), b, none, 0.125);
   EXPECT_EQ(b, (std::vector<float>{0.375f, 0.125f, -0.25f, 0.125f}));
 }
 

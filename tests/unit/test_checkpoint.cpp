@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/parallel.hpp"
 #include "core/safetensors.hpp"
+#include "kernels/parallel.hpp"
 #include "test_util.hpp"
 #include "train/checkpoint.hpp"
 

@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "core/parallel.hpp"
+#include "kernels/parallel.hpp"
 #include "model/delta.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"

@@ -14,7 +14,7 @@
 
 #include "convert/checkpoint.hpp"
 #include "convert/hf.hpp"
-#include "core/gemm.hpp"
+#include "core/bf16.hpp"
 #include "core/safetensors.hpp"
 #include "model/lora.hpp"
 #include "model_util.hpp"

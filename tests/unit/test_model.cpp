@@ -5,9 +5,10 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
 #include "core/rng.hpp"
+#include "core/threads.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/parallel.hpp"
 #include "model/model.hpp"
 #include "model_util.hpp"
 #include "test_util.hpp"

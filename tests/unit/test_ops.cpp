@@ -5,9 +5,9 @@
 #include <numeric>
 
 #include "backend/reference.hpp"
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/parallel.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
@@ -625,6 +625,29 @@ TEST(Ops, VectorOpsMatchReference) {
   K::vec<double>::gram(G.data(), v, 3, n);
   ref::vec<double>::gram(Gr.data(), v, 3, n);
   expect_close(G, Gr, 1e-12, 1e-12, "gram");
+}
+
+// Rows gathered by offset into a transposed store (column step 4) and into rows (step 1), on the
+// parallel path too: the same bits as the reference's loop, which a copy must give.
+TEST(Ops, RowsCopyMatchesReference) {
+  const int64_t m = 4, cols = 6;
+  const auto x = randn(40, 1);
+  const std::vector<int64_t> src_at = {30, 2, 17, 2}, col_at = {3, 0, 2, 1},
+                             row_at = {18, 0, 6, 12};
+  const int64_t keep = parallel_min_work;
+  for (const int64_t min_work : {keep, int64_t(0)}) {
+    parallel_min_work = min_work;
+    auto t = randn(m * cols, 2), tr = t, r = randn(m * cols, 3), rr = r;
+    K::vec<double>::rows_copy(t.data(), col_at.data(), m, x.data(), src_at.data(), m, cols);
+    ref::vec<double>::rows_copy(tr.data(), col_at.data(), m, x.data(), src_at.data(), m, cols);
+    EXPECT_EQ(t, tr);
+    EXPECT_EQ(t[size_t(2 * m + 3)], x[32]);  // row 0 (from 30), column 2, at position 3
+    K::vec<double>::rows_copy(r.data(), row_at.data(), 1, x.data(), src_at.data(), m, cols);
+    ref::vec<double>::rows_copy(rr.data(), row_at.data(), 1, x.data(), src_at.data(), m, cols);
+    EXPECT_EQ(r, rr);
+    EXPECT_EQ(r[size_t(18 + 5)], x[35]);
+  }
+  parallel_min_work = keep;
 }
 
 TEST(Ops, Sigmoid) {

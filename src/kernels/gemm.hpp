@@ -3,19 +3,10 @@
 //   C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C
 // where op(X) is X or X^T. Float goes to oneDNN (or OpenBLAS, -DMOELAB_GEMM=openblas); double to
 // OpenBLAS: it exists so that the whole model can run in double for finite-difference checks.
-// Both libraries are OpenMP builds and share moelab's one thread pool.
-#include <bit>
+// Both libraries are OpenMP builds and share moelab's one thread pool (core/threads.hpp).
 #include <cstdint>
 
 namespace moelab {
-
-// float -> bf16, round to nearest even; a NaN stays a (quiet) NaN instead of rounding into the
-// exponent. Inline: the bf16 GEMM converts every operand element with it.
-inline uint16_t bf16_from_float(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  if (x != x) return uint16_t((u >> 16) | 0x40u);
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 enum class Trans : bool { N = false, T = true };
 
@@ -39,9 +30,5 @@ void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float*
 
 // "onednn" or "openblas": the library behind gemm<float> (gemm<double> is always OpenBLAS).
 const char* gemm_backend();
-
-// One pool: sets the OpenMP thread count, which the OpenMP build of OpenBLAS also follows.
-void threads_set(int n);
-int threads_get();
 
 }  // namespace moelab

@@ -1,3 +1,5 @@
+#include "kernels/fma_peak.hpp"
+
 #include <immintrin.h>
 
 #include <algorithm>

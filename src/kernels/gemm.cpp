@@ -1,7 +1,6 @@
-#include "core/gemm.hpp"
+#include "kernels/gemm.hpp"
 
 #include <cblas.h>
-#include <omp.h>
 #if MOELAB_GEMM_ONEDNN
 #include <dnnl.h>
 #endif
@@ -40,15 +39,6 @@ void gemm<double>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double al
   if (M == 0 || N == 0) return;
   cblas_dgemm(CblasRowMajor, cblas_op(ta), cblas_op(tb), int(M), int(N), int(K), alpha, A, int(lda),
               B, int(ldb), beta, C, int(ldc));
-}
-
-void threads_set(int n) {
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
-}
-
-int threads_get() {
-  return omp_get_max_threads();
 }
 
 }  // namespace moelab

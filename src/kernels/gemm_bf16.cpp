@@ -10,9 +10,10 @@
 #include <tuple>
 #include <vector>
 
+#include "core/bf16.hpp"
 #include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/parallel.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/parallel.hpp"
 
 namespace moelab {
 
