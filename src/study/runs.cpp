@@ -84,10 +84,9 @@ RunData run_read(const std::string& dir) {
       if (g.contains("evalset")) {
         r.kept = g["evalset"].value("kept", int64_t(-1));
         r.candidates = g["evalset"].value("samples", int64_t(-1));
-        if (const auto it = g["evalset"].find("recalled");
-            it != g["evalset"].end() && it->is_string()) {
-          r.recalled = it->get<std::string>();
-        }
+      }
+      if (const auto it = g.find("recalled"); it != g.end() && it->is_string()) {
+        r.recalled = it->get<std::string>();
       }
       if (g.contains("metrics")) {
         for (const char* k : {"m_ex", "m_in", "m_f", "ppl_ent"})

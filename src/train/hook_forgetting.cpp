@@ -109,7 +109,7 @@ void ForgettingHook::at_start(Trainer& t) {
     have_frozen_ = true;
   } else {
     ojson forgetting;
-    forgetting["evalset"] = filter(t);
+    filter(t, forgetting);
     if (!frozen_.samples.empty()) {
       forgetting["metrics"] = evaluate_frozen(t);
     }
@@ -132,7 +132,7 @@ void ForgettingHook::on_evaluate(Trainer& t, const StepStats& r) {
   if (x_.filter_at == "phase_end" && phase_done && x_.phases[r.phase].name == x_.filter_after &&
       !have_frozen_) {
     // Keep the samples this model recalls (M_ex = 1); the same ones for the rest of the run.
-    line_["evalset"] = filter(t);
+    filter(t, line_);
     too_few_ = recalled_shortfall();  // the run stops after this step's checkpoint
   }
   const bool due = have_frozen_ && !frozen_.samples.empty() &&
@@ -156,7 +156,7 @@ void ForgettingHook::on_step_end(Trainer&, const StepStats&) {
 
 // Keeps the samples this model recalls (M_ex = 1), frozen for the rest of the run. Returns the
 // counts for the metrics line.
-ojson ForgettingHook::filter(Trainer& t) {
+void ForgettingHook::filter(Trainer& t, ojson& line) {
   const Activity doing("evaluation");
   // An empty set keeps nothing (eval.min_recalled = 0 let the run go on without one).
   std::vector<bool> recalled;
@@ -167,11 +167,10 @@ ojson ForgettingHook::filter(Trainer& t) {
   frozen_ = full_set_.samples.empty() ? full_set_ : evalset_filter(full_set_, recalled);
   evalset_write(frozen_path_, frozen_);
   have_frozen_ = true;
+  line["evalset"] = {{"samples", full_set_.samples.size()}, {"kept", frozen_.samples.size()}};
   // Which candidates were kept, so that a report can compare models on the samples all of them
   // recalled.
-  return {{"samples", full_set_.samples.size()},
-          {"kept", frozen_.samples.size()},
-          {"recalled", hits_string(recalled)}};
+  line["recalled"] = hits_string(recalled);
 }
 
 ojson ForgettingHook::evaluate_frozen(Trainer& t) const {

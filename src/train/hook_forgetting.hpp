@@ -29,7 +29,9 @@ class ForgettingHook : public TrainerHook {
 
  private:
   void at_start(Trainer& t);
-  nlohmann::ordered_json filter(Trainer& t);
+  // Filters the set and logs into `line` its counts ("evalset") and which candidates it kept
+  // ("recalled", one character per candidate).
+  void filter(Trainer& t, nlohmann::ordered_json& line);
   nlohmann::ordered_json evaluate_frozen(Trainer& t) const;
   EvalSet frozen_load(Trainer& t) const;
   std::string recalled_shortfall() const;

@@ -78,9 +78,9 @@ s = json.load(open(sys.argv[1]))
 masks = []
 for path in sys.argv[2:]:
     for line in open(path):
-        ev = json.loads(line).get("forgetting", {}).get("evalset")
-        if ev and "recalled" in ev:
-            masks.append(ev["recalled"])
+        recalled = json.loads(line).get("forgetting", {}).get("recalled")
+        if recalled is not None:
+            masks.append(recalled)
 assert len(masks) == 3 and len({len(m) for m in masks}) == 1, [len(m) for m in masks]
 shared = sum(all(m[i] == "1" for m in masks) for i in range(len(masks[0])))
 assert s["shared_samples"] == shared and s["shared_none"] is None, (s["shared_samples"], shared)
