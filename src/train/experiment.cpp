@@ -340,6 +340,18 @@ int64_t Experiment::total_steps() const {
   return n;
 }
 
+Experiment::PhaseAt Experiment::phase_at(int64_t steps_done) const {
+  size_t index = 0;
+  int64_t end = 0;
+  for (; index < phases.size(); index++) {
+    end += phase_steps(phases[index]);
+    if (steps_done < end) {
+      break;
+    }
+  }
+  return {index, end};
+}
+
 Experiment experiment_load(const std::string& path, const std::vector<std::string>& overrides) {
   toml::table table = toml_file_parse(path);
   for (const std::string& kv : overrides) experiment_override_apply(table, kv);

@@ -87,6 +87,13 @@ struct Experiment {
   int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
   int64_t phase_steps(const PhaseConfig& p) const;  // steps, or tokens rounded up to steps
   int64_t total_steps() const;
+  // The phase that the step after `steps_done` steps falls in, and the step count that ends it
+  // (past the last phase: index = the number of phases).
+  struct PhaseAt {
+    size_t index;
+    int64_t end;
+  };
+  PhaseAt phase_at(int64_t steps_done) const;
 };
 
 // Reads a TOML file and applies the overrides ("key=value", dotted keys, TOML values).

@@ -41,4 +41,21 @@ void step_stats_sum(Collective& comm, StepStats& r) {
   }
 }
 
+void step_stats_log(const StepStats& r, nlohmann::ordered_json& line) {
+  line["loss"] = r.lm;
+  line["lr"] = r.lr;
+  line["grad_norm"] = r.grad_norm;
+  if (r.expert_load.empty()) {
+    return;
+  }
+  line["aux_loss"] = r.aux;
+  line["z_loss"] = r.z;
+  line["expert_load"] = r.expert_load;
+  nlohmann::ordered_json router = nlohmann::ordered_json::array();
+  for (const RouterStats& s : r.router) {
+    router.push_back({{"layer", s.layer}, {"aux", s.aux}, {"z", s.z}, {"max_load", s.max_load}});
+  }
+  line["router"] = router;
+}
+
 }  // namespace moelab

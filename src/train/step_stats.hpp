@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/model.hpp"
 #include "train/collective.hpp"
 
@@ -57,5 +59,8 @@ void step_stats_finish_router(std::vector<RouterStats>& router,
                               const std::vector<std::vector<int64_t>>& counts, double accum);
 // The step's losses and router sums over the ranks, in place (every rank the same order).
 void step_stats_sum(Collective& comm, StepStats& r);
+// The step's numbers in a metrics line: loss, lr, grad_norm and, for an MoE, the router's losses,
+// the expert loads and the per-layer router statistics.
+void step_stats_log(const StepStats& r, nlohmann::ordered_json& line);
 
 }  // namespace moelab

@@ -35,12 +35,6 @@ namespace {
 // Changing it changes the data order of every mixing run.
 constexpr uint64_t kStreamMixReplay = 7000;
 
-std::string eta(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
-  const int64_t s = int64_t(seconds);
-  return fmt::format("{}:{:02d}:{:02d}", s / 3600, (s / 60) % 60, s % 60);
-}
-
 int64_t count_nonfinite(std::span<const float> v) {
   int64_t n = 0;
   for (float f : v) n += !std::isfinite(f);
@@ -135,16 +129,6 @@ void Trainer::resume_from(const std::string& ckpt) {
 // ----------------------------------------------------------------------------
 // a step
 
-Trainer::PhaseAt Trainer::phase_at(int64_t step) const {
-  size_t pi = 0;
-  int64_t end = 0;
-  for (; pi < x_.phases.size(); pi++) {
-    end += x_.phase_steps(x_.phases[pi]);
-    if (step < end) break;
-  }
-  return {pi, end};
-}
-
 StepStats Trainer::step(const BatchSource& next, double lr) {
   StepStats r = train_batch(next, lr, true);
   if (!x_.model.is_moe() || x_.model.num_local_experts == 1) return r;
@@ -227,7 +211,7 @@ StepStats Trainer::update(const BatchSource& next, double lr) {
 }
 
 StepStats Trainer::step() {
-  const PhaseAt at = phase_at(step_);
+  const Experiment::PhaseAt at = x_.phase_at(step_);
   const PhaseConfig& phase = x_.phases[at.index];
   // A micro-batch comes from the replay subset with probability replay_ratio, decided by the
   // seed, the step and the micro-batch alone (a resumed run decides the same).
@@ -312,7 +296,7 @@ ojson Trainer::validation_losses() {
 // logging and checkpoints
 
 bool Trainer::phase_ends_at(int64_t step) const {
-  return step == phase_at(step - 1).end;
+  return step == x_.phase_at(step - 1).end;
 }
 
 bool Trainer::log_due(const StepStats& r, const StepEval& e) const {
@@ -328,19 +312,7 @@ void Trainer::log(const StepStats& r, const StepEval& e) {
   if (!r.applied)
     m["skipped"] = std::isfinite(r.total()) ? "non-finite gradient" : "non-finite loss";
   else if (due) {
-    m["loss"] = r.lm;
-    m["lr"] = r.lr;
-    m["grad_norm"] = r.grad_norm;
-    if (!r.expert_load.empty()) {
-      m["aux_loss"] = r.aux;
-      m["z_loss"] = r.z;
-      m["expert_load"] = r.expert_load;
-      ojson router = ojson::array();
-      for (const RouterStats& s : r.router)
-        router.push_back(
-            {{"layer", s.layer}, {"aux", s.aux}, {"z", s.z}, {"max_load", s.max_load}});
-      m["router"] = router;
-    }
+    step_stats_log(r, m);
     if (!e.val_loss.is_null()) m["val_loss"] = e.val_loss;
     log_progress(m, r);
   }
@@ -367,7 +339,8 @@ void Trainer::log_progress(ojson& m, const StepStats& r) {
   const double rate = double(step_ - start_step_) / std::max(now - t_start_, 1e-9);
   std::fprintf(stderr, "%sstep %ld/%ld | %s | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s",
                tty_ ? "\r" : "", long(step_), long(total), x_.phases[r.phase].name.c_str(), r.lm,
-               r.lr, tok_s, eta(double(total - step_) / rate).c_str(), tty_ ? "   " : "\n");
+               r.lr, tok_s, duration_format(double(total - step_) / rate).c_str(),
+               tty_ ? "   " : "\n");
 }
 
 void Trainer::progress_end() const {

@@ -106,12 +106,6 @@ class Trainer {
   void metrics_write(const nlohmann::ordered_json& line);
 
  private:
-  struct PhaseAt {
-    size_t index;
-    int64_t end;  // the step count at which it ends
-  };
-  PhaseAt phase_at(int64_t step) const;
-  std::string start_claim(bool resume);
   void resume_from(const std::string& ckpt);
   StepStats train_batch(const BatchSource& next, double lr, bool counted);
   void data_parallel_setup();
