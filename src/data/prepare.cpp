@@ -15,10 +15,12 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
+#include "core/rng.hpp"
 #include "core/sysinfo.hpp"
 #include "core/threads.hpp"
 #include "data/dataset.hpp"
 #include "data/shard.hpp"
+#include "data/tokenizer.hpp"
 
 namespace moelab {
 
@@ -37,6 +39,9 @@ std::string cache_path_expand(const std::string& path) {
   const std::string var = "${MOELAB_CACHE}";
   return path.rfind(var, 0) == 0 ? moelab_cache_dir() + path.substr(var.size()) : path;
 }
+
+// The RNG stream of the documents' draws in a random document-level split (SubsetPart::seed).
+constexpr uint64_t kStreamDocumentSplit = 0x5D0C;
 
 // ----------------------------------------------------------------------------
 // the spec
@@ -174,8 +179,9 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
       if (v[i].is_string()) {
         part.source = v[i].get<std::string>();
       } else {
-        r.keys(v[i], w, {"source", "begin", "end"});
+        r.keys(v[i], w, {"source", "begin", "end", "seed"});
         part.source = r.str(v[i], "source", w + ".");
+        if (v[i].contains("seed")) part.seed = r.integer(v[i], "seed", w + ".");
         if (v[i].contains("begin")) part.begin = r.num(v[i], "begin", w + ".");
         if (v[i].contains("end")) part.end = r.num(v[i], "end", w + ".");
       }
@@ -387,6 +393,52 @@ uint64_t prev_doc_end(const std::vector<Shard>& shards, uint64_t at, uint64_t fl
   return floor;
 }
 
+// The stream ranges [begin, end) of a subset part: a fraction of the source cut at document ends,
+// or (a seed given) the documents whose draw u_d falls in [begin, end), neighbours merged.
+std::vector<std::pair<uint64_t, uint64_t>> part_ranges(const SubsetPart& p,
+                                                       const std::vector<Shard>& shards,
+                                                       int32_t eot) {
+  uint64_t n = 0;
+  for (const Shard& s : shards) {
+    n += s.size();
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  if (p.seed < 0) {
+    const uint64_t b = p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), eot);
+    const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), eot);
+    if (e > b) {
+      ranges.push_back({b, e});
+    }
+    return ranges;
+  }
+  uint64_t base = 0, start = 0, document = 0;
+  auto take = [&](uint64_t end) {  // the document [start, end)
+    // the source's name in the stream: sources split under one seed draw independently
+    const double u =
+        rng_uniform(uint64_t(p.seed), kStreamDocumentSplit ^ fnv1a(p.source), document++);
+    if (u >= p.begin && u < p.end) {
+      if (!ranges.empty() && ranges.back().second == start) {
+        ranges.back().second = end;
+      } else {
+        ranges.push_back({start, end});
+      }
+    }
+    start = end;
+  };
+  for (const Shard& s : shards) {
+    for (uint64_t i = 0; i < s.size(); i++) {
+      if (s.at(i) == eot) {
+        take(base + i + 1);
+      }
+    }
+    base += s.size();
+  }
+  if (start < n) {  // a last document without its end-of-text token
+    take(n);
+  }
+  return ranges;
+}
+
 // Ranges of the source stream [begin, end) over its shard files.
 json stream_ranges(const SourceShards& src, uint64_t begin, uint64_t end) {
   json out = json::array();
@@ -419,12 +471,10 @@ json subsets_json(const DataSpec& spec, const std::map<std::string, SourceShards
     for (const SubsetPart& p : ss.parts) {
       const SourceShards& src = encoded.at(p.source);
       const std::vector<Shard>& shards = opened.at(p.source);
-      uint64_t n = 0;
-      for (uint64_t t : src.tokens) n += t;
-      const uint64_t b =
-          p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), eot);
-      const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), eot);
-      if (e > b) parts.push_back({&src, &shards, b, e}), total += e - b;
+      for (const auto& [b, e] : part_ranges(p, shards, eot)) {
+        parts.push_back({&src, &shards, b, e});
+        total += e - b;
+      }
     }
     if (total == 0) fail(fmt::format("subset '{}' is empty", ss.name));
     // The validation slice: the last fraction of the subset, from a document start on.

@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -105,6 +107,60 @@ TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
   EXPECT_NE(error_of([&] {
               data_prepare(data_spec_from_json(c.spec(), "spec", ""), out, 2);
             }).find("already holds a prepared data set"),
+            std::string::npos);
+}
+
+// A random document-level split: parts of one seed with complementary ranges take each document
+// once, whole, scattered through the source; another seed splits differently.
+TEST(Dataset, SeededPartsSplitTheDocumentsAtRandom) {
+  Corpus c;
+  json spec = c.spec();
+  spec["subsets"] = {{"A", {{{"source", "records"}, {"seed", 3}, {"end", 0.7}}}},
+                     {"B", {{{"source", "records"}, {"seed", 3}, {"begin", 0.7}}}},
+                     {"other", {{{"source", "records"}, {"seed", 4}, {"end", 0.7}}}}};
+  const std::string out = (c.dir / "data").string();
+  data_prepare(data_spec_from_json(spec, "spec", ""), out, 2);
+  const DataDir d = data_open(out);
+  // every document of a subset as the set of its first tokens' stream positions
+  auto documents = [&](const std::string& sub) {
+    std::set<std::pair<std::string, uint64_t>> starts;
+    size_t ranges = 0;
+    for (const char* split : {"train", "val"}) {
+      for (const TokenRange& r : d.ranges(sub, split)) {
+        const Shard s(r.shard, d.fingerprint);
+        EXPECT_EQ(s.at(r.end - 1), d.eot) << sub << " ends inside a document";
+        if (r.begin > 0) {
+          EXPECT_EQ(s.at(r.begin - 1), d.eot) << sub << " starts inside a document";
+        }
+        uint64_t start = r.begin;
+        for (uint64_t i = r.begin; i < r.end; i++) {
+          if (s.at(i) == d.eot) {
+            starts.insert({r.shard, start});
+            start = i + 1;
+          }
+        }
+        ranges++;
+      }
+    }
+    EXPECT_GT(ranges, 4u) << sub << ": the documents are scattered, not one stretch";
+    return starts;
+  };
+  const auto a = documents("A"), b = documents("B"), other = documents("other");
+  // Documents cut by a shard boundary count once per shard; the 200 records are all there.
+  std::set<std::pair<std::string, uint64_t>> both;
+  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::inserter(both, both.end()));
+  EXPECT_TRUE(both.empty()) << "A and B share documents";
+  EXPECT_GE(a.size() + b.size(), 200u);
+  EXPECT_LE(a.size() + b.size(), 200u + d.manifest->at("sources")["records"]["shards"].size());
+  // about 70% of the documents (binomial: 140 +- 6.5)
+  EXPECT_GT(a.size(), 110u);
+  EXPECT_LT(a.size(), 175u);
+  EXPECT_NE(a, other) << "another seed, another split";
+  // the spec's seed is a positive integer
+  spec["subsets"]["A"][0]["seed"] = 0;
+  EXPECT_NE(error_of([&] {
+              data_spec_from_json(spec, "spec", "");
+            }).find("'subsets.A[0].seed' must be a positive integer"),
             std::string::npos);
 }
 
