@@ -41,10 +41,12 @@ struct SourceSpec {
 struct SubsetPart {
   std::string source;
   double begin = 0.0, end = 1.0;  // fraction of the source's tokens (cut at document ends)
-  // >= 1: a random document-level split instead. Each document d of the source draws u_d,
-  // uniform in [0, 1) from (seed, source, d), and the part takes the documents with
-  // begin <= u_d < end, so parts of one seed with complementary ranges split the source.
-  int64_t seed = -1;
+  // "split": {"seed", "begin", "end"}: a random document-level split of that range. Each
+  // document d of the source draws u_d, uniform in [0, 1) from (seed, source, d), and the part
+  // keeps the documents with split_begin <= u_d < split_end, so parts of one seed with
+  // complementary split ranges divide the range between them. seed < 1: no split.
+  int64_t split_seed = 0;
+  double split_begin = 0.0, split_end = 1.0;
 };
 
 struct SubsetSpec {

@@ -40,7 +40,7 @@ std::string cache_path_expand(const std::string& path) {
   return path.rfind(var, 0) == 0 ? moelab_cache_dir() + path.substr(var.size()) : path;
 }
 
-// The RNG stream of the documents' draws in a random document-level split (SubsetPart::seed).
+// The RNG stream of the documents' draws in a random document-level split (SubsetPart::split_seed).
 constexpr uint64_t kStreamDocumentSplit = 0x5D0C;
 
 // ----------------------------------------------------------------------------
@@ -179,11 +179,21 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
       if (v[i].is_string()) {
         part.source = v[i].get<std::string>();
       } else {
-        r.keys(v[i], w, {"source", "begin", "end", "seed"});
+        r.keys(v[i], w, {"source", "begin", "end", "split"});
         part.source = r.str(v[i], "source", w + ".");
-        if (v[i].contains("seed")) part.seed = r.integer(v[i], "seed", w + ".");
         if (v[i].contains("begin")) part.begin = r.num(v[i], "begin", w + ".");
         if (v[i].contains("end")) part.end = r.num(v[i], "end", w + ".");
+        if (v[i].contains("split")) {
+          const json& sp = v[i]["split"];
+          r.keys(sp, w + ".split", {"seed", "begin", "end"});
+          part.split_seed = r.integer(sp, "seed", w + ".split.");
+          if (sp.contains("begin")) part.split_begin = r.num(sp, "begin", w + ".split.");
+          if (sp.contains("end")) part.split_end = r.num(sp, "end", w + ".split.");
+          if (!(part.split_begin >= 0 && part.split_begin < part.split_end &&
+                part.split_end <= 1)) {
+            r.bad(w + ".split", "needs 0 <= begin < end <= 1");
+          }
+        }
       }
       if (std::none_of(s.sources.begin(), s.sources.end(),
                        [&](const SourceSpec& so) { return so.name == part.source; }))
@@ -393,8 +403,8 @@ uint64_t prev_doc_end(const std::vector<Shard>& shards, uint64_t at, uint64_t fl
   return floor;
 }
 
-// The stream ranges [begin, end) of a subset part: a fraction of the source cut at document ends,
-// or (a seed given) the documents whose draw u_d falls in [begin, end), neighbours merged.
+// The stream ranges of a subset part: [begin, end) of the source cut at document ends and, with
+// a split, the documents in it whose draw u_d falls in [split_begin, split_end), neighbours merged.
 std::vector<std::pair<uint64_t, uint64_t>> part_ranges(const SubsetPart& p,
                                                        const std::vector<Shard>& shards,
                                                        int32_t eot) {
@@ -402,21 +412,23 @@ std::vector<std::pair<uint64_t, uint64_t>> part_ranges(const SubsetPart& p,
   for (const Shard& s : shards) {
     n += s.size();
   }
+  const uint64_t b = p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), eot);
+  const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), eot);
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  if (p.seed < 0) {
-    const uint64_t b = p.begin == 0 ? 0 : next_doc_end(shards, uint64_t(p.begin * double(n)), eot);
-    const uint64_t e = p.end >= 1 ? n : next_doc_end(shards, uint64_t(p.end * double(n)), eot);
+  if (p.split_seed < 1) {
     if (e > b) {
       ranges.push_back({b, e});
     }
     return ranges;
   }
+  // Documents are numbered from the source's start, so a document draws the same u_d whatever
+  // range a part cuts around it.
   uint64_t base = 0, start = 0, document = 0;
   auto take = [&](uint64_t end) {  // the document [start, end)
     // the source's name in the stream: sources split under one seed draw independently
     const double u =
-        rng_uniform(uint64_t(p.seed), kStreamDocumentSplit ^ fnv1a(p.source), document++);
-    if (u >= p.begin && u < p.end) {
+        rng_uniform(uint64_t(p.split_seed), kStreamDocumentSplit ^ fnv1a(p.source), document++);
+    if (start >= b && end <= e && u >= p.split_begin && u < p.split_end) {
       if (!ranges.empty() && ranges.back().second == start) {
         ranges.back().second = end;
       } else {

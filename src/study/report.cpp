@@ -475,6 +475,14 @@ std::string comparisons_write(const std::vector<Group>& groups, const ojson& mod
       }
     }
   }
+  if (std::all_of(groups.begin(), groups.end(),
+                  [](const Group& g) { return g.runs.size() == 1; }) &&
+      groups.size() > 1) {
+    md +=
+        "- With one seed per model these intervals hold the evaluation samples' noise only, not "
+        "the spread between seeds (another seed can order the models differently); several seeds "
+        "give paired t-intervals.\n";
+  }
   if (chain.size() < 2) {
     return md + "- One iso-total model only: no order by the number of experts to read.\n";
   }

@@ -110,14 +110,18 @@ TEST(Dataset, PrepareCutsSubsetsAtDocumentEndsAndReportsMalformedLines) {
             std::string::npos);
 }
 
-// A random document-level split: parts of one seed with complementary ranges take each document
-// once, whole, scattered through the source; another seed splits differently.
+// A random document-level split: parts of one seed with complementary split ranges take each
+// document once, whole, scattered through the source; another seed splits differently.
 TEST(Dataset, SeededPartsSplitTheDocumentsAtRandom) {
   Corpus c;
   json spec = c.spec();
-  spec["subsets"] = {{"A", {{{"source", "records"}, {"seed", 3}, {"end", 0.7}}}},
-                     {"B", {{{"source", "records"}, {"seed", 3}, {"begin", 0.7}}}},
-                     {"other", {{{"source", "records"}, {"seed", 4}, {"end", 0.7}}}}};
+  auto part = [](int seed, double begin, double end) {
+    return json{{"source", "records"}, {"split", {{"seed", seed}, {"begin", begin}, {"end", end}}}};
+  };
+  spec["subsets"] = {{"A", {part(3, 0, 0.7)}},
+                     {"B", {part(3, 0.7, 1)}},
+                     {"other", {part(4, 0, 0.7)}},
+                     {"half", {{{"source", "records"}, {"end", 0.5}, {"split", {{"seed", 3}}}}}}};
   const std::string out = (c.dir / "data").string();
   data_prepare(data_spec_from_json(spec, "spec", ""), out, 2);
   const DataDir d = data_open(out);
@@ -156,11 +160,27 @@ TEST(Dataset, SeededPartsSplitTheDocumentsAtRandom) {
   EXPECT_GT(a.size(), 110u);
   EXPECT_LT(a.size(), 175u);
   EXPECT_NE(a, other) << "another seed, another split";
-  // the spec's seed is a positive integer
-  spec["subsets"]["A"][0]["seed"] = 0;
+  // A split within a stream range stays inside it: the first half of the records, every document
+  // of it (split end 1).
+  const uint64_t records = d.manifest->at("sources")["records"]["tokens"].get<uint64_t>();
+  uint64_t half = 0;
+  for (const char* split : {"train", "val"}) {
+    for (const TokenRange& r : d.ranges("half", split)) {
+      half += r.end - r.begin;
+    }
+  }
+  EXPECT_GT(half, records * 4 / 10);
+  EXPECT_LT(half, records * 6 / 10);
+  // the split's seed is a positive integer and its range within [0, 1]
+  spec["subsets"]["A"][0]["split"]["seed"] = 0;
   EXPECT_NE(error_of([&] {
               data_spec_from_json(spec, "spec", "");
-            }).find("'subsets.A[0].seed' must be a positive integer"),
+            }).find("'subsets.A[0].split.seed' must be a positive integer"),
+            std::string::npos);
+  spec["subsets"]["A"][0]["split"] = {{"seed", 3}, {"begin", 0.8}, {"end", 0.2}};
+  EXPECT_NE(error_of([&] {
+              data_spec_from_json(spec, "spec", "");
+            }).find("'subsets.A[0].split' needs 0 <= begin < end <= 1"),
             std::string::npos);
 }
 
