@@ -222,6 +222,22 @@ Series series_from_base(const RunData& r, const std::string& key, double base) {
   return s;
 }
 
+// Where a run's held-out loss on the new domain first reaches `level` (from the base's losses,
+// ct.json base_val_loss, at step 0): the step, its loss on the original domain and M_ex there.
+struct AtLevel {
+  double step, loss_original, m_ex;
+};
+AtLevel run_at_level(const CtStudy& st, const RunData& r, double level) {
+  const ojson& base = st.ct["base_val_loss"];
+  const double step = series_step_at_level(
+      series_from_base(r, "val:" + st.fresh, base[st.fresh].get<double>()), level);
+  const auto ex = r.s.find("m_ex");
+  return {step,
+          series_at_step(series_from_base(r, "val:" + st.original, base[st.original].get<double>()),
+                         step),
+          ex == r.s.end() ? NAN : series_at_step(ex->second, step)};
+}
+
 // Adds to each method's summary "matched": per level of held-out loss on the new domain that
 // every run reaches, the step where each run first reached it and its held-out loss on the
 // original domain and M_ex there. Returns the levels (empty, with `why` set, where there are
@@ -232,8 +248,8 @@ std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& 
     why = "ct.json has no base held-out losses to start the trajectories from";
     return {};
   }
-  const double start = base[st.fresh].get<double>(), start_o = base[st.original].get<double>();
-  const std::string vn = "val:" + st.fresh, vo = "val:" + st.original;
+  const double start = base[st.fresh].get<double>();
+  const std::string vn = "val:" + st.fresh;
   double reach = -INFINITY;  // the lowest loss on the new domain that every run reached
   std::string worst;
   for (const MethodRuns& mr : st.methods) {
@@ -261,11 +277,10 @@ std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& 
     for (double level : levels) {
       std::vector<double> steps, loss_o, m_ex;
       for (const RunData& r : st.methods[m].runs) {
-        const double step = series_step_at_level(series_from_base(r, vn, start), level);
-        steps.push_back(step);
-        loss_o.push_back(series_at_step(series_from_base(r, vo, start_o), step));
-        const auto ex = r.s.find("m_ex");
-        m_ex.push_back(ex == r.s.end() ? NAN : series_at_step(ex->second, step));
+        const AtLevel at = run_at_level(st, r, level);
+        steps.push_back(at.step);
+        loss_o.push_back(at.loss_original);
+        m_ex.push_back(at.m_ex);
       }
       out.push_back({{"val_loss_new", level},
                      {"step", values_stat(steps)},
@@ -304,15 +319,10 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
     return m.kind == "full" && best_of_family(m);
   });
   const double deepest = levels.back();
-  const std::string vn = "val:" + st.fresh, vo = "val:" + st.original;
-  const double start = st.ct["base_val_loss"][st.fresh].get<double>(),
-               start_o = st.ct["base_val_loss"][st.original].get<double>();
   auto at_deepest = [&](const MethodRuns& mr, bool loss) {
     return runs_seed_values(mr.runs, [&](const RunData& r) {
-      const double step = series_step_at_level(series_from_base(r, vn, start), deepest);
-      const auto ex = r.s.find("m_ex");
-      return loss ? series_at_step(series_from_base(r, vo, start_o), step)
-                  : (ex == r.s.end() ? NAN : series_at_step(ex->second, step));
+      const AtLevel at = run_at_level(st, r, deepest);
+      return loss ? at.loss_original : at.m_ex;
     });
   };
   for (const MethodRuns& mr : st.methods) {

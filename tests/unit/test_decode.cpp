@@ -13,30 +13,20 @@
 #include "eval/evalset.hpp"
 #include "eval/metrics.hpp"
 #include "test_util.hpp"
+#include "tiny_config.hpp"
 
 using namespace moelab;
 using moelab::test::error_of;
 
 namespace {
 
+// tiny_lm with a third (sliding) layer and YaRN
 ModelConfig decoder_config(bool moe) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
+  ModelConfig c = test::tiny_lm(moe);
   c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.ffn_type = moe ? FfnKind::Moe : FfnKind::Dense;
-  c.num_local_experts = moe ? 4 : 1;
-  c.num_experts_per_tok = moe ? 2 : 1;
-  c.sliding_window = 5;
   c.layer_sliding = {true, false, true};
-  c.max_position_embeddings = 64;
   c.yarn_factor = 4.0;
   c.yarn_original_context = 16;
-  c.initializer_range = 0.2;
   return c;
 }
 
