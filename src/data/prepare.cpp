@@ -146,7 +146,7 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
   for (auto& [name, v] : j["sources"].items()) {
     r.name(name, "sources.");
     const std::string w = "sources." + name + ".";
-    r.keys(v, "sources." + name, {"paths", "format", "text_field"});
+    r.keys(v, "sources." + name, {"paths", "format", "text_field", "tokenizer_sample"});
     SourceSpec so{name, {}};
     if (!v.contains("paths") || !v["paths"].is_array() || v["paths"].empty())
       r.bad(w + "paths", "must be a non-empty list of files or folders");
@@ -165,6 +165,11 @@ DataSpec data_spec_from_json(const json& j, const std::string& src, const std::s
         r.bad(w + "format", "must be \"auto\", \"text\" or \"jsonl\"");
     }
     if (v.contains("text_field")) so.corpus.text_field = r.str(v, "text_field", w);
+    if (v.contains("tokenizer_sample")) {
+      if (!v["tokenizer_sample"].is_boolean())
+        r.bad(w + "tokenizer_sample", "must be true or false");
+      so.tokenizer_sample = v["tokenizer_sample"].get<bool>();
+    }
     s.sources.push_back(so);
   }
   if (!j.contains("subsets") || !j["subsets"].is_object() || j["subsets"].empty())
@@ -240,9 +245,17 @@ void write_sample(const DataSpec& spec, const std::string& path) {
   std::ofstream f(path);
   const int64_t limit = spec.tokenizer.sample_mb << 20;
   int64_t written = 0;
+  const int64_t sampled = std::count_if(spec.sources.begin(), spec.sources.end(),
+                                        [](const SourceSpec& so) { return so.tokenizer_sample; });
+  if (sampled == 0) {
+    fail("every source sets tokenizer_sample to false: the tokenizer has no text to train on");
+  }
   for (const SourceSpec& so : spec.sources) {
+    if (!so.tokenizer_sample) {
+      continue;
+    }
     // An equal share per source so that one large source does not decide the vocabulary.
-    const int64_t share = limit / int64_t(spec.sources.size());
+    const int64_t share = limit / sampled;
     int64_t mine = 0;
     CorpusReport rep;
     try {

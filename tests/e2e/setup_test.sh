@@ -75,10 +75,11 @@ if [ $have_npm = 1 ] && [ -d "$user_cache/corpora/brown" ] && [ -f "$user_cache/
   if [ ! -e p/corpora/kjv ] && [ -z "$(ls -A p/debs 2>/dev/null)" ]; then ok; else bad "preset deb: left partial output"; fi
   # The conversion from the packages unpacked in the user's cache equals its corpora.
   if [ -d "$user_cache/debs/bible-kjv" ] && [ -d "$user_cache/debs/bible-kjv-text" ] &&
-    [ -d "$user_cache/debs/dict-gcide" ] && [ -d "$user_cache/corpora/kjv" ]; then
+    [ -d "$user_cache/debs/dict-gcide" ] && [ -d "$user_cache/debs/sword-text-sparv" ] &&
+    [ -d "$user_cache/corpora/kjv" ] && [ -d "$user_cache/corpora/rv1909" ]; then
     rm -rf p/debs && ln -s "$user_cache/debs" p/debs
     if APT_CONFIG="$tmp/apt.conf" python3 "$src/scripts/preset_default.py" --cache "$tmp/p" >preset.out 2>preset.err; then
-      for f in corpora/kjv corpora/webster/webster.jsonl entities/kjv_names.tsv; do
+      for f in corpora/kjv corpora/rv1909 corpora/webster/webster.jsonl entities/kjv_names.tsv; do
         if diff -r "$user_cache/$f" "p/$f" >/dev/null; then ok; else bad "preset: $f differs from $user_cache/$f"; fi
       done
     else

@@ -387,3 +387,48 @@ TEST(Dataset, EveryMalformedSpecIsOneLineNamingTheField) {
   EXPECT_EQ(error_of([&] { data_spec_load(file); }).rfind(file + ": invalid JSON (", 0), 0u);
   EXPECT_EQ(error_of([&] { data_spec_load(file + ".missing"); }), file + ".missing: cannot open");
 }
+
+// A source with "tokenizer_sample": false is encoded but left out of the tokenizer's training
+// sample: adding it (a new language for a later phase) leaves the vocabulary and every other
+// source's shards byte for byte as they were.
+TEST(Dataset, SourceLeftOutOfTheTokenizerSampleLeavesTheVocabularyAsIs) {
+  Corpus c;
+  auto prepare = [&](const json& spec, const std::string& name) {
+    const std::string out = (c.dir / name).string();
+    data_prepare(data_spec_from_json(spec, "spec", ""), out, 2);
+    return out;
+  };
+  auto fingerprint = [](const std::string& dir) {
+    return data_open(dir).manifest->at("tokenizer").at("fingerprint").get<std::string>();
+  };
+  auto bytes_of = [](const fs::path& file) {
+    std::ifstream f(file, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  json alone = c.spec("sentencepiece");
+  alone["sources"].erase("records");
+  alone["subsets"] = {{"A", {"text"}}};
+  json added = c.spec("sentencepiece");
+  added["sources"]["records"]["tokenizer_sample"] = false;
+  const json sampled = c.spec("sentencepiece");
+  const std::string dir_alone = prepare(alone, "alone");
+  const std::string dir_added = prepare(added, "added");
+  const std::string dir_sampled = prepare(sampled, "sampled");
+  EXPECT_EQ(fingerprint(dir_alone), fingerprint(dir_added));
+  EXPECT_NE(fingerprint(dir_alone), fingerprint(dir_sampled));  // the records do move it
+  EXPECT_EQ(bytes_of(fs::path(dir_alone) / "text-00000.tok"),
+            bytes_of(fs::path(dir_added) / "text-00000.tok"));
+  EXPECT_GT(data_open(dir_added).ranges("B", "train").size(), 0u);
+  // Bad values: one line naming the field; no source left to train the tokenizer on.
+  json bad = added;
+  bad["sources"]["records"]["tokenizer_sample"] = "no";
+  EXPECT_NE(error_of([&] {
+              data_spec_from_json(bad, "spec.json", "");
+            }).find("'sources.records.tokenizer_sample' must be true or false"),
+            std::string::npos);
+  bad = added;
+  bad["sources"]["text"]["tokenizer_sample"] = false;
+  EXPECT_NE(
+      error_of([&] { prepare(bad, "none"); }).find("every source sets tokenizer_sample to false"),
+      std::string::npos);
+}
