@@ -1,12 +1,14 @@
 #include "study/report.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <tuple>
@@ -39,12 +41,45 @@ std::string run_label(const RunData& r) {
 }
 
 // The samples every run recalled after A (each run's M_ex = 1 set, from the per-candidate record
-// of its filtering): the models compared on the same samples.
+// of its filtering): the models compared on the same samples. Over all runs the set shrinks with
+// every seed, so each seed also has its own: the samples every model of that seed recalled,
+// which the paired comparisons over seeds use (a pair is always scored on one set).
 struct SharedSet {
   std::string mask;  // per candidate, '1' where every run kept it
   int64_t size = 0;
-  std::string why;  // why there is none ("" where there is)
+  std::map<int64_t, std::string> by_seed;  // per seed, '1' where every run of that seed kept it
+  std::string why;                         // why there is none ("" where there is)
+
+  const std::string& mask_of(const RunData& r) const {
+    const auto it = by_seed.find(r.seed);
+    return it == by_seed.end() ? mask : it->second;
+  }
+  // "13 / 20 / 9" (per seed, in seed order)
+  std::string seed_sizes() const {
+    std::vector<std::string> sizes;
+    for (const auto& [seed, m] : by_seed) {
+      sizes.push_back(std::to_string(std::count(m.begin(), m.end(), '1')));
+    }
+    return fmt::format("{}", fmt::join(sizes, " / "));
+  }
 };
+
+void mask_intersect(std::string& mask, const std::string& recalled) {
+  if (mask.empty()) {
+    mask = recalled;
+  }
+  for (size_t c = 0; c < recalled.size(); c++) {
+    mask[c] = mask[c] == '1' && recalled[c] == '1' ? '1' : '0';
+  }
+}
+
+ojson shared_sizes_json(const SharedSet& shared) {
+  ojson sizes = ojson::object();
+  for (const auto& [seed, m] : shared.by_seed) {
+    sizes[std::to_string(seed)] = std::count(m.begin(), m.end(), '1');
+  }
+  return sizes;
+}
 
 SharedSet shared_set(const std::vector<Group>& groups) {
   SharedSet shared;
@@ -58,12 +93,8 @@ SharedSet shared_set(const std::vector<Group>& groups) {
         shared.why = "the runs filtered different candidate sets";
         return shared;
       }
-      if (shared.mask.empty()) {
-        shared.mask = r.recalled;
-      }
-      for (size_t c = 0; c < r.recalled.size(); c++) {
-        shared.mask[c] = shared.mask[c] == '1' && r.recalled[c] == '1' ? '1' : '0';
-      }
+      mask_intersect(shared.mask, r.recalled);
+      mask_intersect(shared.by_seed[r.seed], r.recalled);
     }
   }
   shared.size = std::count(shared.mask.begin(), shared.mask.end(), '1');
@@ -303,6 +334,8 @@ ojson models_summarize(const std::vector<Group>& groups, const std::vector<RunDa
           runs_stat(g.runs, [&](const RunData& r) { return run_last_after(r, k, r.switch_step); });
     m["final_m_ex_shared"] =
         runs_stat(g.runs, [&](const RunData& r) { return shared_m_ex(r, shared.mask); });
+    m["final_m_ex_seed_shared"] =
+        runs_stat(g.runs, [&](const RunData& r) { return shared_m_ex(r, shared.mask_of(r)); });
     m["tokens_per_s"] = runs_stat(g.runs, run_median_tokens_per_s);
     models.push_back(m);
   }
@@ -377,6 +410,11 @@ std::string markdown_write(const std::vector<Group>& groups, const ojson& models
     table.row_stat(fmt::format("M_ex at the end, on the {} samples all recalled", shared.size),
                    "final_m_ex_shared");
   }
+  if (shared.by_seed.size() > 1) {
+    table.row_stat(fmt::format("M_ex at the end, on the samples all of its seed recalled ({})",
+                               shared.seed_sizes()),
+                   "final_m_ex_seed_shared");
+  }
   table.row_recalled("M_in at the end", "final_m_in");
   table.row_recalled("M(f) at the end", "final_m_f");
   table.row_recalled("PPL_ent at the end", "final_ppl_ent", 2);
@@ -427,24 +465,30 @@ Comparison compare_groups(const Group& a, const Group& b, const ojson& ma, const
   const Comparison c = stat_compare(runs_seed_values(a.runs, own), runs_seed_values(b.runs, own),
                                     stat_mean(ma["evalset_kept"]), stat_mean(mb["evalset_kept"]));
   md += "- " + stat_compare_sentence(a.label, b.label, "M_ex at the end (own sets)", c);
-  if (shared.size == 0) {
+  if (shared.mask.empty()) {
     md += "\n";
     return c;
   }
-  auto on_shared = [&](const RunData& r) { return shared_m_ex(r, shared.mask); };
+  // Over seeds: each seed's pair scored on the samples every model of that seed recalled.
+  auto on_shared = [&](const RunData& r) { return shared_m_ex(r, shared.mask_of(r)); };
   Comparison cs =
       stat_compare(runs_seed_values(a.runs, on_shared), runs_seed_values(b.runs, on_shared));
+  std::string what = fmt::format(
+      "M_ex at the end on the samples all models of a seed recalled ({})", shared.seed_sizes());
   if (cs.pairs < 2) {
-    const SampleDiff d = stat_bootstrap_paired(shared_hits(a.runs[0], shared.mask),
-                                               shared_hits(b.runs[0], shared.mask));
+    const std::string& mask =
+        a.runs[0].seed == b.runs[0].seed ? shared.mask_of(a.runs[0]) : shared.mask;
+    const SampleDiff d =
+        stat_bootstrap_paired(shared_hits(a.runs[0], mask), shared_hits(b.runs[0], mask));
     cs = {d.mean, d.ci95, 1, -1,
           fmt::format("95% bootstrap interval over the {} samples both scored", d.n)};
+    what = fmt::format("M_ex at the end on the {} shared samples", d.n);
   }
-  md += " " +
-        stat_compare_sentence(a.label, b.label,
-                              fmt::format("M_ex at the end on the {} shared samples", shared.size),
-                              cs) +
-        "\n";
+  if (!std::isfinite(cs.mean)) {
+    md += "\n";
+    return c;
+  }
+  md += " " + stat_compare_sentence(a.label, b.label, what, cs) + "\n";
   return cs;
 }
 
@@ -592,6 +636,7 @@ std::string report_write(const ReportOptions& o) {
                {"b", first.subset_b},
                {"switch_step", first.switch_step},
                {"shared_samples", shared.size},
+               {"shared_samples_by_seed", shared_sizes_json(shared)},
                {"shared_none", shared.why.empty() ? ojson() : ojson(shared.why)},
                {"models", models},
                {"failed", failed_json},

@@ -117,6 +117,24 @@ if "$moelab" run exp.toml --experts 4 --seeds 5,6 --set run.dir=seeds >seeds.log
 /usr/bin/python3 -c "
 import json; m = json.load(open('seeds/report/summary.json'))['models'][0]
 assert m['seeds'] == [5, 6] and 'sd' in m['final_train_loss'], m" && ok || bad "seed aggregation"
+# per seed, the shared set is the samples every model of that seed recalled
+"$moelab" report seeds study/E1_s5 --out perseed >/dev/null 2>&1 || bad "report over seeds and a run"
+/usr/bin/python3 - perseed/summary.json seeds/E4_s5/metrics.jsonl study/E1_s5/metrics.jsonl \
+  seeds/E4_s6/metrics.jsonl <<'PY' && ok || bad "per-seed shared sets"
+import json, sys
+def mask(path):
+    for line in open(path):
+        recalled = json.loads(line).get("forgetting", {}).get("recalled")
+        if recalled is not None:
+            return recalled
+s = json.load(open(sys.argv[1]))
+e4s5, e1s5, e4s6 = (mask(p) for p in sys.argv[2:])
+both5 = sum(a == b == "1" for a, b in zip(e4s5, e1s5))
+assert s["shared_samples_by_seed"] == {"5": both5, "6": e4s6.count("1")}, s["shared_samples_by_seed"]
+assert s["shared_samples"] == sum(a == b == c == "1" for a, b, c in zip(e4s5, e1s5, e4s6))
+PY
+grep -q "samples all of its seed recalled ($(/usr/bin/python3 -c "import json; d=json.load(open('perseed/summary.json'))['shared_samples_by_seed']; print(' / '.join(str(d[k]) for k in ('5','6')))"))" perseed/summary.md &&
+  ok || bad "per-seed shared row"
 # a report over single run folders works too
 "$moelab" report study/E1_s5 study/E8_s5 --out two >/dev/null 2>&1 && [ -s two/summary.md ] && ok || bad "report of run folders"
 
