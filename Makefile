@@ -16,7 +16,7 @@ DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-de
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch \
         libcpp-httplib-dev bc openmpi-bin libopenmpi-dev
 
-.PHONY: deps build test bench demo demo-data demo-base ct-demo ders-demo sweep-demo format clean test-asan fuzz
+.PHONY: deps build test bench demo demo-data demo-base ct-demo forgetting-full ct-full ders-demo sweep-demo format clean test-asan fuzz
 
 # One apt transaction for every missing Debian package, without recommends (nothing the build or
 # the tests use comes only as a recommendation); any failure is one line naming the package and
@@ -87,6 +87,15 @@ demo-base: demo-data
 
 ct-demo: demo-base
 	$(BUILD)/moelab study ct configs/ct-default.toml $(CT_ARGS)
+
+# The README's tables (the full profile): the forgetting study over five seeds, then the ct study,
+# every method and rate on seed 1 and the methods of the reported table on seeds 2 and 3.
+forgetting-full: demo-data
+	$(BUILD)/moelab study forgetting configs/default.toml --seeds 1,2,3,4,5
+
+ct-full: demo-base
+	$(BUILD)/moelab study ct configs/ct-default.toml --seeds 1
+	$(BUILD)/moelab study ct configs/ct-default.toml --seeds 2,3 --methods $(CT_FULL_METHODS)
 
 ders-demo: demo-base
 	$(BUILD)/moelab study ders configs/ders-default.toml $(DERS_ARGS)
