@@ -27,6 +27,7 @@
 #include "study/ct_measure.hpp"
 #include "study/failure.hpp"
 #include "study/queue.hpp"
+#include "study/report_kit.hpp"
 #include "study/settings.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
@@ -349,6 +350,47 @@ std::vector<const CtMethod*> methods_of(const CtConfig& c, const CtOptions& o) {
   return out;
 }
 
+// The methods of this start merged with those an earlier ct.json of the folder lists (a start
+// with --methods or --seeds adds its runs, it does not drop the others'), in the file's order
+// of methods, each method's runs by seed. Methods no longer in the file are dropped: their runs
+// are not this study's (a start under other settings is refused before this).
+ojson methods_merge(const CtConfig& c, const ojson& now) {
+  const ojson old = json_file_or_null((fs::path(c.run_dir) / "ct.json").string());
+  ojson merged = ojson::array();
+  for (const CtMethod& m : c.methods) {
+    auto named = [&](const ojson& list) {
+      const auto it = std::find_if(list.begin(), list.end(),
+                                   [&](const ojson& e) { return e.value("name", "") == m.name; });
+      return it == list.end() ? ojson() : *it;
+    };
+    ojson entry = named(now);
+    const ojson earlier = old.is_object() && old.contains("methods") && old["methods"].is_array()
+                              ? named(old["methods"])
+                              : ojson();
+    if (entry.is_null()) {
+      entry = earlier;
+    } else if (earlier.is_object() && earlier.contains("runs")) {
+      for (const ojson& run : earlier["runs"]) {
+        const bool listed = std::any_of(entry["runs"].begin(), entry["runs"].end(),
+                                        [&](const ojson& r) { return r["dir"] == run["dir"]; });
+        if (!listed) {
+          entry["runs"].push_back(run);
+        }
+      }
+    }
+    if (entry.is_null()) {
+      continue;
+    }
+    std::vector<ojson> runs(entry["runs"].begin(), entry["runs"].end());
+    std::sort(runs.begin(), runs.end(), [](const ojson& a, const ojson& b) {
+      return a.value("seed", int64_t(0)) < b.value("seed", int64_t(0));
+    });
+    entry["runs"] = runs;
+    merged.push_back(entry);
+  }
+  return merged;
+}
+
 // RUN/ct.json: what the report reads besides the runs themselves.
 void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::string& evalset,
                   const ojson& base) {
@@ -370,6 +412,7 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
     }
     (*it)["runs"].push_back({{"seed", r.seed}, {"dir", r.dir}});
   }
+  methods = methods_merge(c, methods);
   ojson compress = ojson::array();
   for (const CtCompress& k : c.compress)
     compress.push_back({{"name", k.name},
@@ -386,7 +429,8 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
                        {"base_eval", base["base_eval"]},
                        {"base_val_loss", base["base_val_loss"]},
                        {"methods", methods},
-                       {"compress", compress}};
+                       {"compress", compress},
+                       {"compare", c.compare}};
   file_write_atomic((fs::path(c.run_dir) / "ct.json").string(), study.dump(2) + "\n");
 }
 
@@ -394,7 +438,7 @@ void study_record(const CtConfig& c, const std::vector<CtRun>& runs, const std::
 // compressions by name, less the seeds (a study may grow) and what changes no result.
 Settings ct_settings(const toml::table& root) {
   return settings_flatten(toml_to_json(root), {"ct.methods", "ct.compress"},
-                          settings_skip({"ct.seeds"}));
+                          settings_skip({"ct.seeds", "ct.compare"}));
 }
 
 // Trains the runs one after another (study/queue.hpp), each run's peak memory and training time

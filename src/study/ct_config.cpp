@@ -194,6 +194,35 @@ CtMethod method_read(const toml::table& t, size_t i, const std::string& path,
   return m;
 }
 
+// [ct] compare = [["a", "b"], ...]: each name a method's (a run of a grid, "moe-ct-lr0.001")
+// or a family's ("moe-ct": its best rate, chosen by the report).
+void compare_read(const json& list, CtConfig& c, const ConfigSection& s) {
+  if (!list.is_array()) {
+    s.bad("compare", "must be a list of pairs of method names, e.g. [[\"moe-ct\", \"full\"]]");
+  }
+  for (size_t i = 0; i < list.size(); i++) {
+    const json& pair = list[i];
+    const std::string at = fmt::format("compare[{}]", i);
+    if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_string()) {
+      s.bad(at, "must be a pair of method names, e.g. [\"moe-ct\", \"full\"]");
+    }
+    const std::array<std::string, 2> names = {pair[0].get<std::string>(),
+                                              pair[1].get<std::string>()};
+    for (const std::string& name : names) {
+      const bool known = std::any_of(c.methods.begin(), c.methods.end(), [&](const CtMethod& m) {
+        return m.name == name || m.family == name;
+      });
+      if (!known) {
+        s.bad(at, fmt::format("\"{}\" is not the name of a method or of a family of rates", name));
+      }
+    }
+    if (names[0] == names[1]) {
+      s.bad(at, "compares a method with itself");
+    }
+    c.compare.push_back(names);
+  }
+}
+
 }  // namespace
 
 CtConfig ct_config_read(const toml::table& root, const std::string& path) {
@@ -207,7 +236,8 @@ CtConfig ct_config_read(const toml::table& root, const std::string& path) {
   run_section.get("seed", seed);
   const toml::table& ct = *root["ct"].as_table();
   json j = toml_to_json(ct);
-  j.erase("methods"), j.erase("compress");
+  const json compare = j.contains("compare") ? j["compare"] : json::array();
+  j.erase("methods"), j.erase("compress"), j.erase("compare");
   ConfigSection s(&j, "ct", path);
   s.get("base", c.base);
   s.get("original", c.original);
@@ -257,6 +287,7 @@ CtConfig ct_config_read(const toml::table& root, const std::string& path) {
     }
     c.methods.insert(c.methods.end(), members.begin(), members.end());
   }
+  compare_read(compare, c, s);
   if (const toml::node* list = ct.get("compress")) {
     const toml::array* a = list->as_array();
     if (!a || !a->is_array_of_tables())

@@ -1,6 +1,7 @@
 #pragma once
 // The file of `moelab study ct` (study/ct.hpp explains it): its [ct] section, the methods and the
 // compressions, read and checked with one line per problem before anything runs.
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -47,6 +48,9 @@ struct CtConfig {
   std::vector<int64_t> seeds;
   std::vector<CtMethod> methods;
   std::vector<CtCompress> compress;
+  // [ct] compare: pairs of methods (a name, or a family's name for its best rate) that the report
+  // reads against each other at matched learning, besides each method against full CT.
+  std::vector<std::array<std::string, 2>> compare;
   // An evaluation set built for the study when [eval] names none, as [study] builds one.
   std::string entities;
   double top = 50, bottom = 50;

@@ -238,11 +238,19 @@ AtLevel run_at_level(const CtStudy& st, const RunData& r, double level) {
           ex == r.s.end() ? NAN : series_at_step(ex->second, step)};
 }
 
+// Whether a method is its family's best rate (a method without a grid is its own family's).
+bool family_best(const ojson& families, const std::string& name) {
+  return std::any_of(families.begin(), families.end(),
+                     [&](const ojson& f) { return f["best"] == name; });
+}
+
 // Adds to each method's summary "matched": per level of held-out loss on the new domain that
-// every run reaches, the step where each run first reached it and its held-out loss on the
-// original domain and M_ex there. Returns the levels (empty, with `why` set, where there are
-// none).
-std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& why) {
+// every family's best rate reaches, the step where each run first reached it and its held-out
+// loss on the original domain and M_ex there (null where a rate off the best never reached it:
+// a slow rate of a grid does not decide how deep the comparison goes). Returns the levels
+// (empty, with `why` set, where there are none).
+std::vector<double> matched_add(const CtStudy& st, const ojson& families, ojson& methods,
+                                std::string& why) {
   const ojson& base = st.ct.value("base_val_loss", ojson());
   if (!base.is_object() || !base.contains(st.fresh) || !base.contains(st.original)) {
     why = "ct.json has no base held-out losses to start the trajectories from";
@@ -253,6 +261,9 @@ std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& 
   double reach = -INFINITY;  // the lowest loss on the new domain that every run reached
   std::string worst;
   for (const MethodRuns& mr : st.methods) {
+    if (!family_best(families, mr.name)) {
+      continue;
+    }
     for (const RunData& r : mr.runs) {
       double lowest = INFINITY;
       for (const auto& [step, v] : series_from_base(r, vn, start)) {
@@ -291,14 +302,64 @@ std::vector<double> matched_add(const CtStudy& st, ojson& methods, std::string& 
   return levels;
 }
 
-// The table at matched learning, and a reading at the deepest level every run reached: each
-// method against full CT (the baseline that decides), paired over seeds.
+// The method a name of [ct] compare stands for: the method of that name, else the best rate of
+// the family of that name; null where neither finished a run.
+const MethodRuns* method_named(const CtStudy& st, const ojson& families, const std::string& name) {
+  for (const MethodRuns& m : st.methods) {
+    if (m.name == name) {
+      return &m;
+    }
+  }
+  for (const ojson& f : families) {
+    if (f["family"] == name && f["best"].is_string()) {
+      return method_named(st, families, f["best"].get<std::string>());
+    }
+  }
+  return nullptr;
+}
+
+// The reading at the deepest level: a against b on the original domain's loss and on M_ex,
+// paired over seeds.
+std::string matched_pair_md(const CtStudy& st, const MethodRuns& a, const MethodRuns& b,
+                            double deepest, int digits) {
+  auto at_deepest = [&](const MethodRuns& mr, bool loss) {
+    return runs_seed_values(mr.runs, [&](const RunData& r) {
+      const AtLevel at = run_at_level(st, r, deepest);
+      return loss ? at.loss_original : at.m_ex;
+    });
+  };
+  const std::string where = fmt::format(" at {} = {:.{}f}", st.fresh, deepest, digits);
+  const Comparison loss = stat_compare(at_deepest(a, true), at_deepest(b, true));
+  if (!std::isfinite(loss.mean)) {
+    auto reached = [&](const MethodRuns& mr) {
+      return std::any_of(mr.runs.begin(), mr.runs.end(), [&](const RunData& r) {
+        return std::isfinite(run_at_level(st, r, deepest).step);
+      });
+    };
+    return fmt::format("- {} against {}{}: not compared, {} never reached that loss.\n", a.name,
+                       b.name, where, reached(a) ? b.name : a.name);
+  }
+  const Comparison recall = stat_compare(at_deepest(a, false), at_deepest(b, false),
+                                         double(a.runs[0].kept), double(b.runs[0].kept));
+  return "- " + stat_compare_sentence(a.name, b.name, "held-out " + st.original + where, loss) +
+         " " + stat_compare_sentence(a.name, b.name, "M_ex" + where, recall) + "\n";
+}
+
+// The table at matched learning (each family's best rate), and a reading at the deepest level
+// every such run reached: each method against full CT (the baseline that decides), then the
+// pairs of [ct] compare, paired over seeds.
 std::string matched_md(const CtStudy& st, const ojson& methods, const std::vector<double>& levels,
                        const std::string& why, const ojson& families) {
   if (levels.empty()) {
     return fmt::format("No comparison at matched learning of `{}`: {}.\n\n", st.fresh, why);
   }
-  MdColumns table(methods, [](const ojson& m) { return m["method"].get<std::string>(); });
+  ojson best = ojson::array();
+  for (const ojson& m : methods) {
+    if (family_best(families, m["method"].get<std::string>())) {
+      best.push_back(m);
+    }
+  }
+  MdColumns table(best, [](const ojson& m) { return m["method"].get<std::string>(); });
   // enough digits that neighbouring levels read apart
   const double spacing = levels.size() > 1 ? std::abs(levels[0] - levels[1]) : 1;
   const int digits = std::clamp(int(std::ceil(-std::log10(spacing))) + 1, 3, 8);
@@ -310,32 +371,30 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
     table.row("M_ex" + at, [&](const ojson& m) { return stat_format(m["matched"][l]["m_ex"]); });
   }
   std::string reading;
-  // Each method's best rate (the method itself where it has no grid) against full CT's.
-  auto best_of_family = [&](const MethodRuns& m) {
-    return std::any_of(families.begin(), families.end(),
-                       [&](const ojson& f) { return f["best"] == m.name; });
-  };
-  const auto full = std::find_if(st.methods.begin(), st.methods.end(), [&](const MethodRuns& m) {
-    return m.kind == "full" && best_of_family(m);
-  });
-  const double deepest = levels.back();
-  auto at_deepest = [&](const MethodRuns& mr, bool loss) {
-    return runs_seed_values(mr.runs, [&](const RunData& r) {
-      const AtLevel at = run_at_level(st, r, deepest);
-      return loss ? at.loss_original : at.m_ex;
-    });
-  };
+  const MethodRuns* full = nullptr;
+  for (const MethodRuns& m : st.methods) {
+    if (m.kind == "full" && family_best(families, m.name) && full == nullptr) {
+      full = &m;
+    }
+  }
   for (const MethodRuns& mr : st.methods) {
-    if (full == st.methods.end() || &mr == &*full || !best_of_family(mr)) {
+    if (full != nullptr && &mr != full && family_best(families, mr.name)) {
+      reading += matched_pair_md(st, mr, *full, levels.back(), digits);
+    }
+  }
+  std::string compared;
+  for (const ojson& pair : st.ct.value("compare", ojson::array())) {
+    const MethodRuns* a = method_named(st, families, pair[0].get<std::string>());
+    const MethodRuns* b = method_named(st, families, pair[1].get<std::string>());
+    if (a == nullptr || b == nullptr) {
+      compared += fmt::format("- {} against {}: no finished run of {}.\n", pair[0].dump(),
+                              pair[1].dump(), a == nullptr ? pair[0].dump() : pair[1].dump());
       continue;
     }
-    const std::string where = fmt::format(" at {} = {:.{}f}", st.fresh, deepest, digits);
-    const Comparison loss = stat_compare(at_deepest(mr, true), at_deepest(*full, true));
-    const Comparison recall = stat_compare(at_deepest(mr, false), at_deepest(*full, false),
-                                           double(mr.runs[0].kept), double(full->runs[0].kept));
-    reading += "- " +
-               stat_compare_sentence(mr.name, full->name, "held-out " + st.original + where, loss) +
-               " " + stat_compare_sentence(mr.name, full->name, "M_ex" + where, recall) + "\n";
+    compared += matched_pair_md(st, *a, *b, levels.back(), digits);
+  }
+  if (!compared.empty()) {
+    reading += "\nThe pairs the study file asks for (`[ct] compare`):\n\n" + compared;
   }
   return template_render(
       "ct_matched.md",
@@ -590,9 +649,9 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   ojson methods = methods_summarize(st);
   std::string no_level;
-  const std::vector<double> levels = matched_add(st, methods, no_level);
   ojson families;
-  const std::string rates = lr_grid_md(st, methods, families);  // fills families first
+  const std::string rates = lr_grid_md(st, methods, families);
+  const std::vector<double> levels = matched_add(st, families, methods, no_level);
   const std::string matched = rates + matched_md(st, methods, levels, no_level, families);
   const DersSection ders = ct_report_ders(dir, st.ct, out, plots);
   const std::string md =

@@ -138,7 +138,8 @@ import json; m = json.load(open('seeds/report/summary.json'))['methods'][0]
 assert m['seeds'] == [3, 4] and 'sd' in m['final_val_loss_new'], m" && ok || bad "seed aggregation"
 
 # ---- a grid of learning rates: one run per rate, all kept, the best on B's held-out loss marked
-sed 's/^dir = "ct"$/dir = "grid"/; s/^name = "lora"$/name = "lora"\nlr = [1e-3, 1e-2]/' ct.toml >grid.toml
+sed 's/^dir = "ct"$/dir = "grid"/; s/^name = "lora"$/name = "lora"\nlr = [1e-3, 1e-2]/;
+  s/^steps = 10$/steps = 10\ncompare = [["lora-lr0.01", "lora"]]/' ct.toml >grid.toml
 if "$moelab" ct grid.toml --methods lora --no-plots >grid.log 2>&1; then ok; else bad "lr grid: $(tail -1 grid.log)"; fi
 grep -q "^max_lr = 0.01$" grid/lora-lr0.01/seed_3/experiment.toml && ok || bad "the grid's rate in the run's experiment"
 /usr/bin/python3 - grid/report/summary.json <<'PY' && ok || bad "lr grid in the report"
@@ -152,10 +153,33 @@ best = min(members.values(), key=lambda m: m["final_val_loss_new"])["method"]
 assert f["best"] == best, (f["best"], best)
 PY
 grep -q "## Learning rates" grid/report/summary.md && ok || bad "the learning-rate table"
+# [ct] compare: the pair is read at matched learning ("lora" is the family's best rate)
+/usr/bin/python3 - grid/report/summary.json grid/report/summary.md <<'PY' && ok || bad "compare pairs"
+import json, sys
+s = json.load(open(sys.argv[1]))
+md = open(sys.argv[2]).read()
+best = s["families"][0]["best"]
+assert "The pairs the study file asks for" in md, md
+assert f"- lora-lr0.01 against {best} on held-out A" in md or f"- lora-lr0.01 against {best} at B = " in md, md
+assert "\n-  \n" not in md, md
+PY
+# a later start with other methods adds its runs to ct.json; the earlier ones stay listed
+if "$moelab" ct grid.toml --methods full --no-plots >grid2.log 2>&1; then ok; else bad "grid, full: $(tail -1 grid2.log)"; fi
+/usr/bin/python3 -c "
+import json; c = json.load(open('grid/ct.json'))
+runs = {m['name']: [r['dir'] for r in m['runs']] for m in c['methods']}
+assert runs == {'full': ['full/seed_3'], 'lora-lr0.001': ['lora-lr0.001/seed_3'],
+                'lora-lr0.01': ['lora-lr0.01/seed_3']}, runs" && ok || bad "ct.json keeps the earlier runs"
+/usr/bin/python3 -c "
+import json; s = json.load(open('grid/report/summary.json'))
+assert [m['method'] for m in s['methods']] == ['full', 'lora-lr0.001', 'lora-lr0.01'], s['methods']" &&
+  ok || bad "the report of both starts"
 
 # ---- bad input: one line naming the file and the key; nothing of a run is touched
 variant() { sed "$2" ct.toml >"$1.toml"; }
 variant nobase 's|^base = .*|base = "base/step_00000099"|'
+variant cmp 's|^steps = 10$|steps = 10\ncompare = [["lora", "dora"]]|'
+expect_error "compare names no method" "cmp\.toml: 'ct\.compare\[0\]' \"dora\" is not the name of a method" "$moelab" ct cmp.toml
 expect_error "missing base" "nobase\.toml: 'ct\.base': base/step_00000099: no such checkpoint" "$moelab" ct nobase.toml
 variant tok 's|^dir = "data"$|dir = "data380"|'
 expect_error "base of another tokenizer" "tok\.toml: 'ct\.base': .*tokenizer" "$moelab" ct tok.toml
