@@ -440,15 +440,33 @@ std::string lr_grid_md(const CtStudy& st, const ojson& methods, ojson& families)
       "is the rate with the lowest held-out loss on `{}` at the end (marked *).\n\n| method | "
       "rate | held-out {} (new) | held-out {} (original) | M_ex |\n|---|---|---|---|---|\n",
       st.fresh, st.fresh, st.original);
-  for (const ojson& f : families) {
+  std::string edges;
+  for (ojson& f : families) {
+    double lowest = INFINITY, highest = -INFINITY, best_rate = NAN;
     for (const ojson& m : f["members"]) {
-      md += fmt::format("| {} | {:g}{} | {} | {} | {} |\n", f["family"].get<std::string>(),
-                        m["max_lr"].get<double>(), m["method"] == f["best"] ? " *" : "",
-                        stat_format(m["final_val_loss_new"]),
+      const double rate = m["max_lr"].get<double>();
+      md += fmt::format("| {} | {:g}{} | {} | {} | {} |\n", f["family"].get<std::string>(), rate,
+                        m["method"] == f["best"] ? " *" : "", stat_format(m["final_val_loss_new"]),
                         stat_format(m["final_val_loss_original"]), stat_format(m["final_m_ex"]));
+      lowest = std::min(lowest, rate);
+      highest = std::max(highest, rate);
+      best_rate = m["method"] == f["best"] ? rate : best_rate;
+    }
+    // An optimum at the edge of the searched range is not known to be one.
+    const bool grid = f["members"].size() > 1;
+    const char* edge = !grid || !std::isfinite(best_rate) ? nullptr
+                       : best_rate == highest             ? "highest"
+                       : best_rate == lowest              ? "lowest"
+                                                          : nullptr;
+    f["best_at_edge"] = edge == nullptr ? ojson() : ojson(edge);
+    if (edge != nullptr) {
+      edges += fmt::format(
+          "- {}: the best rate, {:g}, is the grid's {}: the optimum may lie "
+          "beyond the searched range.\n",
+          f["family"].get<std::string>(), best_rate, edge);
     }
   }
-  return md + "\n";
+  return md + (edges.empty() ? "" : "\n" + edges) + "\n";
 }
 
 // summary.md: the study, its notes, the table of numbers, the reading, the final models' part

@@ -151,8 +151,13 @@ assert f["family"] == "lora" and sorted(members) == ["lora-lr0.001", "lora-lr0.0
 assert members["lora-lr0.01"]["max_lr"] == 0.01, members
 best = min(members.values(), key=lambda m: m["final_val_loss_new"])["method"]
 assert f["best"] == best, (f["best"], best)
+# two rates: the best is always at an edge of the grid, and the report says which
+edge = "highest" if best == "lora-lr0.01" else "lowest"
+assert f["best_at_edge"] == edge, (f["best_at_edge"], edge)
 PY
 grep -q "## Learning rates" grid/report/summary.md && ok || bad "the learning-rate table"
+grep -q "^- lora: the best rate, .*, is the grid's \(highest\|lowest\): the optimum may lie beyond" grid/report/summary.md &&
+  ok || bad "the best rate at the grid's edge, said"
 # [ct] compare: the pair is read at matched learning ("lora" is the family's best rate)
 /usr/bin/python3 - grid/report/summary.json grid/report/summary.md <<'PY' && ok || bad "compare pairs"
 import json, sys
