@@ -93,8 +93,8 @@ ct-demo: demo-base
 forgetting-full: demo-data
 	$(BUILD)/moelab study forgetting configs/default.toml --seeds 1,2,3,4,5
 
-# the best rate of each family on seed 1, and the replay variants
-CT_FULL_METHODS ?= full-lr0.001,lora-lr0.003,moe-ct-lr0.001,full-replay0.02,full-replay0.1,moe-ct-replay0.02,moe-ct-replay0.1
+# the best rate of each family on seed 1, MoE-CT at the replay variants' rate, and the replay variants
+CT_FULL_METHODS ?= full-lr0.001,lora-lr0.003,moe-ct-lr0.003,moe-ct-lr0.001,full-replay0.02,full-replay0.1,moe-ct-replay0.02,moe-ct-replay0.1
 ct-full: demo-base
 	$(BUILD)/moelab study ct configs/ct-default.toml --seeds 1
 	$(BUILD)/moelab study ct configs/ct-default.toml --seeds 2,3 --methods $(CT_FULL_METHODS)
