@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -173,8 +174,9 @@ def sword_ztext_entries(folder, testament):
     """The entries of a SWORD zText module's testament ("ot" or "nt"), in order: blocks of
     zlib-compressed text (.bzz) located by .bzs (offset, size, unpacked size: 3 x uint32), entries
     located by .bzv (block, offset, size: uint32, uint32, uint16), all little-endian."""
-    import struct
-    read = lambda ext: open(os.path.join(folder, f"{testament}.{ext}"), "rb").read()
+    def read(ext):
+        with open(os.path.join(folder, f"{testament}.{ext}"), "rb") as f:
+            return f.read()
     bzs, bzv, bzz = read("bzs"), read("bzv"), read("bzz")
     blocks = [struct.unpack_from("<III", bzs, i) for i in range(0, len(bzs), 12)]
     unpacked = {}

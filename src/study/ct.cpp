@@ -356,6 +356,9 @@ std::vector<const CtMethod*> methods_of(const CtConfig& c, const CtOptions& o) {
 // are not this study's (a start under other settings is refused before this).
 ojson methods_merge(const CtConfig& c, const ojson& now) {
   const ojson old = json_file_or_null((fs::path(c.run_dir) / "ct.json").string());
+  const ojson old_methods = old.is_object() && old.contains("methods") && old["methods"].is_array()
+                                ? old["methods"]
+                                : ojson::array();
   ojson merged = ojson::array();
   for (const CtMethod& m : c.methods) {
     auto named = [&](const ojson& list) {
@@ -364,9 +367,7 @@ ojson methods_merge(const CtConfig& c, const ojson& now) {
       return it == list.end() ? ojson() : *it;
     };
     ojson entry = named(now);
-    const ojson earlier = old.is_object() && old.contains("methods") && old["methods"].is_array()
-                              ? named(old["methods"])
-                              : ojson();
+    const ojson earlier = named(old_methods);
     if (entry.is_null()) {
       entry = earlier;
     } else if (earlier.is_object() && earlier.contains("runs")) {

@@ -371,14 +371,11 @@ std::string matched_md(const CtStudy& st, const ojson& methods, const std::vecto
     table.row("M_ex" + at, [&](const ojson& m) { return stat_format(m["matched"][l]["m_ex"]); });
   }
   std::string reading;
-  const MethodRuns* full = nullptr;
-  for (const MethodRuns& m : st.methods) {
-    if (m.kind == "full" && family_best(families, m.name) && full == nullptr) {
-      full = &m;
-    }
-  }
+  const auto full = std::find_if(st.methods.begin(), st.methods.end(), [&](const MethodRuns& m) {
+    return m.kind == "full" && family_best(families, m.name);
+  });
   for (const MethodRuns& mr : st.methods) {
-    if (full != nullptr && &mr != full && family_best(families, mr.name)) {
+    if (full != st.methods.end() && &mr != &*full && family_best(families, mr.name)) {
       reading += matched_pair_md(st, mr, *full, levels.back(), digits);
     }
   }

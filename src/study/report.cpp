@@ -54,11 +54,19 @@ struct SharedSet {
     const auto it = by_seed.find(r.seed);
     return it == by_seed.end() ? mask : it->second;
   }
+  // per seed, the number of samples its models share
+  std::map<int64_t, int64_t> seed_counts() const {
+    std::map<int64_t, int64_t> counts;
+    for (const auto& [seed, m] : by_seed) {
+      counts[seed] = std::count(m.begin(), m.end(), '1');
+    }
+    return counts;
+  }
   // "13 / 20 / 9" (per seed, in seed order)
   std::string seed_sizes() const {
-    std::vector<std::string> sizes;
-    for (const auto& [seed, m] : by_seed) {
-      sizes.push_back(std::to_string(std::count(m.begin(), m.end(), '1')));
+    std::vector<int64_t> sizes;
+    for (const auto& [seed, n] : seed_counts()) {
+      sizes.push_back(n);
     }
     return fmt::format("{}", fmt::join(sizes, " / "));
   }
@@ -75,8 +83,8 @@ void mask_intersect(std::string& mask, const std::string& recalled) {
 
 ojson shared_sizes_json(const SharedSet& shared) {
   ojson sizes = ojson::object();
-  for (const auto& [seed, m] : shared.by_seed) {
-    sizes[std::to_string(seed)] = std::count(m.begin(), m.end(), '1');
+  for (const auto& [seed, n] : shared.seed_counts()) {
+    sizes[std::to_string(seed)] = n;
   }
   return sizes;
 }
