@@ -12,7 +12,7 @@ namespace {
 
 struct FitCmdOptions {
   FitOptions o;
-  std::string law;
+  std::string law, params = "auto";
   double budget = 0, max_params = 0;
   bool no_holdout = false, holdout_max_s = false, no_plots = false;
 };
@@ -24,15 +24,25 @@ void command_fit(CLI::App& app, Commands& c) {
   auto* cmd = app.add_subcommand("fit", "sparsity scaling laws fitted to a sweep's results");
   cmd->footer(
       "The CSV has a header; columns by name: params, tokens, loss (required); flops, "
-      "active_params, sparsity, budget (optional; budget: else flops to 2 significant digits). "
+      "active_params, sparsity, budget (else flops to 2 significant digits), seed, "
+      "params_nonembed and active_params_nonembed (optional). "
       "The law L = A/N^alpha + B/D^beta + C/(1-S)^lambda + D'/((1-S)^delta N^gamma) + E is fitted "
       "by Huber(1e-3) on log L from a grid of starts (the chinchilla law: no S terms, the default "
       "when every S is 0); per budget a quadratic surface in log N and -log(1-S). With --budget "
       "the recommended S, N, N_active and D = C / (6 N_active), N_active = N (f + (1-f)(1-S)), f "
-      "from the CSV's active_params or --shared-fraction.");
+      "from the CSV's active_params or --shared-fraction. From the runs themselves: per budget and "
+      "sparsity a parabola in ln N (N*, L*), per budget S* from a parabola of L* in -ln(1-S), "
+      "with parametric bootstrap intervals; an optimum at the edge of the searched range is said "
+      "so. With --holdout (the default) the law is also refitted without the largest budget and "
+      "tested on it.");
   cmd->add_option("csv", o->o.csv, "results CSV")->required();
   cmd->add_option("--law", o->law, "sparsity or chinchilla (default: by the data)")
       ->check(CLI::IsMember({"sparsity", "chinchilla"}));
+  cmd->add_option("--params", o->params,
+                  "N in the fits: nonembed (no embedding, no output head; the default where the "
+                  "CSV has params_nonembed), total, or auto")
+      ->check(CLI::IsMember({"auto", "nonembed", "total"}))
+      ->capture_default_str();
   cmd->add_option("--bootstrap", o->o.bootstrap, "bootstrap samples for the intervals (0: none)")
       ->capture_default_str();
   auto* h = cmd->add_flag("--holdout-max-s", o->holdout_max_s,
@@ -56,6 +66,9 @@ void command_fit(CLI::App& app, Commands& c) {
   c.add(cmd, [o] {
     if (!o->law.empty()) o->o.law = o->law == "chinchilla" ? Law::chinchilla : Law::sparsity;
     o->o.holdout = !o->no_holdout;
+    o->o.params = o->params == "nonembed" ? ParamCount::nonembed
+                  : o->params == "total"  ? ParamCount::total
+                                          : ParamCount::automatic;
     o->o.plots = !o->no_plots;
     if (o->budget != 0) {
       if (!(o->budget > 0)) fail("--budget: must be positive");

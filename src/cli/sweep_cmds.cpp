@@ -1,5 +1,7 @@
 // moelab study sweep: IsoFLOP sweeps over sparsity (study/sweep.hpp); the grid with --plan, as
 // the old moelab sweep plan printed it.
+#include <fmt/format.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,7 +16,7 @@ namespace {
 struct SweepCmdOptions {
   std::string config;
   ConfigOverrides overrides;
-  bool plan = false, no_measure = false;
+  bool plan = false, collect = false, no_measure = false;
   SweepRunOptions run;
 };
 
@@ -53,7 +55,10 @@ void command_study_sweep(CLI::App& cmd, Commands& c) {
       cmd.add_flag("--restart", o->run.restart,
                    "discard the jobs of an earlier sweep in [run] dir first (one started under "
                    "other settings is refused otherwise); stop its workers before");
-  plan->excludes(job)->excludes(slurm)->excludes(restart);
+  auto* collect = cmd.add_flag("--collect", o->collect,
+                               "rewrite RUN/sweep.csv from the runs finished so far, run nothing");
+  plan->excludes(job)->excludes(slurm)->excludes(restart)->excludes(collect);
+  collect->excludes(job)->excludes(slurm)->excludes(restart);
   cmd.footer(
       "Each job is a run folder RUN/<job>/ held by a file lock while it trains: start this "
       "command in several processes (or on machines sharing the folder) and they split the "
@@ -66,6 +71,10 @@ void command_study_sweep(CLI::App& cmd, Commands& c) {
     o->run.overrides = o->overrides.list();
     if (o->plan) {
       return sweep_plan_run(o->config, o->no_measure, o->run.overrides);
+    }
+    if (o->collect) {
+      fmt::print("{}\n", sweep_collect(o->config, o->run.overrides));
+      return 0;
     }
     return sweep_run(o->config, o->run);
   });

@@ -66,7 +66,7 @@ double round2(double x) {
 
 }  // namespace
 
-FitData fit_read_csv(const std::string& path) {
+FitData fit_read_csv(const std::string& path, ParamCount count) {
   std::string text = file_read(path);
   FitData data;
   data.path = path;
@@ -89,6 +89,15 @@ FitData fit_read_csv(const std::string& path) {
                            need));
       data.has_active = col.count("active_params"), data.has_budget = col.count("budget");
       data.has_flops = col.count("flops"), data.has_sparsity = col.count("sparsity");
+      const bool has_nonembed = col.count("params_nonembed") && col.count("active_params_nonembed");
+      if (count == ParamCount::nonembed && !has_nonembed)
+        fail(
+            fmt::format("{}: line 1: --params nonembed needs the columns params_nonembed and "
+                        "active_params_nonembed",
+                        path));
+      data.nonembed =
+          count == ParamCount::nonembed || (count == ParamCount::automatic && has_nonembed);
+      if (data.nonembed) data.has_active = true;
       continue;
     }
     if (f.size() != header.size())
@@ -98,17 +107,20 @@ FitData fit_read_csv(const std::string& path) {
       return parse_field(path, lineno, name, f[size_t(col.at(name))]);
     };
     FitPoint p;
-    p.n = get("params"), p.d = get("tokens"), p.loss = get("loss");
-    for (auto [name, v] : {std::pair{"params", p.n}, {"tokens", p.d}, {"loss", p.loss}})
+    const char* n_column = data.nonembed ? "params_nonembed" : "params";
+    const char* active_column = data.nonembed ? "active_params_nonembed" : "active_params";
+    p.n = get(n_column), p.d = get("tokens"), p.loss = get("loss");
+    for (auto [name, v] : {std::pair{n_column, p.n}, {"tokens", p.d}, {"loss", p.loss}})
       if (v <= 0)
         fail(fmt::format("{}: line {}: column '{}': {} is not positive", path, lineno, name, v));
     if (data.has_sparsity) p.s = get("sparsity");
     if (!(p.s >= 0 && p.s < 1))
       fail(fmt::format("{}: line {}: column 'sparsity': {} is outside [0, 1)", path, lineno, p.s));
-    p.n_active = data.has_active ? get("active_params") : p.n;
+    p.n_active = data.has_active ? get(active_column) : p.n;
     if (p.n_active <= 0)
-      fail(fmt::format("{}: line {}: column 'active_params': {} is not positive", path, lineno,
+      fail(fmt::format("{}: line {}: column '{}': {} is not positive", path, lineno, active_column,
                        p.n_active));
+    if (col.count("seed")) p.seed = int64_t(get("seed"));
     p.flops = data.has_flops ? get("flops") : 6 * p.n_active * p.d;
     p.budget = data.has_budget ? get("budget") : round2(p.flops);
     data.points.push_back(p);

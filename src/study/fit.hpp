@@ -24,25 +24,32 @@ namespace moelab {
 // ---- Input
 
 struct FitPoint {
-  double n = 0;         // total parameters
+  double n = 0;         // parameters: non-embedding or total (FitData::nonembed)
   double d = 0;         // training tokens
   double loss = 0;      // final held-out loss
   double flops = 0;     // training FLOPs (6 N_a D when the file has none)
   double n_active = 0;  // active parameters (N when the file has none)
   double s = 0;         // sparsity (E-K)/E
   double budget = 0;    // planned budget (flops to 2 significant digits when the file has none)
+  int64_t seed = 1;     // the run's seed (1 when the file has none)
 };
+
+// Which N the fits use: the scaling-law literature's (Kaplan et al., Hoffmann et al.) counts
+// neither the input embedding nor the output head; `automatic` takes it where the CSV has the
+// columns params_nonembed and active_params_nonembed, else every parameter.
+enum class ParamCount { automatic, nonembed, total };
 
 struct FitData {
   std::string path;
   std::vector<FitPoint> points;
   bool has_active = false, has_budget = false, has_flops = false, has_sparsity = false;
+  bool nonembed = false;  // N and N_active exclude the embedding and the output head
 };
 
 // Reads a CSV with a header; columns by name (params, tokens, loss required; flops,
-// active_params, sparsity, budget optional; others ignored). Fails with one line naming the
-// file, line and column.
-FitData fit_read_csv(const std::string& path);
+// active_params, sparsity, budget, seed, params_nonembed, active_params_nonembed optional; others
+// ignored). Fails with one line naming the file, line and column.
+FitData fit_read_csv(const std::string& path, ParamCount count = ParamCount::automatic);
 
 // ---- The parametric law
 
@@ -135,6 +142,7 @@ struct FitOptions {
   std::string csv, out;
   std::optional<Law> law;        // default: chinchilla when every S is 0
   int bootstrap = 100;           // 0: none
+  int isoflop_bootstrap = 2000;  // the runs' optima: parametric bootstrap samples
   bool holdout = true;           // the points at the largest S held out (sparsity law)
   std::optional<double> budget;  // recommend S, N, N_a, D at this budget
   std::optional<double> max_params;
@@ -144,6 +152,7 @@ struct FitOptions {
   bool plots = true;
   bool small_grid = false;
   int drop_highest = 0;  // runs of highest loss dropped first (the replication drops 5)
+  ParamCount params = ParamCount::automatic;
   uint64_t seed = 1;
 };
 

@@ -82,12 +82,86 @@ void fit_budgets(FitState& st) {
   }
 }
 
+// ---- The law beside the runs' optima
+
+// Along one IsoFLOP curve the runs' tokens follow their N (D = C / f(N), f the exact FLOPs per
+// token): ln D is fitted linearly in ln N over the curve's runs, and the law is minimised along
+// that line, from a tenth of the smallest run's N to ten times the largest.
+void law_along_curve(const LawVec& p, Law law, std::span<const FitPoint> pts, IsoflopCurve& c) {
+  double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
+  for (const FitPoint& q : pts) {
+    if (q.budget == c.budget && q.s == c.sparsity) {
+      const double x = std::log(q.n), y = std::log(q.d);
+      sx += x, sy += y, sxx += x * x, sxy += x * y, n += 1;
+    }
+  }
+  const double den = n * sxx - sx * sx;
+  const double slope = den > 0 ? (n * sxy - sx * sy) / den : -1.0;
+  const double icept = (sy - slope * sx) / n;
+  const double lo = std::log(c.n_lo) - std::log(10.0), hi = std::log(c.n_hi) + std::log(10.0);
+  double best = std::numeric_limits<double>::infinity(), best_x = lo;
+  for (int i = 0; i <= 600; i++) {
+    const double x = lo + (hi - lo) * i / 600;
+    const double l = law_log_loss(p, law, std::exp(x), std::exp(icept + slope * x), c.sparsity);
+    if (l < best) {
+      best = l, best_x = x;
+    }
+  }
+  c.law_n = std::exp(best_x);
+  c.law_loss = std::exp(best);
+  c.law_edge = c.law_n < c.n_lo ? Edge::lower : c.law_n > c.n_hi ? Edge::upper : Edge::interior;
+}
+
+// The law's optima on every curve of a budget, and its S* by the runs' procedure.
+void law_along_budget(const LawVec& p, Law law, std::span<const FitPoint> pts, IsoflopBudget& b) {
+  std::vector<double> sh, loss;
+  for (IsoflopCurve& c : b.curves) {
+    law_along_curve(p, law, pts, c);
+    sh.push_back(-std::log1p(-c.sparsity));
+    loss.push_back(c.law_loss);
+  }
+  if (sh.size() >= 2) {
+    const Vertex v = sparsity_optimum(sh, loss, sh.front(), sh.back());
+    b.law_s = -std::expm1(-v.x);
+    b.law_edge = v.edge;
+  }
+}
+
+// The law refitted on the budgets below the largest, then tested on the largest: its error
+// there, and where it puts that budget's optima.
+void holdout_largest_budget(FitState& st) {
+  if (st.iso.budgets.size() < 2) {
+    return;
+  }
+  FitState::HeldBudget h;
+  h.budget = st.iso.budgets.back().budget;
+  std::vector<FitPoint> fit, held;
+  for (const FitPoint& p : st.data.points) {
+    (p.budget == h.budget ? held : fit).push_back(p);
+  }
+  if (int64_t(fit.size()) <= law_nparams(st.law)) {
+    return;
+  }
+  const LawFit f = law_fit_default(fit, st.law, st.o.small_grid);
+  double se = 0, rel = 0;
+  for (const FitPoint& p : held) {
+    const double r = law_log_loss(f.p, st.law, p.n, p.d, p.s) - std::log(p.loss);
+    se += r * r, rel += std::abs(std::expm1(r));
+  }
+  h.fitted = int64_t(fit.size()), h.held = int64_t(held.size());
+  h.rmse_log_loss = std::sqrt(se / double(held.size()));
+  h.mean_abs_rel_error = rel / double(held.size());
+  h.law = st.iso.budgets.back();
+  law_along_budget(f.p, st.law, held, h.law);
+  st.held_budget = h;
+}
+
 }  // namespace
 
 std::string fit_run(const FitOptions& o) {
   FitState st;
   st.o = o;
-  st.data = fit_read_csv(o.csv);
+  st.data = fit_read_csv(o.csv, o.params);
   if (o.drop_highest > 0) {
     auto& v = st.data.points;
     if (size_t(o.drop_highest) >= v.size())
@@ -124,6 +198,13 @@ std::string fit_run(const FitOptions& o) {
   if (o.bootstrap > 0) bootstrap(st);
   if (o.budget) st.rec = law_recommend(st.best.p, st.law, *o.budget, st.shared, st.n_lo, st.n_hi);
   fit_budgets(st);
+  st.iso = isoflop_analyze(st.data.points, o.isoflop_bootstrap, o.seed);
+  for (IsoflopBudget& b : st.iso.budgets) {
+    law_along_budget(st.best.p, st.law, st.data.points, b);
+  }
+  if (o.holdout) {
+    holdout_largest_budget(st);
+  }
   const nlohmann::ordered_json j = fit_state_json(st);
   fit_state_print(st, j);
   if (!o.out.empty()) {

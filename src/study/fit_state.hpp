@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "study/fit.hpp"
+#include "study/isoflop.hpp"
 
 namespace moelab {
 
@@ -31,6 +32,15 @@ struct FitState {
   };
   std::vector<Budget> budgets;
   std::optional<Recommendation> rec;
+  IsoflopAnalysis iso;  // the optima read from the runs, with the law's beside them
+  // The law fitted without the largest budget, tested on it.
+  struct HeldBudget {
+    double budget = 0;
+    int64_t fitted = 0, held = 0;
+    double rmse_log_loss = NAN, mean_abs_rel_error = NAN;
+    IsoflopBudget law;  // the held-out fit's optima along the held budget's curves
+  };
+  std::optional<HeldBudget> held_budget;
 };
 
 // fit.json's content; printed by fit_state_print; drawn into `out` by fit_state_draw.

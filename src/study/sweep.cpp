@@ -44,6 +44,8 @@ struct SweepConfig {
   std::string base, subset;
   std::vector<double> budgets, sparsities, aux_coefs, bias_rates;
   std::vector<int64_t> sizes, seeds;
+  std::vector<int64_t> repeat_seeds;  // the grid at repeat_budget again under these seeds
+  double repeat_budget = 0;
   int64_t top_k = 1;
   double max_epochs = 1.0;
   int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
@@ -73,6 +75,8 @@ SweepConfig config_read(const std::string& path, const std::vector<std::string>&
   s.get("seeds", c.seeds);
   s.get("top_k", c.top_k);
   s.get("max_epochs", c.max_epochs);
+  s.get("repeat_seeds", c.repeat_seeds);
+  s.get("repeat_budget", c.repeat_budget);
   s.finish();
   if (c.base.empty()) s.bad("base", "is required (a dense model config JSON)");
   if (c.subset.empty()) s.bad("subset", "is required (the data subset trained on)");
@@ -93,6 +97,14 @@ SweepConfig config_read(const std::string& path, const std::vector<std::string>&
     if (!(x >= 0)) s.bad("aux_coefs", fmt::format("{} is not a coefficient >= 0", x));
   for (double x : c.bias_rates)
     if (!(x >= 0)) s.bad("bias_rates", fmt::format("{} is not a rate >= 0", x));
+  if (!c.repeat_seeds.empty() &&
+      std::find(c.budgets.begin(), c.budgets.end(), c.repeat_budget) == c.budgets.end())
+    s.bad("repeat_budget", fmt::format("{:g} is not one of 'sweep.budgets' (repeat_seeds repeats "
+                                       "that budget's grid)",
+                                       c.repeat_budget));
+  for (int64_t seed : c.repeat_seeds)
+    if (std::find(c.seeds.begin(), c.seeds.end(), seed) != c.seeds.end())
+      s.bad("repeat_seeds", fmt::format("seed {} is already in 'sweep.seeds'", seed));
   return c;
 }
 
@@ -138,6 +150,48 @@ std::string budget_name(double b) {
   return fmt::format("{:.2g}", b);
 }
 
+struct JobAxes {
+  double budget = 0, sparsity = 0, aux = 0, rate = 0;
+  int64_t size = 0, seed = 1;
+};
+
+SweepJob job_make(const SweepConfig& c, const ModelConfig& base, const JobAxes& x, bool name_aux,
+                  bool name_rate, uint64_t train_sequences) {
+  const int64_t per_step = c.batch_size * c.seq_len;
+  SweepJob j;
+  j.budget = x.budget, j.sparsity = x.sparsity, j.size = x.size, j.aux_coef = x.aux;
+  j.bias_rate = x.rate, j.seed = x.seed;
+  j.top_k = c.top_k;
+  j.experts = experts_for(x.sparsity, c.top_k, c.source);
+  j.model = model_for(base, x.size, j.experts, c.top_k, x.aux, x.rate, c.source);
+  j.flops_per_token = config_flops(j.model, c.seq_len).train_per_token;
+  j.steps = int64_t(std::floor(x.budget / j.flops_per_token / double(per_step)));
+  j.tokens = j.steps * per_step;
+  const ParamCounts pc = config_count(j.model);
+  j.params = pc.total, j.active = pc.active;
+  // The scaling-law literature's N: no input embedding, no output head.
+  j.params_nonembed = pc.total - pc.embedding - pc.unembedding;
+  j.active_nonembed =
+      pc.active - j.model.vocab_size * j.model.hidden_size;  // the head, tied or not
+  j.epochs = double(j.steps * c.batch_size) / double(std::max<uint64_t>(1, train_sequences));
+  j.name = fmt::format("C{}_S{:g}_d{}{}{}_s{}", budget_name(x.budget), x.sparsity, x.size,
+                       name_aux ? fmt::format("_aux{:g}", x.aux) : "",
+                       name_rate ? fmt::format("_bias{:g}", x.rate) : "", x.seed);
+  if (j.steps < 1)
+    fail(
+        fmt::format("{}: 'sweep.budgets': {:.3g} FLOPs is too small for one step of {} (S {}, "
+                    "{:.3g} FLOPs per step)",
+                    c.source, x.budget, j.name, x.sparsity, j.flops_per_token * double(per_step)));
+  if (j.epochs > c.max_epochs)
+    fail(
+        fmt::format("{}: {} needs {:.2f} passes over subset '{}' (max_epochs {}): a smaller "
+                    "budget, or more data",
+                    c.source, j.name, j.epochs, c.subset, c.max_epochs));
+  return j;
+}
+
+// Every budget x sparsity x width x aux x bias rate x seed, then the grid at repeat_budget under
+// each of repeat_seeds (the noise floor at one budget without the cost of every budget).
 std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences) {
   const ModelConfig base = config_load(c.base);
   if (base.num_local_experts != 1)
@@ -148,41 +202,23 @@ std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences)
   const std::vector<double> rates =
       c.bias_rates.empty() ? std::vector<double>{base.router_balance.bias_rate} : c.bias_rates;
   std::vector<SweepJob> jobs;
-  const int64_t per_step = c.batch_size * c.seq_len;
-  for (double C : c.budgets)
+  auto grid = [&](double C, const std::vector<int64_t>& seeds) {
     for (double S : c.sparsities)
       for (int64_t d : c.sizes)
         for (double aux : auxes)
           for (double rate : rates)
-            for (int64_t seed : c.seeds) {
-              SweepJob j;
-              j.budget = C, j.sparsity = S, j.size = d, j.aux_coef = aux, j.bias_rate = rate;
-              j.seed = seed;
-              j.top_k = c.top_k;
-              j.experts = experts_for(S, c.top_k, c.source);
-              j.model = model_for(base, d, j.experts, c.top_k, aux, rate, c.source);
-              j.flops_per_token = config_flops(j.model, c.seq_len).train_per_token;
-              j.steps = int64_t(std::floor(C / j.flops_per_token / double(per_step)));
-              j.tokens = j.steps * per_step;
-              const ParamCounts pc = config_count(j.model);
-              j.params = pc.total, j.active = pc.active;
-              j.epochs =
-                  double(j.steps * c.batch_size) / double(std::max<uint64_t>(1, train_sequences));
-              j.name = fmt::format("C{}_S{:g}_d{}{}{}_s{}", budget_name(C), S, d,
-                                   auxes.size() > 1 ? fmt::format("_aux{:g}", aux) : "",
-                                   rates.size() > 1 ? fmt::format("_bias{:g}", rate) : "", seed);
-              if (j.steps < 1)
-                fail(
-                    fmt::format("{}: 'sweep.budgets': {:.3g} FLOPs is too small for one step of {} "
-                                "(S {}, {:.3g} FLOPs per step)",
-                                c.source, C, j.name, S, j.flops_per_token * double(per_step)));
-              if (j.epochs > c.max_epochs)
-                fail(
-                    fmt::format("{}: {} needs {:.2f} passes over subset '{}' (max_epochs {}): a "
-                                "smaller budget, or more data",
-                                c.source, j.name, j.epochs, c.subset, c.max_epochs));
-              jobs.push_back(std::move(j));
+            for (int64_t seed : seeds) {
+              const JobAxes x{C, S, aux, rate, d, seed};
+              jobs.push_back(
+                  job_make(c, base, x, auxes.size() > 1, rates.size() > 1, train_sequences));
             }
+  };
+  for (double C : c.budgets) {
+    grid(C, c.seeds);
+  }
+  if (!c.repeat_seeds.empty()) {
+    grid(c.repeat_budget, c.repeat_seeds);
+  }
   return jobs;
 }
 
@@ -409,8 +445,8 @@ std::string sweep_collect(const std::string& config, const std::vector<std::stri
   const DataDir data = data_open(data_dir_of(c));
   const std::vector<SweepJob> jobs = plan_build(c, train_sequences(c, data));
   std::string csv =
-      "job,budget,size,sparsity,experts,top_k,aux_coef,bias_rate,seed,params,active_params,tokens,"
-      "flops,loss,best_loss,steps\n";
+      "job,budget,size,sparsity,experts,top_k,aux_coef,bias_rate,seed,params,active_params,"
+      "params_nonembed,active_params_nonembed,tokens,flops,loss,best_loss,steps\n";
   const std::string key = "val:" + c.subset;
   for (const SweepJob& j : jobs) {
     const std::string dir = job_dir(c, j);
@@ -422,10 +458,11 @@ std::string sweep_collect(const std::string& config, const std::vector<std::stri
     if (it == r.s.end() || it->second.empty()) continue;
     double best = INFINITY;
     for (const auto& [step, v] : it->second) best = std::min(best, v);
-    csv += fmt::format("{},{:.6g},{},{:g},{},{},{:g},{:g},{},{},{},{},{:.6g},{:.6f},{:.6f},{}\n",
-                       j.name, j.budget, j.size, j.sparsity, j.experts, j.top_k, j.aux_coef,
-                       j.bias_rate, j.seed, j.params, j.active, j.tokens,
-                       j.flops_per_token * double(j.tokens), run_last(r, key), best, j.steps);
+    csv += fmt::format(
+        "{},{:.6g},{},{:g},{},{},{:g},{:g},{},{},{},{},{},{},{:.6g},{:.6f},{:.6f},{}\n", j.name,
+        j.budget, j.size, j.sparsity, j.experts, j.top_k, j.aux_coef, j.bias_rate, j.seed, j.params,
+        j.active, j.params_nonembed, j.active_nonembed, j.tokens,
+        j.flops_per_token * double(j.tokens), run_last(r, key), best, j.steps);
   }
   const std::string path = (fs::path(c.run_dir) / "sweep.csv").string();
   file_write_atomic(path, csv);

@@ -19,6 +19,8 @@
 //   bias_rates = [0, 0.001]                  # router_balance.bias_rate (loss-free balancing)
 //   seeds = [1]
 //   max_epochs = 1.0                         # refuse runs that need more passes over the subset
+//   repeat_budget = 1e15                     # that budget's grid again under each of
+//   repeat_seeds = [2]                       #   these seeds: the noise floor
 //
 // Runs go to RUN/<job>/ (experiment.toml, model.json, the run); RUN/sweep.csv collects the final
 // and best held-out loss of every finished run with N, N_active, S, D and C.
@@ -37,8 +39,9 @@ struct SweepJob {
   ModelConfig model;
   double flops_per_token = 0;  // exact training FLOPs per token (methods.md §4.2)
   int64_t steps = 0, tokens = 0;
-  double epochs = 0;  // passes over the subset's training split
-  int64_t params = 0, active = 0;
+  double epochs = 0;                                 // passes over the subset's training split
+  int64_t params = 0, active = 0;                    // every parameter; active per token
+  int64_t params_nonembed = 0, active_nonembed = 0;  // without the embedding and the LM head
 };
 
 struct SweepPlanOptions {

@@ -90,11 +90,40 @@ for d in sw/C*; do
   [ "$(grep -c "\"step\":5," "$d/metrics.jsonl")" = 1 ] || bad "$d: step 5 logged more than once"
 done
 [ "$(tail -n +2 sw/sweep.csv | wc -l)" = 8 ] && ok || bad "sweep.csv has $(tail -n +2 sw/sweep.csv | wc -l) of 8 runs"
-head -1 sw/sweep.csv | grep -q "params,active_params,tokens,flops,loss" && ok || bad "sweep.csv header"
+head -1 sw/sweep.csv | grep -q "params,active_params,params_nonembed,active_params_nonembed,tokens,flops,loss" &&
+  ok || bad "sweep.csv header"
+# N without the embedding and the head, as `moelab model info` counts each job's model
+/usr/bin/python3 - "$moelab" <<'PY' && ok || bad "non-embedding counts against model info"
+import csv, json, subprocess, sys
+rows = list(csv.DictReader(open("sw/sweep.csv")))
+assert len(rows) == 8
+for r in rows:
+    info = json.loads(subprocess.run([sys.argv[1], "model", "info", f"sw/{r['job']}/model.json", "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    m = json.load(open(f"sw/{r['job']}/model.json"))
+    assert int(r["params"]) == info["params_total"], r
+    assert int(r["params_nonembed"]) == info["params_total"] - info["params_embedding"] - info["params_unembedding"], r
+    assert int(r["active_params_nonembed"]) == info["params_active"] - m["vocab_size"] * m["hidden_size"], r
+    assert 0 < int(r["params_nonembed"]) < int(r["params"]), r
+PY
+# --collect rewrites sweep.csv from the finished runs and runs nothing
+rm sw/sweep.csv && "$moelab" study sweep sweep.toml --collect >collect.log 2>&1 &&
+  [ "$(tail -n +2 sw/sweep.csv | wc -l)" = 8 ] && ! grep -q "^== job" collect.log && ok || bad "--collect: $(tail -2 collect.log)"
 
 # ---- the results feed moelab fit: 8 runs fit the Chinchilla form, not the 10-coefficient law
 "$moelab" fit sw/sweep.csv --law chinchilla --no-holdout --small-grid --bootstrap 3 --out fit --no-plots >fit.log 2>&1 &&
-  grep -q "chinchilla law on 8 runs" fit.log && [ -s fit/fit.json ] && ok || bad "fit on the sweep: $(tail -2 fit.log)"
+  grep -q "chinchilla law on 8 runs .*N: non-embedding" fit.log && [ -s fit/fit.json ] && ok || bad "fit on the sweep: $(tail -2 fit.log)"
+# the runs' own optima: 2 widths per curve are too few for a parabola, and the report says so
+grep -q "fewer than 3 widths: no optimum" fit.log && /usr/bin/python3 -c "
+import json; j = json.load(open('fit/fit.json'))
+assert j['params'].startswith('non-embedding'), j['params']
+assert [b['budget'] for b in j['isoflop']['budgets']] == [2e9, 4e9]
+assert all('optimal_params' not in c for b in j['isoflop']['budgets'] for c in b['curves'])" && ok || bad "isoflop section"
+"$moelab" fit sw/sweep.csv --law chinchilla --no-holdout --small-grid --bootstrap 0 --params total --no-plots >fitt.log 2>&1 &&
+  grep -q "N: total" fitt.log && ok || bad "--params total: $(head -1 fitt.log)"
+cut -d, -f1-11,14- sw/sweep.csv >old.csv
+expect_error "--params nonembed without the columns" "old\.csv: line 1: --params nonembed needs the columns params_nonembed" \
+  "$moelab" fit old.csv --params nonembed --no-plots
 expect_error "too few runs for the sparsity law" "sw/sweep\.csv: the sparsity law has 10 coefficients and 4 runs to fit them \(4 held out\)" \
   "$moelab" fit sw/sweep.csv --out fit2 --no-plots
 
@@ -113,6 +142,15 @@ wait $pk 2>/dev/null
 "$moelab" sweep run sweep.toml --slurm >slurm.log 2>&1 && grep -q "#SBATCH --array=0-7" sw/sweep.slurm &&
   grep -q 'sweep run sweep.toml --job "$SLURM_ARRAY_TASK_ID"' sw/sweep.slurm && ok || bad "slurm script"
 "$moelab" sweep run sweep.toml --job 3 >j.log 2>&1 && grep -q "1 done before" j.log && ok || bad "--job on a finished job"
+
+# ---- the middle budget again under more seeds: the noise floor
+sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 2e9\nrepeat_seeds = [4]/' sweep.toml >rep.toml
+"$moelab" study sweep rep.toml --plan --no-measure >rep.txt 2>&1 && [ "$(grep -c '^C' rep.txt)" = 12 ] &&
+  grep -q "^C2e+09_S0.5_d48_s4 " rep.txt && ! grep -q "^C4e+09_.*_s4 " rep.txt && ok || bad "repeat_seeds: $(tail -2 rep.txt)"
+sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 3e9\nrepeat_seeds = [4]/' sweep.toml >rep2.toml
+expect_error "repeat_budget not a budget" "rep2\.toml: 'sweep\.repeat_budget' 3e\+09 is not one of 'sweep\.budgets'" "$moelab" study sweep rep2.toml --plan --no-measure
+sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 2e9\nrepeat_seeds = [3]/' sweep.toml >rep3.toml
+expect_error "repeat seed already run" "rep3\.toml: 'sweep\.repeat_seeds' seed 3 is already in 'sweep\.seeds'" "$moelab" study sweep rep3.toml --plan --no-measure
 
 # ---- bad input
 variant() { sed "$2" sweep.toml >"$1.toml"; }

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kGolden = MOELAB_SOURCE_DIR "/../shared/scaling/chinchilla_approach3.csv";
+const std::string kGolden = MOELAB_SOURCE_DIR "/tests/data/chinchilla_approach3.csv";
 
 // The 240 runs of the replication: the 5 with the highest loss dropped.
 std::vector<FitPoint> golden_points() {
@@ -45,7 +45,7 @@ double rel(double got, double want) {
 // in {0, .5}, a, b in {0, 5, 10}, e as in the full grid); the full 4,500-start grid (moelab fit,
 // tests/e2e/fit_test.sh) reaches the same optimum.
 TEST(FitGolden, ChinchillaReplication) {
-  if (!fs::exists(kGolden)) GTEST_SKIP() << "no " << kGolden << " (../shared beside the clone)";
+  ASSERT_TRUE(fs::exists(kGolden)) << kGolden << " is part of the repository";
   std::vector<FitPoint> pts = golden_points();
   ASSERT_EQ(pts.size(), 240u);
   auto t0 = std::chrono::steady_clock::now();
