@@ -444,7 +444,8 @@ Settings ct_settings(const toml::table& root) {
 
 // Trains the runs one after another (study/queue.hpp), each run's peak memory and training time
 // recorded in its folder. Returns 130 when interrupted.
-int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed) {
+int runs_train(const CtConfig& c, const std::vector<CtRun>& runs,
+               std::vector<std::string>& failed) {
   std::vector<QueueRun> queue;
   for (const CtRun& r : runs) {
     queue.push_back({r.dir, fmt::format("{} seed {}", ct_kind_name(r.method->kind), r.seed),
@@ -453,10 +454,17 @@ int runs_train(const std::vector<CtRun>& runs, std::vector<std::string>& failed)
   QueueOptions o;
   o.study = "ct";
   o.others = "the other runs";
-  o.train = [](const Experiment& x, bool resume, RunFailure* failure) {
+  o.train = [&c, &runs](const Experiment& x, bool resume, RunFailure* failure) {
+    // An upcycled run logs how far its experts moved from the dense FFN at every evaluation.
+    TrainerHooks extra;
+    const auto run = std::find_if(runs.begin(), runs.end(),
+                                  [&](const CtRun& r) { return r.x.run_dir == x.run_dir; });
+    if (run != runs.end() && run->method->kind == CtKind::Upcycle) {
+      extra.push_back(ct_expert_cosine_hook(c.base));
+    }
     const bool per_run = ct_rss_peak_reset();
     const double t0 = time_now_s();
-    const int rc = study_train(x, resume, failure);
+    const int rc = study_train(x, resume, failure, std::move(extra));
     if (train_writer()) {
       resources_record(x.run_dir, ct_rss_peak_now(), per_run, time_now_s() - t0);
     }
@@ -534,7 +542,7 @@ int ct_run(const std::string& config, const CtOptions& o) {
   }
   train_barrier();
   std::vector<std::string> failed;  // runs, then measurements
-  if (runs_train(runs, failed) == 130) return 130;
+  if (runs_train(c, runs, failed) == 130) return 130;
   train_barrier();  // rank 0's last checkpoints are written
   if (!writer) return failed.empty() ? 0 : kStudyFailedRuns;
   const size_t runs_failed = failed.size();

@@ -15,6 +15,7 @@
 #include "core/sysinfo.hpp"
 #include "eval/evalset.hpp"
 #include "train/checkpoint.hpp"
+#include "train/trainer.hpp"
 
 namespace moelab {
 
@@ -131,6 +132,24 @@ ojson cosines(const Model<float>& m, const DenseMats& dense) {
   return j;
 }
 
+class ExpertCosineHook : public TrainerHook {
+ public:
+  explicit ExpertCosineHook(std::string base) : base_(std::move(base)) {}
+  void on_open(Trainer&) override { dense_ = dense_mats(base_); }
+  void on_evaluate(Trainer& t, const StepStats&) override { last_ = cosines(t.model(), dense_); }
+  void metrics(const StepStats&, nlohmann::ordered_json& fields) const override {
+    if (!last_.is_null()) {
+      fields["expert_cosine"] = last_;
+    }
+  }
+  void on_step_end(Trainer&, const StepStats&) override { last_ = nullptr; }
+
+ private:
+  std::string base_;
+  DenseMats dense_;
+  ojson last_;
+};
+
 // ----------------------------------------------------------------------------
 // one checkpoint's final evaluation
 
@@ -230,6 +249,10 @@ void measure_guarded(const std::string& result, const std::string& what,
 }
 
 }  // namespace
+
+std::unique_ptr<TrainerHook> ct_expert_cosine_hook(const std::string& base) {
+  return std::make_unique<ExpertCosineHook>(base);
+}
 
 std::string ct_measure_failure_path(const std::string& result) {
   const fs::path p(result);

@@ -5,6 +5,7 @@
 // experts to the dense FFN), and the DeRS compressions of finished runs, each evaluated the same
 // way.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 
 #include "data/dataset.hpp"
 #include "study/ct_config.hpp"
+#include "train/hook.hpp"
 
 namespace moelab {
 
@@ -33,6 +35,12 @@ int64_t ct_rss_peak_now();
 // what failed, one short phrase each.
 std::vector<std::string> ct_measure_all(const CtConfig& c, const std::vector<CtRun>& runs,
                                         const DataDir& data);
+
+// A training hook for an upcycled run: at every evaluation point the cosine similarity of its
+// experts (base plus delta) to the dense FFN of the study's base checkpoint `base`, and between
+// experts, as the metrics field "expert_cosine" ({to_dense_mean, to_dense_min, pairwise_mean,
+// pairwise_min}): how far the copies moved apart over training, not only at the end.
+std::unique_ptr<TrainerHook> ct_expert_cosine_hook(const std::string& base);
 
 // Where the error of the measurement writing `result` is recorded: final_eval.json ->
 // final_eval.failed.json.

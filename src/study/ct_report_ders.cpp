@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <map>
 
 #include "study/report.hpp"
 
@@ -20,13 +22,16 @@ namespace {
 struct Variant {
   std::string name, what;
   bool trained = false;
-  ojson method;              // ct.json's entry (trained) or compress entry
-  std::vector<ojson> evals;  // final_eval.json / eval.json per seed
-  std::vector<ojson> res;    // resources.json per seed (trained)
+  ojson method;                   // ct.json's entry (trained) or compress entry
+  std::vector<ojson> evals;       // final_eval.json / eval.json per seed
+  std::vector<ojson> res;         // resources.json per seed (trained)
+  std::vector<int64_t> seeds;     // per evaluation (trained)
+  std::vector<std::string> dirs;  // the runs' folders (trained)
 };
 
 std::string method_what(const ojson& m) {
   const std::string kind = m.value("kind", "");
+  if (kind == "full") return "dense, every parameter trains";
   if (kind != "upcycle") return kind;
   const ojson u = m["method"].value("upcycle", ojson::object());
   std::string what = fmt::format("upcycle E={} k={}", u.value("experts", int64_t(4)),
@@ -38,12 +43,14 @@ std::string method_what(const ojson& m) {
 std::vector<Variant> variants_read(const std::string& dir, const ojson& ct) {
   std::vector<Variant> out;
   for (const ojson& m : ct["methods"]) {
-    Variant v{m["name"], method_what(m), true, m, {}, {}};
+    Variant v{m["name"], method_what(m), true, m, {}, {}, {}, {}};
     for (const ojson& r : m["runs"]) {
       const fs::path rd = fs::path(dir) / r["dir"].get<std::string>();
       if (ojson e = json_file_or_null((rd / "final_eval.json").string()); e.is_object()) {
         v.evals.push_back(e);
         v.res.push_back(json_file_or_null((rd / "resources.json").string()));
+        v.seeds.push_back(r.value("seed", int64_t(0)));
+        v.dirs.push_back(rd.string());
       }
     }
     if (!v.evals.empty()) out.push_back(std::move(v));
@@ -54,6 +61,8 @@ std::vector<Variant> variants_read(const std::string& dir, const ojson& ct) {
                           k["from"].get<std::string>(), k["base"].get<std::string>()),
               false,
               k,
+              {},
+              {},
               {},
               {}};
     const fs::path cd = fs::path(dir) / "compress" / v.name;
@@ -122,6 +131,7 @@ std::string table_rows(const std::vector<Variant>& vs, const std::string& origin
 
 // "trained sparse", "compressed quant", ...: the variants one curve joins (by bytes).
 std::string family(const Variant& v) {
+  if (v.trained && v.method.value("kind", "") == "full") return "trained: dense (no upcycling)";
   const std::string spec =
       v.trained ? v.method["method"].value("upcycle", ojson::object()).value("delta", "none")
                 : v.method.value("delta", "");
@@ -217,6 +227,144 @@ std::string reading_write(const std::vector<Variant>& vs, const std::string& ori
                                              {"cost", list(cost)}});
 }
 
+// ----------------------------------------------------------------------------
+// the baseline that decides: each upcycled variant against dense training, and DeRS against
+// vanilla upcycling
+
+// a minus b over the seeds both ran, on one number of their final evaluations.
+PairedDiff trained_paired(const Variant& a, const Variant& b, const std::string& pointer) {
+  const ojson::json_pointer p(pointer);
+  auto values = [&](const Variant& v) {
+    SeedValues out;
+    for (size_t i = 0; i < v.evals.size(); i++) {
+      if (v.evals[i].contains(p) && v.evals[i][p].is_number()) {
+        out[v.seeds[i]] = v.evals[i][p].get<double>();
+      }
+    }
+    return out;
+  };
+  return stat_paired(values(a), values(b));
+}
+
+std::string diff_text(const PairedDiff& d) {
+  return d.diff.n == 0 ? "-" : stat_diff_format(d.diff.mean, d.diff.ci95);
+}
+
+// One sentence on a paired difference of held-out loss: a direction only where the interval
+// excludes zero.
+std::string verdict(const PairedDiff& d, const std::string& a, const std::string& b) {
+  if (d.diff.n < 2) {
+    return fmt::format("{} against {}: one seed, no interval.", a, b);
+  }
+  if (!d.resolved()) {
+    return fmt::format(
+        "not resolved: {} minus {} is {} over {} seeds{}.", a, b, diff_text(d), d.diff.n,
+        d.seeds_needed > 0 ? fmt::format(" (this spread would need about {} seeds)", d.seeds_needed)
+                           : "");
+  }
+  return fmt::format("{} is {} than {}: {} over {} seeds.", a,
+                     d.diff.mean < 0 ? "lower (better)" : "higher (worse)", b, diff_text(d),
+                     d.diff.n);
+}
+
+bool is_kind(const Variant& v, const char* kind) {
+  return v.trained && v.method.value("kind", "") == kind;
+}
+
+bool is_vanilla(const Variant& v) {
+  return is_kind(v, "upcycle") &&
+         v.method["method"].value("upcycle", ojson::object()).value("delta", "none") == "none";
+}
+
+std::string baseline_write(const std::vector<Variant>& vs, const std::string& original,
+                           const std::string& fresh) {
+  const auto dense =
+      std::find_if(vs.begin(), vs.end(), [](const Variant& v) { return is_kind(v, "full"); });
+  const auto vanilla = std::find_if(vs.begin(), vs.end(), is_vanilla);
+  if (dense == vs.end()) {
+    return "";
+  }
+  const std::string pf = "/val_loss/" + fresh, po = "/val_loss/" + original;
+  std::string lines, ders;
+  for (const Variant& v : vs) {
+    if (!is_kind(v, "upcycle")) {
+      continue;
+    }
+    std::string line =
+        fmt::format("- {} ({}; {} trainable, experts {} MB): {} {}, {} {} against {}", v.name,
+                    v.what, human_count(v.method.value("params_trainable", 0.0)),
+                    cell(stat_of(v.evals, "/expert_bytes", 1e-6), 2), fresh,
+                    diff_text(trained_paired(v, *dense, pf)), original,
+                    diff_text(trained_paired(v, *dense, po)), dense->name);
+    if (vanilla != vs.end() && &v != &*vanilla) {
+      const double share = stat_mean(stat_of(v.evals, "/expert_bytes")) /
+                           stat_mean(stat_of(vanilla->evals, "/expert_bytes"));
+      const PairedDiff dv = trained_paired(v, *vanilla, pf);
+      line += fmt::format("; {} {}, {} {} against {} at {:.0f}% of its experts' bytes", fresh,
+                          diff_text(dv), original, diff_text(trained_paired(v, *vanilla, po)),
+                          vanilla->name, 100 * share);
+      ders += fmt::format("{}{} ({:.0f}% of the bytes): {}", ders.empty() ? "" : " ", v.name,
+                          100 * share, verdict(dv, v.name, vanilla->name));
+    }
+    lines += line + ".\n";
+  }
+  if (lines.empty()) {
+    return "";
+  }
+  const std::string upcycling = vanilla == vs.end() ? "no vanilla upcycling in this study."
+                                                    : verdict(trained_paired(*vanilla, *dense, pf),
+                                                              vanilla->name, dense->name);
+  return template_render("ct_ders_dense.md",
+                         {{"dense", dense->name},
+                          {"vanilla", vanilla == vs.end() ? "-" : vanilla->name},
+                          {"new", fresh},
+                          {"lines", lines},
+                          {"upcycling", upcycling},
+                          {"ders", ders.empty() ? "no DeRS variant trained." : ders}});
+}
+
+// The experts' cosine to the dense FFN over training, per trained upcycled variant: the mean
+// over seeds at each logged step, with the seeds' range as a band.
+void cosine_figure_write(const std::vector<Variant>& vs, Figures& figures) {
+  PlotChart c{"the experts' cosine to the dense FFN over training (mean over seeds, range)", "step",
+              "cos(expert, dense FFN)"};
+  int color = 0;
+  for (const Variant& v : vs) {
+    if (!is_kind(v, "upcycle")) {
+      continue;
+    }
+    std::map<int64_t, std::vector<double>> by_step;
+    for (const std::string& d : v.dirs) {
+      std::ifstream in(fs::path(d) / "metrics.jsonl");
+      std::string line;
+      while (std::getline(in, line)) {
+        const ojson j = ojson::parse(line, nullptr, false);
+        if (j.is_object() && j.contains("expert_cosine") && j["expert_cosine"].is_object() &&
+            j["expert_cosine"].contains("to_dense_mean")) {
+          by_step[j.value("step", int64_t(0))].push_back(
+              j["expert_cosine"]["to_dense_mean"].get<double>());
+        }
+      }
+    }
+    PlotSeries ps{v.name};
+    ps.color = color++;
+    for (const auto& [step, vals] : by_step) {
+      double sum = 0;
+      for (double x : vals) sum += x;
+      ps.x.push_back(double(step));
+      ps.y.push_back(sum / double(vals.size()));
+      ps.lo.push_back(*std::min_element(vals.begin(), vals.end()));
+      ps.hi.push_back(*std::max_element(vals.begin(), vals.end()));
+    }
+    if (!ps.x.empty()) {
+      c.series.push_back(std::move(ps));
+    }
+  }
+  if (!c.series.empty()) {
+    figures.draw(c, "ders_cosine");
+  }
+}
+
 }  // namespace
 
 DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::string& out,
@@ -238,7 +386,9 @@ DersSection ct_report_ders(const std::string& dir, const ojson& ct, const std::s
     s.md += template_render("ct_ders_na.md", {{"variants", none}});
   }
   s.md += reading_write(vs, original, fresh);
+  s.md += baseline_write(vs, original, fresh);
   Figures figures{out, plots, {}};
+  cosine_figure_write(vs, figures);
   figure_write(vs, fresh, "new domain", figures);
   figure_write(vs, original, "original domain", figures);
   s.figures = figures.stems;

@@ -66,11 +66,11 @@ std::string run_failure_line(const RunFailure& f) {
                      f.total, f.reason);
 }
 
-int study_train(const Experiment& x, bool resume, RunFailure* failure) {
+int study_train(const Experiment& x, bool resume, RunFailure* failure, TrainerHooks extra) {
   if (train_writer()) run_failure_clear(x.run_dir);
-  if (train_collective()) return train_run(x, resume);
+  if (train_collective()) return train_run(x, resume, std::move(extra));
   try {
-    return train_run(x, resume);
+    return train_run(x, resume, std::move(extra));
   } catch (const TrainStopped& e) {
     *failure = {e.step >= 0 ? e.step : checkpoint_step(x.run_dir), x.total_steps(), e.nonfinite,
                 e.what()};

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "train/experiment.hpp"
+#include "train/hook.hpp"
 
 namespace moelab {
 
@@ -35,7 +36,7 @@ std::string run_failure_line(const RunFailure& f);
 // (interrupted), or 1 with the failure recorded in the run's folder and `*failure` set, where
 // the run stopped with an error. In a data-parallel study the error is not caught (the ranks
 // could not agree to go on): it ends the study as before.
-int study_train(const Experiment& x, bool resume, RunFailure* failure);
+int study_train(const Experiment& x, bool resume, RunFailure* failure, TrainerHooks extra = {});
 
 // What a study does with study_train's status `rc` for its run NAME: on 130 it says how to go
 // on ("STUDY interrupted in NAME; run the same command again to continue"); on a failure it says

@@ -388,13 +388,13 @@ TrainStopped::TrainStopped(const std::string& msg, int64_t step_, bool nonfinite
     : Error(one_line(msg)), step(step_), nonfinite(nonfinite_) {}
 
 namespace {
-int train_loop(const Experiment& x, bool resume, int64_t& steps);
+int train_loop(const Experiment& x, bool resume, TrainerHooks extra, int64_t& steps);
 }  // namespace
 
-int train_run(const Experiment& x, bool resume) {
+int train_run(const Experiment& x, bool resume, TrainerHooks extra) {
   int64_t steps = -1;  // taken so far, for the error's record (-1: before the run started)
   try {
-    return train_loop(x, resume, steps);
+    return train_loop(x, resume, std::move(extra), steps);
   } catch (const TrainStopped&) {
     throw;
   } catch (const std::exception& e) {
@@ -404,10 +404,13 @@ int train_run(const Experiment& x, bool resume) {
 
 namespace {
 
-int train_loop(const Experiment& x, bool resume, int64_t& steps) {
+int train_loop(const Experiment& x, bool resume, TrainerHooks extra, int64_t& steps) {
   const StopScope stop;  // from here on a signal asks for a checkpoint and a clean stop
   threads_set(x.threads > 0 ? x.threads : omp_get_num_procs());
   TrainerOptions options{.hooks = trainer_hooks_from_experiment(x)};
+  for (auto& hook : extra) {
+    options.hooks.push_back(std::move(hook));
+  }
   // MOELAB_DIST_OVERLAP=0: the gradient sums of a data-parallel run start after the backward pass
   const char* overlap = std::getenv("MOELAB_DIST_OVERLAP");
   options.overlap_grad_sums = !(overlap && std::string(overlap) == "0");

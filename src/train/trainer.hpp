@@ -153,7 +153,8 @@ struct TrainStopped : Error {
 // MOELAB_DIST_OVERLAP=0 turning off TrainerOptions::overlap_grad_sums.
 // Returns 0 when the run completed, 130 when it was interrupted (after saving a checkpoint).
 // Errors (a non-finite loss, a full disk, a checkpoint of another config, an evaluation set of
-// which too little was recalled) throw TrainStopped with one line.
-int train_run(const Experiment& x, bool resume);
+// which too little was recalled) throw TrainStopped with one line. `extra` hooks (a study's
+// measurements) come after the experiment's own.
+int train_run(const Experiment& x, bool resume, TrainerHooks extra = {});
 
 }  // namespace moelab

@@ -251,6 +251,9 @@ prompt = 8
 target = 8
 max_per_entity = 4
 [[ct.methods]]
+name = "dense"
+kind = "full"
+[[ct.methods]]
 name = "vanilla"
 kind = "upcycle"
 upcycle = { experts = 4, top_k = 1 }
@@ -279,14 +282,14 @@ TOML
 if "$moelab" ct ders.toml --no-plots >ders.log 2>&1; then ok; else bad "ct with upcycling: $(tail -1 ders.log)"; fi
 for f in vanilla/upcycled_s3/config.json vanilla/seed_3/final_eval.json sm/seed_3/final_eval.json \
   lm/seed_3/final_eval.json compress/drop/seed_3/model/compress.json compress/q2/seed_3/eval.json \
-  compress/svd/seed_3/eval.json report/ders_bytes_B.gp; do
+  compress/svd/seed_3/eval.json report/ders_bytes_B.gp report/ders_cosine.gp dense/seed_3/final_eval.json; do
   [ -s "ders/$f" ] && ok || bad "ders/$f missing"
 done
 /usr/bin/python3 - <<'PY' && ok || bad "final models"
 import json
 s = json.load(open("ders/report/summary.json"))
 f = {x["variant"]: x for x in s["final_models"]}
-assert list(f) == ["vanilla", "sm", "lm", "drop", "q2", "svd"], list(f)
+assert list(f) == ["dense", "vanilla", "sm", "lm", "drop", "q2", "svd"], list(f)
 for name, x in f.items():
     for k in ("params", "expert_bytes", "model_bytes", "file_bytes", "val_loss_A", "val_loss_B", "peak_rss_bytes"):
         assert x[k] is not None and x[k] > 0, (name, k, x[k])
@@ -301,7 +304,21 @@ for name in ("drop", "q2", "svd"):
 assert all(abs(f[n]["val_loss_B"] - f["vanilla"]["val_loss_B"]) < 0.5 for n in ("drop", "q2", "svd"))
 m = {x["method"]: x for x in s["methods"]}
 assert m["sm"]["params_trainable"] < m["vanilla"]["params_trainable"], "DeRS-SM trains fewer parameters"
+# the dense baseline: its FFN is the frontier's dense point, smaller than any set of 4 experts
+assert 0 < f["dense"]["expert_bytes"] < f["sm"]["expert_bytes"], f["dense"]["expert_bytes"]
+assert f["dense"]["cosine/to_dense_mean"] is None
+# the experts' cosine over training: every evaluation of an upcycled run, none of the dense run
+def cosines(run):
+    return [json.loads(l).get("expert_cosine") for l in open(f"ders/{run}/seed_3/metrics.jsonl")]
+c = [x for x in cosines("vanilla") if x]
+assert len(c) >= 2 and all(0.5 < x["to_dense_mean"] <= 1 + 1e-9 for x in c), c
+assert c[0]["to_dense_mean"] >= c[-1]["to_dense_mean"] - 1e-6, c  # the copies move away, not back
+assert not any(cosines("dense")), "a dense run logs no expert cosine"
 PY
+grep -q "### Against the dense baseline" ders/report/summary.md &&
+  grep -q "Upcycling over dense training on B\*\*: vanilla against dense: one seed, no interval" ders/report/summary.md &&
+  grep -q "^- sm (.*): B .* against dense; B .* against vanilla at [0-9]*% of its experts' bytes" ders/report/summary.md &&
+  ok || bad "the dense baseline's reading: $(grep -A12 'Against the dense' ders/report/summary.md)"
 grep -q "## Final models" ders/report/summary.md && ok || bad "final-model table"
 # a compression stopped after its model was written but before compress.json (as an older
 # moelab could leave it) is done again on the next start, not read; a compression leaves no
