@@ -3,7 +3,7 @@
 #             BASELINE=an older moelab binary to compare with)
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make ct-demo  moelab study ct on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
-# make ders-demo  moelab study ders: upcycling and DeRS on the demo's dense model (DERS_ARGS)
+# make ders-demo  moelab study ders: upcycling and DeRS against dense training on the demo's dense model (DERS_ARGS)
 # make sweep-demo  moelab study sweep: the default sparsity sweep and its fit (runs/sweep-default, fit/)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 # make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
@@ -102,7 +102,10 @@ ct-full: demo-base
 ders-demo: demo-base
 	$(BUILD)/moelab study ders configs/ders-default.toml $(DERS_ARGS)
 
-sweep-demo: demo-data
+sweep-demo: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS) --target moelab
+	test -f data/sweep/manifest.json || $(BUILD)/moelab data prepare --preset sweep --out data/sweep
 	$(BUILD)/moelab study sweep configs/sweep-default.toml
 	$(BUILD)/moelab fit runs/sweep-default/sweep.csv --out runs/sweep-default/fit --budget 1e13
 
