@@ -94,8 +94,9 @@ QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) 
     }
     const double tv = time_now_s();
     RunFailure failure;
-    const int rc = study_train_outcome(o.train(x, last >= 0, &failure), run.name, failure,
-                                       o.study.c_str(), o.goes_on.c_str(), q.failed);
+    const int rc = study_train_outcome(
+        o.train ? o.train(x, last >= 0, &failure) : study_train(x, last >= 0, &failure), run.name,
+        failure, o.study.c_str(), o.goes_on.c_str(), q.failed);
     if (rc == 130) {
       q.status = 130;
       return q;

@@ -34,9 +34,7 @@ struct QueueOptions {
   bool workers = false;
   std::string lock_dir;
   int64_t only = -1;  // run only the run at this index (a SLURM array task); -1: all
-  QueueTrain train = [](const Experiment& x, bool resume, RunFailure* failure) {
-    return study_train(x, resume, failure);
-  };
+  QueueTrain train;   // empty: study_train
 };
 
 struct QueueResult {
