@@ -95,6 +95,8 @@ ojson curve_json(const IsoflopCurve& c) {
     j["optimal_loss"] = c.best.y;
     j["optimal_loss_ci95"] = interval_json(c.loss_ci);
     j["edge"] = edge_name(c.best.edge);
+    j["loss_minus_least_sparse"] = finite(c.gain);
+    j["loss_minus_least_sparse_ci95"] = interval_json(c.gain_ci);
   }
   j["law_optimal_params"] = finite(c.law_n);
   j["law_optimal_loss"] = finite(c.law_loss);
@@ -328,10 +330,16 @@ void isoflop_print(const FitState& st) {
         std::printf("  C %-8.3g S %-6.3g fewer than 3 widths: no optimum\n", b.budget, c.sparsity);
         continue;
       }
-      std::printf("  C %-8.3g S %-6.3g N* %.4g%s L* %.4f%s%s | law: N* %.4g L* %.4f%s\n", b.budget,
-                  c.sparsity, std::exp(c.best.x), ci_text(c.n_ci, ".3g").c_str(), c.best.y,
-                  ci_text(c.loss_ci, ".4f").c_str(), edge_text(c.best.edge).c_str(), c.law_n,
-                  c.law_loss, edge_text(c.law_edge).c_str());
+      const std::string gain =
+          &c == &b.curves.front() || !std::isfinite(c.gain)
+              ? ""
+              : fmt::format(" ({:+.4f}{} vs S = {:g})", c.gain, ci_text(c.gain_ci, "+.4f"),
+                            b.curves.front().sparsity);
+      std::printf("  C %-8.3g S %-6.3g N* %.4g%s L* %.4f%s%s%s | law: N* %.4g L* %.4f%s\n",
+                  b.budget, c.sparsity, std::exp(c.best.x), ci_text(c.n_ci, ".3g").c_str(),
+                  c.best.y, ci_text(c.loss_ci, ".4f").c_str(), gain.c_str(),
+                  edge_text(c.best.edge).c_str(), c.law_n, c.law_loss,
+                  edge_text(c.law_edge).c_str());
     }
     if (b.fitted)
       std::printf("  C %-8.3g S* %.3f%s%s, at an edge in %.0f%% of samples | law: S* %.3f%s\n",

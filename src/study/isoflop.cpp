@@ -113,6 +113,10 @@ void analysis_solve(IsoflopAnalysis& a) {
       sh.push_back(-std::log1p(-c.sparsity));
       lstar.push_back(c.best.y);
     }
+    const IsoflopCurve& first = b.curves.front();
+    for (IsoflopCurve& c : b.curves) {
+      c.gain = c.fitted && first.fitted ? c.best.y - first.best.y : NAN;
+    }
     b.fitted = sh.size() >= 2;
     if (!b.fitted) {
       continue;
@@ -183,7 +187,7 @@ void bootstrap_intervals(IsoflopAnalysis& a, int64_t samples, uint64_t seed) {
     return;
   }
   const size_t nb = a.budgets.size();
-  std::vector<std::vector<std::vector<double>>> n_star(nb), l_star(nb);
+  std::vector<std::vector<std::vector<double>>> n_star(nb), l_star(nb), gains(nb);
   std::vector<std::vector<double>> s_star(nb);
   std::vector<int64_t> s_edges(nb, 0);
   std::vector<double> slopes;
@@ -191,6 +195,7 @@ void bootstrap_intervals(IsoflopAnalysis& a, int64_t samples, uint64_t seed) {
   for (size_t b = 0; b < nb; b++) {
     n_star[b].resize(a.budgets[b].curves.size());
     l_star[b].resize(a.budgets[b].curves.size());
+    gains[b].resize(a.budgets[b].curves.size());
   }
   for (int64_t k = 0; k < samples; k++) {
     IsoflopAnalysis r = a;
@@ -210,6 +215,7 @@ void bootstrap_intervals(IsoflopAnalysis& a, int64_t samples, uint64_t seed) {
         if (rb.curves[i].fitted) {
           n_star[b][i].push_back(std::exp(rb.curves[i].best.x));
           l_star[b][i].push_back(rb.curves[i].best.y);
+          gains[b][i].push_back(rb.curves[i].gain);
         }
       }
       if (rb.fitted) {
@@ -228,6 +234,7 @@ void bootstrap_intervals(IsoflopAnalysis& a, int64_t samples, uint64_t seed) {
     for (size_t i = 0; i < ab.curves.size(); i++) {
       ab.curves[i].n_ci = stat_percentiles(n_star[b][i]);
       ab.curves[i].loss_ci = stat_percentiles(l_star[b][i]);
+      ab.curves[i].gain_ci = stat_percentiles(gains[b][i]);
     }
     ab.s_ci = stat_percentiles(s_star[b]);
     if (!s_star[b].empty()) {

@@ -45,12 +45,16 @@ Vertex sparsity_optimum(std::span<const double> sh, std::span<const double> loss
 // One IsoFLOP curve: the runs of one budget and sparsity.
 struct IsoflopCurve {
   double budget = 0, sparsity = 0;
-  std::vector<double> log_n, loss;     // the runs, every seed: ln N, final loss
-  double n_lo = 0, n_hi = 0;           // the searched N
-  bool fitted = false;                 // 3 distinct N or more
-  Parabola fit;                        // loss against ln N
-  Vertex best;                         // x = ln N*, y = L*
-  Interval n_ci, loss_ci;              // N* and L*, 95% bootstrap
+  std::vector<double> log_n, loss;  // the runs, every seed: ln N, final loss
+  double n_lo = 0, n_hi = 0;        // the searched N
+  bool fitted = false;              // 3 distinct N or more
+  Parabola fit;                     // loss against ln N
+  Vertex best;                      // x = ln N*, y = L*
+  Interval n_ci, loss_ci;           // N* and L*, 95% bootstrap
+  // L* minus the L* of the budget's least sparse curve (its first), with the bootstrap's
+  // interval of that difference: does sparsity lower the optimal loss at this budget?
+  double gain = NAN;
+  Interval gain_ci;
   double law_n = NAN, law_loss = NAN;  // the law's optimum along the runs' line (fit_run)
   Edge law_edge = Edge::interior;      // that optimum against the searched N
 };

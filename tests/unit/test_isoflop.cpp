@@ -91,6 +91,11 @@ TEST(Isoflop, RecoversKnownOptimaAndARisingSparsity) {
   }
   EXPECT_GT(a.slope, 0);
   EXPECT_NEAR(a.residual_sd, 0, 1e-6);
+  // L*(S) - L*(0) at the middle budget: 0.08 ((Sh - 0.7)^2 - 0.7^2).
+  for (const IsoflopCurve& c : a.budgets[1].curves) {
+    const double sh = -std::log1p(-c.sparsity);
+    EXPECT_NEAR(c.gain, 0.08 * ((sh - 0.7) * (sh - 0.7) - 0.49), 1e-9) << c.sparsity;
+  }
 }
 
 TEST(Isoflop, NoisyRunsGiveIntervalsThatCoverTheTruth) {
