@@ -4,6 +4,7 @@
 # make demo   installs, builds, prepares the default data and runs the forgetting study (DEMO_ARGS)
 # make ct-demo  moelab study ct on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
 # make ders-demo  moelab study ders: upcycling and DeRS against dense training on the demo's dense model (DERS_ARGS)
+# make ders-full  the same over three seeds (the README's table)
 # make sweep-demo  moelab study sweep: the default sparsity sweep and its fit (runs/sweep-default, fit/)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 # make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
@@ -16,7 +17,7 @@ DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-de
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch \
         libcpp-httplib-dev bc openmpi-bin libopenmpi-dev
 
-.PHONY: deps build test bench demo demo-data demo-base ct-demo forgetting-full ct-full ders-demo sweep-demo format clean test-asan fuzz
+.PHONY: deps build test bench demo demo-data demo-base ct-demo forgetting-full ct-full ders-demo ders-full sweep-demo format clean test-asan fuzz
 
 # One apt transaction for every missing Debian package, without recommends (nothing the build or
 # the tests use comes only as a recommendation); any failure is one line naming the package and
@@ -101,6 +102,10 @@ ct-full: demo-base
 
 ders-demo: demo-base
 	$(BUILD)/moelab study ders configs/ders-default.toml $(DERS_ARGS)
+
+# The README's DeRS table: the default study over three seeds.
+ders-full: demo-base
+	$(BUILD)/moelab study ders configs/ders-default.toml --seeds 1,2,3
 
 sweep-demo: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)

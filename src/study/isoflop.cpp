@@ -124,7 +124,7 @@ void analysis_solve(IsoflopAnalysis& a) {
     if (sh.size() >= 3) {
       b.fit = parabola_fit(sh, lstar);
     }
-    b.best = sparsity_optimum(sh, lstar, -std::log1p(-b.s_lo), -std::log1p(-b.s_hi));
+    b.best = sparsity_optimum(sh, lstar, sh.front(), sh.back());  // the S with an L*
     b.s_star = -std::expm1(-b.best.x);
   }
 }
