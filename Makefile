@@ -5,7 +5,7 @@
 # make ct-demo  moelab study ct on the demo's dense model (CT_ARGS, e.g. --seeds 1,2)
 # make ders-demo  moelab study ders: upcycling and DeRS against dense training on the demo's dense model (DERS_ARGS)
 # make ders-full  the same over three seeds (the README's table)
-# make sweep-demo  moelab study sweep: the default sparsity sweep and its fit (runs/sweep-default, fit/)
+# make sweep-demo  moelab study sweep: the default sparsity sweep (two one-thread workers) and its fit (runs/sweep-default, fit/)
 # make build  configure and build only (Release, -march=native; MOELAB_NATIVE=OFF to turn off)
 # make test-asan  every test built with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan)
 # make fuzz   libFuzzer on every file reader, FUZZ_SECONDS each (clang; build-fuzz; not in make test)
@@ -111,7 +111,10 @@ sweep-demo: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS) --target moelab
 	test -f data/sweep/manifest.json || $(BUILD)/moelab data prepare --preset sweep --out data/sweep
-	$(BUILD)/moelab study sweep configs/sweep-default.toml
+	$(BUILD)/moelab study sweep configs/sweep-default.toml --set run.threads=1 & worker=$$!; \
+	  $(BUILD)/moelab study sweep configs/sweep-default.toml --set run.threads=1; status=$$?; \
+	  wait $$worker && exit $$status
+	$(BUILD)/moelab study sweep configs/sweep-default.toml --collect
 	$(BUILD)/moelab fit runs/sweep-default/sweep.csv --out runs/sweep-default/fit --budget 1e13
 
 format:
