@@ -56,6 +56,7 @@ ojson law_json(const FitState& st) {
 }
 
 ojson holdout_json(const FitState& st) {
+  if (!st.holdout_skipped.empty()) return {{"skipped", st.holdout_skipped}};
   if (st.held.empty()) return nullptr;
   double se = 0, rel = 0;
   for (const FitPoint& p : st.held) {
@@ -430,7 +431,9 @@ void fit_state_print(const FitState& st, const ojson& j) {
     if (c.contains("exp")) line += fmt::format("  exp: {:.4g}", c["exp"].get<double>());
     std::printf("%s\n", line.c_str());
   }
-  if (!j["holdout"].is_null())
+  if (!st.holdout_skipped.empty())
+    std::printf("no sparsity held out: %s\n", st.holdout_skipped.c_str());
+  else if (!j["holdout"].is_null())
     std::printf("held out: %zu runs at S = %g: RMSE of log L %.4g, mean |rel. error| %.4g\n",
                 st.held.size(), st.held[0].s, j["holdout"]["rmse_log_loss"].get<double>(),
                 j["holdout"]["mean_abs_rel_error"].get<double>());

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -24,11 +25,21 @@ namespace fs = std::filesystem;
 
 // ---- The law
 
+// The runs at the largest S are held out for validation, where enough sparsities remain to
+// identify the law's S terms: with three sparsities, holding one out leaves two for four
+// coefficients (c', lambda, d', delta), and the law extrapolates to the held one without bound.
 void split_holdout(FitState& st) {
-  double s_max = 0, s_min = 1;
-  for (const FitPoint& p : st.data.points)
-    s_max = std::max(s_max, p.s), s_min = std::min(s_min, p.s);
-  bool hold = st.o.holdout && st.law == Law::sparsity && s_max > s_min;
+  std::set<double> sparsities;
+  for (const FitPoint& p : st.data.points) sparsities.insert(p.s);
+  const double s_max = *sparsities.rbegin();
+  bool hold = st.o.holdout && st.law == Law::sparsity && sparsities.size() > 1;
+  if (hold && sparsities.size() < 4) {
+    st.holdout_skipped = fmt::format(
+        "{} sparsities: holding out the sparsest would leave {} to identify the law's S terms; "
+        "the law is validated on the largest budget instead",
+        sparsities.size(), sparsities.size() - 1);
+    hold = false;
+  }
   for (const FitPoint& p : st.data.points) (hold && p.s == s_max ? st.held : st.train).push_back(p);
 }
 

@@ -18,6 +18,7 @@ struct FitState {
   FitData data;
   Law law = Law::sparsity;
   std::vector<FitPoint> train, held;
+  std::string holdout_skipped;  // why no sparsity was held out although asked (empty: it was)
   LawFit best;
   double fit_seconds = 0;
   std::vector<LawVec> boot;                 // one per bootstrap sample

@@ -24,6 +24,27 @@ else
   bad "no $golden: it is part of the repository"
 fi
 
+# The sparsest runs are held out only where enough sparsities remain to identify the S terms;
+# the largest budget is held out as well, and the report says how the law predicts it.
+/usr/bin/python3 - "$tmp" <<'PY'
+import math, sys
+for n_s, name in ((3, "s3"), (4, "s4")):
+    with open(f"{sys.argv[1]}/{name}.csv", "w") as f:
+        f.write("params,tokens,loss,sparsity,budget,flops\n")
+        for c in (1e15, 3e15, 1e16):
+            for s in (0, 0.5, 0.75, 0.875)[:n_s]:
+                for n in (1e6, 2e6, 4e6, 8e6):
+                    d = c / (6 * n)
+                    loss = 2 + 300 / n ** 0.4 + 400 / d ** 0.35 - 0.05 * math.log(1 / (1 - s))
+                    f.write(f"{n},{d},{loss},{s},{c},{c}\n")
+PY
+"$moelab" fit "$tmp/s3.csv" --small-grid --bootstrap 0 --no-plots >"$tmp/s3.out" 2>&1 &&
+  grep -q "^no sparsity held out: 3 sparsities" "$tmp/s3.out" &&
+  grep -q "^law fitted without C = 1e+16 (24 runs), tested on its 12 runs" "$tmp/s3.out" &&
+  grep -q "sparsity law on 36 runs" "$tmp/s3.out" && ok || bad "3 sparsities: $(head -3 "$tmp/s3.out")"
+"$moelab" fit "$tmp/s4.csv" --small-grid --bootstrap 0 --no-plots >"$tmp/s4.out" 2>&1 &&
+  grep -q "^held out: 12 runs at S = 0.875" "$tmp/s4.out" && ok || bad "4 sparsities: $(head -3 "$tmp/s4.out")"
+
 # Bad inputs: one stderr line naming file, line and column; exit 1.
 printf 'params,loss\n1,2\n' >"$tmp/a.csv"
 expect_error "missing column" "a.csv: line 1: column 'tokens' is missing" "$moelab" fit "$tmp/a.csv"
