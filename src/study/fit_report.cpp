@@ -211,7 +211,7 @@ void draw_isoflops(const FitState& st, Figures& figures) {
     int color = 0;
     for (const IsoflopCurve& cv : b.curves) {
       PlotSeries obs{fmt::format("S = {:.3g}", cv.sparsity)}, fit{""}, law{""};
-      obs.points = true;
+      obs.scatter = true;
       obs.color = fit.color = law.color = color++;
       law.dash = 2;
       std::vector<size_t> order(cv.log_n.size());
@@ -234,6 +234,17 @@ void draw_isoflops(const FitState& st, Figures& figures) {
         fit.y.push_back(parabola_eval(cv.fit, x));
       }
       c.series.push_back(fit);
+      if (std::isfinite(cv.law_d_slope)) {  // the law along the runs' line, to its optimum
+        const double from = std::log(std::min(cv.n_lo, cv.law_n));
+        const double to = std::log(std::max(cv.n_hi, cv.law_n));
+        for (int i = 0; i <= 40; i++) {
+          const double x = from + (to - from) * i / 40;
+          const double d = std::exp(cv.law_d_icept + cv.law_d_slope * x);
+          law.x.push_back(x / std::log(10.0));
+          law.y.push_back(std::exp(law_log_loss(st.best.p, st.law, std::exp(x), d, cv.sparsity)));
+        }
+        c.series.push_back(law);
+      }
       PlotSeries vertex{""};
       vertex.points = true, vertex.color = fit.color, vertex.dash = 3;
       vertex.x = {cv.best.x / std::log(10.0)}, vertex.y = {cv.best.y};

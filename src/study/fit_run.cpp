@@ -109,6 +109,7 @@ void law_along_curve(const LawVec& p, Law law, std::span<const FitPoint> pts, Is
   const double den = n * sxx - sx * sx;
   const double slope = den > 0 ? (n * sxy - sx * sy) / den : -1.0;
   const double icept = (sy - slope * sx) / n;
+  c.law_d_icept = icept, c.law_d_slope = slope;
   const double lo = std::log(c.n_lo) - std::log(10.0), hi = std::log(c.n_hi) + std::log(10.0);
   double best = std::numeric_limits<double>::infinity(), best_x = lo;
   for (int i = 0; i <= 600; i++) {

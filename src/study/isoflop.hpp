@@ -55,8 +55,9 @@ struct IsoflopCurve {
   // interval of that difference: does sparsity lower the optimal loss at this budget?
   double gain = NAN;
   Interval gain_ci;
-  double law_n = NAN, law_loss = NAN;  // the law's optimum along the runs' line (fit_run)
-  Edge law_edge = Edge::interior;      // that optimum against the searched N
+  double law_n = NAN, law_loss = NAN;           // the law's optimum along the runs' line (fit_run)
+  Edge law_edge = Edge::interior;               // that optimum against the searched N
+  double law_d_icept = NAN, law_d_slope = NAN;  // the runs' line: ln D = icept + slope ln N
 };
 
 struct IsoflopBudget {

@@ -194,9 +194,9 @@ bool plot_write(const PlotChart& c, const std::string& stem, bool run) {
           "lc rgb '{}' notitle, ",
           i, col);
     }
-    const char* with = s.x.size() == 1 ? "points pt 7"
-                       : s.points      ? "linespoints pt 7 ps 0.7"
-                                       : "lines";
+    const char* with = s.x.size() == 1 || s.scatter ? "points pt 7 ps 0.8"
+                       : s.points                   ? "linespoints pt 7 ps 0.7"
+                                                    : "lines";
     plots += fmt::format("$s{} using 1:2 with {} lw 2 dt {} lc rgb '{}' title {}, ", i, with,
                          s.dash, col, quote(s.title));
   }

@@ -90,6 +90,7 @@ struct PlotSeries {
   int dash = 1;                // gnuplot dash type: 1 solid, 2 dashed, 3 dotted
   int color = 0;               // index into the palette; series of one model share it
   bool points = false;         // mark every point (a curve through measurements in x and y)
+  bool scatter = false;        // the points alone, no line (repeated or unordered measurements)
 };
 
 struct PlotChart {
