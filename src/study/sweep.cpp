@@ -46,6 +46,8 @@ struct SweepConfig {
   std::vector<int64_t> sizes, seeds;
   std::vector<int64_t> repeat_seeds;  // the grid at repeat_budget again under these seeds
   double repeat_budget = 0;
+  std::vector<int64_t> extra_sizes;  // widths added at extra_budget only
+  double extra_budget = 0;
   int64_t top_k = 1;
   double max_epochs = 1.0;
   int64_t batch_size = 8, seq_len = 256;  // from [train] and [data], for D = steps x tokens/step
@@ -77,6 +79,8 @@ SweepConfig config_read(const std::string& path, const std::vector<std::string>&
   s.get("max_epochs", c.max_epochs);
   s.get("repeat_seeds", c.repeat_seeds);
   s.get("repeat_budget", c.repeat_budget);
+  s.get("extra_sizes", c.extra_sizes);
+  s.get("extra_budget", c.extra_budget);
   s.finish();
   if (c.base.empty()) s.bad("base", "is required (a dense model config JSON)");
   if (c.subset.empty()) s.bad("subset", "is required (the data subset trained on)");
@@ -102,6 +106,14 @@ SweepConfig config_read(const std::string& path, const std::vector<std::string>&
     s.bad("repeat_budget", fmt::format("{:g} is not one of 'sweep.budgets' (repeat_seeds repeats "
                                        "that budget's grid)",
                                        c.repeat_budget));
+  if (!c.extra_sizes.empty() &&
+      std::find(c.budgets.begin(), c.budgets.end(), c.extra_budget) == c.budgets.end())
+    s.bad("extra_budget", fmt::format("{:g} is not one of 'sweep.budgets' (extra_sizes add "
+                                      "widths at that budget)",
+                                      c.extra_budget));
+  for (int64_t d : c.extra_sizes)
+    if (d < 1 || std::find(c.sizes.begin(), c.sizes.end(), d) != c.sizes.end())
+      s.bad("extra_sizes", fmt::format("{} is not a new hidden width", d));
   for (int64_t seed : c.repeat_seeds)
     if (std::find(c.seeds.begin(), c.seeds.end(), seed) != c.seeds.end())
       s.bad("repeat_seeds", fmt::format("seed {} is already in 'sweep.seeds'", seed));
@@ -190,8 +202,9 @@ SweepJob job_make(const SweepConfig& c, const ModelConfig& base, const JobAxes& 
   return j;
 }
 
-// Every budget x sparsity x width x aux x bias rate x seed, then the grid at repeat_budget under
-// each of repeat_seeds (the noise floor at one budget without the cost of every budget).
+// Every budget x sparsity x width x aux x bias rate x seed, then extra_sizes at extra_budget (a
+// budget whose optimum lies below the shared widths), then the grid at repeat_budget under each
+// of repeat_seeds (the noise floor at one budget without the cost of every budget).
 std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences) {
   const ModelConfig base = config_load(c.base);
   if (base.num_local_experts != 1)
@@ -202,9 +215,9 @@ std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences)
   const std::vector<double> rates =
       c.bias_rates.empty() ? std::vector<double>{base.router_balance.bias_rate} : c.bias_rates;
   std::vector<SweepJob> jobs;
-  auto grid = [&](double C, const std::vector<int64_t>& seeds) {
+  auto grid = [&](double C, const std::vector<int64_t>& sizes, const std::vector<int64_t>& seeds) {
     for (double S : c.sparsities)
-      for (int64_t d : c.sizes)
+      for (int64_t d : sizes)
         for (double aux : auxes)
           for (double rate : rates)
             for (int64_t seed : seeds) {
@@ -214,10 +227,13 @@ std::vector<SweepJob> plan_build(const SweepConfig& c, uint64_t train_sequences)
             }
   };
   for (double C : c.budgets) {
-    grid(C, c.seeds);
+    grid(C, c.sizes, c.seeds);
+  }
+  if (!c.extra_sizes.empty()) {
+    grid(c.extra_budget, c.extra_sizes, c.seeds);
   }
   if (!c.repeat_seeds.empty()) {
-    grid(c.repeat_budget, c.repeat_seeds);
+    grid(c.repeat_budget, c.sizes, c.repeat_seeds);
   }
   return jobs;
 }
@@ -360,7 +376,8 @@ Settings sweep_settings(const SweepConfig& c) {
   return settings_flatten(
       j, {},
       settings_skip({"sweep.budgets", "sweep.sparsities", "sweep.sizes", "sweep.aux_coefs",
-                     "sweep.bias_rates", "sweep.seeds", "sweep.max_epochs"}));
+                     "sweep.bias_rates", "sweep.seeds", "sweep.max_epochs", "sweep.repeat_seeds",
+                     "sweep.repeat_budget", "sweep.extra_sizes", "sweep.extra_budget"}));
 }
 
 // --restart: the job folders an earlier sweep wrote in RUN (those whose experiment.toml it

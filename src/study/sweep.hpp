@@ -19,6 +19,8 @@
 //   bias_rates = [0, 0.001]                  # router_balance.bias_rate (loss-free balancing)
 //   seeds = [1]
 //   max_epochs = 1.0                         # refuse runs that need more passes over the subset
+//   extra_budget = 1e15                      # widths added at that budget only (its
+//   extra_sizes = [32]                       #   optimum below the shared widths)
 //   repeat_budget = 1e15                     # that budget's grid again under each of
 //   repeat_seeds = [2]                       #   these seeds: the noise floor
 //

@@ -147,6 +147,12 @@ wait $pk 2>/dev/null
 sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 2e9\nrepeat_seeds = [4]/' sweep.toml >rep.toml
 "$moelab" study sweep rep.toml --plan --no-measure >rep.txt 2>&1 && [ "$(grep -c '^C' rep.txt)" = 12 ] &&
   grep -q "^C2e+09_S0.5_d48_s4 " rep.txt && ! grep -q "^C4e+09_.*_s4 " rep.txt && ok || bad "repeat_seeds: $(tail -2 rep.txt)"
+# widths added at one budget only
+sed 's/^max_epochs = 4$/max_epochs = 4\nextra_budget = 2e9\nextra_sizes = [64]/' sweep.toml >extra.toml
+"$moelab" study sweep extra.toml --plan --no-measure >extra.txt 2>&1 && [ "$(grep -c '^C' extra.txt)" = 10 ] &&
+  grep -q "^C2e+09_S0.5_d64_s3 " extra.txt && ! grep -q "^C4e+09_.*_d64_" extra.txt && ok || bad "extra_sizes: $(tail -2 extra.txt)"
+sed 's/^max_epochs = 4$/max_epochs = 4\nextra_budget = 2e9\nextra_sizes = [32]/' sweep.toml >extra2.toml
+expect_error "an extra width already in sizes" "extra2\.toml: 'sweep\.extra_sizes' 32 is not a new hidden width" "$moelab" study sweep extra2.toml --plan --no-measure
 sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 3e9\nrepeat_seeds = [4]/' sweep.toml >rep2.toml
 expect_error "repeat_budget not a budget" "rep2\.toml: 'sweep\.repeat_budget' 3e\+09 is not one of 'sweep\.budgets'" "$moelab" study sweep rep2.toml --plan --no-measure
 sed 's/^max_epochs = 4$/max_epochs = 4\nrepeat_budget = 2e9\nrepeat_seeds = [3]/' sweep.toml >rep3.toml
