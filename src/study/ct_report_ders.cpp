@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "study/report.hpp"
@@ -335,14 +334,10 @@ void cosine_figure_write(const std::vector<Variant>& vs, Figures& figures) {
     }
     std::map<int64_t, std::vector<double>> by_step;
     for (const std::string& d : v.dirs) {
-      std::ifstream in(fs::path(d) / "metrics.jsonl");
-      std::string line;
-      while (std::getline(in, line)) {
-        const ojson j = ojson::parse(line, nullptr, false);
-        if (j.is_object() && j.contains("expert_cosine") && j["expert_cosine"].is_object() &&
-            j["expert_cosine"].contains("to_dense_mean")) {
-          by_step[j.value("step", int64_t(0))].push_back(
-              j["expert_cosine"]["to_dense_mean"].get<double>());
+      const RunData r = run_read(d);
+      if (const auto it = r.s.find("cos_dense"); it != r.s.end()) {
+        for (const auto& [step, cos] : it->second) {
+          by_step[step].push_back(cos);
         }
       }
     }

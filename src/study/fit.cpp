@@ -132,6 +132,21 @@ FitData fit_read_csv(const std::string& path, ParamCount count) {
 
 // ---- The parametric law
 
+LawError law_error(const LawVec& p, Law law, std::span<const FitPoint> pts) {
+  LawError e;
+  if (pts.empty()) {
+    return e;
+  }
+  double se = 0, rel = 0;
+  for (const FitPoint& q : pts) {
+    const double r = law_log_loss(p, law, q.n, q.d, q.s) - std::log(q.loss);
+    se += r * r, rel += std::abs(std::expm1(r));
+  }
+  e.rmse_log_loss = std::sqrt(se / double(pts.size()));
+  e.mean_abs_rel_error = rel / double(pts.size());
+  return e;
+}
+
 const char* law_name(Law law) {
   return law == Law::chinchilla ? "chinchilla" : "sparsity";
 }

@@ -13,6 +13,7 @@
 // The per-budget surface: at each training budget C, L(N, S) is a polynomial in Nh = log N,
 // Sh = -log(1-S) and their product (degrees a1, a2, a3) plus a constant, by least squares.
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -63,6 +64,12 @@ const char* law_name(Law law);
 int law_nparams(Law law);  // 5 or 10: the chinchilla law uses a', b', e', alpha, beta
 // log L predicted by the law (chinchilla: the S terms are absent whatever p holds there).
 double law_log_loss(const LawVec& p, Law law, double n, double d, double s);
+
+// How the law predicts runs it was not fitted to: RMSE of log L, mean |relative error| of L.
+struct LawError {
+  double rmse_log_loss = NAN, mean_abs_rel_error = NAN;
+};
+LawError law_error(const LawVec& p, Law law, std::span<const FitPoint> pts);
 
 struct LawFitOptions {
   Law law = Law::sparsity;

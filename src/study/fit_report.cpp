@@ -58,16 +58,11 @@ ojson law_json(const FitState& st) {
 ojson holdout_json(const FitState& st) {
   if (!st.holdout_skipped.empty()) return {{"skipped", st.holdout_skipped}};
   if (st.held.empty()) return nullptr;
-  double se = 0, rel = 0;
-  for (const FitPoint& p : st.held) {
-    double r = law_log_loss(st.best.p, st.law, p.n, p.d, p.s) - std::log(p.loss);
-    se += r * r, rel += std::abs(std::expm1(r));
-  }
-  double n = double(st.held.size());
+  const LawError e = law_error(st.best.p, st.law, st.held);
   return {{"sparsity", st.held[0].s},
           {"points", st.held.size()},
-          {"rmse_log_loss", std::sqrt(se / n)},
-          {"mean_abs_rel_error", rel / n}};
+          {"rmse_log_loss", e.rmse_log_loss},
+          {"mean_abs_rel_error", e.mean_abs_rel_error}};
 }
 
 ojson rec_json(const Recommendation& r) {
@@ -151,8 +146,8 @@ ojson held_budget_json(const FitState& st) {
   return {{"budget", h.budget},
           {"fitted_runs", h.fitted},
           {"held_runs", h.held},
-          {"rmse_log_loss", h.rmse_log_loss},
-          {"mean_abs_rel_error", h.mean_abs_rel_error},
+          {"rmse_log_loss", h.error.rmse_log_loss},
+          {"mean_abs_rel_error", h.error.mean_abs_rel_error},
           {"law_optimal_sparsity", finite(h.law.law_s)},
           {"law_edge", edge_name(h.law.law_edge)},
           {"curves", curves}};
@@ -367,8 +362,9 @@ void isoflop_print(const FitState& st) {
     std::printf(
         "law fitted without C = %.3g (%lld runs), tested on its %lld runs: RMSE of log L "
         "%.4g, mean |rel. error| %.4g; its S* there %.3f%s (runs: %.3f)\n",
-        h.budget, (long long)h.fitted, (long long)h.held, h.rmse_log_loss, h.mean_abs_rel_error,
-        h.law.law_s, edge_text(h.law.law_edge).c_str(), a.budgets.back().s_star);
+        h.budget, (long long)h.fitted, (long long)h.held, h.error.rmse_log_loss,
+        h.error.mean_abs_rel_error, h.law.law_s, edge_text(h.law.law_edge).c_str(),
+        a.budgets.back().s_star);
   }
 }
 

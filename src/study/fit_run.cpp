@@ -98,17 +98,12 @@ void fit_budgets(FitState& st) {
 // Along one IsoFLOP curve the runs' tokens follow their N (D = C / f(N), f the exact FLOPs per
 // token): ln D is fitted linearly in ln N over the curve's runs, and the law is minimised along
 // that line, from a tenth of the smallest run's N to ten times the largest.
-void law_along_curve(const LawVec& p, Law law, std::span<const FitPoint> pts, IsoflopCurve& c) {
-  double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
-  for (const FitPoint& q : pts) {
-    if (q.budget == c.budget && q.s == c.sparsity) {
-      const double x = std::log(q.n), y = std::log(q.d);
-      sx += x, sy += y, sxx += x * x, sxy += x * y, n += 1;
-    }
+void law_along_curve(const LawVec& p, Law law, IsoflopCurve& c) {
+  Line line = line_fit(c.log_n, c.log_d);
+  if (!std::isfinite(line.slope)) {  // one width: D = C / (6 N) through it
+    line = {-1.0, c.log_d.front() + c.log_n.front()};
   }
-  const double den = n * sxx - sx * sx;
-  const double slope = den > 0 ? (n * sxy - sx * sy) / den : -1.0;
-  const double icept = (sy - slope * sx) / n;
+  const double slope = line.slope, icept = line.icept;
   c.law_d_icept = icept, c.law_d_slope = slope;
   const double lo = std::log(c.n_lo) - std::log(10.0), hi = std::log(c.n_hi) + std::log(10.0);
   double best = std::numeric_limits<double>::infinity(), best_x = lo;
@@ -125,10 +120,10 @@ void law_along_curve(const LawVec& p, Law law, std::span<const FitPoint> pts, Is
 }
 
 // The law's optima on every curve of a budget, and its S* by the runs' procedure.
-void law_along_budget(const LawVec& p, Law law, std::span<const FitPoint> pts, IsoflopBudget& b) {
+void law_along_budget(const LawVec& p, Law law, IsoflopBudget& b) {
   std::vector<double> sh, loss;
   for (IsoflopCurve& c : b.curves) {
-    law_along_curve(p, law, pts, c);
+    law_along_curve(p, law, c);
     sh.push_back(-std::log1p(-c.sparsity));
     loss.push_back(c.law_loss);
   }
@@ -155,16 +150,10 @@ void holdout_largest_budget(FitState& st) {
     return;
   }
   const LawFit f = law_fit_default(fit, st.law, st.o.small_grid);
-  double se = 0, rel = 0;
-  for (const FitPoint& p : held) {
-    const double r = law_log_loss(f.p, st.law, p.n, p.d, p.s) - std::log(p.loss);
-    se += r * r, rel += std::abs(std::expm1(r));
-  }
   h.fitted = int64_t(fit.size()), h.held = int64_t(held.size());
-  h.rmse_log_loss = std::sqrt(se / double(held.size()));
-  h.mean_abs_rel_error = rel / double(held.size());
+  h.error = law_error(f.p, st.law, held);
   h.law = st.iso.budgets.back();
-  law_along_budget(f.p, st.law, held, h.law);
+  law_along_budget(f.p, st.law, h.law);
   st.held_budget = h;
 }
 
@@ -212,7 +201,7 @@ std::string fit_run(const FitOptions& o) {
   fit_budgets(st);
   st.iso = isoflop_analyze(st.data.points, o.isoflop_bootstrap, o.seed);
   for (IsoflopBudget& b : st.iso.budgets) {
-    law_along_budget(st.best.p, st.law, st.data.points, b);
+    law_along_budget(st.best.p, st.law, b);
   }
   if (o.holdout) {
     holdout_largest_budget(st);

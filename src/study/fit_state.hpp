@@ -38,7 +38,7 @@ struct FitState {
   struct HeldBudget {
     double budget = 0;
     int64_t fitted = 0, held = 0;
-    double rmse_log_loss = NAN, mean_abs_rel_error = NAN;
+    LawError error;
     IsoflopBudget law;  // the held-out fit's optima along the held budget's curves
   };
   std::optional<HeldBudget> held_budget;

@@ -56,6 +56,22 @@ Parabola parabola_fit(std::span<const double> x, std::span<const double> y) {
   return p;
 }
 
+Line line_fit(std::span<const double> x, std::span<const double> y) {
+  check(x.size() == y.size(), "line_fit: x and y differ in length");
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  const double n = double(x.size());
+  for (size_t i = 0; i < x.size(); i++) {
+    sx += x[i], sy += y[i], sxx += x[i] * x[i], sxy += x[i] * y[i];
+  }
+  const double den = n * sxx - sx * sx;
+  Line l;
+  if (n >= 2 && den > 0) {
+    l.slope = (n * sxy - sx * sy) / den;
+    l.icept = (sy - l.slope * sx) / n;
+  }
+  return l;
+}
+
 double parabola_eval(const Parabola& p, double x) {
   return (p.c2 * x + p.c1) * x + p.c0;
 }
@@ -131,16 +147,14 @@ void analysis_solve(IsoflopAnalysis& a) {
 
 // Least-squares slope of S* against log10 C over the budgets with an S*.
 double s_star_slope(const IsoflopAnalysis& a) {
-  double sx = 0, sy = 0, sxx = 0, sxy = 0, n = 0;
+  std::vector<double> x, y;
   for (const IsoflopBudget& b : a.budgets) {
-    if (!b.fitted) {
-      continue;
+    if (b.fitted) {
+      x.push_back(std::log10(b.budget));
+      y.push_back(b.s_star);
     }
-    const double x = std::log10(b.budget);
-    sx += x, sy += b.s_star, sxx += x * x, sxy += x * b.s_star, n += 1;
   }
-  const double den = n * sxx - sx * sx;
-  return n >= 2 && den > 0 ? (n * sxy - sx * sy) / den : NAN;
+  return line_fit(x, y).slope;
 }
 
 void noise_estimate(IsoflopAnalysis& a, std::span<const FitPoint> pts) {
@@ -254,6 +268,7 @@ IsoflopAnalysis isoflop_analyze(std::span<const FitPoint> pts, int64_t bootstrap
     IsoflopCurve& c = grid[p.budget][p.s];
     c.budget = p.budget, c.sparsity = p.s;
     c.log_n.push_back(std::log(p.n));
+    c.log_d.push_back(std::log(p.d));
     c.loss.push_back(p.loss);
   }
   for (auto& [budget, curves] : grid) {

@@ -8,6 +8,7 @@
 // between seeds of one run. An optimum is never silently at the edge of what was searched: a
 // vertex outside the runs' N (or S) range, or a parabola that opens downwards, is reported as the
 // better end of the range with the edge named.
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -28,6 +29,12 @@ struct Parabola {
 Parabola parabola_fit(std::span<const double> x, std::span<const double> y);
 double parabola_eval(const Parabola& p, double x);
 
+// y = slope x + icept by least squares; slope NaN with fewer than two distinct x.
+struct Line {
+  double slope = NAN, icept = NAN;
+};
+Line line_fit(std::span<const double> x, std::span<const double> y);
+
 // The minimum of p over [lo, hi]: its vertex where c2 > 0 and the vertex is inside, else the
 // better end, with that edge.
 struct Vertex {
@@ -45,12 +52,12 @@ Vertex sparsity_optimum(std::span<const double> sh, std::span<const double> loss
 // One IsoFLOP curve: the runs of one budget and sparsity.
 struct IsoflopCurve {
   double budget = 0, sparsity = 0;
-  std::vector<double> log_n, loss;  // the runs, every seed: ln N, final loss
-  double n_lo = 0, n_hi = 0;        // the searched N
-  bool fitted = false;              // 3 distinct N or more
-  Parabola fit;                     // loss against ln N
-  Vertex best;                      // x = ln N*, y = L*
-  Interval n_ci, loss_ci;           // N* and L*, 95% bootstrap
+  std::vector<double> log_n, log_d, loss;  // the runs, every seed: ln N, ln D, final loss
+  double n_lo = 0, n_hi = 0;               // the searched N
+  bool fitted = false;                     // 3 distinct N or more
+  Parabola fit;                            // loss against ln N
+  Vertex best;                             // x = ln N*, y = L*
+  Interval n_ci, loss_ci;                  // N* and L*, 95% bootstrap
   // L* minus the L* of the budget's least sparse curve (its first), with the bootstrap's
   // interval of that difference: does sparsity lower the optimal loss at this budget?
   double gain = NAN;

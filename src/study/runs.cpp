@@ -77,6 +77,12 @@ RunData run_read(const std::string& dir) {
       if (m.contains(k) && m[k].is_number()) r.s[k][step] = m[k].get<double>();
     if (m.contains("val_loss"))
       for (auto& [name, v] : m["val_loss"].items()) r.s["val:" + name][step] = v.get<double>();
+    if (const auto it = m.find("expert_cosine"); it != m.end() && it->is_object()) {
+      for (const auto& [key, name] :
+           {std::pair{"to_dense_mean", "cos_dense"}, std::pair{"pairwise_mean", "cos_pairs"}}) {
+        if (it->contains(key) && (*it)[key].is_number()) r.s[name][step] = (*it)[key].get<double>();
+      }
+    }
     if (m.contains("expert_load"))
       r.load[step] = m["expert_load"].get<std::vector<std::vector<double>>>();
     if (m.contains("forgetting")) {

@@ -28,8 +28,10 @@ struct RunData {
   // ("" for a run folder read alone) and, for a dense control, the MoE variant's E it matches.
   std::string variant;
   int64_t matches = 0;
-  bool has_evalset = false;         // the run was given an evaluation set
-  std::map<std::string, Series> s;  // loss, lr, m_ex, m_in, m_f, ppl_ent, tokens_per_s, val:X
+  bool has_evalset = false;  // the run was given an evaluation set
+  // loss, lr, m_ex, m_in, m_f, ppl_ent, tokens_per_s, val:X; an upcycled run of the DeRS study
+  // also cos_dense and cos_pairs (its experts' cosine to the dense FFN and between experts)
+  std::map<std::string, Series> s;
   std::map<int64_t, std::vector<std::vector<double>>> load;  // step -> [layer][expert]
   // The filtering of the evaluation set (methods.md §2.6): candidates and samples kept (M_ex = 1),
   // from its metrics record or else from evalset.frozen.jsonl; -1: not known.
