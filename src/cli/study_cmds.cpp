@@ -14,6 +14,7 @@
 #include "study/ct_config.hpp"
 #include "study/report.hpp"
 #include "study/run.hpp"
+#include "study/study_page.hpp"
 #include "train/experiment.hpp"
 
 namespace moelab {
@@ -29,6 +30,8 @@ constexpr const char* kDersAbout =
 constexpr const char* kSweepAbout =
     "an IsoFLOP sweep over sparsity: the grid (--plan), its runs, then RUN/sweep.csv";
 constexpr const char* kReportAbout = "figures and a summary of runs or studies";
+constexpr const char* kViewAbout =
+    "the HTML pages of runs and studies (RUN/view.html, STUDY/view.html), from their folders";
 
 struct ForgettingOptions {
   std::string config;
@@ -70,6 +73,20 @@ void study_report_setup(CLI::App& cmd, Commands& c) {
   c.add(&cmd, [o, no_plots] {
     o->plots = !*no_plots;
     std::printf("%s\n", report_write(*o).c_str());
+    return 0;
+  });
+}
+
+void study_view_setup(CLI::App& cmd, Commands& c) {
+  auto dirs = std::make_shared<std::vector<std::string>>();
+  cmd.add_option("dirs", *dirs, "run folders or study folders")->required();
+  cmd.footer(
+      "Training and the studies write these pages themselves as they go; this writes them again "
+      "from what the folders hold now (a run that no process is training shows as stopped).");
+  c.add(&cmd, [dirs] {
+    for (const std::string& page : study_view_write(*dirs)) {
+      std::printf("%s\n", page.c_str());
+    }
     return 0;
   });
 }
@@ -145,6 +162,7 @@ void command_study(CLI::App& app, Commands& c) {
   study_ct_setup(*study.add_subcommand("ders", kDersAbout), c, true);
   command_study_sweep(*study.add_subcommand("sweep", kSweepAbout), c);
   study_report_setup(*study.add_subcommand("report", kReportAbout), c);
+  study_view_setup(*study.add_subcommand("view", kViewAbout), c);
 }
 
 void command_study_renamed(CLI::App& app, Commands& c) {

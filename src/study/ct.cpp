@@ -454,6 +454,7 @@ int runs_train(const CtConfig& c, const std::vector<CtRun>& runs,
   QueueOptions o;
   o.study = "ct";
   o.others = "the other runs";
+  o.page_dir = c.run_dir;
   o.train = [&c, &runs](const Experiment& x, bool resume, RunFailure* failure) {
     // An upcycled run logs how far its experts moved from the dense FFN at every evaluation.
     TrainerHooks extra;

@@ -13,6 +13,7 @@
 #include "study/ct_measure.hpp"
 #include "study/matched.hpp"
 #include "study/report.hpp"
+#include "study/study_page.hpp"
 
 namespace moelab {
 
@@ -659,7 +660,9 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
     const ojson summary = {
         {"base", st.ct.value("base", "")}, {"original", st.original}, {"new", st.fresh},
         {"methods", ojson::array()},       {"failed", st.failed},     {"figures", ojson::array()}};
-    return report_files_write(out, md, summary);
+    const std::string path = report_files_write(out, md, summary);
+    study_page_after_report(dir, path);
+    return path;
   }
   const std::vector<std::string> figures = figures_draw(st, out, plots);
   ojson methods = methods_summarize(st);
@@ -682,7 +685,9 @@ std::string ct_report_write(const std::string& dir, const std::string& out_dir, 
                          {"failed", st.failed},
                          {"final_models", ders.summary},
                          {"figures", figures}};
-  return report_files_write(out, md, summary);
+  const std::string path = report_files_write(out, md, summary);
+  study_page_after_report(dir, path);
+  return path;
 }
 
 }  // namespace moelab

@@ -10,8 +10,10 @@
 
 #include "core/error.hpp"
 #include "core/sysinfo.hpp"
+#include "study/study_page.hpp"
 #include "train/checkpoint.hpp"
 #include "train/collective.hpp"
+#include "train/run_page.hpp"
 
 namespace moelab {
 
@@ -58,8 +60,59 @@ class RunLock {
 
 }  // namespace
 
+namespace {
+
+// The study's page as the queue goes: rewritten at each run's start and end and with every page
+// of the run being trained (RunPageListener); its last version, without a refresh, at the end.
+class QueuePage {
+ public:
+  QueuePage(const std::vector<QueueRun>& runs, const QueueOptions& o)
+      : on_(!o.page_dir.empty() && train_writer()), listener_([this] { write(); }) {
+    page_.dir = o.page_dir;
+    page_.live = true;
+    for (const QueueRun& r : runs) {
+      page_.runs.push_back({r.name, r.what});
+    }
+  }
+  void at(size_t i) {
+    page_.current = int64_t(i);
+    write();
+  }
+  void idle() {
+    page_.current = -1;
+    write();
+  }
+  void end(const std::string& how) {
+    page_.live = false;
+    page_.current = -1;
+    page_.end = how;
+    write();
+  }
+  void write() {
+    if (!on_) {
+      return;
+    }
+    try {
+      pages_.write(page_);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "warning: the study's page was not written: %s\n",
+                   one_line(e.what()).c_str());
+    }
+  }
+
+ private:
+  const bool on_;
+  StudyPage page_;
+  StudyPageWriter pages_;
+  const RunPageListener listener_;
+};
+
+}  // namespace
+
 QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) {
   QueueResult q;
+  QueuePage page(runs, o);
+  page.write();
   const double t0 = time_now_s();
   double trained_s = 0;  // for the estimate of what is left
   for (size_t i = 0; i < runs.size(); i++) {
@@ -93,14 +146,17 @@ QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) 
       std::fprintf(stderr, last >= 0 ? " (resuming)\n" : "\n");
     }
     const double tv = time_now_s();
+    page.at(i);
     RunFailure failure;
     const int rc = study_train_outcome(
         o.train ? o.train(x, last >= 0, &failure) : study_train(x, last >= 0, &failure), run.name,
         failure, o.study.c_str(), o.goes_on.c_str(), q.failed);
     if (rc == 130) {
       q.status = 130;
+      page.end(fmt::format("interrupted in {}; the same command continues the study", run.name));
       return q;
     }
+    page.idle();
     if (rc != 0) {
       continue;
     }
@@ -113,6 +169,10 @@ QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) 
     std::fprintf(stderr, "== %s finished in %.1f s; %s: about %.0f min\n", run.name.c_str(),
                  time_now_s() - tv, o.others.c_str(), left / 60);
   }
+  page.end(o.workers
+               ? "this worker's part of the queue is done"
+               : fmt::format("the queue went through its {} runs{}", runs.size(),
+                             q.failed.empty() ? "" : fmt::format(", {} failed", q.failed.size())));
   if (!o.workers) {
     std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", runs.size(), time_now_s() - t0,
                  q.failed.empty() ? "" : fmt::format(", {} failed", q.failed.size()).c_str());

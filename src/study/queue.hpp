@@ -35,6 +35,9 @@ struct QueueOptions {
   std::string lock_dir;
   int64_t only = -1;  // run only the run at this index (a SLURM array task); -1: all
   QueueTrain train;   // empty: study_train
+  // The study's folder (its runs are DIR/NAME): its page DIR/view.html (study/study_page.hpp)
+  // follows the queue, reloading itself until the queue ends ("": no page).
+  std::string page_dir;
 };
 
 struct QueueResult {

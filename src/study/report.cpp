@@ -16,6 +16,7 @@
 #include "core/error.hpp"
 #include "core/fileio.hpp"
 #include "study/ct.hpp"
+#include "study/study_page.hpp"
 
 namespace moelab {
 
@@ -650,7 +651,12 @@ std::string report_write(const ReportOptions& o) {
                {"failed", failed_json},
                {"figures", figures}};
   }
-  return report_files_write(out, md, summary);
+  const std::string path = report_files_write(out, md, summary);
+  // A study's folder reported alone gets its page, with the report
+  if (o.dirs.size() == 1 && fs::exists(fs::path(o.dirs[0]) / "study.json")) {
+    study_page_after_report(o.dirs[0], path);
+  }
+  return path;
 }
 
 }  // namespace moelab

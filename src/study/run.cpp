@@ -194,7 +194,9 @@ int study_run(const Experiment& x, const StudyOptions& o) {
                                    : fmt::format("E={} top-{} seed {}", v.experts, v.top_k, v.seed),
                      experiment});
   }
-  const QueueResult done = queue_run(queue, QueueOptions{});
+  QueueOptions qo;
+  qo.page_dir = dir.string();
+  const QueueResult done = queue_run(queue, qo);
   if (done.status == 130) {
     return 130;
   }

@@ -24,6 +24,7 @@
 #include "study/queue.hpp"
 #include "study/report.hpp"
 #include "study/settings.hpp"
+#include "study/study_page.hpp"
 #include "train/collective.hpp"
 #include "train/experiment.hpp"
 #include "train/trainer.hpp"
@@ -438,6 +439,7 @@ int sweep_run(const std::string& config, const SweepRunOptions& o) {
   q.goes_on = "the sweep goes on with its other jobs";
   q.workers = true;
   q.lock_dir = c.run_dir;
+  q.page_dir = c.run_dir;
   q.only = o.job;
   const QueueResult done = queue_run(queue, q);
   if (done.status == 130) {
@@ -483,6 +485,7 @@ std::string sweep_collect(const std::string& config, const std::vector<std::stri
   }
   const std::string path = (fs::path(c.run_dir) / "sweep.csv").string();
   file_write_atomic(path, csv);
+  study_page_after_report(c.run_dir, "");
   return path;
 }
 

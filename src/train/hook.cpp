@@ -5,6 +5,7 @@
 #include "train/experiment.hpp"
 #include "train/hook_forgetting.hpp"
 #include "train/hook_replay.hpp"
+#include "train/run_page.hpp"
 
 namespace moelab {
 
@@ -14,6 +15,7 @@ TrainerHooks trainer_hooks_from_experiment(const Experiment& x) {
     hooks.push_back(std::make_unique<ReplayHook>(x));
   }
   hooks.push_back(std::make_unique<ForgettingHook>(x));
+  hooks.push_back(std::make_unique<RunPageHook>(x));
   return hooks;
 }
 

@@ -51,7 +51,8 @@ using TrainerHooks = std::vector<std::unique_ptr<TrainerHook>>;
 
 // The hooks experiment x asks for, in the order their metrics fields appear: focused replay
 // (a phase with replay = "focused"), then the forgetting evaluation ([eval]; it also records
-// the evaluation settings in run.json when there is no evaluation set).
+// the evaluation settings in run.json when there is no evaluation set), then the run's live
+// page (train/run_page.hpp; no metrics fields).
 TrainerHooks trainer_hooks_from_experiment(const Experiment& x);
 
 }  // namespace moelab

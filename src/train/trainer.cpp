@@ -20,6 +20,7 @@
 #include "train/data_parallel.hpp"
 #include "train/model_setup.hpp"
 #include "train/run_dir.hpp"
+#include "train/run_page.hpp"
 
 namespace moelab {
 
@@ -393,11 +394,19 @@ int train_loop(const Experiment& x, bool resume, TrainerHooks extra, int64_t& st
 
 int train_run(const Experiment& x, bool resume, TrainerHooks extra) {
   int64_t steps = -1;  // taken so far, for the error's record (-1: before the run started)
+  // The run's page gets its last version once the run started (an earlier error leaves the
+  // folder, and the page of a run before, as they were).
   try {
-    return train_loop(x, resume, std::move(extra), steps);
-  } catch (const TrainStopped&) {
-    throw;
+    const int rc = train_loop(x, resume, std::move(extra), steps);
+    run_page_finish(x, rc, "");
+    return rc;
   } catch (const std::exception& e) {
+    if (steps >= 0) {
+      run_page_finish(x, 0, one_line(e.what()));
+    }
+    if (dynamic_cast<const TrainStopped*>(&e)) {
+      throw;
+    }
     throw TrainStopped(e.what(), steps, false);
   }
 }
