@@ -78,6 +78,9 @@ void command_export(CLI::App& app, Commands& c);  // moelab export
 // ---- moelab export hf, moelab import hf (cli/hf_cmds.cpp)
 void command_export_hf(CLI::App& exp, Commands& c);  // a subcommand of moelab export
 void command_import(CLI::App& app, Commands& c);
+// ---- moelab export gguf, moelab import gguf (cli/gguf_cmds.cpp)
+void command_export_gguf(CLI::App& exp, Commands& c);  // a subcommand of moelab export
+void command_import_gguf(CLI::App& imp, Commands& c);  // a subcommand of moelab import
 
 // ---- moelab upcycle (cli/upcycle_cmds.cpp)
 void command_upcycle(CLI::App& app, Commands& c);

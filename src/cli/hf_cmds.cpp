@@ -66,6 +66,7 @@ void command_import(CLI::App& app, Commands& c) {
                r.config.num_experts_per_tok);
     return 0;
   });
+  command_import_gguf(imp, c);
 }
 
 }  // namespace moelab

@@ -268,6 +268,7 @@ void command_export(CLI::App& app, Commands& c) {
   cmd->require_subcommand(0, 1);
   // Registered first: when `export hf` is parsed, its action runs, not this one.
   command_export_hf(*cmd, c);
+  command_export_gguf(*cmd, c);
   c.add(cmd, [o] {
     if (o->checkpoint.empty()) throw CLI::RequiredError("checkpoint");
     if (o->out.empty()) throw CLI::RequiredError("--out");
