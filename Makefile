@@ -15,7 +15,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev \
         libfmt-dev libeigen3-dev zlib1g-dev libzstd-dev libxxhash-dev libpcre2-dev libsentencepiece-dev gnuplot-nox libgtest-dev libbenchmark-dev python3 python3-numpy python3-torch \
-        libcpp-httplib-dev bc openmpi-bin libopenmpi-dev
+        libcpp-httplib-dev bc openmpi-bin libopenmpi-dev chromium
 
 .PHONY: deps build test bench demo demo-data demo-base ct-demo forgetting-full ct-full ders-demo ders-full sweep-demo format clean test-asan fuzz
 

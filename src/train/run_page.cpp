@@ -198,7 +198,7 @@ std::string banner_html(const RunSeries& r, const RunPageStatus& st) {
     }
   }
   const double speed = recent_speed(r);
-  out += fmt::format("<span>{} tokens/s</span>", html_format_number(speed));
+  out += fmt::format("<span>{} tokens/s</span>", html_format_count(speed));
   if (st.state == RunState::Running) {
     double eta = st.eta_s;
     if (eta < 0 && std::isfinite(speed) && speed > 0 && r.run.contains("tokens_per_step")) {
