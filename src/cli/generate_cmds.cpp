@@ -36,12 +36,21 @@ void generate_cmd(const GenerateCmdOptions& o) {
   threads_set(o.threads > 0 ? o.threads : omp_get_num_procs());
   const std::string text = o.prompt_file.empty() ? o.prompt : file_read(o.prompt_file);
   const InferenceModel m = inference_load(o.checkpoint, o.data);
-  const std::vector<int32_t> prompt = m.data.tokenizer->encode(text);
+  // special tokens' names are their ids, as the server reads a text prompt
+  const std::vector<int32_t> prompt = tokenizer_encode_text(*m.data.tokenizer, text);
   if (prompt.empty()) fail("generate: the prompt encodes to no tokens");
-  generate(*m.model, *m.data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
-    std::fwrite(piece.data(), 1, piece.size(), stdout);
-    std::fflush(stdout);
-  });
+  const GenerateResult r =
+      generate(*m.model, *m.data.tokenizer, prompt, o.gen, [](int32_t, std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+      });
+  // the server says so with finish_reason "length"; here on stderr, the text left clean
+  const int64_t ctx = m.model->cfg.max_position_embeddings;
+  if (r.reason == FinishReason::Length && int64_t(r.tokens.size()) < o.gen.max_new)
+    fmt::print(stderr,
+               "generate: stopped at the end of the model's context ({} positions) after {} new "
+               "tokens (the prompt has {})\n",
+               ctx, r.tokens.size(), prompt.size());
 }
 
 }  // namespace

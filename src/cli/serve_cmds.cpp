@@ -156,6 +156,8 @@ void command_serve(CLI::App& app, Commands& c) {
   cmd->add_option("--grace", o->grace, "seconds running requests get to finish on a stop")
       ->capture_default_str();
   cmd->add_flag("!--quiet", o->serve.log_requests, "no line per request on stderr");
+  cmd->add_flag("--allow-unknown-fields", o->serve.allow_unknown_fields,
+                "ignore unknown fields of /v1/completions (each logged once) instead of a 400");
   cmd->add_option("--threads", o->threads, "compute threads (default: all cores)");
   c.add(cmd, [o] { return serve_cmd(*o), 0; });
 }

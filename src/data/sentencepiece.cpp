@@ -20,6 +20,11 @@ class SentencePiece final : public Tokenizer {
     fingerprint_ = fnv1a("sentencepiece");
     for (int i = 0; i < sp_.GetPieceSize(); i++)
       fingerprint_ = fnv1a(sp_.IdToPiece(i), fnv1a(std::to_string(i), fingerprint_));
+    // the pieces that decode() writes as nothing (control) or as " ⁇ " (unknown)
+    std::vector<std::pair<std::string, int32_t>> special;
+    for (int i = 0; i < sp_.GetPieceSize(); i++)
+      if (sp_.IsControl(i) || sp_.IsUnknown(i)) special.emplace_back(sp_.IdToPiece(i), i);
+    specials_ = special_tokens(std::move(special), sp_.GetPieceSize());
   }
   std::vector<int32_t> encode(std::string_view text) const override {
     std::vector<int> ids;
@@ -41,11 +46,13 @@ class SentencePiece final : public Tokenizer {
   std::string eot_text() const override { return sp_.IdToPiece(sp_.eos_id()); }
   uint64_t fingerprint() const override { return fingerprint_; }
   std::string name() const override { return "sentencepiece:" + path_; }
+  const SpecialTokens& specials() const override { return specials_; }
 
  private:
   std::string path_;
   sentencepiece::SentencePieceProcessor sp_;
   uint64_t fingerprint_ = 0;
+  SpecialTokens specials_;
 };
 
 }  // namespace

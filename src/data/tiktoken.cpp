@@ -157,6 +157,7 @@ class TiktokenBpe final : public Tokenizer {
       fingerprint_ = fnv1a(decoder_[r], fnv1a(std::to_string(r), fingerprint_));
     for (auto& [text, id] : spec_.special)
       fingerprint_ = fnv1a(text, fnv1a(std::to_string(id), fingerprint_));
+    specials_ = special_tokens({spec_.special.begin(), spec_.special.end()}, vocab_);
 
     int err = 0;
     PCRE2_SIZE off = 0;
@@ -215,6 +216,7 @@ class TiktokenBpe final : public Tokenizer {
   std::string eot_text() const override { return spec_.eot; }
   uint64_t fingerprint() const override { return fingerprint_; }
   std::string name() const override { return spec_.name; }
+  const SpecialTokens& specials() const override { return specials_; }
 
  private:
   void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
@@ -290,6 +292,7 @@ class TiktokenBpe final : public Tokenizer {
   int64_t vocab_ = 0;
   int32_t eot_ = 0;
   uint64_t fingerprint_ = 0;
+  SpecialTokens specials_;
   pcre2_code* re_ = nullptr;
 };
 

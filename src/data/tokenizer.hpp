@@ -6,12 +6,29 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace moelab {
+
+// A tokenizer's special tokens: ids that stand for no text of their own and are written by their
+// name (tiktoken's "<|endoftext|>", SentencePiece's control and unknown pieces "<s>", "</s>",
+// "<unk>"). Built once, when the tokenizer loads.
+struct SpecialTokens {
+  std::vector<std::pair<std::string, int32_t>> list;  // (name, id), ids ascending
+  std::unordered_map<std::string, int32_t> by_name;
+  std::vector<std::string> name_of;  // [vocab] the name of a special id, empty for the others
+  std::vector<size_t> lengths;       // the names' distinct lengths, longest first
+  bool is_special(int32_t id) const {
+    return id >= 0 && size_t(id) < name_of.size() && !name_of[size_t(id)].empty();
+  }
+};
+SpecialTokens special_tokens(std::vector<std::pair<std::string, int32_t>> list, int64_t vocab);
 
 class Tokenizer {
  public:
@@ -24,7 +41,24 @@ class Tokenizer {
   virtual std::string eot_text() const { return {}; }  // its name, e.g. "<|endoftext|>" or "</s>"
   virtual uint64_t fingerprint() const = 0;
   virtual std::string name() const = 0;
+  // By default the end-of-text token alone (where it has a name): a test's or a benchmark's
+  // tokenizer.
+  virtual const SpecialTokens& specials() const;
+
+ private:
+  mutable std::once_flag default_once_;
+  mutable SpecialTokens default_specials_;
 };
+
+// Text as a client means it: every special token's name in it (the longest where names overlap)
+// is that id, the text between them is encoded as it stands. How the server and `moelab generate`
+// read a prompt; tiktoken's encode() already does so, SentencePiece's does not.
+std::vector<int32_t> tokenizer_encode_text(const Tokenizer& tok, std::string_view text);
+// The inverse: each special id written as its name, the ids between two of them decoded
+// together as the text they encode (a SentencePiece run drops its first piece's leading space
+// as a text's first piece does), so that tokenizer_encode_text(tokenizer_decode_text(ids)) ==
+// ids for any ids tokenizer_encode_text gave, specials included.
+std::string tokenizer_decode_text(const Tokenizer& tok, std::span<const int32_t> ids);
 
 // 64-bit FNV-1a, the hash behind fingerprints.
 uint64_t fnv1a(std::string_view bytes, uint64_t h = 0xcbf29ce484222325ull);

@@ -30,6 +30,15 @@ void generate_check(const GenerateOptions& o) {
   if (o.top_k < 0) fail(fmt::format("generate: --top-k must be >= 0 (not {})", o.top_k));
   for (const auto& s : o.stop)
     if (s.empty()) fail("generate: --stop: an empty stop string");
+  if (!(std::fabs(o.presence_penalty) <= 2))
+    fail(fmt::format("generate: presence_penalty must be in [-2, 2] (not {})", o.presence_penalty));
+  if (!(std::fabs(o.frequency_penalty) <= 2))
+    fail(fmt::format("generate: frequency_penalty must be in [-2, 2] (not {})",
+                     o.frequency_penalty));
+  for (const auto& [id, b] : o.logit_bias)
+    if (id < 0 || !(std::fabs(b) <= 100))
+      fail(fmt::format("generate: logit_bias: id {} with bias {} (ids >= 0, biases in [-100, 100])",
+                       id, b));
 }
 
 // ----------------------------------------------------------------------------
@@ -173,9 +182,9 @@ std::string new_text(const Tokenizer& tok, std::span<const int32_t> tail,
                      std::span<const int32_t> ids) {
   std::vector<int32_t> all(tail.begin(), tail.end());
   all.insert(all.end(), ids.begin(), ids.end());
-  const std::string base = tok.decode(tail), full = tok.decode(all);
+  const std::string base = tokenizer_decode_text(tok, tail), full = tokenizer_decode_text(tok, all);
   if (full.compare(0, base.size(), base) == 0) return full.substr(base.size());
-  return tok.decode(ids);
+  return tokenizer_decode_text(tok, ids);
 }
 
 }  // namespace
@@ -192,12 +201,29 @@ std::pair<int32_t, std::string> Continuation::push(std::span<const float> logits
   // choices among the ids the tokenizer decodes, as evaluate() does
   const size_t Vd = size_t(std::min<int64_t>(int64_t(logits.size()), tok_.vocab_size()));
   check(Vd >= 1, "generate: the tokenizer has no ids");
-  const int32_t id = sample_next(logits.first(Vd), o_, steps_++);
+  std::span<const float> z = logits.first(Vd);
+  const bool penalties = o_.presence_penalty != 0 || o_.frequency_penalty != 0;
+  if (penalties || !o_.logit_bias.empty()) {
+    adjusted_.assign(z.begin(), z.end());
+    for (const auto& [v, b] : o_.logit_bias)
+      if (size_t(v) < Vd) adjusted_[size_t(v)] = float(double(adjusted_[size_t(v)]) + b);
+    if (penalties)
+      for (const int32_t v : seen_)
+        adjusted_[size_t(v)] =
+            float(double(adjusted_[size_t(v)]) - double(counts_[size_t(v)]) * o_.frequency_penalty -
+                  o_.presence_penalty);
+    z = adjusted_;
+  }
+  const int32_t id = sample_next(z, o_, steps_++);
   if (id == tok_.eot_id()) {
     end(FinishReason::Eot);
     return {id, {}};
   }
   r_.tokens.push_back(id);
+  if (penalties) {
+    if (counts_.size() < Vd) counts_.resize(Vd, 0);
+    if (counts_[size_t(id)]++ == 0) seen_.push_back(id);
+  }
   std::string piece = stream_.update(new_text(tok_, tail_, r_.tokens));
   if (stream_.stopped())
     end(FinishReason::Stop);
@@ -224,18 +250,26 @@ GenerateResult generate(const Model<float>& model, const Tokenizer& tok,
   const ModelConfig& c = model.cfg;
   const int64_t plen = int64_t(prompt.size());
   if (plen < 1) fail("generate: the prompt has no tokens");
-  if (plen > c.max_position_embeddings - o.max_new)
-    fail(
-        fmt::format("generate: the prompt ({} tokens) is longer than max_position_embeddings "
-                    "({}) - --max-new ({})",
-                    plen, c.max_position_embeddings, o.max_new));
-  // the last new token is never fed back: plen + max_new - 1 positions
-  Decoder dec(model, 1, plen + o.max_new - 1);
+  const int64_t ctx = c.max_position_embeddings;
+  // the server's rules at the context's end (serve/api, serve/engine): a prompt longer than the
+  // context, or more new tokens than it, is refused; a prompt that leaves less room than max_new
+  // ends where the positions run out, with FinishReason::Length
+  if (plen > ctx)
+    fail(fmt::format("generate: the prompt has {} tokens, more than the model's context ({})", plen,
+                     ctx));
+  if (o.max_new > ctx)
+    fail(fmt::format("generate: --max-new must be at most the model's context ({}) (not {})", ctx,
+                     o.max_new));
+  // the last new token is never fed back: plen + max_new - 1 positions, or the whole context
+  const int64_t positions = std::min(plen + o.max_new - 1, ctx);
+  Decoder dec(model, 1, positions);
   Continuation seq(tok, prompt, o);
   std::span<const float> logits = dec.prefill(prompt, plen, plen - 1);
   for (int64_t i = 0;; i++) {
     const auto [id, piece] = seq.push(logits);
     if (id == tok.eot_id()) break;
+    // the next token would be fed at position plen + i: beyond the context, the end
+    if (!seq.done() && plen + i >= positions) seq.end(FinishReason::Length);
     if (on_token) on_token(id, piece);
     if (seq.done()) break;
     logits = dec.step(std::span<const int32_t>(&id, 1), plen + i);

@@ -24,6 +24,12 @@ struct GenerateOptions {
   uint64_t seed = 0;
   bool greedy = false;            // argmax, whatever the temperature
   std::vector<std::string> stop;  // generation ends where the text contains one (not output)
+  // OpenAI's logit adjustments, applied before every choice (greedy or sampled), to the logits
+  // only: logit[j] + bias[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty, c[j]
+  // the times id j was generated so far (the prompt not counted).
+  double presence_penalty = 0;                         // in [-2, 2]
+  double frequency_penalty = 0;                        // in [-2, 2]
+  std::vector<std::pair<int32_t, double>> logit_bias;  // (id, bias in [-100, 100])
 };
 
 // Fails with one line on options out of range (names as the command line spells them).
@@ -99,6 +105,9 @@ class Continuation {
   GenerateOptions o_;
   TextStream stream_;
   GenerateResult r_;
+  std::vector<int64_t> counts_;  // [V] times each id was generated (with penalties only)
+  std::vector<int32_t> seen_;    // the distinct ids generated, in order (with penalties only)
+  std::vector<float> adjusted_;  // [V] the logits adjusted (with penalties or biases only)
   int64_t steps_ = 0;
   bool done_ = false;
 };
@@ -107,9 +116,10 @@ class Continuation {
 // bytes are held back), and, if anything was still held at the end, once more with id -1 and it.
 using GenerateCallback = std::function<void(int32_t id, std::string_view text)>;
 
-// Continues `prompt` (ids of `tok`, at least one; prompt + max_new within the model's
-// positions) until max_new tokens, the tokenizer's end-of-text token or a stop string. Ids are
-// chosen among those the tokenizer can decode (as evaluation does with a padded vocabulary).
+// Continues `prompt` (ids of `tok`, at least one, at most the model's positions; max_new at most
+// the model's positions) until max_new tokens, the tokenizer's end-of-text token, a stop string
+// or the context's end (the positions run out: FinishReason::Length, as the server ends it). Ids
+// are chosen among those the tokenizer can decode (as evaluation does with a padded vocabulary).
 GenerateResult generate(const Model<float>& model, const Tokenizer& tok,
                         std::span<const int32_t> prompt, const GenerateOptions& o,
                         const GenerateCallback& on_token = {});

@@ -1,10 +1,13 @@
 #include "serve/api.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "core/error.hpp"
 
 namespace moelab {
 
@@ -121,7 +124,7 @@ void parse_prompts(const json& j, const ApiContext& cx, CompletionRequest& r) {
   auto add_ids = [&](const json& a) {
     r.prompts.push_back(ids_prompt(a, lim, "prompt"));
     fits();
-    r.prompt_texts.push_back(tok.decode(r.prompts.back()));
+    r.prompt_texts.push_back(tokenizer_decode_text(tok, r.prompts.back()));
   };
   if (p->is_string()) {
     add_text(p->get<std::string>());
@@ -196,15 +199,74 @@ json api_parse_body(const std::string& body, const ApiLimits& lim) {
   return j;
 }
 
+const std::vector<std::string> kCompletionFields = {
+    "model",      "prompt",  "max_tokens", "temperature",      "top_p",
+    "top_k",      "seed",    "stop",       "logprobs",         "echo",
+    "n",          "best_of", "stream",     "presence_penalty", "frequency_penalty",
+    "logit_bias", "user"};
+
+namespace {
+
+// Every field of the body is one this server reads, or is refused by name (a field ignored
+// silently would run a request other than the one the client meant, e.g. a penalty not applied).
+void check_fields(const json& j, const ApiContext& cx, CompletionRequest& r) {
+  for (const auto& [name, value] : j.items()) {
+    if (std::find(kCompletionFields.begin(), kCompletionFields.end(), name) !=
+        kCompletionFields.end())
+      continue;
+    if (name == "suffix" || name == "stream_options")
+      bad(fmt::format("{}: not supported by this server", name));
+    if (cx.allow_unknown_fields) {
+      r.ignored.push_back(name);
+      continue;
+    }
+    bad(fmt::format(
+        "{}: unknown field (this server reads {}; moelab serve --allow-unknown-fields "
+        "ignores unknown ones)",
+        name.size() > 64 ? name.substr(0, 64) + "..." : name, fmt::join(kCompletionFields, ", ")));
+  }
+}
+
+// logit_bias: {"id": bias, ...}, ids as decimal strings within the vocabulary, biases in
+// [-100, 100]
+std::vector<std::pair<int32_t, double>> get_logit_bias(const json& j, int64_t vocab) {
+  const json* v = field(j, "logit_bias");
+  if (!v) return {};
+  if (!v->is_object()) bad("logit_bias: must be an object of token ids (as strings) to biases");
+  std::vector<std::pair<int32_t, double>> out;
+  for (const auto& [key, b] : v->items()) {
+    const std::string shown = key.size() > 24 ? key.substr(0, 24) + "..." : key;
+    if (key.empty() || key.size() > 10 || key.find_first_not_of("0123456789") != std::string::npos)
+      bad(fmt::format("logit_bias: key '{}' is not a token id", shown));
+    const int64_t id = std::stoll(key);
+    if (id >= vocab)
+      bad(fmt::format("logit_bias: token id {} is outside the vocabulary [0, {})", id, vocab));
+    if (!b.is_number() || !(std::fabs(b.get<double>()) <= 100))
+      bad(fmt::format("logit_bias: the bias of token {} must be a number in [-100, 100] (not {})",
+                      id, b.dump()));
+    out.emplace_back(int32_t(id), b.get<double>());
+  }
+  return out;
+}
+
+}  // namespace
+
 CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
                                        uint64_t default_seed) {
   const ApiLimits& lim = cx.lim;
   const json j = api_parse_body(body, lim);
   CompletionRequest r;
+  check_fields(j, cx, r);
   if (const json* m = field(j, "model")) {
     if (!m->is_string()) bad("model: must be a string");
     r.model = m->get<std::string>();
+    if (r.model != cx.model)
+      throw ApiError(404, fmt::format("model: '{}' is not served here (this server serves '{}', "
+                                      "moelab serve --name)",
+                                      r.model.size() > 64 ? r.model.substr(0, 64) + "..." : r.model,
+                                      cx.model));
   }
+  if (const json* u = field(j, "user"); u && !u->is_string()) bad("user: must be a string");
   parse_prompts(j, cx, r);
   SeqSpec& s = r.seq;
   s.gen.max_new = get_int(j, "max_tokens", 16, 0, lim.max_len);
@@ -220,9 +282,16 @@ CompletionRequest api_parse_completion(const std::string& body, const ApiContext
   s.gen.stop = get_stop(j);
   s.logprobs = get_int(j, "logprobs", -1, 0, lim.max_logprobs);
   s.echo = get_bool(j, "echo", false);
+  s.gen.presence_penalty = get_number(j, "presence_penalty", 0, -2, 2);
+  s.gen.frequency_penalty = get_number(j, "frequency_penalty", 0, -2, 2);
+  s.gen.logit_bias = get_logit_bias(j, lim.vocab);
   r.n = get_int(j, "n", 1, 1, lim.max_n);
   r.stream = get_bool(j, "stream", false);
-  if (get_int(j, "best_of", r.n, r.n, r.n) != r.n) bad("best_of: must equal n");
+  r.best_of = get_int(j, "best_of", r.n, 1, lim.max_n);
+  if (r.best_of < r.n)
+    bad(fmt::format("best_of: must be at least n ({}) (not {})", r.n, r.best_of));
+  if (r.stream && r.best_of > r.n) bad("best_of: cannot be larger than n with stream");
+  s.rank = r.best_of > r.n;
   if (s.gen.max_new == 0 && !s.echo) bad("max_tokens: 0 is only useful with echo");
   return r;
 }
@@ -230,7 +299,7 @@ CompletionRequest api_parse_completion(const std::string& body, const ApiContext
 std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r) {
   std::vector<std::shared_ptr<Sequence>> seqs;
   for (const auto& prompt : r.prompts)
-    for (int64_t j = 0; j < r.n; j++) {
+    for (int64_t j = 0; j < r.best_of; j++) {
       SeqSpec s = r.seq;
       s.prompt = prompt;
       s.gen.seed += uint64_t(j);
@@ -256,22 +325,7 @@ std::vector<int32_t> api_token_ids(const json& a, int64_t vocab, const char* fie
 }
 
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text) {
-  const std::string eot = tok.eot_text();
-  std::vector<int32_t> ids;
-  size_t at = 0;
-  while (true) {
-    const size_t hit = eot.empty() ? std::string::npos : text.find(eot, at);
-    const std::string part =
-        text.substr(at, hit == std::string::npos ? std::string::npos : hit - at);
-    if (!part.empty()) {
-      const auto p = tok.encode(part);
-      ids.insert(ids.end(), p.begin(), p.end());
-    }
-    if (hit == std::string::npos) break;
-    ids.push_back(tok.eot_id());
-    at = hit + eot.size();
-  }
-  return ids;
+  return tokenizer_encode_text(tok, text);
 }
 
 TokenizeBudget::Hold TokenizeBudget::take(int64_t n) {
@@ -308,8 +362,8 @@ ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string m
   cx.texts.resize(size_t(n));
   for (int32_t v = 0; v < int32_t(n); v++) {
     std::string& text = cx.texts[size_t(v)];
-    if (v == tok.eot_id()) {
-      text = tok.eot_text();
+    if (tok.specials().is_special(v)) {  // written by its name, as /detokenize writes it
+      text = tok.specials().name_of[size_t(v)];
       continue;
     }
     if (anchor.size() == 1) {
@@ -362,15 +416,35 @@ json logprobs_empty() {
 
 }  // namespace
 
+std::vector<size_t> api_choose(const CompletionRequest& r, const std::vector<SeqOutput>& outs) {
+  const size_t B = size_t(r.best_of), N = size_t(r.n);
+  check(outs.size() == r.prompts.size() * B, "api_choose: one output per candidate");
+  std::vector<size_t> chosen;
+  for (size_t p = 0; p < r.prompts.size(); p++) {
+    std::vector<std::pair<double, size_t>> c;  // (summed log-probability, candidate)
+    for (size_t k = 0; k < B; k++) {
+      double sum = 0;
+      for (const TokenLogprob& t : outs[p * B + k].tokens) sum += t.logprob;
+      c.emplace_back(sum, p * B + k);
+    }
+    if (B > N)
+      std::stable_sort(c.begin(), c.end(),
+                       [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (size_t j = 0; j < N; j++) chosen.push_back(c[j].second);
+  }
+  return chosen;
+}
+
 json api_completion_response(const CompletionRequest& r, const std::vector<SeqOutput>& outs,
                              const ApiContext& cx, const std::string& id, int64_t created) {
   json choices = json::array();
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  for (size_t i = 0; i < outs.size(); i++) {
-    const SeqOutput& o = outs[i];
+  for (const SeqOutput& o : outs) completion_tokens += int64_t(o.tokens.size());
+  for (const auto& prompt : r.prompts) prompt_tokens += int64_t(prompt.size());
+  const std::vector<size_t> chosen = api_choose(r, outs);
+  for (size_t i = 0; i < chosen.size(); i++) {
+    const SeqOutput& o = outs[chosen[i]];
     const size_t p = i / size_t(r.n);
-    if (i % size_t(r.n) == 0) prompt_tokens += int64_t(r.prompts[p].size());
-    completion_tokens += int64_t(o.tokens.size());
     std::string text = r.seq.echo ? r.prompt_texts[p] + o.text : o.text;
     json lp = nullptr;
     if (r.seq.logprobs >= 0) {

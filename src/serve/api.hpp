@@ -80,6 +80,7 @@ struct ApiContext {
   std::string model;                       // the name /v1/models lists
   std::vector<std::string> texts;          // [vocab] each token's text as it reads inside a text
   std::shared_ptr<TokenizeBudget> budget;  // none: texts are tokenized at once
+  bool allow_unknown_fields = false;       // unknown fields ignored (listed), not refused
 };
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model);
 
@@ -88,9 +89,16 @@ struct CompletionRequest {
   std::vector<std::vector<int32_t>> prompts;  // each at least one id
   std::vector<std::string> prompt_texts;      // as given, or decoded from ids (echo)
   int64_t n = 1;
+  int64_t best_of = 1;  // candidates per prompt (>= n): the n of highest summed log-probability
   bool stream = false;
-  SeqSpec seq;  // what every sequence shares (its prompt is filled per prompt)
+  SeqSpec seq;                       // what every sequence shares (its prompt is filled per prompt)
+  std::vector<std::string> ignored;  // unknown fields, with allow_unknown_fields
 };
+
+// The fields POST /v1/completions reads: every other one is refused (400 naming it), unless
+// cx.allow_unknown_fields, where an unknown one is ignored; "suffix" and "stream_options"
+// (OpenAI's, not supported here) are refused either way.
+extern const std::vector<std::string> kCompletionFields;
 
 // A request body as a JSON object: ApiError(400) when it holds a NUL byte, nests deeper than
 // lim.max_json_depth, holds more than lim.max_json_values values (all checked in one pass before
@@ -98,16 +106,23 @@ struct CompletionRequest {
 // one valid JSON text, or is not an object.
 nlohmann::json api_parse_body(const std::string& body, const ApiLimits& lim);
 
-// Parses the body of POST /v1/completions; ApiError(400) names the field on any problem. A
-// request without "seed" is sampled with `default_seed` (all 64 bits; choice j with + j).
+// Parses the body of POST /v1/completions; ApiError(400) names the field on any problem, and
+// ApiError(404) a "model" other than the served one. A request without "seed" is sampled with
+// `default_seed` (all 64 bits; candidate j with + j).
 CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
                                        uint64_t default_seed);
 
-// The sequences of a request: prompt p's choice j is sequence p * n + j (its choice index),
-// sampled with seed + j.
+// The sequences of a request: prompt p's candidate j is sequence p * best_of + j, sampled with
+// seed + j (without best_of, candidate j is choice p * n + j).
 std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r);
 
-// The whole response of a finished request (outputs in choice order).
+// For each prompt, the candidates returned, best first: the n of highest summed token
+// log-probability (ties: the lower candidate), or all n in order without best_of. Indices into
+// outs (prompts x best_of, in api_sequences' order).
+std::vector<size_t> api_choose(const CompletionRequest& r, const std::vector<SeqOutput>& outs);
+
+// The whole response of a finished request (outputs in api_sequences' order); usage counts the
+// tokens of every candidate, returned or not.
 nlohmann::json api_completion_response(const CompletionRequest& r,
                                        const std::vector<SeqOutput>& outs, const ApiContext& cx,
                                        const std::string& id, int64_t created);
@@ -119,8 +134,9 @@ nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const
                                 bool last, const ApiContext& cx, const std::string& id,
                                 int64_t created);
 
-// Text as the tokenizer reads it, with its end-of-text name (e.g. "</s>") becoming that id,
-// as a client that tokenizes remotely expects.
+// Text as the tokenizer reads it, with every special token's name (e.g. "</s>", "<s>",
+// "<|endoftext|>") becoming its id, as a client that tokenizes remotely expects
+// (tokenizer_encode_text; /detokenize writes them back by name).
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
 // The same within the context's tokenize budget.
 std::vector<int32_t> api_encode(const ApiContext& cx, const std::string& text);

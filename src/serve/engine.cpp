@@ -284,8 +284,10 @@ bool Engine::advance(Slot& sl, std::span<const float> logits) {
   auto [id, piece] = sl.cont->push(logits);
   const bool eot = sl.cont->done() && sl.cont->result().reason == FinishReason::Eot;
   if (!eot) {
-    TokenLogprob t =
-        sl.seq->spec.logprobs >= 0 ? score(logits, id, sl.seq->spec.logprobs) : TokenLogprob{id};
+    const SeqSpec& sp = sl.seq->spec;
+    TokenLogprob t = sp.logprobs >= 0 || sp.rank
+                         ? score(logits, id, std::max<int64_t>(sp.logprobs, 0))
+                         : TokenLogprob{id};
     sl.seq->update([&](SeqOutput& out) {
       out.tokens.push_back(std::move(t));
       out.text += piece;

@@ -35,6 +35,7 @@ struct SeqSpec {
   GenerateOptions gen;          // gen.max_new may be 0: the prompt is only scored
   int64_t logprobs = -1;        // -1: none; N >= 0: each token's and the top N
   bool echo = false;            // the prompt's tokens (and log-probabilities) too
+  bool rank = false;  // every new token's log-probability, even without logprobs (best_of)
 };
 
 // What a sequence has produced so far. The engine writes; the request's thread reads

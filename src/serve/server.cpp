@@ -423,6 +423,8 @@ struct Server::Impl {
   std::mutex conns_mu;  // the open connections, for the shutdown of the last ones
   std::set<Conn*> conns;
   bool conns_closed = false;  // stop() has shut them down: one dequeued later closes at once
+  std::mutex ignored_mu;      // the unknown fields logged (--allow-unknown-fields), each once
+  std::set<std::string> ignored;
 
   Impl(const Model<float>& m, const Tokenizer& t, ServeOptions opt)
       : tok(t),
@@ -433,6 +435,7 @@ struct Server::Impl {
     seed0 = (uint64_t(rd()) << 32) ^ uint64_t(rd());
     wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     cx.budget = std::make_shared<TokenizeBudget>(kTokenizeBudget);
+    cx.allow_unknown_fields = o.allow_unknown_fields;
   }
   ~Impl() {
     if (wake_fd >= 0) ::close(wake_fd);
@@ -445,6 +448,7 @@ struct Server::Impl {
   bool wait_request(socket_t sock, const ConnStream& strm, double seconds_idle, bool fresh);
   void refuse(socket_t sock);
   void completions(const httplib::Request& req, httplib::Response& res);
+  void log_ignored(const std::vector<std::string>& names);
   void stream(httplib::Response& res, std::shared_ptr<CompletionRequest> r,
               std::vector<std::shared_ptr<Sequence>> seqs, std::string id, int64_t created);
   void track(const std::vector<std::shared_ptr<Sequence>>& seqs);
@@ -701,11 +705,25 @@ void Server::Impl::track(const std::vector<std::shared_ptr<Sequence>>& seqs) {
   for (const auto& s : seqs) live.push_back(s);
 }
 
+// Each unknown field's name once on stderr, the first 64 names at most (a client cannot fill
+// the log or the memory with names of its own).
+void Server::Impl::log_ignored(const std::vector<std::string>& names) {
+  constexpr size_t kMaxNames = 64;
+  std::lock_guard lock(ignored_mu);
+  for (const auto& name : names) {
+    if (ignored.size() >= kMaxNames || !ignored.insert(name.substr(0, 64)).second) continue;
+    std::fprintf(stderr, "serve: ignoring the unknown field \"%s\" (--allow-unknown-fields)%s\n",
+                 name.substr(0, 64).c_str(),
+                 ignored.size() == kMaxNames ? "; further unknown names are not logged" : "");
+  }
+}
+
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res) {
   // one number per request: its id, and (mixed) its default seed
   const uint64_t number = next_id.fetch_add(1, std::memory_order_relaxed);
   auto r = std::make_shared<CompletionRequest>(
       api_parse_completion(req.body, cx, splitmix64(seed0 + number)));
+  log_ignored(r->ignored);
   auto seqs = api_sequences(*r);
   if (stopping || !engine.submit(seqs)) {
     const EngineStats st = engine.stats();
@@ -835,13 +853,13 @@ void Server::Impl::routes() {
                               {"max_model_len", engine.max_len()},
                               {"token_strs", strs}});
             }));
-  http.Post(
-      "/detokenize", guarded([this](const auto& req, auto& res) {
-        const json j = api_parse_body(req.body, cx.lim);
-        const auto t = j.find("tokens");
-        if (t == j.end()) throw ApiError(400, "tokens: missing");
-        reply(res, json{{"prompt", tok.decode(api_token_ids(*t, tok.vocab_size(), "tokens"))}});
-      }));
+  http.Post("/detokenize", guarded([this](const auto& req, auto& res) {
+              const json j = api_parse_body(req.body, cx.lim);
+              const auto t = j.find("tokens");
+              if (t == j.end()) throw ApiError(400, "tokens: missing");
+              const auto ids = api_token_ids(*t, tok.vocab_size(), "tokens");
+              reply(res, json{{"prompt", tokenizer_decode_text(tok, ids)}});
+            }));
   http.Get("/tokenizer_info", guarded([this](const auto&, auto& res) {
              reply(res, json{{"eos_token", tok.eot_text()},
                              {"eos_token_id", tok.eot_id()},

@@ -29,6 +29,8 @@ struct ServeOptions {
   int keep_alive_max = 100;    // requests per connection
   double write_timeout = 30;   // seconds a response (or one event of a stream) may wait to be sent
   bool log_requests = true;
+  // unknown fields of /v1/completions ignored (each name logged once) instead of refused
+  bool allow_unknown_fields = false;
 };
 
 class Server {

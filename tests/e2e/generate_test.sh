@@ -52,7 +52,15 @@ expect_error "top-k < 0" "--top-k must be >= 0 \(not -2\)" gen "${p[@]}" --top-k
 expect_error "max-new 0" "--max-new must be at least 1 \(not 0\)" gen "${p[@]}" --max-new 0
 expect_error "no prompt" "give one of --prompt TEXT or --prompt-file FILE" gen
 expect_error "two prompts" "give one of --prompt TEXT or --prompt-file FILE" gen "${p[@]}" --prompt-file prompt.txt
-expect_error "prompt too long" "the prompt \([0-9]+ tokens\) is longer than max_position_embeddings \(32\) - --max-new \(30\)" gen --prompt "Verse 3 of chapter 4: and the king" --max-new 30
+# the context's end, as the server has it: a prompt longer than the context, or --max-new beyond
+# it, is refused; a prompt that leaves less room than --max-new ends where the positions run out
+long=$(printf 'Verse 3 of chapter 4: and the king went up %.0s' 1 2 3 4 5)
+expect_error "prompt too long" "the prompt has [0-9]+ tokens, more than the model's context \(32\)" gen --prompt "$long" --max-new 4
+expect_error "max-new past the context" "--max-new must be at most the model's context \(32\) \(not 33\)" gen "${p[@]}" --max-new 33
+gen --prompt "Verse 3 of chapter 4: and the king" --greedy --max-new 30 >end.txt 2>end.err && ok || bad "at the context's end: $(tail -1 end.err)"
+grep -Eq "^generate: stopped at the end of the model's context \(32 positions\) after [0-9]+ new tokens \(the prompt has [0-9]+\)$" end.err && ok || bad "context end note: $(cat end.err)"
+n_new=$(sed -n 's/.*after \([0-9]*\) new tokens (the prompt has \([0-9]*\)).*/\1 \2/p' end.err)
+[ "$(echo $n_new | awk '{print $1 + $2}')" = 33 ] && ok || bad "new + prompt tokens at the context's end: $n_new, expected 33 (the last token is not fed back)"
 expect_error "no checkpoint" "nowhere: no such checkpoint folder" "$moelab" generate nowhere --data data "${p[@]}"
 mkdir other
 (cd other && verses_data "$moelab" 6 5 310 7) || bad "second data dir"

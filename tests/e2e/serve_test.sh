@@ -67,6 +67,75 @@ assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
 print("score", score, "greedy", greedy)
 PY
 
+# ---- special tokens: the text path of the harness (tokenized_requests=False) sends
+# /detokenize's text, which must tokenize to the same ids, specials included; `generate --prompt`
+# reads "</s>" as the server does; both end a prompt at the context's end alike
+"$moelab" generate $ck --data data --threads 2 --prompt "</s>Verse 3 of</s>" --greedy --max-new 8 >gs.txt 2>gs.err || bad "generate with </s>: $(tail -1 gs.err)"
+long="Verse 3 of chapter 4: and the king went up to the city of David, number 5. Verse 4 of chapter"
+"$moelab" generate $ck --data data --threads 2 --prompt "$long" --greedy --max-new 40 >ge.txt 2>ge.err || bad "generate at the end: $(tail -1 ge.err)"
+"$moelab" generate $ck --data data --threads 2 --prompt "$long $long" --greedy --max-new 4 >/dev/null 2>gl.err && bad "generate: a prompt over the context was taken" || ok
+python3 - "$port" gs.txt ge.txt ge.err gl.err "$long" >sp.log 2>&1 <<'PY' && ok || bad "special tokens, context end: $(tail -3 sp.log)"
+import json, re, sys, urllib.error, urllib.request
+port = sys.argv[1]
+gen_special, gen_end, end_err, long_err = (open(f).read() for f in sys.argv[2:6])
+long = sys.argv[6]
+def post(path, body, status=200):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        r = urllib.request.urlopen(req, timeout=60)
+        code, data = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        code, data = e.code, e.read()
+    assert code == status, (path, body, code, data)
+    return json.loads(data)
+tok = lambda t: post("/tokenize", {"prompt": t, "add_special_tokens": False})["tokens"]
+detok = lambda ids: post("/detokenize", {"tokens": ids})["prompt"]
+eos = post("/tokenize", {"prompt": "</s>"})["tokens"]
+bos, unk = tok("<s>"), tok("<unk>")
+assert len(eos) == len(bos) == len(unk) == 1 and len({eos[0], bos[0], unk[0]}) == 3, (eos, bos, unk)
+assert detok(eos) == "</s>", detok(eos)  # was "": the harness's text path lost it
+# ids with specials anywhere round-trip through /detokenize and /tokenize
+a, b = tok("Verse 3 of chapter 7:"), tok("and the king went up")
+for ids in (eos, eos + a, a + eos, a + eos + b, bos + a + unk + eos + eos + b + eos, eos + eos):
+    assert tok(detok(ids)) == ids, (ids, detok(ids), tok(detok(ids)))
+# the harness's loglikelihood requests, as ids and as the text its remote tokenizer decodes them
+# to: an empty context is the end-of-text id, a rolling window begins with it too
+pairs = [(eos, a), (a, b), (eos, a + b), (a + eos, b)]
+def score(prompt):
+    r = post("/v1/completions", {"model": "moelab", "prompt": prompt, "temperature": 0,
+                                 "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True})
+    return [c["logprobs"]["token_logprobs"] for c in sorted(r["choices"], key=lambda c: c["index"])]
+as_ids = score([c + x for c, x in pairs])
+as_text = score([detok(c + x) for c, x in pairs])
+for (c, x), i, t in zip(pairs, as_ids, as_text):
+    si, st = sum(i[len(c):-1]), sum(t[len(c):-1])
+    assert len(i) == len(t) and abs(si - st) < 1e-4, (c, x, si, st)
+# `moelab generate --prompt "</s>..."`: the server's reading of the same text
+r = post("/v1/completions", {"prompt": "</s>Verse 3 of</s>", "max_tokens": 8, "temperature": 0})
+assert r["choices"][0]["text"] == gen_special, (r["choices"][0]["text"], gen_special)
+assert r["usage"]["prompt_tokens"] == len(tok("</s>Verse 3 of</s>"))
+# the context's end (64 positions): the same tokens and a "length" end in both
+n = len(tok(long))
+assert 40 < n < 64, n
+r = post("/v1/completions", {"prompt": long, "max_tokens": 40, "temperature": 0, "logprobs": 0})
+ch = r["choices"][0]
+assert ch["finish_reason"] == "length" and len(ch["logprobs"]["tokens"]) == 64 - n + 1, (ch["finish_reason"], n, len(ch["logprobs"]["tokens"]))
+assert ch["text"] == gen_end, (ch["text"], gen_end)
+assert f"after {64 - n + 1} new tokens (the prompt has {n})" in end_err, end_err
+over = post("/v1/completions", {"prompt": long + " " + long, "max_tokens": 4}, 400)
+assert "more than the model's context (64)" in over["error"]["message"], over
+assert "more than the model's context (64)" in long_err, long_err
+# the harness's generate_until with max_length=64 and max_gen_toks=G keeps the context's last
+# 64 - 1 - G tokens: the prompt and G new tokens fit, nothing is cut by the server
+G = 8
+ctx = tok(long + " " + long)[-(64 - 1 - G):]
+r = post("/v1/completions", {"prompt": [ctx], "model": "moelab", "max_tokens": G, "temperature": 0,
+                             "stop": ["\n\n", "</s>"], "seed": 1234})
+assert r["usage"]["prompt_tokens"] == 64 - 1 - G and r["usage"]["completion_tokens"] <= G, r["usage"]
+print("ok")
+PY
+
 # ---- refusals at start-up: one line each
 expect_error "port in use" "cannot listen on 127.0.0.1:$port" "$moelab" serve $ck --data data --port "$port"
 expect_error "--slots 0" "slots" "$moelab" serve $ck --data data --slots 0

@@ -178,14 +178,24 @@ TEST(Sampler, OptionsOutOfRangeFailInOneLine) {
   EXPECT_EQ(err({.stop = {""}}), "generate: --stop: an empty stop string");
 }
 
-TEST(Generate, APromptTooLongForMaxNewIsRefused) {
+// The server's rules at the context's end: a prompt or max_new beyond the context is refused; a
+// prompt that leaves less room than max_new ends where the positions run out (the last token is
+// never fed back: context - prompt + 1 new tokens), FinishReason::Length.
+TEST(Generate, AtTheContextsEndGenerationEndsAsTheServersDoes) {
   Model<float> m(test::tiny_lm(false), 1, 1);  // 64 positions
   m.init_weights(1);
   LetterTokenizer tok(61, kNoEot);
-  EXPECT_EQ(error_of([&] { generate(m, tok, random_prompt(60, 1), {.max_new = 5}); }),
-            "generate: the prompt (60 tokens) is longer than max_position_embeddings (64) - "
-            "--max-new (5)");
+  EXPECT_EQ(error_of([&] { generate(m, tok, random_prompt(65, 1), {.max_new = 1}); }),
+            "generate: the prompt has 65 tokens, more than the model's context (64)");
+  EXPECT_EQ(error_of([&] { generate(m, tok, random_prompt(3, 1), {.max_new = 65}); }),
+            "generate: --max-new must be at most the model's context (64) (not 65)");
+  const auto p60 = random_prompt(60, 1);
+  const GenerateResult cut = generate(m, tok, p60, {.max_new = 10, .greedy = true});
+  EXPECT_EQ(cut.tokens.size(), 5u);
+  EXPECT_EQ(cut.reason, FinishReason::Length);
+  EXPECT_EQ(generate(m, tok, p60, {.max_new = 5, .greedy = true}).tokens, cut.tokens);
   EXPECT_EQ(generate(m, tok, random_prompt(59, 1), {.max_new = 5}).tokens.size(), 5u);
+  EXPECT_EQ(generate(m, tok, random_prompt(64, 1), {.max_new = 3}).tokens.size(), 1u);
 }
 
 // ----------------------------------------------------------------------------

@@ -10,9 +10,11 @@
 #include <chrono>
 #include <cmath>
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "core/rng.hpp"
 #include "eval/decode.hpp"
@@ -60,13 +62,15 @@ struct TestServer {
   Server server;
   int port;
   std::thread thread;
-  TestServer(const Model<float>& m, const Tokenizer& tok, int64_t slots, int64_t queue)
+  TestServer(const Model<float>& m, const Tokenizer& tok, int64_t slots, int64_t queue,
+             bool allow_unknown_fields = false)
       : server(m, tok,
                ServeOptions{.host = "127.0.0.1",
                             .port = 0,
                             .model_name = "tiny",
                             .engine = {.slots = slots, .queue = queue},
-                            .log_requests = false}),
+                            .log_requests = false,
+                            .allow_unknown_fields = allow_unknown_fields}),
         port(server.bind()),
         thread([this] { server.run(); }) {}
   ~TestServer() {
@@ -515,4 +519,195 @@ TEST(Serve, TokenizerRoutesRoundTrip) {
   EXPECT_EQ(s.post("/detokenize", json{{"tokens", {0, 100}}})->status, 400);
   EXPECT_EQ(s.get("/v1/models")["data"][0]["id"], "tiny");
   EXPECT_EQ(s.get("/v1/models")["data"][0]["max_model_len"], 64);
+}
+
+// ----------------------------------------------------------------------------
+// OpenAI's fields: refused by name when unknown, penalties and biases as a reference applies them
+
+namespace {
+
+// logits [ids.size()][V] of the training forward of a double copy of the model: row t predicts
+// the id after ids[t]
+std::vector<std::vector<double>> logits_double(const Model<float>& m,
+                                               const std::vector<int32_t>& ids) {
+  const int64_t T = int64_t(ids.size()), V = m.cfg.vocab_size;
+  Model<double> dm(m.cfg, 1, T);
+  std::copy(m.params.begin(), m.params.end(), dm.params.begin());
+  std::vector<int32_t> next(ids.begin() + 1, ids.end());
+  next.push_back(0);
+  dm.forward(ids, next);
+  const auto z = dm.logits();
+  std::vector<std::vector<double>> rows;
+  for (int64_t t = 0; t < T; t++) rows.emplace_back(z.data() + t * V, z.data() + (t + 1) * V);
+  return rows;
+}
+
+// a LetterTokenizer token's text back to its id
+int32_t letter_id(const std::string& t) {
+  EXPECT_EQ(t.size(), 1u) << t;
+  return t[0] >= 'a' && t[0] <= 'z' ? t[0] - 'a' : 26 + t[0] - 'A';
+}
+
+}  // namespace
+
+TEST(Serve, UnknownAndInvalidFieldsGetA400NamingThem) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 2, 8);
+  const std::vector<std::tuple<json, int, std::string>> bad = {
+      {{{"repetition_penalty", 1.1}}, 400, "repetition_penalty: unknown field"},
+      {{{"do_sample", false}}, 400, "do_sample: unknown field"},
+      {{{"min_p", 0.1}}, 400, "min_p: unknown field"},
+      {{{"suffix", "x"}}, 400, "suffix: not supported"},
+      {{{"stream_options", {{"include_usage", true}}}}, 400, "stream_options: not supported"},
+      {{{"presence_penalty", 2.5}}, 400, "presence_penalty: must be in [-2, 2]"},
+      {{{"frequency_penalty", "x"}}, 400, "frequency_penalty: must be a number"},
+      {{{"logit_bias", {1}}}, 400, "logit_bias: must be an object"},
+      {{{"logit_bias", {{"x", 1}}}}, 400, "logit_bias: key 'x' is not a token id"},
+      {{{"logit_bias", {{"52", 1}}}}, 400, "token id 52 is outside the vocabulary"},
+      {{{"logit_bias", {{"1", 150}}}}, 400, "the bias of token 1 must be a number in [-100, 100]"},
+      {{{"best_of", 1}, {"n", 2}}, 400, "best_of: must be at least n (2)"},
+      {{{"best_of", 2}, {"stream", true}}, 400, "best_of: cannot be larger than n with stream"},
+      {{{"user", 5}}, 400, "user: must be a string"},
+      {{{"model", "gpt-3.5-turbo-instruct"}}, 404, "model: 'gpt-3.5-turbo-instruct' is not served"},
+  };
+  for (auto [body, status, needle] : bad) {
+    body["prompt"] = "ab";
+    const auto r = s.post("/v1/completions", body);
+    ASSERT_TRUE(r) << body;
+    EXPECT_EQ(r->status, status) << body;
+    const json e = json::parse(r->body, nullptr, false);
+    ASSERT_FALSE(e.is_discarded()) << r->body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(needle), std::string::npos)
+        << body << " -> " << r->body;
+  }
+  // what OpenAI's and the harness's clients send is taken
+  const json fine = {{"model", "tiny"},
+                     {"prompt", "ab"},
+                     {"max_tokens", 2},
+                     {"temperature", 0},
+                     {"top_k", 5},
+                     {"top_p", 0.9},
+                     {"seed", 1},
+                     {"stop", {"z"}},
+                     {"user", "someone"},
+                     {"best_of", 2},
+                     {"n", 1},
+                     {"logit_bias", json::object()},
+                     {"presence_penalty", 0},
+                     {"frequency_penalty", 0},
+                     {"logprobs", 1},
+                     {"echo", false},
+                     {"stream", false}};
+  EXPECT_EQ(ok_json(s.post("/v1/completions", fine))["choices"].size(), 1u);
+  // the switch: unknown fields are ignored, OpenAI's unsupported ones still refused
+  TestServer lax(m, tok, 2, 8, true);
+  const auto r = lax.post("/v1/completions",
+                          json{{"prompt", "ab"}, {"max_tokens", 2}, {"repetition_penalty", 1.2}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(lax.post("/v1/completions", json{{"prompt", "ab"}, {"suffix", "x"}})->status, 400);
+}
+
+// Greedy choices under presence and frequency penalties and logit biases equal the argmax of the
+// adjusted logits of a double forward (OpenAI's formula applied here), and the log-probabilities
+// returned stay the model's own.
+TEST(Serve, PenaltiesAndLogitBiasChooseAsTheReferenceFormula) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(3);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 2, 8);
+  const std::vector<int32_t> prompt = random_ids(6, 9);
+  const int64_t n_new = 12, Vd = 52;
+  auto run = [&](const json& extra) {
+    json body = {{"prompt", prompt}, {"max_tokens", n_new}, {"temperature", 0}, {"logprobs", 0}};
+    body.update(extra);
+    const json r = ok_json(s.post("/v1/completions", body));
+    std::vector<int32_t> ids;
+    std::vector<double> lps;
+    for (const auto& t : r["choices"][0]["logprobs"]["tokens"]) ids.push_back(letter_id(t));
+    for (const auto& v : r["choices"][0]["logprobs"]["token_logprobs"]) lps.push_back(v);
+    return std::pair(ids, lps);
+  };
+  const auto [plain, plain_lp] = run(json::object());
+  ASSERT_EQ(int64_t(plain.size()), n_new);
+  ASSERT_LT(std::set<int32_t>(plain.begin(), plain.end()).size(), plain.size())
+      << "the unpenalised text repeats a token (else the penalties could change nothing)";
+  struct Case {
+    double presence, frequency;
+    std::map<int32_t, double> bias;
+  };
+  const std::vector<Case> cases = {{0, 1.5, {}},
+                                   {1.5, 0, {}},
+                                   {0.7, 0.9, {}},
+                                   {-1, -0.5, {}},
+                                   {0, 0, {{plain[0], -100}, {7, 4.5}}},
+                                   {0.4, 0.6, {{plain[1], -3}, {30, 2}}}};
+  int changed = 0;
+  for (const Case& k : cases) {
+    json bias = json::object();
+    for (const auto& [id, b] : k.bias) bias[std::to_string(id)] = b;
+    const auto [got, lps] = run(json{{"presence_penalty", k.presence},
+                                     {"frequency_penalty", k.frequency},
+                                     {"logit_bias", bias}});
+    ASSERT_EQ(int64_t(got.size()), n_new);
+    changed += got != plain;
+    std::vector<int32_t> seq = prompt;
+    std::map<int32_t, int64_t> count;
+    for (int64_t t = 0; t < n_new; t++) {
+      const std::vector<double> row = logits_double(m, seq).back();
+      std::vector<double> adj(row.begin(), row.begin() + Vd);
+      for (const auto& [id, b] : k.bias) adj[size_t(id)] += b;
+      for (const auto& [id, cnt] : count)
+        adj[size_t(id)] -= double(cnt) * k.frequency + (cnt > 0 ? k.presence : 0);
+      const int32_t want = int32_t(std::max_element(adj.begin(), adj.end()) - adj.begin());
+      EXPECT_EQ(got[size_t(t)], want) << "step " << t;
+      // the model's log-probability of the token chosen, whatever the adjustments
+      const double mx = *std::max_element(row.begin(), row.end());
+      double z = 0;
+      for (double v : row) z += std::exp(v - mx);
+      EXPECT_NEAR(lps[size_t(t)], row[size_t(got[size_t(t)])] - mx - std::log(z), 1e-4);
+      seq.push_back(got[size_t(t)]);
+      count[got[size_t(t)]]++;
+    }
+  }
+  EXPECT_GE(changed, 4) << "the adjustments changed the text";
+}
+
+// best_of: the candidates are the n = best_of choices of the same seed, and the ones returned are
+// those of the highest summed log-probability, best first.
+TEST(Serve, BestOfReturnsTheCandidatesOfHighestSummedLogprob) {
+  const ModelConfig c = test::tiny_lm(true);
+  Model<float> m(c, 1, 1);
+  m.init_weights(5);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 4, 16);
+  const json base = {{"prompt", "abcab"}, {"max_tokens", 6}, {"temperature", 1.0}, {"seed", 77}};
+  json all = base;
+  all["n"] = 5, all["logprobs"] = 0;
+  const json every = ok_json(s.post("/v1/completions", all));
+  std::vector<std::pair<double, std::string>> cand;  // (summed log-probability, text)
+  int64_t tokens = 0;
+  for (const auto& ch : every["choices"]) {
+    double sum = 0;
+    for (const auto& v : ch["logprobs"]["token_logprobs"]) sum += v.get<double>();
+    cand.emplace_back(sum, ch["text"]);
+    tokens += int64_t(ch["logprobs"]["token_logprobs"].size());
+  }
+  std::stable_sort(cand.begin(), cand.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  ASSERT_NE(cand[0].second, cand[4].second) << "sampled candidates differ";
+  json best = base;
+  best["n"] = 2, best["best_of"] = 5;
+  const json r = ok_json(s.post("/v1/completions", best));
+  ASSERT_EQ(r["choices"].size(), 2u);
+  EXPECT_EQ(r["choices"][0]["text"], cand[0].second);
+  EXPECT_EQ(r["choices"][1]["text"], cand[1].second);
+  EXPECT_EQ(r["choices"][0]["index"], 0);
+  EXPECT_EQ(r["choices"][1]["index"], 1);
+  EXPECT_TRUE(r["choices"][0]["logprobs"].is_null()) << "not asked for";
+  EXPECT_EQ(r["usage"]["completion_tokens"], tokens) << "every candidate's tokens";
 }

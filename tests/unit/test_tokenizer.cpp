@@ -147,3 +147,73 @@ TEST(SentencePiece, TrainsBpeAndUnigramAndRoundTrips) {
                Error);
   fs::remove_all(dir);
 }
+
+// What the server's /tokenize and /detokenize (and `moelab generate --prompt`) do with special
+// tokens: every special's name in a text is its id, and ids written back as text give the same
+// ids again, specials included (as vLLM's detokenize with skip_special_tokens=False).
+TEST(Tokenizer, SpecialTokensRoundTripThroughText) {
+  const fs::path dir = fs::temp_directory_path() / ("moelab-spx-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  {
+    std::ofstream f(dir / "train.txt");
+    const std::vector<std::string> words = {"the", "king", "said", "unto", "moses", "went", "down"};
+    for (int i = 0; i < 2000; i++) {
+      for (int w = 0; w < 7; w++)
+        f << (w ? " " : "") << words[rng_u64(2, uint64_t(i), uint64_t(w)) % words.size()];
+      f << ".\n";
+    }
+  }
+  sentencepiece_train((dir / "train.txt").string(), (dir / "sp").string(), {400, "bpe", 100000, 2});
+  const auto sp = sentencepiece_load((dir / "sp.model").string());
+  fs::remove_all(dir);
+  // SentencePiece: <unk>, <s>, </s> (its control and unknown pieces)
+  const SpecialTokens& s = sp->specials();
+  ASSERT_EQ(s.list.size(), 3u);
+  for (const char* name : {"<unk>", "<s>", "</s>"}) EXPECT_EQ(s.by_name.count(name), 1u) << name;
+  const int32_t eos = sp->eot_id(), bos = s.by_name.at("<s>"), unk = s.by_name.at("<unk>");
+  EXPECT_EQ(sp->decode(std::vector<int32_t>{eos}), "");  // what /detokenize wrote before
+  EXPECT_EQ(tokenizer_decode_text(*sp, std::vector<int32_t>{eos}), "</s>");
+  EXPECT_EQ(tokenizer_encode_text(*sp, "</s>"), (std::vector<int32_t>{eos}));
+  auto enc = [&](const std::string& t) { return sp->encode(t); };
+  auto cat = [](std::vector<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
+  const std::vector<std::vector<int32_t>> id_cases = {
+      {eos},
+      {eos, eos, bos},
+      cat({enc("the king said"), {eos}}),
+      cat({{eos}, enc("the king said")}),
+      cat({enc("the king"), {eos}, enc("went down"), {bos, unk}, enc("unto moses.")}),
+      cat({{bos}, enc("moses"), {unk, eos}, enc("7 ✓ said"), {eos}}),
+  };
+  for (const auto& ids : id_cases) {
+    const std::string text = tokenizer_decode_text(*sp, ids);
+    EXPECT_EQ(tokenizer_encode_text(*sp, text), ids) << text;
+  }
+  for (const std::string text : {"the king</s>", "</s>the king", "a <s> b</s></s>c<unk>", "<s"}) {
+    const auto ids = tokenizer_encode_text(*sp, text);
+    EXPECT_EQ(tokenizer_encode_text(*sp, tokenizer_decode_text(*sp, ids)), ids) << text;
+  }
+  EXPECT_EQ(std::count(id_cases[4].begin(), id_cases[4].end(), eos), 1);
+
+  // tiktoken: the end-of-text token, and harmony's many specials (reserved ones included)
+  const Tokenizer& r50k = encoding("r50k_base");
+  const std::vector<int32_t> r = cat({r50k.encode("hello"), {50256, 50256}, r50k.encode(" world")});
+  EXPECT_EQ(tokenizer_decode_text(r50k, r), "hello<|endoftext|><|endoftext|> world");
+  EXPECT_EQ(tokenizer_encode_text(r50k, tokenizer_decode_text(r50k, r)), r);
+  const Tokenizer& h = encoding("o200k_harmony");
+  EXPECT_EQ(h.specials().list.size(), size_t(201088 - 199998));
+  const std::vector<int32_t> hs = cat({{200006},
+                                       h.encode("user"),
+                                       {200008},
+                                       h.encode("Hi there"),
+                                       {200007, 200013, 199999, 201087}});
+  const std::string ht = tokenizer_decode_text(h, hs);
+  EXPECT_EQ(ht,
+            "<|start|>user<|message|>Hi there<|end|><|reserved_200013|><|endoftext|>"
+            "<|reserved_201087|>");
+  EXPECT_EQ(tokenizer_encode_text(h, ht), hs);
+  EXPECT_EQ(tokenizer_encode_text(h, ht), h.encode(ht));  // tiktoken's own reading of specials
+}
