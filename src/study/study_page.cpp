@@ -11,7 +11,7 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
-#include "train/html.hpp"
+#include "core/html.hpp"
 
 namespace moelab {
 

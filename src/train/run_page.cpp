@@ -12,8 +12,8 @@
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
+#include "core/html.hpp"
 #include "train/collective.hpp"
-#include "train/html.hpp"
 #include "train/trainer.hpp"
 
 namespace moelab {

@@ -1,4 +1,4 @@
-#include "train/html.hpp"
+#include "core/html.hpp"
 
 #include <fmt/format.h>
 
