@@ -333,7 +333,7 @@ border-radius:6px;border:1px solid;margin:8px 0 12px}
 .status{font-weight:700;text-transform:uppercase;letter-spacing:.04em}
 .bar{flex-basis:100%;height:6px;background:#fff;border-radius:3px;overflow:hidden}
 .bar i{display:block;height:100%;background:#4a8fd0}
-.grid2{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px 22px}
+.grid2{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:10px 22px}
 figure{margin:0}figcaption{font-weight:600;margin:4px 0}
 svg{width:100%;height:auto;font-size:11px;font-family:inherit}
 svg text{fill:#333}svg .grid{stroke:#e6e6e6}svg .frame{fill:none;stroke:#999}
@@ -348,7 +348,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f3f3f3;padding:0 3px;border-radius:3px}
 .report img{max-width:100%;height:auto;border:1px solid #eee}
-.report .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:10px}
+.report .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:10px}
 )";
 
 // Keeps the page's age line current and marks it once the page is far older than its refresh:
