@@ -13,6 +13,7 @@ one-token completion is not below it.
 import argparse
 import http.client
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -27,9 +28,11 @@ KINDS = {
 
 
 def start(moelab, checkpoint, data, threads):
+    # idle OpenMP threads sleep: the server not being timed leaves the cores to the one that is
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     p = subprocess.Popen([moelab, "serve", checkpoint, "--data", data, "--port", "0", "--slots", "2",
                           "--threads", str(threads), "--quiet"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     line = p.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
     if not m:
