@@ -60,14 +60,20 @@ GgufValue vbool(bool b) {
 // ----------------------------------------------------------------------------
 // hyperparameters
 
+// Whether any layer of the config slides.
+bool any_sliding(const ModelConfig& c) {
+  return c.sliding_window > 0 &&
+         std::find(c.layer_sliding.begin(), c.layer_sliding.end(), true) != c.layer_sliding.end();
+}
+
 // llama.cpp's sliding-window pattern (llama_hparams::set_swa_pattern): layer il slides when
 // il % p < p - 1, p = 0 makes every layer slide, p = 1 none. The p that gives moelab's layer
-// types, or -1.
+// types, or -1. Without sliding layers: 0, every layer sliding over a window of the whole
+// context (gpt-oss's graph asserts that some layer slides; a window of max_position_embeddings
+// keys hides none of the model's positions).
 int64_t swa_period(const ModelConfig& c) {
   const int64_t L = c.num_hidden_layers;
-  const bool any = std::find(c.layer_sliding.begin(), c.layer_sliding.end(), true) !=
-                   c.layer_sliding.end();
-  if (c.sliding_window == 0 || !any) return 1;
+  if (!any_sliding(c)) return 0;
   for (int64_t p = 0; p <= L + 1; p++) {
     if (p == 1) continue;
     bool same = true;
@@ -133,9 +139,8 @@ std::vector<std::pair<std::string, GgufValue>> arch_keys(const ModelConfig& c) {
       {a + ".rope.dimension_count", vu32(c.head_dim)},
       {a + ".attention.layer_norm_rms_epsilon", vf32(c.rms_norm_eps)},
       {a + ".rope.freq_base", vf32(c.rope_theta)},
-      // no sliding layers (p = 1): the window is the context, never reached
       {a + ".attention.sliding_window",
-       vu32(c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings)},
+       vu32(any_sliding(c) ? c.sliding_window : c.max_position_embeddings)},
       {a + ".attention.sliding_window_pattern", vu32(p)},
       {a + ".expert_count", vu32(c.num_local_experts)},
       {a + ".expert_used_count", vu32(c.num_experts_per_tok)},
@@ -528,14 +533,16 @@ void write_reference(const Model<float>& m, const Tokenizer& tok, const std::str
 
 namespace {
 
-// The refusals that name a field before anything is merged or written.
-const Model<float>* plain_model(const Model<float>& from, HfPlain& plain) {
-  const ModelConfig& c = from.cfg;
-  if (c.moe_ct.experts > 0)
-    fail("export gguf: 'moe_ct' (MoE-CT's gated mix of the FFN and new experts) has no gpt-oss "
-         "form");
+// The refusals that name a field before anything is read, merged or written (merging changes
+// nothing they look at).
+void refuse_config(const ModelConfig& c) {
   if (c.lora.rank > 0 && c.ders.on())
     fail("export gguf: 'lora' together with 'ders' is not merged (export --merge-lora first)");
+  refuse_inexpressible(c);
+}
+
+// The checkpoint's model as a plain one (LoRA and DeRS merged), or a one-line refusal.
+const Model<float>* plain_model(const Model<float>& from, HfPlain& plain) {
   plain = hf_plain(from);
   const Model<float>& m = plain.model ? *plain.model : from;
   refuse_inexpressible(m.cfg);
@@ -576,7 +583,11 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
     fail(fmt::format("--dtype {}: must be f32, f16, bf16 or q8_0", o.dtype));
   if (!o.reference.empty() && o.prompts.empty())
     fail("--reference needs --prompts (the prompts whose log-probs it holds)");
+  std::error_code ec;
+  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
+    fail(fmt::format("--out {}: already exists (export never replaces a file)", o.out));
   const ModelConfig cfg = checkpoint_export_begin(o.checkpoint, o.out);
+  refuse_config(cfg);  // before reading any weights
   Model<float> from(cfg, 1, 1);
   const json state = checkpoint_load_model(o.checkpoint, from);
   HfPlain plain;
@@ -585,8 +596,8 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
     fail("export gguf: no tokenizer: give --data (the run names no data folder), llama.cpp "
          "needs one in the file");
   const DataDir d = data_open(o.data);
-  checkpoint_check_tokenizer(o.checkpoint, state, d.fingerprint, o.data);
   const std::string spm = sentencepiece_file(d, o.data);
+  checkpoint_check_tokenizer(o.checkpoint, state, d.fingerprint, o.data);
 
   GgufFile f;
   f.kv.push_back({"general.architecture", vstr(kArch)});

@@ -3,9 +3,11 @@
 //   - tokenization: llama.cpp's ids for each prompt equal moelab's (from the reference file);
 //   - log-probs: for every prompt position, llama.cpp's next-token probabilities over the whole
 //     vocabulary against moelab's log-softmax (max |Δ log p| over tokens with p > --floor);
-//   - greedy continuations: llama.cpp's argmax decoding equals `moelab generate --greedy`.
+//   - greedy continuations: llama.cpp's argmax decoding equals `moelab generate --greedy`
+//     (min_margin: the smallest log-prob gap between the first and second choice on the way).
 // node llama_check.mjs --nlc DIR --model F.gguf --reference REF.json --tol X
-//   [--moelab BIN --checkpoint CK --data D --max-new N --min-greedy K] [--threads T]
+//   [--moelab BIN --checkpoint CK --data D --max-new N --min-greedy K --margin-ratio R]
+//   [--threads T] [--floor P]
 // Prints one summary line (JSON) and exits 1 when a check fails, 2 when node-llama-cpp cannot be
 // loaded (the message says why).
 import fs from "node:fs";
@@ -45,7 +47,8 @@ const ctx = await model.createContext({
 const seq = ctx.getSequence();
 
 const out = {tokenize_equal: 0, prompts: ref.prompts.length, positions: 0, max_abs_dlogp: 0,
-  argmax_equal: 0, greedy_equal: 0, greedy_total: 0, greedy_tokens: 0, failures: []};
+  argmax_equal: 0, greedy_equal: 0, greedy_total: 0, greedy_tokens: 0, min_margin: Infinity,
+  greedy_diffs: [], failures: []};
 for (const p of ref.prompts) {
   const ids = Array.from(model.tokenize(p.text));
   if (JSON.stringify(ids) === JSON.stringify(p.ids)) out.tokenize_equal++;
@@ -79,9 +82,12 @@ if (args.moelab) {
     {encoding: "utf8", stdio: ["ignore", "pipe", "ignore"]});
     await seq.clearHistory();
     const got = [];
-    for await (const t of seq.evaluate(p.ids, {temperature: 0})) {
-      if (model.isEogToken(t)) break;
-      got.push(t);
+    for await (const o of seq.evaluateWithMetadata(p.ids, {probabilities: true}, {temperature: 0})) {
+      // the greedy choice's margin: log p of the first over the second most probable token
+      const top = [...o.probabilities.values()].slice(0, 2);
+      out.min_margin = Math.min(out.min_margin, Math.log(top[0]) - Math.log(top[1]));
+      if (model.isEogToken(o.token)) break;
+      got.push(o.token);
       if (got.length >= maxNew) break;
     }
     // the continuation as moelab prints it: the text after the prompt's (llama.cpp's SPM
@@ -91,12 +97,15 @@ if (args.moelab) {
     out.greedy_total++;
     out.greedy_tokens += got.length;
     if (text === want) out.greedy_equal++;
-    else out.failures.push(`greedy '${p.text}': llama.cpp '${text}', moelab '${want}'`);
+    else out.greedy_diffs.push(`'${p.text}': llama.cpp '${text}', moelab '${want}'`);
   }
   const need = Number(args["min-greedy"] ?? out.greedy_total);
   if (out.greedy_equal < need) out.failures.push(`greedy ${out.greedy_equal}/${out.greedy_total} < ${need}`);
-} else {
-  out.failures = out.failures.filter((f) => !f.startsWith("greedy"));
+  // --margin-ratio R: the greedy comparison decides only when no choice on the way was closer
+  // than R times the largest log-prob difference seen
+  const ratio = Number(args["margin-ratio"] ?? 0);
+  if (out.min_margin < ratio * out.max_abs_dlogp)
+    out.failures.push(`greedy margin ${out.min_margin} < ${ratio} x max |Δ log p|`);
 }
 console.log(JSON.stringify(out));
 await model.dispose();

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# moelab export gguf / import gguf against real llama.cpp: node-llama-cpp 3.21.1's prebuilt CPU
+# library (installed into the moelab cache by `make deps`, scripts/fetch_node_llama_cpp.sh) loads
+# the exported files of tiny models trained on real English text (Debian's license texts) with a
+# SentencePiece BPE tokenizer: a dense and an MoE model at every dtype, and a dense one with tied
+# embeddings and neither sinks nor biases nor sliding layers and an MoE with a dense layer and
+# only sliding layers at f32. tests/e2e/llama_check.mjs checks that llama.cpp tokenizes the
+# prompts as moelab does, that its next-token log-probs over the whole vocabulary agree with
+# moelab's (tolerances per dtype below) and that its greedy continuations equal
+# `moelab generate --greedy`. Then: import gives the f32 checkpoint back bit for bit and
+# quantized files as their dequantized weights; what llama.cpp cannot express fails with one
+# line and writes nothing. Without node-llama-cpp the test FAILS saying so.
+set -u
+moelab=$1
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/testlib.sh"
+cd "$tmp"
+export OMP_NUM_THREADS=2
+cache=${MOELAB_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/moelab}
+nlc="$cache/npm/node-llama-cpp@3.21.1"
+if [ ! -d "$nlc/node_modules/@node-llama-cpp/linux-x64" ]; then
+  echo "FAIL: node-llama-cpp@3.21.1 is not installed in $nlc (make deps installs it: scripts/fetch_node_llama_cpp.sh)"
+  exit 1
+fi
+command -v node >/dev/null || { echo "FAIL: node is not installed (make deps installs it)"; exit 1; }
+
+# ---- data: real text, one paragraph a line; a SentencePiece BPE tokenizer of 600 pieces
+mkdir -p corpus
+for f in GPL-3 GPL-2 LGPL-2.1 Apache-2.0 MPL-2.0 GFDL-1.3 Artistic; do
+  [ -f /usr/share/common-licenses/$f ] || { echo "FAIL: /usr/share/common-licenses/$f is missing (Debian's base-files)"; exit 1; }
+  awk 'BEGIN { RS = ""; } { gsub(/[ \t\n]+/, " "); sub(/^ /, ""); print }' /usr/share/common-licenses/$f >corpus/$f.txt
+done
+book_data "$moelab" 600
+
+# ---- models: 4 trained for 60 steps (seq 64)
+train=(model.vocab_size=600 model.max_position_embeddings=64 data.seq_len=64 phases.steps=60
+  schedule.decay_steps=40 model.hidden_size=48 model.intermediate_size=64)
+moe=(model.ffn_type=moe model.num_local_experts=4 model.num_experts_per_tok=2 model.intermediate_size=32)
+train_model() {
+  local name=$1
+  shift
+  tiny_config run.dir=$name "${train[@]}" "$@" >$name.toml
+  "$moelab" train $name.toml >$name.log 2>&1 || { bad "$name: train: $(tail -1 $name.log)"; return 1; }
+}
+train_model dense
+train_model moe "${moe[@]}"
+train_model tied model.tie_word_embeddings=true model.attention_sinks=false \
+  model.attention_bias=false model.sliding_window=0
+train_model partial "${moe[@]}" 'model.moe_layers=[1]' \
+  'model.layer_types=["sliding_attention", "sliding_attention"]'
+ck() { echo $1/step_00000060; }
+
+cat >prompts.txt <<'EOF'
+This License applies to any program or other work
+The licenses for most software are designed to take away your freedom
+You may convey verbatim copies of the Program
+If you distribute copies of such a program, whether gratis or for a fee
+Each Contributor hereby grants to You a
+THERE IS NO WARRANTY FOR THE PROGRAM
+EOF
+
+# check NAME DTYPE TOL MIN: export, then llama_check.mjs (log-probs within TOL; at least MIN of
+# the 6 greedy continuations of 12 tokens equal moelab's)
+check() {
+  local name=$1 dtype=$2 tol=$3
+  local g=(--moelab "$moelab" --checkpoint "$(ck $name)" --data data --max-new 12 --min-greedy $4)
+  [ $dtype = f32 ] && g+=(--margin-ratio 10)
+  "$moelab" export gguf "$(ck $name)" --out $name.$dtype.gguf --dtype $dtype --data data \
+    --prompts prompts.txt --reference $name.$dtype.ref.json >$name.$dtype.log 2>&1 ||
+    { bad "$name $dtype: export: $(tail -1 $name.$dtype.log)"; return; }
+  node "$here/llama_check.mjs" --nlc "$nlc" --model $name.$dtype.gguf --reference $name.$dtype.ref.json \
+    --tol $tol --threads 2 "${g[@]}" >$name.$dtype.check 2>$name.$dtype.err
+  local rc=$?
+  if [ $rc = 2 ]; then bad "$name $dtype: $(cat $name.$dtype.check) $(tail -1 $name.$dtype.err)"; return; fi
+  [ $rc = 0 ] && ok || bad "$name $dtype: $(cat $name.$dtype.check) $(tail -1 $name.$dtype.err)"
+  echo "  $name $dtype ($(stat -c %s $name.$dtype.gguf) bytes): $(cat $name.$dtype.check)"
+}
+# Tolerances on max |Δ log p| (tokens with p > 1e-6 for either): f32 is float rounding only
+# (llama.cpp's f32 KV cache; measured 2.5e-6); f16 and q8_0 also round the activations (ggml's
+# matmuls convert them to the weights' type; measured 1.0e-3 and 8.5e-3), bf16 keeps 8 bits of
+# mantissa (8.8e-3). Greedy: every continuation at f32 and f16, 4 of 6 at bf16 and q8_0, whose
+# rounding may flip a near-tie. At f32 no greedy choice may be closer than 10 times the largest
+# log-prob difference (so that agreement is not luck).
+for name in dense moe; do
+  check $name f32 1e-4 6
+  check $name f16 0.02 6
+  check $name bf16 0.1 4
+  check $name q8_0 0.1 4
+done
+check tied f32 1e-4 6
+check partial f32 1e-4 6
+
+# ---- import: f32 gives the checkpoint's tensors and config back bit for bit
+for name in dense moe tied partial; do
+  "$moelab" import gguf $name.f32.gguf --out $name.back >imp.log 2>&1 && ok ||
+    { bad "$name: import: $(tail -1 imp.log)"; continue; }
+  "$moelab" export "$(ck $name)" --out $name.plain >/dev/null
+  cmp -s $name.back/model.safetensors $name.plain/model.safetensors && ok ||
+    bad "$name: import of the f32 file differs from the checkpoint's tensors"
+  cmp -s $name.back/config.json $name.plain/config.json && ok || bad "$name: imported config differs"
+done
+# quantized files import as their dequantized weights: exporting those again at the same dtype
+# and importing gives the same tensors
+for dtype in f16 bf16 q8_0; do
+  "$moelab" import gguf moe.$dtype.gguf --out moe.$dtype.back >imp.log 2>&1 && ok ||
+    { bad "moe $dtype: import: $(tail -1 imp.log)"; continue; }
+  "$moelab" export gguf moe.$dtype.back --out moe.$dtype.again.gguf --dtype $dtype --data data >/dev/null 2>&1
+  "$moelab" import gguf moe.$dtype.again.gguf --out moe.$dtype.again >/dev/null 2>&1
+  cmp -s moe.$dtype.back/model.safetensors moe.$dtype.again/model.safetensors && ok ||
+    bad "moe $dtype: dequantized weights change on a second export"
+done
+
+# ---- one-line refusals, nothing written
+variant() {  # variant NAME FROM SED: a copy of FROM's checkpoint with its config.json edited
+  mkdir -p $1 && cp -r "$(ck $2)" $1/ && sed -i -E "$3" $1/step_00000060/config.json
+}
+variant alpha dense 's/"swiglu_alpha": [0-9.]+/"swiglu_alpha": 1.5/'
+variant layers dense 's/"sliding_attention",/"full_attention",/; s/"full_attention"$/"sliding_attention"/'
+variant yarn dense 's/"rope_scaling": null/"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0, "original_max_position_embeddings": 16}/'
+expect_error "swiglu_alpha" "^moelab: error: export gguf: 'swiglu_alpha' is 1.5; llama.cpp's gpt-oss graph hard-codes alpha 1.702 and limit 7$" \
+  "$moelab" export gguf "$(ck alpha)" --out x.gguf --data data
+expect_error "layer pattern" "^moelab: error: export gguf: 'layer_types' is no pattern llama.cpp writes" \
+  "$moelab" export gguf "$(ck layers)" --out x.gguf --data data
+expect_error "yarn" "^moelab: error: export gguf: 'rope_scaling.factor' is 4: llama.cpp rounds the YaRN ramp's ends" \
+  "$moelab" export gguf "$(ck yarn)" --out x.gguf --data data
+expect_error "dtype" "^moelab: error: --dtype q4_0: must be f32, f16, bf16 or q8_0$" \
+  "$moelab" export gguf "$(ck dense)" --out x.gguf --dtype q4_0 --data data
+expect_error "out exists" "^moelab: error: --out dense.f32.gguf: already exists" \
+  "$moelab" export gguf "$(ck dense)" --out dense.f32.gguf --data data
+[ -e x.gguf ] || [ -e x.gguf.tmp ] && bad "a refused export left a file" || ok
+expect_error "import not gguf" "^moelab: error: prompts.txt: not a GGUF file" "$moelab" import gguf prompts.txt --out y
+# a gpt-oss file moelab did not write (no moelab.config), and one whose key was edited
+node - dense.f32.gguf <<'JS'
+const fs = require("fs");
+let d = fs.readFileSync(process.argv[2]);
+const i = d.indexOf("moelab.config");
+d.write("moelab.xonfig", i);
+fs.writeFileSync("foreign.gguf", d);
+d = fs.readFileSync(process.argv[2]);
+const k = "gpt-oss.expert_used_count", j = d.indexOf(k) + k.length;
+if (d.readUInt32LE(j) !== 4 || d.readUInt32LE(j + 4) !== 1) throw new Error("unexpected layout");
+d.writeUInt32LE(2, j + 4);
+fs.writeFileSync("edited.gguf", d);
+JS
+expect_error "import foreign" "^moelab: error: foreign.gguf: no 'moelab.config' key: only files written by moelab export gguf are imported$" \
+  "$moelab" import gguf foreign.gguf --out y
+expect_error "import edited" "^moelab: error: edited.gguf: key 'gpt-oss.expert_used_count' differs from what its 'moelab.config' gives$" \
+  "$moelab" import gguf edited.gguf --out y
+[ -e y ] && bad "a refused import left a folder" || ok
+
+finish gguf
