@@ -171,7 +171,7 @@ QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) 
   }
   page.end(o.workers
                ? "this worker's part of the queue is done"
-               : fmt::format("the queue went through its {} runs{}", runs.size(),
+               : fmt::format("the queue is through: {} run(s){}", runs.size(),
                              q.failed.empty() ? "" : fmt::format(", {} failed", q.failed.size())));
   if (!o.workers) {
     std::fprintf(stderr, "== all %zu runs done in %.1f s%s\n", runs.size(), time_now_s() - t0,

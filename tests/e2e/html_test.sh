@@ -85,6 +85,10 @@ done
 "$shot" run/view.html run.png 1200 1500 && ok || bad "screenshot"
 [ "$(head -c 4 run.png | tail -c 3)" = PNG ] && [ "$(stat -c %s run.png)" -gt 20000 ] && ok || bad "screenshot run.png is not a PNG of the page"
 
+MOELAB_VIEW_SECONDS=soon expect_error "a bad MOELAB_VIEW_SECONDS" "MOELAB_VIEW_SECONDS: 'soon' is not a number" \
+  "$moelab" train moe.toml --set run.dir=never
+[ -e never ] && bad "a refused run left its folder" || ok
+
 # ---- a run that diverges: the page says it failed; its folder's name is escaped
 tiny_config run.dir="we<i>rd&'run" schedule.max_lr=1e12 schedule.min_lr=1e11 >bad.toml
 "$moelab" train bad.toml >bad.log 2>&1 && bad "a diverging run succeeded" || ok
