@@ -348,6 +348,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f3f3f3;padding:0 3px;border-radius:3px}
 .report img{max-width:100%;height:auto;border:1px solid #eee}
+.report table,#runs{display:block;overflow-x:auto;max-width:100%}
 .report .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:10px}
 )";
 

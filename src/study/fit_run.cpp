@@ -16,6 +16,7 @@
 #include "core/rng.hpp"
 #include "study/fit.hpp"
 #include "study/fit_state.hpp"
+#include "study/study_page.hpp"
 
 namespace moelab {
 
@@ -212,6 +213,12 @@ std::string fit_run(const FitOptions& o) {
     fs::create_directories(o.out);
     file_write_atomic((fs::path(o.out) / "fit.json").string(), j.dump(2) + "\n");
     fit_state_draw(st, o.out);
+    // A sweep's fit into its folder's fit/: the sweep's page (written as it ran) shows it
+    const fs::path sweep = fs::absolute(o.csv).parent_path();
+    if (fs::absolute(o.out).lexically_normal() == (sweep / "fit").lexically_normal() &&
+        fs::exists(sweep / "view.html")) {
+      study_page_after_report(sweep.string(), "");
+    }
   }
   return j.dump(2);
 }

@@ -272,7 +272,7 @@ std::string runs_table(const std::vector<RunRow>& rows) {
         s ? fmt::format("{} / {}", s->last_step, run_series_total_steps(*s)) : "-",
         s ? html_format_number(run_series_last(*s, "loss")) : "-", val,
         s ? html_format_number(run_series_last(*s, "m_ex")) : "-",
-        s ? html_format_number(run_series_last(*s, "tokens_per_s")) : "-");
+        s ? html_format_count(run_series_last(*s, "tokens_per_s")) : "-");
   }
   return out + "</table>\n";
 }
@@ -356,6 +356,31 @@ std::string csv_html(const std::string& path) {
     row++;
   }
   return out + "</table>\n";
+}
+
+// The figures `moelab fit` drew into DIR (a sweep's DIR/fit: fit_*.svg, or .png), inline.
+std::string fit_figures_html(const std::string& dir) {
+  std::error_code ec;
+  if (!path_exists(fs::path(dir) / "fit.json")) {
+    return "";
+  }
+  std::vector<std::string> stems;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const fs::path f = e.path().filename();
+    if (f.string().starts_with("fit_") && (f.extension() == ".svg" || f.extension() == ".png")) {
+      stems.push_back(f.stem().string());
+    }
+  }
+  std::sort(stems.begin(), stems.end());
+  stems.erase(std::unique(stems.begin(), stems.end()), stems.end());
+  if (stems.empty()) {
+    return "";
+  }
+  std::string out = "<div class=\"report\"><h2>Scaling-law fit (fit/)</h2><div class=\"figs\">";
+  for (const std::string& s : stems) {
+    out += image_html(fmt::format("![{0}]({0}.png)", s), dir);
+  }
+  return out + "</div></div>\n";
 }
 
 }  // namespace
@@ -514,7 +539,11 @@ std::string StudyPageWriter::write(const StudyPage& p) {
     }
   }
   if (!p.live && path_exists(fs::path(p.dir) / "sweep.csv")) {
-    body += "<h2>Results (sweep.csv)</h2>\n" + csv_html((fs::path(p.dir) / "sweep.csv").string());
+    body += "<div class=\"report\"><h2>Results (sweep.csv)</h2>\n" +
+            csv_html((fs::path(p.dir) / "sweep.csv").string()) + "</div>\n";
+  }
+  if (!p.live) {
+    body += fit_figures_html((fs::path(p.dir) / "fit").string());
   }
   const std::string path = (fs::path(p.dir) / "view.html").string();
   file_write_atomic(
