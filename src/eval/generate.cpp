@@ -87,6 +87,15 @@ std::vector<std::pair<int32_t, double>> sample_distribution(std::span<const floa
   return p;
 }
 
+void logits_adjust(std::span<float> z, const GenerateOptions& o, std::span<const int32_t> seen,
+                   std::span<const int64_t> counts) {
+  for (const auto& [v, b] : o.logit_bias)
+    if (size_t(v) < z.size()) z[size_t(v)] = float(double(z[size_t(v)]) + b);
+  for (const int32_t v : seen)
+    z[size_t(v)] = float(double(z[size_t(v)]) - double(counts[size_t(v)]) * o.frequency_penalty -
+                         o.presence_penalty);
+}
+
 int32_t sample_next(std::span<const float> z, const GenerateOptions& o, int64_t step) {
   check(!z.empty(), "sample_next: no logits");
   if (o.greedy || o.temperature == 0) return logits_argmax(z.data(), int64_t(z.size()));
@@ -205,13 +214,7 @@ std::pair<int32_t, std::string> Continuation::push(std::span<const float> logits
   const bool penalties = o_.presence_penalty != 0 || o_.frequency_penalty != 0;
   if (penalties || !o_.logit_bias.empty()) {
     adjusted_.assign(z.begin(), z.end());
-    for (const auto& [v, b] : o_.logit_bias)
-      if (size_t(v) < Vd) adjusted_[size_t(v)] = float(double(adjusted_[size_t(v)]) + b);
-    if (penalties)
-      for (const int32_t v : seen_)
-        adjusted_[size_t(v)] =
-            float(double(adjusted_[size_t(v)]) - double(counts_[size_t(v)]) * o_.frequency_penalty -
-                  o_.presence_penalty);
+    logits_adjust(adjusted_, o_, seen_, counts_);
     z = adjusted_;
   }
   const int32_t id = sample_next(z, o_, steps_++);
