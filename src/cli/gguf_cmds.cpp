@@ -26,9 +26,9 @@ int export_gguf(GgufExportOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const GgufExportReport r = gguf_export(o);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print("exported {} -> {} (llama.cpp gpt-oss GGUF, {}): {} tensors ({}), {:.2f} MB, {:.2f} s\n",
-             o.checkpoint, o.out, o.dtype, r.tensors, types_text(r.types), double(r.bytes) / 1e6,
-             s);
+  fmt::print(
+      "exported {} -> {} (llama.cpp gpt-oss GGUF, {}): {} tensors ({}), {:.2f} MB, {:.2f} s\n",
+      o.checkpoint, o.out, o.dtype, r.tensors, types_text(r.types), double(r.bytes) / 1e6, s);
   if (!r.merged.empty()) fmt::print("merged: {}\n", r.merged.dump());
   fmt::print("tokenizer: {}\n", r.tokenizer);
   if (!o.reference.empty()) fmt::print("reference: {}\n", o.reference);
@@ -57,13 +57,14 @@ void command_export_gguf(CLI::App& exp, Commands& c) {
 
 void command_import_gguf(CLI::App& imp, Commands& c) {
   auto file = std::make_shared<std::string>(), out = std::make_shared<std::string>();
-  auto* cmd = imp.add_subcommand("gguf", "a GGUF file written by moelab export gguf as a checkpoint");
+  auto* cmd =
+      imp.add_subcommand("gguf", "a GGUF file written by moelab export gguf as a checkpoint");
   cmd->add_option("file", *file, "the .gguf file")->required();
   cmd->add_option("--out", *out, "new checkpoint folder to write (must not exist)")->required();
   c.add(cmd, [file, out] {
     const GgufImportReport r = gguf_import(*file, *out);
-    fmt::print("imported {} -> {}: {} tensors ({}), {} layers, {} expert(s), top-{}\n", *file,
-               *out, r.tensors, types_text(r.types), r.config.num_hidden_layers,
+    fmt::print("imported {} -> {}: {} tensors ({}), {} layers, {} expert(s), top-{}\n", *file, *out,
+               r.tensors, types_text(r.types), r.config.num_hidden_layers,
                r.config.num_local_experts, r.config.num_experts_per_tok);
     return 0;
   });

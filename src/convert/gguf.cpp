@@ -205,7 +205,8 @@ std::vector<Placed> place(const ModelConfig& c, std::map<std::string, HfTensor>&
                                       {"k_proj", "attn_k", KV * hd},
                                       {"v_proj", "attn_v", KV * hd}}) {
       add(b + theirs + ".weight", {d, rows}, take(p + "self_attn." + ours + ".weight"));
-      if (c.attention_bias) add(b + theirs + ".bias", {rows}, take(p + "self_attn." + ours + ".bias"));
+      if (c.attention_bias)
+        add(b + theirs + ".bias", {rows}, take(p + "self_attn." + ours + ".bias"));
     }
     add(b + "attn_output.weight", {H * hd, d}, take(p + "self_attn.o_proj.weight"));
     // llama.cpp requires the output bias: zeros are the same function
@@ -251,11 +252,14 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     return it->second.data;
   };
   auto put = [&](const std::string& n, std::vector<float> v) {
-    check(hf.contains(n) && int64_t(v.size()) == [&] {
-      int64_t k = 1;
-      for (int64_t s : hf[n].shape) k *= s;
-      return k;
-    }(), "gguf unplace: " + n);
+    check(
+        hf.contains(n) && int64_t(v.size()) ==
+                              [&] {
+                                int64_t k = 1;
+                                for (int64_t s : hf[n].shape) k *= s;
+                                return k;
+                              }(),
+        "gguf unplace: " + n);
     hf[n].data = std::move(v);
   };
   put("model.embed_tokens.weight", from("token_embd.weight"));
@@ -263,8 +267,10 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     const std::string p = fmt::format("model.layers.{}.", l), b = fmt::format("blk.{}.", l);
     put(p + "input_layernorm.weight", from(b + "attn_norm.weight"));
     put(p + "post_attention_layernorm.weight", from(b + "post_attention_norm.weight"));
-    for (auto [ours, theirs] : {std::pair{"q_proj", "attn_q"}, {"k_proj", "attn_k"},
-                                {"v_proj", "attn_v"}, {"o_proj", "attn_output"}}) {
+    for (auto [ours, theirs] : {std::pair{"q_proj", "attn_q"},
+                                {"k_proj", "attn_k"},
+                                {"v_proj", "attn_v"},
+                                {"o_proj", "attn_output"}}) {
       const std::string ot = theirs;
       put(p + "self_attn." + ours + ".weight", from(b + ot + ".weight"));
       if (c.attention_bias) {
@@ -281,7 +287,7 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     put(p + "mlp.router.weight", from(b + "ffn_gate_inp.weight"));
     put(p + "mlp.router.bias", from(b + "ffn_gate_inp.bias"));
     const std::vector<float>&gate = from(b + "ffn_gate_exps.weight"),
-         &up = from(b + "ffn_up_exps.weight");
+          &up = from(b + "ffn_up_exps.weight");
     std::vector<float> gu(size_t(E * 2 * I * d));  // [E, 2I, d], then -> [E, d, 2I]
     for (int64_t e = 0; e < E; e++)
       for (int64_t j = 0; j < I; j++)
@@ -291,7 +297,8 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
         }
     put(p + "mlp.experts.gate_up_proj", transpose(gu, E, 2 * I, d));
     put(p + "mlp.experts.down_proj", transpose(from(b + "ffn_down_exps.weight"), E, d, I));
-    const std::vector<float>&gb = from(b + "ffn_gate_exps.bias"), &ub = from(b + "ffn_up_exps.bias");
+    const std::vector<float>&gb = from(b + "ffn_gate_exps.bias"),
+          &ub = from(b + "ffn_up_exps.bias");
     std::vector<float> gub(gb.size() * 2);
     for (size_t i = 0; i < gb.size(); i++) gub[2 * i] = gb[i], gub[2 * i + 1] = ub[i];
     put(p + "mlp.experts.gate_up_proj_bias", std::move(gub));
@@ -300,9 +307,10 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
   put("model.norm.weight", from("output_norm.weight"));
   if (c.tie_word_embeddings) {
     if (from("output.weight") != from("token_embd.weight"))
-      fail(fmt::format("{}: tensor 'output.weight' differs from 'token_embd.weight', but the "
-                       "config ties them ('tie_word_embeddings')",
-                       src));
+      fail(
+          fmt::format("{}: tensor 'output.weight' differs from 'token_embd.weight', but the "
+                      "config ties them ('tie_word_embeddings')",
+                      src));
   } else {
     put("lm_head.weight", from("output.weight"));
   }
@@ -310,7 +318,6 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     it = it->second.data.empty() ? hf.erase(it) : std::next(it);
   return hf;
 }
-
 
 // ----------------------------------------------------------------------------
 // the tokenizer: a SentencePiece model as llama.cpp's `llama` (SPM) tokenizer
@@ -361,11 +368,16 @@ class Proto {
     return f;
   }
   void skip(uint64_t wire) {
-    if (wire == 0) varint();
-    else if (wire == 2) bytes();
-    else if (wire == 5) fixed32();
-    else if (wire == 1 && s_.size() - p_ >= 8) p_ += 8;
-    else bad();
+    if (wire == 0)
+      varint();
+    else if (wire == 2)
+      bytes();
+    else if (wire == 5)
+      fixed32();
+    else if (wire == 1 && s_.size() - p_ >= 8)
+      p_ += 8;
+    else
+      bad();
   }
   [[noreturn]] void bad() const { fail(fmt::format("{}: not a SentencePiece model", src_)); }
 
@@ -391,10 +403,14 @@ SpmProto spm_parse(const std::string& serialized, const std::string& src) {
       int32_t type = 1;
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 1 && w == 2) piece = std::string(sub.bytes());
-        else if (f == 2 && w == 5) score = sub.fixed32();
-        else if (f == 3 && w == 0) type = int32_t(sub.varint());
-        else sub.skip(w);
+        if (f == 1 && w == 2)
+          piece = std::string(sub.bytes());
+        else if (f == 2 && w == 5)
+          score = sub.fixed32();
+        else if (f == 3 && w == 0)
+          type = int32_t(sub.varint());
+        else
+          sub.skip(w);
       }
       m.pieces.push_back(std::move(piece));
       m.scores.push_back(score);
@@ -402,16 +418,22 @@ SpmProto spm_parse(const std::string& serialized, const std::string& src) {
     } else if (field == 2) {  // TrainerSpec {3 model_type}
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 3 && w == 0) m.model_type = int64_t(sub.varint());
-        else sub.skip(w);
+        if (f == 3 && w == 0)
+          m.model_type = int64_t(sub.varint());
+        else
+          sub.skip(w);
       }
     } else if (field == 3) {  // NormalizerSpec {1 name, 3 add_dummy_prefix, 4 remove_extra_ws}
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 1 && w == 2) m.normalizer = std::string(sub.bytes());
-        else if (f == 3 && w == 0) m.add_dummy_prefix = sub.varint() != 0;
-        else if (f == 4 && w == 0) m.remove_extra_whitespaces = sub.varint() != 0;
-        else sub.skip(w);
+        if (f == 1 && w == 2)
+          m.normalizer = std::string(sub.bytes());
+        else if (f == 3 && w == 0)
+          m.add_dummy_prefix = sub.varint() != 0;
+        else if (f == 4 && w == 0)
+          m.remove_extra_whitespaces = sub.varint() != 0;
+        else
+          sub.skip(w);
       }
     }
   }
@@ -424,9 +446,10 @@ std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
   if (!sp.Load(model_file).ok()) fail(fmt::format("{}: not a SentencePiece model", model_file));
   const SpmProto m = spm_parse(sp.serialized_model_proto(), model_file);
   if (m.model_type != 2)
-    fail(fmt::format("export gguf: {}: SentencePiece model_type {} ({}): llama.cpp's `llama` "
-                     "tokenizer merges pieces by score as BPE does, so only BPE models are written",
-                     model_file, m.model_type, m.model_type == 1 ? "unigram" : "not BPE"));
+    fail(
+        fmt::format("export gguf: {}: SentencePiece model_type {} ({}): llama.cpp's `llama` "
+                    "tokenizer merges pieces by score as BPE does, so only BPE models are written",
+                    model_file, m.model_type, m.model_type == 1 ? "unigram" : "not BPE"));
   if (int64_t(m.pieces.size()) != vocab)
     fail(fmt::format("export gguf: {} has {} pieces, the model's vocab_size is {}", model_file,
                      m.pieces.size(), vocab));
@@ -438,15 +461,18 @@ std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
   kv.push_back({"tokenizer.ggml.tokens", toks});
   kv.push_back({"tokenizer.ggml.scores", scores});
   kv.push_back({"tokenizer.ggml.token_type", types});
-  for (auto [key, id] : {std::pair{"bos", sp.bos_id()}, {"eos", sp.eos_id()},
-                         {"unknown", sp.unk_id()}, {"padding", sp.pad_id()}})
+  for (auto [key, id] : {std::pair{"bos", sp.bos_id()},
+                         {"eos", sp.eos_id()},
+                         {"unknown", sp.unk_id()},
+                         {"padding", sp.pad_id()}})
     if (id >= 0) kv.push_back({fmt::format("tokenizer.ggml.{}_token_id", key), vu32(id)});
   kv.push_back({"tokenizer.ggml.add_bos_token", vbool(false)});  // moelab's encode adds none
   kv.push_back({"tokenizer.ggml.add_eos_token", vbool(false)});
   kv.push_back({"tokenizer.ggml.add_space_prefix", vbool(m.add_dummy_prefix)});
-  return fmt::format("SentencePiece BPE {} as llama.cpp's llama tokenizer ({} pieces, "
-                     "add_space_prefix {}, normalizer {} not applied by llama.cpp)",
-                     model_file, m.pieces.size(), m.add_dummy_prefix, m.normalizer);
+  return fmt::format(
+      "SentencePiece BPE {} as llama.cpp's llama tokenizer ({} pieces, "
+      "add_space_prefix {}, normalizer {} not applied by llama.cpp)",
+      model_file, m.pieces.size(), m.add_dummy_prefix, m.normalizer);
 }
 
 // ----------------------------------------------------------------------------
@@ -483,10 +509,14 @@ GgufTensor store(const Placed& t, GgmlType type) {
 
 const char* type_name(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return "f32";
-    case GgmlType::F16: return "f16";
-    case GgmlType::BF16: return "bf16";
-    case GgmlType::Q8_0: return "q8_0";
+    case GgmlType::F32:
+      return "f32";
+    case GgmlType::F16:
+      return "f16";
+    case GgmlType::BF16:
+      return "bf16";
+    case GgmlType::Q8_0:
+      return "q8_0";
   }
   return "?";
 }
@@ -550,18 +580,20 @@ const Model<float>* plain_model(const Model<float>& from, HfPlain& plain) {
     if (v.name.ends_with("router.balance_bias"))
       for (int64_t i = 0; i < v.numel; i++)
         if (m.params[size_t(v.offset + i)] != 0.f)
-          fail(fmt::format("export gguf: 'router_balance': '{}' is not zero, and llama.cpp's "
-                           "gpt-oss router has no bias for the choice alone",
-                           v.name));
+          fail(
+              fmt::format("export gguf: 'router_balance': '{}' is not zero, and llama.cpp's "
+                          "gpt-oss router has no bias for the choice alone",
+                          v.name));
   return &m;
 }
 
 std::string sentencepiece_file(const DataDir& d, const std::string& data) {
   const json& t = d.manifest->at("tokenizer");
   if (t.at("kind") != "sentencepiece")
-    fail(fmt::format("export gguf: {}: tokenizer {} (tiktoken) is not written as a GGUF "
-                     "tokenizer; only SentencePiece BPE tokenizers are",
-                     data, t.value("name", std::string("?"))));
+    fail(
+        fmt::format("export gguf: {}: tokenizer {} (tiktoken) is not written as a GGUF "
+                    "tokenizer; only SentencePiece BPE tokenizers are",
+                    data, t.value("name", std::string("?"))));
   return (fs::path(data) / t.at("file").get<std::string>()).string();
 }
 
@@ -593,8 +625,9 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
   HfPlain plain;
   const Model<float>& m = *plain_model(from, plain);
   if (o.data.empty())
-    fail("export gguf: no tokenizer: give --data (the run names no data folder), llama.cpp "
-         "needs one in the file");
+    fail(
+        "export gguf: no tokenizer: give --data (the run names no data folder), llama.cpp "
+        "needs one in the file");
   const DataDir d = data_open(o.data);
   const std::string spm = sentencepiece_file(d, o.data);
   checkpoint_check_tokenizer(o.checkpoint, state, d.fingerprint, o.data);
@@ -651,9 +684,10 @@ GgufImportReport gguf_import(const std::string& file, const std::string& out) {
                      arch && arch->kind == K::Str ? "\"" + arch->s + "\"" : "missing", kArch));
   const GgufValue* mc = f.find("moelab.config");
   if (!mc || mc->kind != K::Str)
-    fail(fmt::format("{}: no 'moelab.config' key: only files written by moelab export gguf are "
-                     "imported",
-                     file));
+    fail(
+        fmt::format("{}: no 'moelab.config' key: only files written by moelab export gguf are "
+                    "imported",
+                    file));
   const json cj = json::parse(mc->s, nullptr, false);
   GgufImportReport r;
   r.config = config_from_json(cj, file + " (moelab.config)");

@@ -71,10 +71,10 @@ GgufFile gguf_read(const std::string& path);
 
 struct GgufExportOptions {
   std::string checkpoint, out;
-  std::string data;          // the data folder with the tokenizer (required: llama.cpp needs one)
+  std::string data;           // the data folder with the tokenizer (required: llama.cpp needs one)
   std::string dtype = "f32";  // f32 | f16 | bf16 | q8_0
-  std::string reference;     // also write moelab's tokens and log-probs for --prompts here
-  std::string prompts;       // a file of prompts, one per line
+  std::string reference;      // also write moelab's tokens and log-probs for --prompts here
+  std::string prompts;        // a file of prompts, one per line
 };
 struct GgufExportReport {
   int64_t tensors = 0, bytes = 0;

@@ -65,16 +65,24 @@ class Writer {
 void write_value(Writer& w, const GgufValue& v) {
   using K = GgufValue::Kind;
   switch (v.kind) {
-    case K::U32: w.u32(kU32), w.u32(uint32_t(v.u)); return;
-    case K::I32: w.u32(kI32), w.i32(int32_t(v.i)); return;
-    case K::F32: w.u32(kF32), w.f32(float(v.f)); return;
+    case K::U32:
+      w.u32(kU32), w.u32(uint32_t(v.u));
+      return;
+    case K::I32:
+      w.u32(kI32), w.i32(int32_t(v.i));
+      return;
+    case K::F32:
+      w.u32(kF32), w.f32(float(v.f));
+      return;
     case K::Bool: {
       w.u32(kBool);
       const uint8_t b = v.b ? 1 : 0;
       w.raw(&b, 1);
       return;
     }
-    case K::Str: w.u32(kStr), w.str(v.s); return;
+    case K::Str:
+      w.u32(kStr), w.str(v.s);
+      return;
     case K::ArrStr:
       w.u32(kArr), w.u32(kStr), w.u64(v.strs.size());
       for (const std::string& s : v.strs) w.str(s);
@@ -130,16 +138,21 @@ size_t scalar_size(Reader& r, uint32_t t) {
   switch (t) {
     case kU8:
     case kI8:
-    case kBool: return 1;
+    case kBool:
+      return 1;
     case kU16:
-    case kI16: return 2;
+    case kI16:
+      return 2;
     case kU32:
     case kI32:
-    case kF32: return 4;
+    case kF32:
+      return 4;
     case kU64:
     case kI64:
-    case kF64: return 8;
-    default: r.bad(fmt::format("metadata value of unknown type {}", t));
+    case kF64:
+      return 8;
+    default:
+      r.bad(fmt::format("metadata value of unknown type {}", t));
   }
 }
 
@@ -190,10 +203,13 @@ GgufValue read_value(Reader& r, uint32_t t) {
 
 int64_t gguf_type_bytes(GgmlType t, int64_t n) {
   switch (t) {
-    case GgmlType::F32: return 4 * n;
+    case GgmlType::F32:
+      return 4 * n;
     case GgmlType::F16:
-    case GgmlType::BF16: return 2 * n;
-    case GgmlType::Q8_0: return n / kQ8Block * (2 + kQ8Block);
+    case GgmlType::BF16:
+      return 2 * n;
+    case GgmlType::Q8_0:
+      return n / kQ8Block * (2 + kQ8Block);
   }
   fail("gguf: unknown storage type");
 }
@@ -221,7 +237,9 @@ std::vector<float> gguf_dequantize(GgmlType t, std::span<const uint8_t> bytes, i
   for (int64_t i = 0; i < n; i++) {
     uint16_t h = 0;
     switch (t) {
-      case GgmlType::F32: std::memcpy(&out[size_t(i)], p + 4 * i, 4); break;
+      case GgmlType::F32:
+        std::memcpy(&out[size_t(i)], p + 4 * i, 4);
+        break;
       case GgmlType::F16:
         std::memcpy(&h, p + 2 * i, 2);
         out[size_t(i)] = f16_to_float(h);
@@ -285,7 +303,8 @@ GgufFile gguf_read(const std::string& path) {
   if (r.data().compare(0, 4, "GGUF") != 0) r.bad("not a GGUF file (no GGUF magic)");
   r.seek(4);
   const uint32_t version = r.get<uint32_t>();
-  if (version != 2 && version != 3) r.bad(fmt::format("GGUF version {} (2 or 3 are read)", version));
+  if (version != 2 && version != 3)
+    r.bad(fmt::format("GGUF version {} (2 or 3 are read)", version));
   const uint64_t nt = r.get<uint64_t>(), nkv = r.get<uint64_t>();
   GgufFile f;
   uint64_t align = kAlign;
