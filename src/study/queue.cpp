@@ -78,8 +78,9 @@ class QueuePage {
     page_.current = int64_t(i);
     write();
   }
-  void idle() {
+  void idle(const std::string& note) {
     page_.current = -1;
+    page_.note = note;
     write();
   }
   void end(const std::string& how) {
@@ -156,16 +157,18 @@ QueueResult queue_run(const std::vector<QueueRun>& runs, const QueueOptions& o) 
       page.end(fmt::format("interrupted in {}; the same command continues the study", run.name));
       return q;
     }
-    page.idle();
     if (rc != 0) {
+      page.idle("");
       continue;
     }
     q.ran++;
     if (o.workers) {
+      page.idle("");
       continue;
     }
     trained_s += time_now_s() - tv;
     const double left = trained_s / double(q.ran) * double(runs.size() - i - 1);
+    page.idle(fmt::format("{}: about {:.0f} min", o.others, left / 60));
     std::fprintf(stderr, "== %s finished in %.1f s; %s: about %.0f min\n", run.name.c_str(),
                  time_now_s() - tv, o.others.c_str(), left / 60);
   }

@@ -210,22 +210,41 @@ std::vector<std::string> run_folders(const std::string& dir) {
   return out;
 }
 
-// A forgetting study's variants as study.json names them: folder -> "MoE E=8 top-2" (seed S).
-std::map<std::string, std::string> variant_labels(const std::string& dir) {
-  std::map<std::string, std::string> out;
-  const fs::path path = fs::path(dir) / "study.json";
+nlohmann::json json_or_null(const fs::path& path) {
   if (!path_exists(path)) {
-    return out;
+    return nullptr;
   }
   const nlohmann::json j = nlohmann::json::parse(file_read(path.string()), nullptr, false);
-  if (!j.is_object() || !j.contains("variants") || !j["variants"].is_array()) {
-    return out;
+  return j.is_discarded() ? nlohmann::json() : j;
+}
+
+// What each run of a study is, as its record names it: a forgetting study's variants
+// (study.json: folder -> "MoE E=8 top-2 seed 1"), a continual-training study's methods (ct.json:
+// "lora seed 3").
+std::map<std::string, std::string> variant_labels(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  const nlohmann::json study = json_or_null(fs::path(dir) / "study.json");
+  if (study.is_object() && study.contains("variants") && study["variants"].is_array()) {
+    for (const nlohmann::json& v : study["variants"]) {
+      if (v.is_object() && v.contains("dir") && v["dir"].is_string() && v.contains("label") &&
+          v["label"].is_string()) {
+        out[v["dir"].get<std::string>()] =
+            fmt::format("{} seed {}", v["label"].get<std::string>(), v.value("seed", int64_t(0)));
+      }
+    }
   }
-  for (const nlohmann::json& v : j["variants"]) {
-    if (v.is_object() && v.contains("dir") && v["dir"].is_string() && v.contains("label") &&
-        v["label"].is_string()) {
-      out[v["dir"].get<std::string>()] =
-          fmt::format("{} seed {}", v["label"].get<std::string>(), v.value("seed", int64_t(0)));
+  const nlohmann::json ct = json_or_null(fs::path(dir) / "ct.json");
+  if (ct.is_object() && ct.contains("methods") && ct["methods"].is_array()) {
+    for (const nlohmann::json& m : ct["methods"]) {
+      if (!m.is_object() || !m.contains("runs") || !m["runs"].is_array()) {
+        continue;
+      }
+      for (const nlohmann::json& r : m["runs"]) {
+        if (r.is_object() && r.contains("dir") && r["dir"].is_string()) {
+          out[r["dir"].get<std::string>()] = fmt::format(
+              "{} seed {}", m.value("kind", std::string("?")), r.value("seed", int64_t(0)));
+        }
+      }
     }
   }
   return out;
@@ -527,6 +546,9 @@ std::string StudyPageWriter::write(const StudyPage& p) {
   }
   const double pct = rows.empty() ? 0.0 : 100.0 * double(done) / double(rows.size());
   body += fmt::format("<div class=\"bar\"><i style=\"width:{:.1f}%\"></i></div>", pct);
+  if (p.live && !p.note.empty()) {
+    body += "<span>" + html_escape(p.note) + "</span>";
+  }
   if (!p.end.empty()) {
     body += "<span class=\"msg\">" + html_escape(p.end) + "</span>";
   }

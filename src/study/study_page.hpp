@@ -25,6 +25,7 @@ struct StudyPage {
   int64_t current = -1;             // the run this process trains (index into runs; -1: none)
   bool live = false;                // the queue is going: the page reloads itself
   std::string end;                  // how the queue ended ("" while it goes, or unknown)
+  std::string note;                 // while it goes: the time its other runs need, estimated
   std::vector<std::string> report;  // markdown reports to show (summary.md), in order
 };
 
