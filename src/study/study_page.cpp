@@ -402,6 +402,55 @@ std::string fit_figures_html(const std::string& dir) {
   return out + "</div></div>\n";
 }
 
+struct RunCounts {
+  size_t done = 0, running = 0, failed = 0, pending = 0;
+};
+
+// Each row's state: its folder's own (study/run_page.hpp), the run this process trains, or one
+// that another process (a sweep's worker) is training: its metrics changed in the last minutes.
+RunCounts read_states(const StudyPage& p, std::vector<RunRow>& rows,
+                      std::map<std::string, RunSeries>& runs) {
+  RunCounts n;
+  for (size_t i = 0; i < rows.size(); i++) {
+    RunRow& row = rows[i];
+    const std::string dir = (fs::path(p.dir) / row.name).string();
+    RunSeries& s = runs.try_emplace(dir, RunSeries{.dir = dir}).first->second;
+    if (!run_series_update(s)) {
+      if (path_exists(fs::path(dir) / "failed.json")) {
+        row.state = "failed";
+        row.message = "before its first step";
+        n.failed++;
+      } else {
+        n.pending++;
+      }
+      continue;
+    }
+    row.series = &s;
+    const RunPageStatus st = run_page_status_of(s);
+    std::error_code ec;
+    const auto mtime = fs::last_write_time(fs::path(dir) / "metrics.jsonl", ec);
+    const double age =
+        ec ? 1e9 : std::chrono::duration<double>(fs::file_time_type::clock::now() - mtime).count();
+    if (int64_t(i) == p.current || (p.live && st.state == RunState::Stopped &&
+                                    age < std::max(120.0, 3 * run_page_period_s()))) {
+      row.state = "running";
+      n.running++;
+    } else if (st.state == RunState::Finished) {
+      row.state = "finished";
+      n.done++;
+    } else if (st.state == RunState::Failed) {
+      row.state = "failed";
+      row.message = st.message;
+      n.failed++;
+    } else {
+      row.state = p.live ? "pending" : "stopped";
+      row.message = p.live ? "resumes when its turn comes" : "";
+      n.pending++;
+    }
+  }
+  return n;
+}
+
 }  // namespace
 
 std::string study_markdown_html(const std::string& md, const std::string& base) {
@@ -488,51 +537,14 @@ std::string StudyPageWriter::write(const StudyPage& p) {
       rows.push_back({.name = name, .what = it == labels.end() ? "" : it->second});
     }
   }
-  size_t done = 0, running = 0, failed = 0, pending = 0;
+  const RunCounts n = read_states(p, rows, runs_);
+  const size_t done = n.done, running = n.running, failed = n.failed, pending = n.pending;
   const double now = html_now_unix();
-  for (size_t i = 0; i < rows.size(); i++) {
-    RunRow& row = rows[i];
-    const std::string dir = (fs::path(p.dir) / row.name).string();
-    RunSeries& s = runs_.try_emplace(dir, RunSeries{.dir = dir}).first->second;
-    if (!run_series_update(s)) {
-      if (path_exists(fs::path(dir) / "failed.json")) {
-        row.state = "failed";
-        row.message = "before its first step";
-        failed++;
-      } else {
-        pending++;
-      }
-      continue;
-    }
-    row.series = &s;
-    const RunPageStatus st = run_page_status_of(s);
-    std::error_code ec;
-    const auto mtime = fs::last_write_time(fs::path(dir) / "metrics.jsonl", ec);
-    const double age =
-        ec ? 1e9 : std::chrono::duration<double>(fs::file_time_type::clock::now() - mtime).count();
-    if (int64_t(i) == p.current || (p.live && st.state == RunState::Stopped &&
-                                    age < std::max(120.0, 3 * run_page_period_s()))) {
-      row.state = "running";
-      running++;
-    } else if (st.state == RunState::Finished) {
-      row.state = "finished";
-      done++;
-    } else if (st.state == RunState::Failed) {
-      row.state = "failed";
-      row.message = st.message;
-      failed++;
-    } else {
-      row.state = p.live ? "pending" : "stopped";
-      row.message = p.live ? "resumes when its turn comes" : "";
-      pending++;
-    }
-  }
   const std::string title = study_kind(p.dir);
   const std::string state =
       p.live ? "running" : (failed > 0 ? "failed" : (done == rows.size() ? "finished" : "stopped"));
-  std::string body = fmt::format(
-      "<h1>{}: {}</h1>\n<p class=\"meta\">{}</p>\n", html_escape(title),
-      html_escape(fs::path(p.dir).lexically_normal().filename().string()), html_escape(p.dir));
+  std::string body = fmt::format("<h1>{}: {}</h1>\n<p class=\"meta\">{}</p>\n", html_escape(title),
+                                 html_escape(run_page_folder_name(p.dir)), html_escape(p.dir));
   body += fmt::format(
       "<div class=\"banner {}\" id=\"banner\" data-state=\"{}\" data-done=\"{}\" "
       "data-runs=\"{}\"><span class=\"status\">{}</span><b id=\"progress\">{} of {} runs "

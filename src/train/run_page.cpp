@@ -391,6 +391,18 @@ RunPageStatus run_page_status_of(const RunSeries& r) {
   return st;
 }
 
+namespace {
+// The folder, absolute, without a trailing separator ("runs/x/" -> /.../runs/x).
+fs::path folder_of(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  return p.has_filename() ? p : p.parent_path();
+}
+}  // namespace
+
+std::string run_page_folder_name(const std::string& dir) {
+  return folder_of(dir).filename().string();
+}
+
 std::string run_page_path(const std::string& run_dir) {
   return (fs::path(run_dir) / "view.html").string();
 }
@@ -399,7 +411,11 @@ std::string run_page_write(RunSeries& r, const RunPageStatus& st) {
   if (!run_series_update(r)) {
     fail(fmt::format("{}: no run.json (not a run folder)", r.dir));
   }
-  const std::string name = fs::path(r.dir).lexically_normal().filename().string();
+  // a ct study's METHOD/seed_S is named by both
+  std::string name = run_page_folder_name(r.dir);
+  if (name.starts_with("seed_")) {
+    name = folder_of(r.dir).parent_path().filename().string() + "/" + name;
+  }
   std::string body =
       fmt::format("<h1>Run {}</h1>\n<p class=\"meta\">{}", html_escape(name), html_escape(r.dir));
   if (r.run.contains("experiment") && r.run["experiment"].is_string()) {
@@ -407,7 +423,7 @@ std::string run_page_write(RunSeries& r, const RunPageStatus& st) {
   }
   body += " &middot; " + html_escape(model_line(r.run)) + "</p>\n";
   // a study's run: its folder (or its method's, ct's METHOD/seed_S) holds the study's page
-  const fs::path parent = fs::absolute(r.dir).lexically_normal().parent_path();
+  const fs::path parent = folder_of(r.dir).parent_path();
   std::error_code ec;
   for (const auto& [up, href] :
        {std::pair{parent, "../view.html"}, std::pair{parent.parent_path(), "../../view.html"}}) {

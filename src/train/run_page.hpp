@@ -56,6 +56,8 @@ RunPageStatus run_page_status_of(const RunSeries& r);
 // Writes DIR/view.html from the series (updated first) and the status; returns its path.
 std::string run_page_write(RunSeries& r, const RunPageStatus& st);
 std::string run_page_path(const std::string& run_dir);
+// A folder's own name, also given as "runs/x/" or "."
+std::string run_page_folder_name(const std::string& dir);
 
 // The least time between two rewrites of a live page: MOELAB_VIEW_SECONDS (default 10; a page
 // that took long to write waits 20 times its cost, so that writing stays under 5% of the run).
