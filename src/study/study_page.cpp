@@ -202,7 +202,7 @@ std::vector<std::string> run_folders(const std::string& dir) {
     if (path_exists(it->path() / "run.json")) {
       out.push_back(fs::relative(it->path(), dir, ec).string());
       it.disable_recursion_pending();
-    } else if (it.depth() >= 2) {
+    } else if (it.depth() >= 1) {
       it.disable_recursion_pending();
     }
   }
