@@ -524,35 +524,39 @@ const char* type_name(GgmlType t) {
 // ----------------------------------------------------------------------------
 // reference log-probs, to check the file against llama.cpp
 
-// For each prompt line: moelab's token ids and log-softmax rows [T, V] (row t: the next token's
-// distribution after tokens 0..t).
+// For each prompt line: moelab's token ids (OUT, JSON) and its log-softmax rows (OUT.f32: float32
+// [rows, V], the prompts' rows one after another; row t of a prompt is the next token's
+// distribution after its tokens 0..t; "row" in the JSON is the prompt's first).
 void write_reference(const Model<float>& m, const Tokenizer& tok, const std::string& prompts,
                      const std::string& out) {
   std::ifstream f(prompts);
   if (!f) fail(fmt::format("--prompts {}: cannot read", prompts));
-  json j = {{"prompts", json::array()}};
+  const int64_t V = m.cfg.vocab_size;
+  json j = {{"logprobs_file", fs::path(out).filename().string() + ".f32"},
+            {"vocab", V},
+            {"prompts", json::array()}};
+  std::vector<float> rows;  // [rows, V]
   std::string line;
   while (std::getline(f, line)) {
     if (line.empty()) continue;
     const std::vector<int32_t> ids = tok.encode(line);
-    const int64_t T = int64_t(ids.size()), V = m.cfg.vocab_size;
+    const int64_t T = int64_t(ids.size());
     if (T == 0 || T > m.cfg.max_position_embeddings)
       fail(fmt::format("--prompts {}: '{}' has {} tokens", prompts, line, T));
     Model<float> mm(m.cfg, 1, T);
     std::copy(m.params.begin(), m.params.end(), mm.params.begin());
     mm.forward(ids, ids);
     const std::span<const float> lg = mm.logits();
-    json rows = json::array();
+    j["prompts"].push_back({{"text", line}, {"ids", ids}, {"row", rows.size() / size_t(V)}});
     for (int64_t t = 0; t < T; t++) {
       const float* r = lg.data() + t * V;
       double mx = *std::max_element(r, r + V), s = 0;
       for (int64_t v = 0; v < V; v++) s += std::exp(double(r[v]) - mx);
-      std::vector<double> lp(static_cast<size_t>(V));
-      for (int64_t v = 0; v < V; v++) lp[size_t(v)] = double(r[v]) - mx - std::log(s);
-      rows.push_back(lp);
+      for (int64_t v = 0; v < V; v++) rows.push_back(float(double(r[v]) - mx - std::log(s)));
     }
-    j["prompts"].push_back({{"text", line}, {"ids", ids}, {"logprobs", rows}});
   }
+  file_write_atomic(out + ".f32", std::string_view(reinterpret_cast<const char*>(rows.data()),
+                                                   rows.size() * sizeof(float)));
   file_write_atomic(out, j.dump());
 }
 
@@ -587,14 +591,47 @@ const Model<float>* plain_model(const Model<float>& from, HfPlain& plain) {
   return &m;
 }
 
-std::string sentencepiece_file(const DataDir& d, const std::string& data) {
+// The data folder's tokenizer file, after refusing in one line what the export does not write:
+// tiktoken encodings other than o200k's (llama.cpp's gpt-4o pre-tokenizer is their pattern).
+std::string tokenizer_file(const DataDir& d, const std::string& data) {
   const json& t = d.manifest->at("tokenizer");
-  if (t.at("kind") != "sentencepiece")
-    fail(
-        fmt::format("export gguf: {}: tokenizer {} (tiktoken) is not written as a GGUF "
-                    "tokenizer; only SentencePiece BPE tokenizers are",
-                    data, t.value("name", std::string("?"))));
+  if (t.at("kind") == "tiktoken") {
+    const std::string enc = t.value("encoding", std::string("?"));
+    if (enc != "o200k_base" && enc != "o200k_harmony")
+      fail(
+          fmt::format("export gguf: {}: tiktoken encoding '{}' is not written (only o200k_base "
+                      "and o200k_harmony, whose pattern is llama.cpp's gpt-4o pre-tokenizer)",
+                      data, enc));
+  }
   return (fs::path(data) / t.at("file").get<std::string>()).string();
+}
+
+// A tiktoken o200k encoding as llama.cpp's BPE tokenizer; what was written, in words.
+std::string tiktoken_keys(const DataDir& d, const std::string& file, int64_t vocab,
+                          std::vector<std::pair<std::string, GgufValue>>& kv) {
+  const std::string enc = d.manifest->at("tokenizer").at("encoding").get<std::string>();
+  const TiktokenSpec spec = tiktoken_spec(enc);
+  GgufBpeVocab v = gguf_bpe_from_tiktoken(file, spec, vocab);
+  GgufValue toks, types, merges;
+  toks.kind = K::ArrStr, toks.strs = std::move(v.tokens);
+  types.kind = K::ArrI32, types.i32s = std::move(v.types);
+  merges.kind = K::ArrStr, merges.strs = std::move(v.merges);
+  const size_t n_merges = merges.strs.size();
+  kv.push_back({"tokenizer.ggml.model", vstr("gpt2")});
+  kv.push_back({"tokenizer.ggml.pre", vstr("gpt-4o")});
+  kv.push_back({"tokenizer.ggml.tokens", std::move(toks)});
+  kv.push_back({"tokenizer.ggml.token_type", std::move(types)});
+  kv.push_back({"tokenizer.ggml.merges", std::move(merges)});
+  const auto bos = spec.special.find("<|startoftext|>");
+  kv.push_back(
+      {"tokenizer.ggml.bos_token_id", vu32(bos != spec.special.end() ? bos->second : d.eot)});
+  kv.push_back({"tokenizer.ggml.eos_token_id", vu32(d.eot)});
+  kv.push_back({"tokenizer.ggml.add_bos_token", vbool(false)});  // moelab's encode adds none
+  kv.push_back({"tokenizer.ggml.add_eos_token", vbool(false)});
+  return fmt::format(
+      "tiktoken {} as llama.cpp's BPE (gpt2, pre-tokenizer gpt-4o; {} ids, {} "
+      "merges recovered from the ranks, {} specials as control)",
+      enc, vocab, n_merges, spec.special.size());
 }
 
 int64_t file_type(const std::string& dtype) {
@@ -629,7 +666,7 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
         "export gguf: no tokenizer: give --data (the run names no data folder), llama.cpp "
         "needs one in the file");
   const DataDir d = data_open(o.data);
-  const std::string spm = sentencepiece_file(d, o.data);
+  const std::string tok_file = tokenizer_file(d, o.data);
   checkpoint_check_tokenizer(o.checkpoint, state, d.fingerprint, o.data);
 
   GgufFile f;
@@ -638,7 +675,9 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
   f.kv.push_back({"general.file_type", vu32(file_type(o.dtype))});
   for (auto& kv : arch_keys(m.cfg)) f.kv.push_back(std::move(kv));
   GgufExportReport r;
-  r.tokenizer = tokenizer_keys(spm, m.cfg.vocab_size, f.kv);
+  r.tokenizer = d.manifest->at("tokenizer").at("kind") == "tiktoken"
+                    ? tiktoken_keys(d, tok_file, m.cfg.vocab_size, f.kv)
+                    : tokenizer_keys(tok_file, m.cfg.vocab_size, f.kv);
   f.kv.push_back({"moelab.config", vstr(config_to_json(m.cfg).dump())});
   f.kv.push_back({"moelab.tokenizer_fingerprint", vstr(std::to_string(d.fingerprint))});
   if (!plain.merged.empty()) f.kv.push_back({"moelab.merged", vstr(plain.merged.dump())});

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/tokenizer.hpp"
 #include "model/config.hpp"
 
 namespace moelab {
@@ -65,6 +66,21 @@ struct GgufFile {
 // GGUF version 3, alignment 32, written to PATH.tmp and renamed.
 void gguf_write(const std::string& path, const GgufFile& f);
 GgufFile gguf_read(const std::string& path);
+
+// ----------------------------------------------------------------------------
+// tokenizers
+
+// A tiktoken encoding as llama.cpp's BPE ("gpt2") vocabulary of `vocab` ids: ranked tokens in
+// GPT-2's byte-level form (type normal), the specials as text (type control), other ids as
+// [PADn] (type unused), and the merges recovered from the ranks (one per multi-byte token, in
+// rank order).
+struct GgufBpeVocab {
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  std::vector<std::string> merges;
+};
+GgufBpeVocab gguf_bpe_from_tiktoken(const std::string& rank_file, const TiktokenSpec& spec,
+                                    int64_t vocab);
 
 // ----------------------------------------------------------------------------
 // commands

@@ -9,7 +9,8 @@
 # moelab's (tolerances per dtype below) and that its greedy continuations equal
 # `moelab generate --greedy`. Then: import gives the f32 checkpoint back bit for bit and
 # quantized files as their dequantized weights; what llama.cpp cannot express fails with one
-# line and writes nothing. Without node-llama-cpp the test FAILS saying so.
+# line and writes nothing. A tiktoken o200k_harmony model checks llama.cpp's BPE tokenizer with the
+# merges recovered from the ranks. Without node-llama-cpp the test FAILS saying so.
 set -u
 moelab=$1
 here=$(cd "$(dirname "$0")" && pwd)
@@ -90,6 +91,34 @@ done
 check tied f32 1e-4 6
 check partial f32 1e-4 6
 
+# ---- tiktoken o200k_harmony as llama.cpp's BPE: a model of its 201088 ids trained 4 steps; ids
+# equal on prompts with numbers, apostrophes, runs of spaces, a tab, accents, CJK and emoji, and
+# the log-probs (its greedy choices are near-ties: not compared)
+mkdir -p tk && cp corpus/GPL-3.txt corpus/GPL-2.txt corpus/LGPL-2.1.txt corpus/MPL-2.0.txt tk/
+cat >tk.json <<'JSON'
+{"tokenizer": {"kind": "tiktoken", "encoding": "o200k_harmony"},
+ "sources": {"book": {"paths": ["tk"]}},
+ "subsets": {"A": [{"source": "book", "end": 0.5}], "B": [{"source": "book", "begin": 0.5}]},
+ "validation_fraction": 0.1}
+JSON
+printf '%s\n' "It's 2024: they'll pay \$1,234.56 — naïve café!" "  several   spaces and	a tab " \
+  "CamelCaseWords and ALLCAPS'S don'T" "日本語のテキストです" "emoji 🎉🎉 ok ÀÉÎ" \
+  "x=[1,2,3];y={'a':b}//c" >tk_prompts.txt
+if "$moelab" data prepare tk.json --out tkdata >tk.log 2>&1; then
+  tiny_config run.dir=tkrun data.dir=tkdata model.vocab_size=201088 phases.steps=4 \
+    schedule.warmup_steps=1 schedule.decay_steps=2 >tkrun.toml
+  "$moelab" train tkrun.toml >tk.log 2>&1 || bad "tiktoken: train: $(tail -1 tk.log)"
+  "$moelab" export gguf tkrun/step_00000004 --out tk.gguf --data tkdata --prompts tk_prompts.txt \
+    --reference tk.ref.json >tk.log 2>&1 || bad "tiktoken: export: $(tail -1 tk.log)"
+  grep -q "tiktoken o200k_harmony as llama.cpp's BPE (gpt2, pre-tokenizer gpt-4o; 201088 ids, 199742 merges" tk.log &&
+    ok || bad "tiktoken: export says '$(tail -1 tk.log)'"
+  node "$here/llama_check.mjs" --nlc "$nlc" --model tk.gguf --reference tk.ref.json --tol 1e-4 \
+    --threads 2 >tk.check 2>tk.err && ok || bad "tiktoken: $(cat tk.check) $(tail -1 tk.err)"
+  echo "  tiktoken f32: $(cat tk.check)"
+else
+  bad "tiktoken data: $(tail -1 tk.log)"
+fi
+
 # ---- import: f32 gives the checkpoint's tensors and config back bit for bit
 for name in dense moe tied partial; do
   "$moelab" import gguf $name.f32.gguf --out $name.back >imp.log 2>&1 && ok ||
@@ -128,6 +157,13 @@ expect_error "dtype" "^moelab: error: --dtype q4_0: must be f32, f16, bf16 or q8
 expect_error "out exists" "^moelab: error: --out dense.f32.gguf: already exists" \
   "$moelab" export gguf "$(ck dense)" --out dense.f32.gguf --data data
 [ -e x.gguf ] || [ -e x.gguf.tmp ] && bad "a refused export left a file" || ok
+cat >r50k.json <<'JSON'
+{"tokenizer": {"kind": "tiktoken", "encoding": "r50k_base"},
+ "sources": {"book": {"paths": ["tk"]}}, "subsets": {"A": [{"source": "book"}]}}
+JSON
+"$moelab" data prepare r50k.json --out r50k >/dev/null 2>&1
+expect_error "tiktoken r50k" "^moelab: error: export gguf: r50k: tiktoken encoding 'r50k_base' is not written" \
+  "$moelab" export gguf "$(ck dense)" --out x.gguf --data r50k
 expect_error "import not gguf" "^moelab: error: prompts.txt: not a GGUF file" "$moelab" import gguf prompts.txt --out y
 # a gpt-oss file moelab did not write (no moelab.config), and one whose key was edited
 node - dense.f32.gguf <<'JS'

@@ -39,6 +39,11 @@ try {
 }
 const model = await llama.loadModel({modelPath: args.model});
 const ref = JSON.parse(fs.readFileSync(args.reference, "utf8"));
+// moelab's log-softmax rows, float32 [rows, V], in the file next to the reference
+const raw = fs.readFileSync(path.join(path.dirname(args.reference), ref.logprobs_file));
+const rows = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
+for (const p of ref.prompts)
+  p.logprobs = p.ids.map((_, i) => rows.subarray((p.row + i) * ref.vocab, (p.row + i + 1) * ref.vocab));
 // f32 KV cache and no flash attention: the cache's default f16 rounding would be an error of
 // llama.cpp's settings, not of the file
 const ctx = await model.createContext({
@@ -54,9 +59,10 @@ for (const p of ref.prompts) {
   if (JSON.stringify(ids) === JSON.stringify(p.ids)) out.tokenize_equal++;
   else out.failures.push(`tokenize '${p.text}': llama.cpp ${JSON.stringify(ids)}, moelab ${JSON.stringify(p.ids)}`);
   await seq.clearHistory();
-  const res = await seq.controlledEvaluate(p.ids.map((t) => [t, {generateNext: {probabilities: true}}]));
   for (let i = 0; i < p.ids.length; i++) {
-    const probs = res[i]?.next?.probabilities;
+    // one token a call (the sequence keeps its cache): one vocabulary-sized Map alive at a time
+    const res = await seq.controlledEvaluate([[p.ids[i], {generateNext: {probabilities: true}}]]);
+    const probs = res[0]?.next?.probabilities;
     if (!probs || probs.size !== p.logprobs[i].length) {
       out.failures.push(`'${p.text}' position ${i}: ${probs ? probs.size : 0} probabilities`);
       continue;
@@ -68,7 +74,9 @@ for (const p of ref.prompts) {
       out.max_abs_dlogp = Math.max(out.max_abs_dlogp, Math.abs(Math.log(pr) - p.logprobs[i][tok]));
     }
     const lp = p.logprobs[i];
-    if (best === lp.indexOf(Math.max(...lp))) out.argmax_equal++;
+    let arg = 0;
+    for (let v = 1; v < lp.length; v++) if (lp[v] > lp[arg]) arg = v;
+    if (best === arg) out.argmax_equal++;
     out.positions++;
   }
 }
