@@ -494,8 +494,11 @@ void RunPageHook::write(int64_t step, int64_t total) {
     run_page_write(series_, st);
     listener_call();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "warning: the run's page was not written: %s\n",
-                 one_line(e.what()).c_str());
+    if (!warned_) {  // once: the run goes on, and its log stays readable
+      std::fprintf(stderr, "warning: the run's page was not written: %s\n",
+                   one_line(e.what()).c_str());
+    }
+    warned_ = true;
   }
   t_last_ = html_now_unix();
   cost_s_ = t_last_ - t0;

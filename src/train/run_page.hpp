@@ -76,6 +76,7 @@ class RunPageHook : public TrainerHook {
   RunSeries series_;
   double t_start_ = 0, t_last_ = 0, cost_s_ = 0;
   int64_t step_start_ = 0;
+  bool warned_ = false;
 };
 
 // The run's last page, at the end of train_run: rc 0 (finished, or stopped early with its

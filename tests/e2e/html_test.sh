@@ -89,6 +89,15 @@ MOELAB_VIEW_SECONDS=soon expect_error "a bad MOELAB_VIEW_SECONDS" "MOELAB_VIEW_S
   "$moelab" train moe.toml --set run.dir=never
 [ -e never ] && bad "a refused run left its folder" || ok
 
+# a page that cannot be written is a warning (once while the run goes, once at its end), not
+# the run's failure
+mkdir -p blocked/view.html
+tiny_config run.dir=blocked >blocked.toml
+MOELAB_VIEW_SECONDS=0 "$moelab" train blocked.toml >blocked.log 2>&1 && [ -d blocked/step_00000020 ] && ok ||
+  bad "a run whose page cannot be written: $(tail -1 blocked.log)"
+[ "$(grep -c "^warning: the run's page was not written: blocked/view.html" blocked.log)" = 2 ] && ok ||
+  bad "the page's warnings: $(grep -c warning blocked.log), expected 2"
+
 # ---- a run that diverges: the page says it failed; its folder's name is escaped
 tiny_config run.dir="we<i>rd&'run" schedule.max_lr=1e12 schedule.min_lr=1e11 >bad.toml
 "$moelab" train bad.toml >bad.log 2>&1 && bad "a diverging run succeeded" || ok
