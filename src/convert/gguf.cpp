@@ -252,15 +252,12 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     return it->second.data;
   };
   auto put = [&](const std::string& n, std::vector<float> v) {
-    check(
-        hf.contains(n) && int64_t(v.size()) ==
-                              [&] {
-                                int64_t k = 1;
-                                for (int64_t s : hf[n].shape) k *= s;
-                                return k;
-                              }(),
-        "gguf unplace: " + n);
-    hf[n].data = std::move(v);
+    const auto it = hf.find(n);
+    check(it != hf.end(), "gguf unplace: no GptOss tensor " + n);
+    int64_t numel = 1;
+    for (int64_t s : it->second.shape) numel *= s;
+    check(int64_t(v.size()) == numel, "gguf unplace: size of " + n);
+    it->second.data = std::move(v);
   };
   put("model.embed_tokens.weight", from("token_embd.weight"));
   for (int64_t l = 0; l < c.num_hidden_layers; l++) {
@@ -271,16 +268,16 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
                                 {"k_proj", "attn_k"},
                                 {"v_proj", "attn_v"},
                                 {"o_proj", "attn_output"}}) {
-      const std::string ot = theirs;
-      put(p + "self_attn." + ours + ".weight", from(b + ot + ".weight"));
+      const std::string t = b + theirs;
+      put(p + "self_attn." + ours + ".weight", from(t + ".weight"));
       if (c.attention_bias) {
-        put(p + "self_attn." + ours + ".bias", from(b + ot + ".bias"));
-      } else if (g.contains(b + ot + ".bias")) {
-        const auto& z = g[b + ot + ".bias"].data;
+        put(p + "self_attn." + ours + ".bias", from(t + ".bias"));
+      } else if (g.contains(t + ".bias")) {  // the zero output bias llama.cpp requires
+        const auto& z = g[t + ".bias"].data;
         if (!std::all_of(z.begin(), z.end(), [](float f) { return f == 0.f; }))
           fail(fmt::format("{}: tensor '{}' is not zero, but the config has no attention biases",
-                           src, b + ot + ".bias"));
-        g.erase(b + ot + ".bias");
+                           src, t + ".bias"));
+        g.erase(t + ".bias");
       }
     }
     put(p + "self_attn.sinks", from(b + "attn_sinks.weight"));
@@ -524,9 +521,10 @@ const char* type_name(GgmlType t) {
 // ----------------------------------------------------------------------------
 // reference log-probs, to check the file against llama.cpp
 
-// For each prompt line: moelab's token ids (OUT, JSON) and its log-softmax rows (OUT.f32: float32
-// [rows, V], the prompts' rows one after another; row t of a prompt is the next token's
-// distribution after its tokens 0..t; "row" in the JSON is the prompt's first).
+// For each prompt line: its token ids (OUT, JSON) and the checkpoint's model's log-softmax rows
+// (OUT.f32: float32 [rows, V], the prompts' rows one after another; row t of a prompt is the next
+// token's distribution after its tokens 0..t; "row" in the JSON is the prompt's first). The model
+// is the one before any merge, so that the comparison also checks the merging.
 void write_reference(const Model<float>& m, const Tokenizer& tok, const std::string& prompts,
                      const std::string& out) {
   std::ifstream f(prompts);
@@ -689,7 +687,7 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
     f.tensors.push_back(store(t, ty));
     r.types[type_name(ty)]++;
   }
-  if (!o.reference.empty()) write_reference(m, *d.tokenizer, o.prompts, o.reference);
+  if (!o.reference.empty()) write_reference(from, *d.tokenizer, o.prompts, o.reference);
   gguf_write(o.out, f);
   r.tensors = int64_t(f.tensors.size());
   r.bytes = int64_t(fs::file_size(o.out));

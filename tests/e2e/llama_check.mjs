@@ -17,7 +17,7 @@ import {pathToFileURL} from "node:url";
 
 const args = {};
 for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, "")] = process.argv[i + 1];
-const threads = Number(args.threads ?? 2);
+const threads = Number(args.threads ?? 1);
 const tol = Number(args.tol);
 const floor = Number(args.floor ?? 1e-6);
 
