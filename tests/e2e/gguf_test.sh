@@ -177,6 +177,17 @@ JSON
 "$moelab" data prepare r50k.json --out r50k >/dev/null 2>&1
 expect_error "tiktoken r50k" "^moelab: error: export gguf: r50k: tiktoken encoding 'r50k_base' is not written" \
   "$moelab" export gguf "$(ck dense)" --out x.gguf --data r50k
+# a SentencePiece unigram tokenizer (a model trained 2 steps on it): refused by name
+cat >uni.json <<'JSON'
+{"tokenizer": {"kind": "sentencepiece", "vocab_size": 600, "model_type": "unigram"},
+ "sources": {"book": {"paths": ["tk"]}}, "subsets": {"A": [{"source": "book"}]}}
+JSON
+"$moelab" data prepare uni.json --out uni >/dev/null 2>&1
+tiny_config run.dir=unirun data.dir=uni "${train[@]}" phases.steps=2 schedule.warmup_steps=1 \
+  schedule.decay_steps=1 >uni.toml
+"$moelab" train uni.toml >uni.log 2>&1 || bad "unigram: train: $(tail -1 uni.log)"
+expect_error "unigram" "^moelab: error: export gguf: uni/tokenizer.model: SentencePiece model_type 1 \(unigram\): llama.cpp's .llama. tokenizer merges pieces by score as BPE does" \
+  "$moelab" export gguf unirun/step_00000002 --out x.gguf --data uni
 expect_error "import not gguf" "^moelab: error: prompts.txt: not a GGUF file" "$moelab" import gguf prompts.txt --out y
 # a gpt-oss file moelab did not write (no moelab.config), and one whose key was edited
 node - dense.f32.gguf <<'JS'
