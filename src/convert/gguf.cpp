@@ -648,8 +648,8 @@ std::vector<Placed> placed_of(const Model<float>& m) {
 GgufExportReport gguf_export(const GgufExportOptions& o) {
   if (o.dtype != "f32" && o.dtype != "f16" && o.dtype != "bf16" && o.dtype != "q8_0")
     fail(fmt::format("--dtype {}: must be f32, f16, bf16 or q8_0", o.dtype));
-  if (!o.reference.empty() && o.prompts.empty())
-    fail("--reference needs --prompts (the prompts whose log-probs it holds)");
+  if (o.reference.empty() != o.prompts.empty())
+    fail("--reference and --prompts go together (the file to write, the prompts it holds)");
   std::error_code ec;
   if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
     fail(fmt::format("--out {}: already exists (export never replaces a file)", o.out));
