@@ -69,8 +69,8 @@ bool any_sliding(const ModelConfig& c) {
 // llama.cpp's sliding-window pattern (llama_hparams::set_swa_pattern): layer il slides when
 // il % p < p - 1, p = 0 makes every layer slide, p = 1 none. The p that gives moelab's layer
 // types, or -1. Without sliding layers: 0, every layer sliding over a window of the whole
-// context (gpt-oss's graph asserts that some layer slides; a window of max_position_embeddings
-// keys hides none of the model's positions).
+// context (llama.cpp's KV cache asserts that a gpt-oss layer slides; a window of
+// max_position_embeddings keys hides none of the model's positions).
 int64_t swa_period(const ModelConfig& c) {
   const int64_t L = c.num_hidden_layers;
   if (!any_sliding(c)) return 0;
