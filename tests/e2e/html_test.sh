@@ -36,17 +36,18 @@ hasnt() { grep -Eq -- "$2" "$1.dom" && bad "$1: $3 (matched '$2')" || ok; }
 
 verses_data "$moelab" 8 30 320 7
 
-# ---- a run's page while it trains, after an interrupt, and at its end
+# ---- a run's page while it trains and after an interrupt (a run far longer than the wait for
+# its first page: it is interrupted once that is seen), then a run's page at its end
 {
-  tiny_config "${tiny_moe[@]}" phases.steps=1600
-  printf '[[phases]]\nname = "B"\nsubset = "B"\nsteps = 400\n[eval]\nevery = 100\nbatches = 2\n'
-} >moe.toml
-MOELAB_VIEW_SECONDS=0.2 "$moelab" train moe.toml >train1.log 2>&1 &
+  tiny_config "${tiny_moe[@]}" run.dir=long phases.steps=30000
+  printf '[[phases]]\nname = "B"\nsubset = "B"\nsteps = 100\n[eval]\nevery = 100\nbatches = 2\n'
+} >long.toml
+MOELAB_VIEW_SECONDS=0.2 "$moelab" train long.toml >train1.log 2>&1 &
 pid=$!
 caught=
 for _ in $(seq 1 600); do
-  if grep -q 'data-state="running"' run/view.html 2>/dev/null && ! grep -q 'data-step="0"' run/view.html; then
-    cp run/view.html run/view-running.html
+  if grep -q 'data-state="running"' long/view.html 2>/dev/null && ! grep -q 'data-step="0"' long/view.html; then
+    cp long/view.html long/view-running.html
     caught=1
     break
   fi
@@ -58,28 +59,32 @@ wait $pid
 rc=$?
 [ $rc = 130 ] && ok || bad "interrupted run: exit $rc, expected 130 ($(tail -1 train1.log))"
 if [ -n "$caught" ]; then
-  dom running run/view-running.html
+  dom running long/view-running.html
   step=$(sed -n 's/.*data-step="\([0-9]*\)".*/\1/p' running.dom | head -1)
-  has running "<b id=\"step\">step $step / 2000</b>" "the banner's current step"
-  [ "${step:-0}" -gt 0 ] && [ "${step:-0}" -lt 2000 ] && ok || bad "running page at step '$step'"
-  grep -q '<meta http-equiv="refresh" content="2">' run/view-running.html && ok || bad "the running page does not reload itself"
+  has running "<b id=\"step\">step $step / 30100</b>" "the banner's current step"
+  [ "${step:-0}" -gt 0 ] && [ "${step:-0}" -lt 30100 ] && ok || bad "running page at step '$step'"
+  grep -q '<meta http-equiv="refresh" content="2">' long/view-running.html && ok || bad "the running page does not reload itself"
   has running 'tokens/s</span>' "tokens/s in the banner"
   has running '<span>ETA [0-9]' "ETA in the banner"
 fi
-dom interrupted run/view.html
+dom interrupted long/view.html
 has interrupted 'data-state="interrupted"' "the interrupted run's state"
-has interrupted 'interrupted at step [0-9]+ of 2000' "the interrupted run's message"
-grep -q 'http-equiv="refresh"' run/view.html && bad "the interrupted run's page still reloads" || ok
+has interrupted 'interrupted at step [0-9]+ of 30100' "the interrupted run's message"
+grep -q 'http-equiv="refresh"' long/view.html && bad "the interrupted run's page still reloads" || ok
 
-MOELAB_VIEW_SECONDS=0.2 "$moelab" train moe.toml --resume >train2.log 2>&1 || bad "resume: $(tail -1 train2.log)"
+{
+  tiny_config "${tiny_moe[@]}" phases.steps=60
+  printf '[[phases]]\nname = "B"\nsubset = "B"\nsteps = 20\n[eval]\nevery = 10\nbatches = 2\n'
+} >moe.toml
+MOELAB_VIEW_SECONDS=0.2 "$moelab" train moe.toml >train2.log 2>&1 || bad "train: $(tail -1 train2.log)"
 dom finished run/view.html
-has finished 'data-state="finished" data-step="2000" data-total="2000"' "the finished run's state"
-has finished '<b id="step">step 2000 / 2000</b>' "the finished run's step"
+has finished 'data-state="finished" data-step="80" data-total="80"' "the finished run's state"
+has finished '<b id="step">step 80 / 80</b>' "the finished run's step"
 grep -q 'http-equiv="refresh"' run/view.html && bad "the finished run's page still reloads" || ok
 # the figures: loss, learning rate, router load, expert load, router losses, speed, gradient norm
 [ "$(grep -o '<svg' finished.dom | wc -l)" -ge 7 ] && ok || bad "the run's page has $(grep -o '<svg' finished.dom | wc -l) figures, expected 7"
 for what in '>loss</figcaption>' '>learning rate</figcaption>' 'load per layer</figcaption>' \
-  '>expert load at step 2000</figcaption>' 'validation loss A' '<path d="M'; do
+  '>expert load at step 80</figcaption>' 'validation loss A' '<path d="M'; do
   has finished "$what" "figure part $what"
 done
 "$shot" run/view.html run.png 1200 1500 && ok || bad "screenshot"
@@ -111,8 +116,8 @@ hasnt failed '<i>rd' "an unescaped folder name"
 mkdir s && cd s
 titles_data "$moelab" 48
 {
-  tiny_config run.dir=study "${titles_run[@]}" phases.steps=300
-  printf '[[phases]]\nname = "B"\nsubset = "B"\nsteps = 100\n[eval]\nevery = 50\nbatches = 2\nforgetting_every = 50\n'
+  tiny_config run.dir=study "${titles_run[@]}" phases.steps=120
+  printf '[[phases]]\nname = "B"\nsubset = "B"\nsteps = 40\n[eval]\nevery = 40\nbatches = 2\nforgetting_every = 20\n'
   printf '[study]\nexperts = [1, 4]\ntop_k = 2\nentities = "ents.tsv"\ntop = 100\nbottom = 100\nprompt = 8\ntarget = 8\nmax_per_entity = 4\n'
 } >exp.toml
 MOELAB_VIEW_SECONDS=0.2 "$moelab" study forgetting exp.toml >study.log 2>&1 &
@@ -154,7 +159,7 @@ grep -qx 'study/view.html' view.log && grep -qx 'study/E4_s5/view.html' view.log
 dom again study/view.html
 has again '<td>M_ex right after A</td>' "the rewritten page's report"
 dom again_run study/E4_s5/view.html
-has again_run 'data-state="finished" data-step="400"' "the rewritten run page"
+has again_run 'data-state="finished" data-step="160"' "the rewritten run page"
 expect_error "study view of a folder without runs" "corpus: neither a run folder" "$moelab" study view corpus
 
 finish html
