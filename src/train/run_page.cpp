@@ -422,12 +422,13 @@ std::string run_page_write(RunSeries& r, const RunPageStatus& st) {
     body += " &middot; experiment " + html_escape(r.run["experiment"].get<std::string>());
   }
   body += " &middot; " + html_escape(model_line(r.run)) + "</p>\n";
-  // a study's run: its folder (or its method's, ct's METHOD/seed_S) holds the study's page
+  // a study's run: its folder (or its method's, ct's METHOD/seed_S) holds the study's page, or
+  // the settings every study records there (its page may be written after the runs')
   const fs::path parent = folder_of(r.dir).parent_path();
   std::error_code ec;
   for (const auto& [up, href] :
        {std::pair{parent, "../view.html"}, std::pair{parent.parent_path(), "../../view.html"}}) {
-    if (fs::exists(up / "view.html", ec)) {
+    if (fs::exists(up / "view.html", ec) || fs::exists(up / "settings.json", ec)) {
       body += fmt::format("<p class=\"meta\"><a href=\"{}\">the study's page</a></p>\n", href);
       break;
     }
