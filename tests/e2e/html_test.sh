@@ -160,6 +160,7 @@ dom again study/view.html
 has again '<td>M_ex right after A</td>' "the rewritten page's report"
 dom again_run study/E4_s5/view.html
 has again_run 'data-state="finished" data-step="160"' "the rewritten run page"
+has again_run 'href="../view.html">the study' "the rewritten run page's link to its study's"
 expect_error "study view of a folder without runs" "corpus: neither a run folder" "$moelab" study view corpus
 
 finish html
