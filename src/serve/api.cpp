@@ -251,6 +251,43 @@ std::vector<std::pair<int32_t, double>> get_logit_bias(const json& j, int64_t vo
 
 }  // namespace
 
+std::vector<std::string> api_check_tool_fields(const json& j, const ApiContext& cx,
+                                               std::span<const std::string_view> fields) {
+  std::vector<std::string> ignored;
+  for (const auto& [name, value] : j.items()) {
+    if (std::find(fields.begin(), fields.end(), name) != fields.end()) {
+      continue;
+    }
+    if (!cx.allow_unknown_fields) {
+      bad(fmt::format(
+          "{}: unknown field (this route reads {}; moelab serve "
+          "--allow-unknown-fields ignores unknown ones)",
+          name.size() > 64 ? name.substr(0, 64) + "..." : name, fmt::join(fields, ", ")));
+    }
+    ignored.push_back(name);
+  }
+  if (const json* m = field(j, "model")) {
+    if (!m->is_string()) {
+      bad("model: must be a string");
+    }
+    const auto& name = m->get_ref<const std::string&>();
+    if (name != cx.model) {
+      throw ApiError(404,
+                     fmt::format("model: '{}' is not served here (this server serves '{}', "
+                                 "moelab serve --name)",
+                                 name.size() > 64 ? name.substr(0, 64) + "..." : name, cx.model));
+    }
+  }
+  // The tokenizers add no BOS or other special token to a text, so both values give the same
+  // ids; a client's explicit choice is read, not ignored, and must at least be a boolean.
+  for (const char* flag : {"add_special_tokens", "return_token_strs"}) {
+    if (const json* f = field(j, flag); f && !f->is_boolean()) {
+      bad(fmt::format("{}: must be true or false", flag));
+    }
+  }
+  return ignored;
+}
+
 CompletionRequest api_parse_completion(const std::string& body, const ApiContext& cx,
                                        uint64_t default_seed) {
   const ApiLimits& lim = cx.lim;

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -140,6 +142,12 @@ nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const
 std::vector<int32_t> api_encode(const Tokenizer& tok, const std::string& text);
 // The same within the context's tokenize budget.
 std::vector<int32_t> api_encode(const ApiContext& cx, const std::string& text);
+
+// The body of /tokenize or /detokenize holds only `fields` (ApiError(400) naming any other,
+// unless cx.allow_unknown_fields: then the names come back, to be logged); "model" must be the
+// served one (ApiError(404)); "add_special_tokens" and "return_token_strs" must be booleans.
+std::vector<std::string> api_check_tool_fields(const nlohmann::json& j, const ApiContext& cx,
+                                               std::span<const std::string_view> fields);
 
 // A JSON list of token ids, each within [0, vocab); ApiError(400) naming `field` otherwise.
 std::vector<int32_t> api_token_ids(const nlohmann::json& a, int64_t vocab, const char* field);

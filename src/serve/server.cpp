@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -836,6 +837,9 @@ void Server::Impl::routes() {
            }));
   http.Post("/tokenize", guarded([this](const auto& req, auto& res) {
               const json j = api_parse_body(req.body, cx.lim);
+              static constexpr std::array<std::string_view, 4> kFields = {
+                  "model", "prompt", "add_special_tokens", "return_token_strs"};
+              log_ignored(api_check_tool_fields(j, cx, kFields));
               const auto p = j.find("prompt");
               if (p == j.end() || !p->is_string()) throw ApiError(400, "prompt: must be a text");
               const std::string& text = p->template get_ref<const std::string&>();
@@ -855,6 +859,8 @@ void Server::Impl::routes() {
             }));
   http.Post("/detokenize", guarded([this](const auto& req, auto& res) {
               const json j = api_parse_body(req.body, cx.lim);
+              static constexpr std::array<std::string_view, 2> kFields = {"model", "tokens"};
+              log_ignored(api_check_tool_fields(j, cx, kFields));
               const auto t = j.find("tokens");
               if (t == j.end()) throw ApiError(400, "tokens: missing");
               const auto ids = api_token_ids(*t, tok.vocab_size(), "tokens");

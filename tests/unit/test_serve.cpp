@@ -611,6 +611,46 @@ TEST(Serve, UnknownAndInvalidFieldsGetA400NamingThem) {
   EXPECT_EQ(lax.post("/v1/completions", json{{"prompt", "ab"}, {"suffix", "x"}})->status, 400);
 }
 
+// /tokenize and /detokenize read what the harness's remote tokenizer and vLLM's clients send and
+// refuse any other field by name, as the completions route does.
+TEST(Serve, TokenizerRoutesRefuseUnknownFields) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  TestServer s(m, tok, 2, 8);
+  const json harness = {{"prompt", "ab"}, {"add_special_tokens", false}};
+  const json ids = ok_json(s.post("/tokenize", harness))["tokens"];
+  EXPECT_EQ(ids.size(), 2u);
+  const json full = {{"model", "tiny"},
+                     {"prompt", "ab"},
+                     {"add_special_tokens", true},
+                     {"return_token_strs", true}};
+  EXPECT_EQ(ok_json(s.post("/tokenize", full))["tokens"], ids);
+  EXPECT_EQ(ok_json(s.post("/detokenize", json{{"tokens", ids}, {"model", "tiny"}}))["prompt"],
+            "ab");
+  const std::vector<std::tuple<std::string, json, int, std::string>> bad = {
+      {"/tokenize", {{"prompt", "ab"}, {"truncate", 4}}, 400, "truncate: unknown field"},
+      {"/tokenize",
+       {{"prompt", "ab"}, {"add_special_tokens", "no"}},
+       400,
+       "add_special_tokens: must be true or false"},
+      {"/tokenize", {{"prompt", "ab"}, {"model", "other"}}, 404, "model: 'other' is not served"},
+      {"/detokenize",
+       {{"tokens", ids}, {"skip_special_tokens", true}},
+       400,
+       "skip_special_tokens: unknown field"},
+  };
+  for (const auto& [route, body, status, needle] : bad) {
+    const auto r = s.post(route, body);
+    ASSERT_TRUE(r) << body;
+    EXPECT_EQ(r->status, status) << route << " " << body << " -> " << r->body;
+    EXPECT_NE(r->body.find(needle), std::string::npos) << route << " " << body << " -> " << r->body;
+  }
+  TestServer lax(m, tok, 2, 8, true);
+  EXPECT_EQ(ok_json(lax.post("/tokenize", json{{"prompt", "ab"}, {"truncate", 4}}))["tokens"], ids);
+}
+
 // Greedy choices under presence and frequency penalties and logit biases equal the argmax of the
 // adjusted logits of a double forward (OpenAI's formula applied here), and the log-probabilities
 // returned stay the model's own.
