@@ -479,8 +479,10 @@ std::string study_markdown_html(const std::string& md, const std::string& base) 
       i++;
     } else if (t.starts_with('#')) {
       flush();
-      const size_t level = std::min<size_t>(t.find_first_not_of('#'), 5);
-      out += fmt::format("<h{0}>{1}</h{0}>\n", level + 1, inline_html(trim(t.substr(level))));
+      // "#" alone or "#######" are headings too: the text starts after every '#'
+      const size_t hashes = std::min(t.find_first_not_of('#'), t.size());
+      const size_t level = std::min<size_t>(hashes, 5);
+      out += fmt::format("<h{0}>{1}</h{0}>\n", level + 1, inline_html(trim(t.substr(hashes))));
       i++;
     } else if (t.starts_with('|')) {
       flush();
@@ -502,14 +504,16 @@ std::string study_markdown_html(const std::string& md, const std::string& base) 
     } else if (is_item(t, ordered)) {
       flush();
       out += ordered ? "<ol>\n" : "<ul>\n";
-      bool o = false;
-      while (i < lines.size() && is_item(trim(lines[i]), o) && o == ordered) {
+      bool item_ordered = false;
+      while (i < lines.size() && is_item(trim(lines[i]), item_ordered) && item_ordered == ordered) {
         std::string item = trim(lines[i]);
         item = item.substr(item.find(' ') + 1);
         i++;
         // continuation lines: indented, not a new item
-        while (i < lines.size() && lines[i].starts_with("  ") && !is_item(trim(lines[i]), o)) {
-          item += " " + trim(lines[i++]);
+        while (i < lines.size() && lines[i].starts_with("  ") &&
+               !is_item(trim(lines[i]), item_ordered)) {
+          item += ' ';
+          item += trim(lines[i++]);
         }
         out += "<li>" + inline_html(item) + "</li>\n";
       }

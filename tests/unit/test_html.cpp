@@ -120,6 +120,9 @@ TEST(StudyPage, MarkdownOfAReport) {
   EXPECT_NE(out.find("src=\"data:image/svg+xml;base64,"), std::string::npos);
   EXPECT_NE(out.find("figure gone.png is missing"), std::string::npos);
   EXPECT_EQ(out.find("<script>"), std::string::npos);
+  // headings of only '#' or of more than six are headings, not a crash
+  const std::string odd = study_markdown_html("#\n\n######## deep\n", dir.string());
+  EXPECT_NE(odd.find("<h6>deep</h6>"), std::string::npos) << odd;
   fs::remove_all(dir);
 }
 
