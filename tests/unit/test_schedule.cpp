@@ -11,6 +11,7 @@
 #include "test_util.hpp"
 #include "train/hook_forgetting.hpp"
 #include "train/hook_replay.hpp"
+#include "train/run_page.hpp"
 #include "train/schedule.hpp"
 #include "train/trainer.hpp"
 
@@ -241,19 +242,22 @@ TEST(Trainer, UpdateIsNotCountedAsAStep) {
 }
 
 // The hooks an experiment asks for: focused replay only with a focused phase, before the
-// forgetting evaluation (their metrics fields come in this order).
+// forgetting evaluation (their metrics fields come in this order), and the run's page last, so
+// that it shows what the step's other hooks logged.
 TEST(Trainer, HooksFromExperiment) {
   Experiment x = tiny_experiment();
   x.phases = {PhaseConfig{.name = "A", .subset = "A", .steps = 4},
               PhaseConfig{.name = "B", .subset = "B", .steps = 4}};
   const TrainerHooks plain = trainer_hooks_from_experiment(x);
-  ASSERT_EQ(plain.size(), 1u);
+  ASSERT_EQ(plain.size(), 2u);
   EXPECT_NE(dynamic_cast<ForgettingHook*>(plain[0].get()), nullptr);
+  EXPECT_NE(dynamic_cast<RunPageHook*>(plain[1].get()), nullptr);
   x.phases[1].replay = "focused";
   const TrainerHooks focused = trainer_hooks_from_experiment(x);
-  ASSERT_EQ(focused.size(), 2u);
+  ASSERT_EQ(focused.size(), 3u);
   EXPECT_NE(dynamic_cast<ReplayHook*>(focused[0].get()), nullptr);
   EXPECT_NE(dynamic_cast<ForgettingHook*>(focused[1].get()), nullptr);
+  EXPECT_NE(dynamic_cast<RunPageHook*>(focused[2].get()), nullptr);
 }
 
 TEST(Trainer, FrozenTensorsStayBitIdentical) {
