@@ -578,14 +578,12 @@ const Model<float>* plain_model(const Model<float>& from, HfPlain& plain) {
   plain = hf_plain(from);
   const Model<float>& m = plain.model ? *plain.model : from;
   refuse_inexpressible(m.cfg);
-  for (const TensorView& v : m.layout.tensors)
-    if (v.name.ends_with("router.balance_bias"))
-      for (int64_t i = 0; i < v.numel; i++)
-        if (m.params[size_t(v.offset + i)] != 0.f)
-          fail(
-              fmt::format("export gguf: 'router_balance': '{}' is not zero, and llama.cpp's "
-                          "gpt-oss router has no bias for the choice alone",
-                          v.name));
+  if (const std::string name = hf_nonzero_balance_bias(m); !name.empty()) {
+    fail(
+        fmt::format("export gguf: 'router_balance': '{}' is not zero, and llama.cpp's gpt-oss "
+                    "router has no bias for the choice alone",
+                    name));
+  }
   return &m;
 }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <set>
+#include <span>
 
 #include "core/error.hpp"
 #include "model/lora.hpp"
@@ -354,16 +355,27 @@ void synthesise(HfTensor& t, const std::vector<float>* ours) {
 
 }  // namespace
 
+std::string hf_nonzero_balance_bias(const Model<float>& m) {
+  for (const TensorView& v : m.layout.tensors) {
+    if (!v.name.ends_with("router.balance_bias")) {
+      continue;
+    }
+    const auto values = std::span(m.params).subspan(size_t(v.offset), size_t(v.numel));
+    if (std::any_of(values.begin(), values.end(), [](float x) { return x != 0.f; })) {
+      return v.name;
+    }
+  }
+  return "";
+}
+
 std::vector<HfTensor> hf_tensors(const Model<float>& m) {
   std::vector<HfTensor> out = hf_layout(m.cfg);
-  for (const TensorView& v : m.layout.tensors)
-    if (v.name.ends_with("router.balance_bias"))
-      for (int64_t i = 0; i < v.numel; i++)
-        if (m.params[size_t(v.offset + i)] != 0.f)
-          fail(
-              fmt::format("export hf: 'router_balance': '{}' is not zero, and GptOss's router "
-                          "has no bias for the choice alone",
-                          v.name));
+  if (const std::string name = hf_nonzero_balance_bias(m); !name.empty()) {
+    fail(
+        fmt::format("export hf: 'router_balance': '{}' is not zero, and GptOss's router has no "
+                    "bias for the choice alone",
+                    name));
+  }
   for (HfTensor& t : out) {
     const TensorView* v = m.layout.find(t.name);
     std::vector<float> ours;

@@ -53,6 +53,10 @@ struct HfTensor {
 std::vector<HfTensor> hf_layout(const ModelConfig& c);
 // A plain model's weights as GptOss tensors. Refuses a nonzero router balance bias.
 std::vector<HfTensor> hf_tensors(const Model<float>& m);
+
+// The name of a router.balance_bias tensor that is not all zero, or "" (a bias for the top-k
+// choice alone, which neither GptOss nor llama.cpp's gpt-oss router has).
+std::string hf_nonzero_balance_bias(const Model<float>& m);
 // Fills a plain model from GptOss tensors (by name, shapes checked); every tensor of the file
 // must be used or be one hf_tensors synthesises. `src` starts every error.
 void hf_tensors_load(const std::map<std::string, HfTensor>& t, Model<float>& m,
