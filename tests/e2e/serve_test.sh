@@ -184,9 +184,13 @@ python3 -c "
 import socket, sys, time
 s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
 s.sendall(b'POST /tokenize HTTP/1.1\r\nContent-Length: 100\r\n\r\n{')
+open('stalled.sent', 'w').close()
 time.sleep(8)" "$port2" &
 stalled=$!
-sleep 0.5
+# the upload must be under way before the first signal (python can take seconds to start on a
+# loaded machine, and a server with nothing to wait for stops at the first signal)
+for i in $(seq 1 100); do [ -e stalled.sent ] && break; sleep 0.1; done
+sleep 0.2
 kill -TERM $pid2
 for i in $(seq 1 40); do grep -q "serve: stopping" serve2.log && break; sleep 0.05; done
 sleep 0.2
