@@ -6,6 +6,7 @@
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -35,25 +36,25 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 GgufValue vu32(int64_t x) {
   GgufValue v;
   v.kind = K::U32;
-  v.u = uint64_t(x);
+  v.uint_value = uint64_t(x);
   return v;
 }
 GgufValue vf32(double x) {
   GgufValue v;
   v.kind = K::F32;
-  v.f = x;
+  v.float_value = x;
   return v;
 }
 GgufValue vstr(std::string s) {
   GgufValue v;
   v.kind = K::Str;
-  v.s = std::move(s);
+  v.text = std::move(s);
   return v;
 }
 GgufValue vbool(bool b) {
   GgufValue v;
   v.kind = K::Bool;
-  v.b = b;
+  v.bool_value = b;
   return v;
 }
 
@@ -297,7 +298,10 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     const std::vector<float>&gb = from(b + "ffn_gate_exps.bias"),
           &ub = from(b + "ffn_up_exps.bias");
     std::vector<float> gub(gb.size() * 2);
-    for (size_t i = 0; i < gb.size(); i++) gub[2 * i] = gb[i], gub[2 * i + 1] = ub[i];
+    for (size_t i = 0; i < gb.size(); i++) {
+      gub[2 * i] = gb[i];
+      gub[2 * i + 1] = ub[i];
+    }
     put(p + "mlp.experts.gate_up_proj_bias", std::move(gub));
     put(p + "mlp.experts.down_proj_bias", from(b + "ffn_down_exps.bias"));
   }
@@ -447,13 +451,25 @@ std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
         fmt::format("export gguf: {}: SentencePiece model_type {} ({}): llama.cpp's `llama` "
                     "tokenizer merges pieces by score as BPE does, so only BPE models are written",
                     model_file, m.model_type, m.model_type == 1 ? "unigram" : "not BPE"));
-  if (int64_t(m.pieces.size()) != vocab)
-    fail(fmt::format("export gguf: {} has {} pieces, the model's vocab_size is {}", model_file,
-                     m.pieces.size(), vocab));
+  const int64_t pieces = int64_t(m.pieces.size());
+  if (vocab < pieces) {
+    fail(fmt::format("export gguf: the model's vocab_size {} is below the tokenizer's {} ({})",
+                     vocab, pieces, model_file));
+  }
   GgufValue toks, scores, types;
-  toks.kind = K::ArrStr, toks.strs = m.pieces;
-  scores.kind = K::ArrF32, scores.f32s = m.scores;
-  types.kind = K::ArrI32, types.i32s = m.types;
+  toks.kind = K::ArrStr;
+  toks.strs = m.pieces;
+  scores.kind = K::ArrF32;
+  scores.f32s = m.scores;
+  types.kind = K::ArrI32;
+  types.i32s = m.types;
+  // ids past the tokenizer (a vocab_size padded beyond its pieces): [PADn] of type unused,
+  // score 0, as the tiktoken vocabulary pads; llama.cpp needs a token for every row
+  for (int64_t id = pieces; id < vocab; id++) {
+    toks.strs.push_back(fmt::format("[PAD{}]", id));
+    scores.f32s.push_back(0.f);
+    types.i32s.push_back(5);
+  }
   kv.push_back({"tokenizer.ggml.model", vstr("llama")});
   kv.push_back({"tokenizer.ggml.tokens", toks});
   kv.push_back({"tokenizer.ggml.scores", scores});
@@ -466,10 +482,13 @@ std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
   kv.push_back({"tokenizer.ggml.add_bos_token", vbool(false)});  // moelab's encode adds none
   kv.push_back({"tokenizer.ggml.add_eos_token", vbool(false)});
   kv.push_back({"tokenizer.ggml.add_space_prefix", vbool(m.add_dummy_prefix)});
+  const std::string padded =
+      vocab > pieces ? fmt::format(" and {} [PADn] up to vocab_size {}", vocab - pieces, vocab)
+                     : "";
   return fmt::format(
-      "SentencePiece BPE {} as llama.cpp's llama tokenizer ({} pieces, "
+      "SentencePiece BPE {} as llama.cpp's llama tokenizer ({} pieces{}, "
       "add_space_prefix {}, normalizer {} not applied by llama.cpp)",
-      model_file, m.pieces.size(), m.add_dummy_prefix, m.normalizer);
+      model_file, pieces, padded, m.add_dummy_prefix, m.normalizer);
 }
 
 // ----------------------------------------------------------------------------
@@ -609,9 +628,12 @@ std::string tiktoken_keys(const DataDir& d, const std::string& file, int64_t voc
   const TiktokenSpec spec = tiktoken_spec(enc);
   GgufBpeVocab v = gguf_bpe_from_tiktoken(file, spec, vocab);
   GgufValue toks, types, merges;
-  toks.kind = K::ArrStr, toks.strs = std::move(v.tokens);
-  types.kind = K::ArrI32, types.i32s = std::move(v.types);
-  merges.kind = K::ArrStr, merges.strs = std::move(v.merges);
+  toks.kind = K::ArrStr;
+  toks.strs = std::move(v.tokens);
+  types.kind = K::ArrI32;
+  types.i32s = std::move(v.types);
+  merges.kind = K::ArrStr;
+  merges.strs = std::move(v.merges);
   const size_t n_merges = merges.strs.size();
   kv.push_back({"tokenizer.ggml.model", vstr("gpt2")});
   kv.push_back({"tokenizer.ggml.pre", vstr("gpt-4o")});
@@ -699,8 +721,8 @@ namespace {
 void check_keys(const GgufFile& f, const ModelConfig& c, const std::string& src) {
   for (const auto& [key, want] : arch_keys(c)) {
     const GgufValue* v = f.find(key);
-    const bool same = v && v->kind == want.kind && v->u == want.u && v->s == want.s &&
-                      float(v->f) == float(want.f);
+    const bool same = v && v->kind == want.kind && v->uint_value == want.uint_value &&
+                      v->text == want.text && float(v->float_value) == float(want.float_value);
     if (!same)
       fail(fmt::format("{}: key '{}' differs from what its 'moelab.config' gives", src, key));
   }
@@ -708,25 +730,49 @@ void check_keys(const GgufFile& f, const ModelConfig& c, const std::string& src)
 
 }  // namespace
 
+json gguf_import_state(const GgufFile& f, const std::string& src) {
+  json state = {{"step", 0}, {"imported_from", src}};
+  if (const GgufValue* fp = f.find("moelab.tokenizer_fingerprint")) {
+    // the decimal the export writes; anything else (a sign, spaces, a number past 2^64) is
+    // refused rather than read as some other fingerprint
+    const std::string& s = fp->text;
+    uint64_t value = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (fp->kind != K::Str || s.empty() || ec != std::errc() || end != s.data() + s.size()) {
+      fail(fmt::format("{}: key 'moelab.tokenizer_fingerprint' is not a decimal fingerprint", src));
+    }
+    state["tokenizer_fingerprint"] = value;
+  }
+  if (const GgufValue* mg = f.find("moelab.merged")) {
+    json merged = mg->kind == K::Str ? json::parse(mg->text, nullptr, false) : json();
+    if (!merged.is_object()) {  // a discarded parse would be written as invalid JSON
+      fail(fmt::format("{}: key 'moelab.merged' is not a JSON object", src));
+    }
+    state["merged"] = std::move(merged);
+  }
+  return state;
+}
+
 GgufImportReport gguf_import(const std::string& file, const std::string& out) {
   std::error_code ec;
   if (fs::exists(out, ec) || fs::is_symlink(out, ec))
     fail(fmt::format("--out {}: already exists (import never replaces a folder)", out));
   const GgufFile f = gguf_read(file);
   const GgufValue* arch = f.find("general.architecture");
-  if (!arch || arch->kind != K::Str || arch->s != kArch)
+  if (!arch || arch->kind != K::Str || arch->text != kArch)
     fail(fmt::format("{}: 'general.architecture' is {}, not \"{}\"", file,
-                     arch && arch->kind == K::Str ? "\"" + arch->s + "\"" : "missing", kArch));
+                     arch && arch->kind == K::Str ? "\"" + arch->text + "\"" : "missing", kArch));
   const GgufValue* mc = f.find("moelab.config");
   if (!mc || mc->kind != K::Str)
     fail(
         fmt::format("{}: no 'moelab.config' key: only files written by moelab export gguf are "
                     "imported",
                     file));
-  const json cj = json::parse(mc->s, nullptr, false);
+  const json cj = json::parse(mc->text, nullptr, false);
   GgufImportReport r;
   r.config = config_from_json(cj, file + " (moelab.config)");
   check_keys(f, r.config, file);
+  const json state = gguf_import_state(f, file);  // before the tensors: refused in one line
 
   Model<float> m(r.config, 1, 1);
   std::map<std::string, Placed> g;
@@ -750,11 +796,6 @@ GgufImportReport gguf_import(const std::string& file, const std::string& out) {
     if (!seen.contains(name)) fail(fmt::format("{}: tensor '{}' is missing", file, name));
   hf_tensors_load(unplace(r.config, g, file), m, file);
 
-  json state = {{"step", 0}, {"imported_from", file}};
-  if (const GgufValue* fp = f.find("moelab.tokenizer_fingerprint"); fp && fp->kind == K::Str)
-    state["tokenizer_fingerprint"] = std::stoull(fp->s);
-  if (const GgufValue* mg = f.find("moelab.merged"); mg && mg->kind == K::Str)
-    state["merged"] = json::parse(mg->s, nullptr, false);
   checkpoint_write_model(out, m, state);
   r.tensors = int64_t(f.tensors.size());
   return r;

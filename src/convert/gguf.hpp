@@ -47,11 +47,11 @@ struct GgufTensor {
 // Metadata values: the GGUF types llama.cpp checks key by key.
 struct GgufValue {
   enum class Kind { U32, I32, F32, Bool, Str, ArrStr, ArrF32, ArrI32, ArrU32 } kind = Kind::U32;
-  uint64_t u = 0;
-  int64_t i = 0;
-  double f = 0;
-  bool b = false;
-  std::string s;
+  uint64_t uint_value = 0;  // U32
+  int64_t int_value = 0;    // I32
+  double float_value = 0;   // F32
+  bool bool_value = false;  // Bool
+  std::string text;         // Str
   std::vector<std::string> strs;
   std::vector<float> f32s;
   std::vector<int32_t> i32s;
@@ -105,6 +105,10 @@ struct GgufImportReport {
   ModelConfig config;
   std::map<std::string, int64_t> types;
 };
+// The imported checkpoint's trainer state from the file's moelab keys: step 0, the source, the
+// tokenizer fingerprint (moelab.tokenizer_fingerprint, a decimal) and what was merged
+// (moelab.merged, a JSON object); a malformed key is refused in one line naming it.
+nlohmann::json gguf_import_state(const GgufFile& f, const std::string& src);
 GgufImportReport gguf_import(const std::string& file, const std::string& out);
 
 }  // namespace moelab

@@ -66,37 +66,49 @@ void write_value(Writer& w, const GgufValue& v) {
   using K = GgufValue::Kind;
   switch (v.kind) {
     case K::U32:
-      w.u32(kU32), w.u32(uint32_t(v.u));
+      w.u32(kU32);
+      w.u32(uint32_t(v.uint_value));
       return;
     case K::I32:
-      w.u32(kI32), w.i32(int32_t(v.i));
+      w.u32(kI32);
+      w.i32(int32_t(v.int_value));
       return;
     case K::F32:
-      w.u32(kF32), w.f32(float(v.f));
+      w.u32(kF32);
+      w.f32(float(v.float_value));
       return;
     case K::Bool: {
       w.u32(kBool);
-      const uint8_t b = v.b ? 1 : 0;
+      const uint8_t b = v.bool_value ? 1 : 0;
       w.raw(&b, 1);
       return;
     }
     case K::Str:
-      w.u32(kStr), w.str(v.s);
+      w.u32(kStr);
+      w.str(v.text);
       return;
     case K::ArrStr:
-      w.u32(kArr), w.u32(kStr), w.u64(v.strs.size());
+      w.u32(kArr);
+      w.u32(kStr);
+      w.u64(v.strs.size());
       for (const std::string& s : v.strs) w.str(s);
       return;
     case K::ArrF32:
-      w.u32(kArr), w.u32(kF32), w.u64(v.f32s.size());
+      w.u32(kArr);
+      w.u32(kF32);
+      w.u64(v.f32s.size());
       w.raw(v.f32s.data(), v.f32s.size() * 4);
       return;
     case K::ArrI32:
-      w.u32(kArr), w.u32(kI32), w.u64(v.i32s.size());
+      w.u32(kArr);
+      w.u32(kI32);
+      w.u64(v.i32s.size());
       w.raw(v.i32s.data(), v.i32s.size() * 4);
       return;
     case K::ArrU32:
-      w.u32(kArr), w.u32(kU32), w.u64(v.i32s.size());
+      w.u32(kArr);
+      w.u32(kU32);
+      w.u64(v.i32s.size());
       w.raw(v.i32s.data(), v.i32s.size() * 4);
       return;
   }
@@ -123,6 +135,11 @@ class Reader {
   }
   void need(uint64_t n) const {
     if (n > d_.size() - pos_) fail(fmt::format("{}: truncated GGUF file", path_));
+  }
+  // n items of `size` bytes each; the count comes from the file, so it is compared before any
+  // multiplication (2^62 items of 4 bytes would wrap to 0)
+  void need_items(uint64_t n, uint64_t size) const {
+    if (n > (d_.size() - pos_) / size) fail(fmt::format("{}: truncated GGUF file", path_));
   }
   [[noreturn]] void bad(std::string_view why) const { fail(fmt::format("{}: {}", path_, why)); }
   size_t pos() const { return pos_; }
@@ -159,21 +176,43 @@ size_t scalar_size(Reader& r, uint32_t t) {
 GgufValue read_value(Reader& r, uint32_t t) {
   using K = GgufValue::Kind;
   GgufValue v;
-  if (t == kStr) return v.kind = K::Str, v.s = r.str(), v;
-  if (t == kU32) return v.kind = K::U32, v.u = r.get<uint32_t>(), v;
-  if (t == kI32) return v.kind = K::I32, v.i = r.get<int32_t>(), v;
-  if (t == kF32) return v.kind = K::F32, v.f = r.get<float>(), v;
-  if (t == kBool) return v.kind = K::Bool, v.b = r.get<uint8_t>() != 0, v;
+  if (t == kStr) {
+    v.kind = K::Str;
+    v.text = r.str();
+    return v;
+  }
+  if (t == kU32) {
+    v.kind = K::U32;
+    v.uint_value = r.get<uint32_t>();
+    return v;
+  }
+  if (t == kI32) {
+    v.kind = K::I32;
+    v.int_value = r.get<int32_t>();
+    return v;
+  }
+  if (t == kF32) {
+    v.kind = K::F32;
+    v.float_value = r.get<float>();
+    return v;
+  }
+  if (t == kBool) {
+    v.kind = K::Bool;
+    v.bool_value = r.get<uint8_t>() != 0;
+    return v;
+  }
   if (t == kArr) {
     const uint32_t et = r.get<uint32_t>();
     const uint64_t n = r.get<uint64_t>();
     if (et == kStr) {
+      r.need_items(n, 8);  // each string is at least its u64 length
       v.kind = K::ArrStr;
+      v.strs.reserve(n);
       for (uint64_t i = 0; i < n; i++) v.strs.push_back(r.str());
       return v;
     }
     if (et == kF32 || et == kI32 || et == kU32) {
-      r.need(n * 4);
+      r.need_items(n, 4);
       v.kind = et == kF32 ? K::ArrF32 : et == kI32 ? K::ArrI32 : K::ArrU32;
       if (et == kF32) {
         v.f32s.resize(n);
@@ -185,8 +224,9 @@ GgufValue read_value(Reader& r, uint32_t t) {
       r.seek(r.pos() + n * 4);
       return v;
     }
-    r.need(n * scalar_size(r, et));  // other arrays are skipped (moelab writes none)
-    r.seek(r.pos() + n * scalar_size(r, et));
+    const size_t size = scalar_size(r, et);  // other arrays are skipped (moelab writes none)
+    r.need_items(n, size);
+    r.seek(r.pos() + n * size);
     v.kind = K::ArrI32;
     return v;
   }
@@ -312,7 +352,9 @@ GgufFile gguf_read(const std::string& path) {
     std::string key = r.str();
     const uint32_t t = r.get<uint32_t>();
     GgufValue v = read_value(r, t);
-    if (key == "general.alignment" && v.kind == GgufValue::Kind::U32 && v.u > 0) align = v.u;
+    if (key == "general.alignment" && v.kind == GgufValue::Kind::U32 && v.uint_value > 0) {
+      align = v.uint_value;
+    }
     f.kv.emplace_back(std::move(key), std::move(v));
   }
   std::vector<uint64_t> offsets;
@@ -334,16 +376,29 @@ GgufFile gguf_read(const std::string& path) {
     offsets.push_back(r.get<uint64_t>());
     f.tensors.push_back(std::move(t));
   }
+  const uint64_t size = r.data().size();
   const uint64_t data0 = (r.pos() + align - 1) / align * align;
   for (size_t i = 0; i < f.tensors.size(); i++) {
     GgufTensor& t = f.tensors[i];
-    int64_t n = 1;
-    for (int64_t x : t.ne) n *= x;
-    if (t.type == GgmlType::Q8_0 && t.ne[0] % kQ8Block != 0)
-      r.bad(fmt::format("tensor '{}': Q8_0 rows of {} values", t.name, t.ne[0]));
-    const uint64_t nb = uint64_t(gguf_type_bytes(t.type, n));
-    if (data0 + offsets[i] > r.data().size() || nb > r.data().size() - data0 - offsets[i])
+    const auto beyond = [&] {
       r.bad(fmt::format("tensor '{}' lies beyond the end of the file", t.name));
+    };
+    // the element count, checked as it grows: every storage type takes at least a byte per
+    // value, so a count above the file's size cannot fit (and 4 dims of 2^40 cannot wrap)
+    int64_t n = 1;
+    for (int64_t x : t.ne) {
+      if (__builtin_mul_overflow(n, x, &n) || uint64_t(n) > size) {
+        beyond();
+      }
+    }
+    if (t.type == GgmlType::Q8_0 && t.ne[0] % kQ8Block != 0) {
+      r.bad(fmt::format("tensor '{}': Q8_0 rows of {} values", t.name, t.ne[0]));
+    }
+    const uint64_t nb = uint64_t(gguf_type_bytes(t.type, n));
+    // compared by subtraction: an offset near 2^64 would wrap data0 + offset to a small number
+    if (data0 > size || offsets[i] > size - data0 || nb > size - data0 - offsets[i]) {
+      beyond();
+    }
     const auto* p = reinterpret_cast<const uint8_t*>(r.data().data() + data0 + offsets[i]);
     t.bytes.assign(p, p + nb);
   }

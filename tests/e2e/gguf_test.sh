@@ -4,7 +4,8 @@
 # the exported files of tiny models trained on real English text (Debian's license texts) with a
 # SentencePiece BPE tokenizer: a dense and an MoE model at every dtype, and a dense one with tied
 # embeddings and neither sinks nor biases nor sliding layers and an MoE with a dense layer and
-# only sliding layers, and MoEs with LoRA and with DeRS deltas (merged) at f32.
+# only sliding layers, and MoEs with LoRA and with DeRS deltas (merged) at f32, and a vocab_size
+# padded past the tokenizer's pieces.
 # tests/e2e/llama_check.mjs checks that llama.cpp tokenizes the
 # prompts as moelab does, that its next-token log-probs over the whole vocabulary agree with
 # moelab's (tolerances per dtype below) and that its greedy continuations equal
@@ -127,6 +128,23 @@ if "$moelab" data prepare tk.json --out tkdata >tk.log 2>&1; then
   echo "  tiktoken f32: $(cat tk.check)"
 else
   bad "tiktoken data: $(tail -1 tk.log)"
+fi
+
+# ---- a vocab_size padded past the SentencePiece pieces (608 rows, 600 pieces; a model trained 2
+# steps): the 8 ids past the tokenizer written as [PADn] of type unused; llama.cpp loads the file,
+# tokenizes as moelab does, and its log-probs over all 608 ids agree
+tiny_config run.dir=padrun "${train[@]}" model.vocab_size=608 phases.steps=2 \
+  schedule.warmup_steps=1 schedule.decay_steps=1 >padrun.toml
+if "$moelab" train padrun.toml >pad.log 2>&1 &&
+  "$moelab" export gguf padrun/step_00000002 --out pad.gguf --data data --prompts prompts.txt \
+    --reference pad.ref.json >pad.log 2>&1; then
+  grep -q "(600 pieces and 8 \[PADn\] up to vocab_size 608," pad.log && ok ||
+    bad "padded vocab: export says '$(tail -1 pad.log)'"
+  node "$here/llama_check.mjs" --nlc "$nlc" --model pad.gguf --reference pad.ref.json --tol 1e-4 \
+    --threads 1 >pad.check 2>pad.err && ok || bad "padded vocab: $(cat pad.check) $(tail -1 pad.err)"
+  echo "  padded vocab f32: $(cat pad.check)"
+else
+  bad "padded vocab: $(tail -1 pad.log)"
 fi
 
 # ---- import: f32 gives the checkpoint's tensors and config back bit for bit
