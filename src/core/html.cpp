@@ -21,6 +21,8 @@ constexpr double kWidth = 640, kHeight = 300;
 constexpr double kLeft = 64, kRight = 628, kTop = 12, kBottom = 256;
 // Curves of more points are thinned to the extremes of this many buckets (a spike stays).
 constexpr size_t kMaxPoints = 1200;
+// An axis never has more ticks than this, whatever its range.
+constexpr int64_t kMaxTicks = 50;
 
 struct Range {
   double lo = INFINITY, hi = -INFINITY;
@@ -31,9 +33,24 @@ struct Range {
   bool empty() const { return !(lo <= hi); }
 };
 
-// Ticks at 1, 2 or 5 times a power of ten, about n of them across [lo, hi].
-std::vector<double> ticks_linear(double lo, double hi, int n) {
-  const double raw = (hi - lo) / n;
+// A range at least a few parts in 1e9 of its magnitude wide: a flat curve, one point, or a span
+// of a few ulps gets a window around its middle (the scale and the ticks need a real width).
+void range_widen(Range& r, double half_width) {
+  const double mid = r.lo / 2 + r.hi / 2;
+  if (std::isfinite(mid) && !(r.hi - r.lo > std::abs(mid) * 1e-9)) {
+    const double half = std::max(std::abs(mid) * 0.05, half_width);
+    r.lo = mid - half;
+    r.hi = mid + half;
+  }
+}
+
+}  // namespace
+
+std::vector<double> html_ticks_linear(double lo, double hi, int count) {
+  const double raw = (hi - lo) / std::max(count, 1);
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !(raw > 0) || !std::isfinite(raw)) {
+    return {lo};
+  }
   const double p = std::pow(10.0, std::floor(std::log10(raw)));
   double step = p;
   for (const double m : {1.0, 2.0, 5.0, 10.0}) {
@@ -42,24 +59,42 @@ std::vector<double> ticks_linear(double lo, double hi, int n) {
       break;
     }
   }
+  const double first = std::ceil(lo / step) * step;
+  if (!(step > 0) || !std::isfinite(first) || first + step == first) {
+    return {lo};  // a step below the values' resolution would never advance
+  }
+  // Counted, not accumulated: v += step stalls where step is a few ulps of v, and a count
+  // bounds the loop whatever the range (a training hook draws these charts).
   std::vector<double> t;
-  for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+  for (int64_t k = 0; k < kMaxTicks; k++) {
+    const double v = first + double(k) * step;
+    if (v > hi + step * 1e-9) {
+      break;
+    }
     t.push_back(std::abs(v) < step * 1e-9 ? 0.0 : v);
   }
   return t;
 }
 
+namespace {
+
 // Ticks of a log axis over [lo, hi] (log10 values): the powers of ten, and 2x and 5x where
 // the axis spans less than two decades.
 std::vector<double> ticks_log(double lo, double hi) {
   std::vector<double> t;
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !(hi >= lo)) {
+    return t;
+  }
   const bool fine = hi - lo < 2;
-  for (double k = std::floor(lo); k <= std::ceil(hi); k += 1) {
+  const double first = std::floor(lo);
+  // every decade up to a dozen of them; a wider axis labels every second, third, ... one
+  const double stride = std::max(1.0, std::ceil((std::ceil(hi) - first) / 12));
+  for (int64_t k = 0; k < kMaxTicks && first + double(k) * stride <= std::ceil(hi); k++) {
     for (const double m : {1.0, 2.0, 5.0}) {
       if (m != 1.0 && !fine) {
         continue;
       }
-      const double v = k + std::log10(m);
+      const double v = first + double(k) * stride + std::log10(m);
       if (v >= lo - 1e-9 && v <= hi + 1e-9) {
         t.push_back(v);
       }
@@ -82,18 +117,18 @@ std::string tick_label(double v) {
 // The points of a series that the chart draws: y as plotted (log10 on a log axis), thinned to
 // each bucket's lowest and highest point.
 struct Points {
-  std::vector<double> x, y;
+  std::vector<double> x_values, y_values;  // [point]
 };
 Points series_points(const HtmlSeries& s, bool logy) {
   Points p;
-  const size_t n = std::min(s.x.size(), s.y.size());
+  const size_t n = std::min(s.x_values.size(), s.y_values.size());
   for (size_t i = 0; i < n; i++) {
-    double y = s.y[i];
+    double y = s.y_values[i];
     if (logy) {
       y = y > 0 ? std::log10(y) : NAN;
     }
-    p.x.push_back(s.x[i]);
-    p.y.push_back(y);
+    p.x_values.push_back(s.x_values[i]);
+    p.y_values.push_back(y);
   }
   if (n <= kMaxPoints) {
     return p;
@@ -104,16 +139,18 @@ Points series_points(const HtmlSeries& s, bool logy) {
     const size_t i0 = b * n / buckets, i1 = (b + 1) * n / buckets;
     size_t lo = i0, hi = i0;
     for (size_t i = i0; i < i1; i++) {
-      if (std::isfinite(p.y[i]) && (!std::isfinite(p.y[lo]) || p.y[i] < p.y[lo])) {
+      if (std::isfinite(p.y_values[i]) &&
+          (!std::isfinite(p.y_values[lo]) || p.y_values[i] < p.y_values[lo])) {
         lo = i;
       }
-      if (std::isfinite(p.y[i]) && (!std::isfinite(p.y[hi]) || p.y[i] > p.y[hi])) {
+      if (std::isfinite(p.y_values[i]) &&
+          (!std::isfinite(p.y_values[hi]) || p.y_values[i] > p.y_values[hi])) {
         hi = i;
       }
     }
     for (const size_t i : {std::min(lo, hi), std::max(lo, hi)}) {
-      thin.x.push_back(p.x[i]);
-      thin.y.push_back(p.y[i]);
+      thin.x_values.push_back(p.x_values[i]);
+      thin.y_values.push_back(p.y_values[i]);
     }
   }
   return thin;
@@ -138,14 +175,14 @@ std::string axes_svg(const HtmlChart& c, const Range& xr, const Range& yr) {
     return kBottom - (y - yr.lo) / (yr.hi - yr.lo) * (kBottom - kTop);
   };
   std::string out;
-  for (const double t : c.logy ? ticks_log(yr.lo, yr.hi) : ticks_linear(yr.lo, yr.hi, 5)) {
+  for (const double t : c.logy ? ticks_log(yr.lo, yr.hi) : html_ticks_linear(yr.lo, yr.hi, 5)) {
     out += fmt::format(
         "<line class=\"grid\" x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\"/>"
         "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>",
         kLeft, kRight, py(t), py(t), kLeft - 6, py(t) + 4,
         html_escape(tick_label(c.logy ? std::pow(10.0, t) : t)));
   }
-  for (const double t : ticks_linear(xr.lo, xr.hi, 6)) {
+  for (const double t : html_ticks_linear(xr.lo, xr.hi, 6)) {
     out += fmt::format(
         "<line class=\"grid\" x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\"/>"
         "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>",
@@ -201,10 +238,10 @@ std::string html_render_chart(const HtmlChart& c) {
   Range xr, yr;
   for (const HtmlSeries& s : c.series) {
     pts.push_back(series_points(s, c.logy));
-    for (size_t i = 0; i < pts.back().x.size(); i++) {
-      if (std::isfinite(pts.back().y[i]) && std::isfinite(pts.back().x[i])) {
-        xr.add(pts.back().x[i]);
-        yr.add(pts.back().y[i]);
+    for (size_t i = 0; i < pts.back().x_values.size(); i++) {
+      if (std::isfinite(pts.back().y_values[i]) && std::isfinite(pts.back().x_values[i])) {
+        xr.add(pts.back().x_values[i]);
+        yr.add(pts.back().y_values[i]);
       }
     }
   }
@@ -221,10 +258,9 @@ std::string html_render_chart(const HtmlChart& c) {
   const double pad = yr.hi > yr.lo ? (yr.hi - yr.lo) * 0.04 : std::max(std::abs(yr.lo) * 0.05, 0.5);
   yr.lo -= c.ymin ? 0.0 : pad;
   yr.hi += c.ymax ? 0.0 : pad;
-  if (xr.hi <= xr.lo) {
-    xr.lo -= 0.5;
-    xr.hi += 0.5;
-  }
+  // flat within its resolution, or a ymin/ymax that leaves no room (ymin >= ymax)
+  range_widen(yr, 0.5);
+  range_widen(xr, 0.5);
   out += fmt::format(
       "<svg viewBox=\"0 0 {} {}\" role=\"img\" aria-label=\"{}\" xmlns=\"http://www.w3.org/2000/"
       "svg\">",
@@ -241,13 +277,13 @@ std::string html_render_chart(const HtmlChart& c) {
     bool pen = false;
     size_t drawn = 0;
     double last_x = 0, last_y = 0;
-    for (size_t i = 0; i < pts[k].x.size(); i++) {
-      if (!std::isfinite(pts[k].y[i]) || !std::isfinite(pts[k].x[i])) {
+    for (size_t i = 0; i < pts[k].x_values.size(); i++) {
+      if (!std::isfinite(pts[k].y_values[i]) || !std::isfinite(pts[k].x_values[i])) {
         pen = false;
         continue;
       }
-      last_x = px(pts[k].x[i]);
-      last_y = py(pts[k].y[i]);
+      last_x = px(pts[k].x_values[i]);
+      last_y = py(pts[k].y_values[i]);
       d += fmt::format("{}{:.1f} {:.1f}", pen ? " L" : " M", last_x, last_y);
       pen = true;
       drawn++;

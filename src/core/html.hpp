@@ -13,10 +13,10 @@ namespace moelab {
 // Text for HTML element content and attribute values: & < > " ' escaped.
 std::string html_escape(std::string_view text);
 
-// One curve of a chart: points (x[i], y[i]); non-finite y values break the line.
+// One curve of a chart: points (x_values[i], y_values[i]); non-finite y values break the line.
 struct HtmlSeries {
   std::string name;
-  std::vector<double> x, y;
+  std::vector<double> x_values, y_values;  // [point]
   bool dashed = false;
 };
 
@@ -31,6 +31,11 @@ struct HtmlChart {
 // The chart as a <figure>: its title, an <svg> (axes, ticks, the curves in the palette's order,
 // each with its name as a tooltip) and the legend. A chart without finite points says so.
 std::string html_render_chart(const HtmlChart& c);
+
+// The ticks of a linear axis over [lo, hi]: 1, 2 or 5 times a power of ten, about `count` of
+// them, never more than 50. An empty, inverted or non-finite range, or one too narrow for its
+// values' resolution (a few ulps), gives {lo}.
+std::vector<double> html_ticks_linear(double lo, double hi, int count);
 
 // A heat map of values[row][col] (e.g. expert load per layer and expert), shaded from 0 to
 // `full` (and beyond: the darkest shade); each cell's tooltip gives row, column and value.

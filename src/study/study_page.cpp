@@ -142,17 +142,25 @@ std::string table_html(const std::vector<std::string>& lines) {
   return out + "</table>\n";
 }
 
-// ![alt](NAME.png) as an <img> with the file's bytes inline (NAME.svg where it exists).
+// ![alt](NAME.png) as an <img> with the file's bytes inline (NAME.svg where it exists). Only a
+// .png or .svg inside `base` is read: an absolute path (which `base / file` would take as it
+// is), "..", a scheme or another kind of file would put any readable file into the page.
 std::string image_html(const std::string& line, const std::string& base) {
   const size_t close = line.find("](");
   const std::string alt = line.substr(2, close - 2);
   const std::string file = line.substr(close + 2, line.rfind(')') - close - 2);
-  fs::path p = fs::path(base) / file;
+  const fs::path rel(file);
+  if (rel.empty() || rel.is_absolute() || rel.has_root_path() ||
+      file.find("..") != std::string::npos || file.find(':') != std::string::npos ||
+      (rel.extension() != ".png" && rel.extension() != ".svg")) {
+    return "<p class=\"note\">figure " + html_escape(file) +
+           " is not shown (a figure is a .png or .svg in the report's folder)</p>";
+  }
+  fs::path p = fs::path(base) / rel;
   if (p.extension() == ".png" && path_exists(fs::path(p).replace_extension(".svg"))) {
     p.replace_extension(".svg");
   }
-  if (file.find("..") != std::string::npos || file.find(':') != std::string::npos ||
-      !path_exists(p)) {
+  if (!path_exists(p)) {
     return "<p class=\"note\">figure " + html_escape(file) + " is missing</p>";
   }
   const std::string mime = p.extension() == ".svg" ? "image/svg+xml" : "image/png";
@@ -263,6 +271,25 @@ std::string study_kind(const std::string& dir) {
   return "Study";
 }
 
+// A run's folder (NAME, or METHOD/seed_S) as a relative URL path: every byte but
+// [A-Za-z0-9._~-] and the '/' between folders percent-encoded, so that '#', '?', '%' or a
+// "javascript:" prefix are a folder's name and nothing else.
+std::string url_path_encode(std::string_view path) {
+  std::string out;
+  for (const char ch : path) {
+    // ASCII only (std::isalnum follows the locale); a leading '/' is no separator
+    const bool plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                       (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '~' ||
+                       ch == '-' || (ch == '/' && !out.empty());
+    if (plain) {
+      out += ch;
+    } else {
+      out += fmt::format("%{:02X}", uint8_t(ch));
+    }
+  }
+  return out;
+}
+
 std::string runs_table(const std::vector<RunRow>& rows) {
   std::string out =
       "<table id=\"runs\"><tr><th>run</th><th>what</th><th>state</th><th>step</th>"
@@ -271,11 +298,12 @@ std::string runs_table(const std::vector<RunRow>& rows) {
     const RunSeries* s = r.series;
     std::string link = html_escape(r.name);
     if (s && path_exists(run_page_path(s->dir))) {
-      link = fmt::format("<a href=\"{}/view.html\">{}</a>", html_escape(r.name), link);
+      link = fmt::format("<a href=\"{}/view.html\">{}</a>", html_escape(url_path_encode(r.name)),
+                         link);
     }
     std::string val;
     if (s) {
-      for (const auto& [key, v] : s->s) {
+      for (const auto& [key, v] : s->values) {
         if (key.starts_with("val:") && !v.empty()) {
           val += fmt::format("{}{} {}", val.empty() ? "" : ", ", html_escape(key.substr(4)),
                              html_format_number(v.back().second));
@@ -310,11 +338,11 @@ std::string runs_charts(const std::vector<RunRow>& rows) {
       continue;
     }
     drawn++;
-    for (const auto& [key, v] : r.series->s) {
+    for (const auto& [key, v] : r.series->values) {
       HtmlSeries s{.name = r.name};
       for (const auto& [x, y] : v) {
-        s.x.push_back(x);
-        s.y.push_back(y);
+        s.x_values.push_back(x);
+        s.y_values.push_back(y);
       }
       if (key == "loss") {
         loss.series.push_back(s);

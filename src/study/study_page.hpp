@@ -46,7 +46,8 @@ void study_page_after_report(const std::string& dir, const std::string& summary)
 
 // Markdown as the reports write it (headings, paragraphs, tables, lists, images, `code`,
 // **bold**, links) to HTML, every text escaped; an image NAME.png is embedded from `base` (as
-// NAME.svg where that exists beside it), one missing is named instead.
+// NAME.svg where that exists beside it), one missing is named instead, and so is one that is
+// not a .png or .svg inside `base` (an absolute path, "..", a scheme), which is never read.
 std::string study_markdown_html(const std::string& md, const std::string& base);
 
 // `moelab study view DIR...`: writes the page of each run folder (run.json) and of each study

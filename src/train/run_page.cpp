@@ -1,6 +1,8 @@
 #include "train/run_page.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,7 +36,7 @@ void listener_call() {
 
 void add(RunSeries& r, const std::string& key, int64_t step, const json& v) {
   if (v.is_number()) {
-    r.s[key].emplace_back(double(step), v.get<double>());
+    r.values[key].emplace_back(double(step), v.get<double>());
   }
 }
 
@@ -110,16 +112,16 @@ std::vector<double> seconds(const std::vector<std::pair<double, double>>& v) {
 HtmlSeries series_of(const RunSeries& r, const std::string& key, std::string name,
                      bool dashed = false) {
   HtmlSeries s{.name = std::move(name), .dashed = dashed};
-  if (const auto it = r.s.find(key); it != r.s.end()) {
-    s.x = firsts(it->second);
-    s.y = seconds(it->second);
+  if (const auto it = r.values.find(key); it != r.values.end()) {
+    s.x_values = firsts(it->second);
+    s.y_values = seconds(it->second);
   }
   return s;
 }
 
 bool has(const RunSeries& r, const std::string& key) {
-  const auto it = r.s.find(key);
-  return it != r.s.end() && !it->second.empty();
+  const auto it = r.values.find(key);
+  return it != r.values.end() && !it->second.empty();
 }
 
 // The steps at which a phase ends and the next begins (run.json "phases").
@@ -140,8 +142,8 @@ std::vector<double> phase_switches(const RunSeries& r) {
 
 // The median of the last few tokens_per_s values (a forgetting evaluation slows one window).
 double recent_speed(const RunSeries& r) {
-  const auto it = r.s.find("tokens_per_s");
-  if (it == r.s.end() || it->second.empty()) {
+  const auto it = r.values.find("tokens_per_s");
+  if (it == r.values.end() || it->second.empty()) {
     return NAN;
   }
   std::vector<double> v;
@@ -191,7 +193,7 @@ std::string banner_html(const RunSeries& r, const RunPageStatus& st) {
     out += fmt::format("<span>phase {}</span>", html_escape(r.phase));
   }
   out += fmt::format("<span>loss {}</span>", html_format_number(run_series_last(r, "loss")));
-  for (const auto& [key, v] : r.s) {
+  for (const auto& [key, v] : r.values) {
     if (key.starts_with("val:") && !v.empty()) {
       out += fmt::format("<span>val loss {} {}</span>", html_escape(key.substr(4)),
                          html_format_number(v.back().second));
@@ -218,7 +220,7 @@ std::string figures_html(const RunSeries& r) {
   std::string out = "<div class=\"grid2\">\n";
   HtmlChart loss{.title = "loss", .xlabel = "step", .ylabel = "cross-entropy (nats)"};
   loss.series.push_back(series_of(r, "loss", "training loss"));
-  for (const auto& [key, v] : r.s) {
+  for (const auto& [key, v] : r.values) {
     if (key.starts_with("val:")) {
       loss.series.push_back(series_of(r, key, "validation loss " + key.substr(4), true));
     }
@@ -242,7 +244,7 @@ std::string figures_html(const RunSeries& r) {
   }
   HtmlChart maxload{
       .title = "router: largest expert's load per layer", .xlabel = "step", .ylabel = "load x E"};
-  for (const auto& [key, v] : r.s) {
+  for (const auto& [key, v] : r.values) {
     if (key.starts_with("max_load:")) {
       maxload.series.push_back(series_of(r, key, "layer " + key.substr(9)));
     }
@@ -288,7 +290,7 @@ std::string table_html(const RunSeries& r) {
   std::string out =
       "<h2>Last logged values</h2>\n<table><tr><th>series</th><th>step</th>"
       "<th>value</th></tr>\n";
-  for (const auto& [key, v] : r.s) {
+  for (const auto& [key, v] : r.values) {
     if (!v.empty()) {
       out += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
                          html_escape(key), int64_t(v.back().first),
@@ -307,30 +309,84 @@ std::string table_html(const RunSeries& r) {
 
 }  // namespace
 
+namespace {
+
+// The bytes of metrics.jsonl an update checks are still where the last one stopped reading.
+constexpr size_t kTailBytes = 256;
+
+// An open file descriptor, closed when it goes.
+struct FileHandle {
+  explicit FileHandle(int f) : fd(f) {}
+  ~FileHandle() {
+    if (fd >= 0) {
+      ::close(fd);
+    }
+  }
+  FileHandle(const FileHandle&) = delete;
+  FileHandle& operator=(const FileHandle&) = delete;
+  const int fd;
+};
+
+// run.json, read again where its modification time changed since the last read.
+void run_json_update(RunSeries& r, const fs::path& path) {
+  std::error_code ec;
+  const fs::file_time_type t = fs::last_write_time(path, ec);
+  if (!r.run.is_null() && !ec && t == r.run_time) {
+    return;
+  }
+  r.run = json::parse(file_read(path.string()), nullptr, false);
+  if (r.run.is_discarded()) {
+    r.run = json::object();
+  }
+  r.run_time = ec ? fs::file_time_type{} : t;
+}
+
+// Whether what was read of metrics.jsonl is still the start of the open file (same inode, no
+// smaller, the last bytes read still where they were).
+bool metrics_unchanged(const RunSeries& r, int fd, const struct stat& st) {
+  if (uint64_t(st.st_dev) != r.device || uint64_t(st.st_ino) != r.inode ||
+      uint64_t(st.st_size) < r.offset) {
+    return false;
+  }
+  std::string here(r.tail.size(), '\0');
+  const ssize_t n = ::pread(fd, here.data(), here.size(), off_t(r.offset - r.tail.size()));
+  return n == ssize_t(here.size()) && here == r.tail;
+}
+
+}  // namespace
+
 bool run_series_update(RunSeries& r) {
   const fs::path dir(r.dir);
   std::error_code ec;
   if (!fs::exists(dir / "run.json", ec)) {
     return false;
   }
-  if (r.run.is_null()) {
-    r.run = json::parse(file_read((dir / "run.json").string()), nullptr, false);
-    if (r.run.is_discarded()) {
-      r.run = json::object();
-    }
-  }
+  run_json_update(r, dir / "run.json");
   const std::string path = (dir / "metrics.jsonl").string();
-  const auto size = fs::file_size(path, ec);
-  if (ec) {
+  const FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const int fd = file.fd;
+  if (fd < 0) {
     return true;
   }
-  if (size < r.offset) {  // cut back by a resume: read it again
-    RunSeries fresh{.dir = r.dir, .run = r.run};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || (r.offset > 0 && !metrics_unchanged(r, fd, st))) {
+    // another file (a resume cut it back) or rewritten: read it again from its start
+    RunSeries fresh{.dir = r.dir, .run = r.run, .run_time = r.run_time};
     r = std::move(fresh);
   }
-  std::ifstream f(path, std::ios::binary);
-  f.seekg(std::streamoff(r.offset));
-  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  r.device = uint64_t(st.st_dev);
+  r.inode = uint64_t(st.st_ino);
+  // [offset, size) as it is now; a line still being written is read next time
+  std::string text(uint64_t(st.st_size) > r.offset ? uint64_t(st.st_size) - r.offset : 0, '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::pread(fd, text.data() + got, text.size() - got, off_t(r.offset + got));
+    if (n <= 0) {
+      break;
+    }
+    got += size_t(n);
+  }
+  text.resize(got);
   size_t begin = 0;
   for (size_t nl = text.find('\n'); nl != std::string::npos; nl = text.find('\n', begin)) {
     if (nl > begin) {
@@ -338,13 +394,19 @@ bool run_series_update(RunSeries& r) {
     }
     begin = nl + 1;
   }
-  r.offset += begin;  // a line still being written is read next time
+  // the tail ends at the new offset: the old one's bytes, then what was read up to there
+  const size_t fresh_bytes = std::min(begin, kTailBytes);
+  r.tail += text.substr(begin - fresh_bytes, fresh_bytes);
+  if (r.tail.size() > kTailBytes) {
+    r.tail.erase(0, r.tail.size() - kTailBytes);
+  }
+  r.offset += begin;
   return true;
 }
 
 double run_series_last(const RunSeries& r, const std::string& key) {
-  const auto it = r.s.find(key);
-  return it == r.s.end() || it->second.empty() ? NAN : it->second.back().second;
+  const auto it = r.values.find(key);
+  return it == r.values.end() || it->second.empty() ? NAN : it->second.back().second;
 }
 
 int64_t run_series_total_steps(const RunSeries& r) {

@@ -5,6 +5,7 @@
 // at most every MOELAB_VIEW_SECONDS, default 10) with a self-refresh; at its end train_run writes
 // the last version without one, saying whether the run finished, was interrupted or failed.
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
@@ -19,19 +20,26 @@
 namespace moelab {
 
 // What a run folder's run.json and metrics.jsonl hold, as series over the steps. Read in
-// increments: an update parses only the lines written since the last one (all of them again
-// where the file shrank: a resumed run cut it back).
+// increments: an update parses only the lines written since the last one, and all of them again
+// where the file is not the one read before (another inode: a resume rewrites it) or no longer
+// holds, where the last read ended, the line read there (rewritten in place, larger or not).
+// run.json is read again whenever its modification time changes (a resume rewrites it).
 struct RunSeries {
   std::string dir;
-  nlohmann::json run;  // run.json (null while there is none)
+  nlohmann::json run;                          // run.json (null while there is none)
+  std::filesystem::file_time_type run_time{};  // run.json's modification time when read
   // loss, lr, grad_norm, aux_loss, z_loss, tokens_per_s, mfu, val:SUBSET, m_ex, m_in, m_f,
   // max_load:LAYER -> (step, value)
-  std::map<std::string, std::vector<std::pair<double, double>>> s;
+  std::map<std::string, std::vector<std::pair<double, double>>> values;
   std::vector<std::vector<double>> load;  // the last expert_load logged, [layer][expert]
   int64_t load_step = -1;
   int64_t last_step = 0, skipped = 0, bad_lines = 0;
   std::string phase;  // of the last line
+  // metrics.jsonl as read so far: its bytes [0, offset), the file's identity, and the last
+  // bytes before offset (up to 256), which an update finds there again before going on
   uint64_t offset = 0;
+  uint64_t device = 0, inode = 0;
+  std::string tail;
 };
 // Reads what was added to DIR's files; false where the folder has no run.json.
 bool run_series_update(RunSeries& r);
