@@ -17,21 +17,29 @@ namespace {
 
 std::string types_text(const std::map<std::string, int64_t>& types) {
   std::string s;
-  for (const auto& [t, n] : types) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", n, t);
+  for (const auto& [t, n] : types) {
+    s += fmt::format("{}{} {}", s.empty() ? "" : ", ", n, t);
+  }
   return s;
 }
 
 int export_gguf(GgufExportOptions& o) {
-  if (o.data.empty()) o.data = checkpoint_run_data_dir(o.checkpoint);
+  if (o.data.empty()) {
+    o.data = checkpoint_run_data_dir(o.checkpoint);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   const GgufExportReport r = gguf_export(o);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fmt::print(
       "exported {} -> {} (llama.cpp gpt-oss GGUF, {}): {} tensors ({}), {:.2f} MB, {:.2f} s\n",
       o.checkpoint, o.out, o.dtype, r.tensors, types_text(r.types), double(r.bytes) / 1e6, s);
-  if (!r.merged.empty()) fmt::print("merged: {}\n", r.merged.dump());
+  if (!r.merged.empty()) {
+    fmt::print("merged: {}\n", r.merged.dump());
+  }
   fmt::print("tokenizer: {}\n", r.tokenizer);
-  if (!o.reference.empty()) fmt::print("reference: {}\n", o.reference);
+  if (!o.reference.empty()) {
+    fmt::print("reference: {}\n", o.reference);
+  }
   return 0;
 }
 

@@ -74,13 +74,20 @@ bool any_sliding(const ModelConfig& c) {
 // max_position_embeddings keys hides none of the model's positions).
 int64_t swa_period(const ModelConfig& c) {
   const int64_t L = c.num_hidden_layers;
-  if (!any_sliding(c)) return 0;
+  if (!any_sliding(c)) {
+    return 0;
+  }
   for (int64_t p = 0; p <= L + 1; p++) {
-    if (p == 1) continue;
+    if (p == 1) {
+      continue;
+    }
     bool same = true;
-    for (int64_t il = 0; il < L; il++)
+    for (int64_t il = 0; il < L; il++) {
       same = same && c.layer_sliding[size_t(il)] == (p == 0 || il % p < p - 1);
-    if (same) return p;
+    }
+    if (same) {
+      return p;
+    }
   }
   return -1;
 }
@@ -97,29 +104,34 @@ void refuse_inexpressible(const ModelConfig& c) {
   auto refuse = [](std::string_view key, const std::string& why) {
     fail(fmt::format("export gguf: '{}' {}", key, why));
   };
-  if (c.moe_ct.experts > 0)
+  if (c.moe_ct.experts > 0) {
     refuse("moe_ct", "(MoE-CT's gated mix of the FFN and new experts) has no gpt-oss form");
-  if (c.swiglu_alpha != kHfSwigluAlpha || c.swiglu_limit != kHfSwigluLimit)
+  }
+  if (c.swiglu_alpha != kHfSwigluAlpha || c.swiglu_limit != kHfSwigluLimit) {
     refuse(c.swiglu_alpha != kHfSwigluAlpha ? "swiglu_alpha" : "swiglu_limit",
            fmt::format("is {}; llama.cpp's gpt-oss graph hard-codes alpha {} and limit {}",
                        c.swiglu_alpha != kHfSwigluAlpha ? c.swiglu_alpha : c.swiglu_limit,
                        kHfSwigluAlpha, kHfSwigluLimit));
-  if (swa_period(c) < 0)
+  }
+  if (swa_period(c) < 0) {
     refuse("layer_types",
            "is no pattern llama.cpp writes (layer i slides when i % p < p - 1, for one p)");
+  }
   if (c.yarn_factor > 1.0) {
-    if (c.yarn_beta_fast != 32.0 || c.yarn_beta_slow != 1.0)
+    if (c.yarn_beta_fast != 32.0 || c.yarn_beta_slow != 1.0) {
       refuse("rope_scaling.beta_fast",
              fmt::format("/beta_slow are {}/{}; llama.cpp's gpt-oss reads no such keys and uses "
                          "32/1",
                          c.yarn_beta_fast, c.yarn_beta_slow));
+    }
     const float lo = yarn_corr_dim(c.head_dim, c.yarn_original_context, 32.f, float(c.rope_theta));
     const float hi = yarn_corr_dim(c.head_dim, c.yarn_original_context, 1.f, float(c.rope_theta));
-    if (std::floor(lo) != lo || std::ceil(hi) != hi || lo < 0 || hi > float(c.head_dim - 1))
+    if (std::floor(lo) != lo || std::ceil(hi) != hi || lo < 0 || hi > float(c.head_dim - 1)) {
       refuse("rope_scaling.factor",
              fmt::format("is {}: llama.cpp rounds the YaRN ramp's ends ({:.4f}, {:.4f}) to "
                          "integers (ggml_rope_yarn_corr_dims), moelab and gpt-oss do not",
                          c.yarn_factor, lo, hi));
+    }
   }
 }
 
@@ -168,10 +180,13 @@ struct Placed {
 // [R, C] row-major -> [C, R] row-major, per leading index of `batches` matrices.
 std::vector<float> transpose(const std::vector<float>& x, int64_t batches, int64_t R, int64_t C) {
   std::vector<float> y(x.size());
-  for (int64_t b = 0; b < batches; b++)
-    for (int64_t r = 0; r < R; r++)
-      for (int64_t col = 0; col < C; col++)
+  for (int64_t b = 0; b < batches; b++) {
+    for (int64_t r = 0; r < R; r++) {
+      for (int64_t col = 0; col < C; col++) {
         y[size_t((b * C + col) * R + r)] = x[size_t((b * R + r) * C + col)];
+      }
+    }
+  }
   return y;
 }
 
@@ -179,7 +194,9 @@ std::vector<float> transpose(const std::vector<float>& x, int64_t batches, int64
 // interleaved gate_up.
 std::vector<float> deinterleave(const std::vector<float>& x, int64_t part) {
   std::vector<float> y(x.size() / 2);
-  for (size_t i = 0; i < y.size(); i++) y[i] = x[2 * i + size_t(part)];
+  for (size_t i = 0; i < y.size(); i++) {
+    y[i] = x[2 * i + size_t(part)];
+  }
   return y;
 }
 
@@ -206,8 +223,9 @@ std::vector<Placed> place(const ModelConfig& c, std::map<std::string, HfTensor>&
                                       {"k_proj", "attn_k", KV * hd},
                                       {"v_proj", "attn_v", KV * hd}}) {
       add(b + theirs + ".weight", {d, rows}, take(p + "self_attn." + ours + ".weight"));
-      if (c.attention_bias)
+      if (c.attention_bias) {
         add(b + theirs + ".bias", {rows}, take(p + "self_attn." + ours + ".bias"));
+      }
     }
     add(b + "attn_output.weight", {H * hd, d}, take(p + "self_attn.o_proj.weight"));
     // llama.cpp requires the output bias: zeros are the same function
@@ -219,12 +237,14 @@ std::vector<Placed> place(const ModelConfig& c, std::map<std::string, HfTensor>&
     // gate_up [E, d, 2I] (in, out; gate and up interleaved) -> [E, I, d] each
     const std::vector<float> gu = transpose(take(p + "mlp.experts.gate_up_proj"), E, d, 2 * I);
     std::vector<float> gate(gu.size() / 2), up(gu.size() / 2);
-    for (int64_t e = 0; e < E; e++)
-      for (int64_t j = 0; j < I; j++)
+    for (int64_t e = 0; e < E; e++) {
+      for (int64_t j = 0; j < I; j++) {
         for (int64_t i = 0; i < d; i++) {
           gate[size_t((e * I + j) * d + i)] = gu[size_t((e * 2 * I + 2 * j) * d + i)];
           up[size_t((e * I + j) * d + i)] = gu[size_t((e * 2 * I + 2 * j + 1) * d + i)];
         }
+      }
+    }
     add(b + "ffn_gate_exps.weight", {d, I, E}, std::move(gate));
     add(b + "ffn_up_exps.weight", {d, I, E}, std::move(up));
     add(b + "ffn_down_exps.weight", {I, d, E},
@@ -246,17 +266,23 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
                                         std::string_view src) {
   const int64_t d = c.hidden_size, E = c.num_local_experts, I = c.intermediate_size;
   std::map<std::string, HfTensor> hf;
-  for (HfTensor& t : hf_layout(c)) hf[t.name] = t;
+  for (HfTensor& t : hf_layout(c)) {
+    hf[t.name] = t;
+  }
   auto from = [&](const std::string& n) -> std::vector<float>& {
     auto it = g.find(n);
-    if (it == g.end()) fail(fmt::format("{}: tensor '{}' is missing", src, n));
+    if (it == g.end()) {
+      fail(fmt::format("{}: tensor '{}' is missing", src, n));
+    }
     return it->second.data;
   };
   auto put = [&](const std::string& n, std::vector<float> v) {
     const auto it = hf.find(n);
     check(it != hf.end(), "gguf unplace: no GptOss tensor " + n);
     int64_t numel = 1;
-    for (int64_t s : it->second.shape) numel *= s;
+    for (int64_t s : it->second.shape) {
+      numel *= s;
+    }
     check(int64_t(v.size()) == numel, "gguf unplace: size of " + n);
     it->second.data = std::move(v);
   };
@@ -275,9 +301,10 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
         put(p + "self_attn." + ours + ".bias", from(t + ".bias"));
       } else if (g.contains(t + ".bias")) {  // the zero output bias llama.cpp requires
         const auto& z = g[t + ".bias"].data;
-        if (!std::all_of(z.begin(), z.end(), [](float f) { return f == 0.f; }))
+        if (!std::all_of(z.begin(), z.end(), [](float f) { return f == 0.f; })) {
           fail(fmt::format("{}: tensor '{}' is not zero, but the config has no attention biases",
                            src, t + ".bias"));
+        }
         g.erase(t + ".bias");
       }
     }
@@ -287,12 +314,14 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
     const std::vector<float>&gate = from(b + "ffn_gate_exps.weight"),
           &up = from(b + "ffn_up_exps.weight");
     std::vector<float> gu(size_t(E * 2 * I * d));  // [E, 2I, d], then -> [E, d, 2I]
-    for (int64_t e = 0; e < E; e++)
-      for (int64_t j = 0; j < I; j++)
+    for (int64_t e = 0; e < E; e++) {
+      for (int64_t j = 0; j < I; j++) {
         for (int64_t i = 0; i < d; i++) {
           gu[size_t((e * 2 * I + 2 * j) * d + i)] = gate[size_t((e * I + j) * d + i)];
           gu[size_t((e * 2 * I + 2 * j + 1) * d + i)] = up[size_t((e * I + j) * d + i)];
         }
+      }
+    }
     put(p + "mlp.experts.gate_up_proj", transpose(gu, E, 2 * I, d));
     put(p + "mlp.experts.down_proj", transpose(from(b + "ffn_down_exps.weight"), E, d, I));
     const std::vector<float>&gb = from(b + "ffn_gate_exps.bias"),
@@ -307,16 +336,18 @@ std::map<std::string, HfTensor> unplace(const ModelConfig& c, std::map<std::stri
   }
   put("model.norm.weight", from("output_norm.weight"));
   if (c.tie_word_embeddings) {
-    if (from("output.weight") != from("token_embd.weight"))
+    if (from("output.weight") != from("token_embd.weight")) {
       fail(
           fmt::format("{}: tensor 'output.weight' differs from 'token_embd.weight', but the "
                       "config ties them ('tie_word_embeddings')",
                       src));
+    }
   } else {
     put("lm_head.weight", from("output.weight"));
   }
-  for (auto it = hf.begin(); it != hf.end();)
+  for (auto it = hf.begin(); it != hf.end();) {
     it = it->second.data.empty() ? hf.erase(it) : std::next(it);
+  }
   return hf;
 }
 
@@ -342,10 +373,14 @@ class Proto {
   uint64_t varint() {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
-      if (done()) bad();
+      if (done()) {
+        bad();
+      }
       const uint8_t b = uint8_t(s_[p_++]);
       v |= uint64_t(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
+      if (!(b & 0x80)) {
+        return v;
+      }
     }
     bad();
   }
@@ -356,29 +391,34 @@ class Proto {
   }
   std::string_view bytes() {
     const uint64_t n = varint();
-    if (n > s_.size() - p_) bad();
+    if (n > s_.size() - p_) {
+      bad();
+    }
     const std::string_view v = s_.substr(p_, n);
     p_ += n;
     return v;
   }
   float fixed32() {
-    if (s_.size() - p_ < 4) bad();
+    if (s_.size() - p_ < 4) {
+      bad();
+    }
     float f;
     std::memcpy(&f, s_.data() + p_, 4);
     p_ += 4;
     return f;
   }
   void skip(uint64_t wire) {
-    if (wire == 0)
+    if (wire == 0) {
       varint();
-    else if (wire == 2)
+    } else if (wire == 2) {
       bytes();
-    else if (wire == 5)
+    } else if (wire == 5) {
       fixed32();
-    else if (wire == 1 && s_.size() - p_ >= 8)
+    } else if (wire == 1 && s_.size() - p_ >= 8) {
       p_ += 8;
-    else
+    } else {
       bad();
+    }
   }
   [[noreturn]] void bad() const { fail(fmt::format("{}: not a SentencePiece model", src_)); }
 
@@ -404,14 +444,15 @@ SpmProto spm_parse(const std::string& serialized, const std::string& src) {
       int32_t type = 1;
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 1 && w == 2)
+        if (f == 1 && w == 2) {
           piece = std::string(sub.bytes());
-        else if (f == 2 && w == 5)
+        } else if (f == 2 && w == 5) {
           score = sub.fixed32();
-        else if (f == 3 && w == 0)
+        } else if (f == 3 && w == 0) {
           type = int32_t(sub.varint());
-        else
+        } else {
           sub.skip(w);
+        }
       }
       m.pieces.push_back(std::move(piece));
       m.scores.push_back(score);
@@ -419,22 +460,24 @@ SpmProto spm_parse(const std::string& serialized, const std::string& src) {
     } else if (field == 2) {  // TrainerSpec {3 model_type}
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 3 && w == 0)
+        if (f == 3 && w == 0) {
           m.model_type = int64_t(sub.varint());
-        else
+        } else {
           sub.skip(w);
+        }
       }
     } else if (field == 3) {  // NormalizerSpec {1 name, 3 add_dummy_prefix, 4 remove_extra_ws}
       while (!sub.done()) {
         const auto [f, w] = sub.key();
-        if (f == 1 && w == 2)
+        if (f == 1 && w == 2) {
           m.normalizer = std::string(sub.bytes());
-        else if (f == 3 && w == 0)
+        } else if (f == 3 && w == 0) {
           m.add_dummy_prefix = sub.varint() != 0;
-        else if (f == 4 && w == 0)
+        } else if (f == 4 && w == 0) {
           m.remove_extra_whitespaces = sub.varint() != 0;
-        else
+        } else {
           sub.skip(w);
+        }
       }
     }
   }
@@ -444,13 +487,16 @@ SpmProto spm_parse(const std::string& serialized, const std::string& src) {
 std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
                            std::vector<std::pair<std::string, GgufValue>>& kv) {
   sentencepiece::SentencePieceProcessor sp;
-  if (!sp.Load(model_file).ok()) fail(fmt::format("{}: not a SentencePiece model", model_file));
+  if (!sp.Load(model_file).ok()) {
+    fail(fmt::format("{}: not a SentencePiece model", model_file));
+  }
   const SpmProto m = spm_parse(sp.serialized_model_proto(), model_file);
-  if (m.model_type != 2)
+  if (m.model_type != 2) {
     fail(
         fmt::format("export gguf: {}: SentencePiece model_type {} ({}): llama.cpp's `llama` "
                     "tokenizer merges pieces by score as BPE does, so only BPE models are written",
                     model_file, m.model_type, m.model_type == 1 ? "unigram" : "not BPE"));
+  }
   const int64_t pieces = int64_t(m.pieces.size());
   if (vocab < pieces) {
     fail(fmt::format("export gguf: the model's vocab_size {} is below the tokenizer's {} ({})",
@@ -477,8 +523,11 @@ std::string tokenizer_keys(const std::string& model_file, int64_t vocab,
   for (auto [key, id] : {std::pair{"bos", sp.bos_id()},
                          {"eos", sp.eos_id()},
                          {"unknown", sp.unk_id()},
-                         {"padding", sp.pad_id()}})
-    if (id >= 0) kv.push_back({fmt::format("tokenizer.ggml.{}_token_id", key), vu32(id)});
+                         {"padding", sp.pad_id()}}) {
+    if (id >= 0) {
+      kv.push_back({fmt::format("tokenizer.ggml.{}_token_id", key), vu32(id)});
+    }
+  }
   kv.push_back({"tokenizer.ggml.add_bos_token", vbool(false)});  // moelab's encode adds none
   kv.push_back({"tokenizer.ggml.add_eos_token", vbool(false)});
   kv.push_back({"tokenizer.ggml.add_space_prefix", vbool(m.add_dummy_prefix)});
@@ -499,10 +548,18 @@ GgmlType storage_type(const std::string& dtype, const Placed& t, int64_t& fallba
   // keeps ffn_gate_inp), and norms, biases and sinks stay F32
   const bool matrix = t.ne.size() >= 2 && t.name.ends_with(".weight") &&
                       t.name.find("ffn_gate_inp") == std::string::npos;
-  if (!matrix || dtype == "f32") return GgmlType::F32;
-  if (dtype == "f16") return GgmlType::F16;
-  if (dtype == "bf16") return GgmlType::BF16;
-  if (t.ne[0] % kQ8Block == 0) return GgmlType::Q8_0;
+  if (!matrix || dtype == "f32") {
+    return GgmlType::F32;
+  }
+  if (dtype == "f16") {
+    return GgmlType::F16;
+  }
+  if (dtype == "bf16") {
+    return GgmlType::BF16;
+  }
+  if (t.ne[0] % kQ8Block == 0) {
+    return GgmlType::Q8_0;
+  }
   fallbacks++;  // rows not whole Q8_0 blocks: F16, as llama-quantize falls back
   return GgmlType::F16;
 }
@@ -547,7 +604,9 @@ const char* type_name(GgmlType t) {
 void write_reference(const Model<float>& m, const Tokenizer& tok, const std::string& prompts,
                      const std::string& out) {
   std::ifstream f(prompts);
-  if (!f) fail(fmt::format("--prompts {}: cannot read", prompts));
+  if (!f) {
+    fail(fmt::format("--prompts {}: cannot read", prompts));
+  }
   const int64_t V = m.cfg.vocab_size;
   json j = {{"logprobs_file", fs::path(out).filename().string() + ".f32"},
             {"vocab", V},
@@ -555,11 +614,14 @@ void write_reference(const Model<float>& m, const Tokenizer& tok, const std::str
   std::vector<float> rows;  // [rows, V]
   std::string line;
   while (std::getline(f, line)) {
-    if (line.empty()) continue;
+    if (line.empty()) {
+      continue;
+    }
     const std::vector<int32_t> ids = tok.encode(line);
     const int64_t T = int64_t(ids.size());
-    if (T == 0 || T > m.cfg.max_position_embeddings)
+    if (T == 0 || T > m.cfg.max_position_embeddings) {
       fail(fmt::format("--prompts {}: '{}' has {} tokens", prompts, line, T));
+    }
     Model<float> mm(m.cfg, 1, T);
     std::copy(m.params.begin(), m.params.end(), mm.params.begin());
     mm.forward(ids, ids);
@@ -568,8 +630,12 @@ void write_reference(const Model<float>& m, const Tokenizer& tok, const std::str
     for (int64_t t = 0; t < T; t++) {
       const float* r = lg.data() + t * V;
       double mx = *std::max_element(r, r + V), s = 0;
-      for (int64_t v = 0; v < V; v++) s += std::exp(double(r[v]) - mx);
-      for (int64_t v = 0; v < V; v++) rows.push_back(float(double(r[v]) - mx - std::log(s)));
+      for (int64_t v = 0; v < V; v++) {
+        s += std::exp(double(r[v]) - mx);
+      }
+      for (int64_t v = 0; v < V; v++) {
+        rows.push_back(float(double(r[v]) - mx - std::log(s)));
+      }
     }
   }
   file_write_atomic(out + ".f32", std::string_view(reinterpret_cast<const char*>(rows.data()),
@@ -587,8 +653,9 @@ namespace {
 // The refusals that name a field before anything is read, merged or written (merging changes
 // nothing they look at).
 void refuse_config(const ModelConfig& c) {
-  if (c.lora.rank > 0 && c.ders.on())
+  if (c.lora.rank > 0 && c.ders.on()) {
     fail("export gguf: 'lora' together with 'ders' is not merged (export --merge-lora first)");
+  }
   refuse_inexpressible(c);
 }
 
@@ -612,11 +679,12 @@ std::string tokenizer_file(const DataDir& d, const std::string& data) {
   const json& t = d.manifest->at("tokenizer");
   if (t.at("kind") == "tiktoken") {
     const std::string enc = t.value("encoding", std::string("?"));
-    if (enc != "o200k_base" && enc != "o200k_harmony")
+    if (enc != "o200k_base" && enc != "o200k_harmony") {
       fail(
           fmt::format("export gguf: {}: tiktoken encoding '{}' is not written (only o200k_base "
                       "and o200k_harmony, whose pattern is llama.cpp's gpt-4o pre-tokenizer)",
                       data, enc));
+    }
   }
   return (fs::path(data) / t.at("file").get<std::string>()).string();
 }
@@ -659,30 +727,36 @@ int64_t file_type(const std::string& dtype) {
 
 std::vector<Placed> placed_of(const Model<float>& m) {
   std::map<std::string, HfTensor> hf;
-  for (HfTensor& t : hf_tensors(m)) hf[t.name] = std::move(t);
+  for (HfTensor& t : hf_tensors(m)) {
+    hf[t.name] = std::move(t);
+  }
   return place(m.cfg, hf);
 }
 
 }  // namespace
 
 GgufExportReport gguf_export(const GgufExportOptions& o) {
-  if (o.dtype != "f32" && o.dtype != "f16" && o.dtype != "bf16" && o.dtype != "q8_0")
+  if (o.dtype != "f32" && o.dtype != "f16" && o.dtype != "bf16" && o.dtype != "q8_0") {
     fail(fmt::format("--dtype {}: must be f32, f16, bf16 or q8_0", o.dtype));
-  if (o.reference.empty() != o.prompts.empty())
+  }
+  if (o.reference.empty() != o.prompts.empty()) {
     fail("--reference and --prompts go together (the file to write, the prompts it holds)");
+  }
   std::error_code ec;
-  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec))
+  if (fs::exists(o.out, ec) || fs::is_symlink(o.out, ec)) {
     fail(fmt::format("--out {}: already exists (export never replaces a file)", o.out));
+  }
   const ModelConfig cfg = checkpoint_export_begin(o.checkpoint, o.out);
   refuse_config(cfg);  // before reading any weights
   Model<float> from(cfg, 1, 1);
   const json state = checkpoint_load_model(o.checkpoint, from);
   HfPlain plain;
   const Model<float>& m = *plain_model(from, plain);
-  if (o.data.empty())
+  if (o.data.empty()) {
     fail(
         "export gguf: no tokenizer: give --data (the run names no data folder), llama.cpp "
         "needs one in the file");
+  }
   const DataDir d = data_open(o.data);
   const std::string tok_file = tokenizer_file(d, o.data);
   checkpoint_check_tokenizer(o.checkpoint, state, d.fingerprint, o.data);
@@ -691,14 +765,18 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
   f.kv.push_back({"general.architecture", vstr(kArch)});
   f.kv.push_back({"general.name", vstr(fs::path(o.checkpoint).lexically_normal().string())});
   f.kv.push_back({"general.file_type", vu32(file_type(o.dtype))});
-  for (auto& kv : arch_keys(m.cfg)) f.kv.push_back(std::move(kv));
+  for (auto& kv : arch_keys(m.cfg)) {
+    f.kv.push_back(std::move(kv));
+  }
   GgufExportReport r;
   r.tokenizer = d.manifest->at("tokenizer").at("kind") == "tiktoken"
                     ? tiktoken_keys(d, tok_file, m.cfg.vocab_size, f.kv)
                     : tokenizer_keys(tok_file, m.cfg.vocab_size, f.kv);
   f.kv.push_back({"moelab.config", vstr(config_to_json(m.cfg).dump())});
   f.kv.push_back({"moelab.tokenizer_fingerprint", vstr(std::to_string(d.fingerprint))});
-  if (!plain.merged.empty()) f.kv.push_back({"moelab.merged", vstr(plain.merged.dump())});
+  if (!plain.merged.empty()) {
+    f.kv.push_back({"moelab.merged", vstr(plain.merged.dump())});
+  }
   r.merged = plain.merged;
 
   int64_t fallbacks = 0;
@@ -707,7 +785,9 @@ GgufExportReport gguf_export(const GgufExportOptions& o) {
     f.tensors.push_back(store(t, ty));
     r.types[type_name(ty)]++;
   }
-  if (!o.reference.empty()) write_reference(from, *d.tokenizer, o.prompts, o.reference);
+  if (!o.reference.empty()) {
+    write_reference(from, *d.tokenizer, o.prompts, o.reference);
+  }
   gguf_write(o.out, f);
   r.tensors = int64_t(f.tensors.size());
   r.bytes = int64_t(fs::file_size(o.out));
@@ -723,8 +803,9 @@ void check_keys(const GgufFile& f, const ModelConfig& c, const std::string& src)
     const GgufValue* v = f.find(key);
     const bool same = v && v->kind == want.kind && v->uint_value == want.uint_value &&
                       v->text == want.text && float(v->float_value) == float(want.float_value);
-    if (!same)
+    if (!same) {
       fail(fmt::format("{}: key '{}' differs from what its 'moelab.config' gives", src, key));
+    }
   }
 }
 
@@ -755,19 +836,22 @@ json gguf_import_state(const GgufFile& f, const std::string& src) {
 
 GgufImportReport gguf_import(const std::string& file, const std::string& out) {
   std::error_code ec;
-  if (fs::exists(out, ec) || fs::is_symlink(out, ec))
+  if (fs::exists(out, ec) || fs::is_symlink(out, ec)) {
     fail(fmt::format("--out {}: already exists (import never replaces a folder)", out));
+  }
   const GgufFile f = gguf_read(file);
   const GgufValue* arch = f.find("general.architecture");
-  if (!arch || arch->kind != K::Str || arch->text != kArch)
+  if (!arch || arch->kind != K::Str || arch->text != kArch) {
     fail(fmt::format("{}: 'general.architecture' is {}, not \"{}\"", file,
                      arch && arch->kind == K::Str ? "\"" + arch->text + "\"" : "missing", kArch));
+  }
   const GgufValue* mc = f.find("moelab.config");
-  if (!mc || mc->kind != K::Str)
+  if (!mc || mc->kind != K::Str) {
     fail(
         fmt::format("{}: no 'moelab.config' key: only files written by moelab export gguf are "
                     "imported",
                     file));
+  }
   const json cj = json::parse(mc->text, nullptr, false);
   GgufImportReport r;
   r.config = config_from_json(cj, file + " (moelab.config)");
@@ -776,24 +860,33 @@ GgufImportReport gguf_import(const std::string& file, const std::string& out) {
 
   Model<float> m(r.config, 1, 1);
   std::map<std::string, Placed> g;
-  for (Placed& t : placed_of(m)) g[t.name] = {t.name, t.ne, {}};
+  for (Placed& t : placed_of(m)) {
+    g[t.name] = {t.name, t.ne, {}};
+  }
   std::set<std::string> seen;
   for (const GgufTensor& t : f.tensors) {
     auto it = g.find(t.name);
-    if (it == g.end())
+    if (it == g.end()) {
       fail(fmt::format("{}: tensor '{}' is not part of the model the config describes", file,
                        t.name));
-    if (t.ne != it->second.ne)
+    }
+    if (t.ne != it->second.ne) {
       fail(fmt::format("{}: tensor '{}' has shape {}, the config needs {}", file, t.name,
                        fmt::join(t.ne, "x"), fmt::join(it->second.ne, "x")));
+    }
     int64_t n = 1;
-    for (int64_t x : t.ne) n *= x;
+    for (int64_t x : t.ne) {
+      n *= x;
+    }
     it->second.data = gguf_dequantize(t.type, t.bytes, n);
     r.types[type_name(t.type)]++;
     seen.insert(t.name);
   }
-  for (const auto& [name, _] : g)
-    if (!seen.contains(name)) fail(fmt::format("{}: tensor '{}' is missing", file, name));
+  for (const auto& [name, _] : g) {
+    if (!seen.contains(name)) {
+      fail(fmt::format("{}: tensor '{}' is missing", file, name));
+    }
+  }
   hf_tensors_load(unplace(r.config, g, file), m, file);
 
   checkpoint_write_model(out, m, state);

@@ -91,7 +91,9 @@ void write_value(Writer& w, const GgufValue& v) {
       w.u32(kArr);
       w.u32(kStr);
       w.u64(v.strs.size());
-      for (const std::string& s : v.strs) w.str(s);
+      for (const std::string& s : v.strs) {
+        w.str(s);
+      }
       return;
     case K::ArrF32:
       w.u32(kArr);
@@ -134,12 +136,16 @@ class Reader {
     return s;
   }
   void need(uint64_t n) const {
-    if (n > d_.size() - pos_) fail(fmt::format("{}: truncated GGUF file", path_));
+    if (n > d_.size() - pos_) {
+      fail(fmt::format("{}: truncated GGUF file", path_));
+    }
   }
   // n items of `size` bytes each; the count comes from the file, so it is compared before any
   // multiplication (2^62 items of 4 bytes would wrap to 0)
   void need_items(uint64_t n, uint64_t size) const {
-    if (n > (d_.size() - pos_) / size) fail(fmt::format("{}: truncated GGUF file", path_));
+    if (n > (d_.size() - pos_) / size) {
+      fail(fmt::format("{}: truncated GGUF file", path_));
+    }
   }
   [[noreturn]] void bad(std::string_view why) const { fail(fmt::format("{}: {}", path_, why)); }
   size_t pos() const { return pos_; }
@@ -208,7 +214,9 @@ GgufValue read_value(Reader& r, uint32_t t) {
       r.need_items(n, 8);  // each string is at least its u64 length
       v.kind = K::ArrStr;
       v.strs.reserve(n);
-      for (uint64_t i = 0; i < n; i++) v.strs.push_back(r.str());
+      for (uint64_t i = 0; i < n; i++) {
+        v.strs.push_back(r.str());
+      }
       return v;
     }
     if (et == kF32 || et == kI32 || et == kU32) {
@@ -260,13 +268,16 @@ void gguf_quantize_q8_0(std::span<const float> x, std::vector<uint8_t>& out) {
   uint8_t* o = out.data();
   for (size_t b = 0; b < x.size(); b += kQ8Block) {
     float amax = 0.f;
-    for (size_t j = 0; j < size_t(kQ8Block); j++) amax = std::max(amax, std::fabs(x[b + j]));
+    for (size_t j = 0; j < size_t(kQ8Block); j++) {
+      amax = std::max(amax, std::fabs(x[b + j]));
+    }
     const float d = amax / 127.f;  // float arithmetic in ggml's order
     const float id = d != 0.f ? 1.f / d : 0.f;
     const uint16_t dh = f16_from_float(d);
     std::memcpy(o, &dh, 2);
-    for (size_t j = 0; j < size_t(kQ8Block); j++)
+    for (size_t j = 0; j < size_t(kQ8Block); j++) {
       o[2 + j] = uint8_t(int8_t(std::roundf(x[b + j] * id)));
+    }
     o += 2 + kQ8Block;
   }
 }
@@ -303,8 +314,11 @@ std::vector<float> gguf_dequantize(GgmlType t, std::span<const uint8_t> bytes, i
 // the container
 
 const GgufValue* GgufFile::find(const std::string& key) const {
-  for (const auto& [k, v] : kv)
-    if (k == key) return &v;
+  for (const auto& [k, v] : kv) {
+    if (k == key) {
+      return &v;
+    }
+  }
   return nullptr;
 }
 
@@ -322,7 +336,9 @@ void gguf_write(const std::string& path, const GgufFile& f) {
   for (const GgufTensor& t : f.tensors) {
     w.str(t.name);
     w.u32(uint32_t(t.ne.size()));
-    for (int64_t n : t.ne) w.u64(uint64_t(n));
+    for (int64_t n : t.ne) {
+      w.u64(uint64_t(n));
+    }
     w.u32(uint32_t(t.type));
     w.u64(off);
     off = align_up(off + t.bytes.size());
@@ -337,14 +353,19 @@ void gguf_write(const std::string& path, const GgufFile& f) {
 
 GgufFile gguf_read(const std::string& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) fail(fmt::format("{}: no such file", path));
+  if (!fs::is_regular_file(path, ec)) {
+    fail(fmt::format("{}: no such file", path));
+  }
   Reader r(file_read(path), path);
   r.need(4);
-  if (r.data().compare(0, 4, "GGUF") != 0) r.bad("not a GGUF file (no GGUF magic)");
+  if (r.data().compare(0, 4, "GGUF") != 0) {
+    r.bad("not a GGUF file (no GGUF magic)");
+  }
   r.seek(4);
   const uint32_t version = r.get<uint32_t>();
-  if (version != 2 && version != 3)
+  if (version != 2 && version != 3) {
     r.bad(fmt::format("GGUF version {} (2 or 3 are read)", version));
+  }
   const uint64_t nt = r.get<uint64_t>(), nkv = r.get<uint64_t>();
   GgufFile f;
   uint64_t align = kAlign;
@@ -362,16 +383,21 @@ GgufFile gguf_read(const std::string& path) {
     GgufTensor t;
     t.name = r.str();
     const uint32_t nd = r.get<uint32_t>();
-    if (nd < 1 || nd > 4) r.bad(fmt::format("tensor '{}' has {} dimensions", t.name, nd));
+    if (nd < 1 || nd > 4) {
+      r.bad(fmt::format("tensor '{}' has {} dimensions", t.name, nd));
+    }
     for (uint32_t d = 0; d < nd; d++) {
       const int64_t n = int64_t(r.get<uint64_t>());
-      if (n < 1 || n > (int64_t(1) << 40)) r.bad(fmt::format("tensor '{}': bad shape", t.name));
+      if (n < 1 || n > (int64_t(1) << 40)) {
+        r.bad(fmt::format("tensor '{}': bad shape", t.name));
+      }
       t.ne.push_back(n);
     }
     const uint32_t ty = r.get<uint32_t>();
-    if (ty != 0 && ty != 1 && ty != 8 && ty != 30)
+    if (ty != 0 && ty != 1 && ty != 8 && ty != 30) {
       r.bad(fmt::format("tensor '{}' has ggml type {} (F32, F16, BF16 and Q8_0 are read)", t.name,
                         ty));
+    }
     t.type = GgmlType(ty);
     offsets.push_back(r.get<uint64_t>());
     f.tensors.push_back(std::move(t));

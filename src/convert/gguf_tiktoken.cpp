@@ -31,24 +31,36 @@ std::array<std::string, 256> byte_level_table() {
 
 std::string byte_level(std::string_view bytes, const std::array<std::string, 256>& table) {
   std::string s;
-  for (unsigned char c : bytes) s += table[c];
+  for (unsigned char c : bytes) {
+    s += table[c];
+  }
   return s;
 }
 
 bool base64_decode(std::string_view in, std::string& out) {
   auto value = [](char c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c >= 'A' && c <= 'Z') {
+      return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+      return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+      return c - '0' + 52;
+    }
     return c == '+' ? 62 : c == '/' ? 63 : -1;
   };
   out.clear();
   uint32_t acc = 0;
   int bits = 0;
   for (char c : in) {
-    if (c == '=') break;
+    if (c == '=') {
+      break;
+    }
     const int v = value(c);
-    if (v < 0) return false;
+    if (v < 0) {
+      return false;
+    }
     acc = (acc << 6) | uint32_t(v);
     bits += 6;
     if (bits >= 8) {
@@ -63,15 +75,21 @@ bool base64_decode(std::string_view in, std::string& out) {
 std::vector<std::string> bpe_parts(const std::string& token, int32_t max_rank,
                                    const std::unordered_map<std::string, int32_t>& ranks) {
   std::vector<std::string> parts;
-  for (char c : token) parts.emplace_back(1, c);
+  for (char c : token) {
+    parts.emplace_back(1, c);
+  }
   while (parts.size() > 1) {
     int32_t best = max_rank;
     size_t at = 0;
     for (size_t i = 0; i + 1 < parts.size(); i++) {
       const auto it = ranks.find(parts[i] + parts[i + 1]);
-      if (it != ranks.end() && it->second < best) best = it->second, at = i;
+      if (it != ranks.end() && it->second < best) {
+        best = it->second, at = i;
+      }
     }
-    if (best == max_rank) break;
+    if (best == max_rank) {
+      break;
+    }
     parts[at] += parts[at + 1];
     parts.erase(parts.begin() + long(at) + 1);
   }
@@ -83,38 +101,52 @@ std::vector<std::string> bpe_parts(const std::string& token, int32_t max_rank,
 GgufBpeVocab gguf_bpe_from_tiktoken(const std::string& rank_file, const TiktokenSpec& spec,
                                     int64_t vocab) {
   std::ifstream f(rank_file);
-  if (!f) fail(fmt::format("{}: cannot read the tiktoken rank file", rank_file));
+  if (!f) {
+    fail(fmt::format("{}: cannot read the tiktoken rank file", rank_file));
+  }
   std::vector<std::string> by_rank;
   std::unordered_map<std::string, int32_t> ranks;
   std::string line, bytes;
   while (std::getline(f, line)) {
-    if (line.empty()) continue;
+    if (line.empty()) {
+      continue;
+    }
     const size_t sp = line.find(' ');
-    if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes))
+    if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes)) {
       fail(fmt::format("{}: not a tiktoken rank file", rank_file));
+    }
     const int32_t rank = std::stoi(line.substr(sp + 1));
-    if (rank != int32_t(by_rank.size()))
+    if (rank != int32_t(by_rank.size())) {
       fail(fmt::format("{}: ranks are not 0, 1, 2, ... in order", rank_file));
+    }
     by_rank.push_back(bytes);
     ranks.emplace(bytes, rank);
   }
   int64_t need = int64_t(by_rank.size());
-  for (const auto& [_, id] : spec.special) need = std::max<int64_t>(need, int64_t(id) + 1);
-  if (vocab < need)
+  for (const auto& [_, id] : spec.special) {
+    need = std::max<int64_t>(need, int64_t(id) + 1);
+  }
+  if (vocab < need) {
     fail(fmt::format("export gguf: the model's vocab_size {} is below the tokenizer's {}", vocab,
                      need));
+  }
   const auto table = byte_level_table();
   GgufBpeVocab v;
   v.tokens.resize(size_t(vocab));
   v.types.assign(size_t(vocab), 5);  // UNUSED: ids neither ranked nor special, as [PADn]
-  for (int64_t id = 0; id < vocab; id++) v.tokens[size_t(id)] = fmt::format("[PAD{}]", id);
+  for (int64_t id = 0; id < vocab; id++) {
+    v.tokens[size_t(id)] = fmt::format("[PAD{}]", id);
+  }
   for (size_t r = 0; r < by_rank.size(); r++) {
     v.tokens[r] = byte_level(by_rank[r], table);
     v.types[r] = 1;  // NORMAL
-    if (by_rank[r].size() < 2) continue;
+    if (by_rank[r].size() < 2) {
+      continue;
+    }
     const std::vector<std::string> parts = bpe_parts(by_rank[r], int32_t(r), ranks);
-    if (parts.size() != 2)
+    if (parts.size() != 2) {
       fail(fmt::format("{}: rank {} is no merge of two lower-ranked tokens", rank_file, r));
+    }
     v.merges.push_back(byte_level(parts[0], table) + " " + byte_level(parts[1], table));
   }
   for (const auto& [text, id] : spec.special) {
