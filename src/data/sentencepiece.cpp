@@ -24,7 +24,7 @@ class SentencePiece final : public Tokenizer {
     std::vector<std::pair<std::string, int32_t>> special;
     for (int i = 0; i < sp_.GetPieceSize(); i++)
       if (sp_.IsControl(i) || sp_.IsUnknown(i)) special.emplace_back(sp_.IdToPiece(i), i);
-    specials_ = special_tokens(std::move(special), sp_.GetPieceSize());
+    specials_ = tokenizer_make_specials(std::move(special), sp_.GetPieceSize());
   }
   std::vector<int32_t> encode(std::string_view text) const override {
     std::vector<int> ids;

@@ -157,7 +157,7 @@ class TiktokenBpe final : public Tokenizer {
       fingerprint_ = fnv1a(decoder_[r], fnv1a(std::to_string(r), fingerprint_));
     for (auto& [text, id] : spec_.special)
       fingerprint_ = fnv1a(text, fnv1a(std::to_string(id), fingerprint_));
-    specials_ = special_tokens({spec_.special.begin(), spec_.special.end()}, vocab_);
+    specials_ = tokenizer_make_specials({spec_.special.begin(), spec_.special.end()}, vocab_);
 
     int err = 0;
     PCRE2_SIZE off = 0;

@@ -28,7 +28,8 @@ struct SpecialTokens {
     return id >= 0 && size_t(id) < name_of.size() && !name_of[size_t(id)].empty();
   }
 };
-SpecialTokens special_tokens(std::vector<std::pair<std::string, int32_t>> list, int64_t vocab);
+SpecialTokens tokenizer_make_specials(std::vector<std::pair<std::string, int32_t>> list,
+                                      int64_t vocab);
 
 class Tokenizer {
  public:
