@@ -21,24 +21,47 @@ constexpr int64_t kPromptTail = 16;  // prompt ids decoded before the new ones (
 }  // namespace
 
 void generate_check(const GenerateOptions& o) {
-  if (o.max_new < 1)
+  if (o.max_new < 1) {
     fail(fmt::format("generate: --max-new must be at least 1 (not {})", o.max_new));
-  if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
+  }
+  if (!(o.temperature >= 0) || !std::isfinite(o.temperature)) {
     fail(fmt::format("generate: --temperature must be >= 0 (not {})", o.temperature));
-  if (!(o.top_p > 0 && o.top_p <= 1))
+  }
+  if (!(o.top_p > 0 && o.top_p <= 1)) {
     fail(fmt::format("generate: --top-p must be in (0, 1] (not {})", o.top_p));
-  if (o.top_k < 0) fail(fmt::format("generate: --top-k must be >= 0 (not {})", o.top_k));
-  for (const auto& s : o.stop)
-    if (s.empty()) fail("generate: --stop: an empty stop string");
-  if (!(std::fabs(o.presence_penalty) <= 2))
+  }
+  if (o.top_k < 0) {
+    fail(fmt::format("generate: --top-k must be >= 0 (not {})", o.top_k));
+  }
+  for (const auto& s : o.stop) {
+    if (s.empty()) {
+      fail("generate: --stop: an empty stop string");
+    }
+  }
+  if (!(std::fabs(o.presence_penalty) <= 2)) {
     fail(fmt::format("generate: presence_penalty must be in [-2, 2] (not {})", o.presence_penalty));
-  if (!(std::fabs(o.frequency_penalty) <= 2))
+  }
+  if (!(std::fabs(o.frequency_penalty) <= 2)) {
     fail(fmt::format("generate: frequency_penalty must be in [-2, 2] (not {})",
                      o.frequency_penalty));
-  for (const auto& [id, b] : o.logit_bias)
-    if (id < 0 || !(std::fabs(b) <= 100))
+  }
+  for (const auto& [id, b] : o.logit_bias) {
+    if (id < 0 || !(std::fabs(b) <= 100)) {
       fail(fmt::format("generate: logit_bias: id {} with bias {} (ids >= 0, biases in [-100, 100])",
                        id, b));
+    }
+  }
+  // each id once: two biases of one id would both be added, past the [-100, 100] bound
+  std::vector<int32_t> ids;
+  ids.reserve(o.logit_bias.size());
+  for (const auto& [id, b] : o.logit_bias) {
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  const auto twice = std::adjacent_find(ids.begin(), ids.end());
+  if (twice != ids.end()) {
+    fail(fmt::format("generate: logit_bias: id {} has more than one bias", *twice));
+  }
 }
 
 // ----------------------------------------------------------------------------
@@ -87,13 +110,17 @@ std::vector<std::pair<int32_t, double>> sample_distribution(std::span<const floa
   return p;
 }
 
-void logits_adjust(std::span<float> z, const GenerateOptions& o, std::span<const int32_t> seen,
-                   std::span<const int64_t> counts) {
-  for (const auto& [v, b] : o.logit_bias)
-    if (size_t(v) < z.size()) z[size_t(v)] = float(double(z[size_t(v)]) + b);
-  for (const int32_t v : seen)
+void generate_adjust_logits(std::span<float> z, const GenerateOptions& o,
+                            std::span<const int32_t> seen, std::span<const int64_t> counts) {
+  for (const auto& [v, b] : o.logit_bias) {
+    if (size_t(v) < z.size()) {
+      z[size_t(v)] = float(double(z[size_t(v)]) + b);
+    }
+  }
+  for (const int32_t v : seen) {
     z[size_t(v)] = float(double(z[size_t(v)]) - double(counts[size_t(v)]) * o.frequency_penalty -
                          o.presence_penalty);
+  }
 }
 
 int32_t sample_next(std::span<const float> z, const GenerateOptions& o, int64_t step) {
@@ -214,7 +241,7 @@ std::pair<int32_t, std::string> Continuation::push(std::span<const float> logits
   const bool penalties = o_.presence_penalty != 0 || o_.frequency_penalty != 0;
   if (penalties || !o_.logit_bias.empty()) {
     adjusted_.assign(z.begin(), z.end());
-    logits_adjust(adjusted_, o_, seen_, counts_);
+    generate_adjust_logits(adjusted_, o_, seen_, counts_);
     z = adjusted_;
   }
   const int32_t id = sample_next(z, o_, steps_++);
@@ -224,8 +251,12 @@ std::pair<int32_t, std::string> Continuation::push(std::span<const float> logits
   }
   r_.tokens.push_back(id);
   if (penalties) {
-    if (counts_.size() < Vd) counts_.resize(Vd, 0);
-    if (counts_[size_t(id)]++ == 0) seen_.push_back(id);
+    if (counts_.size() < Vd) {
+      counts_.resize(Vd, 0);
+    }
+    if (counts_[size_t(id)]++ == 0) {
+      seen_.push_back(id);
+    }
   }
   std::string piece = stream_.update(new_text(tok_, tail_, r_.tokens));
   if (stream_.stopped())

@@ -47,8 +47,8 @@ std::vector<std::pair<int32_t, double>> sample_distribution(std::span<const floa
 
 // OpenAI's adjustments of one row of logits z [n], in place: logit_bias added, then the
 // penalties of the ids `seen` (each generated counts[id] > 0 times so far) subtracted.
-void logits_adjust(std::span<float> z, const GenerateOptions& o, std::span<const int32_t> seen,
-                   std::span<const int64_t> counts);
+void generate_adjust_logits(std::span<float> z, const GenerateOptions& o,
+                            std::span<const int32_t> seen, std::span<const int64_t> counts);
 
 // The token chosen at step `step` (0 = the first new token): the argmax with --greedy or T = 0,
 // else a draw from sample_distribution with the uniform rng_uniform(seed, stream, step).

@@ -212,10 +212,12 @@ namespace {
 void check_fields(const json& j, const ApiContext& cx, CompletionRequest& r) {
   for (const auto& [name, value] : j.items()) {
     if (std::find(kCompletionFields.begin(), kCompletionFields.end(), name) !=
-        kCompletionFields.end())
+        kCompletionFields.end()) {
       continue;
-    if (name == "suffix" || name == "stream_options")
+    }
+    if (name == "suffix" || name == "stream_options") {
       bad(fmt::format("{}: not supported by this server", name));
+    }
     if (cx.allow_unknown_fields) {
       r.ignored.push_back(name);
       continue;
@@ -231,19 +233,33 @@ void check_fields(const json& j, const ApiContext& cx, CompletionRequest& r) {
 // [-100, 100]
 std::vector<std::pair<int32_t, double>> get_logit_bias(const json& j, int64_t vocab) {
   const json* v = field(j, "logit_bias");
-  if (!v) return {};
-  if (!v->is_object()) bad("logit_bias: must be an object of token ids (as strings) to biases");
+  if (!v) {
+    return {};
+  }
+  if (!v->is_object()) {
+    bad("logit_bias: must be an object of token ids (as strings) to biases");
+  }
   std::vector<std::pair<int32_t, double>> out;
   for (const auto& [key, b] : v->items()) {
     const std::string shown = key.size() > 24 ? key.substr(0, 24) + "..." : key;
-    if (key.empty() || key.size() > 10 || key.find_first_not_of("0123456789") != std::string::npos)
+    if (key.empty() || key.size() > 10 ||
+        key.find_first_not_of("0123456789") != std::string::npos) {
       bad(fmt::format("logit_bias: key '{}' is not a token id", shown));
+    }
+    // One spelling per id: "1" and "01" are different JSON keys, and both biases would be added
+    // to the same logit (past the [-100, 100] bound).
+    if (key.size() > 1 && key[0] == '0') {
+      bad(fmt::format("logit_bias: key '{}' has a leading zero (write token ids as '{}')", shown,
+                      std::stoll(key)));
+    }
     const int64_t id = std::stoll(key);
-    if (id >= vocab)
+    if (id >= vocab) {
       bad(fmt::format("logit_bias: token id {} is outside the vocabulary [0, {})", id, vocab));
-    if (!b.is_number() || !(std::fabs(b.get<double>()) <= 100))
+    }
+    if (!b.is_number() || !(std::fabs(b.get<double>()) <= 100)) {
       bad(fmt::format("logit_bias: the bias of token {} must be a number in [-100, 100] (not {})",
                       id, b.dump()));
+    }
     out.emplace_back(int32_t(id), b.get<double>());
   }
   return out;
@@ -453,21 +469,33 @@ json logprobs_empty() {
 
 }  // namespace
 
-std::vector<size_t> api_choose(const CompletionRequest& r, const std::vector<SeqOutput>& outs) {
+std::vector<size_t> api_choose_candidates(const CompletionRequest& r,
+                                          const std::vector<SeqOutput>& outs) {
   const size_t B = size_t(r.best_of), N = size_t(r.n);
-  check(outs.size() == r.prompts.size() * B, "api_choose: one output per candidate");
+  check(outs.size() == r.prompts.size() * B, "api_choose_candidates: one output per candidate");
+  // higher score first; a NaN score (a model that gave NaN logits) after every number, so that
+  // the order stays a strict weak one
+  auto better = [](const std::pair<double, size_t>& a, const std::pair<double, size_t>& b) {
+    if (std::isnan(a.first)) {
+      return false;
+    }
+    if (std::isnan(b.first)) {
+      return true;
+    }
+    return a.first > b.first;
+  };
   std::vector<size_t> chosen;
   for (size_t p = 0; p < r.prompts.size(); p++) {
-    std::vector<std::pair<double, size_t>> c;  // (summed log-probability, candidate)
+    std::vector<std::pair<double, size_t>> c;  // (the candidate's score, candidate)
     for (size_t k = 0; k < B; k++) {
-      double sum = 0;
-      for (const TokenLogprob& t : outs[p * B + k].tokens) sum += t.logprob;
-      c.emplace_back(sum, p * B + k);
+      c.emplace_back(outs[p * B + k].score, p * B + k);
     }
-    if (B > N)
-      std::stable_sort(c.begin(), c.end(),
-                       [](const auto& a, const auto& b) { return a.first > b.first; });
-    for (size_t j = 0; j < N; j++) chosen.push_back(c[j].second);
+    if (B > N) {
+      std::stable_sort(c.begin(), c.end(), better);
+    }
+    for (size_t j = 0; j < N; j++) {
+      chosen.push_back(c[j].second);
+    }
   }
   return chosen;
 }
@@ -478,7 +506,7 @@ json api_completion_response(const CompletionRequest& r, const std::vector<SeqOu
   int64_t prompt_tokens = 0, completion_tokens = 0;
   for (const SeqOutput& o : outs) completion_tokens += int64_t(o.tokens.size());
   for (const auto& prompt : r.prompts) prompt_tokens += int64_t(prompt.size());
-  const std::vector<size_t> chosen = api_choose(r, outs);
+  const std::vector<size_t> chosen = api_choose_candidates(r, outs);
   for (size_t i = 0; i < chosen.size(); i++) {
     const SeqOutput& o = outs[chosen[i]];
     const size_t p = i / size_t(r.n);

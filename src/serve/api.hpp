@@ -118,10 +118,12 @@ CompletionRequest api_parse_completion(const std::string& body, const ApiContext
 // seed + j (without best_of, candidate j is choice p * n + j).
 std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r);
 
-// For each prompt, the candidates returned, best first: the n of highest summed token
-// log-probability (ties: the lower candidate), or all n in order without best_of. Indices into
-// outs (prompts x best_of, in api_sequences' order).
-std::vector<size_t> api_choose(const CompletionRequest& r, const std::vector<SeqOutput>& outs);
+// For each prompt, the candidates returned, best first: the n of highest SeqOutput::score (the
+// summed log-probability of the new tokens and of the end token where one ended the candidate;
+// ties: the lower candidate; NaN last), or all n in order without best_of. Indices into outs
+// (prompts x best_of, in api_sequences' order).
+std::vector<size_t> api_choose_candidates(const CompletionRequest& r,
+                                          const std::vector<SeqOutput>& outs);
 
 // The whole response of a finished request (outputs in api_sequences' order); usage counts the
 // tokens of every candidate, returned or not.

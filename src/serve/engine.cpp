@@ -283,12 +283,19 @@ bool Engine::advance(Slot& sl, std::span<const float> logits) {
   if (cancelled) return false;
   auto [id, piece] = sl.cont->push(logits);
   const bool eot = sl.cont->done() && sl.cont->result().reason == FinishReason::Eot;
+  const SeqSpec& sp = sl.seq->spec;
+  if (eot && sp.rank) {
+    // the end token is not returned, but choosing it is part of the candidate's probability: a
+    // candidate that stops must not get its last choice free
+    const double lp = score(logits, id, 0).logprob;
+    sl.seq->update([&](SeqOutput& out) { out.score += lp; });
+  }
   if (!eot) {
-    const SeqSpec& sp = sl.seq->spec;
     TokenLogprob t = sp.logprobs >= 0 || sp.rank
                          ? score(logits, id, std::max<int64_t>(sp.logprobs, 0))
                          : TokenLogprob{id};
     sl.seq->update([&](SeqOutput& out) {
+      out.score += t.logprob;
       out.tokens.push_back(std::move(t));
       out.text += piece;
     });

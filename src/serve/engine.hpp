@@ -47,6 +47,9 @@ struct SeqOutput {
   std::string finish_reason;         // "length" | "stop", when done
   std::string error;                 // when it could not run (e.g. the server stopped)
   bool done = false;
+  // With SeqSpec::rank: the summed log-probability of the new tokens and, when the end-of-text
+  // token ended the sequence, of that token too (it is not one of `tokens`); best_of ranks by it.
+  double score = 0;
 };
 
 class Sequence {

@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -193,8 +194,7 @@ class ConnStream final : public httplib::Stream {
       return ssize_t(size);
     }
     if (!held_.empty()) {
-      held_.append(ptr, size);
-      const bool ok = send_all(held_);
+      const bool ok = send_with_held(ptr, size);
       held_.clear();
       return ok ? ssize_t(size) : -1;
     }
@@ -239,6 +239,39 @@ class ConnStream final : public httplib::Stream {
       const ssize_t n = send_some(s.data() + at, s.size() - at);
       if (n <= 0) return false;
       at += size_t(n);
+    }
+    return true;
+  }
+  // The held headers and then size bytes of ptr, sent together (sendmsg with two iovecs: the
+  // body is not copied behind the headers); each send waits at most the write timeout.
+  bool send_with_held(const char* ptr, size_t size) {
+    const size_t head = held_.size(), total = head + size;
+    auto until = Clock::now() + seconds(write_timeout_);
+    for (size_t at = 0; at < total;) {
+      std::array<iovec, 2> iov{};
+      size_t parts = 0;
+      if (at < head) {
+        iov[parts++] = {held_.data() + at, head - at};
+      }
+      const size_t body_at = at > head ? at - head : 0;
+      if (body_at < size) {
+        iov[parts++] = {const_cast<char*>(ptr) + body_at, size - body_at};
+      }
+      msghdr msg{};
+      msg.msg_iov = iov.data();
+      msg.msg_iovlen = parts;
+      const ssize_t n = ::sendmsg(c_.sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        at += size_t(n);
+        until = Clock::now() + seconds(write_timeout_);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || !wait(POLLOUT, ms_until(until))) {
+        return false;
+      }
     }
     return true;
   }
@@ -707,14 +740,24 @@ void Server::Impl::track(const std::vector<std::shared_ptr<Sequence>>& seqs) {
 }
 
 // Each unknown field's name once on stderr, the first 64 names at most (a client cannot fill
-// the log or the memory with names of its own).
+// the log or the memory with names of its own). A name is the client's text: it is written as a
+// JSON string in ASCII (a newline or an escape sequence in it cannot forge a log line or drive
+// the terminal), cut to 64 bytes at a character boundary.
 void Server::Impl::log_ignored(const std::vector<std::string>& names) {
   constexpr size_t kMaxNames = 64;
   std::lock_guard lock(ignored_mu);
   for (const auto& name : names) {
-    if (ignored.size() >= kMaxNames || !ignored.insert(name.substr(0, 64)).second) continue;
-    std::fprintf(stderr, "serve: ignoring the unknown field \"%s\" (--allow-unknown-fields)%s\n",
-                 name.substr(0, 64).c_str(),
+    size_t cut = std::min<size_t>(name.size(), 64);
+    while (cut > 0 && cut < name.size() && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) {
+      cut--;  // not inside a UTF-8 sequence
+    }
+    const std::string key = name.substr(0, cut);
+    if (ignored.size() >= kMaxNames || !ignored.insert(key).second) {
+      continue;
+    }
+    const std::string shown = json(key).dump(-1, ' ', true, json::error_handler_t::replace);
+    std::fprintf(stderr, "serve: ignoring the unknown field %s%s (--allow-unknown-fields)%s\n",
+                 shown.c_str(), cut < name.size() ? " (cut)" : "",
                  ignored.size() == kMaxNames ? "; further unknown names are not logged" : "");
   }
 }

@@ -41,7 +41,7 @@ ALLOWED = {
         "host scoring: per-sample scores from the logits the decoder hands over, metric sums",
     ("eval/generate.cpp", "sample_distribution"):
         "host sampling from one row of logits already on the host",
-    ("eval/generate.cpp", "logits_adjust"):
+    ("eval/generate.cpp", "generate_adjust_logits"):
         "host sampling: OpenAI's biases and penalties on one row of logits already on the host",
     ("train/step_stats.cpp", "step_stats_sum"):
         "host statistics: a step's loss scalars packed for an all-reduce and back",

@@ -176,6 +176,9 @@ TEST(Sampler, OptionsOutOfRangeFailInOneLine) {
   EXPECT_EQ(err({.top_p = 1.5}), "generate: --top-p must be in (0, 1] (not 1.5)");
   EXPECT_EQ(err({.top_k = -1}), "generate: --top-k must be >= 0 (not -1)");
   EXPECT_EQ(err({.stop = {""}}), "generate: --stop: an empty stop string");
+  EXPECT_EQ(err({.logit_bias = {{3, 60}, {5, 1}}}), "");
+  EXPECT_EQ(err({.logit_bias = {{3, 60}, {5, 1}, {3, 60}}}),
+            "generate: logit_bias: id 3 has more than one bias");
 }
 
 // The server's rules at the context's end: a prompt or max_new beyond the context is refused; a

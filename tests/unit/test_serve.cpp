@@ -12,6 +12,7 @@
 #include <future>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <set>
 #include <thread>
 #include <tuple>
@@ -568,6 +569,10 @@ TEST(Serve, UnknownAndInvalidFieldsGetA400NamingThem) {
       {{{"logit_bias", {{"x", 1}}}}, 400, "logit_bias: key 'x' is not a token id"},
       {{{"logit_bias", {{"52", 1}}}}, 400, "token id 52 is outside the vocabulary"},
       {{{"logit_bias", {{"1", 150}}}}, 400, "the bias of token 1 must be a number in [-100, 100]"},
+      // two spellings of one id would add two biases to its logit
+      {{{"logit_bias", {{"01", 60}, {"1", 60}}}},
+       400,
+       "logit_bias: key '01' has a leading zero (write token ids as '1')"},
       {{{"best_of", 1}, {"n", 2}}, 400, "best_of: must be at least n (2)"},
       {{{"best_of", 2}, {"stream", true}}, 400, "best_of: cannot be larger than n with stream"},
       {{{"user", 5}}, 400, "user: must be a string"},
@@ -609,6 +614,20 @@ TEST(Serve, UnknownAndInvalidFieldsGetA400NamingThem) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(lax.post("/v1/completions", json{{"prompt", "ab"}, {"suffix", "x"}})->status, 400);
+  // an ignored name is logged as a JSON string: a newline or an escape sequence in it cannot
+  // forge a log line or reach the terminal
+  testing::internal::CaptureStderr();
+  const auto forged =
+      lax.post("/v1/completions",
+               json{{"prompt", "ab"}, {"max_tokens", 1}, {"x\nserve: forged line\x1b[2J", 1}});
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(forged);
+  EXPECT_EQ(forged->status, 200) << forged->body;
+  EXPECT_NE(log.find("ignoring the unknown field \"x\\nserve: forged line\\u001b[2J\""),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("\nserve: forged"), std::string::npos) << log;
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
 }
 
 // /tokenize and /detokenize read what the harness's remote tokenizer and vLLM's clients send and
@@ -750,4 +769,79 @@ TEST(Serve, BestOfReturnsTheCandidatesOfHighestSummedLogprob) {
   EXPECT_EQ(r["choices"][1]["index"], 1);
   EXPECT_TRUE(r["choices"][0]["logprobs"].is_null()) << "not asked for";
   EXPECT_EQ(r["usage"]["completion_tokens"], tokens) << "every candidate's tokens";
+}
+
+// best_of ranks a candidate that the end-of-text token ended with that token's log-probability
+// counted (choosing to stop is part of the candidate's probability; without it, a candidate would
+// get its last choice free). The reference: each candidate's returned log-probabilities plus, if
+// it stopped, the end token's log-probability after its tokens from a double forward. Only
+// requests where counting the end token changes the best candidate decide.
+TEST(Serve, BestOfCountsTheEndTokensLogprob) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(7);
+  constexpr int32_t kEnd = 52;  // within the tokenizer's ids, so that it can be chosen
+  LetterTokenizer tok(53, kEnd);
+  TestServer s(m, tok, 4, 32);
+  const std::vector<int32_t> prompt = tok.encode("abcab");
+  constexpr int64_t kCandidates = 8;
+  int decided = 0, stopped = 0;
+  for (int64_t seed = 1; seed <= 64 && decided < 2; seed++) {
+    // the bias makes stops frequent; the log-probabilities ranked are the model's own
+    const json base = {{"prompt", prompt},
+                       {"max_tokens", 4},
+                       {"temperature", 1.0},
+                       {"seed", seed},
+                       {"logit_bias", {{std::to_string(kEnd), 3.0}}}};
+    json all = base;
+    all["n"] = kCandidates, all["logprobs"] = 0;
+    const json every = ok_json(s.post("/v1/completions", all));
+    ASSERT_EQ(int64_t(every["choices"].size()), kCandidates);
+    std::vector<std::tuple<double, double, std::string>> cand;  // (with the end, without, text)
+    for (const auto& ch : every["choices"]) {
+      double sum = 0;
+      std::vector<int32_t> ids = prompt;
+      for (const auto& v : ch["logprobs"]["token_logprobs"]) {
+        sum += v.get<double>();
+      }
+      for (const auto& t : ch["logprobs"]["tokens"]) {
+        ids.push_back(letter_id(t));
+      }
+      double end = 0;
+      if (ch["finish_reason"] == "stop") {  // no stop strings: the end token
+        stopped++;
+        const std::vector<double> row = logits_double(m, ids).back();
+        const double mx = *std::max_element(row.begin(), row.end());
+        double z = 0;
+        for (const double v : row) {
+          z += std::exp(v - mx);
+        }
+        end = row[size_t(kEnd)] - mx - std::log(z);
+      }
+      cand.emplace_back(sum + end, sum, ch["text"]);
+    }
+    auto best_by = [&](auto key) {
+      std::vector<size_t> order(cand.size());
+      std::iota(order.begin(), order.end(), size_t(0));
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return key(cand[a]) > key(cand[b]); });
+      return order;
+    };
+    const auto with = best_by([](const auto& t) { return std::get<0>(t); });
+    const auto without = best_by([](const auto& t) { return std::get<1>(t); });
+    const auto& [top, top_without, top_text] = cand[with[0]];
+    // decided: another text is best without the end token, and the best is clear (beyond float
+    // rounding) of the second
+    if (std::get<2>(cand[without[0]]) == top_text || top - std::get<0>(cand[with[1]]) < 1e-3) {
+      continue;
+    }
+    decided++;
+    json best = base;
+    best["n"] = 1, best["best_of"] = kCandidates;
+    const json r = ok_json(s.post("/v1/completions", best));
+    ASSERT_EQ(r["choices"].size(), 1u);
+    EXPECT_EQ(r["choices"][0]["text"], top_text) << "seed " << seed;
+  }
+  EXPECT_GT(stopped, 0) << "some candidates ended with the end token";
+  EXPECT_GE(decided, 1) << "a request where counting the end token changes the best candidate";
 }
