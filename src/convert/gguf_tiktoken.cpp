@@ -84,7 +84,8 @@ std::vector<std::string> bpe_parts(const std::string& token, int32_t max_rank,
     for (size_t i = 0; i + 1 < parts.size(); i++) {
       const auto it = ranks.find(parts[i] + parts[i + 1]);
       if (it != ranks.end() && it->second < best) {
-        best = it->second, at = i;
+        best = it->second;
+        at = i;
       }
     }
     if (best == max_rank) {
