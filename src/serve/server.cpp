@@ -90,6 +90,26 @@ bool peer_open(socket_t sock) {
   return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
 }
 
+// A client's text (a field's name, a request's path, percent-decoded by the library) as it may
+// go into the log: a JSON string in ASCII, so that a newline in it cannot forge a log line nor
+// an escape sequence drive the terminal.
+std::string log_quoted(const std::string& text) {
+  return json(text).dump(-1, ' ', true, json::error_handler_t::replace);
+}
+
+// A word of a log line (a method, a path): itself when quoting would change nothing but the
+// quotes and it holds no space, else quoted; "-" when empty.
+std::string log_word(const std::string& text) {
+  if (text.empty()) {
+    return "-";
+  }
+  std::string quoted = log_quoted(text);
+  if (quoted.size() == text.size() + 2 && text.find(' ') == std::string::npos) {
+    return text;
+  }
+  return quoted;
+}
+
 bool client_gone() {
   return t_conn && !peer_open(t_conn->sock);
 }
@@ -755,7 +775,7 @@ void Server::Impl::log_ignored(const std::vector<std::string>& names) {
     if (ignored.size() >= kMaxNames || !ignored.insert(key).second) {
       continue;
     }
-    const std::string shown = json(key).dump(-1, ' ', true, json::error_handler_t::replace);
+    const std::string shown = log_quoted(key);
     std::fprintf(stderr, "serve: ignoring the unknown field %s%s (--allow-unknown-fields)%s\n",
                  shown.c_str(), cut < name.size() ? " (cut)" : "",
                  ignored.size() == kMaxNames ? "; further unknown names are not logged" : "");
@@ -947,9 +967,11 @@ void Server::Impl::routes() {
   // the log line is written when the answer has gone out, with the status it went out with
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     if (t_conn && int64_t(res.body.size()) > kTrimAfterBytes) t_conn->trim = true;
-    if (o.log_requests)
-      std::fprintf(stderr, "%s %s %d\n", req.method.empty() ? "-" : req.method.c_str(),
-                   req.path.empty() ? "-" : req.path.c_str(), res.status);
+    if (o.log_requests) {
+      // the path is percent-decoded: a %0A in it would otherwise end the line
+      std::fprintf(stderr, "%s %s %d\n", log_word(req.method).c_str(), log_word(req.path).c_str(),
+                   res.status);
+    }
   });
 }
 

@@ -630,6 +630,36 @@ TEST(Serve, UnknownAndInvalidFieldsGetA400NamingThem) {
   EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
 }
 
+// The request log (--log-requests) writes a path as it came when it is plain, quoted and escaped
+// when the library's percent-decoding put a newline or an escape code in it.
+TEST(Serve, TheRequestLogEscapesADecodedPath) {
+  const ModelConfig c = test::tiny_lm(false);
+  Model<float> m(c, 1, 1);
+  m.init_weights(1);
+  LetterTokenizer tok(52, kEot);
+  Server server(m, tok,
+                ServeOptions{.host = "127.0.0.1",
+                             .port = 0,
+                             .engine = {.slots = 1, .queue = 2},
+                             .log_requests = true});
+  const int port = server.bind();
+  std::thread thread([&] { server.run(); });
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_url_encode(false);  // the path goes as written, %0A and all
+  testing::internal::CaptureStderr();
+  const auto plain = cli.Get("/v1/models");
+  const auto forged = cli.Get("/x%0AGET%20/v1/models%20200%1B[2J");
+  server.stop(5);  // the log line is written after the answer: all written once it stopped
+  thread.join();
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(plain && forged);
+  EXPECT_EQ(plain->status, 200);
+  EXPECT_EQ(forged->status, 404);
+  EXPECT_NE(log.find("GET /v1/models 200\n"), std::string::npos) << log;
+  EXPECT_NE(log.find("GET \"/x\\nGET /v1/models 200\\u001b[2J\" 404\n"), std::string::npos) << log;
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
+}
+
 // /tokenize and /detokenize read what the harness's remote tokenizer and vLLM's clients send and
 // refuse any other field by name, as the completions route does.
 TEST(Serve, TokenizerRoutesRefuseUnknownFields) {
