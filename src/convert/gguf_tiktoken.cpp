@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <fstream>
 #include <unordered_map>
 
 #include "convert/gguf.hpp"
@@ -35,40 +34,6 @@ std::string byte_level(std::string_view bytes, const std::array<std::string, 256
     s += table[c];
   }
   return s;
-}
-
-bool base64_decode(std::string_view in, std::string& out) {
-  auto value = [](char c) {
-    if (c >= 'A' && c <= 'Z') {
-      return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-      return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-      return c - '0' + 52;
-    }
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  out.clear();
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    if (c == '=') {
-      break;
-    }
-    const int v = value(c);
-    if (v < 0) {
-      return false;
-    }
-    acc = (acc << 6) | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += char((acc >> bits) & 0xFF);
-    }
-  }
-  return true;
 }
 
 // The parts byte-pair encoding leaves of `token` when only ranks below `max_rank` merge.
@@ -101,27 +66,14 @@ std::vector<std::string> bpe_parts(const std::string& token, int32_t max_rank,
 
 GgufBpeVocab gguf_bpe_from_tiktoken(const std::string& rank_file, const TiktokenSpec& spec,
                                     int64_t vocab) {
-  std::ifstream f(rank_file);
-  if (!f) {
-    fail(fmt::format("{}: cannot read the tiktoken rank file", rank_file));
-  }
-  std::vector<std::string> by_rank;
+  // the merges are recovered from every rank below a token's: the ranks must have no gap
+  const std::vector<std::string> by_rank = tiktoken_read_ranks(rank_file);
   std::unordered_map<std::string, int32_t> ranks;
-  std::string line, bytes;
-  while (std::getline(f, line)) {
-    if (line.empty()) {
-      continue;
-    }
-    const size_t sp = line.find(' ');
-    if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes)) {
-      fail(fmt::format("{}: not a tiktoken rank file", rank_file));
-    }
-    const int32_t rank = std::stoi(line.substr(sp + 1));
-    if (rank != int32_t(by_rank.size())) {
+  for (size_t rank = 0; rank < by_rank.size(); rank++) {
+    if (by_rank[rank].empty()) {
       fail(fmt::format("{}: ranks are not 0, 1, 2, ... in order", rank_file));
     }
-    by_rank.push_back(bytes);
-    ranks.emplace(bytes, rank);
+    ranks.emplace(by_rank[rank], int32_t(rank));
   }
   int64_t need = int64_t(by_rank.size());
   for (const auto& [_, id] : spec.special) {

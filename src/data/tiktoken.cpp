@@ -124,24 +124,45 @@ bool base64_decode(std::string_view in, std::string& out) {
   return true;
 }
 
+}  // namespace
+
+std::vector<std::string> tiktoken_read_ranks(const std::string& rank_file) {
+  std::ifstream f(rank_file);
+  if (!f) {
+    fail(rank_file + ": cannot open");
+  }
+  std::vector<std::string> by_rank;
+  std::string line, bytes;
+  int64_t line_no = 0;
+  while (std::getline(f, line)) {
+    line_no++;
+    if (line.empty()) {
+      continue;
+    }
+    const size_t sp = line.find(' ');
+    int64_t rank = -1;
+    if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes) ||
+        std::sscanf(line.c_str() + sp + 1, "%ld", &rank) != 1 || rank < 0 || rank >= INT32_MAX) {
+      fail(fmt::format("{}:{}: not a tiktoken rank line", rank_file, line_no));
+    }
+    if (size_t(rank) >= by_rank.size()) {
+      by_rank.resize(size_t(rank) + 1);
+    }
+    by_rank[size_t(rank)] = bytes;
+  }
+  return by_rank;
+}
+
+namespace {
+
 class TiktokenBpe final : public Tokenizer {
  public:
-  TiktokenBpe(const std::string& rank_file, TiktokenSpec spec) : spec_(std::move(spec)) {
-    std::ifstream f(rank_file);
-    if (!f) fail(rank_file + ": cannot open");
-    std::string line, bytes;
-    int64_t line_no = 0;
-    while (std::getline(f, line)) {
-      line_no++;
-      if (line.empty()) continue;
-      const size_t sp = line.find(' ');
-      int64_t rank = -1;
-      if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes) ||
-          std::sscanf(line.c_str() + sp + 1, "%ld", &rank) != 1 || rank < 0 || rank >= INT32_MAX)
-        fail(fmt::format("{}:{}: not a tiktoken rank line", rank_file, line_no));
-      if (size_t(rank) >= decoder_.size()) decoder_.resize(size_t(rank) + 1);
-      decoder_[size_t(rank)] = bytes;
-      encoder_.emplace(bytes, int32_t(rank));
+  TiktokenBpe(const std::string& rank_file, TiktokenSpec spec)
+      : spec_(std::move(spec)), decoder_(tiktoken_read_ranks(rank_file)) {
+    for (size_t rank = 0; rank < decoder_.size(); rank++) {
+      if (!decoder_[rank].empty()) {
+        encoder_.emplace(decoder_[rank], int32_t(rank));
+      }
     }
     if (encoder_.empty()) fail(rank_file + ": no ranks");
     vocab_ = int64_t(decoder_.size());

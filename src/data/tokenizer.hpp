@@ -82,6 +82,10 @@ TiktokenSpec tiktoken_spec(const std::string& name);
 // Loads a .tiktoken rank file (lines "base64(bytes) rank").
 std::unique_ptr<Tokenizer> tiktoken_load(const std::string& rank_file, const TiktokenSpec& spec);
 
+// The byte strings of a .tiktoken rank file indexed by rank (a rank the file skips: ""); fails
+// with one line naming the file and line of a malformed line.
+std::vector<std::string> tiktoken_read_ranks(const std::string& rank_file);
+
 // ----------------------------------------------------------------------------
 // SentencePiece
 

@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 
 #include "core/error.hpp"
 #include "core/fileio.hpp"
@@ -438,12 +437,11 @@ RunPageStatus run_page_status_of(const RunSeries& r) {
     st.state = RunState::Finished;
     return st;
   }
-  const json failed = json::parse(
-      [&] {
-        std::ifstream f(fs::path(r.dir) / "failed.json");
-        return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      }(),
-      nullptr, false);
+  const fs::path failed_path = fs::path(r.dir) / "failed.json";
+  std::error_code ec;
+  const json failed = fs::exists(failed_path, ec)
+                          ? json::parse(file_read(failed_path.string()), nullptr, false)
+                          : json();
   if (failed.is_object()) {
     st.state = RunState::Failed;
     st.message = failed.value("reason", std::string("failed.json records a failure"));
@@ -523,9 +521,8 @@ double run_page_period_s() {
   return s;
 }
 
-RunPageHook::RunPageHook(const Experiment& x) {
-  series_.dir = x.run_dir;
-  run_page_period_s();  // a bad value is refused before the run starts
+RunPageHook::RunPageHook(const Experiment& x) : period_s_(run_page_period_s()) {
+  series_.dir = x.run_dir;  // a bad MOELAB_VIEW_SECONDS was refused above, before the run
 }
 
 void RunPageHook::on_start(Trainer& t) {
@@ -540,7 +537,7 @@ void RunPageHook::on_start(Trainer& t) {
 
 void RunPageHook::on_step_end(Trainer& t, const StepStats& r) {
   const double now = html_now_unix();
-  if (!train_writer() || now - t_last_ < std::max(run_page_period_s(), 20 * cost_s_)) {
+  if (!train_writer() || now - t_last_ < std::max(period_s_, 20 * cost_s_)) {
     return;
   }
   write(r.step, t.experiment().total_steps());
@@ -552,7 +549,7 @@ void RunPageHook::write(int64_t step, int64_t total) {
   RunPageStatus st{.state = RunState::Running,
                    .step = step,
                    .eta_s = step > step_start_ ? double(total - step) / rate : -1,
-                   .refresh_s = std::max<int64_t>(2, int64_t(std::ceil(run_page_period_s())))};
+                   .refresh_s = std::max<int64_t>(2, int64_t(std::ceil(period_s_)))};
   try {
     run_page_write(series_, st);
     listener_call();

@@ -82,6 +82,7 @@ class RunPageHook : public TrainerHook {
   void write(int64_t step, int64_t total);
 
   RunSeries series_;
+  double period_s_ = 10;  // MOELAB_VIEW_SECONDS, read once
   double t_start_ = 0, t_last_ = 0, cost_s_ = 0;
   int64_t step_start_ = 0;
   bool warned_ = false;
