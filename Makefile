@@ -69,7 +69,7 @@ fuzz: deps
 	if [ -n "$$failed" ]; then echo "fuzz: findings for$$failed under $(FUZZ_BUILD)/findings"; exit 1; fi
 
 bench: build
-	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2) $(if $(BASELINE),--baseline $(BASELINE))
+	/usr/bin/python3 bench/compare.py --moelab $(BUILD)/moelab --rounds $(or $(ROUNDS),3) --threads $(or $(THREADS),2) --json $(BUILD)/bench-results.json $(if $(BASELINE),--baseline $(BASELINE))
 
 DEMO_START := $(shell date +%s)
 demo: deps

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include "core/error.hpp"
@@ -73,6 +74,8 @@ void bench_train(const BenchTrainOptions& o) {
   const ModelConfig cfg = config_from_json(j["model"], o.config + ": model");
   const int64_t B = j.value("batch_size", 8), T = j.value("seq_len", 256);
   if (o.steps < 1) fail("--steps must be >= 1");
+  if (o.peak_gflops < 0 || o.bf16_peak_gflops < 0)
+    fail("--peak and --bf16-peak must be >= 0 GFLOP/s (0 = measure)");
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   threads_set(threads);
   gemm_set_precision(o.bf16 ? Precision::BF16 : Precision::F32);
@@ -102,17 +105,28 @@ void bench_train(const BenchTrainOptions& o) {
   const double dt = time_now_s() - t0;
   profile().on = false;
 
-  const double peak = o.peak_gflops > 0 ? o.peak_gflops : bench_fma_peak_gflops(threads);
+  // MFU is against the peak of the arithmetic the run's GEMMs use: the bf16 dot-product peak for
+  // a bf16 run (its products run on AVX512-BF16, at twice the fp32 FMA's FLOPs where the
+  // hardware runs both at one rate), the fp32 FMA peak otherwise; against the fp32 peak a bf16
+  // run would report utilisations above 100%.
+  const double fp32_peak = o.peak_gflops > 0 ? o.peak_gflops : bench_fma_peak_gflops(threads);
+  std::optional<double> bf16_peak;
+  if (o.bf16) {
+    bf16_peak = o.bf16_peak_gflops > 0 ? std::optional<double>(o.bf16_peak_gflops)
+                                       : bench_bf16_peak_gflops(threads);
+  }
+  const double peak = bf16_peak ? *bf16_peak : fp32_peak;
   const ParamCounts pc = config_count(cfg);
   const FlopCounts fc = config_flops(cfg, T);
   const double tok_s = double(B * T * o.steps) / dt;
   const double gflops = tok_s * fc.train_per_token / 1e9;
-  // Memory the design needs: params and grads (8 bytes a parameter), two moments (8 bytes a
-  // trainable parameter), activations. Adapters and MoE-CT parts count from the layout.
+  // Memory the design needs: params (4 bytes a parameter), gradients and two moments (12 bytes
+  // a trainable parameter: a frozen tensor has none), activations. Adapters and MoE-CT parts
+  // count from the layout.
   const ParamLayout& lay = trainer.model().layout;
   int64_t trainable = 0;
   for (const TensorView& t : lay.tensors) trainable += t.frozen ? 0 : t.numel;
-  const double estimate = 8.0 * double(lay.total) + 8.0 * double(trainable) +
+  const double estimate = 4.0 * double(lay.total) + 12.0 * double(trainable) +
                           double(trainer.model().activation_bytes());
   nlohmann::ordered_json out = {
       {"config", o.config},
@@ -129,12 +143,33 @@ void bench_train(const BenchTrainOptions& o) {
       {"flops_per_token", fc.train_per_token},
       {"gflops", std::round(gflops * 10) / 10},
       {"peak_gflops", std::round(peak * 10) / 10},
+      {"peak_precision", bf16_peak ? "bf16" : "fp32"},
       {"mfu", std::round(gflops / peak * 1e4) / 1e4},
+      {"fp32_peak_gflops", std::round(fp32_peak * 10) / 10},
       {"peak_rss_mb", std::round(double(peak_rss_bytes()) / 1048576.0 * 10) / 10},
       {"rss_estimate_mb", std::round(estimate / 1048576.0 * 10) / 10},
       {"loss", last.total()}};
+  if (o.bf16) {
+    // null where the CPU has no AVX512-BF16 (the MFU above is then against the fp32 peak).
+    out["bf16_peak_gflops"] =
+        bf16_peak ? nlohmann::json(std::round(*bf16_peak * 10) / 10) : nlohmann::json(nullptr);
+    out["mfu_fp32_peak"] = std::round(gflops / fp32_peak * 1e4) / 1e4;
+  }
   if (o.profile) profile_report(out, "profile_ms_per_step", dt, double(o.steps), "ms/step");
   std::cout << out.dump() << std::endl;
+}
+
+void bench_peak(int threads) {
+  const double fp32 = bench_fma_peak_gflops(threads, 1.0);
+  const std::optional<double> bf16 = bench_bf16_peak_gflops(threads, 1.0);
+  const PeakIsa isa = bench_peak_isa();
+  const std::string bf16_text = bf16 ? fmt::format("{:.1f}", *bf16) : "null";
+  const std::string bf16_isa = isa.bf16.empty() ? "null" : "\"" + isa.bf16 + "\"";
+  std::printf(
+      "{\"threads\": %d, \"fma_peak_gflops\": %.1f, \"bf16_peak_gflops\": %s, \"fp32_isa\": "
+      "\"%s\", \"bf16_isa\": %s, \"amx_bf16\": %s}\n",
+      threads, fp32, bf16_text.c_str(), isa.fp32.c_str(), bf16_isa.c_str(),
+      isa.amx_bf16 ? "true" : "false");
 }
 
 // ----------------------------------------------------------------------------

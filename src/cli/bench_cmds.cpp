@@ -1,23 +1,21 @@
 // moelab bench peak, moelab bench train, moelab bench eval: the options; the measurements are
 // in cli/bench.cpp.
-#include <cstdio>
 #include <memory>
 
 #include "cli/bench.hpp"
 #include "cli/commands.hpp"
 #include "core/sysinfo.hpp"
 #include "core/threads.hpp"
-#include "kernels/fma_peak.hpp"
 
 namespace moelab {
 
 void command_bench_peak(CLI::App& bench, Commands& c) {
   auto threads = std::make_shared<int>(0);
-  auto* cmd = bench.add_subcommand("peak", "measured fp32 FMA peak (GFLOP/s)");
+  auto* cmd =
+      bench.add_subcommand("peak", "measured fp32 FMA and bf16 dot-product peaks (GFLOP/s)");
   cmd->add_option("--threads", *threads, "threads (default: all cores)");
   c.add(cmd, [threads] {
-    const int t = *threads > 0 ? *threads : threads_get();
-    std::printf("{\"threads\": %d, \"fma_peak_gflops\": %.1f}\n", t, bench_fma_peak_gflops(t, 1.0));
+    bench_peak(*threads > 0 ? *threads : threads_get());
     return 0;
   });
 }
@@ -29,7 +27,10 @@ void command_bench_train(CLI::App& bench, Commands& c) {
   cmd->add_option("--steps", o->steps, "timed steps");
   cmd->add_option("--warmup", o->warmup, "untimed steps first");
   cmd->add_option("--threads", o->threads, "threads (default: all cores)");
-  cmd->add_option("--peak", o->peak_gflops, "FMA peak in GFLOP/s (default: measure)");
+  cmd->add_option("--peak", o->peak_gflops, "fp32 FMA peak in GFLOP/s (default: measure)");
+  cmd->add_option(
+      "--bf16-peak", o->bf16_peak_gflops,
+      "bf16 dot-product peak in GFLOP/s, the MFU denominator of --bf16 (default: measure)");
   cmd->add_flag("--profile", o->profile, "per-op time breakdown (stderr and JSON)");
   cmd->add_flag("--bf16", o->bf16, "linear layers in bf16 with fp32 accumulation");
   cmd->add_option("--freeze", o->freeze, "regex of tensor names not trained (repeatable)");
