@@ -21,6 +21,8 @@ Ops<T> cpu_ops() {
           &K::rmsnorm::backward,
           &K::linear::forward,
           &K::linear::backward,
+          &K::linear_grouped::forward,
+          &K::linear_grouped::backward,
           &K::rope::tables,
           &K::rope::forward,
           &K::rope::backward,

@@ -30,6 +30,8 @@ struct Ops {
   decltype(&K::rmsnorm::backward) rmsnorm_backward;
   decltype(&K::linear::forward) linear_forward;
   decltype(&K::linear::backward) linear_backward;
+  decltype(&K::linear_grouped::forward) linear_grouped_forward;
+  decltype(&K::linear_grouped::backward) linear_grouped_backward;
   decltype(&K::rope::tables) rope_tables;
   decltype(&K::rope::forward) rope_forward;
   decltype(&K::rope::backward) rope_backward;
@@ -76,7 +78,7 @@ struct Ops {
 
 // The number of entries of Ops<T>: a backend fills every one, and tests/unit/test_backend_ops.cpp
 // lists every one (both fail to compile when an op is added without them).
-inline constexpr size_t kOpCount = 48;
+inline constexpr size_t kOpCount = 50;
 static_assert(sizeof(Ops<float>) == kOpCount * sizeof(void*) &&
                   sizeof(Ops<double>) == kOpCount * sizeof(void*),
               "Ops<T> changed: update kOpCount, every backend's table and the cross-backend test");

@@ -25,6 +25,8 @@ Ops<T> reference_ops() {
       .rmsnorm_backward = &ref::rmsnorm<T>::backward,
       .linear_forward = &ref::linear<T>::forward,
       .linear_backward = &ref::linear<T>::backward,
+      .linear_grouped_forward = &ref::linear_grouped<T>::forward,
+      .linear_grouped_backward = &ref::linear_grouped<T>::backward,
       .rope_tables = &K::rope::tables,  // plain serial double arithmetic already
       .rope_forward = &ref::rope<T>::forward,
       .rope_backward = &ref::rope<T>::backward,

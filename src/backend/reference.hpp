@@ -90,6 +90,29 @@ struct linear {
   }
 };
 
+// Each expert's rows through linear, one expert after another.
+template <typename T>
+struct linear_grouped {
+  static void forward(T* out, const T* x, const T* W, const T* b, const int64_t* offsets, int64_t E,
+                      int64_t I, int64_t O, WLayout l, Precision = Precision::F32) {
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
+      linear<T>::forward(out + r0 * O, x + r0 * I, W + e * I * O, b ? b + e * O : nullptr, n, I, O,
+                         l);
+    }
+  }
+  static void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
+                       const int64_t* offsets, int64_t E, int64_t I, int64_t O, WLayout l,
+                       bool dx_accumulate = false, Precision = Precision::F32) {
+    for (int64_t e = 0; e < E; e++) {
+      const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
+      linear<T>::backward(dx ? dx + r0 * I : nullptr, dW ? dW + e * I * O : nullptr,
+                          db ? db + e * O : nullptr, dout + r0 * O, x + r0 * I, W + e * I * O, n, I,
+                          O, l, dx_accumulate);
+    }
+  }
+};
+
 template <typename T>
 struct rope {
   // forward/backward as explicit 2x2 rotations with angle t * inv_freq (tables from kernels)
@@ -488,7 +511,7 @@ struct adamw {
         T& w = p[sp.param + i];
         T& mi = m[sp.moment + i];
         T& vi = v[sp.moment + i];
-        const double gi = double(g[sp.param + i]) * k.grad_scale;
+        const double gi = double(g[sp.moment + i]) * k.grad_scale;
         mi = T(k.beta1 * mi + (1 - k.beta1) * gi);
         vi = T(k.beta2 * vi + (1 - k.beta2) * gi * gi);
         const double decay = sp.decay ? k.decay : 1.0;

@@ -139,14 +139,23 @@ void attention<T>::backward(T* dqkv, T* dsinks, const T* dout, const T* qkv, con
               const int64_t lo = std::max(j0, key_lo(i, s.window)) - j0;
               const int64_t hi = std::min(j1, i + 1) - j0;
               const T L = lse[(b * s.T + i) * s.H + h];
+              const T Dr = D[r], scale = T(s.scale);
               T* p = P.data() + r * kTileK;
               T* dp = dP.data() + r * kTileK;
-              for (int64_t j = 0; j < nk; j++) {
-                const bool ok = j >= lo && j < hi;
-                const T pj = ok ? fexp(p[j] - L) : T(0);
+              // the exponentials of the visible keys only: a sliding window masks about half
+              // of a tile's columns
+              const int64_t first = std::min(lo, nk);
+              std::fill_n(p, first, T(0));
+              std::fill_n(dp, first, T(0));
+#pragma omp simd
+              for (int64_t j = lo; j < hi; j++) {
+                const T pj = fexp(p[j] - L);
                 p[j] = pj;
-                dp[j] = pj * (dp[j] - D[r]) * T(s.scale);  // dS, already scaled for dQ and dK
+                dp[j] = pj * (dp[j] - Dr) * scale;  // dS, already scaled for dQ and dK
               }
+              const int64_t end = std::max(hi, first);
+              std::fill(p + end, p + nk, T(0));
+              std::fill(dp + end, dp + nk, T(0));
             }
             gemm<T>(Trans::T, Trans::N, nk, hd, nq, T(1), P.data(), kTileK, dO, OC, T(1), dV, C);
             gemm<T>(Trans::N, Trans::N, nq, hd, nk, T(1), dP.data(), kTileK, K, C, T(1), dQ, C);

@@ -37,8 +37,10 @@ struct Engine {
   std::vector<uint16_t> a, b;
 };
 
+// One per thread: the experts of an MoE layer run their products side by side
+// (linear_grouped), each with its own primitives and bf16 copies.
 Engine& engine() {
-  static Engine e;
+  thread_local Engine e;
   return e;
 }
 

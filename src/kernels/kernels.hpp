@@ -54,6 +54,24 @@ struct linear {
                        Precision p = Precision::F32);
 };
 
+// linear_grouped: the linear maps of E experts in one call (an MoE layer's grouped GEMM). Expert
+// e maps its rows [offsets[e], offsets[e+1]) of x, out, dout and dx with W_e = W + e * I * O
+// and b_e = b + e * O (dW and db strided the same way). When the experts' rows split evenly
+// over the threads, each expert runs on one thread beside the others (a GEMM of a few hundred
+// rows does not scale over threads); otherwise one after another, each on every thread. The
+// numbers are linear's on the expert's rows either way.
+template <typename T>
+struct linear_grouped {
+  // out [R,O], x [R,I], W [E,O,I] (OutIn) or [E,I,O] (InOut), b [E,O] or null, offsets [E+1]
+  static void forward(T* out, const T* x, const T* W, const T* b, const int64_t* offsets, int64_t E,
+                      int64_t I, int64_t O, WLayout layout, Precision p = Precision::F32);
+  // dx [R,I] (= , or += if dx_accumulate; null to skip), dW [E,..] += (null if frozen),
+  // db [E,O] += (null if frozen or no bias)
+  static void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
+                       const int64_t* offsets, int64_t E, int64_t I, int64_t O, WLayout layout,
+                       bool dx_accumulate = false, Precision p = Precision::F32);
+};
+
 // ----------------------------------------------------------------------------
 // rope: half-split (NeoX) rotation of each head, optional YaRN (methods.md §3.4)
 
@@ -345,6 +363,7 @@ struct Kernels {
   using embedding = kernels::embedding<T>;
   using rmsnorm = kernels::rmsnorm<T>;
   using linear = kernels::linear<T>;
+  using linear_grouped = kernels::linear_grouped<T>;
   using rope = kernels::rope<T>;
   using attention = kernels::attention<T>;
   using attention_decode = kernels::attention_decode<T>;

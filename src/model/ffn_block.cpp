@@ -196,6 +196,14 @@ std::vector<typename FfnBlock<T>::ExpertRows> FfnBlock<T>::expert_rows(const Act
 // ----------------------------------------------------------------------------
 // forward
 
+// A routed weight that is E plain matrices (no adapters, no DeRS delta) goes through the grouped
+// op, all experts in one call; the others expert by expert through the weight seam.
+template <typename T>
+bool FfnBlock<T>::grouped(const Weight& w) const {
+  return p_.mix == FfnKind::Moe && w.lora.empty() && w.delta.kind == DeltaKind::None && !w.shared &&
+         w.b >= 0;
+}
+
 // yout [R,d] = down(swiglu(up(xin))) per expert on its rows (dense: one expert, all rows).
 template <typename T>
 void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* yout,
@@ -207,9 +215,14 @@ void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* you
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "expert gemm fwd");
-    for (const auto [e, r0, n] : ex) {
-      weight_forward(c, p_.up, e, a.h.data() + r0 * 2 * I, xin + r0 * d, n,
-                     a.up_xa.data() + r0 * ru);
+    if (grouped(p_.up)) {
+      c.op.linear_grouped_forward(a.h.data(), xin, c.P + p_.up.w, c.P + p_.up.b, a.offsets.data(),
+                                  cf.num_local_experts, d, 2 * I, p_.up.layout, c.dev.precision);
+    } else {
+      for (const auto [e, r0, n] : ex) {
+        weight_forward(c, p_.up, e, a.h.data() + r0 * 2 * I, xin + r0 * d, n,
+                       a.up_xa.data() + r0 * ru);
+      }
     }
   }
   {
@@ -217,6 +230,12 @@ void FfnBlock<T>::experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* you
     c.op.swiglu_forward(a.a.data(), a.h.data(), R, I, cf.swiglu_limit, cf.swiglu_alpha);
   }
   ProfileScope ps(prof, "expert gemm fwd");
+  if (grouped(p_.down)) {
+    c.op.linear_grouped_forward(yout, a.a.data(), c.P + p_.down.w, c.P + p_.down.b,
+                                a.offsets.data(), cf.num_local_experts, I, d, p_.down.layout,
+                                c.dev.precision);
+    return;
+  }
   for (const auto [e, r0, n] : ex) {
     weight_forward(c, p_.down, e, yout + r0 * d, a.a.data() + r0 * I, n,
                    a.down_xa.data() + r0 * rd);
@@ -280,12 +299,19 @@ void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, cons
   const int64_t d = cf.hidden_size, I = cf.intermediate_size;
   const int64_t ru = p_.up.lora_rank(), rd = p_.down.lora_rank();
   const std::vector<ExpertRows> ex = expert_rows(a, R);
+  const int64_t E = cf.num_local_experts;
   Profile& prof = c.dev.profile;
   {
     ProfileScope ps(prof, "expert gemm bwd");
-    for (const auto [e, r0, n] : ex) {
-      weight_backward(c, p_.down, e, w.da.data() + r0 * I, dy + r0 * d, a.a.data() + r0 * I, n,
-                      a.down_xa.data() + r0 * rd, w.dxa.data() + r0 * rd);
+    if (grouped(p_.down)) {
+      c.op.linear_grouped_backward(
+          w.da.data(), c.grad(p_.down.w, E * I * d), c.grad(p_.down.b, E * d), dy, a.a.data(),
+          c.P + p_.down.w, a.offsets.data(), E, I, d, p_.down.layout, false, c.dev.precision);
+    } else {
+      for (const auto [e, r0, n] : ex) {
+        weight_backward(c, p_.down, e, w.da.data() + r0 * I, dy + r0 * d, a.a.data() + r0 * I, n,
+                        a.down_xa.data() + r0 * rd, w.dxa.data() + r0 * rd);
+      }
     }
   }
   {
@@ -294,6 +320,12 @@ void FfnBlock<T>::experts_backward(const Ctx<T>& c, const Acts& a, Work& w, cons
                          cf.swiglu_alpha);
   }
   ProfileScope ps(prof, "expert gemm bwd");
+  if (grouped(p_.up)) {
+    c.op.linear_grouped_backward(dxin, c.grad(p_.up.w, E * d * 2 * I), c.grad(p_.up.b, E * 2 * I),
+                                 w.dh.data(), xin, c.P + p_.up.w, a.offsets.data(), E, d, 2 * I,
+                                 p_.up.layout, false, c.dev.precision);
+    return;
+  }
   for (const auto [e, r0, n] : ex) {
     weight_backward(c, p_.up, e, dxin + r0 * d, w.dh.data() + r0 * 2 * I, xin + r0 * d, n,
                     a.up_xa.data() + r0 * ru, w.dxa.data() + r0 * ru);

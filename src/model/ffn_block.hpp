@@ -156,6 +156,7 @@ class FfnBlock {
     int64_t e, r0, n;
   };
   std::vector<ExpertRows> expert_rows(const Acts& a, int64_t R) const;
+  bool grouped(const Weight& w) const;
   kernels::MoeRouting routing(const Acts& a, int64_t N) const;
   void experts_forward(const Ctx<T>& c, Acts& a, const T* xin, T* yout, int64_t R) const;
   void experts_backward(const Ctx<T>& c, const Acts& a, Work& w, const T* xin, T* dxin, const T* dy,

@@ -77,6 +77,30 @@ Outputs run_linear(const Ops<T>& op, bool real) {
   return o;
 }
 
+// Experts of uneven rows, one of them empty; at the model size the rows split evenly enough over
+// two threads for the CPU kernel to run the experts side by side.
+template <typename T>
+Outputs run_linear_grouped(const Ops<T>& op, bool real) {
+  const std::vector<int64_t> offsets =
+      real ? std::vector<int64_t>{0, 160, 280, 280, 420, 552} : std::vector<int64_t>{0, 5, 5, 9};
+  const int64_t E = int64_t(offsets.size()) - 1, R = offsets.back();
+  const int64_t I = real ? 256 : 7, O = real ? 512 : 6;
+  Outputs o;
+  for (const K::WLayout layout : {K::WLayout::OutIn, K::WLayout::InOut}) {
+    const auto x = rnd<T>(R * I, 1), W = rnd<T>(E * O * I, 2, 1.0 / std::sqrt(double(I)));
+    const auto b = rnd<T>(E * O, 3), G = rnd<T>(R * O, 4);
+    std::vector<T> out(static_cast<size_t>(R * O)), dx = rnd<T>(R * I, 5),
+                                                    dW(static_cast<size_t>(E * O * I), T(0)),
+                                                    db(static_cast<size_t>(E * O), T(0));
+    op.linear_grouped_forward(out.data(), x.data(), W.data(), b.data(), offsets.data(), E, I, O,
+                              layout, Precision::F32);
+    op.linear_grouped_backward(dx.data(), dW.data(), db.data(), G.data(), x.data(), W.data(),
+                               offsets.data(), E, I, O, layout, true, Precision::F32);
+    for (auto* v : {&out, &dx, &dW, &db}) o.push_back(d(*v));
+  }
+  return o;
+}
+
 template <typename T>
 Outputs run_gemm(const Ops<T>& op, bool real) {
   const int64_t M = real ? 128 : 7, N = real ? 512 : 5, Kd = real ? 256 : 9;
@@ -350,6 +374,8 @@ std::vector<OpCase> op_cases() {
                   entry(&O::embedding_backward)),
       MOELAB_CASE(run_rmsnorm, 1e-4, 1e-5, entry(&O::rmsnorm_forward), entry(&O::rmsnorm_backward)),
       MOELAB_CASE(run_linear, 1e-4, 2e-4, entry(&O::linear_forward), entry(&O::linear_backward)),
+      MOELAB_CASE(run_linear_grouped, 1e-4, 2e-4, entry(&O::linear_grouped_forward),
+                  entry(&O::linear_grouped_backward)),
       MOELAB_CASE(run_gemm, 1e-4, 2e-4, entry(&O::gemm)),
       MOELAB_CASE(run_rope, 1e-5, 1e-6, entry(&O::rope_tables), entry(&O::rope_forward),
                   entry(&O::rope_backward)),
