@@ -757,6 +757,61 @@ def phase_eval(a, url, summary):
     summary["eval"] = res
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def phase_score(a, url, shards, summary):
+    """Scoring speed: lm-eval's loglikelihood requests (echo, logprobs 1, max_tokens 1) of
+    --score-len tokens, --eval-batch prompts per request, from --clients clients, against the
+    decoder's batched prefill of --slots prompts of the same length (`moelab serve --bench-score`,
+    no HTTP), in alternating runs; prompt tokens per second and their ratios, medians."""
+    rng = random.Random(a.seed)
+    n = a.score_len
+    prompts = []
+    for _ in range(a.score_requests * a.eval_batch):
+        i = rng.randrange(0, len(shards) - n)
+        prompts.append(list(shards[i:i + n]))
+    bodies = [{"model": "moelab", "prompt": prompts[i:i + a.eval_batch], "max_tokens": 1,
+               "temperature": 0, "logprobs": 1, "echo": True, "seed": 1234}
+              for i in range(0, len(prompts), a.eval_batch)]
+    res = {"prompt_len": n, "requests": len(bodies), "batch": a.eval_batch, "clients": a.clients,
+           "runs": []}
+    for rep in range(a.eval_repeats):
+        ctl = Client(url)
+        h0 = ctl.get_json("/health")
+        records, _, wall = run_concurrent(url, bodies, a.clients)
+        hd = health_delta(h0, ctl.get_json("/health"))
+        ctl.close()
+        bad = sum(1 for r in records if r["status"] != 200 or r["problems"])
+        run = {"seconds": round(wall, 3), "prompt_tokens": hd["prompt_tokens"],
+               "server_tokens_per_s": round(hd["prompt_tokens"] / wall, 1), "failed": bad}
+        if a.checkpoint:
+            p = subprocess.run([a.moelab, "serve", a.checkpoint, "--data", a.data, "--slots", str(a.slots),
+                                "--bench-score", str(n)] + list(a.serve_extra)
+                               + (["--threads", str(a.threads)] if a.threads else []),
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                res.setdefault("problems", []).append(f"--bench-score: {p.stderr.strip()[-200:]}")
+            else:
+                run["bench"] = json.loads(p.stdout.strip().splitlines()[-1])
+        res["runs"].append(run)
+    srv_tps = [r["server_tokens_per_s"] for r in res["runs"]]
+    res["server_tokens_per_s"] = median(srv_tps)
+    benches = [r["bench"] for r in res["runs"] if "bench" in r]
+    if benches:
+        for k in ("decoder_all_logits_tokens_per_s", "decoder_last_logits_tokens_per_s",
+                  "engine_scoring_tokens_per_s"):
+            res[k] = median([b[k] for b in benches])
+        res["server_over_decoder_all"] = round(median(
+            [r["server_tokens_per_s"] / r["bench"]["decoder_all_logits_tokens_per_s"] for r in res["runs"] if "bench" in r]), 3)
+        res["server_over_decoder_last"] = round(median(
+            [r["server_tokens_per_s"] / r["bench"]["decoder_last_logits_tokens_per_s"] for r in res["runs"] if "bench" in r]), 3)
+    summary["score"] = res
+
+
 # ----------------------------------------------------------------------------
 # report
 
@@ -800,6 +855,18 @@ def report(summary):
             print(f"  server {r['seconds']} s, {r['prompt_tokens_per_s']} prompt tok/s, "
                   f"PPL_ent {r.get('ppl_ent')}, M(f) {r.get('m_f')}"
                   + (f" | moelab eval {m['seconds']} s, PPL_ent {m['ppl_ent']}, M(f) {m['m_f']}" if m else ""))
+    if "score" in s:
+        e = s["score"]
+        print(f"\nscoring: {e['requests']} requests of {e['batch']} prompts x {e['prompt_len']} tokens, "
+              f"{e['clients']} clients, {len(e['runs'])} runs (medians)")
+        for r in e["runs"]:
+            b = r.get("bench", {})
+            print(f"  server {r['server_tokens_per_s']} prompt tok/s"
+                  + (f" | decoder all logits {b['decoder_all_logits_tokens_per_s']}, last only "
+                     f"{b['decoder_last_logits_tokens_per_s']}, engine {b['engine_scoring_tokens_per_s']}" if b else ""))
+        if "server_over_decoder_all" in e:
+            print(f"  server / decoder (all logits) {e['server_over_decoder_all']}, "
+                  f"server / decoder (last logits) {e['server_over_decoder_last']}")
     probs = all_problems(s)
     print(f"\n{'PASS' if not probs else 'FAIL'}: {len(probs)} problems")
     for p in probs[:30]:
@@ -808,7 +875,7 @@ def report(summary):
 
 def all_problems(s):
     out = []
-    for phase in ("load", "overload", "sigterm", "eval"):
+    for phase in ("load", "overload", "sigterm", "eval", "score"):
         for p in s.get(phase, {}).get("problems", []):
             out.append(f"{phase}: {p}")
     if "eval" in s:
@@ -845,9 +912,13 @@ def main():
     ap.add_argument("--evalset", help="for the eval phase")
     ap.add_argument("--eval-batch", type=int, default=8, help="samples per request in the eval phase")
     ap.add_argument("--eval-repeats", type=int, default=1)
+    ap.add_argument("--score-len", type=int, default=64, help="prompt tokens in the score phase")
+    ap.add_argument("--score-requests", type=int, default=256, help="requests per run in the score phase")
+    ap.add_argument("--serve-extra", default="", help="more moelab serve flags (e.g. '--prefill-chunk 1024')")
     ap.add_argument("--out")
     a = ap.parse_args()
     phases = a.phases.split(",")
+    a.serve_extra = a.serve_extra.split()
     if not a.url and not a.checkpoint:
         ap.error("give --url or --checkpoint")
     if not a.checkpoint and set(phases) & {"overload", "sigterm"}:
@@ -860,7 +931,7 @@ def main():
     try:
         url = a.url
         if not url:
-            srv = Server(a.moelab, a.checkpoint, a.data, a.slots, a.queue, a.threads)
+            srv = Server(a.moelab, a.checkpoint, a.data, a.slots, a.queue, a.threads, a.serve_extra)
             url = srv.url
             a.server_pid = srv.proc.pid
         pool = expected = None
@@ -870,6 +941,8 @@ def main():
             pool, expected = phase_load(a, url, shards, summary)
         if "eval" in phases:
             phase_eval(a, url, summary)
+        if "score" in phases:
+            phase_score(a, url, shards, summary)
         if srv:
             rc = srv.stop()
             summary["exit"] = rc

@@ -75,6 +75,34 @@ std::span<const float> Decoder::step_slots(std::span<const int32_t> tokens,
   return logits_.span().first(size_t(A * c_.vocab_size));
 }
 
+void Decoder::forward_rows(std::span<const int32_t> tokens, std::span<const int64_t> pos,
+                           std::span<const int64_t> slot, std::span<const int64_t> want,
+                           const std::function<void(int64_t, std::span<const float>)>& visit) {
+  const int64_t R = int64_t(tokens.size());
+  check(R >= 1 && int64_t(pos.size()) == R && int64_t(slot.size()) == R,
+        "decoder: one position and slot per row");
+  std::vector<std::pair<int64_t, int64_t>> at(static_cast<size_t>(R));  // [R] (slot, position)
+  for (int64_t i = 0; i < R; i++) {
+    const int64_t s = slot[size_t(i)], t = pos[size_t(i)];
+    check(s >= 0 && s < B_ && t >= 0 && t < L_, "decoder: a row's slot or position out of range");
+    at[size_t(i)] = {s, t};
+  }
+  std::sort(at.begin(), at.end());
+  check(std::adjacent_find(at.begin(), at.end()) == at.end(),
+        "decoder: two rows at one position of one slot");
+  for (size_t k = 0; k < want.size(); k++)
+    check(want[k] >= 0 && want[k] < R && (k == 0 || want[k] > want[k - 1]),
+          "decoder: the rows wanted must be increasing row indices");
+  layers(tokens, Rows{R, 1, 0, pos.data(), slot.data()});
+  // the head in chunks of rows, so the logits stay within about 64 MB at any vocabulary
+  const int64_t V = c_.vocab_size, chunk = std::max<int64_t>(1, (int64_t(1) << 24) / V);
+  for (int64_t k0 = 0; k0 < int64_t(want.size()); k0 += chunk) {
+    const int64_t m = std::min<int64_t>(chunk, int64_t(want.size()) - k0);
+    head_rows(want.subspan(size_t(k0), size_t(m)));
+    visit(k0, logits_.span().first(size_t(m * V)));
+  }
+}
+
 void Decoder::prefill_slot(int64_t slot, std::span<const int32_t> tokens, int64_t from,
                            const std::function<void(int64_t, std::span<const float>)>& visit) {
   const int64_t n = int64_t(tokens.size());

@@ -54,6 +54,19 @@ class Decoder {
   std::span<const float> step_slots(std::span<const int32_t> tokens, std::span<const int64_t> pos,
                                     std::span<const int64_t> slot);
 
+  // ---- rows: decoding steps and prompt chunks in one pass (a server's chunked prefill)
+  // Feeds tokens[i] at position pos[i] of slot slot[i] (all [R]). A slot may come several times,
+  // at distinct positions: a chunk of its prompt. Every row sees the keys and values of its
+  // slot's positions up to its own: those in the cache and those of the rows of this pass, so
+  // the positions of a slot before pos[i] must be in the cache already or among the rows. Each
+  // row runs the decoding step's attention (attention_decode), so a row's result does not
+  // depend on which other rows share the pass. The logits of the rows `want` (indices into the
+  // rows, increasing) go to visit(k, logits [rows, V]) in chunks of rows (k: the index into want
+  // of the chunk's first row), memory bounded at any vocabulary.
+  void forward_rows(std::span<const int32_t> tokens, std::span<const int64_t> pos,
+                    std::span<const int64_t> slot, std::span<const int64_t> want,
+                    const std::function<void(int64_t, std::span<const float>)>& visit);
+
   int64_t batch() const { return B_; }
   // Bytes of the KV cache: keys and values of every layer, slot and position.
   int64_t cache_bytes() const {

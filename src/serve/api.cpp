@@ -405,7 +405,7 @@ std::vector<int32_t> api_encode(const ApiContext& cx, const std::string& text) {
 }
 
 ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string model) {
-  ApiContext cx{&tok, lim, std::move(model), {}, nullptr};
+  ApiContext cx{&tok, lim, std::move(model), {}, {}, nullptr};
   // Each token's text decoded behind an anchor, so that a SentencePiece piece keeps the space it
   // begins with (decoded alone, a text's first piece loses it).
   const std::vector<int32_t> anchor = tok.encode("a");
@@ -429,6 +429,10 @@ ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string m
     }
     text = tok.decode(std::span<const int32_t>(&v, 1));
   }
+  cx.texts_json.reserve(cx.texts.size());
+  for (const std::string& t : cx.texts) {
+    cx.texts_json.push_back(json(t).dump(-1, ' ', false, json::error_handler_t::replace));
+  }
   return cx;
 }
 
@@ -437,34 +441,120 @@ ApiContext api_context(const Tokenizer& tok, const ApiLimits& lim, std::string m
 
 namespace {
 
-// The OpenAI "logprobs" object of tokens [from, to) of `toks`, text offsets from `offset`.
-void logprobs_append(json& lp, const std::vector<TokenLogprob>& toks, size_t from, size_t to,
-                     const ApiContext& cx, size_t& offset) {
-  for (size_t i = from; i < to; i++) {
-    const TokenLogprob& t = toks[i];
-    const std::string& text = cx.texts[size_t(t.id)];
-    lp["tokens"].push_back(text);
-    lp["text_offset"].push_back(offset);
-    offset += text.size();
-    if (!t.has_logprob) {
-      lp["token_logprobs"].push_back(nullptr);
-      lp["top_logprobs"].push_back(nullptr);
-      continue;
-    }
-    lp["token_logprobs"].push_back(t.logprob);
-    json top = json::object();  // most probable first; a repeated text keeps its best value
-    for (const auto& [id, v] : t.top)
-      if (!top.contains(cx.texts[size_t(id)])) top[cx.texts[size_t(id)]] = v;
-    if (!top.contains(text)) top[text] = t.logprob;  // the chosen token, as other servers do
-    lp["top_logprobs"].push_back(std::move(top));
+// The response is written as text directly: a scoring answer holds a few numbers and strings
+// per prompt token, and building a JSON tree of them cost more than the model's work. Token
+// texts are escaped once (ApiContext::texts_json).
+using Out = std::string;
+
+void put_raw(Out& o, std::string_view s) {
+  o.append(s);
+}
+
+// a JSON string in ASCII-safe form: invalid UTF-8 replaced by U+FFFD, as api_dump writes it
+void put_string(Out& o, const std::string& s) {
+  o += json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// a number as JSON reads it back exactly (the shortest round-trip form); NaN and infinities,
+// which JSON cannot hold, as null (as api_dump writes them)
+void put_double(Out& o, double x) {
+  if (!std::isfinite(x)) {
+    o += "null";
+    return;
+  }
+  char buf[32];
+  const auto end = fmt::format_to(buf, "{}", x);
+  const std::string_view v(buf, size_t(end - buf));
+  o += v;
+  if (v.find_first_of(".e") == std::string_view::npos) {
+    o += ".0";  // stays a float for a client that looks at types
   }
 }
 
-json logprobs_empty() {
-  return json{{"tokens", json::array()},
-              {"token_logprobs", json::array()},
-              {"top_logprobs", json::array()},
-              {"text_offset", json::array()}};
+void put_int(Out& o, int64_t x) {
+  char buf[24];
+  const auto end = fmt::format_to(buf, "{}", x);
+  o.append(buf, size_t(end - buf));
+}
+
+// Tokens [from, to) of a list, their text offsets counted from `offset`.
+struct Tokens {
+  const std::vector<TokenLogprob>* toks;
+  size_t from, to, offset;
+};
+
+// The OpenAI "logprobs" object of the segments' tokens, one after another: {"tokens",
+// "token_logprobs", "top_logprobs", "text_offset"}. A top_logprobs object lists the most probable
+// first, a text that two ids share once (its best value), and the chosen token when it is not
+// among them, as other servers do.
+void put_logprobs(Out& o, std::span<const Tokens> segs, const ApiContext& cx) {
+  // each token of every segment, in order
+  auto each = [&](const auto& f) {
+    bool first = true;
+    for (const Tokens& g : segs) {
+      size_t offset = g.offset;
+      for (size_t i = g.from; i < g.to; i++) {
+        const TokenLogprob& t = (*g.toks)[i];
+        put_raw(o, first ? "" : ",");
+        first = false;
+        f(t, offset);
+        offset += cx.texts[size_t(t.id)].size();
+      }
+    }
+  };
+  put_raw(o, "{\"tokens\":[");
+  each([&](const TokenLogprob& t, size_t) { put_raw(o, cx.texts_json[size_t(t.id)]); });
+  put_raw(o, "],\"token_logprobs\":[");
+  each([&](const TokenLogprob& t, size_t) {
+    if (t.has_logprob) {
+      put_double(o, t.logprob);
+    } else {
+      put_raw(o, "null");
+    }
+  });
+  put_raw(o, "],\"top_logprobs\":[");
+  std::vector<int32_t> shown;  // ids whose text is in the object so far
+  auto seen = [&](int32_t id) {
+    return std::any_of(shown.begin(), shown.end(), [&](int32_t s) {
+      return s == id || cx.texts[size_t(s)] == cx.texts[size_t(id)];
+    });
+  };
+  auto entry = [&](int32_t id, double v) {
+    put_raw(o, shown.empty() ? "" : ",");
+    put_raw(o, cx.texts_json[size_t(id)]);
+    put_raw(o, ":");
+    put_double(o, v);
+    shown.push_back(id);
+  };
+  each([&](const TokenLogprob& t, size_t) {
+    if (!t.has_logprob) {
+      put_raw(o, "null");
+      return;
+    }
+    shown.clear();
+    put_raw(o, "{");
+    for (const auto& [id, v] : t.top) {
+      if (!seen(id)) {
+        entry(id, v);
+      }
+    }
+    if (!seen(t.id)) {
+      entry(t.id, t.logprob);
+    }
+    put_raw(o, "}");
+  });
+  put_raw(o, "],\"text_offset\":[");
+  each([&](const TokenLogprob&, size_t offset) { put_int(o, int64_t(offset)); });
+  put_raw(o, "]}");
+}
+
+void put_head(Out& o, const std::string& id, int64_t created, const ApiContext& cx) {
+  put_raw(o, "{\"id\":");
+  put_string(o, id);
+  put_raw(o, ",\"object\":\"text_completion\",\"created\":");
+  put_int(o, created);
+  put_raw(o, ",\"model\":");
+  put_string(o, cx.model);
 }
 
 }  // namespace
@@ -500,59 +590,81 @@ std::vector<size_t> api_choose_candidates(const CompletionRequest& r,
   return chosen;
 }
 
-json api_completion_response(const CompletionRequest& r, const std::vector<SeqOutput>& outs,
-                             const ApiContext& cx, const std::string& id, int64_t created) {
-  json choices = json::array();
+std::string api_completion_response(const CompletionRequest& r, const std::vector<SeqOutput>& outs,
+                                    const ApiContext& cx, const std::string& id, int64_t created) {
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  for (const SeqOutput& o : outs) completion_tokens += int64_t(o.tokens.size());
-  for (const auto& prompt : r.prompts) prompt_tokens += int64_t(prompt.size());
-  const std::vector<size_t> chosen = api_choose_candidates(r, outs);
-  for (size_t i = 0; i < chosen.size(); i++) {
-    const SeqOutput& o = outs[chosen[i]];
-    const size_t p = i / size_t(r.n);
-    std::string text = r.seq.echo ? r.prompt_texts[p] + o.text : o.text;
-    json lp = nullptr;
-    if (r.seq.logprobs >= 0) {
-      lp = logprobs_empty();
-      size_t offset = 0;
-      if (r.seq.echo) logprobs_append(lp, o.prompt, 0, o.prompt.size(), cx, offset);
-      offset = r.seq.echo ? r.prompt_texts[p].size() : 0;
-      logprobs_append(lp, o.tokens, 0, o.tokens.size(), cx, offset);
-    }
-    choices.push_back({{"index", i},
-                       {"text", std::move(text)},
-                       {"logprobs", std::move(lp)},
-                       {"finish_reason", o.finish_reason}});
+  for (const SeqOutput& o : outs) {
+    completion_tokens += int64_t(o.tokens.size());
   }
-  return json{{"id", id},
-              {"object", "text_completion"},
-              {"created", created},
-              {"model", cx.model},
-              {"choices", std::move(choices)},
-              {"usage",
-               {{"prompt_tokens", prompt_tokens},
-                {"completion_tokens", completion_tokens},
-                {"total_tokens", prompt_tokens + completion_tokens}}}};
+  for (const auto& prompt : r.prompts) {
+    prompt_tokens += int64_t(prompt.size());
+  }
+  const std::vector<size_t> chosen = api_choose_candidates(r, outs);
+  size_t bytes = 256;  // a guess of the size, so that the text grows once or twice
+  for (size_t c : chosen) {
+    bytes += 64 * (outs[c].prompt.size() + outs[c].tokens.size()) + outs[c].text.size();
+  }
+  Out o;
+  o.reserve(bytes);
+  put_head(o, id, created, cx);
+  put_raw(o, ",\"choices\":[");
+  for (size_t i = 0; i < chosen.size(); i++) {
+    const SeqOutput& out = outs[chosen[i]];
+    const size_t p = i / size_t(r.n);
+    put_raw(o, i > 0 ? ",{\"index\":" : "{\"index\":");
+    put_int(o, int64_t(i));
+    put_raw(o, ",\"text\":");
+    put_string(o, r.seq.echo ? r.prompt_texts[p] + out.text : out.text);
+    put_raw(o, ",\"logprobs\":");
+    if (r.seq.logprobs < 0) {
+      put_raw(o, "null");
+    } else {
+      // echo: the prompt's tokens, then the new ones, whose offsets count from the prompt's
+      // text as given
+      const size_t start = r.seq.echo ? r.prompt_texts[p].size() : 0;
+      const Tokens segs[2] = {{&out.prompt, 0, r.seq.echo ? out.prompt.size() : 0, 0},
+                              {&out.tokens, 0, out.tokens.size(), start}};
+      put_logprobs(o, segs, cx);
+    }
+    put_raw(o, ",\"finish_reason\":");
+    put_string(o, out.finish_reason);
+    put_raw(o, "}");
+  }
+  put_raw(o, "],\"usage\":{\"prompt_tokens\":");
+  put_int(o, prompt_tokens);
+  put_raw(o, ",\"completion_tokens\":");
+  put_int(o, completion_tokens);
+  put_raw(o, ",\"total_tokens\":");
+  put_int(o, prompt_tokens + completion_tokens);
+  put_raw(o, "}}");
+  return o;
 }
 
-json api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out, bool prompt,
-                      size_t from, size_t to, const std::string& text, bool last,
-                      const ApiContext& cx, const std::string& id, int64_t created) {
-  json lp = nullptr;
+std::string api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out,
+                             bool prompt, size_t from, size_t to, const std::string& text,
+                             bool last, const ApiContext& cx, const std::string& id,
+                             int64_t created) {
+  Out o;
+  put_head(o, id, created, cx);
+  put_raw(o, ",\"choices\":[{\"index\":");
+  put_int(o, index);
+  put_raw(o, ",\"text\":");
+  put_string(o, text);
+  put_raw(o, ",\"logprobs\":");
   if (r.seq.logprobs >= 0) {
-    lp = logprobs_empty();
-    size_t offset = 0;
-    logprobs_append(lp, prompt ? out.prompt : out.tokens, from, to, cx, offset);
+    const Tokens seg{prompt ? &out.prompt : &out.tokens, from, to, 0};
+    put_logprobs(o, std::span(&seg, 1), cx);
+  } else {
+    put_raw(o, "null");
   }
-  json choice = {{"index", index},
-                 {"text", text},
-                 {"logprobs", std::move(lp)},
-                 {"finish_reason", last ? json(out.finish_reason) : json(nullptr)}};
-  return json{{"id", id},
-              {"object", "text_completion"},
-              {"created", created},
-              {"model", cx.model},
-              {"choices", json::array({std::move(choice)})}};
+  put_raw(o, ",\"finish_reason\":");
+  if (last) {
+    put_string(o, out.finish_reason);
+  } else {
+    put_raw(o, "null");
+  }
+  put_raw(o, "}]}");
+  return o;
 }
 
 std::string api_tokenizer_name(const std::string& name) {

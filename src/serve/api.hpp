@@ -81,6 +81,7 @@ struct ApiContext {
   ApiLimits lim;
   std::string model;                       // the name /v1/models lists
   std::vector<std::string> texts;          // [vocab] each token's text as it reads inside a text
+  std::vector<std::string> texts_json;     // [vocab] the same as JSON strings (quoted, escaped)
   std::shared_ptr<TokenizeBudget> budget;  // none: texts are tokenized at once
   bool allow_unknown_fields = false;       // unknown fields ignored (listed), not refused
 };
@@ -125,18 +126,18 @@ std::vector<std::shared_ptr<Sequence>> api_sequences(const CompletionRequest& r)
 std::vector<size_t> api_choose_candidates(const CompletionRequest& r,
                                           const std::vector<SeqOutput>& outs);
 
-// The whole response of a finished request (outputs in api_sequences' order); usage counts the
-// tokens of every candidate, returned or not.
-nlohmann::json api_completion_response(const CompletionRequest& r,
-                                       const std::vector<SeqOutput>& outs, const ApiContext& cx,
-                                       const std::string& id, int64_t created);
+// The whole response of a finished request (outputs in api_sequences' order), as JSON text;
+// usage counts the tokens of every candidate, returned or not.
+std::string api_completion_response(const CompletionRequest& r, const std::vector<SeqOutput>& outs,
+                                    const ApiContext& cx, const std::string& id, int64_t created);
 
 // One server-sent-event chunk of choice `index`: `text`, the log-probabilities of the tokens
-// [from, to) of out (echo: from the prompt's when `prompt`), and the finish reason when `last`.
-nlohmann::json api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out,
-                                bool prompt, size_t from, size_t to, const std::string& text,
-                                bool last, const ApiContext& cx, const std::string& id,
-                                int64_t created);
+// [from, to) of out (echo: from the prompt's when `prompt`), and the finish reason when `last`;
+// JSON text.
+std::string api_stream_chunk(const CompletionRequest& r, int64_t index, const SeqOutput& out,
+                             bool prompt, size_t from, size_t to, const std::string& text,
+                             bool last, const ApiContext& cx, const std::string& id,
+                             int64_t created);
 
 // Text as the tokenizer reads it, with every special token's name (e.g. "</s>", "<s>",
 // "<|endoftext|>") becoming its id, as a client that tokenizes remotely expects

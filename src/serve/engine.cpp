@@ -57,6 +57,8 @@ Engine::Engine(const Model<float>& model, const Tokenizer& tok, EngineOptions o)
       dec_(model, o.slots, o.max_len > 0 ? o.max_len : model.cfg.max_position_embeddings),
       slots_(size_t(o.slots)) {
   check(o.queue >= 0, "engine: the queue length must be >= 0");
+  check(o.prefill_chunk >= 1, "engine: the prefill chunk must be at least 1 token");
+  stats_.prefill_chunk = o.prefill_chunk;
   stats_.slots = o.slots, stats_.max_len = dec_.max_len(), stats_.queue = o.queue;
   stats_.cache_bytes = dec_.cache_bytes();
   // OpenMP's thread count belongs to the thread that sets it: the engine's takes its creator's
@@ -81,7 +83,10 @@ bool Engine::submit(const std::vector<std::shared_ptr<Sequence>>& seqs) {
     if (draining_ ||
         int64_t(waiting_.size() + seqs.size()) > o_.queue + stats_.slots - stats_.running)
       return false;
-    for (const auto& s : seqs) waiting_.push_back(s);
+    for (const auto& s : seqs) {
+      s->number_ = submitted_++;
+      waiting_.push_back(s);
+    }
     stats_.waiting = int64_t(waiting_.size());
   }
   cv_.notify_all();
@@ -112,59 +117,228 @@ EngineStats Engine::stats() const {
 }
 
 // One thread does all model work: it admits waiting sequences into free slots, then runs one
-// step of the whole batch, until stopped.
+// pass of the model (a step of every decoding sequence and prompt chunks), until stopped.
 void Engine::loop() {
   for (;;) {
-    std::vector<int64_t> admitted;                   // slots given to waiting sequences
-    std::vector<std::shared_ptr<Sequence>> dropped;  // cancelled while they waited
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || stats_.running > 0; });
-      if (stop_) return;
-      // a sequence whose client went away while it waited never takes a slot (nor a prefill)
-      std::erase_if(waiting_, [&](const std::shared_ptr<Sequence>& s) {
-        std::lock_guard seq_lock(s->mu_);
-        if (s->cancelled_) dropped.push_back(s);
-        return s->cancelled_;
-      });
-      for (int64_t b = 0; b < int64_t(slots_.size()) && !waiting_.empty(); b++)
-        if (!slots_[size_t(b)].seq) {
-          admitted.push_back(b);
-          slots_[size_t(b)].seq = std::move(waiting_.front());
-          waiting_.pop_front();
-          stats_.running++;
-        }
-      stats_.waiting = int64_t(waiting_.size());
-    }
-    for (auto& s : dropped)
-      s->update([](SeqOutput& out) {
-        out.error = "cancelled", out.finish_reason = "cancelled", out.done = true;
-      });
-    // A failure inside the model ends the sequences it touched with its message; the server
-    // goes on with the others.
-    for (const auto& group : prefill_groups(admitted)) try {
-        admit(group);
-      } catch (const std::exception& e) {
-        for (int64_t b : group)
-          if (slots_[size_t(b)].seq) fail_slot(slots_[size_t(b)], e.what());
+      if (stop_) {
+        return;
       }
+    }
+    admit();
+    const Pass p = plan();
+    if (p.tokens.empty()) {
+      continue;
+    }
+    // A failure inside the model ends the sequences of the pass with its message; the server
+    // goes on with the others.
     try {
-      step();
+      run(p);
     } catch (const std::exception& e) {
-      for (auto& sl : slots_)
-        if (sl.seq) fail_slot(sl, e.what());
+      for (int64_t b : p.slot) {
+        if (slots_[size_t(b)].seq) {
+          fail_slot(slots_[size_t(b)], e.what());
+        }
+      }
     }
   }
+}
+
+void Engine::admit() {
+  std::vector<std::shared_ptr<Sequence>> dropped;  // cancelled while they waited
+  {
+    std::lock_guard lock(mu_);
+    // a sequence whose client went away while it waited never takes a slot (nor a prefill)
+    std::erase_if(waiting_, [&](const std::shared_ptr<Sequence>& s) {
+      std::lock_guard seq_lock(s->mu_);
+      if (s->cancelled_) {
+        dropped.push_back(s);
+      }
+      return s->cancelled_;
+    });
+    for (size_t b = 0; b < slots_.size() && !waiting_.empty(); b++) {
+      Slot& sl = slots_[b];
+      if (sl.seq) {
+        continue;
+      }
+      sl.seq = std::move(waiting_.front());
+      waiting_.pop_front();
+      sl.pos = 0, sl.order = admitted_++;
+      const SeqSpec& sp = sl.seq->spec;
+      sl.lp.clear();
+      if (sp.echo && sp.logprobs >= 0) {
+        sl.lp.resize(sp.prompt.size(), TokenLogprob{sp.prompt[0], 0, false, {}});
+      }
+      stats_.running++;
+    }
+    stats_.waiting = int64_t(waiting_.size());
+  }
+  for (auto& s : dropped) {
+    s->update([](SeqOutput& out) {
+      out.error = "cancelled", out.finish_reason = "cancelled", out.done = true;
+    });
+  }
+}
+
+bool Engine::cancelled(const Slot& sl) const {
+  std::lock_guard lock(sl.seq->mu_);
+  return sl.seq->cancelled_;
+}
+
+// Every decoding slot's next token first, then prompt tokens in admission order until the
+// chunk's budget is spent: the oldest prompt goes on where its last chunk ended, and prompts
+// that fit whole share a pass. The logits read: every decoding row, every prompt row with echo
+// and logprobs (row t scores token t + 1), and each prompt's last row (its first new token).
+Engine::Pass Engine::plan() {
+  Pass p;
+  std::vector<int64_t> filling;  // slots whose prompt is not yet all in the cache
+  for (int64_t b = 0; b < int64_t(slots_.size()); b++) {
+    Slot& sl = slots_[size_t(b)];
+    if (!sl.seq) {
+      continue;
+    }
+    if (sl.cont) {
+      p.want.push_back(int64_t(p.tokens.size()));
+      p.tokens.push_back(sl.next), p.pos.push_back(sl.pos), p.slot.push_back(b);
+      p.prompt.push_back(0);
+    } else if (cancelled(sl)) {
+      fail_slot(sl, "cancelled");
+    } else {
+      filling.push_back(b);
+    }
+  }
+  std::sort(filling.begin(), filling.end(), [&](int64_t a, int64_t b) {
+    return slots_[size_t(a)].order < slots_[size_t(b)].order;
+  });
+  int64_t budget = o_.prefill_chunk;
+  for (int64_t b : filling) {
+    if (budget == 0) {
+      break;
+    }
+    const Slot& sl = slots_[size_t(b)];
+    const std::vector<int32_t>& prompt = sl.seq->spec.prompt;
+    const int64_t len = int64_t(prompt.size()), k = std::min(budget, len - sl.pos);
+    const bool all = !sl.lp.empty();
+    for (int64_t t = sl.pos; t < sl.pos + k; t++) {
+      if (all || t == len - 1) {
+        p.want.push_back(int64_t(p.tokens.size()));
+      }
+      p.tokens.push_back(prompt[size_t(t)]), p.pos.push_back(t), p.slot.push_back(b);
+      p.prompt.push_back(1);
+    }
+    budget -= k;
+  }
+  return p;
+}
+
+void Engine::run(const Pass& p) {
+  if (o_.trace) {
+    record(p);
+  }
+  dec_.forward_rows(p.tokens, p.pos, p.slot, p.want,
+                    [&](int64_t k0, std::span<const float> z) { visit(p, k0, z); });
+  // the prompt rows are in the cache (a prompt's last row has already made it a decoding one)
+  for (size_t i = 0; i < p.tokens.size(); i++) {
+    Slot& sl = slots_[size_t(p.slot[i])];
+    if (p.prompt[i] && sl.seq && !sl.cont) {
+      sl.pos = p.pos[i] + 1;
+    }
+  }
+  std::lock_guard lock(mu_);
+  stats_.steps++;
+  if (std::find(p.prompt.begin(), p.prompt.end(), 1) != p.prompt.end()) {
+    stats_.prefill_passes++;
+  }
+}
+
+void Engine::visit(const Pass& p, int64_t k0, std::span<const float> z) {
+  const int64_t m = int64_t(z.size()) / model_.cfg.vocab_size;
+  const size_t V = size_t(model_.cfg.vocab_size);
+  auto logits = [&](int64_t k) { return z.subspan(size_t(k - k0) * V, V); };
+  // the prompts' log-probabilities first, on all threads: row t scores token t + 1
+  std::vector<int64_t> scored;  // [<= m] indices into p.want
+  for (int64_t k = k0; k < k0 + m; k++) {
+    const size_t i = size_t(p.want[size_t(k)]);
+    const Slot& sl = slots_[size_t(p.slot[i])];
+    if (p.prompt[i] && p.pos[i] + 1 < int64_t(sl.seq->spec.prompt.size())) {
+      scored.push_back(k);
+    }
+  }
+  parallel_for(int64_t(scored.size()), 8, scored.size() >= 16, [&](int64_t j) {
+    const int64_t k = scored[size_t(j)];
+    const size_t i = size_t(p.want[size_t(k)]);
+    Slot& sl = slots_[size_t(p.slot[i])];
+    const SeqSpec& sp = sl.seq->spec;
+    const size_t t = size_t(p.pos[i] + 1);
+    sl.lp[t] = score(logits(k), sp.prompt[t], sp.logprobs);
+  });
+  // then the new tokens, in row order: a decoding step's, or a prompt's first
+  for (int64_t k = k0; k < k0 + m; k++) {
+    const size_t i = size_t(p.want[size_t(k)]);
+    Slot& sl = slots_[size_t(p.slot[i])];
+    if (!sl.seq) {
+      continue;
+    }
+    if (!p.prompt[i]) {
+      sl.pos++;
+      if (!advance(sl, logits(k))) {
+        release(sl);
+      }
+    } else if (p.pos[i] + 1 == int64_t(sl.seq->spec.prompt.size())) {
+      prompt_done(sl, logits(k));
+    }
+  }
+}
+
+void Engine::prompt_done(Slot& sl, std::span<const float> logits) {
+  sl.cont = std::make_unique<Continuation>(tok_, sl.seq->spec.prompt, sl.seq->spec.gen);
+  sl.pos = int64_t(sl.seq->spec.prompt.size());
+  {
+    std::lock_guard lock(mu_);
+    stats_.prompt_tokens += sl.pos;
+  }
+  sl.seq->update([&](SeqOutput& out) { out.prompt = std::move(sl.lp); });
+  sl.lp.clear();
+  if (sl.cont->done() || !advance(sl, logits)) {
+    release(sl);
+  }
+}
+
+void Engine::record(const Pass& p) {
+  EnginePass rec;
+  for (size_t i = 0; i < p.tokens.size(); i++) {
+    const int64_t seq = slots_[size_t(p.slot[i])].seq->number();
+    if (p.prompt[i] && !rec.empty() && rec.back().prompt && rec.back().seq == seq) {
+      rec.back().count++;
+      continue;
+    }
+    rec.push_back({seq, p.pos[i], 1, p.prompt[i] != 0});
+  }
+  std::lock_guard lock(mu_);
+  trace_.push_back(std::move(rec));
+}
+
+std::vector<EnginePass> Engine::trace() const {
+  std::lock_guard lock(mu_);
+  return trace_;
 }
 
 void Engine::fail_slot(Slot& sl, const std::string& why) {
   const std::shared_ptr<Sequence> seq = std::move(sl.seq);
   sl.cont.reset();
+  sl.lp.clear();
   {
     std::lock_guard lock(mu_);
     stats_.running--;
   }
-  seq->update([&](SeqOutput& out) { out.error = why, out.done = true; });
+  seq->update([&](SeqOutput& out) {
+    out.error = why, out.done = true;
+    if (why == "cancelled") {
+      out.finish_reason = "cancelled";
+    }
+  });
 }
 
 // log-softmax over the whole vocabulary (float exponentials summed in double, as evaluation
@@ -194,84 +368,6 @@ TokenLogprob Engine::score(std::span<const float> z, int32_t id, int64_t top) co
   }
   for (int32_t v : best) t.top.emplace_back(v, double(zp[v]) - lse);
   return t;
-}
-
-// Prefill: the prompt into the slot's cache; with echo and logprobs each prompt token is scored
-// from the logits before it; the last position gives the first new token. Sequences admitted
-// together are prefilled in one pass where they fit (padded to the longest; a padded position
-// is overwritten by the sequence's next token before a step reads it), one by one otherwise.
-void Engine::admit(std::span<const int64_t> group) {
-  const int64_t A = int64_t(group.size()), V = model_.cfg.vocab_size;
-  std::vector<std::vector<TokenLogprob>> lp(static_cast<size_t>(A));  // [A][n] with echo
-  std::vector<std::vector<float>> last(
-      static_cast<size_t>(A));  // [A][V] the logits after each prompt
-  std::vector<int64_t> from(static_cast<size_t>(A)), to(static_cast<size_t>(A));
-  int64_t n = 0;
-  for (int64_t i = 0; i < A; i++) {
-    const SeqSpec& sp = slots_[size_t(group[size_t(i)])].seq->spec;
-    const int64_t len = int64_t(sp.prompt.size());
-    const bool score_prompt = sp.echo && sp.logprobs >= 0;
-    from[size_t(i)] = score_prompt ? 0 : len - 1, to[size_t(i)] = len, n = std::max(n, len);
-    if (score_prompt) lp[size_t(i)].resize(size_t(len), TokenLogprob{sp.prompt[0], 0, false, {}});
-  }
-  // logits [rows, V] of positions t0.. of sequence i
-  auto visit = [&](int64_t i, int64_t t0, std::span<const float> logits) {
-    const SeqSpec& sp = slots_[size_t(group[size_t(i)])].seq->spec;
-    const int64_t rows = int64_t(logits.size()) / V, len = to[size_t(i)];
-    if (t0 + rows == len) last[size_t(i)].assign(logits.end() - V, logits.end());
-    const int64_t scored = std::min(rows, len - 1 - t0);  // rows before the last position
-    parallel_for(scored, 8, A == 1 && scored >= 16, [&](int64_t r) {
-      lp[size_t(i)][size_t(t0 + r + 1)] = score(logits.subspan(size_t(r * V), size_t(V)),
-                                                sp.prompt[size_t(t0 + r + 1)], sp.logprobs);
-    });
-  };
-  if (A == 1) {
-    dec_.prefill_slot(group[0], slots_[size_t(group[0])].seq->spec.prompt, from[0],
-                      [&](int64_t t0, std::span<const float> z) { visit(0, t0, z); });
-  } else {
-    std::vector<int32_t> tokens(static_cast<size_t>(A * n));  // [A, n] padded with each last id
-    for (int64_t i = 0; i < A; i++) {
-      const auto& p = slots_[size_t(group[size_t(i)])].seq->spec.prompt;
-      std::copy(p.begin(), p.end(), tokens.begin() + i * n);
-      std::fill(tokens.begin() + i * n + int64_t(p.size()), tokens.begin() + (i + 1) * n, p.back());
-    }
-    dec_.prefill_each(
-        tokens, n, from, to,
-        [&](int64_t i, std::span<const float> z) { visit(i, from[size_t(i)], z); }, group);
-  }
-  for (int64_t i = 0; i < A; i++) {
-    Slot& sl = slots_[size_t(group[size_t(i)])];
-    sl.cont = std::make_unique<Continuation>(tok_, sl.seq->spec.prompt, sl.seq->spec.gen);
-    sl.pos = to[size_t(i)];
-    {
-      std::lock_guard lock(mu_);
-      stats_.prompt_tokens += sl.pos;
-    }
-    sl.seq->update([&](SeqOutput& out) { out.prompt = std::move(lp[size_t(i)]); });
-    if (sl.cont->done() || !advance(sl, last[size_t(i)])) release(sl);
-  }
-}
-
-// Groups of the sequences just admitted, by length, that one prefill pass takes: at most
-// kPrefillRows padded positions, and padding at most a third of them.
-std::vector<std::vector<int64_t>> Engine::prefill_groups(std::vector<int64_t> adm) const {
-  constexpr int64_t kPrefillRows = 4096;
-  auto len = [&](int64_t b) { return int64_t(slots_[size_t(b)].seq->spec.prompt.size()); };
-  std::sort(adm.begin(), adm.end(), [&](int64_t a, int64_t b) { return len(a) > len(b); });
-  std::vector<std::vector<int64_t>> groups;
-  int64_t real = 0;
-  for (int64_t b : adm) {
-    if (!groups.empty()) {
-      const auto& g = groups.back();
-      const int64_t rows = int64_t(g.size() + 1) * len(g[0]);  // the first is the longest
-      if (rows <= kPrefillRows && 3 * (real + len(b)) >= 2 * rows) {
-        groups.back().push_back(b), real += len(b);
-        continue;
-      }
-    }
-    groups.push_back({b}), real = len(b);
-  }
-  return groups;
 }
 
 bool Engine::advance(Slot& sl, std::span<const float> logits) {
@@ -323,27 +419,6 @@ void Engine::release(Slot& sl) {
     if (seq->cancelled_) out.error = "cancelled", out.finish_reason = "cancelled";
     out.done = true;
   });
-}
-
-// One token for every running sequence, each at its own position in its own slot.
-void Engine::step() {
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> pos, slot;
-  for (int64_t b = 0; b < int64_t(slots_.size()); b++) {
-    const Slot& sl = slots_[size_t(b)];
-    if (!sl.seq || !sl.cont) continue;
-    tokens.push_back(sl.next), pos.push_back(sl.pos), slot.push_back(b);
-  }
-  if (tokens.empty()) return;
-  const auto logits = dec_.step_slots(tokens, pos, slot);
-  const size_t V = size_t(model_.cfg.vocab_size);
-  for (size_t i = 0; i < slot.size(); i++) {
-    Slot& sl = slots_[size_t(slot[i])];
-    sl.pos++;
-    if (!advance(sl, logits.subspan(i * V, V))) release(sl);
-  }
-  std::lock_guard lock(mu_);
-  stats_.steps++;
 }
 
 }  // namespace moelab

@@ -817,7 +817,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     }
     outs.push_back(std::move(out));
   }
-  reply(res, api_completion_response(*r, outs, cx, id, created));
+  res.status = 200;
+  res.set_content(api_completion_response(*r, outs, cx, id, created), "application/json");
 }
 
 // Server-sent events: the choices one after another (they run together in the engine), each as
@@ -829,8 +830,8 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<CompletionRequ
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream", [this, r, seqs, id, created](size_t, httplib::DataSink& sink) {
-        auto send = [&](const json& j) {
-          const std::string ev = "data: " + api_dump(j) + "\n\n";
+        auto send = [&](const std::string& j) {
+          const std::string ev = "data: " + j + "\n\n";
           return sink.write(ev.data(), ev.size());
         };
         bool ok = true;
@@ -848,7 +849,7 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<CompletionRequ
           while (ok) {
             const bool last = out.done;
             if (!out.error.empty()) {
-              ok = send(json::parse(api_error_body(503, out.error)));
+              ok = send(api_error_body(503, out.error));
               break;
             }
             if (out.tokens.size() > tokens || out.text.size() > text || last)
@@ -952,6 +953,8 @@ void Server::Impl::routes() {
                              {"prompt_tokens", s.prompt_tokens},
                              {"new_tokens", s.new_tokens},
                              {"steps", s.steps},
+                             {"prefill_chunk", s.prefill_chunk},
+                             {"prefill_passes", s.prefill_passes},
                              {"connections", open_connections()}});
            }));
   // ranges are never served (the library would answer several of them as a multipart body)
