@@ -35,10 +35,12 @@ void colsum_add(T* db, const T* dout, int64_t N, int64_t O) {
 // run one after another. Longest first onto the least loaded thread; side by side only if the
 // most loaded thread gets at most kSlack times an even share of the rows (a few hundred rows per
 // GEMM lose 10-30% to splitting one product over two threads, so a small imbalance still pays).
-std::vector<std::vector<int64_t>> grouped_plan(const int64_t* offsets, int64_t E) {
+// Small work stays in order, as every kernel's parallel_worth decides.
+std::vector<std::vector<int64_t>> grouped_plan(const int64_t* offsets, int64_t E,
+                                               int64_t row_work) {
   constexpr double kSlack = 1.15;
   const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads < 2 || E < 2) {
+  if (threads < 2 || E < 2 || !parallel_worth((offsets[E] - offsets[0]) * row_work)) {
     return {};
   }
   std::vector<int64_t> order(static_cast<size_t>(E));  // [E] experts, most rows first
@@ -63,8 +65,8 @@ std::vector<std::vector<int64_t>> grouped_plan(const int64_t* offsets, int64_t E
 
 // body(e) for every expert: side by side on the threads of the plan, or in order.
 template <typename F>
-void grouped_run(const int64_t* offsets, int64_t E, F&& body) {
-  const std::vector<std::vector<int64_t>> plan = grouped_plan(offsets, E);
+void grouped_run(const int64_t* offsets, int64_t E, int64_t row_work, F&& body) {
+  const std::vector<std::vector<int64_t>> plan = grouped_plan(offsets, E, row_work);
   if (plan.empty()) {
     for (int64_t e = 0; e < E; e++) {
       body(e);
@@ -141,8 +143,8 @@ void linear_backward_dw(T* dW, T* db, const T* dout, const T* x, int64_t N, int6
 // and on two threads one product per thread beats each product split over both (no partition
 // of a few-hundred-wide matrix, no barrier per product). With more threads each product needs
 // several, and oneDNN runs single-threaded inside a parallel region, so they run in turn.
-bool linear_backward_side_by_side(bool dx, bool dW) {
-  return dx && dW && !omp_in_parallel() && omp_get_max_threads() == 2;
+bool linear_backward_side_by_side(bool dx, bool dW, int64_t work) {
+  return dx && dW && parallel_worth(work) && !omp_in_parallel() && omp_get_max_threads() == 2;
 }
 
 }  // namespace
@@ -154,7 +156,7 @@ void linear<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T
     return;
   }
   const T beta = dx_accumulate ? T(1) : T(0);
-  if (linear_backward_side_by_side(dx != nullptr, dW != nullptr)) {
+  if (linear_backward_side_by_side(dx != nullptr, dW != nullptr, N * I * O)) {
 #pragma omp parallel num_threads(2)
     {
       if (omp_get_thread_num() == 0) {
@@ -174,7 +176,7 @@ void linear<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T
 template <typename T>
 void linear_grouped<T>::forward(T* out, const T* x, const T* W, const T* b, const int64_t* offsets,
                                 int64_t E, int64_t I, int64_t O, WLayout layout, Precision p) {
-  grouped_run(offsets, E, [&](int64_t e) {
+  grouped_run(offsets, E, I * O, [&](int64_t e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
     linear<T>::forward(out + r0 * O, x + r0 * I, W + e * I * O, b ? b + e * O : nullptr, n, I, O,
                        layout, p);
@@ -185,7 +187,7 @@ template <typename T>
 void linear_grouped<T>::backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
                                  const int64_t* offsets, int64_t E, int64_t I, int64_t O,
                                  WLayout layout, bool dx_accumulate, Precision p) {
-  grouped_run(offsets, E, [&](int64_t e) {
+  grouped_run(offsets, E, I * O, [&](int64_t e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
     linear<T>::backward(dx ? dx + r0 * I : nullptr, dW ? dW + e * I * O : nullptr,
                         db ? db + e * O : nullptr, dout + r0 * O, x + r0 * I, W + e * I * O, n, I,
