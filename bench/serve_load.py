@@ -772,8 +772,9 @@ def phase_score(a, url, shards, summary):
     n = a.score_len
     prompts = []
     for _ in range(a.score_requests * a.eval_batch):
-        i = rng.randrange(0, len(shards) - n)
-        prompts.append(list(shards[i:i + n]))
+        shard = rng.choice(shards)
+        i = rng.randrange(0, len(shard) - n)
+        prompts.append(list(shard[i:i + n]))
     bodies = [{"model": "moelab", "prompt": prompts[i:i + a.eval_batch], "max_tokens": 1,
                "temperature": 0, "logprobs": 1, "echo": True, "seed": 1234}
               for i in range(0, len(prompts), a.eval_batch)]
