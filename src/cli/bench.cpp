@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
@@ -34,25 +35,51 @@ namespace moelab {
 namespace {
 
 // The profile's rows, largest first, as ms per unit (a step, or the whole run) to stderr and
-// under out[key]; "other" is what no scope covered.
+// under out[key]; "other" is what no scope covered. With `flops` (FLOPs per unit of the parts
+// the FLOP count knows, by scope name) and a peak, a row also gets its GFLOP/s and its share
+// of the peak: what each product reaches, and what the rest costs.
 void profile_report(nlohmann::ordered_json& out, const char* key, double total_s, double units,
-                    const char* unit) {
+                    const char* unit, const std::map<std::string, double>& flops = {},
+                    double peak_gflops = 0) {
   auto rows = profile().seconds;
   std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second > b.second; });
   double covered = 0;
-  nlohmann::ordered_json p;
+  nlohmann::ordered_json p, rates;
   for (auto& [name, s] : rows) {
     p[name] = std::round(s / units * 1e5) / 1e2;
     covered += s;
   }
   p["other"] = std::round((total_s - covered) / units * 1e5) / 1e2;
   out[key] = p;
-  std::fprintf(stderr, "%-26s %10s %7s\n", "part", unit, "share");
-  for (auto& [name, s] : rows)
-    std::fprintf(stderr, "%-26s %10.2f %6.1f%%\n", name.c_str(), s / units * 1e3,
-                 100 * s / total_s);
+  std::fprintf(stderr, "%-26s %10s %7s %9s %7s\n", "part", unit, "share", "GFLOP/s", "peak");
+  for (auto& [name, s] : rows) {
+    const auto it = flops.find(name);
+    if (it == flops.end() || s <= 0 || peak_gflops <= 0) {
+      std::fprintf(stderr, "%-26s %10.2f %6.1f%%\n", name.c_str(), s / units * 1e3,
+                   100 * s / total_s);
+      continue;
+    }
+    const double rate = it->second * units / s / 1e9;
+    rates[name] = std::round(rate * 10) / 10;
+    std::fprintf(stderr, "%-26s %10.2f %6.1f%% %9.1f %6.1f%%\n", name.c_str(), s / units * 1e3,
+                 100 * s / total_s, rate, 100 * rate / peak_gflops);
+  }
   std::fprintf(stderr, "%-26s %10.2f %6.1f%%\n", "other", (total_s - covered) / units * 1e3,
                100 * (total_s - covered) / total_s);
+  if (!rates.empty()) {
+    out[std::string(key) + "_gflops"] = rates;
+  }
+}
+
+// FLOPs per step of each profiled product: the forward parts of the FLOP count, and their
+// backward at twice the forward.
+std::map<std::string, double> profile_flops(const FlopCounts& fc, double tokens) {
+  std::map<std::string, double> f;
+  for (const auto& [part, per_token] : fc.forward_parts) {
+    f[part + " fwd"] = per_token * tokens;
+    f[part + " bwd"] = 2 * per_token * tokens;
+  }
+  return f;
 }
 
 }  // namespace
@@ -155,7 +182,10 @@ void bench_train(const BenchTrainOptions& o) {
         bf16_peak ? nlohmann::json(std::round(*bf16_peak * 10) / 10) : nlohmann::json(nullptr);
     out["mfu_fp32_peak"] = std::round(gflops / fp32_peak * 1e4) / 1e4;
   }
-  if (o.profile) profile_report(out, "profile_ms_per_step", dt, double(o.steps), "ms/step");
+  if (o.profile) {
+    profile_report(out, "profile_ms_per_step", dt, double(o.steps), "ms/step",
+                   profile_flops(fc, double(B * T)), peak);
+  }
   std::cout << out.dump() << std::endl;
 }
 

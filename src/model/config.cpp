@@ -669,6 +669,12 @@ FlopCounts config_flops(const ModelConfig& c, int64_t seq) {
   f.spec52_per_token = L * (Cf * attn_w + 2 * Cf * hq * double(seq)) + Cf * k_sum * expert_w +
                        R * d * router_sum + Cf * V * d;
   f.six_na = Cf * double(config_count(c).active);
+  f.forward_parts = {{"qkv proj", 2 * L * (hq + 2 * hkv) * d},
+                     {"out proj", 2 * L * hq * d},
+                     {"router", 2 * d * router_sum},
+                     {"expert gemm", 2 * k_sum * expert_w},
+                     {"lm head", 2 * V * d},
+                     {"attention", 4 * hq * attn_ctx}};
   return f;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -147,6 +148,10 @@ struct FlopCounts {
   double train_per_token = 0;   // 6 x active matmul params + causal attention (exact average)
   double spec52_per_token = 0;  // Abnar et al. App. C formula at n_ctx = seq (methods.md §4.3)
   double six_na = 0;            // 6 x active params
+  // train_per_token's forward part by what computes it, named as the profile's scopes ("qkv
+  // proj", "out proj", "router", "expert gemm", "lm head", "attention"); the backward of each
+  // is twice its forward.
+  std::vector<std::pair<std::string, double>> forward_parts;
 };
 FlopCounts config_flops(const ModelConfig& c, int64_t seq_len);
 
