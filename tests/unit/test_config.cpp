@@ -162,6 +162,16 @@ TEST(Config, Spec52FlopsMatchTheClosedForm) {
   const double exact =
       6 * (L * (4 * d * d + d * E + k * 12 * d * d) + V * d) + 12 * d * L * (n + 1) / 2;
   EXPECT_NEAR(config_flops(c, 2048).train_per_token / exact, 1.0, 1e-12);
+  // The profile's parts: each product's forward, three times over (forward and a backward of
+  // twice the work) make the whole count.
+  const FlopCounts f = config_flops(c, 2048);
+  double parts = 0;
+  for (const auto& [name, per_token] : f.forward_parts) parts += 3 * per_token;
+  EXPECT_NEAR(parts / f.train_per_token, 1.0, 1e-12);
+  ASSERT_EQ(f.forward_parts.size(), 6u);
+  EXPECT_EQ(f.forward_parts[4].first, "lm head");
+  EXPECT_NEAR(f.forward_parts[4].second, 2 * V * d, 1e-6);
+  EXPECT_NEAR(f.forward_parts[3].second, 2 * L * k * 3 * d * 2048, 1e-6);
 }
 
 TEST(Config, IsoMoeSplitsTheFfnWidth) {
