@@ -170,11 +170,16 @@ void dump_impl(const ModelDumpOptions& o, const ModelConfig& c) {
   m.backward();
   std::vector<double> losses = {l.lm, l.aux, l.z};
   std::vector<TensorRef> refs;
+  int64_t widest = 0;
+  for (const TensorView& t : m.layout.tensors) widest = std::max(widest, t.numel);
+  const std::vector<T> zeros(size_t(widest), T(0));  // [widest] a frozen tensor's gradient
   for (const TensorView& t : m.layout.tensors) {
     refs.push_back(
         tensor_ref<T>(t.name, std::span<const T>(m.params.data() + t.offset, t.numel), t.shape));
+    const std::span<const T> g = m.grad_of(t);  // empty when frozen: zeros are written
     refs.push_back(tensor_ref<T>("grad:" + t.name,
-                                 std::span<const T>(m.grads.data() + t.offset, t.numel), t.shape));
+                                 g.empty() ? std::span<const T>(zeros.data(), t.numel) : g,
+                                 t.shape));
   }
   refs.push_back(tensor_ref<int32_t>("input.tokens", tokens, {o.batch, o.seq}));
   refs.push_back(tensor_ref<int32_t>("input.targets", targets, {o.batch, o.seq}));

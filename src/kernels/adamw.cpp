@@ -47,7 +47,7 @@ void adamw<T>::update(T* p, const T* g, T* m, T* v, const AdamWSpan* spans, int6
     });
     for (int64_t i = lo; i < hi; s++) {
       const int64_t end = std::min(hi, s->moment + s->numel), at = s->param + (i - s->moment);
-      adamw_run(p + at, g + at, m + i, v + i, end - i, s->decay ? decay : T(1), k);
+      adamw_run(p + at, g + i, m + i, v + i, end - i, s->decay ? decay : T(1), k);
       i = end;
     }
   }

@@ -257,7 +257,8 @@ struct argmax {
 
 // ----------------------------------------------------------------------------
 // adamw: the optimizer update (PyTorch's AdamW arithmetic) over trainable ranges of the flat
-// parameter buffer; the moments are packed, [moment, moment + numel) for [param, param + numel).
+// parameter buffer; the gradients and moments are packed, [moment, moment + numel) for
+// [param, param + numel).
 
 struct AdamWSpan {
   int64_t param = 0, moment = 0, numel = 0;
@@ -274,8 +275,8 @@ struct AdamWStep {
 
 template <typename T>
 struct adamw {
-  // p [*], g [*] (read times grad_scale), m, v [n_moments] +=; spans sorted by moment, covering
-  // the moments without gaps
+  // p [*], g [n_moments] (read times grad_scale), m, v [n_moments] +=; spans sorted by moment,
+  // covering the moments without gaps
   static void update(T* p, const T* g, T* m, T* v, const AdamWSpan* spans, int64_t n_spans,
                      const AdamWStep& k);
 };

@@ -61,7 +61,8 @@ Model<T>::Model(const ModelConfig& c, int64_t batch, int64_t seq, Device& dev)
     fail("model: sequence length exceeds max_position_embeddings");
   mp_ = model_register(layout, cfg);
   params.assign(size_t(layout.total), T(0));
-  grads.assign(size_t(layout.total), T(0));
+  // gradients: laid out by grad_sync at the first zero_grad or backward, after any freezing (an
+  // inference model never holds them)
   index.assign(size_t(layout.total_i32), 0);
   codes.assign(size_t(layout.total_i8), 0);
   wbuf_.resize(dev, rebuild_size());
@@ -117,7 +118,29 @@ void Model<T>::init_derived(const std::function<bool(const std::string&)>& fresh
 }
 
 template <typename T>
+void Model<T>::grad_sync() {
+  if (grad_layout.current(layout) && int64_t(grads.size()) == grad_layout.total) {
+    return;
+  }
+  grad_layout = layout_pack(layout);
+  grads = std::vector<T>(size_t(grad_layout.total), T(0));  // a fresh vector: no old capacity
+}
+
+template <typename T>
+std::span<const T> Model<T>::grad_of(const TensorView& t) const {
+  const size_t i = size_t(&t - layout.tensors.data());
+  check(i < layout.tensors.size() && grad_layout.current(layout),
+        "grad_of: a tensor of this model, after grad_sync");
+  const int64_t at = grad_layout.at[i];
+  if (at < 0) {
+    return {};
+  }
+  return {grads.data() + at, size_t(t.numel)};
+}
+
+template <typename T>
 void Model<T>::zero_grad() {
+  grad_sync();
   dev_->ops<T>().fill(grads.data(), T(0), int64_t(grads.size()));
   for (auto& n : counts_) std::fill(n.begin(), n.end(), int64_t(0));
 }
@@ -134,9 +157,12 @@ void Model<T>::balance_update() {
 
 template <typename T>
 Ctx<T> Model<T>::ctx(bool with_grads) {
-  return {*dev_,       dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr,
-          &layout,     index.data(),   codes.data(),  wbuf_.data(),
-          gbuf_.data()};
+  if (with_grads) {
+    grad_sync();
+  }
+  return {*dev_,        dev_->ops<T>(), params.data(), with_grads ? grads.data() : nullptr,
+          &layout,      index.data(),   codes.data(),  wbuf_.data(),
+          gbuf_.data(), &grad_layout};
 }
 
 template <typename T>

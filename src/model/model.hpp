@@ -57,8 +57,15 @@ class Model {
   // with -1 at the end, when the rest (embedding, head, final norm) are: a data-parallel
   // trainer starts summing each layer's gradients over its ranks while the others are computed.
   std::function<void(int64_t layer)> on_grads_ready;
-  // Zeroes the gradients and the routing counts (a new optimizer step begins).
+  // Zeroes the gradients and the routing counts (a new optimizer step begins); lays the
+  // gradients out for the layout's frozen set first (grad_sync).
   void zero_grad();
+  // Sizes `grads` to the trainable tensors of the layout as it is now (zeroed when the frozen
+  // set changed, untouched otherwise). zero_grad and backward call it; call it after freezing
+  // before taking a view of `grads` that must stay valid.
+  void grad_sync();
+  // Tensor t's gradient (empty when t is frozen).
+  std::span<const T> grad_of(const TensorView& t) const;
   // router_balance (methods.md §3.7.1): each routed layer's balance bias moved by the loads of
   // every forward since zero_grad. Nothing without router_balance.
   void balance_update();
@@ -91,7 +98,8 @@ class Model {
   ModelConfig cfg;
   ParamLayout layout;
   std::vector<T> params;       // [layout.total]
-  std::vector<T> grads;        // [layout.total]
+  PackedLayout grad_layout;    // where `grads` holds each trainable tensor
+  std::vector<T> grads;        // [grad_layout.total] the trainable tensors' gradients, packed
   std::vector<int32_t> index;  // [layout.total_i32] DeRS sparse positions
   std::vector<int8_t> codes;   // [layout.total_i8]  DeRS quantized codes
   int64_t B, Tq;               // batch, sequence length

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "core/error.hpp"
@@ -57,10 +58,81 @@ int64_t ParamLayout::set_frozen(const std::string& pattern, bool frozen) {
   return n;
 }
 
-bool ParamLayout::frozen_range(int64_t begin, int64_t n) const {
-  for (const auto& t : tensors)
-    if (t.offset < begin + n && t.offset + t.numel > begin && !t.frozen) return false;
+PackedLayout layout_pack(const ParamLayout& p) {
+  PackedLayout k;
+  k.at.assign(p.tensors.size(), PackedLayout::kFrozen);
+  for (size_t i = 0; i < p.tensors.size(); i++) {
+    if (p.tensors[i].frozen) {
+      continue;
+    }
+    k.at[i] = k.total;
+    k.total += p.tensors[i].numel;
+  }
+  return k;
+}
+
+bool PackedLayout::current(const ParamLayout& p) const {
+  if (at.size() != p.tensors.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < at.size(); i++) {
+    if ((at[i] < 0) != p.tensors[i].frozen) {
+      return false;
+    }
+  }
   return true;
+}
+
+namespace {
+
+// Index of the first tensor holding an element at or after `begin` (tensors are in offset
+// order, back to back).
+size_t layout_first_at(const ParamLayout& p, int64_t begin) {
+  const auto& ts = p.tensors;
+  const auto it = std::partition_point(
+      ts.begin(), ts.end(), [&](const TensorView& t) { return t.offset + t.numel <= begin; });
+  return size_t(it - ts.begin());
+}
+
+}  // namespace
+
+int64_t PackedLayout::find(const ParamLayout& p, int64_t begin, int64_t n) const {
+  check(at.size() == p.tensors.size(), "packed layout: built for another layout");
+  check(begin >= 0 && n >= 0 && begin + n <= p.total, "packed layout: a range outside the layout");
+  const auto& ts = p.tensors;
+  const size_t first = layout_first_at(p, begin);
+  bool trained = false, frozen = false;
+  for (size_t i = first; i < ts.size() && ts[i].offset < begin + n; i++) {
+    if (ts[i].numel == 0) {
+      continue;
+    }
+    (at[i] >= 0 ? trained : frozen) = true;
+  }
+  if (!trained) {
+    return kFrozen;
+  }
+  if (frozen) {
+    return kPartlyFrozen;
+  }
+  return at[first] + (begin - ts[first].offset);
+}
+
+std::vector<PackedLayout::Piece> PackedLayout::pieces(const ParamLayout& p, int64_t begin,
+                                                      int64_t n) const {
+  check(at.size() == p.tensors.size(), "packed layout: built for another layout");
+  std::vector<Piece> out;
+  const auto& ts = p.tensors;
+  for (size_t i = layout_first_at(p, begin); i < ts.size() && ts[i].offset < begin + n; i++) {
+    if (at[i] < 0) {
+      continue;
+    }
+    const int64_t lo = std::max(begin, ts[i].offset);
+    const int64_t hi = std::min(begin + n, ts[i].offset + ts[i].numel);
+    if (hi > lo) {
+      out.push_back({lo - begin, at[i] + (lo - ts[i].offset), hi - lo});
+    }
+  }
+  return out;
 }
 
 }  // namespace moelab

@@ -1,7 +1,8 @@
 #pragma once
 // Parameter layout: every tensor is a named view (name, shape, offset) into one flat buffer.
-// Parameters, gradients and optimizer moments share the layout, so AdamW, clipping and
-// checkpoint I/O work on flat buffers. Names follow Hugging Face GptOss.
+// Gradients and optimizer moments live in the packed layout of the trainable tensors alone
+// (PackedLayout), so a frozen tensor costs 4 bytes a parameter, not 16. Names follow Hugging
+// Face GptOss.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -53,10 +54,32 @@ struct ParamLayout {
   // Freezes (or unfreezes) every tensor whose name matches the ECMAScript regex; returns the
   // number of tensors matched.
   int64_t set_frozen(const std::string& regex, bool frozen);
-  // Every tensor inside [begin, begin + n) is frozen. Fused groups (q|k|v) compute their
-  // gradient as one GEMM unless all members are frozen; the optimizer still skips the frozen.
-  bool frozen_range(int64_t begin, int64_t n) const;
 };
+
+// The trainable tensors packed in layout order, the frozen ones left out: where gradients and
+// the optimizer's moments live ("packed space"). Two tensors adjacent in the layout and both
+// trainable are adjacent here too, so a fused range (q|k|v) whose members all train is one
+// range of the packed space as well.
+struct PackedLayout {
+  static constexpr int64_t kFrozen = -1;        // find: every tensor of the range is frozen
+  static constexpr int64_t kPartlyFrozen = -2;  // find: some are (a fused range)
+  std::vector<int64_t> at;                      // [tensors] packed offset; -1: frozen
+  int64_t total = 0;                            // packed elements
+
+  // Whether the layout's frozen set is still the one packed.
+  bool current(const ParamLayout& p) const;
+  // Packed offset of the parameters [begin, begin + n) (inside the layout's buffer), or
+  // kFrozen / kPartlyFrozen.
+  int64_t find(const ParamLayout& p, int64_t begin, int64_t n) const;
+  // The trainable pieces of [begin, begin + n): `len` elements at `begin + skip` are packed at
+  // `packed` (for a range find calls partly frozen).
+  struct Piece {
+    int64_t skip, packed, len;
+  };
+  std::vector<Piece> pieces(const ParamLayout& p, int64_t begin, int64_t n) const;
+};
+
+PackedLayout layout_pack(const ParamLayout& p);
 
 // The layout of a config's model: every block's tensors (model.cpp, model_register).
 ParamLayout layout_build(const ModelConfig& c);

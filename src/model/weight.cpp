@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <regex>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -50,9 +52,59 @@ void weight_register_lora(Weight& w, ParamLayout& p, const LoraConfig& lc,
 
 template <typename T>
 T* Ctx<T>::grad(int64_t offset, int64_t n) const {
-  if (!G || offset < 0 || layout->frozen_range(offset, n)) return nullptr;
-  return G + offset;
+  if (!G || offset < 0) {
+    return nullptr;
+  }
+  const int64_t at = packed->find(*layout, offset, n);
+  check(at != PackedLayout::kPartlyFrozen,
+        "weight: a gradient range is partly frozen outside a fused weight");
+  return at < 0 ? nullptr : G + at;
 }
+
+namespace {
+
+// The gradient of a weight's matrix or bias, which one GEMM writes whole. All members of a fused
+// range (q|k|v) trainable, or all frozen: G itself, or none. Partly frozen (train.freeze naming
+// q_proj alone), the trainable members are not contiguous in G: the GEMM adds onto scratch that
+// holds their gradients, copied in before and out after, so each trainable element gets the
+// same additions in the same order as in place, and the frozen members' sums are dropped.
+template <typename T>
+class FusedGrad {
+ public:
+  FusedGrad(const Ctx<T>& c, int64_t offset, int64_t n) : c_(c), offset_(offset), n_(n) {
+    if (!c.G || offset < 0) {
+      return;
+    }
+    const int64_t at = c.packed->find(*c.layout, offset, n);
+    if (at >= 0) {
+      p_ = c.G + at;
+    } else if (at == PackedLayout::kPartlyFrozen) {
+      scratch_.assign(size_t(n), T(0));  // [n] the whole range, frozen members included
+      for (const PackedLayout::Piece& s : c.packed->pieces(*c.layout, offset, n)) {
+        std::copy_n(c.G + s.packed, s.len, scratch_.data() + s.skip);
+      }
+      p_ = scratch_.data();
+    }
+  }
+  T* data() const { return p_; }
+  // Copies the trainable members' sums back into G (nothing to do in place).
+  void store() {
+    if (scratch_.empty()) {
+      return;
+    }
+    for (const PackedLayout::Piece& s : c_.packed->pieces(*c_.layout, offset_, n_)) {
+      std::copy_n(scratch_.data() + s.skip, s.len, c_.G + s.packed);
+    }
+  }
+
+ private:
+  const Ctx<T>& c_;
+  int64_t offset_, n_;
+  T* p_ = nullptr;
+  std::vector<T> scratch_;
+};
+
+}  // namespace
 
 // ----------------------------------------------------------------------------
 // DeRS: rebuilding an expert, or adding its sparse delta directly
@@ -143,14 +195,16 @@ template <typename T>
 void weight_backward(const Ctx<T>& c, const Weight& w, int64_t e, T* dx, const T* dout, const T* x,
                      int64_t N, const T* xa, T* dxa, bool dx_accumulate) {
   const int64_t I = w.in, O = w.out;
-  T* dW = c.grad(w.w_at(e), I * O);
-  T* db = w.b >= 0 ? c.grad(w.b + e * O, O) : nullptr;
+  FusedGrad<T> dW(c, w.w_at(e), I * O);
+  FusedGrad<T> db(c, w.b >= 0 ? w.b + e * O : -1, O);
   if (w.rebuilt() && N > 0) {
-    weight_backward_rebuilt(c, w, e, dx, dout, x, N, dW, db, dx_accumulate);
+    weight_backward_rebuilt(c, w, e, dx, dout, x, N, dW.data(), db.data(), dx_accumulate);
   } else {
-    c.op.linear_backward(dx, dW, db, dout, x, c.P + w.w_at(e), N, I, O, w.layout, dx_accumulate,
-                         c.dev.precision);
+    c.op.linear_backward(dx, dW.data(), db.data(), dout, x, c.P + w.w_at(e), N, I, O, w.layout,
+                         dx_accumulate, c.dev.precision);
   }
+  dW.store();
+  db.store();
   if (N == 0) return;
   const int64_t R = w.lora_rank();
   int64_t r0 = 0;

@@ -65,13 +65,14 @@ void weight_register_lora(Weight& w, ParamLayout& p, const LoraConfig& lc,
                           const std::vector<std::pair<std::string, int64_t>>& names);
 
 // What weight_forward / weight_backward run against: the device, its ops, the parameter and
-// gradient buffers and the layout (frozen tensors get no gradient).
+// gradient buffers and the layouts (frozen tensors get no gradient; G is packed: the trainable
+// tensors' gradients alone, at their offsets in `packed`).
 template <typename T>
 struct Ctx {
   Device& dev;
   const Ops<T>& op;
   const T* P;
-  T* G;  // null: no gradients (inference)
+  T* G;  // [packed->total] null: no gradients (inference)
   const ParamLayout* layout;
   // DeRS: the integer stores, and scratch for one rebuilt expert matrix and its gradient
   // ([in * out] of the largest rebuilt weight each)
@@ -79,7 +80,10 @@ struct Ctx {
   const int8_t* Q = nullptr;
   T* wbuf = nullptr;
   T* gbuf = nullptr;
-  T* grad(int64_t offset, int64_t n) const;  // null when absent or frozen
+  const PackedLayout* packed = nullptr;  // where G holds each trainable tensor (with G)
+  // The gradient of parameters [offset, offset + n): null when absent or frozen. A range partly
+  // frozen has no one pointer (weight_backward handles the fused ranges that can be).
+  T* grad(int64_t offset, int64_t n) const;
 };
 
 // out [N, out] = x [N, in] W_e^T + b_e (+ adapters) for expert e; xa [N, lora_rank] saves

@@ -21,21 +21,19 @@ AdamW<T>::AdamW(const ParamLayout& layout, AdamWConfig c, Device& dev)
 template <typename T>
 void AdamW<T>::build() {
   spans_.clear();
-  moment_at_.assign(layout_->tensors.size(), -1);
-  int64_t n = 0;
+  const PackedLayout packed = layout_pack(*layout_);  // the gradients' layout too
+  moment_at_ = packed.at;
   for (size_t i = 0; i < layout_->tensors.size(); i++) {
     const TensorView& t = layout_->tensors[i];
     if (t.frozen) continue;
-    moment_at_[i] = n;
     AdamWSpan* last = spans_.empty() ? nullptr : &spans_.back();
     if (last && last->param + last->numel == t.offset && last->decay == t.decay)
       last->numel += t.numel;
     else
-      spans_.push_back({t.offset, n, t.numel, t.decay});
-    n += t.numel;
+      spans_.push_back({t.offset, moment_at_[i], t.numel, t.decay});
   }
-  m.assign(size_t(n), T(0));
-  v.assign(size_t(n), T(0));
+  m = std::vector<T>(size_t(packed.total), T(0));
+  v = std::vector<T>(size_t(packed.total), T(0));
 }
 
 template <typename T>
@@ -67,9 +65,9 @@ void AdamW<T>::sync_trainable() {
 
 template <typename T>
 void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale) {
-  check(int64_t(params.size()) == layout_->total && int64_t(grads.size()) == layout_->total,
-        "AdamW: buffer sizes do not match the layout");
   sync_trainable();
+  check(int64_t(params.size()) == layout_->total && grads.size() == m.size(),
+        "AdamW: buffer sizes do not match the layout (gradients: the trainable tensors, packed)");
   step++;
   const double bc1 = 1.0 - std::pow(cfg.beta1, double(step));
   const double bc2 = 1.0 - std::pow(cfg.beta2, double(step));
@@ -89,12 +87,27 @@ void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr, 
 // ----------------------------------------------------------------------------
 // gradient norm and clipping
 
+namespace {
+
+// The packed gradients' size for the layout's frozen set (they hold the trainable tensors alone).
+int64_t grad_packed_size(const ParamLayout& layout) {
+  int64_t n = 0;
+  for (const TensorView& t : layout.tensors) n += t.frozen ? 0 : t.numel;
+  return n;
+}
+
+}  // namespace
+
 template <typename T>
 double grad_global_norm(const ParamLayout& layout, std::span<const T> grads, const Ops<T>& op) {
+  check(int64_t(grads.size()) == grad_packed_size(layout),
+        "grad_global_norm: the gradients are not packed for the layout's trainable tensors");
   double total = 0;  // tensor after tensor, each in fixed chunks: any thread count, the same bits
+  int64_t at = 0;
   for (const TensorView& t : layout.tensors) {
     if (t.frozen) continue;
-    total = op.sumsq(grads.data() + t.offset, t.numel, total);
+    total = op.sumsq(grads.data() + at, t.numel, total);
+    at += t.numel;
   }
   return std::sqrt(total);
 }
@@ -105,9 +118,11 @@ double grad_clip_global_norm(const ParamLayout& layout, std::span<T> grads, doub
   const double norm = grad_global_norm<T>(layout, grads, op);
   const T scale = T(grad_clip_scale(norm, max_norm));
   if (scale == T(1)) return norm;
+  int64_t at = 0;
   for (const TensorView& t : layout.tensors) {
     if (t.frozen) continue;
-    op.scale(grads.data() + t.offset, scale, 1, t.numel, t.numel);
+    op.scale(grads.data() + at, scale, 1, t.numel, t.numel);
+    at += t.numel;
   }
   return norm;
 }

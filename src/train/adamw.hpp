@@ -1,7 +1,8 @@
 #pragma once
 // AdamW with decoupled weight decay (none on norms, biases and sinks) and global-norm gradient
-// clipping, on the flat buffers of a ParamLayout. Moments exist for trainable tensors only:
-// freezing all but an adapter or one layer leaves the optimizer that small.
+// clipping, on the flat parameters of a ParamLayout. Gradients and moments exist for trainable
+// tensors only, packed alike (layout_pack): freezing all but an adapter or one layer leaves
+// them that small.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -30,6 +31,7 @@ class AdamW {
   AdamW(const ParamLayout& layout, AdamWConfig cfg, Device& dev = device_default());
   // One update at learning rate lr (PyTorch's AdamW arithmetic, step by step), on the gradients
   // times grad_scale: clipping folded into the update saves a pass over the gradients.
+  // params [layout.total], grads [m.size()] packed as the moments.
   void update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale = 1.0);
   // Follows a change of the layout's frozen set. Before the first step the moments are all zero
   // and are simply re-laid out; after it, a change is refused naming a tensor that changed
@@ -55,7 +57,8 @@ class AdamW {
   std::vector<int64_t> moment_at_;  // per layout tensor; -1: frozen when built
 };
 
-// L2 norm of the gradients of trainable tensors. Deterministic for any thread count.
+// L2 norm of the gradients of trainable tensors, grads packed (layout_pack). Deterministic for
+// any thread count.
 template <typename T>
 double grad_global_norm(const ParamLayout& layout, std::span<const T> grads,
                         const Ops<T>& op = device_default().ops<T>());

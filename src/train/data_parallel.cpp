@@ -44,13 +44,19 @@ void merge(std::vector<std::pair<int64_t, int64_t>>& r) {
 GradSync::GradSync(const ParamLayout& layout, std::span<float> grads, int64_t layers,
                    Collective& comm)
     : grads_(grads), comm_(comm), layer_(size_t(layers)) {
-  check(int64_t(grads.size()) == layout.total, "data parallel: one gradient per parameter");
+  const PackedLayout packed = layout_pack(layout);
+  check(int64_t(grads.size()) == packed.total,
+        "data parallel: one gradient per trainable parameter, packed");
   for (int64_t l = 0; l < layers; l++) layer_[size_t(l)].name = fmt::format("layer {}", l);
   rest_.name = "embedding, head, norm";
-  for (const TensorView& t : layout.tensors) {
+  for (size_t i = 0; i < layout.tensors.size(); i++) {
+    const TensorView& t = layout.tensors[i];
     const int64_t l = layer_of(t.name);
     check(l < layers, "data parallel: a tensor of a layer beyond the model's");
-    (l >= 0 ? layer_[size_t(l)] : rest_).ranges.emplace_back(t.offset, t.offset + t.numel);
+    if (packed.at[i] < 0) {  // frozen: no gradient to sum
+      continue;
+    }
+    (l >= 0 ? layer_[size_t(l)] : rest_).ranges.emplace_back(packed.at[i], packed.at[i] + t.numel);
     bytes_ += t.numel * int64_t(sizeof(float));
   }
   for (auto& b : layer_) merge(b.ranges);

@@ -20,7 +20,8 @@ void data_parallel_check(const std::string& source, int64_t grad_accum, int64_t 
 
 class GradSync {
  public:
-  // grads [layout.total]; L layers, named model.layers.N.* in the layout
+  // grads: the trainable tensors' gradients, packed (layout_pack: frozen tensors have none, and
+  // nothing of theirs is sent); L layers, named model.layers.N.* in the layout
   GradSync(const ParamLayout& layout, std::span<float> grads, int64_t layers, Collective& comm);
   // Layer l's gradients are final (-1: the rest); starts their sum. With overlap off, sums are
   // only started at the end, all at once (for measuring what the overlap buys).
@@ -35,7 +36,7 @@ class GradSync {
  private:
   struct Bucket {
     std::string name;
-    std::vector<std::pair<int64_t, int64_t>> ranges;  // [offset, end) in grads, merged
+    std::vector<std::pair<int64_t, int64_t>> ranges;  // [offset, end) in packed grads, merged
     bool started = false;
   };
   void start(Bucket& b);

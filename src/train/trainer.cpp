@@ -64,6 +64,7 @@ Trainer::Trainer(const Experiment& x, TrainerOptions options)
 // micro-batches, and the gradient sums overlap the backward pass.
 void Trainer::data_parallel_setup() {
   data_parallel_check(x_.source, x_.grad_accum, comm_->size());
+  model_.grad_sync();  // the frozen set is final: the buckets view the packed gradients
   sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
                                      x_.model.num_hidden_layers, *comm_);
   sync_->overlap = options_.overlap_grad_sums;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <span>
 #include <vector>
 
 #include "core/rng.hpp"
@@ -36,7 +37,20 @@ void jitter(Model<T>& m, uint64_t seed) {
   }
 }
 
-// The gradient g of tensor t against central differences of the total loss on batch b.
+// The model's gradients at the parameters' offsets ([layout.total]; a frozen tensor's: zero),
+// from the packed buffer that holds the trainable tensors alone.
+template <typename T>
+std::vector<T> grad_full(const Model<T>& m) {
+  std::vector<T> g(size_t(m.layout.total), T(0));
+  for (const TensorView& t : m.layout.tensors) {
+    const std::span<const T> s = m.grad_of(t);
+    std::copy(s.begin(), s.end(), g.begin() + t.offset);
+  }
+  return g;
+}
+
+// The gradient g ([layout.total], grad_full) of tensor t against central differences of the
+// total loss on batch b.
 inline void expect_tensor_fd(Model<double>& m, const Batch& b, const std::vector<double>& g,
                              const TensorView& t, int64_t checks) {
   std::vector<double> x(m.params.begin() + t.offset, m.params.begin() + t.offset + t.numel);

@@ -44,26 +44,42 @@ TEST(DataParallel, EveryGradientIsSummedOnceInLayerBuckets) {
     ModelConfig c = test::tiny(true);
     if (lora) c.lora = {.rank = 2, .alpha = 0, .targets = {"self_attn\\.(q|v)_proj"}};
     Model<float> m(c, 1, 4);
+    // with adapters the base is frozen: its tensors have no gradient, and none is sent
+    if (lora) m.layout.set_frozen("^(?!.*lora_)", true);
+    m.zero_grad();
+    int64_t trainable = 0;
+    for (const TensorView& t : m.layout.tensors) trainable += t.frozen ? 0 : t.numel;
+    ASSERT_EQ(int64_t(m.grads.size()), trainable);
+    if (lora) {
+      ASSERT_LT(trainable, m.layout.total / 4);
+    }
     for (size_t i = 0; i < m.grads.size(); i++) m.grads[i] = float(i % 97) + 1;
     const std::vector<float> before = m.grads;
     Doubling comm;
     GradSync sync(m.layout, std::span<float>(m.grads), c.num_hidden_layers, comm);
-    EXPECT_EQ(sync.bytes(), m.layout.total * 4);
+    EXPECT_EQ(sync.bytes(), trainable * 4);
     // the backward pass reports the layers from the last, then the rest
     for (int64_t l = c.num_hidden_layers - 1; l >= -1; l--) {
       const size_t before_started = comm.started.size();
       sync.ready(l);
-      ASSERT_GT(comm.started.size(), before_started) << "layer " << l << " started nothing";
+      // with the base frozen the rest (embedding, head, final norm) has nothing to sum
+      if (!lora || l >= 0)
+        ASSERT_GT(comm.started.size(), before_started) << "layer " << l << " started nothing";
+      else
+        ASSERT_EQ(comm.started.size(), before_started) << "a frozen tensor's gradient was sent";
       for (size_t k = before_started; k < comm.started.size(); k++) {
         const int64_t lo = comm.started[k].data() - m.grads.data();
-        for (const TensorView& t : m.layout.tensors)  // the range holds only layer l's tensors
-          if (t.offset >= lo && t.offset < lo + int64_t(comm.started[k].size())) {
+        for (size_t i = 0; i < m.layout.tensors.size(); i++) {  // only layer l's tensors
+          const TensorView& t = m.layout.tensors[i];
+          const int64_t at = m.grad_layout.at[i];  // packed offset
+          if (at >= lo && at < lo + int64_t(comm.started[k].size())) {
             const std::string want = l >= 0 ? "model.layers." + std::to_string(l) + "." : "";
             if (l >= 0)
               EXPECT_EQ(t.name.rfind(want, 0), 0u) << t.name << " in layer " << l << "'s bucket";
             else
               EXPECT_NE(t.name.rfind("model.layers.", 0), 0u) << t.name << " in the rest";
           }
+        }
       }
     }
     sync.finish();
