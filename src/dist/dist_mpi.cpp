@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -65,6 +66,52 @@ class MpiWorld final : public Collective {
   }
   void sum(std::span<double> data) override { small(data.data(), int(data.size()), MPI_DOUBLE); }
   void sum(std::span<int64_t> data) override { small(data.data(), int(data.size()), MPI_INT64_T); }
+
+  // As one broadcast per rank's block (in chunks: MPI counts are int) rather than
+  // MPI_Iallgatherv, whose non-blocking algorithms copy through temporary buffers the size of
+  // the data: that would give back much of the memory ZeRO-1 saves.
+  void gather_all(std::span<float> data, std::span<const int64_t> counts) override {
+    check(int64_t(counts.size()) == size_, "gather: one count per rank");
+    std::vector<MPI_Request> reqs;
+    size_t at = 0;
+    for (int k = 0; k < size_; k++) {
+      const size_t n = size_t(counts[size_t(k)]);
+      check(at + n <= data.size(), "gather: the blocks overrun the buffer");
+      for (size_t c = 0; c < n; c += kChunk) {
+        MPI_Request r;
+        MPI_Ibcast(data.data() + at + c, int(std::min(kChunk, n - c)), MPI_FLOAT, k, MPI_COMM_WORLD,
+                   &r);
+        reqs.push_back(r);
+      }
+      at += n;
+    }
+    check(at == data.size(), "gather: the blocks do not fill the buffer");
+    wait(reqs, "the gather of the updated parameters (ZeRO-1)");
+  }
+  void gather_root(std::span<const float> mine, std::span<float> all,
+                   std::span<const int64_t> counts) override {
+    check(int64_t(counts.size()) == size_, "gather: one count per rank");
+    check(int64_t(mine.size()) == counts[size_t(rank_)], "gather: this rank's block size");
+    constexpr int kTag = 7322;
+    std::vector<MPI_Request> reqs;
+    size_t at = 0;
+    for (int k = 0; k < size_; k++) {
+      const size_t n = size_t(counts[size_t(k)]);
+      for (size_t c = 0; c < n && k != 0 && (rank_ == 0 || rank_ == k); c += kChunk) {
+        MPI_Request r;
+        const int len = int(std::min(kChunk, n - c));
+        if (rank_ == 0) {
+          check(at + n <= all.size(), "gather: the blocks overrun the buffer");
+          MPI_Irecv(all.data() + at + c, len, MPI_FLOAT, k, kTag, MPI_COMM_WORLD, &r);
+        } else {
+          MPI_Isend(mine.data() + c, len, MPI_FLOAT, 0, kTag, MPI_COMM_WORLD, &r);
+        }
+        reqs.push_back(r);
+      }
+      at += n;
+    }
+    wait(reqs, "the gather of the optimizer's moments for a checkpoint (ZeRO-1)");
+  }
 
   void same(const std::string& what, uint64_t value) override {
     std::vector<uint64_t> all(static_cast<size_t>(size_));

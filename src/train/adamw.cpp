@@ -32,8 +32,48 @@ void AdamW<T>::build() {
     else
       spans_.push_back({t.offset, moment_at_[i], t.numel, t.decay});
   }
-  m = std::vector<T>(size_t(packed.total), T(0));
-  v = std::vector<T>(size_t(packed.total), T(0));
+  packed_ = packed.total;
+  build_shard();
+  const auto [lo, hi] = shard_range(shard_rank_);
+  m = std::vector<T>(size_t(hi - lo), T(0));
+  v = std::vector<T>(size_t(hi - lo), T(0));
+}
+
+template <typename T>
+void AdamW<T>::build_shard() {
+  const auto [lo, hi] = shard_range(shard_rank_);
+  shard_spans_.clear();
+  for (const AdamWSpan& s : spans_) {
+    const int64_t a = std::max(lo, s.moment), b = std::min(hi, s.moment + s.numel);
+    if (a < b) shard_spans_.push_back({s.param + (a - s.moment), a - lo, b - a, s.decay});
+  }
+}
+
+template <typename T>
+std::pair<int64_t, int64_t> AdamW<T>::shard_range(int rank) const {
+  check(rank >= 0 && rank < shard_ranks_, "AdamW: no such shard");
+  const int64_t P = shard_ranks_;
+  return {packed_ * rank / P, packed_ * (rank + 1) / P};
+}
+
+template <typename T>
+void AdamW<T>::set_shard(int rank, int ranks) {
+  check(ranks >= 1 && rank >= 0 && rank < ranks, "AdamW: a shard is one of 1 or more ranks");
+  check(step == 0, "AdamW: the shard is set before the first step");
+  shard_rank_ = rank;
+  shard_ranks_ = ranks;
+  build();
+}
+
+template <typename T>
+void AdamW<T>::unshard(std::vector<T> m_all, std::vector<T> v_all) {
+  check(int64_t(m_all.size()) == packed_ && int64_t(v_all.size()) == packed_,
+        "AdamW: the whole moments have the packed space's size");
+  shard_rank_ = 0;
+  shard_ranks_ = 1;
+  build_shard();
+  m = std::move(m_all);
+  v = std::move(v_all);
 }
 
 template <typename T>
@@ -66,7 +106,7 @@ void AdamW<T>::sync_trainable() {
 template <typename T>
 void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr, double grad_scale) {
   sync_trainable();
-  check(int64_t(params.size()) == layout_->total && grads.size() == m.size(),
+  check(int64_t(params.size()) == layout_->total && int64_t(grads.size()) == packed_,
         "AdamW: buffer sizes do not match the layout (gradients: the trainable tensors, packed)");
   step++;
   const double bc1 = 1.0 - std::pow(cfg.beta1, double(step));
@@ -78,10 +118,12 @@ void AdamW<T>::update(std::span<T> params, std::span<const T> grads, double lr, 
                              std::sqrt(bc2),
                              grad_scale,
                              1.0 - lr * cfg.weight_decay};
-  check(int64_t(m.size()) == (spans_.empty() ? 0 : spans_.back().moment + spans_.back().numel),
-        "AdamW: the moments do not match the trainable spans");
-  op_->adamw_update(params.data(), grads.data(), m.data(), v.data(), spans_.data(),
-                    int64_t(spans_.size()), k);
+  const auto [lo, hi] = shard_range(shard_rank_);
+  check(int64_t(m.size()) == hi - lo && m.size() == v.size(),
+        "AdamW: the moments do not match the shard");
+  // the shard's parameters only (all of them unsharded); its gradients start at lo
+  op_->adamw_update(params.data(), grads.data() + lo, m.data(), v.data(), shard_spans_.data(),
+                    int64_t(shard_spans_.size()), k);
 }
 
 // ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 // them that small.
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "backend/device.hpp"
@@ -39,22 +40,45 @@ class AdamW {
   void sync_trainable();
   // Whether the moments are laid out for the layout's frozen set as it is now.
   bool in_sync() const;
-  // Offset of tensor i's moments in m and v (layout order), or -1 where it has none (frozen).
+  // Offset of tensor i's moments in the packed space (layout order; in m and v when unsharded),
+  // or -1 where it has none (frozen).
   int64_t moment_offset(size_t tensor) const { return moment_at_[tensor]; }
   const ParamLayout& layout() const { return *layout_; }
+  // Every trainable span, moments at their offsets in the whole packed space.
   std::span<const AdamWSpan> spans() const { return spans_; }
 
+  // ZeRO stage 1 (train/zero.hpp): keep the moments of, and update, shard `rank` of `ranks`
+  // alone. The packed space [0, n) is cut at elements into near-equal contiguous shards,
+  // shard r = [n r / P, n (r + 1) / P), whatever the tensors. Before the first step only: the
+  // moments are laid out anew, zero (a checkpoint's are loaded after).
+  void set_shard(int rank, int ranks);
+  int shard_rank() const { return shard_rank_; }
+  int shard_ranks() const { return shard_ranks_; }
+  // Rank r's shard of the packed space, [begin, end).
+  std::pair<int64_t, int64_t> shard_range(int rank) const;
+  // Elements of the packed space: the gradients, and every shard's moments together.
+  int64_t packed_size() const { return packed_; }
+  // Takes the whole moments ([packed_size()] each) and becomes unsharded: the copy of a sharded
+  // optimizer that a checkpoint writes (zero_gather_moments).
+  void unshard(std::vector<T> m_all, std::vector<T> v_all);
+
   AdamWConfig cfg;
-  std::vector<T> m, v;  // first and second moments of the trainable tensors, packed in layout order
+  // First and second moments of the shard [shard_range(shard_rank())) of the trainable tensors,
+  // packed in layout order (unsharded: all of them): m[i] belongs to packed offset begin + i.
+  std::vector<T> m, v;
   int64_t step = 0;
 
  private:
   void build();
+  void build_shard();
 
   const ParamLayout* layout_;
   const Ops<T>* op_;
   std::vector<AdamWSpan> spans_;
-  std::vector<int64_t> moment_at_;  // per layout tensor; -1: frozen when built
+  std::vector<AdamWSpan> shard_spans_;  // spans_ cut to the shard, moments relative to its start
+  std::vector<int64_t> moment_at_;      // per layout tensor; -1: frozen when built
+  int64_t packed_ = 0;
+  int shard_rank_ = 0, shard_ranks_ = 1;
 };
 
 // L2 norm of the gradients of trainable tensors, grads packed (layout_pack). Deterministic for

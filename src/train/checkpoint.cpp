@@ -43,15 +43,19 @@ void optimizer_load(const std::string& dir, bool trainable_only, AdamW<float>& o
                       "same frozen tensors",
                       file, t.name, saved ? "trained" : "frozen", saved ? "frozen" : "trained"));
     if (at < 0) continue;
+    // the part of the tensor inside this optimizer's shard (ZeRO-1; unsharded: all of it)
+    const auto [lo, hi] = opt.shard_range(opt.shard_rank());
+    const int64_t a = std::max(lo, at), b = std::min(hi, at + t.numel);
     for (const auto& [prefix, buf] : {std::pair{"m:", &opt.m}, std::pair{"v:", &opt.v}}) {
       const auto v = checkpoint_tensor(tensors, file, prefix + t.name, t.shape);
-      std::copy(v.begin(), v.end(), buf->begin() + at);
+      if (a < b) std::copy(v.begin() + (a - at), v.begin() + (b - at), buf->begin() + (a - lo));
     }
   }
 }
 
 // optimizer.safetensors: the moments of the trainable tensors (a frozen one has none).
 void optimizer_write(const std::string& dir, const Model<float>& model, const AdamW<float>& o) {
+  check(o.shard_ranks() == 1, "checkpoint: the moments of a sharded optimizer are gathered first");
   std::vector<TensorRef> moments;
   for (size_t i = 0; i < model.layout.tensors.size(); i++) {
     const TensorView& t = model.layout.tensors[i];

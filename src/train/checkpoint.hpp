@@ -16,15 +16,16 @@
 namespace moelab {
 
 // Writes the checkpoint of `step`, then removes all but the newest keep_last (0 keeps all).
-// Returns its folder.
+// Returns its folder. `opt` unsharded (a ZeRO-1 run gathers its moments first): a checkpoint
+// holds whole moments, so any number of ranks resumes it.
 std::string checkpoint_save(const std::string& run_dir, int64_t step, const Model<float>& model,
                             const AdamW<float>& opt, const nlohmann::json& trainer_state,
                             int keep_last);
 
 // Loads weights (and, if opt is given, the optimizer) into a model built from the run's config.
 // A checkpoint whose config differs is refused with the first mismatching field, and one whose
-// trainable tensors differ from the model's (frozen set) with the first such tensor. Returns the
-// trainer state.
+// trainable tensors differ from the model's (frozen set) with the first such tensor. A sharded
+// optimizer (AdamW::set_shard) takes its shard of the moments. Returns the trainer state.
 nlohmann::json checkpoint_load(const std::string& ckpt_dir, Model<float>& model, AdamW<float>* opt);
 
 // The data folder of the run a checkpoint RUN/step_N belongs to: that of the experiment file

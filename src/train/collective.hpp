@@ -25,6 +25,13 @@ class Collective {
   // Blocking sums of small vectors (losses, counts).
   virtual void sum(std::span<double> data) = 0;
   virtual void sum(std::span<int64_t> data) = 0;
+  // ZeRO-1's gathers (train/zero.hpp). In place: rank r's block of `data` (counts[r] elements,
+  // the blocks back to back in rank order) reaches every rank.
+  virtual void gather_all(std::span<float> data, std::span<const int64_t> counts) = 0;
+  // Every rank's `mine` (counts[r] elements) into rank 0's `all` (the blocks back to back in rank
+  // order, rank 0's own already in place; `all` is not read elsewhere).
+  virtual void gather_root(std::span<const float> mine, std::span<float> all,
+                           std::span<const int64_t> counts) = 0;
   // Fails on every rank, naming the first rank whose value differs from rank 0's `what`.
   virtual void same(const std::string& what, uint64_t value) = 0;
 };

@@ -125,6 +125,7 @@ void read_train(ConfigSection train, Experiment& x) {
   train.get("skip_nonfinite", x.skip_nonfinite);
   train.get("max_skips", x.max_skips);
   train.get("freeze", x.freeze);
+  train.get("zero", x.zero);
   train.finish();
   // A pattern that matches no tensor is refused by the trainer, which knows the model's names.
   for (const std::string& p : x.freeze) {

@@ -58,6 +58,8 @@ struct Experiment {
   bool skip_nonfinite = false;
   int64_t max_skips = 10;  // with skip_nonfinite: stop after this many skipped steps in a row
   std::vector<std::string> freeze;  // ECMAScript regexes on tensor names: not trained
+  // data parallel: ZeRO-1, each rank keeps 1/P of the AdamW moments (train/zero.hpp)
+  bool zero = true;
   // [optimizer], [schedule]
   AdamWConfig optimizer;
   Schedule schedule;

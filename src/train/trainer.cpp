@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/profile.hpp"
@@ -21,6 +22,7 @@
 #include "train/model_setup.hpp"
 #include "train/run_dir.hpp"
 #include "train/run_page.hpp"
+#include "train/zero.hpp"
 
 namespace moelab {
 
@@ -68,6 +70,9 @@ void Trainer::data_parallel_setup() {
   sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
                                      x_.model.num_hidden_layers, *comm_);
   sync_->overlap = options_.overlap_grad_sums;
+  // ZeRO-1: this rank keeps the moments of its shard alone (before the first step, before a
+  // resume loads that shard of a checkpoint's moments)
+  if (x_.zero) opt_.set_shard(comm_->rank(), comm_->size());
 }
 
 void Trainer::start(bool resume) {
@@ -199,6 +204,8 @@ StepStats Trainer::train_batch(const BatchSource& next, double lr, bool counted)
     if (r.applied) {
       skipped_in_a_row_ = 0;
       opt_.update(model_.params, model_.grads, lr, grad_clip_scale(r.grad_norm, x_.clip) / accum);
+      // ZeRO-1: this rank updated its shard; every rank takes every shard's parameters
+      if (opt_.shard_ranks() > 1) zero_gather_params(*comm_, opt_, model_.params, model_.grads);
       // the step's loads move the balance bias (methods.md §3.7.1)
       if (x_.model.router_balance.on()) model_.balance_update();
     } else {
@@ -361,6 +368,9 @@ void Trainer::save() {
                                    "saving, {}",
                                    step_, bad, run_dir_last_good(x_.run_dir)),
                        step_, true);
+  // ZeRO-1: rank 0 writes whole moments, gathered from every rank (any rank count resumes them)
+  std::optional<AdamW<float>> gathered;
+  if (opt_.shard_ranks() > 1) gathered = zero_gather_moments(*comm_, opt_);
   if (!train_writer()) {  // rank 0 writes; every rank's loaders and weights are the same
     saved_step_ = step_;
     return;
@@ -374,7 +384,8 @@ void Trainer::save() {
                 {"tokenizer_fingerprint", data_->fingerprint}};
   for (const auto& h : options_.hooks) h->save_state(state);
   const Activity doing("checkpoint writing");
-  const std::string dir = checkpoint_save(x_.run_dir, step_, model_, opt_, state, x_.keep_last);
+  const std::string dir =
+      checkpoint_save(x_.run_dir, step_, model_, gathered ? *gathered : opt_, state, x_.keep_last);
   saved_step_ = step_;
   std::fprintf(stderr, "%scheckpoint %s\n", tty_ ? "\n" : "", dir.c_str());
 }

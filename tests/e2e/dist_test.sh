@@ -5,7 +5,9 @@
 # mpirun) and resumed with two ranks is bit-identical to the unbroken one, resumed with one it
 # continues the same run; kill -9 and SIGSTOP of a rank end the job quickly with a line naming
 # it; ranks that run different experiments, and a grad_accum that is not a multiple of the ranks,
-# are refused before anything is written.
+# are refused before anything is written. ZeRO-1 (on by default, so every run above uses it)
+# gives the bits of the same ranks without it, with 2 and 3 ranks, and its checkpoints resume in
+# one process (and one process's at 2 ranks) as those written without it.
 set -u
 moelab=$1
 source "$(dirname "$0")/testlib.sh"
@@ -259,6 +261,43 @@ errs=$(grep "^moelab: error:" ga3.err | sort -u)
 [ "$(echo "$errs" | wc -l)" -eq 1 ] && echo "$errs" | grep -q "'train.grad_accum' (3) must be a multiple of the number of processes (2)" \
   && ok || bad "grad_accum 3 with 2 ranks: errors '$errs'"
 [ ! -e ga3 ] && ok || bad "grad_accum 3 with 2 ranks: wrote $(ls ga3)"
+
+# ---- 6. ZeRO-1 (train.zero, on by default): each rank keeps 1/P of the moments and updates its
+# shard; the same bits as P ranks without it (weights, moments, metrics), with 2 and 3 ranks
+same_run() {  # A B: B's step-20 checkpoint and metrics are A's, byte for byte
+  cmp -s "$1/step_00000020/model.safetensors" "$2/step_00000020/model.safetensors" &&
+    cmp -s "$1/step_00000020/optimizer.safetensors" "$2/step_00000020/optimizer.safetensors" &&
+    diff <(strip "$1/metrics.jsonl") <(strip "$2/metrics.jsonl") >/dev/null
+}
+for m in dense moe; do
+  mpi 2 "$moelab" train $m.toml --set run.dir=${m}2z0 --set train.zero=false >/dev/null 2>err || bad "$m, 2 ranks without ZeRO: $(tail -3 err)"
+  same_run ${m}2z0 ${m}2 && ok || bad "$m, 2 ranks: ZeRO-1 changed the weights, moments or metrics"
+done
+for z in true false; do
+  mpi 3 "$moelab" train dense.toml --set run.dir=d3$z --set train.grad_accum=3 --set train.zero=$z >/dev/null 2>err || bad "3 ranks, zero=$z: $(tail -3 err)"
+done
+same_run d3false d3true && ok || bad "3 ranks: ZeRO-1 changed the weights, moments or metrics"
+# a checkpoint holds whole moments: 2 ranks' (step 10) resumed in one process, and one process's
+# resumed at 2 ranks, continue as from the checkpoint of a run without ZeRO, to the bit
+from10() {  # SRC DST: DST is SRC up to its step-10 checkpoint
+  rm -rf "$2"
+  cp -r "$1" "$2"
+  rm -rf "$2/step_00000015" "$2/step_00000020"
+}
+from10 dense2 z2to1
+from10 dense2z0 z2to1ref
+cmp -s z2to1/step_00000010/optimizer.safetensors z2to1ref/step_00000010/optimizer.safetensors && ok || bad "2 ranks: ZeRO-1's checkpoint moments differ from those without it"
+for d in z2to1 z2to1ref; do
+  "$moelab" train dense.toml --set run.dir=$d --resume >/dev/null 2>err || bad "$d resumed in one process: $(tail -1 err)"
+done
+same_run z2to1ref z2to1 && ok || bad "2 ranks with ZeRO-1, resumed in one process: not the run resumed from a checkpoint without it"
+close dense2 z2to1 20 10 >>bounds.txt 2>close.err && ok || bad "2 ranks with ZeRO-1, resumed in one process: $(cat close.err)"
+from10 dense1 z1to2
+from10 dense1 z1to2ref
+mpi 2 "$moelab" train dense.toml --set run.dir=z1to2 --resume >/dev/null 2>err || bad "one process resumed at 2 ranks: $(tail -3 err)"
+mpi 2 "$moelab" train dense.toml --set run.dir=z1to2ref --set train.zero=false --resume >/dev/null 2>err || bad "one process resumed at 2 ranks without ZeRO: $(tail -3 err)"
+same_run z1to2ref z1to2 && ok || bad "one process resumed at 2 ranks with ZeRO-1: not the same as without it"
+close dense1 z1to2 20 10 >>bounds.txt 2>close.err && ok || bad "one process resumed at 2 ranks: $(cat close.err)"
 
 cat bounds.txt
 finish dist

@@ -14,6 +14,7 @@
 #include "kernels/parallel.hpp"
 #include "test_util.hpp"
 #include "train/checkpoint.hpp"
+#include "train/zero.hpp"
 
 using namespace moelab;
 using moelab::test::error_of;
@@ -500,4 +501,95 @@ TEST(InitFrom, MoeCtExpertsCopyTheLoadedFfn) {
   EXPECT_NEAR(1.0 / (1.0 + std::exp(-double(to.params[size_t(b->offset)]))), 0.3, 1e-6);
   const TensorView* router = to.layout.find("model.layers.0.mlp.ct.router.weight");
   EXPECT_NE(to.params[size_t(router->offset)], 0.f);
+}
+
+// ----------------------------------------------------------------------------
+// ZeRO-1: each of P optimizers keeps one shard of the moments and updates its parameters alone;
+// the gather (simulated here: every rank's shard into one packed buffer, unpacked on every rank)
+// leaves every rank with the parameters one unsharded optimizer computes, to the bit.
+
+TEST(Zero, ShardedUpdatesGatherToTheUnshardedBits) {
+  ParamLayout layout = wide_layout();
+  layout.set_frozen("router|norm", true);  // holes between the trainable spans
+  const int64_t n = trainable_numel(layout);
+  for (int P : {2, 3, 5}) {
+    const auto p0 = randn<float>(layout.total, 1);
+    auto p_ref = p0;
+    AdamW<float> ref(layout, AdamWConfig{});
+    std::vector<std::vector<float>> p(size_t(P), p0);
+    std::vector<AdamW<float>> opt(size_t(P), AdamW<float>(layout, AdamWConfig{}));
+    int64_t kept = 0;
+    for (int r = 0; r < P; r++) {
+      opt[size_t(r)].set_shard(r, P);
+      const auto [lo, hi] = opt[size_t(r)].shard_range(r);
+      EXPECT_EQ(lo, kept);
+      EXPECT_LE(hi - lo, n / P + 1);  // near-equal shards, element granularity
+      EXPECT_EQ(int64_t(opt[size_t(r)].m.size()), hi - lo);
+      kept = hi;
+    }
+    EXPECT_EQ(kept, n);
+    std::vector<float> packed(static_cast<size_t>(n));  // [n] the gather's buffer
+    for (int s = 0; s < 3; s++) {
+      const auto g = randn<float>(n, 30 + uint64_t(s));
+      ref.update(p_ref, g, 1e-2, 0.6);
+      for (int r = 0; r < P; r++) {
+        opt[size_t(r)].update(p[size_t(r)], g, 1e-2, 0.6);
+        zero_pack_shard(opt[size_t(r)], p[size_t(r)], packed);
+      }
+      for (int r = 0; r < P; r++) zero_unpack(opt[size_t(r)], packed, p[size_t(r)]);
+    }
+    std::vector<float> m_all;
+    for (int r = 0; r < P; r++) {
+      EXPECT_TRUE(same_bits(p[size_t(r)].data(), p_ref.data(), layout.total)) << P << " " << r;
+      m_all.insert(m_all.end(), opt[size_t(r)].m.begin(), opt[size_t(r)].m.end());
+    }
+    EXPECT_TRUE(same_bits(m_all.data(), ref.m.data(), n)) << P;
+    EXPECT_FALSE(same_bits(p_ref.data(), p0.data(), layout.total));
+  }
+}
+
+// A checkpoint holds whole moments: written from gathered shards of 3 ranks, it loads into 2
+// shards, and into one optimizer, as the shards of the unsharded moments.
+TEST(Zero, ACheckpointOfShardsLoadsAtAnyRankCount) {
+  RunDir run;
+  Model<float> m(small(), 2, 16);
+  m.init_weights(4);
+  m.layout.set_frozen("router", true);
+  AdamW<float> ref(m.layout, AdamWConfig{});
+  train_steps(m, ref, 2);
+  const int64_t n = ref.packed_size();
+  // three shards of ref's moments, gathered again as zero_gather_moments does on rank 0
+  std::vector<AdamW<float>> shards(3, AdamW<float>(m.layout, AdamWConfig{}));
+  std::vector<float> m_all, v_all;
+  for (int r = 0; r < 3; r++) {
+    AdamW<float>& o = shards[size_t(r)];
+    o.set_shard(r, 3);
+    const auto [lo, hi] = o.shard_range(r);
+    std::copy(ref.m.begin() + lo, ref.m.begin() + hi, o.m.begin());
+    std::copy(ref.v.begin() + lo, ref.v.begin() + hi, o.v.begin());
+    m_all.insert(m_all.end(), o.m.begin(), o.m.end());
+    v_all.insert(v_all.end(), o.v.begin(), o.v.end());
+  }
+  AdamW<float> gathered = shards[0];
+  gathered.step = ref.step;
+  gathered.unshard(m_all, v_all);
+  EXPECT_NE(
+      error_of([&] { checkpoint_save(run.path, 2, m, shards[1], {}, 0); }).find("gathered first"),
+      std::string::npos);
+  const std::string dir = checkpoint_save(run.path, 2, m, gathered, {}, 0);
+  for (int P : {1, 2}) {
+    for (int r = 0; r < P; r++) {
+      Model<float> back(small(), 2, 16);
+      back.layout.set_frozen("router", true);
+      AdamW<float> o(back.layout, AdamWConfig{});
+      o.set_shard(r, P);
+      checkpoint_load(dir, back, &o);
+      const auto [lo, hi] = o.shard_range(r);
+      ASSERT_EQ(int64_t(o.m.size()), hi - lo);
+      EXPECT_EQ(o.step, 2);
+      EXPECT_TRUE(same_bits(o.m.data(), ref.m.data() + lo, hi - lo)) << P << " " << r;
+      EXPECT_TRUE(same_bits(o.v.data(), ref.v.data() + lo, hi - lo)) << P << " " << r;
+      EXPECT_EQ(hi - lo, P == 1 ? n : (r == 0 ? n / 2 : n - n / 2));
+    }
+  }
 }
