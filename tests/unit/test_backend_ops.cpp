@@ -101,19 +101,21 @@ Outputs run_linear_grouped(const Ops<T>& op, bool real) {
   return o;
 }
 
+// Also one row (M = 1): decoding's products, which take the matrix-vector path.
 template <typename T>
 Outputs run_gemm(const Ops<T>& op, bool real) {
-  const int64_t M = real ? 128 : 7, N = real ? 512 : 5, Kd = real ? 256 : 9;
+  const int64_t N = real ? 512 : 5, Kd = real ? 256 : 9;
   Outputs o;
-  for (const Trans ta : {Trans::N, Trans::T})
-    for (const Trans tb : {Trans::N, Trans::T})
-      for (const T beta : {T(0), T(1)}) {
-        const auto A = rnd<T>(M * Kd, 1), B = rnd<T>(Kd * N, 2, 1.0 / std::sqrt(double(Kd)));
-        auto C = rnd<T>(M * N, 3);
-        op.gemm(Precision::F32, ta, tb, M, N, Kd, A.data(), ta == Trans::N ? Kd : M, B.data(),
-                tb == Trans::N ? N : Kd, beta, C.data(), N);
-        o.push_back(d(C));
-      }
+  for (const int64_t M : {real ? int64_t(128) : int64_t(7), int64_t(1)})
+    for (const Trans ta : {Trans::N, Trans::T})
+      for (const Trans tb : {Trans::N, Trans::T})
+        for (const T beta : {T(0), T(1)}) {
+          const auto A = rnd<T>(M * Kd, 1), B = rnd<T>(Kd * N, 2, 1.0 / std::sqrt(double(Kd)));
+          auto C = rnd<T>(M * N, 3);
+          op.gemm(Precision::F32, ta, tb, M, N, Kd, A.data(), ta == Trans::N ? Kd : M, B.data(),
+                  tb == Trans::N ? N : Kd, beta, C.data(), N);
+          o.push_back(d(C));
+        }
   return o;
 }
 
