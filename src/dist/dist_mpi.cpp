@@ -67,9 +67,8 @@ class MpiWorld final : public Collective {
   void sum(std::span<double> data) override { small(data.data(), int(data.size()), MPI_DOUBLE); }
   void sum(std::span<int64_t> data) override { small(data.data(), int(data.size()), MPI_INT64_T); }
 
-  // As one broadcast per rank's block (in chunks: MPI counts are int) rather than
-  // MPI_Iallgatherv, whose non-blocking algorithms copy through temporary buffers the size of
-  // the data: that would give back much of the memory ZeRO-1 saves.
+  // One broadcast per rank's block, in chunks as the sums (MPI counts are int; an all-gather's
+  // displacements would be int too).
   void gather_all(std::span<float> data, std::span<const int64_t> counts) override {
     check(int64_t(counts.size()) == size_, "gather: one count per rank");
     std::vector<MPI_Request> reqs;

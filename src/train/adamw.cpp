@@ -13,8 +13,13 @@ namespace moelab {
 // moments of the trainable tensors
 
 template <typename T>
-AdamW<T>::AdamW(const ParamLayout& layout, AdamWConfig c, Device& dev)
+AdamW<T>::AdamW(const ParamLayout& layout, AdamWConfig c, Device& dev, int shard_rank,
+                int shard_ranks)
     : cfg(c), layout_(&layout), op_(&dev.ops<T>()) {
+  check(shard_ranks >= 1 && shard_rank >= 0 && shard_rank < shard_ranks,
+        "AdamW: a shard is one of 1 or more ranks");
+  shard_rank_ = shard_rank;
+  shard_ranks_ = shard_ranks;
   build();
 }
 

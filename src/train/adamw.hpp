@@ -29,7 +29,10 @@ class AdamW {
  public:
   // The trainable set is the layout's at construction: freeze first, or call sync_trainable().
   // The update runs as the device's op.
-  AdamW(const ParamLayout& layout, AdamWConfig cfg, Device& dev = device_default());
+  // With shard_ranks > 1, the shard of set_shard from the start (the whole moments are never
+  // allocated: they would set the peak memory of a large model).
+  AdamW(const ParamLayout& layout, AdamWConfig cfg, Device& dev = device_default(),
+        int shard_rank = 0, int shard_ranks = 1);
   // One update at learning rate lr (PyTorch's AdamW arithmetic, step by step), on the gradients
   // times grad_scale: clipping folded into the update saves a pass over the gradients.
   // params [layout.total], grads [m.size()] packed as the moments.

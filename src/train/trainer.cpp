@@ -53,7 +53,10 @@ Trainer::Trainer(const Experiment& x, TrainerOptions options)
     : x_(x),
       options_(std::move(options)),
       model_(x.model, x.batch_size, x.seq_len),
-      opt_(model_setup_freeze(model_, x_), x.optimizer, model_.device()),
+      // ZeRO-1: this rank keeps the moments of its shard alone (train/zero.hpp)
+      opt_(model_setup_freeze(model_, x_), x.optimizer, model_.device(),
+           x.zero && train_collective() ? train_collective()->rank() : 0,
+           x.zero && train_collective() ? train_collective()->size() : 1),
       flops_(config_flops(x.model, x.seq_len)),
       metrics_path_((fs::path(x.run_dir) / "metrics.jsonl").string()),
       tty_(::isatty(2)),
@@ -70,9 +73,6 @@ void Trainer::data_parallel_setup() {
   sync_ = std::make_unique<GradSync>(model_.layout, std::span<float>(model_.grads),
                                      x_.model.num_hidden_layers, *comm_);
   sync_->overlap = options_.overlap_grad_sums;
-  // ZeRO-1: this rank keeps the moments of its shard alone (before the first step, before a
-  // resume loads that shard of a checkpoint's moments)
-  if (x_.zero) opt_.set_shard(comm_->rank(), comm_->size());
 }
 
 void Trainer::start(bool resume) {
