@@ -790,7 +790,7 @@ def phase_score(a, url, shards, summary):
         run = {"seconds": round(wall, 3), "prompt_tokens": hd["prompt_tokens"],
                "server_tokens_per_s": round(hd["prompt_tokens"] / wall, 1), "failed": bad}
         if a.checkpoint:
-            p = subprocess.run([a.moelab, "serve", a.checkpoint, "--data", a.data, "--slots", str(a.slots),
+            p = subprocess.run([a.bench_moelab or a.moelab, "serve", a.checkpoint, "--data", a.data, "--slots", str(a.slots),
                                 "--bench-score", str(n)] + list(a.serve_extra)
                                + (["--threads", str(a.threads)] if a.threads else []),
                                capture_output=True, text=True)
@@ -915,6 +915,7 @@ def main():
     ap.add_argument("--eval-repeats", type=int, default=1)
     ap.add_argument("--score-len", type=int, default=64, help="prompt tokens in the score phase")
     ap.add_argument("--score-requests", type=int, default=256, help="requests per run in the score phase")
+    ap.add_argument("--bench-moelab", help="the moelab whose serve --bench-score the score phase runs (default --moelab)")
     ap.add_argument("--serve-extra", default="", help="more moelab serve flags (e.g. '--prefill-chunk 1024')")
     ap.add_argument("--out")
     a = ap.parse_args()

@@ -66,6 +66,9 @@ class Sequence {
   SeqOutput wait(size_t tokens, size_t text, std::chrono::milliseconds timeout);
   // Waits at most `timeout` for the sequence to be done; whether it is.
   bool wait_done(std::chrono::milliseconds timeout);
+  // The output of a sequence that is done, moved out rather than copied (a scoring answer's
+  // per-token lists): for its one reader, once.
+  SeqOutput take();
   void cancel();  // the client went away: the engine drops it at its next step
   // The engine's number for it, from 0 in the order sequences were submitted (-1 before).
   int64_t number() const { return number_; }

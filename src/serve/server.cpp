@@ -810,7 +810,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         for (auto& other : seqs) other->cancel();
         return reply_error(res, 499, "the client closed the connection");
       }
-    SeqOutput out = s->wait(0, 0);
+    SeqOutput out = s->take();
     if (!out.error.empty()) {
       for (auto& other : seqs) other->cancel();
       return reply_error(res, 503, out.error);
