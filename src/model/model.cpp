@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <regex>
 
 #include <fmt/format.h>
@@ -128,9 +129,13 @@ void Model<T>::grad_sync() {
 
 template <typename T>
 std::span<const T> Model<T>::grad_of(const TensorView& t) const {
-  const size_t i = size_t(&t - layout.tensors.data());
-  check(i < layout.tensors.size() && grad_layout.current(layout),
+  // t must be one of this layout's tensors (std::less: pointers into other arrays compare too)
+  const std::less<const TensorView*> before;
+  const TensorView* first = layout.tensors.data();
+  check(!before(&t, first) && before(&t, first + layout.tensors.size()) &&
+            grad_layout.current(layout),
         "grad_of: a tensor of this model, after grad_sync");
+  const size_t i = size_t(&t - first);
   const int64_t at = grad_layout.at[i];
   if (at < 0) {
     return {};
