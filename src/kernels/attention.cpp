@@ -17,7 +17,7 @@ namespace moelab::kernels {
 
 namespace {
 
-constexpr int64_t kTileQ = 64;   // query rows per task
+constexpr int64_t kTileQ = 32;   // query rows per task
 constexpr int64_t kTileK = 256;  // keys per block
 
 // Keys that query i may see: [key_lo, i]; the sliding window keeps the `window` most recent.
