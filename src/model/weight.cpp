@@ -81,7 +81,7 @@ class FusedGrad {
     } else if (at == PackedLayout::kPartlyFrozen) {
       scratch_.assign(size_t(n), T(0));  // [n] the whole range, frozen members included
       for (const PackedLayout::Piece& s : c.packed->pieces(*c.layout, offset, n)) {
-        std::copy_n(c.G + s.packed, s.len, scratch_.data() + s.skip);
+        copy(scratch_.data() + s.skip, c.G + s.packed, s.len);
       }
       p_ = scratch_.data();
     }
@@ -93,11 +93,17 @@ class FusedGrad {
       return;
     }
     for (const PackedLayout::Piece& s : c_.packed->pieces(*c_.layout, offset_, n_)) {
-      std::copy_n(scratch_.data() + s.skip, s.len, c_.G + s.packed);
+      copy(c_.G + s.packed, scratch_.data() + s.skip, s.len);
     }
   }
 
  private:
+  // dst [n] = src [n] as the device's op: the gradient buffer is the device's memory
+  void copy(T* dst, const T* src, int64_t n) const {
+    const int64_t at = 0;
+    c_.op.rows_copy(dst, &at, 1, src, &at, 1, n);
+  }
+
   const Ctx<T>& c_;
   int64_t offset_, n_;
   T* p_ = nullptr;

@@ -45,6 +45,10 @@ ALLOWED = {
         "host sampling: OpenAI's biases and penalties on one row of logits already on the host",
     ("train/step_stats.cpp", "step_stats_sum"):
         "host statistics: a step's loss scalars packed for an all-reduce and back",
+    ("train/zero.cpp", "zero_pack_shard"):
+        "host buffers for MPI: a rank's shard of the parameters packed for the all-gather",
+    ("train/zero.cpp", "zero_unpack"):
+        "host buffers for MPI: the gathered shards unpacked into the parameters",
 }
 
 MATH = re.compile(r"\bstd::(?:exp|exp2|expm1|log|log2|log10|log1p|sqrt|cbrt|tanh|sinh|cosh|sin|"
